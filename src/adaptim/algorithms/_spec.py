@@ -1,0 +1,84 @@
+"""The shared vocabulary of every update rule.
+
+An update rule is a pure function over arrays. It receives the parameter, its
+gradient, the optimizer state of that parameter and the hyperparameters, and it
+returns the new parameter and the new state. It only uses the arithmetic
+operators and the few functions of :class:`ArrayOps`, so the same code runs on
+``torch.Tensor`` and on ``numpy.ndarray``: the front-ends pass the matching
+``xp``. Writing back into the caller's buffers is the front-end's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: A ``torch.Tensor`` or a ``numpy.ndarray``; rules use operators and ``xp`` only.
+Array = Any
+
+#: Hyperparameters as the rule receives them: floats, bools and tuples of floats.
+HParams = Mapping[str, Any]
+
+#: The new parameter and the new state entries.
+UpdateResult = tuple[Array, dict[str, Array]]
+
+
+@dataclass(frozen=True)
+class ArrayOps:
+    """The element-wise functions a rule may call besides ``+ - * / **``."""
+
+    name: str
+    sqrt: Callable[[Array], Array]
+    maximum: Callable[[Array, Array], Array]
+    abs: Callable[[Array], Array]
+    where: Callable[[Array, Array | float, Array | float], Array]
+    clip: Callable[[Array, float, float], Array]
+    #: Euclidean norm over all elements, returned as a 0-d array (no host sync on GPU).
+    norm: Callable[[Array], Array]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Everything a front-end needs to drive one update rule.
+
+    ``state`` maps a set of hyperparameters to the per-parameter state tensors
+    the rule needs, each with its initial fill value; ``None`` means the entry
+    starts absent and the rule creates it on the first step (SGD's momentum
+    buffer is a copy of the first gradient, as in torch). ``scalar_state`` are
+    0-d entries such as NAdam's ``mu_product``. ``step`` says whether the state
+    carries torch's ``step`` counter. ``sparse`` decides how a sparse gradient
+    is handled for given hyperparameters: ``"rows"`` runs the rule on the
+    touched rows only, ``"dense"`` densifies the gradient first (exactly the
+    same arithmetic for the algorithms that allow it), and ``None`` refuses.
+    """
+
+    name: str
+    title: str
+    update: Callable[..., UpdateResult]
+    hparams: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    validate: Callable[[HParams], None]
+    state: Callable[[HParams], Mapping[str, float | None]]
+    scalar_state: Mapping[str, float] = field(default_factory=dict)
+    step: bool = True
+    state_at_construction: bool = False
+    sparse: Callable[[HParams], Literal["rows", "dense"]] | None = None
+    #: Which algorithm can take sparse gradients instead, for the error message.
+    sparse_alternative: str = "adaptim.Adagrad or adaptim.SGD"
+
+
+def lerp(start: Array, end: Array, weight: float) -> Array:
+    """``start + weight * (end - start)``, rounded as ``torch.lerp`` rounds it.
+
+    torch switches to the form anchored at ``end`` for weights of one half or
+    more; doing the same keeps the moving averages equal to torch's to the bit.
+    """
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1 - weight)
+
+
+def coupled_weight_decay(p: Array, g: Array, weight_decay: float) -> Array:
+    """L2 regularisation folded into the gradient: ``g + λ·p``."""
+    return g + weight_decay * p if weight_decay != 0 else g

@@ -1,0 +1,60 @@
+"""Adadelta: RMSprop with units corrected by a moving average of squared updates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult, coupled_weight_decay
+from adaptim.algorithms._validation import check_eps, check_lr, check_range, check_weight_decay
+
+
+def adadelta_update(
+    p: Array,
+    g: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    rho: float,
+    eps: float,
+    weight_decay: float,
+) -> UpdateResult:
+    r"""One Adadelta step (Zeiler 2012, "ADADELTA: An Adaptive Learning Rate Method", Alg. 1).
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda\,\theta_{t-1} \\
+        v_t &= \rho\, v_{t-1} + (1-\rho)\, g_t^2 \\
+        \Delta_t &= \frac{\sqrt{u_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\, g_t \\
+        u_t &= \rho\, u_{t-1} + (1-\rho)\, \Delta_t^2 \\
+        \theta_t &= \theta_{t-1} - \gamma\, \Delta_t
+
+    ``v`` is stored as ``square_avg`` and ``u`` as ``acc_delta``. The paper has
+    no learning rate (:math:`\gamma = 1`, torch's default).
+    """
+    g = coupled_weight_decay(p, g, weight_decay)
+    square_avg = state["square_avg"] * rho + (1 - rho) * g * g
+    delta = xp.sqrt(state["acc_delta"] + eps) / xp.sqrt(square_avg + eps) * g
+    acc_delta = state["acc_delta"] * rho + (1 - rho) * delta * delta
+    return p - lr * delta, {"square_avg": square_avg, "acc_delta": acc_delta}
+
+
+def _validate(hp: HParams) -> None:
+    check_lr(hp)
+    check_range(hp, "rho", 0.0, 1.0)
+    check_eps(hp)
+    check_weight_decay(hp)
+
+
+DEFAULTS: dict[str, Any] = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0}
+
+ADADELTA = Algorithm(
+    name="adadelta",
+    title="Adadelta: RMSprop whose step is rescaled by the RMS of past updates",
+    update=adadelta_update,
+    hparams=tuple(DEFAULTS),
+    defaults=DEFAULTS,
+    validate=_validate,
+    state=lambda hp: {"square_avg": 0.0, "acc_delta": 0.0},
+)

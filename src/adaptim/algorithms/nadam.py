@@ -1,0 +1,83 @@
+"""NAdam: Adam with Nesterov momentum and Dozat's momentum schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
+from adaptim.algorithms._validation import check_bool, check_range
+from adaptim.algorithms.adam import decay_weights, moments, validate_adam_like
+
+
+def nadam_update(
+    p: Array,
+    g: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    momentum_decay: float,
+    decoupled_weight_decay: bool,
+) -> UpdateResult:
+    r"""One NAdam step (Dozat 2016, "Incorporating Nesterov Momentum into Adam").
+
+    .. math::
+
+        \mu_t &= \beta_1 \left(1 - \tfrac12\, 0.96^{t\psi}\right), \qquad
+        \Pi_t = \prod_{i \le t} \mu_i \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)\, g_t^2 \\
+        \theta_t &= \theta_{t-1}
+            - \gamma\,\frac{1-\mu_t}{1-\Pi_t}\,\frac{g_t}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}
+            - \gamma\,\frac{\mu_{t+1}}{1-\Pi_t\,\mu_{t+1}}\,\frac{m_t}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}
+
+    with momentum decay :math:`\psi` (0.004). :math:`\Pi_t` is stored as
+    ``mu_product`` in torch's scalar dtype (float32 unless the default dtype
+    is float64), and multiplied in that dtype, exactly as torch does.
+    Weight decay is L2 or, with ``decoupled_weight_decay``, AdamW-style.
+    optax's ``nadam`` drops the schedule (Dozat's simplified form).
+    """
+    beta1, beta2 = betas
+    p, g = decay_weights(p, g, lr, weight_decay, decoupled_weight_decay)
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product = state["mu_product"] * mu
+    exp_avg, exp_avg_sq = moments(state, g, beta1, beta2)
+    denom = xp.sqrt(exp_avg_sq / (1 - beta2**step)) + eps
+    product = float(mu_product)
+    grad_coef = -lr * (1.0 - mu) / (1.0 - product)
+    avg_coef = (-lr * mu_next) / (1.0 - product * mu_next)
+    p = p + grad_coef * g / denom
+    p = p + avg_coef * exp_avg / denom
+    return p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "mu_product": mu_product}
+
+
+def _validate(hp: HParams) -> None:
+    validate_adam_like(hp)
+    check_range(hp, "momentum_decay", 0.0)
+    check_bool(hp, "decoupled_weight_decay")
+
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 2e-3,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "momentum_decay": 4e-3,
+    "decoupled_weight_decay": False,
+}
+
+NADAM = Algorithm(
+    name="nadam",
+    title="NAdam: Adam with Nesterov momentum and a warming momentum schedule",
+    update=nadam_update,
+    hparams=tuple(DEFAULTS),
+    defaults=DEFAULTS,
+    validate=_validate,
+    state=lambda hp: {"exp_avg": 0.0, "exp_avg_sq": 0.0},
+    scalar_state={"mu_product": 1.0},
+)

@@ -1,0 +1,78 @@
+"""RAdam: Adam whose adaptive step is switched on as its variance becomes tractable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
+from adaptim.algorithms._validation import check_bool
+from adaptim.algorithms.adam import decay_weights, moments, validate_adam_like
+
+
+def radam_update(
+    p: Array,
+    g: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+) -> UpdateResult:
+    r"""One RAdam step (Liu et al. 2020, "On the Variance of the Adaptive Learning Rate", Alg. 2).
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)\, g_t^2, \qquad
+        \hat m_t = m_t / (1-\beta_1^t) \\
+        \rho_\infty &= \frac{2}{1-\beta_2} - 1, \qquad
+        \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1-\beta_2^t} \\
+        r_t &= \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}, \qquad
+        l_t = \frac{\sqrt{1-\beta_2^t}}{\sqrt{v_t} + \epsilon} \\
+        \theta_t &= \theta_{t-1} - \gamma\, \hat m_t\, l_t\, r_t \quad (\rho_t > 5), \qquad
+        \theta_t = \theta_{t-1} - \gamma\, \hat m_t \quad (\text{otherwise})
+
+    The paper switches at :math:`\rho_t > 4`; torch (and so adaptim) at 5.
+    Weight decay is L2 or, with ``decoupled_weight_decay``, AdamW-style.
+    """
+    beta1, beta2 = betas
+    p, g = decay_weights(p, g, lr, weight_decay, decoupled_weight_decay)
+    exp_avg, exp_avg_sq = moments(state, g, beta1, beta2)
+    new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    bias_correction2 = 1 - beta2**step
+    corrected_avg = exp_avg / (1 - beta1**step)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    if rho_t > 5.0:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        adaptive = bias_correction2**0.5 / (xp.sqrt(exp_avg_sq) + eps)
+        return p - corrected_avg * lr * adaptive * rect, new_state
+    return p - corrected_avg * lr, new_state
+
+
+def _validate(hp: HParams) -> None:
+    validate_adam_like(hp)
+    check_bool(hp, "decoupled_weight_decay")
+
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "decoupled_weight_decay": False,
+}
+
+RADAM = Algorithm(
+    name="radam",
+    title="RAdam: Adam with a variance rectification term and an SGD warm start",
+    update=radam_update,
+    hparams=tuple(DEFAULTS),
+    defaults=DEFAULTS,
+    validate=_validate,
+    state=lambda hp: {"exp_avg": 0.0, "exp_avg_sq": 0.0},
+)

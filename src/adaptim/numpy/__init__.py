@@ -1,0 +1,300 @@
+"""The NumPy front-end: the same algorithms for models written in plain NumPy.
+
+>>> import numpy as np, adaptim.numpy as anp
+>>> w = np.zeros(3)
+>>> opt = anp.Adam([w], lr=0.1)
+>>> opt.step([np.array([1.0, -2.0, 0.5])])   # updates w in place
+>>> w.round(3).tolist()
+[-0.1, 0.1, -0.1]
+
+Hyperparameter names and defaults are torch's, param groups work as in torch
+(a list of dicts with a ``"params"`` key), and ``state_dict()`` uses torch's
+layout with parameters numbered in order. Each class drives the very update
+rule of :mod:`adaptim.algorithms` that the PyTorch front-end drives.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps
+
+NUMPY_OPS = ArrayOps(
+    name="numpy",
+    sqrt=np.sqrt,
+    maximum=np.maximum,
+    abs=np.abs,
+    where=np.where,
+    clip=np.clip,
+    norm=lambda x: np.sqrt(np.sum(x * x)),
+)
+
+NONFINITE_POLICIES = ("ignore", "skip", "raise")
+
+# torch keeps step counters and NAdam's mu_product in float32 by default;
+# doing the same keeps both front-ends on the same trajectory.
+_SCALAR_DTYPE = np.float32
+
+
+def _real_view(array: np.ndarray) -> np.ndarray:
+    if not np.iscomplexobj(array):
+        return array
+    if not array.flags.c_contiguous:
+        raise ValueError("complex parameters must be C-contiguous arrays to be updated in place")
+    return array.view(array.real.dtype).reshape(*array.shape, 2)
+
+
+class Optimizer:
+    """Base of the NumPy optimizers.
+
+    ``params`` is a list of arrays (updated in place) or a list of param-group
+    dicts. ``step(grads)`` takes one gradient per parameter, in order, with
+    ``None`` for a parameter to leave alone this step.
+    """
+
+    algorithm: ClassVar[Algorithm]
+
+    def __init__(
+        self,
+        params: Iterable[np.ndarray] | Iterable[dict[str, Any]],
+        *,
+        maximize: bool = False,
+        nonfinite: str = "ignore",
+        **hyperparams: Any,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"Invalid nonfinite: {nonfinite!r}; allowed: 'ignore', 'skip', 'raise'."
+            )
+        self._check_names(hyperparams)
+        self.defaults: dict[str, Any] = {**self.algorithm.defaults, **hyperparams, "maximize": maximize}
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def _check_names(self, names: Iterable[str]) -> None:
+        allowed = [*self.algorithm.defaults, "maximize"]
+        for name in names:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"{type(self).__name__} got an unknown hyperparameter {name!r}.{hint} "
+                    f"Allowed: {', '.join(allowed)}."
+                )
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        """Every parameter, in the order ``step`` expects their gradients."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of parameters, with hyperparameters overriding the defaults."""
+        raw = param_group.get("params")
+        params = [raw] if isinstance(raw, np.ndarray) else list(raw or [])
+        if not params:
+            raise ValueError("a param group needs a non-empty 'params' list")
+        for p in params:
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"params must be numpy arrays, got {type(p).__name__}")
+            if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.complexfloating)):
+                raise TypeError(f"params must be floating-point or complex arrays, got dtype {p.dtype}")
+            if not p.flags.writeable:
+                raise ValueError("params must be writeable arrays: they are updated in place")
+            if any(p is q for q in self.params):
+                raise ValueError("some parameters appear in more than one parameter group")
+        self._check_names(k for k in param_group if k != "params")
+        group = {**self.defaults, **param_group, "params": params}
+        self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
+        self.param_groups.append(group)
+        if self.algorithm.state_at_construction:
+            start = len(self.params) - len(params)
+            for index, p in enumerate(params, start):
+                self._init_state(index, p, group)
+
+    def _init_state(self, index: int, p: np.ndarray, group: Mapping[str, Any]) -> dict[str, Any]:
+        state = self.state.setdefault(index, {})
+        if state:
+            return state
+        if self.algorithm.step:
+            state["step"] = np.zeros((), dtype=_SCALAR_DTYPE)
+        for key, value in self.algorithm.scalar_state.items():
+            state[key] = np.asarray(value, dtype=_SCALAR_DTYPE)
+        hp = {k: group[k] for k in self.algorithm.hparams}
+        for key, fill in self.algorithm.state(hp).items():
+            if fill is not None:
+                # Complex parameters are updated as pairs of reals: fill both halves.
+                state[key] = np.full_like(p, complex(fill, fill) if np.iscomplexobj(p) else fill)
+        return state
+
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        """Update every parameter in place from its gradient."""
+        params = self.params
+        if len(grads) != len(params):
+            raise ValueError(f"step() got {len(grads)} gradients for {len(params)} parameters")
+        checked = [self._checked_grad(i, p, g) for i, (p, g) in enumerate(zip(params, grads, strict=True))]
+        if self.nonfinite != "ignore":
+            for index, g in enumerate(checked):
+                if g is not None and not np.isfinite(g).all():
+                    if self.nonfinite == "raise":
+                        raise FloatingPointError(
+                            f"Non-finite gradient for parameter {index} (shape {g.shape}); "
+                            "nonfinite='raise'. Use nonfinite='skip' to skip such steps instead."
+                        )
+                    self.skipped_steps += 1
+                    return
+        index = 0
+        for group in self.param_groups:
+            hp = {k: group[k] for k in self.algorithm.hparams}
+            for p in group["params"]:
+                g = checked[index]
+                if g is not None:
+                    self._update(index, p, -g if group["maximize"] else g, group, hp)
+                index += 1
+
+    @staticmethod
+    def _checked_grad(index: int, p: np.ndarray, g: Any) -> np.ndarray | None:
+        if g is None:
+            return None
+        g = np.asarray(g)
+        if g.shape != p.shape:
+            raise ValueError(f"gradient {index} has shape {g.shape}, but its parameter has shape {p.shape}")
+        return g.astype(p.dtype, copy=False)
+
+    def _update(
+        self, index: int, p: np.ndarray, g: np.ndarray, group: Mapping[str, Any], hp: dict[str, Any]
+    ) -> None:
+        algorithm = self.algorithm
+        state = self._init_state(index, p, group)
+        step = 0.0
+        if algorithm.step:
+            state["step"] = state["step"] + _SCALAR_DTYPE(1)
+            step = float(state["step"])
+        entries = [*algorithm.state(hp), *algorithm.scalar_state]
+        views = {k: None if state.get(k) is None else _real_view(state[k]) for k in entries}
+        target = _real_view(p)
+        new_p, new_state = algorithm.update(target, _real_view(g), views, step=step, xp=NUMPY_OPS, **hp)
+        target[...] = new_p
+        for key, value in new_state.items():
+            current = views[key]
+            if current is None:
+                stored = np.array(value, dtype=target.dtype)
+                state[key] = stored.view(p.dtype).reshape(p.shape) if np.iscomplexobj(p) else stored
+            elif key in algorithm.scalar_state:
+                state[key] = np.asarray(value, dtype=_SCALAR_DTYPE)
+            else:
+                current[...] = value
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy of the state and hyperparameters, parameters numbered in order (torch's layout)."""
+        groups = []
+        index = 0
+        for group in self.param_groups:
+            ids = list(range(index, index + len(group["params"])))
+            index += len(ids)
+            groups.append({**copy.deepcopy({k: v for k, v in group.items() if k != "params"}), "params": ids})
+        return {"state": copy.deepcopy(self.state), "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict()``; group sizes and array shapes must match."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups; this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't match this optimizer's")
+        params = self.params
+        saved_ids = [i for g in saved_groups for i in g["params"]]
+        new_state: dict[int, dict[str, Any]] = {}
+        for index, saved_id in enumerate(saved_ids):
+            entries = state_dict["state"].get(saved_id)
+            if entries is None:
+                continue
+            new_state[index] = {}
+            for key, value in entries.items():
+                array = np.array(value, copy=True)
+                if array.ndim and array.shape != params[index].shape:
+                    raise ValueError(
+                        f"state {key!r} of parameter {index} has shape {array.shape}, "
+                        f"expected {params[index].shape}"
+                    )
+                if array.ndim:
+                    array = array.astype(params[index].dtype)
+                new_state[index][key] = array
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
+        self.state = new_state
+
+
+def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
+    doc = (
+        f"{algorithm.title}.\n\n"
+        f"NumPy twin of :class:`adaptim.{class_name}`: the same hyperparameters "
+        f"({', '.join(algorithm.hparams)}, maximize, nonfinite) with the same defaults.\n\n"
+        + (algorithm.update.__doc__ or "")
+    )
+    return type(class_name, (Optimizer,), {"algorithm": algorithm, "__doc__": doc, "__module__": __name__})
+
+
+_NAMES = {
+    "sgd": "SGD",
+    "adagrad": "Adagrad",
+    "rmsprop": "RMSprop",
+    "adadelta": "Adadelta",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "adamax": "Adamax",
+    "nadam": "NAdam",
+    "radam": "RAdam",
+    "lars": "LARS",
+    "lamb": "LAMB",
+}
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    name: _front_end(ALGORITHMS[name], class_name) for name, class_name in _NAMES.items()
+}
+
+SGD = OPTIMIZERS["sgd"]
+Adagrad = OPTIMIZERS["adagrad"]
+RMSprop = OPTIMIZERS["rmsprop"]
+Adadelta = OPTIMIZERS["adadelta"]
+Adam = OPTIMIZERS["adam"]
+AdamW = OPTIMIZERS["adamw"]
+Adamax = OPTIMIZERS["adamax"]
+NAdam = OPTIMIZERS["nadam"]
+RAdam = OPTIMIZERS["radam"]
+LARS = OPTIMIZERS["lars"]
+LAMB = OPTIMIZERS["lamb"]
+
+__all__ = [
+    "LAMB",
+    "LARS",
+    "NUMPY_OPS",
+    "OPTIMIZERS",
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+]

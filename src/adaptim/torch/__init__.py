@@ -1,0 +1,35 @@
+"""The PyTorch front-end: ``torch.optim.Optimizer`` subclasses, drop-in for torch.optim."""
+
+from adaptim.torch._base import NONFINITE_POLICIES, TORCH_OPS, Optimizer
+from adaptim.torch.optimizers import (
+    LAMB,
+    LARS,
+    OPTIMIZERS,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    NAdam,
+    RAdam,
+    RMSprop,
+)
+
+__all__ = [
+    "LAMB",
+    "LARS",
+    "NONFINITE_POLICIES",
+    "OPTIMIZERS",
+    "SGD",
+    "TORCH_OPS",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+]

@@ -1,0 +1,252 @@
+"""The PyTorch front-end: one ``torch.optim.Optimizer`` that drives any update rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from adaptim.algorithms._spec import Algorithm, ArrayOps
+from adaptim.algorithms._validation import as_float
+
+TORCH_OPS = ArrayOps(
+    name="torch",
+    sqrt=torch.sqrt,
+    maximum=torch.maximum,
+    abs=torch.abs,
+    where=torch.where,
+    clip=torch.clamp,
+    norm=torch.linalg.vector_norm,
+)
+
+NonFinitePolicy = Literal["ignore", "skip", "raise"]
+NONFINITE_POLICIES: tuple[str, ...] = ("ignore", "skip", "raise")
+
+# Group keys torch keeps for its own implementation switches. adaptim accepts
+# them for drop-in compatibility; the two that change semantics are refused.
+_TORCH_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
+
+ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
+
+
+def hyperparameter(name: str, value: Any) -> Any:
+    """A group value as the update rule wants it: tensors become Python numbers."""
+    if isinstance(value, torch.Tensor):
+        return as_float(name, value)
+    if isinstance(value, tuple | list) and any(isinstance(v, torch.Tensor) for v in value):
+        return tuple(as_float(name, v) for v in value)
+    return value
+
+
+def real_view(tensor: torch.Tensor) -> torch.Tensor:
+    """Complex tensors are updated as pairs of reals, exactly as torch.optim does."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base of every adaptim optimizer: validation, state layout and the step loop.
+
+    Subclasses name their :class:`~adaptim.algorithms._spec.Algorithm`; the
+    update itself lives there, once, for both front-ends.
+
+    ``nonfinite`` decides what a NaN or Inf gradient does: ``"ignore"`` (the
+    default, as torch) lets it through, ``"skip"`` skips the whole step and
+    leaves parameters and state untouched (counted in ``skipped_steps``),
+    ``"raise"`` raises ``FloatingPointError`` naming the parameter.
+    """
+
+    algorithm: ClassVar[Algorithm]
+
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: dict[str, Any],
+        *,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"Invalid nonfinite: {nonfinite!r}; allowed: "
+                + ", ".join(repr(p) for p in NONFINITE_POLICIES)
+                + "."
+            )
+        self.nonfinite: NonFinitePolicy = nonfinite
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+
+    # -- groups and validation -------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._validate_group(group)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        if self.algorithm.state_at_construction:  # as torch's Adagrad does
+            for p in group["params"]:
+                self._init_state(p, group)
+
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        name = type(self).__name__
+        for switch in ("capturable", "differentiable"):
+            if group.get(switch):
+                raise ValueError(
+                    f"Invalid {switch}: True; adaptim.{name} does not support {switch}=True. "
+                    f"Use torch.optim.{name} for CUDA-graph capture or differentiating through steps."
+                )
+        self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # A state_dict from torch.optim lacks adaptim-only keys; fill them in.
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict saved by adaptim or by the matching ``torch.optim`` class.
+
+        torch casts every floating state entry but ``step`` to its parameter's
+        dtype. Scalar bookkeeping such as NAdam's ``mu_product`` keeps its
+        saved dtype here instead, so a resumed run continues bit for bit.
+        """
+        super().load_state_dict(state_dict)
+        scalars = tuple(self.algorithm.scalar_state)
+        if not scalars:
+            return
+        saved_state = state_dict["state"]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            for key in scalars:
+                value = saved_state.get(saved_id, {}).get(key)
+                if isinstance(value, torch.Tensor):
+                    self.state[p][key] = value.detach().clone()
+
+    # -- state -------------------------------------------------------------------
+    def _init_state(self, p: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        state = self.state[p]
+        if state:
+            return state
+        hp = {k: group[k] for k in self.algorithm.hparams}
+        if self.algorithm.step:
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        for key, value in self.algorithm.scalar_state.items():
+            state[key] = torch.tensor(value, dtype=_get_scalar_dtype())
+        for key, fill in self.algorithm.state(hp).items():
+            if fill is not None:
+                # Complex parameters are updated as pairs of reals: fill both halves.
+                value = complex(fill, fill) if p.is_complex() else fill
+                state[key] = torch.full_like(p, value, memory_format=torch.preserve_format)
+        return state
+
+    # -- the step ------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.nonfinite != "ignore" and not self._gradients_finite():
+            self.skipped_steps += 1
+            return loss
+        for group in self.param_groups:
+            hp = {k: hyperparameter(k, group[k]) for k in self.algorithm.hparams}
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, group, hp)
+        return loss
+
+    def _gradients_finite(self) -> bool:
+        for index, group in enumerate(self.param_groups):
+            for position, p in enumerate(group["params"]):
+                grad = p.grad
+                if grad is None:
+                    continue
+                values = grad.coalesce().values() if grad.is_sparse else grad
+                if not bool(torch.isfinite(values).all()):
+                    if self.nonfinite == "raise":
+                        raise FloatingPointError(
+                            f"Non-finite gradient in param_groups[{index}]['params'][{position}] "
+                            f"(shape {tuple(p.shape)}); nonfinite='raise'. Use nonfinite='skip' "
+                            "to skip such steps instead."
+                        )
+                    return False
+        return True
+
+    def _update(
+        self, p: torch.Tensor, grad: torch.Tensor, group: Mapping[str, Any], hp: dict[str, Any]
+    ) -> None:
+        algorithm = self.algorithm
+        if group.get("maximize", False):
+            grad = -grad
+        state = self._init_state(p, group)
+        step = 0.0
+        if algorithm.step:
+            state["step"] += 1
+            step = float(state["step"])
+        entries = [*algorithm.state(hp), *algorithm.scalar_state]
+        if grad.is_sparse:
+            mode = self._sparse_mode(p, hp)
+            if mode == "rows":
+                self._update_rows(p, grad, state, entries, step, hp)
+                return
+            grad = grad.to_dense()
+        inputs = {k: _dense_or_none(state.get(k)) for k in entries}
+        views = {k: None if v is None else real_view(v) for k, v in inputs.items()}
+        target = real_view(p)
+        new_p, new_state = algorithm.update(target, real_view(grad), views, step=step, xp=TORCH_OPS, **hp)
+        target.copy_(new_p)
+        for key, value in new_state.items():
+            current = views[key]
+            if current is None:
+                stored = value.detach().clone()
+                state[key] = torch.view_as_complex(stored) if p.is_complex() else stored
+            else:
+                current.copy_(value)
+                state[key] = inputs[key]
+
+    def _sparse_mode(self, p: torch.Tensor, hp: Mapping[str, Any]) -> str:
+        name = type(self).__name__
+        if self.algorithm.sparse is None:
+            raise RuntimeError(
+                f"adaptim.{name} does not support sparse gradients; "
+                f"use {self.algorithm.sparse_alternative}, or torch.optim.SparseAdam."
+            )
+        if p.is_complex():
+            raise RuntimeError(f"adaptim.{name} does not support sparse gradients of complex parameters.")
+        return self.algorithm.sparse(hp)
+
+    def _update_rows(
+        self,
+        p: torch.Tensor,
+        grad: torch.Tensor,
+        state: dict[str, Any],
+        entries: list[str],
+        step: float,
+        hp: dict[str, Any],
+    ) -> None:
+        # The rule is element-wise, so running it on the touched rows alone is
+        # the same arithmetic as the dense update, at the cost of nnz.
+        grad = grad.coalesce()  # duplicate indices must be summed first
+        rows = tuple(grad.indices())
+        values = grad.values()
+        tensors = {k: state[k] for k in entries}
+        new_p, new_state = self.algorithm.update(
+            p[rows], values, {k: v[rows] for k, v in tensors.items()}, step=step, xp=TORCH_OPS, **hp
+        )
+        p.index_put_(rows, new_p)
+        for key, value in new_state.items():
+            tensors[key].index_put_(rows, value)
+
+
+def _dense_or_none(value: Any) -> Any:
+    # torch's sparse-gradient SGD may leave a sparse momentum buffer in a state_dict.
+    if isinstance(value, torch.Tensor) and value.is_sparse:
+        return value.to_dense()
+    return value
+

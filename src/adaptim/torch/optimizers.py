@@ -1,0 +1,390 @@
+"""Drop-in ``torch.optim`` optimizers: torch's argument names, defaults and state layout.
+
+Each class only states its signature; the update rule it runs is written once
+in :mod:`adaptim.algorithms` and its docstring (equations, paper, framework
+differences) is appended to the class docstring.
+
+``foreach`` and ``fused`` are accepted so that code written for torch.optim
+runs unchanged; adaptim picks its own implementation. ``capturable=True`` and
+``differentiable=True`` are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import torch
+
+from adaptim import algorithms as alg
+from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
+
+_Opt = TypeVar("_Opt", bound=type[Optimizer])
+
+Betas = tuple[float | torch.Tensor, float | torch.Tensor]
+
+_COMMON = """
+    Besides the hyperparameters of the update below, every adaptim optimizer
+    takes ``maximize`` (ascend instead of descend) and ``nonfinite``
+    (``"ignore"`` | ``"skip"`` | ``"raise"``: what a NaN or Inf gradient does).
+    ``lr`` may be a float or a 1-element tensor, and every hyperparameter may
+    differ per param group.
+
+    The update rule
+    ---------------
+"""
+
+
+def _documented(cls: _Opt) -> _Opt:
+    rule_doc = cls.algorithm.update.__doc__ or ""
+    cls.__doc__ = (cls.__doc__ or "") + _COMMON + rule_doc
+    return cls
+
+
+@_documented
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, dampening and Nesterov momentum.
+
+    Same arguments, defaults and ``state_dict`` as :class:`torch.optim.SGD`;
+    sparse gradients are supported.
+    """
+
+    algorithm = alg.SGD
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize, foreach=foreach,
+            differentiable=differentiable, fused=fused,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class Adagrad(Optimizer):
+    """AdaGrad. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Adagrad`.
+
+    As in torch, the state (``step``, ``sum``) is created at construction, and
+    sparse gradients are supported (without weight decay).
+    """
+
+    algorithm = alg.ADAGRAD
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, fused=fused,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class RMSprop(Optimizer):
+    """RMSprop, plain, centered or with momentum.
+
+    Same arguments, defaults and ``state_dict`` as :class:`torch.optim.RMSprop`.
+    """
+
+    algorithm = alg.RMSPROP
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+            weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+            maximize=maximize, differentiable=differentiable,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class Adadelta(Optimizer):
+    """Adadelta. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Adadelta`."""
+
+    algorithm = alg.ADADELTA
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        capturable: bool = False,
+        maximize: bool = False,
+        differentiable: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
+            capturable=capturable, foreach=foreach, differentiable=differentiable,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class Adam(Optimizer):
+    """Adam, with AMSGrad and decoupled weight decay as options.
+
+    Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Adam`.
+    """
+
+    algorithm = alg.ADAM
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        betas: Betas = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class AdamW(Optimizer):
+    """AdamW: Adam with decoupled weight decay (default 1e-2).
+
+    Same arguments, defaults and ``state_dict`` as :class:`torch.optim.AdamW`.
+    """
+
+    algorithm = alg.ADAMW
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        betas: Betas = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class Adamax(Optimizer):
+    """Adamax. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Adamax`."""
+
+    algorithm = alg.ADAMAX
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 2e-3,
+        betas: Betas = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, capturable=capturable,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class NAdam(Optimizer):
+    """NAdam. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.NAdam`."""
+
+    algorithm = alg.NADAM
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 2e-3,
+        betas: Betas = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class RAdam(Optimizer):
+    """RAdam. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.RAdam`."""
+
+    algorithm = alg.RADAM
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        betas: Betas = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+            foreach=foreach, capturable=capturable,
+            decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class LARS(Optimizer):
+    """LARS (You et al. 2017): momentum SGD with a per-layer trust ratio.
+
+    torch.optim has no LARS; the state has torch's ``momentum_buffer`` name.
+    """
+
+    algorithm = alg.LARS
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0,
+        trust_coefficient: float = 1e-3,
+        eps: float = 1e-8,
+        *,
+        trust_clip: bool = False,
+        exclude_bias_and_norm: bool = False,
+        maximize: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient, eps=eps, trust_clip=trust_clip,
+            exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class LAMB(Optimizer):
+    """LAMB (You et al. 2020): Adam with a per-layer trust ratio.
+
+    torch.optim has no LAMB; the state uses Adam's names (``step``,
+    ``exp_avg``, ``exp_avg_sq``).
+    """
+
+    algorithm = alg.LAMB
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        betas: Betas = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        *,
+        bias_correction: bool = True,
+        weight_norm_clip: tuple[float, float] | None = (0.0, 10.0),
+        exclude_bias_and_norm: bool = False,
+        maximize: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults: dict[str, Any] = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            bias_correction=bias_correction, weight_norm_clip=weight_norm_clip,
+            exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.algorithm.name: cls
+    for cls in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam, LARS, LAMB)
+}
