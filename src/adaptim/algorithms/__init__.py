@@ -17,11 +17,23 @@ from adaptim.algorithms.rmsprop import RMSPROP, rmsprop_update
 from adaptim.algorithms.sgd import SGD, sgd_update
 
 ALGORITHMS: dict[str, Algorithm] = {
-    a.name: a for a in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW, ADAMAX, NADAM, RADAM, LARS, LAMB)
+    a.name: a
+    for a in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW, ADAMAX, NADAM, RADAM, LARS, LAMB)
 }
 
 __all__ = [
+    "ADADELTA",
+    "ADAGRAD",
+    "ADAM",
+    "ADAMAX",
+    "ADAMW",
     "ALGORITHMS",
+    "LAMB",
+    "LARS",
+    "NADAM",
+    "RADAM",
+    "RMSPROP",
+    "SGD",
     "Algorithm",
     "ArrayOps",
     "adadelta_update",

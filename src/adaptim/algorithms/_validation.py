@@ -50,7 +50,9 @@ def check_range(
     too_low = low is not None and (number <= low if low_open else number < low)
     too_high = high is not None and (number >= high if high_open else number > high)
     if too_low or too_high:
-        raise ValueError(f"Invalid {shown}: {number!r}; {_allowed(shown, low, high, low_open, high_open)}.")
+        raise ValueError(
+            f"Invalid {shown}: {number!r}; {_allowed(shown, low, high, low_open, high_open)}."
+        )
 
 
 def _allowed(

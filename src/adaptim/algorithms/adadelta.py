@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult, coupled_weight_decay
+from adaptim.algorithms._spec import (
+    Algorithm,
+    Array,
+    ArrayOps,
+    HParams,
+    UpdateResult,
+    coupled_weight_decay,
+)
 from adaptim.algorithms._validation import check_eps, check_lr, check_range, check_weight_decay
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult, lerp
-from adaptim.algorithms._validation import check_betas, check_bool, check_eps, check_lr, check_weight_decay
+from adaptim.algorithms._validation import (
+    check_betas,
+    check_bool,
+    check_eps,
+    check_lr,
+    check_weight_decay,
+)
 
 
 def decay_weights(
@@ -23,9 +29,7 @@ def decay_weights(
     return p, g + weight_decay * p
 
 
-def moments(
-    state: dict[str, Array], g: Array, beta1: float, beta2: float
-) -> tuple[Array, Array]:
+def moments(state: dict[str, Array], g: Array, beta1: float, beta2: float) -> tuple[Array, Array]:
     """The exponential moving averages of the gradient and of its square."""
     exp_avg = lerp(state["exp_avg"], g, 1 - beta1)
     exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, UpdateResult, coupled_weight_decay, lerp
+from adaptim.algorithms._spec import (
+    Algorithm,
+    Array,
+    ArrayOps,
+    UpdateResult,
+    coupled_weight_decay,
+    lerp,
+)
 from adaptim.algorithms.adam import validate_adam_like
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
-from adaptim.algorithms._validation import check_bool, check_eps, check_lr, check_range, check_weight_decay
+from adaptim.algorithms._validation import (
+    check_bool,
+    check_eps,
+    check_lr,
+    check_range,
+    check_weight_decay,
+)
 
 
 def trust_ratio(xp: ArrayOps, numerator: Array, denominator: Array, usable: Array) -> Array:

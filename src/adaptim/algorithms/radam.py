@@ -48,7 +48,9 @@ def radam_update(
     rho_inf = 2 / (1 - beta2) - 1
     rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
     if rho_t > 5.0:
-        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        rect = (
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        ) ** 0.5
         adaptive = bias_correction2**0.5 / (xp.sqrt(exp_avg_sq) + eps)
         return p - corrected_avg * lr * adaptive * rect, new_state
     return p - corrected_avg * lr, new_state

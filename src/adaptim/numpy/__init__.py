@@ -72,12 +72,16 @@ class Optimizer:
                 f"Invalid nonfinite: {nonfinite!r}; allowed: 'ignore', 'skip', 'raise'."
             )
         self._check_names(hyperparams)
-        self.defaults: dict[str, Any] = {**self.algorithm.defaults, **hyperparams, "maximize": maximize}
+        self.defaults: dict[str, Any] = {
+            **self.algorithm.defaults,
+            **hyperparams,
+            "maximize": maximize,
+        }
         self.nonfinite = nonfinite
         self.skipped_steps = 0
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
-        groups = list(params)
+        groups: list[Any] = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -110,8 +114,12 @@ class Optimizer:
         for p in params:
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"params must be numpy arrays, got {type(p).__name__}")
-            if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.complexfloating)):
-                raise TypeError(f"params must be floating-point or complex arrays, got dtype {p.dtype}")
+            if not (
+                np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.complexfloating)
+            ):
+                raise TypeError(
+                    f"params must be floating-point or complex arrays, got dtype {p.dtype}"
+                )
             if not p.flags.writeable:
                 raise ValueError("params must be writeable arrays: they are updated in place")
             if any(p is q for q in self.params):
@@ -145,7 +153,9 @@ class Optimizer:
         params = self.params
         if len(grads) != len(params):
             raise ValueError(f"step() got {len(grads)} gradients for {len(params)} parameters")
-        checked = [self._checked_grad(i, p, g) for i, (p, g) in enumerate(zip(params, grads, strict=True))]
+        checked = [
+            self._checked_grad(i, p, g) for i, (p, g) in enumerate(zip(params, grads, strict=True))
+        ]
         if self.nonfinite != "ignore":
             for index, g in enumerate(checked):
                 if g is not None and not np.isfinite(g).all():
@@ -171,8 +181,11 @@ class Optimizer:
             return None
         g = np.asarray(g)
         if g.shape != p.shape:
-            raise ValueError(f"gradient {index} has shape {g.shape}, but its parameter has shape {p.shape}")
-        return g.astype(p.dtype, copy=False)
+            raise ValueError(
+                f"gradient {index} has shape {g.shape}, but its parameter has shape {p.shape}"
+            )
+        checked: np.ndarray = g.astype(p.dtype, copy=False)
+        return checked
 
     def _update(
         self, index: int, p: np.ndarray, g: np.ndarray, group: Mapping[str, Any], hp: dict[str, Any]
@@ -186,7 +199,9 @@ class Optimizer:
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
         views = {k: None if state.get(k) is None else _real_view(state[k]) for k in entries}
         target = _real_view(p)
-        new_p, new_state = algorithm.update(target, _real_view(g), views, step=step, xp=NUMPY_OPS, **hp)
+        new_p, new_state = algorithm.update(
+            target, _real_view(g), views, step=step, xp=NUMPY_OPS, **hp
+        )
         target[...] = new_p
         for key, value in new_state.items():
             current = views[key]
@@ -205,7 +220,9 @@ class Optimizer:
         for group in self.param_groups:
             ids = list(range(index, index + len(group["params"])))
             index += len(ids)
-            groups.append({**copy.deepcopy({k: v for k, v in group.items() if k != "params"}), "params": ids})
+            groups.append(
+                {**copy.deepcopy({k: v for k, v in group.items() if k != "params"}), "params": ids}
+            )
         return {"state": copy.deepcopy(self.state), "param_groups": groups}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -218,7 +235,9 @@ class Optimizer:
             )
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
             if len(saved["params"]) != len(group["params"]):
-                raise ValueError("loaded state dict contains a parameter group that doesn't match this optimizer's")
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match this optimizer's"
+                )
         params = self.params
         saved_ids = [i for g in saved_groups for i in g["params"]]
         new_state: dict[int, dict[str, Any]] = {}
@@ -249,7 +268,9 @@ def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
         f"({', '.join(algorithm.hparams)}, maximize, nonfinite) with the same defaults.\n\n"
         + (algorithm.update.__doc__ or "")
     )
-    return type(class_name, (Optimizer,), {"algorithm": algorithm, "__doc__": doc, "__module__": __name__})
+    return type(
+        class_name, (Optimizer,), {"algorithm": algorithm, "__doc__": doc, "__module__": __name__}
+    )
 
 
 _NAMES = {

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
 
 from adaptim.algorithms._spec import Algorithm, ArrayOps
 from adaptim.algorithms._validation import as_float
@@ -29,6 +28,11 @@ NONFINITE_POLICIES: tuple[str, ...] = ("ignore", "skip", "raise")
 _TORCH_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
+
+
+def scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim keeps ``step`` and other scalar state in."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def hyperparameter(name: str, value: Any) -> Any:
@@ -128,24 +132,24 @@ class Optimizer(torch.optim.Optimizer):
 
     # -- state -------------------------------------------------------------------
     def _init_state(self, p: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
-        state = self.state[p]
+        state: dict[str, Any] = self.state[p]
         if state:
             return state
         hp = {k: group[k] for k in self.algorithm.hparams}
         if self.algorithm.step:
-            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-        for key, value in self.algorithm.scalar_state.items():
-            state[key] = torch.tensor(value, dtype=_get_scalar_dtype())
+            state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+        for key, initial in self.algorithm.scalar_state.items():
+            state[key] = torch.tensor(initial, dtype=scalar_dtype())
         for key, fill in self.algorithm.state(hp).items():
             if fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
-                value = complex(fill, fill) if p.is_complex() else fill
-                state[key] = torch.full_like(p, value, memory_format=torch.preserve_format)
+                start: complex = complex(fill, fill) if p.is_complex() else fill
+                state[key] = torch.full_like(p, start, memory_format=torch.preserve_format)
         return state
 
     # -- the step ------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
@@ -199,7 +203,9 @@ class Optimizer(torch.optim.Optimizer):
         inputs = {k: _dense_or_none(state.get(k)) for k in entries}
         views = {k: None if v is None else real_view(v) for k, v in inputs.items()}
         target = real_view(p)
-        new_p, new_state = algorithm.update(target, real_view(grad), views, step=step, xp=TORCH_OPS, **hp)
+        new_p, new_state = algorithm.update(
+            target, real_view(grad), views, step=step, xp=TORCH_OPS, **hp
+        )
         target.copy_(new_p)
         for key, value in new_state.items():
             current = views[key]
@@ -218,7 +224,9 @@ class Optimizer(torch.optim.Optimizer):
                 f"use {self.algorithm.sparse_alternative}, or torch.optim.SparseAdam."
             )
         if p.is_complex():
-            raise RuntimeError(f"adaptim.{name} does not support sparse gradients of complex parameters.")
+            raise RuntimeError(
+                f"adaptim.{name} does not support sparse gradients of complex parameters."
+            )
         return self.algorithm.sparse(hp)
 
     def _update_rows(
@@ -249,4 +257,3 @@ def _dense_or_none(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.is_sparse:
         return value.to_dense()
     return value
-
