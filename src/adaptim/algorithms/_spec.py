@@ -6,6 +6,12 @@ returns the new parameter and the new state. It only uses the arithmetic
 operators and the few functions of :class:`ArrayOps`, so the same code runs on
 ``torch.Tensor`` and on ``numpy.ndarray``: the front-ends pass the matching
 ``xp``. Writing back into the caller's buffers is the front-end's job.
+
+Three of those functions are multiply-adds (``axpy``, ``addcmul``, ``lerp``).
+torch's kernels fuse them (one rounding instead of two); calling torch's own
+ops where torch.optim does makes the torch front-end follow torch.optim's
+for-loop implementation bit for bit, in float32 as in float64. NumPy has no
+fused multiply-add, so there they are the plain formulas.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ class ArrayOps:
     clip: Callable[[Array, float, float], Array]
     #: Euclidean norm over all elements, returned as a 0-d array (no host sync on GPU).
     norm: Callable[[Array], Array]
+    #: ``a + alpha·b`` (torch: ``add`` with ``alpha``).
+    axpy: Callable[[Array, Array, float], Array]
+    #: ``a + value·b·c`` (torch: ``addcmul``).
+    addcmul: Callable[[Array, Array, Array, float], Array]
+    #: ``a + w·(b - a)`` for a scalar weight (torch: ``lerp``).
+    lerp: Callable[[Array, Array, float], Array]
 
 
 @dataclass(frozen=True)
@@ -69,16 +81,16 @@ class Algorithm:
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:
-    """``start + weight * (end - start)``, rounded as ``torch.lerp`` rounds it.
+    """``start + weight * (end - start)`` in the two-sided form of ``torch.lerp``.
 
     torch switches to the form anchored at ``end`` for weights of one half or
-    more; doing the same keeps the moving averages equal to torch's to the bit.
+    more, which is more accurate there; the NumPy front-end does the same.
     """
     if weight < 0.5:
         return start + weight * (end - start)
     return end - (end - start) * (1 - weight)
 
 
-def coupled_weight_decay(p: Array, g: Array, weight_decay: float) -> Array:
+def coupled_weight_decay(xp: ArrayOps, p: Array, g: Array, weight_decay: float) -> Array:
     """L2 regularisation folded into the gradient: ``g + λ·p``."""
-    return g + weight_decay * p if weight_decay != 0 else g
+    return xp.axpy(g, p, weight_decay) if weight_decay != 0 else g

@@ -40,11 +40,11 @@ def adadelta_update(
     ``v`` is stored as ``square_avg`` and ``u`` as ``acc_delta``. The paper has
     no learning rate (:math:`\gamma = 1`, torch's default).
     """
-    g = coupled_weight_decay(p, g, weight_decay)
-    square_avg = state["square_avg"] * rho + (1 - rho) * g * g
+    g = coupled_weight_decay(xp, p, g, weight_decay)
+    square_avg = xp.addcmul(state["square_avg"] * rho, g, g, 1 - rho)
     delta = xp.sqrt(state["acc_delta"] + eps) / xp.sqrt(square_avg + eps) * g
-    acc_delta = state["acc_delta"] * rho + (1 - rho) * delta * delta
-    return p - lr * delta, {"square_avg": square_avg, "acc_delta": acc_delta}
+    acc_delta = xp.addcmul(state["acc_delta"] * rho, delta, delta, 1 - rho)
+    return xp.axpy(p, delta, -lr), {"square_avg": square_avg, "acc_delta": acc_delta}
 
 
 def _validate(hp: HParams) -> None:

@@ -45,9 +45,9 @@ def adagrad_update(
     (default 1e-10) and starts the accumulator at 0; Keras 3 and optax put
     ``eps`` inside (1e-7) and start at 0.1.
     """
-    g = coupled_weight_decay(p, g, weight_decay)
+    g = coupled_weight_decay(xp, p, g, weight_decay)
     clr = lr / (1 + (step - 1) * lr_decay)
-    total = state["sum"] + g * g
+    total = xp.addcmul(state["sum"], g, g, 1.0)
     return p - clr * g / (xp.sqrt(total) + eps), {"sum": total}
 
 

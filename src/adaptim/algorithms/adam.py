@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult, lerp
+from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
 from adaptim.algorithms._validation import (
     check_betas,
     check_bool,
@@ -15,7 +15,7 @@ from adaptim.algorithms._validation import (
 
 
 def decay_weights(
-    p: Array, g: Array, lr: float, weight_decay: float, decoupled: bool
+    xp: ArrayOps, p: Array, g: Array, lr: float, weight_decay: float, decoupled: bool
 ) -> tuple[Array, Array]:
     """Weight decay as L2 in the gradient, or decoupled from it (Loshchilov & Hutter 2019).
 
@@ -26,13 +26,15 @@ def decay_weights(
         return p, g
     if decoupled:
         return p * (1 - lr * weight_decay), g
-    return p, g + weight_decay * p
+    return p, xp.axpy(g, p, weight_decay)
 
 
-def moments(state: dict[str, Array], g: Array, beta1: float, beta2: float) -> tuple[Array, Array]:
+def moments(
+    xp: ArrayOps, state: dict[str, Array], g: Array, beta1: float, beta2: float
+) -> tuple[Array, Array]:
     """The exponential moving averages of the gradient and of its square."""
-    exp_avg = lerp(state["exp_avg"], g, 1 - beta1)
-    exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
+    exp_avg = xp.lerp(state["exp_avg"], g, 1 - beta1)
+    exp_avg_sq = xp.addcmul(state["exp_avg_sq"] * beta2, g, g, 1 - beta2)
     return exp_avg, exp_avg_sq
 
 
@@ -70,8 +72,8 @@ def adam_update(
     it over the bias-corrected ``v``.
     """
     beta1, beta2 = betas
-    p, g = decay_weights(p, g, lr, weight_decay, decoupled_weight_decay)
-    exp_avg, exp_avg_sq = moments(state, g, beta1, beta2)
+    p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
+    exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     second = exp_avg_sq
     if amsgrad:

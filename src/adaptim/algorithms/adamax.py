@@ -10,7 +10,6 @@ from adaptim.algorithms._spec import (
     ArrayOps,
     UpdateResult,
     coupled_weight_decay,
-    lerp,
 )
 from adaptim.algorithms.adam import validate_adam_like
 
@@ -40,8 +39,8 @@ def adamax_update(
     ``|g|`` (Keras adds it to ``u`` in the denominator).
     """
     beta1, beta2 = betas
-    g = coupled_weight_decay(p, g, weight_decay)
-    exp_avg = lerp(state["exp_avg"], g, 1 - beta1)
+    g = coupled_weight_decay(xp, p, g, weight_decay)
+    exp_avg = xp.lerp(state["exp_avg"], g, 1 - beta1)
     exp_inf = xp.maximum(state["exp_inf"] * beta2, xp.abs(g) + eps)
     clr = lr / (1 - beta1**step)
     return p - clr * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}

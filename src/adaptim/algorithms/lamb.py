@@ -52,7 +52,7 @@ def lamb_update(
       trust ratio nor weight decay, as the BERT recipe does.
     """
     beta1, beta2 = betas
-    exp_avg, exp_avg_sq = moments(state, g, beta1, beta2)
+    exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     first, second = exp_avg, exp_avg_sq
     if bias_correction:
         first = exp_avg / (1 - beta1**step)

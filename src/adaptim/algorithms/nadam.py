@@ -42,11 +42,11 @@ def nadam_update(
     optax's ``nadam`` drops the schedule (Dozat's simplified form).
     """
     beta1, beta2 = betas
-    p, g = decay_weights(p, g, lr, weight_decay, decoupled_weight_decay)
+    p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
     mu_product = state["mu_product"] * mu
-    exp_avg, exp_avg_sq = moments(state, g, beta1, beta2)
+    exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     denom = xp.sqrt(exp_avg_sq / (1 - beta2**step)) + eps
     product = float(mu_product)
     grad_coef = -lr * (1.0 - mu) / (1.0 - product)

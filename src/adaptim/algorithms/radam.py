@@ -40,8 +40,8 @@ def radam_update(
     Weight decay is L2 or, with ``decoupled_weight_decay``, AdamW-style.
     """
     beta1, beta2 = betas
-    p, g = decay_weights(p, g, lr, weight_decay, decoupled_weight_decay)
-    exp_avg, exp_avg_sq = moments(state, g, beta1, beta2)
+    p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
+    exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     bias_correction2 = 1 - beta2**step
     corrected_avg = exp_avg / (1 - beta1**step)

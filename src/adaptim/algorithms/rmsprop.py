@@ -11,7 +11,6 @@ from adaptim.algorithms._spec import (
     HParams,
     UpdateResult,
     coupled_weight_decay,
-    lerp,
 )
 from adaptim.algorithms._validation import (
     check_bool,
@@ -55,19 +54,19 @@ def rmsprop_update(
     ``rho=0.9`` with ``eps`` inside and ``lr`` inside the buffer; TF1 starts
     ``v`` at ones.
     """
-    g = coupled_weight_decay(p, g, weight_decay)
-    square_avg = state["square_avg"] * alpha + (1 - alpha) * g * g
+    g = coupled_weight_decay(xp, p, g, weight_decay)
+    square_avg = xp.addcmul(state["square_avg"] * alpha, g, g, 1 - alpha)
     new_state = {"square_avg": square_avg}
     if centered:
-        grad_avg = lerp(state["grad_avg"], g, 1 - alpha)
+        grad_avg = xp.lerp(state["grad_avg"], g, 1 - alpha)
         new_state["grad_avg"] = grad_avg
-        sigma = xp.sqrt(square_avg - grad_avg * grad_avg) + eps
+        sigma = xp.sqrt(xp.addcmul(square_avg, grad_avg, grad_avg, -1.0)) + eps
     else:
         sigma = xp.sqrt(square_avg) + eps
     if momentum > 0:
         buf = state["momentum_buffer"] * momentum + g / sigma
         new_state["momentum_buffer"] = buf
-        return p - lr * buf, new_state
+        return xp.axpy(p, buf, -lr), new_state
     return p - lr * g / sigma, new_state
 
 

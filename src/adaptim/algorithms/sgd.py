@@ -45,14 +45,14 @@ def sgd_update(
     Keras and optax put the learning rate inside the buffer, which differs once
     the learning rate changes during training.
     """
-    g = coupled_weight_decay(p, g, weight_decay)
+    g = coupled_weight_decay(xp, p, g, weight_decay)
     new_state: dict[str, Array] = {}
     if momentum != 0:
         buf = state["momentum_buffer"]
-        buf = g if buf is None else buf * momentum + (1 - dampening) * g
+        buf = g if buf is None else xp.axpy(buf * momentum, g, 1 - dampening)
         new_state["momentum_buffer"] = buf
-        g = g + momentum * buf if nesterov else buf
-    return p - lr * g, new_state
+        g = xp.axpy(g, buf, momentum) if nesterov else buf
+    return xp.axpy(p, g, -lr), new_state
 
 
 def _validate(hp: HParams) -> None:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps
+from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
 
 NUMPY_OPS = ArrayOps(
     name="numpy",
@@ -32,6 +32,9 @@ NUMPY_OPS = ArrayOps(
     where=np.where,
     clip=np.clip,
     norm=lambda x: np.sqrt(np.sum(x * x)),
+    axpy=lambda a, b, alpha: a + alpha * b,
+    addcmul=lambda a, b, c, value: a + value * b * c,
+    lerp=lerp,
 )
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")

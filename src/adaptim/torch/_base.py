@@ -18,6 +18,9 @@ TORCH_OPS = ArrayOps(
     where=torch.where,
     clip=torch.clamp,
     norm=torch.linalg.vector_norm,
+    axpy=lambda a, b, alpha: torch.add(a, b, alpha=alpha),
+    addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
+    lerp=torch.lerp,
 )
 
 NonFinitePolicy = Literal["ignore", "skip", "raise"]
