@@ -75,6 +75,9 @@ class Algorithm:
     scalar_state: Mapping[str, float] = field(default_factory=dict)
     step: bool = True
     state_at_construction: bool = False
+    #: Per-coordinate multiplier of the search direction, from the current state
+    #: (see :func:`effective_lr`); ``None`` where the state does not define one yet.
+    effective_lr: Callable[..., Array] | None = None
     sparse: Callable[[HParams], Literal["rows", "dense"]] | None = None
     #: Which algorithm can take sparse gradients instead, for the error message.
     sparse_alternative: str = "adaptim.Adagrad or adaptim.SGD"
@@ -89,6 +92,13 @@ def lerp(start: Array, end: Array, weight: float) -> Array:
     if weight < 0.5:
         return start + weight * (end - start)
     return end - (end - start) * (1 - weight)
+
+
+def constant_lr(
+    p: Array, state: dict[str, Array], *, step: float, xp: ArrayOps, lr: float, **_: Any
+) -> Array:
+    """Every coordinate moves with the global learning rate (SGD and its momentum forms)."""
+    return p * 0 + lr
 
 
 def coupled_weight_decay(xp: ArrayOps, p: Array, g: Array, weight_decay: float) -> Array:

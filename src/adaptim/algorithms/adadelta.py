@@ -47,6 +47,13 @@ def adadelta_update(
     return xp.axpy(p, delta, -lr), {"square_avg": square_avg, "acc_delta": acc_delta}
 
 
+def adadelta_effective_lr(
+    p: Array, state: dict[str, Array], *, step: float, xp: ArrayOps, lr: float, eps: float, **_: Any
+) -> Array:
+    r""":math:`\gamma\,\sqrt{u_t + \epsilon} / \sqrt{v_t + \epsilon}`, the factor applied to the next gradient."""
+    return lr * xp.sqrt(state["acc_delta"] + eps) / xp.sqrt(state["square_avg"] + eps)
+
+
 def _validate(hp: HParams) -> None:
     check_lr(hp)
     check_range(hp, "rho", 0.0, 1.0)
@@ -64,4 +71,5 @@ ADADELTA = Algorithm(
     defaults=DEFAULTS,
     validate=_validate,
     state=lambda hp: {"square_avg": 0.0, "acc_delta": 0.0},
+    effective_lr=adadelta_effective_lr,
 )

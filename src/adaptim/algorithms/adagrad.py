@@ -51,6 +51,21 @@ def adagrad_update(
     return p - clr * g / (xp.sqrt(total) + eps), {"sum": total}
 
 
+def adagrad_effective_lr(
+    p: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    lr_decay: float,
+    eps: float,
+    **_: Any,
+) -> Array:
+    r""":math:`\tilde\gamma_t / (\sqrt{s_t} + \epsilon)`: it can only shrink as ``sum`` grows."""
+    return lr / (1 + (step - 1) * lr_decay) / (xp.sqrt(state["sum"]) + eps)
+
+
 def _validate(hp: HParams) -> None:
     check_lr(hp)
     check_range(hp, "lr_decay", 0.0)
@@ -86,5 +101,6 @@ ADAGRAD = Algorithm(
     validate=_validate,
     state=lambda hp: {"sum": float(hp["initial_accumulator_value"])},
     state_at_construction=True,
+    effective_lr=adagrad_effective_lr,
     sparse=_sparse,
 )

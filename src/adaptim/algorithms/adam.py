@@ -84,6 +84,26 @@ def adam_update(
     return p - step_size * exp_avg / denom, new_state
 
 
+def adam_effective_lr(
+    p: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    amsgrad: bool = False,
+    **_: Any,
+) -> Array:
+    r""":math:`\gamma / (\sqrt{\hat v_t} + \epsilon)`, the factor applied to :math:`\hat m_t`.
+
+    Shared by Adam, AdamW, NAdam (whose ``v`` is the same moving average) and LAMB.
+    """
+    second = state["max_exp_avg_sq"] if amsgrad else state["exp_avg_sq"]
+    return lr / (xp.sqrt(second) / (1 - betas[1] ** step) ** 0.5 + eps)
+
+
 def validate_adam_like(hp: HParams) -> None:
     check_lr(hp)
     check_betas(hp)
@@ -121,6 +141,7 @@ ADAM = Algorithm(
     defaults=DEFAULTS,
     validate=_validate,
     state=_state,
+    effective_lr=adam_effective_lr,
 )
 
 ADAMW = Algorithm(
@@ -131,4 +152,5 @@ ADAMW = Algorithm(
     defaults={**DEFAULTS, "weight_decay": 1e-2, "decoupled_weight_decay": True},
     validate=_validate,
     state=_state,
+    effective_lr=adam_effective_lr,
 )

@@ -46,6 +46,13 @@ def adamax_update(
     return p - clr * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 
+def adamax_effective_lr(
+    p: Array, state: dict[str, Array], *, step: float, xp: ArrayOps, lr: float, **_: Any
+) -> Array:
+    r""":math:`\gamma / u_t`, the factor applied to :math:`\hat m_t`."""
+    return lr / state["exp_inf"]
+
+
 DEFAULTS: dict[str, Any] = {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
 
 ADAMAX = Algorithm(
@@ -56,4 +63,5 @@ ADAMAX = Algorithm(
     defaults=DEFAULTS,
     validate=validate_adam_like,
     state=lambda hp: {"exp_avg": 0.0, "exp_inf": 0.0},
+    effective_lr=adamax_effective_lr,
 )

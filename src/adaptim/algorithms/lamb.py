@@ -67,7 +67,29 @@ def lamb_update(
     u_norm = xp.norm(update)
     phi = w_norm if weight_norm_clip is None else xp.clip(w_norm, *weight_norm_clip)
     ratio = trust_ratio(xp, phi, u_norm, (w_norm > 0) & (u_norm > 0))
+    new_state["trust_ratio"] = ratio
     return p - (lr * ratio) * update, new_state
+
+
+def lamb_effective_lr(
+    p: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    bias_correction: bool,
+    **_: Any,
+) -> Array:
+    """:math:`\\gamma\\,\text{ratio}_t / (\\sqrt{\\hat v_t} + \\epsilon)`, the factor applied to :math:`\\hat m_t`."""
+    second = (
+        state["exp_avg_sq"] / (1 - betas[1] ** step) if bias_correction else state["exp_avg_sq"]
+    )
+    ratio = state.get("trust_ratio")
+    scale = lr if ratio is None else lr * ratio
+    return scale / (xp.sqrt(second) + eps)
 
 
 def _validate(hp: HParams) -> None:
@@ -102,5 +124,6 @@ LAMB = Algorithm(
     hparams=tuple(DEFAULTS),
     defaults=DEFAULTS,
     validate=_validate,
-    state=lambda hp: {"exp_avg": 0.0, "exp_avg_sq": 0.0},
+    state=lambda hp: {"exp_avg": 0.0, "exp_avg_sq": 0.0, "trust_ratio": None},
+    effective_lr=lamb_effective_lr,
 )

@@ -82,10 +82,27 @@ def lars_update(
         if trust_clip:
             ratio = xp.clip(ratio, 0.0, 1.0)
         update = (lr * ratio) * g
+        new_state["trust_ratio"] = ratio
     if momentum != 0:
         update = state["momentum_buffer"] * momentum + update
         new_state["momentum_buffer"] = update
     return p - update, new_state
+
+
+def lars_effective_lr(
+    p: Array, state: dict[str, Array], *, step: float, xp: ArrayOps, lr: float, **_: Any
+) -> Array:
+    r""":math:`\gamma\,\lambda_t` of the last step, the same for every coordinate of a layer."""
+    ratio = state.get("trust_ratio")
+    return p * 0 + (lr if ratio is None else lr * ratio)
+
+
+def _state(hp: HParams) -> dict[str, float | None]:
+    # The trust ratio of the last step is kept (0-d) for the effective-rate diagnostic.
+    state: dict[str, float | None] = {"trust_ratio": None}
+    if hp["momentum"] != 0:
+        state["momentum_buffer"] = 0.0
+    return state
 
 
 def _validate(hp: HParams) -> None:
@@ -115,6 +132,7 @@ LARS = Algorithm(
     hparams=tuple(DEFAULTS),
     defaults=DEFAULTS,
     validate=_validate,
-    state=lambda hp: {"momentum_buffer": 0.0} if hp["momentum"] != 0 else {},
+    state=_state,
     step=False,
+    effective_lr=lars_effective_lr,
 )

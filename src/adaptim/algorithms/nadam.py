@@ -6,7 +6,7 @@ from typing import Any
 
 from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
 from adaptim.algorithms._validation import check_bool, check_range
-from adaptim.algorithms.adam import decay_weights, moments, validate_adam_like
+from adaptim.algorithms.adam import adam_effective_lr, decay_weights, moments, validate_adam_like
 
 
 def nadam_update(
@@ -80,4 +80,5 @@ NADAM = Algorithm(
     validate=_validate,
     state=lambda hp: {"exp_avg": 0.0, "exp_avg_sq": 0.0},
     scalar_state={"mu_product": 1.0},
+    effective_lr=adam_effective_lr,
 )

@@ -9,6 +9,17 @@ from adaptim.algorithms._validation import check_bool
 from adaptim.algorithms.adam import decay_weights, moments, validate_adam_like
 
 
+def rectification(beta2: float, step: float) -> float | None:
+    r""":math:`r_t`, or ``None`` while :math:`\rho_t \le 5` (the variance is not yet tractable)."""
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / (1 - beta2**step)
+    if rho_t <= 5.0:
+        return None
+    return float(
+        ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+    )
+
+
 def radam_update(
     p: Array,
     g: Array,
@@ -43,17 +54,31 @@ def radam_update(
     p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
     exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-    bias_correction2 = 1 - beta2**step
     corrected_avg = exp_avg / (1 - beta1**step)
-    rho_inf = 2 / (1 - beta2) - 1
-    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
-    if rho_t > 5.0:
-        rect = (
-            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-        ) ** 0.5
-        adaptive = bias_correction2**0.5 / (xp.sqrt(exp_avg_sq) + eps)
+    rect = rectification(beta2, step)
+    if rect is not None:
+        adaptive = (1 - beta2**step) ** 0.5 / (xp.sqrt(exp_avg_sq) + eps)
         return p - corrected_avg * lr * adaptive * rect, new_state
     return p - corrected_avg * lr, new_state
+
+
+def radam_effective_lr(
+    p: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    **_: Any,
+) -> Array:
+    r""":math:`\gamma\, r_t\, l_t` once rectified, :math:`\gamma` (plain momentum) before."""
+    beta2 = betas[1]
+    rect = rectification(beta2, step)
+    if rect is None:
+        return p * 0 + lr
+    return lr * rect * (1 - beta2**step) ** 0.5 / (xp.sqrt(state["exp_avg_sq"]) + eps)
 
 
 def _validate(hp: HParams) -> None:
@@ -77,4 +102,5 @@ RADAM = Algorithm(
     defaults=DEFAULTS,
     validate=_validate,
     state=lambda hp: {"exp_avg": 0.0, "exp_avg_sq": 0.0},
+    effective_lr=radam_effective_lr,
 )

@@ -70,6 +70,24 @@ def rmsprop_update(
     return p - lr * g / sigma, new_state
 
 
+def rmsprop_effective_lr(
+    p: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    eps: float,
+    centered: bool,
+    **_: Any,
+) -> Array:
+    r""":math:`\gamma / \sigma_t`: follows the moving average, so it recovers when gradients shrink."""
+    square_avg = state["square_avg"]
+    if centered:
+        square_avg = xp.addcmul(square_avg, state["grad_avg"], state["grad_avg"], -1.0)
+    return lr / (xp.sqrt(square_avg) + eps)
+
+
 def _validate(hp: HParams) -> None:
     check_lr(hp)
     check_range(hp, "alpha", 0.0, 1.0)
@@ -105,4 +123,5 @@ RMSPROP = Algorithm(
     defaults=DEFAULTS,
     validate=_validate,
     state=_state,
+    effective_lr=rmsprop_effective_lr,
 )

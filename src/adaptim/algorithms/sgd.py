@@ -10,6 +10,7 @@ from adaptim.algorithms._spec import (
     ArrayOps,
     HParams,
     UpdateResult,
+    constant_lr,
     coupled_weight_decay,
 )
 from adaptim.algorithms._validation import check_bool, check_lr, check_range, check_weight_decay
@@ -95,5 +96,6 @@ SGD = Algorithm(
     validate=_validate,
     state=_state,
     step=False,
+    effective_lr=constant_lr,
     sparse=_sparse,
 )

@@ -210,11 +210,37 @@ class Optimizer:
             current = views[key]
             if current is None:
                 stored = np.array(value, dtype=target.dtype)
-                state[key] = stored.view(p.dtype).reshape(p.shape) if np.iscomplexobj(p) else stored
+                if np.iscomplexobj(p) and stored.shape == target.shape:
+                    stored = stored.view(p.dtype).reshape(p.shape)
+                state[key] = stored
             elif key in algorithm.scalar_state:
                 state[key] = np.asarray(value, dtype=_SCALAR_DTYPE)
             else:
                 current[...] = value
+
+    def effective_lr(self) -> list[np.ndarray | None]:
+        """Per-coordinate effective learning rate of every parameter, as in the torch front-end.
+
+        ``None`` for a parameter that has no state yet.
+        """
+        rule = self.algorithm.effective_lr
+        rates: list[np.ndarray | None] = []
+        index = 0
+        for group in self.param_groups:
+            hp = {k: group[k] for k in self.algorithm.hparams}
+            needs_state = self.algorithm.step or any(
+                fill is not None for fill in self.algorithm.state(hp).values()
+            )
+            for p in group["params"]:
+                state = self.state.get(index, {})
+                index += 1
+                if rule is None or (needs_state and not state):
+                    rates.append(None)
+                    continue
+                step = max(float(state.get("step", 1.0)), 1.0)
+                views = {k: _real_view(v) if np.ndim(v) else v for k, v in state.items()}
+                rates.append(np.asarray(rule(_real_view(p), views, step=step, xp=NUMPY_OPS, **hp)))
+        return rates
 
     def state_dict(self) -> dict[str, Any]:
         """A deep copy of the state and hyperparameters, parameters numbered in order (torch's layout)."""

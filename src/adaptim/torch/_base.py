@@ -168,6 +168,38 @@ class Optimizer(torch.optim.Optimizer):
                     self._update(p, p.grad, group, hp)
         return loss
 
+    @torch.no_grad()
+    def effective_lr(self) -> list[torch.Tensor | None]:
+        """The per-coordinate effective learning rate of every parameter, in ``param_groups`` order.
+
+        It is the factor the optimizer multiplies its search direction by,
+        computed from the current state: ``lr`` for SGD, ``lr/(√sum+ε)`` for
+        AdaGrad, ``lr/(√v+ε)`` for RMSprop, ``lr/(√v̂+ε)`` on the bias-corrected
+        momentum for Adam, ``lr·trust_ratio`` for LARS (see each algorithm's
+        ``*_effective_lr``). Its spread over coordinates and its drift over
+        time show *why* optimizers differ: AdaGrad's only shrinks, RMSprop's
+        follows the recent gradients. ``None`` for a parameter that has no
+        state yet. Complex parameters give the rate of their real view.
+        """
+        rule = self.algorithm.effective_lr
+        rates: list[torch.Tensor | None] = []
+        for group in self.param_groups:
+            hp = {k: hyperparameter(k, group[k]) for k in self.algorithm.hparams}
+            needs_state = self.algorithm.step or any(
+                fill is not None for fill in self.algorithm.state(hp).values()
+            )
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                if rule is None or (needs_state and not state):
+                    rates.append(None)
+                    continue
+                step = max(float(state.get("step", 1.0)), 1.0)
+                views = {
+                    k: real_view(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()
+                }
+                rates.append(rule(real_view(p), views, step=step, xp=TORCH_OPS, **hp))
+        return rates
+
     def _gradients_finite(self) -> bool:
         for index, group in enumerate(self.param_groups):
             for position, p in enumerate(group["params"]):
@@ -214,7 +246,9 @@ class Optimizer(torch.optim.Optimizer):
             current = views[key]
             if current is None:
                 stored = value.detach().clone()
-                state[key] = torch.view_as_complex(stored) if p.is_complex() else stored
+                if p.is_complex() and stored.shape == target.shape:
+                    stored = torch.view_as_complex(stored)
+                state[key] = stored
             else:
                 current.copy_(value)
                 state[key] = inputs[key]
