@@ -1,0 +1,105 @@
+"""What a problem is: the typed protocol every built-in and user problem follows.
+
+A :class:`Problem` is a named recipe. From a seed it builds a :class:`Setup`:
+the parameters to optimize, the training loss of each step (drawing that
+step's minibatch from a stream seeded by the seed), and an evaluation that
+returns metrics, the main one among them.
+
+A user's own problem is a function that takes no arguments and returns a
+``Problem``; pass it as ``--problem package.module:function``::
+
+    import torch
+    from adaptim.lab.problems import BuildContext, Metric, Problem, Setup
+
+    def make_problem() -> Problem:
+        def build(seed: int, context: BuildContext) -> Setup:
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(512, 3, generator=g)
+            y = x @ torch.tensor([1.0, -2.0, 0.5])
+            w = torch.nn.Parameter(torch.zeros(3))
+
+            def train_loss(step: int) -> torch.Tensor:
+                rows = torch.randint(0, 512, (32,), generator=g)
+                return ((x[rows] @ w - y[rows]) ** 2).mean()
+
+            def evaluate() -> dict[str, float]:
+                return {"mse": ((x @ w - y) ** 2).mean().item()}
+
+            return Setup(parameters=[w], train_loss=train_loss, evaluate=evaluate)
+
+        return Problem(
+            name="my-regression", description="3-d least squares",
+            metric=Metric("mse", "min"), build=build, steps=300, batch_size=32,
+        )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Goal = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The main metric of a problem and whether lower (``"min"``) or higher (``"max"``) is better."""
+
+    name: str
+    goal: Goal
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether value ``a`` is strictly better than ``b``."""
+        return a < b if self.goal == "min" else a > b
+
+    @property
+    def worst(self) -> float:
+        """The score of a diverged run: worse than any real value."""
+        return float("inf") if self.goal == "min" else float("-inf")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Options from the command line that some problems need."""
+
+    #: A directory with dataset files (for example MNIST's IDX files), or ``None``.
+    data_dir: Path | None = None
+
+
+@dataclass
+class Setup:
+    """One problem instance, built from a seed.
+
+    ``train_loss(step)`` returns the differentiable loss on the minibatch of
+    step ``step`` (1-based). ``evaluate()`` returns the metrics, the main one
+    included; it runs under ``torch.no_grad()``. 2-D problems also give
+    ``position()``, the current point, for trajectory plots.
+    """
+
+    parameters: Sequence[torch.Tensor]
+    train_loss: Callable[[int], torch.Tensor]
+    evaluate: Callable[[], dict[str, float]]
+    position: Callable[[], tuple[float, float]] | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A named, seeded recipe for a :class:`Setup`, with its default budget."""
+
+    name: str
+    description: str
+    metric: Metric
+    build: Callable[[int, BuildContext], Setup]
+    steps: int
+    batch_size: int
+    #: Evaluate every this many steps (and always at the end); 0 picks about 25 evaluations.
+    eval_every: int = 0
+    #: Tags for listing, e.g. ("2d",) or ("classification", "image").
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def eval_interval(self, steps: int) -> int:
+        return self.eval_every or max(1, steps // 25)
