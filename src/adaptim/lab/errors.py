@@ -14,5 +14,5 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> LabError:
     """``unknown <kind> 'nme'; did you mean 'name'? valid: a, b, c``."""
     choices = list(valid)
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else "."
     return LabError(f"unknown {kind} {name!r}{hint} Valid {kind}s: {', '.join(choices)}")
