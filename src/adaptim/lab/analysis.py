@@ -1,0 +1,204 @@
+"""Analysis: pure functions from stored trials to summaries and a recommendation.
+
+Statistics: the mean of the final main metric over the re-run seeds with a
+two-sided 95% confidence interval from Student's t distribution. Two
+optimizers are *statistically tied* when Welch's t-test cannot tell their
+means apart at the 5% level (or one has a single seed and their intervals
+overlap). Among tied leaders the recommendation prefers the more *robust*
+optimizer: the one whose good learning-rate range (see :func:`robustness`) is
+wider.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from scipy import stats
+
+from adaptim.lab.problems import Metric
+from adaptim.lab.trial import TrialResult
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float | None
+    ci95: float | None
+    n: int
+    diverged: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "ci95": self.ci95, "n": self.n, "diverged": self.diverged}
+
+
+@dataclass
+class OptimizerOutcome:
+    """One optimizer on one problem: its tuning sweep, chosen setting and re-runs."""
+
+    name: str
+    metric: Metric
+    hparams: dict[str, Any]
+    tuning: list[TrialResult]
+    runs: list[TrialResult]
+    summary: Summary = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.summary = summarize([r.score(self.metric.name) for r in self.runs])
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    optimizer: str | None
+    hparams: dict[str, Any] | None
+    reason: str
+    tied_with: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "hparams": self.hparams,
+            "reason": self.reason,
+            "tied_with": list(self.tied_with),
+        }
+
+
+def summarize(values: Sequence[float | None], total: int | None = None) -> Summary:
+    """Mean and 95% CI half-width of the finite values; runs without a value count as diverged."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    total = len(values) if total is None else total
+    n = len(finite)
+    if n == 0:
+        return Summary(None, None, 0, total)
+    mean = sum(finite) / n
+    if n < 2:
+        return Summary(mean, None, n, total - n)
+    variance = sum((v - mean) ** 2 for v in finite) / (n - 1)
+    half = float(stats.t.ppf(0.975, n - 1)) * math.sqrt(variance / n)
+    return Summary(mean, half, n, total - n)
+
+
+def tied(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two samples' means are statistically indistinguishable at the 5% level."""
+    if len(a) >= 2 and len(b) >= 2:
+        if max(a) == min(a) and max(b) == min(b):
+            return a[0] == b[0]
+        result = stats.ttest_ind(a, b, equal_var=False)
+        return bool(result.pvalue >= 0.05)
+    return a == b if len(a) == len(b) == 1 else False
+
+
+def robustness(metric: Metric, tuning: Sequence[TrialResult]) -> float:
+    """Width, in decades of learning rate, of the tuning settings scoring close to the best.
+
+    "Close" means within 10% (relative) of the optimizer's best tuning score,
+    and at least within 0.01 absolute for metrics in [0, 1] such as accuracy.
+    Diverged runs never count.
+    """
+    scored = [
+        (t.spec.hparams["lr"], t.score(metric.name)) for t in tuning if "lr" in t.spec.hparams
+    ]
+    finite = [(lr, s) for lr, s in scored if s is not None and math.isfinite(s)]
+    if len(finite) < 2:
+        return 0.0
+    best = min(s for _, s in finite) if metric.goal == "min" else max(s for _, s in finite)
+    tolerance = max(0.1 * abs(best), 0.01 if 0 <= best <= 1 else 0.0)
+    good = [lr for lr, s in finite if abs(s - best) <= tolerance]
+    return math.log10(max(good) / min(good)) if len(good) > 1 else 0.0
+
+
+def _format(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommendation:
+    """Which optimizer and setting to use, and why, from the re-run seeds."""
+    alive = [o for o in outcomes if o.summary.mean is not None]
+    if not alive:
+        names = ", ".join(o.name for o in outcomes)
+        return Recommendation(
+            None,
+            None,
+            f"No recommendation: every optimizer diverged on every re-run seed ({names}). "
+            "Try smaller learning rates with --set NAME.lr=..., or check the problem.",
+        )
+
+    def mean(o: OptimizerOutcome) -> float:
+        assert o.summary.mean is not None
+        return o.summary.mean
+
+    ranked = sorted(alive, key=mean, reverse=metric.goal == "max")
+    leader = ranked[0]
+
+    def finals(o: OptimizerOutcome) -> list[float]:
+        return [v for r in o.runs if (v := r.score(metric.name)) is not None]
+
+    ties = [o for o in ranked[1:] if tied(finals(leader), finals(o))]
+    chosen = leader
+    how = ""
+    if ties:
+        contenders = [leader, *ties]
+        widths = {o.name: robustness(metric, o.tuning) for o in contenders}
+        chosen = max(contenders, key=lambda o: (widths[o.name], -contenders.index(o)))
+        others = ", ".join(f"{o.name} ({_describe(o)})" for o in contenders if o is not chosen)
+        how = (
+            f" It is statistically tied with {others}; chosen for the widest good learning-rate "
+            f"range ({widths[chosen.name]:.1f} decades"
+            + "".join(
+                f" vs {widths[o.name]:.1f} for {o.name}" for o in contenders if o is not chosen
+            )
+            + ")."
+        )
+    worst_div = [o.name for o in outcomes if o.summary.diverged]
+    diverged = f" Diverged re-runs: {', '.join(worst_div)}." if worst_div else ""
+    lr = chosen.hparams.get("lr")
+    setting = f", lr {_format(lr)}" if isinstance(lr, (int, float)) else ""
+    goal = "lowest" if metric.goal == "min" else "highest"
+    reason = (
+        f"{chosen.name}{setting}: {goal if chosen is leader else 'a tied-best'} mean {metric.name} "
+        f"{_describe(chosen)}.{how}{diverged}"
+    )
+    return Recommendation(chosen.name, dict(chosen.hparams), reason, tuple(o.name for o in ties))
+
+
+def _describe(outcome: OptimizerOutcome) -> str:
+    s = outcome.summary
+    assert s.mean is not None
+    spread = f" ± {_format(s.ci95)}" if s.ci95 is not None else ""
+    seeds = f"{s.n} seed{'s' if s.n != 1 else ''}"
+    return f"{_format(s.mean)}{spread}, {seeds}"
+
+
+def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
+    """One optimizer's entry of ``results.json``."""
+    return {
+        "name": outcome.name,
+        "hparams": outcome.hparams,
+        "runs": [
+            {
+                "seed": r.spec.seed,
+                "final": r.final,
+                "diverged": r.diverged,
+                "wall_time": r.wall_time,
+            }
+            for r in outcome.runs
+        ],
+        "summary": outcome.summary.to_json(),
+        "tuning": [
+            {"hparams": dict(t.spec.hparams), "score": t.score(metric.name), "diverged": t.diverged}
+            for t in outcome.tuning
+        ],
+        "robustness_decades": robustness(metric, outcome.tuning),
+    }
+
+
+def problem_json(
+    name: str, metric: Metric, outcomes: Sequence[OptimizerOutcome], rec: Recommendation
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "metric": {"name": metric.name, "goal": metric.goal},
+        "optimizers": [outcome_json(metric, o) for o in outcomes],
+        "recommendation": rec.to_json(),
+    }
