@@ -18,7 +18,7 @@ from typing import Any
 
 from scipy import stats
 
-from adaptim.lab.problems import Metric
+from adaptim.lab.problems.base import Metric
 from adaptim.lab.trial import TrialResult
 
 
@@ -159,7 +159,8 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
         f"{chosen.name}{setting}: {goal if chosen is leader else 'a tied-best'} mean {metric.name} "
         f"{_describe(chosen)}.{how}{diverged}"
     )
-    return Recommendation(chosen.name, dict(chosen.hparams), reason, tuple(o.name for o in ties))
+    others = tuple(o.name for o in [leader, *ties] if o is not chosen) if ties else ()
+    return Recommendation(chosen.name, dict(chosen.hparams), reason, others)
 
 
 def _describe(outcome: OptimizerOutcome) -> str:

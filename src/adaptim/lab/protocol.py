@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 
 from adaptim.lab.errors import LabError
 from adaptim.lab.optimizers import parse_optimizer
-from adaptim.lab.problems import Metric
+from adaptim.lab.problems.base import Metric
 
 TUNING_SEED = 0
 SEARCHES = ("grid", "tpe", "random")

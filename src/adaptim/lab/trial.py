@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from adaptim.lab.optimizers import make_optimizer
-from adaptim.lab.problems import BuildContext, Problem
+from adaptim.lab.problems.base import BuildContext, Problem
 
 Phase = Literal["tune", "final"]
 
