@@ -10,8 +10,10 @@ from adaptim.algorithms._spec import HParams
 
 def as_float(name: str, value: Any) -> float:
     """The value of a hyperparameter as a float; 1-element tensors and arrays are accepted."""
-    if isinstance(value, bool):
-        raise TypeError(f"Invalid {name}: {value!r}; expected a real number, got a bool.")
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(
+            f"Invalid {name}: {value!r}; expected a real number, got {type(value).__name__}."
+        )
     numel = getattr(value, "numel", None) or getattr(value, "size", None)
     if numel is not None and not isinstance(value, (int, float)):
         count = numel() if callable(numel) else numel
@@ -27,8 +29,6 @@ def as_float(name: str, value: Any) -> float:
         raise TypeError(
             f"Invalid {name}: {value!r}; expected a real number, got {type(value).__name__}."
         ) from None
-    if math.isnan(number):
-        raise ValueError(f"Invalid {name}: nan; expected a real number.")
     return number
 
 
@@ -47,7 +47,9 @@ def check_range(
     raw = hp[name] if value is None else value
     shown = label or name
     number = as_float(shown, raw)
-    too_low = low is not None and (number <= low if low_open else number < low)
+    too_low = math.isnan(number) or (
+        low is not None and (number <= low if low_open else number < low)
+    )
     too_high = high is not None and (number >= high if high_open else number > high)
     if too_low or too_high:
         raise ValueError(

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
+from adaptim.algorithms._validation import check_bool
 
 NUMPY_OPS = ArrayOps(
     name="numpy",
@@ -80,6 +81,7 @@ class Optimizer:
             **hyperparams,
             "maximize": maximize,
         }
+        self._validate(self.defaults)  # as torch does, even if every group overrides a default
         self.nonfinite = nonfinite
         self.skipped_steps = 0
         self.param_groups: list[dict[str, Any]] = []
@@ -129,12 +131,16 @@ class Optimizer:
                 raise ValueError("some parameters appear in more than one parameter group")
         self._check_names(k for k in param_group if k != "params")
         group = {**self.defaults, **param_group, "params": params}
-        self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
+        self._validate(group)
         self.param_groups.append(group)
         if self.algorithm.state_at_construction:
             start = len(self.params) - len(params)
             for index, p in enumerate(params, start):
                 self._init_state(index, p, group)
+
+    def _validate(self, group: Mapping[str, Any]) -> None:
+        check_bool(group, "maximize")
+        self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
 
     def _init_state(self, index: int, p: np.ndarray, group: Mapping[str, Any]) -> dict[str, Any]:
         state = self.state.setdefault(index, {})

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from adaptim.algorithms._spec import Algorithm, ArrayOps
-from adaptim.algorithms._validation import as_float
+from adaptim.algorithms._validation import as_float, check_bool
 
 TORCH_OPS = ArrayOps(
     name="torch",
@@ -81,6 +81,7 @@ class Optimizer(torch.optim.Optimizer):
             )
         self.nonfinite: NonFinitePolicy = nonfinite
         self.skipped_steps = 0
+        self._validate_group(defaults)  # as torch does, even if every group overrides a default
         super().__init__(params, defaults)
 
     # -- groups and validation -------------------------------------------------
@@ -100,10 +101,12 @@ class Optimizer(torch.optim.Optimizer):
         name = type(self).__name__
         for switch in ("capturable", "differentiable"):
             if group.get(switch):
+                twin = f"torch.optim.{name}" if hasattr(torch.optim, name) else "torch.optim"
                 raise ValueError(
                     f"Invalid {switch}: True; adaptim.{name} does not support {switch}=True. "
-                    f"Use torch.optim.{name} for CUDA-graph capture or differentiating through steps."
+                    f"Use {twin} for CUDA-graph capture or differentiating through steps."
                 )
+        check_bool(group, "maximize")
         self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -135,10 +138,12 @@ class Optimizer(torch.optim.Optimizer):
 
     # -- state -------------------------------------------------------------------
     def _init_state(self, p: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        hp = {k: group[k] for k in self.algorithm.hparams}
+        if not (self.algorithm.step or self.algorithm.scalar_state or self.algorithm.state(hp)):
+            return {}  # stateless (SGD without momentum): no entry, as in torch
         state: dict[str, Any] = self.state[p]
         if state:
             return state
-        hp = {k: group[k] for k in self.algorithm.hparams}
         if self.algorithm.step:
             state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         for key, initial in self.algorithm.scalar_state.items():
@@ -161,8 +166,15 @@ class Optimizer(torch.optim.Optimizer):
         if self.nonfinite != "ignore" and not self._gradients_finite():
             self.skipped_steps += 1
             return loss
-        for group in self.param_groups:
-            hp = {k: hyperparameter(k, group[k]) for k in self.algorithm.hparams}
+        hyperparams = [
+            {k: hyperparameter(k, g[k]) for k in self.algorithm.hparams} for g in self.param_groups
+        ]
+        # Refuse an unsupported sparse gradient before anything has changed.
+        for group, hp in zip(self.param_groups, hyperparams, strict=True):
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    self._sparse_mode(p, hp)
+        for group, hp in zip(self.param_groups, hyperparams, strict=True):
             for p in group["params"]:
                 if p.grad is not None:
                     self._update(p, p.grad, group, hp)
