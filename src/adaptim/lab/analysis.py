@@ -141,9 +141,9 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
         contenders = [leader, *ties]
         widths = {o.name: robustness(metric, o.tuning) for o in contenders}
         chosen = max(contenders, key=lambda o: (widths[o.name], -contenders.index(o)))
-        others = ", ".join(f"{o.name} ({_describe(o)})" for o in contenders if o is not chosen)
+        rivals = ", ".join(f"{o.name} ({_describe(o)})" for o in contenders if o is not chosen)
         how = (
-            f" It is statistically tied with {others}; chosen for the widest good learning-rate "
+            f" It is statistically tied with {rivals}; chosen for the widest good learning-rate "
             f"range ({widths[chosen.name]:.1f} decades"
             + "".join(
                 f" vs {widths[o.name]:.1f} for {o.name}" for o in contenders if o is not chosen
@@ -159,8 +159,8 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
         f"{chosen.name}{setting}: {goal if chosen is leader else 'a tied-best'} mean {metric.name} "
         f"{_describe(chosen)}.{how}{diverged}"
     )
-    others = tuple(o.name for o in [leader, *ties] if o is not chosen) if ties else ()
-    return Recommendation(chosen.name, dict(chosen.hparams), reason, others)
+    tied_with = tuple(o.name for o in [leader, *ties] if o is not chosen) if ties else ()
+    return Recommendation(chosen.name, dict(chosen.hparams), reason, tied_with)
 
 
 def _describe(outcome: OptimizerOutcome) -> str:

@@ -191,4 +191,7 @@ def parse_settings(items: Iterable[str], optimizers: Iterable[str]) -> dict[str,
         if name not in allowed:
             raise unknown_name(f"hyperparameter of {optimizer}", name, allowed)
         settings.setdefault(optimizer, {})[name] = parse_value(raw)
+    for optimizer, fixed in settings.items():
+        # Build once on a dummy parameter: a bad value fails here, before anything runs.
+        make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], fixed)
     return settings

@@ -150,7 +150,7 @@ def run_trial(
             train_time += time.perf_counter() - start
             last_loss = None
             break
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         train_time += time.perf_counter() - start
         if step % interval == 0 or step == spec.steps:
