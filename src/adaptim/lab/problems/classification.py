@@ -1,0 +1,177 @@
+"""What every classification problem shares: data splits, seeded models, the setup.
+
+A classification problem is a data loader (seed, context → :class:`Split`)
+and a model factory; :func:`classification_problem` turns the pair into a
+:class:`Problem` whose training loss is the cross-entropy of a seeded
+minibatch and whose evaluation is test accuracy (the main metric) and test
+loss over the whole test set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
+from adaptim.lab.problems.sampling import EpochBatches, torch_generator
+
+#: Test examples per forward pass in ``evaluate()``: bounds its peak memory.
+EVAL_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Split:
+    """A labelled data set cut into train and test: float32 inputs, int64 labels."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @classmethod
+    def from_numpy(
+        cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+    ) -> Split:
+        def inputs(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+        def labels(y: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+        return cls(inputs(x_train), labels(y_train), inputs(x_test), labels(y_test))
+
+
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled train and test indices with each class split in the same proportion.
+
+    Each class contributes ``round(test_fraction * count)`` examples to the test
+    set, so every class with two or more examples appears on both sides.
+    """
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = min(len(members) - 1, max(1, round(test_fraction * len(members))))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def standardize(
+    train: np.ndarray, test: np.ndarray, *, per_feature: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Center and scale both sets with the training set's mean and standard deviation.
+
+    ``per_feature`` scales each column on its own (constant columns are only
+    centered); otherwise one mean and one deviation are used for all values,
+    as is usual for images.
+    """
+    axis = 0 if per_feature else None
+    mean = train.mean(axis=axis)
+    std = train.std(axis=axis)
+    std = np.where(std > 0, std, 1.0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def init_parameters(module: nn.Module, generator: torch.Generator) -> None:
+    """Initialize ``module`` as torch's defaults do, drawing from ``generator``.
+
+    Linear and convolution layers get ``kaiming_uniform_(a=√5)`` weights and
+    ``U(-1/√fan_in, 1/√fan_in)`` biases; recurrent layers get
+    ``U(-1/√hidden, 1/√hidden)`` everywhere. A parameter of any other layer is
+    an error rather than a silently unseeded value.
+    """
+    done: set[int] = set()
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d):
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            if layer.bias is not None:
+                fan_in = layer.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+        elif isinstance(layer, nn.RNNBase):
+            bound = 1 / math.sqrt(layer.hidden_size)
+            for weight in layer.parameters():
+                nn.init.uniform_(weight, -bound, bound, generator=generator)
+        else:
+            continue
+        done.update(id(p) for p in layer.parameters())
+    missed = [name for name, p in module.named_parameters() if id(p) not in done]
+    if missed:
+        raise TypeError(f"init_parameters does not know how to initialize {missed}")
+
+
+def seeded_model(factory: Callable[[], nn.Module], generator: torch.Generator) -> nn.Module:
+    """Build ``factory()``'s model without touching torch's global RNG, then seed its weights.
+
+    The layers are created on the ``meta`` device (no values, no random
+    draws), moved to the CPU and initialized from ``generator``.
+    """
+    with torch.no_grad():
+        with torch.device("meta"):
+            model = factory()
+        model = model.to_empty(device="cpu")
+        init_parameters(model, generator)
+    return model
+
+
+def classification_setup(model: nn.Module, data: Split, batch_size: int, seed: int) -> Setup:
+    """Cross-entropy on seeded minibatches; test accuracy and loss on the whole test set."""
+    batches = EpochBatches(len(data.y_train), batch_size, seed)
+
+    def train_loss(step: int) -> torch.Tensor:
+        rows = batches(step)
+        return F.cross_entropy(model(data.x_train[rows]), data.y_train[rows])
+
+    def evaluate() -> dict[str, float]:
+        correct, loss = 0, 0.0
+        with torch.no_grad():
+            for start in range(0, len(data.y_test), EVAL_CHUNK):
+                x = data.x_test[start : start + EVAL_CHUNK]
+                y = data.y_test[start : start + EVAL_CHUNK]
+                logits = model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += int((logits.argmax(dim=1) == y).sum())
+        n = len(data.y_test)
+        return {"test_accuracy": correct / n, "test_loss": loss / n}
+
+    return Setup(parameters=list(model.parameters()), train_loss=train_loss, evaluate=evaluate)
+
+
+def classification_problem(
+    *,
+    name: str,
+    description: str,
+    load: Callable[[int, BuildContext], Split],
+    model: Callable[[], nn.Module],
+    steps: int,
+    batch_size: int,
+    tags: tuple[str, ...] = (),
+) -> Problem:
+    """A :class:`Problem` training ``model()`` on ``load(seed, context)``, scored by test accuracy.
+
+    The seed drives the data split (through ``load``), the initial weights and
+    the minibatch order, each from its own stream.
+    """
+
+    def build(seed: int, context: BuildContext) -> Setup:
+        data = load(seed, context)
+        network = seeded_model(model, torch_generator(seed, "init"))
+        return classification_setup(network, data, batch_size, seed)
+
+    return Problem(
+        name=name,
+        description=description,
+        metric=Metric("test_accuracy", "max"),
+        build=build,
+        steps=steps,
+        batch_size=batch_size,
+        tags=("classification", *tags),
+    )

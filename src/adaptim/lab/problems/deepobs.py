@@ -1,0 +1,169 @@
+"""DeepOBS's synthetic problems: the noisy quadratic and the three noisy 2-D functions.
+
+Schneider, Balles & Hennig, "DeepOBS: A Deep Learning Optimizer Benchmark
+Suite", ICLR 2019 (https://github.com/fsschneider/DeepOBS, test problems
+``quadratic_deep``, ``two_d_rosenbrock``, ``two_d_beale``, ``two_d_branin``).
+The formulas, starting points, data sizes, noise levels and batch size are
+DeepOBS's. One difference: DeepOBS draws its data from fixed seeds, while
+here the data come from the trial seed (the quadratic's Hessian stays fixed),
+so that seeds give independent replicates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
+from adaptim.lab.problems.sampling import EpochBatches, numpy_rng
+
+BATCH_SIZE = 128
+
+# ---------------------------------------------------------------- noisy quadratic
+
+QUADRATIC_DIM = 100
+QUADRATIC_SAMPLES = 1000
+QUADRATIC_NOISE = 0.6
+#: The seed of the quadratic's own, fixed Hessian (DeepOBS uses 42 too).
+HESSIAN_SEED = 42
+
+
+def deep_learning_hessian(seed: int = HESSIAN_SEED) -> np.ndarray:
+    """Q = Rᵀ diag(λ) R: 90 eigenvalues from U(0, 1), 10 from U(30, 60), R a random rotation.
+
+    The spectrum mimics the one reported for deep networks (Chaudhari et al.
+    2017, https://arxiv.org/abs/1611.01838). R is Haar-distributed: the Q
+    factor of a Gaussian matrix, its columns' signs fixed by R's diagonal
+    (Mezzadri 2007).
+    """
+    rng = np.random.default_rng(seed)
+    eigenvalues = np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)])
+    q, r = np.linalg.qr(rng.standard_normal((QUADRATIC_DIM, QUADRATIC_DIM)))
+    rotation = q * np.sign(np.diag(r))
+    hessian = rotation.T @ np.diag(eigenvalues) @ rotation
+    return np.asarray((hessian + hessian.T) / 2)
+
+
+def _build_quadratic(seed: int, context: BuildContext) -> Setup:
+    hessian = torch.from_numpy(deep_learning_hessian()).float()
+    rng = numpy_rng(seed, "data")
+    shape = (QUADRATIC_SAMPLES, QUADRATIC_DIM)
+    train = torch.from_numpy(rng.normal(0.0, QUADRATIC_NOISE, shape).astype(np.float32))
+    test = torch.from_numpy(rng.normal(0.0, QUADRATIC_NOISE, shape).astype(np.float32))
+    theta = torch.nn.Parameter(torch.ones(QUADRATIC_DIM))
+    batches = EpochBatches(QUADRATIC_SAMPLES, BATCH_SIZE, seed)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        diff = theta - x
+        return 0.5 * ((diff @ hessian) * diff).sum(dim=1).mean()
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            return {"test_loss": loss(test).item()}
+
+    def train_loss(step: int) -> torch.Tensor:
+        return loss(train[batches(step)])
+
+    return Setup([theta], train_loss, evaluate)
+
+
+QUADRATIC_DEEP = Problem(
+    name="quadratic-deep",
+    description="DeepOBS noisy quadratic in 100-d with a deep-learning-like Hessian spectrum",
+    metric=Metric("test_loss", "min"),
+    build=_build_quadratic,
+    steps=700,  # DeepOBS: 100 epochs of 1,000 samples in batches of 128 (7 per epoch)
+    batch_size=BATCH_SIZE,
+    tags=("synthetic", "deepobs"),
+)
+
+# ---------------------------------------------------------------- noisy 2-D functions
+
+TWO_D_SAMPLES = 10_000
+
+Function2D = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rosenbrock(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(1 − u)² + 100 (v − u²)²; minimum 0 at (1, 1)."""
+    return (1 - u) ** 2 + 100 * (v - u**2) ** 2
+
+
+def beale(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(1.5 − u + uv)² + (2.25 − u + uv²)² + (2.625 − u + uv³)²; minimum 0 at (3, 0.5)."""
+    return (1.5 - u + u * v) ** 2 + (2.25 - u + u * v**2) ** 2 + (2.625 - u + u * v**3) ** 2
+
+
+def branin(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(v − 5.1/(4π²) u² + 5/π u − 6)² + 10 (1 − 1/(8π)) cos u + 10.
+
+    Minimum 5/(4π) ≈ 0.397887 at (−π, 12.275), (π, 2.275) and (9.42478, 2.475).
+    """
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (v - b * u**2 + c * u - 6) ** 2 + 10 * (1 - t) * torch.cos(u) + 10
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A 2-D test function with DeepOBS's starting point and its known minimum."""
+
+    name: str
+    f: Function2D
+    start: tuple[float, float]
+    argmin: tuple[float, float]
+    minimum: float
+    steps: int
+
+
+SURFACES = (
+    Surface("rosenbrock", rosenbrock, (-0.5, 1.5), (1.0, 1.0), 0.0, steps=1000),
+    Surface("beale", beale, (-4.5, 4.5), (3.0, 0.5), 0.0, steps=1000),
+    Surface("branin", branin, (2.5, 12.5), (math.pi, 2.275), 5 / (4 * math.pi), steps=1000),
+)
+
+
+def noisy_2d_problem(surface: Surface) -> Problem:
+    """DeepOBS's noisy version of ``surface``: f(u, v) + u·x + v·y, x and y ~ N(0, 1) per sample.
+
+    The training set is 10,000 draws of (x, y); a step's loss averages the
+    noise over its minibatch of 128. The metric is the noise-free f(u, v)
+    (DeepOBS's test set is all zeros, which gives the same).
+    """
+
+    def build(seed: int, context: BuildContext) -> Setup:
+        noise = torch.from_numpy(
+            numpy_rng(seed, "data").standard_normal((TWO_D_SAMPLES, 2)).astype(np.float32)
+        )
+        point = torch.nn.Parameter(torch.tensor(surface.start))
+        batches = EpochBatches(TWO_D_SAMPLES, BATCH_SIZE, seed)
+
+        def train_loss(step: int) -> torch.Tensor:
+            mean_noise = noise[batches(step)].mean(dim=0)
+            return surface.f(point[0], point[1]) + point @ mean_noise
+
+        def evaluate() -> dict[str, float]:
+            with torch.no_grad():
+                return {"test_loss": surface.f(point[0], point[1]).item()}
+
+        def position() -> tuple[float, float]:
+            u, v = point.tolist()
+            return u, v
+
+        return Setup([point], train_loss, evaluate, position)
+
+    return Problem(
+        name=surface.name,
+        description=f"DeepOBS noisy 2-D {surface.name.capitalize()} from {surface.start}",
+        metric=Metric("test_loss", "min"),
+        build=build,
+        steps=surface.steps,
+        batch_size=BATCH_SIZE,
+        tags=("2d", "synthetic", "deepobs"),
+    )
+
+
+ROSENBROCK, BEALE, BRANIN = (noisy_2d_problem(surface) for surface in SURFACES)

@@ -1,0 +1,84 @@
+"""scikit-learn's handwritten digits: 1,797 images of 8×8 pixels, bundled with scikit-learn.
+
+The data are the UCI "Optical Recognition of Handwritten Digits" test set
+(Alpaydin & Kaynak 1998) as shipped by :func:`sklearn.datasets.load_digits`,
+so the problems run offline. Each seed draws its own stratified 80/20
+train/test split; pixels are standardized with the training set's statistics.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from torch import nn
+
+from adaptim.lab.problems.base import BuildContext, Problem
+from adaptim.lab.problems.classification import (
+    Split,
+    classification_problem,
+    standardize,
+    stratified_split,
+)
+from adaptim.lab.problems.sampling import numpy_rng
+
+TEST_FRACTION = 0.2
+
+
+@functools.cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def load_digits_split(seed: int, context: BuildContext) -> Split:
+    """A seeded stratified split of the digits, standardized per pixel; inputs are 64-vectors."""
+    x, y = _digits()
+    train, test = stratified_split(y, TEST_FRACTION, numpy_rng(seed, "split"))
+    x_train, x_test = standardize(x[train], x[test], per_feature=True)
+    return Split.from_numpy(x_train, y[train], x_test, y[test])
+
+
+def digits_mlp() -> nn.Module:
+    """64 → 64 (ReLU) → 10."""
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def digits_cnn() -> nn.Module:
+    """Two 3×3 conv layers (16 and 32 channels, each with ReLU and 2×2 max-pooling), then linear."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 2 * 2, 10),
+    )
+
+
+DIGITS_MLP: Problem = classification_problem(
+    name="digits-mlp",
+    description="scikit-learn digits (8×8), MLP with one hidden layer of 64 units",
+    load=load_digits_split,
+    model=digits_mlp,
+    steps=1000,
+    batch_size=64,
+    tags=("image",),
+)
+
+DIGITS_CNN: Problem = classification_problem(
+    name="digits-cnn",
+    description="scikit-learn digits (8×8), CNN with two conv layers (16, 32 channels)",
+    load=load_digits_split,
+    model=digits_cnn,
+    steps=1000,
+    batch_size=64,
+    tags=("image",),
+)

