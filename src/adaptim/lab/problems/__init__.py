@@ -84,13 +84,15 @@ def _load_user_problem(spec: str) -> Problem:
     if function is None:
         raise failure(f"module {module_name!r} has no attribute {function_name!r}")
     if not callable(function):
-        raise failure(f"{function_name!r} is a {type(function).__name__}, not a function")
+        raise failure(f"{function_name!r} is a {type(function).__name__!r} object, not a function")
     try:
         problem = function()
     except Exception as exc:
-        raise failure(f"{function_name}() raised {_one_line(exc)}") from exc
+        raise failure(f"{_one_line(exc)} (raised by {function_name}())") from exc
     if not isinstance(problem, Problem):
-        raise failure(f"{function_name}() returned a {type(problem).__name__}, not a Problem")
+        raise failure(
+            f"{function_name}() returned a {type(problem).__name__!r} object, not a Problem"
+        )
     return problem
 
 

@@ -20,16 +20,17 @@ from adaptim.lab.problems.classification import (
     standardize,
     stratified_split,
 )
-from adaptim.lab.problems.sampling import numpy_rng
+from adaptim.lab.problems.sampling import numpy_rng, preserving_global_rngs
 
 TEST_FRACTION = 0.2
 
 
 @functools.cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    with preserving_global_rngs():  # importing scikit-learn draws from `random`
+        from sklearn.datasets import load_digits
 
-    x, y = load_digits(return_X_y=True)
+        x, y = load_digits(return_X_y=True)
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
     x.flags.writeable = y.flags.writeable = False
     return x, y

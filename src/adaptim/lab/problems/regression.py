@@ -9,6 +9,8 @@ reason about; ``logreg-sparse`` is the setting AdaGrad was designed for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -133,36 +135,49 @@ TRAIN_FRACTION, TEST_FRACTION = 0.10, 0.05
 RATING_NOISE, L2, INIT_SCALE = 0.1, 1e-3, 0.1
 
 
-def _build_matrix_factorization(seed: int, context: BuildContext) -> Setup:
+@dataclass(frozen=True)
+class Ratings:
+    """Observed entries of the ratings matrix: row (user), column (item) and value."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    values: torch.Tensor
+
+
+def rating_entries(seed: int) -> tuple[Ratings, Ratings]:
+    """Disjoint train (10%) and test (5%) entries of a noisy rank-5 matrix, drawn from ``seed``."""
     rng = numpy_rng(seed, "data")
     scale = RANK**-0.25  # entries of U* V*ᵀ have unit variance
     true_users = scale * rng.standard_normal((USERS, RANK))
     true_items = scale * rng.standard_normal((ITEMS, RANK))
-    ratings = true_users @ true_items.T
+    noisy = (true_users @ true_items.T).ravel() + RATING_NOISE * rng.standard_normal(USERS * ITEMS)
     cells = rng.permutation(USERS * ITEMS)
     n_train, n_test = round(TRAIN_FRACTION * cells.size), round(TEST_FRACTION * cells.size)
-    observed = ratings.ravel() + RATING_NOISE * rng.standard_normal(cells.size)
 
-    def entries(picked: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def entries(picked: np.ndarray) -> Ratings:
         users, items = np.divmod(picked, ITEMS)
-        return torch.from_numpy(users), torch.from_numpy(items), _tensor(observed[picked])
+        return Ratings(torch.from_numpy(users), torch.from_numpy(items), _tensor(noisy[picked]))
 
-    train, test = entries(cells[:n_train]), entries(cells[n_train : n_train + n_test])
+    return entries(cells[:n_train]), entries(cells[n_train : n_train + n_test])
+
+
+def _build_matrix_factorization(seed: int, context: BuildContext) -> Setup:
+    train, test = rating_entries(seed)
     generator = torch_generator(seed, "init")
     user_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(USERS, RANK, generator=generator))
     item_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(ITEMS, RANK, generator=generator))
-    batches = EpochBatches(n_train, 128, seed)
+    batches = EpochBatches(len(train.values), 128, seed)
 
     def train_loss(step: int) -> torch.Tensor:
         rows = batches(step)
-        u, v = user_factors[train[0][rows]], item_factors[train[1][rows]]
-        error = ((u * v).sum(dim=1) - train[2][rows]).pow(2).mean()
+        u, v = user_factors[train.users[rows]], item_factors[train.items[rows]]
+        error = ((u * v).sum(dim=1) - train.values[rows]).pow(2).mean()
         return error + L2 * (u.pow(2).sum(dim=1) + v.pow(2).sum(dim=1)).mean()
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
-            predicted = (user_factors[test[0]] * item_factors[test[1]]).sum(dim=1)
-            return {"test_rmse": (predicted - test[2]).pow(2).mean().sqrt().item()}
+            predicted = (user_factors[test.users] * item_factors[test.items]).sum(dim=1)
+            return {"test_rmse": (predicted - test.values).pow(2).mean().sqrt().item()}
 
     return Setup([user_factors, item_factors], train_loss, evaluate)
 

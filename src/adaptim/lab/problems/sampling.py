@@ -9,7 +9,10 @@ stream is used leaves the others unchanged.
 
 from __future__ import annotations
 
+import random
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -36,6 +39,24 @@ def numpy_rng(seed: int, *keys: str | int) -> np.random.Generator:
 def torch_generator(seed: int, *keys: str | int) -> torch.Generator:
     """A CPU torch generator for the stream ``keys`` of trial ``seed``."""
     return torch.Generator().manual_seed(derive_seed(seed, *keys))
+
+
+@contextmanager
+def preserving_global_rngs() -> Iterator[None]:
+    """Restore the global RNGs of Python, NumPy and torch on exit.
+
+    For third-party code that reseeds or draws from them: importing
+    scikit-learn draws from :mod:`random`, and ``mnist1d.data.make_dataset``
+    reseeds :mod:`random` and NumPy with its own seed.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    torch_state = torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.random.set_rng_state(torch_state)
 
 
 class EpochBatches:
