@@ -224,7 +224,7 @@ def problems() -> None:
 
     table = Table(title="built-in problems (or --problem package.module:function)")
     for column in ("name", "metric", "steps", "batch", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "description")
     for p in PROBLEMS.values():
         table.add_row(
             p.name,
@@ -243,7 +243,7 @@ def optimizers() -> None:
 
     table = Table(title="optimizers (use the name, or name@flavor)")
     for column in ("name", "class", "fixed settings", "lr range", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("name", "class", "lr range"))
     for v in VARIANTS.values():
         fixed = ", ".join(f"{k}={val}" for k, val in v.fixed.items()) or "-"
         table.add_row(

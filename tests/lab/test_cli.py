@@ -1,0 +1,277 @@
+"""``adaptim compare`` end to end: results.json, the store, reuse, kill -9 and resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptim.cli import app
+
+HERE = Path(__file__).parent
+TOY = "toyproblems:quadratic"
+
+
+@pytest.fixture(autouse=True)
+def _toy_problems_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+def compare(*args: str) -> Any:
+    return CliRunner().invoke(app, ["compare", *args])
+
+
+def trials(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute(
+            "SELECT key, optimizer, seed, phase, created_at FROM trials ORDER BY id"
+        ).fetchall()
+
+
+def stored_at_least(db: Path, count: int) -> bool:
+    try:
+        return len(trials(db)) >= count
+    except sqlite3.OperationalError:  # the study has not created its tables yet
+        return False
+
+
+def test_compare_writes_conforming_results_and_stores_every_trial(tmp_path: Path) -> None:
+    result = compare(
+        "--problem",
+        TOY,
+        "--optimizers",
+        "sgd,adam",
+        "--seeds",
+        "2",
+        "--budget",
+        "3",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    (problem,) = data["problems"]
+    assert problem["name"] == "toy-quadratic"
+    assert problem["metric"] == {"name": "loss", "goal": "min"}
+    assert [o["name"] for o in problem["optimizers"]] == ["sgd", "adam"]
+    for entry in problem["optimizers"]:
+        assert set(entry["hparams"]) == {"lr"}
+        assert [run["seed"] for run in entry["runs"]] == [1, 2]
+        assert all(set(run["final"]) == {"loss"} for run in entry["runs"])
+        assert entry["summary"]["n"] + entry["summary"]["diverged"] == 2
+        assert set(entry["summary"]) >= {"mean", "ci95"}
+        assert len(entry["tuning"]) == 3
+    recommendation = problem["recommendation"]
+    assert recommendation["optimizer"] in ("sgd", "adam")
+    assert recommendation["hparams"]["lr"] > 0
+    assert recommendation["reason"]
+    stored = trials(tmp_path / "adaptim.db")
+    assert len(stored) == 2 * (3 + 2)
+    assert len({row[0] for row in stored}) == len(stored)
+    with sqlite3.connect(tmp_path / "adaptim.db") as connection:
+        (records,) = connection.execute("SELECT COUNT(*) FROM records").fetchone()
+    assert records >= len(stored) * 2
+    assert "Recommendation:" in result.output
+
+
+def test_rerunning_the_same_command_reuses_finished_trials(tmp_path: Path) -> None:
+    args = (
+        "--problem",
+        TOY,
+        "--optimizers",
+        "adam",
+        "--seeds",
+        "2",
+        "--budget",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
+    assert compare(*args).exit_code == 0
+    first = trials(tmp_path / "adaptim.db")
+    results = json.loads((tmp_path / "results.json").read_text())
+    again = compare(*args)
+    assert again.exit_code == 0, again.output
+    assert trials(tmp_path / "adaptim.db") == first
+    assert json.loads((tmp_path / "results.json").read_text())["problems"] == results["problems"]
+    assert "stored" in again.output
+
+
+def test_settings_fix_hyperparameters_and_skip_tuning(tmp_path: Path) -> None:
+    result = compare(
+        "--problem", TOY, "--optimizers", "adam,sgd", "--set", "adam.lr=0.05", "--set", "adam.betas=0.8,0.9",
+        "--seeds", "1", "--budget", "2", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    adam = json.loads((tmp_path / "results.json").read_text())["problems"][0]["optimizers"][0]
+    assert adam["hparams"] == {"lr": 0.05, "betas": [0.8, 0.9]}
+    assert len(adam["tuning"]) == 1
+
+
+def test_workers_give_the_same_results_as_one_process(tmp_path: Path) -> None:
+    args = ("--problem", TOY, "--optimizers", "sgd,adam", "--seeds", "2", "--budget", "2")
+    assert compare(*args, "--out", str(tmp_path / "one")).exit_code == 0
+    pooled = compare(*args, "--out", str(tmp_path / "two"), "--workers", "2")
+    assert pooled.exit_code == 0, pooled.output
+
+    def finals(out: str) -> list[Any]:
+        data = json.loads((tmp_path / out / "results.json").read_text())
+        return [(o["name"], o["hparams"], o["runs"]) for o in data["problems"][0]["optimizers"]]
+
+    strip = [
+        [(n, h, [{**r, "wall_time": 0} for r in runs]) for n, h, runs in finals(out)]
+        for out in ("one", "two")
+    ]
+    assert strip[0] == strip[1]
+
+
+def test_optuna_search_uses_the_same_budget(tmp_path: Path) -> None:
+    result = compare(
+        "--problem",
+        TOY,
+        "--optimizers",
+        "adam",
+        "--search",
+        "tpe",
+        "--budget",
+        "4",
+        "--seeds",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    adam = json.loads((tmp_path / "results.json").read_text())["problems"][0]["optimizers"][0]
+    assert len(adam["tuning"]) == 4
+    assert all(1e-4 <= t["hparams"]["lr"] <= 1e-1 for t in adam["tuning"])
+
+
+def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "TOY_DELAY": "0.03",
+    }
+    command = [
+        sys.executable, "-m", "adaptim.cli", "compare", "--problem", "toyproblems:slow_quadratic",
+        "--optimizers", "sgd,adam", "--budget", "3", "--seeds", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    db = tmp_path / "adaptim.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not stored_at_least(db, 3):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    survivors = trials(db)
+    assert 3 <= len(survivors) < 10, "the kill must land mid-study"
+    finished = subprocess.run(
+        command, env={**env, "TOY_DELAY": "0"}, capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr
+    final = trials(db)
+    assert len(final) == 2 * (3 + 2)
+    assert len({row[0] for row in final}) == len(final)
+    assert (
+        final[: len(survivors)] == survivors
+    )  # the trials stored before the kill were kept, not redone
+    assert (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--problem", "quadratic-dep"],
+            "unknown problem 'quadratic-dep'; did you mean 'quadratic-deep'?",
+        ),
+        (
+            ["--problem", TOY, "--optimizers", "adma"],
+            "unknown optimizer 'adma'; did you mean 'adam'?",
+        ),
+        (["--problem", TOY, "--optimizers", "rmsprop@kears"], "unknown flavor 'kears'"),
+        (
+            ["--problem", TOY, "--optimizers", "adam", "--set", "adam.lr"],
+            "malformed --set 'adam.lr'",
+        ),
+        (
+            ["--problem", TOY, "--optimizers", "adam", "--set", "sgd.lr=1"],
+            "names optimizer 'sgd', which is not being compared",
+        ),
+        (["--problem", TOY, "--optimizers", "adam", "--set", "adam.lrr=1"], "did you mean 'lr'?"),
+        (
+            ["--problem", TOY, "--optimizers", "adam", "--set", "adam.lr=fast"],
+            "cannot read value 'fast'",
+        ),
+        (["--problem", TOY, "--optimizers", "adam", "--set", "adam.lr=-1"], "Invalid lr: -1.0"),
+        (["--problem", TOY, "--store", "nosuchdb://x"], "bad store URL 'nosuchdb://x'"),
+        (["--problem", TOY, "--store", "sqlite:////no/such/dir/x.db"], "does not exist"),
+        (
+            ["--problem", TOY, "--data-dir", "/no/such/dir"],
+            "--data-dir '/no/such/dir' is not a readable directory",
+        ),
+        (
+            ["--problem", "toyproblems:broken"],
+            "could not be loaded: RuntimeError: this problem cannot be built",
+        ),
+        (["--problem", "nosuchmodule:fn"], "could not be loaded"),
+        (["--problem", TOY, "--seeds", "0"], "--seeds must be at least 1"),
+    ],
+)
+def test_bad_input_gets_one_clear_line_and_exit_code_2(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = compare(*args, "--out", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert result.output.strip().startswith("error:")
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_never_loses_what_is_stored(tmp_path: Path) -> None:
+    assert (
+        compare(
+            "--problem",
+            TOY,
+            "--optimizers",
+            "adam",
+            "--budget",
+            "2",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ).exit_code
+        == 0
+    )
+    before = trials(tmp_path / "adaptim.db")
+    results = (tmp_path / "results.json").read_text()
+    broken = compare(
+        "--problem", "toyproblems:broken", "--optimizers", "adam", "--out", str(tmp_path)
+    )
+    assert broken.exit_code == 2
+    assert trials(tmp_path / "adaptim.db") == before
+    assert (tmp_path / "results.json").read_text() == results
+
+
+def test_problems_and_optimizers_list_what_exists() -> None:
+    problems = CliRunner().invoke(app, ["problems"])
+    assert problems.exit_code == 0
+    for name in ("quadratic-deep", "rosenbrock", "mnist-cnn", "mnist1d-gru", "reddi", "wilson"):
+        assert name in problems.output
+    optimizers = CliRunner().invoke(app, ["optimizers"])
+    assert optimizers.exit_code == 0
+    for name in ("sgd", "momentum", "nesterov", "amsgrad", "rmsprop-centered", "lamb"):
+        assert name in optimizers.output

@@ -1,0 +1,55 @@
+"""Small user problems for the lab tests, loaded as ``toyproblems:<function>``."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
+
+
+def _quadratic(seed: int, context: BuildContext, delay: float = 0.0) -> Setup:
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(0.5, 5.0, 5)
+    target = torch.randn(5, generator=generator)
+    x = torch.nn.Parameter(torch.zeros(5))
+
+    def train_loss(step: int) -> torch.Tensor:
+        if delay:
+            time.sleep(delay)
+        noise = 0.1 * torch.randn(5, generator=generator)
+        return 0.5 * (scales * (x - target + noise) ** 2).sum()
+
+    def evaluate() -> dict[str, float]:
+        return {"loss": 0.5 * (scales * (x - target) ** 2).sum().item()}
+
+    return Setup(parameters=[x], train_loss=train_loss, evaluate=evaluate)
+
+
+def quadratic() -> Problem:
+    return Problem(
+        "toy-quadratic",
+        "5-d noisy quadratic",
+        Metric("loss", "min"),
+        _quadratic,
+        steps=30,
+        batch_size=1,
+    )
+
+
+def slow_quadratic() -> Problem:
+    delay = float(os.environ.get("TOY_DELAY", "0.02"))
+    return Problem(
+        "toy-slow",
+        "the quadratic, slowed down so a test can kill a study mid-way",
+        Metric("loss", "min"),
+        lambda seed, context: _quadratic(seed, context, delay),
+        steps=30,
+        batch_size=1,
+    )
+
+
+def broken() -> Problem:
+    raise RuntimeError("this problem cannot be built")
