@@ -78,7 +78,10 @@ def mean_loss(setup: Setup, steps: Iterable[int]) -> float:
 
 def global_rng_states() -> bytes:
     """The global RNG states of torch, NumPy and Python, as comparable bytes."""
-    return pickle.dumps((torch.random.get_rng_state(), np.random.get_state(), random.getstate()))
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tobytes()
+    torch_state = torch.random.get_rng_state().numpy().tobytes()
+    return pickle.dumps((torch_state, numpy_state, random.getstate()))
 
 
 # ---------------------------------------------------------------- the registry

@@ -42,7 +42,8 @@ def _build_reddi(seed: int, context: BuildContext) -> Setup:
     rare large gradient during the ~330 steps to the next one, so the frequent
     −1 gradients win and Adam ends near +1) while AMSGrad, whose running
     maximum remembers it, reaches −1 within 20,000 steps at a constant
-    lr = 0.01.
+    lr = 0.01. With torch's default β₂ = 0.999 the second moment spans the
+    gap too, and Adam also converges to −1.
 
     Projection is part of the problem: each ``train_loss`` first clamps x onto
     [−1, 1], which projects the previous optimizer step (projected online

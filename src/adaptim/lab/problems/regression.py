@@ -1,10 +1,11 @@
 """Small synthetic models with known ground truth: linear and sparse logistic regression,
 low-rank matrix completion.
 
-All data are drawn from the trial seed. They are the classic convex (or
-nearly convex) settings where the behaviour of each optimizer is easy to
-reason about; ``logreg-sparse`` is the setting AdaGrad was designed for
-(Duchi, Hazan & Singer 2011: rare but informative features).
+All data are drawn from the trial seed. Two are convex, where each
+optimizer's behaviour is easy to reason about; ``logreg-sparse`` is the
+setting AdaGrad was designed for (Duchi, Hazan & Singer 2011: rare but
+informative features). Matrix factorization is the classic nonconvex one,
+with sparse gradients (each step touches few rows of the factors).
 """
 
 from __future__ import annotations
@@ -88,6 +89,13 @@ def _sparse_features(rng: np.random.Generator, n: int, chunk: int = 2000) -> np.
 
 
 def _build_logreg_sparse(seed: int, context: BuildContext) -> Setup:
+    """20,000 training and 2,000 test samples; labels y ~ Bernoulli(σ(xᵀw* − median)).
+
+    The true weights w* sit on the rare features only (20% of the features
+    beyond the 20 most common, N(0, 3²) each), so learning them needs the
+    large per-coordinate steps that AdaGrad gives rare coordinates. The model
+    starts at zero, the usual start for a convex problem.
+    """
     rng = numpy_rng(seed, "data")
     features = _sparse_features(rng, SPARSE_TRAIN + SPARSE_TEST)
     rare = np.arange(SPARSE_DIM) >= SPARSE_COMMON
