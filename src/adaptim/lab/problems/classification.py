@@ -80,6 +80,30 @@ def standardize(
     return (train - mean) / std, (test - mean) / std
 
 
+def small_cnn(
+    side: int, kernel: int, padding: int, channels: tuple[int, int] = (16, 32)
+) -> nn.Module:
+    """Two conv layers, each with ReLU and 2×2 max-pooling, then a linear layer to 10 classes.
+
+    The input is a flattened ``side × side`` grayscale image.
+    """
+    out = side
+    for _ in channels:
+        out = (out + 2 * padding - kernel + 1) // 2
+    first, second = channels
+    return nn.Sequential(
+        nn.Unflatten(1, (1, side, side)),
+        nn.Conv2d(1, first, kernel, padding=padding),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(first, second, kernel, padding=padding),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(second * out * out, 10),
+    )
+
+
 def init_parameters(module: nn.Module, generator: torch.Generator) -> None:
     """Initialize ``module`` as torch's defaults do, drawing from ``generator``.
 

@@ -51,8 +51,8 @@ def _build_reddi(seed: int, context: BuildContext) -> Setup:
     projection is the same clamp), and ``evaluate`` reports the clamped final
     iterate. ``average_regret`` is R_T/T = (1/T) Σ_t f_t(x_t) − f_t(−1).
     """
-    x = torch.nn.Parameter(torch.zeros(1))
-    blocks: dict[int, torch.Tensor] = {}
+    x = torch.nn.Parameter(torch.zeros(()))
+    blocks: dict[int, list[bool]] = {}
     regret = {"total": 0.0, "steps": 0}
 
     def gradient(step: int) -> float:
@@ -61,8 +61,8 @@ def _build_reddi(seed: int, context: BuildContext) -> Setup:
         if block not in blocks:
             blocks.clear()
             generator = torch_generator(seed, "draws", block)
-            blocks[block] = torch.rand(_DRAWS_PER_BLOCK, generator=generator) < REDDI_P
-        return REDDI_C if bool(blocks[block][offset]) else -1.0
+            blocks[block] = (torch.rand(_DRAWS_PER_BLOCK, generator=generator) < REDDI_P).tolist()
+        return REDDI_C if blocks[block][offset] else -1.0
 
     def train_loss(step: int) -> torch.Tensor:
         with torch.no_grad():
@@ -71,7 +71,7 @@ def _build_reddi(seed: int, context: BuildContext) -> Setup:
         if step > regret["steps"]:  # count each step once, however often its loss is evaluated
             regret["total"] += slope * (x.item() + 1.0)  # f_t(x_t) − f_t(x*), x* = −1
             regret["steps"] = step
-        return slope * x.sum()
+        return slope * x
 
     def evaluate() -> dict[str, float]:
         feasible = float(x.detach().clamp(-1.0, 1.0))

@@ -9,6 +9,7 @@ train/test split; pixels are standardized with the training set's statistics.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 from torch import nn
@@ -17,6 +18,7 @@ from adaptim.lab.problems.base import BuildContext, Problem
 from adaptim.lab.problems.classification import (
     Split,
     classification_problem,
+    small_cnn,
     standardize,
     stratified_split,
 )
@@ -50,36 +52,21 @@ def digits_mlp() -> nn.Module:
 
 
 def digits_cnn() -> nn.Module:
-    """Two 3×3 conv layers (16 and 32 channels, each with ReLU and 2×2 max-pooling), then linear."""
-    return nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 2 * 2, 10),
+    """3×3 convolutions with 16 and 32 channels (padding 1): 8×8 → 4×4 → 2×2, then linear."""
+    return small_cnn(side=8, kernel=3, padding=1)
+
+
+def _digits_problem(name: str, model_doc: str, model: Callable[[], nn.Module]) -> Problem:
+    return classification_problem(
+        name=name,
+        description=f"scikit-learn digits (8×8), {model_doc}",
+        load=load_digits_split,
+        model=model,
+        steps=1000,
+        batch_size=64,
+        tags=("image",),
     )
 
 
-DIGITS_MLP: Problem = classification_problem(
-    name="digits-mlp",
-    description="scikit-learn digits (8×8), MLP with one hidden layer of 64 units",
-    load=load_digits_split,
-    model=digits_mlp,
-    steps=1000,
-    batch_size=64,
-    tags=("image",),
-)
-
-DIGITS_CNN: Problem = classification_problem(
-    name="digits-cnn",
-    description="scikit-learn digits (8×8), CNN with two conv layers (16, 32 channels)",
-    load=load_digits_split,
-    model=digits_cnn,
-    steps=1000,
-    batch_size=64,
-    tags=("image",),
-)
+DIGITS_MLP = _digits_problem("digits-mlp", "MLP with one hidden layer of 64 units", digits_mlp)
+DIGITS_CNN = _digits_problem("digits-cnn", "CNN with two conv layers (16, 32 channels)", digits_cnn)

@@ -23,6 +23,7 @@ from adaptim.lab.problems.base import BuildContext, Problem
 from adaptim.lab.problems.classification import (
     Split,
     classification_problem,
+    small_cnn,
     standardize,
     stratified_split,
 )
@@ -100,18 +101,8 @@ def load_mnist_split(seed: int, context: BuildContext) -> Split:
 
 
 def mnist_cnn() -> nn.Module:
-    """Two 5×5 conv layers (16 and 32 channels, each with ReLU and 2×2 max-pooling), then linear."""
-    return nn.Sequential(
-        nn.Unflatten(1, (1, IMAGE_SIDE, IMAGE_SIDE)),
-        nn.Conv2d(1, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 10),
-    )
+    """5×5 convolutions with 16 and 32 channels: 28×28 → 12×12 → 4×4, then linear."""
+    return small_cnn(side=IMAGE_SIDE, kernel=5, padding=0)
 
 
 MNIST_CNN: Problem = classification_problem(
