@@ -74,7 +74,9 @@ def compare(
     store: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes (1 runs in this process).")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
+    ] = 0,
     data_dir: Annotated[
         Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
     ] = None,
@@ -113,15 +115,16 @@ def _compare(
     workers: int,
     data_dir: Path | None,
 ) -> Path:
-    from adaptim.lab.executors import make_executor
+    from adaptim.lab.executors import available_cores, make_executor
     from adaptim.lab.optimizers import parse_settings
     from adaptim.lab.problems import BuildContext
     from adaptim.lab.protocol import StudyConfig
     from adaptim.lab.store import Store, default_url
     from adaptim.lab.study import Study
 
-    if workers < 1:
-        raise LabError(f"--workers must be at least 1, got {workers}")
+    if workers < 0:
+        raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
+    workers = workers or available_cores()
     if data_dir is not None and not data_dir.is_dir():
         raise LabError(f"--data-dir {str(data_dir)!r} is not a readable directory")
     config = StudyConfig(

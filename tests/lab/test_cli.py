@@ -27,7 +27,9 @@ def _toy_problems_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def compare(*args: str) -> Any:
-    return CliRunner().invoke(app, ["compare", *args])
+    """``adaptim compare`` in this process (``--workers 1`` unless the test asks otherwise)."""
+    workers = [] if "--workers" in args else ["--workers", "1"]
+    return CliRunner().invoke(app, ["compare", *workers, *args])
 
 
 def trials(db: Path) -> list[tuple[Any, ...]]:
@@ -164,6 +166,7 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: P
     command = [
         sys.executable, "-m", "adaptim.cli", "compare", "--problem", "toyproblems:slow_quadratic",
         "--optimizers", "sgd,adam", "--budget", "3", "--seeds", "2", "--out", str(tmp_path),
+        "--workers", "1",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -166,7 +166,7 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
 def _describe(outcome: OptimizerOutcome) -> str:
     s = outcome.summary
     assert s.mean is not None
-    spread = f" ± {_format(s.ci95)}" if s.ci95 is not None else ""
+    spread = f" ± {s.ci95:.2g}" if s.ci95 is not None else ""
     seeds = f"{s.n} seed{'s' if s.n != 1 else ''}"
     return f"{_format(s.mean)}{spread}, {seeds}"
 

@@ -56,17 +56,17 @@ def _init_worker(threads: int, path: list[str]) -> None:
     sys.path[:] = path
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class PoolExecutor:
     """Runs trials in ``workers`` local processes, each limited to its share of the cores."""
 
     def __init__(self, workers: int) -> None:
-        cores = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
         self.workers = workers
-        self.threads = max(1, cores // workers)
+        self.threads = max(1, available_cores() // workers)
         # "spawn": forking a process that already runs OpenMP threads can deadlock.
         self.pool = ProcessPoolExecutor(
             max_workers=workers,
