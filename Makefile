@@ -1,4 +1,5 @@
-# Set-up and the two commands of the README: `make demo` and `make test`.
+# Set-up and the two commands of the README: `make demo` (the default
+# `adaptim compare` study) and `make test`.
 # Both create .venv when it is missing; re-running is quick (a stamp file
 # records that the environment matches pyproject.toml and constraints.txt).
 
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) examples/demo.py
+	$(VENV)/bin/adaptim compare
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks examples
