@@ -58,8 +58,17 @@ def test_summary_counts_diverged_runs_and_handles_one_seed() -> None:
 
 
 def test_tied_detects_overlapping_and_separated_samples() -> None:
-    assert tied([0.90, 0.91, 0.92], [0.905, 0.915, 0.90])
-    assert not tied([0.90, 0.91, 0.92], [0.50, 0.51, 0.52])
+    assert tied({1: 0.90, 2: 0.91, 3: 0.92}, {1: 0.905, 2: 0.90, 3: 0.925})
+    assert not tied({1: 0.90, 2: 0.91, 3: 0.92}, {1: 0.50, 2: 0.51, 3: 0.52})
+
+
+def test_tied_pairs_scores_by_seed() -> None:
+    # Seeds differ a lot (different data), but b beats a by 0.01 on every seed:
+    # unpaired these overlap, paired the difference is clear.
+    a = {1: 0.70, 2: 0.80, 3: 0.90, 4: 0.75}
+    b = {seed: value + 0.01 + 0.001 * seed for seed, value in a.items()}
+    assert not tied(a, b)
+    assert tied({1: 0.7, 2: 0.8, 3: 0.9, 4: 0.75}, {11: 0.71, 12: 0.81, 13: 0.91, 14: 0.76})
 
 
 def test_clear_winner_is_recommended_with_its_evidence() -> None:

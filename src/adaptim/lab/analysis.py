@@ -2,9 +2,10 @@
 
 Statistics: the mean of the final main metric over the re-run seeds with a
 two-sided 95% confidence interval from Student's t distribution. Two
-optimizers are *statistically tied* when Welch's t-test cannot tell their
-means apart at the 5% level (or one has a single seed and their intervals
-overlap). Among tied leaders the recommendation prefers the more *robust*
+optimizers are *statistically tied* when a t-test cannot tell their means
+apart at the 5% level: paired over seeds when both ran the same seeds (every
+optimizer sees the same data for a seed, so the pairing removes the problem's
+seed-to-seed variation), Welch's otherwise. Among tied leaders the recommendation prefers the more *robust*
 optimizer: the one whose good learning-rate range (see :func:`robustness`) is
 wider.
 """
@@ -12,7 +13,7 @@ wider.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,14 +80,25 @@ def summarize(values: Sequence[float | None], total: int | None = None) -> Summa
     return Summary(mean, half, n, total - n)
 
 
-def tied(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Whether two samples' means are statistically indistinguishable at the 5% level."""
-    if len(a) >= 2 and len(b) >= 2:
-        if max(a) == min(a) and max(b) == min(b):
-            return a[0] == b[0]
-        result = stats.ttest_ind(a, b, equal_var=False)
-        return bool(result.pvalue >= 0.05)
-    return a == b if len(a) == len(b) == 1 else False
+def tied(a: Mapping[int, float], b: Mapping[int, float]) -> bool:
+    """Whether two optimizers' final scores (by seed) are indistinguishable at the 5% level.
+
+    Every optimizer sees the same data and batches for a given seed, so when
+    both ran the same seeds the test is *paired* (Student's t on the per-seed
+    differences): the seed-to-seed variation of the problem cancels out.
+    Otherwise Welch's unequal-variance t-test compares the two samples.
+    """
+    if len(a) < 2 or len(b) < 2:
+        return list(a.values()) == list(b.values())
+    if a.keys() == b.keys():
+        differences = [a[seed] - b[seed] for seed in a]
+        if max(differences) == min(differences):
+            return differences[0] == 0
+        return bool(stats.ttest_1samp(differences, 0.0).pvalue >= 0.05)
+    x, y = list(a.values()), list(b.values())
+    if max(x) == min(x) and max(y) == min(y):
+        return x[0] == y[0]
+    return bool(stats.ttest_ind(x, y, equal_var=False).pvalue >= 0.05)
 
 
 def robustness(metric: Metric, tuning: Sequence[TrialResult]) -> float:
@@ -131,8 +143,8 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
     ranked = sorted(alive, key=mean, reverse=metric.goal == "max")
     leader = ranked[0]
 
-    def finals(o: OptimizerOutcome) -> list[float]:
-        return [v for r in o.runs if (v := r.score(metric.name)) is not None]
+    def finals(o: OptimizerOutcome) -> dict[int, float]:
+        return {r.spec.seed: v for r in o.runs if (v := r.score(metric.name)) is not None}
 
     ties = [o for o in ranked[1:] if tied(finals(leader), finals(o))]
     chosen = leader
