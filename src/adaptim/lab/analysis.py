@@ -104,8 +104,8 @@ def tied(a: Mapping[int, float], b: Mapping[int, float]) -> bool:
 def robustness(metric: Metric, tuning: Sequence[TrialResult]) -> float:
     """Width, in decades of learning rate, of the tuning settings scoring close to the best.
 
-    "Close" means within 10% (relative) of the optimizer's best tuning score,
-    and at least within 0.01 absolute for metrics in [0, 1] such as accuracy.
+    "Close" means within 2% (relative) of the optimizer's best tuning score,
+    and at least within 0.005 absolute for metrics in [0, 1] such as accuracy.
     Diverged runs never count.
     """
     scored = [
@@ -115,7 +115,7 @@ def robustness(metric: Metric, tuning: Sequence[TrialResult]) -> float:
     if len(finite) < 2:
         return 0.0
     best = min(s for _, s in finite) if metric.goal == "min" else max(s for _, s in finite)
-    tolerance = max(0.1 * abs(best), 0.01 if 0 <= best <= 1 else 0.0)
+    tolerance = max(0.02 * abs(best), 0.005 if 0 <= best <= 1 else 0.0)
     good = [lr for lr, s in finite if abs(s - best) <= tolerance]
     return math.log10(max(good) / min(good)) if len(good) > 1 else 0.0
 
