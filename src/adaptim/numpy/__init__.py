@@ -50,7 +50,8 @@ def _real_view(array: np.ndarray) -> np.ndarray:
         return array
     if not array.flags.c_contiguous:
         raise ValueError("complex parameters must be C-contiguous arrays to be updated in place")
-    return array.view(array.real.dtype).reshape(*array.shape, 2)
+    # Through a trailing axis of 1, so that 0-d arrays can be viewed too.
+    return array.reshape(*array.shape, 1).view(array.real.dtype)
 
 
 class Optimizer:
@@ -143,6 +144,9 @@ class Optimizer:
         self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
 
     def _init_state(self, index: int, p: np.ndarray, group: Mapping[str, Any]) -> dict[str, Any]:
+        hp = {k: group[k] for k in self.algorithm.hparams}
+        if not (self.algorithm.step or self.algorithm.scalar_state or self.algorithm.state(hp)):
+            return {}  # stateless (SGD without momentum): no entry, as in torch
         state = self.state.setdefault(index, {})
         if state:
             return state
@@ -150,7 +154,6 @@ class Optimizer:
             state["step"] = np.zeros((), dtype=_SCALAR_DTYPE)
         for key, value in self.algorithm.scalar_state.items():
             state[key] = np.asarray(value, dtype=_SCALAR_DTYPE)
-        hp = {k: group[k] for k in self.algorithm.hparams}
         for key, fill in self.algorithm.state(hp).items():
             if fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
