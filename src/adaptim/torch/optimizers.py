@@ -79,6 +79,10 @@ class Adagrad(Optimizer):
 
     As in torch, the state (``step``, ``sum``) is created at construction, and
     sparse gradients are supported (without weight decay).
+
+    One deliberate difference: an ``initial_accumulator_value`` given in a
+    param group is honoured for that group. torch.optim.Adagrad starts every
+    group's ``sum`` from the constructor's value, ignoring the group's.
     """
 
     algorithm = alg.ADAGRAD
