@@ -192,7 +192,7 @@ def _print_problem(problem: ProblemOutcome) -> None:
         "good-lr range",
     ):
         table.add_column(column, justify="left" if column == "optimizer" else "right")
-    from adaptim.lab.analysis import robustness
+    from adaptim.lab.analysis import lr_at_edge, robustness
 
     ordered = sorted(
         problem.outcomes,
@@ -207,7 +207,7 @@ def _print_problem(problem: ProblemOutcome) -> None:
         name = f"[bold]{o.name}[/]" if o.name == problem.recommendation.optimizer else o.name
         table.add_row(
             name,
-            f"{lr:.3g}" if isinstance(lr, (int, float)) else "-",
+            (f"{lr:.3g}" + ("*" if lr_at_edge(o) else "")) if isinstance(lr, (int, float)) else "-",
             "-" if s.mean is None else f"{s.mean:.4g}",
             "-" if s.ci95 is None else f"± {s.ci95:.2g}",
             str(s.n),

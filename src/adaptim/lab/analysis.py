@@ -164,6 +164,12 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
         )
     worst_div = [o.name for o in outcomes if o.summary.diverged]
     diverged = f" Diverged re-runs: {', '.join(worst_div)}." if worst_div else ""
+    edge = [o.name for o in outcomes if o.summary.mean is not None and lr_at_edge(o)]
+    if edge:
+        diverged += (
+            f" The chosen lr is at the edge of the searched range for {', '.join(edge)}:"
+            " their best may lie outside it (try a value beyond it with --set NAME.lr=...)."
+        )
     lr = chosen.hparams.get("lr")
     setting = f", lr {_format(lr)}" if isinstance(lr, (int, float)) else ""
     goal = "lowest" if metric.goal == "min" else "highest"
@@ -181,6 +187,13 @@ def _describe(outcome: OptimizerOutcome) -> str:
     spread = f" ± {s.ci95:.2g}" if s.ci95 is not None else ""
     seeds = f"{s.n} seed{'s' if s.n != 1 else ''}"
     return f"{_format(s.mean)}{spread}, {seeds}"
+
+
+def lr_at_edge(outcome: OptimizerOutcome) -> bool:
+    """Whether the chosen lr is the smallest or largest one tried: the best may lie outside the range."""
+    tried = [t.spec.hparams["lr"] for t in outcome.tuning if "lr" in t.spec.hparams]
+    chosen = outcome.hparams.get("lr")
+    return len(set(tried)) > 1 and chosen in (min(tried), max(tried))
 
 
 def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
@@ -203,6 +216,7 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
             for t in outcome.tuning
         ],
         "robustness_decades": robustness(metric, outcome.tuning),
+        "lr_at_edge": lr_at_edge(outcome),
     }
 
 

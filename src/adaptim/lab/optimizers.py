@@ -49,7 +49,7 @@ class Variant:
 def _variants() -> dict[str, Variant]:
     adam_range = (1e-4, 1e-1)
     table = [
-        Variant("sgd", "plain stochastic gradient descent", adaptim.SGD, (1e-3, 1.0)),
+        Variant("sgd", "plain stochastic gradient descent", adaptim.SGD, (3e-3, 3.0)),
         Variant(
             "momentum",
             "SGD with heavy-ball momentum 0.9",
@@ -68,7 +68,7 @@ def _variants() -> dict[str, Variant]:
             "adagrad",
             "AdaGrad: steps shrink with the sum of squared gradients",
             adaptim.Adagrad,
-            (1e-3, 1.0),
+            (3e-3, 3.0),
         ),
         Variant(
             "rmsprop",
