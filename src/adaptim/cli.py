@@ -152,7 +152,7 @@ def _compare(
         transient=False,
     )
     try:
-        study = Study(config, trial_store, executor, BuildContext(data_dir), batch=workers)
+        study = Study(config, trial_store, executor, BuildContext(data_dir))
         with progress:
             task = progress.add_task("trials", total=study.planned_trials(), last="")
 

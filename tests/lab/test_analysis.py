@@ -116,3 +116,18 @@ def test_robustness_ignores_diverged_settings() -> None:
         result("adam", lr, v) for lr, v in {1e-4: 0.9, 1e-3: 0.91, 1e-2: None, 1e-1: 0.2}.items()
     ]
     assert robustness(ACCURACY, sweep) == pytest.approx(1.0)
+
+
+def test_an_optimizer_that_diverged_on_a_seed_never_leads_a_clean_one() -> None:
+    risky = outcome("risky", [0.10, None, None], {1e-1: 0.1}, LOSS)
+    safe = outcome("safe", [0.20, 0.21, 0.19], {1e-2: 0.2}, LOSS)
+    rec = recommend(LOSS, [risky, safe])
+    assert rec.optimizer == "safe"
+    assert "Diverged re-runs: risky" in rec.reason
+
+
+def test_trial_keys_ignore_int_float_spelling_and_include_the_data_dir() -> None:
+    a = TrialSpec("p", "adam", {"lr": 1, "betas": (0.9, 0.99)}, 0, 10)
+    b = TrialSpec("p", "adam", {"lr": 1.0, "betas": [0.9, 0.99]}, 0, 10)
+    assert a.key() == b.key()
+    assert TrialSpec("p", "adam", {"lr": 1.0}, 0, 10, data="/data/a").key() != a.key()

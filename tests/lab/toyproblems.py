@@ -53,3 +53,43 @@ def slow_quadratic() -> Problem:
 
 def broken() -> Problem:
     raise RuntimeError("this problem cannot be built")
+
+
+def _renamed_metric(seed: int, context: BuildContext) -> Setup:
+    setup = _quadratic(seed, context)
+    return Setup(setup.parameters, setup.train_loss, lambda: {"LOSS": setup.evaluate()["loss"]})
+
+
+def no_main_metric() -> Problem:
+    return Problem(
+        "toy-nometric",
+        "evaluate() lacks the main metric",
+        Metric("loss", "min"),
+        _renamed_metric,
+        5,
+        1,
+    )
+
+
+def _vector_loss(seed: int, context: BuildContext) -> Setup:
+    setup = _quadratic(seed, context)
+    return Setup(setup.parameters, lambda step: setup.parameters[0] ** 2, setup.evaluate)
+
+
+def vector_loss() -> Problem:
+    return Problem(
+        "toy-vector", "train_loss() returns a vector", Metric("loss", "min"), _vector_loss, 5, 1
+    )
+
+
+def _raising(seed: int, context: BuildContext) -> Setup:
+    setup = _quadratic(seed, context)
+
+    def train_loss(step: int) -> torch.Tensor:
+        raise ZeroDivisionError("bug in the user's loss")
+
+    return Setup(setup.parameters, train_loss, setup.evaluate)
+
+
+def raising_loss() -> Problem:
+    return Problem("toy-raising", "train_loss() raises", Metric("loss", "min"), _raising, 5, 1)

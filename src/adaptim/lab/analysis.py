@@ -140,7 +140,10 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
         assert o.summary.mean is not None
         return o.summary.mean
 
-    ranked = sorted(alive, key=mean, reverse=metric.goal == "max")
+    # An optimizer that diverged on some seed never leads one that did not:
+    # its mean covers only the seeds it survived.
+    sign = -1.0 if metric.goal == "max" else 1.0
+    ranked = sorted(alive, key=lambda o: (o.summary.diverged > 0, sign * mean(o)))
     leader = ranked[0]
 
     def finals(o: OptimizerOutcome) -> dict[int, float]:
@@ -154,14 +157,17 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
         widths = {o.name: robustness(metric, o.tuning) for o in contenders}
         chosen = max(contenders, key=lambda o: (widths[o.name], -contenders.index(o)))
         rivals = ", ".join(f"{o.name} ({_describe(o)})" for o in contenders if o is not chosen)
-        how = (
-            f" It is statistically tied with {rivals}; chosen for the widest good learning-rate "
-            f"range ({widths[chosen.name]:.1f} decades"
-            + "".join(
-                f" vs {widths[o.name]:.1f} for {o.name}" for o in contenders if o is not chosen
+        if len(set(widths.values())) == 1:
+            why = f"equally robust ({widths[chosen.name]:.1f} decades of good lr each), so the better mean wins"
+        else:
+            why = (
+                f"chosen for the widest good learning-rate range ({widths[chosen.name]:.1f} decades"
+                + "".join(
+                    f" vs {widths[o.name]:.1f} for {o.name}" for o in contenders if o is not chosen
+                )
+                + ")"
             )
-            + ")."
-        )
+        how = f" It is statistically tied with {rivals}; {why}."
     worst_div = [o.name for o in outcomes if o.summary.diverged]
     diverged = f" Diverged re-runs: {', '.join(worst_div)}." if worst_div else ""
     edge = [o.name for o in outcomes if o.summary.mean is not None and lr_at_edge(o)]

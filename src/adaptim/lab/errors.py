@@ -10,14 +10,16 @@ class LabError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
-def unknown_name(kind: str, name: str, valid: Iterable[str]) -> LabError:
+def unknown_name(kind: str, name: str, valid: Iterable[str], plural: str | None = None) -> LabError:
     """``unknown <kind> 'nme'; did you mean 'name'? valid: a, b, c``."""
     choices = list(valid)
     close = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
     # Among similar names, the fewest edits wins ("adma" is a swap away from "adam", not "adamax").
     close.sort(key=lambda candidate: _edits(name, candidate))
     hint = f"; did you mean {close[0]!r}?" if close else "."
-    return LabError(f"unknown {kind} {name!r}{hint} Valid {kind}s: {', '.join(choices)}")
+    return LabError(
+        f"unknown {kind} {name!r}{hint} Valid {plural or kind + 's'}: {', '.join(choices)}"
+    )
 
 
 def _edits(a: str, b: str) -> int:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from adaptim.lab.errors import LabError
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.trial import TrialResult, TrialSpec, run_trial
 
@@ -35,8 +36,21 @@ def _problem(spec: str) -> Problem:
 
 
 def execute(spec: TrialSpec, context: BuildContext) -> TrialResult:
-    """Run one trial, resolving its problem by name (works in any process)."""
-    return run_trial(spec, _problem(spec.problem), context)
+    """Run one trial, resolving its problem by name (works in any process).
+
+    An exception from the problem's own code becomes a one-line ``LabError``
+    naming the trial, so the CLI can report it without a traceback.
+    """
+    try:
+        return run_trial(spec, _problem(spec.problem), context)
+    except LabError:
+        raise
+    except Exception as error:
+        lr = spec.hparams.get("lr")
+        raise LabError(
+            f"trial {spec.problem} / {spec.optimizer} lr={lr} seed {spec.seed} failed: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from None
 
 
 class InProcessExecutor:
@@ -77,11 +91,18 @@ class PoolExecutor:
 
     def run(self, specs: Sequence[TrialSpec], context: BuildContext) -> Iterator[TrialResult]:
         pending: set[Future[TrialResult]] = {self.pool.submit(execute, s, context) for s in specs}
+        failure: BaseException | None = None
         try:
-            while pending:
+            while pending and failure is None:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+                for future in done:  # hand over every finished trial before reporting a failure
+                    error = future.exception()
+                    if error is None:
+                        yield future.result()
+                    elif failure is None:
+                        failure = error
+            if failure is not None:
+                raise failure
         finally:
             for future in pending:
                 future.cancel()

@@ -159,11 +159,14 @@ def parse_value(text: str) -> Any:
     except ValueError:
         pass
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         raise LabError(
             f"cannot read value {text!r}: expected a number, true/false, or numbers separated by commas"
         ) from None
+    if not math.isfinite(number):
+        raise LabError(f"cannot use value {text!r}: expected a finite number")
+    return number
 
 
 def parse_settings(items: Iterable[str], optimizers: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -189,7 +192,9 @@ def parse_settings(items: Iterable[str], optimizers: Iterable[str]) -> dict[str,
         variant, _ = parse_optimizer(optimizer)
         allowed = adaptim.algorithms.ALGORITHMS[variant.cls.algorithm.name].defaults
         if name not in allowed:
-            raise unknown_name(f"hyperparameter of {optimizer}", name, allowed)
+            raise unknown_name(
+                f"hyperparameter of {optimizer}", name, allowed, f"hyperparameters of {optimizer}"
+            )
         settings.setdefault(optimizer, {})[name] = parse_value(raw)
     for optimizer, fixed in settings.items():
         # Build once on a dummy parameter: a bad value fails here, before anything runs.

@@ -30,6 +30,8 @@ from adaptim.lab.optimizers import parse_optimizer
 from adaptim.lab.problems.base import Metric
 
 TUNING_SEED = 0
+#: More learning rates than this on one optimizer is a typo, not a study.
+MAX_BUDGET = 100
 SEARCHES = ("grid", "tpe", "random")
 Search = Literal["grid", "tpe", "random"]
 
@@ -51,16 +53,21 @@ class StudyConfig:
             raise LabError(f"--seeds must be at least 1, got {self.seeds}")
         if self.steps is not None and self.steps < 1:
             raise LabError(f"--steps must be at least 1, got {self.steps}")
-        if self.budget < 1:
-            raise LabError(f"--budget must be at least 1, got {self.budget}")
+        if not 1 <= self.budget <= MAX_BUDGET:
+            raise LabError(f"--budget must be between 1 and {MAX_BUDGET}, got {self.budget}")
         if self.search not in SEARCHES:
             raise LabError(f"unknown --search {self.search!r}; valid: {', '.join(SEARCHES)}")
         if not self.problems:
             raise LabError("no problem to run: give at least one --problem")
         if not self.optimizers:
             raise LabError("no optimizer to compare: give at least one in --optimizers")
+        seen: dict[str, str] = {}
         for name in self.optimizers:
-            parse_optimizer(name)
+            variant, flavor = parse_optimizer(name)
+            canonical = f"{variant.name}@{flavor}"
+            if canonical in seen:
+                raise LabError(f"optimizer {name!r} is listed twice (as {seen[canonical]!r} too)")
+            seen[canonical] = name
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -138,23 +145,25 @@ class OptunaTuner:
         self.range = variant.lr_range
         self.remaining = 1 if "lr" in fixed else budget
         self.metric = metric
-        self.asked: dict[float, Any] = {}
+        self.asked: list[tuple[float, Any]] = []
 
     def propose(self, limit: int) -> list[dict[str, Any]]:
         proposals = []
         for _ in range(min(limit, self.remaining)):
             trial = self.study.ask()
-            lr = self.fixed.get("lr") or float(
-                f"{trial.suggest_float('lr', *self.range, log=True):.4g}"
-            )
-            self.asked[lr] = trial
+            if "lr" in self.fixed:
+                lr = self.fixed["lr"]
+            else:
+                lr = float(f"{trial.suggest_float('lr', *self.range, log=True):.4g}")
+            self.asked.append((lr, trial))
             proposals.append({**self.fixed, "lr": lr})
         self.remaining -= len(proposals)
         return proposals
 
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
-        trial = self.asked.pop(hparams["lr"], None)
-        if trial is not None:
+        match = next((i for i, (lr, _) in enumerate(self.asked) if lr == hparams["lr"]), None)
+        if match is not None:
+            _, trial = self.asked.pop(match)
             # A diverged run is told as the worst finite value Optuna can rank.
             told = score_of(self.metric, value)
             if not math.isfinite(told):

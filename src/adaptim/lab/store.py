@@ -9,9 +9,10 @@ key makes re-running a study reuse them instead of duplicating them.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     create_engine,
     event,
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from adaptim.lab.errors import LabError
@@ -46,7 +48,7 @@ class StudyRow(_Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    command: Mapped[str] = mapped_column(String(2000))
+    command: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -82,7 +84,7 @@ class RecordRow(_Base):
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     wall_time: Mapped[float] = mapped_column(Float)
-    effective_lr: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    effective_lr: Mapped[dict[str, float | None] | None] = mapped_column(JSON, nullable=True)
     position: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
     trial: Mapped[TrialRow] = relationship(back_populates="records")
 
@@ -111,6 +113,11 @@ class Store:
 
     def put(self, result: TrialResult) -> None:
         """Store a finished trial with all its records, in one transaction; idempotent."""
+        # Another study sharing this store may have finished the same trial first.
+        with suppress(IntegrityError):
+            self._insert(result)
+
+    def _insert(self, result: TrialResult) -> None:
         spec = result.spec
         with self._session() as session:
             if (
@@ -155,6 +162,10 @@ class Store:
             return list(session.scalars(select(TrialRow.key)).all())
 
     def save_study(self, key: str, config: dict[str, Any], command: str) -> None:
+        with suppress(IntegrityError):  # saved concurrently by another run of the study
+            self._save_study(key, config, command)
+
+    def _save_study(self, key: str, config: dict[str, Any], command: str) -> None:
         with self._session() as session:
             row = session.scalars(select(StudyRow).where(StudyRow.key == key)).one_or_none()
             if row is None:
@@ -200,7 +211,8 @@ def _to_result(row: TrialRow, spec: TrialSpec) -> TrialResult:
 
 def _connect(url: str) -> Engine:
     try:
-        engine = create_engine(url)
+        # NaN and Infinity are not JSON (PostgreSQL refuses them): fail at the source instead.
+        engine = create_engine(url, json_serializer=functools.partial(json.dumps, allow_nan=False))
     except (ArgumentError, NoSuchModuleError, ValueError) as error:
         raise LabError(f"bad store URL {url!r}: {error}") from None
     except ImportError as error:

