@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,14 +153,6 @@ class Store:
             )
             session.add(row)
 
-    def count(self) -> int:
-        with self._session() as session:
-            return len(session.scalars(select(TrialRow.id)).all())
-
-    def trial_keys(self) -> list[str]:
-        with self._session() as session:
-            return list(session.scalars(select(TrialRow.key)).all())
-
     def save_study(self, key: str, config: dict[str, Any], command: str) -> None:
         with suppress(IntegrityError):  # saved concurrently by another run of the study
             self._save_study(key, config, command)
@@ -241,13 +233,3 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
-
-
-def stored_results(store: Store, specs: Iterable[TrialSpec]) -> dict[str, TrialResult]:
-    """The stored results among ``specs``, by key."""
-    found = {}
-    for spec in specs:
-        result = store.get(spec)
-        if result is not None:
-            found[spec.key()] = result
-    return found

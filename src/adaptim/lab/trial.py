@@ -13,12 +13,13 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from adaptim import __version__
 from adaptim.lab.errors import LabError
 from adaptim.lab.optimizers import make_optimizer
 from adaptim.lab.problems.base import BuildContext, Problem
@@ -206,15 +207,5 @@ def run_trial(
         diverged=diverged,
         wall_time=train_time,
         steps_done=step,
-        info={"adaptim": _version(), "torch": torch.__version__},
+        info={"adaptim": __version__, "torch": torch.__version__},
     )
-
-
-def _version() -> str:
-    from adaptim import __version__
-
-    return __version__
-
-
-def records_to_json(records: Sequence[Record]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in records]
