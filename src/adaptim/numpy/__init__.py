@@ -144,6 +144,9 @@ class Optimizer:
         self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
 
     def _init_state(self, index: int, p: np.ndarray, group: Mapping[str, Any]) -> dict[str, Any]:
+        existing = self.state.get(index)
+        if existing:  # the common case on every step: nothing to derive
+            return existing
         hp = {k: group[k] for k in self.algorithm.hparams}
         if not (self.algorithm.step or self.algorithm.scalar_state or self.algorithm.state(hp)):
             return {}  # stateless (SGD without momentum): no entry, as in torch

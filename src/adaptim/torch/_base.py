@@ -138,6 +138,9 @@ class Optimizer(torch.optim.Optimizer):
 
     # -- state -------------------------------------------------------------------
     def _init_state(self, p: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        existing: dict[str, Any] | None = self.state.get(p)
+        if existing:  # the common case on every step: nothing to derive
+            return existing
         hp = {k: group[k] for k in self.algorithm.hparams}
         if not (self.algorithm.step or self.algorithm.scalar_state or self.algorithm.state(hp)):
             return {}  # stateless (SGD without momentum): no entry, as in torch
