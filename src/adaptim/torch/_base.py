@@ -9,6 +9,7 @@ import torch
 
 from adaptim.algorithms._spec import Algorithm, ArrayOps
 from adaptim.algorithms._validation import as_float, check_bool
+from adaptim.torch._fast import FastPath, requested
 
 TORCH_OPS = ArrayOps(
     name="torch",
@@ -62,6 +63,13 @@ class Optimizer(torch.optim.Optimizer):
     default, as torch) lets it through, ``"skip"`` skips the whole step and
     leaves parameters and state untouched (counted in ``skipped_steps``),
     ``"raise"`` raises ``FloatingPointError`` naming the parameter.
+
+    ``fused`` (a param-group key, as in torch) picks the implementation:
+    ``None`` (default) runs the fused fast path of :mod:`adaptim.torch._fast`
+    for groups of at least ``AUTO_MIN_NUMEL`` (2**20) elements on CPU or CUDA
+    and the eager path below that; ``True`` always fuses what it can; ``False``
+    always runs eager. Both paths run the same update rule and agree to
+    rounding; :meth:`fused_status` says which path each group takes and why.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -72,7 +80,10 @@ class Optimizer(torch.optim.Optimizer):
         defaults: dict[str, Any],
         *,
         nonfinite: NonFinitePolicy = "ignore",
+        fused: bool | None = None,
     ) -> None:
+        # torch's signature has no ``fused`` for every algorithm; adaptim's fast path does.
+        defaults.setdefault("fused", fused)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"Invalid nonfinite: {nonfinite!r}; allowed: "
@@ -81,6 +92,7 @@ class Optimizer(torch.optim.Optimizer):
             )
         self.nonfinite: NonFinitePolicy = nonfinite
         self.skipped_steps = 0
+        self._fast = FastPath(self)
         self._validate_group(defaults)  # as torch does, even if every group overrides a default
         super().__init__(params, defaults)
 
@@ -107,6 +119,15 @@ class Optimizer(torch.optim.Optimizer):
                     f"Use {twin} for CUDA-graph capture or differentiating through steps."
                 )
         check_bool(group, "maximize")
+        if group.get("fused") is not None:
+            check_bool(group, "fused")
+            if group["fused"] and group.get("foreach"):
+                raise ValueError("Invalid fused: True with foreach=True; choose at most one.")
+            if group["fused"] and self.algorithm.name in ("lars", "lamb"):
+                raise ValueError(
+                    f"Invalid fused: True; adaptim.{name} has no fused path (its trust ratio "
+                    "is a norm over each whole parameter). Use fused=None or False."
+                )
         self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -115,6 +136,8 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        if "_fast" not in self.__dict__:  # unpickled from an older adaptim
+            self._fast = FastPath(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict saved by adaptim or by the matching ``torch.optim`` class.
@@ -124,6 +147,7 @@ class Optimizer(torch.optim.Optimizer):
         saved dtype here instead, so a resumed run continues bit for bit.
         """
         super().load_state_dict(state_dict)
+        self._fast.invalidate()  # the state tensors are new: rebuild the flat buffers
         scalars = tuple(self.algorithm.scalar_state)
         if not scalars:
             return
@@ -177,11 +201,21 @@ class Optimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
                     self._sparse_mode(p, hp)
-        for group, hp in zip(self.param_groups, hyperparams, strict=True):
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, p.grad, group, hp)
+        for index, (group, hp) in enumerate(zip(self.param_groups, hyperparams, strict=True)):
+            for p in self._fast.step_group(index, group, hp):
+                self._update(p, p.grad, group, hp)
         return loss
+
+    def fused_status(self) -> list[str]:
+        """For each param group, whether the last step ran fused, and why not if it did not."""
+        status = []
+        for index, group in enumerate(self.param_groups):
+            path = self._fast.groups.get(index)
+            if requested(group) is False:
+                status.append("eager: fused=False")
+            else:
+                status.append(path.reason if path else "not stepped yet")
+        return status
 
     @torch.no_grad()
     def effective_lr(self) -> list[torch.Tensor | None]:

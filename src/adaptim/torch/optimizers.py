@@ -4,9 +4,12 @@ Each class only states its signature; the update rule it runs is written once
 in :mod:`adaptim.algorithms` and its docstring (equations, paper, framework
 differences) is appended to the class docstring.
 
-``foreach`` and ``fused`` are accepted so that code written for torch.optim
-runs unchanged; adaptim picks its own implementation. ``capturable=True`` and
-``differentiable=True`` are refused with a clear error.
+``foreach`` is accepted so that code written for torch.optim runs unchanged;
+adaptim picks its own implementation. ``fused`` selects adaptim's fused fast
+path (``None``: automatic, ``True``: always, ``False``: never; see
+:class:`adaptim.torch.Optimizer`) and is offered by every optimizer, also where
+torch has no fused kernel. ``capturable=True`` and ``differentiable=True`` are
+refused with a clear error.
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ class RMSprop(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         *,
+        fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults = dict(
@@ -140,7 +144,7 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay, capturable=capturable, foreach=foreach,
             maximize=maximize, differentiable=differentiable,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
 @_documented
@@ -161,13 +165,14 @@ class Adadelta(Optimizer):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults = dict(
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
             capturable=capturable, foreach=foreach, differentiable=differentiable,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
 @_documented
@@ -256,13 +261,14 @@ class Adamax(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
             maximize=maximize, differentiable=differentiable, capturable=capturable,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
 @_documented
@@ -285,6 +291,7 @@ class NAdam(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults = dict(
@@ -293,7 +300,7 @@ class NAdam(Optimizer):
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
 @_documented
@@ -315,6 +322,7 @@ class RAdam(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults = dict(
@@ -322,7 +330,7 @@ class RAdam(Optimizer):
             foreach=foreach, capturable=capturable,
             decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
 @_documented
@@ -346,6 +354,7 @@ class LARS(Optimizer):
         trust_clip: bool = False,
         exclude_bias_and_norm: bool = False,
         maximize: bool = False,
+        fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults = dict(
@@ -353,7 +362,7 @@ class LARS(Optimizer):
             trust_coefficient=trust_coefficient, eps=eps, trust_clip=trust_clip,
             exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
 @_documented
@@ -378,6 +387,7 @@ class LAMB(Optimizer):
         weight_norm_clip: tuple[float, float] | None = (0.0, 10.0),
         exclude_bias_and_norm: bool = False,
         maximize: bool = False,
+        fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults: dict[str, Any] = dict(
@@ -385,7 +395,7 @@ class LAMB(Optimizer):
             bias_correction=bias_correction, weight_norm_clip=weight_norm_clip,
             exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {

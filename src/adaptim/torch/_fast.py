@@ -1,0 +1,294 @@
+"""The fused fast path: every parameter of a bucket in one flat buffer, one compiled pass per step.
+
+A *bucket* gathers the parameters of one param group that share a device, a
+dtype, a step count and scalar state. Their data, their gradients and each of
+their state tensors are moved into one flat buffer per role, and each
+parameter (``p.data``), gradient (``p.grad``) and state entry becomes a view
+into it. The model, ``state_dict()``, ``effective_lr()`` and user code keep
+seeing ordinary tensors; the step sees three to six long contiguous arrays and
+runs the update rule over them as one fused kernel (see :mod:`._trace`). There
+are no parameter-sized temporaries: the kernel reads each buffer once and
+writes the results back in place.
+
+Nothing silently goes stale. Every step checks that the parameters still live
+in the bucket (``model.to()``, ``p.data = ...`` or ``load_state_dict()``
+replace them) and rebuilds the bucket from the tensors the user now has. A
+gradient that autograd allocated afresh (``zero_grad(set_to_none=True)``, the
+default) is copied into the flat buffer first, one pass over the gradients;
+``zero_grad(set_to_none=False)`` keeps the gradients in place and skips that
+copy. Anything the fused kernel does not cover (sparse or complex gradients, a
+parameter without a gradient this step, strided layouts, norms over whole
+tensors as in LARS and LAMB) takes the eager path for that step, so results
+never depend on which path ran beyond rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from adaptim.torch._trace import Unfusable, kernel_for, trace
+
+if TYPE_CHECKING:
+    from adaptim.torch._base import Optimizer
+
+#: Below this many elements in a param group, ``fused=None`` stays eager: the
+#: one-off compilation (seconds) would not pay for itself within a typical run.
+AUTO_MIN_NUMEL = 1 << 20
+
+#: After this many rebuilds of a group's buckets, ``fused=None`` gives up on it
+#: (a model whose set of trained parameters changes every step).
+MAX_REBUILDS = 8
+
+_FUSABLE_DEVICES = ("cpu", "cuda")
+_DENSE_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
+
+
+@dataclass
+class Bucket:
+    params: list[torch.Tensor]
+    states: list[dict[str, Any]]
+    ptrs: list[int]
+    grad_views: list[torch.Tensor]
+    flat_param: torch.Tensor
+    flat_grad: torch.Tensor
+    flat_state: list[torch.Tensor]
+    step: float
+    steps: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class GroupPath:
+    """The fast path of one param group: its buckets, or why it has none."""
+
+    buckets: list[Bucket] = field(default_factory=list)
+    stale: bool = True
+    rebuilds: int = 0
+    reason: str = "not built yet (the first step with gradients builds it)"
+
+
+def requested(group: Mapping[str, Any]) -> bool | None:
+    """The group's ``fused`` switch: True (always), False (never) or None (automatic)."""
+    value = group.get("fused")
+    return None if value is None else bool(value)
+
+
+def compile_supported() -> str | None:
+    """Why torch.compile cannot run here, or None when it can."""
+    try:
+        import torch._dynamo as dynamo
+    except ImportError as error:  # pragma: no cover - stripped builds
+        return f"torch._dynamo is unavailable ({error})"
+    if not dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python version"
+    return None
+
+
+def _layout_ok(p: torch.Tensor) -> bool:
+    return any(p.is_contiguous(memory_format=f) for f in _DENSE_FORMATS)
+
+
+def _state_ok(p: torch.Tensor, state: Mapping[str, Any], keys: Sequence[str]) -> bool:
+    for key in keys:
+        value = state.get(key)
+        if not isinstance(value, torch.Tensor) or value.is_sparse or value.shape != p.shape:
+            return False
+    return True
+
+
+def _strided_view(flat: torch.Tensor, like: torch.Tensor, offset: int) -> torch.Tensor:
+    return torch.as_strided(flat, like.size(), like.stride(), offset)
+
+
+class FastPath:
+    """Buckets and fused steps for one optimizer; the eager path handles whatever is left."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.groups: dict[int, GroupPath] = {}
+
+    def invalidate(self) -> None:
+        """Forget every bucket (after ``load_state_dict``); the next step rebuilds them."""
+        for path in self.groups.values():
+            path.stale = True
+            path.buckets = []
+
+    # -- the step ------------------------------------------------------------------
+    def step_group(self, index: int, group: dict[str, Any], hp: dict[str, Any]) -> list[torch.Tensor]:
+        """Run the fused step on what it can; return the parameters left to the eager path."""
+        params = [p for p in group["params"] if p.grad is not None]
+        mode = requested(group)
+        path = self.groups.setdefault(index, GroupPath())
+        if mode is False:
+            path.reason = "fused=False"
+            return params
+        if mode is None and path.reason.startswith("eager for good"):
+            return params
+        if path.stale:
+            if not self._build(group, path, hp, mode):
+                return params
+        done: set[int] = set()
+        for bucket in path.buckets:
+            if self._step_bucket(bucket, group, hp, path):
+                done.update(id(p) for p in bucket.params)
+        return [p for p in params if id(p) not in done]
+
+    def _step_bucket(
+        self, bucket: Bucket, group: Mapping[str, Any], hp: dict[str, Any], path: GroupPath
+    ) -> bool:
+        params = bucket.params
+        if [p.data_ptr() for p in params] != bucket.ptrs:
+            path.stale = True  # model.to(), p.data = ..., or state replaced: rebuild next step
+            return False
+        grads = [p.grad for p in params]
+        if not all(g is v for g, v in zip(grads, bucket.grad_views, strict=True)):
+            fresh_views, fresh = [], []
+            for g, view in zip(grads, bucket.grad_views, strict=True):
+                if g is view:
+                    continue
+                if g is None or g.is_sparse or g.is_complex():
+                    path.stale = True  # this bucket's steps will differ after an eager step
+                    return False
+                fresh_views.append(view)
+                fresh.append(g)
+            torch._foreach_copy_(fresh_views, fresh)
+        algorithm = self.optimizer.algorithm
+        step = bucket.step + 1 if algorithm.step else 0.0
+        first = bucket.states[0]
+        try:
+            traced = trace(
+                algorithm.update,
+                tuple(algorithm.state(hp)),
+                {k: first[k] for k in algorithm.scalar_state},
+                negate_grad=bool(group.get("maximize", False)),
+                step=step,
+                hyperparams=hp,
+            )
+        except Unfusable as why:
+            self._give_up(path, group, f"the rule needs {why}")
+            return False
+        kernel = kernel_for(traced.structure, bucket.flat_param)
+        slots = torch.tensor(traced.slots, dtype=torch.float64)
+        if bucket.flat_param.device.type != "cpu":
+            slots = slots.to(bucket.flat_param.device, non_blocking=True)
+        kernel(bucket.flat_param, bucket.flat_grad, *bucket.flat_state, slots)
+        if algorithm.step:
+            torch._foreach_add_(bucket.steps, 1.0)
+            bucket.step = step
+        for key, value in traced.scalar_state.items():
+            torch._foreach_copy_([s[key] for s in bucket.states], [value] * len(bucket.states))
+        return True
+
+    def _give_up(self, path: GroupPath, group: Mapping[str, Any], reason: str) -> None:
+        path.buckets = []
+        path.stale = True
+        name = type(self.optimizer).__name__
+        if requested(group):
+            raise RuntimeError(f"adaptim.{name}(fused=True) cannot fuse this group: {reason}.")
+        path.reason = f"eager for good: {reason}"
+
+    # -- buckets -------------------------------------------------------------------
+    def _build(
+        self, group: dict[str, Any], path: GroupPath, hp: Mapping[str, Any], mode: bool | None
+    ) -> bool:
+        optimizer = self.optimizer
+        algorithm = optimizer.algorithm
+        name = type(optimizer).__name__
+        why_not = compile_supported()
+        if why_not is None and algorithm.name in ("lars", "lamb"):
+            why_not = "its trust ratio is a norm over each whole parameter"
+        if why_not is not None:
+            self._give_up(path, group, why_not)
+            return False
+        if path.rebuilds >= MAX_REBUILDS and mode is None:
+            self._give_up(path, group, f"its buckets were rebuilt {MAX_REBUILDS} times")
+            return False
+        tensor_keys = tuple(algorithm.state(hp))
+        params = [p for p in group["params"] if p.grad is not None]
+        numel = sum(p.numel() for p in params)
+        if mode is None and numel < AUTO_MIN_NUMEL:
+            path.reason = f"eager: {numel} elements < {AUTO_MIN_NUMEL} (fused=None threshold)"
+            return False
+        storages: dict[int, int] = {}
+        for p in group["params"]:
+            ptr = p.untyped_storage().data_ptr()
+            storages[ptr] = storages.get(ptr, 0) + 1
+        partitions: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        for p in params:
+            state = optimizer.state.get(p, {})
+            grad = p.grad
+            assert grad is not None
+            if (
+                p.device.type not in _FUSABLE_DEVICES
+                or not p.is_floating_point()
+                or grad.is_sparse
+                or not _layout_ok(p)
+                or storages[p.untyped_storage().data_ptr()] > 1
+                or not _state_ok(p, state, tensor_keys)
+                or (algorithm.step and "step" not in state)
+            ):
+                continue
+            key = (
+                p.device,
+                p.dtype,
+                float(state["step"]) if algorithm.step else 0.0,
+                tuple(float(state[k]) for k in algorithm.scalar_state),
+            )
+            partitions.setdefault(key, []).append(p)
+        if not partitions:
+            path.reason = "eager: no parameter has its full state yet (the first step creates it)"
+            return False
+        path.buckets = [self._bucket(members, key[2], tensor_keys) for key, members in partitions.items()]
+        path.stale = False
+        path.rebuilds += 1
+        path.reason = f"fused: {sum(len(b.params) for b in path.buckets)} parameters in {len(path.buckets)} bucket(s)"
+        return True
+
+    def _bucket(self, params: list[torch.Tensor], step: float, keys: Sequence[str]) -> Bucket:
+        optimizer = self.optimizer
+        states = [optimizer.state[p] for p in params]
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += p.numel()
+        like = params[0]
+
+        def flatten(sources: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            # One role at a time, so building needs one extra buffer at most.
+            flat = torch.empty(total, dtype=like.dtype, device=like.device)
+            views = []
+            for p, source, offset in zip(params, sources, offsets, strict=True):
+                view = _strided_view(flat, p, offset)
+                view.copy_(source)
+                views.append(view)
+            return flat, views
+
+        with torch.no_grad():
+            flat_param, param_views = flatten(params)
+            for p, view in zip(params, param_views, strict=True):
+                p.data = view
+            grads = [p.grad for p in params]
+            flat_grad, grad_views = flatten(grads)  # type: ignore[arg-type]
+            for p, view in zip(params, grad_views, strict=True):
+                p.grad = view
+            flat_state = []
+            for key in keys:
+                flat, views = flatten([s[key] for s in states])
+                for state, view in zip(states, views, strict=True):
+                    state[key] = view
+                flat_state.append(flat)
+        steps = [s["step"] for s in states] if optimizer.algorithm.step else []
+        return Bucket(
+            params=params,
+            states=states,
+            ptrs=[p.data_ptr() for p in params],
+            grad_views=grad_views,
+            flat_param=flat_param,
+            flat_grad=flat_grad,
+            flat_state=flat_state,
+            step=step,
+            steps=steps,
+        )

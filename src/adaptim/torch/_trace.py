@@ -1,0 +1,329 @@
+"""Record an update rule as one element-wise expression, and compile it once per shape of that expression.
+
+The fast path never rewrites an algorithm. It runs the same rule function as
+the eager path, with *proxies* in place of the arrays: every array operation
+is recorded as a node, while the scalar arithmetic of the rule (bias
+corrections, ``lr/(1-β₁ᵗ)``, the RAdam switch, branches on ``weight_decay ==
+0``) runs in plain Python on the current step's hyperparameters. Every Python
+number that meets an array becomes a *slot*: a runtime input, not a constant.
+
+The recorded expression therefore splits in two:
+
+* its **structure** (the operations and how they connect, which branches the
+  rule took) is the cache key of a compiled kernel, and
+* its **slots** (the scalar values) are passed to that kernel as one small
+  float64 tensor on every call.
+
+A learning-rate scheduler changes slots only, so it never triggers a
+recompilation; flipping ``weight_decay`` between zero and non-zero, or RAdam
+leaving its warm-up, changes the structure and selects (or compiles, once)
+another kernel. The kernel is generated as Python source, one function per
+structure, and compiled with ``torch.compile``: Inductor fuses the whole update
+into a single pass that reads each buffer once and writes the parameter and
+the state back in place (C++/OpenMP on CPU, Triton on GPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from adaptim.algorithms._spec import ArrayOps
+
+
+class Unfusable(Exception):
+    """The rule did something the fused kernel cannot express (a reduction, a value read on the host)."""
+
+
+# An argument of a recorded operation: ("node", index), ("slot", index) or ("const", value).
+Ref = tuple[str, Any]
+Op = tuple[str, tuple[Ref, ...]]
+
+
+@dataclass
+class Recording:
+    """The operations a rule performed on its array inputs, in order."""
+
+    inputs: tuple[str, ...]
+    ops: list[Op] = field(default_factory=list)
+    slots: list[float] = field(default_factory=list)
+
+    def input(self, position: int) -> Proxy:
+        return Proxy(self, ("input", position))
+
+    def record(self, name: str, *args: Any) -> Proxy:
+        refs = tuple(self._ref(a) for a in args)
+        self.ops.append((name, refs))
+        return Proxy(self, ("node", len(self.ops) - 1))
+
+    def _ref(self, value: Any) -> Ref:
+        if isinstance(value, Proxy):
+            if value.recording is not self:
+                raise Unfusable("an array from another recording")
+            return value.ref
+        if isinstance(value, bool):
+            raise Unfusable("a bool where a number was expected")
+        if isinstance(value, int | float):
+            self.slots.append(float(value))
+            return ("slot", len(self.slots) - 1)
+        if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+            self.slots.append(float(value))  # scalar state, e.g. a 0-d tensor from the host
+            return ("slot", len(self.slots) - 1)
+        raise Unfusable(f"an operand of type {type(value).__name__}")
+
+    def const(self, value: float) -> Proxy:
+        """A value baked into the kernel (exponents: a runtime exponent would cost a pow per element)."""
+        self.ops.append(("const", (("const", float(value)),)))
+        return Proxy(self, ("node", len(self.ops) - 1))
+
+
+class Proxy:
+    """Stands for an array while a rule is recorded; arithmetic records, host reads refuse."""
+
+    __slots__ = ("recording", "ref")
+    __array_priority__ = 1000  # win against NumPy scalars on the left
+
+    def __init__(self, recording: Recording, ref: Ref) -> None:
+        self.recording = recording
+        self.ref = ref
+
+    def _op(self, name: str, *args: Any) -> Proxy:
+        return self.recording.record(name, *args)
+
+    def __add__(self, other: Any) -> Proxy:
+        return self._op("add", self, other)
+
+    def __radd__(self, other: Any) -> Proxy:
+        return self._op("add", other, self)
+
+    def __sub__(self, other: Any) -> Proxy:
+        return self._op("sub", self, other)
+
+    def __rsub__(self, other: Any) -> Proxy:
+        return self._op("sub", other, self)
+
+    def __mul__(self, other: Any) -> Proxy:
+        return self._op("mul", self, other)
+
+    def __rmul__(self, other: Any) -> Proxy:
+        return self._op("mul", other, self)
+
+    def __truediv__(self, other: Any) -> Proxy:
+        return self._op("div", self, other)
+
+    def __rtruediv__(self, other: Any) -> Proxy:
+        return self._op("div", other, self)
+
+    def __neg__(self) -> Proxy:
+        return self._op("neg", self)
+
+    def __pow__(self, exponent: Any) -> Proxy:
+        if not isinstance(exponent, int | float) or isinstance(exponent, bool):
+            raise Unfusable("a non-constant exponent")
+        return self._op("pow", self, self.recording.const(exponent))
+
+    def __gt__(self, other: Any) -> Proxy:  # type: ignore[override]
+        return self._op("gt", self, other)
+
+    def __ge__(self, other: Any) -> Proxy:
+        return self._op("ge", self, other)
+
+    def __lt__(self, other: Any) -> Proxy:
+        return self._op("lt", self, other)
+
+    def __le__(self, other: Any) -> Proxy:
+        return self._op("le", self, other)
+
+    def __bool__(self) -> bool:
+        raise Unfusable("a branch on array values")
+
+    def __float__(self) -> float:
+        raise Unfusable("an array value read on the host")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _norm(x: Any) -> Any:
+    raise Unfusable("a norm over a whole parameter (LARS/LAMB trust ratios)")
+
+
+def _clip(x: Any, low: float | None, high: float | None) -> Any:
+    args = [x, low if low is not None else float("-inf"), high if high is not None else float("inf")]
+    return x.recording.record("clip", *args)
+
+
+def _binary(name: str) -> Callable[[Any, Any], Any]:
+    def record(a: Any, b: Any) -> Any:
+        owner = a if isinstance(a, Proxy) else b
+        return owner.recording.record(name, a, b)
+
+    return record
+
+
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    return cond.recording.record("where", cond, a, b)
+
+
+#: The ``xp`` a rule sees while it is recorded.
+RECORDING_OPS = ArrayOps(
+    name="recording",
+    sqrt=lambda x: x.recording.record("sqrt", x),
+    maximum=_binary("maximum"),
+    abs=lambda x: x.recording.record("abs", x),
+    where=_where,
+    clip=_clip,
+    norm=_norm,
+    axpy=lambda a, b, alpha: a + b * alpha,
+    addcmul=lambda a, b, c, value: a + (b * c) * value,
+    lerp=lambda a, b, weight: a.recording.record("lerp", a, b, weight),
+)
+
+# How each recorded operation reads in the generated kernel.
+_TEMPLATES: Mapping[str, str] = {
+    "add": "({0} + {1})",
+    "sub": "({0} - {1})",
+    "mul": "({0} * {1})",
+    "div": "({0} / {1})",
+    "neg": "(-{0})",
+    "pow": "({0} ** {1})",
+    "gt": "({0} > {1})",
+    "ge": "({0} >= {1})",
+    "lt": "({0} < {1})",
+    "le": "({0} <= {1})",
+    "sqrt": "torch.sqrt({0})",
+    "abs": "torch.abs({0})",
+    "maximum": "torch.maximum({0}, {1})",
+    "where": "torch.where({0}, {1}, {2})",
+    "clip": "torch.clamp({0}, {1}, {2})",
+    "lerp": "torch.lerp({0}, {1}, {2})",
+}
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Everything a kernel depends on except the slot values."""
+
+    ops: tuple[Op, ...]
+    inputs: tuple[str, ...]
+    #: (name of the buffer written, reference of its new value)
+    outputs: tuple[tuple[str, Ref], ...]
+    slot_count: int
+
+
+def generate_source(structure: Structure, name: str) -> str:
+    """The kernel as Python source: buffers in, slots in ``s``, results written in place."""
+    lines = [f"def {name}({', '.join(structure.inputs)}, s):"]
+
+    def text(ref: Ref) -> str:
+        kind, value = ref
+        if kind == "input":
+            return structure.inputs[value]
+        if kind == "node":
+            return f"v{value}"
+        if kind == "slot":
+            return f"s[{value}]"
+        return repr(value)
+
+    for index, (op, args) in enumerate(structure.ops):
+        if op == "const":
+            lines.append(f"    v{index} = {args[0][1]!r}")
+            continue
+        if op == "lerp" and args[2][0] == "slot":  # torch.lerp wants the weight in the array's dtype
+            weight = f"{text(args[2])}.to({text(args[0])}.dtype)"
+            lines.append(f"    v{index} = torch.lerp({text(args[0])}, {text(args[1])}, {weight})")
+            continue
+        lines.append(f"    v{index} = " + _TEMPLATES[op].format(*(text(a) for a in args)))
+    for buffer, ref in structure.outputs:
+        lines.append(f"    {buffer}.copy_({text(ref)})")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Traced:
+    """One recorded step: the structure (cache key) and this step's slot values."""
+
+    structure: Structure
+    slots: list[float]
+    scalar_state: dict[str, Any]
+
+
+def trace(
+    update: Callable[..., tuple[Any, dict[str, Any]]],
+    tensor_state: Sequence[str],
+    scalar_state: Mapping[str, Any],
+    *,
+    negate_grad: bool,
+    step: float,
+    hyperparams: Mapping[str, Any],
+) -> Traced:
+    """Run ``update`` on proxies; return what the kernel must do and the new scalar state.
+
+    The buffers are named ``param``, ``grad`` and ``state_<key>``; scalar
+    state (NAdam's ``mu_product``) stays a real 0-d tensor computed on the
+    host, exactly as in the eager path.
+    """
+    inputs = ("param", "grad", *(f"state_{k}" for k in tensor_state))
+    recording = Recording(inputs=inputs)
+    param = recording.input(0)
+    grad = recording.input(1)
+    if negate_grad:
+        grad = -grad
+    state: dict[str, Any] = {k: recording.input(2 + i) for i, k in enumerate(tensor_state)}
+    state.update(scalar_state)
+    new_param, new_state = update(param, grad, state, step=step, xp=RECORDING_OPS, **hyperparams)
+    outputs: list[tuple[str, Ref]] = []
+    new_scalars: dict[str, Any] = {}
+    for key, value in new_state.items():
+        if key in scalar_state:
+            new_scalars[key] = value
+        elif key in tensor_state:
+            outputs.append((f"state_{key}", _array_ref(recording, value)))
+        else:
+            raise Unfusable(f"a state entry {key!r} the buffers do not hold")
+    outputs.append(("param", _array_ref(recording, new_param)))
+    # A buffer that comes back unchanged needs no write.
+    writes = tuple((b, r) for b, r in outputs if r != ("input", inputs.index(b)))
+    structure = Structure(tuple(recording.ops), inputs, writes, len(recording.slots))
+    return Traced(structure, recording.slots, new_scalars)
+
+
+def _array_ref(recording: Recording, value: Any) -> Ref:
+    if not isinstance(value, Proxy) or value.recording is not recording:
+        raise Unfusable("a result that is not an element-wise array")
+    return value.ref
+
+
+_counter = itertools.count()
+_lock = threading.Lock()
+#: Compiled kernels by (structure, dtype, device type, numel). Shared by all
+#: optimizers of the process: two models with the same update share a kernel.
+_KERNELS: dict[tuple[Any, ...], Callable[..., None]] = {}
+
+
+def kernel_for(structure: Structure, example: torch.Tensor) -> Callable[..., None]:
+    """The compiled kernel of ``structure`` for buffers like ``example``, compiled on first use."""
+    key = (structure, example.dtype, example.device.type, example.numel())
+    kernel = _KERNELS.get(key)
+    if kernel is not None:
+        return kernel
+    with _lock:
+        kernel = _KERNELS.get(key)
+        if kernel is None:
+            # One fresh function (a fresh code object) per structure keeps
+            # torch.compile's per-function recompilation limit out of play.
+            name = f"adaptim_fused_step_{next(_counter)}"
+            namespace: dict[str, Any] = {"torch": torch}
+            exec(compile(generate_source(structure, name), f"<{name}>", "exec"), namespace)
+            kernel = torch.compile(namespace[name], fullgraph=True, dynamic=False)
+            _KERNELS[key] = kernel
+    return kernel
+
+
+def compiled_kernel_count() -> int:
+    """How many distinct kernels this process has compiled (tests check schedulers add none)."""
+    return len(_KERNELS)
