@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -23,6 +25,10 @@ TORCH_OPS = ArrayOps(
     addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
     lerp=torch.lerp,
 )
+
+_GRAD = operator.attrgetter("grad")
+_IS_SPARSE = operator.attrgetter("is_sparse")
+_IS_TENSOR = functools.partial(operator.is_not, None)
 
 NonFinitePolicy = Literal["ignore", "skip", "raise"]
 NONFINITE_POLICIES: tuple[str, ...] = ("ignore", "skip", "raise")
@@ -198,9 +204,11 @@ class Optimizer(torch.optim.Optimizer):
         ]
         # Refuse an unsupported sparse gradient before anything has changed.
         for group, hp in zip(self.param_groups, hyperparams, strict=True):
-            for p in group["params"]:
-                if p.grad is not None and p.grad.is_sparse:
-                    self._sparse_mode(p, hp)
+            grads = filter(_IS_TENSOR, map(_GRAD, group["params"]))
+            if any(map(_IS_SPARSE, grads)):
+                for p in group["params"]:
+                    if p.grad is not None and p.grad.is_sparse:
+                        self._sparse_mode(p, hp)
         for index, (group, hp) in enumerate(zip(self.param_groups, hyperparams, strict=True)):
             for p in self._fast.step_group(index, group, hp):
                 self._update(p, p.grad, group, hp)

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import operator
+
 import torch
 
 from adaptim.torch._trace import Unfusable, kernel_for, trace
@@ -44,6 +46,7 @@ AUTO_MIN_NUMEL = 1 << 20
 MAX_REBUILDS = 8
 
 _FUSABLE_DEVICES = ("cpu", "cuda")
+_GRAD = operator.attrgetter("grad")
 _DENSE_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 
 
@@ -57,7 +60,9 @@ class Bucket:
     flat_grad: torch.Tensor
     flat_state: list[torch.Tensor]
     step: float
-    steps: list[torch.Tensor] = field(default_factory=list)
+    #: ``step`` and scalar state (NAdam's ``mu_product``) of every parameter, as
+    #: 0-d views of one tensor per key: one op updates them all.
+    flat_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +70,8 @@ class GroupPath:
     """The fast path of one param group: its buckets, or why it has none."""
 
     buckets: list[Bucket] = field(default_factory=list)
+    #: Parameters of the group in no bucket: the eager path steps them.
+    uncovered: list[torch.Tensor] = field(default_factory=list)
     stale: bool = True
     rebuilds: int = 0
     reason: str = "not built yet (the first step with gradients builds it)"
@@ -99,6 +106,11 @@ def _state_ok(p: torch.Tensor, state: Mapping[str, Any], keys: Sequence[str]) ->
     return True
 
 
+def with_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The parameters that have a gradient this step, in order."""
+    return [p for p in params if p.grad is not None]
+
+
 def _strided_view(flat: torch.Tensor, like: torch.Tensor, offset: int) -> torch.Tensor:
     return torch.as_strided(flat, like.size(), like.stride(), offset)
 
@@ -119,32 +131,28 @@ class FastPath:
     # -- the step ------------------------------------------------------------------
     def step_group(self, index: int, group: dict[str, Any], hp: dict[str, Any]) -> list[torch.Tensor]:
         """Run the fused step on what it can; return the parameters left to the eager path."""
-        params = [p for p in group["params"] if p.grad is not None]
         mode = requested(group)
         path = self.groups.setdefault(index, GroupPath())
-        if mode is False:
-            path.reason = "fused=False"
-            return params
-        if mode is None and path.reason.startswith("eager for good"):
-            return params
-        if path.stale:
-            if not self._build(group, path, hp, mode):
-                return params
-        done: set[int] = set()
+        if mode is False or (mode is None and path.reason.startswith("eager for good")):
+            path.reason = "eager: fused=False" if mode is False else path.reason
+            return with_grads(group["params"])
+        if path.stale and not self._build(group, path, hp, mode):
+            return with_grads(group["params"])
+        left = with_grads(path.uncovered)
         for bucket in path.buckets:
-            if self._step_bucket(bucket, group, hp, path):
-                done.update(id(p) for p in bucket.params)
-        return [p for p in params if id(p) not in done]
+            if not self._step_bucket(bucket, group, hp, path):
+                left.extend(with_grads(bucket.params))
+        return left
 
     def _step_bucket(
         self, bucket: Bucket, group: Mapping[str, Any], hp: dict[str, Any], path: GroupPath
     ) -> bool:
         params = bucket.params
-        if [p.data_ptr() for p in params] != bucket.ptrs:
+        if list(map(torch.Tensor.data_ptr, params)) != bucket.ptrs:
             path.stale = True  # model.to(), p.data = ..., or state replaced: rebuild next step
             return False
-        grads = [p.grad for p in params]
-        if not all(g is v for g, v in zip(grads, bucket.grad_views, strict=True)):
+        grads = list(map(_GRAD, params))
+        if not all(map(operator.is_, grads, bucket.grad_views)):
             fresh_views, fresh = [], []
             for g, view in zip(grads, bucket.grad_views, strict=True):
                 if g is view:
@@ -176,10 +184,10 @@ class FastPath:
             slots = slots.to(bucket.flat_param.device, non_blocking=True)
         kernel(bucket.flat_param, bucket.flat_grad, *bucket.flat_state, slots)
         if algorithm.step:
-            torch._foreach_add_(bucket.steps, 1.0)
+            bucket.flat_scalars["step"].add_(1.0)
             bucket.step = step
         for key, value in traced.scalar_state.items():
-            torch._foreach_copy_([s[key] for s in bucket.states], [value] * len(bucket.states))
+            bucket.flat_scalars[key].copy_(value)
         return True
 
     def _give_up(self, path: GroupPath, group: Mapping[str, Any], reason: str) -> None:
@@ -242,6 +250,8 @@ class FastPath:
             path.reason = "eager: no parameter has its full state yet (the first step creates it)"
             return False
         path.buckets = [self._bucket(members, key[2], tensor_keys) for key, members in partitions.items()]
+        covered = {id(p) for bucket in path.buckets for p in bucket.params}
+        path.uncovered = [p for p in group["params"] if id(p) not in covered]
         path.stale = False
         path.rebuilds += 1
         path.reason = f"fused: {sum(len(b.params) for b in path.buckets)} parameters in {len(path.buckets)} bucket(s)"
@@ -280,7 +290,15 @@ class FastPath:
                 for state, view in zip(states, views, strict=True):
                     state[key] = view
                 flat_state.append(flat)
-        steps = [s["step"] for s in states] if optimizer.algorithm.step else []
+        scalar_keys = (["step"] if optimizer.algorithm.step else []) + list(
+            optimizer.algorithm.scalar_state
+        )
+        flat_scalars = {}
+        for key in scalar_keys:
+            flat = torch.stack([s[key] for s in states])  # same dtype and value throughout
+            for index, state in enumerate(states):
+                state[key] = flat[index]
+            flat_scalars[key] = flat
         return Bucket(
             params=params,
             states=states,
@@ -290,5 +308,5 @@ class FastPath:
             flat_grad=flat_grad,
             flat_state=flat_state,
             step=step,
-            steps=steps,
+            flat_scalars=flat_scalars,
         )

@@ -300,14 +300,15 @@ def _array_ref(recording: Recording, value: Any) -> Ref:
 
 _counter = itertools.count()
 _lock = threading.Lock()
-#: Compiled kernels by (structure, dtype, device type, numel). Shared by all
-#: optimizers of the process: two models with the same update share a kernel.
+#: Compiled kernels by (structure, dtype, device type). Shared by all optimizers
+#: of the process: two models with the same update share a kernel. The buffer
+#: length is symbolic (``dynamic=True``), so buckets of any size share it too.
 _KERNELS: dict[tuple[Any, ...], Callable[..., None]] = {}
 
 
 def kernel_for(structure: Structure, example: torch.Tensor) -> Callable[..., None]:
     """The compiled kernel of ``structure`` for buffers like ``example``, compiled on first use."""
-    key = (structure, example.dtype, example.device.type, example.numel())
+    key = (structure, example.dtype, example.device.type)
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
@@ -319,7 +320,7 @@ def kernel_for(structure: Structure, example: torch.Tensor) -> Callable[..., Non
             name = f"adaptim_fused_step_{next(_counter)}"
             namespace: dict[str, Any] = {"torch": torch}
             exec(compile(generate_source(structure, name), f"<{name}>", "exec"), namespace)
-            kernel = torch.compile(namespace[name], fullgraph=True, dynamic=False)
+            kernel = torch.compile(namespace[name], fullgraph=True, dynamic=True)
             _KERNELS[key] = kernel
     return kernel
 
