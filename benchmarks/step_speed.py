@@ -135,10 +135,20 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
     ours = getattr(adaptim, name)
     runners = [
         roofline_runner(states, count, size, device),
-        optimizer_runner("adaptim fused", lambda p: ours(p, **settings, fused=True), count, size, device),
-        optimizer_runner("adaptim fused, fresh grads", lambda p: ours(p, **settings, fused=True),
-                         count, size, device, fresh_grads=True),  # fmt: skip
-        optimizer_runner("adaptim eager", lambda p: ours(p, **settings, fused=False), count, size, device),
+        optimizer_runner(
+            "adaptim fused", lambda p: ours(p, **settings, fused=True), count, size, device
+        ),
+        optimizer_runner(
+            "adaptim fused, fresh grads",
+            lambda p: ours(p, **settings, fused=True),
+            count,
+            size,
+            device,
+            fresh_grads=True,
+        ),
+        optimizer_runner(
+            "adaptim eager", lambda p: ours(p, **settings, fused=False), count, size, device
+        ),
     ]
     theirs = getattr(torch.optim, name)
     runners.append(optimizer_runner("torch for-loop", lambda p: theirs(p, **settings, foreach=False),
@@ -165,7 +175,9 @@ def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
             runner.times.append(time.perf_counter() - start)
 
 
-def report(algorithm: str, workload: str, device: torch.device, runners: list[Runner]) -> list[dict[str, Any]]:
+def report(
+    algorithm: str, workload: str, device: torch.device, runners: list[Runner]
+) -> list[dict[str, Any]]:
     _, _, states = ALGORITHMS[algorithm]
     count, size = WORKLOADS[workload]
     traffic = bytes_per_param(states) * count * size
@@ -190,7 +202,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if key != current:
             current = key
             count, size = WORKLOADS[row["workload"]]
-            print(f"\n## {row['device']}, workload ({row['workload']}): {count * size / 1e6:g}M float32 params in {count} tensors")
+            print(
+                f"\n## {row['device']}, workload ({row['workload']}): {count * size / 1e6:g}M float32 params in {count} tensors"
+            )
             print(header)
         print(
             f"{row['algorithm']:<13} {row['implementation']:<27} {row['ms']:8.2f} {row['gb_per_s']:7.1f} "
@@ -200,8 +214,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=sorted(WORKLOADS))
-    parser.add_argument("--algorithms", choices=sorted(ALGORITHMS), nargs="+", default=list(ALGORITHMS))
+    parser.add_argument(
+        "--workload", choices=sorted(WORKLOADS), nargs="+", default=sorted(WORKLOADS)
+    )
+    parser.add_argument(
+        "--algorithms", choices=sorted(ALGORITHMS), nargs="+", default=list(ALGORITHMS)
+    )
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
@@ -216,7 +234,7 @@ def main() -> None:
                 runners = runners_for(algorithm, workload, device)
                 measure(runners, args.repeats, device)
                 new = report(algorithm, workload, device, runners)
-                print_table(new) if not rows or rows[-1]["workload"] != workload else print_table(new)
+                print_table(new)
                 rows.extend(new)
                 del runners
                 gc.collect()

@@ -126,7 +126,10 @@ class Optimizer(torch.optim.Optimizer):
                 )
         check_bool(group, "maximize")
         if group.get("fused") is not None:
-            check_bool(group, "fused")
+            if not isinstance(group["fused"], bool):
+                raise TypeError(
+                    f"Invalid fused: {group['fused']!r}; allowed: None (automatic), True or False."
+                )
             if group["fused"] and group.get("foreach"):
                 raise ValueError("Invalid fused: True with foreach=True; choose at most one.")
             if group["fused"] and self.algorithm.name in ("lars", "lamb"):
@@ -211,6 +214,7 @@ class Optimizer(torch.optim.Optimizer):
                         self._sparse_mode(p, hp)
         for index, (group, hp) in enumerate(zip(self.param_groups, hyperparams, strict=True)):
             for p in self._fast.step_group(index, group, hp):
+                assert p.grad is not None  # step_group returns parameters with gradients only
                 self._update(p, p.grad, group, hp)
         return loss
 

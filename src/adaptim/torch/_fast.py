@@ -24,11 +24,10 @@ never depend on which path ran beyond rounding.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import operator
 
 import torch
 
@@ -86,10 +85,10 @@ def requested(group: Mapping[str, Any]) -> bool | None:
 def compile_supported() -> str | None:
     """Why torch.compile cannot run here, or None when it can."""
     try:
-        import torch._dynamo as dynamo
+        from torch._dynamo.eval_frame import is_dynamo_supported
     except ImportError as error:  # pragma: no cover - stripped builds
         return f"torch._dynamo is unavailable ({error})"
-    if not dynamo.is_dynamo_supported():
+    if not is_dynamo_supported():
         return "torch.compile does not support this Python version"
     return None
 
@@ -129,7 +128,9 @@ class FastPath:
             path.buckets = []
 
     # -- the step ------------------------------------------------------------------
-    def step_group(self, index: int, group: dict[str, Any], hp: dict[str, Any]) -> list[torch.Tensor]:
+    def step_group(
+        self, index: int, group: dict[str, Any], hp: dict[str, Any]
+    ) -> list[torch.Tensor]:
         """Run the fused step on what it can; return the parameters left to the eager path."""
         mode = requested(group)
         path = self.groups.setdefault(index, GroupPath())
@@ -204,7 +205,6 @@ class FastPath:
     ) -> bool:
         optimizer = self.optimizer
         algorithm = optimizer.algorithm
-        name = type(optimizer).__name__
         why_not = compile_supported()
         if why_not is None and algorithm.name in ("lars", "lamb"):
             why_not = "its trust ratio is a norm over each whole parameter"
@@ -249,7 +249,9 @@ class FastPath:
         if not partitions:
             path.reason = "eager: no parameter has its full state yet (the first step creates it)"
             return False
-        path.buckets = [self._bucket(members, key[2], tensor_keys) for key, members in partitions.items()]
+        path.buckets = [
+            self._bucket(members, key[2], tensor_keys) for key, members in partitions.items()
+        ]
         covered = {id(p) for bucket in path.buckets for p in bucket.params}
         path.uncovered = [p for p in group["params"] if id(p) not in covered]
         path.stale = False

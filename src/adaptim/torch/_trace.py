@@ -127,7 +127,7 @@ class Proxy:
             raise Unfusable("a non-constant exponent")
         return self._op("pow", self, self.recording.const(exponent))
 
-    def __gt__(self, other: Any) -> Proxy:  # type: ignore[override]
+    def __gt__(self, other: Any) -> Proxy:
         return self._op("gt", self, other)
 
     def __ge__(self, other: Any) -> Proxy:
@@ -153,7 +153,11 @@ def _norm(x: Any) -> Any:
 
 
 def _clip(x: Any, low: float | None, high: float | None) -> Any:
-    args = [x, low if low is not None else float("-inf"), high if high is not None else float("inf")]
+    args = [
+        x,
+        low if low is not None else float("-inf"),
+        high if high is not None else float("inf"),
+    ]
     return x.recording.record("clip", *args)
 
 
@@ -233,7 +237,9 @@ def generate_source(structure: Structure, name: str) -> str:
         if op == "const":
             lines.append(f"    v{index} = {args[0][1]!r}")
             continue
-        if op == "lerp" and args[2][0] == "slot":  # torch.lerp wants the weight in the array's dtype
+        if (
+            op == "lerp" and args[2][0] == "slot"
+        ):  # torch.lerp wants the weight in the array's dtype
             weight = f"{text(args[2])}.to({text(args[0])}.dtype)"
             lines.append(f"    v{index} = torch.lerp({text(args[0])}, {text(args[1])}, {weight})")
             continue
