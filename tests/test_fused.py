@@ -306,3 +306,25 @@ def test_complex_and_sparse_gradients_take_the_eager_path() -> None:
         optimizer.param_groups[0]["params"], reference.param_groups[0]["params"], strict=True
     ):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_failed_compilation_falls_back_to_eager_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C++ compiler, say: automatic mode warns and steps eagerly; fused=True says so."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(_fast, "kernel_for", broken)
+    monkeypatch.setattr(_fast, "AUTO_MIN_NUMEL", 0)
+    auto_model, eager_model = make_model(), make_model()
+    auto = adaptim.Adam(auto_model.parameters(), lr=1e-2)
+    eager = adaptim.Adam(eager_model.parameters(), lr=1e-2, fused=False)
+    with pytest.warns(UserWarning, match="fused path off, eager instead: torch.compile failed"):
+        train(auto_model, auto, 4)
+    train(eager_model, eager, 4)
+    assert auto.fused_status()[0].startswith("eager for good: torch.compile failed")
+    assert_close(auto_model, eager_model, tolerance=0.0)
+    forced_model = make_model()
+    forced = adaptim.Adam(forced_model.parameters(), lr=1e-2, fused=True)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        train(forced_model, forced, 3)

@@ -25,6 +25,7 @@ never depend on which path ran beyond rounding.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,12 @@ from adaptim.torch._trace import Unfusable, kernel_for, trace
 if TYPE_CHECKING:
     from adaptim.torch._base import Optimizer
 
-#: Below this many elements in a param group, ``fused=None`` stays eager: the
-#: one-off compilation (seconds) would not pay for itself within a typical run.
-AUTO_MIN_NUMEL = 1 << 20
+#: Below this many elements in a param group, ``fused=None`` stays eager. The
+#: first fused step compiles (about 5 s with torch's on-disk cache, 15-20 s
+#: without, on 2 cores; benchmarks/compile_latency.py); above 2M float32
+#: parameters the fused step saves a few milliseconds per step on CPU, so the
+#: compilation pays for itself within a few thousand steps.
+AUTO_MIN_NUMEL = 1 << 21
 
 #: After this many rebuilds of a group's buckets, ``fused=None`` gives up on it
 #: (a model whose set of trained parameters changes every step).
@@ -179,11 +183,21 @@ class FastPath:
         except Unfusable as why:
             self._give_up(path, group, f"the rule needs {why}")
             return False
-        kernel = kernel_for(traced.structure, bucket.flat_param)
         slots = torch.tensor(traced.slots, dtype=torch.float64)
         if bucket.flat_param.device.type != "cpu":
             slots = slots.to(bucket.flat_param.device, non_blocking=True)
-        kernel(bucket.flat_param, bucket.flat_grad, *bucket.flat_state, slots)
+        try:
+            kernel = kernel_for(traced.structure, bucket.flat_param)
+            kernel(bucket.flat_param, bucket.flat_grad, *bucket.flat_state, slots)
+        except Exception as error:
+            # Compilation runs before the kernel touches any buffer, so falling
+            # back leaves nothing half-updated (no C++ compiler, say).
+            if requested(group):
+                raise
+            reason = f"torch.compile failed ({type(error).__name__}: {str(error)[:200]})"
+            warnings.warn(f"adaptim: fused path off, eager instead: {reason}", stacklevel=4)
+            self._give_up(path, group, reason)
+            return False
         if algorithm.step:
             bucket.flat_scalars["step"].add_(1.0)
             bucket.step = step
