@@ -77,6 +77,9 @@ class GroupPath:
     uncovered: list[torch.Tensor] = field(default_factory=list)
     stale: bool = True
     rebuilds: int = 0
+    #: Storages of the flat buffers this path made: parameters sharing one of
+    #: them share it because of an earlier bucket, not because the user tied them.
+    owned: set[int] = field(default_factory=set)
     reason: str = "not built yet (the first step with gradients builds it)"
 
 
@@ -130,6 +133,8 @@ class FastPath:
         for path in self.groups.values():
             path.stale = True
             path.buckets = []
+            if not path.reason.startswith("eager for good"):
+                path.reason = "not rebuilt yet (the next step with gradients rebuilds it)"
 
     # -- the step ------------------------------------------------------------------
     def step_group(
@@ -237,7 +242,8 @@ class FastPath:
         storages: dict[int, int] = {}
         for p in group["params"]:
             ptr = p.untyped_storage().data_ptr()
-            storages[ptr] = storages.get(ptr, 0) + 1
+            if ptr not in path.owned:
+                storages[ptr] = storages.get(ptr, 0) + 1
         partitions: dict[tuple[Any, ...], list[torch.Tensor]] = {}
         for p in params:
             state = optimizer.state.get(p, {})
@@ -248,7 +254,7 @@ class FastPath:
                 or not p.is_floating_point()
                 or grad.is_sparse
                 or not _layout_ok(p)
-                or storages[p.untyped_storage().data_ptr()] > 1
+                or storages.get(p.untyped_storage().data_ptr(), 1) > 1
                 or not _state_ok(p, state, tensor_keys)
                 or (algorithm.step and "step" not in state)
             ):
@@ -261,11 +267,16 @@ class FastPath:
             )
             partitions.setdefault(key, []).append(p)
         if not partitions:
-            path.reason = "eager: no parameter has its full state yet (the first step creates it)"
+            path.reason = (
+                "eager: no parameter can be fused yet (the first step creates the state; "
+                "sparse or complex gradients, strided layouts and parameters sharing "
+                "storage always step eagerly)"
+            )
             return False
         path.buckets = [
             self._bucket(members, key[2], tensor_keys) for key, members in partitions.items()
         ]
+        path.owned = {b.flat_param.untyped_storage().data_ptr() for b in path.buckets}
         covered = {id(p) for bucket in path.buckets for p in bucket.params}
         path.uncovered = [p for p in group["params"] if id(p) not in covered]
         path.stale = False
