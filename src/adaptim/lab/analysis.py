@@ -13,14 +13,14 @@ wider.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from scipy import stats
 
 from adaptim.lab.problems.base import Metric
-from adaptim.lab.trial import TrialResult
+from adaptim.lab.trial import Record, TrialResult
 
 
 @dataclass(frozen=True)
@@ -155,9 +155,37 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
     if ties:
         contenders = [leader, *ties]
         widths = {o.name: robustness(metric, o.tuning) for o in contenders}
-        chosen = max(contenders, key=lambda o: (widths[o.name], -contenders.index(o)))
+        target = speed_target(metric, contenders)
+        speeds = {
+            o.name: (
+                None
+                if target is None
+                else steps_to_target(metric, metric_curve(metric, o.runs), target)
+            )
+            for o in contenders
+        }
+
+        def slowness(o: OptimizerOutcome) -> float:
+            steps = speeds[o.name]
+            return math.inf if steps is None else float(steps)
+
+        # Robustness first, then speed to the target, then the better mean.
+        chosen = max(contenders, key=lambda o: (widths[o.name], -slowness(o), -contenders.index(o)))
         rivals = ", ".join(f"{o.name} ({_describe(o)})" for o in contenders if o is not chosen)
-        if len(set(widths.values())) == 1:
+        equally_fast = len({slowness(o) for o in contenders}) == 1
+        if len(set(widths.values())) == 1 and not equally_fast:
+            why = (
+                f"equally robust ({widths[chosen.name]:.1f} decades of good lr each), "
+                f"so the faster one wins: it reaches {metric.name} {_format(target or 0.0)} "
+                f"at step {speeds[chosen.name]}"
+                + "".join(
+                    f" vs {'never' if speeds[o.name] is None else f'step {speeds[o.name]}'}"
+                    f" for {o.name}"
+                    for o in contenders
+                    if o is not chosen
+                )
+            )
+        elif len(set(widths.values())) == 1:
             why = f"equally robust ({widths[chosen.name]:.1f} decades of good lr each), so the better mean wins"
         else:
             why = (
@@ -235,3 +263,188 @@ def problem_json(
         "optimizers": [outcome_json(metric, o) for o in outcomes],
         "recommendation": rec.to_json(),
     }
+
+
+# ---------------------------------------------------------------- speed and learning-rate decay
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The mean of a metric over seeds at each recorded step (seeds that diverged left out)."""
+
+    steps: list[int]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    wall_time: list[float]
+
+
+def mean_curve(runs: Sequence[TrialResult], value_of: Callable[[Record], float | None]) -> Curve:
+    """Mean, min and max over the runs that did not diverge, at the steps every one of them recorded.
+
+    ``value_of`` picks the value of a record (a metric, the training loss);
+    steps where some run has no finite value are left out.
+    """
+    alive = [r for r in runs if not r.diverged and r.records]
+    if not alive:
+        return Curve([], [], [], [], [])
+    by_step = [{rec.step: rec for rec in r.records} for r in alive]
+    common = sorted(set.intersection(*(set(b) for b in by_step)))
+    curve = Curve([], [], [], [], [])
+    for step in common:
+        values = [value_of(b[step]) for b in by_step]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if len(finite) != len(values):
+            continue
+        curve.steps.append(step)
+        curve.mean.append(sum(finite) / len(finite))
+        curve.low.append(min(finite))
+        curve.high.append(max(finite))
+        curve.wall_time.append(sum(b[step].wall_time for b in by_step) / len(by_step))
+    return curve
+
+
+def metric_curve(metric: Metric, runs: Sequence[TrialResult]) -> Curve:
+    return mean_curve(runs, lambda record: record.metrics.get(metric.name))
+
+
+def steps_to_target(metric: Metric, curve: Curve, target: float) -> int | None:
+    """The first step at which the mean curve reaches ``target`` (``None``: never)."""
+    for step, value in zip(curve.steps, curve.mean, strict=True):
+        if value == target or metric.better(value, target):
+            return step
+    return None
+
+
+def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float | None:
+    """The target of the time-to-target comparison: the runner-up's final mean.
+
+    The best two optimizers both reach it, so the leader's head start is
+    measured against a value the runner-up does reach (AlgoPerf fixes its
+    targets the same way, from what a good baseline achieves). With one
+    optimizer, its own final mean.
+    """
+    sign = 1.0 if metric.goal == "min" else -1.0
+    means = sorted(
+        sign * o.summary.mean
+        for o in outcomes
+        if o.summary.mean is not None and o.summary.diverged == 0
+    )
+    if not means:
+        return None
+    return sign * means[min(1, len(means) - 1)]
+
+
+def effective_lr_decay(runs: Sequence[TrialResult]) -> tuple[float, int, int] | None:
+    """How much the median effective learning rate fell: (factor, step of its peak, last step).
+
+    Geometric mean over seeds of the p50 recorded at each step. ``None`` when
+    the optimizer reports no effective rate.
+    """
+    curve = mean_curve(
+        runs,
+        lambda r: math.log(p50) if r.effective_lr and (p50 := r.effective_lr.get("p50")) else None,
+    )
+    if len(curve.steps) < 2:
+        return None
+    peak = max(range(len(curve.mean)), key=lambda i: curve.mean[i])
+    factor = math.exp(curve.mean[peak] - curve.mean[-1])
+    return factor, curve.steps[peak], curve.steps[-1]
+
+
+def stall_step(metric: Metric, curve: Curve, share: float = 0.05) -> int | None:
+    """The step after which the mean curve gains less than ``share`` of its total improvement.
+
+    ``None`` when it never stalls before its last quarter (it was still learning).
+    """
+    if len(curve.steps) < 4:
+        return None
+    total = abs(curve.mean[-1] - curve.mean[0])
+    if total == 0:
+        return None
+    for step, value in zip(curve.steps, curve.mean, strict=True):
+        if abs(curve.mean[-1] - value) < share * total:
+            return step if step <= 0.75 * curve.steps[-1] else None
+    return None
+
+
+def performance_profile(
+    times: Mapping[str, Mapping[str, float | None]], taus: Sequence[float]
+) -> dict[str, list[float]]:
+    """AlgoPerf's performance profile: for each optimizer and τ, the share of problems it solves
+    within τ times the fastest optimizer's time on that problem.
+
+    ``times[problem][optimizer]`` is the time to reach that problem's target
+    (``None`` when never reached, which counts as never within any τ).
+    Dolan & Moré 2002; Dahl et al. 2023, "Benchmarking Neural Network Training Algorithms".
+    """
+    optimizers = sorted({o for per_problem in times.values() for o in per_problem})
+    profile: dict[str, list[float]] = {o: [] for o in optimizers}
+    for tau in taus:
+        for o in optimizers:
+            solved = 0
+            for per_problem in times.values():
+                reached = [t for t in per_problem.values() if t is not None]
+                mine = per_problem.get(o)
+                if reached and mine is not None and mine <= tau * min(reached):
+                    solved += 1
+            profile[o].append(solved / len(times) if times else 0.0)
+    return profile
+
+
+def evidence(
+    metric: Metric, outcomes: Sequence[OptimizerOutcome], rec: Recommendation
+) -> list[str]:
+    """Sentences that back the recommendation: how fast it gets there, and who stalls and why."""
+    chosen = next((o for o in outcomes if o.name == rec.optimizer), None)
+    if chosen is None:
+        return []
+    sentences = []
+    curves = {o.name: metric_curve(metric, o.runs) for o in outcomes}
+    target = speed_target(metric, outcomes)
+    if target is not None and len(outcomes) > 1:
+        times = {o.name: steps_to_target(metric, curves[o.name], target) for o in outcomes}
+        mine = times[chosen.name]
+        others = [o for o in outcomes if o is not chosen and o.summary.mean is not None]
+        reached = sorted(
+            ((t, o.name) for o in others if (t := times[o.name]) is not None),
+        )
+        never = [o.name for o in outcomes if o is not chosen and times[o.name] is None]
+        goal = f"{metric.name} {_format(target)} (the runner-up's final mean)"
+        if mine is not None and reached:
+            fastest_other, rival = reached[0]
+            if mine < fastest_other:
+                saving = 100 * (1 - mine / fastest_other)
+                sentences.append(
+                    f"{chosen.name} reaches {goal} at step {mine}, "
+                    f"{saving:.0f}% fewer steps than {rival} (step {fastest_other})."
+                )
+            elif mine == fastest_other:
+                sentences.append(f"{chosen.name} and {rival} reach {goal} at step {mine}.")
+            else:
+                sentences.append(
+                    f"{rival} reaches {goal} first (step {fastest_other}; "
+                    f"{chosen.name} at step {mine})."
+                )
+        elif mine is not None:
+            sentences.append(f"{chosen.name} reaches {goal} at step {mine}.")
+        if never:
+            sentences.append(f"Never reached on average: {', '.join(never)}.")
+    for o in outcomes:
+        if o is chosen or o.name in rec.tied_with or o.summary.mean is None:
+            continue
+        stall = stall_step(metric, curves[o.name])
+        decay = effective_lr_decay(o.runs)
+        if stall is None:
+            continue
+        because = ""
+        if decay is not None and decay[0] >= 10:
+            because = (
+                f" as its median effective learning rate decays {decay[0]:.0f}×"
+                f" (from step {decay[1]} to step {decay[2]})"
+            )
+        sentences.append(
+            f"{o.name} stalls after step {stall} at {metric.name} "
+            f"{_format(o.summary.mean)}{because}."
+        )
+    return sentences
