@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adaptim.lab.analysis import performance_profile
+from adaptim.lab.curves import performance_profile
 from adaptim.lab.report import data, figures, page
 from adaptim.lab.report.stored import load_study
 
@@ -74,7 +74,7 @@ def _problem_section(
             page.Figure(
                 "Trajectories",
                 "Each optimizer's path from the start (▲) on the contours of the function "
-                "(darker is lower; first re-run seed, one point per evaluation, ■ the end).",
+                "(darker is higher; first re-run seed, one point per evaluation, ■ the end).",
                 figures.trajectories(problem, styles, ids, problem.problem.landscape),
             )
         )

@@ -7,6 +7,7 @@ statistics come from :mod:`adaptim.lab.analysis`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,10 @@ from adaptim.lab.analysis import (
     OptimizerOutcome,
     evidence,
     lr_at_edge,
-    metric_curve,
     robustness,
     speed_target,
-    steps_to_target,
 )
+from adaptim.lab.curves import metric_curve, steps_to_target
 from adaptim.lab.protocol import TUNING_SEED, final_seeds
 
 if TYPE_CHECKING:
@@ -134,11 +134,16 @@ class Verdict:
 
 
 def verdict(problem: ProblemOutcome) -> Verdict:
+    """The recommendation's first sentence as the headline; its other sentences and the
+    evidence of speed and stalls as the points below it."""
     metric = problem.problem.metric
     rec = problem.recommendation
+    sentences = re.split(r"(?<=[.)])\s+(?=[A-Z])", rec.reason)
+    if rec.optimizer is None:  # no recommendation: the reason is the headline, whole
+        sentences = [rec.reason]
     return Verdict(
-        rec.reason,
-        evidence(metric, problem.outcomes, rec),
+        sentences[0],
+        [*sentences[1:], *evidence(metric, problem.outcomes, rec)],
         speed_target(metric, problem.outcomes),
     )
 

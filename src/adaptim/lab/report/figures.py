@@ -2,7 +2,8 @@
 
 Every artist of an optimizer carries an id ``opt<i>-<n>``, so the page can
 show and hide that optimizer in every figure at once. Text is written as SVG
-``<text>`` (escaped by matplotlib), never parsed as mathtext.
+``<text>`` (escaped by matplotlib); user text passes through :func:`_plain`
+so that a ``$`` in a name is a dollar sign, not mathtext.
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from adaptim.lab.analysis import Curve, mean_curve, metric_curve
+from adaptim.lab.curves import Curve, mean_curve, metric_curve
 from adaptim.lab.report.data import PROFILE_TAUS, Style, finite
 from adaptim.lab.trial import Record
 
 if TYPE_CHECKING:
     from adaptim.lab.study import ProblemOutcome
 
-RC = {
+RC: Any = {  # matplotlib types its keys as a Literal of every rc name
     "svg.fonttype": "none",  # text stays text: small, searchable, selectable
-    "text.parse_math": False,  # a "$" in a user's name is a dollar sign
     "font.size": 9,
     "axes.spines.top": False,
     "axes.spines.right": False,
@@ -41,6 +41,10 @@ RC = {
     "grid.alpha": 0.3,
     "figure.dpi": 96,
 }
+
+
+def _plain(text: str) -> str:
+    return text.replace("$", r"\$")
 
 
 class Ids:
@@ -110,11 +114,12 @@ def learning_curves(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids)
                 curve = metric_curve(metric, o.runs) if row == 0 else mean_curve(o.runs, value_of)
                 style = styles[o.name]
                 values += finite(curve.low + curve.high)
-                for col, x in enumerate((curve.steps, curve.wall_time)):
-                    _band(axes[row][col], x, curve, style, ids(style), o.name)
+                xs: tuple[Sequence[float], ...] = (curve.steps, curve.wall_time)
+                for col, x in enumerate(xs):
+                    _band(axes[row][col], x, curve, style, ids(style), _plain(o.name))
             for col in range(2):
                 ax = axes[row][col]
-                ax.set_ylabel(ylabel)
+                ax.set_ylabel(_plain(ylabel))
                 _log_scale_if_wide(ax, values)
                 ax.set_xlabel("step" if col == 0 else "training wall time (s)")
         axes[0][0].legend(loc="best", fontsize=8, frameon=False)
@@ -147,7 +152,7 @@ def lr_sensitivity(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) 
                 marker="o",
                 ms=4,
                 lw=1.4,
-                label=o.name,
+                label=_plain(o.name),
                 gid=ids(style),
             )
             lr = o.hparams.get("lr")
@@ -182,7 +187,7 @@ def lr_sensitivity(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) 
                 )
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel(f"final {metric.name}")
+        ax.set_ylabel(_plain(f"final {metric.name}"))
         ax.legend(loc="best", fontsize=8, frameon=False)
         fig.tight_layout()
         return _svg(fig)
@@ -214,7 +219,7 @@ def effective_lr(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) ->
                 color=style.color,
                 ls=style.dash,
                 lw=1.6,
-                label=o.name,
+                label=_plain(o.name),
                 gid=ids(style),
             )
             if low.steps == high.steps and low.steps:
@@ -304,7 +309,7 @@ def trajectories(
                 lw=1.8,
                 marker="o",
                 ms=2.5,
-                label=name,
+                label=_plain(name),
                 gid=ids(style),
             )
             ax.plot(
@@ -338,7 +343,7 @@ def performance_profile(profile: dict[str, list[float]], styles: dict[str, Style
                 color=style.color,
                 ls=style.dash,
                 lw=1.8,
-                label=name,
+                label=_plain(name),
                 gid=ids(style),
             )
         ax.set_ylim(-0.03, 1.03)
