@@ -202,7 +202,7 @@ def _print_problem(problem: ProblemOutcome) -> None:
         f"mean {metric.name}",
         "95% CI",
         "seeds",
-        "diverged",
+        "diverged · tuning",
         "steps to target",
         "good-lr range",
     ):
@@ -214,7 +214,7 @@ def _print_problem(problem: ProblemOutcome) -> None:
             row.mean,
             row.ci95,
             str(row.seeds),
-            f"{row.diverged_reruns} ({row.diverged_tuning} tuning)",
+            f"{row.diverged_reruns} · {row.diverged_tuning}",
             row.steps_to_target,
             f"{row.good_lr_decades} dec",
         )
@@ -229,9 +229,12 @@ def _print_problem(problem: ProblemOutcome) -> None:
 @app.command()
 def report(
     directory: Annotated[
-        Path,
-        typer.Argument(help="Output directory of `adaptim compare` (its store and results.json)."),
-    ] = Path("adaptim-results"),
+        Path | None,
+        typer.Argument(
+            help="Output directory of `adaptim compare` (its store and results.json); "
+            "default adaptim-results, unless --store is given."
+        ),
+    ] = None,
     store: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in DIRECTORY).")
     ] = None,
@@ -240,7 +243,11 @@ def report(
         typer.Option(help="Study key (or a prefix) when the store holds several studies."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Where to write the page (default: DIRECTORY/report.html).")
+        Path | None,
+        typer.Option(
+            help="Where to write the page (default: DIRECTORY/report.html; "
+            "with --store and no DIRECTORY, ./report.html)."
+        ),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="The --data-dir the study ran with, if any.")
@@ -255,12 +262,17 @@ def report(
 
 
 def _report(
-    directory: Path, store_url: str | None, key: str | None, out: Path | None, data_dir: Path | None
+    given: Path | None,
+    store_url: str | None,
+    key: str | None,
+    out: Path | None,
+    data_dir: Path | None,
 ) -> Path:
     from adaptim.lab.report import load_study
     from adaptim.lab.report.stored import choose_study
     from adaptim.lab.store import Store, default_url
 
+    directory = given or Path("adaptim-results")
     if store_url is None:
         if not directory.is_dir():
             raise LabError(f"no such directory {str(directory)!r}; give the --out of a compare run")
@@ -269,9 +281,14 @@ def _report(
                 f"{str(directory)!r} has no store (adaptim.db); pass --store URL if it lives elsewhere"
             )
     trial_store = Store(store_url or default_url(directory))
-    study_key, command = choose_study(trial_store, key, directory / "results.json")
+    # Without --study, the directory's results.json names the study it shows.
+    results = directory / "results.json" if given or store_url is None else None
+    study_key, command = choose_study(trial_store, key, results)
     outcome = load_study(trial_store, study_key, command, data_dir)
-    target = out or directory / "report.html"
+    # A store elsewhere must not overwrite the report of adaptim-results' own study.
+    target = out or (
+        directory / "report.html" if given or store_url is None else Path("report.html")
+    )
     if not target.parent.is_dir():
         raise LabError(f"cannot write the report: directory {str(target.parent)!r} does not exist")
     path = _write_report(outcome, target, study_key)

@@ -98,7 +98,7 @@ def test_clear_winner_headline_states_the_evidence_and_speed() -> None:
     assert "3 seeds" in found.headline
     speed = next(s for s in found.evidence if "fewer steps" in s)
     # sgd's final mean 0.8 is the target: adam passes it at step 30, sgd at step 80.
-    assert "adam reaches accuracy 0.8 (the runner-up's final mean) at step 30" in speed
+    assert "adam reaches accuracy 0.8 (the second-best final mean) at step 30" in speed
     assert "62% fewer steps than sgd (step 80)" in speed
     rows = data.ranking(problem_outcome(sgd, adam))
     assert [r.optimizer for r in rows] == ["adam", "sgd"]

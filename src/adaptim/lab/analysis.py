@@ -270,7 +270,7 @@ def problem_json(
 
 
 def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float | None:
-    """The target of the time-to-target comparison: the runner-up's final mean.
+    """The target of the time-to-target comparison: the second-best final mean.
 
     The best two optimizers both reach it, so the leader's head start is
     measured against a value the runner-up does reach (AlgoPerf fixes its
@@ -286,6 +286,11 @@ def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float 
     if not means:
         return None
     return sign * means[min(1, len(means) - 1)]
+
+
+#: A stall is worth a sentence when it ends short of the recommendation by at least this share
+#: of the stalled optimizer's own progress.
+STALL_GAP = 0.05
 
 
 def evidence(
@@ -306,7 +311,7 @@ def evidence(
             ((t, o.name) for o in others if (t := times[o.name]) is not None),
         )
         never = [o.name for o in outcomes if o is not chosen and times[o.name] is None]
-        goal = f"{metric.name} {_format(target)} (the runner-up's final mean)"
+        goal = f"{metric.name} {_format(target)} (the second-best final mean)"
         if mine is not None and reached:
             fastest_other, rival = reached[0]
             if mine < fastest_other:
@@ -330,9 +335,16 @@ def evidence(
         if o is chosen or o.name in rec.tied_with or o.summary.mean is None:
             continue
         stall = stall_step(metric, curves[o.name])
-        decay = effective_lr_decay(o.runs)
-        if stall is None:
+        curve = curves[o.name]
+        if stall is None or chosen.summary.mean is None or not curve.mean:
             continue
+        # Only a stall that costs something: it ends clearly short of the recommendation.
+        gap = chosen.summary.mean - o.summary.mean
+        if metric.goal == "min":
+            gap = -gap
+        if gap < STALL_GAP * abs(curve.mean[-1] - curve.mean[0]):
+            continue
+        decay = effective_lr_decay(o.runs)
         because = ""
         if decay is not None and decay[0] >= 10:
             because = (

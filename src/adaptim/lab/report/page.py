@@ -125,7 +125,7 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
     target = section.verdict.target
     caption = (
         f"Target for the speed columns: {escape(section.metric)} {target:.4g}, "
-        "the runner-up's final mean."
+        "the second-best final mean."
         if target is not None
         else "No optimizer finished without diverging, so there is no speed target."
     )
