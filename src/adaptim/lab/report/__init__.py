@@ -84,7 +84,7 @@ def _problem_section(
 def build_report(outcome: StudyOutcome, study_key: str) -> str:
     """The report of ``outcome`` as one HTML page."""
     styles = data.styles(outcome)
-    ids = figures.Ids()
+    ids = figures.Ids({style.index: name for name, style in styles.items()})
     sections = [_problem_section(p, styles, ids) for p in outcome.problems]
     profile = None
     if len(outcome.problems) > 1:
@@ -96,6 +96,8 @@ def build_report(outcome: StudyOutcome, study_key: str) -> str:
             "further left is better; a line that stays low never reached some targets.",
             figures.performance_profile(shares, styles, ids),
         )
+    for figure in [*(f for s in sections for f in s.figures), *([profile] if profile else [])]:
+        figure.svg = ids.titled(figure.svg)
     return page.render(
         sections=sections,
         styles=styles,

@@ -8,6 +8,7 @@ so that a ``$`` in a name is a dollar sign, not mathtext.
 
 from __future__ import annotations
 
+import html
 import io
 import itertools
 import math
@@ -49,13 +50,23 @@ def _plain(text: str) -> str:
 
 
 class Ids:
-    """Unique SVG ids per optimizer across the whole page."""
+    """Unique SVG ids per optimizer across the whole page, and their hover titles."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: dict[int, str]) -> None:
         self.counter = itertools.count()
+        self.names = names
 
     def __call__(self, style: Style) -> str:
         return f"opt{style.index}-{next(self.counter)}"
+
+    def titled(self, svg: str) -> str:
+        """``svg`` with each optimizer's groups titled by its name: the browser shows it on hover."""
+
+        def title(match: re.Match[str]) -> str:
+            name = html.escape(self.names.get(int(match.group(1)), ""))
+            return f"{match.group(0)}<title>{name}</title>"
+
+        return re.sub(r'<g id="opt(\d+)-\d+b?">', title, svg)
 
 
 @contextmanager
@@ -80,10 +91,26 @@ def _svg(fig: Figure) -> str:
     return text
 
 
-def _log_scale_if_wide(ax: Axes, values: Sequence[float]) -> None:
+def _log_scale_if_wide(ax: Axes, values: Sequence[float]) -> bool:
     positive = [v for v in values if v > 0]
     if positive and len(positive) == len(values) and max(positive) / min(positive) > 30:
         ax.set_yscale("log")
+        return True
+    return False
+
+
+def _focus(ax: Axes, late: Sequence[float], everything: Sequence[float]) -> None:
+    """Zoom a linear axis on the values after the first steps, when the start dwarfs them.
+
+    A loss that drops from 450 to 85 in 30 steps would otherwise flatten the
+    part of the curves where optimizers differ; the start runs off the top.
+    """
+    if not late or not everything:
+        return
+    low, high = min(late), max(late)
+    span = max(high - low, 1e-12)
+    if max(everything) - min(everything) > 3 * span:
+        ax.set_ylim(low - 0.08 * span, high + 0.08 * span)
 
 
 def _band(
@@ -111,17 +138,23 @@ def learning_curves(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids)
         axes = [flat[:2], flat[2:]]
         for row, (ylabel, value_of) in enumerate(panels):
             values: list[float] = []
+            late: list[float] = []
             for o in problem.outcomes:
                 curve = metric_curve(metric, o.runs) if row == 0 else mean_curve(o.runs, value_of)
                 style = styles[o.name]
                 values += finite(curve.low + curve.high)
+                first = 0.1 * max(curve.steps, default=0)
+                late += finite(
+                    [v for s, v in zip(curve.steps, curve.mean, strict=True) if s > first]
+                )
                 xs: tuple[Sequence[float], ...] = (curve.steps, curve.wall_time)
                 for col, x in enumerate(xs):
                     _band(axes[row][col], x, curve, style, ids(style), _plain(o.name))
             for col in range(2):
                 ax = axes[row][col]
                 ax.set_ylabel(_plain(ylabel))
-                _log_scale_if_wide(ax, values)
+                if not _log_scale_if_wide(ax, values):
+                    _focus(ax, late, values)
                 ax.set_xlabel("step" if col == 0 else "training wall time (s)")
         axes[0][0].legend(loc="best", fontsize=8, frameon=False)
         fig.tight_layout()

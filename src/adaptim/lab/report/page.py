@@ -91,11 +91,11 @@ class ProblemSection:
     figures: list[Figure] = field(default_factory=list)
 
 
-def _verdict(section: ProblemSection, with_name: bool) -> str:
+def _verdict(section: ProblemSection, with_name: bool, headline_only: bool = False) -> str:
     v = section.verdict
     none = " none" if not any(r.recommended for r in section.rows) else ""
     name = f'<span class="problem">{escape(section.name)}: </span>' if with_name else ""
-    items = "".join(f"<li>{escape(s)}</li>" for s in v.evidence)
+    items = "" if headline_only else "".join(f"<li>{escape(s)}</li>" for s in v.evidence)
     return (
         f'<div class="verdict{none}"><p class="headline">{name}{escape(v.headline)}</p>'
         + (f"<ul>{items}</ul>" if items else "")
@@ -183,8 +183,8 @@ def render(
             f'<p class="lede">{escape(s.description)}. Main metric: <b>{escape(s.metric)}</b> '
             f"({goal} is better).</p>",
         ]
-        if many:
-            parts.append(_verdict(s, with_name=False))
+        if many:  # the evidence is in the summary at the top
+            parts.append(_verdict(s, with_name=False, headline_only=True))
         parts += ["<h3>Ranking</h3>", _table(s, styles)]
         parts += [_figure(f) for f in s.figures]
     rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in config)
