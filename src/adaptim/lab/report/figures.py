@@ -83,7 +83,7 @@ def _figure(
 
 def _svg(fig: Figure) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    fig.savefig(buffer, format="svg", metadata={"Date": None})  # laid out by tight_layout
     text = buffer.getvalue()
     # Inline in HTML: drop the XML prolog, the DOCTYPE and the metadata block.
     text = text[text.index("<svg") :]
