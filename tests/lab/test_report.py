@@ -138,7 +138,7 @@ def test_every_optimizer_diverging_gives_an_honest_no_recommendation() -> None:
     assert found.headline.startswith("No recommendation: every optimizer diverged")
     assert "(adam, sgd)" in found.headline and "smaller learning rates" in found.headline
     assert found.evidence == [] and found.target is None
-    assert all(r.steps_to_target == "never" for r in data.ranking(problem))
+    assert all(r.steps_to_target == "–" for r in data.ranking(problem))
 
 
 def test_a_stall_is_explained_by_the_decaying_effective_learning_rate() -> None:

@@ -274,8 +274,8 @@ def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float 
 
     The best two optimizers both reach it, so the leader's head start is
     measured against a value the runner-up does reach (AlgoPerf fixes its
-    targets the same way, from what a good baseline achieves). With one
-    optimizer, its own final mean.
+    targets the same way, from what a good baseline achieves). ``None`` when
+    fewer than two optimizers finished every seed: there is nothing to race.
     """
     sign = 1.0 if metric.goal == "min" else -1.0
     means = sorted(
@@ -283,9 +283,9 @@ def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float 
         for o in outcomes
         if o.summary.mean is not None and o.summary.diverged == 0
     )
-    if not means:
+    if len(means) < 2:
         return None
-    return sign * means[min(1, len(means) - 1)]
+    return sign * means[1]
 
 
 #: A stall is worth a sentence when it ends short of the recommendation by at least this share
@@ -303,7 +303,7 @@ def evidence(
     sentences = []
     curves = {o.name: metric_curve(metric, o.runs) for o in outcomes}
     target = speed_target(metric, outcomes)
-    if target is not None and len(outcomes) > 1:
+    if target is not None:
         times = {o.name: steps_to_target(metric, curves[o.name], target) for o in outcomes}
         mine = times[chosen.name]
         others = [o for o in outcomes if o is not chosen and o.summary.mean is not None]

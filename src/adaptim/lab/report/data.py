@@ -116,7 +116,7 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 seeds=o.summary.n,
                 diverged_reruns=o.summary.diverged,
                 diverged_tuning=f"{sum(t.diverged for t in o.tuning)}/{len(o.tuning)}",
-                steps_to_target="never" if steps is None else str(steps),
+                steps_to_target="–" if target is None else "never" if steps is None else str(steps),
                 seconds_to_target="–" if seconds is None else f"{seconds:.2g}",
                 good_lr_decades=f"{robustness(metric, o.tuning):.1f}",
             )

@@ -156,7 +156,18 @@ def learning_curves(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids)
                 if not _log_scale_if_wide(ax, values):
                     _focus(ax, late, values)
                 ax.set_xlabel("step" if col == 0 else "training wall time (s)")
-        axes[0][0].legend(loc="best", fontsize=8, frameon=False)
+        if any(metric_curve(metric, o.runs).steps for o in problem.outcomes):
+            axes[0][0].legend(loc="best", fontsize=8, frameon=False)
+        else:
+            for ax in flat:
+                ax.text(
+                    0.5,
+                    0.5,
+                    "every re-run diverged: no curve to draw",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
         fig.tight_layout()
         return _svg(fig)
 
@@ -270,7 +281,7 @@ def effective_lr(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) ->
             ax.text(
                 0.5,
                 0.5,
-                "no optimizer reported an effective learning rate",
+                "no effective learning rate recorded (diverged runs have none)",
                 ha="center",
                 va="center",
                 transform=ax.transAxes,

@@ -127,7 +127,7 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
         f"Target for the speed columns: {escape(section.metric)} {target:.4g}, "
         "the second-best final mean."
         if target is not None
-        else "No optimizer finished without diverging, so there is no speed target."
+        else "No speed target: it needs two optimizers that finished every seed."
     )
     legend = " ".join(f"<b>{escape(c)}</b>: {escape(tip)}" for c, tip in COLUMNS[1:])
     return (
