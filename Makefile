@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adaptim-installed
 
-.PHONY: install demo test lint typecheck unit clean
+.PHONY: install browser demo test lint typecheck unit clean
 
 install: $(STAMP)
 
@@ -30,10 +30,20 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
-unit: install
+# The report's test opens it in Debian's chromium (driven by Playwright, which downloads
+# no browser). Installed when missing; as root only, else the test skips outside CI.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "chromium is missing and this is not root: the report's browser test will skip"; \
+	  fi; }
+
+unit: install browser
 	$(PY) -m pytest
 
-test: lint typecheck unit
+test: lint typecheck browser unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""The ``adaptim`` command: ``compare``, ``problems`` and ``optimizers``."""
+"""The ``adaptim`` command: ``compare``, ``report``, ``problems`` and ``optimizers``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adaptim.lab.errors import LabError
 
 if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is instant
-    from adaptim.lab.study import ProblemOutcome
+    from adaptim.lab.study import ProblemOutcome, StudyOutcome
     from adaptim.lab.trial import TrialResult
 
 app = typer.Typer(
@@ -99,6 +100,7 @@ def compare(
     except LabError as error:
         raise _fail(str(error)) from None
     console.print(f"\nResults: [bold]{outcome_path}[/]")
+    console.print(f"Report:  [bold]{outcome_path.with_name('report.html')}[/]")
 
 
 def _compare(
@@ -170,6 +172,7 @@ def _compare(
             outcome = study.run()
         trial_store.save_study(config.key(), config.to_json(), outcome.command)
         path = outcome.write(out)
+        _write_report(outcome, out / "report.html", config.key())
     finally:
         executor.close()
     for problem in outcome.problems:
@@ -177,7 +180,18 @@ def _compare(
     return path
 
 
+def _write_report(outcome: StudyOutcome, path: Path, study_key: str) -> Path:
+    from adaptim.lab.report import write_report
+
+    try:
+        return write_report(outcome, path, study_key)
+    except OSError as error:
+        raise LabError(f"cannot write the report {str(path)!r}: {error.strerror}") from None
+
+
 def _print_problem(problem: ProblemOutcome) -> None:
+    from adaptim.lab.report.data import ranking, verdict
+
     metric = problem.problem.metric
     table = Table(
         title=f"{problem.problem.name}: final {metric.name} ({'lower' if metric.goal == 'min' else 'higher'} is better)"
@@ -188,36 +202,99 @@ def _print_problem(problem: ProblemOutcome) -> None:
         f"mean {metric.name}",
         "95% CI",
         "seeds",
-        "diverged",
+        "diverged · tuning",
+        "steps to target",
         "good-lr range",
     ):
         table.add_column(column, justify="left" if column == "optimizer" else "right")
-    from adaptim.lab.analysis import lr_at_edge, robustness
-
-    ordered = sorted(
-        problem.outcomes,
-        key=lambda o: (
-            o.summary.mean is None,
-            (o.summary.mean or 0) * (1 if metric.goal == "min" else -1),
-        ),
-    )
-    for o in ordered:
-        s = o.summary
-        lr = o.hparams.get("lr")
-        name = f"[bold]{o.name}[/]" if o.name == problem.recommendation.optimizer else o.name
+    for row in ranking(problem):
         table.add_row(
-            name,
-            (f"{lr:.3g}" + ("*" if lr_at_edge(o) else "")) if isinstance(lr, (int, float)) else "-",
-            "-" if s.mean is None else f"{s.mean:.4g}",
-            "-" if s.ci95 is None else f"± {s.ci95:.2g}",
-            str(s.n),
-            str(s.diverged),
-            f"{robustness(metric, o.tuning):.1f} dec",
+            f"[bold]{escape(row.optimizer)}[/]" if row.recommended else escape(row.optimizer),
+            row.lr + ("*" if row.lr_at_edge else ""),
+            row.mean,
+            row.ci95,
+            str(row.seeds),
+            f"{row.diverged_reruns} · {row.diverged_tuning}",
+            row.steps_to_target,
+            f"{row.good_lr_decades} dec",
         )
     console.print(table)
-    console.print(
-        f"[bold green]Recommendation:[/] {problem.recommendation.reason}\n", highlight=False
+    found = verdict(problem)
+    console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
+    for sentence in found.evidence:
+        console.print(f"  • {escape(sentence)}", highlight=False)
+    console.print()
+
+
+@app.command()
+def report(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Output directory of `adaptim compare` (its store and results.json); "
+            "default adaptim-results, unless --store is given."
+        ),
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in DIRECTORY).")
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(help="Study key (or a prefix) when the store holds several studies."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the page (default: DIRECTORY/report.html; "
+            "with --store and no DIRECTORY, ./report.html)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="The --data-dir the study ran with, if any.")
+    ] = None,
+) -> None:
+    """Re-render the HTML report of a stored study, without running anything."""
+    try:
+        path = _report(directory, store, study, out, data_dir)
+    except LabError as error:
+        raise _fail(str(error)) from None
+    console.print(f"Report: [bold]{path}[/]")
+
+
+def _report(
+    given: Path | None,
+    store_url: str | None,
+    key: str | None,
+    out: Path | None,
+    data_dir: Path | None,
+) -> Path:
+    from adaptim.lab.report import load_study
+    from adaptim.lab.report.stored import choose_study
+    from adaptim.lab.store import Store, default_url
+
+    directory = given or Path("adaptim-results")
+    if store_url is None:
+        if not directory.is_dir():
+            raise LabError(f"no such directory {str(directory)!r}; give the --out of a compare run")
+        if not (directory / "adaptim.db").is_file():
+            raise LabError(
+                f"{str(directory)!r} has no store (adaptim.db); pass --store URL if it lives elsewhere"
+            )
+    trial_store = Store(store_url or default_url(directory))
+    # Without --study, the directory's results.json names the study it shows.
+    results = directory / "results.json" if given or store_url is None else None
+    study_key, command = choose_study(trial_store, key, results)
+    outcome = load_study(trial_store, study_key, command, data_dir)
+    # A store elsewhere must not overwrite the report of adaptim-results' own study.
+    target = out or (
+        directory / "report.html" if given or store_url is None else Path("report.html")
     )
+    if not target.parent.is_dir():
+        raise LabError(f"cannot write the report: directory {str(target.parent)!r} does not exist")
+    path = _write_report(outcome, target, study_key)
+    for problem in outcome.problems:
+        _print_problem(problem)
+    return path
 
 
 @app.command()

@@ -93,3 +93,28 @@ def _raising(seed: int, context: BuildContext) -> Setup:
 
 def raising_loss() -> Problem:
     return Problem("toy-raising", "train_loss() raises", Metric("loss", "min"), _raising, 5, 1)
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _hostile(seed: int, context: BuildContext) -> Setup:
+    setup = _quadratic(seed, context)
+    return Setup(
+        setup.parameters, setup.train_loss, lambda: {HOSTILE_METRIC: setup.evaluate()["loss"]}
+    )
+
+
+HOSTILE_METRIC = "<img src=x onerror=alert(2)> $x$ & co"
+
+
+def hostile() -> Problem:
+    """Names that would run script if the report did not escape them."""
+    return Problem(
+        HOSTILE,
+        "a description with <b>markup</b> & an <iframe src=x>",
+        Metric(HOSTILE_METRIC, "min"),
+        _hostile,
+        steps=20,
+        batch_size=1,
+    )

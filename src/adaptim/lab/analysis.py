@@ -19,6 +19,7 @@ from typing import Any
 
 from scipy import stats
 
+from adaptim.lab.curves import effective_lr_decay, metric_curve, stall_step, steps_to_target
 from adaptim.lab.problems.base import Metric
 from adaptim.lab.trial import TrialResult
 
@@ -155,9 +156,37 @@ def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommend
     if ties:
         contenders = [leader, *ties]
         widths = {o.name: robustness(metric, o.tuning) for o in contenders}
-        chosen = max(contenders, key=lambda o: (widths[o.name], -contenders.index(o)))
+        target = speed_target(metric, contenders)
+        speeds = {
+            o.name: (
+                None
+                if target is None
+                else steps_to_target(metric, metric_curve(metric, o.runs), target)
+            )
+            for o in contenders
+        }
+
+        def slowness(o: OptimizerOutcome) -> float:
+            steps = speeds[o.name]
+            return math.inf if steps is None else float(steps)
+
+        # Robustness first, then speed to the target, then the better mean.
+        chosen = max(contenders, key=lambda o: (widths[o.name], -slowness(o), -contenders.index(o)))
         rivals = ", ".join(f"{o.name} ({_describe(o)})" for o in contenders if o is not chosen)
-        if len(set(widths.values())) == 1:
+        equally_fast = len({slowness(o) for o in contenders}) == 1
+        if len(set(widths.values())) == 1 and not equally_fast:
+            why = (
+                f"equally robust ({widths[chosen.name]:.1f} decades of good lr each), "
+                f"so the faster one wins: it reaches {metric.name} {_format(target or 0.0)} "
+                f"at step {speeds[chosen.name]}"
+                + "".join(
+                    f" vs {'never' if speeds[o.name] is None else f'step {speeds[o.name]}'}"
+                    f" for {o.name}"
+                    for o in contenders
+                    if o is not chosen
+                )
+            )
+        elif len(set(widths.values())) == 1:
             why = f"equally robust ({widths[chosen.name]:.1f} decades of good lr each), so the better mean wins"
         else:
             why = (
@@ -235,3 +264,95 @@ def problem_json(
         "optimizers": [outcome_json(metric, o) for o in outcomes],
         "recommendation": rec.to_json(),
     }
+
+
+# ---------------------------------------------------------------- speed and stalls
+
+
+def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float | None:
+    """The target of the time-to-target comparison: the second-best final mean.
+
+    The best two optimizers both reach it, so the leader's head start is
+    measured against a value the runner-up does reach (AlgoPerf fixes its
+    targets the same way, from what a good baseline achieves). ``None`` when
+    fewer than two optimizers finished every seed: there is nothing to race.
+    """
+    sign = 1.0 if metric.goal == "min" else -1.0
+    means = sorted(
+        sign * o.summary.mean
+        for o in outcomes
+        if o.summary.mean is not None and o.summary.diverged == 0
+    )
+    if len(means) < 2:
+        return None
+    return sign * means[1]
+
+
+#: A stall is worth a sentence when it ends short of the recommendation by at least this share
+#: of the stalled optimizer's own progress.
+STALL_GAP = 0.05
+
+
+def evidence(
+    metric: Metric, outcomes: Sequence[OptimizerOutcome], rec: Recommendation
+) -> list[str]:
+    """Sentences that back the recommendation: how fast it gets there, and who stalls and why."""
+    chosen = next((o for o in outcomes if o.name == rec.optimizer), None)
+    if chosen is None:
+        return []
+    sentences = []
+    curves = {o.name: metric_curve(metric, o.runs) for o in outcomes}
+    target = speed_target(metric, outcomes)
+    if target is not None:
+        times = {o.name: steps_to_target(metric, curves[o.name], target) for o in outcomes}
+        mine = times[chosen.name]
+        others = [o for o in outcomes if o is not chosen and o.summary.mean is not None]
+        reached = sorted(
+            ((t, o.name) for o in others if (t := times[o.name]) is not None),
+        )
+        never = [o.name for o in outcomes if o is not chosen and times[o.name] is None]
+        goal = f"{metric.name} {_format(target)} (the second-best final mean)"
+        if mine is not None and reached:
+            fastest_other, rival = reached[0]
+            if mine < fastest_other:
+                saving = 100 * (1 - mine / fastest_other)
+                sentences.append(
+                    f"{chosen.name} reaches {goal} at step {mine}, "
+                    f"{saving:.0f}% fewer steps than {rival} (step {fastest_other})."
+                )
+            elif mine == fastest_other:
+                sentences.append(f"{chosen.name} and {rival} reach {goal} at step {mine}.")
+            else:
+                sentences.append(
+                    f"{rival} reaches {goal} first (step {fastest_other}; "
+                    f"{chosen.name} at step {mine})."
+                )
+        elif mine is not None:
+            sentences.append(f"{chosen.name} reaches {goal} at step {mine}.")
+        if never:
+            sentences.append(f"Never reached on average: {', '.join(never)}.")
+    for o in outcomes:
+        if o is chosen or o.name in rec.tied_with or o.summary.mean is None:
+            continue
+        stall = stall_step(metric, curves[o.name])
+        curve = curves[o.name]
+        if stall is None or chosen.summary.mean is None or not curve.mean:
+            continue
+        # Only a stall that costs something: it ends clearly short of the recommendation.
+        gap = chosen.summary.mean - o.summary.mean
+        if metric.goal == "min":
+            gap = -gap
+        if gap < STALL_GAP * abs(curve.mean[-1] - curve.mean[0]):
+            continue
+        decay = effective_lr_decay(o.runs)
+        because = ""
+        if decay is not None and decay[0] >= 10:
+            because = (
+                f" as its median effective learning rate decays {decay[0]:.0f}×"
+                f" (from step {decay[1]} to step {decay[2]})"
+            )
+        sentences.append(
+            f"{o.name} stalls after step {stall} at {metric.name} "
+            f"{_format(o.summary.mean)}{because}."
+        )
+    return sentences

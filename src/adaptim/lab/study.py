@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class Study:
                 ProblemOutcome(problem, spec, outcomes, recommend(problem.metric, outcomes))
             )
         return StudyOutcome(
-            self.config, problems, self.store.url, " ".join(["adaptim", *sys.argv[1:]])
+            self.config, problems, self.store.url, shlex.join(["adaptim", *sys.argv[1:]])
         )
 
     def _tune(self) -> dict[tuple[str, str], list[TrialResult]]:

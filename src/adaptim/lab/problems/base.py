@@ -100,6 +100,9 @@ class Problem:
     eval_every: int = 0
     #: Tags for listing, e.g. ("2d",) or ("classification", "image").
     tags: tuple[str, ...] = field(default_factory=tuple)
+    #: For 2-D problems: the noise-free function f(u, v), elementwise on tensors; the report
+    #: draws its contours under the optimizers' paths.
+    landscape: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def eval_interval(self, steps: int) -> int:
         return self.eval_every or max(1, steps // 25)

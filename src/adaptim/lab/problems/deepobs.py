@@ -163,6 +163,7 @@ def noisy_2d_problem(surface: Surface) -> Problem:
         steps=surface.steps,
         batch_size=BATCH_SIZE,
         tags=("2d", "synthetic", "deepobs"),
+        landscape=surface.f,
     )
 
 

@@ -1,0 +1,119 @@
+"""The lab report: one self-contained HTML page that shows which optimizer to use and why.
+
+:func:`build_report` turns a study's outcome into the page; :func:`write_report`
+writes it atomically next to ``results.json``; :func:`load_study` rebuilds the
+outcome from the store alone, so ``adaptim report DIR`` re-renders without
+re-running anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adaptim.lab.curves import performance_profile
+from adaptim.lab.report import data, figures, page
+from adaptim.lab.report.stored import load_study
+
+if TYPE_CHECKING:
+    from adaptim.lab.study import ProblemOutcome, StudyOutcome
+
+PROTOCOL = (
+    "Every optimizer's learning rate was tuned with the same budget, in log space over the "
+    "range where that optimizer's good rates lie, on tuning seed 0. The best setting was then "
+    "re-run on fresh seeds; only those re-runs give the means, confidence intervals and curves "
+    "(tuning runs appear only in the learning-rate sensitivity figure). A diverged run scores "
+    "worst. Two optimizers are statistically tied when a t-test (paired over seeds) cannot tell "
+    "their final means apart at the 5% level; ties are broken by the width of the good "
+    "learning-rate range, then by the speed to the target."
+)
+
+
+def _problem_section(
+    problem: ProblemOutcome, styles: dict[str, data.Style], ids: figures.Ids
+) -> page.ProblemSection:
+    metric = problem.problem.metric
+    section = page.ProblemSection(
+        name=problem.problem.name,
+        description=problem.problem.description,
+        metric=metric.name,
+        goal=metric.goal,
+        verdict=data.verdict(problem),
+        rows=data.ranking(problem),
+    )
+    section.figures.append(
+        page.Figure(
+            "Learning curves",
+            f"{metric.name} and the training loss during training: the line is the mean over the "
+            "re-run seeds, the band spans the best and worst seed. Left against steps, right "
+            "against training wall time (evaluation excluded).",
+            figures.learning_curves(problem, styles, ids),
+        )
+    )
+    section.figures.append(
+        page.Figure(
+            "Learning-rate sensitivity",
+            f"Final {metric.name} of every tuning run against its learning rate (log scale); "
+            "× marks a diverged run, ★ the chosen rate re-run on fresh seeds (mean and 95% CI). "
+            "A wide, flat curve means a forgiving optimizer.",
+            figures.lr_sensitivity(problem, styles, ids),
+        )
+    )
+    section.figures.append(
+        page.Figure(
+            "Effective learning rate",
+            "The step size each coordinate actually gets (the lr times the optimizer's "
+            "per-coordinate scaling): median over coordinates, band from the 10th to the 90th "
+            "percentile, mean over seeds. AdaGrad's only shrinks as it sums squared gradients; "
+            "RMSprop and Adam follow a moving average and can recover.",
+            figures.effective_lr(problem, styles, ids),
+        )
+    )
+    if data.is_2d(problem):
+        section.figures.append(
+            page.Figure(
+                "Trajectories",
+                "Each optimizer's path from the start (▲) on the contours of the function "
+                "(darker is higher; first re-run seed, one point per evaluation, ■ the end).",
+                figures.trajectories(problem, styles, ids, problem.problem.landscape),
+            )
+        )
+    return section
+
+
+def build_report(outcome: StudyOutcome, study_key: str) -> str:
+    """The report of ``outcome`` as one HTML page."""
+    styles = data.styles(outcome)
+    ids = figures.Ids({style.index: name for name, style in styles.items()})
+    sections = [_problem_section(p, styles, ids) for p in outcome.problems]
+    profile = None
+    if len(outcome.problems) > 1:
+        shares = performance_profile(data.times_to_target(outcome), data.PROFILE_TAUS)
+        profile = page.Figure(
+            "Performance profile",
+            "For each optimizer, the share of problems on which it reaches the problem's target "
+            "within τ times the steps of the fastest optimizer there (AlgoPerf). Higher and "
+            "further left is better; a line that stays low never reached some targets.",
+            figures.performance_profile(shares, styles, ids),
+        )
+    for figure in [*(f for s in sections for f in s.figures), *([profile] if profile else [])]:
+        figure.svg = ids.titled(figure.svg)
+    return page.render(
+        sections=sections,
+        styles=styles,
+        profile=profile,
+        footer=data.footer(outcome, study_key),
+        protocol=PROTOCOL,
+        config=data.config_lines(outcome),
+    )
+
+
+def write_report(outcome: StudyOutcome, path: Path, study_key: str) -> Path:
+    """Write the report to ``path`` atomically: a reader never sees half a page."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(build_report(outcome, study_key), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+__all__ = ["build_report", "load_study", "write_report"]

@@ -1,0 +1,222 @@
+"""What the report shows, as plain data: pure functions from a study's outcome.
+
+Nothing here draws or writes HTML; :mod:`.figures` and :mod:`.page` do. The
+statistics come from :mod:`adaptim.lab.analysis`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from adaptim.lab.analysis import (
+    OptimizerOutcome,
+    evidence,
+    lr_at_edge,
+    robustness,
+    speed_target,
+)
+from adaptim.lab.curves import metric_curve, steps_to_target
+from adaptim.lab.protocol import TUNING_SEED, final_seeds
+
+if TYPE_CHECKING:
+    from adaptim.lab.study import ProblemOutcome, StudyOutcome
+
+#: Okabe & Ito's colour-blind-safe palette (yellow last: it is faint on white).
+PALETTE = (
+    "#0072B2",  # blue
+    "#E69F00",  # orange
+    "#009E73",  # bluish green
+    "#D55E00",  # vermillion
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#000000",  # black
+    "#F0E442",  # yellow
+)
+#: Line styles that tell optimizers apart once the palette runs out.
+DASHES = ("-", "--", ":", "-.")
+
+#: τ values of the performance profile (time within τ × the fastest).
+PROFILE_TAUS = tuple(1 + i * 0.05 for i in range(61))  # 1 to 4
+
+
+@dataclass(frozen=True)
+class Style:
+    color: str
+    dash: str
+    index: int
+
+
+def styles(outcome: StudyOutcome) -> dict[str, Style]:
+    """One fixed colour (and line style) per optimizer, the same in every figure."""
+    names = list(outcome.config.optimizers)
+    return {
+        name: Style(PALETTE[i % len(PALETTE)], DASHES[i // len(PALETTE) % len(DASHES)], i)
+        for i, name in enumerate(names)
+    }
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a problem's ranking table."""
+
+    optimizer: str
+    recommended: bool
+    tied: bool
+    lr: str
+    lr_at_edge: bool
+    mean: str
+    ci95: str
+    seeds: int
+    diverged_reruns: int
+    diverged_tuning: str
+    steps_to_target: str
+    seconds_to_target: str
+    good_lr_decades: str
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def ranked(problem: ProblemOutcome) -> list[OptimizerOutcome]:
+    """Best first: optimizers that never diverged, by mean; then the others; the diverged last."""
+    sign = 1.0 if problem.problem.metric.goal == "min" else -1.0
+    return sorted(
+        problem.outcomes,
+        key=lambda o: (
+            o.summary.mean is None,
+            o.summary.diverged > 0,
+            sign * (o.summary.mean or 0.0),
+        ),
+    )
+
+
+def ranking(problem: ProblemOutcome) -> list[Row]:
+    metric = problem.problem.metric
+    target = speed_target(metric, problem.outcomes)
+    rec = problem.recommendation
+    rows = []
+    for o in ranked(problem):
+        curve = metric_curve(metric, o.runs)
+        steps = None if target is None else steps_to_target(metric, curve, target)
+        seconds = None if steps is None else curve.wall_time[curve.steps.index(steps)]
+        lr = o.hparams.get("lr")
+        rows.append(
+            Row(
+                optimizer=o.name,
+                recommended=o.name == rec.optimizer,
+                tied=o.name in rec.tied_with,
+                lr=f"{lr:.3g}" if isinstance(lr, (int, float)) else "–",
+                lr_at_edge=lr_at_edge(o),
+                mean=_number(o.summary.mean),
+                ci95="–" if o.summary.ci95 is None else f"± {o.summary.ci95:.2g}",
+                seeds=o.summary.n,
+                diverged_reruns=o.summary.diverged,
+                diverged_tuning=f"{sum(t.diverged for t in o.tuning)}/{len(o.tuning)}",
+                steps_to_target="–" if target is None else "never" if steps is None else str(steps),
+                seconds_to_target="–" if seconds is None else f"{seconds:.2g}",
+                good_lr_decades=f"{robustness(metric, o.tuning):.1f}",
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The summary of one problem: the recommendation in one sentence, then its evidence."""
+
+    headline: str
+    evidence: list[str]
+    target: float | None
+
+
+def verdict(problem: ProblemOutcome) -> Verdict:
+    """The recommendation's first sentence as the headline; its other sentences and the
+    evidence of speed and stalls as the points below it."""
+    metric = problem.problem.metric
+    rec = problem.recommendation
+    sentences = re.split(r"(?<=[.)])\s+(?=[A-Z])", rec.reason)
+    if rec.optimizer is None:  # no recommendation: the reason is the headline, whole
+        sentences = [rec.reason]
+    return Verdict(
+        sentences[0],
+        [*sentences[1:], *evidence(metric, problem.outcomes, rec)],
+        speed_target(metric, problem.outcomes),
+    )
+
+
+def times_to_target(outcome: StudyOutcome) -> dict[str, dict[str, float | None]]:
+    """Steps each optimizer needs to reach each problem's target, for the performance profile."""
+    times: dict[str, dict[str, float | None]] = {}
+    for problem in outcome.problems:
+        metric = problem.problem.metric
+        target = speed_target(metric, problem.outcomes)
+        times[problem.problem.name] = {
+            o.name: (
+                None
+                if target is None
+                else steps_to_target(metric, metric_curve(metric, o.runs), target)
+            )
+            for o in problem.outcomes
+        }
+    return times
+
+
+def is_2d(problem: ProblemOutcome) -> bool:
+    return any(
+        rec.position is not None for o in problem.outcomes for r in o.runs for rec in r.records
+    )
+
+
+@dataclass(frozen=True)
+class Footer:
+    command: str
+    versions: str
+    seeds: str
+    store: str
+    study: str
+
+
+def footer(outcome: StudyOutcome, study_key: str) -> Footer:
+    found: set[tuple[str, str]] = set()
+    for problem in outcome.problems:
+        for o in problem.outcomes:
+            for trial in [*o.tuning, *o.runs]:
+                found.add((str(trial.info.get("adaptim", "?")), str(trial.info.get("torch", "?"))))
+    versions = "; ".join(f"adaptim {a}, torch {t}" for a, t in sorted(found)) or "unknown"
+    reruns = ", ".join(str(s) for s in final_seeds(outcome.config))
+    return Footer(
+        command=outcome.command,
+        versions=versions,
+        seeds=f"tuning seed {TUNING_SEED}; re-run seeds {reruns}",
+        store=_without_password(outcome.store_url),
+        study=study_key,
+    )
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def config_lines(outcome: StudyOutcome) -> list[tuple[str, str]]:
+    c = outcome.config
+    settings: dict[str, Any] = {k: dict(v) for k, v in c.settings.items()}
+    return [
+        ("problems", ", ".join(p.problem.name for p in outcome.problems)),
+        ("optimizers", ", ".join(c.optimizers)),
+        ("learning-rate search", f"{c.search}, {c.budget} values per optimizer"),
+        ("steps", "each problem's default" if c.steps is None else str(c.steps)),
+        ("fixed settings", ", ".join(f"{k}: {v}" for k, v in settings.items()) or "none"),
+    ]
+
+
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]

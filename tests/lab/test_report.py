@@ -1,0 +1,250 @@
+"""The report: its summary sentences, escaping of user names, and re-rendering from the store."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptim.cli import app
+from adaptim.lab.analysis import OptimizerOutcome, recommend
+from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
+from adaptim.lab.report import data, page
+from adaptim.lab.study import ProblemOutcome
+from adaptim.lab.trial import Record, TrialResult, TrialSpec
+
+HERE = Path(__file__).parent
+ACCURACY = Metric("accuracy", "max")
+
+
+@pytest.fixture(autouse=True)
+def _toy_problems_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+def _unused_build(seed: int, context: BuildContext) -> Setup:  # pragma: no cover
+    raise AssertionError("the report never builds a problem")
+
+
+PROBLEM = Problem("toy", "a toy", ACCURACY, _unused_build, steps=100, batch_size=1)
+
+
+def run(
+    optimizer: str,
+    lr: float,
+    seed: int,
+    curve: list[float] | None,
+    effective_lr: list[float] | None = None,
+) -> TrialResult:
+    """A trial whose accuracy follows ``curve`` at steps 0, 10, 20, ... (``None``: diverged)."""
+    spec = TrialSpec("toy", optimizer, {"lr": lr}, seed, 100, "tune" if seed == 0 else "final")
+    if curve is None:
+        return TrialResult(
+            spec, [Record(0, None, {"accuracy": 0.1}, 0.0)], {"accuracy": None}, True, 0.1, 3
+        )
+    records = [
+        Record(
+            10 * i,
+            1.0 - value,
+            {"accuracy": value},
+            0.01 * i,
+            None
+            if effective_lr is None or i == 0
+            else {"p10": effective_lr[i] / 2, "p50": effective_lr[i], "p90": effective_lr[i] * 2},
+        )
+        for i, value in enumerate(curve)
+    ]
+    return TrialResult(spec, records, {"accuracy": curve[-1]}, False, 0.01 * len(curve), 100)
+
+
+def outcome(
+    name: str,
+    curves: list[list[float] | None],
+    sweep: dict[float, float | None],
+    effective_lr: list[float] | None = None,
+) -> OptimizerOutcome:
+    best = max(
+        (lr for lr, v in sweep.items() if v is not None),
+        key=lambda lr: sweep[lr] or 0.0,
+        default=1e-3,
+    )
+    tuning = [run(name, lr, 0, None if v is None else [0.1, v]) for lr, v in sweep.items()]
+    runs = [run(name, best, seed + 1, c, effective_lr) for seed, c in enumerate(curves)]
+    return OptimizerOutcome(name, ACCURACY, {"lr": best}, tuning, runs)
+
+
+def problem_outcome(*outcomes: OptimizerOutcome) -> ProblemOutcome:
+    return ProblemOutcome(PROBLEM, "toy", list(outcomes), recommend(ACCURACY, outcomes))
+
+
+def rising(final: float, at: int, jitter: float = 0.0) -> list[float]:
+    """0.1 at step 0, then linear up to ``final`` at step 10·at, flat after (11 points)."""
+    return [0.1 + (final - 0.1) * min(i, at) / at + (jitter if i else 0.0) for i in range(11)]
+
+
+def test_clear_winner_headline_states_the_evidence_and_speed() -> None:
+    adam = outcome(
+        "adam", [rising(0.95, 3, d) for d in (0.0, 0.004, -0.004)], {1e-3: 0.95, 1e-2: 0.94}
+    )
+    sgd = outcome(
+        "sgd", [rising(0.80, 8, d) for d in (0.0, 0.004, -0.004)], {1e-1: 0.80, 1.0: None}
+    )
+    found = data.verdict(problem_outcome(sgd, adam))
+    assert found.headline.startswith("adam, lr 0.001: highest mean accuracy 0.95 ±")
+    assert "3 seeds" in found.headline
+    speed = next(s for s in found.evidence if "fewer steps" in s)
+    # sgd's final mean 0.8 is the target: adam passes it at step 30, sgd at step 80.
+    assert "adam reaches accuracy 0.8 (the second-best final mean) at step 30" in speed
+    assert "62% fewer steps than sgd (step 80)" in speed
+    rows = data.ranking(problem_outcome(sgd, adam))
+    assert [r.optimizer for r in rows] == ["adam", "sgd"]
+    assert rows[0].recommended and rows[0].steps_to_target == "30"
+    assert rows[1].diverged_tuning == "1/2"
+
+
+def test_statistical_tie_is_said_and_broken_by_robustness() -> None:
+    narrow = outcome(
+        "rmsprop", [rising(v, 3) for v in (0.921, 0.90, 0.93)], {1e-4: 0.5, 1e-3: 0.92, 1e-2: 0.3}
+    )
+    wide = outcome(
+        "adam", [rising(v, 3) for v in (0.915, 0.905, 0.925)], {1e-4: 0.91, 1e-3: 0.92, 1e-2: 0.915}
+    )
+    found = data.verdict(problem_outcome(narrow, wide))
+    assert found.headline.startswith("adam, lr 0.001: a tied-best mean accuracy")
+    tie = found.evidence[0]
+    assert "statistically tied with rmsprop" in tie
+    assert "widest good learning-rate range (2.0 decades vs 0.0 for rmsprop)" in tie
+    rows = data.ranking(problem_outcome(narrow, wide))
+    assert next(r for r in rows if r.optimizer == "rmsprop").tied
+
+
+def test_equally_robust_tie_is_broken_by_speed() -> None:
+    slow = outcome("rmsprop", [rising(v, 8) for v in (0.921, 0.90, 0.93)], {1e-3: 0.92})
+    fast = outcome("adam", [rising(v, 2) for v in (0.915, 0.905, 0.925)], {1e-3: 0.92})
+    rec = recommend(ACCURACY, [slow, fast])
+    assert rec.optimizer == "adam"
+    assert "so the faster one wins" in rec.reason
+
+
+def test_every_optimizer_diverging_gives_an_honest_no_recommendation() -> None:
+    adam = outcome("adam", [None, None], {1e-3: None})
+    sgd = outcome("sgd", [None, None], {1e-1: None})
+    problem = problem_outcome(adam, sgd)
+    found = data.verdict(problem)
+    assert found.headline.startswith("No recommendation: every optimizer diverged")
+    assert "(adam, sgd)" in found.headline and "smaller learning rates" in found.headline
+    assert found.evidence == [] and found.target is None
+    assert all(r.steps_to_target == "–" for r in data.ranking(problem))
+
+
+def test_a_stall_is_explained_by_the_decaying_effective_learning_rate() -> None:
+    # Recorded from step 10 on: 10⁻² at step 10 down to 10⁻⁶ at step 100.
+    decaying = [10 ** (-2 - 4 * (i - 1) / 9) for i in range(11)]
+    adam = outcome("adam", [rising(0.95, 8, d) for d in (0.0, 0.004, -0.004)], {1e-3: 0.95})
+    adagrad = outcome(
+        "adagrad",
+        [rising(0.6, 3, d) for d in (0.0, 0.004, -0.004)],
+        {1e-2: 0.6},
+        effective_lr=decaying,
+    )
+    found = data.verdict(problem_outcome(adagrad, adam))
+    stall = next(s for s in found.evidence if "stalls" in s)
+    assert stall.startswith("adagrad stalls after step 30 at accuracy 0.6")
+    assert "median effective learning rate decays 10000× (from step 10 to step 100)" in stall
+
+
+def hostile_section(name: str) -> page.ProblemSection:
+    row = data.Row(name, True, False, "0.1", False, "1", "± 0.1", 3, 0, "0/8", "5", "0.1", "1.0")
+    verdict = data.Verdict(f"{name}, lr 0.1: lowest mean", [f"{name} is fast"], 1.0)
+    return page.ProblemSection(
+        name, name, name, "min", verdict, [row], [page.Figure(name, name, "<svg></svg>")]
+    )
+
+
+def test_every_user_name_in_the_page_is_escaped() -> None:
+    name = "<script>alert(1)</script>"
+    html = page.render(
+        sections=[hostile_section(name)],
+        styles={name: data.Style("#000000", "-", 0)},
+        profile=None,
+        footer=data.Footer(name, name, name, name, name),
+        protocol="p",
+        config=[(name, name)],
+    )
+    assert name not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<script>") == 1  # the page's own toggles
+
+
+def compare(out: Path, *args: str) -> Any:
+    return CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--workers",
+            "1",
+            "--optimizers",
+            "sgd,adam",
+            "--seeds",
+            "2",
+            "--budget",
+            "2",
+            "--out",
+            str(out),
+            *args,
+        ],
+    )
+
+
+def test_compare_report_escapes_a_hostile_problem_and_metric(tmp_path: Path) -> None:
+    result = compare(tmp_path, "--problem", "toyproblems:hostile")
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report.html").read_text()
+    for raw in ("<script>alert(1)</script>", "<img src=x", "<iframe", "<b>markup</b>"):
+        assert raw not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # matplotlib's SVG text is escaped too, and "$x$" stays literal, not mathtext.
+    assert "&lt;img src=x onerror=alert(2)&gt; $x$ &amp; co" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+
+
+def test_report_rerenders_from_the_store_without_running(tmp_path: Path) -> None:
+    assert compare(tmp_path, "--problem", "toyproblems:quadratic").exit_code == 0
+    first = (tmp_path / "report.html").read_text()
+    (tmp_path / "report.html").unlink()
+    with sqlite3.connect(tmp_path / "adaptim.db") as db:
+        trials = db.execute("SELECT count(*) FROM trials").fetchone()
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Recommendation:" in result.output
+    assert (tmp_path / "report.html").read_text() == first  # the same page, byte for byte
+    with sqlite3.connect(tmp_path / "adaptim.db") as db:
+        assert db.execute("SELECT count(*) FROM trials").fetchone() == trials
+
+    # --store with the URL works from anywhere; a second study makes --study necessary.
+    url = f"sqlite:///{tmp_path / 'adaptim.db'}"
+    other = tmp_path / "elsewhere.html"
+    assert CliRunner().invoke(app, ["report", "--store", url, "--out", str(other)]).exit_code == 0
+    assert compare(tmp_path, "--problem", "toyproblems:quadratic", "--seeds", "1").exit_code == 0
+    ambiguous = CliRunner().invoke(app, ["report", "--store", url, "--out", str(other)])
+    assert ambiguous.exit_code == 2 and "pick one with --study" in ambiguous.output
+
+
+def test_report_errors_are_one_line(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "no such directory" in missing.output
+    empty = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert empty.exit_code == 2 and "has no store" in empty.output
+    assert compare(tmp_path, "--problem", "toyproblems:quadratic").exit_code == 0
+    with sqlite3.connect(tmp_path / "adaptim.db") as db:
+        db.execute("DELETE FROM records WHERE trial_id = (SELECT max(id) FROM trials)")
+        db.execute("DELETE FROM trials WHERE id = (SELECT max(id) FROM trials)")
+    incomplete = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert incomplete.exit_code == 2
+    assert "the store lacks 1 trial(s) of this study" in incomplete.output
+    unknown = CliRunner().invoke(app, ["report", str(tmp_path), "--study", "ffff"])
+    assert unknown.exit_code == 2 and "no study in the store" in unknown.output

@@ -1,0 +1,132 @@
+"""The report in real headless Chromium: it renders, runs no script it should not, loads nothing.
+
+Uses Debian's ``chromium`` (``make test`` installs it when missing) driven by
+Playwright, which launches that executable and downloads no browser. Without
+Chromium the test is skipped on a developer's machine and fails in CI
+(``CI=true``). The screenshot is kept in ``$ADAPTIM_ARTIFACTS`` (default
+``tests/artifacts/``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptim.cli import app
+
+HERE = Path(__file__).parent
+HOSTILE = "<script>alert(1)</script>"
+
+
+def chromium() -> str:
+    path = os.environ.get("ADAPTIM_CHROMIUM") or shutil.which("chromium")
+    reason = None
+    if path is None:
+        reason = (
+            "Debian's chromium is not installed (make test installs it: apt-get install chromium)"
+        )
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "the playwright package is missing (pip install -e '.[test]')"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser test: {reason}")
+        pytest.skip(reason)
+    assert path is not None
+    return path
+
+
+def artifacts() -> Path:
+    folder = Path(os.environ.get("ADAPTIM_ARTIFACTS", HERE.parent / "artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_report_opens_in_headless_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    browser_path = chromium()
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.syspath_prepend(str(HERE))
+    # Two problems (one 2-D, one with hostile names): every kind of figure, the profile too.
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--workers",
+            "1",
+            "--problem",
+            "beale",
+            "--problem",
+            "toyproblems:hostile",
+            "--optimizers",
+            "sgd,adagrad,adam",
+            "--seeds",
+            "2",
+            "--budget",
+            "2",
+            "--steps",
+            "40",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "report.html"
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            problems: list[str] = []
+            requests: list[str] = []
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+            page.on("request", lambda r: requests.append(r.url))
+            start = time.perf_counter()
+            page.goto(report.as_uri(), wait_until="load")
+            opened = time.perf_counter() - start
+            page.screenshot(path=str(artifacts() / "report.png"), full_page=True)
+
+            assert problems == []
+            assert requests == [report.as_uri()], "the report must load nothing but itself"
+            figures = page.eval_on_selector_all(
+                "figure.plot svg",
+                """svgs => svgs.map(svg => {
+                    const box = svg.getBoundingClientRect();
+                    return [box.width, box.height, svg.querySelectorAll('path').length];
+                })""",
+            )
+            # beale: curves, lr sensitivity, effective lr, trajectories; hostile: three; profile.
+            assert len(figures) == 8
+            for width, height, paths in figures:
+                assert width > 100 and height > 100 and paths > 10
+            text = page.inner_text("body")
+            assert "Which optimizer should you use?" in text
+            assert text.count("lowest mean test_loss") >= 1
+            assert HOSTILE in text  # shown as text, never run (no dialog above)
+            assert "Reproduce" in text and "adaptim" in text
+
+            # Unticking an optimizer hides it in every figure.
+            page.uncheck(".toggles input[data-index='2']")
+            hidden = page.eval_on_selector_all(
+                "[id^='opt2-']", "els => els.every(e => getComputedStyle(e).display === 'none')"
+            )
+            assert hidden
+        finally:
+            browser.close()
+    assert opened < 5, f"the report took {opened:.1f} s to open"
