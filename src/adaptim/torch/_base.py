@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from adaptim import flavors
 from adaptim.algorithms._spec import Algorithm, ArrayOps
 from adaptim.algorithms._validation import as_float, check_bool
 
@@ -62,6 +63,11 @@ class Optimizer(torch.optim.Optimizer):
     default, as torch) lets it through, ``"skip"`` skips the whole step and
     leaves parameters and state untouched (counted in ``skipped_steps``),
     ``"raise"`` raises ``FloatingPointError`` naming the parameter.
+
+    ``flavor`` (where the algorithm has flavors, see :mod:`adaptim.flavors`)
+    fills every hyperparameter the caller did not pass from that framework's
+    preset, and is kept in ``param_groups``. A param group may name its own
+    ``flavor``; its preset then fills what the group does not set.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -72,6 +78,7 @@ class Optimizer(torch.optim.Optimizer):
         defaults: dict[str, Any],
         *,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str | None = None,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
@@ -81,11 +88,26 @@ class Optimizer(torch.optim.Optimizer):
             )
         self.nonfinite: NonFinitePolicy = nonfinite
         self.skipped_steps = 0
+        name = self.algorithm.name
+        if flavors.has_flavors(name):
+            flavor = flavors.check_flavor("torch" if flavor is None else flavor)
+            amsgrad = bool(defaults.get("amsgrad", False))
+            defaults = {
+                **flavors.resolve(name, flavor, defaults, amsgrad=amsgrad),
+                "flavor": flavor,
+            }
         self._validate_group(defaults)  # as torch does, even if every group overrides a default
         super().__init__(params, defaults)
 
     # -- groups and validation -------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        name = self.algorithm.name
+        if flavors.has_flavors(name) and isinstance(param_group, dict):
+            flavor = param_group.get("flavor", self.defaults["flavor"])
+            amsgrad = param_group.get("amsgrad", self.defaults.get("amsgrad", False))
+            if (flavor, amsgrad) != (self.defaults["flavor"], self.defaults.get("amsgrad", False)):
+                flavors.check_flavor(flavor)
+                param_group = flavors.resolve(name, flavor, param_group, amsgrad=bool(amsgrad))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
