@@ -78,7 +78,7 @@ class Optimizer(torch.optim.Optimizer):
         defaults: dict[str, Any],
         *,
         nonfinite: NonFinitePolicy = "ignore",
-        flavor: str | None = None,
+        flavor: str = "torch",
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
@@ -90,7 +90,7 @@ class Optimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         name = self.algorithm.name
         if flavors.has_flavors(name):
-            flavor = flavors.check_flavor("torch" if flavor is None else flavor)
+            flavor = flavors.check_flavor(flavor)
             amsgrad = bool(defaults.get("amsgrad", False))
             defaults = {
                 **flavors.resolve(name, flavor, defaults, amsgrad=amsgrad),
