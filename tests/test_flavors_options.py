@@ -247,3 +247,20 @@ def test_every_option_is_exercised_for_agreement() -> None:
     own |= set(itertools.chain.from_iterable(flavors.AMSGRAD_DIFFERENCES.values()))
     structural = own - {"lr", "eps", "alpha", "rho", "weight_decay", "momentum_decay"}
     assert structural <= set(OPTION_VALUES)
+
+
+def test_the_flavor_page_is_up_to_date() -> None:
+    """``docs/flavors.md`` is generated: ``adaptim optimizers --flavors > docs/flavors.md``."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from adaptim.cli import app
+    from adaptim.flavor_docs import render_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "flavors.md"
+    assert page.read_text(encoding="utf-8") == render_markdown(), "regenerate docs/flavors.md"
+    result = CliRunner().invoke(app, ["optimizers", "--flavors"])
+    assert result.exit_code == 0
+    assert result.output == render_markdown()
+    assert "θ ← θ − γ·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m/(√v + ε̂)" in result.output
