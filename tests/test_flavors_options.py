@@ -264,3 +264,20 @@ def test_the_flavor_page_is_up_to_date() -> None:
     assert result.exit_code == 0
     assert result.output == render_markdown()
     assert "θ ← θ − γ·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m/(√v + ε̂)" in result.output
+
+
+def test_the_lab_builds_a_flavor_by_name_at_flavor() -> None:
+    from adaptim.lab.errors import LabError
+    from adaptim.lab.optimizers import make_optimizer
+
+    group = make_optimizer("rmsprop@keras", [_param()], {"lr": 0.1}).param_groups[0]
+    assert (group["flavor"], group["lr"], group["eps"], group["lr_in_momentum"]) == (
+        "keras",
+        0.1,
+        1e-7,
+        True,
+    )
+    with pytest.raises(LabError, match=r"flavor 'keras' does not exist for 'sgd' \(valid: torch\)"):
+        make_optimizer("sgd@keras", [_param()], {"lr": 0.1})
+    with pytest.raises(LabError, match="flavor 'tf1' does not exist for 'amsgrad'"):
+        make_optimizer("amsgrad@tf1", [_param()], {"lr": 0.1})
