@@ -55,6 +55,9 @@ if keras.backend.backend() != "torch":  # pragma: no cover - KERAS_BACKEND set e
 
 TOLERANCE = {np.float64: 1e-6, np.float32: 1e-4}
 
+# Keras' torch backend converts with np.array(x) on every step (NumPy 2 copy= deprecation).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 class _Alternating(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
     """``lr``, ``lr/2``, ``lr``, ...: shows where ``lr`` enters the momentum buffer."""
