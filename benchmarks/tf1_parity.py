@@ -21,6 +21,14 @@ momentum buffer. TF1 converts every hyperparameter to a float32 tensor before
 casting it to the variable's dtype, so the drawn values are rounded to float32
 first (otherwise float64 runs differ by ~1e-7 from that rounding alone). The
 exit status is 1 when a cell is above its tolerance.
+
+Result with TensorFlow 2.21.0 (tensorflow-cpu, beside torch 2.13.0), 20 cases
+each, worst relative error float64 / float32: AdagradOptimizer 2.0e-16 /
+1.5e-07; RMSPropOptimizer 5.5e-16 / 1.4e-07, centered 4.5e-16 / 3.5e-07,
+momentum 5.4e-16 / 1.8e-07, centered momentum 5.6e-16 / 2.1e-07;
+AdamOptimizer 2.2e-06 / 2.0e-06 (TF1's float32 beta powers, see below);
+AdadeltaOptimizer 5.7e-16 / 8.7e-07. With ``flavor="torch"`` instead, the
+RMSProp rows are off by 0.19 to 2.0 and Adam by 3e-2.
 """
 
 from __future__ import annotations
