@@ -94,11 +94,33 @@ CONTINUOUS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
 WHEN_ON = {("sgd", "nesterov"): {"momentum": st.floats(0.05, 0.95), "dampening": st.just(0.0)}}
 
 
+# The options where frameworks differ; tests/test_flavors_options.py checks that
+# both front-ends agree on them.
+FLAVOR_OPTIONS: dict[str, set[str]] = {
+    "adagrad": {"eps_inside_sqrt", "decoupled_weight_decay"},
+    "rmsprop": {
+        "eps_inside_sqrt",
+        "lr_in_momentum",
+        "initial_accumulator_value",
+        "decoupled_weight_decay",
+    },
+    "adadelta": {"decoupled_weight_decay"},
+    "adam": {"epsilon_hat", "amsgrad_max", "bias_correction"},
+    "adamw": {"epsilon_hat", "amsgrad_max", "bias_correction"},
+    "adamax": {"eps_in_max", "decoupled_weight_decay"},
+    "nadam": {"momentum_schedule"},
+    "radam": {"epsilon_hat", "rectify_threshold"},
+}
+
+
 def boolean_options(name: str) -> list[str]:
     """The boolean hyperparameters that both front-ends take, and ``maximize``."""
     accepted = inspect.signature(adaptim.OPTIMIZERS[name]).parameters
     flags = anp.OPTIMIZERS[name].algorithm.defaults
-    return [k for k, v in flags.items() if isinstance(v, bool) and k in accepted] + ["maximize"]
+    skipped = FLAVOR_OPTIONS.get(name, set())
+    return [
+        k for k, v in flags.items() if isinstance(v, bool) and k in accepted and k not in skipped
+    ] + ["maximize"]
 
 
 def hparams(name: str, flags: dict[str, bool]) -> st.SearchStrategy[dict[str, Any]]:
@@ -130,6 +152,7 @@ def test_every_hyperparameter_is_drawn() -> None:
         algorithm = anp.OPTIMIZERS[name].algorithm
         covered = set(CONTINUOUS[name]) | set(boolean_options(name))
         fixed = {"decoupled_weight_decay"} if name == "adamw" else set()
+        fixed |= FLAVOR_OPTIONS.get(name, set())
         assert covered | fixed == {*algorithm.hparams, "maximize"}, name
 
 
@@ -531,7 +554,10 @@ def test_unknown_hyperparameter_without_close_match_lists_the_allowed_ones() -> 
     with pytest.raises(TypeError, match="unknown hyperparameter 'banana'") as info:
         anp.RMSprop([np.zeros(3)], banana=1)
     assert "Did you mean" not in str(info.value)
-    assert "Allowed: lr, alpha, eps, weight_decay, momentum, centered, maximize." in str(info.value)
+    assert (
+        "Allowed: lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt, "
+        "lr_in_momentum, initial_accumulator_value, decoupled_weight_decay, maximize, flavor."
+    ) in str(info.value)
 
 
 def test_step_errors() -> None:

@@ -317,8 +317,21 @@ def problems() -> None:
 
 
 @app.command()
-def optimizers() -> None:
+def optimizers(
+    flavors: Annotated[
+        bool,
+        typer.Option(
+            "--flavors",
+            help="Show, per algorithm, the equations of each framework flavor (Markdown).",
+        ),
+    ] = False,
+) -> None:
     """List the optimizers and named variants the lab compares, with their lr search ranges."""
+    if flavors:
+        from adaptim.flavor_docs import render_markdown
+
+        typer.echo(render_markdown(), nl=False)
+        return
     from adaptim.lab.optimizers import VARIANTS
 
     table = Table(title="optimizers (use the name, or name@flavor)")

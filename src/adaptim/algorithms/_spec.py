@@ -104,3 +104,20 @@ def constant_lr(
 def coupled_weight_decay(xp: ArrayOps, p: Array, g: Array, weight_decay: float) -> Array:
     """L2 regularisation folded into the gradient: ``g + λ·p``."""
     return xp.axpy(g, p, weight_decay) if weight_decay != 0 else g
+
+
+def decay_weights(
+    xp: ArrayOps, p: Array, g: Array, lr: float, weight_decay: float, decoupled: bool
+) -> tuple[Array, Array]:
+    """Weight decay as L2 in the gradient, or decoupled from it (Loshchilov & Hutter 2019).
+
+    The decoupled form shrinks the parameter by ``lr·λ`` before the step, as
+    torch's AdamW and every Keras 3 optimizer do (``weight_decay=`` in Keras'
+    base optimizer); the coupled form adds ``λ·θ`` to the gradient, as torch's
+    ``weight_decay`` does everywhere else.
+    """
+    if weight_decay == 0:
+        return p, g
+    if decoupled:
+        return p * (1 - lr * weight_decay), g
+    return p, xp.axpy(g, p, weight_decay)

@@ -88,3 +88,10 @@ def check_betas(hp: HParams) -> None:
 def check_bool(hp: HParams, name: str) -> None:
     if not isinstance(hp[name], bool):
         raise TypeError(f"Invalid {name}: {hp[name]!r}; expected True or False.")
+
+
+def check_choice(hp: HParams, name: str, allowed: tuple[str, ...]) -> None:
+    if hp[name] not in allowed:
+        raise ValueError(
+            f"Invalid {name}: {hp[name]!r}; allowed: {', '.join(repr(a) for a in allowed)}."
+        )

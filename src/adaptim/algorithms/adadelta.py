@@ -10,9 +10,15 @@ from adaptim.algorithms._spec import (
     ArrayOps,
     HParams,
     UpdateResult,
-    coupled_weight_decay,
+    decay_weights,
 )
-from adaptim.algorithms._validation import check_eps, check_lr, check_range, check_weight_decay
+from adaptim.algorithms._validation import (
+    check_bool,
+    check_eps,
+    check_lr,
+    check_range,
+    check_weight_decay,
+)
 
 
 def adadelta_update(
@@ -26,6 +32,7 @@ def adadelta_update(
     rho: float,
     eps: float,
     weight_decay: float,
+    decoupled_weight_decay: bool = False,
 ) -> UpdateResult:
     r"""One Adadelta step (Zeiler 2012, "ADADELTA: An Adaptive Learning Rate Method", Alg. 1).
 
@@ -39,8 +46,18 @@ def adadelta_update(
 
     ``v`` is stored as ``square_avg`` and ``u`` as ``acc_delta``. The paper has
     no learning rate (:math:`\gamma = 1`, torch's default).
+
+    The arithmetic is the same in torch, Keras 3 and optax; the frameworks
+    differ in defaults only (see :mod:`adaptim.flavors`): torch ``lr=1``,
+    ``rho=0.9``, ``eps=1e-6``; Keras 3 ``lr=1e-3``, ``rho=0.95``, ``eps=1e-7``;
+    optax ``rho=0.9``, ``eps=1e-6`` and no default ``lr`` (``None`` there means
+    no scaling at all, which *ascends*; adaptim's optax flavor uses ``lr=1``);
+    TF1 ``lr=1e-3``, ``rho=0.95``, ``eps=1e-8``; Zeiler ``rho=0.95``, ``eps=1e-6``.
+    ``decoupled_weight_decay`` shrinks ``θ`` by ``γλ`` before the step (Keras);
+    otherwise ``λθ`` joins the gradient (torch, and optax's ``adadelta``, whose
+    ``add_decayed_weights`` comes before ``scale_by_adadelta``).
     """
-    g = coupled_weight_decay(xp, p, g, weight_decay)
+    p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
     square_avg = xp.addcmul(state["square_avg"] * rho, g, g, 1 - rho)
     delta = xp.sqrt(state["acc_delta"] + eps) / xp.sqrt(square_avg + eps) * g
     acc_delta = xp.addcmul(state["acc_delta"] * rho, delta, delta, 1 - rho)
@@ -59,9 +76,16 @@ def _validate(hp: HParams) -> None:
     check_range(hp, "rho", 0.0, 1.0)
     check_eps(hp)
     check_weight_decay(hp)
+    check_bool(hp, "decoupled_weight_decay")
 
 
-DEFAULTS: dict[str, Any] = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0}
+DEFAULTS: dict[str, Any] = {
+    "lr": 1.0,
+    "rho": 0.9,
+    "eps": 1e-6,
+    "weight_decay": 0.0,
+    "decoupled_weight_decay": False,
+}
 
 ADADELTA = Algorithm(
     name="adadelta",

@@ -10,9 +10,15 @@ from adaptim.algorithms._spec import (
     ArrayOps,
     HParams,
     UpdateResult,
-    coupled_weight_decay,
+    decay_weights,
 )
-from adaptim.algorithms._validation import check_eps, check_lr, check_range, check_weight_decay
+from adaptim.algorithms._validation import (
+    check_bool,
+    check_eps,
+    check_lr,
+    check_range,
+    check_weight_decay,
+)
 
 
 def adagrad_update(
@@ -27,6 +33,8 @@ def adagrad_update(
     weight_decay: float,
     initial_accumulator_value: float,
     eps: float,
+    eps_inside_sqrt: bool = False,
+    decoupled_weight_decay: bool = False,
 ) -> UpdateResult:
     r"""One AdaGrad step (Duchi, Hazan & Singer 2011, "Adaptive Subgradient Methods").
 
@@ -36,19 +44,28 @@ def adagrad_update(
         \tilde\gamma_t &= \gamma / (1 + (t-1)\,\eta) \\
         s_t &= s_{t-1} + g_t^2, \qquad s_0 = \text{initial\_accumulator\_value} \\
         \theta_t &= \theta_{t-1} - \tilde\gamma_t\, g_t / (\sqrt{s_t} + \epsilon)
+            \qquad\text{or, with eps\_inside\_sqrt,}\qquad
+            \theta_{t-1} - \tilde\gamma_t\, g_t / \sqrt{s_t + \epsilon}
 
     with learning-rate decay :math:`\eta`. The effective per-coordinate
     learning rate :math:`\tilde\gamma_t/(\sqrt{s_t}+\epsilon)` only ever shrinks,
     which is why AdaGrad stalls on long non-convex runs.
 
-    Framework differences: torch adds ``eps`` outside the square root
-    (default 1e-10) and starts the accumulator at 0; Keras 3 and optax put
-    ``eps`` inside (1e-7) and start at 0.1.
+    Options where frameworks differ (see :mod:`adaptim.flavors`):
+
+    * ``eps_inside_sqrt``: torch (and Duchi et al.'s δ) add ``eps`` outside the
+      square root, default 1e-10; Keras 3 and optax add it inside, 1e-7.
+      TF1's ``AdagradOptimizer`` has no ``eps`` at all (``eps=0``).
+    * ``initial_accumulator_value``: 0 in torch and the paper, 0.1 in Keras 3,
+      optax and TF1.
+    * ``decoupled_weight_decay``: torch adds ``λθ`` to the gradient; Keras
+      shrinks ``θ`` by ``γλ`` before the step.
     """
-    g = coupled_weight_decay(xp, p, g, weight_decay)
+    p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
     clr = lr / (1 + (step - 1) * lr_decay)
     total = xp.addcmul(state["sum"], g, g, 1.0)
-    return p - clr * g / (xp.sqrt(total) + eps), {"sum": total}
+    denom = xp.sqrt(total + eps) if eps_inside_sqrt else xp.sqrt(total) + eps
+    return p - clr * g / denom, {"sum": total}
 
 
 def adagrad_effective_lr(
@@ -60,10 +77,13 @@ def adagrad_effective_lr(
     lr: float,
     lr_decay: float,
     eps: float,
+    eps_inside_sqrt: bool = False,
     **_: Any,
 ) -> Array:
     r""":math:`\tilde\gamma_t / (\sqrt{s_t} + \epsilon)`: it can only shrink as ``sum`` grows."""
-    return lr / (1 + (step - 1) * lr_decay) / (xp.sqrt(state["sum"]) + eps)
+    total = state["sum"]
+    denom = xp.sqrt(total + eps) if eps_inside_sqrt else xp.sqrt(total) + eps
+    return lr / (1 + (step - 1) * lr_decay) / denom
 
 
 def _validate(hp: HParams) -> None:
@@ -72,6 +92,8 @@ def _validate(hp: HParams) -> None:
     check_weight_decay(hp)
     check_range(hp, "initial_accumulator_value", 0.0)
     check_eps(hp)
+    check_bool(hp, "eps_inside_sqrt")
+    check_bool(hp, "decoupled_weight_decay")
 
 
 def _sparse(hp: HParams) -> Literal["rows", "dense"]:
@@ -90,6 +112,8 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "initial_accumulator_value": 0.0,
     "eps": 1e-10,
+    "eps_inside_sqrt": False,
+    "decoupled_weight_decay": False,
 }
 
 ADAGRAD = Algorithm(

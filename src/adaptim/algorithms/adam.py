@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
+from adaptim.algorithms._spec import (
+    Algorithm,
+    Array,
+    ArrayOps,
+    HParams,
+    UpdateResult,
+    decay_weights,
+)
 from adaptim.algorithms._validation import (
     check_betas,
     check_bool,
+    check_choice,
     check_eps,
     check_lr,
     check_weight_decay,
 )
-
-
-def decay_weights(
-    xp: ArrayOps, p: Array, g: Array, lr: float, weight_decay: float, decoupled: bool
-) -> tuple[Array, Array]:
-    """Weight decay as L2 in the gradient, or decoupled from it (Loshchilov & Hutter 2019).
-
-    The decoupled form shrinks the parameter by ``lr·λ`` before the step, as
-    torch's AdamW does; the coupled form adds ``λ·θ`` to the gradient.
-    """
-    if weight_decay == 0:
-        return p, g
-    if decoupled:
-        return p * (1 - lr * weight_decay), g
-    return p, xp.axpy(g, p, weight_decay)
 
 
 def moments(
@@ -51,6 +44,9 @@ def adam_update(
     weight_decay: float,
     amsgrad: bool,
     decoupled_weight_decay: bool,
+    epsilon_hat: bool = False,
+    amsgrad_max: str = "raw",
+    bias_correction: bool = True,
 ) -> UpdateResult:
     r"""One Adam step (Kingma & Ba 2015, Algorithm 1; AMSGrad: Reddi et al. 2018; AdamW: Loshchilov & Hutter 2019).
 
@@ -65,22 +61,48 @@ def adam_update(
         \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,
             \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
 
-    Framework differences: torch and Algorithm 1 add ``eps`` after the bias
-    correction of ``v``; Keras uses the paper's "epsilon hat" form
-    (``lr·√(1-β2^t)/(1-β1^t)`` and ``eps`` on the uncorrected ``√v``). AMSGrad
-    here keeps the maximum of the raw ``v`` as torch and Keras do; optax takes
-    it over the bias-corrected ``v``.
+    Options where frameworks differ (see :mod:`adaptim.flavors`):
+
+    * ``epsilon_hat``: the form of Kingma & Ba's Section 2 remark, used by
+      Keras 3 and TF1,
+      :math:`\theta_t = \theta_{t-1} - \gamma\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}
+      \frac{m_t}{\sqrt{\hat v_t} + \hat\epsilon}`: ``eps`` is added to the
+      *uncorrected* root, so it weighs :math:`1/\sqrt{1-\beta_2^t}` times less
+      early on. torch, optax and Algorithm 1 add it after the bias correction.
+    * ``amsgrad_max``: ``"raw"`` keeps :math:`\max(\hat v_{t-1}, v_t)` (torch,
+      Keras 3, Reddi et al.); ``"corrected"`` keeps the maximum of the
+      bias-corrected :math:`v_t/(1-\beta_2^t)` (optax's ``amsgrad``), stored in
+      ``max_exp_avg_sq`` and used as it is.
+    * ``bias_correction``: ``False`` drops both bias corrections (Reddi et al.
+      2018, Algorithm 2, prints AMSGrad without them).
+    * ``decoupled_weight_decay`` (AdamW): torch shrinks ``θ`` by ``γλ`` before
+      the step, as Keras 3 does for every optimizer; optax's ``adamw`` adds
+      ``λθ`` to the Adam direction before scaling by ``γ``, the same update.
+      ``weight_decay`` defaults: torch 1e-2, Keras 4e-3, optax 1e-4.
     """
     beta1, beta2 = betas
     p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
     exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    bias1 = 1 - beta1**step if bias_correction else 1.0
+    bias2 = 1 - beta2**step if bias_correction else 1.0
     second = exp_avg_sq
+    if amsgrad and amsgrad_max == "corrected":
+        corrected = xp.maximum(state["max_exp_avg_sq"], exp_avg_sq / bias2)
+        new_state["max_exp_avg_sq"] = corrected
+        if epsilon_hat:
+            return p - lr * bias2**0.5 / bias1 * exp_avg / (
+                xp.sqrt(corrected * bias2) + eps
+            ), new_state
+        return p - lr / bias1 * exp_avg / (xp.sqrt(corrected) + eps), new_state
     if amsgrad:
         second = xp.maximum(state["max_exp_avg_sq"], exp_avg_sq)
         new_state["max_exp_avg_sq"] = second
-    step_size = lr / (1 - beta1**step)
-    denom = xp.sqrt(second) / (1 - beta2**step) ** 0.5 + eps
+    if epsilon_hat:
+        step_size = lr * bias2**0.5 / bias1
+        return p - step_size * exp_avg / (xp.sqrt(second) + eps), new_state
+    step_size = lr / bias1
+    denom = xp.sqrt(second) / bias2**0.5 + eps
     return p - step_size * exp_avg / denom, new_state
 
 
@@ -94,14 +116,22 @@ def adam_effective_lr(
     betas: tuple[float, float],
     eps: float,
     amsgrad: bool = False,
+    epsilon_hat: bool = False,
+    amsgrad_max: str = "raw",
+    bias_correction: bool = True,
     **_: Any,
 ) -> Array:
     r""":math:`\gamma / (\sqrt{\hat v_t} + \epsilon)`, the factor applied to :math:`\hat m_t`.
 
     Shared by Adam, AdamW, NAdam (whose ``v`` is the same moving average) and LAMB.
     """
+    bias2 = 1 - betas[1] ** step if bias_correction else 1.0
     second = state["max_exp_avg_sq"] if amsgrad else state["exp_avg_sq"]
-    return lr / (xp.sqrt(second) / (1 - betas[1] ** step) ** 0.5 + eps)
+    if amsgrad and amsgrad_max == "corrected":
+        second = second * bias2
+    if epsilon_hat:
+        return lr * bias2**0.5 / (xp.sqrt(second) + eps)
+    return lr / (xp.sqrt(second) / bias2**0.5 + eps)
 
 
 def validate_adam_like(hp: HParams) -> None:
@@ -115,6 +145,9 @@ def _validate(hp: HParams) -> None:
     validate_adam_like(hp)
     check_bool(hp, "amsgrad")
     check_bool(hp, "decoupled_weight_decay")
+    check_bool(hp, "epsilon_hat")
+    check_choice(hp, "amsgrad_max", ("raw", "corrected"))
+    check_bool(hp, "bias_correction")
 
 
 def _state(hp: HParams) -> dict[str, float | None]:
@@ -131,6 +164,9 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "amsgrad": False,
     "decoupled_weight_decay": False,
+    "epsilon_hat": False,
+    "amsgrad_max": "raw",
+    "bias_correction": True,
 }
 
 ADAM = Algorithm(

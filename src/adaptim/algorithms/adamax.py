@@ -8,9 +8,11 @@ from adaptim.algorithms._spec import (
     Algorithm,
     Array,
     ArrayOps,
+    HParams,
     UpdateResult,
-    coupled_weight_decay,
+    decay_weights,
 )
+from adaptim.algorithms._validation import check_bool
 from adaptim.algorithms.adam import validate_adam_like
 
 
@@ -25,6 +27,8 @@ def adamax_update(
     betas: tuple[float, float],
     eps: float,
     weight_decay: float,
+    eps_in_max: bool = True,
+    decoupled_weight_decay: bool = False,
 ) -> UpdateResult:
     r"""One Adamax step (Kingma & Ba 2015, Algorithm 2).
 
@@ -35,25 +39,56 @@ def adamax_update(
         u_t &= \max(\beta_2\, u_{t-1},\ |g_t| + \epsilon) \\
         \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\, \frac{m_t}{u_t}
 
-    ``u`` is stored as ``exp_inf``. The paper has no ``eps``; torch adds it to
-    ``|g|`` (Keras adds it to ``u`` in the denominator).
+    ``u`` is stored as ``exp_inf``. The paper has no ``eps`` (``eps=0``).
+
+    Options where frameworks differ (see :mod:`adaptim.flavors`):
+
+    * ``eps_in_max``: torch and optax add ``eps`` to :math:`|g_t|` inside the
+      maximum, as above; with ``False`` (Keras 3) :math:`u_t = \max(\beta_2 u_{t-1}, |g_t|)`
+      and the step divides by :math:`u_t + \epsilon`.
+    * ``decoupled_weight_decay``: torch adds ``λθ`` to the gradient; Keras
+      shrinks ``θ`` by ``γλ`` before the step.
     """
     beta1, beta2 = betas
-    g = coupled_weight_decay(xp, p, g, weight_decay)
+    p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
     exp_avg = xp.lerp(state["exp_avg"], g, 1 - beta1)
-    exp_inf = xp.maximum(state["exp_inf"] * beta2, xp.abs(g) + eps)
     clr = lr / (1 - beta1**step)
-    return p - clr * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
+    if eps_in_max:
+        exp_inf = xp.maximum(state["exp_inf"] * beta2, xp.abs(g) + eps)
+        return p - clr * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
+    exp_inf = xp.maximum(state["exp_inf"] * beta2, xp.abs(g))
+    return p - clr * exp_avg / (exp_inf + eps), {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 
 def adamax_effective_lr(
-    p: Array, state: dict[str, Array], *, step: float, xp: ArrayOps, lr: float, **_: Any
+    p: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    eps: float,
+    eps_in_max: bool = True,
+    **_: Any,
 ) -> Array:
     r""":math:`\gamma / u_t`, the factor applied to :math:`\hat m_t`."""
-    return lr / state["exp_inf"]
+    return lr / state["exp_inf"] if eps_in_max else lr / (state["exp_inf"] + eps)
 
 
-DEFAULTS: dict[str, Any] = {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+def _validate(hp: HParams) -> None:
+    validate_adam_like(hp)
+    check_bool(hp, "eps_in_max")
+    check_bool(hp, "decoupled_weight_decay")
+
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 2e-3,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "eps_in_max": True,
+    "decoupled_weight_decay": False,
+}
 
 ADAMAX = Algorithm(
     name="adamax",
@@ -61,7 +96,7 @@ ADAMAX = Algorithm(
     update=adamax_update,
     hparams=tuple(DEFAULTS),
     defaults=DEFAULTS,
-    validate=validate_adam_like,
+    validate=_validate,
     state=lambda hp: {"exp_avg": 0.0, "exp_inf": 0.0},
     effective_lr=adamax_effective_lr,
 )

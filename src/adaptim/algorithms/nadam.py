@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
+from adaptim.algorithms._spec import (
+    Algorithm,
+    Array,
+    ArrayOps,
+    HParams,
+    UpdateResult,
+    decay_weights,
+)
 from adaptim.algorithms._validation import check_bool, check_range
-from adaptim.algorithms.adam import adam_effective_lr, decay_weights, moments, validate_adam_like
+from adaptim.algorithms.adam import adam_effective_lr, moments, validate_adam_like
 
 
 def nadam_update(
@@ -22,6 +29,7 @@ def nadam_update(
     weight_decay: float,
     momentum_decay: float,
     decoupled_weight_decay: bool,
+    momentum_schedule: bool = True,
 ) -> UpdateResult:
     r"""One NAdam step (Dozat 2016, "Incorporating Nesterov Momentum into Adam").
 
@@ -39,16 +47,30 @@ def nadam_update(
     ``mu_product`` in torch's scalar dtype (float32 unless the default dtype
     is float64), and multiplied in that dtype, exactly as torch does.
     Weight decay is L2 or, with ``decoupled_weight_decay``, AdamW-style.
-    optax's ``nadam`` drops the schedule (Dozat's simplified form).
+
+    Options where frameworks differ (see :mod:`adaptim.flavors`):
+
+    * ``momentum_decay`` :math:`\psi`: 0.004 in torch and in Dozat's schedule
+      :math:`0.96^{t/250}`; Keras 3 computes :math:`0.96^{t}`, that is
+      :math:`\psi = 1`, so its :math:`\mu_t` reaches :math:`\beta_1` within a
+      few hundred steps.
+    * ``momentum_schedule``: ``False`` keeps :math:`\mu_t = \beta_1` and
+      :math:`\Pi_t = \beta_1^t` (optax's ``nadam``, i.e. ``adam(nesterov=True)``:
+      :math:`\hat m = \beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`).
+    * ``decoupled_weight_decay``: as in Adam (Keras: always decoupled).
     """
     beta1, beta2 = betas
     p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
-    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
-    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    if momentum_schedule:
+        mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    else:
+        mu = mu_next = beta1
     mu_product = state["mu_product"] * mu
     exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     denom = xp.sqrt(exp_avg_sq / (1 - beta2**step)) + eps
-    product = float(mu_product)
+    # Without the schedule the product is a power, computed in full precision.
+    product = float(mu_product) if momentum_schedule else beta1**step
     grad_coef = -lr * (1.0 - mu) / (1.0 - product)
     avg_coef = (-lr * mu_next) / (1.0 - product * mu_next)
     p = p + grad_coef * g / denom
@@ -60,6 +82,7 @@ def _validate(hp: HParams) -> None:
     validate_adam_like(hp)
     check_range(hp, "momentum_decay", 0.0)
     check_bool(hp, "decoupled_weight_decay")
+    check_bool(hp, "momentum_schedule")
 
 
 DEFAULTS: dict[str, Any] = {
@@ -69,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "momentum_decay": 4e-3,
     "decoupled_weight_decay": False,
+    "momentum_schedule": True,
 }
 
 NADAM = Algorithm(

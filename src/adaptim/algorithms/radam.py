@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
-from adaptim.algorithms._validation import check_bool
-from adaptim.algorithms.adam import decay_weights, moments, validate_adam_like
+from adaptim.algorithms._spec import (
+    Algorithm,
+    Array,
+    ArrayOps,
+    HParams,
+    UpdateResult,
+    decay_weights,
+)
+from adaptim.algorithms._validation import check_bool, check_range
+from adaptim.algorithms.adam import moments, validate_adam_like
 
 
-def rectification(beta2: float, step: float) -> float | None:
-    r""":math:`r_t`, or ``None`` while :math:`\rho_t \le 5` (the variance is not yet tractable)."""
+def rectification(beta2: float, step: float, threshold: float = 5.0) -> float | None:
+    r""":math:`r_t`, or ``None`` while :math:`\rho_t \le` ``threshold`` (the variance is not yet tractable)."""
     rho_inf = 2 / (1 - beta2) - 1
     rho_t = rho_inf - 2 * step * (beta2**step) / (1 - beta2**step)
-    if rho_t <= 5.0:
+    if rho_t <= threshold:
         return None
     return float(
         ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
@@ -32,6 +39,8 @@ def radam_update(
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
+    epsilon_hat: bool = True,
+    rectify_threshold: float = 5.0,
 ) -> UpdateResult:
     r"""One RAdam step (Liu et al. 2020, "On the Variance of the Adaptive Learning Rate", Alg. 2).
 
@@ -47,16 +56,29 @@ def radam_update(
         \theta_t &= \theta_{t-1} - \gamma\, \hat m_t\, l_t\, r_t \quad (\rho_t > 5), \qquad
         \theta_t = \theta_{t-1} - \gamma\, \hat m_t \quad (\text{otherwise})
 
-    The paper switches at :math:`\rho_t > 4`; torch (and so adaptim) at 5.
     Weight decay is L2 or, with ``decoupled_weight_decay``, AdamW-style.
+
+    Options where frameworks differ (see :mod:`adaptim.flavors`):
+
+    * ``epsilon_hat``: torch adds ``eps`` to the uncorrected :math:`\sqrt{v_t}`
+      as written above (``True``); optax adds it after the bias correction,
+      :math:`l_t = 1/(\sqrt{v_t/(1-\beta_2^t)} + \epsilon)` (``False``). The
+      paper has no ``eps`` (``eps=0``, where both agree).
+    * ``rectify_threshold``: the adaptive step is used while
+      :math:`\rho_t >` ``rectify_threshold``: 5 in torch, 4 in the paper's
+      Algorithm 2. optax tests :math:`\rho_t \ge 5`, which differs from torch
+      only if :math:`\rho_t` is exactly 5.
     """
     beta1, beta2 = betas
     p, g = decay_weights(xp, p, g, lr, weight_decay, decoupled_weight_decay)
     exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     corrected_avg = exp_avg / (1 - beta1**step)
-    rect = rectification(beta2, step)
+    rect = rectification(beta2, step, rectify_threshold)
     if rect is not None:
+        if not epsilon_hat:
+            adaptive = 1 / (xp.sqrt(exp_avg_sq / (1 - beta2**step)) + eps)
+            return p - lr * rect * corrected_avg * adaptive, new_state
         adaptive = (1 - beta2**step) ** 0.5 / (xp.sqrt(exp_avg_sq) + eps)
         return p - corrected_avg * lr * adaptive * rect, new_state
     return p - corrected_avg * lr, new_state
@@ -71,19 +93,25 @@ def radam_effective_lr(
     lr: float,
     betas: tuple[float, float],
     eps: float,
+    epsilon_hat: bool = True,
+    rectify_threshold: float = 5.0,
     **_: Any,
 ) -> Array:
     r""":math:`\gamma\, r_t\, l_t` once rectified, :math:`\gamma` (plain momentum) before."""
     beta2 = betas[1]
-    rect = rectification(beta2, step)
+    rect = rectification(beta2, step, rectify_threshold)
     if rect is None:
         return p * 0 + lr
+    if not epsilon_hat:
+        return lr * rect / (xp.sqrt(state["exp_avg_sq"] / (1 - beta2**step)) + eps)
     return lr * rect * (1 - beta2**step) ** 0.5 / (xp.sqrt(state["exp_avg_sq"]) + eps)
 
 
 def _validate(hp: HParams) -> None:
     validate_adam_like(hp)
     check_bool(hp, "decoupled_weight_decay")
+    check_bool(hp, "epsilon_hat")
+    check_range(hp, "rectify_threshold", 4.0)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -92,6 +120,8 @@ DEFAULTS: dict[str, Any] = {
     "eps": 1e-8,
     "weight_decay": 0.0,
     "decoupled_weight_decay": False,
+    "epsilon_hat": True,
+    "rectify_threshold": 5.0,
 }
 
 RADAM = Algorithm(

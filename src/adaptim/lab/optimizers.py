@@ -2,8 +2,10 @@
 
 Every adaptim optimizer is available by its lower-case name. Named variants
 make common settings one word (``momentum``, ``nesterov``, ``amsgrad``,
-``rmsprop-centered``). ``name@flavor`` will pick a framework flavor once
-flavors exist; today only ``@torch`` (the default) is accepted.
+``rmsprop-centered``). ``name@flavor`` picks a framework flavor
+(:mod:`adaptim.flavors`: ``@keras``, ``@tf1``, ``@optax``, ``@paper``; ``@torch``
+is the default): the flavor's defaults apply to everything the lab does not
+tune or fix.
 
 Fairness: every optimizer gets the same number of learning rates, spaced
 evenly in log space over the same width (three decades), centred where that
@@ -21,9 +23,10 @@ from typing import Any
 import torch
 
 import adaptim
+from adaptim import flavors
 from adaptim.lab.errors import LabError, unknown_name
 
-FLAVORS = ("torch",)
+FLAVORS = flavors.FLAVORS
 
 
 @dataclass(frozen=True)
@@ -127,20 +130,27 @@ def parse_optimizer(spec: str) -> tuple[Variant, str]:
     if name not in VARIANTS:
         raise unknown_name("optimizer", name, VARIANTS)
     flavor = flavor or "torch"
+    variant = VARIANTS[name]
     if flavor not in FLAVORS:
+        raise LabError(f"unknown flavor {flavor!r} in {spec!r} (valid: {', '.join(FLAVORS)})")
+    allowed = flavors.available(
+        variant.cls.algorithm.name, amsgrad=bool(variant.fixed.get("amsgrad"))
+    )
+    if flavor not in allowed:
         raise LabError(
-            f"unknown flavor {flavor!r} in {spec!r}; this version has only the torch flavor "
-            f"(valid: {', '.join(FLAVORS)}). Keras, TF1 and optax flavors are planned."
+            f"flavor {flavor!r} does not exist for {name!r} (valid: {', '.join(allowed)})"
         )
-    return VARIANTS[name], flavor
+    return variant, flavor
 
 
 def make_optimizer(
     spec: str, params: Iterable[torch.Tensor], hparams: Mapping[str, Any]
 ) -> adaptim.Optimizer:
     """Build the optimizer named ``spec`` with its fixed settings and ``hparams`` on top."""
-    variant, _ = parse_optimizer(spec)
+    variant, flavor = parse_optimizer(spec)
     kwargs = {**variant.fixed, **hparams}
+    if flavor != "torch":
+        kwargs["flavor"] = flavor
     try:
         return variant.cls(params, **kwargs)
     except (TypeError, ValueError) as error:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from adaptim import flavors
 from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
 from adaptim.algorithms._validation import check_bool
 
@@ -60,6 +61,10 @@ class Optimizer:
     ``params`` is a list of arrays (updated in place) or a list of param-group
     dicts. ``step(grads)`` takes one gradient per parameter, in order, with
     ``None`` for a parameter to leave alone this step.
+
+    ``flavor`` (see :mod:`adaptim.flavors`) takes every hyperparameter not
+    passed from that framework's preset, as in the torch front-end; a param
+    group may name its own ``flavor``.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -70,6 +75,7 @@ class Optimizer:
         *,
         maximize: bool = False,
         nonfinite: str = "ignore",
+        flavor: str = "torch",
         **hyperparams: Any,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
@@ -77,11 +83,14 @@ class Optimizer:
                 f"Invalid nonfinite: {nonfinite!r}; allowed: 'ignore', 'skip', 'raise'."
             )
         self._check_names(hyperparams)
+        name = self.algorithm.name
+        amsgrad = bool(hyperparams.get("amsgrad", self.algorithm.defaults.get("amsgrad", False)))
         self.defaults: dict[str, Any] = {
-            **self.algorithm.defaults,
-            **hyperparams,
+            **flavors.resolve(name, flavor, hyperparams, amsgrad=amsgrad),
             "maximize": maximize,
         }
+        if flavors.has_flavors(name):
+            self.defaults["flavor"] = flavor
         self._validate(self.defaults)  # as torch does, even if every group overrides a default
         self.nonfinite = nonfinite
         self.skipped_steps = 0
@@ -97,6 +106,8 @@ class Optimizer:
 
     def _check_names(self, names: Iterable[str]) -> None:
         allowed = [*self.algorithm.defaults, "maximize"]
+        if flavors.has_flavors(self.algorithm.name):
+            allowed.append("flavor")
         for name in names:
             if name not in allowed:
                 close = difflib.get_close_matches(name, allowed, n=1)
@@ -131,13 +142,29 @@ class Optimizer:
             if any(p is q for q in self.params):
                 raise ValueError("some parameters appear in more than one parameter group")
         self._check_names(k for k in param_group if k != "params")
-        group = {**self.defaults, **param_group, "params": params}
+        group = {
+            **self.defaults,
+            **self._group_preset(param_group),
+            **param_group,
+            "params": params,
+        }
         self._validate(group)
         self.param_groups.append(group)
         if self.algorithm.state_at_construction:
             start = len(self.params) - len(params)
             for index, p in enumerate(params, start):
                 self._init_state(index, p, group)
+
+    def _group_preset(self, param_group: Mapping[str, Any]) -> dict[str, Any]:
+        """The preset of a group that names another flavor (or AMSGrad) than the defaults."""
+        name = self.algorithm.name
+        if not flavors.has_flavors(name):
+            return {}
+        flavor = param_group.get("flavor", self.defaults["flavor"])
+        amsgrad = param_group.get("amsgrad", self.defaults.get("amsgrad", False))
+        if (flavor, amsgrad) == (self.defaults["flavor"], self.defaults.get("amsgrad", False)):
+            return {}
+        return flavors.preset(name, flavor, amsgrad=bool(amsgrad))
 
     def _validate(self, group: Mapping[str, Any]) -> None:
         check_bool(group, "maximize")
@@ -306,7 +333,9 @@ def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
     doc = (
         f"{algorithm.title}.\n\n"
         f"NumPy twin of :class:`adaptim.{class_name}`: the same hyperparameters "
-        f"({', '.join(algorithm.hparams)}, maximize, nonfinite) with the same defaults.\n\n"
+        f"({', '.join(algorithm.hparams)}, maximize, nonfinite"
+        + (", flavor" if flavors.has_flavors(algorithm.name) else "")
+        + ") with the same defaults.\n\n"
         + (algorithm.update.__doc__ or "")
     )
     return type(

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from adaptim import flavors
 from adaptim.algorithms._spec import Algorithm, ArrayOps
 from adaptim.algorithms._validation import as_float, check_bool
 from adaptim.torch._fast import FastPath, requested
@@ -72,10 +73,15 @@ class Optimizer(torch.optim.Optimizer):
 
     ``fused`` (a param-group key, as in torch) picks the implementation:
     ``None`` (default) runs the fused fast path of :mod:`adaptim.torch._fast`
-    for groups of at least ``AUTO_MIN_NUMEL`` (2**20) elements on CPU or CUDA
+    for groups of at least ``AUTO_MIN_NUMEL`` (2**21) elements on CPU or CUDA
     and the eager path below that; ``True`` always fuses what it can; ``False``
     always runs eager. Both paths run the same update rule and agree to
     rounding; :meth:`fused_status` says which path each group takes and why.
+
+    ``flavor`` (where the algorithm has flavors, see :mod:`adaptim.flavors`)
+    fills every hyperparameter the caller did not pass from that framework's
+    preset, and is kept in ``param_groups``. A param group may name its own
+    ``flavor``; its preset then fills what the group does not set.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -87,6 +93,7 @@ class Optimizer(torch.optim.Optimizer):
         *,
         nonfinite: NonFinitePolicy = "ignore",
         fused: bool | None = None,
+        flavor: str = "torch",
     ) -> None:
         # torch's signature has no ``fused`` for every algorithm; adaptim's fast path does.
         defaults.setdefault("fused", fused)
@@ -99,11 +106,26 @@ class Optimizer(torch.optim.Optimizer):
         self.nonfinite: NonFinitePolicy = nonfinite
         self.skipped_steps = 0
         self._fast = FastPath(self)
+        name = self.algorithm.name
+        if flavors.has_flavors(name):
+            flavor = flavors.check_flavor(flavor)
+            amsgrad = bool(defaults.get("amsgrad", False))
+            defaults = {
+                **flavors.resolve(name, flavor, defaults, amsgrad=amsgrad),
+                "flavor": flavor,
+            }
         self._validate_group(defaults)  # as torch does, even if every group overrides a default
         super().__init__(params, defaults)
 
     # -- groups and validation -------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        name = self.algorithm.name
+        if flavors.has_flavors(name) and isinstance(param_group, dict):
+            flavor = param_group.get("flavor", self.defaults["flavor"])
+            amsgrad = param_group.get("amsgrad", self.defaults.get("amsgrad", False))
+            if (flavor, amsgrad) != (self.defaults["flavor"], self.defaults.get("amsgrad", False)):
+                flavors.check_flavor(flavor)
+                param_group = flavors.resolve(name, flavor, param_group, amsgrad=bool(amsgrad))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from adaptim import algorithms as alg
+from adaptim.flavors import default
 from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
 
 _Opt = TypeVar("_Opt", bound=type[Optimizer])
@@ -31,6 +32,14 @@ _COMMON = """
     (``"ignore"`` | ``"skip"`` | ``"raise"``: what a NaN or Inf gradient does).
     ``lr`` may be a float or a 1-element tensor, and every hyperparameter may
     differ per param group.
+
+    Flavors
+    -------
+    ``flavor`` (``"torch"``, the default, ``"keras"``, ``"tf1"``, ``"optax"``
+    or ``"paper"``, where that framework has the algorithm) sets every
+    hyperparameter you do not pass to that framework's default, including the
+    options below that say where frameworks differ; an argument you pass
+    always wins. The defaults shown in the signature are torch's. See :mod:`adaptim.flavors` and ``adaptim optimizers --flavors``.
 
     The update rule
     ---------------
@@ -93,24 +102,28 @@ class Adagrad(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 1e-2,
-        lr_decay: float = 0,
-        weight_decay: float = 0,
-        initial_accumulator_value: float = 0,
-        eps: float = 1e-10,
+        lr: float | torch.Tensor = default(1e-2),
+        lr_decay: float = default(0),
+        weight_decay: float = default(0),
+        initial_accumulator_value: float = default(0),
+        eps: float = default(1e-10),
         foreach: bool | None = None,
         *,
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        eps_inside_sqrt: bool = default(False),
+        decoupled_weight_decay: bool = default(False),
     ) -> None:
         defaults = dict(
             lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, foreach=foreach,
             maximize=maximize, differentiable=differentiable, fused=fused,
+            eps_inside_sqrt=eps_inside_sqrt, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
 
 
 @_documented
@@ -125,11 +138,11 @@ class RMSprop(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        momentum: float = 0,
+        lr: float | torch.Tensor = default(1e-2),
+        alpha: float = default(0.99),
+        eps: float = default(1e-8),
+        weight_decay: float = default(0),
+        momentum: float = default(0),
         centered: bool = False,
         capturable: bool = False,
         foreach: bool | None = None,
@@ -138,13 +151,21 @@ class RMSprop(Optimizer):
         *,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        eps_inside_sqrt: bool = default(False),
+        lr_in_momentum: bool = default(False),
+        initial_accumulator_value: float = default(0),
+        decoupled_weight_decay: bool = default(False),
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
             weight_decay=weight_decay, capturable=capturable, foreach=foreach,
             maximize=maximize, differentiable=differentiable,
+            eps_inside_sqrt=eps_inside_sqrt, lr_in_momentum=lr_in_momentum,
+            initial_accumulator_value=initial_accumulator_value,
+            decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
 @_documented
@@ -156,10 +177,10 @@ class Adadelta(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 1.0,
-        rho: float = 0.9,
-        eps: float = 1e-6,
-        weight_decay: float = 0,
+        lr: float | torch.Tensor = default(1.0),
+        rho: float = default(0.9),
+        eps: float = default(1e-6),
+        weight_decay: float = default(0),
         foreach: bool | None = None,
         *,
         capturable: bool = False,
@@ -167,12 +188,15 @@ class Adadelta(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        decoupled_weight_decay: bool = default(False),
     ) -> None:
         defaults = dict(
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
             capturable=capturable, foreach=foreach, differentiable=differentiable,
+            decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
 @_documented
@@ -187,10 +211,10 @@ class Adam(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 1e-3,
-        betas: Betas = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
+        lr: float | torch.Tensor = default(1e-3),
+        betas: Betas = default((0.9, 0.999)),
+        eps: float = default(1e-8),
+        weight_decay: float = default(0),
         amsgrad: bool = False,
         *,
         foreach: bool | None = None,
@@ -198,16 +222,21 @@ class Adam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        decoupled_weight_decay: bool = False,
+        decoupled_weight_decay: bool = default(False),
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        epsilon_hat: bool = default(False),
+        amsgrad_max: str = default("raw"),
+        bias_correction: bool = default(True),
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, epsilon_hat=epsilon_hat,
+            amsgrad_max=amsgrad_max, bias_correction=bias_correction,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
 
 
 @_documented
@@ -222,10 +251,10 @@ class AdamW(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 1e-3,
-        betas: Betas = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        lr: float | torch.Tensor = default(1e-3),
+        betas: Betas = default((0.9, 0.999)),
+        eps: float = default(1e-8),
+        weight_decay: float = default(1e-2),
         amsgrad: bool = False,
         *,
         maximize: bool = False,
@@ -234,13 +263,18 @@ class AdamW(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        epsilon_hat: bool = default(False),
+        amsgrad_max: str = default("raw"),
+        bias_correction: bool = default(True),
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+            epsilon_hat=epsilon_hat, amsgrad_max=amsgrad_max, bias_correction=bias_correction,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
 
 
 @_documented
@@ -252,10 +286,10 @@ class Adamax(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 2e-3,
-        betas: Betas = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
+        lr: float | torch.Tensor = default(2e-3),
+        betas: Betas = default((0.9, 0.999)),
+        eps: float = default(1e-8),
+        weight_decay: float = default(0),
         foreach: bool | None = None,
         *,
         maximize: bool = False,
@@ -263,12 +297,16 @@ class Adamax(Optimizer):
         capturable: bool = False,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        eps_in_max: bool = default(True),
+        decoupled_weight_decay: bool = default(False),
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
             maximize=maximize, differentiable=differentiable, capturable=capturable,
+            eps_in_max=eps_in_max, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
 @_documented
@@ -280,12 +318,12 @@ class NAdam(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 2e-3,
-        betas: Betas = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        momentum_decay: float = 4e-3,
-        decoupled_weight_decay: bool = False,
+        lr: float | torch.Tensor = default(2e-3),
+        betas: Betas = default((0.9, 0.999)),
+        eps: float = default(1e-8),
+        weight_decay: float = default(0),
+        momentum_decay: float = default(4e-3),
+        decoupled_weight_decay: bool = default(False),
         *,
         foreach: bool | None = None,
         maximize: bool = False,
@@ -293,14 +331,16 @@ class NAdam(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        momentum_schedule: bool = default(True),
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize, foreach=foreach, capturable=capturable,
-            differentiable=differentiable,
+            differentiable=differentiable, momentum_schedule=momentum_schedule,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
 @_documented
@@ -312,11 +352,11 @@ class RAdam(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 1e-3,
-        betas: Betas = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        decoupled_weight_decay: bool = False,
+        lr: float | torch.Tensor = default(1e-3),
+        betas: Betas = default((0.9, 0.999)),
+        eps: float = default(1e-8),
+        weight_decay: float = default(0),
+        decoupled_weight_decay: bool = default(False),
         *,
         foreach: bool | None = None,
         maximize: bool = False,
@@ -324,13 +364,17 @@ class RAdam(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        epsilon_hat: bool = default(True),
+        rectify_threshold: float = default(5.0),
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
             foreach=foreach, capturable=capturable,
             decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable,
+            epsilon_hat=epsilon_hat, rectify_threshold=rectify_threshold,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
 @_documented

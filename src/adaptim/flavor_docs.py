@@ -1,0 +1,253 @@
+"""The flavor page: per algorithm, the equations of every flavor and where they differ.
+
+:func:`render_markdown` writes ``docs/flavors.md`` (``adaptim optimizers
+--flavors > docs/flavors.md``) from the data of :mod:`adaptim.flavors`, so
+the page cannot drift from the presets; a test checks the committed page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from adaptim.flavors import (
+    AMSGRAD_DIFFERENCES,
+    DIFFERENCES,
+    FLAVOR_TITLES,
+    FLAVORS,
+    available,
+    differing_options,
+    preset,
+)
+
+Values = Mapping[str, Any]
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _weight_decay(v: Values) -> str:
+    if v.get("decoupled_weight_decay"):
+        return f"θ ← (1 − γλ)·θ before the step          (decoupled, λ = {_num(v['weight_decay'])})"
+    return f"g ← g + λ·θ                              (L2, λ = {_num(v['weight_decay'])})"
+
+
+def _adagrad(v: Values) -> list[str]:
+    root = "√(s + ε)" if v["eps_inside_sqrt"] else "(√s + ε)"
+    return [
+        _weight_decay(v),
+        f"s ← s + g²                               (s₀ = {_num(v['initial_accumulator_value'])})",
+        f"θ ← θ − γ·g / {root}".ljust(41) + f"(γ = {_num(v['lr'])}, ε = {_num(v['eps'])})",
+    ]
+
+
+def _rmsprop(v: Values) -> list[str]:
+    inside = v["eps_inside_sqrt"]
+    lines = [
+        _weight_decay(v),
+        f"v ← α·v + (1 − α)·g²                     (α = {_num(v['alpha'])}, v₀ = {_num(v['initial_accumulator_value'])})",
+        ("σ = " + ("√(v + ε)" if inside else "√v + ε")).ljust(41) + f"(ε = {_num(v['eps'])})",
+        "centered: ḡ ← α·ḡ + (1 − α)·g,  σ = " + ("√(v − ḡ² + ε)" if inside else "√(v − ḡ²) + ε"),
+    ]
+    if v["lr_in_momentum"]:
+        lines.append("momentum: b ← μ·b + γ·g/σ,  θ ← θ − b    (lr inside the buffer)")
+    else:
+        lines.append("momentum: b ← μ·b + g/σ,  θ ← θ − γ·b    (lr applied after the buffer)")
+    lines.append(f"no momentum: θ ← θ − γ·g/σ               (γ = {_num(v['lr'])})")
+    return lines
+
+
+def _adadelta(v: Values) -> list[str]:
+    return [
+        _weight_decay(v),
+        f"v ← ρ·v + (1 − ρ)·g²                     (ρ = {_num(v['rho'])})",
+        f"Δ = √(u + ε) / √(v + ε) · g              (ε = {_num(v['eps'])})",
+        "u ← ρ·u + (1 − ρ)·Δ²",
+        f"θ ← θ − γ·Δ                              (γ = {_num(v['lr'])})",
+    ]
+
+
+def _moments(v: Values) -> list[str]:
+    beta1, beta2 = v["betas"]
+    return [
+        _weight_decay(v),
+        f"m ← β₁·m + (1 − β₁)·g,  v ← β₂·v + (1 − β₂)·g²   (β₁ = {_num(beta1)}, β₂ = {_num(beta2)})",
+    ]
+
+
+def _adam(v: Values) -> list[str]:
+    lines = _moments(v)
+    eps = f"(γ = {_num(v['lr'])}, ε = {_num(v['eps'])})"
+    corrected_m, step = ("m", "γ/(1 − β₁ᵗ)") if v["bias_correction"] else ("m", "γ")
+    second = "v"
+    if v["amsgrad"]:
+        if v["amsgrad_max"] == "corrected":
+            lines.append("AMSGrad: v̂ ← max(v̂, v/(1 − β₂ᵗ))  (the bias-corrected v)")
+            lines.append(f"θ ← θ − {step} · {corrected_m}/(√v̂ + ε)   {eps}")
+            return lines
+        lines.append("AMSGrad: v̂ ← max(v̂, v)  (the raw v), used in place of v")
+        second = "v̂"
+    if not v["bias_correction"]:
+        lines.append(f"θ ← θ − γ · m/(√{second} + ε)   (no bias correction) {eps}")
+    elif v["epsilon_hat"]:
+        lines.append(f"θ ← θ − γ·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m/(√{second} + ε̂)   (epsilon hat) {eps}")
+    else:
+        lines.append(f"θ ← θ − γ/(1 − β₁ᵗ) · m/(√{second}/√(1 − β₂ᵗ) + ε)   (Algorithm 1) {eps}")
+    return lines
+
+
+def _adamax(v: Values) -> list[str]:
+    lines = _moments(v)[:1]
+    beta1, beta2 = v["betas"]
+    lines.append(
+        f"m ← β₁·m + (1 − β₁)·g                    (β₁ = {_num(beta1)}, β₂ = {_num(beta2)})"
+    )
+    eps = f"(γ = {_num(v['lr'])}, ε = {_num(v['eps'])})"
+    if v["eps_in_max"]:
+        lines += ["u ← max(β₂·u, |g| + ε)", f"θ ← θ − γ/(1 − β₁ᵗ) · m/u   {eps}"]
+    else:
+        lines += ["u ← max(β₂·u, |g|)", f"θ ← θ − γ/(1 − β₁ᵗ) · m/(u + ε)   {eps}"]
+    return lines
+
+
+def _nadam(v: Values) -> list[str]:
+    lines = _moments(v)
+    if v["momentum_schedule"]:
+        lines.append(f"μₜ = β₁·(1 − ½·0.96^(t·ψ)),  Πₜ = μ₁⋯μₜ   (ψ = {_num(v['momentum_decay'])})")
+    else:
+        lines.append("μₜ = β₁,  Πₜ = β₁ᵗ                       (no momentum schedule)")
+    lines.append(
+        "θ ← θ − γ(1 − μₜ)/(1 − Πₜ) · g/(√v̂ + ε) − γμₜ₊₁/(1 − Πₜμₜ₊₁) · m/(√v̂ + ε),  "
+        f"v̂ = v/(1 − β₂ᵗ)   (γ = {_num(v['lr'])}, ε = {_num(v['eps'])})"
+    )
+    return lines
+
+
+def _radam(v: Values) -> list[str]:
+    lines = _moments(v)
+    lines.append("m̂ = m/(1 − β₁ᵗ),  ρ∞ = 2/(1 − β₂) − 1,  ρₜ = ρ∞ − 2tβ₂ᵗ/(1 − β₂ᵗ),  rₜ = √(…)")
+    adaptive = "√(1 − β₂ᵗ)/(√v + ε)" if v["epsilon_hat"] else "1/(√(v/(1 − β₂ᵗ)) + ε)"
+    lines.append(
+        f"ρₜ > {_num(v['rectify_threshold'])}: θ ← θ − γ·rₜ·m̂·{adaptive};  otherwise θ ← θ − γ·m̂"
+        f"   (γ = {_num(v['lr'])}, ε = {_num(v['eps'])})"
+    )
+    return lines
+
+
+EQUATIONS: dict[str, Callable[[Values], list[str]]] = {
+    "adagrad": _adagrad,
+    "rmsprop": _rmsprop,
+    "adadelta": _adadelta,
+    "adam": _adam,
+    "adamw": _adam,
+    "adamax": _adamax,
+    "nadam": _nadam,
+    "radam": _radam,
+}
+
+TITLES = {
+    "adagrad": "AdaGrad",
+    "rmsprop": "RMSprop",
+    "adadelta": "Adadelta",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "adamax": "Adamax",
+    "nadam": "NAdam",
+    "radam": "RAdam",
+}
+
+_INTRO = """\
+# Flavors: the same optimizer in PyTorch, Keras 3, TF1, optax and the papers
+
+<!-- generated by `adaptim optimizers --flavors > docs/flavors.md`; do not edit -->
+
+`flavor=` sets every hyperparameter you do not pass to the defaults of one
+framework; the options below are also arguments of their own (an argument you
+pass always wins). γ is `lr`, λ `weight_decay`, ε `eps`; `t` counts steps
+from 1. The presets are data in `adaptim.flavors`; each option is documented
+in the update rule's docstring (`help(adaptim.RMSprop)`).
+
+Flavors: {flavors}.
+"""
+
+
+def _table(algorithm: str, amsgrad: bool = False) -> list[str]:
+    flavors = available(algorithm, amsgrad=amsgrad)
+    options = differing_options(algorithm)
+    if amsgrad:
+        presets = {f: preset(algorithm, f, amsgrad=True) for f in flavors}
+        keys = [k for k in presets[flavors[0]] if len({repr(p[k]) for p in presets.values()}) > 1]
+        options = {k: {f: presets[f][k] for f in flavors} for k in keys}
+    lines = ["| option | " + " | ".join(flavors) + " |", "|---" * (len(flavors) + 1) + "|"]
+    for key, values in options.items():
+        cells = [f"`{_num(values[f])}`" for f in flavors]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+SOURCES = """\
+## Where each difference was read, and how it is tested
+
+Read in the installed sources: Keras 3.15.1 (`keras/src/optimizers/*.py`,
+`keras/src/backend/torch/optimizers/torch_*.py`, weight decay in
+`torch_optimizer.py` `_apply_weight_decay` and `base_optimizer.py`), optax
+0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py`,
+`optax/transforms/_accumulation.py` `trace`, `optax/transforms/_adding.py`
+`add_decayed_weights`, `optax/tree_utils/_tree_math.py`) and TensorFlow
+2.21.0 (`tensorflow/python/training/{adagrad,rmsprop,adam,adadelta}.py`).
+
+| point | torch | Keras 3 | TF1 | optax | paper |
+|---|---|---|---|---|---|
+| AdaGrad eps | outside √, 1e-10 | inside √, 1e-7 | none | inside √, 1e-7 (`rsqrt(s + eps)`, 0 where s = 0) | δ outside √ (Duchi et al.) |
+| AdaGrad initial accumulator | 0 | 0.1 | 0.1 | 0.1 | 0 |
+| RMSprop decay | 0.99 | 0.9 | 0.9 | 0.9 | 0.9 |
+| RMSprop eps | outside √, 1e-8 | inside √, 1e-7 | inside √, 1e-10 | inside √ (`eps_in_sqrt=True`), 1e-8 | none (Tieleman & Hinton); inside √ (Graves) |
+| RMSprop initial v | 0 | 0 | 1 | 0 (`initial_scale`) | 0 |
+| RMSprop momentum | lr after the buffer | lr inside the buffer | lr inside | lr inside (`trace` after `scale_by_learning_rate`) | lr inside (Graves) |
+| Adam eps | after bias correction (Alg. 1) | epsilon hat | epsilon hat | after bias correction (`eps_root=0`) | Alg. 1 |
+| AMSGrad max over | raw v | raw v | (no AMSGrad) | bias-corrected v | raw v, no bias correction, no ε (Reddi et al. Alg. 2) |
+| Adamax eps | in the max, on abs(g) | added to u in the denominator | (no Adamax) | in the max, on abs(g) | none |
+| NAdam | μₜ schedule, ψ = 0.004 | μₜ schedule with 0.96^t, i.e. ψ = 1 | (no NAdam) | no schedule (μ = β₁) | ψ = 0.004 (0.96^(t/250)) |
+| RAdam | eps on the raw √v, ρₜ > 5 | (no RAdam) | (no RAdam) | eps after bias correction, ρₜ ≥ 5 | no ε, ρₜ > 4 |
+| Adadelta defaults | lr 1, ρ 0.9, ε 1e-6 | lr 1e-3, ρ 0.95, ε 1e-7 | lr 1e-3, ρ 0.95, ε 1e-8 | ρ 0.9, ε 1e-6 (lr None = identity) | ρ 0.95, ε 1e-6 |
+| weight decay | L2 in the gradient (AdamW: θ ← (1 − γλ)θ) | θ ← (1 − γλ)θ before every optimizer's step | (none) | `adamw`: λθ added before scaling by γ (= decoupled); `adadelta`: λθ added before the preconditioner (= L2) | — |
+
+Tests: `tests/test_flavors_keras.py` (Keras 3 on the torch backend),
+`tests/test_flavors_optax.py` (optax, JAX on CPU with x64),
+`tests/test_flavors_paper.py` (float64 transcriptions), and
+`benchmarks/tf1_parity.py` (TensorFlow's `tf.compat.v1.train`, run by hand);
+`benchmarks/flavor_parity_table.py` prints the worst error per variant.
+"""
+
+
+def render_markdown() -> str:
+    """The whole page, as ``docs/flavors.md`` holds it."""
+    names = ", ".join(f"`{f}` ({FLAVOR_TITLES[f]})" for f in FLAVORS)
+    out = [_INTRO.format(flavors=names)]
+    for algorithm in DIFFERENCES:
+        flavors = available(algorithm)
+        missing = [f for f in FLAVORS if f not in flavors]
+        out.append(f"## {TITLES[algorithm]}\n")
+        if missing:
+            out.append("No such optimizer in: " + ", ".join(f"`{f}`" for f in missing) + ".\n")
+        out.append("Where the flavors differ:\n")
+        out += _table(algorithm)
+        out.append("")
+        for flavor in flavors:
+            out.append(f"`{flavor}`:\n\n```")
+            out += EQUATIONS[algorithm](preset(algorithm, flavor))
+            out.append("```\n")
+        if algorithm in ("adam", "adamw"):
+            out.append(f"With `amsgrad=True` ({TITLES[algorithm]}); where AMSGrad differs:\n")
+            out += _table(algorithm, amsgrad=True)
+            out.append("")
+            for flavor in available(algorithm, amsgrad=True):
+                if AMSGRAD_DIFFERENCES[flavor] or flavor == "torch":
+                    out.append(f"`{flavor}` with `amsgrad=True`:\n\n```")
+                    out += EQUATIONS[algorithm](
+                        {**preset(algorithm, flavor, amsgrad=True), "amsgrad": True}
+                    )
+                    out.append("```\n")
+    out.append(SOURCES)
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,269 @@
+"""Flavors: each framework's variant of an algorithm, as plain data.
+
+PyTorch, Keras 3, legacy TensorFlow 1 (``tf.compat.v1.train``), optax and the
+original papers disagree on small points of AdaGrad, RMSprop, Adam & co.:
+where ``eps`` sits, how the accumulator starts, where ``lr`` enters the momentum
+buffer, what AMSGrad maximises over, whether NAdam's momentum follows a
+schedule, and how weight decay is applied. Every such point is an option of the
+update rule in :mod:`adaptim.algorithms`, documented there; a *flavor* is
+nothing but a named set of option values and defaults:
+
+>>> import adaptim
+>>> preset("rmsprop", "keras")["eps_inside_sqrt"]
+True
+>>> # opt = adaptim.RMSprop(params, flavor="keras")              # Keras 3's RMSprop, exactly
+>>> # opt = adaptim.RMSprop(params, flavor="keras", eps=1e-8)    # an explicit argument wins
+
+:data:`DIFFERENCES` lists, per algorithm and flavor, the values that differ
+from torch's defaults; a flavor missing there does not exist in that framework
+and is refused with a clear error. :func:`preset` gives the full set of values
+and :func:`resolve` merges it with the arguments a user passed explicitly.
+Where a framework has no default learning rate (optax everywhere, TF1's
+AdagradOptimizer and RMSPropOptimizer), the flavor keeps torch's.
+
+The sources each row was read from, and the parity tests against the real
+libraries, are listed in ``docs/flavors.md`` (``adaptim optimizers --flavors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
+
+from adaptim.algorithms import ALGORITHMS
+
+#: The flavor names, in the order they are documented; ``"torch"`` is the default.
+FLAVORS: tuple[str, ...] = ("torch", "keras", "tf1", "optax", "paper")
+
+#: The framework each flavor names, in a sentence's words.
+FRAMEWORKS: dict[str, str] = {
+    "torch": "PyTorch",
+    "keras": "Keras 3",
+    "tf1": "TensorFlow 1 (tf.compat.v1.train)",
+    "optax": "optax",
+    "paper": "the paper",
+}
+
+#: What each flavor stands for.
+FLAVOR_TITLES: dict[str, str] = {
+    "torch": "PyTorch torch.optim (the default)",
+    "keras": "Keras 3 (keras.optimizers, any backend)",
+    "tf1": "TensorFlow 1 (tf.compat.v1.train)",
+    "optax": "optax (the aliases in optax/_src/alias.py)",
+    "paper": "the algorithm as printed in its paper",
+}
+
+_KERAS_COMMON: dict[str, Any] = {"lr": 1e-3, "eps": 1e-7, "decoupled_weight_decay": True}
+
+#: Per algorithm, per flavor: the values that differ from torch's defaults.
+DIFFERENCES: dict[str, dict[str, dict[str, Any]]] = {
+    "adagrad": {
+        "torch": {},
+        "keras": {**_KERAS_COMMON, "eps_inside_sqrt": True, "initial_accumulator_value": 0.1},
+        "tf1": {"eps": 0.0, "initial_accumulator_value": 0.1},
+        "optax": {"eps": 1e-7, "eps_inside_sqrt": True, "initial_accumulator_value": 0.1},
+        "paper": {},  # Duchi et al. 2011: δ outside the root, G_0 = 0
+    },
+    "rmsprop": {
+        "torch": {},
+        "keras": {**_KERAS_COMMON, "alpha": 0.9, "eps_inside_sqrt": True, "lr_in_momentum": True},
+        "tf1": {
+            "alpha": 0.9,
+            "eps": 1e-10,
+            "eps_inside_sqrt": True,
+            "lr_in_momentum": True,
+            "initial_accumulator_value": 1.0,
+        },
+        "optax": {"alpha": 0.9, "eps": 1e-8, "eps_inside_sqrt": True, "lr_in_momentum": True},
+        # Tieleman & Hinton 2012 print no eps; momentum and centering follow Graves 2013.
+        "paper": {"alpha": 0.9, "eps": 0.0, "eps_inside_sqrt": True, "lr_in_momentum": True},
+    },
+    "adadelta": {
+        "torch": {},
+        "keras": {**_KERAS_COMMON, "rho": 0.95},
+        "tf1": {"lr": 1e-3, "rho": 0.95, "eps": 1e-8},
+        "optax": {},  # rho 0.9, eps 1e-6, L2 weight decay: torch's arithmetic and defaults
+        "paper": {"rho": 0.95},  # Zeiler 2012: no lr (1), eps 1e-6
+    },
+    "adam": {
+        "torch": {},
+        "keras": {**_KERAS_COMMON, "epsilon_hat": True},
+        "tf1": {"epsilon_hat": True},
+        "optax": {},
+        "paper": {},  # Kingma & Ba 2015, Algorithm 1
+    },
+    "adamw": {
+        "torch": {},
+        "keras": {**_KERAS_COMMON, "epsilon_hat": True, "weight_decay": 4e-3},
+        "optax": {"weight_decay": 1e-4},
+        "paper": {},  # Loshchilov & Hutter 2019 with torch's λ
+    },
+    "adamax": {
+        "torch": {},
+        "keras": {**_KERAS_COMMON, "eps_in_max": False},
+        "optax": {},
+        "paper": {"eps": 0.0},  # Kingma & Ba 2015, Algorithm 2
+    },
+    "nadam": {
+        "torch": {},
+        "keras": {**_KERAS_COMMON, "momentum_decay": 1.0},
+        "optax": {"momentum_schedule": False},
+        "paper": {},  # Dozat 2016: mu_t = beta1 (1 - 0.96^(t/250) / 2)
+    },
+    "radam": {
+        "torch": {},
+        "optax": {"epsilon_hat": False},
+        "paper": {"eps": 0.0, "rectify_threshold": 4.0},  # Liu et al. 2020, Algorithm 2
+    },
+}
+
+#: Adam and AdamW with ``amsgrad=True``: AMSGrad's own differences, applied on top.
+AMSGRAD_DIFFERENCES: dict[str, dict[str, Any]] = {
+    "torch": {},
+    "keras": {},
+    "optax": {"amsgrad_max": "corrected"},
+    "paper": {"bias_correction": False, "eps": 0.0},  # Reddi et al. 2018, Algorithm 2
+}
+
+#: The class names, for error messages.
+_TITLES = {
+    "adagrad": "AdaGrad",
+    "rmsprop": "RMSprop",
+    "adadelta": "Adadelta",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "adamax": "Adamax",
+    "nadam": "NAdam",
+    "radam": "RAdam",
+}
+
+
+def check_flavor(flavor: Any) -> str:
+    """``flavor`` if it names a flavor; otherwise a ``ValueError`` listing the allowed ones."""
+    if not isinstance(flavor, str) or flavor not in FLAVORS:
+        allowed = ", ".join(repr(f) for f in FLAVORS)
+        raise ValueError(f"Invalid flavor: {flavor!r}; allowed: {allowed}.")
+    return flavor
+
+
+def available(algorithm: str, *, amsgrad: bool = False) -> tuple[str, ...]:
+    """The flavors that exist for ``algorithm`` (with AMSGrad switched on, where asked)."""
+    flavors = DIFFERENCES.get(algorithm, {"torch": {}})
+    return tuple(f for f in FLAVORS if f in flavors and (not amsgrad or f in AMSGRAD_DIFFERENCES))
+
+
+def preset(algorithm: str, flavor: str, *, amsgrad: bool = False) -> dict[str, Any]:
+    """Every hyperparameter of ``algorithm`` as ``flavor`` sets it by default.
+
+    ``amsgrad`` selects the AMSGrad variant of Adam and AdamW, whose optax and
+    paper flavors differ further. Raises ``ValueError`` for an unknown flavor
+    or one the framework does not have for this algorithm.
+    """
+    check_flavor(flavor)
+    values = dict(ALGORITHMS[algorithm].defaults)
+    if flavor not in available(algorithm, amsgrad=amsgrad):
+        name = _TITLES.get(algorithm, algorithm)
+        variant = f"{name} with amsgrad=True" if amsgrad else name
+        allowed = ", ".join(repr(f) for f in available(algorithm, amsgrad=amsgrad))
+        raise ValueError(
+            f"Invalid flavor for {variant}: {flavor!r}; {FRAMEWORKS[flavor]} has no "
+            f"{variant}. Allowed: {allowed}."
+        )
+    values.update(DIFFERENCES.get(algorithm, {}).get(flavor, {}))
+    if amsgrad:
+        values.update(AMSGRAD_DIFFERENCES[flavor])
+    return values
+
+
+class _DefaultNumber(float):
+    """A default number, shown as torch's in a signature, that a flavor may replace."""
+
+
+class _DefaultText(str):
+    """A default string option, shown as torch's, that a flavor may replace."""
+
+    __slots__ = ()
+
+
+class _DefaultPair(tuple[float, float]):
+    """A default ``betas`` pair, shown as torch's, that a flavor may replace."""
+
+
+class _DefaultFlag:
+    """A default switch, shown as torch's ``True``/``False``, that a flavor may replace."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __bool__(self) -> bool:
+        return self.value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.value == other)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+_T = TypeVar("_T")
+
+
+def default(value: _T) -> _T:
+    """Mark a signature default as unset: it reads as torch's value, and :func:`resolve` replaces it.
+
+    A user's explicit value, even one equal to torch's default, is never
+    replaced; ``None`` is not a marker and is validated like any other value.
+    """
+    marked: Any
+    if isinstance(value, bool):
+        marked = _DefaultFlag(value)
+    elif isinstance(value, (int, float)):
+        marked = _DefaultNumber(value)
+    elif isinstance(value, str):
+        marked = _DefaultText(value)
+    elif isinstance(value, tuple):
+        marked = _DefaultPair(value)
+    else:
+        raise TypeError(f"no default marker for {type(value).__name__}")
+    return cast(_T, marked)
+
+
+def is_unset(value: Any) -> bool:
+    """Whether ``value`` was left at its marked default rather than passed by the user."""
+    return isinstance(value, (_DefaultNumber, _DefaultText, _DefaultPair, _DefaultFlag))
+
+
+def resolve(
+    algorithm: str, flavor: str, arguments: Mapping[str, Any], *, amsgrad: bool = False
+) -> dict[str, Any]:
+    """``arguments`` with every unset hyperparameter taken from the ``flavor`` preset.
+
+    A hyperparameter is unset when it is missing or a marked :func:`default`; anything the user passed wins over the preset. Keys that
+    are not hyperparameters of ``algorithm`` pass through unchanged.
+    """
+    values = preset(algorithm, flavor, amsgrad=amsgrad)
+    resolved = dict(arguments)
+    for key, value in values.items():
+        if key not in resolved or is_unset(resolved[key]):
+            resolved[key] = value
+    return resolved
+
+
+def has_flavors(algorithm: str) -> bool:
+    """Whether ``algorithm`` has flavors other than torch's."""
+    return algorithm in DIFFERENCES
+
+
+def differing_options(algorithm: str) -> dict[str, dict[str, Any]]:
+    """Per hyperparameter that some flavor changes: its value in every available flavor."""
+    flavors = available(algorithm)
+    presets = {f: preset(algorithm, f) for f in flavors}
+    keys = [
+        k for k in ALGORITHMS[algorithm].defaults if len({repr(p[k]) for p in presets.values()}) > 1
+    ]
+    return {k: {f: presets[f][k] for f in flavors} for k in keys}

@@ -1,0 +1,283 @@
+"""Flavor presets and options: resolution, overrides, errors, state_dict, both front-ends."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import adaptim
+import adaptim.numpy as anp
+from adaptim import flavors
+from adaptim.algorithms import ALGORITHMS
+
+COMBINATIONS = [
+    (name, flavor)
+    for name in flavors.DIFFERENCES
+    for flavor in flavors.FLAVORS
+    if flavor in flavors.available(name)
+]
+
+
+def _param() -> torch.Tensor:
+    return torch.zeros(3, requires_grad=True)
+
+
+def test_presets_are_data_over_the_rules_hyperparameters() -> None:
+    for name, table in flavors.DIFFERENCES.items():
+        assert table["torch"] == {}, name
+        for flavor, values in table.items():
+            assert flavor in flavors.FLAVORS
+            assert set(values) <= set(ALGORITHMS[name].defaults), (name, flavor)
+            ALGORITHMS[name].validate(flavors.preset(name, flavor))
+    for values in flavors.AMSGRAD_DIFFERENCES.values():
+        assert set(values) <= set(ALGORITHMS["adam"].defaults)
+
+
+@pytest.mark.parametrize(("name", "flavor"), COMBINATIONS)
+def test_the_preset_lands_in_param_groups(name: str, flavor: str) -> None:
+    expected = flavors.preset(name, flavor)
+    for group in (
+        adaptim.OPTIMIZERS[name]([_param()], flavor=flavor).param_groups[0],
+        anp.OPTIMIZERS[name]([np.zeros(3)], flavor=flavor).param_groups[0],
+    ):
+        assert group["flavor"] == flavor
+        assert {k: group[k] for k in expected} == expected
+        assert all(type(group[k]) in (bool, float, int, str, tuple) for k in expected)
+
+
+def test_default_flavor_is_torch() -> None:
+    group = adaptim.RMSprop([_param()]).param_groups[0]
+    assert group["flavor"] == "torch"
+    assert {k: group[k] for k in ALGORITHMS["rmsprop"].defaults} == ALGORITHMS["rmsprop"].defaults
+
+
+def test_known_values_of_the_presets() -> None:
+    assert flavors.preset("rmsprop", "tf1")["initial_accumulator_value"] == 1.0
+    assert flavors.preset("adagrad", "keras")["eps"] == 1e-7
+    assert flavors.preset("adam", "keras")["epsilon_hat"] is True
+    assert flavors.preset("adam", "optax", amsgrad=True)["amsgrad_max"] == "corrected"
+    assert flavors.preset("adam", "optax")["amsgrad_max"] == "raw"
+    assert flavors.preset("nadam", "keras")["momentum_decay"] == 1.0
+    assert flavors.preset("nadam", "optax")["momentum_schedule"] is False
+    assert flavors.preset("adamw", "keras")["weight_decay"] == 4e-3
+    assert flavors.preset("adamw", "optax")["weight_decay"] == 1e-4
+    assert flavors.preset("radam", "paper")["rectify_threshold"] == 4.0
+
+
+def test_explicit_arguments_win_even_when_equal_to_torchs_default() -> None:
+    group = adaptim.RMSprop(
+        [_param()], flavor="keras", eps=1e-8, alpha=0.99, eps_inside_sqrt=False
+    ).param_groups[0]
+    assert (group["eps"], group["alpha"], group["eps_inside_sqrt"]) == (1e-8, 0.99, False)
+    assert group["lr"] == 1e-3 and group["lr_in_momentum"] is True  # the rest is Keras'
+    group = adaptim.Adam([_param()], flavor="keras", lr=1e-3, betas=(0.9, 0.999)).param_groups[0]
+    assert group["eps"] == 1e-7 and group["epsilon_hat"] is True
+    np_group = anp.Adam([np.zeros(2)], flavor="keras", eps=1e-8).param_groups[0]
+    assert np_group["eps"] == 1e-8 and np_group["epsilon_hat"] is True
+
+
+def test_a_param_group_may_name_its_own_flavor() -> None:
+    a, b = _param(), _param()
+    opt = adaptim.Adagrad([{"params": [a]}, {"params": [b], "flavor": "optax", "lr": 0.5}])
+    first, second = opt.param_groups
+    assert first["flavor"] == "torch" and first["eps_inside_sqrt"] is False
+    assert second["flavor"] == "optax" and second["eps_inside_sqrt"] is True
+    assert second["lr"] == 0.5 and second["eps"] == 1e-7
+    assert float(opt.state[b]["sum"][0]) == pytest.approx(0.1)  # optax's initial accumulator
+    groups = anp.Adagrad([{"params": [np.zeros(2)]}, {"params": [np.zeros(2)], "flavor": "optax"}])
+    assert groups.param_groups[1]["initial_accumulator_value"] == 0.1
+
+
+def test_tf1_rmsprop_starts_its_accumulator_at_one() -> None:
+    p = _param()
+    opt = adaptim.RMSprop([p], flavor="tf1", lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    assert torch.allclose(opt.state[p]["square_avg"], torch.ones(3))  # 0.9 * 1 + 0.1 * 1
+
+
+@pytest.mark.parametrize("bad", ["kerass", "Keras", "", None, 3])
+def test_an_unknown_flavor_is_refused(bad: Any) -> None:
+    message = f"Invalid flavor: {bad!r}; allowed: 'torch', 'keras', 'tf1', 'optax', 'paper'."
+    with pytest.raises(ValueError) as torch_error:
+        adaptim.Adam([_param()], flavor=bad)
+    assert str(torch_error.value) == message
+    with pytest.raises(ValueError) as numpy_error:
+        anp.Adam([np.zeros(2)], flavor=bad)
+    assert str(numpy_error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("name", "flavor", "settings", "message"),
+    [
+        ("radam", "keras", {}, "Keras 3 has no RAdam. Allowed: 'torch', 'optax', 'paper'."),
+        ("adamax", "tf1", {}, "has no Adamax. Allowed: 'torch', 'keras', 'optax', 'paper'."),
+        ("adamw", "tf1", {}, "has no AdamW."),
+        ("adam", "tf1", {"amsgrad": True}, "has no Adam with amsgrad=True."),
+        ("sgd", "keras", {}, "Keras 3 has no sgd. Allowed: 'torch'."),
+    ],
+)
+def test_a_flavor_the_framework_lacks_is_refused(
+    name: str, flavor: str, settings: dict[str, Any], message: str
+) -> None:
+    if name != "sgd":
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            adaptim.OPTIMIZERS[name]([_param()], flavor=flavor, **settings)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        anp.OPTIMIZERS[name]([np.zeros(2)], flavor=flavor, **settings)
+
+
+def test_invalid_option_values_are_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"Invalid amsgrad_max: 'max'; allowed: 'raw', 'corrected'"
+    ):
+        adaptim.Adam([_param()], amsgrad_max="max")
+    with pytest.raises(TypeError, match="Invalid eps_inside_sqrt: 1; expected True or False"):
+        anp.RMSprop([np.zeros(2)], eps_inside_sqrt=1)
+    with pytest.raises(ValueError, match=r"Invalid rectify_threshold: 3\.0"):
+        adaptim.RAdam([_param()], rectify_threshold=3.0)
+
+
+def _steps(opt: Any, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    for g in grads:
+        for p in params:
+            p.grad = g.clone()
+        opt.step()
+
+
+def test_state_dict_round_trip_keeps_the_flavor() -> None:
+    grads = [torch.randn(3, generator=torch.Generator().manual_seed(i)) for i in range(10)]
+    straight = _param()
+    reference = adaptim.RMSprop([straight], flavor="tf1", momentum=0.5, lr=0.01)
+    _steps(reference, [straight], grads)
+
+    first = _param()
+    opt = adaptim.RMSprop([first], flavor="tf1", momentum=0.5, lr=0.01)
+    _steps(opt, [first], grads[:5])
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["flavor"] == "tf1"
+    resumed_param = first.detach().clone().requires_grad_(True)
+    resumed = adaptim.RMSprop([resumed_param])  # torch flavor until the state is loaded
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["flavor"] == "tf1"
+    assert resumed.param_groups[0]["initial_accumulator_value"] == 1.0
+    _steps(resumed, [resumed_param], grads[5:])
+    assert torch.equal(resumed_param, straight)
+
+
+def test_a_torch_optim_state_dict_loads_with_torch_options() -> None:
+    p = _param()
+    theirs = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    theirs.step()
+    ours = adaptim.Adam([_param()], flavor="keras")
+    ours.load_state_dict(theirs.state_dict())
+    group = ours.param_groups[0]
+    assert group["lr"] == 0.1
+    # torch.optim's groups have no flavor keys: they come from this optimizer's defaults
+    assert group["flavor"] == "keras" and group["epsilon_hat"] is True
+
+
+# -- the NumPy and torch front-ends agree on every option ---------------------------------
+
+OPTION_VALUES: dict[str, list[Any]] = {
+    "eps_inside_sqrt": [False, True],
+    "lr_in_momentum": [False, True],
+    "decoupled_weight_decay": [False, True],
+    "epsilon_hat": [False, True],
+    "amsgrad_max": ["raw", "corrected"],
+    "bias_correction": [False, True],
+    "eps_in_max": [False, True],
+    "momentum_schedule": [False, True],
+    "initial_accumulator_value": [0.0, 1.0],
+    "rectify_threshold": [4.0, 5.0],
+}
+EXTRA: dict[str, dict[str, Any]] = {
+    "rmsprop": {"momentum": 0.5, "centered": True},
+    "adam": {"amsgrad": True},
+    "adamw": {"amsgrad": True},
+}
+AGREEMENT = [
+    pytest.param(name, flavor, id=f"{name}-{flavor}")
+    for name, flavor in COMBINATIONS
+    if flavor in ("torch", "keras")
+]
+
+
+@pytest.mark.parametrize(("name", "flavor"), AGREEMENT)
+@settings(max_examples=4)
+@given(data=st.data())
+def test_numpy_and_torch_front_ends_agree(name: str, flavor: str, data: st.DataObject) -> None:
+    # AdamW's decoupled_weight_decay is fixed by its class
+    options = [
+        k
+        for k in OPTION_VALUES
+        if k in ALGORITHMS[name].defaults and (name, k) != ("adamw", "decoupled_weight_decay")
+    ]
+    drawn = {k: data.draw(st.sampled_from(OPTION_VALUES[k]), label=k) for k in options}
+    settings_ = {
+        **EXTRA.get(name, {}),
+        **drawn,
+        "flavor": flavor,
+        "weight_decay": data.draw(st.sampled_from([0.0, 0.01]), label="weight_decay"),
+        "eps": data.draw(st.sampled_from([1e-8, 1e-1]), label="eps"),
+    }
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((3, 2))
+    grads = [rng.standard_normal((3, 2)) + 0.5 for _ in range(100)]
+    w = start.copy()
+    numpy_opt = anp.OPTIMIZERS[name]([w], **settings_)
+    p = torch.tensor(start, requires_grad=True)
+    torch_opt = adaptim.OPTIMIZERS[name]([p], **settings_)
+    for g in grads:
+        numpy_opt.step([g])
+        p.grad = torch.tensor(g)
+        torch_opt.step()
+    np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_every_option_is_exercised_for_agreement() -> None:
+    own = {k for table in flavors.DIFFERENCES.values() for d in table.values() for k in d}
+    own |= set(itertools.chain.from_iterable(flavors.AMSGRAD_DIFFERENCES.values()))
+    structural = own - {"lr", "eps", "alpha", "rho", "weight_decay", "momentum_decay"}
+    assert structural <= set(OPTION_VALUES)
+
+
+def test_the_flavor_page_is_up_to_date() -> None:
+    """``docs/flavors.md`` is generated: ``adaptim optimizers --flavors > docs/flavors.md``."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from adaptim.cli import app
+    from adaptim.flavor_docs import render_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "flavors.md"
+    assert page.read_text(encoding="utf-8") == render_markdown(), "regenerate docs/flavors.md"
+    result = CliRunner().invoke(app, ["optimizers", "--flavors"])
+    assert result.exit_code == 0
+    assert result.output == render_markdown()
+    assert "θ ← θ − γ·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m/(√v + ε̂)" in result.output
+
+
+def test_the_lab_builds_a_flavor_by_name_at_flavor() -> None:
+    from adaptim.lab.errors import LabError
+    from adaptim.lab.optimizers import make_optimizer
+
+    group = make_optimizer("rmsprop@keras", [_param()], {"lr": 0.1}).param_groups[0]
+    assert (group["flavor"], group["lr"], group["eps"], group["lr_in_momentum"]) == (
+        "keras",
+        0.1,
+        1e-7,
+        True,
+    )
+    with pytest.raises(LabError, match=r"flavor 'keras' does not exist for 'sgd' \(valid: torch\)"):
+        make_optimizer("sgd@keras", [_param()], {"lr": 0.1})
+    with pytest.raises(LabError, match="flavor 'tf1' does not exist for 'amsgrad'"):
+        make_optimizer("amsgrad@tf1", [_param()], {"lr": 0.1})
