@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from test_torch_parity import PHASES, HypothesisSource
 
 import adaptim
+from adaptim import flavors
 from adaptim.torch import _fast, _trace
 
 STEPS = 40
@@ -346,3 +347,39 @@ def test_parameters_sharing_storage_are_not_separated() -> None:
     assert optimizer.fused_status() == ["fused: 1 parameters in 1 bucket(s)"]
     for p in (*tied, own):
         assert torch.allclose(p.detach(), torch.full_like(p, -0.5 * (1 + 1.9 + 2.71)))
+
+
+#: Options switched on beside a flavor's preset, so momentum, centring, AMSGrad
+#: and weight decay run in every framework's variant too.
+FLAVOR_EXTRAS: dict[str, dict[str, Any]] = {
+    "adagrad": {"weight_decay": 1e-2, "lr_decay": 1e-3},
+    "rmsprop": {"momentum": 0.5, "centered": True, "weight_decay": 1e-2},
+    "adadelta": {"weight_decay": 1e-2},
+    "adam": {"amsgrad": True, "weight_decay": 1e-2},
+    "adamw": {"amsgrad": True},
+    "adamax": {"weight_decay": 1e-2},
+    "nadam": {"weight_decay": 1e-2},
+    "radam": {"weight_decay": 1e-2},
+}
+
+FLAVOR_CASES = [
+    pytest.param(name, flavor, extras, id=f"{name}-{flavor}-{'options' if extras else 'preset'}")
+    for name in FLAVOR_EXTRAS
+    for flavor in flavors.available(name)
+    if flavor != "torch"
+    for extras in ({}, FLAVOR_EXTRAS[name])
+    if flavor in flavors.available(name, amsgrad=bool(extras.get("amsgrad")))
+]
+
+
+@pytest.mark.parametrize(("name", "flavor", "extras"), FLAVOR_CASES)
+def test_every_flavor_runs_fused(name: str, flavor: str, extras: dict[str, Any]) -> None:
+    """Keras, TF1, optax and paper variants take the fused path and equal their eager run."""
+    cls = adaptim.OPTIMIZERS[name]
+    fused_model, eager_model = make_model(), make_model()
+    fused = cls(fused_model.parameters(), flavor=flavor, fused=True, **extras)
+    eager = cls(eager_model.parameters(), flavor=flavor, fused=False, **extras)
+    train(fused_model, fused, 25)
+    train(eager_model, eager, 25)
+    assert fused.fused_status() == ["fused: 4 parameters in 1 bucket(s)"]
+    assert_close(fused_model, eager_model, tolerance=1e-4)
