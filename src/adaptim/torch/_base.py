@@ -154,11 +154,6 @@ class Optimizer(torch.optim.Optimizer):
                 )
             if group["fused"] and group.get("foreach"):
                 raise ValueError("Invalid fused: True with foreach=True; choose at most one.")
-            if group["fused"] and self.algorithm.name in ("lars", "lamb"):
-                raise ValueError(
-                    f"Invalid fused: True; adaptim.{name} has no fused path (its trust ratio "
-                    "is a norm over each whole parameter). Use fused=None or False."
-                )
         self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adaptim.torch._trace import Unfusable, kernel_for, trace
+from adaptim.torch._trace import MissingState, Unfusable, kernel_for, trace
 
 if TYPE_CHECKING:
     from adaptim.torch._base import Optimizer
@@ -49,6 +49,14 @@ AUTO_MIN_NUMEL = 1 << 21
 MAX_REBUILDS = 8
 
 _FUSABLE_DEVICES = ("cpu", "cuda")
+
+#: Algorithms whose rule takes norms over each whole parameter (the trust
+#: ratio of LARS and LAMB): their buckets carry segment ids, so the kernel
+#: reduces per parameter, and they are split by ``p.ndim <= 1`` (the
+#: bias-and-norm exclusion).
+_PER_PARAMETER_NORMS = ("lars", "lamb")
+#: State entries holding one value per parameter (0-d), not one per element.
+_PER_PARAMETER_STATE = ("trust_ratio",)
 _GRAD = operator.attrgetter("grad")
 _DENSE_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 
@@ -63,6 +71,13 @@ class Bucket:
     flat_grad: torch.Tensor
     flat_state: list[torch.Tensor]
     step: float
+    #: Per-parameter (0-d) state: one (parameters,) tensor per key, whose
+    #: entries are the state's views.
+    parameter_keys: tuple[str, ...] = ()
+    flat_parameter_state: list[torch.Tensor] = field(default_factory=list)
+    #: For norms per parameter: each element's parameter index, and where each begins.
+    segments: tuple[torch.Tensor, torch.Tensor] | None = None
+    ndim: int = 2
     #: ``step`` and scalar state (NAdam's ``mu_product``) of every parameter, as
     #: 0-d views of one tensor per key: one op updates them all.
     flat_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -104,10 +119,16 @@ def _layout_ok(p: torch.Tensor) -> bool:
     return any(p.is_contiguous(memory_format=f) for f in _DENSE_FORMATS)
 
 
-def _state_ok(p: torch.Tensor, state: Mapping[str, Any], keys: Sequence[str]) -> bool:
+def _state_ok(
+    p: torch.Tensor, state: Mapping[str, Any], keys: Sequence[str], parameter_keys: Sequence[str]
+) -> bool:
     for key in keys:
         value = state.get(key)
         if not isinstance(value, torch.Tensor) or value.is_sparse or value.shape != p.shape:
+            return False
+    for key in parameter_keys:
+        value = state.get(key)
+        if value is not None and not (isinstance(value, torch.Tensor) and value.ndim == 0):
             return False
     return True
 
@@ -179,12 +200,18 @@ class FastPath:
         try:
             traced = trace(
                 algorithm.update,
-                tuple(algorithm.state(hp)),
+                tuple(k for k in algorithm.state(hp) if k not in _PER_PARAMETER_STATE),
                 {k: first[k] for k in algorithm.scalar_state},
                 negate_grad=bool(group.get("maximize", False)),
                 step=step,
                 hyperparams=hp,
+                parameter_state=bucket.parameter_keys,
+                segmented=bucket.segments is not None,
+                ndim=bucket.ndim,
             )
+        except MissingState:
+            path.stale = True  # an eager step creates the entry; the next step rebuilds
+            return False
         except Unfusable as why:
             self._give_up(path, group, f"the rule needs {why}")
             return False
@@ -193,7 +220,14 @@ class FastPath:
             slots = slots.to(bucket.flat_param.device, non_blocking=True)
         try:
             kernel = kernel_for(traced.structure, bucket.flat_param)
-            kernel(bucket.flat_param, bucket.flat_grad, *bucket.flat_state, slots)
+            kernel(
+                bucket.flat_param,
+                bucket.flat_grad,
+                *bucket.flat_state,
+                *bucket.flat_parameter_state,
+                *(bucket.segments or ()),
+                slots,
+            )
         except Exception as error:
             # Compilation runs before the kernel touches any buffer, so falling
             # back leaves nothing half-updated (no C++ compiler, say).
@@ -225,15 +259,15 @@ class FastPath:
         optimizer = self.optimizer
         algorithm = optimizer.algorithm
         why_not = compile_supported()
-        if why_not is None and algorithm.name in ("lars", "lamb"):
-            why_not = "its trust ratio is a norm over each whole parameter"
         if why_not is not None:
             self._give_up(path, group, why_not)
             return False
         if path.rebuilds >= MAX_REBUILDS and mode is None:
             self._give_up(path, group, f"its buckets were rebuilt {MAX_REBUILDS} times")
             return False
-        tensor_keys = tuple(algorithm.state(hp))
+        tensor_keys = tuple(k for k in algorithm.state(hp) if k not in _PER_PARAMETER_STATE)
+        parameter_keys = tuple(k for k in algorithm.state(hp) if k in _PER_PARAMETER_STATE)
+        segmented = algorithm.name in _PER_PARAMETER_NORMS
         params = [p for p in group["params"] if p.grad is not None]
         numel = sum(p.numel() for p in params)
         if mode is None and numel < AUTO_MIN_NUMEL:
@@ -255,7 +289,8 @@ class FastPath:
                 or grad.is_sparse
                 or not _layout_ok(p)
                 or storages.get(p.untyped_storage().data_ptr(), 1) > 1
-                or not _state_ok(p, state, tensor_keys)
+                or p.numel() == 0
+                or not _state_ok(p, state, tensor_keys, parameter_keys)
                 or (algorithm.step and "step" not in state)
             ):
                 continue
@@ -264,6 +299,8 @@ class FastPath:
                 p.dtype,
                 float(state["step"]) if algorithm.step else 0.0,
                 tuple(float(state[k]) for k in algorithm.scalar_state),
+                tuple(k for k in parameter_keys if k in state),
+                (1 if p.ndim <= 1 else 2) if segmented else 2,
             )
             partitions.setdefault(key, []).append(p)
         if not partitions:
@@ -274,7 +311,8 @@ class FastPath:
             )
             return False
         path.buckets = [
-            self._bucket(members, key[2], tensor_keys) for key, members in partitions.items()
+            self._bucket(members, key[2], tensor_keys, key[4], key[5], segmented)
+            for key, members in partitions.items()
         ]
         path.owned = {b.flat_param.untyped_storage().data_ptr() for b in path.buckets}
         covered = {id(p) for bucket in path.buckets for p in bucket.params}
@@ -284,7 +322,15 @@ class FastPath:
         path.reason = f"fused: {sum(len(b.params) for b in path.buckets)} parameters in {len(path.buckets)} bucket(s)"
         return True
 
-    def _bucket(self, params: list[torch.Tensor], step: float, keys: Sequence[str]) -> Bucket:
+    def _bucket(
+        self,
+        params: list[torch.Tensor],
+        step: float,
+        keys: Sequence[str],
+        parameter_keys: tuple[str, ...],
+        ndim: int,
+        segmented: bool,
+    ) -> Bucket:
         optimizer = self.optimizer
         states = [optimizer.state[p] for p in params]
         offsets, total = [], 0
@@ -320,12 +366,17 @@ class FastPath:
         scalar_keys = (["step"] if optimizer.algorithm.step else []) + list(
             optimizer.algorithm.scalar_state
         )
-        flat_scalars = {}
-        for key in scalar_keys:
-            flat = torch.stack([s[key] for s in states])  # same dtype and value throughout
-            for index, state in enumerate(states):
-                state[key] = flat[index]
-            flat_scalars[key] = flat
+        flat_scalars = {key: _stack_into_views(states, key) for key in scalar_keys}
+        flat_parameter_state = [
+            _stack_into_views(states, key, like.dtype, like.device) for key in parameter_keys
+        ]
+        segments = None
+        if segmented:
+            counts = torch.tensor([p.numel() for p in params], device=like.device)
+            ids = torch.repeat_interleave(
+                torch.arange(len(params), dtype=torch.int32, device=like.device), counts
+            )
+            segments = (ids, torch.tensor(offsets, dtype=torch.int64, device=like.device))
         return Bucket(
             params=params,
             states=states,
@@ -335,5 +386,22 @@ class FastPath:
             flat_grad=flat_grad,
             flat_state=flat_state,
             step=step,
+            parameter_keys=parameter_keys,
+            flat_parameter_state=flat_parameter_state,
+            segments=segments,
+            ndim=ndim,
             flat_scalars=flat_scalars,
         )
+
+
+def _stack_into_views(
+    states: list[dict[str, Any]],
+    key: str,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """One tensor holding every parameter's 0-d ``key``; the states keep views of it."""
+    flat = torch.stack([s[key].detach() for s in states]).to(dtype=dtype, device=device)
+    for index, state in enumerate(states):
+        state[key] = flat[index]
+    return flat

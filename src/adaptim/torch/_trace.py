@@ -40,6 +40,10 @@ class Unfusable(Exception):
     """The rule did something the fused kernel cannot express (a reduction, a value read on the host)."""
 
 
+class MissingState(Unfusable):
+    """The rule creates a state entry the buckets do not hold yet (LARS's first ``trust_ratio``)."""
+
+
 # An argument of a recorded operation: ("node", index), ("slot", index) or ("const", value).
 Ref = tuple[str, Any]
 Op = tuple[str, tuple[Ref, ...]]
@@ -50,6 +54,10 @@ class Recording:
     """The operations a rule performed on its array inputs, in order."""
 
     inputs: tuple[str, ...]
+    #: What ``p.ndim`` answers (LARS/LAMB exclude biases by it); buckets hold one kind.
+    ndim: int = 2
+    #: Whether the buffers carry segment ids, so a norm can be taken per parameter.
+    segmented: bool = False
     ops: list[Op] = field(default_factory=list)
     slots: list[float] = field(default_factory=list)
 
@@ -139,6 +147,16 @@ class Proxy:
     def __le__(self, other: Any) -> Proxy:
         return self._op("le", self, other)
 
+    def __and__(self, other: Any) -> Proxy:
+        return self._op("and", self, other)
+
+    def __or__(self, other: Any) -> Proxy:
+        return self._op("or", self, other)
+
+    @property
+    def ndim(self) -> int:
+        return self.recording.ndim
+
     def __bool__(self) -> bool:
         raise Unfusable("a branch on array values")
 
@@ -149,7 +167,9 @@ class Proxy:
 
 
 def _norm(x: Any) -> Any:
-    raise Unfusable("a norm over a whole parameter (LARS/LAMB trust ratios)")
+    if not x.recording.segmented:
+        raise Unfusable("a norm over a whole parameter, and the buffers have no segments")
+    return x.recording.record("norm", x)
 
 
 def _clip(x: Any, low: float | None, high: float | None) -> Any:
@@ -199,6 +219,15 @@ _TEMPLATES: Mapping[str, str] = {
     "ge": "({0} >= {1})",
     "lt": "({0} < {1})",
     "le": "({0} <= {1})",
+    "and": "({0} & {1})",
+    "or": "({0} | {1})",
+    # The Euclidean norm of each parameter's segment, broadcast back to its elements.
+    "norm": (
+        "torch.zeros(segment_starts.shape[0], dtype={0}.dtype, device={0}.device)"
+        ".index_add_(0, segment_ids, {0} * {0}).sqrt()[segment_ids]"
+    ),
+    # A per-parameter (0-d) state entry, broadcast to its parameter's elements.
+    "gather": "{0}[segment_ids]",
     "sqrt": "torch.sqrt({0})",
     "abs": "torch.abs({0})",
     "maximum": "torch.maximum({0}, {1})",
@@ -245,7 +274,10 @@ def generate_source(structure: Structure, name: str) -> str:
             continue
         lines.append(f"    v{index} = " + _TEMPLATES[op].format(*(text(a) for a in args)))
     for buffer, ref in structure.outputs:
-        lines.append(f"    {buffer}.copy_({text(ref)})")
+        if buffer.startswith("pstate_"):  # one value per parameter: read at its first element
+            lines.append(f"    {buffer}.copy_({text(ref)}[segment_starts])")
+        else:
+            lines.append(f"    {buffer}.copy_({text(ref)})")
     return "\n".join(lines) + "\n"
 
 
@@ -266,20 +298,34 @@ def trace(
     negate_grad: bool,
     step: float,
     hyperparams: Mapping[str, Any],
+    parameter_state: Sequence[str] = (),
+    segmented: bool = False,
+    ndim: int = 2,
 ) -> Traced:
     """Run ``update`` on proxies; return what the kernel must do and the new scalar state.
 
-    The buffers are named ``param``, ``grad`` and ``state_<key>``; scalar
-    state (NAdam's ``mu_product``) stays a real 0-d tensor computed on the
-    host, exactly as in the eager path.
+    The buffers are named ``param``, ``grad``, ``state_<key>`` (one value per
+    element) and ``pstate_<key>`` (one value per parameter, LARS's and LAMB's
+    ``trust_ratio``), then ``segment_ids`` and ``segment_starts`` when
+    ``segmented``. Scalar state (NAdam's ``mu_product``) stays a real 0-d
+    tensor computed on the host, exactly as in the eager path.
     """
-    inputs = ("param", "grad", *(f"state_{k}" for k in tensor_state))
-    recording = Recording(inputs=inputs)
+    inputs = (
+        "param",
+        "grad",
+        *(f"state_{k}" for k in tensor_state),
+        *(f"pstate_{k}" for k in parameter_state),
+        *(("segment_ids", "segment_starts") if segmented else ()),
+    )
+    recording = Recording(inputs=inputs, ndim=ndim, segmented=segmented)
     param = recording.input(0)
     grad = recording.input(1)
     if negate_grad:
         grad = -grad
     state: dict[str, Any] = {k: recording.input(2 + i) for i, k in enumerate(tensor_state)}
+    first = 2 + len(tensor_state)
+    for i, key in enumerate(parameter_state):
+        state[key] = recording.record("gather", recording.input(first + i))
     state.update(scalar_state)
     new_param, new_state = update(param, grad, state, step=step, xp=RECORDING_OPS, **hyperparams)
     outputs: list[tuple[str, Ref]] = []
@@ -289,8 +335,10 @@ def trace(
             new_scalars[key] = value
         elif key in tensor_state:
             outputs.append((f"state_{key}", _array_ref(recording, value)))
+        elif key in parameter_state:
+            outputs.append((f"pstate_{key}", _array_ref(recording, value)))
         else:
-            raise Unfusable(f"a state entry {key!r} the buffers do not hold")
+            raise MissingState(f"a state entry {key!r} the buffers do not hold")
     outputs.append(("param", _array_ref(recording, new_param)))
     # A buffer that comes back unchanged needs no write.
     writes = tuple((b, r) for b, r in outputs if r != ("input", inputs.index(b)))
