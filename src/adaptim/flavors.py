@@ -20,6 +20,11 @@ and is refused with a clear error. :func:`preset` gives the full set of values
 and :func:`resolve` merges it with the arguments a user passed explicitly.
 Where a framework has no default learning rate (optax everywhere, TF1's
 AdagradOptimizer and RMSPropOptimizer), the flavor keeps torch's.
+``"paper"`` uses the constants the paper prints; where it prints no ``eps``
+(Tieleman & Hinton's RMSprop, Adamax, Reddi et al.'s AMSGrad, RAdam) that is
+``eps=0``, so a coordinate whose gradients have all been exactly zero divides
+0 by 0: pass ``eps`` to guard against it. Reddi et al.'s step size
+α/√t and decaying β₁ₜ are schedules for the caller to add.
 
 The sources each row was read from, and the parity tests against the real
 libraries, are listed in ``docs/flavors.md`` (``adaptim optimizers --flavors``).
