@@ -18,7 +18,8 @@ implementations:
 * ``adaptim fused, fresh grads``: the same with a newly allocated gradient
   per step (``zero_grad()``'s default), which costs one copy of the gradients;
 * ``adaptim eager``: ``fused=False``, one rule call per tensor;
-* ``torch for-loop``, ``torch foreach``, ``torch fused``: each that torch.optim has;
+* ``torch for-loop``, ``torch foreach``, ``torch fused``: each that torch.optim has
+  (LARS and LAMB are not in torch.optim: fused against eager and the roofline only);
 * ``roofline``: one compiled element-wise pass over flat buffers that reads and
   writes exactly the bytes of the algorithm (every state tensor, the parameter
   and the gradient read; parameter and state written) and does nothing else.
@@ -59,6 +60,9 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
     "adamax": ("Adamax", {"lr": 1e-3}, 2),
     "nadam": ("NAdam", {"lr": 1e-3}, 2),
     "radam": ("RAdam", {"lr": 1e-3}, 2),
+    # not in torch.optim: compared with adaptim's eager path and the roofline only
+    "lars": ("LARS", {"lr": 0.1}, 1),
+    "lamb": ("LAMB", {"lr": 1e-3}, 2),
 }
 
 
@@ -150,7 +154,9 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
             "adaptim eager", lambda p: ours(p, **settings, fused=False), count, size, device
         ),
     ]
-    theirs = getattr(torch.optim, name)
+    theirs = getattr(torch.optim, name, None)
+    if theirs is None:
+        return runners
     runners.append(optimizer_runner("torch for-loop", lambda p: theirs(p, **settings, foreach=False),
                                     count, size, device))  # fmt: skip
     runners.append(optimizer_runner("torch foreach", lambda p: theirs(p, **settings, foreach=True),
@@ -182,14 +188,15 @@ def report(
     count, size = WORKLOADS[workload]
     traffic = bytes_per_param(states) * count * size
     medians = {r.label: statistics.median(r.times) for r in runners}
-    torch_best = min(t for label, t in medians.items() if label.startswith("torch"))
+    torch_times = [t for label, t in medians.items() if label.startswith("torch")]
+    torch_best = min(torch_times) if torch_times else None
     roof = medians["roofline"]
     rows = []
     for label, seconds in medians.items():
         rows.append({
             "device": device.type, "workload": workload, "algorithm": algorithm,
             "implementation": label, "ms": seconds * 1e3, "gb_per_s": traffic / seconds / 1e9,
-            "vs_best_torch": torch_best / seconds, "of_roofline": roof / seconds,
+            "vs_best_torch": None if torch_best is None else torch_best / seconds, "of_roofline": roof / seconds,
         })  # fmt: skip
     return rows
 
@@ -206,9 +213,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"\n## {row['device']}, workload ({row['workload']}): {count * size / 1e6:g}M float32 params in {count} tensors"
             )
             print(header)
+        ratio = "—" if row["vs_best_torch"] is None else f"{row['vs_best_torch']:.2f}x"
         print(
             f"{row['algorithm']:<13} {row['implementation']:<27} {row['ms']:8.2f} {row['gb_per_s']:7.1f} "
-            f"{row['vs_best_torch']:12.2f}x {row['of_roofline']:10.0%}"
+            f"{ratio:>13} {row['of_roofline']:11.0%}"
         )
 
 

@@ -274,10 +274,40 @@ def test_automatic_choice() -> None:
     assert large.fused_status()[0].startswith("fused: ")
 
 
-@pytest.mark.parametrize("name", ["LARS", "LAMB"])
-def test_fused_true_is_refused_where_there_is_no_fused_path(name: str) -> None:
-    with pytest.raises(ValueError, match=r"Invalid fused: True; adaptim\.\w+ has no fused path"):
-        getattr(adaptim, name)(make_model().parameters(), fused=True)
+LARS_LAMB_CASES = [
+    pytest.param("LARS", {"lr": 0.1}, id="LARS-plain"),
+    pytest.param("LARS", {"lr": 0.1, "momentum": 0.0}, id="LARS-no-momentum"),
+    pytest.param(
+        "LARS",
+        {"lr": 0.1, "trust_clip": True, "weight_decay": 1e-3, "exclude_bias_and_norm": True},
+        id="LARS-options",
+    ),
+    pytest.param("LAMB", {"lr": 1e-2}, id="LAMB-plain"),
+    pytest.param(
+        "LAMB",
+        {
+            "lr": 1e-2, "weight_decay": 1e-2, "exclude_bias_and_norm": True,
+            "weight_norm_clip": None, "bias_correction": False, "maximize": True,
+        },
+        id="LAMB-options",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "settings"), LARS_LAMB_CASES)
+def test_lars_and_lamb_norms_per_parameter(name: str, settings: dict[str, Any]) -> None:
+    """Trust ratios need a norm per parameter: the kernel reduces over each one's segment."""
+    fused_model, fused, eager_model, eager = fused_and_eager(name, **settings)
+    train(fused_model, fused, 20)
+    train(eager_model, eager, 20)
+    assert fused.fused_status() == ["fused: 4 parameters in 2 bucket(s)"]  # matrices, vectors
+    assert_close(fused_model, eager_model, tolerance=1e-5)
+    for p, q in zip(fused_model.parameters(), eager_model.parameters(), strict=True):
+        assert fused.state[p].keys() == eager.state[q].keys()
+        if "trust_ratio" in eager.state[q]:
+            ours, theirs = fused.state[p]["trust_ratio"], eager.state[q]["trust_ratio"]
+            assert ours.shape == theirs.shape == ()
+            assert abs(float(ours) - float(theirs)) <= 1e-5 * abs(float(theirs))
 
 
 def test_fused_must_be_a_bool_or_none() -> None:
