@@ -272,6 +272,14 @@ def test_automatic_choice() -> None:
             optimizer.step()
     assert small.fused_status()[0].startswith("eager: ")
     assert large.fused_status()[0].startswith("fused: ")
+    lars_params = [torch.nn.Parameter(torch.randn(_fast.AUTO_MIN_NUMEL))]
+    lars = adaptim.LARS(lars_params)
+    for _ in range(2):
+        lars_params[0].grad = torch.ones_like(lars_params[0])
+        lars.step()
+    assert lars.fused_status() == [
+        "eager: LARS/LAMB fuse only with fused=True (per-parameter norms)"
+    ]
 
 
 LARS_LAMB_CASES = [
