@@ -421,3 +421,28 @@ def test_every_flavor_runs_fused(name: str, flavor: str, extras: dict[str, Any])
     train(eager_model, eager, 25)
     assert fused.fused_status() == ["fused: 4 parameters in 1 bucket(s)"]
     assert_close(fused_model, eager_model, tolerance=1e-4)
+
+
+@pytest.mark.parametrize("name", ["LARS", "LAMB"])
+def test_norms_per_parameter_across_chunks(name: str) -> None:
+    """Parameters spanning several chunks, exactly one, and a partial one (padding masked)."""
+    shapes = [(50, 50), (1024,), (7,), (3, 700)]
+    generator = torch.Generator().manual_seed(0)
+    initial = [torch.randn(s, generator=generator) for s in shapes]
+    fused_params = [torch.nn.Parameter(x.clone()) for x in initial]
+    eager_params = [torch.nn.Parameter(x.clone()) for x in initial]
+    cls = getattr(adaptim, name)
+    fused = cls(fused_params, lr=1e-2, weight_decay=1e-3, fused=True)
+    eager = cls(eager_params, lr=1e-2, weight_decay=1e-3, fused=False)
+    for step in range(12):
+        grads = [torch.randn(s, generator=generator) * (step + 1) for s in shapes]
+        for ps, opt in ((fused_params, fused), (eager_params, eager)):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    assert fused.fused_status()[0].startswith("fused: 4 parameters")
+    for p, q in zip(fused_params, eager_params, strict=True):
+        scale = float(q.detach().abs().max())
+        assert float((p.detach() - q.detach()).abs().max()) <= 1e-5 * scale
+        ratio, expected = float(fused.state[p]["trust_ratio"]), float(eager.state[q]["trust_ratio"])
+        assert abs(ratio - expected) <= 1e-5 * abs(expected)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adaptim.torch._trace import MissingState, Unfusable, kernel_for, trace
+from adaptim.torch._trace import CHUNK, MissingState, Unfusable, kernel_for, trace
 
 if TYPE_CHECKING:
     from adaptim.torch._base import Optimizer
@@ -75,8 +75,9 @@ class Bucket:
     #: entries are the state's views.
     parameter_keys: tuple[str, ...] = ()
     flat_parameter_state: list[torch.Tensor] = field(default_factory=list)
-    #: For norms per parameter: each element's parameter index, and where each begins.
-    segments: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: For norms per parameter: each chunk's parameter, its count of real
+    #: elements (the rest is padding), and where each parameter begins.
+    segments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     ndim: int = 2
     #: ``step`` and scalar state (NAdam's ``mu_product``) of every parameter, as
     #: 0-d views of one tensor per key: one op updates them all.
@@ -342,12 +343,15 @@ class FastPath:
         offsets, total = [], 0
         for p in params:
             offsets.append(total)
-            total += p.numel()
+            # Norms per parameter reduce chunk by chunk: each parameter starts a chunk.
+            total += -(-p.numel() // CHUNK) * CHUNK if segmented else p.numel()
         like = params[0]
 
         def flatten(sources: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            # One role at a time, so building needs one extra buffer at most.
-            flat = torch.empty(total, dtype=like.dtype, device=like.device)
+            # One role at a time, so building needs one extra buffer at most. The
+            # padding of a segmented bucket starts at zero and is masked out of norms.
+            make = torch.zeros if segmented else torch.empty
+            flat = make(total, dtype=like.dtype, device=like.device)
             views = []
             for p, source, offset in zip(params, sources, offsets, strict=True):
                 view = _strided_view(flat, p, offset)
@@ -378,11 +382,18 @@ class FastPath:
         ]
         segments = None
         if segmented:
-            counts = torch.tensor([p.numel() for p in params], device=like.device)
-            ids = torch.repeat_interleave(
-                torch.arange(len(params), dtype=torch.int32, device=like.device), counts
+            chunks = [-(-p.numel() // CHUNK) for p in params]
+            chunk_segment = torch.repeat_interleave(torch.arange(len(params)), torch.tensor(chunks))
+            valid = [
+                min(CHUNK, p.numel() - c * CHUNK)
+                for p, n in zip(params, chunks, strict=True)
+                for c in range(n)
+            ]
+            segments = (
+                chunk_segment.to(like.device),
+                torch.tensor(valid, dtype=torch.int64, device=like.device),
+                torch.tensor(offsets, dtype=torch.int64, device=like.device),
             )
-            segments = (ids, torch.tensor(offsets, dtype=torch.int64, device=like.device))
         return Bucket(
             params=params,
             states=states,

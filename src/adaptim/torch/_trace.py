@@ -35,6 +35,11 @@ import torch
 
 from adaptim.algorithms._spec import ArrayOps
 
+#: In a segmented bucket (LARS, LAMB) every parameter starts at a multiple of
+#: CHUNK elements, the rest of its last chunk being padding, so norms per
+#: parameter reduce chunk by chunk.
+CHUNK = 1024
+
 
 class Unfusable(Exception):
     """The rule did something the fused kernel cannot express (a reduction, a value read on the host)."""
@@ -221,13 +226,17 @@ _TEMPLATES: Mapping[str, str] = {
     "le": "({0} <= {1})",
     "and": "({0} & {1})",
     "or": "({0} | {1})",
-    # The Euclidean norm of each parameter's segment, broadcast back to its elements.
+    # The Euclidean norm of each parameter, broadcast back to its elements. Every
+    # parameter starts at a chunk boundary of a segmented bucket: squares are
+    # summed per chunk (a dense row reduction, padding masked out), chunks per
+    # parameter (a short index_add), and the result is spread back per chunk.
     "norm": (
-        "torch.zeros(segment_starts.shape[0], dtype={0}.dtype, device={0}.device)"
-        ".index_add_(0, segment_ids, {0} * {0}).sqrt()[segment_ids]"
+        "per_chunk(torch.zeros(segment_starts.shape[0], dtype={0}.dtype, device={0}.device)"
+        ".index_add_(0, chunk_segment, torch.where(valid, {0} * {0}, 0.0)"
+        ".reshape(-1, CHUNK).sum(1)).sqrt()[chunk_segment])"
     ),
     # A per-parameter (0-d) state entry, broadcast to its parameter's elements.
-    "gather": "{0}[segment_ids]",
+    "gather": "per_chunk({0}[chunk_segment])",
     "sqrt": "torch.sqrt({0})",
     "abs": "torch.abs({0})",
     "maximum": "torch.maximum({0}, {1})",
@@ -251,6 +260,13 @@ class Structure:
 def generate_source(structure: Structure, name: str) -> str:
     """The kernel as Python source: buffers in, slots in ``s``, results written in place."""
     lines = [f"def {name}({', '.join(structure.inputs)}, s):"]
+    if "chunk_segment" in structure.inputs:
+        lines += [
+            "    def per_chunk(values):",
+            "        return values[:, None].expand(-1, CHUNK).reshape(-1)",
+            "    column = torch.arange(CHUNK, device=param.device)[None, :]",
+            "    valid = (column < chunk_valid[:, None]).reshape(-1)",
+        ]
 
     def text(ref: Ref) -> str:
         kind, value = ref
@@ -306,8 +322,8 @@ def trace(
 
     The buffers are named ``param``, ``grad``, ``state_<key>`` (one value per
     element) and ``pstate_<key>`` (one value per parameter, LARS's and LAMB's
-    ``trust_ratio``), then ``segment_ids`` and ``segment_starts`` when
-    ``segmented``. Scalar state (NAdam's ``mu_product``) stays a real 0-d
+    ``trust_ratio``), then ``chunk_segment``, ``chunk_valid`` and
+    ``segment_starts`` when ``segmented`` (see :data:`CHUNK`). Scalar state (NAdam's ``mu_product``) stays a real 0-d
     tensor computed on the host, exactly as in the eager path.
     """
     inputs = (
@@ -315,7 +331,7 @@ def trace(
         "grad",
         *(f"state_{k}" for k in tensor_state),
         *(f"pstate_{k}" for k in parameter_state),
-        *(("segment_ids", "segment_starts") if segmented else ()),
+        *(("chunk_segment", "chunk_valid", "segment_starts") if segmented else ()),
     )
     recording = Recording(inputs=inputs, ndim=ndim, segmented=segmented)
     param = recording.input(0)
@@ -372,7 +388,7 @@ def kernel_for(structure: Structure, example: torch.Tensor) -> Callable[..., Non
             # One fresh function (a fresh code object) per structure keeps
             # torch.compile's per-function recompilation limit out of play.
             name = f"adaptim_fused_step_{next(_counter)}"
-            namespace: dict[str, Any] = {"torch": torch}
+            namespace: dict[str, Any] = {"torch": torch, "CHUNK": CHUNK}
             exec(compile(generate_source(structure, name), f"<{name}>", "exec"), namespace)
             # With a symbolic length, Inductor decides whether to parallelise from
             # the first length it sees, and its on-disk cache keeps that choice for
