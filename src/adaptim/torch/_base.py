@@ -74,8 +74,7 @@ class Optimizer(torch.optim.Optimizer):
     ``fused`` (a param-group key, as in torch) picks the implementation:
     ``None`` (default) runs the fused fast path of :mod:`adaptim.torch._fast`
     for groups of at least ``AUTO_MIN_NUMEL`` (2**21) elements on CPU or CUDA
-    (not for LARS and LAMB, whose per-parameter norms are slow fused) and the
-    eager path otherwise; ``True`` always fuses what it can; ``False``
+    and the eager path below that; ``True`` always fuses what it can; ``False``
     always runs eager. Both paths run the same update rule and agree to
     rounding; :meth:`fused_status` says which path each group takes and why.
 

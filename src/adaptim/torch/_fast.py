@@ -271,12 +271,6 @@ class FastPath:
         segmented = algorithm.name in _PER_PARAMETER_NORMS
         params = [p for p in group["params"] if p.grad is not None]
         numel = sum(p.numel() for p in params)
-        if mode is None and segmented:
-            # Measured (benchmarks/step_speed.py): the per-parameter norms reduce
-            # through a scatter-add that makes the fused step slower than eager
-            # on large models, so only an explicit fused=True takes it.
-            path.reason = "eager: LARS/LAMB fuse only with fused=True (per-parameter norms)"
-            return False
         if mode is None and numel < AUTO_MIN_NUMEL:
             path.reason = f"eager: {numel} elements < {AUTO_MIN_NUMEL} (fused=None threshold)"
             return False

@@ -226,17 +226,6 @@ _TEMPLATES: Mapping[str, str] = {
     "le": "({0} <= {1})",
     "and": "({0} & {1})",
     "or": "({0} | {1})",
-    # The Euclidean norm of each parameter, broadcast back to its elements. Every
-    # parameter starts at a chunk boundary of a segmented bucket: squares are
-    # summed per chunk (a dense row reduction, padding masked out), chunks per
-    # parameter (a short index_add), and the result is spread back per chunk.
-    "norm": (
-        "per_chunk(torch.zeros(segment_starts.shape[0], dtype={0}.dtype, device={0}.device)"
-        ".index_add_(0, chunk_segment, torch.where(valid, {0} * {0}, 0.0)"
-        ".reshape(-1, CHUNK).sum(1)).sqrt()[chunk_segment])"
-    ),
-    # A per-parameter (0-d) state entry, broadcast to its parameter's elements.
-    "gather": "per_chunk({0}[chunk_segment])",
     "sqrt": "torch.sqrt({0})",
     "abs": "torch.abs({0})",
     "maximum": "torch.maximum({0}, {1})",
@@ -258,7 +247,14 @@ class Structure:
 
 
 def generate_source(structure: Structure, name: str) -> str:
-    """The kernel as Python source: buffers in, slots in ``s``, results written in place."""
+    """The kernel as Python source: buffers in, slots in ``s``, results written in place.
+
+    In a segmented bucket, per-parameter values (norms, ``trust_ratio``) and
+    everything computed from them alone stay one value per *chunk*; they are
+    spread to the elements only where they meet an element-wise array, and a
+    per-parameter result is read from the chunks, never from a full-length
+    array (which Inductor would have to materialise).
+    """
     lines = [f"def {name}({', '.join(structure.inputs)}, s):"]
     if "chunk_segment" in structure.inputs:
         lines += [
@@ -267,6 +263,7 @@ def generate_source(structure: Structure, name: str) -> str:
             "    column = torch.arange(CHUNK, device=param.device)[None, :]",
             "    valid = (column < chunk_valid[:, None]).reshape(-1)",
         ]
+    chunked: set[int] = set()  # nodes holding one value per chunk
 
     def text(ref: Ref) -> str:
         kind, value = ref
@@ -278,22 +275,53 @@ def generate_source(structure: Structure, name: str) -> str:
             return f"s[{value}]"
         return repr(value)
 
+    def element(ref: Ref) -> str:
+        """``ref`` as one value per element."""
+        return f"per_chunk({text(ref)})" if ref[0] == "node" and ref[1] in chunked else text(ref)
+
     for index, (op, args) in enumerate(structure.ops):
         if op == "const":
             lines.append(f"    v{index} = {args[0][1]!r}")
             continue
+        arrays = [a for a in args if a[0] in ("node", "input")]
+        if op == "norm":
+            x = element(args[0])
+            lines.append(
+                # One spare slot: a single-parameter bucket would otherwise scatter
+                # into a length-1 buffer, which Inductor 2.13 fails to generate.
+                f"    v{index} = torch.zeros(segment_starts.shape[0] + 1, dtype={x}.dtype, "
+                f"device={x}.device).index_add_(0, chunk_segment, torch.where(valid, {x} * {x}, "
+                "0.0).reshape(-1, CHUNK).sum(1)).sqrt()[chunk_segment]"
+            )
+            chunked.add(index)
+            continue
+        if op == "gather":
+            lines.append(f"    v{index} = {text(args[0])}[chunk_segment]")
+            chunked.add(index)
+            continue
+        if arrays and all(a[0] == "node" and a[1] in chunked for a in arrays):
+            render, chunked_result = text, True
+        else:
+            render, chunked_result = element, False
         if (
             op == "lerp" and args[2][0] == "slot"
         ):  # torch.lerp wants the weight in the array's dtype
-            weight = f"{text(args[2])}.to({text(args[0])}.dtype)"
-            lines.append(f"    v{index} = torch.lerp({text(args[0])}, {text(args[1])}, {weight})")
-            continue
-        lines.append(f"    v{index} = " + _TEMPLATES[op].format(*(text(a) for a in args)))
-    for buffer, ref in structure.outputs:
-        if buffer.startswith("pstate_"):  # one value per parameter: read at its first element
-            lines.append(f"    {buffer}.copy_({text(ref)}[segment_starts])")
+            weight = f"{text(args[2])}.to({render(args[0])}.dtype)"
+            lines.append(
+                f"    v{index} = torch.lerp({render(args[0])}, {render(args[1])}, {weight})"
+            )
         else:
-            lines.append(f"    {buffer}.copy_({text(ref)})")
+            lines.append(f"    v{index} = " + _TEMPLATES[op].format(*(render(a) for a in args)))
+        if chunked_result:
+            chunked.add(index)
+    for buffer, ref in structure.outputs:
+        if not buffer.startswith("pstate_"):
+            lines.append(f"    {buffer}.copy_({element(ref)})")
+        elif ref[0] == "node" and ref[1] in chunked:  # one value per parameter: its first chunk's
+            lines.append(f"    {buffer}.copy_({text(ref)}[segment_starts // CHUNK])")
+        else:
+            first_of_chunks = f"{text(ref)}.reshape(-1, CHUNK)[:, 0]"
+            lines.append(f"    {buffer}.copy_({first_of_chunks}[segment_starts // CHUNK])")
     return "\n".join(lines) + "\n"
 
 
@@ -368,6 +396,17 @@ def _array_ref(recording: Recording, value: Any) -> Ref:
     return value.ref
 
 
+#: ``cpp.dynamic_threads``: see kernel_for. The thresholds keep Inductor from
+#: materialising an intermediate that feeds both a reduction and the update
+#: (LAMB's update direction, whose norm scales it): recomputing it costs
+#: arithmetic, materialising it a parameter-sized temporary and two passes.
+_INDUCTOR_OPTIONS: dict[str, Any] = {
+    "cpp.dynamic_threads": True,
+    "realize_cpu_opcount_threshold": 10_000,
+    "realize_cpu_acc_reads_threshold": 10_000,
+    "realize_reads_threshold": 10_000,
+}
+
 _counter = itertools.count()
 _lock = threading.Lock()
 #: Compiled kernels by (structure, dtype, device type). Shared by all optimizers
@@ -400,7 +439,7 @@ def kernel_for(structure: Structure, example: torch.Tensor) -> Callable[..., Non
                 namespace[name],
                 fullgraph=True,
                 dynamic=True,
-                options={"cpp.dynamic_threads": True},
+                options=_INDUCTOR_OPTIONS,
             )
             _KERNELS[key] = kernel
     return kernel
