@@ -186,3 +186,12 @@ def compare(variant: Variant, case: Case, dtype: type[np.floating[Any]]) -> floa
     )
     ours = run_torch(variant, case, np.dtype(dtype), params0, grads)
     return relative_error(ours, theirs, params0)
+
+
+def assert_matches(
+    variant: Variant, case: Case, tolerance: Mapping[type[np.floating[Any]], float]
+) -> None:
+    """``compare`` in float64 and float32, each within its tolerance."""
+    for dtype in (np.float64, np.float32):
+        error = compare(variant, case, dtype)
+        assert error <= tolerance[dtype], f"{variant.name} {dtype.__name__}: {error:.3g} {case}"

@@ -41,6 +41,7 @@ from _flavors import (
     WEIGHT_DECAY,
     Arrays,
     Variant,
+    assert_matches,
     compare,
     hypothesis_case,
     lr_factor,
@@ -221,10 +222,7 @@ BY_NAME = {v.name: v for v in VARIANTS}
 @settings(max_examples=6)
 @given(data=st.data())
 def test_matches_keras(variant: Variant, data: st.DataObject) -> None:
-    case = hypothesis_case(data, variant)
-    for dtype in (np.float64, np.float32):
-        error = compare(variant, case, dtype)
-        assert error <= TOLERANCE[dtype], f"{variant.name} {dtype.__name__}: {error:.3g} {case}"
+    assert_matches(variant, hypothesis_case(data, variant), TOLERANCE)
 
 
 @pytest.mark.parametrize("name", ["adagrad", "rmsprop-momentum", "adam", "adamax", "nadam"])

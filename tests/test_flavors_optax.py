@@ -32,6 +32,7 @@ from _flavors import (
     WEIGHT_DECAY,
     Arrays,
     Variant,
+    assert_matches,
     compare,
     hypothesis_case,
     lr_factor,
@@ -193,10 +194,7 @@ BY_NAME = {v.name: v for v in VARIANTS}
 @settings(max_examples=6)
 @given(data=st.data())
 def test_matches_optax(variant: Variant, data: st.DataObject) -> None:
-    case = hypothesis_case(data, variant)
-    for dtype in (np.float64, np.float32):
-        error = compare(variant, case, dtype)
-        assert error <= TOLERANCE[dtype], f"{variant.name} {dtype.__name__}: {error:.3g} {case}"
+    assert_matches(variant, hypothesis_case(data, variant), TOLERANCE)
 
 
 # Where optax and torch differ, torch's flavor must fail the same comparison.
