@@ -81,6 +81,12 @@ class Algorithm:
     sparse: Callable[[HParams], Literal["rows", "dense"]] | None = None
     #: Which algorithm can take sparse gradients instead, for the error message.
     sparse_alternative: str = "adaptim.Adagrad or adaptim.SGD"
+    #: The rule branches on ``p.ndim`` (LARS and LAMB leave biases and norm
+    #: scales out of the trust ratio), so multi-tensor execution keeps vectors
+    #: and matrices apart.
+    depends_on_ndim: bool = False
+    #: The class name of the PyTorch and NumPy front-ends (``"Adam"``, ``"RMSprop"``).
+    class_name: str = ""
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

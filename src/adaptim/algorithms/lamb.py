@@ -119,6 +119,7 @@ DEFAULTS: dict[str, Any] = {
 
 LAMB = Algorithm(
     name="lamb",
+    depends_on_ndim=True,
     title="LAMB: Adam with a per-layer trust ratio ||x|| / ||update|| (large batches)",
     update=lamb_update,
     hparams=tuple(DEFAULTS),

@@ -12,7 +12,7 @@ import torch
 from adaptim import flavors
 from adaptim.algorithms._spec import Algorithm, ArrayOps
 from adaptim.algorithms._validation import as_float, check_bool
-from adaptim.torch._fast import FastPath, requested
+from adaptim.torch._engine import Engine
 
 TORCH_OPS = ArrayOps(
     name="torch",
@@ -55,6 +55,13 @@ def hyperparameter(name: str, value: Any) -> Any:
     return value
 
 
+def _holds_tensor(value: Any) -> bool:
+    """Whether a group value may change without being replaced (a tensor, a list)."""
+    if isinstance(value, tuple):
+        return any(map(_holds_tensor, value))
+    return isinstance(value, torch.Tensor | list)
+
+
 def real_view(tensor: torch.Tensor) -> torch.Tensor:
     """Complex tensors are updated as pairs of reals, exactly as torch.optim does."""
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
@@ -71,12 +78,15 @@ class Optimizer(torch.optim.Optimizer):
     leaves parameters and state untouched (counted in ``skipped_steps``),
     ``"raise"`` raises ``FloatingPointError`` naming the parameter.
 
-    ``fused`` (a param-group key, as in torch) picks the implementation:
-    ``None`` (default) runs the fused fast path of :mod:`adaptim.torch._fast`
-    for groups of at least ``AUTO_MIN_NUMEL`` (2**21) elements on CPU or CUDA
-    and the eager path below that; ``True`` always fuses what it can; ``False``
-    always runs eager. Both paths run the same update rule and agree to
-    rounding; :meth:`fused_status` says which path each group takes and why.
+    ``fused`` and ``foreach`` (param-group keys, as in torch) pick how a step
+    executes (:mod:`adaptim.torch._engine`): by default a CPU group of at least
+    64k elements runs one native compiled loop over all its tensors, and
+    anything else the multi-tensor replay (``torch._foreach_*``), which is
+    bit-identical to the per-tensor rule; ``fused=True`` asks for the native
+    loop, ``fused=False`` or ``foreach=True`` for the replay, ``foreach=False``
+    for the per-tensor loop (torch's for-loop). Parameters, gradients and
+    state are never moved or rebound. :meth:`fused_status` says which path
+    each group took and why; :meth:`plans` shows the generated code.
 
     ``flavor`` (where the algorithm has flavors, see :mod:`adaptim.flavors`)
     fills every hyperparameter the caller did not pass from that framework's
@@ -105,7 +115,7 @@ class Optimizer(torch.optim.Optimizer):
             )
         self.nonfinite: NonFinitePolicy = nonfinite
         self.skipped_steps = 0
-        self._fast = FastPath(self)
+        self._engine = Engine(self)
         name = self.algorithm.name
         if flavors.has_flavors(name):
             flavor = flavors.check_flavor(flavor)
@@ -127,6 +137,8 @@ class Optimizer(torch.optim.Optimizer):
                 flavors.check_flavor(flavor)
                 param_group = flavors.resolve(name, flavor, param_group, amsgrad=bool(amsgrad))
         super().add_param_group(param_group)
+        if "_engine" in self.__dict__:
+            self._engine.invalidate()
         group = self.param_groups[-1]
         try:
             self._validate_group(group)
@@ -162,8 +174,8 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        if "_fast" not in self.__dict__:  # unpickled from an older adaptim
-            self._fast = FastPath(self)
+        self.__dict__.pop("_fast", None)  # pickled by an adaptim with flat buffers
+        self._engine = Engine(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict saved by adaptim or by the matching ``torch.optim`` class.
@@ -173,7 +185,7 @@ class Optimizer(torch.optim.Optimizer):
         saved dtype here instead, so a resumed run continues bit for bit.
         """
         super().load_state_dict(state_dict)
-        self._fast.invalidate()  # the state tensors are new: rebuild the flat buffers
+        self._engine.invalidate()  # the state tensors are new
         scalars = tuple(self.algorithm.scalar_state)
         if not scalars:
             return
@@ -219,9 +231,7 @@ class Optimizer(torch.optim.Optimizer):
         if self.nonfinite != "ignore" and not self._gradients_finite():
             self.skipped_steps += 1
             return loss
-        hyperparams = [
-            {k: hyperparameter(k, g[k]) for k in self.algorithm.hparams} for g in self.param_groups
-        ]
+        hyperparams = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
         # Refuse an unsupported sparse gradient before anything has changed.
         for group, hp in zip(self.param_groups, hyperparams, strict=True):
             grads = filter(_IS_TENSOR, map(_GRAD, group["params"]))
@@ -230,21 +240,37 @@ class Optimizer(torch.optim.Optimizer):
                     if p.grad is not None and p.grad.is_sparse:
                         self._sparse_mode(p, hp)
         for index, (group, hp) in enumerate(zip(self.param_groups, hyperparams, strict=True)):
-            for p in self._fast.step_group(index, group, hp):
+            for p in self._engine.step_group(index, group, hp):
                 assert p.grad is not None  # step_group returns parameters with gradients only
                 self._update(p, p.grad, group, hp)
         return loss
 
+    def _hyperparams(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The group's hyperparameters as the rule takes them; reused while the values are the same objects."""
+        values = tuple(map(group.__getitem__, self.algorithm.hparams))
+        cache: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = self.__dict__.setdefault(
+            "_hp_cache", {}
+        )
+        cached = cache.get(index)
+        if cached is not None and all(map(operator.is_, cached[0], values)):
+            return cached[1]
+        hp = {k: hyperparameter(k, v) for k, v in zip(self.algorithm.hparams, values, strict=True)}
+        if not any(map(_holds_tensor, values)):
+            cache[index] = (values, hp)  # a tensor lr may change in place: never cached
+        else:
+            cache.pop(index, None)
+        return hp
+
     def fused_status(self) -> list[str]:
-        """For each param group, whether the last step ran fused, and why not if it did not."""
-        status = []
-        for index, group in enumerate(self.param_groups):
-            path = self._fast.groups.get(index)
-            if requested(group) is False:
-                status.append("eager: fused=False")
-            else:
-                status.append(path.reason if path else "not stepped yet")
-        return status
+        """For each param group, the path its last step took (native, foreach, reference) and why."""
+        return [
+            run.status if (run := self._engine.groups.get(index)) else "not stepped yet"
+            for index in range(len(self.param_groups))
+        ]
+
+    def plans(self) -> list[list[str]]:
+        """For each param group, the code its last step ran: replay functions and native C sources."""
+        return [self._engine.plans(index) for index in range(len(self.param_groups))]
 
     @torch.no_grad()
     def effective_lr(self) -> list[torch.Tensor | None]:

@@ -1,0 +1,388 @@
+"""How a step executes: one recorded rule, three ways to run it, chosen per param group.
+
+The update rule of :mod:`adaptim.algorithms` is the only definition of the
+math. Each step the engine records it once per *partition* of a param group
+(parameters that share a device, a dtype, a step count and a state layout;
+see :mod:`._trace`) and runs the recording on every tensor of the partition
+with one of:
+
+* ``native`` (:mod:`._native`): one compiled C loop over all the tensors,
+  each element read once, in one OpenMP region. CPU, float32/float64, dense
+  contiguous tensors, rules without whole-tensor norms.
+* ``foreach`` (:mod:`._replay`): one ``torch._foreach_*`` call per recorded
+  operation, in place where liveness allows; any device and dtype, no
+  compiler. Bit-identical to the reference path.
+* ``reference``: the rule called once per tensor (``Optimizer._update``), the
+  readable path, which also takes what the others cannot: sparse and complex
+  gradients, tensor subclasses such as FSDP2's DTensor, and rules the tracer
+  cannot record.
+
+The choice follows torch's switches. ``foreach=False`` asks for the
+per-tensor loop (torch's for-loop implementation); ``foreach=True`` for the
+replay; ``fused=True`` for the native kernel where the rule and tensors allow
+it, the replay elsewhere. With neither set (the default), a group runs native
+when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
+elements (building a kernel costs a C compile the first time on a machine,
+well under a second, then a load from the disk cache), and the replay
+otherwise. ``Optimizer.fused_status()`` says which path each group took and
+why; ``Optimizer.plans()`` shows the generated code.
+
+The engine never owns the user's tensors: parameters, gradients and state
+stay where they are, and are read and written in place through their own
+storage (no ``p.data``/``p.grad`` rebinding). State stays per parameter with
+torch's names and layout, so ``state_dict`` moves to and from torch.optim.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from adaptim.torch import _native, _replay
+from adaptim.torch._trace import Traced, Unfusable, trace
+
+if TYPE_CHECKING:
+    from adaptim.torch._base import Optimizer
+
+_GRAD = operator.attrgetter("grad")
+_DATA_PTR = torch.Tensor.data_ptr
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+
+#: ``fused=None`` builds a native kernel for CPU groups of at least this many
+#: elements (benchmarks/step_speed.py: from about this size the single pass
+#: beats the multi-tensor replay by more than the per-call overhead).
+AUTO_NATIVE_MIN_NUMEL = 1 << 16
+
+
+@dataclass
+class Partition:
+    """Parameters of one group that one recording covers."""
+
+    params: list[torch.Tensor]
+    states: list[dict[str, Any]]
+    tensor_keys: tuple[str, ...]
+    per_tensor_keys: tuple[str, ...]
+    absent_keys: tuple[str, ...]
+    state_lists: list[list[torch.Tensor]]
+    steps: list[torch.Tensor]
+    #: The step count of every parameter of the partition, mirrored on the host.
+    step: float
+    scalar_state: dict[str, torch.Tensor]
+    ndim: int
+    ptrs: list[int]
+    native_ok: bool
+    numel: int
+    #: The dtype of the ``step`` counters, when the native kernel may count them.
+    step_dtype: torch.dtype | None = None
+    warned: bool = False
+    _table: _native.BlockTable | None = None
+    _pointers: np.ndarray | None = None
+
+    def state_current(self) -> bool:
+        """Whether every state tensor is still the one this partition recorded (not replaced)."""
+        keys = (*self.tensor_keys, *self.per_tensor_keys)
+        return all(
+            all(map(operator.is_, map(operator.itemgetter(key), self.states), tensors))
+            for key, tensors in zip(keys, self.state_lists, strict=True)
+        )
+
+    def block_table(self) -> _native.BlockTable:
+        if self._table is None:
+            self._table = _native.BlockTable.of([p.numel() for p in self.params])
+        return self._table
+
+    def native_pointers(self) -> np.ndarray:
+        """Data pointers by role: params, grads (filled each step), state, step counters."""
+        if self._pointers is None:
+            roles = [self.params, self.params, *self.state_lists]
+            if self.step_dtype is not None:
+                roles.append(self.steps)
+            self._pointers = np.array(
+                [t.data_ptr() for role in roles for t in role], dtype=np.int64
+            )
+        return self._pointers
+
+
+@dataclass
+class GroupRun:
+    """What the engine knows about one param group between steps."""
+
+    key: tuple[int, ...] = ()
+    partitions: list[Partition] = field(default_factory=list)
+    #: Parameters the reference path always steps (sparse, complex, subclasses, odd layouts).
+    reference: list[torch.Tensor] = field(default_factory=list)
+    stale: bool = True
+    status: str = "not stepped yet"
+    #: Structures the tracer or a plan refused, with the reason (warned once).
+    refused: str | None = None
+    last_plans: list[str] = field(default_factory=list)
+
+
+def requested_path(group: Mapping[str, Any]) -> str:
+    """The path a group's switches ask for: ``reference``, ``foreach``, ``native`` or ``auto``."""
+    if group.get("fused"):
+        return "native"
+    if group.get("foreach") is False:
+        return "reference"
+    if group.get("foreach") or group.get("fused") is False:
+        return "foreach"
+    return "auto"
+
+
+def _step_dtype(states: list[dict[str, Any]]) -> torch.dtype | None:
+    """The dtype the native kernel counts steps in, if every counter is a CPU 0-d float of it."""
+    steps = [s["step"] for s in states]
+    dtype = steps[0].dtype
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    ok = all(t.dtype == dtype and t.ndim == 0 and t.device.type == "cpu" for t in steps)
+    return dtype if ok else None
+
+
+def _plain_dense(p: torch.Tensor) -> bool:
+    return (
+        type(p) in (torch.Tensor, torch.nn.Parameter)
+        and p.layout == torch.strided
+        and p.is_floating_point()
+        and p.numel() > 0
+    )
+
+
+class Engine:
+    """Runs the steps of one optimizer's param groups; the reference path takes what is left."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.groups: dict[int, GroupRun] = {}
+
+    def invalidate(self) -> None:
+        """Forget every partition (after ``load_state_dict`` or a new param group)."""
+        for run in self.groups.values():
+            run.stale = True
+
+    # -- the step --------------------------------------------------------------------
+    def step_group(
+        self, index: int, group: dict[str, Any], hp: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Step what the engine can; return the parameters left to the reference path."""
+        run = self.groups.setdefault(index, GroupRun())
+        params = [p for p in group["params"] if p.grad is not None]
+        mode = requested_path(group)
+        if mode == "reference":
+            run.status = "reference: foreach=False"
+            return params
+        if run.refused is not None:
+            run.status = f"reference: {run.refused}"
+            return params
+        key = tuple(map(id, params))
+        if run.stale or key != run.key:
+            self._partition(run, group, hp, params, key)
+        left = list(run.reference)
+        paths: list[str] = []
+        plans: list[str] = []
+        for partition in run.partitions:
+            path = self._step_partition(run, partition, group, hp, mode, plans)
+            if path is None:
+                left.extend(partition.params)
+            else:
+                paths.append(path)
+        if run.refused is not None:
+            run.status = f"reference: {run.refused}"
+        else:
+            counts = {p: paths.count(p) for p in dict.fromkeys(paths)}
+            summary = ", ".join(f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items())
+            covered = sum(len(p.params) for p in run.partitions)
+            run.status = f"{summary or 'reference'}: {covered} of {len(params)} tensors"
+        run.last_plans = plans
+        return left
+
+    def _step_partition(
+        self,
+        run: GroupRun,
+        partition: Partition,
+        group: Mapping[str, Any],
+        hp: dict[str, Any],
+        mode: str,
+        plans: list[str],
+    ) -> str | None:
+        grads = list(map(_GRAD, partition.params))
+        dtype = partition.params[0].dtype
+        if any(g is None or g.is_sparse or g.dtype != dtype for g in grads):
+            run.stale = True
+            return None
+        if list(map(_DATA_PTR, partition.params)) != partition.ptrs or not partition.state_current():
+            run.stale = True  # model.to(), p.data = ... or replaced state: rebuild, reference now
+            return None
+        algorithm = self.optimizer.algorithm
+        step = partition.step + 1 if algorithm.step else 0.0
+        try:
+            traced = trace(
+                algorithm.update,
+                partition.tensor_keys,
+                partition.per_tensor_keys,
+                partition.absent_keys,
+                partition.scalar_state,
+                negate_grad=bool(group.get("maximize", False)),
+                step=step,
+                hyperparams=hp,
+                ndim=partition.ndim,
+            )
+        except Unfusable as why:
+            self._refuse(run, f"the rule {algorithm.update.__qualname__} cannot be recorded ({why})")
+            return None
+        path = self._run(partition, traced, grads, mode, plans)
+        if algorithm.step:
+            if path != "native" or partition.step_dtype is None:  # else the kernel counted them
+                torch._foreach_add_(partition.steps, 1.0)
+            partition.step = step
+        for key, value in traced.scalar_state.items():
+            partition.scalar_state[key] = value
+            torch._foreach_copy_([s[key] for s in partition.states], [value] * len(partition.states))
+        return path
+
+    def _run(
+        self,
+        partition: Partition,
+        traced: Traced,
+        grads: list[torch.Tensor],
+        mode: str,
+        plans: list[str],
+    ) -> str:
+        structure = traced.structure
+        wants_native = mode == "native" or (
+            mode == "auto" and partition.numel >= AUTO_NATIVE_MIN_NUMEL
+        )
+        # A step that creates state (SGD's first momentum buffer) is replayed: the
+        # new tensors are allocated there, and the next step runs native.
+        if (
+            wants_native
+            and not structure.created
+            and partition.native_ok
+            and all(map(_IS_CONTIGUOUS, grads))
+        ):
+            try:
+                kernel = _native.kernel_for(structure, partition.params[0].dtype)
+            except _native.NativeUnavailable as why:
+                if mode == "native" and not partition.warned:
+                    partition.warned = True
+                    warnings.warn(
+                        f"adaptim.{type(self.optimizer).__name__}(fused=True): no native kernel "
+                        f"for this group ({why}); using the multi-tensor replay.",
+                        stacklevel=5,
+                    )
+            else:
+                pointers = partition.native_pointers()
+                count = len(grads)
+                pointers[count : 2 * count] = list(map(_DATA_PTR, grads))
+                kernel(pointers, count, traced.slots, partition.block_table(), partition.step_dtype)
+                plans.append(kernel.source)
+                return "native"
+        plan = _replay.plan_for(structure)
+        created = plan.run(partition.params, grads, *partition.state_lists, traced.slots)
+        plans.append(plan.source)
+        if structure.created:
+            for (key, _), values in zip(structure.created, created, strict=True):
+                for state, value in zip(partition.states, values, strict=True):
+                    state[key] = value
+            self.invalidate()  # the next step records with the new entries
+        return "foreach"
+
+    def _refuse(self, run: GroupRun, reason: str) -> None:
+        run.refused = reason
+        run.stale = True
+        warnings.warn(
+            f"adaptim.{type(self.optimizer).__name__}: {reason}; "
+            "this group steps with the per-tensor reference path.",
+            stacklevel=5,
+        )
+
+    # -- partitions ------------------------------------------------------------------
+    def _partition(
+        self,
+        run: GroupRun,
+        group: Mapping[str, Any],
+        hp: Mapping[str, Any],
+        params: list[torch.Tensor],
+        key: tuple[int, ...],
+    ) -> None:
+        optimizer = self.optimizer
+        algorithm = optimizer.algorithm
+        entries = algorithm.state(hp)
+        reference: list[torch.Tensor] = []
+        buckets: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        states_of: dict[torch.Tensor, dict[str, Any]] = {}
+        for p in params:
+            grad = p.grad
+            assert grad is not None
+            if not _plain_dense(p) or grad.is_sparse or p.is_complex():
+                reference.append(p)
+                continue
+            state = optimizer._init_state(p, group)
+            layout = []
+            for name in entries:
+                value = state.get(name)
+                if value is None:
+                    layout.append((name, "absent"))
+                elif not isinstance(value, torch.Tensor) or value.is_sparse:
+                    layout = []
+                    break
+                elif value.shape == p.shape and value.dtype == p.dtype and value.stride() == p.stride():
+                    layout.append((name, "element"))
+                elif value.ndim == 0:
+                    layout.append((name, "tensor"))
+                else:
+                    layout = []
+                    break
+            if entries and not layout:
+                reference.append(p)
+                continue
+            bucket_key = (
+                p.device,
+                p.dtype,
+                float(state["step"]) if algorithm.step else 0.0,
+                tuple(float(state[k]) for k in algorithm.scalar_state),
+                tuple(layout),
+                min(p.ndim, 2) if algorithm.depends_on_ndim else 2,
+            )
+            buckets.setdefault(bucket_key, []).append(p)
+            states_of[p] = state
+        partitions = []
+        for (device, dtype, step, _, layout, ndim), members in buckets.items():
+            states = [states_of[p] for p in members]  # {} for stateless rules, as in torch
+            tensor_keys = tuple(n for n, kind in layout if kind == "element")
+            per_tensor_keys = tuple(n for n, kind in layout if kind == "tensor")
+            partitions.append(
+                Partition(
+                    params=members,
+                    states=states,
+                    tensor_keys=tensor_keys,
+                    per_tensor_keys=per_tensor_keys,
+                    absent_keys=tuple(n for n, kind in layout if kind == "absent"),
+                    state_lists=[[s[k] for s in states] for k in (*tensor_keys, *per_tensor_keys)],
+                    steps=[s["step"] for s in states] if algorithm.step else [],
+                    step=step,
+                    scalar_state={k: states[0][k] for k in algorithm.scalar_state},
+                    ndim=ndim,
+                    ptrs=[p.data_ptr() for p in members],
+                    native_ok=device.type == "cpu"
+                    and dtype in (torch.float32, torch.float64)
+                    and all(p.is_contiguous() for p in members),
+                    numel=sum(p.numel() for p in members),
+                    step_dtype=_step_dtype(states) if algorithm.step else None,
+                )
+            )
+        run.partitions = partitions
+        run.reference = reference
+        run.key = key
+        run.stale = False
+
+    def plans(self, index: int) -> list[str]:
+        """The code the last step of group ``index`` ran: replay functions and native sources."""
+        run = self.groups.get(index)
+        return list(run.last_plans) if run else []

@@ -1,0 +1,284 @@
+"""Replay a recorded rule over lists of tensors with torch's multi-tensor (``_foreach_*``) kernels.
+
+This is the engine's portable path: no compiler, any device, any dtype. A
+:class:`~adaptim.torch._trace.Structure` becomes a small Python function, one
+``torch._foreach_*`` call per recorded operation, generated once per structure
+and cached. Each call runs the *same* ATen kernel the per-tensor reference
+path runs for that operation, so the replay is bit-identical to it (and to
+torch.optim's for-loop implementation where the rule follows it).
+
+The function works in place wherever liveness allows, as torch's hand-written
+foreach implementations do: an operation writes into its first operand when
+that value is not read again and its buffer may be written (a temporary, or a
+state/parameter buffer the rule overwrites anyway, once its old value is
+dead). Gradients are never written. What cannot be done in place allocates a
+temporary list; results that end in a temporary are copied into their buffer
+at the end. ``Optimizer.plans()`` shows the generated source.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from adaptim.torch._trace import Ref, Structure
+
+#: ``torch._foreach_<name>`` exists with an in-place twin for these, first operand a tensor list.
+_FOREACH = {
+    "add": "add",
+    "sub": "sub",
+    "mul": "mul",
+    "div": "div",
+    "maximum": "maximum",
+    "axpy": "add",
+    "addcmul": "addcmul",
+    "lerp": "lerp",
+    "neg": "neg",
+    "abs": "abs",
+    "sqrt": "sqrt",
+    "pow": "pow",
+}
+_COMMUTATIVE = frozenset({"add", "mul", "maximum"})
+
+#: The per-tensor expression of each operation (what the reference path's ``xp`` calls).
+_PER_TENSOR = {
+    "add": "{0} + {1}",
+    "sub": "{0} - {1}",
+    "mul": "{0} * {1}",
+    "div": "{0} / {1}",
+    "neg": "-{0}",
+    "abs": "torch.abs({0})",
+    "sqrt": "torch.sqrt({0})",
+    "pow": "{0} ** {1}",
+    "gt": "{0} > {1}",
+    "ge": "{0} >= {1}",
+    "lt": "{0} < {1}",
+    "le": "{0} <= {1}",
+    "eq": "{0} == {1}",
+    "ne": "{0} != {1}",
+    "and": "{0} & {1}",
+    "or": "{0} | {1}",
+    "maximum": "torch.maximum({0}, {1})",
+    "where": "torch.where({0}, {1}, {2})",
+    "clip": "torch.clamp({0}, {1}, {2})",
+    "norm": "torch.linalg.vector_norm({0})",
+    "axpy": "torch.add({0}, {1}, alpha={2})",
+    "addcmul": "torch.addcmul({0}, {1}, {2}, value={3})",
+    "lerp": "torch.lerp({0}, {1}, {2})",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A generated multi-tensor step: ``run(*buffers, slots)`` returns the created state lists."""
+
+    source: str
+    run: Callable[..., tuple[list[torch.Tensor], ...]]
+
+
+class _Emitter:
+    """Turns a structure into source, tracking which buffer holds each value."""
+
+    def __init__(self, structure: Structure) -> None:
+        self.structure = structure
+        self.lines: list[str] = []
+        count = len(structure.ops)
+        self.end = count
+        self.last_use: dict[Ref, int] = {}
+        for index, (_, args) in enumerate(structure.ops):
+            for arg in args:
+                if arg[0] in ("input", "node"):
+                    self.last_use[arg] = index
+        for _, ref in (*structure.outputs, *structure.created):
+            self.last_use[ref] = self.end
+        self.per_tensor = structure.per_tensor_nodes()
+        self.written = {name for name, _ in structure.outputs}
+        self.finals: dict[Ref, list[str]] = {}
+        for name, ref in structure.outputs:
+            self.finals.setdefault(ref, []).append(name)
+        self.created_refs = {ref for _, ref in structure.created}
+        #: value -> the buffer (an input name or a temporary) that holds it
+        self.storage: dict[Ref, str] = {
+            ("input", i): name for i, name in enumerate(structure.inputs)
+        }
+        #: buffer -> the value it holds now
+        self.occupant: dict[str, Ref] = {name: ref for ref, name in self.storage.items()}
+        self.temps = itertools.count()
+
+    def kind(self, ref: Ref) -> str:
+        if ref[0] == "input":
+            name = self.structure.inputs[ref[1]]
+            return "tensor" if name in self.structure.per_tensor_inputs else "element"
+        if ref[0] == "node":
+            return "tensor" if ref[1] in self.per_tensor else "element"
+        return "scalar"
+
+    def text(self, ref: Ref) -> str:
+        if ref[0] in ("input", "node"):
+            return self.storage[ref]
+        if ref[0] == "slot":
+            return f"s[{ref[1]}]"
+        return repr(ref[1])
+
+    def writable(self, buffer: str) -> bool:
+        return buffer.startswith("t") and buffer[1:].isdigit() or buffer in self.written
+
+    def may_take(self, buffer: str, node: Ref, index: int) -> bool:
+        """Whether ``node`` (computed at ``index``) may be written into ``buffer`` now."""
+        if not self.writable(buffer):
+            return False
+        occupant = self.occupant.get(buffer)
+        if occupant is not None and self.last_use.get(occupant, -1) > index:
+            return False
+        if buffer in self.structure.inputs:
+            # A buffer of the rule holds its own final value or intermediates
+            # nobody needs at the end; never another buffer's result.
+            others = [n for n in self.finals.get(node, []) if n != buffer]
+            if others or node in self.created_refs:
+                return False
+        return True
+
+    def place(self, node: Ref, buffer: str) -> None:
+        self.storage[node] = buffer
+        self.occupant[buffer] = node
+
+    def new_temp(self, node: Ref) -> str:
+        name = f"t{next(self.temps)}"
+        self.place(node, name)
+        return name
+
+    def emit(self) -> str:
+        for index, (op, args) in enumerate(self.structure.ops):
+            self.emit_op(index, op, args)
+        self.emit_outputs()
+        return "\n".join(self.lines)
+
+    def emit_op(self, index: int, op: str, args: tuple[Ref, ...]) -> None:
+        node: Ref = ("node", index)
+        kind = "tensor" if index in self.per_tensor else "element"
+        if op in _COMMUTATIVE and not _is_array(args[0]) and _is_array(args[1]):
+            args = (args[1], args[0])
+        if op in ("sub", "div") and args[0][0] == "slot" and self.kind(args[1]) == kind:
+            self.emit_reversed(index, op, args)
+            return
+        foreach = _FOREACH.get(op)
+        if (
+            foreach is None
+            or not _is_array(args[0])
+            or any(self.kind(a) != kind for a in args if _is_array(a))
+        ):
+            self.emit_per_tensor(node, op, args)
+            return
+        positions = [0, 1] if op in _COMMUTATIVE and _is_array(args[1]) else [0]
+        for position in positions:
+            candidate = args[position]
+            buffer = self.storage[candidate]
+            if self.last_use.get(candidate) == index and self.may_take(buffer, node, index):
+                rest = args[1:] if position == 0 else (args[0], *args[2:])
+                self.lines.append(f"    torch._foreach_{foreach}_({buffer}{self.rest(op, rest)})")
+                self.place(node, buffer)
+                return
+        target = self.free_final_buffer(node, index)
+        if target is not None and len(args) > 1:  # copy, then work in place: no temporary
+            self.lines.append(f"    torch._foreach_copy_({target}, {self.text(args[0])})")
+            self.lines.append(f"    torch._foreach_{foreach}_({target}{self.rest(op, args[1:])})")
+            self.place(node, target)
+            return
+        source = self.text(args[0])
+        name = self.new_temp(node)
+        self.lines.append(f"    {name} = torch._foreach_{foreach}({source}{self.rest(op, args[1:])})")
+
+    def rest(self, op: str, args: tuple[Ref, ...] | list[Ref]) -> str:
+        texts = [self.text(a) for a in args]
+        if op == "axpy":
+            return f", {texts[0]}, alpha={texts[1]}"
+        if op == "addcmul":
+            return f", {texts[0]}, {texts[1]}, value={texts[2]}"
+        return "".join(f", {t}" for t in texts)
+
+    def emit_reversed(self, index: int, op: str, args: tuple[Ref, ...]) -> None:
+        """``s - x`` is ``(-x) + s``, and ``s / x`` is ``reciprocal(x) * s`` (Tensor.__rtruediv__)."""
+        node: Ref = ("node", index)
+        first, second = ("neg", "add") if op == "sub" else ("reciprocal", "mul")
+        operand = args[1]
+        buffer = self.storage[operand]
+        if self.last_use.get(operand) == index and self.may_take(buffer, node, index):
+            self.lines.append(f"    torch._foreach_{first}_({buffer})")
+        else:
+            buffer = self.new_temp(node)
+            self.lines.append(f"    {buffer} = torch._foreach_{first}({self.text(operand)})")
+        self.lines.append(f"    torch._foreach_{second}_({buffer}, {self.text(args[0])})")
+        self.place(node, buffer)
+
+    def free_final_buffer(self, node: Ref, index: int) -> str | None:
+        """A buffer this node is the final value of, whose current content nobody reads any more."""
+        for buffer in self.finals.get(node, []):
+            occupant = self.occupant.get(buffer)
+            dead = occupant is None or self.last_use.get(occupant, -1) < index
+            if dead and self.may_take(buffer, node, index):
+                return buffer
+        return None
+
+    def emit_per_tensor(self, node: Ref, op: str, args: tuple[Ref, ...]) -> None:
+        lists = list(dict.fromkeys(a for a in args if _is_array(a)))
+        names = [f"x{i}" for i in range(len(lists))]
+        by_ref = dict(zip(lists, names, strict=True))
+        texts = [by_ref[a] if _is_array(a) else self.text(a) for a in args]
+        expression = _PER_TENSOR[op].format(*texts)
+        zipped = ", ".join(self.storage[a] for a in lists)
+        loop = f"for {', '.join(names)}{',' if len(names) == 1 else ''} in zip({zipped}, strict=True)"
+        name = self.new_temp(node)
+        self.lines.append(f"    {name} = [{expression} {loop}]")
+
+    def emit_outputs(self) -> None:
+        inputs = self.structure.inputs
+        sources = {ref for _, ref in self.structure.outputs}
+        for ref in sources:  # an old value that must survive the writes below
+            if ref[0] == "input" and inputs[ref[1]] in self.written:
+                clone = f"t{next(self.temps)}"
+                self.lines.append(f"    {clone} = [x.clone() for x in {self.storage[ref]}]")
+                self.storage[ref] = clone
+        for buffer, ref in self.structure.outputs:
+            if self.storage[ref] != buffer:
+                self.lines.append(f"    torch._foreach_copy_({buffer}, {self.storage[ref]})")
+        results, adopted = [], set()
+        for _, ref in self.structure.created:
+            buffer = self.storage[ref]
+            if buffer in inputs or buffer in adopted:
+                results.append(f"[x.clone() for x in {buffer}]")
+            else:
+                adopted.add(buffer)
+                results.append(buffer)
+        self.lines.append(f"    return ({''.join(r + ', ' for r in results)})")
+
+
+def _is_array(ref: Ref) -> bool:
+    return ref[0] in ("input", "node")
+
+
+_lock = threading.Lock()
+_counter = itertools.count()
+_PLANS: dict[Structure, Plan] = {}
+
+
+def plan_for(structure: Structure) -> Plan:
+    """The replay function of ``structure``, generated on first use and shared by every optimizer."""
+    plan = _PLANS.get(structure)
+    if plan is not None:
+        return plan
+    with _lock:
+        plan = _PLANS.get(structure)
+        if plan is None:
+            name = f"adaptim_foreach_step_{next(_counter)}"
+            body = _Emitter(structure).emit()
+            source = f"def {name}({', '.join(structure.inputs)}, s):\n{body}\n"
+            namespace: dict[str, Any] = {"torch": torch}
+            exec(compile(source, f"<{name}>", "exec"), namespace)
+            plan = Plan(source=source, run=namespace[name])
+            _PLANS[structure] = plan
+    return plan
