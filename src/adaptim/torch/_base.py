@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +26,18 @@ TORCH_OPS = ArrayOps(
     axpy=lambda a, b, alpha: torch.add(a, b, alpha=alpha),
     addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
     lerp=torch.lerp,
+)
+
+#: The ``xp`` of the step under ``torch.compile``: the multiply-adds as formulas,
+#: because torch's ``alpha=``/``value=``/scalar ``weight`` arguments take only
+#: concrete numbers and would make Dynamo specialise (and recompile) on each new
+#: learning rate or beta a scheduler sets.
+TRACEABLE_OPS = dataclasses.replace(
+    TORCH_OPS,
+    name="torch-traceable",
+    axpy=lambda a, b, alpha: a + b * alpha,
+    addcmul=lambda a, b, c, value: a + b * c * value,
+    lerp=lambda a, b, weight: a + (b - a) * weight,
 )
 
 _GRAD = operator.attrgetter("grad")
@@ -231,6 +244,9 @@ class Optimizer(torch.optim.Optimizer):
         if self.nonfinite != "ignore" and not self._gradients_finite():
             self.skipped_steps += 1
             return loss
+        if torch.compiler.is_compiling():
+            self._step_traceable()
+            return loss
         hyperparams = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
         # Refuse an unsupported sparse gradient before anything has changed.
         for group, hp in zip(self.param_groups, hyperparams, strict=True):
@@ -244,6 +260,21 @@ class Optimizer(torch.optim.Optimizer):
                 assert p.grad is not None  # step_group returns parameters with gradients only
                 self._update(p, p.grad, group, hp)
         return loss
+
+    def _step_traceable(self) -> None:
+        """The step under ``torch.compile``: the per-tensor rule, with ``step`` and ``lr`` as tensors.
+
+        Dynamo traces this instead of the engine (whose native calls it cannot
+        trace). The step count stays a tensor (as torch.optim does when
+        compiling), so the graph does not depend on its value and a growing
+        step count never recompiles; tensor hyperparameters stay tensors, so
+        a scheduler that updates a tensor ``lr`` in place never recompiles.
+        """
+        for group in self.param_groups:
+            hp = {k: group[k] for k in self.algorithm.hparams}
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, group, hp, traceable=True)
 
     def _hyperparams(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
         """The group's hyperparameters as the rule takes them; reused while the values are the same objects."""
@@ -322,16 +353,24 @@ class Optimizer(torch.optim.Optimizer):
         return True
 
     def _update(
-        self, p: torch.Tensor, grad: torch.Tensor, group: Mapping[str, Any], hp: dict[str, Any]
+        self,
+        p: torch.Tensor,
+        grad: torch.Tensor,
+        group: Mapping[str, Any],
+        hp: dict[str, Any],
+        *,
+        traceable: bool = False,
     ) -> None:
         algorithm = self.algorithm
         if group.get("maximize", False):
             grad = -grad
         state = self._init_state(p, group)
-        step = 0.0
+        step: float | torch.Tensor = 0.0
         if algorithm.step:
             state["step"] += 1
-            step = float(state["step"])
+            # Compiled: a float64 tensor, so the graph does not depend on its value
+            # and scalar terms such as RAdam's rho_t keep the eager path's precision.
+            step = state["step"].double() if traceable else float(state["step"])
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
         if grad.is_sparse:
             mode = self._sparse_mode(p, hp)
@@ -343,7 +382,7 @@ class Optimizer(torch.optim.Optimizer):
         views = {k: None if v is None else real_view(v) for k, v in inputs.items()}
         target = real_view(p)
         new_p, new_state = algorithm.update(
-            target, real_view(grad), views, step=step, xp=TORCH_OPS, **hp
+            target, real_view(grad), views, step=step, xp=TRACEABLE_OPS if traceable else TORCH_OPS, **hp
         )
         target.copy_(new_p)
         for key, value in new_state.items():
