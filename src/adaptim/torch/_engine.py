@@ -81,6 +81,8 @@ class Partition:
     #: The dtype of the ``step`` counters, when the native kernel may count them.
     step_dtype: torch.dtype | None = None
     warned: bool = False
+    #: Why the native loop was not used on the last try, for ``fused_status()``.
+    native_refused: str | None = None
     _table: _native.BlockTable | None = None
     _pointers: np.ndarray | None = None
 
@@ -199,6 +201,9 @@ class Engine:
             summary = ", ".join(f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items())
             covered = sum(len(p.params) for p in run.partitions)
             run.status = f"{summary or 'reference'}: {covered} of {len(params)} tensors"
+            refused = {p.native_refused for p in run.partitions if p.native_refused}
+            if mode == "native" and refused:
+                run.status += f" (not native: {'; '.join(sorted(refused))})"
         run.last_plans = plans
         return left
 
@@ -269,7 +274,8 @@ class Engine:
             try:
                 kernel = _native.kernel_for(structure, partition.params[0].dtype)
             except _native.NativeUnavailable as why:
-                if mode == "native" and not partition.warned:
+                partition.native_refused = str(why)
+                if mode == "native" and not why.structural and not partition.warned:
                     partition.warned = True
                     warnings.warn(
                         f"adaptim.{type(self.optimizer).__name__}(fused=True): no native kernel "

@@ -68,11 +68,16 @@ SUPPORTED = frozenset(
 class NativeUnavailable(Exception):
     """No native kernel here (no compiler, a structure or dtype it cannot express); say why."""
 
+    def __init__(self, reason: str, *, structural: bool = False) -> None:
+        super().__init__(reason)
+        #: The rule or dtype, not this machine, rules it out (no warning: the replay is the plan).
+        self.structural = structural
+
 
 def supports(structure: Structure) -> str | None:
     """Why ``structure`` cannot become a native kernel, or ``None`` when it can."""
     if structure.per_tensor_inputs or any(op == "norm" for op, _ in structure.ops):
-        return "the rule takes norms over whole tensors (the multi-tensor replay handles those)"
+        return "the rule takes norms over whole tensors"
     unknown = sorted({op for op, _ in structure.ops} - SUPPORTED)
     if unknown:
         return f"no native form for {', '.join(unknown)}"
@@ -277,10 +282,10 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     if kernel is not None:
         return kernel
     if dtype not in _CTYPES:
-        raise NativeUnavailable(f"no native kernel for {dtype}")
+        raise NativeUnavailable(f"no native kernel for {dtype}", structural=True)
     why = supports(structure)
     if why is not None:
-        raise NativeUnavailable(why)
+        raise NativeUnavailable(why, structural=True)
     with _lock:
         kernel = _KERNELS.get(key)
         if kernel is None:

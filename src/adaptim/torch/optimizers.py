@@ -398,13 +398,14 @@ class LARS(Optimizer):
         trust_clip: bool = False,
         exclude_bias_and_norm: bool = False,
         maximize: bool = False,
+        foreach: bool | None = None,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay,
             trust_coefficient=trust_coefficient, eps=eps, trust_clip=trust_clip,
-            exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize,
+            exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize, foreach=foreach,
         )  # fmt: skip
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
@@ -431,13 +432,14 @@ class LAMB(Optimizer):
         weight_norm_clip: tuple[float, float] | None = (0.0, 10.0),
         exclude_bias_and_norm: bool = False,
         maximize: bool = False,
+        foreach: bool | None = None,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
     ) -> None:
         defaults: dict[str, Any] = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             bias_correction=bias_correction, weight_norm_clip=weight_norm_clip,
-            exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize,
+            exclude_bias_and_norm=exclude_bias_and_norm, maximize=maximize, foreach=foreach,
         )  # fmt: skip
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 

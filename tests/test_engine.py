@@ -1,0 +1,599 @@
+"""The engine: every path equals the per-tensor rule, and never takes the user's tensors.
+
+Equality: every algorithm with each of its options on alone, and with as many
+on at once as it accepts, runs on the Hypothesis-drawn cases of :mod:`_parity`
+(hyperparameters, parameter layouts including 0-d and non-contiguous ones,
+param groups, ``lr`` as float or tensor) with 1 and with 2 threads:
+
+* the multi-tensor replay (``foreach=True``) must equal the per-tensor
+  reference (``foreach=False``) **bit for bit**, state included;
+* the native loop (``fused=True``) must agree to :data:`_parity.TOLERANCE`.
+
+No surprises: parameters and gradients keep their storage and identity, a
+scheduler adds no kernel, ``model.to()``, replaced state, ``load_state_dict``,
+parameters without gradients, two optimizers on the same parameters and
+``torch.compile`` all behave as on the reference path, and a rule the tracer
+cannot record falls back with one warning that names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import io
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from _parity import SPECS, TOLERANCE, Spec, combination_label, draw_case, run
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from test_torch_parity import PHASES, HypothesisSource
+
+import adaptim
+from adaptim import flavors
+from adaptim.algorithms import ALGORITHMS
+from adaptim.torch import _engine, _native, _replay
+
+STEPS = 40
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Threads are part of correctness: the native loop splits work across them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def against_reference(spec: Spec, **switches: Any) -> Spec:
+    """The same optimizer twice: with ``switches`` (``ours``) against ``foreach=False``."""
+    label = ",".join(f"{k}={v}" for k, v in switches.items())
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name} {label}",
+        ours=functools.partial(spec.ours, **switches),  # type: ignore[arg-type]
+        theirs=functools.partial(spec.ours, foreach=False),  # type: ignore[arg-type]
+    )
+
+
+def option_sets(spec: Spec) -> list[tuple[str, ...]]:
+    """No option, each option alone, and the largest accepted sets of options."""
+    combinations = spec.combinations()
+    largest = max(len(c) for c in combinations)
+    return [c for c in combinations if len(c) <= 1 or len(c) == largest]
+
+
+CASES = [
+    pytest.param(spec, enabled, id=f"{spec.name}-{combination_label(enabled)}")
+    for spec in SPECS
+    for enabled in option_sets(spec)
+]
+
+
+@pytest.mark.parametrize(("spec", "enabled"), CASES)
+@settings(max_examples=2, phases=PHASES)
+@given(data=st.data())
+def test_native_and_replay_equal_the_reference(
+    spec: Spec, enabled: tuple[str, ...], threads: int, data: st.DataObject
+) -> None:
+    source = HypothesisSource(data, salt=f"engine {spec.name} {enabled}")
+    dtypes = (torch.float32, torch.float64) if len(enabled) > 1 else (torch.float32,)
+    for switches, exact in (({"foreach": True}, True), ({"fused": True}, False)):
+        case = draw_case(
+            against_reference(spec, **switches), [enabled, enabled], source, max_params=3
+        )
+        for dtype in dtypes:
+            note(f"{switches} {dtype}: {case}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no fallback warning on the supported paths
+                result = run(case, dtype, steps=STEPS)
+            assert not result.problems, "\n".join(result.problems)
+            errors = {**result.param_errors, **result.state_errors}
+            limit = 0.0 if exact else TOLERANCE[dtype]
+            too_large = {k: e for k, e in errors.items() if not e <= limit}
+            assert not too_large, f"{switches} {dtype}: relative error above {limit:g}: {too_large}"
+
+
+# -- helpers for the behavioural tests ------------------------------------------------------
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+
+
+def train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    *,
+    set_to_none: bool = True,
+    seed: int = 1,
+) -> list[float]:
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(16, 6, generator=generator)
+        y = torch.randn(16, 2, generator=generator)
+        optimizer.zero_grad(set_to_none=set_to_none)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def assert_close(a: torch.nn.Module, b: torch.nn.Module, tolerance: float = 1e-5) -> None:
+    for (name, x), y in zip(a.named_parameters(), b.parameters(), strict=True):
+        x, y = x.detach(), y.detach()
+        scale = max(float(y.abs().max()), 1e-12)
+        assert float((x - y).abs().max()) / scale <= tolerance, name
+
+
+def path_and_reference(
+    name: str = "Adam", *, path: str = "native", **settings: Any
+) -> tuple[Any, ...]:
+    switches = {"fused": True} if path == "native" else {"foreach": True}
+    model, reference_model = make_model(), make_model()
+    cls = getattr(adaptim, name)
+    return (
+        model,
+        cls(model.parameters(), **switches, **settings),
+        reference_model,
+        cls(reference_model.parameters(), foreach=False, **settings),
+    )
+
+
+# -- behaviour ------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["native", "foreach"])
+def test_each_path_really_runs_and_trains(path: str) -> None:
+    model, optimizer, reference_model, reference = path_and_reference(lr=1e-2, path=path)
+    losses = train(model, optimizer, 30)
+    train(reference_model, reference, 30)
+    assert optimizer.fused_status() == [f"{path} (1 partition): 4 of 4 tensors"]
+    assert reference.fused_status() == ["reference: foreach=False"]
+    assert losses[-1] < losses[0]
+    assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
+
+
+def test_default_path_by_size() -> None:
+    """``fused=None``: the replay for small groups, the native loop from AUTO_NATIVE_MIN_NUMEL."""
+    small = adaptim.Adam(make_model().parameters())
+    large_params = [torch.nn.Parameter(torch.randn(_engine.AUTO_NATIVE_MIN_NUMEL))]
+    large = adaptim.Adam(large_params)
+    for p in small.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    small.step()
+    large_params[0].grad = torch.ones_like(large_params[0])
+    large.step()
+    assert small.fused_status() == ["foreach (1 partition): 4 of 4 tensors"]
+    assert large.fused_status() == ["native (1 partition): 1 of 1 tensors"]
+
+
+@pytest.mark.parametrize("path", ["native", "foreach"])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_parameters_and_gradients_are_never_taken(path: str, set_to_none: bool) -> None:
+    """Storage, identity and gradients stay the user's; a saved parameter holds only itself."""
+    model, optimizer, reference_model, reference = path_and_reference(
+        "RMSprop", lr=1e-2, momentum=0.5, path=path
+    )
+    storages = [p.untyped_storage().data_ptr() for p in model.parameters()]
+    train(model, optimizer, 3, set_to_none=set_to_none)
+    train(reference_model, reference, 3, set_to_none=set_to_none)
+    grads = [p.grad for p in model.parameters()]
+    train(model, optimizer, 3, set_to_none=set_to_none)
+    train(reference_model, reference, 3, set_to_none=set_to_none)
+    assert [p.untyped_storage().data_ptr() for p in model.parameters()] == storages
+    if not set_to_none:  # the optimizer left the user's gradient tensors where they were
+        assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
+    weight = next(model.parameters())
+    buffer = io.BytesIO()
+    torch.save(weight, buffer)
+    assert len(buffer.getvalue()) < weight.numel() * 4 + 2048  # not a whole flat buffer
+    assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
+
+
+@pytest.mark.parametrize("path", ["native", "foreach"])
+def test_bucket_views_are_updated_in_place(path: str) -> None:
+    """Parameters viewing one buffer (DDP, ZeRO bucket views) stay views and are updated there."""
+    base = torch.zeros(10)
+    views = [torch.nn.Parameter(base[:4]), torch.nn.Parameter(base[4:])]
+    switches = {"fused": True} if path == "native" else {"foreach": True}
+    optimizer = adaptim.SGD(views, lr=0.5, momentum=0.9, **switches)
+    for _ in range(3):
+        for p in views:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    assert all(p.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() for p in views)
+    assert torch.allclose(base, torch.full_like(base, -0.5 * (1 + 1.9 + 2.71)))
+
+
+def test_scheduler_builds_nothing_new() -> None:
+    """OneCycleLR changes lr and beta1 every step: no new kernel, no new replay function."""
+    model, optimizer, reference_model, reference = path_and_reference(lr=1e-2)
+    schedulers = [
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-2, total_steps=40)
+        for opt in (optimizer, reference)
+    ]
+    train(model, optimizer, 3)
+    kernels, plans = _native.kernel_count(), len(_replay._PLANS)
+    for _ in range(30):
+        train(model, optimizer, 1)
+        train(reference_model, reference, 1)
+        for scheduler in schedulers:
+            scheduler.step()
+    assert optimizer.param_groups[0]["betas"][0] != reference.defaults["betas"][0]  # it cycled
+    assert (_native.kernel_count(), len(_replay._PLANS)) == (kernels, plans)
+
+
+def test_native_step_allocates_no_parameter_sized_temporaries() -> None:
+    numel = 1 << 18
+    params = [torch.nn.Parameter(torch.randn(numel))]
+    params[0].grad = torch.randn(numel)
+    allocated = {}
+    for switch in ("fused", "foreach"):
+        optimizer = adaptim.Adam(params, amsgrad=True, weight_decay=0.1, **{switch: True})
+        for _ in range(3):
+            optimizer.step()
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as profile:
+            optimizer.step()
+        allocated[switch] = sum(max(e.self_cpu_memory_usage, 0) for e in profile.key_averages())
+    assert allocated["foreach"] > numel * 4  # the measurement sees temporaries where there are some
+    assert allocated["fused"] < 4096, allocated
+
+
+@pytest.mark.parametrize("path", ["native", "foreach"])
+def test_model_to_and_replaced_data_are_followed(path: str) -> None:
+    """``model.to(dtype)`` before the first step and ``p.data = ...`` later both keep working."""
+    model, optimizer, reference_model, reference = path_and_reference("NAdam", lr=1e-2, path=path)
+    model.to(torch.float64)
+    reference_model.to(torch.float64)
+
+    def train64(m: torch.nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(5):
+            x = torch.randn(16, 6, generator=generator, dtype=torch.float64)
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+
+    train64(model, optimizer, 1)
+    train64(reference_model, reference, 1)
+    assert all(s["exp_avg"].dtype == torch.float64 for s in optimizer.state.values())
+    for m in (model, reference_model):
+        for p in m.parameters():
+            p.data = p.data.clone()
+    train64(model, optimizer, 2)
+    train64(reference_model, reference, 2)
+    assert_close(model, reference_model, tolerance=1e-12 if path == "native" else 0.0)
+
+
+@pytest.mark.parametrize("path", ["native", "foreach"])
+def test_replaced_state_and_load_state_dict_are_followed(path: str) -> None:
+    model, optimizer, reference_model, reference = path_and_reference("Adam", lr=1e-2, path=path)
+    train(model, optimizer, 4)
+    train(reference_model, reference, 4)
+    for opt in (optimizer, reference):  # what checkpoint code that moves state does
+        for state in opt.state.values():
+            state["exp_avg"] = state["exp_avg"].clone()
+    train(model, optimizer, 3, seed=2)
+    train(reference_model, reference, 3, seed=2)
+    assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
+    saved = copy.deepcopy(reference.state_dict())  # load_state_dict keeps same-dtype tensors
+    optimizer.load_state_dict(saved)
+    model.load_state_dict(reference_model.state_dict())
+    train(model, optimizer, 3, seed=3)
+    train(reference_model, reference, 3, seed=3)
+    assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
+
+
+def test_state_dict_moves_to_and_from_torch() -> None:
+    model, optimizer, _, _ = path_and_reference("AdamW", lr=1e-2)
+    train(model, optimizer, 3)
+    theirs_model = make_model()
+    theirs_model.load_state_dict(model.state_dict())
+    theirs = torch.optim.AdamW(theirs_model.parameters(), lr=1e-2)
+    theirs.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    back = adaptim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    back.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    train(model, back, 5, seed=4)
+    train(theirs_model, theirs, 5, seed=4)
+    assert_close(model, theirs_model)
+
+
+def test_parameters_without_gradients_are_skipped_like_torch() -> None:
+    model, optimizer, reference_model, reference = path_and_reference("Adam", lr=1e-2)
+    for step in range(6):
+        for m, opt in ((model, optimizer), (reference_model, reference)):
+            opt.zero_grad()
+            m(torch.ones(2, 6)).sum().backward()
+            if step % 2:
+                m[2].weight.grad = None  # type: ignore[index]
+            opt.step()
+    for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
+        assert float(optimizer.state[p]["step"]) == float(reference.state[q]["step"])
+    assert_close(model, reference_model)
+
+
+def test_two_optimizers_on_the_same_parameters() -> None:
+    model, reference_model = make_model(), make_model()
+    first = adaptim.Adam(model.parameters(), lr=1e-2, fused=True)
+    second = adaptim.SGD(model.parameters(), lr=1e-2, momentum=0.9, fused=True)
+    first_ref = adaptim.Adam(reference_model.parameters(), lr=1e-2, foreach=False)
+    second_ref = adaptim.SGD(reference_model.parameters(), lr=1e-2, momentum=0.9, foreach=False)
+    for _ in range(5):
+        for m, opts in ((model, (first, second)), (reference_model, (first_ref, second_ref))):
+            for opt in opts:
+                opt.zero_grad()
+                m(torch.ones(3, 6)).square().sum().backward()
+                opt.step()
+    assert first.fused_status()[0].startswith("native")
+    assert second.fused_status()[0].startswith("native")
+    assert_close(model, reference_model)
+
+
+def test_complex_and_sparse_gradients_take_the_reference_path() -> None:
+    torch.manual_seed(0)
+    real = torch.nn.Parameter(torch.randn(4, 3))
+    complex_param = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    optimizer = adaptim.Adagrad([real, complex_param], fused=True)
+    reference = adaptim.Adagrad(
+        [
+            torch.nn.Parameter(real.detach().clone()),
+            torch.nn.Parameter(complex_param.detach().clone()),
+        ],
+        foreach=False,
+    )
+    for step in range(5):
+        for opt in (optimizer, reference):
+            ps = opt.param_groups[0]["params"]
+            generator = torch.Generator().manual_seed(step)
+            ps[0].grad = torch.randn(4, 3, generator=generator)
+            ps[1].grad = torch.randn(3, dtype=torch.complex64, generator=generator)
+            opt.step()
+    assert optimizer.fused_status() == ["native (1 partition): 1 of 2 tensors"]
+    for a, b in zip(
+        optimizer.param_groups[0]["params"], reference.param_groups[0]["params"], strict=True
+    ):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_no_compiler_falls_back_to_the_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C compiler: the default quietly replays; ``fused=True`` warns once and replays."""
+    monkeypatch.setattr(_native, "_KERNELS", {})
+    monkeypatch.setattr(_native, "_FAILED", {})
+    monkeypatch.setattr(_native, "compiler", lambda: None)
+    monkeypatch.setattr(_engine, "AUTO_NATIVE_MIN_NUMEL", 0)
+    auto_model, reference_model = make_model(), make_model()
+    auto = adaptim.Adam(auto_model.parameters(), lr=1e-2)
+    reference = adaptim.Adam(reference_model.parameters(), lr=1e-2, foreach=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(auto_model, auto, 4)
+    train(reference_model, reference, 4)
+    assert auto.fused_status() == ["foreach (1 partition): 4 of 4 tensors"]
+    assert_close(auto_model, reference_model, tolerance=0.0)
+    forced_model = make_model()
+    forced = adaptim.Adam(forced_model.parameters(), lr=1e-2, fused=True)
+    with pytest.warns(UserWarning, match=r"fused=True\): no native kernel .*no C compiler"):
+        train(forced_model, forced, 3)
+    assert_close(forced_model, make_model_trained(3))
+
+
+def make_model_trained(steps: int) -> torch.nn.Module:
+    model = make_model()
+    train(model, adaptim.Adam(model.parameters(), lr=1e-2, foreach=False), steps)
+    return model
+
+
+def test_plans_show_the_generated_code() -> None:
+    model, optimizer, _, _ = path_and_reference("Adam", lr=1e-2)
+    train(model, optimizer, 2)
+    (native_source,) = optimizer.plans()[0]
+    assert "void adaptim_step(" in native_source and "#pragma omp parallel for" in native_source
+    replayed = adaptim.Adam(make_model().parameters(), foreach=True)
+    train(make_model(), replayed, 1)
+    assert replayed.plans() == [[]]  # its own model had no gradients
+    model = make_model()
+    replayed = adaptim.Adam(model.parameters(), foreach=True)
+    train(model, replayed, 1)
+    (replay_source,) = replayed.plans()[0]
+    assert "torch._foreach_lerp_(state_exp_avg, grad, s[0])" in replay_source
+
+
+# -- the rule contract -----------------------------------------------------------------------
+def _sign_rule(p: Any, g: Any, state: Any, *, step: float, xp: Any, lr: float, **_: Any) -> Any:
+    """signSGD written with a comparison, ``abs`` and ``where``: all recordable."""
+    direction = xp.where(g == 0, 0.0, g / abs(g))
+    return p - lr * direction, {}
+
+
+def _unrecordable_rule(
+    p: Any, g: Any, state: Any, *, step: float, xp: Any, lr: float, **_: Any
+) -> Any:
+    """Reads a value on the host: the tracer cannot record it."""
+    scale = 1.0 / (1.0 + float(g.abs().max()))
+    return p - lr * scale * g, {}
+
+
+def _optimizer_class(rule: Any, name: str) -> type[adaptim.Optimizer]:
+    algorithm = dataclasses.replace(ALGORITHMS["sgd"], name=name, update=rule)
+
+    class Custom(adaptim.Optimizer):
+        def __init__(self, params: Any, lr: float = 0.1, **switches: Any) -> None:
+            defaults = {**ALGORITHMS["sgd"].defaults, "lr": lr, "maximize": False}
+            defaults.update(switches)
+            super().__init__(params, defaults)
+
+    Custom.algorithm = algorithm
+    return Custom
+
+
+@pytest.mark.parametrize("switch", ["fused", "foreach"])
+def test_comparisons_and_abs_are_recorded(switch: str) -> None:
+    cls = _optimizer_class(_sign_rule, "signsgd")
+    model, reference_model = make_model(), make_model()
+    ours = cls(model.parameters(), **{switch: True})
+    theirs = cls(reference_model.parameters(), foreach=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, ours, 5)
+    train(reference_model, theirs, 5)
+    assert ours.fused_status()[0].startswith("native" if switch == "fused" else "foreach")
+    assert_close(model, reference_model, tolerance=0.0)
+
+
+def test_an_unrecordable_rule_falls_back_with_one_warning() -> None:
+    cls = _optimizer_class(_unrecordable_rule, "hostread")
+    model, reference_model = make_model(), make_model()
+    ours = cls(model.parameters(), fused=True)
+    theirs = cls(reference_model.parameters(), foreach=False)
+    with pytest.warns(UserWarning, match="_unrecordable_rule cannot be recorded") as caught:
+        train(model, ours, 6)
+    assert len(caught) == 1
+    train(reference_model, theirs, 6)
+    assert ours.fused_status()[0].startswith("reference: the rule _unrecordable_rule")
+    assert_close(model, reference_model, tolerance=0.0)
+
+
+# -- LARS and LAMB: norms per tensor -----------------------------------------------------------
+LARS_LAMB_CASES = [
+    pytest.param("LARS", {"lr": 0.1}, id="LARS-plain"),
+    pytest.param("LARS", {"lr": 0.1, "momentum": 0.0}, id="LARS-no-momentum"),
+    pytest.param(
+        "LARS",
+        {"lr": 0.1, "trust_clip": True, "weight_decay": 1e-3, "exclude_bias_and_norm": True},
+        id="LARS-options",
+    ),
+    pytest.param("LAMB", {"lr": 1e-2}, id="LAMB-plain"),
+    pytest.param(
+        "LAMB",
+        {
+            "lr": 1e-2, "weight_decay": 1e-2, "exclude_bias_and_norm": True,
+            "weight_norm_clip": None, "bias_correction": False, "maximize": True,
+        },
+        id="LAMB-options",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "settings"), LARS_LAMB_CASES)
+@pytest.mark.parametrize("switch", ["fused", "foreach"])
+def test_lars_and_lamb_norms_per_tensor(
+    name: str, settings: dict[str, Any], switch: str, threads: int
+) -> None:
+    """Trust ratios need a norm per tensor: single-chunk biases, odd sizes, several threads."""
+    shapes = [(50, 50), (1024,), (7,), (3, 700), (2048, 8)]
+    generator = torch.Generator().manual_seed(0)
+    initial = [torch.randn(s, generator=generator) for s in shapes]
+    ours_params = [torch.nn.Parameter(x.clone()) for x in initial]
+    reference_params = [torch.nn.Parameter(x.clone()) for x in initial]
+    cls = getattr(adaptim, name)
+    ours = cls(ours_params, **{switch: True}, **settings)
+    reference = cls(reference_params, foreach=False, **settings)
+    for step in range(12):
+        grads = [torch.randn(s, generator=generator) * (step + 1) for s in shapes]
+        for ps, opt in ((ours_params, ours), (reference_params, reference)):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    status = ours.fused_status()[0]
+    assert switch == "foreach" and status.startswith("foreach (2 partitions)") or status.endswith("(not native: the rule takes norms over whole tensors)") or (
+        settings.get("exclude_bias_and_norm") and status.startswith("foreach (1 partition), native")
+    ), status
+    for p, q in zip(ours_params, reference_params, strict=True):
+        exact = switch == "foreach" or p.ndim > 1 or not settings.get("exclude_bias_and_norm")
+        assert ours.state[p].keys() == reference.state[q].keys()
+        for key, value in [("param", q), *reference.state[q].items()]:
+            mine = p if key == "param" else ours.state[p][key]
+            if exact:  # the replay is bit-identical, whatever the thread count
+                assert torch.equal(mine, value), key
+            else:  # biases excluded from the trust ratio: plain momentum, run native
+                assert torch.allclose(mine, value, rtol=1e-5, atol=1e-7), key
+
+
+#: Options switched on beside a flavor's preset, so momentum, centring, AMSGrad
+#: and weight decay run in every framework's variant too.
+FLAVOR_EXTRAS: dict[str, dict[str, Any]] = {
+    "adagrad": {"weight_decay": 1e-2, "lr_decay": 1e-3},
+    "rmsprop": {"momentum": 0.5, "centered": True, "weight_decay": 1e-2},
+    "adadelta": {"weight_decay": 1e-2},
+    "adam": {"amsgrad": True, "weight_decay": 1e-2},
+    "adamw": {"amsgrad": True},
+    "adamax": {"weight_decay": 1e-2},
+    "nadam": {"weight_decay": 1e-2},
+    "radam": {"weight_decay": 1e-2},
+}
+
+FLAVOR_CASES = [
+    pytest.param(name, flavor, extras, id=f"{name}-{flavor}-{'options' if extras else 'preset'}")
+    for name in FLAVOR_EXTRAS
+    for flavor in flavors.available(name)
+    if flavor != "torch"
+    for extras in ({}, FLAVOR_EXTRAS[name])
+    if flavor in flavors.available(name, amsgrad=bool(extras.get("amsgrad")))
+]
+
+
+@pytest.mark.parametrize(("name", "flavor", "extras"), FLAVOR_CASES)
+def test_every_flavor_runs_native(name: str, flavor: str, extras: dict[str, Any]) -> None:
+    """Keras, TF1, optax and paper variants take the native loop and equal their reference run."""
+    cls = adaptim.OPTIMIZERS[name]
+    model, reference_model = make_model(), make_model()
+    ours = cls(model.parameters(), flavor=flavor, fused=True, **extras)
+    reference = cls(reference_model.parameters(), flavor=flavor, foreach=False, **extras)
+    train(model, ours, 25)
+    train(reference_model, reference, 25)
+    assert ours.fused_status() == ["native (1 partition): 4 of 4 tensors"]
+    assert_close(model, reference_model, tolerance=1e-4)
+
+
+def test_fused_must_be_a_bool_or_none() -> None:
+    with pytest.raises(TypeError, match=r"Invalid fused: 'yes'; allowed: None \(automatic\)"):
+        adaptim.Adam(make_model().parameters(), fused="yes")  # type: ignore[arg-type]
+
+
+# -- torch.compile ---------------------------------------------------------------------------
+COMPILE_CASES = [
+    pytest.param(name, marks=() if name in ("adam", "sgd") else pytest.mark.slow)
+    for name in sorted(adaptim.OPTIMIZERS)
+]
+
+
+@pytest.mark.parametrize("name", COMPILE_CASES)
+def test_compiled_step_matches_and_never_recompiles(name: str) -> None:
+    """``torch.compile(opt.step)`` under a scheduler: 100 steps, no new graph after warm-up."""
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    settings = {"momentum": 0.9} if name in ("sgd", "lars") else {}
+    cls = adaptim.OPTIMIZERS[name]
+    model, reference_model = make_model(), make_model()
+    compiled = cls(model.parameters(), lr=1e-2, **settings)
+    reference = cls(reference_model.parameters(), lr=1e-2, foreach=False, **settings)
+    schedulers = [
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + 0.05 * s))
+        for opt in (compiled, reference)
+    ]
+    step = torch.compile(compiled.step)
+    generator = torch.Generator().manual_seed(0)
+    graphs = None
+    for index in range(100):
+        x = torch.randn(16, 6, generator=generator)
+        for m, opt, run_step in (
+            (model, compiled, step),
+            (reference_model, reference, reference.step),
+        ):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            run_step()
+        for scheduler in schedulers:
+            scheduler.step()
+        if index == 9:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert_close(model, reference_model, tolerance=1e-4)
