@@ -1,33 +1,39 @@
-"""Time one ``step()`` of every algorithm: adaptim fused and eager against each torch.optim implementation.
+"""Time ``step()`` in the loop users write: default constructor, a fresh gradient every step.
 
 Usage::
 
-    python benchmarks/step_speed.py                  # both workloads, CPU (and CUDA if present)
-    python benchmarks/step_speed.py --workload a --algorithms adam rmsprop --repeats 15
-    python benchmarks/step_speed.py --json step_speed.json
+    python benchmarks/step_speed.py                       # every algorithm, the four workloads
+    python benchmarks/step_speed.py --workload mlp --algorithms adam rmsprop --repeats 31
+    python benchmarks/step_speed.py --json benchmarks/step_speed_cpu.json
 
-Workloads: (a) 16M float32 parameters in 100 tensors, (b) 4M in 1,000 tensors.
+Workloads (float32):
 
-For every algorithm, all implementations hold their own copy of the same
-parameters and are timed *interleaved* (one step of each, in turn, repeated),
-so a noisy neighbour slows them all alike; the table reports medians. The
-implementations:
+* ``mlp``: an MLP 784-256-128-10, 235k parameters in 6 tensors;
+* ``medium``: 1.5M parameters in 52 tensors (26 layers of 240x240 and a bias);
+* ``large``: 16M parameters in 100 tensors of 160k;
+* ``many``: 4M parameters in 1,000 tensors of 4k.
 
-* ``adaptim fused``: the fused fast path with the gradients already in its flat
-  buffer (a loop that calls ``zero_grad(set_to_none=False)``);
-* ``adaptim fused, fresh grads``: the same with a newly allocated gradient
-  per step (``zero_grad()``'s default), which costs one copy of the gradients;
-* ``adaptim eager``: ``fused=False``, one rule call per tensor;
-* ``torch for-loop``, ``torch foreach``, ``torch fused``: each that torch.optim has
-  (LARS and LAMB are not in torch.optim: fused against eager and the roofline only);
-* ``roofline``: one compiled element-wise pass over flat buffers that reads and
-  writes exactly the bytes of the algorithm (every state tensor, the parameter
-  and the gradient read; parameter and state written) and does nothing else.
+For every algorithm each implementation holds its own copy of the same
+parameters, and they are timed *interleaved* (one step of each, in turn,
+repeated), so a noisy neighbour slows them all alike; the table reports
+medians. Before each timed step the implementation receives newly allocated
+gradients, as after ``zero_grad()`` (its default ``set_to_none=True``) and
+``backward()``. Implementations:
 
-Columns: median milliseconds; effective GB/s (the algorithm's bytes divided by
-the time); the ratio of the fastest torch implementation's time to this one
-(> 1: faster than torch's best); and the fraction of the roofline (roofline
-time / this time).
+* ``adaptim``: ``adaptim.X(params)`` with default arguments, the headline;
+* ``adaptim foreach``: ``foreach=True`` (the multi-tensor replay, no compiler);
+* ``torch for-loop``, ``torch foreach``, ``torch fused``: each that
+  torch.optim has; ``vs torch`` is the fastest of them divided by adaptim's time
+  (> 1: adaptim is faster). LARS and LAMB are not in torch.optim.
+
+``first step`` is the latency of the very first ``step()`` (state creation,
+and for adaptim the recording and, where it runs native, building the kernel).
+By default the kernel cache starts empty (a temporary ``ADAPTIM_CACHE_DIR``),
+so it includes the C compile a user pays once per machine; ``--warm-cache``
+uses the normal cache instead. ``of roofline`` is the time a copy of the
+algorithm's bytes would take at the bandwidth of a large ``copy_`` measured in
+the same run, divided by the step's time: the fraction of the memory
+bandwidth the step reaches.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,23 +54,27 @@ import torch
 
 import adaptim
 
-WORKLOADS = {"a": (100, 160_000), "b": (1_000, 4_000)}
+WORKLOADS: dict[str, list[tuple[int, ...]]] = {
+    "mlp": [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)],
+    "medium": [(240, 240), (240,)] * 26,
+    "large": [(160_000,)] * 100,
+    "many": [(4_000,)] * 1_000,
+}
 
-#: algorithm -> (adaptim/torch class name, settings, state tensors per parameter)
+#: algorithm -> (adaptim/torch class name, settings beyond the defaults, state tensors per parameter)
 ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
     "sgd-momentum": ("SGD", {"lr": 1e-3, "momentum": 0.9}, 1),
-    "adagrad": ("Adagrad", {"lr": 1e-2}, 1),
-    "rmsprop": ("RMSprop", {"lr": 1e-3}, 1),
+    "adagrad": ("Adagrad", {}, 1),
+    "rmsprop": ("RMSprop", {}, 1),
     "adadelta": ("Adadelta", {}, 2),
-    "adam": ("Adam", {"lr": 1e-3}, 2),
-    "adamw": ("AdamW", {"lr": 1e-3}, 2),
-    "amsgrad": ("Adam", {"lr": 1e-3, "amsgrad": True}, 3),
-    "adamax": ("Adamax", {"lr": 1e-3}, 2),
-    "nadam": ("NAdam", {"lr": 1e-3}, 2),
-    "radam": ("RAdam", {"lr": 1e-3}, 2),
-    # not in torch.optim: compared with adaptim's eager path and the roofline only
-    "lars": ("LARS", {"lr": 0.1}, 1),
-    "lamb": ("LAMB", {"lr": 1e-3}, 2),
+    "adam": ("Adam", {}, 2),
+    "adamw": ("AdamW", {}, 2),
+    "amsgrad": ("Adam", {"amsgrad": True}, 3),
+    "adamax": ("Adamax", {}, 2),
+    "nadam": ("NAdam", {}, 2),
+    "radam": ("RAdam", {}, 2),
+    "lars": ("LARS", {}, 1),
+    "lamb": ("LAMB", {}, 2),
 }
 
 
@@ -74,7 +86,10 @@ def bytes_per_param(states: int, itemsize: int = 4) -> int:
 @dataclass
 class Runner:
     label: str
+    #: Hands the parameters newly allocated gradients (not timed).
+    fresh_grads: Callable[[], None]
     step: Callable[[], None]
+    first_step: float
     times: list[float] = field(default_factory=list)
 
 
@@ -83,98 +98,78 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_params(count: int, size: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        torch.nn.Parameter(torch.randn(size, generator=generator).to(device)) for _ in range(count)
-    ]
-
-
-def attach_grads(params: list[torch.Tensor], seed: int = 1) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    grads = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g
-    return grads
-
-
-def optimizer_runner(label: str, factory: Callable[[list[torch.Tensor]], Any], count: int,
-                     size: int, device: torch.device, fresh_grads: bool = False) -> Runner:  # fmt: skip
-    params = make_params(count, size, device)
-    grads = attach_grads(params)
+def optimizer_runner(
+    label: str,
+    factory: Callable[[list[torch.Tensor]], Any],
+    shapes: list[tuple[int, ...]],
+    device: torch.device,
+) -> Runner:
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(device)) for s in shapes]
+    grads = [torch.randn(s, generator=generator).to(device) for s in shapes]
     optimizer = factory(params)
-    optimizer.step()  # creates the state (and, for the fused path, its buckets and kernel)
+
+    def fresh_grads() -> None:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()  # a new tensor, as autograd hands over after zero_grad()
+        synchronize(device)
+
+    fresh_grads()
+    start = time.perf_counter()
     optimizer.step()
-    if not fresh_grads:
-        return Runner(label, optimizer.step)
-    spare = [g.clone() for g in grads]
-
-    def step() -> None:
-        for p, g in zip(params, spare, strict=True):  # what autograd hands over after zero_grad()
-            p.grad = g
-        optimizer.step()
-
-    return Runner(label, step)
+    synchronize(device)
+    first = time.perf_counter() - start
+    fresh_grads()
+    optimizer.step()  # SGD's momentum buffer: the second step is the first steady one
+    return Runner(label, fresh_grads, optimizer.step, first)
 
 
-def roofline_runner(states: int, count: int, size: int, device: torch.device) -> Runner:
-    """One fused pass with the algorithm's memory traffic and next to no arithmetic."""
-    numel = count * size
-    param, grad = torch.randn(numel, device=device), torch.randn(numel, device=device)
-    buffers = [torch.zeros(numel, device=device) for _ in range(states)]
-
-    def touch(param: torch.Tensor, grad: torch.Tensor, *state: torch.Tensor) -> None:
-        for buffer in state:
-            buffer.add_(grad)
-        param.add_(grad)
-
-    kernel = torch.compile(touch, fullgraph=True, dynamic=False)
-    kernel(param, grad, *buffers)
-    return Runner("roofline", lambda: kernel(param, grad, *buffers))
+def copy_bandwidth(device: torch.device, repeats: int) -> float:
+    """Bytes per second of a large ``copy_`` (read + write), the roofline's bandwidth."""
+    numel = 1 << 25
+    source, target = torch.randn(numel, device=device), torch.empty(numel, device=device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * numel * 4 / statistics.median(times)
 
 
 def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Runner]:
-    name, settings, states = ALGORITHMS[algorithm]
-    count, size = WORKLOADS[workload]
+    name, settings, _ = ALGORITHMS[algorithm]
+    shapes = WORKLOADS[workload]
     ours = getattr(adaptim, name)
     runners = [
-        roofline_runner(states, count, size, device),
+        optimizer_runner("adaptim", lambda p: ours(p, **settings), shapes, device),
         optimizer_runner(
-            "adaptim fused", lambda p: ours(p, **settings, fused=True), count, size, device
-        ),
-        optimizer_runner(
-            "adaptim fused, fresh grads",
-            lambda p: ours(p, **settings, fused=True),
-            count,
-            size,
-            device,
-            fresh_grads=True,
-        ),
-        optimizer_runner(
-            "adaptim eager", lambda p: ours(p, **settings, fused=False), count, size, device
+            "adaptim foreach", lambda p: ours(p, **settings, foreach=True), shapes, device
         ),
     ]
     theirs = getattr(torch.optim, name, None)
     if theirs is None:
         return runners
-    runners.append(optimizer_runner("torch for-loop", lambda p: theirs(p, **settings, foreach=False),
-                                    count, size, device))  # fmt: skip
-    runners.append(optimizer_runner("torch foreach", lambda p: theirs(p, **settings, foreach=True),
-                                    count, size, device))  # fmt: skip
-    try:
-        theirs([torch.nn.Parameter(torch.zeros(1, device=device))], fused=True)
-    except (TypeError, RuntimeError, ValueError):
-        pass  # torch has no fused kernel for this algorithm (or this device)
-    else:
-        runners.append(optimizer_runner("torch fused", lambda p: theirs(p, **settings, fused=True),
-                                        count, size, device))  # fmt: skip
+    for label, switch in (
+        ("torch for-loop", {"foreach": False}),
+        ("torch foreach", {"foreach": True}),
+        ("torch fused", {"fused": True}),
+    ):
+        try:
+            theirs([torch.nn.Parameter(torch.zeros(1, device=device))], **switch)
+        except (TypeError, RuntimeError, ValueError):
+            continue  # torch has no such implementation of this algorithm (or on this device)
+        runners.append(
+            optimizer_runner(label, lambda p, s=switch: theirs(p, **settings, **s), shapes, device)
+        )
     return runners
 
 
 def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
     for _ in range(repeats):
         for runner in runners:
-            synchronize(device)
+            runner.fresh_grads()
             start = time.perf_counter()
             runner.step()
             synchronize(device)
@@ -182,73 +177,93 @@ def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
 
 
 def report(
-    algorithm: str, workload: str, device: torch.device, runners: list[Runner]
-) -> list[dict[str, Any]]:
+    algorithm: str, workload: str, device: torch.device, runners: list[Runner], bandwidth: float
+) -> dict[str, Any]:
     _, _, states = ALGORITHMS[algorithm]
-    count, size = WORKLOADS[workload]
-    traffic = bytes_per_param(states) * count * size
+    numel = sum(torch.Size(s).numel() for s in WORKLOADS[workload])
+    traffic = bytes_per_param(states) * numel
     medians = {r.label: statistics.median(r.times) for r in runners}
-    torch_times = [t for label, t in medians.items() if label.startswith("torch")]
-    torch_best = min(torch_times) if torch_times else None
-    roof = medians["roofline"]
-    rows = []
-    for label, seconds in medians.items():
-        rows.append({
-            "device": device.type, "workload": workload, "algorithm": algorithm,
-            "implementation": label, "ms": seconds * 1e3, "gb_per_s": traffic / seconds / 1e9,
-            "vs_best_torch": None if torch_best is None else torch_best / seconds, "of_roofline": roof / seconds,
-        })  # fmt: skip
-    return rows
+    firsts = {r.label: r.first_step for r in runners}
+    torch_times = {k: v for k, v in medians.items() if k.startswith("torch")}
+    best = min(torch_times, key=torch_times.__getitem__) if torch_times else None
+    ours = medians["adaptim"]
+    return {
+        "device": device.type,
+        "workload": workload,
+        "algorithm": algorithm,
+        "ms": {k: v * 1e3 for k, v in medians.items()},
+        "first_step_ms": {k: v * 1e3 for k, v in firsts.items()},
+        "torch_best": best,
+        "vs_torch": None if best is None else torch_times[best] / ours,
+        "foreach_vs_torch": None
+        if best is None
+        else torch_times[best] / medians["adaptim foreach"],
+        "of_roofline": traffic / bandwidth / ours,
+    }
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'algorithm':<13} {'implementation':<27} {'ms':>8} {'GB/s':>7} {'vs torch best':>13} {'of roofline':>11}"
-    current = None
-    for row in rows:
-        key = (row["device"], row["workload"])
-        if key != current:
-            current = key
-            count, size = WORKLOADS[row["workload"]]
-            print(
-                f"\n## {row['device']}, workload ({row['workload']}): {count * size / 1e6:g}M float32 params in {count} tensors"
-            )
-            print(header)
-        ratio = "—" if row["vs_best_torch"] is None else f"{row['vs_best_torch']:.2f}x"
+def print_row(row: dict[str, Any], header: bool) -> None:
+    if header:
+        shapes = WORKLOADS[row["workload"]]
+        numel = sum(torch.Size(s).numel() for s in shapes)
         print(
-            f"{row['algorithm']:<13} {row['implementation']:<27} {row['ms']:8.2f} {row['gb_per_s']:7.1f} "
-            f"{ratio:>13} {row['of_roofline']:11.0%}"
+            f"\n## {row['device']}, {row['workload']}: {numel / 1e6:.3g}M float32 params in "
+            f"{len(shapes)} tensors, fresh gradients every step, {torch.get_num_threads()} threads"
         )
+        print(
+            f"{'algorithm':<13} {'adaptim ms':>10} {'torch best':>22} {'vs torch':>9} "
+            f"{'foreach vs':>10} {'1st step ms':>11} {'torch 1st':>9} {'of roofline':>11}"
+        )
+    ms = row["ms"]
+    best = row["torch_best"]
+    torch_text = "—" if best is None else f"{ms[best]:.3f} ({best.split()[1]})"
+    ratio = "—" if row["vs_torch"] is None else f"{row['vs_torch']:.2f}x"
+    foreach = "—" if row["foreach_vs_torch"] is None else f"{row['foreach_vs_torch']:.2f}x"
+    torch_first = "—" if best is None else f"{row['first_step_ms'][best]:.1f}"
+    print(
+        f"{row['algorithm']:<13} {ms['adaptim']:10.3f} {torch_text:>22} {ratio:>9} {foreach:>10} "
+        f"{row['first_step_ms']['adaptim']:11.1f} {torch_first:>9} {row['of_roofline']:11.0%}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", choices=list(WORKLOADS), nargs="+", default=list(WORKLOADS))
     parser.add_argument(
-        "--workload", choices=sorted(WORKLOADS), nargs="+", default=sorted(WORKLOADS)
+        "--algorithms", choices=list(ALGORITHMS), nargs="+", default=list(ALGORITHMS)
     )
-    parser.add_argument(
-        "--algorithms", choices=sorted(ALGORITHMS), nargs="+", default=list(ALGORITHMS)
-    )
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--warm-cache", action="store_true", help="keep adaptim's kernel cache")
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.warm_cache:
+        os.environ["ADAPTIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptim-bench-")
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     rows: list[dict[str, Any]] = []
     for device in devices:
+        bandwidth = copy_bandwidth(device, 15)
+        print(f"\n{device.type}: copy_ bandwidth {bandwidth / 1e9:.1f} GB/s")
         for workload in args.workload:
-            for algorithm in args.algorithms:
+            for index, algorithm in enumerate(args.algorithms):
                 runners = runners_for(algorithm, workload, device)
                 measure(runners, args.repeats, device)
-                new = report(algorithm, workload, device, runners)
-                print_table(new)
-                rows.extend(new)
+                row = report(algorithm, workload, device, runners, bandwidth)
+                row["copy_gb_per_s"] = bandwidth / 1e9
+                print_row(row, header=index == 0)
+                rows.append(row)
                 del runners
                 gc.collect()
     meta = {
-        "torch": torch.__version__, "adaptim": adaptim.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "processor": platform.processor(), "repeats": args.repeats,
+        "torch": torch.__version__, "adaptim": adaptim.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "processor": platform.processor(), "repeats": args.repeats,
+        "cold_kernel_cache": not args.warm_cache,
     }  # fmt: skip
     with open(args.json, "w") as handle:
         json.dump({"meta": meta, "rows": rows}, handle, indent=1)

@@ -18,6 +18,7 @@ cannot record falls back with one warning that names it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -41,13 +42,18 @@ from adaptim.torch import _engine, _native, _replay
 STEPS = 40
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+THREADS = pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
+
+
+@contextlib.contextmanager
+def num_threads(count: int) -> Iterator[None]:
     """Threads are part of correctness: the native loop splits work across them."""
     before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def against_reference(spec: Spec, **switches: Any) -> Spec:
@@ -75,6 +81,7 @@ CASES = [
 ]
 
 
+@THREADS
 @pytest.mark.parametrize(("spec", "enabled"), CASES)
 @settings(max_examples=2, phases=PHASES)
 @given(data=st.data())
@@ -89,7 +96,7 @@ def test_native_and_replay_equal_the_reference(
         )
         for dtype in dtypes:
             note(f"{switches} {dtype}: {case}")
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), num_threads(threads):
                 warnings.simplefilter("error")  # no fallback warning on the supported paths
                 result = run(case, dtype, steps=STEPS)
             assert not result.problems, "\n".join(result.problems)
@@ -482,6 +489,7 @@ LARS_LAMB_CASES = [
 ]  # fmt: skip
 
 
+@THREADS
 @pytest.mark.parametrize(("name", "settings"), LARS_LAMB_CASES)
 @pytest.mark.parametrize("switch", ["fused", "foreach"])
 def test_lars_and_lamb_norms_per_tensor(
@@ -501,10 +509,16 @@ def test_lars_and_lamb_norms_per_tensor(
         for ps, opt in ((ours_params, ours), (reference_params, reference)):
             for p, g in zip(ps, grads, strict=True):
                 p.grad = g.clone()
-            opt.step()
+            with num_threads(threads):
+                opt.step()
     status = ours.fused_status()[0]
-    assert switch == "foreach" and status.startswith("foreach (2 partitions)") or status.endswith("(not native: the rule takes norms over whole tensors)") or (
-        settings.get("exclude_bias_and_norm") and status.startswith("foreach (1 partition), native")
+    assert (
+        (switch == "foreach" and status.startswith("foreach (2 partitions)"))
+        or status.endswith("(not native: the rule takes norms over whole tensors)")
+        or (
+            settings.get("exclude_bias_and_norm")
+            and status.startswith("foreach (1 partition), native")
+        )
     ), status
     for p, q in zip(ours_params, reference_params, strict=True):
         exact = switch == "foreach" or p.ndim > 1 or not settings.get("exclude_bias_and_norm")

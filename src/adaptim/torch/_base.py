@@ -375,14 +375,19 @@ class Optimizer(torch.optim.Optimizer):
         if grad.is_sparse:
             mode = self._sparse_mode(p, hp)
             if mode == "rows":
-                self._update_rows(p, grad, state, entries, step, hp)
+                self._update_rows(p, grad, state, entries, float(step), hp)
                 return
             grad = grad.to_dense()
         inputs = {k: _dense_or_none(state.get(k)) for k in entries}
         views = {k: None if v is None else real_view(v) for k, v in inputs.items()}
         target = real_view(p)
         new_p, new_state = algorithm.update(
-            target, real_view(grad), views, step=step, xp=TRACEABLE_OPS if traceable else TORCH_OPS, **hp
+            target,
+            real_view(grad),
+            views,
+            step=step,
+            xp=TRACEABLE_OPS if traceable else TORCH_OPS,
+            **hp,
         )
         target.copy_(new_p)
         for key, value in new_state.items():

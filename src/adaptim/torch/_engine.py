@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adaptim.torch import _native, _replay
+from adaptim.torch import _native, _replay, _symbolic
 from adaptim.torch._trace import Traced, Unfusable, trace
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ _IS_CONTIGUOUS = torch.Tensor.is_contiguous
 #: elements (benchmarks/step_speed.py: from about this size the single pass
 #: beats the multi-tensor replay by more than the per-call overhead).
 AUTO_NATIVE_MIN_NUMEL = 1 << 16
+
+#: Memos kept per partition layout: each failed guard (RAdam leaving warm-up) adds one.
+MAX_MEMOS = 8
 
 
 @dataclass
@@ -85,6 +88,17 @@ class Partition:
     native_refused: str | None = None
     _table: _native.BlockTable | None = None
     _pointers: np.ndarray | None = None
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        """What a recording depends on besides hyperparameters and step."""
+        return (
+            self.tensor_keys,
+            self.per_tensor_keys,
+            self.absent_keys,
+            tuple(self.scalar_state),
+            self.ndim,
+        )
 
     def state_current(self) -> bool:
         """Whether every state tensor is still the one this partition recorded (not replaced)."""
@@ -162,6 +176,10 @@ class Engine:
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
         self.groups: dict[int, GroupRun] = {}
+        #: Recordings later steps reuse, by partition layout and hyperparameter shape.
+        self.memos: dict[tuple[Any, ...], list[_symbolic.Memo]] = {}
+        self.unmemoizable: set[tuple[Any, ...]] = set()
+        self._leaves: dict[int, tuple[dict[str, Any], list[float], tuple[Any, ...]]] = {}
 
     def invalidate(self) -> None:
         """Forget every partition (after ``load_state_dict`` or a new param group)."""
@@ -198,7 +216,9 @@ class Engine:
             run.status = f"reference: {run.refused}"
         else:
             counts = {p: paths.count(p) for p in dict.fromkeys(paths)}
-            summary = ", ".join(f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items())
+            summary = ", ".join(
+                f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items()
+            )
             covered = sum(len(p.params) for p in run.partitions)
             run.status = f"{summary or 'reference'}: {covered} of {len(params)} tensors"
             refused = {p.native_refused for p in run.partitions if p.native_refused}
@@ -221,25 +241,20 @@ class Engine:
         if any(g is None or g.is_sparse or g.dtype != dtype for g in grads):
             run.stale = True
             return None
-        if list(map(_DATA_PTR, partition.params)) != partition.ptrs or not partition.state_current():
+        if (
+            list(map(_DATA_PTR, partition.params)) != partition.ptrs
+            or not partition.state_current()
+        ):
             run.stale = True  # model.to(), p.data = ... or replaced state: rebuild, reference now
             return None
         algorithm = self.optimizer.algorithm
         step = partition.step + 1 if algorithm.step else 0.0
         try:
-            traced = trace(
-                algorithm.update,
-                partition.tensor_keys,
-                partition.per_tensor_keys,
-                partition.absent_keys,
-                partition.scalar_state,
-                negate_grad=bool(group.get("maximize", False)),
-                step=step,
-                hyperparams=hp,
-                ndim=partition.ndim,
-            )
+            traced = self._record(partition, group, hp, step)
         except Unfusable as why:
-            self._refuse(run, f"the rule {algorithm.update.__qualname__} cannot be recorded ({why})")
+            self._refuse(
+                run, f"the rule {algorithm.update.__qualname__} cannot be recorded ({why})"
+            )
             return None
         path = self._run(partition, traced, grads, mode, plans)
         if algorithm.step:
@@ -248,8 +263,67 @@ class Engine:
             partition.step = step
         for key, value in traced.scalar_state.items():
             partition.scalar_state[key] = value
-            torch._foreach_copy_([s[key] for s in partition.states], [value] * len(partition.states))
+            torch._foreach_copy_(
+                [s[key] for s in partition.states], [value] * len(partition.states)
+            )
         return path
+
+    def _record(
+        self, partition: Partition, group: Mapping[str, Any], hp: dict[str, Any], step: float
+    ) -> Traced:
+        """This step's recording: from a memo when one applies, else by running the rule on proxies."""
+        algorithm = self.optimizer.algorithm
+        negate = bool(group.get("maximize", False))
+        known = self._leaves.get(id(hp))
+        if known is None or known[0] is not hp:
+            values, shape = _symbolic.leaves_of(hp)
+            known = (hp, values, shape)
+            self._leaves = {id(hp): known}  # one dict per group: keep the latest only
+        _, values, shape = known
+        key = (partition.signature, negate, shape)
+        memos = self.memos.setdefault(key, [])
+        leaves = [step, *values]
+        for memo in memos:
+            try:
+                slots = memo.slots(leaves)
+            except ArithmeticError:
+                slots = None
+            if slots is not None:
+                return Traced(memo.structure, slots, {})
+        arguments = (
+            algorithm.update,
+            partition.tensor_keys,
+            partition.per_tensor_keys,
+            partition.absent_keys,
+            partition.scalar_state,
+        )
+        if key not in self.unmemoizable and len(memos) < MAX_MEMOS:
+            context = _symbolic.Context()
+            symbolic, leaf_values, _ = _symbolic.symbolic_hyperparameters(hp, context)
+            try:
+                traced = trace(
+                    *arguments,
+                    negate_grad=negate,
+                    step=_symbolic.Sym(context, ("leaf", 0), step),
+                    hyperparams=symbolic,
+                    ndim=partition.ndim,
+                )
+            except _symbolic.NotMemoizable:
+                self.unmemoizable.add(key)
+            else:
+                if traced.memoizable:
+                    memos.append(
+                        _symbolic.make_memo(
+                            traced.structure,
+                            traced.slot_expressions,
+                            context.guards,
+                            1 + len(leaf_values),
+                        )
+                    )
+                else:
+                    self.unmemoizable.add(key)
+                return traced
+        return trace(*arguments, negate_grad=negate, step=step, hyperparams=hp, ndim=partition.ndim)
 
     def _run(
         self,
@@ -338,7 +412,11 @@ class Engine:
                 elif not isinstance(value, torch.Tensor) or value.is_sparse:
                     layout = []
                     break
-                elif value.shape == p.shape and value.dtype == p.dtype and value.stride() == p.stride():
+                elif (
+                    value.shape == p.shape
+                    and value.dtype == p.dtype
+                    and value.stride() == p.stride()
+                ):
                     layout.append((name, "element"))
                 elif value.ndim == 0:
                     layout.append((name, "tensor"))

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,9 +151,7 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
             expression = f"sqrt{suffix}({a[0]})"
         elif op == "pow":
             exponent = float(args[1][1])
-            expression = (
-                f"{a[0]} * {a[0]}" if exponent == 2.0 else f"pow{suffix}({a[0]}, {a[1]})"
-            )
+            expression = f"{a[0]} * {a[0]}" if exponent == 2.0 else f"pow{suffix}({a[0]}, {a[1]})"
         elif op == "maximum":
             expression = f"max_t({a[0]}, {a[1]})"
         elif op == "where":
@@ -191,7 +189,7 @@ class Kernel:
     """A loaded native step and its source."""
 
     source: str
-    function: ctypes._CFuncPtr
+    function: Callable[..., None]
     buffers: int
 
     def __call__(
@@ -268,7 +266,9 @@ def cache_dir() -> Path:
 def _cpu_fingerprint() -> str:
     try:
         flags = next(
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
         )
     except (OSError, StopIteration):
         flags = platform.processor()
@@ -295,7 +295,7 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     return kernel
 
 
-def _load(source: str) -> ctypes._CFuncPtr:
+def _load(source: str) -> Callable[..., None]:
     cc = compiler()
     if cc is None:
         raise NativeUnavailable("no C compiler found (set CC, or install gcc)")

@@ -126,7 +126,7 @@ class _Emitter:
         return repr(ref[1])
 
     def writable(self, buffer: str) -> bool:
-        return buffer.startswith("t") and buffer[1:].isdigit() or buffer in self.written
+        return (buffer.startswith("t") and buffer[1:].isdigit()) or buffer in self.written
 
     def may_take(self, buffer: str, node: Ref, index: int) -> bool:
         """Whether ``node`` (computed at ``index``) may be written into ``buffer`` now."""
@@ -191,7 +191,9 @@ class _Emitter:
             return
         source = self.text(args[0])
         name = self.new_temp(node)
-        self.lines.append(f"    {name} = torch._foreach_{foreach}({source}{self.rest(op, args[1:])})")
+        self.lines.append(
+            f"    {name} = torch._foreach_{foreach}({source}{self.rest(op, args[1:])})"
+        )
 
     def rest(self, op: str, args: tuple[Ref, ...] | list[Ref]) -> str:
         texts = [self.text(a) for a in args]
@@ -231,7 +233,9 @@ class _Emitter:
         texts = [by_ref[a] if _is_array(a) else self.text(a) for a in args]
         expression = _PER_TENSOR[op].format(*texts)
         zipped = ", ".join(self.storage[a] for a in lists)
-        loop = f"for {', '.join(names)}{',' if len(names) == 1 else ''} in zip({zipped}, strict=True)"
+        loop = (
+            f"for {', '.join(names)}{',' if len(names) == 1 else ''} in zip({zipped}, strict=True)"
+        )
         name = self.new_temp(node)
         self.lines.append(f"    {name} = [{expression} {loop}]")
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from adaptim.algorithms._spec import ArrayOps
+from adaptim.torch._symbolic import NotMemoizable, Sym
 
 
 class Unfusable(Exception):
@@ -63,6 +64,10 @@ class Recording:
     ndim: int
     ops: list[Op] = field(default_factory=list)
     slots: list[float] = field(default_factory=list)
+    #: How each slot was computed (:mod:`._symbolic`): a leaf expression, or a constant.
+    slot_expressions: list[tuple[Any, ...]] = field(default_factory=list)
+    #: False once a slot came from something a memo cannot recompute (a state tensor).
+    memoizable: bool = True
 
     def input(self, position: int) -> Proxy:
         return Proxy(self, ("input", position))
@@ -81,6 +86,11 @@ class Recording:
             return ref
         if kind is float or kind is int:
             self.slots.append(float(value))
+            self.slot_expressions.append(("const", float(value)))
+            return ("slot", len(self.slots) - 1)
+        if kind is Sym:
+            self.slots.append(float(value.value))
+            self.slot_expressions.append(value.expression)
             return ("slot", len(self.slots) - 1)
         if kind is tuple and len(value) == 2 and value[0] == "const":
             return value  # type: ignore[no-any-return]  # an exponent, baked into the plan
@@ -90,9 +100,12 @@ class Recording:
             raise Unfusable("a bool where a number was expected")
         if isinstance(value, int | float):  # NumPy scalars and other number types
             self.slots.append(float(value))
+            self.slot_expressions.append(("const", float(value)))
             return ("slot", len(self.slots) - 1)
         if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
             self.slots.append(float(value))  # scalar state, e.g. NAdam's mu_product
+            self.slot_expressions.append(("const", float(value)))
+            self.memoizable = False
             return ("slot", len(self.slots) - 1)
         raise Unfusable(f"an operand of type {type(value).__name__}")
 
@@ -239,7 +252,9 @@ class Structure:
         found: set[int] = set()
         for index, (op, args) in enumerate(self.ops):
             arrays = [a for a in args if a[0] in ("node", "input")]
-            if op in PER_TENSOR_OPS or (arrays and all(self._is_per_tensor(a, found) for a in arrays)):
+            if op in PER_TENSOR_OPS or (
+                arrays and all(self._is_per_tensor(a, found) for a in arrays)
+            ):
                 found.add(index)
         return frozenset(found)
 
@@ -256,6 +271,8 @@ class Traced:
     structure: Structure
     slots: list[float]
     scalar_state: dict[str, Any]
+    slot_expressions: list[tuple[Any, ...]] = field(default_factory=list)
+    memoizable: bool = False
 
 
 def trace(
@@ -266,7 +283,7 @@ def trace(
     scalar_state: Mapping[str, Any],
     *,
     negate_grad: bool,
-    step: float,
+    step: float | Sym,
     hyperparams: Mapping[str, Any],
     ndim: int,
 ) -> Traced:
@@ -292,7 +309,7 @@ def trace(
         new_param, new_state = update(
             recording.input(0), grad, state, step=step, xp=RECORDING_OPS, **hyperparams
         )
-    except Unfusable:
+    except (Unfusable, NotMemoizable):
         raise
     except Exception as error:  # the contract: never raise from inside the tracer
         raise Unfusable(f"{type(error).__name__}: {error}") from None
@@ -317,7 +334,13 @@ def trace(
         created=tuple(created),
         slot_count=len(recording.slots),
     )
-    return Traced(structure, recording.slots, new_scalars)
+    return Traced(
+        structure,
+        recording.slots,
+        new_scalars,
+        recording.slot_expressions,
+        recording.memoizable and not new_scalars,
+    )
 
 
 def _array_ref(recording: Recording, value: Any) -> Ref:
