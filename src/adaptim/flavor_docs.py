@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from adaptim.algorithms import ALGORITHMS
 from adaptim.flavors import (
     AMSGRAD_DIFFERENCES,
     DIFFERENCES,
@@ -146,16 +147,7 @@ EQUATIONS: dict[str, Callable[[Values], list[str]]] = {
     "radam": _radam,
 }
 
-TITLES = {
-    "adagrad": "AdaGrad",
-    "rmsprop": "RMSprop",
-    "adadelta": "Adadelta",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adamax": "Adamax",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-}
+TITLES = {name: ALGORITHMS[name].class_name for name in EQUATIONS}
 
 _INTRO = """\
 # Flavors: the same optimizer in PyTorch, Keras 3, TF1, optax and the papers

@@ -130,18 +130,6 @@ AMSGRAD_DIFFERENCES: dict[str, dict[str, Any]] = {
     "paper": {"bias_correction": False, "eps": 0.0},  # Reddi et al. 2018, Algorithm 2
 }
 
-#: The class names, for error messages.
-_TITLES = {
-    "adagrad": "AdaGrad",
-    "rmsprop": "RMSprop",
-    "adadelta": "Adadelta",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adamax": "Adamax",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-}
-
 
 def check_flavor(flavor: Any) -> str:
     """``flavor`` if it names a flavor; otherwise a ``ValueError`` listing the allowed ones."""
@@ -167,7 +155,7 @@ def preset(algorithm: str, flavor: str, *, amsgrad: bool = False) -> dict[str, A
     check_flavor(flavor)
     values = dict(ALGORITHMS[algorithm].defaults)
     if flavor not in available(algorithm, amsgrad=amsgrad):
-        name = _TITLES.get(algorithm, algorithm)
+        name = ALGORITHMS[algorithm].class_name
         variant = f"{name} with amsgrad=True" if amsgrad else name
         allowed = ", ".join(repr(f) for f in available(algorithm, amsgrad=amsgrad))
         raise ValueError(

@@ -85,7 +85,8 @@ class Algorithm:
     #: scales out of the trust ratio), so multi-tensor execution keeps vectors
     #: and matrices apart.
     depends_on_ndim: bool = False
-    #: The class name of the PyTorch and NumPy front-ends (``"Adam"``, ``"RMSprop"``).
+    #: The class name of the PyTorch and NumPy front-ends (``"Adam"``, ``"RMSprop"``),
+    #: also used in messages.
     class_name: str = ""
 
 

@@ -89,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
 
 ADADELTA = Algorithm(
     name="adadelta",
+    class_name="Adadelta",
     title="Adadelta: RMSprop whose step is rescaled by the RMS of past updates",
     update=adadelta_update,
     hparams=tuple(DEFAULTS),

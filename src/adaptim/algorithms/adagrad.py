@@ -118,6 +118,7 @@ DEFAULTS: dict[str, Any] = {
 
 ADAGRAD = Algorithm(
     name="adagrad",
+    class_name="Adagrad",
     title="AdaGrad: per-coordinate step sizes from the running sum of squared gradients",
     update=adagrad_update,
     hparams=tuple(DEFAULTS),

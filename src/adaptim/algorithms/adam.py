@@ -171,6 +171,7 @@ DEFAULTS: dict[str, Any] = {
 
 ADAM = Algorithm(
     name="adam",
+    class_name="Adam",
     title="Adam: bias-corrected moment estimates (AMSGrad and decoupled decay as options)",
     update=adam_update,
     hparams=tuple(DEFAULTS),
@@ -182,6 +183,7 @@ ADAM = Algorithm(
 
 ADAMW = Algorithm(
     name="adamw",
+    class_name="AdamW",
     title="AdamW: Adam with weight decay decoupled from the gradient",
     update=adam_update,
     hparams=tuple(DEFAULTS),

@@ -92,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
 
 ADAMAX = Algorithm(
     name="adamax",
+    class_name="Adamax",
     title="Adamax: Adam with an exponentially weighted infinity norm",
     update=adamax_update,
     hparams=tuple(DEFAULTS),

@@ -119,6 +119,7 @@ DEFAULTS: dict[str, Any] = {
 
 LAMB = Algorithm(
     name="lamb",
+    class_name="LAMB",
     depends_on_ndim=True,
     title="LAMB: Adam with a per-layer trust ratio ||x|| / ||update|| (large batches)",
     update=lamb_update,

@@ -127,6 +127,7 @@ DEFAULTS: dict[str, Any] = {
 
 LARS = Algorithm(
     name="lars",
+    class_name="LARS",
     depends_on_ndim=True,
     title="LARS: momentum SGD with a per-layer trust ratio ||w|| / ||g|| (large batches)",
     update=lars_update,

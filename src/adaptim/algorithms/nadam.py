@@ -97,6 +97,7 @@ DEFAULTS: dict[str, Any] = {
 
 NADAM = Algorithm(
     name="nadam",
+    class_name="NAdam",
     title="NAdam: Adam with Nesterov momentum and a warming momentum schedule",
     update=nadam_update,
     hparams=tuple(DEFAULTS),

@@ -126,6 +126,7 @@ DEFAULTS: dict[str, Any] = {
 
 RADAM = Algorithm(
     name="radam",
+    class_name="RAdam",
     title="RAdam: Adam with a variance rectification term and an SGD warm start",
     update=radam_update,
     hparams=tuple(DEFAULTS),

@@ -149,6 +149,7 @@ DEFAULTS: dict[str, Any] = {
 
 RMSPROP = Algorithm(
     name="rmsprop",
+    class_name="RMSprop",
     title="RMSprop: steps divided by a moving RMS of gradients (plain, centered, momentum)",
     update=rmsprop_update,
     hparams=tuple(DEFAULTS),

@@ -89,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
 
 SGD = Algorithm(
     name="sgd",
+    class_name="SGD",
     title="SGD with optional heavy-ball or Nesterov momentum",
     update=sgd_update,
     hparams=tuple(DEFAULTS),

@@ -343,22 +343,8 @@ def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
     )
 
 
-_NAMES = {
-    "sgd": "SGD",
-    "adagrad": "Adagrad",
-    "rmsprop": "RMSprop",
-    "adadelta": "Adadelta",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adamax": "Adamax",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-    "lars": "LARS",
-    "lamb": "LAMB",
-}
-
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    name: _front_end(ALGORITHMS[name], class_name) for name, class_name in _NAMES.items()
+    name: _front_end(algorithm, algorithm.class_name) for name, algorithm in ALGORITHMS.items()
 }
 
 SGD = OPTIMIZERS["sgd"]
