@@ -60,16 +60,32 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'
 COLUMNS = (
     ("optimizer", "The recommended one in bold."),
     (
+        "standing",
+        "Against the leader (the best mean on validation without a diverged re-run): worse "
+        "(separated, Holm-adjusted), equivalent (TOST within the margin), not distinguishable "
+        "with these seeds, or diverged (out of contention).",
+    ),
+    (
         "chosen lr",
         "Best learning rate of the tuning sweep; * marks the edge of the searched range.",
     ),
-    ("mean", "Final main metric, mean over the re-run seeds."),
-    ("95% CI", "Half-width of the 95% confidence interval (Student's t)."),
+    ("test mean", "Final main metric on test, mean over the re-run seeds."),
+    ("95% CI", "Half-width of the 95% confidence interval of that mean (Student's t)."),
     ("seeds", "Re-run seeds that finished."),
     ("diverged", "Diverged re-runs, and diverged tuning runs of all tried."),
+    (
+        "vs leader",
+        "This optimizer minus the leader on validation, paired by seed, with its 95% CI: "
+        "the difference behind the standing (a diverged seed scores as the worst value reached).",
+    ),
+    ("P(leader better)", "Probability that a leader's run beats this one's (Agarwal et al. 2021)."),
     ("steps to target", "First step where the mean curve reaches the target."),
     ("seconds", "Training wall time to the target."),
-    ("good lr range", "Decades of learning rate scoring within 2% of the best: robustness."),
+    (
+        "good lr range",
+        "Contiguous grid steps of learning rates that get 98% of the way from the initial value "
+        "to the optimizer's best: robustness.",
+    ),
 )
 
 
@@ -89,6 +105,8 @@ class ProblemSection:
     verdict: Verdict
     rows: list[Row]
     figures: list[Figure] = field(default_factory=list)
+    #: Which split decided and which is reported.
+    splits: str = ""
 
 
 def _verdict(section: ProblemSection, with_name: bool, headline_only: bool = False) -> str:
@@ -109,16 +127,18 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
     for r in section.rows:
         style = styles[r.optimizer]
         cells = [
-            f'<span class="swatch" style="background:{style.color}"></span>{escape(r.optimizer)}'
-            + (" (tied)" if r.tied else ""),
+            f'<span class="swatch" style="background:{style.color}"></span>{escape(r.optimizer)}',
+            escape(r.status),
             escape(r.lr) + ("*" if r.lr_at_edge else ""),
             escape(r.mean),
             escape(r.ci95),
             str(r.seeds),
             f"{r.diverged_reruns} · {escape(r.diverged_tuning)} tuning",
+            escape(r.vs_leader),
+            escape(r.improvement),
             escape(r.steps_to_target),
             escape(r.seconds_to_target),
-            f"{escape(r.good_lr_decades)} decades",
+            escape(r.good_lr),
         ]
         tr = ' class="recommended"' if r.recommended else ""
         body.append(f"<tr{tr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -181,7 +201,7 @@ def render(
         parts += [
             f"<h2>Problem: {escape(s.name)}</h2>",
             f'<p class="lede">{escape(s.description)}. Main metric: <b>{escape(s.metric)}</b> '
-            f"({goal} is better).</p>",
+            f"({goal} is better). {escape(s.splits)}</p>",
         ]
         if many:  # the evidence is in the summary at the top
             parts.append(_verdict(s, with_name=False, headline_only=True))
