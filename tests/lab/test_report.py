@@ -283,3 +283,28 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
     assert "the store lacks 1 trial(s) of this study" in incomplete.output
     unknown = CliRunner().invoke(app, ["report", str(tmp_path), "--study", "ffff"])
     assert unknown.exit_code == 2 and "no study in the store" in unknown.output
+
+
+def test_probability_of_improvement_across_problems_is_stratified_by_problem() -> None:
+    from adaptim.lab.protocol import StudyConfig
+    from adaptim.lab.study import StudyOutcome
+
+    adam = outcome("adam", [rising(0.95, 3, d) for d in (0.0, 0.004, -0.004)], {1e-3: 0.95})
+    sgd = outcome("sgd", [rising(0.80, 8, d) for d in (0.0, 0.004, -0.004)], {1e-1: 0.80})
+    diverging = outcome("sgd", [rising(0.99, 8), None, rising(0.99, 8)], {1e-1: 0.99})
+    config = StudyConfig(problems=("toy", "toy2"), optimizers=("adam", "sgd"))
+    single = StudyOutcome(config, [problem_outcome(adam, sgd)], "sqlite://", "adaptim compare")
+    assert data.improvements(single) is None
+    both = StudyOutcome(
+        config,
+        [problem_outcome(adam, sgd), problem_outcome(adam, diverging)],
+        "sqlite://",
+        "adaptim compare",
+    )
+    found = data.improvements(both)
+    assert found is not None and found.problems == 2
+    # Problem 1: adam wins every pair (1.0). Problem 2: sgd's two 0.99 runs beat adam's three,
+    # its diverged run scores as the worst value reached (adam's 0.946): it loses to adam's
+    # 0.95 and 0.954 and ties with 0.946, so 2.5 of 9 pairs go to adam.
+    assert found.cells["adam", "sgd"].startswith(f"{(1.0 + 2.5 / 9) / 2:.2f} [")
+    assert found.cells["sgd", "adam"].startswith(f"{(0.0 + 6.5 / 9) / 2:.2f} [")

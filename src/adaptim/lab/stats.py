@@ -181,10 +181,14 @@ def stratified_bootstrap_ci(
     return float(low), float(high)
 
 
-def _improvement(x: Array, y: Array) -> float:
-    """P(a run of x beats a run of y) over all pairs, ties one half (higher is better)."""
-    diff = x[:, None] - y[None, :]
-    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+def _improvement(x: Array, y: Array) -> Array:
+    """P(a run of x beats a run of y) over all pairs, ties one half (higher is better).
+
+    The last axis holds the runs; leading axes (bootstrap resamples) broadcast.
+    """
+    diff = x[..., :, None] - y[..., None, :]
+    wins: Array = ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(-2, -1))
+    return wins
 
 
 @dataclass(frozen=True)
@@ -205,16 +209,20 @@ def probability_of_improvement(
 
     ``x[m]`` and ``y[m]`` are the runs' scores (higher is better: negate a
     loss) of the two optimizers on problem ``m``; the runs need not be paired.
+    Each resample draws, within every problem, the runs of X and of Y with
+    replacement (the strata are the problems), as ``rliable`` does.
     """
     if len(x) != len(y) or not x or any(len(s) == 0 for s in [*x, *y]):
         raise ValueError("probability_of_improvement needs runs of both on every problem")
-    xs = [np.asarray(s, dtype=np.float64) for s in x]
-    ys = [np.asarray(s, dtype=np.float64) for s in y]
-    point = float(np.mean([_improvement(a, b) for a, b in zip(xs, ys, strict=True)]))
-    m = len(xs)
-
-    def statistic(resampled: list[Array]) -> float:
-        return float(np.mean([_improvement(resampled[i], resampled[m + i]) for i in range(m)]))
-
-    low, high = stratified_bootstrap_ci([*xs, *ys], statistic, confidence, reps, seed)
-    return Improvement(point, low, high)
+    rng = np.random.default_rng(seed)
+    point = 0.0
+    resampled = np.zeros(reps)
+    for xs, ys in zip(x, y, strict=True):
+        a, b = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+        point += float(_improvement(a, b))
+        resampled += _improvement(
+            a[rng.integers(0, a.size, (reps, a.size))], b[rng.integers(0, b.size, (reps, b.size))]
+        )
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(resampled / len(x), [tail, 1 - tail])
+    return Improvement(point / len(x), float(low), float(high))

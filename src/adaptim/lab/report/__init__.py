@@ -113,6 +113,7 @@ def build_report(outcome: StudyOutcome, study_key: str) -> str:
         sections=sections,
         styles=styles,
         profile=profile,
+        improvements=data.improvements(outcome),
         footer=data.footer(outcome, study_key),
         protocol=PROTOCOL,
         config=data.config_lines(outcome),

@@ -10,12 +10,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from adaptim.lab import stats
 from adaptim.lab.analysis import OptimizerOutcome, speed_target
 from adaptim.lab.curves import metric_curve, steps_to_target
 from adaptim.lab.protocol import TUNING_SEED
 from adaptim.lab.report import text
 from adaptim.lab.robustness import lr_range, reference_value
-from adaptim.lab.splits import has_validation
+from adaptim.lab.splits import has_validation, reported_value
 
 if TYPE_CHECKING:
     from adaptim.lab.study import ProblemOutcome, StudyOutcome
@@ -178,6 +179,47 @@ def split_note(problem: ProblemOutcome) -> str:
         "This problem has a single evaluation split: it both decides and is reported, so the "
         "reported numbers are not independent of the choice."
     )
+
+
+@dataclass(frozen=True)
+class Improvements:
+    """P(row optimizer beats column optimizer) across problems, with 95% intervals."""
+
+    names: list[str]
+    cells: dict[tuple[str, str], str]
+    problems: int
+
+
+def improvements(outcome: StudyOutcome) -> Improvements | None:
+    """Agarwal et al.'s probability of improvement over all problems (test values; a diverged
+    run scores as the worst value reached on its problem), with stratified-bootstrap
+    intervals. ``None`` with a single problem (its comparisons say it all)."""
+    if len(outcome.problems) < 2:
+        return None
+    names = list(outcome.config.optimizers)
+    scores: list[dict[str, list[float]]] = []
+    for problem in outcome.problems:
+        metric = problem.problem.metric
+        sign = 1.0 if metric.goal == "max" else -1.0
+        raw = {o.name: [reported_value(r, metric.name) for r in o.runs] for o in problem.outcomes}
+        finite = [sign * v for values in raw.values() for v in values if v is not None]
+        if not finite or any(not values for values in raw.values()):
+            continue
+        worst = min(finite)
+        scores.append(
+            {n: [worst if v is None else sign * v for v in values] for n, values in raw.items()}
+        )
+    if len(scores) < 2:
+        return None
+    cells = {}
+    for x in names:
+        for y in names:
+            if x != y:
+                found = stats.probability_of_improvement(
+                    [per[x] for per in scores], [per[y] for per in scores]
+                )
+                cells[x, y] = f"{found.probability:.2f} [{found.low:.2f}, {found.high:.2f}]"
+    return Improvements(names, cells, len(scores))
 
 
 def times_to_target(outcome: StudyOutcome) -> dict[str, dict[str, float | None]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
-from adaptim.lab.report.data import Footer, Row, Style, Verdict
+from adaptim.lab.report.data import Footer, Improvements, Row, Style, Verdict
 
 CSS = """
 :root { color-scheme: light; --muted: #555; --line: #ddd; }
@@ -156,6 +156,29 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
     )
 
 
+def _improvements(table: Improvements) -> str:
+    head = "".join(f"<th>{escape(n)}</th>" for n in table.names)
+    body = "".join(
+        f"<tr><td>{escape(x)}</td>"
+        + "".join(
+            f"<td>{escape(table.cells[x, y])}</td>" if x != y else "<td>–</td>" for y in table.names
+        )
+        + "</tr>"
+        for x in table.names
+    )
+    return (
+        "<h3>Probability of improvement</h3>"
+        f"<table><thead><tr><th>P(row beats column)</th>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+        f'<p class="note">Over {table.problems} problems: the chance that a re-run of the row '
+        "optimizer ends better than one of the column optimizer on the same problem, averaged "
+        "over problems (Agarwal et al. 2021; test values, a diverged run scores as the worst "
+        "value reached). In brackets the 95% stratified-bootstrap interval: runs are resampled "
+        "within each problem. 0.5 means no difference; an interval that excludes 0.5 means the "
+        "row is reliably better (above) or worse (below).</p>"
+    )
+
+
 def _figure(figure: Figure) -> str:
     return (
         f'<figure class="plot"><figcaption><b>{escape(figure.title)}.</b> '
@@ -168,6 +191,7 @@ def render(
     sections: list[ProblemSection],
     styles: dict[str, Style],
     profile: Figure | None,
+    improvements: Improvements | None = None,
     footer: Footer,
     protocol: str,
     config: list[tuple[str, str]],
@@ -194,8 +218,12 @@ def render(
         for name, style in styles.items()
     )
     parts.append(f'<div class="toggles">Show: {toggles}</div>')
+    if profile is not None or improvements is not None:
+        parts.append("<h2>Across problems</h2>")
+    if improvements is not None:
+        parts.append(_improvements(improvements))
     if profile is not None:
-        parts += ["<h2>Across problems</h2>", _figure(profile)]
+        parts.append(_figure(profile))
     for s in sections:
         goal = "lower" if s.goal == "min" else "higher"
         parts += [

@@ -49,7 +49,10 @@ def choose_study(store: Store, key: str | None, results: Path | None) -> tuple[s
     if key is None and results is not None and results.is_file():
         try:
             config = json.loads(results.read_text())["config"]
-            key = StudyConfig.from_json(config).key()
+            # The stored config itself first: a study stored before StudyConfig gained a
+            # field (max_seeds, margin) keeps its key.
+            key = next((k for k, c, _ in studies if c == config), None)
+            key = key or StudyConfig.from_json(config).key()
         except (OSError, ValueError, KeyError, TypeError):
             key = None
     if key is None:
