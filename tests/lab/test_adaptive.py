@@ -125,3 +125,20 @@ def test_max_seeds_never_below_seeds_and_old_studies_ran_exactly_their_seeds() -
     stored = config.to_json()
     del stored["max_seeds"], stored["margin"]
     assert StudyConfig.from_json(stored).max_seeds == 4
+
+
+def test_a_tie_measures_the_good_lr_ranges_on_a_second_seed(tmp_path: Path) -> None:
+    def script(optimizer: str, seed: int) -> float:
+        return 1.0 + noise(optimizer, seed, 0.1)
+
+    config = StudyConfig(problems=(TOY,), optimizers=("sgd", "adam"), seeds=3, max_seeds=4)
+    executor = Scripted(script)
+    outcome = Study(config, Store(f"sqlite:///{tmp_path / 'a.db'}"), executor).run()
+    rec = outcome.problems[0].recommendation
+    assert rec.contenders == ("sgd", "adam") or rec.contenders == ("adam", "sgd")
+    # Each tied optimizer's 8 tuned settings again on seed 1, less the chosen one (a re-run).
+    swept = [s for s in executor.ran if s.phase == "tune" and s.seed == 1]
+    assert sorted(s.optimizer for s in swept) == ["adam"] * 7 + ["sgd"] * 7
+    assert all(r.seeds == 2 for r in rec.lr_ranges.values())
+    sgd = next(o for o in outcome.problems[0].outcomes if o.name == "sgd")
+    assert len(sgd.sweeps) == 8 and {t.spec.seed for t in sgd.sweeps} == {1}

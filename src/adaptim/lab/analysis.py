@@ -24,7 +24,8 @@ means and intervals the report shows use test):
    to separate them at 80% power, from the observed difference and SD).
 4. **Ties** (the leader and every equivalent or not-distinguishable
    optimizer) are broken by the width of the good learning-rate range in
-   grid steps (:mod:`adaptim.lab.robustness`; widths within one step are
+   grid steps (:mod:`adaptim.lab.robustness`, on the tuning seed and the
+   ``sweeps`` the study runs on a second seed; widths within one step are
    equal, and a range is not compared when an lr was fixed with ``--set``),
    then by the steps needed to reach the speed target, then by the mean.
 """
@@ -88,6 +89,8 @@ class OptimizerOutcome:
     runs: list[TrialResult]
     #: The learning rate was fixed with ``--set``: no range was searched.
     lr_fixed: bool = False
+    #: The tuned settings again on another seed, when a tie needs the good-lr range.
+    sweeps: list[TrialResult] = field(default_factory=list)
     #: Test values of the re-runs (what the report shows).
     summary: Summary = field(init=False)
 
@@ -419,7 +422,9 @@ def break_tie(
 ]:
     """Robustness first (unless an lr was fixed), then speed to the target, then the mean."""
     reference = reference_value(metric, [o.tuning for o in outcomes])
-    ranges = {o.name: lr_range(metric, o.tuning, reference, o.lr_fixed) for o in contenders}
+    ranges = {
+        o.name: lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed) for o in contenders
+    }
     target = speed_target(metric, outcomes)
     speeds = {
         o.name: None
@@ -489,6 +494,15 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
             for t in outcome.tuning
         ],
         "lr_at_edge": outcome.lr_at_edge,
+        "sweeps": [
+            {
+                "hparams": dict(t.spec.hparams),
+                "seed": t.spec.seed,
+                "score": decision_value(t, metric.name),
+                "diverged": t.diverged,
+            }
+            for t in outcome.sweeps
+        ],
     }
 
 

@@ -131,9 +131,10 @@ class Study:
         policy = self.policy()
         tuning = self._tune()
         finals = self._rerun(tuning, policy)
+        sweeps = self._sweep(tuning, finals, policy)
         problems = []
         for spec, problem in self.problems.items():
-            outcomes = self._outcomes(spec, tuning, finals)
+            outcomes = self._outcomes(spec, tuning, finals, sweeps)
             problems.append(
                 ProblemOutcome(problem, spec, outcomes, recommend(problem.metric, outcomes, policy))
             )
@@ -146,6 +147,7 @@ class Study:
         spec: str,
         tuning: dict[tuple[str, str], list[TrialResult]],
         finals: dict[tuple[str, str], list[TrialResult]],
+        sweeps: dict[tuple[str, str], list[TrialResult]] | None = None,
     ) -> list[OptimizerOutcome]:
         metric = self.problems[spec].metric
         return [
@@ -156,6 +158,7 @@ class Study:
                 tuning=tuning[spec, optimizer],
                 runs=finals[spec, optimizer],
                 lr_fixed="lr" in self.config.settings.get(optimizer, {}),
+                sweeps=(sweeps or {}).get((spec, optimizer), []),
             )
             for optimizer in self.config.optimizers
         ]
@@ -258,6 +261,40 @@ class Study:
         target = min(most + 1, policy.max_seeds)
         for name in contention:
             wanted[spec, name] = max(wanted[spec, name], target)
+
+    def _sweep(
+        self,
+        tuning: dict[tuple[str, str], list[TrialResult]],
+        runs: dict[tuple[str, str], list[TrialResult]],
+        policy: Policy,
+    ) -> dict[tuple[str, str], list[TrialResult]]:
+        """A second seed for the good-lr ranges of tied optimizers.
+
+        When the re-runs leave a tie that the good learning-rate range may
+        break (no contender's lr fixed with ``--set``), every tied optimizer
+        runs its tuned settings again on re-run seed 1 (its chosen setting is
+        already there), so each range is measured on two seeds; charged
+        equally to all the tied optimizers.
+        """
+        sweeps: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuning}
+        plan: dict[tuple[str, str], list[TrialSpec]] = {}
+        for spec in self.problems:
+            rec = recommend(self.problems[spec].metric, self._outcomes(spec, tuning, runs), policy)
+            if len(rec.contenders) < 2 or set(rec.contenders) & set(rec.lr_fixed):
+                continue
+            for name in rec.contenders:
+                plan[spec, name] = [
+                    self._spec(spec, name, dict(t.spec.hparams), TUNING_SEED + 1, "tune")
+                    for t in tuning[spec, name]
+                ]
+        if plan:
+            done = {
+                r.spec.key(): r
+                for r in self._execute([s for specs in plan.values() for s in specs])
+            }
+            for key, specs in plan.items():
+                sweeps[key] = [done[s.key()] for s in specs]
+        return sweeps
 
     def _execute(self, specs: Sequence[TrialSpec]) -> Iterable[TrialResult]:
         """Stored results first; the rest run through the executor and are stored as each ends."""

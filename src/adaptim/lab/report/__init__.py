@@ -34,7 +34,8 @@ PROTOCOL = (
     "distinguishable from some optimizer, one more seed is run by the leader and every such "
     "optimizer alike, up to the maximum; the per-look level is lowered from 5% so that the "
     "chance of a false separation over all looks stays at 5%. Ties are broken by the width of "
-    "the good learning-rate range in grid steps (widths within one step are equal; not compared "
+    "the good learning-rate range in grid steps, measured on two seeds (the tied optimizers rerun "
+    "their tuned settings on seed 1; widths within one step are equal; not compared "
     "when an lr was fixed with --set), then by the steps to reach the target, then by the mean."
 )
 

@@ -142,7 +142,9 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 ),
                 steps_to_target="–" if target is None else "never" if steps is None else str(steps),
                 seconds_to_target="–" if seconds is None else f"{seconds:.2g}",
-                good_lr=text.range_text(lr_range(metric, o.tuning, reference, o.lr_fixed)),
+                good_lr=text.range_text(
+                    lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed)
+                ),
             )
         )
     return rows

@@ -62,6 +62,12 @@ def margin_text(rec: Recommendation) -> str:
     return f"±{rec.margin_absolute:.3g}"
 
 
+def level_text(rec: Recommendation) -> str:
+    """The per-look level, e.g. "1.2% per-look" (lowered for adaptive seeding) or "5%"."""
+    per_look = " per-look" if rec.level < 0.05 else ""
+    return f"{100 * rec.level:.2g}%{per_look}"
+
+
 def status(rec: Recommendation, name: str) -> str:
     """A one-word standing for the ranking table."""
     if name == rec.optimizer:
@@ -156,7 +162,15 @@ def comparison_sentence(metric: Metric, rec: Recommendation, c: Comparison) -> s
             f"about {c.seeds_to_separate} seeds would separate them "
             "(80% power at the observed difference)"
         )
-    return f"{c.optimizer} and {leader} are not distinguishable with {seeds(c.seeds)}: {paired}; {more}."
+    test = (
+        ""
+        if c.p_holm is None
+        else f", Holm-adjusted p = {c.p_holm:.2g} above the {level_text(rec)} level"
+    )
+    return (
+        f"{c.optimizer} and {leader} are not distinguishable with {seeds(c.seeds)}: "
+        f"{paired}{test}; {more}."
+    )
 
 
 def range_text(r: LrRange) -> str:
@@ -179,9 +193,10 @@ def tie_sentences(metric: Metric, rec: Recommendation) -> list[str]:
     ranges = rec.lr_ranges
     fixed = [n for n in rec.contenders if ranges[n].fixed]
     listing = ", ".join(f"{n} {range_text(ranges[n])}" for n in rec.contenders)
+    measured = min(ranges[n].seeds for n in rec.contenders)
     good = (
         f"rates that get {100 * (1 - GOOD_SHARE):g}% of the way from the initial value to the "
-        "best, in contiguous grid steps"
+        f"best, in contiguous grid steps, on {seeds(measured)}"
     )
     if fixed:
         out.append(
