@@ -177,6 +177,7 @@ def _compare(
     )
     try:
         study = Study(config, trial_store, executor, BuildContext(data_dir))
+        study.policy()  # a bad --margin fails before any trial runs
         with progress:
             task = progress.add_task("trials", total=study.planned_trials(), last="")
 

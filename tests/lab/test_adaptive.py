@@ -142,3 +142,26 @@ def test_a_tie_measures_the_good_lr_ranges_on_a_second_seed(tmp_path: Path) -> N
     assert all(r.seeds == 2 for r in rec.lr_ranges.values())
     sgd = next(o for o in outcome.problems[0].outcomes if o.name == "sgd")
     assert len(sgd.sweeps) == 8 and {t.spec.seed for t in sgd.sweeps} == {1}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--max-seeds", "0"], "--max-seeds must be at least 1"),
+        (["--margin", "abc"], "--margin must be a positive number or percentage"),
+        (["--margin", "-1%"], "--margin must be a positive number or percentage"),
+    ],
+)
+def test_bad_statistics_options_get_one_clear_line(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from adaptim.cli import app
+
+    result = CliRunner().invoke(
+        app, ["compare", "--problem", TOY, "--workers", "1", "--out", str(tmp_path), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().startswith("error:") and expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
