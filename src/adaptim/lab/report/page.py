@@ -84,7 +84,8 @@ COLUMNS = (
     (
         "good lr range",
         "Contiguous grid steps of learning rates that get 98% of the way from the initial value "
-        "to the optimizer's best: robustness.",
+        "to the optimizer's best: robustness. On the tuning seed, and for tied optimizers also "
+        "on re-run seed 1 (their tuned settings are run again there).",
     ),
 )
 
