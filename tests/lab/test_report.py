@@ -209,7 +209,9 @@ def test_every_user_name_in_the_page_is_escaped() -> None:
         footer=data.Footer(name, name, name, name, name),
         protocol="p",
         config=[(name, name)],
+        improvements=data.Improvements([name, "b"], {(name, "b"): name, ("b", name): name}, 2),
     )
+    assert "Probability of improvement" in html
     assert name not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("<script>") == 1  # the page's own toggles
