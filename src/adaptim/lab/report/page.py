@@ -175,8 +175,9 @@ def _improvements(table: Improvements) -> str:
         "optimizer ends better than one of the column optimizer on the same problem, averaged "
         "over problems (Agarwal et al. 2021; test values, a diverged run scores as the worst "
         "value reached). In brackets the 95% stratified-bootstrap interval: runs are resampled "
-        "within each problem. 0.5 means no difference; an interval that excludes 0.5 means the "
-        "row is reliably better (above) or worse (below).</p>"
+        "within each problem. 0.5 means no difference; an interval entirely above 0.5 means the "
+        "row tends to beat the column (each interval on its own: no correction for the many "
+        "pairs shown).</p>"
     )
 
 
