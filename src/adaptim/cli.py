@@ -228,7 +228,7 @@ def _print_problem(problem: ProblemOutcome) -> None:
         f"test {metric.name}",
         "seeds",
         "diverged · tuning",
-        "vs leader (paired 95% CI)",
+        "vs leader (95% CI)",
         "steps to target",
         "good-lr range",
     ):
@@ -243,7 +243,7 @@ def _print_problem(problem: ProblemOutcome) -> None:
             f"{row.diverged_reruns} · {row.diverged_tuning}",
             escape(row.vs_leader),
             row.steps_to_target,
-            escape(row.good_lr),
+            escape(row.good_lr_steps),
         )
     console.print(table)
     found = verdict(problem)

@@ -79,6 +79,8 @@ class Row:
     steps_to_target: str
     seconds_to_target: str
     good_lr: str
+    #: The same without the learning rates it spans (for the terminal).
+    good_lr_steps: str
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -115,6 +117,7 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
         seconds = None if steps is None else curve.wall_time[curve.steps.index(steps)]
         lr = o.hparams.get("lr")
         comparison = rec.comparison(o.name)
+        good = lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed)
         rows.append(
             Row(
                 optimizer=o.name,
@@ -142,9 +145,8 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 ),
                 steps_to_target="–" if target is None else "never" if steps is None else str(steps),
                 seconds_to_target="–" if seconds is None else f"{seconds:.2g}",
-                good_lr=text.range_text(
-                    lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed)
-                ),
+                good_lr=text.range_text(good),
+                good_lr_steps=text.range_text(good, with_span=False),
             )
         )
     return rows

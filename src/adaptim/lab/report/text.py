@@ -173,13 +173,17 @@ def comparison_sentence(metric: Metric, rec: Recommendation, c: Comparison) -> s
     )
 
 
-def range_text(r: LrRange) -> str:
+def range_text(r: LrRange, with_span: bool = True) -> str:
+    """``3 steps (0.001–0.1)``, or "lr fixed (--set)"."""
     if r.fixed:
         return "lr fixed (--set)"
     if r.steps is None or r.low is None or r.high is None:
         return "–"
+    steps = f"{r.steps} step{'s' if r.steps != 1 else ''}"
+    if not with_span:
+        return steps
     span = f"{r.low:.3g}" if r.low == r.high else f"{r.low:.3g}–{r.high:.3g}"
-    return f"{r.steps} step{'s' if r.steps != 1 else ''} ({span})"
+    return f"{steps} ({span})"
 
 
 def tie_sentences(metric: Metric, rec: Recommendation) -> list[str]:
