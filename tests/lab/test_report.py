@@ -193,6 +193,7 @@ def hostile_section(name: str) -> page.ProblemSection:
         "5",
         "0.1",
         name,
+        name,
     )
     verdict = data.Verdict(f"{name}, lr 0.1: lowest mean", [f"{name} is fast"], 1.0)
     return page.ProblemSection(
