@@ -289,3 +289,30 @@ def test_trial_keys_ignore_int_float_spelling_and_include_the_data_dir() -> None
     b = TrialSpec("p", "adam", {"lr": 1.0, "betas": [0.9, 0.99]}, 0, 10)
     assert a.key() == b.key()
     assert TrialSpec("p", "adam", {"lr": 1.0}, 0, 10, data="/data/a").key() != a.key()
+
+
+def with_validation(o: OptimizerOutcome, values: list[float]) -> OptimizerOutcome:
+    """The re-runs as a problem with a validation split would give them (the contract of
+    ``TrialResult.validation``; ``final`` stays the test metrics)."""
+    for run, value in zip(o.runs, values, strict=True):
+        run.validation = {"accuracy": value}  # type: ignore[attr-defined]
+    return o
+
+
+def test_validation_decides_and_test_is_reported() -> None:
+    from adaptim.lab.report.text import headline
+    from adaptim.lab.splits import has_validation
+
+    # On test b looks better; on validation a is clearly ahead: validation decides.
+    a = with_validation(outcome("a", [0.80, 0.81, 0.82], {1e-3: 0.8}), [0.95, 0.96, 0.955])
+    b = with_validation(outcome("b", [0.90, 0.91, 0.92], {1e-3: 0.9}), [0.80, 0.81, 0.79])
+    rec = recommend(ACCURACY, [a, b], FIXED)
+    assert rec.optimizer == "a" and rec.decided_by is Criterion.SEPARATED
+    c = rec.comparison("b")
+    assert c is not None and c.difference == pytest.approx(0.155)  # validation values
+    assert a.summary.mean == pytest.approx(0.81)  # the reported mean is on test
+    assert has_validation(a.runs)
+    assert headline(ACCURACY, rec, [a, b]) == (
+        "a, lr 0.001: highest mean on validation, better than every other optimizer "
+        "(paired by seed, Holm-adjusted); test accuracy 0.81 ± 0.025 (3 seeds)."
+    )
