@@ -28,8 +28,10 @@ class StoredOnly:
     def run(self, specs: Sequence[TrialSpec], context: BuildContext) -> Iterator[TrialResult]:
         if specs:
             raise LabError(
-                f"the store lacks {len(specs)} trial(s) of this study (it was interrupted?); "
-                "re-run its `adaptim compare` command to finish it, then render the report"
+                f"the store lacks {len(specs)} trial(s) of this study (it was interrupted, or "
+                "an older adaptim ran it without adaptive seeds or second-seed sweeps); re-run "
+                "its `adaptim compare` command to finish it (stored trials are reused), then "
+                "render the report"
             )
         return iter(())
 
