@@ -124,7 +124,8 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 recommended=o.name == rec.optimizer,
                 tied=o.name in rec.tied_with,
                 status=text.status(rec, o.name),
-                lr=f"{lr:.3g}" if isinstance(lr, (int, float)) else "–",
+                lr=(f"{lr:.3g}" if isinstance(lr, (int, float)) else "–")
+                + (" (--set)" if o.lr_fixed else ""),
                 lr_at_edge=o.lr_at_edge,
                 mean=_number(o.summary.mean),
                 ci95="–" if o.summary.ci95 is None else f"± {o.summary.ci95:.2g}",

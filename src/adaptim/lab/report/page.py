@@ -67,7 +67,8 @@ COLUMNS = (
     ),
     (
         "chosen lr",
-        "Best learning rate of the tuning sweep; * marks the edge of the searched range.",
+        "Best learning rate of the tuning sweep; * marks the edge of the searched range, "
+        "(--set) a rate fixed on the command line.",
     ),
     ("test mean", "Final main metric on test, mean over the re-run seeds."),
     ("95% CI", "Half-width of the 95% confidence interval of that mean (Student's t)."),
