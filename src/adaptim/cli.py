@@ -53,6 +53,22 @@ def compare(
     seeds: Annotated[
         int, typer.Option(help="Seeds for re-running each optimizer's chosen setting.")
     ] = 3,
+    max_seeds: Annotated[
+        int,
+        typer.Option(
+            help="Adaptive seeding: while the leader is not distinguishable from another "
+            "optimizer, both (and every such one) get one more seed, up to this many. "
+            "Equal to --seeds turns it off."
+        ),
+    ] = 10,
+    margin: Annotated[
+        str | None,
+        typer.Option(
+            help="Equivalence margin: an absolute value in the metric's units (0.005) or a "
+            "percentage of the leader's mean (2%). Default: 0.01 for accuracies and error "
+            "rates, 1% otherwise."
+        ),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option(help="Step budget per trial (default: the problem's).")
     ] = None,
@@ -88,6 +104,8 @@ def compare(
             problems=tuple(problem or DEFAULT_PROBLEMS),
             optimizers=tuple(o.strip() for o in optimizers.split(",") if o.strip()),
             seeds=seeds,
+            max_seeds=max_seeds,
+            margin=margin,
             steps=steps,
             settings=list(set_ or []),
             budget=budget,
@@ -108,6 +126,8 @@ def _compare(
     problems: tuple[str, ...],
     optimizers: tuple[str, ...],
     seeds: int,
+    max_seeds: int,
+    margin: str | None,
     steps: int | None,
     settings: list[str],
     budget: int,
@@ -133,6 +153,8 @@ def _compare(
         problems=problems,
         optimizers=optimizers,
         seeds=seeds,
+        max_seeds=max_seeds,
+        margin=margin,
         steps=steps,
         settings=parse_settings(settings, optimizers),
         budget=budget,
@@ -155,6 +177,7 @@ def _compare(
     )
     try:
         study = Study(config, trial_store, executor, BuildContext(data_dir))
+        study.policy()  # a bad --margin fails before any trial runs
         with progress:
             task = progress.add_task("trials", total=study.planned_trials(), last="")
 
@@ -162,9 +185,12 @@ def _compare(
                 spec = result.spec
                 lr = spec.hparams.get("lr")
                 tag = "stored" if reused else f"{result.wall_time:.1f}s"
+                done = progress.tasks[0].completed + 1
                 progress.update(
                     task,
                     advance=1,
+                    # Adaptive seeding adds trials beyond the plan.
+                    total=max(done, progress.tasks[0].total or 0),
                     last=f"{spec.problem} · {spec.optimizer} lr={lr:.3g} seed {spec.seed} ({tag})",
                 )
 
@@ -193,30 +219,31 @@ def _print_problem(problem: ProblemOutcome) -> None:
     from adaptim.lab.report.data import ranking, verdict
 
     metric = problem.problem.metric
-    table = Table(
-        title=f"{problem.problem.name}: final {metric.name} ({'lower' if metric.goal == 'min' else 'higher'} is better)"
-    )
+    goal = "lower" if metric.goal == "min" else "higher"
+    table = Table(title=f"{problem.problem.name}: final {metric.name} ({goal} is better)")
     for column in (
         "optimizer",
+        "standing",
         "chosen lr",
-        f"mean {metric.name}",
-        "95% CI",
+        f"test {metric.name}",
         "seeds",
         "diverged · tuning",
+        "vs leader (95% CI)",
         "steps to target",
         "good-lr range",
     ):
-        table.add_column(column, justify="left" if column == "optimizer" else "right")
+        table.add_column(column, justify="left" if column in ("optimizer", "standing") else "right")
     for row in ranking(problem):
         table.add_row(
             f"[bold]{escape(row.optimizer)}[/]" if row.recommended else escape(row.optimizer),
+            escape(row.status),
             row.lr + ("*" if row.lr_at_edge else ""),
-            row.mean,
-            row.ci95,
+            f"{row.mean} {row.ci95}" if row.ci95 != "–" else row.mean,
             str(row.seeds),
             f"{row.diverged_reruns} · {row.diverged_tuning}",
+            escape(row.vs_leader),
             row.steps_to_target,
-            f"{row.good_lr_decades} dec",
+            escape(row.good_lr_steps),
         )
     console.print(table)
     found = verdict(problem)

@@ -1,4 +1,11 @@
-"""The recommendation logic: a clear winner, a statistical tie broken by robustness, all diverged."""
+"""The recommendation's decision rules, one constructed case each.
+
+Divergence disqualifies; the leader is compared with every other optimizer
+paired by seed (Holm over the claims, TOST within a margin, otherwise "not
+distinguishable" with the seeds that would separate them); ties fall to the
+good-lr range in grid steps (within one step: equal; an lr fixed by --set is
+not compared), then to speed, then to the mean.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +13,47 @@ import math
 
 import pytest
 
-from adaptim.lab.analysis import OptimizerOutcome, recommend, robustness, summarize, tied
+from adaptim.lab.analysis import (
+    Criterion,
+    Margin,
+    OptimizerOutcome,
+    Policy,
+    Relation,
+    default_margin,
+    recommend,
+    summarize,
+)
 from adaptim.lab.problems.base import Metric
-from adaptim.lab.trial import TrialResult, TrialSpec
+from adaptim.lab.robustness import lr_range
+from adaptim.lab.trial import Record, TrialResult, TrialSpec
 
 ACCURACY = Metric("accuracy", "max")
 LOSS = Metric("loss", "min")
+#: One look, at the usual 5% level: no adaptive seeding in these cases.
+FIXED = Policy(first_seeds=3, max_seeds=3)
 
 
 def result(
-    optimizer: str, lr: float, value: float | None, seed: int = 0, metric: str = "accuracy"
+    optimizer: str,
+    lr: float,
+    value: float | None,
+    seed: int = 0,
+    metric: str = "accuracy",
+    reached: int | None = None,
+    start: float | None = None,
 ) -> TrialResult:
+    """A finished trial; with ``start`` its curve starts there (step 0) and has ``value`` from
+    step ``reached`` (default 10) to step 10."""
     spec = TrialSpec("toy", optimizer, {"lr": lr}, seed, 10, "tune" if seed == 0 else "final")
-    return TrialResult(spec, [], {metric: value}, value is None, 1.0, 10)
+    records = []
+    if start is not None and value is not None:
+        at = reached or 10
+        records = [Record(0, None, {metric: start}, 0.0)]
+        records += [
+            Record(step, None, {metric: start + (value - start) * min(step, at) / at}, step * 0.1)
+            for step in range(1, 11)
+        ]
+    return TrialResult(spec, records, {metric: value}, value is None, 1.0, 10)
 
 
 def outcome(
@@ -26,20 +61,26 @@ def outcome(
     finals: list[float | None],
     sweep: dict[float, float | None],
     metric: Metric = ACCURACY,
+    reached: int | None = None,
+    start: float | None = None,
+    lr_fixed: bool = False,
 ) -> OptimizerOutcome:
+    sign = 1.0 if metric.goal == "max" else -1.0
     best_lr = max(
         (lr for lr, v in sweep.items() if v is not None),
-        key=lambda lr: sweep[lr] or 0.0,
+        key=lambda lr: sign * (sweep[lr] or 0.0),
         default=1e-3,
     )
     return OptimizerOutcome(
         name=name,
         metric=metric,
         hparams={"lr": best_lr},
-        tuning=[result(name, lr, v, metric=metric.name) for lr, v in sweep.items()],
+        tuning=[result(name, lr, v, metric=metric.name, start=start) for lr, v in sweep.items()],
         runs=[
-            result(name, best_lr, v, seed=i + 1, metric=metric.name) for i, v in enumerate(finals)
+            result(name, best_lr, v, i + 1, metric.name, reached, start)
+            for i, v in enumerate(finals)
         ],
+        lr_fixed=lr_fixed,
     )
 
 
@@ -57,73 +98,198 @@ def test_summary_counts_diverged_runs_and_handles_one_seed() -> None:
     assert summarize([None, None]).mean is None
 
 
-def test_tied_detects_overlapping_and_separated_samples() -> None:
-    assert tied({1: 0.90, 2: 0.91, 3: 0.92}, {1: 0.905, 2: 0.90, 3: 0.925})
-    assert not tied({1: 0.90, 2: 0.91, 3: 0.92}, {1: 0.50, 2: 0.51, 3: 0.52})
+def test_a_diverged_seed_disqualifies_and_scores_as_the_worst_value() -> None:
+    # The issue's case: B's best seed beats all of A's, and once its diverged seed is dropped a
+    # t-test cannot tell them apart. But a diverged seed disqualifies, and inside the comparison
+    # it scores as the worst value reached (0.85).
+    a = outcome("A", [0.90, 0.91, 0.89], {1e-3: 0.90})
+    b = outcome("B", [0.93, 0.85, None], {1e-3: 0.93})
+    rec = recommend(ACCURACY, [b, a], FIXED)
+    assert rec.optimizer == "A" and rec.leader == "A"
+    assert rec.tied_with == () and rec.diverged == ("B",)
+    assert rec.decided_by is Criterion.UNCONTESTED  # the only one that finished every seed
+    versus = rec.comparison("B")
+    assert versus is not None and versus.relation is Relation.DIVERGED
+    # Paired by seed: A − B = (0.90 − 0.93, 0.91 − 0.85, 0.89 − 0.85) → mean 0.0233.
+    assert versus.difference == pytest.approx((-0.03 + 0.06 + 0.04) / 3)
+    assert versus.seeds == 3
 
 
-def test_tied_pairs_scores_by_seed() -> None:
-    # Seeds differ a lot (different data), but b beats a by 0.01 on every seed:
-    # unpaired these overlap, paired the difference is clear.
-    a = {1: 0.70, 2: 0.80, 3: 0.90, 4: 0.75}
-    b = {seed: value + 0.01 + 0.001 * seed for seed, value in a.items()}
-    assert not tied(a, b)
-    assert tied({1: 0.7, 2: 0.8, 3: 0.9, 4: 0.75}, {11: 0.71, 12: 0.81, 13: 0.91, 14: 0.76})
-
-
-def test_clear_winner_is_recommended_with_its_evidence() -> None:
+def test_a_clear_winner_is_separated_with_its_paired_difference() -> None:
     adam = outcome("adam", [0.95, 0.96, 0.955], {1e-3: 0.95, 1e-2: 0.90})
     sgd = outcome("sgd", [0.80, 0.81, 0.79], {1e-1: 0.80, 1.0: None})
-    rec = recommend(ACCURACY, [sgd, adam])
-    assert rec.optimizer == "adam"
-    assert rec.hparams == {"lr": 1e-3}
-    assert "highest mean accuracy 0.955" in rec.reason
-    assert "3 seeds" in rec.reason
-    assert rec.tied_with == ()
-
-
-def test_statistical_tie_is_broken_by_the_wider_good_lr_range() -> None:
-    # rmsprop has the (insignificantly) higher mean, but only one good lr;
-    # adam is good over two decades of lr.
-    rmsprop = outcome("rmsprop", [0.921, 0.90, 0.93], {1e-4: 0.5, 1e-3: 0.92, 1e-2: 0.3})
-    adam = outcome("adam", [0.915, 0.905, 0.925], {1e-4: 0.91, 1e-3: 0.92, 1e-2: 0.915})
-    rec = recommend(ACCURACY, [rmsprop, adam])
-    assert rec.optimizer == "adam"
-    assert rec.tied_with == ("rmsprop",)
-    assert "statistically tied" in rec.reason
-    assert "2.0 decades" in rec.reason
-
-
-def test_every_optimizer_diverging_gives_an_honest_no_recommendation() -> None:
-    a = outcome("adam", [None, None], {1e-3: None}, LOSS)
-    b = outcome("sgd", [None, None], {1e-1: None}, LOSS)
-    rec = recommend(LOSS, [a, b])
-    assert rec.optimizer is None and rec.hparams is None
-    assert rec.reason.startswith("No recommendation: every optimizer diverged")
-    assert "adam, sgd" in rec.reason
+    rec = recommend(ACCURACY, [sgd, adam], FIXED)
+    assert (rec.optimizer, rec.hparams, rec.decided_by) == (
+        "adam",
+        {"lr": 1e-3},
+        Criterion.SEPARATED,
+    )
+    c = rec.comparison("sgd")
+    assert c is not None and c.relation is Relation.BETTER
+    assert c.difference == pytest.approx(0.155)
+    assert c.low is not None and c.high is not None and 0 < c.low < 0.155 < c.high
+    assert c.p_holm is not None and c.p_holm <= 0.05
+    assert c.improvement == 1.0  # every adam run beats every sgd run
 
 
 def test_lower_is_better_metrics_pick_the_minimum() -> None:
     a = outcome("adam", [0.10, 0.11, 0.12], {1e-3: 0.1}, LOSS)
     b = outcome("sgd", [0.50, 0.52, 0.51], {1e-1: 0.5}, LOSS)
-    rec = recommend(LOSS, [b, a])
+    rec = recommend(LOSS, [b, a], FIXED)
     assert rec.optimizer == "adam"
-    assert "lowest mean loss" in rec.reason
+    c = rec.comparison("sgd")
+    assert c is not None and c.difference == pytest.approx(0.40)  # positive: the leader is better
 
 
-def test_robustness_ignores_diverged_settings() -> None:
+#: Per-seed differences with mean 0.0005 and SD 0.003: no real gap, and a precise one.
+NOISE = [0.004, -0.003, 0.002, -0.002, 0.003, -0.001]
+
+
+def test_tost_calls_close_optimizers_equivalent_within_the_margin() -> None:
+    base = [0.90, 0.92, 0.88, 0.91, 0.89, 0.93]
+    a = outcome("a", base, {1e-3: 0.9})
+    b = outcome("b", [v - d for v, d in zip(base, NOISE, strict=True)], {1e-3: 0.9})
+    rec = recommend(ACCURACY, [a, b], Policy(first_seeds=6, max_seeds=6))
+    c = rec.comparison("b")
+    assert c is not None and c.relation is Relation.EQUIVALENT
+    assert c.equivalence_p is not None and c.equivalence_p <= 0.05
+    assert rec.margin_absolute == pytest.approx(0.01)
+    assert rec.tied_with == ("b",)  # equivalent optimizers are tied
+
+
+def test_a_noisy_small_gap_is_not_distinguishable_and_says_how_many_seeds_would_do() -> None:
+    a = outcome("a", [0.90, 0.93, 0.91], {1e-3: 0.9})
+    b = outcome("b", [0.89, 0.90, 0.92], {1e-3: 0.9})
+    rec = recommend(ACCURACY, [a, b], FIXED)
+    c = rec.comparison("b")
+    assert c is not None and c.relation is Relation.INDISTINGUISHABLE
+    assert c.seeds_to_separate is not None and c.seeds_to_separate > 3
+    # Not equivalent either: a 1-point margin cannot be shown with this noise.
+    assert c.equivalence_p is not None and c.equivalence_p > 0.05
+
+
+def test_a_tighter_margin_turns_equivalence_into_not_distinguishable() -> None:
+    base = [0.90, 0.92, 0.88, 0.91, 0.89, 0.93]
+    a = outcome("a", base, {1e-3: 0.9})
+    b = outcome("b", [v - d for v, d in zip(base, NOISE, strict=True)], {1e-3: 0.9})
+    tight = Policy(margin=Margin(0.002, relative=False), first_seeds=6, max_seeds=6)
+    c = recommend(ACCURACY, [a, b], tight).comparison("b")
+    assert c is not None and c.relation is Relation.INDISTINGUISHABLE
+
+
+def test_holm_withholds_claims_that_pass_only_one_at_a_time() -> None:
+    # leader − x = leader − y = (0.02, 0.03, 0.04) on seeds 1-3: p = 0.035 alone, 0.07 after Holm.
+    leader = outcome("leader", [0.90, 0.91, 0.92], {1e-3: 0.9})
+    x = outcome("x", [0.88, 0.88, 0.88], {1e-3: 0.9})
+    y = outcome("y", [0.88, 0.88, 0.88], {1e-3: 0.9})
+    rec = recommend(ACCURACY, [leader, x, y], FIXED)
+    for name in ("x", "y"):
+        c = rec.comparison(name)
+        assert c is not None and c.p_value is not None and c.p_holm is not None
+        assert c.p_value == pytest.approx(0.0353, abs=1e-3) and c.p_value < 0.05
+        assert c.p_holm == pytest.approx(2 * c.p_value) and c.p_holm > 0.05
+        assert c.relation is Relation.INDISTINGUISHABLE
+    # Alone, the same claim is made.
+    alone = recommend(ACCURACY, [leader, x], FIXED).comparison("x")
+    assert alone is not None and alone.relation is Relation.BETTER
+
+
+def test_adaptive_seeding_lowers_the_per_look_level() -> None:
+    adaptive = Policy(first_seeds=3, max_seeds=10)
+    assert 0.005 < adaptive.level() < 0.02
+    assert FIXED.level() == 0.05
+
+
+TIED = [0.921, 0.90, 0.93], [0.915, 0.905, 0.925]
+
+
+def test_a_wider_good_lr_range_by_more_than_one_step_breaks_the_tie() -> None:
+    narrow = outcome(
+        "rmsprop", TIED[0], {1e-4: 0.5, 1e-3: 0.92, 1e-2: 0.3, 1e-1: 0.1}, start=0.1, reached=8
+    )
+    wide = outcome(
+        "adam", TIED[1], {1e-4: 0.918, 1e-3: 0.92, 1e-2: 0.919, 1e-1: 0.5}, start=0.1, reached=9
+    )
+    rec = recommend(ACCURACY, [narrow, wide], FIXED)
+    assert rec.leader == "rmsprop"
+    assert rec.optimizer == "adam" and rec.decided_by is Criterion.LR_RANGE
+    assert rec.lr_ranges["adam"].steps == 2 and rec.lr_ranges["rmsprop"].steps == 0
+    assert rec.eliminated == {"rmsprop": Criterion.LR_RANGE}
+
+
+def test_widths_within_one_grid_step_fall_through_to_speed() -> None:
+    slow = outcome("rmsprop", TIED[0], {1e-4: 0.5, 1e-3: 0.92, 1e-2: 0.3}, start=0.1, reached=8)
+    fast = outcome("adam", TIED[1], {1e-4: 0.5, 1e-3: 0.92, 1e-2: 0.919}, start=0.1, reached=2)
+    rec = recommend(ACCURACY, [slow, fast], FIXED)
+    assert (rec.lr_ranges["adam"].steps, rec.lr_ranges["rmsprop"].steps) == (1, 0)
+    assert rec.optimizer == "adam" and rec.decided_by is Criterion.SPEED
+    assert rec.speeds["adam"] is not None and rec.speeds["rmsprop"] is not None
+    assert rec.speeds["adam"] < rec.speeds["rmsprop"]
+
+
+def test_equal_ranges_and_speeds_fall_through_to_the_mean() -> None:
+    a = outcome("a", TIED[0], {1e-3: 0.92}, start=0.1, reached=5)
+    b = outcome("b", TIED[1], {1e-3: 0.92}, start=0.1, reached=5)
+    rec = recommend(ACCURACY, [b, a], FIXED)
+    assert rec.optimizer == "a" and rec.decided_by is Criterion.MEAN
+
+
+def test_an_lr_fixed_by_set_is_marked_and_not_compared_on_range() -> None:
+    fixed = outcome("rmsprop", TIED[0], {1e-3: 0.92}, start=0.1, reached=8, lr_fixed=True)
+    wide = outcome("adam", TIED[1], {1e-4: 0.918, 1e-3: 0.92, 1e-2: 0.919}, start=0.1, reached=2)
+    rec = recommend(ACCURACY, [fixed, wide], FIXED)
+    assert rec.lr_fixed == ("rmsprop",)
+    assert rec.lr_ranges["rmsprop"].fixed and rec.lr_ranges["rmsprop"].steps is None
+    # adam's 2-step range does not beat an unmeasured one: speed decides.
+    assert rec.decided_by is Criterion.SPEED and rec.optimizer == "adam"
+    assert "rmsprop" not in rec.at_edge  # a fixed lr has no edge
+    from adaptim.lab.problems.base import Problem
+    from adaptim.lab.report import data
+    from adaptim.lab.study import ProblemOutcome
+
+    toy = Problem("toy", "a toy", ACCURACY, lambda seed, context: None, steps=10, batch_size=1)  # type: ignore[arg-type,return-value]
+    rows = data.ranking(ProblemOutcome(toy, "toy", [fixed, wide], rec))
+    marked = next(r for r in rows if r.optimizer == "rmsprop")
+    assert marked.lr == "0.001 (--set)" and marked.good_lr == "lr fixed (--set)"
+
+
+def test_an_lr_at_the_edge_of_the_grid_is_flagged() -> None:
+    edge = outcome("rmsprop", [0.9, 0.91, 0.92], {1e-4: 0.5, 1e-3: 0.7, 1e-2: 0.9})
+    inside = outcome("adam", [0.5, 0.51, 0.52], {1e-4: 0.4, 1e-3: 0.5, 1e-2: 0.45})
+    rec = recommend(ACCURACY, [edge, inside], FIXED)
+    assert edge.lr_at_edge and not inside.lr_at_edge
+    assert rec.at_edge == ("rmsprop",)
+
+
+def test_good_means_close_to_the_best_relative_to_the_initial_value() -> None:
+    # A loss floor of 84 from 455: "within 2% of the best" would admit everything up to 86;
+    # 98% of the way from 455 to 84.97 admits up to 92.4.
     sweep = [
-        result("adam", lr, v) for lr, v in {1e-4: 0.9, 1e-3: 0.91, 1e-2: None, 1e-1: 0.2}.items()
+        result("sgd", lr, v, metric="loss")
+        for lr, v in {3e-3: 87.05, 8e-3: 85.05, 2e-2: 84.97, 6e-2: None, 0.15: None}.items()
     ]
-    assert robustness(ACCURACY, sweep) == pytest.approx(1.0)
+    r = lr_range(LOSS, sweep, reference=455.4)
+    assert (r.steps, r.low, r.high, r.seeds) == (2, 3e-3, 2e-2, 1)
+    tighter = lr_range(LOSS, sweep, reference=100.0)
+    assert tighter.steps == 1  # 87.05 is 13% of the way from 100 to 84.97: not good
 
 
-def test_an_optimizer_that_diverged_on_a_seed_never_leads_a_clean_one() -> None:
-    risky = outcome("risky", [0.10, None, None], {1e-1: 0.1}, LOSS)
-    safe = outcome("safe", [0.20, 0.21, 0.19], {1e-2: 0.2}, LOSS)
-    rec = recommend(LOSS, [risky, safe])
-    assert rec.optimizer == "safe"
-    assert "Diverged re-runs: risky" in rec.reason
+def test_every_optimizer_diverging_gives_no_recommendation() -> None:
+    a = outcome("adam", [None, 0.2], {1e-3: None}, LOSS)
+    b = outcome("sgd", [None, None], {1e-1: None}, LOSS)
+    rec = recommend(LOSS, [a, b], FIXED)
+    assert rec.optimizer is None and rec.hparams is None
+    assert rec.decided_by is Criterion.NONE and rec.diverged == ("adam", "sgd")
+
+
+def test_default_margins_per_metric() -> None:
+    assert default_margin(ACCURACY) == Margin(0.01, relative=False)
+    assert default_margin(Metric("test_error", "min")) == Margin(0.01, relative=False)
+    assert default_margin(LOSS) == Margin(0.01, relative=True)
+    assert Margin.parse("2%") == Margin(0.02, relative=True)
+    assert Margin.parse("0.005") == Margin(0.005, relative=False)
+    with pytest.raises(ValueError):
+        Margin.parse("-1")
 
 
 def test_trial_keys_ignore_int_float_spelling_and_include_the_data_dir() -> None:
@@ -131,3 +297,30 @@ def test_trial_keys_ignore_int_float_spelling_and_include_the_data_dir() -> None
     b = TrialSpec("p", "adam", {"lr": 1.0, "betas": [0.9, 0.99]}, 0, 10)
     assert a.key() == b.key()
     assert TrialSpec("p", "adam", {"lr": 1.0}, 0, 10, data="/data/a").key() != a.key()
+
+
+def with_validation(o: OptimizerOutcome, values: list[float]) -> OptimizerOutcome:
+    """The re-runs as a problem with a validation split would give them (the contract of
+    ``TrialResult.validation``; ``final`` stays the test metrics)."""
+    for run, value in zip(o.runs, values, strict=True):
+        run.validation = {"accuracy": value}  # type: ignore[attr-defined]
+    return o
+
+
+def test_validation_decides_and_test_is_reported() -> None:
+    from adaptim.lab.report.text import headline
+    from adaptim.lab.splits import has_validation
+
+    # On test b looks better; on validation a is clearly ahead: validation decides.
+    a = with_validation(outcome("a", [0.80, 0.81, 0.82], {1e-3: 0.8}), [0.95, 0.96, 0.955])
+    b = with_validation(outcome("b", [0.90, 0.91, 0.92], {1e-3: 0.9}), [0.80, 0.81, 0.79])
+    rec = recommend(ACCURACY, [a, b], FIXED)
+    assert rec.optimizer == "a" and rec.decided_by is Criterion.SEPARATED
+    c = rec.comparison("b")
+    assert c is not None and c.difference == pytest.approx(0.155)  # validation values
+    assert a.summary.mean == pytest.approx(0.81)  # the reported mean is on test
+    assert has_validation(a.runs)
+    assert headline(ACCURACY, rec, [a, b]) == (
+        "a, lr 0.001: highest mean on validation, better than every other optimizer "
+        "(paired by seed, Holm-adjusted); test accuracy 0.81 ± 0.025 (3 seeds)."
+    )

@@ -27,9 +27,13 @@ def _toy_problems_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def compare(*args: str) -> Any:
-    """``adaptim compare`` in this process (``--workers 1`` unless the test asks otherwise)."""
+    """``adaptim compare`` in this process (``--workers 1`` unless the test asks otherwise), on
+    exactly ``--seeds`` re-run seeds unless it asks for adaptive seeding (``--max-seeds``)."""
     workers = [] if "--workers" in args else ["--workers", "1"]
-    return CliRunner().invoke(app, ["compare", *workers, *args])
+    fixed = []
+    if "--seeds" in args and "--max-seeds" not in args:
+        fixed = ["--max-seeds", args[args.index("--seeds") + 1]]
+    return CliRunner().invoke(app, ["compare", *workers, *fixed, *args])
 
 
 def trials(db: Path) -> list[tuple[Any, ...]]:
@@ -63,7 +67,13 @@ def test_compare_writes_conforming_results_and_stores_every_trial(tmp_path: Path
     data = json.loads((tmp_path / "results.json").read_text())
     (problem,) = data["problems"]
     assert problem["name"] == "toy-quadratic"
-    assert problem["metric"] == {"name": "loss", "goal": "min"}
+    # The toy problem has one split: it decides and is reported.
+    assert problem["metric"] == {
+        "name": "loss",
+        "goal": "min",
+        "tuned_on": "test",
+        "reported_on": "test",
+    }
     assert [o["name"] for o in problem["optimizers"]] == ["sgd", "adam"]
     for entry in problem["optimizers"]:
         assert set(entry["hparams"]) == {"lr"}
@@ -75,9 +85,15 @@ def test_compare_writes_conforming_results_and_stores_every_trial(tmp_path: Path
     recommendation = problem["recommendation"]
     assert recommendation["optimizer"] in ("sgd", "adam")
     assert recommendation["hparams"]["lr"] > 0
-    assert recommendation["reason"]
+    assert recommendation["decided_by"] in ("uncontested", "separated", "lr_range", "speed", "mean")
+    assert {c["optimizer"] for c in recommendation["comparisons"]} == {"sgd", "adam"} - {
+        recommendation["leader"]
+    }
     stored = trials(tmp_path / "adaptim.db")
-    assert len(stored) == 2 * (3 + 2)
+    # A tie has the tied optimizers' tuned settings run again on seed 1 (their chosen one is
+    # already there, as a re-run).
+    swept = sum(max(len(entry["sweeps"]) - 1, 0) for entry in problem["optimizers"])
+    assert len(stored) == 2 * (3 + 2) + swept
     assert len({row[0] for row in stored}) == len(stored)
     with sqlite3.connect(tmp_path / "adaptim.db") as connection:
         (records,) = connection.execute("SELECT COUNT(*) FROM records").fetchone()
@@ -165,8 +181,8 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: P
     }
     command = [
         sys.executable, "-m", "adaptim.cli", "compare", "--problem", "toyproblems:slow_quadratic",
-        "--optimizers", "sgd,adam", "--budget", "3", "--seeds", "2", "--out", str(tmp_path),
-        "--workers", "1",
+        "--optimizers", "sgd,adam", "--budget", "3", "--seeds", "2", "--max-seeds", "2",
+        "--out", str(tmp_path), "--workers", "1",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -184,7 +200,9 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: P
     )
     assert finished.returncode == 0, finished.stderr
     final = trials(db)
-    assert len(final) == 2 * (3 + 2)
+    entries = json.loads((tmp_path / "results.json").read_text())["problems"][0]["optimizers"]
+    swept = sum(max(len(entry["sweeps"]) - 1, 0) for entry in entries)  # a tie's second seed
+    assert len(final) == 2 * (3 + 2) + swept
     assert len({row[0] for row in final}) == len(final)
     assert (
         final[: len(survivors)] == survivors

@@ -95,7 +95,10 @@ def test_clear_winner_headline_states_the_evidence_and_speed() -> None:
     )
     found = data.verdict(problem_outcome(sgd, adam))
     assert found.headline.startswith("adam, lr 0.001: highest mean accuracy 0.95 ±")
-    assert "3 seeds" in found.headline
+    assert "(3 seeds), better than every other optimizer (paired by seed" in found.headline
+    better = found.evidence[0]
+    assert better.startswith("adam is better than sgd: sgd − adam = -0.15 [")
+    assert "P(adam beats sgd) = 1.00" in better and "Holm-adjusted p = " in better
     speed = next(s for s in found.evidence if "fewer steps" in s)
     # sgd's final mean 0.8 is the target: adam passes it at step 30, sgd at step 80.
     assert "adam reaches accuracy 0.8 (the second-best final mean) at step 30" in speed
@@ -115,19 +118,34 @@ def test_statistical_tie_is_said_and_broken_by_robustness() -> None:
     )
     found = data.verdict(problem_outcome(narrow, wide))
     assert found.headline.startswith("adam, lr 0.001: a tied-best mean accuracy")
+    assert "chosen among the tied for its wider good learning-rate range" in found.headline
     tie = found.evidence[0]
-    assert "statistically tied with rmsprop" in tie
-    assert "widest good learning-rate range (2.0 decades vs 0.0 for rmsprop)" in tie
+    assert tie.startswith("adam and rmsprop are not distinguishable with 3 seeds: adam − rmsprop")
+    assert "seeds would separate them (80% power at the observed difference)" in tie
+    assert found.evidence[1].startswith("Tied: rmsprop, adam.")
+    assert "rmsprop 0 steps (0.001), adam 2 steps (0.0001–0.01)" in found.evidence[2]
+    assert "more than one step narrower: rmsprop" in found.evidence[2]
     rows = data.ranking(problem_outcome(narrow, wide))
-    assert next(r for r in rows if r.optimizer == "rmsprop").tied
+    assert [r.optimizer for r in rows] == ["adam", "rmsprop"]
+    assert rows[1].tied and rows[1].status == "leader, tied" and rows[1].vs_leader == "leader"
+    assert rows[0].vs_leader.startswith("-0.002 [")  # the paired CI behind "tied"
 
 
 def test_equally_robust_tie_is_broken_by_speed() -> None:
     slow = outcome("rmsprop", [rising(v, 8) for v in (0.921, 0.90, 0.93)], {1e-3: 0.92})
     fast = outcome("adam", [rising(v, 2) for v in (0.915, 0.905, 0.925)], {1e-3: 0.92})
-    rec = recommend(ACCURACY, [slow, fast])
-    assert rec.optimizer == "adam"
-    assert "so the faster one wins" in rec.reason
+    problem = problem_outcome(slow, fast)
+    assert problem.recommendation.optimizer == "adam"
+    found = data.verdict(problem)
+    assert "chosen among the tied as the fastest to the target" in found.headline
+    assert (
+        "within one step of each other (rmsprop 0 steps (0.001), adam 0 steps (0.001))"
+        in (found.evidence[2])
+    )
+    assert found.evidence[3] == (
+        "Steps to reach accuracy 0.915 (the second-best final mean): "
+        "rmsprop step 80, adam step 20; the fastest wins."
+    )
 
 
 def test_every_optimizer_diverging_gives_an_honest_no_recommendation() -> None:
@@ -136,7 +154,7 @@ def test_every_optimizer_diverging_gives_an_honest_no_recommendation() -> None:
     problem = problem_outcome(adam, sgd)
     found = data.verdict(problem)
     assert found.headline.startswith("No recommendation: every optimizer diverged")
-    assert "(adam, sgd)" in found.headline and "smaller learning rates" in found.headline
+    assert "(adam 2/2, sgd 2/2)" in found.headline and "smaller learning rates" in found.headline
     assert found.evidence == [] and found.target is None
     assert all(r.steps_to_target == "–" for r in data.ranking(problem))
 
@@ -158,7 +176,25 @@ def test_a_stall_is_explained_by_the_decaying_effective_learning_rate() -> None:
 
 
 def hostile_section(name: str) -> page.ProblemSection:
-    row = data.Row(name, True, False, "0.1", False, "1", "± 0.1", 3, 0, "0/8", "5", "0.1", "1.0")
+    row = data.Row(
+        name,
+        True,
+        False,
+        name,
+        "0.1",
+        False,
+        "1",
+        "± 0.1",
+        3,
+        0,
+        "0/8",
+        name,
+        "–",
+        "5",
+        "0.1",
+        name,
+        name,
+    )
     verdict = data.Verdict(f"{name}, lr 0.1: lowest mean", [f"{name} is fast"], 1.0)
     return page.ProblemSection(
         name, name, name, "min", verdict, [row], [page.Figure(name, name, "<svg></svg>")]
@@ -174,7 +210,9 @@ def test_every_user_name_in_the_page_is_escaped() -> None:
         footer=data.Footer(name, name, name, name, name),
         protocol="p",
         config=[(name, name)],
+        improvements=data.Improvements([name, "b"], {(name, "b"): name, ("b", name): name}, 2),
     )
+    assert "Probability of improvement" in html
     assert name not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("<script>") == 1  # the page's own toggles
@@ -248,3 +286,28 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
     assert "the store lacks 1 trial(s) of this study" in incomplete.output
     unknown = CliRunner().invoke(app, ["report", str(tmp_path), "--study", "ffff"])
     assert unknown.exit_code == 2 and "no study in the store" in unknown.output
+
+
+def test_probability_of_improvement_across_problems_is_stratified_by_problem() -> None:
+    from adaptim.lab.protocol import StudyConfig
+    from adaptim.lab.study import StudyOutcome
+
+    adam = outcome("adam", [rising(0.95, 3, d) for d in (0.0, 0.004, -0.004)], {1e-3: 0.95})
+    sgd = outcome("sgd", [rising(0.80, 8, d) for d in (0.0, 0.004, -0.004)], {1e-1: 0.80})
+    diverging = outcome("sgd", [rising(0.99, 8), None, rising(0.99, 8)], {1e-1: 0.99})
+    config = StudyConfig(problems=("toy", "toy2"), optimizers=("adam", "sgd"))
+    single = StudyOutcome(config, [problem_outcome(adam, sgd)], "sqlite://", "adaptim compare")
+    assert data.improvements(single) is None
+    both = StudyOutcome(
+        config,
+        [problem_outcome(adam, sgd), problem_outcome(adam, diverging)],
+        "sqlite://",
+        "adaptim compare",
+    )
+    found = data.improvements(both)
+    assert found is not None and found.problems == 2
+    # Problem 1: adam wins every pair (1.0). Problem 2: sgd's two 0.99 runs beat adam's three,
+    # its diverged run scores as the worst value reached (adam's 0.946): it loses to adam's
+    # 0.95 and 0.954 and ties with 0.946, so 2.5 of 9 pairs go to adam.
+    assert found.cells["adam", "sgd"].startswith(f"{(1.0 + 2.5 / 9) / 2:.2f} [")
+    assert found.cells["sgd", "adam"].startswith(f"{(0.0 + 6.5 / 9) / 2:.2f} [")

@@ -1,31 +1,81 @@
-"""Analysis: pure functions from stored trials to summaries and a recommendation.
+"""Analysis: pure functions from stored trials to summaries and a *structured* recommendation.
 
-Statistics: the mean of the final main metric over the re-run seeds with a
-two-sided 95% confidence interval from Student's t distribution. Two
-optimizers are *statistically tied* when a t-test cannot tell their means
-apart at the 5% level: paired over seeds when both ran the same seeds (every
-optimizer sees the same data for a seed, so the pairing removes the problem's
-seed-to-seed variation), Welch's otherwise. Among tied leaders the recommendation prefers the more *robust*
-optimizer: the one whose good learning-rate range (see :func:`robustness`) is
-wider.
+The rules, in the order :func:`recommend` applies them (every comparison
+uses the re-run seeds' values on the split that decides, validation; the
+means and intervals the report shows use test):
+
+1. **Divergence disqualifies.** An optimizer with any diverged re-run can be
+   neither recommended nor tied-best. Inside every comparison a diverged
+   seed scores as the worst finite value any optimizer reached on the
+   problem, so its mean cannot hide behind the seeds it survived.
+2. **The leader** is the optimizer without a diverged re-run whose mean is
+   best.
+3. **Each other optimizer is compared with the leader, paired by seed**
+   (every optimizer sees the same data for a seed): the mean difference with
+   its Student-t 95% CI, a two-sided paired t-test, Holm-adjusted over all
+   the "leader better than X" claims made at once, and the probability of
+   improvement P(leader beats X) of Agarwal et al. 2021 with a bootstrap
+   interval. The leader is **better** than X when the Holm-adjusted p-value
+   is at most the per-look level (5%, lowered by :func:`~adaptim.lab.stats.
+   sequential_level` when adaptive seeding looked at the data several times).
+   Otherwise X is **equivalent** when the TOST p-value for ``|difference| <
+   margin`` is at most that level, and **not distinguishable** with this
+   many seeds when neither holds (with the seeds a paired t-test would need
+   to separate them at 80% power, from the observed difference and SD).
+4. **Ties** (the leader and every equivalent or not-distinguishable
+   optimizer) are broken by the width of the good learning-rate range in
+   grid steps (:mod:`adaptim.lab.robustness`, on the tuning seed and the
+   ``sweeps`` the study runs on a second seed; widths within one step are
+   equal, and a range is not compared when an lr was fixed with ``--set``),
+   then by the steps needed to reach the speed target, then by the mean.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scipy import stats
+from scipy import stats as scipy_stats
 
-from adaptim.lab.curves import effective_lr_decay, metric_curve, stall_step, steps_to_target
+from adaptim.lab import stats
+from adaptim.lab.curves import metric_curve, steps_to_target
 from adaptim.lab.problems.base import Metric
+from adaptim.lab.recommendation import (
+    Comparison,
+    Criterion,
+    Margin,
+    Policy,
+    Recommendation,
+    Relation,
+    default_margin,
+)
+from adaptim.lab.robustness import WIDTH_SLACK, LrRange, lr_at_edge, lr_range, reference_value
+from adaptim.lab.splits import decision_value, reported_value, splits_json, validation_of
 from adaptim.lab.trial import TrialResult
+
+__all__ = [
+    "Comparison",
+    "Criterion",
+    "Margin",
+    "OptimizerOutcome",
+    "Policy",
+    "Recommendation",
+    "Relation",
+    "Summary",
+    "default_margin",
+    "recommend",
+    "summarize",
+]
+
+# ----------------------------------------------------------------- summaries
 
 
 @dataclass(frozen=True)
 class Summary:
+    """Mean and 95% CI half-width (Student's t) of the finite values; the others diverged."""
+
     mean: float | None
     ci95: float | None
     n: int
@@ -33,37 +83,6 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         return {"mean": self.mean, "ci95": self.ci95, "n": self.n, "diverged": self.diverged}
-
-
-@dataclass
-class OptimizerOutcome:
-    """One optimizer on one problem: its tuning sweep, chosen setting and re-runs."""
-
-    name: str
-    metric: Metric
-    hparams: dict[str, Any]
-    tuning: list[TrialResult]
-    runs: list[TrialResult]
-    summary: Summary = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.summary = summarize([r.score(self.metric.name) for r in self.runs])
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    optimizer: str | None
-    hparams: dict[str, Any] | None
-    reason: str
-    tied_with: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer,
-            "hparams": self.hparams,
-            "reason": self.reason,
-            "tied_with": list(self.tied_with),
-        }
 
 
 def summarize(values: Sequence[float | None], total: int | None = None) -> Summary:
@@ -77,158 +96,239 @@ def summarize(values: Sequence[float | None], total: int | None = None) -> Summa
     if n < 2:
         return Summary(mean, None, n, total - n)
     variance = sum((v - mean) ** 2 for v in finite) / (n - 1)
-    half = float(stats.t.ppf(0.975, n - 1)) * math.sqrt(variance / n)
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * math.sqrt(variance / n)
     return Summary(mean, half, n, total - n)
 
 
-def tied(a: Mapping[int, float], b: Mapping[int, float]) -> bool:
-    """Whether two optimizers' final scores (by seed) are indistinguishable at the 5% level.
+@dataclass
+class OptimizerOutcome:
+    """One optimizer on one problem: its tuning sweep, chosen setting and re-runs."""
 
-    Every optimizer sees the same data and batches for a given seed, so when
-    both ran the same seeds the test is *paired* (Student's t on the per-seed
-    differences): the seed-to-seed variation of the problem cancels out.
-    Otherwise Welch's unequal-variance t-test compares the two samples.
-    """
-    if len(a) < 2 or len(b) < 2:
-        return list(a.values()) == list(b.values())
-    if a.keys() == b.keys():
-        differences = [a[seed] - b[seed] for seed in a]
-        if max(differences) == min(differences):
-            return differences[0] == 0
-        return bool(stats.ttest_1samp(differences, 0.0).pvalue >= 0.05)
-    x, y = list(a.values()), list(b.values())
-    if max(x) == min(x) and max(y) == min(y):
-        return x[0] == y[0]
-    return bool(stats.ttest_ind(x, y, equal_var=False).pvalue >= 0.05)
+    name: str
+    metric: Metric
+    hparams: dict[str, Any]
+    tuning: list[TrialResult]
+    runs: list[TrialResult]
+    #: The learning rate was fixed with ``--set``: no range was searched.
+    lr_fixed: bool = False
+    #: The tuned settings again on another seed, when a tie needs the good-lr range.
+    sweeps: list[TrialResult] = field(default_factory=list)
+    #: Test values of the re-runs (what the report shows).
+    summary: Summary = field(init=False)
 
+    def __post_init__(self) -> None:
+        self.summary = summarize([reported_value(r, self.metric.name) for r in self.runs])
 
-def robustness(metric: Metric, tuning: Sequence[TrialResult]) -> float:
-    """Width, in decades of learning rate, of the tuning settings scoring close to the best.
+    @property
+    def diverged_runs(self) -> int:
+        return sum(r.diverged for r in self.runs)
 
-    "Close" means within 2% (relative) of the optimizer's best tuning score,
-    and at least within 0.005 absolute for metrics in [0, 1] such as accuracy.
-    Diverged runs never count.
-    """
-    scored = [
-        (t.spec.hparams["lr"], t.score(metric.name)) for t in tuning if "lr" in t.spec.hparams
-    ]
-    finite = [(lr, s) for lr, s in scored if s is not None and math.isfinite(s)]
-    if len(finite) < 2:
-        return 0.0
-    best = min(s for _, s in finite) if metric.goal == "min" else max(s for _, s in finite)
-    tolerance = max(0.02 * abs(best), 0.005 if 0 <= best <= 1 else 0.0)
-    good = [lr for lr, s in finite if abs(s - best) <= tolerance]
-    return math.log10(max(good) / min(good)) if len(good) > 1 else 0.0
+    @property
+    def lr_at_edge(self) -> bool:
+        return not self.lr_fixed and lr_at_edge(self.tuning, self.hparams.get("lr"))
 
 
-def _format(value: float) -> str:
-    return f"{value:.4g}"
+def seed_values(
+    metric: Metric, outcomes: Sequence[OptimizerOutcome]
+) -> dict[str, dict[int, float]]:
+    """Each optimizer's decision value by re-run seed, a diverged seed as the worst finite value
+    any optimizer reached on the problem (empty when none finished)."""
+    raw = {o.name: {r.spec.seed: decision_value(r, metric.name) for r in o.runs} for o in outcomes}
+    finite = [v for by_seed in raw.values() for v in by_seed.values() if v is not None]
+    if not finite:
+        return {name: {} for name in raw}
+    worst = max(finite) if metric.goal == "min" else min(finite)
+    return {
+        name: {s: worst if v is None else v for s, v in by_seed.items()}
+        for name, by_seed in raw.items()
+    }
 
 
-def recommend(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> Recommendation:
-    """Which optimizer and setting to use, and why, from the re-run seeds."""
-    alive = [o for o in outcomes if o.summary.mean is not None]
-    if not alive:
-        names = ", ".join(o.name for o in outcomes)
-        return Recommendation(
-            None,
-            None,
-            f"No recommendation: every optimizer diverged on every re-run seed ({names}). "
-            "Try smaller learning rates with --set NAME.lr=..., or check the problem.",
+def _mean(values: Mapping[int, float]) -> float:
+    return sum(values.values()) / len(values)
+
+
+def compare_to_leader(
+    metric: Metric,
+    leader: Mapping[int, float],
+    others: Mapping[str, Mapping[int, float]],
+    diverged: set[str],
+    margin: float,
+    level: float,
+) -> list[Comparison]:
+    """The leader against each other optimizer (see the module's rule 3)."""
+    sign = 1.0 if metric.goal == "max" else -1.0
+    partial: list[tuple[str, stats.PairedDifference | None, stats.Improvement | None]] = []
+    for name, values in others.items():
+        seeds = sorted(set(leader) & set(values))
+        if not seeds:
+            partial.append((name, None, None))
+            continue
+        paired = stats.paired_difference(
+            [sign * leader[s] for s in seeds], [sign * values[s] for s in seeds]
         )
-
-    def mean(o: OptimizerOutcome) -> float:
-        assert o.summary.mean is not None
-        return o.summary.mean
-
-    # An optimizer that diverged on some seed never leads one that did not:
-    # its mean covers only the seeds it survived.
-    sign = -1.0 if metric.goal == "max" else 1.0
-    ranked = sorted(alive, key=lambda o: (o.summary.diverged > 0, sign * mean(o)))
-    leader = ranked[0]
-
-    def finals(o: OptimizerOutcome) -> dict[int, float]:
-        return {r.spec.seed: v for r in o.runs if (v := r.score(metric.name)) is not None}
-
-    ties = [o for o in ranked[1:] if tied(finals(leader), finals(o))]
-    chosen = leader
-    how = ""
-    if ties:
-        contenders = [leader, *ties]
-        widths = {o.name: robustness(metric, o.tuning) for o in contenders}
-        target = speed_target(metric, contenders)
-        speeds = {
-            o.name: (
-                None
-                if target is None
-                else steps_to_target(metric, metric_curve(metric, o.runs), target)
+        improvement = stats.probability_of_improvement(
+            [[sign * v for v in leader.values()]], [[sign * v for v in values.values()]]
+        )
+        partial.append((name, paired, improvement))
+    # The family of "leader better than X" claims: every comparison with a test.
+    tested = {i: d.p_value for i, (_, d, _) in enumerate(partial) if d and d.p_value is not None}
+    adjusted = dict(zip(tested, stats.holm(list(tested.values())), strict=True))
+    comparisons = []
+    for i, (name, diff, poi) in enumerate(partial):
+        p_holm = adjusted.get(i)
+        tost = None if diff is None else stats.equivalence_p(diff, margin)
+        if name in diverged:
+            relation = Relation.DIVERGED
+        elif diff is not None and p_holm is not None and p_holm <= level and diff.mean > 0:
+            relation = Relation.BETTER
+        elif tost is not None and tost <= level:
+            relation = Relation.EQUIVALENT
+        else:
+            relation = Relation.INDISTINGUISHABLE
+        comparisons.append(
+            Comparison(
+                optimizer=name,
+                relation=relation,
+                seeds=0 if diff is None else diff.n,
+                difference=None if diff is None else diff.mean,
+                low=None if diff is None else diff.low,
+                high=None if diff is None else diff.high,
+                p_value=None if diff is None else diff.p_value,
+                p_holm=p_holm,
+                equivalence_p=tost,
+                improvement=None if poi is None else poi.probability,
+                improvement_low=None if poi is None else poi.low,
+                improvement_high=None if poi is None else poi.high,
+                seeds_to_separate=(
+                    None
+                    if diff is None or relation is not Relation.INDISTINGUISHABLE
+                    else stats.seeds_to_separate(diff.mean, diff.sd)
+                ),
             )
-            for o in contenders
-        }
+        )
+    return comparisons
+
+
+def recommend(
+    metric: Metric, outcomes: Sequence[OptimizerOutcome], policy: Policy | None = None
+) -> Recommendation:
+    """Which optimizer and setting to use, and the evidence, from the re-run seeds."""
+    policy = policy or Policy()
+    values = seed_values(metric, outcomes)
+    diverged = tuple(o.name for o in outcomes if o.diverged_runs)
+    at_edge = tuple(o.name for o in outcomes if o.lr_at_edge)
+    lr_fixed = tuple(o.name for o in outcomes if o.lr_fixed)
+    clean = [o for o in outcomes if o.runs and not o.diverged_runs and values[o.name]]
+    if not clean:
+        return Recommendation(
+            None, None, Criterion.NONE, diverged=diverged, at_edge=at_edge, lr_fixed=lr_fixed
+        )
+    sign = 1.0 if metric.goal == "max" else -1.0
+    leader = max(clean, key=lambda o: sign * _mean(values[o.name]))
+    margin = policy.margin_for(metric)
+    margin_absolute = margin.absolute(_mean(values[leader.name]))
+    level = policy.level()
+    others = {o.name: values[o.name] for o in outcomes if o is not leader and values[o.name]}
+    comparisons = compare_to_leader(
+        metric, values[leader.name], others, set(diverged), margin_absolute, level
+    )
+    tied = {
+        c.optimizer
+        for c in comparisons
+        if c.relation in (Relation.EQUIVALENT, Relation.INDISTINGUISHABLE)
+    }
+    contenders = [leader, *(o for o in clean if o.name in tied)]
+    untied = Recommendation(
+        leader.name,
+        dict(leader.hparams),
+        Criterion.UNCONTESTED if len(clean) == 1 else Criterion.SEPARATED,
+        leader=leader.name,
+        comparisons=tuple(comparisons),
+        contenders=tuple(o.name for o in contenders),
+        margin=margin,
+        margin_absolute=margin_absolute,
+        level=level,
+        diverged=diverged,
+        at_edge=at_edge,
+        lr_fixed=lr_fixed,
+    )
+    if len(contenders) == 1:
+        return untied
+    chosen, decided, eliminated, ranges, speeds, target = break_tie(
+        metric, contenders, outcomes, {o.name: _mean(values[o.name]) for o in contenders}
+    )
+    return replace(
+        untied,
+        optimizer=chosen.name,
+        hparams=dict(chosen.hparams),
+        decided_by=decided,
+        eliminated=eliminated,
+        lr_ranges=ranges,
+        speeds=speeds,
+        target=target,
+    )
+
+
+def break_tie(
+    metric: Metric,
+    contenders: Sequence[OptimizerOutcome],
+    outcomes: Sequence[OptimizerOutcome],
+    means: Mapping[str, float],
+) -> tuple[
+    OptimizerOutcome,
+    Criterion,
+    dict[str, Criterion],
+    dict[str, LrRange],
+    dict[str, int | None],
+    float | None,
+]:
+    """Robustness first (unless an lr was fixed), then speed to the target, then the mean."""
+    reference = reference_value(metric, [o.tuning for o in outcomes])
+    ranges = {
+        o.name: lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed) for o in contenders
+    }
+    target = speed_target(metric, outcomes)
+    speeds = {
+        o.name: None
+        if target is None
+        else steps_to_target(metric, metric_curve(metric, o.runs), target)
+        for o in contenders
+    }
+    eliminated: dict[str, Criterion] = {}
+    remaining = list(contenders)
+
+    def keep(criterion: Criterion, survivors: list[OptimizerOutcome]) -> None:
+        for o in remaining:
+            if o not in survivors:
+                eliminated[o.name] = criterion
+        remaining[:] = survivors
+
+    if not any(r.fixed for r in ranges.values()):
+        widest = max(ranges[o.name].steps or 0 for o in remaining)
+        keep(
+            Criterion.LR_RANGE,
+            [o for o in remaining if (ranges[o.name].steps or 0) >= widest - WIDTH_SLACK],
+        )
+    if len(remaining) > 1:
 
         def slowness(o: OptimizerOutcome) -> float:
             steps = speeds[o.name]
             return math.inf if steps is None else float(steps)
 
-        # Robustness first, then speed to the target, then the better mean.
-        chosen = max(contenders, key=lambda o: (widths[o.name], -slowness(o), -contenders.index(o)))
-        rivals = ", ".join(f"{o.name} ({_describe(o)})" for o in contenders if o is not chosen)
-        equally_fast = len({slowness(o) for o in contenders}) == 1
-        if len(set(widths.values())) == 1 and not equally_fast:
-            why = (
-                f"equally robust ({widths[chosen.name]:.1f} decades of good lr each), "
-                f"so the faster one wins: it reaches {metric.name} {_format(target or 0.0)} "
-                f"at step {speeds[chosen.name]}"
-                + "".join(
-                    f" vs {'never' if speeds[o.name] is None else f'step {speeds[o.name]}'}"
-                    f" for {o.name}"
-                    for o in contenders
-                    if o is not chosen
-                )
-            )
-        elif len(set(widths.values())) == 1:
-            why = f"equally robust ({widths[chosen.name]:.1f} decades of good lr each), so the better mean wins"
-        else:
-            why = (
-                f"chosen for the widest good learning-rate range ({widths[chosen.name]:.1f} decades"
-                + "".join(
-                    f" vs {widths[o.name]:.1f} for {o.name}" for o in contenders if o is not chosen
-                )
-                + ")"
-            )
-        how = f" It is statistically tied with {rivals}; {why}."
-    worst_div = [o.name for o in outcomes if o.summary.diverged]
-    diverged = f" Diverged re-runs: {', '.join(worst_div)}." if worst_div else ""
-    edge = [o.name for o in outcomes if o.summary.mean is not None and lr_at_edge(o)]
-    if edge:
-        diverged += (
-            f" The chosen lr is at the edge of the searched range for {', '.join(edge)}:"
-            " their best may lie outside it (try a value beyond it with --set NAME.lr=...)."
-        )
-    lr = chosen.hparams.get("lr")
-    setting = f", lr {_format(lr)}" if isinstance(lr, (int, float)) else ""
-    goal = "lowest" if metric.goal == "min" else "highest"
-    reason = (
-        f"{chosen.name}{setting}: {goal if chosen is leader else 'a tied-best'} mean {metric.name} "
-        f"{_describe(chosen)}.{how}{diverged}"
-    )
-    tied_with = tuple(o.name for o in [leader, *ties] if o is not chosen) if ties else ()
-    return Recommendation(chosen.name, dict(chosen.hparams), reason, tied_with)
+        fastest = min(slowness(o) for o in remaining)
+        if math.isfinite(fastest):
+            keep(Criterion.SPEED, [o for o in remaining if slowness(o) == fastest])
+    sign = 1.0 if metric.goal == "max" else -1.0
+    if len(remaining) > 1:
+        best = max(remaining, key=lambda o: sign * means[o.name])
+        keep(Criterion.MEAN, [best])
+    chosen = remaining[0]
+    decided = eliminated[max(eliminated, key=lambda n: list(Criterion).index(eliminated[n]))]
+    return chosen, decided, eliminated, ranges, speeds, target
 
 
-def _describe(outcome: OptimizerOutcome) -> str:
-    s = outcome.summary
-    assert s.mean is not None
-    spread = f" ± {s.ci95:.2g}" if s.ci95 is not None else ""
-    seeds = f"{s.n} seed{'s' if s.n != 1 else ''}"
-    return f"{_format(s.mean)}{spread}, {seeds}"
-
-
-def lr_at_edge(outcome: OptimizerOutcome) -> bool:
-    """Whether the chosen lr is the smallest or largest one tried: the best may lie outside the range."""
-    tried = [t.spec.hparams["lr"] for t in outcome.tuning if "lr" in t.spec.hparams]
-    chosen = outcome.hparams.get("lr")
-    return len(set(tried)) > 1 and chosen in (min(tried), max(tried))
+# ----------------------------------------------------------------- results.json
 
 
 def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
@@ -236,10 +336,12 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
     return {
         "name": outcome.name,
         "hparams": outcome.hparams,
+        "lr_fixed": outcome.lr_fixed,
         "runs": [
             {
                 "seed": r.spec.seed,
                 "final": r.final,
+                "validation": validation_of(r),
                 "diverged": r.diverged,
                 "wall_time": r.wall_time,
             }
@@ -247,11 +349,23 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
         ],
         "summary": outcome.summary.to_json(),
         "tuning": [
-            {"hparams": dict(t.spec.hparams), "score": t.score(metric.name), "diverged": t.diverged}
+            {
+                "hparams": dict(t.spec.hparams),
+                "score": decision_value(t, metric.name),
+                "diverged": t.diverged,
+            }
             for t in outcome.tuning
         ],
-        "robustness_decades": robustness(metric, outcome.tuning),
-        "lr_at_edge": lr_at_edge(outcome),
+        "lr_at_edge": outcome.lr_at_edge,
+        "sweeps": [
+            {
+                "hparams": dict(t.spec.hparams),
+                "seed": t.spec.seed,
+                "score": decision_value(t, metric.name),
+                "diverged": t.diverged,
+            }
+            for t in outcome.sweeps
+        ],
     }
 
 
@@ -260,22 +374,25 @@ def problem_json(
 ) -> dict[str, Any]:
     return {
         "name": name,
-        "metric": {"name": metric.name, "goal": metric.goal},
+        "metric": {
+            "name": metric.name,
+            "goal": metric.goal,
+            **splits_json(r for o in outcomes for r in o.runs),
+        },
         "optimizers": [outcome_json(metric, o) for o in outcomes],
         "recommendation": rec.to_json(),
     }
 
 
-# ---------------------------------------------------------------- speed and stalls
+# ----------------------------------------------------------------- speed
 
 
 def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float | None:
     """The target of the time-to-target comparison: the second-best final mean.
 
     The best two optimizers both reach it, so the leader's head start is
-    measured against a value the runner-up does reach (AlgoPerf fixes its
-    targets the same way, from what a good baseline achieves). ``None`` when
-    fewer than two optimizers finished every seed: there is nothing to race.
+    measured against a value the runner-up does reach. ``None`` when fewer
+    than two optimizers finished every seed: there is nothing to race.
     """
     sign = 1.0 if metric.goal == "min" else -1.0
     means = sorted(
@@ -286,73 +403,3 @@ def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float 
     if len(means) < 2:
         return None
     return sign * means[1]
-
-
-#: A stall is worth a sentence when it ends short of the recommendation by at least this share
-#: of the stalled optimizer's own progress.
-STALL_GAP = 0.05
-
-
-def evidence(
-    metric: Metric, outcomes: Sequence[OptimizerOutcome], rec: Recommendation
-) -> list[str]:
-    """Sentences that back the recommendation: how fast it gets there, and who stalls and why."""
-    chosen = next((o for o in outcomes if o.name == rec.optimizer), None)
-    if chosen is None:
-        return []
-    sentences = []
-    curves = {o.name: metric_curve(metric, o.runs) for o in outcomes}
-    target = speed_target(metric, outcomes)
-    if target is not None:
-        times = {o.name: steps_to_target(metric, curves[o.name], target) for o in outcomes}
-        mine = times[chosen.name]
-        others = [o for o in outcomes if o is not chosen and o.summary.mean is not None]
-        reached = sorted(
-            ((t, o.name) for o in others if (t := times[o.name]) is not None),
-        )
-        never = [o.name for o in outcomes if o is not chosen and times[o.name] is None]
-        goal = f"{metric.name} {_format(target)} (the second-best final mean)"
-        if mine is not None and reached:
-            fastest_other, rival = reached[0]
-            if mine < fastest_other:
-                saving = 100 * (1 - mine / fastest_other)
-                sentences.append(
-                    f"{chosen.name} reaches {goal} at step {mine}, "
-                    f"{saving:.0f}% fewer steps than {rival} (step {fastest_other})."
-                )
-            elif mine == fastest_other:
-                sentences.append(f"{chosen.name} and {rival} reach {goal} at step {mine}.")
-            else:
-                sentences.append(
-                    f"{rival} reaches {goal} first (step {fastest_other}; "
-                    f"{chosen.name} at step {mine})."
-                )
-        elif mine is not None:
-            sentences.append(f"{chosen.name} reaches {goal} at step {mine}.")
-        if never:
-            sentences.append(f"Never reached on average: {', '.join(never)}.")
-    for o in outcomes:
-        if o is chosen or o.name in rec.tied_with or o.summary.mean is None:
-            continue
-        stall = stall_step(metric, curves[o.name])
-        curve = curves[o.name]
-        if stall is None or chosen.summary.mean is None or not curve.mean:
-            continue
-        # Only a stall that costs something: it ends clearly short of the recommendation.
-        gap = chosen.summary.mean - o.summary.mean
-        if metric.goal == "min":
-            gap = -gap
-        if gap < STALL_GAP * abs(curve.mean[-1] - curve.mean[0]):
-            continue
-        decay = effective_lr_decay(o.runs)
-        because = ""
-        if decay is not None and decay[0] >= 10:
-            because = (
-                f" as its median effective learning rate decays {decay[0]:.0f}×"
-                f" (from step {decay[1]} to step {decay[2]})"
-            )
-        sentences.append(
-            f"{o.name} stalls after step {stall} at {metric.name} "
-            f"{_format(o.summary.mean)}{because}."
-        )
-    return sentences

@@ -47,6 +47,11 @@ class StudyConfig:
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     budget: int = 8
     search: Search = "grid"
+    # The analysis' settings (adaptim.lab.analysis): adaptive seeding may add re-run seeds up
+    # to max_seeds (never fewer than seeds); margin is the equivalence margin ("0.01", "1%";
+    # None: the metric's default).
+    max_seeds: int = 10
+    margin: str | None = None
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -57,6 +62,8 @@ class StudyConfig:
             raise LabError(f"--budget must be between 1 and {MAX_BUDGET}, got {self.budget}")
         if self.search not in SEARCHES:
             raise LabError(f"unknown --search {self.search!r}; valid: {', '.join(SEARCHES)}")
+        if self.max_seeds < 1:
+            raise LabError(f"--max-seeds must be at least 1, got {self.max_seeds}")
         if not self.problems:
             raise LabError("no problem to run: give at least one --problem")
         if not self.optimizers:
@@ -91,6 +98,9 @@ class StudyConfig:
             },
             budget=int(data["budget"]),
             search=data["search"],
+            # Studies stored before adaptive seeding ran exactly their seeds.
+            max_seeds=int(data.get("max_seeds", data["seeds"])),
+            margin=data.get("margin"),
         )
 
 

@@ -13,7 +13,16 @@ from typing import Any
 import torch
 
 import adaptim
-from adaptim.lab.analysis import OptimizerOutcome, Recommendation, problem_json, recommend
+from adaptim.lab.analysis import (
+    Margin,
+    OptimizerOutcome,
+    Policy,
+    Recommendation,
+    Relation,
+    problem_json,
+    recommend,
+)
+from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.protocol import (
@@ -96,7 +105,8 @@ class Study:
         return self.config.steps or problem.steps
 
     def planned_trials(self) -> int:
-        """How many trials the study runs (or finds stored), for progress bars."""
+        """How many trials the study runs (or finds stored), for progress bars; adaptive seeding
+        may add more."""
         per_problem = sum(
             (1 if "lr" in self.config.settings.get(o, {}) else self.config.budget)
             + self.config.seeds
@@ -104,33 +114,58 @@ class Study:
         )
         return per_problem * len(self.problems)
 
+    def policy(self) -> Policy:
+        """The analysis settings of this study (margin, adaptive seeding)."""
+        margin = None
+        if self.config.margin is not None:
+            try:
+                margin = Margin.parse(self.config.margin)
+            except ValueError:
+                raise LabError(
+                    f"--margin must be a positive number or percentage (0.01, 1%), "
+                    f"got {self.config.margin!r}"
+                ) from None
+        return Policy(margin, self.config.seeds, max(self.config.seeds, self.config.max_seeds))
+
     def run(self) -> StudyOutcome:
+        policy = self.policy()
         tuning = self._tune()
-        finals = self._rerun(tuning)
+        finals = self._rerun(tuning, policy)
+        sweeps = self._sweep(tuning, finals, policy)
         problems = []
         for spec, problem in self.problems.items():
-            outcomes = [
-                OptimizerOutcome(
-                    name=optimizer,
-                    metric=problem.metric,
-                    hparams=best_setting(
-                        problem.metric,
-                        [
-                            (t.spec.hparams, t.score(problem.metric.name))
-                            for t in tuning[spec, optimizer]
-                        ],
-                    ),
-                    tuning=tuning[spec, optimizer],
-                    runs=finals[spec, optimizer],
-                )
-                for optimizer in self.config.optimizers
-            ]
+            outcomes = self._outcomes(spec, tuning, finals, sweeps)
             problems.append(
-                ProblemOutcome(problem, spec, outcomes, recommend(problem.metric, outcomes))
+                ProblemOutcome(problem, spec, outcomes, recommend(problem.metric, outcomes, policy))
             )
         return StudyOutcome(
             self.config, problems, self.store.url, shlex.join(["adaptim", *sys.argv[1:]])
         )
+
+    def _outcomes(
+        self,
+        spec: str,
+        tuning: dict[tuple[str, str], list[TrialResult]],
+        finals: dict[tuple[str, str], list[TrialResult]],
+        sweeps: dict[tuple[str, str], list[TrialResult]] | None = None,
+    ) -> list[OptimizerOutcome]:
+        metric = self.problems[spec].metric
+        return [
+            OptimizerOutcome(
+                name=optimizer,
+                metric=metric,
+                hparams=self._chosen(spec, tuning[spec, optimizer]),
+                tuning=tuning[spec, optimizer],
+                runs=finals[spec, optimizer],
+                lr_fixed="lr" in self.config.settings.get(optimizer, {}),
+                sweeps=(sweeps or {}).get((spec, optimizer), []),
+            )
+            for optimizer in self.config.optimizers
+        ]
+
+    def _chosen(self, spec: str, tried: list[TrialResult]) -> dict[str, Any]:
+        metric = self.problems[spec].metric
+        return best_setting(metric, [(t.spec.hparams, t.score(metric.name)) for t in tried])
 
     def _tune(self) -> dict[tuple[str, str], list[TrialResult]]:
         tuners: dict[tuple[str, str], Tuner] = {
@@ -171,20 +206,95 @@ class Study:
         )
 
     def _rerun(
-        self, tuning: dict[tuple[str, str], list[TrialResult]]
+        self, tuning: dict[tuple[str, str], list[TrialResult]], policy: Policy
     ) -> dict[tuple[str, str], list[TrialResult]]:
+        """The chosen settings on the re-run seeds, with adaptive seeding.
+
+        Every optimizer first runs ``seeds`` fresh seeds (1, 2, ...). Then, per
+        problem, while some optimizer without a diverged re-run is *not
+        distinguishable* from the leader (neither separated nor equivalent,
+        :func:`~adaptim.lab.analysis.recommend`), the next seed is run by every
+        optimizer in contention: the leader and each not-distinguishable one,
+        all brought to the same seeds, so the extra runs are charged equally
+        and every comparison stays paired. Optimizers already separated,
+        equivalent or diverged get no more seeds. It stops at ``max_seeds``.
+        The analysis tests at the per-look level that keeps the chance of a
+        false separation over all these looks at 5%.
+        """
+        runs: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuning}
+        wanted = {key: len(final_seeds(self.config)) for key in tuning}
+        while True:
+            plan = {
+                key: [
+                    self._spec(key[0], key[1], self._chosen(key[0], tuning[key]), seed, "final")
+                    for seed in range(TUNING_SEED + 1 + len(runs[key]), TUNING_SEED + 1 + n)
+                ]
+                for key, n in wanted.items()
+            }
+            specs = [s for specs in plan.values() for s in specs]
+            if not specs:
+                return runs
+            done = {r.spec.key(): r for r in self._execute(specs)}
+            for key, more in plan.items():
+                runs[key] += [done[s.key()] for s in more]
+            for spec in self.problems:
+                self._more_seeds(spec, tuning, runs, policy, wanted)
+
+    def _more_seeds(
+        self,
+        spec: str,
+        tuning: dict[tuple[str, str], list[TrialResult]],
+        runs: dict[tuple[str, str], list[TrialResult]],
+        policy: Policy,
+        wanted: dict[tuple[str, str], int],
+    ) -> None:
+        """Raise ``wanted`` for the optimizers of ``spec`` still in contention (see _rerun)."""
+        rec = recommend(self.problems[spec].metric, self._outcomes(spec, tuning, runs), policy)
+        if rec.leader is None:
+            return
+        contention = [rec.leader] + [
+            c.optimizer for c in rec.comparisons if c.relation is Relation.INDISTINGUISHABLE
+        ]
+        if len(contention) == 1:
+            return
+        most = max(len(runs[spec, name]) for name in contention)
+        target = min(most + 1, policy.max_seeds)
+        for name in contention:
+            wanted[spec, name] = max(wanted[spec, name], target)
+
+    def _sweep(
+        self,
+        tuning: dict[tuple[str, str], list[TrialResult]],
+        runs: dict[tuple[str, str], list[TrialResult]],
+        policy: Policy,
+    ) -> dict[tuple[str, str], list[TrialResult]]:
+        """A second seed for the good-lr ranges of tied optimizers.
+
+        When the re-runs leave a tie that the good learning-rate range may
+        break (no contender's lr fixed with ``--set``), every tied optimizer
+        runs its tuned settings again on re-run seed 1 (its chosen setting is
+        already there), so each range is measured on two seeds; charged
+        equally to all the tied optimizers.
+        """
+        sweeps: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuning}
         plan: dict[tuple[str, str], list[TrialSpec]] = {}
-        for (spec, optimizer), tried in tuning.items():
-            metric = self.problems[spec].metric
-            chosen = best_setting(metric, [(t.spec.hparams, t.score(metric.name)) for t in tried])
-            plan[spec, optimizer] = [
-                self._spec(spec, optimizer, chosen, seed, "final")
-                for seed in final_seeds(self.config)
-            ]
-        done = {
-            r.spec.key(): r for r in self._execute([s for specs in plan.values() for s in specs])
-        }
-        return {key: [done[s.key()] for s in specs] for key, specs in plan.items()}
+        for spec in self.problems:
+            rec = recommend(self.problems[spec].metric, self._outcomes(spec, tuning, runs), policy)
+            if len(rec.contenders) < 2 or set(rec.contenders) & set(rec.lr_fixed):
+                continue
+            for name in rec.contenders:
+                plan[spec, name] = [
+                    self._spec(spec, name, dict(t.spec.hparams), TUNING_SEED + 1, "tune")
+                    for t in tuning[spec, name]
+                ]
+        if plan:
+            done = {
+                r.spec.key(): r
+                for r in self._execute([s for specs in plan.values() for s in specs])
+            }
+            for key, specs in plan.items():
+                sweeps[key] = [done[s.key()] for s in specs]
+        return sweeps
 
     def _execute(self, specs: Sequence[TrialSpec]) -> Iterable[TrialResult]:
         """Stored results first; the rest run through the executor and are stored as each ends."""

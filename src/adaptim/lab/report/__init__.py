@@ -22,10 +22,21 @@ PROTOCOL = (
     "Every optimizer's learning rate was tuned with the same budget, in log space over the "
     "range where that optimizer's good rates lie, on tuning seed 0. The best setting was then "
     "re-run on fresh seeds; only those re-runs give the means, confidence intervals and curves "
-    "(tuning runs appear only in the learning-rate sensitivity figure). A diverged run scores "
-    "worst. Two optimizers are statistically tied when a t-test (paired over seeds) cannot tell "
-    "their final means apart at the 5% level; ties are broken by the width of the good "
-    "learning-rate range, then by the speed to the target."
+    "(tuning runs appear only in the learning-rate sensitivity figure). Choices, ties and "
+    "equivalence are decided on the validation values of the re-runs; the means and intervals "
+    "shown are test values. An optimizer with a diverged re-run can be neither recommended nor "
+    "tied-best, and inside every comparison its diverged seeds score as the worst value any "
+    "optimizer reached. The leader (best validation mean among the rest) is compared with each "
+    "other optimizer, paired by seed: it is better when a paired t-test, Holm-adjusted over all "
+    "these claims, rejects at the per-look level; otherwise the two are equivalent when the two "
+    "one-sided tests (TOST) put the difference inside the margin, and not distinguishable "
+    "otherwise, with the seeds a paired t-test would need at 80% power. While the leader is not "
+    "distinguishable from some optimizer, one more seed is run by the leader and every such "
+    "optimizer alike, up to the maximum; the per-look level is lowered from 5% so that the "
+    "chance of a false separation over all looks stays at 5%. Ties are broken by the width of "
+    "the good learning-rate range in grid steps, measured on two seeds (the tied optimizers rerun "
+    "their tuned settings on seed 1; widths within one step are equal; not compared "
+    "when an lr was fixed with --set), then by the steps to reach the target, then by the mean."
 )
 
 
@@ -40,6 +51,7 @@ def _problem_section(
         goal=metric.goal,
         verdict=data.verdict(problem),
         rows=data.ranking(problem),
+        splits=data.split_note(problem),
     )
     section.figures.append(
         page.Figure(
@@ -102,6 +114,7 @@ def build_report(outcome: StudyOutcome, study_key: str) -> str:
         sections=sections,
         styles=styles,
         profile=profile,
+        improvements=data.improvements(outcome),
         footer=data.footer(outcome, study_key),
         protocol=PROTOCOL,
         config=data.config_lines(outcome),

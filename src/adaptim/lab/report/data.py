@@ -7,19 +7,16 @@ statistics come from :mod:`adaptim.lab.analysis`.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adaptim.lab.analysis import (
-    OptimizerOutcome,
-    evidence,
-    lr_at_edge,
-    robustness,
-    speed_target,
-)
+from adaptim.lab import stats
+from adaptim.lab.analysis import OptimizerOutcome, speed_target
 from adaptim.lab.curves import metric_curve, steps_to_target
-from adaptim.lab.protocol import TUNING_SEED, final_seeds
+from adaptim.lab.protocol import TUNING_SEED
+from adaptim.lab.report import text
+from adaptim.lab.robustness import lr_range, reference_value
+from adaptim.lab.splits import has_validation, reported_value
 
 if TYPE_CHECKING:
     from adaptim.lab.study import ProblemOutcome, StudyOutcome
@@ -65,16 +62,25 @@ class Row:
     optimizer: str
     recommended: bool
     tied: bool
+    #: Its standing against the leader: recommended, worse, equivalent, not distinguishable...
+    status: str
     lr: str
     lr_at_edge: bool
+    #: Test mean over the re-run seeds and the half-width of its 95% CI.
     mean: str
     ci95: str
     seeds: int
     diverged_reruns: int
     diverged_tuning: str
+    #: Validation difference to the leader (this one minus the leader) with its paired 95% CI.
+    vs_leader: str
+    #: P(leader beats this one), Agarwal et al. 2021.
+    improvement: str
     steps_to_target: str
     seconds_to_target: str
-    good_lr_decades: str
+    good_lr: str
+    #: The same without the learning rates it spans (for the terminal).
+    good_lr_steps: str
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -82,11 +88,16 @@ def _number(value: float | None, digits: int = 4) -> str:
 
 
 def ranked(problem: ProblemOutcome) -> list[OptimizerOutcome]:
-    """Best first: optimizers that never diverged, by mean; then the others; the diverged last."""
+    """The recommendation first, then the leader and the tied ones, then the others by test mean;
+    optimizers with diverged re-runs last."""
     sign = 1.0 if problem.problem.metric.goal == "min" else -1.0
+    rec = problem.recommendation
     return sorted(
         problem.outcomes,
         key=lambda o: (
+            o.name != rec.optimizer,
+            o.name != rec.leader,
+            o.name not in rec.contenders,
             o.summary.mean is None,
             o.summary.diverged > 0,
             sign * (o.summary.mean or 0.0),
@@ -98,27 +109,45 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
     metric = problem.problem.metric
     target = speed_target(metric, problem.outcomes)
     rec = problem.recommendation
+    reference = reference_value(metric, [o.tuning for o in problem.outcomes])
     rows = []
     for o in ranked(problem):
         curve = metric_curve(metric, o.runs)
         steps = None if target is None else steps_to_target(metric, curve, target)
         seconds = None if steps is None else curve.wall_time[curve.steps.index(steps)]
         lr = o.hparams.get("lr")
+        comparison = rec.comparison(o.name)
+        good = lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed)
         rows.append(
             Row(
                 optimizer=o.name,
                 recommended=o.name == rec.optimizer,
                 tied=o.name in rec.tied_with,
-                lr=f"{lr:.3g}" if isinstance(lr, (int, float)) else "–",
-                lr_at_edge=lr_at_edge(o),
+                status=text.status(rec, o.name),
+                lr=(f"{lr:.3g}" if isinstance(lr, (int, float)) else "–")
+                + (" (--set)" if o.lr_fixed else ""),
+                lr_at_edge=o.lr_at_edge,
                 mean=_number(o.summary.mean),
                 ci95="–" if o.summary.ci95 is None else f"± {o.summary.ci95:.2g}",
                 seeds=o.summary.n,
                 diverged_reruns=o.summary.diverged,
                 diverged_tuning=f"{sum(t.diverged for t in o.tuning)}/{len(o.tuning)}",
+                vs_leader=(
+                    "leader"
+                    if o.name == rec.leader
+                    else "–"
+                    if comparison is None
+                    else text.difference_text(metric, comparison)
+                ),
+                improvement=(
+                    "–"
+                    if comparison is None or comparison.improvement is None
+                    else f"{comparison.improvement:.2f}"
+                ),
                 steps_to_target="–" if target is None else "never" if steps is None else str(steps),
                 seconds_to_target="–" if seconds is None else f"{seconds:.2g}",
-                good_lr_decades=f"{robustness(metric, o.tuning):.1f}",
+                good_lr=text.range_text(good),
+                good_lr_steps=text.range_text(good, with_span=False),
             )
         )
     return rows
@@ -134,18 +163,68 @@ class Verdict:
 
 
 def verdict(problem: ProblemOutcome) -> Verdict:
-    """The recommendation's first sentence as the headline; its other sentences and the
-    evidence of speed and stalls as the points below it."""
+    """The headline and the points behind it, written from the structured recommendation."""
     metric = problem.problem.metric
     rec = problem.recommendation
-    sentences = re.split(r"(?<=[.)])\s+(?=[A-Z])", rec.reason)
-    if rec.optimizer is None:  # no recommendation: the reason is the headline, whole
-        sentences = [rec.reason]
     return Verdict(
-        sentences[0],
-        [*sentences[1:], *evidence(metric, problem.outcomes, rec)],
+        text.headline(metric, rec, problem.outcomes),
+        text.evidence(metric, rec, problem.outcomes),
         speed_target(metric, problem.outcomes),
     )
+
+
+def split_note(problem: ProblemOutcome) -> str:
+    """Which split decided the ranking and which one the numbers come from."""
+    if has_validation(r for o in problem.outcomes for r in o.runs):
+        return (
+            "Choices, ties and equivalence are decided on the validation split; "
+            "the numbers shown are on the test split."
+        )
+    return (
+        "This problem has a single evaluation split: it both decides and is reported, so the "
+        "reported numbers are not independent of the choice."
+    )
+
+
+@dataclass(frozen=True)
+class Improvements:
+    """P(row optimizer beats column optimizer) across problems, with 95% intervals."""
+
+    names: list[str]
+    cells: dict[tuple[str, str], str]
+    problems: int
+
+
+def improvements(outcome: StudyOutcome) -> Improvements | None:
+    """Agarwal et al.'s probability of improvement over all problems (test values; a diverged
+    run scores as the worst value reached on its problem), with stratified-bootstrap
+    intervals. ``None`` with a single problem (its comparisons say it all)."""
+    if len(outcome.problems) < 2:
+        return None
+    names = list(outcome.config.optimizers)
+    scores: list[dict[str, list[float]]] = []
+    for problem in outcome.problems:
+        metric = problem.problem.metric
+        sign = 1.0 if metric.goal == "max" else -1.0
+        raw = {o.name: [reported_value(r, metric.name) for r in o.runs] for o in problem.outcomes}
+        finite = [sign * v for values in raw.values() for v in values if v is not None]
+        if not finite or any(not values for values in raw.values()):
+            continue
+        worst = min(finite)
+        scores.append(
+            {n: [worst if v is None else sign * v for v in values] for n, values in raw.items()}
+        )
+    if len(scores) < 2:
+        return None
+    cells = {}
+    for x in names:
+        for y in names:
+            if x != y:
+                found = stats.probability_of_improvement(
+                    [per[x] for per in scores], [per[y] for per in scores]
+                )
+                cells[x, y] = f"{found.probability:.2f} [{found.low:.2f}, {found.high:.2f}]"
+    return Improvements(names, cells, len(scores))
 
 
 def times_to_target(outcome: StudyOutcome) -> dict[str, dict[str, float | None]]:
@@ -187,7 +266,8 @@ def footer(outcome: StudyOutcome, study_key: str) -> Footer:
             for trial in [*o.tuning, *o.runs]:
                 found.add((str(trial.info.get("adaptim", "?")), str(trial.info.get("torch", "?"))))
     versions = "; ".join(f"adaptim {a}, torch {t}" for a, t in sorted(found)) or "unknown"
-    reruns = ", ".join(str(s) for s in final_seeds(outcome.config))
+    used = sorted({r.spec.seed for p in outcome.problems for o in p.outcomes for r in o.runs})
+    reruns = ", ".join(str(s) for s in used) or "none"
     return Footer(
         command=outcome.command,
         versions=versions,
@@ -214,6 +294,20 @@ def config_lines(outcome: StudyOutcome) -> list[tuple[str, str]]:
         ("optimizers", ", ".join(c.optimizers)),
         ("learning-rate search", f"{c.search}, {c.budget} values per optimizer"),
         ("steps", "each problem's default" if c.steps is None else str(c.steps)),
+        (
+            "re-run seeds",
+            f"{c.seeds}"
+            + (
+                f", adaptively up to {c.max_seeds} while the leader is not separated"
+                if c.max_seeds > c.seeds
+                else ""
+            ),
+        ),
+        (
+            "equivalence margin",
+            c.margin
+            or "per metric: 0.01 for accuracies and errors, 1% of the leader's mean otherwise",
+        ),
         ("fixed settings", ", ".join(f"{k}: {v}" for k, v in settings.items()) or "none"),
     ]
 

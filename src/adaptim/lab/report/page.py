@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
-from adaptim.lab.report.data import Footer, Row, Style, Verdict
+from adaptim.lab.report.data import Footer, Improvements, Row, Style, Verdict
 
 CSS = """
 :root { color-scheme: light; --muted: #555; --line: #ddd; }
@@ -60,16 +60,34 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'
 COLUMNS = (
     ("optimizer", "The recommended one in bold."),
     (
-        "chosen lr",
-        "Best learning rate of the tuning sweep; * marks the edge of the searched range.",
+        "standing",
+        "Against the leader (the best mean on validation without a diverged re-run): worse "
+        "(separated, Holm-adjusted), equivalent (TOST within the margin), not distinguishable "
+        "with these seeds, or diverged (out of contention).",
     ),
-    ("mean", "Final main metric, mean over the re-run seeds."),
-    ("95% CI", "Half-width of the 95% confidence interval (Student's t)."),
+    (
+        "chosen lr",
+        "Best learning rate of the tuning sweep; * marks the edge of the searched range, "
+        "(--set) a rate fixed on the command line.",
+    ),
+    ("test mean", "Final main metric on test, mean over the re-run seeds."),
+    ("95% CI", "Half-width of the 95% confidence interval of that mean (Student's t)."),
     ("seeds", "Re-run seeds that finished."),
     ("diverged", "Diverged re-runs, and diverged tuning runs of all tried."),
+    (
+        "vs leader",
+        "This optimizer minus the leader on validation, paired by seed, with its 95% CI: "
+        "the difference behind the standing (a diverged seed scores as the worst value reached).",
+    ),
+    ("P(leader better)", "Probability that a leader's run beats this one's (Agarwal et al. 2021)."),
     ("steps to target", "First step where the mean curve reaches the target."),
     ("seconds", "Training wall time to the target."),
-    ("good lr range", "Decades of learning rate scoring within 2% of the best: robustness."),
+    (
+        "good lr range",
+        "Contiguous grid steps of learning rates that get 98% of the way from the initial value "
+        "to the optimizer's best: robustness. On the tuning seed, and for tied optimizers also "
+        "on re-run seed 1 (their tuned settings are run again there).",
+    ),
 )
 
 
@@ -89,6 +107,8 @@ class ProblemSection:
     verdict: Verdict
     rows: list[Row]
     figures: list[Figure] = field(default_factory=list)
+    #: Which split decided and which is reported.
+    splits: str = ""
 
 
 def _verdict(section: ProblemSection, with_name: bool, headline_only: bool = False) -> str:
@@ -109,16 +129,18 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
     for r in section.rows:
         style = styles[r.optimizer]
         cells = [
-            f'<span class="swatch" style="background:{style.color}"></span>{escape(r.optimizer)}'
-            + (" (tied)" if r.tied else ""),
+            f'<span class="swatch" style="background:{style.color}"></span>{escape(r.optimizer)}',
+            escape(r.status),
             escape(r.lr) + ("*" if r.lr_at_edge else ""),
             escape(r.mean),
             escape(r.ci95),
             str(r.seeds),
             f"{r.diverged_reruns} · {escape(r.diverged_tuning)} tuning",
+            escape(r.vs_leader),
+            escape(r.improvement),
             escape(r.steps_to_target),
             escape(r.seconds_to_target),
-            f"{escape(r.good_lr_decades)} decades",
+            escape(r.good_lr),
         ]
         tr = ' class="recommended"' if r.recommended else ""
         body.append(f"<tr{tr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -136,6 +158,30 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
     )
 
 
+def _improvements(table: Improvements) -> str:
+    head = "".join(f"<th>{escape(n)}</th>" for n in table.names)
+    body = "".join(
+        f"<tr><td>{escape(x)}</td>"
+        + "".join(
+            f"<td>{escape(table.cells[x, y])}</td>" if x != y else "<td>–</td>" for y in table.names
+        )
+        + "</tr>"
+        for x in table.names
+    )
+    return (
+        "<h3>Probability of improvement</h3>"
+        f"<table><thead><tr><th>P(row beats column)</th>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+        f'<p class="note">Over {table.problems} problems: the chance that a re-run of the row '
+        "optimizer ends better than one of the column optimizer on the same problem, averaged "
+        "over problems (Agarwal et al. 2021; test values, a diverged run scores as the worst "
+        "value reached). In brackets the 95% stratified-bootstrap interval: runs are resampled "
+        "within each problem. 0.5 means no difference; an interval entirely above 0.5 means the "
+        "row tends to beat the column (each interval on its own: no correction for the many "
+        "pairs shown).</p>"
+    )
+
+
 def _figure(figure: Figure) -> str:
     return (
         f'<figure class="plot"><figcaption><b>{escape(figure.title)}.</b> '
@@ -148,6 +194,7 @@ def render(
     sections: list[ProblemSection],
     styles: dict[str, Style],
     profile: Figure | None,
+    improvements: Improvements | None = None,
     footer: Footer,
     protocol: str,
     config: list[tuple[str, str]],
@@ -174,14 +221,18 @@ def render(
         for name, style in styles.items()
     )
     parts.append(f'<div class="toggles">Show: {toggles}</div>')
+    if profile is not None or improvements is not None:
+        parts.append("<h2>Across problems</h2>")
+    if improvements is not None:
+        parts.append(_improvements(improvements))
     if profile is not None:
-        parts += ["<h2>Across problems</h2>", _figure(profile)]
+        parts.append(_figure(profile))
     for s in sections:
         goal = "lower" if s.goal == "min" else "higher"
         parts += [
             f"<h2>Problem: {escape(s.name)}</h2>",
             f'<p class="lede">{escape(s.description)}. Main metric: <b>{escape(s.metric)}</b> '
-            f"({goal} is better).</p>",
+            f"({goal} is better). {escape(s.splits)}</p>",
         ]
         if many:  # the evidence is in the summary at the top
             parts.append(_verdict(s, with_name=False, headline_only=True))

@@ -28,8 +28,10 @@ class StoredOnly:
     def run(self, specs: Sequence[TrialSpec], context: BuildContext) -> Iterator[TrialResult]:
         if specs:
             raise LabError(
-                f"the store lacks {len(specs)} trial(s) of this study (it was interrupted?); "
-                "re-run its `adaptim compare` command to finish it, then render the report"
+                f"the store lacks {len(specs)} trial(s) of this study (it was interrupted, or "
+                "an older adaptim ran it without adaptive seeds or second-seed sweeps); re-run "
+                "its `adaptim compare` command to finish it (stored trials are reused), then "
+                "render the report"
             )
         return iter(())
 
@@ -49,7 +51,10 @@ def choose_study(store: Store, key: str | None, results: Path | None) -> tuple[s
     if key is None and results is not None and results.is_file():
         try:
             config = json.loads(results.read_text())["config"]
-            key = StudyConfig.from_json(config).key()
+            # The stored config itself first: a study stored before StudyConfig gained a
+            # field (max_seeds, margin) keeps its key.
+            key = next((k for k, c, _ in studies if c == config), None)
+            key = key or StudyConfig.from_json(config).key()
         except (OSError, ValueError, KeyError, TypeError):
             key = None
     if key is None:

@@ -1,0 +1,174 @@
+"""What the analysis concludes, as data: the margin, the policy, and the recommendation.
+
+:func:`adaptim.lab.analysis.recommend` fills these; the report and the
+terminal (:mod:`adaptim.lab.report.text`) turn them into sentences, and
+``results.json`` carries them as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaptim.lab import stats
+from adaptim.lab.problems.base import Metric
+from adaptim.lab.robustness import LrRange
+
+
+@dataclass(frozen=True)
+class Margin:
+    """How close two means must be to be called equivalent: absolute, or relative to the leader."""
+
+    value: float
+    relative: bool
+
+    def absolute(self, leader_mean: float) -> float:
+        return self.value * abs(leader_mean) if self.relative else self.value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "relative": self.relative}
+
+    @classmethod
+    def parse(cls, text: str) -> Margin:
+        """``"0.005"`` (absolute, in the metric's units) or ``"2%"`` (of the leader's mean)."""
+        relative = text.strip().endswith("%")
+        number = float(text.strip().rstrip("%"))
+        if not math.isfinite(number) or number <= 0:
+            raise ValueError(f"a margin must be a positive number, got {text!r}")
+        return cls(number / 100 if relative else number, relative)
+
+
+def default_margin(metric: Metric) -> Margin:
+    """One point absolute for accuracies and error rates (values in [0, 1]); 1% of the
+    leader's mean for everything else (losses)."""
+    name = metric.name.lower()
+    if "acc" in name or "error" in name:
+        return Margin(0.01, relative=False)
+    return Margin(0.01, relative=True)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The statistical settings of a study's analysis."""
+
+    margin: Margin | None = None  # None: default_margin(metric)
+    #: Seeds of the first look and the most adaptive seeding may reach.
+    first_seeds: int = 3
+    max_seeds: int = 3
+    alpha: float = stats.ALPHA
+
+    def level(self) -> float:
+        """The per-look level (see :func:`adaptim.lab.stats.sequential_level`)."""
+        return stats.sequential_level(self.first_seeds, self.max_seeds, self.alpha)
+
+    def margin_for(self, metric: Metric) -> Margin:
+        return self.margin or default_margin(metric)
+
+
+# ----------------------------------------------------------------- the recommendation
+
+
+class Relation(enum.Enum):
+    """How an optimizer stands against the leader."""
+
+    BETTER = "leader_better"  # the leader is better, separated at the corrected level
+    EQUIVALENT = "equivalent"  # within the margin (TOST)
+    INDISTINGUISHABLE = "indistinguishable"  # neither, with this many seeds
+    DIVERGED = "diverged"  # diverged on a re-run seed: out of contention
+
+
+class Criterion(enum.Enum):
+    """What decided the choice (or removed a tied optimizer)."""
+
+    UNCONTESTED = "uncontested"  # no other optimizer finished every re-run seed
+    SEPARATED = "separated"  # the leader is better than every other clean optimizer
+    LR_RANGE = "lr_range"  # among the tied, a wider good lr range by more than one step
+    SPEED = "speed"  # equally robust: fewer steps to the target
+    MEAN = "mean"  # equally robust and fast: the better mean
+    NONE = "none"  # no optimizer finished every re-run seed
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One optimizer against the leader on their common seeds (differences favour the leader:
+    positive means the leader is better)."""
+
+    optimizer: str
+    relation: Relation
+    seeds: int
+    difference: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None
+    p_holm: float | None
+    equivalence_p: float | None
+    improvement: float | None
+    improvement_low: float | None
+    improvement_high: float | None
+    seeds_to_separate: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "relation"}
+        return {**data, "relation": self.relation.value}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Which optimizer to use, the evidence and what decided it; the report writes the words."""
+
+    optimizer: str | None
+    hparams: dict[str, Any] | None
+    decided_by: Criterion
+    leader: str | None = None
+    #: Every other optimizer against the leader.
+    comparisons: tuple[Comparison, ...] = ()
+    #: The tie: the leader and every equivalent or not-distinguishable optimizer.
+    contenders: tuple[str, ...] = ()
+    #: Tied optimizers removed by a tie-break criterion, and which one.
+    eliminated: Mapping[str, Criterion] = field(default_factory=dict)
+    lr_ranges: Mapping[str, LrRange] = field(default_factory=dict)
+    #: Steps to the speed target of the contenders (``None``: never reached).
+    speeds: Mapping[str, int | None] = field(default_factory=dict)
+    target: float | None = None
+    margin: Margin | None = None
+    margin_absolute: float | None = None
+    level: float = stats.ALPHA
+    diverged: tuple[str, ...] = ()
+    at_edge: tuple[str, ...] = ()
+    lr_fixed: tuple[str, ...] = ()
+
+    @property
+    def tied_with(self) -> tuple[str, ...]:
+        return tuple(c for c in self.contenders if c != self.optimizer)
+
+    def comparison(self, name: str) -> Comparison | None:
+        return next((c for c in self.comparisons if c.optimizer == name), None)
+
+    @property
+    def settled(self) -> bool:
+        """No optimizer is still merely not distinguishable from the leader."""
+        return all(c.relation is not Relation.INDISTINGUISHABLE for c in self.comparisons)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "hparams": self.hparams,
+            "decided_by": self.decided_by.value,
+            "leader": self.leader,
+            "tied_with": list(self.tied_with),
+            "contenders": list(self.contenders),
+            "comparisons": [c.to_json() for c in self.comparisons],
+            "eliminated": {k: v.value for k, v in self.eliminated.items()},
+            "lr_ranges": {k: v.to_json() for k, v in self.lr_ranges.items()},
+            "speeds": dict(self.speeds),
+            "target": self.target,
+            "margin": None if self.margin is None else self.margin.to_json(),
+            "margin_absolute": self.margin_absolute,
+            "level": self.level,
+            "diverged": list(self.diverged),
+            "lr_at_edge": list(self.at_edge),
+            "lr_fixed": list(self.lr_fixed),
+        }
