@@ -68,6 +68,33 @@ def hyperparameter(name: str, value: Any) -> Any:
     return value
 
 
+@functools.cache
+def implicit_options(cls: type[Optimizer]) -> dict[str, Any]:
+    """adaptim-only group keys, each with the value that means torch's behaviour.
+
+    A param group holds such a key only when it differs from that value (or
+    the flavor is not torch's), so a default adaptim optimizer's
+    ``param_groups`` and ``state_dict()`` have exactly torch.optim's keys:
+    distributed checkpoints (DCP, flattened or not) move both ways. Reading a
+    group goes through :meth:`Optimizer.group_value`, which fills them in.
+    """
+    algorithm = cls.algorithm
+    twin = getattr(torch.optim, algorithm.class_name, None) if algorithm.class_name else None
+    if not isinstance(twin, type):
+        return {}
+    probe = twin([torch.zeros(1, requires_grad=True)])  # the keys torch's own groups hold
+    torch_keys = set(probe.param_groups[0]) - {"params"}
+    torch_values = {**algorithm.defaults, "flavor": "torch", "fused": None}
+    return {k: v for k, v in torch_values.items() if k not in torch_keys}
+
+
+def _is_implicit(implicit: Mapping[str, Any], key: str, value: Any) -> bool:
+    if key not in implicit or isinstance(value, torch.Tensor):
+        return False
+    expected = implicit[key]
+    return value is expected or (type(value) is type(expected) and value == expected)
+
+
 def _holds_tensor(value: Any) -> bool:
     """Whether a group value may change without being replaced (a tensor, a list)."""
     if isinstance(value, tuple):
@@ -138,17 +165,26 @@ class Optimizer(torch.optim.Optimizer):
                 "flavor": flavor,
             }
         self._validate_group(defaults)  # as torch does, even if every group overrides a default
+        implicit = implicit_options(type(self))
+        defaults = {k: v for k, v in defaults.items() if not _is_implicit(implicit, k, v)}
         super().__init__(params, defaults)
 
     # -- groups and validation -------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         name = self.algorithm.name
         if flavors.has_flavors(name) and isinstance(param_group, dict):
-            flavor = param_group.get("flavor", self.defaults["flavor"])
-            amsgrad = param_group.get("amsgrad", self.defaults.get("amsgrad", False))
-            if (flavor, amsgrad) != (self.defaults["flavor"], self.defaults.get("amsgrad", False)):
+            own = (self.defaults.get("flavor", "torch"), self.defaults.get("amsgrad", False))
+            flavor = param_group.get("flavor", own[0])
+            amsgrad = param_group.get("amsgrad", own[1])
+            if (flavor, amsgrad) != own:
                 flavors.check_flavor(flavor)
                 param_group = flavors.resolve(name, flavor, param_group, amsgrad=bool(amsgrad))
+                param_group["flavor"] = flavor
+        if isinstance(param_group, dict):
+            implicit = implicit_options(type(self))
+            param_group = {
+                k: v for k, v in param_group.items() if not _is_implicit(implicit, k, v)
+            }
         super().add_param_group(param_group)
         if "_engine" in self.__dict__:
             self._engine.invalidate()
@@ -161,6 +197,12 @@ class Optimizer(torch.optim.Optimizer):
         if self.algorithm.state_at_construction:  # as torch's Adagrad does
             for p in group["params"]:
                 self._init_state(p, group)
+
+    def group_value(self, group: Mapping[str, Any], key: str) -> Any:
+        """``group[key]``, or torch's value for an adaptim-only option the group leaves implicit."""
+        if key in group:
+            return group[key]
+        return implicit_options(type(self))[key]
 
     def _validate_group(self, group: Mapping[str, Any]) -> None:
         name = type(self).__name__
@@ -179,7 +221,7 @@ class Optimizer(torch.optim.Optimizer):
                 )
             if group["fused"] and group.get("foreach"):
                 raise ValueError("Invalid fused: True with foreach=True; choose at most one.")
-        self.algorithm.validate({k: group[k] for k in self.algorithm.hparams})
+        self.algorithm.validate({k: self.group_value(group, k) for k in self.algorithm.hparams})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -216,7 +258,7 @@ class Optimizer(torch.optim.Optimizer):
         existing: dict[str, Any] | None = self.state.get(p)
         if existing:  # the common case on every step: nothing to derive
             return existing
-        hp = {k: group[k] for k in self.algorithm.hparams}
+        hp = {k: self.group_value(group, k) for k in self.algorithm.hparams}
         if not (self.algorithm.step or self.algorithm.scalar_state or self.algorithm.state(hp)):
             return {}  # stateless (SGD without momentum): no entry, as in torch
         state: dict[str, Any] = self.state[p]
@@ -271,14 +313,14 @@ class Optimizer(torch.optim.Optimizer):
         a scheduler that updates a tensor ``lr`` in place never recompiles.
         """
         for group in self.param_groups:
-            hp = {k: group[k] for k in self.algorithm.hparams}
+            hp = {k: self.group_value(group, k) for k in self.algorithm.hparams}
             for p in group["params"]:
                 if p.grad is not None:
                     self._update(p, p.grad, group, hp, traceable=True)
 
     def _hyperparams(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
         """The group's hyperparameters as the rule takes them; reused while the values are the same objects."""
-        values = tuple(map(group.__getitem__, self.algorithm.hparams))
+        values = tuple(self.group_value(group, k) for k in self.algorithm.hparams)
         cache: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = self.__dict__.setdefault(
             "_hp_cache", {}
         )
@@ -319,7 +361,7 @@ class Optimizer(torch.optim.Optimizer):
         rule = self.algorithm.effective_lr
         rates: list[torch.Tensor | None] = []
         for group in self.param_groups:
-            hp = {k: hyperparameter(k, group[k]) for k in self.algorithm.hparams}
+            hp = {k: hyperparameter(k, self.group_value(group, k)) for k in self.algorithm.hparams}
             needs_state = self.algorithm.step or any(
                 fill is not None for fill in self.algorithm.state(hp).values()
             )
