@@ -94,12 +94,31 @@ def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     data: Sequence[tuple[torch.Tensor, torch.Tensor]],
-) -> None:
-    """The default loop: ``zero_grad()`` (fresh gradients), ``backward()``, ``step()``."""
-    for x, y in data:
+) -> list[str]:
+    """The default loop: ``zero_grad()`` (fresh gradients), ``backward()``, ``step()``.
+
+    Returns what each ``step()`` moved that it must leave in place: a parameter
+    whose memory changed, or a gradient replaced by another tensor.
+    """
+    moved = []
+    for index, (x, y) in enumerate(data):
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
+        before = [(name, address(p), p.grad) for name, p in model.named_parameters()]
         optimizer.step()
+        for name, where, grad in before:
+            p = model.get_parameter(name)
+            if address(p) != where:
+                moved.append(f"step {index} moved parameter {name}")
+            if p.grad is not grad:
+                moved.append(f"step {index} replaced the gradient of {name}")
+    return moved
+
+
+def address(tensor: torch.Tensor) -> int:
+    """Where a tensor's elements live (a DTensor's: its local shard's)."""
+    local = getattr(tensor, "_local_tensor", tensor)
+    return int(local.data_ptr())
 
 
 def snapshot(params: Mapping[str, torch.Tensor] | torch.nn.Module) -> dict[str, torch.Tensor]:

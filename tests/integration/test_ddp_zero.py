@@ -33,13 +33,13 @@ STEPS = 4
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def ddp(name: str, path: str, library: str, data: Batches) -> torch.nn.Module:
+def ddp(name: str, path: str, library: str, data: Batches) -> tuple[torch.nn.Module, list[str]]:
     model = DDP(tiny_model(), gradient_as_bucket_view=True)
-    train(model, make_optimizer(library, name, path, model.parameters()), data)
-    return model.module
+    moved = train(model, make_optimizer(library, name, path, model.parameters()), data)
+    return model.module, moved
 
 
-def zero(name: str, path: str, library: str, data: Batches) -> torch.nn.Module:
+def zero(name: str, path: str, library: str, data: Batches) -> tuple[torch.nn.Module, list[str]]:
     model = DDP(tiny_model())
     optimizer = ZeroRedundancyOptimizer(
         model.parameters(),
@@ -48,8 +48,8 @@ def zero(name: str, path: str, library: str, data: Batches) -> torch.nn.Module:
         **ALGORITHMS[name],
         **(PATHS[path] if library == "adaptim" else {}),
     )
-    train(model, optimizer, data)
-    return model.module
+    moved = train(model, optimizer, data)
+    return model.module, moved
 
 
 WRAPPERS = {"ddp": ddp, "zero": zero}
@@ -59,16 +59,18 @@ def worker(rank: int, world_size: int, path: str) -> dict[Any, Any]:
     """Every wrapper and algorithm on one path, torch.optim and adaptim, on this rank."""
     data = batches(STEPS, seed=1 + rank)  # each rank its own data: the all-reduce matters
 
-    def run(wrapper: str, name: str) -> dict[str, dict[str, torch.Tensor]]:
-        return {
-            library: snapshot(WRAPPERS[wrapper](name, path, library, data))
-            for library in ("torch", "adaptim")
-        }
+    def run(wrapper: str, name: str) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for library in ("torch", "adaptim"):
+            model, moved = WRAPPERS[wrapper](name, path, library, data)
+            results[library] = snapshot(model)
+            results[f"{library} moved"] = moved
+        return results
 
     return each_case(rank, [(w, n) for w in WRAPPERS for n in ALGORITHMS], run)
 
 
-def check_ranks(per_rank: list[dict[str, dict[str, torch.Tensor]]], path: str) -> None:
+def check_ranks(per_rank: list[dict[str, Any]], path: str) -> None:
     first, second = per_rank
     # torch.optim itself keeps the ranks equal: the set-up is sound.
     assert_params_match(second["torch"], first["torch"], "default", "torch.optim rank 1 vs 0")
@@ -82,5 +84,15 @@ def test_ddp_gradient_as_bucket_view(rank_runs: RankRuns, name: str, path: str) 
 
 
 @pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+def test_ddp_step_keeps_bucket_view_gradients(rank_runs: RankRuns, name: str, path: str) -> None:
+    for results in rank_runs.case(worker, path, key=("ddp", name)):
+        assert results["torch moved"] == []
+        assert results["adaptim moved"] == []
+
+
+@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
 def test_zero_parameters_as_bucket_view(rank_runs: RankRuns, name: str, path: str) -> None:
-    check_ranks(rank_runs.case(worker, path, key=("zero", name)), path)
+    per_rank = rank_runs.case(worker, path, key=("zero", name))
+    check_ranks(per_rank, path)
+    for results in per_rank:
+        assert results["adaptim moved"] == []

@@ -73,7 +73,7 @@ def fsdp(name: str, path: str, data: list[Any]) -> dict[str, Any]:
 
     model = sharded_model()
     optimizer = make_optimizer("adaptim", name, path, model.parameters())
-    train(model, optimizer, data[:half])
+    results["adaptim moved"] = train(model, optimizer, data[:half])
     results["adaptim state"] = full_state(get_optimizer_state_dict(model, optimizer, options=FULL))
     saved = {
         kind: copy.deepcopy(
@@ -162,6 +162,7 @@ def test_fsdp2_fully_shard(rank_runs: RankRuns, name: str, path: str) -> None:
     first, second = rank_runs.case(worker, path, key=("fsdp", name))
     for key in ("torch", "adaptim", "adaptim resumed from sharded", "adaptim resumed from full"):
         assert_params_match(second[key], first[key], "default", f"{key}: rank 1 vs 0")
+    assert first["adaptim moved"] == second["adaptim moved"] == []
     assert_params_match(first["adaptim state"], first["torch state"], path, "optimizer state")
     for key in ("adaptim", "adaptim resumed from sharded", "adaptim resumed from full"):
         assert_params_match(first[key], first["torch"], path, key)
