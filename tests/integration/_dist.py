@@ -9,7 +9,8 @@ through a file (``torch.save``), so tensors need no shared memory.
 A rank that raises fails the test with that rank's traceback. Its peers may
 then wait in a collective forever, so they get a few seconds of grace and are
 killed; a run that passes ``timeout`` is killed as a whole. A hang fails the
-test, it never blocks CI.
+test, it never blocks CI. ``ADAPTIM_DEBUG_CASES=1`` prints each case as a rank
+starts it, to find where a run hangs.
 """
 
 from __future__ import annotations

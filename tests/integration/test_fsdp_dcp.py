@@ -24,6 +24,7 @@ from _cases import (
     batches,
     cases,
     make_optimizer,
+    saver_cases,
     snapshot,
     tiny_model,
     train,
@@ -168,28 +169,7 @@ def test_fsdp2_fully_shard(rank_runs: RankRuns, name: str, path: str) -> None:
         assert_params_match(first[key], first["torch"], path, key)
 
 
-ADAPTIM_ONLY_GROUP_KEYS = pytest.mark.xfail(
-    strict=False,
-    reason="adaptim-only param_group keys (epsilon_hat, flavor, ...) are missing from "
-    "torch.optim's state dicts (issue 10, DCP)",
-)
-
-
-def dcp_cases() -> list[Any]:
-    params = []
-    for case in cases():
-        name, path = case.values
-        for flatten in FLATTEN:
-            for saver in DIRECTIONS:
-                marks = list(case.marks)
-                if saver == "torch" and name != "SGD":
-                    marks.append(ADAPTIM_ONLY_GROUP_KEYS)
-                label = f"{case.id}-{'flat' if flatten else 'nested'}-{saver}-saves"
-                params.append(pytest.param(name, path, flatten, saver, id=label, marks=marks))
-    return params
-
-
-@pytest.mark.parametrize(("name", "path", "flatten", "saver"), dcp_cases())
+@pytest.mark.parametrize(("name", "path", "flatten", "saver"), saver_cases(FLATTEN))
 def test_dcp_resumes_across_libraries(
     rank_runs: RankRuns, name: str, path: str, flatten: bool, saver: str
 ) -> None:

@@ -21,6 +21,7 @@ from _cases import (
     batches,
     cases,
     make_optimizer,
+    saver_cases,
     snapshot,
     tiny_model,
     train,
@@ -132,28 +133,7 @@ def test_model_to_between_steps(name: str, path: str) -> None:
     assert_params_match(results["adaptim"], results["torch"], path)
 
 
-ADAPTIM_ONLY_GROUP_KEYS = pytest.mark.xfail(
-    strict=False,
-    raises=KeyError,
-    reason="adaptim-only param_group keys (epsilon_hat, flavor, ...) are missing from "
-    "torch.optim's state dicts (issue 10, DCP)",
-)
-
-
-def flattened_cases() -> list[Any]:
-    params = []
-    for case in cases():
-        name, path = case.values
-        for saver in ("torch", "adaptim"):
-            marks = list(case.marks)
-            if saver == "torch" and name != "SGD":
-                marks.append(ADAPTIM_ONLY_GROUP_KEYS)
-            label = f"{case.id}-{saver}-saves"
-            params.append(pytest.param(name, path, saver, id=label, marks=marks))
-    return params
-
-
-@pytest.mark.parametrize(("name", "path", "saver"), flattened_cases())
+@pytest.mark.parametrize(("name", "path", "saver"), saver_cases())
 def test_flattened_optimizer_state_dict_across_libraries(name: str, path: str, saver: str) -> None:
     """``set_optimizer_state_dict(..., flatten_optimizer_state_dict=True)`` without DCP."""
     loader = "adaptim" if saver == "torch" else "torch"
