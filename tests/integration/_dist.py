@@ -62,6 +62,8 @@ def _entry(
         LOCAL_WORLD_SIZE=str(world_size),
         OMP_NUM_THREADS="1",
     )
+    if Path("/sys/class/net/lo").exists():  # gloo binds to the loopback, whatever the hostname
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)  # two ranks share two cores
     out = Path(folder)
     try:
