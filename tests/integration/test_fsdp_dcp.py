@@ -41,6 +41,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 STEPS = 4  # half before the state dict or checkpoint, half after
+SHARDED = StateDictOptions()
 FULL = StateDictOptions(full_state_dict=True)  # on every rank (cpu_offload: rank 0 only)
 Params = dict[str, torch.Tensor]
 
@@ -62,13 +63,31 @@ def full_state(osd: dict[str, Any]) -> dict[str, torch.Tensor]:
     }
 
 
+def sharded_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    options: StateDictOptions = SHARDED,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copies of the model's and optimizer's state dicts (sharded by default), to load later."""
+    return copy.deepcopy(
+        (
+            get_model_state_dict(model, options=options),
+            get_optimizer_state_dict(model, optimizer, options=options),
+        )
+    )
+
+
 def fsdp(name: str, path: str, data: list[Any]) -> dict[str, Any]:
-    """torch.optim straight through; adaptim straight through, and resumed from both state dicts."""
+    """torch.optim straight through; adaptim straight through, and resumed from state dicts.
+
+    adaptim resumes from its own sharded and full state dicts, and from torch.optim's sharded one.
+    """
     half = len(data) // 2
     model = sharded_model()
     optimizer = make_optimizer("torch", name, path, model.parameters())
     train(model, optimizer, data[:half])
     reference_state = full_state(get_optimizer_state_dict(model, optimizer, options=FULL))
+    saved = {"torch's sharded": sharded_state(model, optimizer)}
     train(model, optimizer, data[half:])
     results: dict[str, Any] = {"torch": snapshot(model), "torch state": reference_state}
 
@@ -76,19 +95,12 @@ def fsdp(name: str, path: str, data: list[Any]) -> dict[str, Any]:
     optimizer = make_optimizer("adaptim", name, path, model.parameters())
     results["adaptim moved"] = train(model, optimizer, data[:half])
     results["adaptim state"] = full_state(get_optimizer_state_dict(model, optimizer, options=FULL))
-    saved = {
-        kind: copy.deepcopy(
-            (
-                get_model_state_dict(model, options=options),
-                get_optimizer_state_dict(model, optimizer, options=options),
-            )
-        )
-        for kind, options in (("sharded", StateDictOptions()), ("full", FULL))
-    }
+    saved["sharded"] = sharded_state(model, optimizer)
+    saved["full"] = sharded_state(model, optimizer, FULL)
     train(model, optimizer, data[half:])
     results["adaptim"] = snapshot(model)
     for kind, (model_state, optimizer_state) in saved.items():
-        options = StateDictOptions() if kind == "sharded" else FULL
+        options = FULL if kind == "full" else SHARDED
         resumed = sharded_model(seed=1)
         resumed_optimizer = make_optimizer("adaptim", name, path, resumed.parameters())
         set_model_state_dict(resumed, model_state, options=options)
@@ -161,11 +173,12 @@ def worker(rank: int, world_size: int, path: str) -> dict[Any, Any]:
 @pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
 def test_fsdp2_fully_shard(rank_runs: RankRuns, name: str, path: str) -> None:
     first, second = rank_runs.case(worker, path, key=("fsdp", name))
-    for key in ("torch", "adaptim", "adaptim resumed from sharded", "adaptim resumed from full"):
+    resumed = [f"adaptim resumed from {kind}" for kind in ("sharded", "full", "torch's sharded")]
+    for key in ("torch", "adaptim", *resumed):
         assert_params_match(second[key], first[key], "default", f"{key}: rank 1 vs 0")
     assert first["adaptim moved"] == second["adaptim moved"] == []
     assert_params_match(first["adaptim state"], first["torch state"], path, "optimizer state")
-    for key in ("adaptim", "adaptim resumed from sharded", "adaptim resumed from full"):
+    for key in ("adaptim", *resumed):
         assert_params_match(first[key], first["torch"], path, key)
 
 
