@@ -43,13 +43,21 @@ ENGINE_REWRITE_PENDING = pytest.mark.xfail(strict=False, reason="engine rewrite 
 
 
 def cases(
-    names: Iterable[str] = tuple(ALGORITHMS), failing_fused: Collection[str] = ()
+    names: Iterable[str] = tuple(ALGORITHMS),
+    failing_fused: Collection[str] = (),
+    slow_fused: bool = False,
 ) -> list[Any]:
-    """``(name, path)`` parameters; the fused ones of ``failing_fused`` are expected to fail."""
+    """``(name, path)`` parameters; the fused ones of ``failing_fused`` are expected to fail.
+
+    ``slow_fused`` marks the fused ones ``slow`` (in the 2-process tests, the
+    fused path compiles its kernels in both processes).
+    """
     params = []
     for name in names:
         for path in PATHS:
             marks = [ENGINE_REWRITE_PENDING] if path == "fused" and name in failing_fused else []
+            if path == "fused" and slow_fused:
+                marks.append(pytest.mark.slow)
             params.append(pytest.param(name, path, id=f"{name}-{path}", marks=marks))
     return params
 
@@ -65,10 +73,10 @@ ADAPTIM_ONLY_GROUP_KEYS = pytest.mark.xfail(
 )
 
 
-def saver_cases(flatten: Sequence[bool | None] = (None,)) -> list[Any]:
+def saver_cases(flatten: Sequence[bool | None] = (None,), slow_fused: bool = False) -> list[Any]:
     """:func:`cases` × who saves (``"torch"`` or ``"adaptim"``; the other loads) [× flatten]."""
     params = []
-    for case in cases():
+    for case in cases(slow_fused=slow_fused):
         name, path = case.values
         for flat in flatten:
             for saver in ("torch", "adaptim"):

@@ -78,19 +78,19 @@ def check_ranks(per_rank: list[dict[str, Any]], path: str) -> None:
     assert_params_match(first["adaptim"], first["torch"], path)
 
 
-@pytest.mark.parametrize(("name", "path"), cases())
+@pytest.mark.parametrize(("name", "path"), cases(slow_fused=True))
 def test_ddp_gradient_as_bucket_view(rank_runs: RankRuns, name: str, path: str) -> None:
     check_ranks(rank_runs.case(worker, path, key=("ddp", name)), path)
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS, slow_fused=True))
 def test_ddp_step_keeps_bucket_view_gradients(rank_runs: RankRuns, name: str, path: str) -> None:
     for results in rank_runs.case(worker, path, key=("ddp", name)):
         assert results["torch moved"] == []
         assert results["adaptim moved"] == []
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS, slow_fused=True))
 def test_zero_parameters_as_bucket_view(rank_runs: RankRuns, name: str, path: str) -> None:
     per_rank = rank_runs.case(worker, path, key=("zero", name))
     check_ranks(per_rank, path)

@@ -170,7 +170,7 @@ def worker(rank: int, world_size: int, path: str) -> dict[Any, Any]:
     return results
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS, slow_fused=True))
 def test_fsdp2_fully_shard(rank_runs: RankRuns, name: str, path: str) -> None:
     first, second = rank_runs.case(worker, path, key=("fsdp", name))
     resumed = [f"adaptim resumed from {kind}" for kind in ("sharded", "full", "torch's sharded")]
@@ -182,7 +182,9 @@ def test_fsdp2_fully_shard(rank_runs: RankRuns, name: str, path: str) -> None:
         assert_params_match(first[key], first["torch"], path, key)
 
 
-@pytest.mark.parametrize(("name", "path", "flatten", "saver"), saver_cases(FLATTEN))
+@pytest.mark.parametrize(
+    ("name", "path", "flatten", "saver"), saver_cases(FLATTEN, slow_fused=True)
+)
 def test_dcp_resumes_across_libraries(
     rank_runs: RankRuns, name: str, path: str, flatten: bool, saver: str
 ) -> None:
