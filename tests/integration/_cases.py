@@ -15,7 +15,7 @@ parametrizations that fail today, because the fused path rebinds ``p.data`` and
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -39,15 +39,12 @@ PATHS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fused": True}}
 #: The largest relative error accepted off the default path.
 RELATIVE = 1e-6
 
-ENGINE_REWRITE_PENDING = pytest.mark.xfail(strict=False, reason="engine rewrite pending (issue 10)")
-
 
 def cases(
     names: Iterable[str] = tuple(ALGORITHMS),
-    failing_fused: Collection[str] = (),
     slow_fused: bool = False,
 ) -> list[Any]:
-    """``(name, path)`` parameters; the fused ones of ``failing_fused`` are expected to fail.
+    """``(name, path)`` parameters.
 
     ``slow_fused`` marks the fused ones ``slow`` (in the 2-process tests, the
     fused path compiles its kernels in both processes).
@@ -55,22 +52,9 @@ def cases(
     params = []
     for name in names:
         for path in PATHS:
-            marks = [ENGINE_REWRITE_PENDING] if path == "fused" and name in failing_fused else []
-            if path == "fused" and slow_fused:
-                marks.append(pytest.mark.slow)
+            marks = [pytest.mark.slow] if path == "fused" and slow_fused else []
             params.append(pytest.param(name, path, id=f"{name}-{path}", marks=marks))
     return params
-
-
-#: adaptim's param groups carry options torch.optim's lack (``flavor``,
-#: ``epsilon_hat``, ``eps_inside_sqrt``, ...; SGD has none), so a state dict that
-#: torch.optim saved does not load into adaptim through
-#: ``torch.distributed.checkpoint`` today.
-ADAPTIM_ONLY_GROUP_KEYS = pytest.mark.xfail(
-    strict=False,
-    reason="adaptim-only param_group keys (epsilon_hat, flavor, ...) are missing from "
-    "torch.optim's state dicts (issue 10, DCP)",
-)
 
 
 def saver_cases(flatten: Sequence[bool | None] = (None,), slow_fused: bool = False) -> list[Any]:
@@ -81,8 +65,6 @@ def saver_cases(flatten: Sequence[bool | None] = (None,), slow_fused: bool = Fal
         for flat in flatten:
             for saver in ("torch", "adaptim"):
                 marks = list(case.marks)
-                if saver == "torch" and name != "SGD":
-                    marks.append(ADAPTIM_ONLY_GROUP_KEYS)
                 values = (name, path, saver) if flat is None else (name, path, flat, saver)
                 layout = "" if flat is None else ("-flat" if flat else "-nested")
                 label = f"{case.id}{layout}-{saver}-saves"

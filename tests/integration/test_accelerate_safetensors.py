@@ -13,7 +13,6 @@ import pytest
 import safetensors.torch
 import torch
 from _cases import (
-    ALGORITHMS,
     assert_params_match,
     batches,
     cases,
@@ -51,7 +50,7 @@ def accelerate_run(library: str, name: str, path: str, folder: Path) -> tuple[Pa
     return snapshot(model), snapshot(resumed)
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+@pytest.mark.parametrize(("name", "path"), cases())
 def test_accelerate_save_state_and_load_state(tmp_path: Path, name: str, path: str) -> None:
     straight, resumed = accelerate_run("torch", name, path, tmp_path / "torch")
     assert_params_match(resumed, straight, "default", "torch.optim resumed against straight")
@@ -60,7 +59,7 @@ def test_accelerate_save_state_and_load_state(tmp_path: Path, name: str, path: s
     assert_params_match(ours_resumed, straight, path, "adaptim resumed against torch.optim")
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+@pytest.mark.parametrize(("name", "path"), cases())
 def test_safetensors_save_model_and_load_model(tmp_path: Path, name: str, path: str) -> None:
     data = batches(STEPS)
     model = tiny_model()

@@ -83,14 +83,14 @@ def test_ddp_gradient_as_bucket_view(rank_runs: RankRuns, name: str, path: str) 
     check_ranks(rank_runs.case(worker, path, key=("ddp", name)), path)
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS, slow_fused=True))
+@pytest.mark.parametrize(("name", "path"), cases(slow_fused=True))
 def test_ddp_step_keeps_bucket_view_gradients(rank_runs: RankRuns, name: str, path: str) -> None:
     for results in rank_runs.case(worker, path, key=("ddp", name)):
         assert results["torch moved"] == []
         assert results["adaptim moved"] == []
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS, slow_fused=True))
+@pytest.mark.parametrize(("name", "path"), cases(slow_fused=True))
 def test_zero_parameters_as_bucket_view(rank_runs: RankRuns, name: str, path: str) -> None:
     per_rank = rank_runs.case(worker, path, key=("zero", name))
     check_ranks(per_rank, path)

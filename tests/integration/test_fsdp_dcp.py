@@ -170,7 +170,7 @@ def worker(rank: int, world_size: int, path: str) -> dict[Any, Any]:
     return results
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS, slow_fused=True))
+@pytest.mark.parametrize(("name", "path"), cases(slow_fused=True))
 def test_fsdp2_fully_shard(rank_runs: RankRuns, name: str, path: str) -> None:
     first, second = rank_runs.case(worker, path, key=("fsdp", name))
     resumed = [f"adaptim resumed from {kind}" for kind in ("sharded", "full", "torch's sharded")]

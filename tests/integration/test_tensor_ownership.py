@@ -41,7 +41,7 @@ def saved_bytes(value: Any) -> int:
     return buffer.getbuffer().nbytes
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+@pytest.mark.parametrize(("name", "path"), cases())
 def test_step_leaves_parameters_and_gradients_in_place(name: str, path: str) -> None:
     model = tiny_model()
     optimizer = make_optimizer("adaptim", name, path, model.parameters())
@@ -57,7 +57,7 @@ def test_step_leaves_parameters_and_gradients_in_place(name: str, path: str) -> 
             assert p.grad is grad and address(grad) == grad_where, "step() moved a gradient"
 
 
-@pytest.mark.parametrize(("name", "path"), cases(failing_fused=ALGORITHMS))
+@pytest.mark.parametrize(("name", "path"), cases())
 def test_torch_save_of_one_parameter_saves_that_parameter(name: str, path: str) -> None:
     model = tiny_model(width=64)
     train(model, make_optimizer("adaptim", name, path, model.parameters()), batches(STEPS))

@@ -180,12 +180,15 @@ class Optimizer(torch.optim.Optimizer):
                 flavors.check_flavor(flavor)
                 param_group = flavors.resolve(name, flavor, param_group, amsgrad=bool(amsgrad))
                 param_group["flavor"] = flavor
+        implicit = implicit_options(type(self))
+        explicit_fused = isinstance(param_group, dict) and "fused" in param_group
         if isinstance(param_group, dict):
-            implicit = implicit_options(type(self))
-            param_group = {
-                k: v for k, v in param_group.items() if not _is_implicit(implicit, k, v)
-            }
-        super().add_param_group(param_group)
+            param_group = {k: v for k, v in param_group.items() if not _is_implicit(implicit, k, v)}
+        super().add_param_group(param_group)  # fills the group from ``defaults``
+        if "fused" in implicit and not explicit_fused:
+            # torch's twin has no ``fused`` key (RMSprop, NAdam, ...): the
+            # optimizer-wide switch stays in ``defaults``, not in every group.
+            self.param_groups[-1].pop("fused", None)
         if "_engine" in self.__dict__:
             self._engine.invalidate()
         group = self.param_groups[-1]
@@ -336,10 +339,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def fused_status(self) -> list[str]:
         """For each param group, the path its last step took (native, foreach, reference) and why."""
-        return [
-            run.status if (run := self._engine.groups.get(index)) else "not stepped yet"
-            for index in range(len(self.param_groups))
-        ]
+        return [self._engine.describe(index) for index in range(len(self.param_groups))]
 
     def plans(self) -> list[list[str]]:
         """For each param group, the code its last step ran: replay functions and native C sources."""

@@ -35,6 +35,7 @@ torch's names and layout, so ``state_dict`` moves to and from torch.optim.
 
 from __future__ import annotations
 
+import functools
 import operator
 import warnings
 from collections.abc import Mapping
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 _GRAD = operator.attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _IS_CONTIGUOUS = torch.Tensor.is_contiguous
+_IS_SPARSE = operator.attrgetter("is_sparse")
+_IS_NONE = functools.partial(operator.is_, None)
 
 #: ``fused=None`` builds a native kernel for CPU groups of at least this many
 #: elements (benchmarks/step_speed.py: from about this size the single pass
@@ -86,6 +89,8 @@ class Partition:
     warned: bool = False
     #: Why the native loop was not used on the last try, for ``fused_status()``.
     native_refused: str | None = None
+    #: The native kernel of the last structure (memos keep the same object).
+    kernel: tuple[Any, _native.Kernel] | None = None
     _table: _native.BlockTable | None = None
     _pointers: np.ndarray | None = None
 
@@ -134,19 +139,23 @@ class GroupRun:
     #: Parameters the reference path always steps (sparse, complex, subclasses, odd layouts).
     reference: list[torch.Tensor] = field(default_factory=list)
     stale: bool = True
-    status: str = "not stepped yet"
+    #: Set when the last step took a fixed route; otherwise ``last`` describes it.
+    status: str | None = "not stepped yet"
+    last: tuple[list[str], int, str] = field(default_factory=lambda: ([], 0, "auto"))
     #: Structures the tracer or a plan refused, with the reason (warned once).
     refused: str | None = None
-    last_plans: list[str] = field(default_factory=list)
+    #: What the last step ran: replay plans and native kernels (their ``source``).
+    last_plans: list[Any] = field(default_factory=list)
 
 
-def requested_path(group: Mapping[str, Any]) -> str:
+def requested_path(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
     """The path a group's switches ask for: ``reference``, ``foreach``, ``native`` or ``auto``."""
-    if group.get("fused"):
+    fused = group.get("fused", defaults.get("fused"))
+    if fused:
         return "native"
     if group.get("foreach") is False:
         return "reference"
-    if group.get("foreach") or group.get("fused") is False:
+    if group.get("foreach") or fused is False:
         return "foreach"
     return "auto"
 
@@ -193,7 +202,7 @@ class Engine:
         """Step what the engine can; return the parameters left to the reference path."""
         run = self.groups.setdefault(index, GroupRun())
         params = [p for p in group["params"] if p.grad is not None]
-        mode = requested_path(group)
+        mode = requested_path(group, self.optimizer.defaults)
         if mode == "reference":
             run.status = "reference: foreach=False"
             return params
@@ -205,27 +214,36 @@ class Engine:
             self._partition(run, group, hp, params, key)
         left = list(run.reference)
         paths: list[str] = []
-        plans: list[str] = []
+        plans: list[Any] = []
         for partition in run.partitions:
             path = self._step_partition(run, partition, group, hp, mode, plans)
             if path is None:
                 left.extend(partition.params)
             else:
                 paths.append(path)
-        if run.refused is not None:
-            run.status = f"reference: {run.refused}"
-        else:
-            counts = {p: paths.count(p) for p in dict.fromkeys(paths)}
-            summary = ", ".join(
-                f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items()
-            )
-            covered = sum(len(p.params) for p in run.partitions)
-            run.status = f"{summary or 'reference'}: {covered} of {len(params)} tensors"
-            refused = {p.native_refused for p in run.partitions if p.native_refused}
-            if mode == "native" and refused:
-                run.status += f" (not native: {'; '.join(sorted(refused))})"
+        run.status = None  # described on demand (fused_status): no string work per step
+        run.last = (paths, len(params), mode)
         run.last_plans = plans
         return left
+
+    def describe(self, index: int) -> str:
+        """Which path the last step of group ``index`` took, and why (``Optimizer.fused_status``)."""
+        run = self.groups.get(index)
+        if run is None:
+            return "not stepped yet"
+        if run.status is not None:
+            return run.status
+        if run.refused is not None:
+            return f"reference: {run.refused}"
+        paths, count, mode = run.last
+        counts = {p: paths.count(p) for p in dict.fromkeys(paths)}
+        summary = ", ".join(f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items())
+        covered = sum(len(p.params) for p in run.partitions)
+        status = f"{summary or 'reference'}: {covered} of {count} tensors"
+        refused = {p.native_refused for p in run.partitions if p.native_refused}
+        if mode == "native" and refused:
+            status += f" (not native: {'; '.join(sorted(refused))})"
+        return status
 
     def _step_partition(
         self,
@@ -238,7 +256,11 @@ class Engine:
     ) -> str | None:
         grads = list(map(_GRAD, partition.params))
         dtype = partition.params[0].dtype
-        if any(g is None or g.is_sparse or g.dtype != dtype for g in grads):
+        # (``None in grads`` would compare tensors with ``==``: slow.)
+        if any(map(_IS_NONE, grads)) or any(map(_IS_SPARSE, grads)):
+            run.stale = True
+            return None
+        if any(g.dtype != dtype for g in grads):
             run.stale = True
             return None
         if (
@@ -346,7 +368,11 @@ class Engine:
             and all(map(_IS_CONTIGUOUS, grads))
         ):
             try:
-                kernel = _native.kernel_for(structure, partition.params[0].dtype)
+                if partition.kernel is not None and partition.kernel[0] is structure:
+                    kernel = partition.kernel[1]
+                else:
+                    kernel = _native.kernel_for(structure, partition.params[0].dtype)
+                    partition.kernel = (structure, kernel)
             except _native.NativeUnavailable as why:
                 partition.native_refused = str(why)
                 if mode == "native" and not why.structural and not partition.warned:
@@ -361,11 +387,11 @@ class Engine:
                 count = len(grads)
                 pointers[count : 2 * count] = list(map(_DATA_PTR, grads))
                 kernel(pointers, count, traced.slots, partition.block_table(), partition.step_dtype)
-                plans.append(kernel.source)
+                plans.append(kernel)
                 return "native"
         plan = _replay.plan_for(structure)
         created = plan.run(partition.params, grads, *partition.state_lists, traced.slots)
-        plans.append(plan.source)
+        plans.append(plan)
         if structure.created:
             for (key, _), values in zip(structure.created, created, strict=True):
                 for state, value in zip(partition.states, values, strict=True):
@@ -469,4 +495,4 @@ class Engine:
     def plans(self, index: int) -> list[str]:
         """The code the last step of group ``index`` ran: replay functions and native sources."""
         run = self.groups.get(index)
-        return list(run.last_plans) if run else []
+        return [plan.source for plan in run.last_plans] if run else []

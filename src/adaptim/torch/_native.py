@@ -17,8 +17,10 @@ a hash of the source, the flags, the compiler and the CPU, so a second process
 loads it in milliseconds. It links against the OpenMP runtime torch itself has
 loaded, so the process keeps one thread pool. The arithmetic is the rule's,
 in the parameter's dtype, with the multiply-adds that ATen's vectorised
-kernels use (``lerp`` and ``add(alpha=)`` as fused multiply-adds): results
-agree with the reference path to rounding, not to the bit.
+kernels use (``lerp`` and ``add(alpha=)`` as fused multiply-adds) and a
+division by a per-step scalar done as a multiplication by its reciprocal
+(computed once, in double): results agree with the reference path to
+rounding, not to the bit.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
         "                  const int64_t* block_end, int threads, int step_kind) {",
     ]
     lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
+    reciprocals: set[int] = set()
+    reciprocal_line = len(lines)
     lines += [
         "  #pragma omp parallel for num_threads(threads) schedule(static)",
         "  for (int64_t b = 0; b < blocks; ++b) {",
@@ -135,7 +139,10 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
     for index, (op, args) in enumerate(structure.ops):
         a = [text(x) for x in args]
         boolean = op in _COMPARE or op in ("and", "or")
-        if op in _BINARY:
+        if op == "div" and args[1][0] == "slot":  # one division per step, not per element
+            expression = f"{a[0]} * r{args[1][1]}"
+            reciprocals.add(args[1][1])
+        elif op in _BINARY:
             expression = f"{a[0]} {_BINARY[op]} {a[1]}"
         elif op in _COMPARE:
             expression = f"{a[0]} {_COMPARE[op]} {a[1]}"
@@ -168,6 +175,9 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
         lines.append(f"      const {ctype_of} v{index} = {expression};")
     for name, ref in structure.outputs:
         lines.append(f"      {name}[i] = {text(ref)};")
+    lines[reciprocal_line:reciprocal_line] = [
+        f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(reciprocals)
+    ]
     # Every parameter's ``step`` counter (0-d float32 or float64), after the update.
     steps = len(inputs)
     lines += [

@@ -247,6 +247,16 @@ class Structure:
     created: tuple[tuple[str, Ref], ...]
     slot_count: int
 
+    def __hash__(self) -> int:
+        # Looked up every step: hash the operations once, not on every lookup.
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(
+                (self.ops, self.inputs, self.per_tensor_inputs, self.outputs, self.created)
+            )
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     def per_tensor_nodes(self) -> frozenset[int]:
         """Nodes holding one value per tensor: norms, and what only they (and slots) feed."""
         found: set[int] = set()
