@@ -4,13 +4,10 @@ Every test runs a training loop twice, the same way, once with
 ``torch.optim.X`` and once with ``adaptim.X``, and compares the final
 parameters: bit-identical (``torch.equal``) on adaptim's default path, which
 follows torch.optim's for-loop implementation operation for operation, and
-within :data:`RELATIVE` (``max|a - b| / max|b|`` per tensor) on the fused path,
-which rounds differently.
+within :data:`RELATIVE` (``max|a - b| / max|b|`` per tensor) on the fused
+(native) path, which rounds differently.
 
-Each test is parametrized by :func:`cases` over algorithm × path. The fused
-parametrizations that fail today, because the fused path rebinds ``p.data`` and
-``p.grad`` into flat buffers of its own, carry :data:`ENGINE_REWRITE_PENDING`
-(non-strict), to be removed when the new engine lands (issue 10).
+Each test is parametrized by :func:`cases` over algorithm × path.
 """
 
 from __future__ import annotations
@@ -36,8 +33,12 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
 #: adaptim's paths: the default constructor, and the compiled fused path.
 PATHS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fused": True}}
 
-#: The largest relative error accepted off the default path.
-RELATIVE = 1e-6
+#: The largest relative error accepted off the default path. The native loop's
+#: float32 ``sqrt`` is correctly rounded and ATen's vectorised one is not (they
+#: agree on ~80% of elements), so RMSprop and Adam drift apart by an ulp here
+#: and there; on the HF Trainer's tiny Llama RMSprop reaches 1.5e-6 after its
+#: steps (embedding rows whose ``g/√v`` is ±1), everything else stays under 5e-7.
+RELATIVE = 5e-6
 
 
 def cases(
