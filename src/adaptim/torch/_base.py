@@ -68,7 +68,9 @@ def hyperparameter(name: str, value: Any) -> Any:
     return value
 
 
-@functools.cache
+_IMPLICIT: dict[str, dict[str, Any]] = {}
+
+
 def implicit_options(cls: type[Optimizer]) -> dict[str, Any]:
     """adaptim-only group keys, each with the value that means torch's behaviour.
 
@@ -78,14 +80,19 @@ def implicit_options(cls: type[Optimizer]) -> dict[str, Any]:
     distributed checkpoints (DCP, flattened or not) move both ways. Reading a
     group goes through :meth:`Optimizer.group_value`, which fills them in.
     """
-    algorithm = cls.algorithm
-    twin = getattr(torch.optim, algorithm.class_name, None) if algorithm.class_name else None
-    if not isinstance(twin, type):
-        return {}
-    probe = twin([torch.zeros(1, requires_grad=True)])  # the keys torch's own groups hold
-    torch_keys = set(probe.param_groups[0]) - {"params"}
-    torch_values = {**algorithm.defaults, "flavor": "torch", "fused": None}
-    return {k: v for k, v in torch_values.items() if k not in torch_keys}
+    key = f"{cls.__module__}.{cls.__qualname__}.{cls.algorithm.name}"
+    found = _IMPLICIT.get(key)
+    if found is None:
+        algorithm = cls.algorithm
+        twin = getattr(torch.optim, algorithm.class_name, None) if algorithm.class_name else None
+        found = {}
+        if isinstance(twin, type):
+            probe = twin([torch.zeros(1, requires_grad=True)])  # the keys torch's groups hold
+            torch_keys = set(probe.param_groups[0]) - {"params"}
+            torch_values = {**algorithm.defaults, "flavor": "torch", "fused": None}
+            found = {k: v for k, v in torch_values.items() if k not in torch_keys}
+        _IMPLICIT[key] = found
+    return found
 
 
 def _is_implicit(implicit: Mapping[str, Any], key: str, value: Any) -> bool:

@@ -252,7 +252,7 @@ class Engine:
         group: Mapping[str, Any],
         hp: dict[str, Any],
         mode: str,
-        plans: list[str],
+        plans: list[Any],
     ) -> str | None:
         grads = list(map(_GRAD, partition.params))
         dtype = partition.params[0].dtype
@@ -353,7 +353,7 @@ class Engine:
         traced: Traced,
         grads: list[torch.Tensor],
         mode: str,
-        plans: list[str],
+        plans: list[Any],
     ) -> str:
         structure = traced.structure
         wants_native = mode == "native" or (
