@@ -90,7 +90,10 @@ def test_native_and_replay_equal_the_reference(
 ) -> None:
     source = HypothesisSource(data, salt=f"engine {spec.name} {enabled}")
     dtypes = (torch.float32, torch.float64) if len(enabled) > 1 else (torch.float32,)
-    for switches, exact in (({"foreach": True}, True), ({"fused": True}, False)):
+    paths = [({"fused": True}, False)]
+    if threads == 1:  # the replay's element-wise ATen kernels round alike on any thread count
+        paths.insert(0, ({"foreach": True}, True))  # (LARS/LAMB norms: their own 2-thread test)
+    for switches, exact in paths:
         case = draw_case(
             against_reference(spec, **switches), [enabled, enabled], source, max_params=3
         )
