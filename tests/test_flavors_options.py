@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import itertools
 from typing import Any
 
@@ -41,20 +43,40 @@ def test_presets_are_data_over_the_rules_hyperparameters() -> None:
 
 @pytest.mark.parametrize(("name", "flavor"), COMBINATIONS)
 def test_the_preset_lands_in_param_groups(name: str, flavor: str) -> None:
+    """Every preset value is what the group holds (torch's values of adaptim-only options
+    stay implicit in the torch front-end, read through ``group_value``)."""
     expected = flavors.preset(name, flavor)
-    for group in (
-        adaptim.OPTIMIZERS[name]([_param()], flavor=flavor).param_groups[0],
-        anp.OPTIMIZERS[name]([np.zeros(3)], flavor=flavor).param_groups[0],
+    torch_optimizer = adaptim.OPTIMIZERS[name]([_param()], flavor=flavor)
+    numpy_group = anp.OPTIMIZERS[name]([np.zeros(3)], flavor=flavor).param_groups[0]
+    torch_group = torch_optimizer.param_groups[0]
+    for read in (
+        functools.partial(torch_optimizer.group_value, torch_group),
+        numpy_group.__getitem__,
     ):
-        assert group["flavor"] == flavor
-        assert {k: group[k] for k in expected} == expected
-        assert all(type(group[k]) in (bool, float, int, str, tuple) for k in expected)
+        assert read("flavor") == flavor
+        assert {k: read(k) for k in expected} == expected
+        assert all(type(read(k)) in (bool, float, int, str, tuple) for k in expected)
+
+
+def test_default_groups_hold_exactly_torchs_keys() -> None:
+    """So distributed checkpoints (DCP, flattened or not) move both ways."""
+    for name, cls in adaptim.OPTIMIZERS.items():
+        twin = getattr(torch.optim, cls.algorithm.class_name, None)
+        if twin is None:
+            continue
+        ours = cls([_param()]).param_groups[0]
+        theirs = twin([_param()]).param_groups[0]
+        assert ours.keys() == theirs.keys(), name
+    keras = adaptim.Adam([_param()], flavor="keras").param_groups[0]
+    assert keras["flavor"] == "keras" and keras["epsilon_hat"] is True
 
 
 def test_default_flavor_is_torch() -> None:
-    group = adaptim.RMSprop([_param()]).param_groups[0]
-    assert group["flavor"] == "torch"
-    assert {k: group[k] for k in ALGORITHMS["rmsprop"].defaults} == ALGORITHMS["rmsprop"].defaults
+    optimizer = adaptim.RMSprop([_param()])
+    group = optimizer.param_groups[0]
+    assert optimizer.group_value(group, "flavor") == "torch"
+    defaults = ALGORITHMS["rmsprop"].defaults
+    assert {k: optimizer.group_value(group, k) for k in defaults} == defaults
 
 
 def test_known_values_of_the_presets() -> None:
@@ -86,7 +108,9 @@ def test_a_param_group_may_name_its_own_flavor() -> None:
     a, b = _param(), _param()
     opt = adaptim.Adagrad([{"params": [a]}, {"params": [b], "flavor": "optax", "lr": 0.5}])
     first, second = opt.param_groups
-    assert first["flavor"] == "torch" and first["eps_inside_sqrt"] is False
+    assert "flavor" not in first  # torch's keys only, as torch.optim.Adagrad's groups
+    assert opt.group_value(first, "flavor") == "torch"
+    assert opt.group_value(first, "eps_inside_sqrt") is False
     assert second["flavor"] == "optax" and second["eps_inside_sqrt"] is True
     assert second["lr"] == 0.5 and second["eps"] == 1e-7
     assert float(opt.state[b]["sum"][0]) == pytest.approx(0.1)  # optax's initial accumulator
@@ -120,7 +144,7 @@ def test_an_unknown_flavor_is_refused(bad: Any) -> None:
         ("adamax", "tf1", {}, "has no Adamax. Allowed: 'torch', 'keras', 'optax', 'paper'."),
         ("adamw", "tf1", {}, "has no AdamW."),
         ("adam", "tf1", {"amsgrad": True}, "has no Adam with amsgrad=True."),
-        ("sgd", "keras", {}, "Keras 3 has no sgd. Allowed: 'torch'."),
+        ("sgd", "keras", {}, "Keras 3 has no SGD. Allowed: 'torch'."),
     ],
 )
 def test_a_flavor_the_framework_lacks_is_refused(

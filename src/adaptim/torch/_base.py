@@ -74,8 +74,8 @@ _IMPLICIT: dict[str, dict[str, Any]] = {}
 def implicit_options(cls: type[Optimizer]) -> dict[str, Any]:
     """adaptim-only group keys, each with the value that means torch's behaviour.
 
-    A param group holds such a key only when it differs from that value (or
-    the flavor is not torch's), so a default adaptim optimizer's
+    A torch-flavored param group holds such a key only when it differs from
+    that value (other flavors keep every option visible), so a default adaptim optimizer's
     ``param_groups`` and ``state_dict()`` have exactly torch.optim's keys:
     distributed checkpoints (DCP, flattened or not) move both ways. Reading a
     group goes through :meth:`Optimizer.group_value`, which fills them in.
@@ -172,8 +172,9 @@ class Optimizer(torch.optim.Optimizer):
                 "flavor": flavor,
             }
         self._validate_group(defaults)  # as torch does, even if every group overrides a default
-        implicit = implicit_options(type(self))
-        defaults = {k: v for k, v in defaults.items() if not _is_implicit(implicit, k, v)}
+        if defaults.get("flavor", "torch") == "torch":  # other flavors keep every option visible
+            implicit = implicit_options(type(self))
+            defaults = {k: v for k, v in defaults.items() if not _is_implicit(implicit, k, v)}
         super().__init__(params, defaults)
 
     # -- groups and validation -------------------------------------------------
@@ -189,7 +190,8 @@ class Optimizer(torch.optim.Optimizer):
                 param_group["flavor"] = flavor
         implicit = implicit_options(type(self))
         explicit_fused = isinstance(param_group, dict) and "fused" in param_group
-        if isinstance(param_group, dict):
+        flavor = self.defaults.get("flavor", "torch")
+        if isinstance(param_group, dict) and param_group.get("flavor", flavor) == "torch":
             param_group = {k: v for k, v in param_group.items() if not _is_implicit(implicit, k, v)}
         super().add_param_group(param_group)  # fills the group from ``defaults``
         if "fused" in implicit and not explicit_fused:
