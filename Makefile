@@ -51,7 +51,7 @@ typecheck: install-test
 
 # Debian's chromium for the report's browser test, when it is missing (see the script).
 browser:
-	@scripts/install-browser.sh
+	@bash scripts/install-browser.sh
 
 unit: install-test browser
 	$(PY) -m pytest
