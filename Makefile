@@ -1,49 +1,66 @@
-# Set-up and the two commands of the README: `make demo` (the default
-# `adaptim compare` study) and `make test`.
-# Both create .venv when it is missing; re-running is quick (a stamp file
-# records that the environment matches pyproject.toml and constraints.txt).
+# Set-up and the commands of the README: `make demo` (the default `adaptim
+# compare` study), `make test` (everything CI runs) and `make fast`.
+# Each creates the venv when it is missing ($(VENV), default .venv); re-running
+# is quick (stamp files record that it matches pyproject.toml and constraints.txt).
+# `make demo` installs the lab only ('.[lab]'); `make test` adds the test tools
+# and the reference libraries ('.[lab,test]': keras, jax, playwright, ...).
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.adaptim-installed
+# -c constraints.txt on every install: torch stays at the pinned CPU build.
+PIP := $(PY) -m pip install --quiet --progress-bar off -c constraints.txt
+LAB_STAMP := $(VENV)/.adaptim-lab
+TEST_STAMP := $(VENV)/.adaptim-test
 
-.PHONY: install browser demo test lint typecheck unit clean
+.PHONY: install install-lab install-test browser demo test fast lint typecheck unit clean
 
-install: $(STAMP)
-
-$(STAMP): pyproject.toml constraints.txt
+# torch first, from the pin in constraints.txt: the CPU build, never the CUDA
+# wheels that a bare "torch" would pull while resolving the package.
+define venv_with_torch
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, from the pin: the CPU build, never the CUDA wheels.
-	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet --progress-bar off --upgrade pip
+	$(PIP) torch
+endef
 
-demo: install
+install: install-test
+install-lab: $(LAB_STAMP)
+install-test: $(TEST_STAMP)
+
+$(LAB_STAMP): pyproject.toml constraints.txt
+	@echo "Installing torch and the lab into $(VENV) (into a fresh one: about 2-3 minutes, 1.4 GB)"
+	$(venv_with_torch)
+	$(PIP) -e '.[lab]'
+	touch $@
+
+$(TEST_STAMP): pyproject.toml constraints.txt
+	@echo "Installing torch, the lab and the test tools into $(VENV) (into a fresh one: about 3 minutes, 2.3 GB)"
+	$(venv_with_torch)
+	$(PIP) -e '.[lab,test]'
+	touch $@ $(LAB_STAMP)
+
+demo: install-lab
 	$(VENV)/bin/adaptim compare
 
-lint: install
+lint: install-test
 	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m ruff format --check src tests benchmarks examples
 
-typecheck: install
+typecheck: install-test
 	$(PY) -m mypy
 
-# The report's test opens it in Debian's chromium (driven by Playwright, which downloads
-# no browser). Installed when missing; as root only, else the test skips outside CI.
+# Debian's chromium for the report's browser test, when it is missing (see the script).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	  else \
-	    echo "chromium is missing and this is not root: the report's browser test will skip"; \
-	  fi; }
+	@bash scripts/install-browser.sh
 
-unit: install browser
+unit: install-test browser
 	$(PY) -m pytest
 
 test: lint typecheck browser unit
+
+# The quick loop while developing: no browser install, no slow tests.
+fast: lint typecheck
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,7 +8,8 @@ does, so the trajectories agree bit for bit even after hundreds of float32
 steps, where training would amplify any difference in the last bit. Then a few
 other adaptim optimizers train the same model, drop-in.
 
-Run: ``python examples/demo.py`` (``make demo`` from the repository root).
+Run: ``python examples/demo.py``. It needs only the optimizers (``pip install
+adaptim``: torch and numpy), not the lab; ``make demo`` runs the lab's study.
 """
 
 from __future__ import annotations

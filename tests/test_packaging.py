@@ -1,0 +1,124 @@
+"""The light install: `import adaptim` needs torch and numpy only; the lab is an extra.
+
+`pip install adaptim` installs the optimizers; `pip install 'adaptim[lab]'` adds
+the lab and its `adaptim` command, whose launcher says what to install when
+the lab is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adaptim import _launcher
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "adaptim"
+
+# The lab extra's distributions and the top-level module each installs.
+LAB_MODULES = {
+    "scipy": "scipy",
+    "scikit-learn": "sklearn",
+    "mlxtend": "mlxtend",
+    "mnist1d": "mnist1d",
+    "SQLAlchemy": "sqlalchemy",
+    "optuna": "optuna",
+    "rich": "rich",
+    "typer": "typer",
+    "matplotlib": "matplotlib",
+}
+
+
+def project() -> dict[str, Any]:
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        project: dict[str, Any] = tomllib.load(file)["project"]
+    return project
+
+
+def requirement_name(requirement: str) -> str:
+    return requirement.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip()
+
+
+def test_the_package_needs_torch_and_numpy_only() -> None:
+    names = {requirement_name(r) for r in project()["dependencies"]}
+    assert names == {"torch", "numpy"}
+
+
+def test_the_lab_extra_is_the_table_above() -> None:
+    names = {requirement_name(r) for r in project()["optional-dependencies"]["lab"]}
+    assert names == set(LAB_MODULES)
+
+
+def test_only_the_lab_and_the_cli_import_lab_dependencies() -> None:
+    # The command and its launcher (which imports it once the lab is known to be there).
+    command = {Path("cli.py"), Path("_launcher.py")}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "lab" or relative in command:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in LAB_MODULES.values() or module.startswith(("adaptim.lab", "adaptim.cli")):
+                    offenders.append(f"{relative}:{node.lineno} imports {module}")
+    assert offenders == []
+
+
+def test_import_adaptim_loads_no_lab_module() -> None:
+    watched = [*LAB_MODULES.values(), "adaptim.lab", "adaptim.cli"]
+    code = (
+        "import sys, adaptim, adaptim.numpy, adaptim.algorithms, adaptim.flavors\n"
+        f"print(sorted(m for m in {watched!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_launcher_without_the_lab_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_launcher, "missing_lab_requirements", lambda: ["typer", "scipy"])
+    with pytest.raises(SystemExit) as exit_info:
+        _launcher.main()
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert "pip install 'adaptim[lab]'" in lines[0]
+    assert "typer, scipy" in lines[0]
+
+
+def installed_with_lab_extra() -> bool:
+    try:
+        extras = metadata.metadata("adaptim").get_all("Provides-Extra") or []
+    except metadata.PackageNotFoundError:
+        return False
+    return "lab" in extras
+
+
+@pytest.mark.skipif(
+    not installed_with_lab_extra(),
+    reason="adaptim's installed metadata predates the lab extra (pip install -e '.[lab,test]')",
+)
+def test_launcher_reads_the_lab_extra_from_the_installed_metadata() -> None:
+    assert {name.lower() for name in _launcher.lab_requirements()} == {
+        name.lower() for name in LAB_MODULES
+    }
+    assert _launcher.missing_lab_requirements() == []
