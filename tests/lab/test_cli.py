@@ -63,21 +63,31 @@ def test_compare_writes_conforming_results_and_stores_every_trial(tmp_path: Path
     data = json.loads((tmp_path / "results.json").read_text())
     (problem,) = data["problems"]
     assert problem["name"] == "toy-quadratic"
-    assert problem["metric"] == {"name": "loss", "goal": "min"}
+    assert problem["metric"] == {
+        "name": "loss",
+        "goal": "min",
+        "tuned_on": "test (no validation split)",  # the toy problem has no validate()
+        "reported_on": "test",
+    }
     assert [o["name"] for o in problem["optimizers"]] == ["sgd", "adam"]
+    # Edge hits grow every optimizer's grid by the same number of settings.
+    extra = sum(len(r["sgd"]["lrs"]) for r in problem["grid_extensions"])
+    assert all(len(r["adam"]["lrs"]) == len(r["sgd"]["lrs"]) for r in problem["grid_extensions"])
     for entry in problem["optimizers"]:
         assert set(entry["hparams"]) == {"lr"}
         assert [run["seed"] for run in entry["runs"]] == [1, 2]
         assert all(set(run["final"]) == {"loss"} for run in entry["runs"])
+        assert all(run["validation"] == run["final"] for run in entry["runs"])
         assert entry["summary"]["n"] + entry["summary"]["diverged"] == 2
         assert set(entry["summary"]) >= {"mean", "ci95"}
-        assert len(entry["tuning"]) == 3
+        assert len(entry["tuning"]) == 3 + extra
+        assert all("validation" in t for t in entry["tuning"])
     recommendation = problem["recommendation"]
     assert recommendation["optimizer"] in ("sgd", "adam")
     assert recommendation["hparams"]["lr"] > 0
     assert recommendation["reason"]
     stored = trials(tmp_path / "adaptim.db")
-    assert len(stored) == 2 * (3 + 2)
+    assert len(stored) == 2 * (3 + extra + 2)
     assert len({row[0] for row in stored}) == len(stored)
     with sqlite3.connect(tmp_path / "adaptim.db") as connection:
         (records,) = connection.execute("SELECT COUNT(*) FROM records").fetchone()
@@ -184,7 +194,9 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: P
     )
     assert finished.returncode == 0, finished.stderr
     final = trials(db)
-    assert len(final) == 2 * (3 + 2)
+    problem = json.loads((tmp_path / "results.json").read_text())["problems"][0]
+    extra = sum(len(r["sgd"]["lrs"]) for r in problem["grid_extensions"])
+    assert len(final) == 2 * (3 + extra + 2)
     assert len({row[0] for row in final}) == len(final)
     assert (
         final[: len(survivors)] == survivors

@@ -47,7 +47,8 @@ class OptimizerOutcome:
     summary: Summary = field(init=False)
 
     def __post_init__(self) -> None:
-        self.summary = summarize([r.score(self.metric.name) for r in self.runs])
+        # Reported results are on the test split (tuning used validation).
+        self.summary = summarize([r.score(self.metric.name, "test") for r in self.runs])
 
 
 @dataclass(frozen=True)

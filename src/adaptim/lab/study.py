@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +14,23 @@ import torch
 
 import adaptim
 from adaptim.lab.analysis import OptimizerOutcome, Recommendation, problem_json, recommend
+from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.executors import Executor
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.protocol import (
+    MAX_EXTENSIONS,
     TUNING_SEED,
+    GridTuner,
     StudyConfig,
     Tuner,
     best_setting,
+    extend_grid,
     final_seeds,
+    fixed_hparams,
     make_tuner,
 )
 from adaptim.lab.store import Store
-from adaptim.lab.trial import Phase, TrialResult, TrialSpec
+from adaptim.lab.trial import TUNED_ON_TEST, Phase, TrialResult, TrialSpec
 
 #: Called once per trial as it completes: the result, and whether it came from the store.
 OnTrial = Callable[[TrialResult, bool], None]
@@ -37,6 +42,17 @@ class ProblemOutcome:
     spec: str
     outcomes: list[OptimizerOutcome]
     recommendation: Recommendation
+    #: Rounds of grid extension: per round, each optimizer's side ("below", "above",
+    #: "refine") and the learning rates it added.
+    extensions: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def tuned_on(self) -> str:
+        """``"validation"``, or :data:`TUNED_ON_TEST` for a problem without a validation split."""
+        trials = [t for o in self.outcomes for t in (*o.tuning, *o.runs)]
+        if any(t.info.get("tuned_on") == TUNED_ON_TEST for t in trials):
+            return TUNED_ON_TEST
+        return "validation"
 
     def to_json(self) -> dict[str, Any]:
         data = problem_json(
@@ -46,7 +62,30 @@ class ProblemOutcome:
         data["steps"] = (
             self.outcomes[0].runs[0].spec.steps if self.outcomes and self.outcomes[0].runs else None
         )
+        data["metric"]["tuned_on"] = self.tuned_on
+        data["metric"]["reported_on"] = "test"
+        data["fixed_hparams"] = _plain(dict(self.problem.hparams))
+        data["grid_extensions"] = self.extensions
+        data["time_to_target"] = time_to_target_json(
+            self.problem.metric, self.problem.target, {o.name: o.runs for o in self.outcomes}
+        )
+        _add_validation(data, self.problem.metric.name, self.outcomes)
         return data
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _add_validation(
+    data: dict[str, Any], metric: str, outcomes: Sequence[OptimizerOutcome]
+) -> None:
+    """Each run's ``validation`` metrics and each tuning entry's ``validation`` value."""
+    for entry, outcome in zip(data.get("optimizers", []), outcomes, strict=False):
+        for run_json, run in zip(entry.get("runs", []), outcome.runs, strict=False):
+            run_json.setdefault("validation", run.validation)
+        for tune_json, trial in zip(entry.get("tuning", []), outcome.tuning, strict=False):
+            tune_json.setdefault("validation", trial.score(metric, "validation"))
 
 
 @dataclass
@@ -97,14 +136,17 @@ class Study:
 
     def planned_trials(self) -> int:
         """How many trials the study runs (or finds stored), for progress bars."""
-        per_problem = sum(
-            (1 if "lr" in self.config.settings.get(o, {}) else self.config.budget)
+        return sum(
+            (1 if "lr" in fixed_hparams(self.config, o, problem) else self.config.budget)
             + self.config.seeds
+            for problem in self.problems.values()
             for o in self.config.optimizers
         )
-        return per_problem * len(self.problems)
 
     def run(self) -> StudyOutcome:
+        self.extensions: dict[str, list[dict[str, dict[str, Any]]]] = {
+            spec: [] for spec in self.problems
+        }
         tuning = self._tune()
         finals = self._rerun(tuning)
         problems = []
@@ -126,7 +168,13 @@ class Study:
                 for optimizer in self.config.optimizers
             ]
             problems.append(
-                ProblemOutcome(problem, spec, outcomes, recommend(problem.metric, outcomes))
+                ProblemOutcome(
+                    problem,
+                    spec,
+                    outcomes,
+                    recommend(problem.metric, outcomes),
+                    self.extensions[spec],
+                )
             )
         return StudyOutcome(
             self.config, problems, self.store.url, shlex.join(["adaptim", *sys.argv[1:]])
@@ -134,7 +182,7 @@ class Study:
 
     def _tune(self) -> dict[tuple[str, str], list[TrialResult]]:
         tuners: dict[tuple[str, str], Tuner] = {
-            (spec, optimizer): make_tuner(self.config, optimizer, problem.metric)
+            (spec, optimizer): make_tuner(self.config, optimizer, problem)
             for spec, problem in self.problems.items()
             for optimizer in self.config.optimizers
         }
@@ -149,12 +197,48 @@ class Study:
                 for hparams in tuner.propose(1)
             ]
             if not wave:
-                return results
+                if not self._extend(tuners, results):
+                    return results
+                continue
             done = {r.spec.key(): r for r in self._execute([s for _, s in wave])}
             for key, spec in wave:
                 result = done[spec.key()]
                 results[key].append(result)
                 tuners[key].observe(spec.hparams, result.score(self.problems[key[0]].metric.name))
+
+    def _extend(
+        self,
+        tuners: dict[tuple[str, str], Tuner],
+        results: dict[tuple[str, str], list[TrialResult]],
+    ) -> bool:
+        """Grow the grids of the problems where some optimizer's best is at an edge."""
+        grown = False
+        for spec, problem in self.problems.items():
+            grids = {
+                o: tuner
+                for (p, o), tuner in tuners.items()
+                if p == spec and isinstance(tuner, GridTuner)
+            }
+            if not grids or len(self.extensions[spec]) >= MAX_EXTENSIONS:
+                continue
+            metric = problem.metric
+            plan = extend_grid(
+                metric,
+                {
+                    o: [(t.spec.hparams, t.score(metric.name)) for t in results[spec, o]]
+                    for o in grids
+                },
+                [o for o, tuner in grids.items() if tuner.lr_fixed],
+            )
+            if not plan:
+                continue
+            for optimizer, (_, lrs) in plan.items():
+                grids[optimizer].extend(lrs)
+            self.extensions[spec].append(
+                {o: {"side": side, "lrs": lrs} for o, (side, lrs) in plan.items()}
+            )
+            grown = True
+        return grown
 
     def _spec(
         self, problem: str, optimizer: str, hparams: dict[str, Any], seed: int, phase: Phase
@@ -168,6 +252,7 @@ class Study:
             self.steps(self.problems[problem]),
             phase,
             data=None if data_dir is None else str(data_dir.resolve()),
+            schedule=self.config.schedule,
         )
 
     def _rerun(
