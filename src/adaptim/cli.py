@@ -67,8 +67,18 @@ def compare(
         int, typer.Option(help="Tuning budget: learning rates tried per optimizer.")
     ] = 8,
     search: Annotated[
-        str, typer.Option(help="Learning-rate search: grid, tpe or random (Optuna).")
+        str,
+        typer.Option(
+            help="grid (lr only, grown at edge hits), or random / tpe (Optuna) over each "
+            "optimizer's declared space (see `adaptim optimizers`)."
+        ),
     ] = "grid",
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="Learning-rate schedule for every optimizer: constant, cosine, warmup-cosine, step."
+        ),
+    ] = "constant",
     out: Annotated[
         Path, typer.Option(help="Output directory for results.json and the default store.")
     ] = Path("adaptim-results"),
@@ -92,6 +102,7 @@ def compare(
             settings=list(set_ or []),
             budget=budget,
             search=search,
+            schedule=schedule,
             out=out,
             store_url=store,
             workers=workers,
@@ -112,6 +123,7 @@ def _compare(
     settings: list[str],
     budget: int,
     search: str,
+    schedule: str,
     out: Path,
     store_url: str | None,
     workers: int,
@@ -137,6 +149,7 @@ def _compare(
         settings=parse_settings(settings, optimizers),
         budget=budget,
         search=search,  # type: ignore[arg-type]  # StudyConfig validates it
+        schedule=schedule,
     )
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -303,14 +316,16 @@ def problems() -> None:
     from adaptim.lab.problems import PROBLEMS
 
     table = Table(title="built-in problems (or --problem package.module:function)")
-    for column in ("name", "metric", "steps", "batch", "description"):
-        table.add_column(column, no_wrap=column != "description")
+    for column in ("name", "metric", "target", "steps", "batch", "fixes", "description"):
+        table.add_column(column, no_wrap=column not in ("description", "fixes"))
     for p in PROBLEMS.values():
         table.add_row(
             p.name,
             f"{p.metric.name} ({p.metric.goal})",
+            "-" if p.target is None else f"{p.target:g}",
             str(p.steps),
             str(p.batch_size),
+            ", ".join(f"{k}={v}" for k, v in p.hparams.items()) or "-",
             p.description,
         )
     console.print(table)
@@ -326,7 +341,7 @@ def optimizers(
         ),
     ] = False,
 ) -> None:
-    """List the optimizers and named variants the lab compares, with their lr search ranges."""
+    """List the optimizers and named variants the lab compares, with their search spaces."""
     if flavors:
         from adaptim.flavor_docs import render_markdown
 
@@ -335,8 +350,15 @@ def optimizers(
     from adaptim.lab.optimizers import VARIANTS
 
     table = Table(title="optimizers (use the name, or name@flavor)")
-    for column in ("name", "class", "fixed settings", "lr range", "description"):
-        table.add_column(column, no_wrap=column in ("name", "class", "lr range"))
+    for column in (
+        "name",
+        "class",
+        "fixed settings",
+        "lr range (grid)",
+        "search space",
+        "description",
+    ):
+        table.add_column(column, no_wrap=column in ("name", "class", "lr range (grid)"))
     for v in VARIANTS.values():
         fixed = ", ".join(f"{k}={val}" for k, val in v.fixed.items()) or "-"
         table.add_row(
@@ -344,6 +366,7 @@ def optimizers(
             f"adaptim.{v.cls.__name__}",
             fixed,
             f"{v.lr_range[0]:g} – {v.lr_range[1]:g}",
+            "; ".join(d.describe() for d in v.space),
             v.description,
         )
     console.print(table)
