@@ -1,4 +1,4 @@
-"""The ``adaptim`` command: ``compare``, ``report``, ``problems`` and ``optimizers``."""
+"""The ``adaptim`` command: ``compare``, ``report``, ``reproduce``, ``problems`` and ``optimizers``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.table import Table
 from adaptim.lab.errors import LabError
 
 if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is instant
+    from adaptim.lab.reproduce import Verdict
     from adaptim.lab.study import ProblemOutcome, StudyOutcome
     from adaptim.lab.trial import TrialResult
 
@@ -308,6 +309,95 @@ def _report(
     for problem in outcome.problems:
         _print_problem(problem)
     return path
+
+
+@app.command()
+def reproduce(
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="The reduced version for CI: cheap claims, budget 4, 2 seeds."
+        ),
+    ] = False,
+    out: Annotated[
+        Path, typer.Option(help="Directory for reproduce.json and the default store.")
+    ] = Path("adaptim-reproduce"),
+    store: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
+    ] = 0,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit with code 1 when a claim does not hold.")
+    ] = False,
+) -> None:
+    """Run every published claim the lab carries through the protocol and say which hold."""
+    try:
+        verdicts, path = _reproduce(quick, out, store, workers)
+    except LabError as error:
+        raise _fail(str(error)) from None
+    console.print(f"\nResults: [bold]{path}[/]")
+    if strict and not all(v.holds for v in verdicts):
+        raise typer.Exit(code=1)
+
+
+def _reproduce(
+    quick: bool, out: Path, store_url: str | None, workers: int
+) -> tuple[list[Verdict], Path]:
+    from adaptim.lab.executors import available_cores, make_executor
+    from adaptim.lab.reproduce import reproduce as run_claims
+    from adaptim.lab.reproduce import write_json
+    from adaptim.lab.store import Store, default_url
+
+    if workers < 0:
+        raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LabError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
+    trial_store = Store(store_url or default_url(out))
+    executor = make_executor(workers or available_cores())
+    try:
+        with console.status("running the claims' studies") as status:
+
+            def on_trial(result: TrialResult, reused: bool) -> None:
+                spec = result.spec
+                status.update(
+                    f"{spec.problem} · {spec.optimizer} seed {spec.seed} "
+                    f"({'stored' if reused else f'{result.wall_time:.1f}s'})"
+                )
+
+            verdicts = run_claims(trial_store, executor, quick=quick, on_trial=on_trial)
+    finally:
+        executor.close()
+    _print_verdicts(verdicts, quick)
+    return verdicts, write_json(verdicts, out / "reproduce.json", quick=quick)
+
+
+def _print_verdicts(verdicts: list[Verdict], quick: bool) -> None:
+    table = Table(
+        title="published claims, through the protocol"
+        + (" (--quick: budget 4, 2 seeds, cheap claims only)" if quick else "")
+    )
+    for column in ("claim", "source", "problem · optimizer", "published", "measured (95% CI)", ""):
+        table.add_column(column, justify="right" if column in ("published",) else "left")
+    for v in verdicts:
+        c = v.claim
+        measured = "diverged" if v.mean is None else f"{v.mean:.3g}"
+        if v.ci95 is not None:
+            measured += f" ± {v.ci95:.2g}"
+        measured += f" (n={v.seeds})"
+        table.add_row(
+            escape(c.claim),
+            escape(c.source),
+            escape(f"{c.problem} · {c.subject}"),
+            f"{c.published:g} ± {c.tolerance:g}",
+            measured,
+            "[green]holds[/]" if v.holds else "[red]does not hold[/]",
+        )
+    console.print(table)
+    console.print(f"{sum(v.holds for v in verdicts)} of {len(verdicts)} claims hold.")
 
 
 @app.command()
