@@ -179,6 +179,7 @@ def _compare(
                 progress.update(
                     task,
                     advance=1,
+                    total=study.planned_trials(),
                     last=f"{spec.problem} · {spec.optimizer} lr={lr:.3g} seed {spec.seed} ({tag})",
                 )
 

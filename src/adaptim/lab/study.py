@@ -130,13 +130,26 @@ class Study:
         self.context = context or BuildContext()
         self.on_trial = on_trial or (lambda result, reused: None)
         self.problems = {spec: resolve_problem(spec) for spec in config.problems}
+        #: Per problem, the rounds of grid extension so far (see :func:`extend_grid`).
+        self.extensions: dict[str, list[dict[str, dict[str, Any]]]] = {
+            spec: [] for spec in self.problems
+        }
 
     def steps(self, problem: Problem) -> int:
         return self.config.steps or problem.steps
 
     def planned_trials(self) -> int:
-        """How many trials the study runs (or finds stored), for progress bars."""
-        return sum(
+        """How many trials the study runs (or finds stored), for progress bars.
+
+        Grid extensions are known only once the grid has run: the count grows then.
+        """
+        extra = sum(
+            len(plan["lrs"])
+            for rounds in self.extensions.values()
+            for round_ in rounds
+            for plan in round_.values()
+        )
+        return extra + sum(
             (1 if "lr" in fixed_hparams(self.config, o, problem) else self.config.budget)
             + self.config.seeds
             for problem in self.problems.values()
@@ -144,9 +157,7 @@ class Study:
         )
 
     def run(self) -> StudyOutcome:
-        self.extensions: dict[str, list[dict[str, dict[str, Any]]]] = {
-            spec: [] for spec in self.problems
-        }
+        self.extensions = {spec: [] for spec in self.problems}
         tuning = self._tune()
         finals = self._rerun(tuning)
         problems = []
