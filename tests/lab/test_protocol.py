@@ -296,3 +296,9 @@ def test_wilson_adaptive_effective_lr_ignores_never_seen_samples() -> None:
     last = result.records[-1].effective_lr
     assert last is not None and last["active"] is not None and last["active"] < 0.5
     assert last["p90"] is not None and last["p90"] < 1e3  # not lr/eps = 1e6
+
+
+def test_a_plateau_at_the_edge_is_not_an_edge_hit() -> None:
+    plateau = tried([(0.01, 0.0), (0.1, 0.0), (1.0, 0.0)])  # every rate reaches zero error
+    assert edge_side(LOSS, plateau) is None
+    assert extend_grid(LOSS, {"sgd": plateau}) == {}

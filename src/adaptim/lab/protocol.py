@@ -214,12 +214,28 @@ def _round(lr: float) -> float:
 
 
 def edge_side(metric: Metric, tried: Tried) -> Literal["below", "above"] | None:
-    """Whether the best setting's lr is the smallest (``below``) or largest (``above``) tried."""
-    lrs = sorted({h["lr"] for h, _ in tried if "lr" in h})
+    """Whether the best setting's lr is the smallest (``below``) or largest (``above``) tried.
+
+    Only a strict win counts: when the edge ties with its inner neighbour (a
+    plateau, such as every rate reaching zero error), the optimum does not lie
+    beyond the edge and the grid is not grown.
+    """
+    scores: dict[float, float] = {}
+    for hparams, value in tried:
+        if "lr" in hparams:
+            score = score_of(metric, value)
+            lr = hparams["lr"]
+            if lr not in scores or metric.better(score, scores[lr]):
+                scores[lr] = score
+    lrs = sorted(scores)
     if len(lrs) < 2:
         return None
     best = best_setting(metric, tried).get("lr")
-    return "below" if best == lrs[0] else "above" if best == lrs[-1] else None
+    if best == lrs[0] and metric.better(scores[lrs[0]], scores[lrs[1]]):
+        return "below"
+    if best == lrs[-1] and metric.better(scores[lrs[-1]], scores[lrs[-2]]):
+        return "above"
+    return None
 
 
 def extend_grid(
