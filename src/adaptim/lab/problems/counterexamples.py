@@ -160,9 +160,15 @@ def _build_wilson(seed: int, context: BuildContext) -> Setup:
     owns a block, held-out samples included, so the dimension is
     6·(100 + 100 + 200).
 
-    Everything is float64: in float32 a large AdaGrad step can drive the
-    training loss to 1e-15, where rounding, not the algorithm, decides the
-    held-out signs (an AdaGrad lr of 3 then "generalised" perfectly).
+    Everything is float64, so that rounding decides as little as possible.
+    It does not remove every artefact: the lemma's invariant (XᵀX·sign(Xᵀy)
+    = 4·Xᵀy here, exactly) keeps the adaptive iterates on the line of
+    sign(Xᵀy) only in exact arithmetic, and an AdaGrad lr of 3 (the top of
+    its grid) oscillates so violently at first that it amplifies rounding
+    errors off that line; it then interpolates elsewhere and reaches zero
+    held-out error, in float64 as in float32. Every smaller AdaGrad rate of
+    the grid, and every Adam and RMSprop rate, behaves as the paper says
+    (measured on seed 0: validation error 0.43, the share of negatives).
     """
     rng = numpy_rng(seed, "data")
     dim = 6 * (WILSON_TRAIN + WILSON_VAL + WILSON_TEST)
