@@ -19,7 +19,12 @@ from adaptim.lab.errors import LabError
 from adaptim.lab.problems import PROBLEMS, BuildContext, Problem, Setup, resolve_problem
 from adaptim.lab.problems.classification import Split, init_parameters, seeded_model
 from adaptim.lab.problems.counterexamples import REDDI, REDDI_C, REDDI_P, WILSON
-from adaptim.lab.problems.deepobs import SURFACES, Surface, deep_learning_hessian
+from adaptim.lab.problems.deepobs import (
+    SURFACES,
+    Surface,
+    deep_learning_hessian,
+    subgroup_rotation,
+)
 from adaptim.lab.problems.digits import load_digits_split
 from adaptim.lab.problems.mnist import load_mnist_split
 from adaptim.lab.problems.mnist1d import load_mnist1d
@@ -198,6 +203,16 @@ def test_quadratic_deep_has_the_deep_learning_spectrum_and_starts_at_ones() -> N
     assert np.all((eigenvalues[90:] > 30) & (eigenvalues[90:] < 60))
     (theta,) = build("quadratic-deep").parameters
     assert torch.equal(theta, torch.ones(100))
+
+
+def test_quadratic_deep_draws_deepobs_hessian_from_randomstate_42() -> None:
+    """DeepOBS: eigenvalues first, then the subgroup-algorithm rotation, from one RandomState(42)."""
+    rng = np.random.RandomState(42)
+    expected = np.sort(np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)]))
+    np.testing.assert_allclose(np.linalg.eigvalsh(deep_learning_hessian()), expected, rtol=1e-10)
+    rotation = subgroup_rotation(100, np.random.RandomState(0))
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(100), atol=1e-10)
+    assert np.linalg.det(rotation) == pytest.approx(1.0)  # a rotation, as DeepOBS's negation fixes
 
 
 # ---------------------------------------------------------------- data splits
