@@ -106,8 +106,9 @@ QUADRATIC_DEEP = Problem(
     steps=700,  # DeepOBS: 100 epochs of 1,000 samples in batches of 128 (7 per epoch)
     batch_size=BATCH_SIZE,
     tags=("synthetic", "deepobs"),
-    # The noise floor ½σ²·tr Q is about 86 (it varies by about ±1 with the seed's validation draw).
-    target=90.0,
+    # The noise floor ½σ²·tr Q is about 86 (it varies by about ±1 with the seed's validation
+    # draw); tuned optimizers end near 87 and all reach 90 within 300 steps, so 89 is the target.
+    target=89.0,
 )
 
 # ---------------------------------------------------------------- noisy 2-D functions

@@ -66,7 +66,7 @@ def _digits_problem(name: str, model_doc: str, model: Callable[[], nn.Module]) -
         steps=1000,
         batch_size=64,
         tags=("image",),
-        target=0.95,
+        target=0.96,  # tuned optimizers end at 0.956–0.968 on the MLP (default study)
     )
 
 

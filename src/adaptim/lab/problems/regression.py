@@ -162,7 +162,8 @@ LOGREG_SPARSE = Problem(
         "per-coordinate steps (AdaGrad, RMSprop, Adam) beat one global step"
     ),
     metric=Metric("accuracy", "max"),
-    target=0.75,
+    # Tuned adaptive methods end near 0.87, momentum 0.85, SGD 0.82 (test, default study).
+    target=0.84,
     build=_build_logreg_sparse,
     steps=2000,
     batch_size=32,
