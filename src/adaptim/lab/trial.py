@@ -153,7 +153,10 @@ class _EffectiveLrProbe:
     Coordinates whose per-coordinate state still holds its initial value
     (a feature that never fired, a never-seen sample's weight) are left out:
     their rate is lr/ε, a number about the initial state rather than the
-    optimizer. The record gives percentiles over the touched coordinates
+    optimizer. Plain SGD keeps no per-coordinate state, so all its
+    coordinates count (its rate is lr everywhere, so its percentiles are the
+    same either way; only ``active`` reads 1). The record gives percentiles
+    over the touched coordinates
     (``p10``, ``p50``, ``p90``, from a fixed sample of at most 65,536), the
     share of coordinates touched (``active``), and each parameter tensor's own
     median (``median:<i>``, ``i`` counting the parameters in ``param_groups``
