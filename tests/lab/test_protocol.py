@@ -73,6 +73,12 @@ def test_tuning_picks_by_validation_and_reports_test(tmp_path: Path) -> None:
         sum(r.final["gap"] for r in sgd.runs) / len(sgd.runs)
     )
     assert all(t["validation"] is not None for t in entry["tuning"])
+    # Time-to-target: the problem's fixed validation target, per seed, with the median.
+    reached = data["time_to_target"]
+    assert reached["target"] == 0.01 and reached["split"] == "validation"
+    times = reached["optimizers"]["sgd"]
+    assert len(times["steps"]) == len(times["wall_time"]) == 2
+    assert data["fixed_hparams"] == {} and isinstance(data["grid_extensions"], list)
 
 
 def test_score_defaults_to_validation_and_refuses_other_splits() -> None:
