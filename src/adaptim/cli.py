@@ -31,6 +31,13 @@ errors = Console(stderr=True)
 
 DEFAULT_PROBLEMS = ("quadratic-deep", "logreg-sparse", "digits-mlp")
 
+StoreOption = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
+]
+WorkersOption = Annotated[
+    int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
+]
+
 
 def _fail(message: str) -> typer.Exit:
     errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
@@ -83,12 +90,8 @@ def compare(
     out: Annotated[
         Path, typer.Option(help="Output directory for results.json and the default store.")
     ] = Path("adaptim-results"),
-    store: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
-    ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
-    ] = 0,
+    store: StoreOption = None,
+    workers: WorkersOption = 0,
     data_dir: Annotated[
         Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
     ] = None,
@@ -130,16 +133,14 @@ def _compare(
     workers: int,
     data_dir: Path | None,
 ) -> Path:
-    from adaptim.lab.executors import available_cores, make_executor
+    from adaptim.lab.executors import make_executor
     from adaptim.lab.optimizers import parse_settings
     from adaptim.lab.problems import BuildContext
     from adaptim.lab.protocol import StudyConfig
     from adaptim.lab.store import Store, default_url
     from adaptim.lab.study import Study
 
-    if workers < 0:
-        raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
-    workers = workers or available_cores()
+    workers = _workers(workers)
     if data_dir is not None and not data_dir.is_dir():
         raise LabError(f"--data-dir {str(data_dir)!r} is not a readable directory")
     config = StudyConfig(
@@ -152,10 +153,7 @@ def _compare(
         search=search,  # type: ignore[arg-type]  # StudyConfig validates it
         schedule=schedule,
     )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise LabError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
+    _make_out(out)
     trial_store = Store(store_url or default_url(out))
     executor = make_executor(workers)
     progress = Progress(
@@ -193,6 +191,22 @@ def _compare(
     for problem in outcome.problems:
         _print_problem(problem)
     return path
+
+
+def _workers(workers: int) -> int:
+    """``--workers``: 0 means one per core."""
+    from adaptim.lab.executors import available_cores
+
+    if workers < 0:
+        raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
+    return workers or available_cores()
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LabError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
 
 
 def _write_report(outcome: StudyOutcome, path: Path, study_key: str) -> Path:
@@ -323,12 +337,8 @@ def reproduce(
     out: Annotated[
         Path, typer.Option(help="Directory for reproduce.json and the default store.")
     ] = Path("adaptim-reproduce"),
-    store: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
-    ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
-    ] = 0,
+    store: StoreOption = None,
+    workers: WorkersOption = 0,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit with code 1 when a claim does not hold.")
     ] = False,
@@ -346,19 +356,15 @@ def reproduce(
 def _reproduce(
     quick: bool, out: Path, store_url: str | None, workers: int
 ) -> tuple[list[Verdict], Path]:
-    from adaptim.lab.executors import available_cores, make_executor
+    from adaptim.lab.executors import make_executor
     from adaptim.lab.reproduce import reproduce as run_claims
     from adaptim.lab.reproduce import write_json
     from adaptim.lab.store import Store, default_url
 
-    if workers < 0:
-        raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise LabError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
+    workers = _workers(workers)
+    _make_out(out)
     trial_store = Store(store_url or default_url(out))
-    executor = make_executor(workers or available_cores())
+    executor = make_executor(workers)
     try:
         with console.status("running the claims' studies") as status:
 
