@@ -405,6 +405,9 @@ def _print_verdicts(verdicts: list[Verdict], quick: bool) -> None:
         )
     console.print(table)
     console.print(f"{sum(v.holds for v in verdicts)} of {len(verdicts)} claims hold.")
+    for v in verdicts:
+        if v.claim.note and not v.holds:
+            console.print(f"  • {escape(v.claim.claim)}: {escape(v.claim.note)}", highlight=False)
 
 
 @app.command()
