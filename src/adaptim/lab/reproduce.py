@@ -30,7 +30,7 @@ from adaptim.lab.protocol import StudyConfig
 from adaptim.lab.store import Store
 from adaptim.lab.study import OnTrial, Study, StudyOutcome
 
-MNIST1D = "Greydanus 2020, 'Scaling Down Deep Learning', Table 1 (MNIST-1D test accuracy)"
+MNIST1D = "Greydanus 2020, 'Scaling Down Deep Learning' (MNIST-1D test accuracies it reports)"
 REDDI = "Reddi, Kale & Kumar 2018, 'On the Convergence of Adam and Beyond', Sec. 3 and 5"
 WILSON = "Wilson et al. 2017, 'The Marginal Value of Adaptive Gradient Methods', Sec. 3.3"
 DEEPOBS = "Schneider, Balles & Hennig 2019 (DeepOBS), quadratic_deep: noise floor ½σ²·tr Q"
