@@ -274,6 +274,16 @@ def test_good_means_close_to_the_best_relative_to_the_initial_value() -> None:
     assert tighter.steps == 1  # 87.05 is 13% of the way from 100 to 84.97: not good
 
 
+def test_rates_a_grid_extension_adds_around_the_best_count_as_half_steps() -> None:
+    # A grid 1e-4 ... 1 refined around its best (1e-2) by extend_grid: the good rates 1e-3 to
+    # 1e-1 span two of the grid's own steps, not four.
+    grid = {1e-4: 0.5, 1e-3: 0.915, 1e-2: 0.92, 1e-1: 0.91, 1.0: 0.3}
+    refined = {**grid, 3.16e-3: 0.915, 3.16e-2: 0.918}
+    plain = lr_range(ACCURACY, [result("adam", lr, v) for lr, v in grid.items()], 0.1)
+    grown = lr_range(ACCURACY, [result("adam", lr, v) for lr, v in refined.items()], 0.1)
+    assert plain.steps == grown.steps == 2
+
+
 def test_every_optimizer_diverging_gives_no_recommendation() -> None:
     a = outcome("adam", [None, 0.2], {1e-3: None}, LOSS)
     b = outcome("sgd", [None, None], {1e-1: None}, LOSS)
