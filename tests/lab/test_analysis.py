@@ -250,7 +250,7 @@ def test_an_lr_fixed_by_set_is_marked_and_not_compared_on_range() -> None:
     toy = Problem("toy", "a toy", ACCURACY, lambda seed, context: None, steps=10, batch_size=1)  # type: ignore[arg-type,return-value]
     rows = data.ranking(ProblemOutcome(toy, "toy", [fixed, wide], rec))
     marked = next(r for r in rows if r.optimizer == "rmsprop")
-    assert marked.lr == "0.001 (--set)" and marked.good_lr == "lr fixed (--set)"
+    assert marked.lr == "0.001 (--set)" and marked.good_lr == "lr fixed"
 
 
 def test_an_lr_at_the_edge_of_the_grid_is_flagged() -> None:

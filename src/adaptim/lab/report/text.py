@@ -189,9 +189,9 @@ def comparison_sentence(metric: Metric, rec: Recommendation, c: Comparison) -> s
 
 
 def range_text(r: LrRange, with_span: bool = True) -> str:
-    """``3 steps (0.001–0.1)``, or "lr fixed (--set)"."""
+    """``3 steps (0.001–0.1)``, or "lr fixed" (with --set or by the problem)."""
     if r.fixed:
-        return "lr fixed (--set)"
+        return "lr fixed"
     if r.steps is None or r.low is None or r.high is None:
         return "–"
     steps = f"{r.steps} step{'s' if r.steps != 1 else ''}"
