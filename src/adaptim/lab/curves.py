@@ -1,8 +1,10 @@
 """Curves: a metric over training, averaged over seeds, and what can be read off it.
 
 Pure functions on stored trials: the mean curve with its spread, the step at
-which a target is reached, where a curve stalls, how far the effective
-learning rate decayed, and AlgoPerf's performance profile across problems.
+which a target is reached, each seed's time to the problem's fixed
+validation target (AlgoPerf's time-to-result), where a curve stalls, how far
+the effective learning rate decayed, and AlgoPerf's performance profile
+across problems. The curves are validation curves (see :mod:`adaptim.lab.trial`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from adaptim.lab.problems.base import Metric
 from adaptim.lab.trial import Record, TrialResult
@@ -118,3 +121,84 @@ def performance_profile(
                     solved += 1
             profile[o].append(solved / len(times) if times else 0.0)
     return profile
+
+
+@dataclass(frozen=True)
+class TargetTimes:
+    """Time-to-target of one optimizer: per seed, and the median over seeds.
+
+    ``None`` for a seed that never reached the target (AlgoPerf counts it as
+    infinite time); the median is ``None`` when half the seeds or more never
+    reached it.
+    """
+
+    steps: list[int | None]
+    wall_time: list[float | None]
+
+    @property
+    def median_steps(self) -> float | None:
+        return _median_or_none(self.steps)
+
+    @property
+    def median_wall_time(self) -> float | None:
+        return _median_or_none(self.wall_time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "wall_time": self.wall_time,
+            "median_steps": self.median_steps,
+            "median_wall_time": self.median_wall_time,
+        }
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(math.inf if v is None else float(v) for v in values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return median if math.isfinite(median) else None
+
+
+def run_time_to_target(metric: Metric, run: TrialResult, target: float) -> tuple[int, float] | None:
+    """The first recorded (step, training wall time) at which the run's validation metric
+    reaches ``target``; ``None`` if it never does.
+
+    As AlgoPerf defines time-to-result: the target is fixed per problem and
+    checked on the validation split at each evaluation; the time is the
+    training time up to that evaluation (evaluation itself excluded). It is
+    resolved to the problem's evaluation interval. A run that diverged after
+    reaching the target keeps its time.
+    """
+    for record in run.records:
+        value = record.metrics.get(metric.name)
+        if value is not None and (value == target or metric.better(value, target)):
+            return record.step, record.wall_time
+    return None
+
+
+def time_to_target(metric: Metric, runs: Sequence[TrialResult], target: float) -> TargetTimes:
+    """Per-seed times to ``target`` (in steps and in seconds of training) of ``runs``."""
+    reached = [run_time_to_target(metric, run, target) for run in runs]
+    return TargetTimes(
+        steps=[r[0] if r else None for r in reached],
+        wall_time=[r[1] if r else None for r in reached],
+    )
+
+
+def time_to_target_json(
+    metric: Metric, target: float | None, runs: Mapping[str, Sequence[TrialResult]]
+) -> dict[str, Any]:
+    """``results.json``'s ``time_to_target`` of a problem: its fixed target and, per optimizer,
+    the per-seed steps and wall times of its re-runs with their medians."""
+    if target is None:
+        return {"target": None, "split": "validation", "optimizers": {}}
+    return {
+        "target": target,
+        "metric": metric.name,
+        "split": "validation",
+        "optimizers": {
+            name: time_to_target(metric, seeds, target).to_json() for name, seeds in runs.items()
+        },
+    }

@@ -10,7 +10,14 @@ tune or fix.
 Fairness: every optimizer gets the same number of learning rates, spaced
 evenly in log space over the same width (three decades), centred where that
 optimizer's good learning rates usually lie. The range is the only
-per-optimizer prior, and it is stated here for all to see.
+per-optimizer prior of the grid search, and it is stated here for all to see.
+
+Each variant also declares its **search space** for ``--search random|tpe``:
+the learning rate plus the hyperparameters that matter for it (β₂ for the
+Adam family, RMSprop's α, Adadelta's ρ, ε, SGD's momentum), each with its
+range and scale. Decay rates near 1 are searched on ``1 − value`` in log
+space (``log1m``), so 0.9, 0.99 and 0.999 are equally likely. ``adaptim
+optimizers`` lists every space.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,15 +36,68 @@ from adaptim.lab.errors import LabError, unknown_name
 FLAVORS = flavors.FLAVORS
 
 
+Scale = Literal["log", "log1m"]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hyperparameter: its name, range and scale.
+
+    ``log``: log-uniform over [low, high]; ``log1m``: ``1 − value`` log-uniform,
+    for decay rates close to 1. ``beta2`` stands for the second entry of
+    ``betas`` (the first keeps its default).
+    """
+
+    name: str
+    low: float
+    high: float
+    scale: Scale = "log"
+
+    def from_unit(self, u: float) -> float:
+        """The value at position ``u`` ∈ [0, 1] of the range, on its scale (4 significant digits)."""
+        if self.scale == "log":
+            value = 10 ** (
+                math.log10(self.low) + u * (math.log10(self.high) - math.log10(self.low))
+            )
+        else:
+            top, bottom = math.log10(1 - self.low), math.log10(1 - self.high)
+            value = 1 - 10 ** (top + u * (bottom - top))
+        return float(f"{value:.4g}")
+
+    def describe(self) -> str:
+        kind = "log" if self.scale == "log" else "log(1-x)"
+        return f"{self.name} {self.low:g}–{self.high:g} ({kind})"
+
+    def fixed_by(self, fixed: Mapping[str, Any]) -> bool:
+        """Whether ``fixed`` (``--set``, the problem) already sets this hyperparameter."""
+        return self.name in fixed or (self.name == "beta2" and "betas" in fixed)
+
+
+def _eps(default: float) -> Dimension:
+    return Dimension("eps", default / 100, default * 100)
+
+
+_BETA2 = Dimension("beta2", 0.9, 0.9999, "log1m")
+_MOMENTUM = Dimension("momentum", 0.5, 0.99, "log1m")
+_ALPHA = Dimension("alpha", 0.9, 0.999, "log1m")
+
+
 @dataclass(frozen=True)
 class Variant:
-    """A named optimizer setting: the class, fixed hyperparameters and the lr search range."""
+    """A named optimizer setting: the class, fixed hyperparameters and the search space."""
 
     name: str
     description: str
     cls: type[adaptim.Optimizer]
     lr_range: tuple[float, float]
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    #: The other hyperparameters ``--search random|tpe`` explores (the lr always comes first).
+    extra_space: tuple[Dimension, ...] = ()
+
+    @property
+    def space(self) -> tuple[Dimension, ...]:
+        """The declared search space: the lr range, then ``extra_space``."""
+        return (Dimension("lr", *self.lr_range), *self.extra_space)
 
     def lr_grid(self, points: int) -> list[float]:
         """``points`` learning rates, evenly spaced in log space over ``lr_range``."""
@@ -51,6 +111,8 @@ class Variant:
 
 def _variants() -> dict[str, Variant]:
     adam_range = (1e-4, 1e-1)
+    adam_space = (_BETA2, _eps(1e-8))
+    rmsprop_space = (_ALPHA, _eps(1e-8))
     table = [
         Variant("sgd", "plain stochastic gradient descent", adaptim.SGD, (3e-3, 3.0)),
         Variant(
@@ -59,6 +121,7 @@ def _variants() -> dict[str, Variant]:
             adaptim.SGD,
             (1e-4, 1e-1),
             {"momentum": 0.9},
+            (_MOMENTUM,),
         ),
         Variant(
             "nesterov",
@@ -66,18 +129,21 @@ def _variants() -> dict[str, Variant]:
             adaptim.SGD,
             (1e-4, 1e-1),
             {"momentum": 0.9, "nesterov": True},
+            (_MOMENTUM,),
         ),
         Variant(
             "adagrad",
             "AdaGrad: steps shrink with the sum of squared gradients",
             adaptim.Adagrad,
             (3e-3, 3.0),
+            extra_space=(_eps(1e-10),),
         ),
         Variant(
             "rmsprop",
             "RMSprop: steps scaled by a moving RMS of gradients",
             adaptim.RMSprop,
             (1e-5, 1e-2),
+            extra_space=rmsprop_space,
         ),
         Variant(
             "rmsprop-centered",
@@ -85,6 +151,7 @@ def _variants() -> dict[str, Variant]:
             adaptim.RMSprop,
             (1e-5, 1e-2),
             {"centered": True},
+            rmsprop_space,
         ),
         Variant(
             "rmsprop-momentum",
@@ -92,29 +159,72 @@ def _variants() -> dict[str, Variant]:
             adaptim.RMSprop,
             (1e-5, 1e-2),
             {"momentum": 0.9},
+            rmsprop_space,
         ),
         Variant(
             "adadelta",
             "Adadelta: RMSprop with unit-corrected steps",
             adaptim.Adadelta,
             (1e-2, 10.0),
+            extra_space=(Dimension("rho", 0.8, 0.999, "log1m"), _eps(1e-6)),
         ),
-        Variant("adam", "Adam: bias-corrected first and second moments", adaptim.Adam, adam_range),
+        Variant(
+            "adam",
+            "Adam: bias-corrected first and second moments",
+            adaptim.Adam,
+            adam_range,
+            extra_space=adam_space,
+        ),
         Variant(
             "amsgrad",
             "AMSGrad: Adam with a non-decreasing second moment",
             adaptim.Adam,
             adam_range,
             {"amsgrad": True},
+            adam_space,
         ),
-        Variant("adamw", "AdamW: Adam with decoupled weight decay 0.01", adaptim.AdamW, adam_range),
-        Variant("adamax", "Adamax: Adam with the infinity norm", adaptim.Adamax, (1e-4, 1e-1)),
-        Variant("nadam", "NAdam: Adam with Nesterov momentum", adaptim.NAdam, adam_range),
-        Variant("radam", "RAdam: Adam with variance rectification", adaptim.RAdam, adam_range),
         Variant(
-            "lars", "LARS: momentum SGD with per-layer trust ratios", adaptim.LARS, (1e-1, 1e2)
+            "adamw",
+            "AdamW: Adam with decoupled weight decay 0.01",
+            adaptim.AdamW,
+            adam_range,
+            extra_space=adam_space,
         ),
-        Variant("lamb", "LAMB: Adam with per-layer trust ratios", adaptim.LAMB, (1e-4, 1e-1)),
+        Variant(
+            "adamax",
+            "Adamax: Adam with the infinity norm",
+            adaptim.Adamax,
+            (1e-4, 1e-1),
+            extra_space=adam_space,
+        ),
+        Variant(
+            "nadam",
+            "NAdam: Adam with Nesterov momentum",
+            adaptim.NAdam,
+            adam_range,
+            extra_space=adam_space,
+        ),
+        Variant(
+            "radam",
+            "RAdam: Adam with variance rectification",
+            adaptim.RAdam,
+            adam_range,
+            extra_space=adam_space,
+        ),
+        Variant(
+            "lars",
+            "LARS: momentum SGD with per-layer trust ratios",
+            adaptim.LARS,
+            (1e-1, 1e2),
+            extra_space=(_MOMENTUM,),
+        ),
+        Variant(
+            "lamb",
+            "LAMB: Adam with per-layer trust ratios",
+            adaptim.LAMB,
+            (1e-4, 1e-1),
+            extra_space=(_BETA2, _eps(1e-6)),
+        ),
     ]
     return {v.name: v for v in table}
 
@@ -149,12 +259,23 @@ def make_optimizer(
     """Build the optimizer named ``spec`` with its fixed settings and ``hparams`` on top."""
     variant, flavor = parse_optimizer(spec)
     kwargs = {**variant.fixed, **hparams}
+    if "beta2" in kwargs:  # a searched β₂: the first β keeps its fixed or default value
+        beta2 = kwargs.pop("beta2")
+        default = adaptim.algorithms.ALGORITHMS[variant.cls.algorithm.name].defaults["betas"]
+        kwargs["betas"] = (next(iter(kwargs.get("betas", default))), beta2)
     if flavor != "torch":
         kwargs["flavor"] = flavor
     try:
         return variant.cls(params, **kwargs)
     except (TypeError, ValueError) as error:
         raise LabError(f"cannot build optimizer {spec!r} with {kwargs}: {error}") from None
+
+
+def applicable(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``hparams`` that ``optimizer``'s algorithm accepts (a problem's fixed ones)."""
+    variant, _ = parse_optimizer(optimizer)
+    accepted = adaptim.algorithms.ALGORITHMS[variant.cls.algorithm.name].defaults
+    return {k: v for k, v in hparams.items() if k in accepted}
 
 
 def parse_value(text: str) -> Any:

@@ -3,17 +3,26 @@
 This follows DeepOBS (Schneider et al. 2019), AlgoPerf (Dahl et al. 2023) and
 Schmidt et al. 2021 ("Descending through a Crowded Valley"):
 
-1. **Tune** the learning rate of each optimizer with the same budget (default
-   8 settings), in log space over the optimizer's stated range
-   (:mod:`adaptim.lab.optimizers`), on the tuning seed 0. The default search
-   is a grid; ``--search tpe`` or ``random`` use Optuna's samplers over the
-   same range with the same budget. A diverged run scores worst.
-2. **Choose** the setting with the best final main metric.
+1. **Tune** each optimizer with the same budget (default 8 settings) on the
+   tuning seed 0, scored on the problem's *validation* split. The default
+   search is a grid of learning rates in log space over the optimizer's
+   stated range (:mod:`adaptim.lab.optimizers`). When an optimizer's best
+   setting lies at an edge of its grid, the grid grows (:func:`extend_grid`):
+   that optimizer gets :data:`EXTENSION` more rates beyond the edge, and every
+   other optimizer on the problem gets as many extra rates too (halfway, in
+   log space, between its best rate and its neighbours), so the budget stays
+   equal; at most :data:`MAX_EXTENSIONS` rounds. ``--search random`` or
+   ``tpe`` use Optuna's samplers over each optimizer's declared search space
+   (lr, β₂ or α/ρ, ε, momentum) with the same budget. A diverged run scores
+   worst.
+2. **Choose** the setting with the best final validation metric.
 3. **Re-run** it with ``seeds`` fresh seeds (1, 2, ...), never the tuning
-   seed, so the reported numbers are not inflated by the selection.
+   seed, so the reported numbers (on the *test* split) are not inflated by
+   the selection.
 
-Hyperparameters fixed with ``--set`` are not tuned; fixing ``lr`` leaves a
-single setting to run.
+The learning-rate schedule (``--schedule``) applies to every trial alike.
+Hyperparameters fixed with ``--set`` or by the problem (:attr:`Problem.hparams`)
+are not tuned; fixing ``lr`` leaves a single setting to run.
 """
 
 from __future__ import annotations
@@ -26,14 +35,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from adaptim.lab.errors import LabError
-from adaptim.lab.optimizers import parse_optimizer
-from adaptim.lab.problems.base import Metric
+from adaptim.lab.optimizers import applicable, parse_optimizer
+from adaptim.lab.problems.base import Metric, Problem
+from adaptim.lab.schedules import SCHEDULES, check_schedule
 
 TUNING_SEED = 0
 #: More learning rates than this on one optimizer is a typo, not a study.
 MAX_BUDGET = 100
 SEARCHES = ("grid", "tpe", "random")
 Search = Literal["grid", "tpe", "random"]
+#: Extra learning rates per optimizer and round when some optimizer's best lies at a grid edge.
+EXTENSION = 2
+#: At most this many rounds of grid extension per problem.
+MAX_EXTENSIONS = 2
 
 
 @dataclass(frozen=True)
@@ -52,8 +66,11 @@ class StudyConfig:
     # None: the metric's default).
     max_seeds: int = 10
     margin: str | None = None
+    #: The learning-rate schedule of every trial (adaptim.lab.schedules); part of the key.
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        check_schedule(self.schedule)
         if self.seeds < 1:
             raise LabError(f"--seeds must be at least 1, got {self.seeds}")
         if self.steps is not None and self.steps < 1:
@@ -101,6 +118,8 @@ class StudyConfig:
             # Studies stored before adaptive seeding ran exactly their seeds.
             max_seeds=int(data.get("max_seeds", data["seeds"])),
             margin=data.get("margin"),
+            # Studies stored before schedules ran a constant learning rate.
+            schedule=data.get("schedule", SCHEDULES[0]),
         )
 
 
@@ -118,11 +137,13 @@ class Tuner(Protocol):
 
 
 class GridTuner:
-    """All learning rates of the grid at once."""
+    """All learning rates of the grid at once; :meth:`extend` adds more."""
 
     def __init__(self, optimizer: str, fixed: Mapping[str, Any], budget: int) -> None:
         variant, _ = parse_optimizer(optimizer)
-        lrs = [fixed["lr"]] if "lr" in fixed else variant.lr_grid(budget)
+        self.fixed = dict(fixed)
+        self.lr_fixed = "lr" in fixed
+        lrs = [fixed["lr"]] if self.lr_fixed else variant.lr_grid(budget)
         self.pending = [{**fixed, "lr": lr} for lr in lrs]
 
     def propose(self, limit: int) -> list[dict[str, Any]]:
@@ -132,9 +153,12 @@ class GridTuner:
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
         pass
 
+    def extend(self, lrs: Sequence[float]) -> None:
+        self.pending.extend({**self.fixed, "lr": lr} for lr in lrs)
+
 
 class OptunaTuner:
-    """Optuna's TPE or random sampler over the same log-lr range, with the same budget."""
+    """Optuna's TPE or random sampler over the optimizer's declared space, with the same budget."""
 
     def __init__(
         self, optimizer: str, fixed: Mapping[str, Any], budget: int, search: Search, metric: Metric
@@ -152,26 +176,27 @@ class OptunaTuner:
             direction="minimize" if metric.goal == "min" else "maximize", sampler=sampler
         )
         self.fixed = dict(fixed)
-        self.range = variant.lr_range
-        self.remaining = 1 if "lr" in fixed else budget
+        self.space = [d for d in variant.space if not d.fixed_by(fixed)]
+        self.remaining = budget if self.space else 1
         self.metric = metric
-        self.asked: list[tuple[float, Any]] = []
+        self.asked: list[tuple[dict[str, Any], Any]] = []
 
     def propose(self, limit: int) -> list[dict[str, Any]]:
         proposals = []
         for _ in range(min(limit, self.remaining)):
             trial = self.study.ask()
-            if "lr" in self.fixed:
-                lr = self.fixed["lr"]
-            else:
-                lr = float(f"{trial.suggest_float('lr', *self.range, log=True):.4g}")
-            self.asked.append((lr, trial))
-            proposals.append({**self.fixed, "lr": lr})
+            # Each dimension is sampled as a position in [0, 1] of its own scale.
+            hparams = {
+                **self.fixed,
+                **{d.name: d.from_unit(trial.suggest_float(d.name, 0.0, 1.0)) for d in self.space},
+            }
+            self.asked.append((hparams, trial))
+            proposals.append(hparams)
         self.remaining -= len(proposals)
         return proposals
 
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
-        match = next((i for i, (lr, _) in enumerate(self.asked) if lr == hparams["lr"]), None)
+        match = next((i for i, (h, _) in enumerate(self.asked) if h == dict(hparams)), None)
         if match is not None:
             _, trial = self.asked.pop(match)
             # A diverged run is told as the worst finite value Optuna can rank.
@@ -181,11 +206,90 @@ class OptunaTuner:
             self.study.tell(trial, told)
 
 
-def make_tuner(config: StudyConfig, optimizer: str, metric: Metric) -> Tuner:
-    fixed = dict(config.settings.get(optimizer, {}))
+def fixed_hparams(config: StudyConfig, optimizer: str, problem: Problem) -> dict[str, Any]:
+    """What is not tuned: the problem's own hyperparameters that apply, then ``--set`` on top."""
+    return {**applicable(optimizer, problem.hparams), **config.settings.get(optimizer, {})}
+
+
+def make_tuner(config: StudyConfig, optimizer: str, problem: Problem) -> Tuner:
+    fixed = fixed_hparams(config, optimizer, problem)
     if config.search == "grid":
         return GridTuner(optimizer, fixed, config.budget)
-    return OptunaTuner(optimizer, fixed, config.budget, config.search, metric)
+    return OptunaTuner(optimizer, fixed, config.budget, config.search, problem.metric)
+
+
+Tried = Sequence[tuple[Mapping[str, Any], float | None]]
+
+
+def _round(lr: float) -> float:
+    return float(f"{lr:.3g}")
+
+
+def edge_side(metric: Metric, tried: Tried) -> Literal["below", "above"] | None:
+    """Whether the best setting's lr is the smallest (``below``) or largest (``above``) tried.
+
+    Only a strict win counts: when the edge ties with its inner neighbour (a
+    plateau, such as every rate reaching zero error), the optimum does not lie
+    beyond the edge and the grid is not grown.
+    """
+    scores: dict[float, float] = {}
+    for hparams, value in tried:
+        if "lr" in hparams:
+            score = score_of(metric, value)
+            lr = hparams["lr"]
+            if lr not in scores or metric.better(score, scores[lr]):
+                scores[lr] = score
+    lrs = sorted(scores)
+    if len(lrs) < 2:
+        return None
+    best = best_setting(metric, tried).get("lr")
+    if best == lrs[0] and metric.better(scores[lrs[0]], scores[lrs[1]]):
+        return "below"
+    if best == lrs[-1] and metric.better(scores[lrs[-1]], scores[lrs[-2]]):
+        return "above"
+    return None
+
+
+def extend_grid(
+    metric: Metric, tried: Mapping[str, Tried], lr_fixed: Sequence[str] = ()
+) -> dict[str, tuple[str, list[float]]]:
+    """The next round of learning rates when some optimizer's best lies at an edge of its grid.
+
+    ``tried[optimizer]`` are its settings and validation scores so far. When
+    no optimizer (among those whose lr is tuned) has its best at an edge,
+    nothing: ``{}``. Otherwise every tuned optimizer gets :data:`EXTENSION`
+    new rates, so the extra runs are charged to all alike: one at an edge
+    continues its grid past that edge with the grid's own log step
+    (``"below"``/``"above"``); the others refine around their best, halfway
+    in log space to each neighbour and then to the next-nearest tried rates
+    (``"refine"``). Returns ``{optimizer: (side, new lrs)}``.
+    """
+    tuned = {o: t for o, t in tried.items() if o not in lr_fixed}
+    sides = {o: edge_side(metric, t) for o, t in tuned.items()}
+    if not any(sides.values()):
+        return {}
+    plan: dict[str, tuple[str, list[float]]] = {}
+    for optimizer, t in tuned.items():
+        lrs = sorted({h["lr"] for h, _ in t if "lr" in h})
+        if len(lrs) < 2:
+            continue
+        side = sides[optimizer]
+        if side is not None:
+            edge, inner = (lrs[0], lrs[1]) if side == "below" else (lrs[-1], lrs[-2])
+            ratio = edge / inner
+            plan[optimizer] = (side, [_round(edge * ratio**k) for k in range(1, EXTENSION + 1)])
+            continue
+        best = best_setting(metric, t)["lr"]
+        others = sorted((lr for lr in lrs if lr != best), key=lambda lr: abs(math.log(lr / best)))
+        fresh: list[float] = []
+        for other in others:
+            middle = _round(math.sqrt(best * other))
+            if middle not in lrs and middle not in fresh:
+                fresh.append(middle)
+            if len(fresh) == EXTENSION:
+                break
+        plan[optimizer] = ("refine", fresh)
+    return plan
 
 
 def final_seeds(config: StudyConfig) -> list[int]:

@@ -130,9 +130,14 @@ class Recommendation:
     #: Tied optimizers removed by a tie-break criterion, and which one.
     eliminated: Mapping[str, Criterion] = field(default_factory=dict)
     lr_ranges: Mapping[str, LrRange] = field(default_factory=dict)
-    #: Steps to the speed target of the contenders (``None``: never reached).
-    speeds: Mapping[str, int | None] = field(default_factory=dict)
+    #: Median steps over the re-run seeds to the validation target (``None``: the median seed
+    #: never reached it), per optimizer with re-runs.
+    speeds: Mapping[str, float | None] = field(default_factory=dict)
+    #: The validation target of that race, ``None`` when there is nothing to race.
     target: float | None = None
+    #: The target is the problem's fixed one (AlgoPerf); otherwise one that every seed
+    #: of the best two reaches (:func:`adaptim.lab.analysis.speed_target`).
+    target_fixed: bool = False
     margin: Margin | None = None
     margin_absolute: float | None = None
     level: float = stats.ALPHA
@@ -165,6 +170,7 @@ class Recommendation:
             "lr_ranges": {k: v.to_json() for k, v in self.lr_ranges.items()},
             "speeds": dict(self.speeds),
             "target": self.target,
+            "target_fixed": self.target_fixed,
             "margin": None if self.margin is None else self.margin.to_json(),
             "margin_absolute": self.margin_absolute,
             "level": self.level,

@@ -9,7 +9,12 @@ relative to the best value alone would.
 
 The **width** is the number of contiguous steps between tried learning
 rates (sorted) that are all good, around the best one: one good rate alone is
-0 steps. A diverged rate is never good and breaks the run. Each rate's value
+0 steps. Steps are the grid's own: the log distance from the lowest to the
+highest good rate divided by the widest gap between neighbouring tried rates
+(the grid's log step), rounded. On a plain grid this is the count of gaps; the
+rates a grid extension adds halfway between an optimizer's best and its
+neighbours (:func:`adaptim.lab.protocol.extend_grid`) then count as half
+steps, so refining around the best does not widen a range. A diverged rate is never good and breaks the run. Each rate's value
 is the mean over the seeds it was tuned on; the width records the fewest
 seeds behind any rate it spans. Widths are integers, so two optimizers whose
 widths differ by at most one step are equally robust (:data:`WIDTH_SLACK`):
@@ -21,6 +26,7 @@ marked ``fixed`` and this criterion is not used for it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,7 +118,9 @@ def lr_range(
     while high < len(lrs) - 1 and good(high + 1):
         high += 1
     seeds = min(len(by_lr[lrs[i]]) for i in range(low, high + 1))
-    return LrRange(high - low, lrs[low], lrs[high], seeds)
+    gap = max((math.log(b / a) for a, b in itertools.pairwise(lrs)), default=0.0)
+    steps = round(math.log(lrs[high] / lrs[low]) / gap) if gap > 0 else 0
+    return LrRange(steps, lrs[low], lrs[high], seeds)
 
 
 def _mean_or_none(values: Sequence[float | None]) -> float | None:

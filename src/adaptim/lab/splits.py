@@ -3,7 +3,9 @@
 Tuning, the choice of setting, ties and equivalence use a trial's
 *validation* metrics; the numbers the report shows are its *test* metrics
 (``TrialResult.final``). A problem with a single split gives the same values
-to both, and the report says that it has only one.
+to both (``TrialResult.validation`` then equals ``final`` and the trial's
+``info["tuned_on"]`` is :data:`~adaptim.lab.trial.TUNED_ON_TEST`), and the
+report and ``results.json`` say that it has only one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from adaptim.lab.trial import TrialResult
+from adaptim.lab.trial import TUNED_ON_TEST, TrialResult
 
 
 def _finite(value: float | None) -> float | None:
@@ -38,13 +40,22 @@ def validation_of(result: TrialResult) -> dict[str, float | None]:
     return dict(getattr(result, "validation", None) or result.final)
 
 
+def _has_validation(result: TrialResult) -> bool:
+    tuned_on = result.info.get("tuned_on")
+    if tuned_on is not None:  # what the trial recorded when it ran
+        return bool(tuned_on == "validation")
+    # A result built by hand: a validation split is one whose values differ from test's.
+    validation = getattr(result, "validation", None)
+    return bool(validation) and validation != result.final
+
+
 def has_validation(results: Iterable[TrialResult]) -> bool:
     """Whether the trials carry a validation split apart from test."""
-    return any(getattr(r, "validation", None) for r in results)
+    return any(_has_validation(r) for r in results)
 
 
 def splits_json(results: Iterable[TrialResult]) -> dict[str, Any]:
     """``tuned_on`` and ``reported_on`` for ``results.json``."""
     if has_validation(results):
         return {"tuned_on": "validation", "reported_on": "test"}
-    return {"tuned_on": "test", "reported_on": "test"}
+    return {"tuned_on": TUNED_ON_TEST, "reported_on": "test"}

@@ -137,7 +137,9 @@ class Store:
                 final=result.final,
                 wall_time=result.wall_time,
                 steps_done=result.steps_done,
-                info=result.info,
+                # Validation metrics ride in ``info``: stores made before they existed keep
+                # their schema, and their trials still load (validation = final).
+                info={**result.info, "validation": result.validation},
                 created_at=datetime.now(UTC),
                 records=[
                     RecordRow(
@@ -190,6 +192,8 @@ def _to_result(row: TrialRow, spec: TrialSpec) -> TrialResult:
         )
         for r in row.records
     ]
+    info = dict(row.info)
+    validation = info.pop("validation", None) or dict(row.final)
     return TrialResult(
         spec=spec,
         records=records,
@@ -197,7 +201,8 @@ def _to_result(row: TrialRow, spec: TrialSpec) -> TrialResult:
         diverged=row.diverged,
         wall_time=row.wall_time,
         steps_done=row.steps_done,
-        info=row.info,
+        info=info,
+        validation=validation,
     )
 
 

@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,20 @@ from adaptim.lab.analysis import (
     problem_json,
     recommend,
 )
+from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.protocol import (
+    MAX_EXTENSIONS,
     TUNING_SEED,
+    GridTuner,
     StudyConfig,
     Tuner,
     best_setting,
+    extend_grid,
     final_seeds,
+    fixed_hparams,
     make_tuner,
 )
 from adaptim.lab.store import Store
@@ -46,6 +51,9 @@ class ProblemOutcome:
     spec: str
     outcomes: list[OptimizerOutcome]
     recommendation: Recommendation
+    #: Rounds of grid extension: per round, each optimizer's side ("below", "above",
+    #: "refine") and the learning rates it added.
+    extensions: list[dict[str, dict[str, Any]]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = problem_json(
@@ -55,7 +63,16 @@ class ProblemOutcome:
         data["steps"] = (
             self.outcomes[0].runs[0].spec.steps if self.outcomes and self.outcomes[0].runs else None
         )
+        data["fixed_hparams"] = _plain(dict(self.problem.hparams))
+        data["grid_extensions"] = self.extensions
+        data["time_to_target"] = time_to_target_json(
+            self.problem.metric, self.problem.target, {o.name: o.runs for o in self.outcomes}
+        )
         return data
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 @dataclass
@@ -100,19 +117,32 @@ class Study:
         self.context = context or BuildContext()
         self.on_trial = on_trial or (lambda result, reused: None)
         self.problems = {spec: resolve_problem(spec) for spec in config.problems}
+        #: Per problem, the rounds of grid extension so far (see :func:`extend_grid`).
+        self.extensions: dict[str, list[dict[str, dict[str, Any]]]] = {
+            spec: [] for spec in self.problems
+        }
 
     def steps(self, problem: Problem) -> int:
         return self.config.steps or problem.steps
 
     def planned_trials(self) -> int:
-        """How many trials the study runs (or finds stored), for progress bars; adaptive seeding
-        may add more."""
-        per_problem = sum(
-            (1 if "lr" in self.config.settings.get(o, {}) else self.config.budget)
+        """How many trials the study runs (or finds stored), for progress bars.
+
+        Grid extensions are known only once the grid has run, and adaptive seeding and a
+        tie's second-seed sweep only once the re-runs have: the count grows then.
+        """
+        extra = sum(
+            len(plan["lrs"])
+            for rounds in self.extensions.values()
+            for round_ in rounds
+            for plan in round_.values()
+        )
+        return extra + sum(
+            (1 if "lr" in fixed_hparams(self.config, o, problem) else self.config.budget)
             + self.config.seeds
+            for problem in self.problems.values()
             for o in self.config.optimizers
         )
-        return per_problem * len(self.problems)
 
     def policy(self) -> Policy:
         """The analysis settings of this study (margin, adaptive seeding)."""
@@ -129,6 +159,7 @@ class Study:
 
     def run(self) -> StudyOutcome:
         policy = self.policy()
+        self.extensions = {spec: [] for spec in self.problems}
         tuning = self._tune()
         finals = self._rerun(tuning, policy)
         sweeps = self._sweep(tuning, finals, policy)
@@ -136,7 +167,13 @@ class Study:
         for spec, problem in self.problems.items():
             outcomes = self._outcomes(spec, tuning, finals, sweeps)
             problems.append(
-                ProblemOutcome(problem, spec, outcomes, recommend(problem.metric, outcomes, policy))
+                ProblemOutcome(
+                    problem,
+                    spec,
+                    outcomes,
+                    recommend(problem.metric, outcomes, policy, problem.target),
+                    self.extensions[spec],
+                )
             )
         return StudyOutcome(
             self.config, problems, self.store.url, shlex.join(["adaptim", *sys.argv[1:]])
@@ -157,7 +194,8 @@ class Study:
                 hparams=self._chosen(spec, tuning[spec, optimizer]),
                 tuning=tuning[spec, optimizer],
                 runs=finals[spec, optimizer],
-                lr_fixed="lr" in self.config.settings.get(optimizer, {}),
+                # Fixed with --set or by the problem (Problem.hparams): no range was searched.
+                lr_fixed="lr" in fixed_hparams(self.config, optimizer, self.problems[spec]),
                 sweeps=(sweeps or {}).get((spec, optimizer), []),
             )
             for optimizer in self.config.optimizers
@@ -169,7 +207,7 @@ class Study:
 
     def _tune(self) -> dict[tuple[str, str], list[TrialResult]]:
         tuners: dict[tuple[str, str], Tuner] = {
-            (spec, optimizer): make_tuner(self.config, optimizer, problem.metric)
+            (spec, optimizer): make_tuner(self.config, optimizer, problem)
             for spec, problem in self.problems.items()
             for optimizer in self.config.optimizers
         }
@@ -184,12 +222,48 @@ class Study:
                 for hparams in tuner.propose(1)
             ]
             if not wave:
-                return results
+                if not self._extend(tuners, results):
+                    return results
+                continue
             done = {r.spec.key(): r for r in self._execute([s for _, s in wave])}
             for key, spec in wave:
                 result = done[spec.key()]
                 results[key].append(result)
                 tuners[key].observe(spec.hparams, result.score(self.problems[key[0]].metric.name))
+
+    def _extend(
+        self,
+        tuners: dict[tuple[str, str], Tuner],
+        results: dict[tuple[str, str], list[TrialResult]],
+    ) -> bool:
+        """Grow the grids of the problems where some optimizer's best is at an edge."""
+        grown = False
+        for spec, problem in self.problems.items():
+            grids = {
+                o: tuner
+                for (p, o), tuner in tuners.items()
+                if p == spec and isinstance(tuner, GridTuner)
+            }
+            if not grids or len(self.extensions[spec]) >= MAX_EXTENSIONS:
+                continue
+            metric = problem.metric
+            plan = extend_grid(
+                metric,
+                {
+                    o: [(t.spec.hparams, t.score(metric.name)) for t in results[spec, o]]
+                    for o in grids
+                },
+                [o for o, tuner in grids.items() if tuner.lr_fixed],
+            )
+            if not plan:
+                continue
+            for optimizer, (_, lrs) in plan.items():
+                grids[optimizer].extend(lrs)
+            self.extensions[spec].append(
+                {o: {"side": side, "lrs": lrs} for o, (side, lrs) in plan.items()}
+            )
+            grown = True
+        return grown
 
     def _spec(
         self, problem: str, optimizer: str, hparams: dict[str, Any], seed: int, phase: Phase
@@ -203,6 +277,7 @@ class Study:
             self.steps(self.problems[problem]),
             phase,
             data=None if data_dir is None else str(data_dir.resolve()),
+            schedule=self.config.schedule,
         )
 
     def _rerun(

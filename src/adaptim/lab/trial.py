@@ -1,10 +1,14 @@
 """One trial: a problem × optimizer × hyperparameters × seed × step budget, run to the end.
 
 A trial streams records at regular intervals: step, training loss, the
-evaluation metrics, training wall time (evaluation excluded) and percentiles
-of the effective per-coordinate learning rate (``Optimizer.effective_lr``).
-A diverged run (non-finite loss or main metric) stops early and is marked;
-it never raises.
+*validation* metrics (the problem's ``validate()``; its ``evaluate()`` when it
+has no validation split), training wall time (evaluation excluded) and the
+effective learning rate (see :class:`_EffectiveLrProbe`). At the end it
+evaluates the *test* metrics once: ``TrialResult.final``. Tuning and
+time-to-target read validation (``TrialResult.validation`` and the records);
+reported results read test. A diverged run (non-finite loss or main metric)
+stops early and is marked; it never raises. The learning-rate schedule
+(:mod:`adaptim.lab.schedules`) is part of the trial.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ from adaptim import __version__
 from adaptim.lab.errors import LabError
 from adaptim.lab.optimizers import make_optimizer
 from adaptim.lab.problems.base import BuildContext, Problem
+from adaptim.lab.schedules import make_scheduler
 
 Phase = Literal["tune", "final"]
+Split = Literal["validation", "test"]
+
+#: Bumped when what a trial measures changes, so stale stored trials are not reused:
+#: 2 = records and ``validation`` on the validation split, ``final`` on test, masked
+#: effective learning rate with momentum's 1/(1 − μ).
+TRIAL_VERSION = 2
 
 #: Percentiles of the effective learning rate recorded at each evaluation.
 EFFECTIVE_LR_PERCENTILES = (10, 50, 90)
@@ -45,6 +56,8 @@ class TrialSpec:
     phase: Phase = "tune"
     #: The resolved ``--data-dir`` the problem reads, if any: other data, other trial.
     data: str | None = None
+    #: The learning-rate schedule (:data:`adaptim.lab.schedules.SCHEDULES`).
+    schedule: str = "constant"
 
     def key(self) -> str:
         identity: dict[str, Any] = {
@@ -53,6 +66,8 @@ class TrialSpec:
             "hparams": {k: _jsonable(v) for k, v in sorted(self.hparams.items())},
             "seed": self.seed,
             "steps": self.steps,
+            "schedule": self.schedule,
+            "version": TRIAL_VERSION,
         }
         if self.data is not None:
             identity["data"] = self.data
@@ -71,6 +86,14 @@ class Record:
 
 @dataclass
 class TrialResult:
+    """What a trial measured.
+
+    ``final`` holds the test metrics at the end, ``validation`` the
+    validation metrics at the end (equal to ``final`` for a problem without a
+    validation split; ``info["tuned_on"]`` then says so), and ``records`` the
+    validation curve.
+    """
+
     spec: TrialSpec
     records: list[Record]
     final: dict[str, float | None]
@@ -78,10 +101,19 @@ class TrialResult:
     wall_time: float
     steps_done: int
     info: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, float | None] = field(default_factory=dict)
 
-    def score(self, metric: str) -> float | None:
-        """The final main metric, or ``None`` for a diverged run."""
-        return None if self.diverged else self.final.get(metric)
+    def __post_init__(self) -> None:
+        if not self.validation:  # a single-split trial, or one stored before validation existed
+            self.validation = dict(self.final)
+
+    def score(self, metric: str, split: Split = "validation") -> float | None:
+        """The final ``metric`` on ``split`` (validation by default), ``None`` for a diverged run."""
+        if split not in ("validation", "test"):
+            raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+        if self.diverged:
+            return None
+        return (self.validation if split == "validation" else self.final).get(metric)
 
 
 def _jsonable(value: Any) -> Any:
@@ -110,32 +142,116 @@ def _metric_value(problem: str, name: str, value: Any) -> float | None:
 
 
 class _EffectiveLrProbe:
-    """Percentiles of the effective learning rate over a fixed sample of coordinates."""
+    """The effective learning rate of the coordinates the optimizer has actually touched.
+
+    Per coordinate it is the optimizer's ``effective_lr()`` times, for
+    heavy-ball momentum μ (with dampening d), the steady-state gain
+    (1 − d)/(1 − μ) of its buffer: SGD with momentum 0.9 and lr 0.01 moves like
+    plain SGD with lr 0.1, so the two compare like for like. Adam's first
+    moment is an average, with gain 1, and needs no factor.
+
+    Coordinates whose per-coordinate state still holds its initial value
+    (a feature that never fired, a never-seen sample's weight) are left out:
+    their rate is lr/ε, a number about the initial state rather than the
+    optimizer. Plain SGD keeps no per-coordinate state, so all its
+    coordinates count (its rate is lr everywhere, so its percentiles are the
+    same either way; only ``active`` reads 1). The record gives percentiles
+    over the touched coordinates
+    (``p10``, ``p50``, ``p90``, from a fixed sample of at most 65,536), the
+    share of coordinates touched (``active``), and each parameter tensor's own
+    median (``median:<i>``, ``i`` counting the parameters in ``param_groups``
+    order, at most :data:`_EFFECTIVE_LR_TENSORS` of them).
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, seed: int) -> None:
         self.optimizer = optimizer
         self.sample: torch.Tensor | None = None
         self.seed = seed
 
-    def __call__(self) -> dict[str, float | None] | None:
+    def _rates(self) -> list[torch.Tensor | None] | None:
         rates_of = getattr(self.optimizer, "effective_lr", None)
         if rates_of is None:
             return None
-        rates = [r.reshape(-1) for r in rates_of() if r is not None]
-        if not rates:
+        rates: list[torch.Tensor | None] = rates_of()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        gains = [
+            _momentum_gain(group) for group in self.optimizer.param_groups for _ in group["params"]
+        ]
+        initial = _initial_state(self.optimizer)
+        scaled: list[torch.Tensor | None] = []
+        for p, rate, gain in zip(params, rates, gains, strict=True):
+            if rate is None:
+                scaled.append(None)
+                continue
+            rate = rate.detach().reshape(-1).to(torch.float64) * gain
+            touched = _touched(self.optimizer.state.get(p, {}), initial, p.numel())
+            scaled.append(rate if touched is None else torch.where(touched, rate, torch.nan))
+        return scaled
+
+    def __call__(self) -> dict[str, float | None] | None:
+        rates = self._rates()
+        if rates is None or all(r is None for r in rates):
             return None
-        flat = torch.cat(rates).to(torch.float64)
+        result: dict[str, float | None] = {}
+        for index, rate in enumerate(rates[:_EFFECTIVE_LR_TENSORS]):
+            if rate is not None:
+                kept = rate[~rate.isnan()]
+                result[f"median:{index}"] = (
+                    _finite_or_none(float(kept.median())) if kept.numel() else None
+                )
+        flat = torch.cat([r for r in rates if r is not None])
         if self.sample is None and flat.numel() > _EFFECTIVE_LR_SAMPLE:
             generator = torch.Generator().manual_seed(self.seed)
             self.sample = torch.randperm(flat.numel(), generator=generator)[:_EFFECTIVE_LR_SAMPLE]
         if self.sample is not None:
             flat = flat[self.sample]
+        kept = flat[~flat.isnan()]
+        result["active"] = kept.numel() / max(1, flat.numel())
+        if kept.numel() == 0:
+            return {**result, **{f"p{p}": None for p in EFFECTIVE_LR_PERCENTILES}}
         quantiles = torch.tensor([p / 100 for p in EFFECTIVE_LR_PERCENTILES], dtype=torch.float64)
-        values = torch.quantile(flat, quantiles).tolist()
-        return {
-            f"p{p}": _finite_or_none(v)
-            for p, v in zip(EFFECTIVE_LR_PERCENTILES, values, strict=True)
-        }
+        values = torch.quantile(kept, quantiles).tolist()
+        for p, v in zip(EFFECTIVE_LR_PERCENTILES, values, strict=True):
+            result[f"p{p}"] = _finite_or_none(v)
+        return result
+
+
+#: Per-tensor medians are recorded for at most this many parameter tensors.
+_EFFECTIVE_LR_TENSORS = 64
+
+
+def _momentum_gain(group: Mapping[str, Any]) -> float:
+    """(1 − d)/(1 − μ) for heavy-ball momentum μ with dampening d; 1 without momentum."""
+    momentum = float(group.get("momentum", 0.0) or 0.0)
+    if not 0.0 < momentum < 1.0:
+        return 1.0
+    return (1.0 - float(group.get("dampening", 0.0) or 0.0)) / (1.0 - momentum)
+
+
+def _initial_state(optimizer: torch.optim.Optimizer) -> Mapping[str, float | None]:
+    """Each per-coordinate state entry's initial fill (``None``: created from the first gradient)."""
+    algorithm = getattr(optimizer, "algorithm", None)
+    if algorithm is None or not optimizer.param_groups:
+        return {}
+    group = optimizer.param_groups[0]
+    try:
+        return dict(algorithm.state({k: group[k] for k in algorithm.hparams if k in group}))
+    except (KeyError, TypeError):
+        return {}
+
+
+def _touched(
+    state: Mapping[str, Any], initial: Mapping[str, float | None], numel: int
+) -> torch.Tensor | None:
+    """Which coordinates have left their initial state; ``None``: no per-coordinate state."""
+    touched: torch.Tensor | None = None
+    for name, fill in initial.items():
+        value = state.get(name)
+        if not isinstance(value, torch.Tensor) or value.numel() != numel:
+            continue
+        moved = value.detach().reshape(-1) != (0.0 if fill is None else fill)
+        touched = moved if touched is None else touched | moved
+    return touched
 
 
 def run_trial(
@@ -145,18 +261,23 @@ def run_trial(
     torch.manual_seed(spec.seed)  # module initialisers draw from the global generator
     setup = problem.build(spec.seed, context or BuildContext())
     optimizer = make_optimizer(spec.optimizer, setup.parameters, spec.hparams)
+    scheduler = make_scheduler(spec.schedule, optimizer, spec.steps)
     probe = _EffectiveLrProbe(optimizer, spec.seed)
     interval = problem.eval_interval(spec.steps)
     main = problem.metric.name
+    validate = setup.validate or setup.evaluate
     records: list[Record] = []
     train_time = 0.0
     diverged = False
     step = 0
     last_loss: float | None = None
 
-    def record(at: int) -> dict[str, float | None]:
+    def measure(evaluate: Any) -> dict[str, float | None]:
         with torch.no_grad():
-            metrics = {k: _metric_value(problem.name, k, v) for k, v in setup.evaluate().items()}
+            return {k: _metric_value(problem.name, k, v) for k, v in evaluate().items()}
+
+    def record(at: int) -> dict[str, float | None]:
+        metrics = measure(validate)
         position = setup.position() if setup.position is not None else None
         # Before the first step the state says nothing about the effective rate.
         rates = probe() if at > 0 else None
@@ -165,8 +286,8 @@ def run_trial(
 
     if main not in record(0):
         raise LabError(
-            f"problem {problem.name!r}: evaluate() returned {sorted(records[0].metrics)}, "
-            f"which lacks its main metric {main!r}"
+            f"problem {problem.name!r}: {'validate' if setup.validate else 'evaluate'}() returned "
+            f"{sorted(records[0].metrics)}, which lacks its main metric {main!r}"
         )
     for step in range(1, spec.steps + 1):
         start = time.perf_counter()
@@ -189,23 +310,37 @@ def run_trial(
             break
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         train_time += time.perf_counter() - start
         if step % interval == 0 or step == spec.steps:
             metrics = record(step)
             if metrics.get(main) is None:
                 diverged = True
                 break
-    final = (
-        records[-1].metrics if records and not diverged else {k: None for k in records[0].metrics}
-    )
-    if diverged and (not records or records[-1].step != step):
-        records.append(Record(step, last_loss, dict(final), train_time, None, None))
+    empty: dict[str, float | None] = {k: None for k in records[0].metrics}
+    validation = dict(records[-1].metrics) if records and not diverged else dict(empty)
+    if diverged:
+        final = dict(empty)
+        if not records or records[-1].step != step:
+            records.append(Record(step, last_loss, dict(empty), train_time, None, None))
+    else:
+        final = measure(setup.evaluate) if setup.validate is not None else dict(validation)
     return TrialResult(
         spec=spec,
         records=records,
-        final=dict(final),
+        final=final,
         diverged=diverged,
         wall_time=train_time,
         steps_done=step,
-        info={"adaptim": __version__, "torch": torch.__version__},
+        info={
+            "adaptim": __version__,
+            "torch": torch.__version__,
+            "tuned_on": "validation" if setup.validate is not None else TUNED_ON_TEST,
+        },
+        validation=validation,
     )
+
+
+#: ``info["tuned_on"]`` of a trial whose problem has no validation split.
+TUNED_ON_TEST = "test (no validation split)"

@@ -22,23 +22,38 @@ A user's own problem is a function that takes no arguments and returns a
                 rows = torch.randint(0, 512, (32,), generator=g)
                 return ((x[rows] @ w - y[rows]) ** 2).mean()
 
-            def evaluate() -> dict[str, float]:
+            x_val = torch.randn(256, 3, generator=g)
+            y_val = x_val @ torch.tensor([1.0, -2.0, 0.5])
+
+            def evaluate() -> dict[str, float]:      # test metrics: reported
                 return {"mse": ((x @ w - y) ** 2).mean().item()}
 
-            return Setup(parameters=[w], train_loss=train_loss, evaluate=evaluate)
+            def validate() -> dict[str, float]:      # validation metrics: tuning, curves
+                return {"mse": ((x_val @ w - y_val) ** 2).mean().item()}
+
+            return Setup(parameters=[w], train_loss=train_loss, evaluate=evaluate,
+                         validate=validate)
 
         return Problem(
             name="my-regression", description="3-d least squares",
             metric=Metric("mse", "min"), build=build, steps=300, batch_size=32,
         )
+
+**Validation and test.** The lab tunes on validation data and reports on
+test data (DeepOBS, AlgoPerf). ``Setup.validate`` returns the validation
+metrics (the same names as ``evaluate``'s); the curves, the choice of a
+setting and time-to-target use them, while the reported numbers come from
+``evaluate`` at the end of the re-runs. A problem without ``validate`` still
+works: everything then uses ``evaluate``, and the results say so
+(``"tuned_on": "test (no validation split)"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -75,15 +90,17 @@ class Setup:
     """One problem instance, built from a seed.
 
     ``train_loss(step)`` returns the differentiable loss on the minibatch of
-    step ``step`` (1-based). ``evaluate()`` returns the metrics, the main one
-    included; it runs under ``torch.no_grad()``. 2-D problems also give
-    ``position()``, the current point, for trajectory plots.
+    step ``step`` (1-based). ``evaluate()`` returns the *test* metrics, the
+    main one included; ``validate()``, when given, the same metrics on the
+    validation data. Both run under ``torch.no_grad()``. 2-D problems also
+    give ``position()``, the current point, for trajectory plots.
     """
 
     parameters: Sequence[torch.Tensor]
     train_loss: Callable[[int], torch.Tensor]
     evaluate: Callable[[], dict[str, float]]
     position: Callable[[], tuple[float, float]] | None = None
+    validate: Callable[[], dict[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,13 @@ class Problem:
     #: For 2-D problems: the noise-free function f(u, v), elementwise on tensors; the report
     #: draws its contours under the optimizers' paths.
     landscape: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    #: A fixed validation value of the main metric that counts as "trained", for AlgoPerf's
+    #: time-to-target (:func:`adaptim.lab.curves.time_to_target`); ``None``: no target.
+    target: float | None = None
+    #: Hyperparameters this problem fixes for every optimizer that has them, e.g. Reddi et
+    #: al.'s ``betas=(0.9, 0.99)``; they override the optimizer's default (``--set`` wins) and
+    #: show in every trial's ``hparams``.
+    hparams: Mapping[str, Any] = field(default_factory=dict)
 
     def eval_interval(self, steps: int) -> int:
         return self.eval_every or max(1, steps // 25)

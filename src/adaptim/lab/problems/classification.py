@@ -3,8 +3,9 @@
 A classification problem is a data loader (seed, context → :class:`Split`)
 and a model factory; :func:`classification_problem` turns the pair into a
 :class:`Problem` whose training loss is the cross-entropy of a seeded
-minibatch and whose evaluation is test accuracy (the main metric) and test
-loss over the whole test set.
+minibatch and whose metrics are accuracy (the main metric) and mean
+cross-entropy ``loss``, on the whole validation set (``validate``) and on the
+whole test set (``evaluate``).
 """
 
 from __future__ import annotations
@@ -27,24 +28,51 @@ EVAL_CHUNK = 1000
 
 @dataclass(frozen=True)
 class Split:
-    """A labelled data set cut into train and test: float32 inputs, int64 labels."""
+    """A labelled data set cut into train, validation and test: float32 inputs, int64 labels."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
 
     @classmethod
     def from_numpy(
-        cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+        cls,
+        train: tuple[np.ndarray, np.ndarray],
+        val: tuple[np.ndarray, np.ndarray],
+        test: tuple[np.ndarray, np.ndarray],
     ) -> Split:
+        """From ``(inputs, labels)`` pairs of NumPy arrays."""
+
         def inputs(x: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
         def labels(y: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
-        return cls(inputs(x_train), labels(y_train), inputs(x_test), labels(y_test))
+        return cls(
+            inputs(train[0]),
+            labels(train[1]),
+            inputs(val[0]),
+            labels(val[1]),
+            inputs(test[0]),
+            labels(test[1]),
+        )
+
+
+def train_val_test(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffled, stratified, disjoint train, validation and test indices of ``labels``.
+
+    The test set takes ``test_fraction`` of each class, the validation set
+    ``val_fraction`` of the whole from what is left.
+    """
+    rest, test = stratified_split(labels, test_fraction, rng)
+    train, val = stratified_split(labels[rest], val_fraction / (1 - test_fraction), rng)
+    return rest[train], rest[val], test
 
 
 def stratified_split(
@@ -65,9 +93,9 @@ def stratified_split(
 
 
 def standardize(
-    train: np.ndarray, test: np.ndarray, *, per_feature: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Center and scale both sets with the training set's mean and standard deviation.
+    train: np.ndarray, *others: np.ndarray, per_feature: bool
+) -> tuple[np.ndarray, ...]:
+    """Center and scale every set with the training set's mean and standard deviation.
 
     ``per_feature`` scales each column on its own (constant columns are only
     centered); otherwise one mean and one deviation are used for all values,
@@ -77,7 +105,7 @@ def standardize(
     mean = train.mean(axis=axis)
     std = train.std(axis=axis)
     std = np.where(std > 0, std, 1.0)
-    return (train - mean) / std, (test - mean) / std
+    return tuple((x - mean) / std for x in (train, *others))
 
 
 def small_cnn(
@@ -146,27 +174,36 @@ def seeded_model(factory: Callable[[], nn.Module], generator: torch.Generator) -
     return model
 
 
+def classification_metrics(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on a whole labelled set, in chunks."""
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(labels), EVAL_CHUNK):
+            x = inputs[start : start + EVAL_CHUNK]
+            y = labels[start : start + EVAL_CHUNK]
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == y).sum())
+    n = len(labels)
+    return {"accuracy": correct / n, "loss": loss / n}
+
+
 def classification_setup(model: nn.Module, data: Split, batch_size: int, seed: int) -> Setup:
-    """Cross-entropy on seeded minibatches; test accuracy and loss on the whole test set."""
+    """Cross-entropy on seeded minibatches; accuracy and loss on the whole validation and test sets."""
     batches = EpochBatches(len(data.y_train), batch_size, seed)
 
     def train_loss(step: int) -> torch.Tensor:
         rows = batches(step)
         return F.cross_entropy(model(data.x_train[rows]), data.y_train[rows])
 
-    def evaluate() -> dict[str, float]:
-        correct, loss = 0, 0.0
-        with torch.no_grad():
-            for start in range(0, len(data.y_test), EVAL_CHUNK):
-                x = data.x_test[start : start + EVAL_CHUNK]
-                y = data.y_test[start : start + EVAL_CHUNK]
-                logits = model(x)
-                loss += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += int((logits.argmax(dim=1) == y).sum())
-        n = len(data.y_test)
-        return {"test_accuracy": correct / n, "test_loss": loss / n}
-
-    return Setup(parameters=list(model.parameters()), train_loss=train_loss, evaluate=evaluate)
+    return Setup(
+        parameters=list(model.parameters()),
+        train_loss=train_loss,
+        evaluate=lambda: classification_metrics(model, data.x_test, data.y_test),
+        validate=lambda: classification_metrics(model, data.x_val, data.y_val),
+    )
 
 
 def classification_problem(
@@ -178,8 +215,9 @@ def classification_problem(
     steps: int,
     batch_size: int,
     tags: tuple[str, ...] = (),
+    target: float | None = None,
 ) -> Problem:
-    """A :class:`Problem` training ``model()`` on ``load(seed, context)``, scored by test accuracy.
+    """A :class:`Problem` training ``model()`` on ``load(seed, context)``, scored by accuracy.
 
     The seed drives the data split (through ``load``), the initial weights and
     the minibatch order, each from its own stream.
@@ -193,9 +231,10 @@ def classification_problem(
     return Problem(
         name=name,
         description=description,
-        metric=Metric("test_accuracy", "max"),
+        metric=Metric("accuracy", "max"),
         build=build,
         steps=steps,
         batch_size=batch_size,
         tags=("classification", *tags),
+        target=target,
     )

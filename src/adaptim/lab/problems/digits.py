@@ -2,8 +2,9 @@
 
 The data are the UCI "Optical Recognition of Handwritten Digits" test set
 (Alpaydin & Kaynak 1998) as shipped by :func:`sklearn.datasets.load_digits`,
-so the problems run offline. Each seed draws its own stratified 80/20
-train/test split; pixels are standardized with the training set's statistics.
+so the problems run offline. Each seed draws its own stratified
+70/10/20 train/validation/test split (about 1,257/180/360 images); pixels
+are standardized with the training set's statistics.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from adaptim.lab.problems.classification import (
     classification_problem,
     small_cnn,
     standardize,
-    stratified_split,
+    train_val_test,
 )
 from adaptim.lab.problems.sampling import numpy_rng, preserving_global_rngs
 
-TEST_FRACTION = 0.2
+TEST_FRACTION, VAL_FRACTION = 0.2, 0.1
 
 
 @functools.cache
@@ -41,9 +42,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 def load_digits_split(seed: int, context: BuildContext) -> Split:
     """A seeded stratified split of the digits, standardized per pixel; inputs are 64-vectors."""
     x, y = _digits()
-    train, test = stratified_split(y, TEST_FRACTION, numpy_rng(seed, "split"))
-    x_train, x_test = standardize(x[train], x[test], per_feature=True)
-    return Split.from_numpy(x_train, y[train], x_test, y[test])
+    train, val, test = train_val_test(y, VAL_FRACTION, TEST_FRACTION, numpy_rng(seed, "split"))
+    x_train, x_val, x_test = standardize(x[train], x[val], x[test], per_feature=True)
+    return Split.from_numpy((x_train, y[train]), (x_val, y[val]), (x_test, y[test]))
 
 
 def digits_mlp() -> nn.Module:
@@ -65,6 +66,7 @@ def _digits_problem(name: str, model_doc: str, model: Callable[[], nn.Module]) -
         steps=1000,
         batch_size=64,
         tags=("image",),
+        target=0.96,  # tuned optimizers end at 0.956–0.968 on the MLP (default study)
     )
 
 

@@ -2,9 +2,12 @@
 
 Greydanus, "Scaling Down Deep Learning" (2020), https://github.com/greydanus/mnist1d.
 The data set is the default of :func:`mnist1d.data.make_dataset` (5,000
-signals, the first 4,000 for training and the last 1,000 for testing); it is
-fixed by the generator's own seed (42), so it is generated once per process.
-The trial seed drives the initial weights and the minibatch order.
+signals, 4,000 for training and 1,000 for testing); it is fixed by the
+generator's own seed (42), so it is generated once per process. The 1,000
+test signals are the paper's test set and stay fixed (held out from tuning,
+reported only); each trial seed draws its own stratified validation set of
+10% of each class (about 400 signals) from the 4,000 training signals and
+trains on the other 3,600 or so. The trial seed also drives the initial weights and the minibatch order.
 
 The four models are the reference models of the MNIST-1D notebooks
 (``notebooks/models.py``): logistic regression; an MLP with two hidden
@@ -22,31 +25,38 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from adaptim.lab.problems.base import BuildContext, Problem
-from adaptim.lab.problems.classification import Split, classification_problem
-from adaptim.lab.problems.sampling import preserving_global_rngs
+from adaptim.lab.problems.classification import Split, classification_problem, stratified_split
+from adaptim.lab.problems.sampling import numpy_rng, preserving_global_rngs
 
 LENGTH = 40
 CLASSES = 10
 BATCH_SIZE = 100
+VALIDATION = 400
 
 
 @functools.cache
-def _mnist1d() -> Split:
+def _mnist1d() -> dict[str, np.ndarray]:
     # make_dataset reseeds NumPy's and Python's global RNGs with its own seed.
     with preserving_global_rngs():
         from mnist1d.data import make_dataset
 
         data = make_dataset()
-    return Split.from_numpy(data["x"], data["y"], data["x_test"], data["y_test"])
+    return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
 def load_mnist1d(seed: int, context: BuildContext) -> Split:
-    """The fixed MNIST-1D train/test split (4,000/1,000 signals of length 40)."""
-    return _mnist1d()
+    """About 3,600 training and 400 validation signals drawn by ``seed``; the fixed 1,000 test signals."""
+    data = _mnist1d()
+    x, y = data["x"], data["y"]
+    train, val = stratified_split(y, VALIDATION / len(y), numpy_rng(seed, "split"))
+    return Split.from_numpy(
+        (x[train], y[train]), (x[val], y[val]), (data["x_test"], data["y_test"])
+    )
 
 
 class ResidualMLP(nn.Module):
@@ -96,7 +106,9 @@ def mnist1d_cnn(channels: int = 25) -> nn.Module:
     )
 
 
-def _problem(name: str, model_doc: str, model: Callable[[], nn.Module], steps: int) -> Problem:
+def _problem(
+    name: str, model_doc: str, model: Callable[[], nn.Module], steps: int, target: float
+) -> Problem:
     return classification_problem(
         name=name,
         description=f"MNIST-1D (Greydanus 2020), {model_doc}; {steps} steps (paper: 6,000)",
@@ -105,10 +117,17 @@ def _problem(name: str, model_doc: str, model: Callable[[], nn.Module], steps: i
         steps=steps,
         batch_size=BATCH_SIZE,
         tags=("sequence",),
+        target=target,
     )
 
 
-MNIST1D_LOGREG = _problem("mnist1d-logreg", "logistic regression", mnist1d_logreg, 3000)
-MNIST1D_MLP = _problem("mnist1d-mlp", "residual MLP, 100 hidden units", ResidualMLP, 3000)
-MNIST1D_CNN = _problem("mnist1d-cnn", "CNN, three conv layers of 25 channels", mnist1d_cnn, 2000)
-MNIST1D_GRU = _problem("mnist1d-gru", "bidirectional GRU, 6 hidden units", BiGRUClassifier, 1000)
+# Time-to-target targets: validation accuracies a little under the paper's test accuracies
+# (logistic regression 32%, MLP 68%, CNN 94%, GRU 91%), reachable within the scaled-down budgets.
+MNIST1D_LOGREG = _problem("mnist1d-logreg", "logistic regression", mnist1d_logreg, 3000, 0.30)
+MNIST1D_MLP = _problem("mnist1d-mlp", "residual MLP, 100 hidden units", ResidualMLP, 3000, 0.60)
+MNIST1D_CNN = _problem(
+    "mnist1d-cnn", "CNN, three conv layers of 25 channels", mnist1d_cnn, 2000, 0.85
+)
+MNIST1D_GRU = _problem(
+    "mnist1d-gru", "bidirectional GRU, 6 hidden units", BiGRUClassifier, 1000, 0.75
+)

@@ -1,10 +1,15 @@
 """Small synthetic models with known ground truth: linear and sparse logistic regression,
 low-rank matrix completion.
 
-All data are drawn from the trial seed. Two are convex, where each
-optimizer's behaviour is easy to reason about; ``logreg-sparse`` is the
-setting AdaGrad was designed for (Duchi, Hazan & Singer 2011: rare but
-informative features). Matrix factorization is the classic nonconvex one,
+All data are drawn from the trial seed, with disjoint train, validation and
+test sets. Two are convex, where each optimizer's behaviour is easy to
+reason about; ``logreg-sparse`` is the setting AdaGrad was designed for
+(Duchi, Hazan & Singer 2011: rare but informative features). What it shows
+is that per-coordinate steps beat one global step: AdaGrad, RMSprop and
+Adam all scale up the steps of rare coordinates, and all beat plain SGD
+there; it does not single out AdaGrad (RMSprop's and Adam's moving averages
+give a rare coordinate an even larger normalised step), and the lab does
+not claim it does. Matrix factorization is the classic nonconvex one,
 with sparse gradients (each step touches few rows of the factors).
 """
 
@@ -27,15 +32,17 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 # ---------------------------------------------------------------- linear regression
 
-LINREG_TRAIN, LINREG_TEST, LINREG_NOISE = 1000, 1000, 0.5
+LINREG_TRAIN, LINREG_VAL, LINREG_TEST, LINREG_NOISE = 1000, 500, 1000, 0.5
 
 
 def _build_linreg(seed: int, context: BuildContext) -> Setup:
     rng = numpy_rng(seed, "data")
-    x = rng.standard_normal(LINREG_TRAIN + LINREG_TEST)
+    x = rng.standard_normal(LINREG_TRAIN + LINREG_VAL + LINREG_TEST)
     y = 2 * x + 1 + LINREG_NOISE * rng.standard_normal(len(x))
+    cut = LINREG_TRAIN + LINREG_VAL
     x_train, y_train = _tensor(x[:LINREG_TRAIN]), _tensor(y[:LINREG_TRAIN])
-    x_test, y_test = _tensor(x[LINREG_TRAIN:]), _tensor(y[LINREG_TRAIN:])
+    x_val, y_val = _tensor(x[LINREG_TRAIN:cut]), _tensor(y[LINREG_TRAIN:cut])
+    x_test, y_test = _tensor(x[cut:]), _tensor(y[cut:])
     # Like nn.Linear(1, 1): slope and intercept from U(-1, 1).
     slope, intercept = (torch.rand(2, generator=torch_generator(seed, "init")) * 2 - 1).unbind()
     slope, intercept = torch.nn.Parameter(slope.clone()), torch.nn.Parameter(intercept.clone())
@@ -48,21 +55,23 @@ def _build_linreg(seed: int, context: BuildContext) -> Setup:
         rows = batches(step)
         return mse(x_train[rows], y_train[rows])
 
-    def evaluate() -> dict[str, float]:
+    def metrics(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
-            return {
-                "test_mse": mse(x_test, y_test).item(),
-                "slope": slope.item(),
-                "intercept": intercept.item(),
-            }
+            return {"mse": mse(x, y).item(), "slope": slope.item(), "intercept": intercept.item()}
 
-    return Setup([slope, intercept], train_loss, evaluate)
+    return Setup(
+        [slope, intercept],
+        train_loss,
+        lambda: metrics(x_test, y_test),
+        validate=lambda: metrics(x_val, y_val),
+    )
 
 
 LINREG = Problem(
     name="linreg",
-    description="1-d linear regression y = 2x + 1 + N(0, 0.5²) (test MSE floor 0.25)",
-    metric=Metric("test_mse", "min"),
+    description="1-d linear regression y = 2x + 1 + N(0, 0.5²) (MSE floor 0.25)",
+    metric=Metric("mse", "min"),
+    target=0.26,
     build=_build_linreg,
     steps=300,
     batch_size=32,
@@ -71,7 +80,7 @@ LINREG = Problem(
 
 # ---------------------------------------------------------------- sparse logistic regression
 
-SPARSE_DIM, SPARSE_TRAIN, SPARSE_TEST = 2000, 20_000, 2000
+SPARSE_DIM, SPARSE_TRAIN, SPARSE_VAL, SPARSE_TEST = 2000, 20_000, 2000, 2000
 #: The true weights: zero on the most common features, and on the others non-zero
 #: with this probability, drawn from N(0, scale²).
 SPARSE_COMMON, SPARSE_SUPPORT, SPARSE_WEIGHT_SCALE = 20, 0.2, 3.0
@@ -89,31 +98,38 @@ def _sparse_features(rng: np.random.Generator, n: int, chunk: int = 2000) -> np.
     return np.concatenate(blocks)
 
 
+SparseData = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
 @functools.lru_cache(maxsize=4)
-def _logreg_sparse_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """20,000 training and 2,000 test samples; labels y ~ Bernoulli(σ(xᵀw* − median)).
+def _logreg_sparse_data(seed: int) -> SparseData:
+    """20,000 training, 2,000 validation and 2,000 test samples; y ~ Bernoulli(σ(xᵀw* − median)).
 
     The true weights w* sit on the rare features only (20% of the features
     beyond the 20 most common, N(0, 3²) each), so learning them needs the
-    large per-coordinate steps that AdaGrad gives rare coordinates. The model
-    starts at zero, the usual start for a convex problem.
+    large per-coordinate steps that adaptive methods (AdaGrad first) give
+    rare coordinates. The model starts at zero, the usual start for a convex
+    problem.
     """
     rng = numpy_rng(seed, "data")
-    features = _sparse_features(rng, SPARSE_TRAIN + SPARSE_TEST)
+    features = _sparse_features(rng, SPARSE_TRAIN + SPARSE_VAL + SPARSE_TEST)
     rare = np.arange(SPARSE_DIM) >= SPARSE_COMMON
     support = rare & (rng.random(SPARSE_DIM) < SPARSE_SUPPORT)
     true_weights = np.where(support, SPARSE_WEIGHT_SCALE * rng.standard_normal(SPARSE_DIM), 0.0)
     logits = features @ true_weights
     logits -= np.median(logits)  # balance the classes
     labels = torch.from_numpy(rng.random(len(logits)) < 1 / (1 + np.exp(-logits)))  # logistic noise
-    x_train, y_train = torch.from_numpy(features[:SPARSE_TRAIN]), labels[:SPARSE_TRAIN].float()
-    x_test, y_test = _tensor(features[SPARSE_TRAIN:]), labels[SPARSE_TRAIN:].float()
-    return x_train, y_train, x_test, y_test
+    cut = SPARSE_TRAIN + SPARSE_VAL
+    return (
+        (torch.from_numpy(features[:SPARSE_TRAIN]), labels[:SPARSE_TRAIN].float()),
+        (_tensor(features[SPARSE_TRAIN:cut]), labels[SPARSE_TRAIN:cut].float()),
+        (_tensor(features[cut:]), labels[cut:].float()),
+    )
 
 
 def _build_logreg_sparse(seed: int, context: BuildContext) -> Setup:
     # Generating 22,000 x 2,000 features takes seconds; every trial of a seed shares them (read only).
-    x_train, y_train, x_test, y_test = _logreg_sparse_data(seed)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = _logreg_sparse_data(seed)
     weights = torch.nn.Parameter(torch.zeros(SPARSE_DIM))
     bias = torch.nn.Parameter(torch.zeros(()))
     batches = EpochBatches(SPARSE_TRAIN, 32, seed)
@@ -123,21 +139,31 @@ def _build_logreg_sparse(seed: int, context: BuildContext) -> Setup:
         scores = x_train[rows].float() @ weights + bias
         return F.binary_cross_entropy_with_logits(scores, y_train[rows])
 
-    def evaluate() -> dict[str, float]:
+    def metrics(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
-            scores = x_test @ weights + bias
+            scores = x @ weights + bias
             return {
-                "test_accuracy": ((scores > 0) == (y_test > 0.5)).float().mean().item(),
-                "test_loss": F.binary_cross_entropy_with_logits(scores, y_test).item(),
+                "accuracy": ((scores > 0) == (y > 0.5)).float().mean().item(),
+                "loss": F.binary_cross_entropy_with_logits(scores, y).item(),
             }
 
-    return Setup([weights, bias], train_loss, evaluate)
+    return Setup(
+        [weights, bias],
+        train_loss,
+        lambda: metrics(x_test, y_test),
+        validate=lambda: metrics(x_val, y_val),
+    )
 
 
 LOGREG_SPARSE = Problem(
     name="logreg-sparse",
-    description="logistic regression, 2,000 binary Zipf-like features (P(x_j=1) = min(1, 5/j))",
-    metric=Metric("test_accuracy", "max"),
+    description=(
+        "logistic regression, 2,000 binary Zipf-like features (P(x_j=1) = min(1, 5/j)): "
+        "per-coordinate steps (AdaGrad, RMSprop, Adam) beat one global step"
+    ),
+    metric=Metric("accuracy", "max"),
+    # Tuned adaptive methods end near 0.87, momentum 0.85, SGD 0.82 (test, default study).
+    target=0.84,
     build=_build_logreg_sparse,
     steps=2000,
     batch_size=32,
@@ -160,8 +186,8 @@ class Ratings:
     values: torch.Tensor
 
 
-def rating_entries(seed: int) -> tuple[Ratings, Ratings]:
-    """Disjoint train (10%) and test (5%) entries of a noisy rank-5 matrix, drawn from ``seed``."""
+def rating_entries(seed: int) -> tuple[Ratings, Ratings, Ratings]:
+    """Disjoint train (10%), validation (5%) and test (5%) entries of a noisy rank-5 matrix."""
     rng = numpy_rng(seed, "data")
     scale = RANK**-0.25  # entries of U* V*ᵀ have unit variance
     true_users = scale * rng.standard_normal((USERS, RANK))
@@ -174,11 +200,15 @@ def rating_entries(seed: int) -> tuple[Ratings, Ratings]:
         users, items = np.divmod(picked, ITEMS)
         return Ratings(torch.from_numpy(users), torch.from_numpy(items), _tensor(noisy[picked]))
 
-    return entries(cells[:n_train]), entries(cells[n_train : n_train + n_test])
+    return (
+        entries(cells[:n_train]),
+        entries(cells[n_train : n_train + n_test]),
+        entries(cells[n_train + n_test : n_train + 2 * n_test]),
+    )
 
 
 def _build_matrix_factorization(seed: int, context: BuildContext) -> Setup:
-    train, test = rating_entries(seed)
+    train, val, test = rating_entries(seed)
     generator = torch_generator(seed, "init")
     user_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(USERS, RANK, generator=generator))
     item_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(ITEMS, RANK, generator=generator))
@@ -190,18 +220,25 @@ def _build_matrix_factorization(seed: int, context: BuildContext) -> Setup:
         error = ((u * v).sum(dim=1) - train.values[rows]).pow(2).mean()
         return error + L2 * (u.pow(2).sum(dim=1) + v.pow(2).sum(dim=1)).mean()
 
-    def evaluate() -> dict[str, float]:
+    def rmse(held_out: Ratings) -> dict[str, float]:
         with torch.no_grad():
-            predicted = (user_factors[test.users] * item_factors[test.items]).sum(dim=1)
-            return {"test_rmse": (predicted - test.values).pow(2).mean().sqrt().item()}
+            u, v = user_factors[held_out.users], item_factors[held_out.items]
+            predicted = (u * v).sum(dim=1)
+            return {"rmse": (predicted - held_out.values).pow(2).mean().sqrt().item()}
 
-    return Setup([user_factors, item_factors], train_loss, evaluate)
+    return Setup(
+        [user_factors, item_factors],
+        train_loss,
+        lambda: rmse(test),
+        validate=lambda: rmse(val),
+    )
 
 
 MATRIX_FACTORIZATION = Problem(
     name="matrix-factorization",
     description="rank-5 200×150 ratings, 10% observed; factor model U Vᵀ with small L2",
-    metric=Metric("test_rmse", "min"),
+    metric=Metric("rmse", "min"),
+    target=0.3,  # Adam lr 0.05 reaches it at step 2,640 of 3,000 (seed 1) and ends at 0.23
     build=_build_matrix_factorization,
     steps=3000,
     batch_size=128,

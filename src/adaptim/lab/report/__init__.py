@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 PROTOCOL = (
     "Every optimizer's learning rate was tuned with the same budget, in log space over the "
-    "range where that optimizer's good rates lie, on tuning seed 0. The best setting was then "
+    "range where that optimizer's good rates lie, on tuning seed 0 and scored on validation; "
+    "when some optimizer's best rate was at an edge of its grid, every optimizer's grid grew "
+    "by the same number of rates (past the edge for that one, around the best for the others), "
+    "at most twice. The learning-rate schedule applies to every optimizer alike. Hyperparameters "
+    "a problem fixes (such as Reddi et al.'s betas) are not tuned. The best setting was then "
     "re-run on fresh seeds; only those re-runs give the means, confidence intervals and curves "
     "(tuning runs appear only in the learning-rate sensitivity figure). Choices, ties and "
     "equivalence are decided on the validation values of the re-runs; the means and intervals "
@@ -36,7 +40,9 @@ PROTOCOL = (
     "chance of a false separation over all looks stays at 5%. Ties are broken by the width of "
     "the good learning-rate range in grid steps, measured on two seeds (the tied optimizers rerun "
     "their tuned settings on seed 1; widths within one step are equal; not compared "
-    "when an lr was fixed with --set), then by the steps to reach the target, then by the mean."
+    "when an lr was fixed), then by time-to-target as AlgoPerf defines it (each seed's first "
+    "evaluation step at which its validation metric reaches the problem's fixed target, median "
+    "over the seeds), then by the mean."
 )
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adaptim.lab import stats
-from adaptim.lab.analysis import OptimizerOutcome, speed_target
-from adaptim.lab.curves import metric_curve, steps_to_target
+from adaptim.lab.analysis import OptimizerOutcome, speed_target, target_times
+from adaptim.lab.curves import TargetTimes
 from adaptim.lab.protocol import TUNING_SEED
 from adaptim.lab.report import text
 from adaptim.lab.robustness import lr_range, reference_value
@@ -105,16 +105,24 @@ def ranked(problem: ProblemOutcome) -> list[OptimizerOutcome]:
     )
 
 
+def race(problem: ProblemOutcome) -> tuple[float | None, dict[str, TargetTimes]]:
+    """The problem's time-to-target: its validation target (the problem's fixed one, else the
+    one every seed of the best two reaches) and each optimizer's per-seed times with their medians."""
+    metric = problem.problem.metric
+    target = speed_target(metric, problem.outcomes, problem.problem.target)
+    return target, target_times(metric, problem.outcomes, target)
+
+
 def ranking(problem: ProblemOutcome) -> list[Row]:
     metric = problem.problem.metric
-    target = speed_target(metric, problem.outcomes)
+    target, times = race(problem)
     rec = problem.recommendation
     reference = reference_value(metric, [o.tuning for o in problem.outcomes])
     rows = []
     for o in ranked(problem):
-        curve = metric_curve(metric, o.runs)
-        steps = None if target is None else steps_to_target(metric, curve, target)
-        seconds = None if steps is None else curve.wall_time[curve.steps.index(steps)]
+        found = times.get(o.name)
+        steps = None if found is None else found.median_steps
+        seconds = None if found is None else found.median_wall_time
         lr = o.hparams.get("lr")
         comparison = rec.comparison(o.name)
         good = lr_range(metric, [*o.tuning, *o.sweeps], reference, o.lr_fixed)
@@ -125,7 +133,13 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 tied=o.name in rec.tied_with,
                 status=text.status(rec, o.name),
                 lr=(f"{lr:.3g}" if isinstance(lr, (int, float)) else "–")
-                + (" (--set)" if o.lr_fixed else ""),
+                + (
+                    ""
+                    if not o.lr_fixed
+                    else " (problem)"
+                    if "lr" in problem.problem.hparams
+                    else " (--set)"
+                ),
                 lr_at_edge=o.lr_at_edge,
                 mean=_number(o.summary.mean),
                 ci95="–" if o.summary.ci95 is None else f"± {o.summary.ci95:.2g}",
@@ -144,7 +158,7 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                     if comparison is None or comparison.improvement is None
                     else f"{comparison.improvement:.2f}"
                 ),
-                steps_to_target="–" if target is None else "never" if steps is None else str(steps),
+                steps_to_target="–" if target is None else text.steps_text(steps),
                 seconds_to_target="–" if seconds is None else f"{seconds:.2g}",
                 good_lr=text.range_text(good),
                 good_lr_steps=text.range_text(good, with_span=False),
@@ -159,7 +173,9 @@ class Verdict:
 
     headline: str
     evidence: list[str]
+    #: The validation target of time-to-target, and whether the problem fixes it.
     target: float | None
+    target_fixed: bool = False
 
 
 def verdict(problem: ProblemOutcome) -> Verdict:
@@ -169,7 +185,8 @@ def verdict(problem: ProblemOutcome) -> Verdict:
     return Verdict(
         text.headline(metric, rec, problem.outcomes),
         text.evidence(metric, rec, problem.outcomes),
-        speed_target(metric, problem.outcomes),
+        race(problem)[0],
+        problem.problem.target is not None,
     )
 
 
@@ -228,17 +245,13 @@ def improvements(outcome: StudyOutcome) -> Improvements | None:
 
 
 def times_to_target(outcome: StudyOutcome) -> dict[str, dict[str, float | None]]:
-    """Steps each optimizer needs to reach each problem's target, for the performance profile."""
+    """Median steps each optimizer needs to reach each problem's validation target, for the
+    performance profile."""
     times: dict[str, dict[str, float | None]] = {}
     for problem in outcome.problems:
-        metric = problem.problem.metric
-        target = speed_target(metric, problem.outcomes)
+        _, found = race(problem)
         times[problem.problem.name] = {
-            o.name: (
-                None
-                if target is None
-                else steps_to_target(metric, metric_curve(metric, o.runs), target)
-            )
+            o.name: None if o.name not in found else found[o.name].median_steps
             for o in problem.outcomes
         }
     return times
@@ -292,7 +305,16 @@ def config_lines(outcome: StudyOutcome) -> list[tuple[str, str]]:
     return [
         ("problems", ", ".join(p.problem.name for p in outcome.problems)),
         ("optimizers", ", ".join(c.optimizers)),
-        ("learning-rate search", f"{c.search}, {c.budget} values per optimizer"),
+        (
+            "learning-rate search",
+            f"{c.search}, {c.budget} values per optimizer"
+            + (
+                ", grids extended alike when a best rate is at an edge"
+                if c.search == "grid"
+                else ""
+            ),
+        ),
+        ("learning-rate schedule", c.schedule),
         ("steps", "each problem's default" if c.steps is None else str(c.steps)),
         (
             "re-run seeds",

@@ -68,7 +68,7 @@ COLUMNS = (
     (
         "chosen lr",
         "Best learning rate of the tuning sweep; * marks the edge of the searched range, "
-        "(--set) a rate fixed on the command line.",
+        "(--set) a rate fixed on the command line, (problem) one the problem fixes.",
     ),
     ("test mean", "Final main metric on test, mean over the re-run seeds."),
     ("95% CI", "Half-width of the 95% confidence interval of that mean (Student's t)."),
@@ -80,8 +80,13 @@ COLUMNS = (
         "the difference behind the standing (a diverged seed scores as the worst value reached).",
     ),
     ("P(leader better)", "Probability that a leader's run beats this one's (Agarwal et al. 2021)."),
-    ("steps to target", "First step where the mean curve reaches the target."),
-    ("seconds", "Training wall time to the target."),
+    (
+        "steps to target",
+        "Time-to-target as AlgoPerf defines it: each re-run seed's first evaluation step whose "
+        "validation metric reaches the target, median over the seeds (a seed that never "
+        "reaches it counts as infinite; never: the median seed does not).",
+    ),
+    ("seconds", "Training wall time to the target (evaluation excluded), median over the seeds."),
     (
         "good lr range",
         "Contiguous grid steps of learning rates that get 98% of the way from the initial value "
@@ -146,10 +151,15 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
         body.append(f"<tr{tr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     target = section.verdict.target
     caption = (
-        f"Target for the speed columns: {escape(section.metric)} {target:.4g}, "
-        "the second-best final mean."
+        f"Target for the speed columns: validation {escape(section.metric)} {target:.4g}, "
+        + (
+            "the problem's fixed target."
+            if section.verdict.target_fixed
+            else "reached by every seed of the best two (this problem sets no target)."
+        )
         if target is not None
-        else "No speed target: it needs two optimizers that finished every seed."
+        else "No speed target: the problem sets none, and it needs two optimizers that "
+        "finished every seed."
     )
     legend = " ".join(f"<b>{escape(c)}</b>: {escape(tip)}" for c, tip in COLUMNS[1:])
     return (

@@ -13,9 +13,8 @@ from adaptim.lab.analysis import (
     OptimizerOutcome,
     Recommendation,
     Relation,
-    speed_target,
 )
-from adaptim.lab.curves import effective_lr_decay, metric_curve, stall_step, steps_to_target
+from adaptim.lab.curves import effective_lr_decay, metric_curve, stall_step
 from adaptim.lab.problems.base import Metric
 from adaptim.lab.robustness import GOOD_SHARE, LrRange
 from adaptim.lab.splits import has_validation
@@ -31,6 +30,22 @@ def number(value: float) -> str:
 
 def seeds(n: int) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def steps_text(steps: float | None) -> str:
+    """A median number of steps (``30``, ``25.5``), or ``never``."""
+    return "never" if steps is None else f"{steps:g}"
+
+
+def target_text(metric: Metric, rec: Recommendation) -> str:
+    """``accuracy 0.96 (the problem's validation target)``: what time-to-target races to."""
+    assert rec.target is not None
+    source = (
+        "the problem's validation target"
+        if rec.target_fixed
+        else "reached by every seed of the best two"
+    )
+    return f"{metric.name} {number(rec.target)} ({source})"
 
 
 def raw_difference(metric: Metric, c: Comparison) -> tuple[float, float | None, float | None]:
@@ -174,9 +189,9 @@ def comparison_sentence(metric: Metric, rec: Recommendation, c: Comparison) -> s
 
 
 def range_text(r: LrRange, with_span: bool = True) -> str:
-    """``3 steps (0.001–0.1)``, or "lr fixed (--set)"."""
+    """``3 steps (0.001–0.1)``, or "lr fixed" (with --set or by the problem)."""
     if r.fixed:
-        return "lr fixed (--set)"
+        return "lr fixed"
     if r.steps is None or r.low is None or r.high is None:
         return "–"
     steps = f"{r.steps} step{'s' if r.steps != 1 else ''}"
@@ -205,7 +220,7 @@ def tie_sentences(metric: Metric, rec: Recommendation) -> list[str]:
     if fixed:
         out.append(
             f"Good learning-rate range not compared: the lr of {', '.join(fixed)} was fixed "
-            f"with --set ({listing})."
+            f"with --set or by the problem ({listing})."
         )
     else:
         cut = [n for n, c in rec.eliminated.items() if c is Criterion.LR_RANGE]
@@ -222,7 +237,7 @@ def tie_sentences(metric: Metric, rec: Recommendation) -> list[str]:
     racers = [n for n in rec.contenders if rec.eliminated.get(n) is not Criterion.LR_RANGE]
     if rec.decided_by in (Criterion.SPEED, Criterion.MEAN) and rec.target is not None:
         times = ", ".join(
-            f"{n} {'never' if rec.speeds.get(n) is None else f'step {rec.speeds[n]}'}"
+            f"{n} {'never' if rec.speeds.get(n) is None else f'step {steps_text(rec.speeds[n])}'}"
             for n in racers
         )
         verdict = (
@@ -231,8 +246,7 @@ def tie_sentences(metric: Metric, rec: Recommendation) -> list[str]:
             else "equally fast, so the better mean wins"
         )
         out.append(
-            f"Steps to reach {metric.name} {number(rec.target)} (the second-best final mean): "
-            f"{times}; {verdict}."
+            f"Median steps over the seeds to reach {target_text(metric, rec)}: {times}; {verdict}."
         )
     elif rec.decided_by is Criterion.MEAN:
         out.append("No speed target, so the better mean wins.")
@@ -248,7 +262,7 @@ def evidence(
     out = [comparison_sentence(metric, rec, c) for c in rec.comparisons]
     out += tie_sentences(metric, rec)
     if len(rec.contenders) < 2:
-        out += _speed(metric, rec, outcomes)
+        out += _speed(rec, metric)
     out += _stalls(metric, rec, outcomes)
     out += _edges(rec)
     return out
@@ -263,37 +277,44 @@ def _edges(rec: Recommendation) -> list[str]:
     ]
 
 
-def _speed(metric: Metric, rec: Recommendation, outcomes: Sequence[OptimizerOutcome]) -> list[str]:
-    chosen = next(o for o in outcomes if o.name == rec.optimizer)
-    target = speed_target(metric, outcomes)
-    if target is None:
+def _speed(rec: Recommendation, metric: Metric) -> list[str]:
+    """AlgoPerf's time-to-target of the recommendation against the fastest other optimizer:
+    median steps over the re-run seeds to the validation target."""
+    if rec.target is None or rec.optimizer is None:
         return []
-    curves = {o.name: metric_curve(metric, o.runs) for o in outcomes}
-    times = {o.name: steps_to_target(metric, curves[o.name], target) for o in outcomes}
-    mine = times[chosen.name]
-    others = [o for o in outcomes if o is not chosen and o.summary.mean is not None]
-    reached = sorted((t, o.name) for o in others if (t := times[o.name]) is not None)
-    never = [o.name for o in outcomes if o is not chosen and times[o.name] is None]
-    goal = f"{metric.name} {number(target)} (the second-best final mean)"
+    times = rec.speeds
+    mine = times.get(rec.optimizer)
+    others = [n for n in times if n != rec.optimizer]
+    reached = sorted((t, n) for n in others if (t := times[n]) is not None)
+    never = [n for n in others if times[n] is None]
+    goal = target_text(metric, rec)
     out = []
     if mine is not None and reached:
         fastest_other, rival = reached[0]
         if mine < fastest_other:
             saving = 100 * (1 - mine / fastest_other)
             out.append(
-                f"{chosen.name} reaches {goal} at step {mine}, "
-                f"{saving:.0f}% fewer steps than {rival} (step {fastest_other})."
+                f"{rec.optimizer} reaches {goal} at step {steps_text(mine)} (median over seeds), "
+                f"{saving:.0f}% fewer steps than {rival} (step {steps_text(fastest_other)})."
             )
         elif mine == fastest_other:
-            out.append(f"{chosen.name} and {rival} reach {goal} at step {mine}.")
+            out.append(
+                f"{rec.optimizer} and {rival} reach {goal} at step {steps_text(mine)} "
+                "(median over seeds)."
+            )
         else:
             out.append(
-                f"{rival} reaches {goal} first (step {fastest_other}; {chosen.name} at step {mine})."
+                f"{rival} reaches {goal} first (step {steps_text(fastest_other)}; "
+                f"{rec.optimizer} at step {steps_text(mine)}; medians over seeds)."
             )
     elif mine is not None:
-        out.append(f"{chosen.name} reaches {goal} at step {mine}.")
+        out.append(
+            f"{rec.optimizer} reaches {goal} at step {steps_text(mine)} (median over seeds)."
+        )
+    else:
+        out.append(f"{rec.optimizer} does not reach {goal} on most seeds.")
     if never:
-        out.append(f"Never reached on average: {', '.join(never)}.")
+        out.append(f"Not reached on most seeds: {', '.join(never)}.")
     return out
 
 
