@@ -270,7 +270,9 @@ def assert_same_run(numpy_run: Any, torch_run: Any, rtol: float) -> None:
             label = f"state {key!r} of parameter {index}"
             assert_close(entries[key], value.numpy(), scales[index, key], rtol, label)
     for group, torch_group in zip(numpy_sd["param_groups"], torch_sd["param_groups"], strict=True):
-        assert group == {k: torch_group[k] for k in group}
+        # The torch front-end leaves options at torch's values implicit (not in its groups).
+        shared = [k for k in group if k in torch_group]
+        assert {k: group[k] for k in shared} == {k: torch_group[k] for k in shared}
 
 
 # -- (a) parity with the torch front-end -------------------------------------------------
@@ -573,11 +575,13 @@ def test_step_errors() -> None:
 def test_load_state_dict_errors() -> None:
     a, b = fresh_params()
     two_groups = anp.Adam([{"params": [a]}, {"params": [b]}]).state_dict()
-    with pytest.raises(ValueError, match="has 2 parameter groups; this optimizer has 1"):
+    with pytest.raises(ValueError, match="it has 2 param groups; this optimizer has 1"):
         anp.Adam([a, b]).load_state_dict(two_groups)
-    with pytest.raises(ValueError, match="a parameter group that doesn't match"):
+    with pytest.raises(
+        ValueError, match=r"param_groups\[0\]: it has 1 parameters; this optimizer's group has 2"
+    ):
         anp.Adam([{"params": [a, b]}, {"params": [np.zeros(1)]}]).load_state_dict(two_groups)
     opt = anp.Adam([a.copy(), b.copy()])
     opt.step(GRADS[0])
-    with pytest.raises(ValueError, match=r"state 'exp_avg' of parameter 0 has shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"parameter 0 .*'exp_avg' has shape \(2, 3\)"):
         anp.Adam([b.copy(), a.copy()]).load_state_dict(opt.state_dict())
