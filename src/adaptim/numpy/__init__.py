@@ -208,14 +208,26 @@ class Optimizer:
                         )
                     self.skipped_steps += 1
                     return
-        # All or nothing: every parameter's state is checked before any changes.
+        # All or nothing: every parameter's state is checked before any changes
+        # (a cheap look first; the full check only finds the message).
         hps = [{k: group[k] for k in self.algorithm.hparams} for group in self.param_groups]
+        scalars = ["step"] if self.algorithm.step else []
+        scalars += self.algorithm.scalar_state
         index = 0
         for hp, group in zip(hps, self.param_groups, strict=True):
+            state_keys = [k for k, fill in self.algorithm.state(hp).items() if fill is not None]
             for p in group["params"]:
                 state = self.state.get(index)
                 if checked[index] is not None and state:
-                    problem = state_problem(
+                    shape = p.shape
+                    suspect = False
+                    for key in state_keys:
+                        if getattr(state.get(key), "shape", None) != shape:
+                            suspect = True
+                    for key in scalars:
+                        if getattr(state.get(key), "shape", None) != ():
+                            suspect = True
+                    problem = suspect and state_problem(
                         self.algorithm, hp, state, p.shape, np.iscomplexobj(p), exact_keys=False
                     )
                     if problem:
