@@ -537,3 +537,34 @@ def torch_state_as_numpy() -> dict[str, Any]:
         i: {k: v.numpy() for k, v in entry.items()} for i, entry in saved["state"].items()
     }
     return saved
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(NAMES),
+    key=st.sampled_from(["lr", "eps", "weight_decay", "momentum", "alpha", "trust_coefficient"]),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(10**400), max_value=10**400),
+    ),
+)
+def test_load_refuses_exactly_what_construction_refuses(name: str, key: str, value: Any) -> None:
+    """A loaded group is accepted iff construction accepts it, and refused with its message."""
+    if key not in ALGORITHMS[name.lower()].hparams:
+        return
+    try:
+        getattr(adaptim, name)(make_params(), **{key: value})
+    except ValueError as error:
+        construction: ValueError | None = error
+    else:
+        construction = None
+    optimizer = getattr(adaptim, name)(make_params())
+    saved = optimizer.state_dict()
+    saved["param_groups"][0][key] = value
+    if construction is None:
+        optimizer.load_state_dict(saved)
+        assert optimizer.param_groups[0][key] == value
+        return
+    with pytest.raises(ValueError) as at_load:
+        optimizer.load_state_dict(saved)
+    assert str(at_load.value).endswith(f"param_groups[0]: {construction}")
