@@ -198,13 +198,6 @@ class Engine:
             run.stale = True
 
     # -- the step --------------------------------------------------------------------
-    def step_group(
-        self, index: int, group: dict[str, Any], hp: dict[str, Any]
-    ) -> list[torch.Tensor]:
-        """Step what the engine can; return the parameters left to the reference path."""
-        left = self.prepare_group(index, group, hp)
-        return left + self.run_group(index, group, hp)
-
     def prepare_group(
         self, index: int, group: dict[str, Any], hp: dict[str, Any]
     ) -> list[torch.Tensor]:
