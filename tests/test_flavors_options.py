@@ -42,19 +42,24 @@ def test_presets_are_data_over_the_rules_hyperparameters() -> None:
 @pytest.mark.parametrize(("name", "flavor"), COMBINATIONS)
 def test_the_preset_lands_in_param_groups(name: str, flavor: str) -> None:
     expected = flavors.preset(name, flavor)
-    for group in (
-        adaptim.OPTIMIZERS[name]([_param()], flavor=flavor).param_groups[0],
-        anp.OPTIMIZERS[name]([np.zeros(3)], flavor=flavor).param_groups[0],
+    torch_optimizer = adaptim.OPTIMIZERS[name]([_param()], flavor=flavor)
+    numpy_optimizer = anp.OPTIMIZERS[name]([np.zeros(3)], flavor=flavor)
+    # The torch front-end leaves options at torch's values implicit; group_value reads them.
+    for group, read in (
+        (torch_optimizer.param_groups[0], torch_optimizer.group_value),
+        (numpy_optimizer.param_groups[0], dict.__getitem__),
     ):
-        assert group["flavor"] == flavor
-        assert {k: group[k] for k in expected} == expected
-        assert all(type(group[k]) in (bool, float, int, str, tuple) for k in expected)
+        assert read(group, "flavor") == flavor
+        assert {k: read(group, k) for k in expected} == expected
+        assert all(type(read(group, k)) in (bool, float, int, str, tuple) for k in expected)
 
 
 def test_default_flavor_is_torch() -> None:
-    group = adaptim.RMSprop([_param()]).param_groups[0]
-    assert group["flavor"] == "torch"
-    assert {k: group[k] for k in ALGORITHMS["rmsprop"].defaults} == ALGORITHMS["rmsprop"].defaults
+    optimizer = adaptim.RMSprop([_param()])
+    group, read = optimizer.param_groups[0], optimizer.group_value
+    assert read(group, "flavor") == "torch"
+    defaults = ALGORITHMS["rmsprop"].defaults
+    assert {k: read(group, k) for k in defaults} == defaults
 
 
 def test_known_values_of_the_presets() -> None:
@@ -71,10 +76,12 @@ def test_known_values_of_the_presets() -> None:
 
 
 def test_explicit_arguments_win_even_when_equal_to_torchs_default() -> None:
-    group = adaptim.RMSprop(
+    optimizer = adaptim.RMSprop(
         [_param()], flavor="keras", eps=1e-8, alpha=0.99, eps_inside_sqrt=False
-    ).param_groups[0]
-    assert (group["eps"], group["alpha"], group["eps_inside_sqrt"]) == (1e-8, 0.99, False)
+    )
+    group = optimizer.param_groups[0]
+    inside = optimizer.group_value(group, "eps_inside_sqrt")  # torch's value: implicit
+    assert (group["eps"], group["alpha"], inside) == (1e-8, 0.99, False)
     assert group["lr"] == 1e-3 and group["lr_in_momentum"] is True  # the rest is Keras'
     group = adaptim.Adam([_param()], flavor="keras", lr=1e-3, betas=(0.9, 0.999)).param_groups[0]
     assert group["eps"] == 1e-7 and group["epsilon_hat"] is True
@@ -86,7 +93,8 @@ def test_a_param_group_may_name_its_own_flavor() -> None:
     a, b = _param(), _param()
     opt = adaptim.Adagrad([{"params": [a]}, {"params": [b], "flavor": "optax", "lr": 0.5}])
     first, second = opt.param_groups
-    assert first["flavor"] == "torch" and first["eps_inside_sqrt"] is False
+    assert opt.group_value(first, "flavor") == "torch"
+    assert opt.group_value(first, "eps_inside_sqrt") is False
     assert second["flavor"] == "optax" and second["eps_inside_sqrt"] is True
     assert second["lr"] == 0.5 and second["eps"] == 1e-7
     assert float(opt.state[b]["sum"][0]) == pytest.approx(0.1)  # optax's initial accumulator
