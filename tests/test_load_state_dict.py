@@ -568,3 +568,23 @@ def test_load_refuses_exactly_what_construction_refuses(name: str, key: str, val
     with pytest.raises(ValueError) as at_load:
         optimizer.load_state_dict(saved)
     assert str(at_load.value).endswith(f"param_groups[0]: {construction}")
+
+
+def test_load_pre_hooks_run_once_before_the_check() -> None:
+    """What a pre-hook hands torch is what is checked (here it repairs a foreign key)."""
+    calls = []
+
+    def drop_amsgrad(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+        calls.append(1)
+        state_dict = copy.deepcopy(state_dict)
+        for group in state_dict["param_groups"]:
+            group.pop("amsgrad", None)
+            group.pop("decoupled_weight_decay", None)
+        return state_dict
+
+    optimizer = adaptim.LAMB(make_params())
+    optimizer.register_load_state_dict_pre_hook(drop_amsgrad)
+    saved = adaptim.Adam(make_params()).state_dict()
+    optimizer.load_state_dict(saved)
+    assert calls == [1]
+    assert len(optimizer._optimizer_load_state_dict_pre_hooks) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -257,8 +258,17 @@ class Optimizer(torch.optim.Optimizer):
         dtype. Scalar bookkeeping such as NAdam's ``mu_product`` keeps its
         saved dtype here instead, so a resumed run continues bit for bit.
         """
+        hooks = self._optimizer_load_state_dict_pre_hooks
+        if hooks:  # check what torch would load: run the pre-hooks first, once
+            state_dict = state_dict.copy()
+            for hook in list(hooks.values()):
+                state_dict = hook(self, state_dict) or state_dict
         self._check_state_dict(state_dict)
-        super().load_state_dict(state_dict)
+        self._optimizer_load_state_dict_pre_hooks = collections.OrderedDict()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = hooks
         self._engine.invalidate()  # the state tensors are new
         scalars = ("step", *self.algorithm.scalar_state)
         saved_state = state_dict["state"]
