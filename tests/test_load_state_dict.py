@@ -505,9 +505,9 @@ def test_numpy_load_state_dict_checks_like_torch() -> None:
     adam.step([np.ones(3)])
     sgd = anp.SGD([np.ones(3)], momentum=0.9)
     sgd.step([np.ones(3)])
-    with pytest.raises(ValueError, match=r"hyperparameters .* are not SGD's"):
+    with pytest.raises(ValueError, match=r"hyperparameters .* are not adaptim.numpy.SGD's"):
         anp.SGD([np.ones(3)]).load_state_dict(adam.state_dict())
-    with pytest.raises(ValueError, match=r"hyperparameters .* are not Adam's"):
+    with pytest.raises(ValueError, match=r"hyperparameters .* are not adaptim.numpy.Adam's"):
         anp.Adam([np.ones(3)]).load_state_dict(sgd.state_dict())
     saved = adam.state_dict()
     saved["param_groups"][0]["lr"] = -5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from adaptim.algorithms._spec import Algorithm, HParams
@@ -202,3 +202,34 @@ def state_problem(
                 f"{key!r} has shape {tuple(value.shape)}; expected {tuple(shape)}, the parameter's"
             )
     return None
+
+
+def check_loaded_group(
+    where: str,
+    owner: str,
+    saved: Mapping[str, Any],
+    size: int,
+    foreign: frozenset[str] | set[str],
+    validate: Callable[[], None],
+) -> None:
+    """Refuse a param group of a loaded state_dict: its size, another optimizer's keys, bad values.
+
+    ``foreign`` holds the hyperparameter names of other algorithms that
+    ``owner`` does not take; ``validate`` runs construction's checks, whose
+    message is kept, prefixed with ``where``.
+    """
+    if len(saved["params"]) != size:
+        raise ValueError(
+            f"{where}: it has {len(saved['params'])} parameters; this optimizer's group has {size}."
+        )
+    others = sorted(k for k in saved if k in foreign)
+    if others:
+        names = ", ".join(map(repr, others))
+        what = f"hyperparameters {names} are" if len(others) > 1 else f"hyperparameter {names} is"
+        raise ValueError(
+            f"{where}: {what} not {owner}'s; this state_dict comes from another optimizer."
+        )
+    try:
+        validate()
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}: {error}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from adaptim import flavors
 from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
-from adaptim.algorithms._validation import check_bool, state_problem
+from adaptim.algorithms._validation import check_bool, check_loaded_group, state_problem
 
 NUMPY_OPS = ArrayOps(
     name="numpy",
@@ -342,22 +343,16 @@ class Optimizer:
         index = 0
         for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             at = f"{where}, param_groups[{number}]"
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"{at}: it has {len(saved['params'])} parameters; this optimizer's group "
-                    f"has {len(group['params'])}."
-                )
-            others = sorted(k for k in saved if k in foreign)
-            if others:
-                raise ValueError(
-                    f"{at}: hyperparameters {', '.join(map(repr, others))} are not "
-                    f"{type(self).__name__}'s; this state_dict comes from another optimizer."
-                )
             merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
-            try:
-                self._validate(merged)
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"{at}: {error}") from None
+            owner = f"adaptim.numpy.{type(self).__name__}"
+            check_loaded_group(
+                at,
+                owner,
+                saved,
+                len(group["params"]),
+                foreign,
+                functools.partial(self._validate, merged),
+            )
             hp = {k: merged[k] for k in self.algorithm.hparams}
             for saved_id in saved["params"]:
                 p = params[index]

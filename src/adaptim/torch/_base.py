@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
@@ -13,7 +14,12 @@ import torch
 from adaptim import flavors
 from adaptim.algorithms import ALGORITHMS
 from adaptim.algorithms._spec import Algorithm, ArrayOps
-from adaptim.algorithms._validation import as_float, check_bool, state_problem
+from adaptim.algorithms._validation import (
+    as_float,
+    check_bool,
+    check_loaded_group,
+    state_problem,
+)
 from adaptim.torch._engine import Engine
 
 TORCH_OPS = ArrayOps(
@@ -311,22 +317,15 @@ class Optimizer(torch.optim.Optimizer):
             )
         for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             where = f"Invalid state_dict for {name}, param_groups[{index}]"
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"{where}: it has {len(saved['params'])} parameters; "
-                    f"this optimizer's group has {len(group['params'])}."
-                )
-            others = sorted(k for k in saved if k in foreign)
-            if others:
-                raise ValueError(
-                    f"{where}: {_plural(others)} not "
-                    f"{name}'s; this state_dict comes from another optimizer."
-                )
             merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
-            try:
-                self._validate_group(merged)
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"{where}: {error}") from None
+            check_loaded_group(
+                where,
+                name,
+                saved,
+                len(group["params"]),
+                foreign,
+                functools.partial(self._validate_group, merged),
+            )
             hp = {k: self.group_value(merged, k) for k in self.algorithm.hparams}
             for position, (saved_id, p) in enumerate(
                 zip(saved["params"], group["params"], strict=True)
@@ -660,8 +659,3 @@ def _dense_or_none(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.is_sparse:
         return value.to_dense()
     return value
-
-
-def _plural(keys: list[str]) -> str:
-    names = ", ".join(map(repr, keys))
-    return f"hyperparameters {names} are" if len(keys) > 1 else f"hyperparameter {names} is"
