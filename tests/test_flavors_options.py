@@ -92,10 +92,12 @@ def test_known_values_of_the_presets() -> None:
 
 
 def test_explicit_arguments_win_even_when_equal_to_torchs_default() -> None:
-    group = adaptim.RMSprop(
+    optimizer = adaptim.RMSprop(
         [_param()], flavor="keras", eps=1e-8, alpha=0.99, eps_inside_sqrt=False
-    ).param_groups[0]
-    assert (group["eps"], group["alpha"], group["eps_inside_sqrt"]) == (1e-8, 0.99, False)
+    )
+    group = optimizer.param_groups[0]
+    inside = optimizer.group_value(group, "eps_inside_sqrt")  # torch's value: implicit
+    assert (group["eps"], group["alpha"], inside) == (1e-8, 0.99, False)
     assert group["lr"] == 1e-3 and group["lr_in_momentum"] is True  # the rest is Keras'
     group = adaptim.Adam([_param()], flavor="keras", lr=1e-3, betas=(0.9, 0.999)).param_groups[0]
     assert group["eps"] == 1e-7 and group["epsilon_hat"] is True

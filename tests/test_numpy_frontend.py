@@ -576,11 +576,13 @@ def test_step_errors() -> None:
 def test_load_state_dict_errors() -> None:
     a, b = fresh_params()
     two_groups = anp.Adam([{"params": [a]}, {"params": [b]}]).state_dict()
-    with pytest.raises(ValueError, match="has 2 parameter groups; this optimizer has 1"):
+    with pytest.raises(ValueError, match="it has 2 param groups; this optimizer has 1"):
         anp.Adam([a, b]).load_state_dict(two_groups)
-    with pytest.raises(ValueError, match="a parameter group that doesn't match"):
+    with pytest.raises(
+        ValueError, match=r"param_groups\[0\]: it has 1 parameters; this optimizer's group has 2"
+    ):
         anp.Adam([{"params": [a, b]}, {"params": [np.zeros(1)]}]).load_state_dict(two_groups)
     opt = anp.Adam([a.copy(), b.copy()])
     opt.step(GRADS[0])
-    with pytest.raises(ValueError, match=r"state 'exp_avg' of parameter 0 has shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"parameter 0 .*'exp_avg' has shape \(2, 3\)"):
         anp.Adam([b.copy(), a.copy()]).load_state_dict(opt.state_dict())

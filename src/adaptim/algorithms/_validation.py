@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from adaptim.algorithms._spec import HParams
+from adaptim.algorithms._spec import Algorithm, HParams
 
 
 def as_float(name: str, value: Any) -> float:
@@ -25,6 +26,12 @@ def as_float(name: str, value: Any) -> float:
         value = value.item()
     try:
         number = float(value)
+    except OverflowError:
+        digits = len(str(abs(int(value)))) if isinstance(value, int) else None
+        shown = f"an integer of {digits} digits" if digits else repr(value)
+        raise ValueError(
+            f"Invalid {name}: {shown}; too large for a float, expected a finite number."
+        ) from None
     except (TypeError, ValueError):
         raise TypeError(
             f"Invalid {name}: {value!r}; expected a real number, got {type(value).__name__}."
@@ -42,11 +49,22 @@ def check_range(
     high_open: bool = False,
     label: str | None = None,
     value: Any = None,
+    finite: bool = True,
 ) -> None:
-    """Raise ``ValueError`` unless ``low <= hp[name] <= high`` (ends open where asked)."""
+    """Raise ``ValueError`` unless ``low <= hp[name] <= high`` (ends open where asked).
+
+    NaN is always refused, and so are infinities unless ``finite=False``: an
+    infinite learning rate, decay or coefficient makes every parameter
+    non-finite after one step.
+    """
     raw = hp[name] if value is None else value
     shown = label or name
     number = as_float(shown, raw)
+    if finite and not math.isfinite(number):
+        raise ValueError(
+            f"Invalid {shown}: {number!r}; expected a finite number, "
+            f"{_allowed(shown, low, high, low_open, high_open)}."
+        )
     too_low = math.isnan(number) or (
         low is not None and (number <= low if low_open else number < low)
     )
@@ -95,3 +113,123 @@ def check_choice(hp: HParams, name: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(
             f"Invalid {name}: {hp[name]!r}; allowed: {', '.join(repr(a) for a in allowed)}."
         )
+
+
+def _kind(value: Any) -> str | None:
+    """``"real"`` or ``"complex"`` for a floating array or tensor (NumPy or torch), else ``None``."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return None
+    if getattr(dtype, "is_complex", False) or getattr(dtype, "kind", "") == "c":
+        return "complex"
+    if getattr(dtype, "is_floating_point", False) or getattr(dtype, "kind", "") == "f":
+        return "real"
+    return None
+
+
+def _scalar_problem(key: str, value: Any, *, nonnegative: bool) -> str | None:
+    shape = getattr(value, "shape", None)
+    numeric = _kind(value) == "real" or "int" in str(getattr(value, "dtype", "int"))
+    if isinstance(value, (bool, str, bytes)) or not numeric or (shape and tuple(shape) != ()):
+        return f"{key!r} is {_describe(value)}; expected a number or a 0-d tensor"
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return f"{key!r} is {_describe(value)}; expected a number or a 0-d tensor"
+    if not math.isfinite(number) or (nonnegative and number < 0):
+        allowed = "a finite number >= 0" if nonnegative else "a finite number"
+        return f"{key!r} is {number!r}; expected {allowed}"
+    return None
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"an array of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def state_problem(
+    algorithm: Algorithm,
+    hp: HParams,
+    state: Mapping[str, Any],
+    shape: tuple[int, ...],
+    is_complex: bool,
+    *,
+    exact_keys: bool = True,
+) -> str | None:
+    """Why ``state`` cannot be the state of one parameter of ``shape`` under ``algorithm``.
+
+    ``None`` when it can. The layouts of the matching torch.optim class are
+    valid: no entry at all, ``step`` as a number or a 0-d tensor, entries the
+    rule creates on its first step (SGD's momentum buffer) absent or ``None``.
+    Floating entries of another precision are fine (loading casts them);
+    integer, boolean or complex-for-real entries are not. ``exact_keys``
+    refuses entries the rule does not keep (a state from another optimizer).
+    """
+    elementwise = algorithm.state(hp)
+    scalars = (["step"] if algorithm.step else []) + list(algorithm.scalar_state)
+    if exact_keys:
+        known = [*scalars, *elementwise]
+        for key in state:
+            if key not in known:
+                keeps = ", ".join(map(repr, known)) or "no state"
+                return f"unexpected entry {key!r} (this optimizer keeps {keeps})"
+    if not state:
+        return None
+    for key in scalars:
+        if key not in state:
+            return f"missing entry {key!r}"
+        problem = _scalar_problem(key, state[key], nonnegative=key == "step")
+        if problem:
+            return problem
+    want = "complex" if is_complex else "real"
+    for key, fill in elementwise.items():
+        value = state.get(key)
+        if value is None:
+            if fill is not None:
+                return f"missing entry {key!r}"
+            continue
+        kind = _kind(value)
+        if fill is None and kind is not None and tuple(value.shape) == ():
+            continue  # a per-tensor value the rule creates (LAMB's trust ratio)
+        if kind != want:
+            return (
+                f"{key!r} is {_describe(value)}; expected a {want} floating array of shape {shape}"
+            )
+        if tuple(value.shape) != tuple(shape):
+            return (
+                f"{key!r} has shape {tuple(value.shape)}; expected {tuple(shape)}, the parameter's"
+            )
+    return None
+
+
+def check_loaded_group(
+    where: str,
+    owner: str,
+    saved: Mapping[str, Any],
+    size: int,
+    foreign: frozenset[str] | set[str],
+    validate: Callable[[], None],
+) -> None:
+    """Refuse a param group of a loaded state_dict: its size, another optimizer's keys, bad values.
+
+    ``foreign`` holds the hyperparameter names of other algorithms that
+    ``owner`` does not take; ``validate`` runs construction's checks, whose
+    message is kept, prefixed with ``where``.
+    """
+    if len(saved["params"]) != size:
+        raise ValueError(
+            f"{where}: it has {len(saved['params'])} parameters; this optimizer's group has {size}."
+        )
+    others = sorted(k for k in saved if k in foreign)
+    if others:
+        names = ", ".join(map(repr, others))
+        what = f"hyperparameters {names} are" if len(others) > 1 else f"hyperparameter {names} is"
+        raise ValueError(
+            f"{where}: {what} not {owner}'s; this state_dict comes from another optimizer."
+        )
+    try:
+        validate()
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}: {error}") from None

@@ -104,7 +104,14 @@ def _validate(hp: HParams) -> None:
             f"Invalid weight_norm_clip: {clip!r}; expected None or a pair (low, high) with 0 <= low <= high."
         )
     check_range(hp, "weight_norm_clip", 0.0, label="weight_norm_clip[0]", value=clip[0])
-    check_range(hp, "weight_norm_clip", float(clip[0]), label="weight_norm_clip[1]", value=clip[1])
+    check_range(
+        hp,
+        "weight_norm_clip",
+        float(clip[0]),
+        label="weight_norm_clip[1]",
+        value=clip[1],
+        finite=False,  # an infinite upper clip means no upper clip
+    )
 
 
 DEFAULTS: dict[str, Any] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from adaptim import flavors
 from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
-from adaptim.algorithms._validation import check_bool
+from adaptim.algorithms._validation import check_bool, check_loaded_group, state_problem
 
 NUMPY_OPS = ArrayOps(
     name="numpy",
@@ -208,9 +209,36 @@ class Optimizer:
                         )
                     self.skipped_steps += 1
                     return
+        # All or nothing: every parameter's state is checked before any changes
+        # (a cheap look first; the full check only finds the message).
+        hps = [{k: group[k] for k in self.algorithm.hparams} for group in self.param_groups]
+        scalars = ["step"] if self.algorithm.step else []
+        scalars += self.algorithm.scalar_state
         index = 0
-        for group in self.param_groups:
-            hp = {k: group[k] for k in self.algorithm.hparams}
+        for hp, group in zip(hps, self.param_groups, strict=True):
+            state_keys = [k for k, fill in self.algorithm.state(hp).items() if fill is not None]
+            for p in group["params"]:
+                state = self.state.get(index)
+                if checked[index] is not None and state:
+                    shape = p.shape
+                    suspect = False
+                    for key in state_keys:
+                        if getattr(state.get(key), "shape", None) != shape:
+                            suspect = True
+                    for key in scalars:
+                        if getattr(state.get(key), "shape", None) != ():
+                            suspect = True
+                    problem = suspect and state_problem(
+                        self.algorithm, hp, state, p.shape, np.iscomplexobj(p), exact_keys=False
+                    )
+                    if problem:
+                        raise ValueError(
+                            f"cannot step parameter {index} (shape {p.shape}): {problem}. "
+                            "Nothing was changed."
+                        )
+                index += 1
+        index = 0
+        for hp, group in zip(hps, self.param_groups, strict=True):
             for p in group["params"]:
                 g = checked[index]
                 if g is not None:
@@ -236,8 +264,7 @@ class Optimizer:
         state = self._init_state(index, p, group)
         step = 0.0
         if algorithm.step:
-            state["step"] = state["step"] + _SCALAR_DTYPE(1)
-            step = float(state["step"])
+            step = float(state["step"] + _SCALAR_DTYPE(1))  # stored once the update succeeded
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
         views = {k: None if state.get(k) is None else _real_view(state[k]) for k in entries}
         target = _real_view(p)
@@ -245,6 +272,8 @@ class Optimizer:
             target, _real_view(g), views, step=step, xp=NUMPY_OPS, **hp
         )
         target[...] = new_p
+        if algorithm.step:
+            state["step"] = state["step"] + _SCALAR_DTYPE(1)
         for key, value in new_state.items():
             current = views[key]
             if current is None:
@@ -294,36 +323,54 @@ class Optimizer:
         return {"state": copy.deepcopy(self.state), "param_groups": groups}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a ``state_dict()``; group sizes and array shapes must match."""
+        """Restore a ``state_dict()``, checked as the torch front-end checks it.
+
+        Group sizes, the hyperparameters (with construction's messages), the
+        algorithm (no other algorithm's hyperparameters or state entries) and
+        every state entry's shape and kind are checked before anything changes.
+        """
+        where = f"Invalid state_dict for adaptim.numpy.{type(self).__name__}"
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
-                f"loaded state dict has {len(saved_groups)} parameter groups; this optimizer has "
-                f"{len(self.param_groups)}"
+                f"{where}: it has {len(saved_groups)} param groups; this optimizer has "
+                f"{len(self.param_groups)}."
             )
-        for saved, group in zip(saved_groups, self.param_groups, strict=True):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't match this optimizer's"
-                )
+        own = {*self.algorithm.hparams, *self.defaults, "params", "maximize", "flavor"}
+        foreign = {k for a in ALGORITHMS.values() for k in a.hparams} - own
         params = self.params
-        saved_ids = [i for g in saved_groups for i in g["params"]]
         new_state: dict[int, dict[str, Any]] = {}
-        for index, saved_id in enumerate(saved_ids):
-            entries = state_dict["state"].get(saved_id)
-            if entries is None:
-                continue
-            new_state[index] = {}
-            for key, value in entries.items():
-                array = np.array(value, copy=True)
-                if array.ndim and array.shape != params[index].shape:
-                    raise ValueError(
-                        f"state {key!r} of parameter {index} has shape {array.shape}, "
-                        f"expected {params[index].shape}"
-                    )
-                if array.ndim:
-                    array = array.astype(params[index].dtype)
-                new_state[index][key] = array
+        index = 0
+        for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            at = f"{where}, param_groups[{number}]"
+            merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            owner = f"adaptim.numpy.{type(self).__name__}"
+            check_loaded_group(
+                at,
+                owner,
+                saved,
+                len(group["params"]),
+                foreign,
+                functools.partial(self._validate, merged),
+            )
+            hp = {k: merged[k] for k in self.algorithm.hparams}
+            for saved_id in saved["params"]:
+                p = params[index]
+                entries = state_dict["state"].get(saved_id)
+                if entries is not None:
+                    arrays = {
+                        k: np.array(v, copy=True) for k, v in entries.items() if v is not None
+                    }
+                    problem = state_problem(self.algorithm, hp, arrays, p.shape, np.iscomplexobj(p))
+                    if problem:
+                        raise ValueError(
+                            f"{at}, parameter {index} (state id {saved_id!r}, shape "
+                            f"{p.shape}): {problem}."
+                        )
+                    new_state[index] = {
+                        k: a.astype(p.dtype) if a.ndim else a for k, a in arrays.items()
+                    }
+                index += 1
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
         self.state = new_state

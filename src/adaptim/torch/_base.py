@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import operator
@@ -11,8 +12,14 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from adaptim import flavors
+from adaptim.algorithms import ALGORITHMS
 from adaptim.algorithms._spec import Algorithm, ArrayOps
-from adaptim.algorithms._validation import as_float, check_bool
+from adaptim.algorithms._validation import (
+    as_float,
+    check_bool,
+    check_loaded_group,
+    state_problem,
+)
 from adaptim.torch._engine import Engine
 
 TORCH_OPS = ArrayOps(
@@ -40,9 +47,6 @@ TRACEABLE_OPS = dataclasses.replace(
     lerp=lambda a, b, weight: a + (b - a) * weight,
 )
 
-_GRAD = operator.attrgetter("grad")
-_IS_SPARSE = operator.attrgetter("is_sparse")
-_IS_TENSOR = functools.partial(operator.is_not, None)
 
 NonFinitePolicy = Literal["ignore", "skip", "raise"]
 NONFINITE_POLICIES: tuple[str, ...] = ("ignore", "skip", "raise")
@@ -50,6 +54,11 @@ NONFINITE_POLICIES: tuple[str, ...] = ("ignore", "skip", "raise")
 # Group keys torch keeps for its own implementation switches. adaptim accepts
 # them for drop-in compatibility; the two that change semantics are refused.
 _TORCH_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
+_GROUP_SWITCHES = frozenset({*_TORCH_SWITCHES, "maximize", "flavor", "params"})
+
+#: Per optimizer class, the hyperparameter names of other algorithms that it
+#: does not take: a param group holding one comes from another optimizer.
+_FOREIGN_KEYS: dict[type, frozenset[str]] = {}
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
 
@@ -247,23 +256,95 @@ class Optimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict saved by adaptim or by the matching ``torch.optim`` class.
 
+        Everything is checked before anything changes: a state_dict of
+        another optimizer (its param groups hold another algorithm's
+        hyperparameters, or its state other entries), state entries of the
+        wrong shape or kind, and hyperparameters that construction would
+        refuse raise with the same message, prefixed with where they are.
+
         torch casts every floating state entry but ``step`` to its parameter's
         dtype. Scalar bookkeeping such as NAdam's ``mu_product`` keeps its
         saved dtype here instead, so a resumed run continues bit for bit.
         """
-        super().load_state_dict(state_dict)
+        hooks = self._optimizer_load_state_dict_pre_hooks
+        if hooks:  # check what torch would load: run the pre-hooks first, once
+            state_dict = state_dict.copy()
+            for hook in list(hooks.values()):
+                state_dict = hook(self, state_dict) or state_dict
+        self._check_state_dict(state_dict)
+        self._optimizer_load_state_dict_pre_hooks = collections.OrderedDict()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = hooks
         self._engine.invalidate()  # the state tensors are new
-        scalars = tuple(self.algorithm.scalar_state)
-        if not scalars:
-            return
+        scalars = ("step", *self.algorithm.scalar_state)
         saved_state = state_dict["state"]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params, strict=True):
+            state = self.state.get(p)
+            if not state:
+                continue
             for key in scalars:
                 value = saved_state.get(saved_id, {}).get(key)
                 if isinstance(value, torch.Tensor):
-                    self.state[p][key] = value.detach().clone()
+                    if key != "step":
+                        state[key] = value.detach().clone()
+                    elif not value.is_floating_point():  # an integer count: as torch keeps it
+                        state[key] = value.to(scalar_dtype())
+                elif value is not None:  # a plain number, as old torch versions saved
+                    state[key] = torch.tensor(float(value), dtype=scalar_dtype())
+
+    def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Raise, naming where and what was expected, unless ``state_dict`` fits this optimizer."""
+        name = f"adaptim.{type(self).__name__}"
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(
+                f"Invalid state_dict for {name}: expected a mapping with 'state' and "
+                "'param_groups', as Optimizer.state_dict() returns."
+            )
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"Invalid state_dict for {name}: it has {len(saved_groups)} param groups; "
+                f"this optimizer has {len(self.param_groups)}."
+            )
+        foreign = _FOREIGN_KEYS.get(type(self))
+        if foreign is None:
+            own = {*self.algorithm.hparams, *implicit_options(type(self)), *self.defaults}
+            everyone = {k for a in ALGORITHMS.values() for k in a.hparams}
+            foreign = _FOREIGN_KEYS.setdefault(
+                type(self), frozenset(everyone - own - _GROUP_SWITCHES)
+            )
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            where = f"Invalid state_dict for {name}, param_groups[{index}]"
+            merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            check_loaded_group(
+                where,
+                name,
+                saved,
+                len(group["params"]),
+                foreign,
+                functools.partial(self._validate_group, merged),
+            )
+            hp = {k: self.group_value(merged, k) for k in self.algorithm.hparams}
+            for position, (saved_id, p) in enumerate(
+                zip(saved["params"], group["params"], strict=True)
+            ):
+                entries = saved_state.get(saved_id)
+                if entries is None:
+                    continue
+                problem = (
+                    "expected a mapping of state entries"
+                    if not isinstance(entries, Mapping)
+                    else state_problem(self.algorithm, hp, entries, tuple(p.shape), p.is_complex())
+                )
+                if problem:
+                    raise ValueError(
+                        f"{where}, parameter {position} (state id {saved_id!r}, shape "
+                        f"{tuple(p.shape)}): {problem}."
+                    )
 
     # -- state -------------------------------------------------------------------
     def _init_state(self, p: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -302,18 +383,98 @@ class Optimizer(torch.optim.Optimizer):
             self._step_traceable()
             return loss
         hyperparams = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
-        # Refuse an unsupported sparse gradient before anything has changed.
-        for group, hp in zip(self.param_groups, hyperparams, strict=True):
-            grads = filter(_IS_TENSOR, map(_GRAD, group["params"]))
-            if any(map(_IS_SPARSE, grads)):
-                for p in group["params"]:
-                    if p.grad is not None and p.grad.is_sparse:
-                        self._sparse_mode(p, hp)
-        for index, (group, hp) in enumerate(zip(self.param_groups, hyperparams, strict=True)):
-            for p in self._engine.step_group(index, group, hp):
-                assert p.grad is not None  # step_group returns parameters with gradients only
+        # All or nothing: every group is prepared and what the engine leaves to
+        # the reference path is checked before any parameter or state changes.
+        # The engine's partitions are checked when they are built (and their
+        # tensors' identity each step), so the common path adds no work.
+        known_states = len(self.state)
+        engine = self._engine
+        try:
+            lefts = [
+                engine.prepare_group(index, group, hp)
+                for index, (group, hp) in enumerate(
+                    zip(self.param_groups, hyperparams, strict=True)
+                )
+            ]
+            for index, (left, hp) in enumerate(zip(lefts, hyperparams, strict=True)):
+                if left:
+                    self._check_reference_inputs(index, left, hp)
+        except BaseException:
+            # Only the zero state of first steps was created: drop it, and the
+            # partitions that hold it.
+            for p in list(self.state)[known_states:]:
+                del self.state[p]
+            engine.invalidate()
+            raise
+        for index, (group, hp, left) in enumerate(
+            zip(self.param_groups, hyperparams, lefts, strict=True)
+        ):
+            for p in left + engine.run_group(index, group, hp):
+                assert p.grad is not None  # the engine leaves parameters with gradients only
                 self._update(p, p.grad, group, hp)
         return loss
+
+    def _check_reference_inputs(
+        self, index: int, params: list[torch.Tensor], hp: Mapping[str, Any]
+    ) -> None:
+        """Raise, naming the parameter, if the per-tensor rule could fail part-way on it.
+
+        A cheap look at each parameter (its gradient's and state tensors'
+        shape, dtype and device, the entries the rule reads); only a
+        parameter that fails it gets the full check, which finds the message.
+        """
+        algorithm = self.algorithm
+        elementwise = [k for k, fill in algorithm.state(hp).items() if fill is not None]
+        scalars = ["step"] if algorithm.step else []
+        scalars += algorithm.scalar_state
+        get_state = self.state.get
+        for p in params:
+            grad = p.grad
+            assert grad is not None
+            if grad.is_sparse:
+                self._sparse_mode(p, hp)  # raises where the algorithm refuses them
+            # (torch checks a gradient's shape and device when it is set; its
+            # dtype may drift when ``p.data`` is replaced.)
+            suspect = grad.dtype != p.dtype
+            state = get_state(p)
+            if state and not suspect:
+                shape, dtype = p.shape, p.dtype
+                for key in elementwise:
+                    v = state.get(key)
+                    if v is None or v.shape != shape or v.dtype != dtype:
+                        suspect = True
+                        break
+                for key in scalars:
+                    if type(state.get(key)) is not torch.Tensor:
+                        suspect = True
+            if suspect:
+                self._refuse_reference_input(index, p, hp)
+
+    def _refuse_reference_input(self, index: int, p: torch.Tensor, hp: Mapping[str, Any]) -> None:
+        grad = p.grad
+        assert grad is not None
+        problem = None
+        if grad.shape != p.shape:
+            problem = f"its gradient has shape {tuple(grad.shape)}"
+        elif grad.dtype != p.dtype:
+            problem = f"its gradient has dtype {grad.dtype}, the parameter {p.dtype}"
+        elif grad.device != p.device:
+            problem = f"its gradient is on {grad.device}, the parameter on {p.device}"
+        else:
+            state = self.state.get(p, {})
+            problem = state_problem(
+                self.algorithm, hp, state, tuple(p.shape), p.is_complex(), exact_keys=False
+            )
+            devices = {v.device for v in state.values() if isinstance(v, torch.Tensor) and v.ndim}
+            if problem is None and devices - {p.device}:
+                problem = f"its state is on {sorted(map(str, devices))}, it on {p.device}"
+        if problem:
+            position = next(i for i, q in enumerate(self.param_groups[index]["params"]) if q is p)
+            raise RuntimeError(
+                f"adaptim.{type(self).__name__}: cannot step "
+                f"param_groups[{index}]['params'][{position}] (shape {tuple(p.shape)}): "
+                f"{problem}. Nothing was changed."
+            )
 
     def _step_traceable(self) -> None:
         """The step under ``torch.compile``: the per-tensor rule, with ``step`` and ``lr`` as tensors.
@@ -418,15 +579,20 @@ class Optimizer(torch.optim.Optimizer):
         state = self._init_state(p, group)
         step: float | torch.Tensor = 0.0
         if algorithm.step:
-            state["step"] += 1
-            # Compiled: a float64 tensor, so the graph does not depend on its value
-            # and scalar terms such as RAdam's rho_t keep the eager path's precision.
-            step = state["step"].double() if traceable else float(state["step"])
+            if traceable:
+                state["step"] += 1
+                # Compiled: a float64 tensor, so the graph does not depend on its value
+                # and scalar terms such as RAdam's rho_t keep the eager path's precision.
+                step = state["step"].double()
+            else:  # counted once the update has succeeded
+                step = float(state["step"] + 1)
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
         if grad.is_sparse:
             mode = self._sparse_mode(p, hp)
             if mode == "rows":
                 self._update_rows(p, grad, state, entries, float(step), hp)
+                if algorithm.step:
+                    state["step"] += 1
                 return
             grad = grad.to_dense()
         inputs = {k: _dense_or_none(state.get(k)) for k in entries}
@@ -441,6 +607,8 @@ class Optimizer(torch.optim.Optimizer):
             **hp,
         )
         target.copy_(new_p)
+        if algorithm.step and not traceable:
+            state["step"] += 1
         for key, value in new_state.items():
             current = views[key]
             if current is None:

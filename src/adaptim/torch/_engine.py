@@ -146,6 +146,8 @@ class GroupRun:
     refused: str | None = None
     #: What the last step ran: replay plans and native kernels (their ``source``).
     last_plans: list[Any] = field(default_factory=list)
+    #: Partitions (with this step's gradients) ``prepare_group`` chose for ``run_group``.
+    ready: list[tuple[Partition, list[torch.Tensor]]] = field(default_factory=list)
 
 
 def requested_path(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
@@ -196,13 +198,21 @@ class Engine:
             run.stale = True
 
     # -- the step --------------------------------------------------------------------
-    def step_group(
+    def prepare_group(
         self, index: int, group: dict[str, Any], hp: dict[str, Any]
     ) -> list[torch.Tensor]:
-        """Step what the engine can; return the parameters left to the reference path."""
+        """Choose what :meth:`run_group` will step, changing no parameter or state value.
+
+        Returns the parameters left to the reference path. ``Optimizer.step``
+        prepares every group and checks what is left before any group runs,
+        so a step that raises has changed nothing (it may have created the
+        zero state of a parameter's first step, which the optimizer removes).
+        """
         run = self.groups.setdefault(index, GroupRun())
         params = [p for p in group["params"] if p.grad is not None]
         mode = requested_path(group, self.optimizer.defaults)
+        run.ready = []
+        run.last = ([], len(params), mode)
         if mode == "reference":
             run.status = "reference: foreach=False"
             return params
@@ -212,17 +222,33 @@ class Engine:
         key = tuple(map(id, params))
         if run.stale or key != run.key:
             self._partition(run, group, hp, params, key)
+        run.status = None  # described on demand (fused_status): no string work per step
         left = list(run.reference)
+        for partition in run.partitions:
+            grads = self._usable_grads(run, partition)
+            if grads is None:
+                left.extend(partition.params)
+            else:
+                run.ready.append((partition, grads))
+        return left
+
+    def run_group(
+        self, index: int, group: dict[str, Any], hp: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Step the partitions :meth:`prepare_group` chose; return those the recorder refused."""
+        run = self.groups[index]
+        left: list[torch.Tensor] = []
         paths: list[str] = []
         plans: list[Any] = []
-        for partition in run.partitions:
-            path = self._step_partition(run, partition, group, hp, mode, plans)
+        _, count, mode = run.last
+        for partition, grads in run.ready:
+            path = self._step_partition(run, partition, grads, group, hp, mode, plans)
             if path is None:
                 left.extend(partition.params)
             else:
                 paths.append(path)
-        run.status = None  # described on demand (fused_status): no string work per step
-        run.last = (paths, len(params), mode)
+        run.ready = []
+        run.last = (paths, count, mode)
         run.last_plans = plans
         return left
 
@@ -245,15 +271,9 @@ class Engine:
             status += f" (not native: {'; '.join(sorted(refused))})"
         return status
 
-    def _step_partition(
-        self,
-        run: GroupRun,
-        partition: Partition,
-        group: Mapping[str, Any],
-        hp: dict[str, Any],
-        mode: str,
-        plans: list[Any],
-    ) -> str | None:
+    @staticmethod
+    def _usable_grads(run: GroupRun, partition: Partition) -> list[torch.Tensor] | None:
+        """The partition's gradients, or ``None`` when it must go to the reference path now."""
         grads = list(map(_GRAD, partition.params))
         dtype = partition.params[0].dtype
         # (``None in grads`` would compare tensors with ``==``: slow.)
@@ -263,12 +283,25 @@ class Engine:
         if any(g.dtype != dtype for g in grads):
             run.stale = True
             return None
-        if (
-            list(map(_DATA_PTR, partition.params)) != partition.ptrs
-            or not partition.state_current()
-        ):
+        try:
+            current = partition.state_current()
+        except KeyError:  # an entry was deleted: the reference path's checks name it
+            current = False
+        if list(map(_DATA_PTR, partition.params)) != partition.ptrs or not current:
             run.stale = True  # model.to(), p.data = ... or replaced state: rebuild, reference now
             return None
+        return grads
+
+    def _step_partition(
+        self,
+        run: GroupRun,
+        partition: Partition,
+        grads: list[torch.Tensor],
+        group: Mapping[str, Any],
+        hp: dict[str, Any],
+        mode: str,
+        plans: list[Any],
+    ) -> str | None:
         algorithm = self.optimizer.algorithm
         step = partition.step + 1 if algorithm.step else 0.0
         try:
