@@ -43,6 +43,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -167,8 +168,11 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
 
 
 def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
+    order = random.Random(0)
     for _ in range(repeats):
-        for runner in runners:
+        # A fresh order every round: whoever runs right after whom (caches, the
+        # thread pool's state) must not favour one implementation.
+        for runner in order.sample(runners, len(runners)):
             runner.fresh_grads()
             start = time.perf_counter()
             runner.step()
