@@ -39,8 +39,10 @@ $(TEST_STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[lab,test]'
 	touch $@ $(LAB_STAMP)
 
+# One torch thread per process: the built-in problems are small, and OpenMP threads
+# spinning against each other made the default study about twice as slow on 2 cores.
 demo: install-lab
-	$(VENV)/bin/adaptim compare
+	OMP_NUM_THREADS=1 $(VENV)/bin/adaptim compare
 
 lint: install-test
 	$(PY) -m ruff check src tests benchmarks examples
