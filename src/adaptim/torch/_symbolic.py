@@ -219,14 +219,15 @@ def make_memo(
     return Memo(structure, namespace["memo"], source)
 
 
-def symbolic_hyperparameters(
-    hyperparams: Mapping[str, Any], context: Context
+def _leaves(
+    hyperparams: Mapping[str, Any], make: Callable[[int, Any], Any]
 ) -> tuple[dict[str, Any], list[float], tuple[Any, ...]]:
-    """Numbers become :class:`Sym` leaves (after the step count, leaf 0).
+    """Walk the hyperparameters: every number becomes ``make(leaf index, value)``.
 
-    Returns the hyperparameters as the rule receives them, the leaf values,
-    and the *shape* key: every non-numeric value (bools, strings, ``None``)
-    and where the numbers sit, which a memo is only valid for.
+    Returns the converted hyperparameters, the leaf values (leaf 0 is the step
+    count, so hyperparameters start at 1) and the *shape* key: every
+    non-numeric value (bools, strings, ``None``) and where the numbers sit,
+    which a memo is only valid for.
     """
     values: list[float] = []
     shape: list[Any] = []
@@ -235,33 +236,25 @@ def symbolic_hyperparameters(
         if type(value) is float or type(value) is int:
             values.append(value)
             shape.append(type(value))
-            return Sym(context, ("leaf", len(values)), value)
+            return make(len(values), value)
         if isinstance(value, tuple | list):
             shape.append(("tuple", len(value)))
             return tuple(leaf(v) for v in value)
         shape.append(("concrete", value))
         return value
 
-    symbolic = {name: leaf(value) for name, value in hyperparams.items()}
-    return symbolic, values, tuple(shape)
+    converted = {name: leaf(value) for name, value in hyperparams.items()}
+    return converted, values, tuple(shape)
+
+
+def symbolic_hyperparameters(
+    hyperparams: Mapping[str, Any], context: Context
+) -> tuple[dict[str, Any], list[float], tuple[Any, ...]]:
+    """The hyperparameters with :class:`Sym` leaves, the leaf values and the shape key."""
+    return _leaves(hyperparams, lambda index, value: Sym(context, ("leaf", index), value))
 
 
 def leaves_of(hyperparams: Mapping[str, Any]) -> tuple[list[float], tuple[Any, ...]]:
-    """The leaf values and shape key of ``hyperparams``, as :func:`symbolic_hyperparameters` orders them."""
-    values: list[float] = []
-    shape: list[Any] = []
-
-    def walk(value: Any) -> None:
-        if type(value) is float or type(value) is int:
-            values.append(value)
-            shape.append(type(value))
-        elif isinstance(value, tuple | list):
-            shape.append(("tuple", len(value)))
-            for v in value:
-                walk(v)
-        else:
-            shape.append(("concrete", value))
-
-    for value in hyperparams.values():
-        walk(value)
-    return values, tuple(shape)
+    """The leaf values and shape key of ``hyperparams``, in :func:`symbolic_hyperparameters`' order."""
+    _, values, shape = _leaves(hyperparams, lambda index, value: value)
+    return values, shape
