@@ -4,11 +4,11 @@ Each class only states its signature; the update rule it runs is written once
 in :mod:`adaptim.algorithms` and its docstring (equations, paper, framework
 differences) is appended to the class docstring.
 
-``foreach`` is accepted so that code written for torch.optim runs unchanged;
-adaptim picks its own implementation. ``fused`` selects adaptim's fused fast
-path (``None``: automatic, ``True``: always, ``False``: never; see
-:class:`adaptim.torch.Optimizer`) and is offered by every optimizer, also where
-torch has no fused kernel. ``capturable=True`` and ``differentiable=True`` are
+``foreach`` and ``fused`` choose how a step runs, as in torch (see
+:mod:`adaptim.torch._engine`): ``fused=True`` the native compiled loop,
+``foreach=True`` or ``fused=False`` the multi-tensor replay, ``foreach=False``
+the per-tensor loop, neither an automatic choice by size and device. Every
+optimizer offers both, also where torch has no fused kernel. ``capturable=True`` and ``differentiable=True`` are
 refused with a clear error.
 """
 
