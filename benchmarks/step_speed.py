@@ -157,8 +157,10 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
         ("torch foreach", {"foreach": True}),
         ("torch fused", {"fused": True}),
     ):
-        try:
-            theirs([torch.nn.Parameter(torch.zeros(1, device=device))], **switch)
+        probe = torch.nn.Parameter(torch.zeros(1, device=device))
+        probe.grad = torch.zeros_like(probe)
+        try:  # some refuse at construction, others (fused Adagrad on CUDA) at the first step
+            theirs([probe], **switch).step()
         except (TypeError, RuntimeError, ValueError):
             continue  # torch has no such implementation of this algorithm (or on this device)
         runners.append(
