@@ -20,7 +20,9 @@ from adaptim.algorithms._validation import (
     check_loaded_group,
     state_problem,
 )
+from adaptim.torch import _hooks
 from adaptim.torch._engine import Engine
+from adaptim.torch._hooks import hooked_step
 
 TORCH_OPS = ArrayOps(
     name="torch",
@@ -369,19 +371,35 @@ class Optimizer(torch.optim.Optimizer):
         return state
 
     # -- the step ------------------------------------------------------------------
-    @torch.no_grad()
+    @hooked_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                if self.nonfinite == "ignore" or self._gradients_finite():
+                    self._step_traceable()
+                else:
+                    self.skipped_steps += 1
+            return loss
+        # torch.no_grad() as a decorator costs several microseconds a call; this is the same.
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            self._step_eager()
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
+        return loss
+
+    zero_grad = _hooks.zero_grad
+
+    def _step_eager(self) -> None:
         if self.nonfinite != "ignore" and not self._gradients_finite():
             self.skipped_steps += 1
-            return loss
-        if torch.compiler.is_compiling():
-            self._step_traceable()
-            return loss
+            return
         hyperparams = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
         # All or nothing: every group is prepared and what the engine leaves to
         # the reference path is checked before any parameter or state changes.
@@ -412,7 +430,6 @@ class Optimizer(torch.optim.Optimizer):
             for p in left + engine.run_group(index, group, hp):
                 assert p.grad is not None  # the engine leaves parameters with gradients only
                 self._update(p, p.grad, group, hp)
-        return loss
 
     def _check_reference_inputs(
         self, index: int, params: list[torch.Tensor], hp: Mapping[str, Any]
