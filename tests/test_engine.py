@@ -294,6 +294,13 @@ def test_replaced_state_and_load_state_dict_are_followed(path: str) -> None:
     train(model, optimizer, 3, seed=2)
     train(reference_model, reference, 3, seed=2)
     assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
+    for opt in (optimizer, reference):  # a whole entry replaced, another deleted (restarts)
+        first, second = list(opt.state)[:2]
+        opt.state[first] = {k: v.clone() for k, v in opt.state[first].items()}
+        del opt.state[second]
+    train(model, optimizer, 3, seed=4)
+    train(reference_model, reference, 3, seed=4)
+    assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
     saved = copy.deepcopy(reference.state_dict())  # load_state_dict keeps same-dtype tensors
     optimizer.load_state_dict(saved)
     model.load_state_dict(reference_model.state_dict())

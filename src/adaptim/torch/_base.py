@@ -510,16 +510,19 @@ class Optimizer(torch.optim.Optimizer):
 
     def _hyperparams(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
         """The group's hyperparameters as the rule takes them; reused while the values are the same objects."""
-        values = tuple(self.group_value(group, k) for k in self.algorithm.hparams)
-        cache: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = self.__dict__.setdefault(
+        keys = self.algorithm.hparams
+        # (absent keys read as None here: an adaptim-only option left implicit)
+        present = list(map(group.get, keys))
+        cache: dict[int, tuple[list[Any], dict[str, Any]]] = self.__dict__.setdefault(
             "_hp_cache", {}
         )
         cached = cache.get(index)
-        if cached is not None and all(map(operator.is_, cached[0], values)):
+        if cached is not None and all(map(operator.is_, cached[0], present)):
             return cached[1]
-        hp = {k: hyperparameter(k, v) for k, v in zip(self.algorithm.hparams, values, strict=True)}
+        values = [self.group_value(group, k) for k in keys]
+        hp = {k: hyperparameter(k, v) for k, v in zip(keys, values, strict=True)}
         if not any(map(_holds_tensor, values)):
-            cache[index] = (values, hp)  # a tensor lr may change in place: never cached
+            cache[index] = (present, hp)  # a tensor lr may change in place: never cached
         else:
             cache.pop(index, None)
         return hp

@@ -36,6 +36,7 @@ torch's names and layout, so ``state_dict`` moves to and from torch.optim.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import warnings
 from collections.abc import Mapping
@@ -55,6 +56,7 @@ _GRAD = operator.attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _IS_CONTIGUOUS = torch.Tensor.is_contiguous
 _IS_SPARSE = operator.attrgetter("is_sparse")
+_DTYPE = operator.attrgetter("dtype")
 _IS_NONE = functools.partial(operator.is_, None)
 
 #: ``fused=None`` builds a native kernel for CPU groups of at least this many
@@ -105,13 +107,30 @@ class Partition:
             self.ndim,
         )
 
-    def state_current(self) -> bool:
-        """Whether every state tensor is still the one this partition recorded (not replaced)."""
-        keys = (*self.tensor_keys, *self.per_tensor_keys)
-        return all(
-            all(map(operator.is_, map(operator.itemgetter(key), self.states), tensors))
-            for key, tensors in zip(keys, self.state_lists, strict=True)
+    def state_current(self, state: Mapping[torch.Tensor, Any]) -> bool:
+        """Whether every state dict and tensor is still the one this partition recorded.
+
+        ``state`` is the optimizer's; an entry the user deleted raises ``KeyError``.
+        """
+        params, recorded, dicts, names, tensors = self._state_check
+        return all(map(operator.is_, map(state.get, params), recorded)) and all(
+            map(operator.is_, map(operator.getitem, dicts, names), tensors)
         )
+
+    @functools.cached_property
+    def _state_check(self) -> tuple[list[Any], list[Any], list[Any], list[str], list[Any]]:
+        """What ``state_current`` compares, flat, for one pass per step.
+
+        The parameters that have state with their recorded dicts (a stateless
+        rule's empty dicts are not stored, as in torch), then the recorded
+        (state dict, key, tensor) triples.
+        """
+        stateful = [(p, s) for p, s in zip(self.params, self.states, strict=True) if s]
+        keys = (*self.tensor_keys, *self.per_tensor_keys)
+        dicts = [s for _ in keys for s in self.states]
+        names = [k for k in keys for _ in self.states]
+        tensors = [t for ts in self.state_lists for t in ts]
+        return [p for p, _ in stateful], [s for _, s in stateful], dicts, names, tensors
 
     def block_table(self) -> _native.BlockTable:
         if self._table is None:
@@ -209,7 +228,9 @@ class Engine:
         zero state of a parameter's first step, which the optimizer removes).
         """
         run = self.groups.setdefault(index, GroupRun())
-        params = [p for p in group["params"] if p.grad is not None]
+        params = list(group["params"])
+        if any(map(_IS_NONE, map(_GRAD, params))):
+            params = [p for p in params if p.grad is not None]
         mode = requested_path(group, self.optimizer.defaults)
         run.ready = []
         run.last = ([], len(params), mode)
@@ -224,8 +245,9 @@ class Engine:
             self._partition(run, group, hp, params, key)
         run.status = None  # described on demand (fused_status): no string work per step
         left = list(run.reference)
+        state = self.optimizer.state
         for partition in run.partitions:
-            grads = self._usable_grads(run, partition)
+            grads = self._usable_grads(run, partition, state)
             if grads is None:
                 left.extend(partition.params)
             else:
@@ -272,19 +294,22 @@ class Engine:
         return status
 
     @staticmethod
-    def _usable_grads(run: GroupRun, partition: Partition) -> list[torch.Tensor] | None:
+    def _usable_grads(
+        run: GroupRun, partition: Partition, state: Mapping[torch.Tensor, Any]
+    ) -> list[torch.Tensor] | None:
         """The partition's gradients, or ``None`` when it must go to the reference path now."""
         grads = list(map(_GRAD, partition.params))
         dtype = partition.params[0].dtype
-        # (``None in grads`` would compare tensors with ``==``: slow.)
-        if any(map(_IS_NONE, grads)) or any(map(_IS_SPARSE, grads)):
-            run.stale = True
-            return None
-        if any(g.dtype != dtype for g in grads):
+        # (``None in grads`` would compare tensors with ``==``: slow. dtypes are singletons.)
+        if (
+            any(map(_IS_NONE, grads))
+            or any(map(_IS_SPARSE, grads))
+            or any(map(operator.is_not, map(_DTYPE, grads), itertools.repeat(dtype)))
+        ):
             run.stale = True
             return None
         try:
-            current = partition.state_current()
+            current = partition.state_current(state)
         except KeyError:  # an entry was deleted: the reference path's checks name it
             current = False
         if list(map(_DATA_PTR, partition.params)) != partition.ptrs or not current:

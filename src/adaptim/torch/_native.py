@@ -29,6 +29,7 @@ elements).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -374,10 +375,7 @@ class Kernel:
             count,
             pointers.ctypes.data,
             values.ctypes.data,
-            table.blocks,
-            table.tensor.ctypes.data,
-            table.begin.ctypes.data,
-            table.end.ctypes.data,
+            *table.arguments,
             torch.get_num_threads(),
             STEP_KINDS[step_dtype],
         )
@@ -391,6 +389,11 @@ class BlockTable:
     tensor: np.ndarray
     begin: np.ndarray
     end: np.ndarray
+
+    @functools.cached_property
+    def arguments(self) -> tuple[int, int, int, int]:
+        """The kernel's arguments for this table (the count, then the arrays' addresses)."""
+        return (self.blocks, self.tensor.ctypes.data, self.begin.ctypes.data, self.end.ctypes.data)
 
     @classmethod
     def of(cls, sizes: Sequence[int]) -> BlockTable:
