@@ -94,7 +94,7 @@ class Partition:
     #: The native kernel of the last structure (memos keep the same object).
     kernel: tuple[Any, _native.Kernel] | None = None
     _table: _native.BlockTable | None = None
-    _pointers: np.ndarray | None = None
+    _pointers: tuple[np.ndarray, int] | None = None
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -137,15 +137,14 @@ class Partition:
             self._table = _native.BlockTable.of([p.numel() for p in self.params])
         return self._table
 
-    def native_pointers(self) -> np.ndarray:
-        """Data pointers by role: params, grads (filled each step), state, step counters."""
+    def native_pointers(self) -> tuple[np.ndarray, int]:
+        """Data pointers by role (params, grads (filled each step), state, step counters), and the array's address."""
         if self._pointers is None:
             roles = [self.params, self.params, *self.state_lists]
             if self.step_dtype is not None:
                 roles.append(self.steps)
-            self._pointers = np.array(
-                [t.data_ptr() for role in roles for t in role], dtype=np.int64
-            )
+            pointers = np.array([t.data_ptr() for role in roles for t in role], dtype=np.int64)
+            self._pointers = (pointers, pointers.ctypes.data)
         return self._pointers
 
 
@@ -441,10 +440,10 @@ class Engine:
                         stacklevel=5,
                     )
             else:
-                pointers = partition.native_pointers()
+                pointers, address = partition.native_pointers()
                 count = len(grads)
                 pointers[count : 2 * count] = list(map(_DATA_PTR, grads))
-                kernel(pointers, count, traced.slots, partition.block_table(), partition.step_dtype)
+                kernel(address, count, traced.slots, partition.block_table(), partition.step_dtype)
                 plans.append(kernel)
                 return "native"
         plan = _replay.plan_for(structure)

@@ -358,23 +358,22 @@ class Kernel:
 
     def __call__(
         self,
-        pointers: np.ndarray,
+        pointers: int,
         count: int,
         slots: Sequence[float],
         table: BlockTable,
         step_dtype: torch.dtype | None,
     ) -> None:
-        """Step ``count`` tensors whose data pointers ``pointers`` lists role by role.
+        """Step ``count`` tensors whose data pointers the array at address ``pointers`` lists role by role.
 
         The roles are the structure's inputs (``param``, ``grad``, each state
         buffer), then, when ``step_dtype`` is given, the 0-d ``step`` counters,
         which the kernel increments after the update.
         """
-        values = np.asarray(slots, dtype=np.float64)
         self.function(
             count,
-            pointers.ctypes.data,
-            values.ctypes.data,
+            pointers,
+            (ctypes.c_double * len(slots))(*slots),
             *table.arguments,
             torch.get_num_threads(),
             STEP_KINDS[step_dtype],
