@@ -458,6 +458,11 @@ def optimizers(
     console.print(table)
 
 
+from adaptim._lr_find_cli import lr_find as _lr_find  # noqa: E402  (after `app` exists)
+
+app.command("lr-find")(_lr_find)
+
+
 def main() -> None:
     try:
         app()
