@@ -104,7 +104,7 @@ def _run(
     seed: int,
     data_dir: Path | None,
 ) -> tuple[LrFindResult, str]:
-    from adaptim.lab.lr_find import lr_find_problem
+    from adaptim.lab.lr_find_trials import lr_find_problem
     from adaptim.lab.optimizers import applicable, parse_optimizer, parse_settings
     from adaptim.lab.problems import BuildContext, resolve_problem
 

@@ -18,11 +18,11 @@ from adaptim.cli import app
 from adaptim.lab.lr_find import (
     LrFindResult,
     lr_find,
-    lr_find_problem,
     ramp,
     smooth,
     suggest,
 )
+from adaptim.lab.lr_find_trials import lr_find_problem
 from adaptim.lab.problems import resolve_problem
 
 

@@ -40,13 +40,11 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from adaptim.lab.problems.base import BuildContext, Problem
 
 #: fastai's defaults: 100 steps from 1e-7 to 10, smoothing 0.98, stop at 4× the minimum.
 DEFAULT_STEPS = 100
@@ -201,9 +199,10 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-def _check(
+def check_arguments(
     start_lr: float, end_lr: float, steps: int, smoothing: float, stop_factor: float
 ) -> None:
+    """Raise ``ValueError`` (``TypeError`` for a non-number) naming the first bad argument."""
     _positive("start_lr", start_lr)
     if _positive("end_lr", end_lr) <= start_lr:
         raise ValueError(f"Invalid end_lr: {end_lr!r}; it must exceed start_lr ({start_lr!r})")
@@ -313,7 +312,7 @@ def lr_find(
                                  adaptim.Adam, loader)
         result.suggestion("valley").lr
     """
-    _check(start_lr, end_lr, steps, smoothing, stop_factor)
+    check_arguments(start_lr, end_lr, steps, smoothing, stop_factor)
     if not callable(loss):
         raise TypeError(f"Invalid loss: {loss!r}; expected a function returning a scalar tensor")
     module = model if isinstance(model, torch.nn.Module) else None
@@ -378,54 +377,4 @@ def lr_find(
     curve = smooth(losses, smoothing)
     return LrFindResult(
         tuple(lrs), tuple(losses), tuple(curve), tuple(suggest(lrs, curve, steps)), stop, steps
-    )
-
-
-# ----------------------------------------------------------------- the lab's problems
-
-
-def lab_range(optimizer: str) -> tuple[float, float]:
-    """The ramp for a lab optimizer: its grid's range widened 1000× below and 100× above.
-
-    For Adam's 1e-4–1e-1 that is fastai's 1e-7–10; each optimizer's range is
-    the same per-optimizer prior the grid search uses.
-    """
-    from adaptim.lab.optimizers import parse_optimizer
-
-    low, high = parse_optimizer(optimizer)[0].lr_range
-    return float(f"{low / 1000:.3g}"), float(f"{high * 100:.3g}")
-
-
-def lr_find_problem(
-    problem: Problem,
-    optimizer: str,
-    hparams: Mapping[str, Any] | None = None,
-    *,
-    seed: int = 0,
-    context: BuildContext | None = None,
-    start_lr: float | None = None,
-    end_lr: float | None = None,
-    steps: int = DEFAULT_STEPS,
-) -> LrFindResult:
-    """The range test of lab optimizer ``optimizer`` (``adam``, ``rmsprop@keras``) on ``problem``
-    built from ``seed``, its minibatches those of a trial's first steps; ``hparams`` fixed (the
-    problem's and ``--set``). The ramp defaults to :func:`lab_range`."""
-    from adaptim.lab.optimizers import make_optimizer
-
-    low, high = lab_range(optimizer)
-    start_lr = low if start_lr is None else start_lr
-    end_lr = high if end_lr is None else end_lr
-    _check(start_lr, end_lr, steps, DEFAULT_SMOOTHING, DEFAULT_STOP_FACTOR)
-    torch.manual_seed(seed)  # as a trial does: module initialisers draw from it
-    setup = problem.build(seed, context or BuildContext())
-    opt = make_optimizer(optimizer, setup.parameters, {**(hparams or {}), "lr": start_lr})
-    # The problem draws step k's minibatch from train_loss(k): data are the step numbers.
-    return lr_find(
-        list(setup.parameters),
-        setup.train_loss,
-        opt,
-        itertools.count(1),
-        start_lr=start_lr,
-        end_lr=end_lr,
-        steps=steps,
     )

@@ -25,11 +25,13 @@ from adaptim.lab.analysis import (
 from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
+from adaptim.lab.optimizers import parse_optimizer
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.protocol import (
     MAX_EXTENSIONS,
     TUNING_SEED,
     GridTuner,
+    LrFindTuner,
     StudyConfig,
     Tuner,
     best_setting,
@@ -37,6 +39,7 @@ from adaptim.lab.protocol import (
     final_seeds,
     fixed_hparams,
     make_tuner,
+    published_defaults,
 )
 from adaptim.lab.store import Store
 from adaptim.lab.trial import Phase, TrialResult, TrialSpec
@@ -121,6 +124,8 @@ class Study:
         self.extensions: dict[str, list[dict[str, dict[str, Any]]]] = {
             spec: [] for spec in self.problems
         }
+        #: The range tests of ``--search lr-find``, per (problem, optimizer).
+        self.range_tests: dict[tuple[str, str], TrialResult] = {}
 
     def steps(self, problem: Problem) -> int:
         return self.config.steps or problem.steps
@@ -138,11 +143,20 @@ class Study:
             for plan in round_.values()
         )
         return extra + sum(
-            (1 if "lr" in fixed_hparams(self.config, o, problem) else self.config.budget)
-            + self.config.seeds
+            self._tuning_runs(o, problem) + self.config.seeds
             for problem in self.problems.values()
             for o in self.config.optimizers
         )
+
+    def _tuning_runs(self, optimizer: str, problem: Problem) -> int:
+        if parse_optimizer(optimizer)[0].tuning_free:
+            return 0
+        if (
+            "lr" in fixed_hparams(self.config, optimizer, problem)
+            or self.config.search == "lr-find"
+        ):
+            return 1
+        return self.config.budget
 
     def policy(self) -> Policy:
         """The analysis settings of this study (margin, adaptive seeding)."""
@@ -191,17 +205,24 @@ class Study:
             OptimizerOutcome(
                 name=optimizer,
                 metric=metric,
-                hparams=self._chosen(spec, tuning[spec, optimizer]),
+                hparams=self._chosen(spec, optimizer, tuning[spec, optimizer]),
                 tuning=tuning[spec, optimizer],
                 runs=finals[spec, optimizer],
-                # Fixed with --set or by the problem (Problem.hparams): no range was searched.
-                lr_fixed="lr" in fixed_hparams(self.config, optimizer, self.problems[spec]),
+                # Fixed with --set or by the problem (Problem.hparams), or never tuned: no
+                # range was searched.
+                lr_fixed="lr" in fixed_hparams(self.config, optimizer, self.problems[spec])
+                or parse_optimizer(optimizer)[0].tuning_free,
                 sweeps=(sweeps or {}).get((spec, optimizer), []),
+                tuning_free=parse_optimizer(optimizer)[0].tuning_free,
+                range_test=self.range_tests.get((spec, optimizer)),
             )
             for optimizer in self.config.optimizers
         ]
 
-    def _chosen(self, spec: str, tried: list[TrialResult]) -> dict[str, Any]:
+    def _chosen(self, spec: str, optimizer: str, tried: list[TrialResult]) -> dict[str, Any]:
+        if not tried:  # a tuning-free optimizer: its published defaults
+            fixed = fixed_hparams(self.config, optimizer, self.problems[spec])
+            return published_defaults(optimizer, fixed)
         metric = self.problems[spec].metric
         return best_setting(metric, [(t.spec.hparams, t.score(metric.name)) for t in tried])
 
@@ -212,6 +233,9 @@ class Study:
             for optimizer in self.config.optimizers
         }
         results: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuners}
+        for key, tuner in tuners.items():
+            if isinstance(tuner, LrFindTuner) and tuner.needs_range_test:
+                self._range_test(key, tuner)
         while True:
             wave = [
                 (key, self._spec(key[0], key[1], hparams, TUNING_SEED, "tune"))
@@ -265,6 +289,37 @@ class Study:
             grown = True
         return grown
 
+    def _range_test(self, key: tuple[str, str], tuner: LrFindTuner) -> None:
+        """Run (or find stored) the range test of ``--search lr-find`` and pass on its suggestion.
+
+        It runs in this process: a few seconds, once per problem and optimizer.
+        """
+        from adaptim.lab.lr_find_trials import (
+            RANGE_TEST_KEY,
+            lab_range,
+            range_test_of,
+            run_range_test,
+        )
+
+        spec = TrialSpec(
+            key[0],
+            key[1],
+            {**tuner.fixed, RANGE_TEST_KEY: list(lab_range(key[1]))},
+            TUNING_SEED,
+            tuner.range_steps,
+            "tune",
+            data=None if self.context.data_dir is None else str(self.context.data_dir.resolve()),
+        )
+        trial = self.store.get(spec)
+        if trial is None:
+            trial = run_range_test(spec, self.problems[key[0]], self.context)
+            self.store.put(trial)
+        self.range_tests[key] = trial
+        found = range_test_of(trial)
+        # No finite point to read: start from the low end of the optimizer's grid.
+        low = parse_optimizer(key[1])[0].lr_range[0]
+        tuner.suggest(found.suggestion("valley").lr if found.suggestions else low)
+
     def _spec(
         self, problem: str, optimizer: str, hparams: dict[str, Any], seed: int, phase: Phase
     ) -> TrialSpec:
@@ -301,7 +356,9 @@ class Study:
         while True:
             plan = {
                 key: [
-                    self._spec(key[0], key[1], self._chosen(key[0], tuning[key]), seed, "final")
+                    self._spec(
+                        key[0], key[1], self._chosen(key[0], key[1], tuning[key]), seed, "final"
+                    )
                     for seed in range(TUNING_SEED + 1 + len(runs[key]), TUNING_SEED + 1 + n)
                 ]
                 for key, n in wanted.items()
