@@ -93,7 +93,8 @@ def compare(
         str,
         typer.Option(
             help="grid (lr only, grown at edge hits), or random / tpe (Optuna) over each "
-            "optimizer's declared space (see `adaptim optimizers`)."
+            "optimizer's declared space (see `adaptim optimizers`), or lr-find (the LR range "
+            "test, then one run at its suggestion; its steps count as tuning)."
         ),
     ] = "grid",
     schedule: Annotated[
