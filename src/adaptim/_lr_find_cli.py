@@ -76,7 +76,10 @@ def lr_find(
         except OSError as error:
             raise LabError(f"cannot write to {str(out)!r}: {error.strerror}") from None
     except (LabError, ValueError) as error:
-        raise _fail(str(error)) from None
+        message = str(error)
+        for name in ("start_lr", "end_lr", "steps"):  # lr_find's argument is this option
+            message = message.replace(f"Invalid {name}:", f"Invalid --{name.replace('_', '-')}:")
+        raise _fail(message) from None
     table = Table(title=f"{escape(title)}: suggested learning rates")
     for column in ("suggestion", "lr", "smoothed loss", "rule"):
         table.add_column(column, justify="right" if column in ("lr", "smoothed loss") else "left")

@@ -452,8 +452,8 @@ def optimizers(
             v.name,
             f"adaptim.{v.cls.__name__}",
             fixed,
-            f"{v.lr_range[0]:g} – {v.lr_range[1]:g}",
-            "; ".join(d.describe() for d in v.space),
+            f"{v.lr_range[0]:g} – {v.lr_range[1]:g}" if not v.tuning_free else "none",
+            "; ".join(d.describe() for d in v.space) if not v.tuning_free else "tuning-free",
             v.description,
         )
     console.print(table)

@@ -259,4 +259,4 @@ def test_command_prints_suggestions_and_writes_the_figure(tmp_path) -> None:  # 
     bad = runner.invoke(app, ["lr-find", "--problem", "linreg", "--optimizer", "adma"])
     assert bad.exit_code == 2 and "did you mean 'adam'" in bad.output
     bad = runner.invoke(app, ["lr-find", "-p", "linreg", "--end-lr", "1e-9"])
-    assert bad.exit_code == 2 and "end_lr" in bad.output
+    assert bad.exit_code == 2 and "Invalid --end-lr: 1e-09" in bad.output

@@ -77,7 +77,15 @@ def test_self_tuning_finding_and_its_sentence(lr_find_study) -> None:  # type: i
     assert finding.ratio == pytest.approx(finding.value / finding.reference_value)
     means = {o.name: sum(r.validation["mse"] for r in o.runs) / 2 for o in problem.outcomes}
     assert finding.value == pytest.approx(means["adam-defaults"])
-    data = json.loads(json.dumps(problem.to_json()))["recommendation"]
+    saved = json.loads(json.dumps(problem.to_json()))
+    adam_json, defaults_json = saved["optimizers"]
+    assert [s["name"] for s in adam_json["range_test"]["suggestions"]] == [
+        "valley",
+        "steepest",
+        "minimum/10",
+    ]
+    assert defaults_json["tuning_free"] and defaults_json["range_test"] is None
+    data = saved["recommendation"]
     assert data["self_tuning"][0]["reference"] == "adam"
     assert {c["optimizer"] for c in data["tuning_costs"]} == {"adam", "adam-defaults"}
     html = build_report(outcome, "key")
@@ -101,7 +109,7 @@ def test_a_rerun_reuses_the_stored_range_test(lr_find_study, monkeypatch) -> Non
 def test_grid_costs_count_every_tuning_run_and_no_cost_figure_without_self_tuning(
     tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
-    outcome = _study(tmp_path, "grid", ("sgd", "adam"))
+    outcome = _study(tmp_path, "grid", ("adam",))
     problem = outcome.problems[0]
     for o, c in zip(problem.outcomes, problem.recommendation.costs, strict=True):
         assert c.tuning_runs == len(o.tuning) >= 3

@@ -383,6 +383,9 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
             for t in outcome.tuning
         ],
         "lr_at_edge": outcome.lr_at_edge,
+        "tuning_free": outcome.tuning_free,
+        # --search lr-find's range test: its curve, suggestions and why it stopped.
+        "range_test": None if outcome.range_test is None else outcome.range_test.info["lr_find"],
         "sweeps": [
             {
                 "hparams": dict(t.spec.hparams),
