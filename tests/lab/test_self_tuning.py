@@ -40,16 +40,19 @@ def lr_find_study(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_lr_find_search_charges_the_range_test_and_runs_its_suggestion(lr_find_study) -> None:  # type: ignore[no-untyped-def]
+def test_lr_find_search_charges_the_range_test_and_runs_its_suggestions(lr_find_study) -> None:  # type: ignore[no-untyped-def]
     _, outcome = lr_find_study
     problem = outcome.problems[0]
     adam, defaults = problem.outcomes
     assert adam.range_test is not None
     found = lr_find_trials.range_test_of(adam.range_test)
     assert adam.range_test.steps_done == found.steps <= STEPS  # at most one trial's steps
-    assert [t.spec.hparams["lr"] for t in adam.tuning] == [
-        float(f"{found.suggestion('valley').lr:.3g}")
-    ]
+    # --budget 3: the range test is one trial, the first two distinct suggestions two more.
+    suggested = list(dict.fromkeys(float(f"{s.lr:.3g}") for s in found.suggestions))
+    assert [t.spec.hparams["lr"] for t in adam.tuning] == suggested[:2]
+    scores = {t.spec.hparams["lr"]: t.validation["mse"] for t in adam.tuning}
+    assert adam.hparams["lr"] == min(scores, key=scores.__getitem__)
+    assert not adam.lr_at_edge  # suggestions are not a grid
     costs = {c.optimizer: c for c in problem.recommendation.costs}
     spent = adam.range_test.steps_done + sum(t.steps_done for t in adam.tuning)
     assert costs["adam"].tuning_steps == spent <= 3 * STEPS  # within --budget 3 trials
@@ -90,7 +93,7 @@ def test_self_tuning_finding_and_its_sentence(lr_find_study) -> None:  # type: i
     assert {c["optimizer"] for c in data["tuning_costs"]} == {"adam", "adam-defaults"}
     html = build_report(outcome, "key")
     assert "Cost of tuning" in html and "none (defaults)" in html
-    assert "range test + 1 run" in html and "Range test: adam" in html
+    assert "range test + 2 runs" in html and "Range test: adam" in html
     assert "adam-defaults at its defaults ends at" in html
     assert "tuned adam&#x27;s validation mse" in html and "tuning included" in html
 
@@ -129,5 +132,11 @@ def test_tuners_of_the_self_tuning_track() -> None:
     tuner = make_tuner(config, "adam", problem)
     assert isinstance(tuner, LrFindTuner) and not tuner.needs_range_test
     assert tuner.propose(1) == [{"lr": 0.01}] and tuner.propose(1) == []
+    assert not tuner.needs_range_test
+    tuner = LrFindTuner({"eps": 1e-6}, steps=500, budget=3)
+    assert tuner.needs_range_test and tuner.range_steps == 100
+    tuner.suggest([0.0012345, 0.00123, 0.25, 0.01])  # distinct at 3 digits, budget − 1 of them
+    assert tuner.propose(1) == [{"eps": 1e-6, "lr": 0.00123}, {"eps": 1e-6, "lr": 0.25}]
+    assert not tuner.needs_range_test and tuner.propose(1) == []
     with pytest.raises(LabError, match="--search lr-find needs --budget 2 or more, got 1"):
         StudyConfig(("linreg",), ("adam",), search="lr-find", budget=1)

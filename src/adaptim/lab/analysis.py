@@ -139,7 +139,12 @@ class OptimizerOutcome:
 
     @property
     def lr_at_edge(self) -> bool:
-        return not self.lr_fixed and lr_at_edge(self.tuning, self.hparams.get("lr"))
+        # A range test's suggestions are not a grid: no edge to be at.
+        return (
+            not self.lr_fixed
+            and self.range_test is None
+            and lr_at_edge(self.tuning, self.hparams.get("lr"))
+        )
 
 
 def seed_values(

@@ -26,7 +26,8 @@ nothing) and its last five points (the climb to the stop), as fastai does:
   plus a sixth of the way into it, where the loss falls steadily and is far
   from the blow-up;
 * ``steepest``: where the smoothed loss falls fastest against log lr
-  (Smith 2017, §3.3);
+  (fastai's ``steep``; Smith 2017, §3.3, takes rates from where the loss
+  starts falling to where it stops);
 * ``minimum/10``: a tenth of the lr at the smoothed loss's minimum (the
   minimum is already too fast; Howard & Gugger 2020, ch. 5).
 
@@ -58,7 +59,7 @@ SKIP_END = 5
 RULES = {
     "valley": "a third plus a sixth of the way into the longest run of points along which the "
     "smoothed loss keeps falling (fastai's default)",
-    "steepest": "where the smoothed loss falls fastest against log lr (Smith 2017)",
+    "steepest": "where the smoothed loss falls fastest against log lr (fastai's steep)",
     "minimum/10": "a tenth of the lr at the smoothed loss's minimum",
 }
 
@@ -304,7 +305,9 @@ def lr_find(
     over those parameters (its state is restored afterwards), or a class or
     function that builds one from the list of parameters
     (``adaptim.Adam``, ``functools.partial(adaptim.SGD, momentum=0.9)``).
-    Every param group gets the ramp's learning rate.
+    Every param group gets the ramp's learning rate. The stop rule assumes a
+    positive loss; random number generators (dropout) are not rewound, and
+    an iterator given as ``data`` stays consumed.
 
     Example::
 

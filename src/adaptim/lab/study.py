@@ -151,11 +151,10 @@ class Study:
     def _tuning_runs(self, optimizer: str, problem: Problem) -> int:
         if parse_optimizer(optimizer)[0].tuning_free:
             return 0
-        if (
-            "lr" in fixed_hparams(self.config, optimizer, problem)
-            or self.config.search == "lr-find"
-        ):
+        if "lr" in fixed_hparams(self.config, optimizer, problem):
             return 1
+        if self.config.search == "lr-find":  # the range test's suggestions, as budget allows
+            return min(3, self.config.budget - 1)
         return self.config.budget
 
     def policy(self) -> Policy:
@@ -318,7 +317,7 @@ class Study:
         found = range_test_of(trial)
         # No finite point to read: start from the low end of the optimizer's grid.
         low = parse_optimizer(key[1])[0].lr_range[0]
-        tuner.suggest(found.suggestion("valley").lr if found.suggestions else low)
+        tuner.suggest([s.lr for s in found.suggestions] or [low])
 
     def _spec(
         self, problem: str, optimizer: str, hparams: dict[str, Any], seed: int, phase: Phase

@@ -141,8 +141,8 @@ def cost_table(metric: Metric, rec: Recommendation) -> str:
     for c in sorted(rec.costs, key=lambda c: c.total_steps):
         cells = (
             c.optimizer,
-            "none (defaults)" if c.tuning_free else "range test + 1 run" if c.range_test_steps
-            else "search",
+            "none (defaults)" if c.tuning_free
+            else f"range test + {c.tuning_runs} runs" if c.range_test_steps else "search",
             str(c.tuning_runs),
             f"{c.range_test_steps:,}" if c.range_test_steps else "–",
             f"{c.tuning_steps:,}",
@@ -219,10 +219,11 @@ def range_test_figures(problem: ProblemOutcome) -> list[Figure_]:
             PageFigure(
                 f"Range test: {o.name}",
                 "Training loss while the learning rate grows exponentially on the tuning seed "
-                "(grey: each minibatch; blue: its bias-corrected moving average), stopped when "
-                "the average passed 4× its minimum. The valley suggestion"
-                + (f" ({chosen:.3g})" if isinstance(chosen, float) else "")
-                + " was run as the tuning run; its steps count in the cost of tuning.",
+                "(grey: each minibatch; blue: its bias-corrected moving average), until the "
+                "average passed 4× its minimum. Its suggestions were run as tuning runs, as far "
+                "as the budget went, and the best on validation was chosen"
+                + (f" (lr {chosen:.3g})" if isinstance(chosen, float) else "")
+                + "; the range test's steps count in the cost of tuning.",
                 lr_find_svg(result, f"{problem.problem.name} · {o.name}"),
             )
         )
