@@ -24,6 +24,7 @@ from adaptim.lab.lr_find import (
     lr_find,
 )
 from adaptim.lab.problems.base import BuildContext, Problem
+from adaptim.lab.store import Store
 from adaptim.lab.trial import TrialResult, TrialSpec
 
 
@@ -113,3 +114,30 @@ def run_range_test(spec: TrialSpec, problem: Problem, context: BuildContext) -> 
 def range_test_of(trial: TrialResult) -> LrFindResult:
     """The range test a stored trial of :func:`run_range_test` holds."""
     return LrFindResult.from_json(trial.info["lr_find"])
+
+
+def range_test_hparams(optimizer: str, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``hparams`` of a range test's :class:`TrialSpec`: ``fixed`` and the ramp."""
+    return {**fixed, RANGE_TEST_KEY: list(lab_range(optimizer))}
+
+
+def stored_range_test(
+    store: Store, spec: TrialSpec, problem: Problem, context: BuildContext
+) -> TrialResult:
+    """The range test ``spec`` from ``store``, or run now and stored."""
+    trial = store.get(spec)
+    if trial is None:
+        trial = run_range_test(spec, problem, context)
+        store.put(trial)
+    return trial
+
+
+def suggested_lrs(trial: TrialResult) -> list[float]:
+    """The range test's suggestions, best-first; the low end of the optimizer's grid when the
+    test recorded too few finite points to suggest anything."""
+    from adaptim.lab.optimizers import parse_optimizer
+
+    found = range_test_of(trial)
+    return [s.lr for s in found.suggestions] or [
+        parse_optimizer(trial.spec.optimizer)[0].lr_range[0]
+    ]

@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -289,35 +289,20 @@ class Study:
         return grown
 
     def _range_test(self, key: tuple[str, str], tuner: LrFindTuner) -> None:
-        """Run (or find stored) the range test of ``--search lr-find`` and pass on its suggestion.
+        """Run (or find stored) the range test of ``--search lr-find``; pass on its suggestions.
 
-        It runs in this process: a few seconds, once per problem and optimizer.
+        It runs in this process: seconds, once per problem and optimizer.
         """
-        from adaptim.lab.lr_find_trials import (
-            RANGE_TEST_KEY,
-            lab_range,
-            range_test_of,
-            run_range_test,
-        )
+        from adaptim.lab import lr_find_trials
 
-        spec = TrialSpec(
-            key[0],
-            key[1],
-            {**tuner.fixed, RANGE_TEST_KEY: list(lab_range(key[1]))},
-            TUNING_SEED,
-            tuner.range_steps,
-            "tune",
-            data=None if self.context.data_dir is None else str(self.context.data_dir.resolve()),
+        hparams = lr_find_trials.range_test_hparams(key[1], tuner.fixed)
+        spec = self._spec(key[0], key[1], hparams, TUNING_SEED, "tune")
+        spec = replace(spec, steps=tuner.range_steps, schedule="constant")
+        trial = lr_find_trials.stored_range_test(
+            self.store, spec, self.problems[key[0]], self.context
         )
-        trial = self.store.get(spec)
-        if trial is None:
-            trial = run_range_test(spec, self.problems[key[0]], self.context)
-            self.store.put(trial)
         self.range_tests[key] = trial
-        found = range_test_of(trial)
-        # No finite point to read: start from the low end of the optimizer's grid.
-        low = parse_optimizer(key[1])[0].lr_range[0]
-        tuner.suggest([s.lr for s in found.suggestions] or [low])
+        tuner.suggest(lr_find_trials.suggested_lrs(trial))
 
     def _spec(
         self, problem: str, optimizer: str, hparams: dict[str, Any], seed: int, phase: Phase
