@@ -6,6 +6,8 @@ import copy
 import functools
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -260,3 +262,17 @@ def test_command_prints_suggestions_and_writes_the_figure(tmp_path) -> None:  # 
     assert bad.exit_code == 2 and "did you mean 'adam'" in bad.output
     bad = runner.invoke(app, ["lr-find", "-p", "linreg", "--end-lr", "1e-9"])
     assert bad.exit_code == 2 and "Invalid --end-lr: 1e-09" in bad.output
+
+
+def test_adaptim_lr_find_loads_torch_only() -> None:
+    # The core package needs torch and numpy only: the range test must not pull in the
+    # lab's dependencies (matplotlib, scipy, SQLAlchemy, ...) or the rest of the lab.
+    code = (
+        "import sys, adaptim\n"
+        "assert 'adaptim.lab.lr_find' not in sys.modules\n"
+        "adaptim.lr_find\n"
+        "print(sorted(m for m in ('matplotlib', 'scipy', 'sklearn', 'sqlalchemy', 'optuna',"
+        " 'rich', 'typer', 'adaptim.lab.study', 'adaptim.lab.problems') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
