@@ -1,7 +1,8 @@
-"""``adaptim lr-find``: the learning-rate range test on a lab problem, from the terminal.
+"""``adaptim lr-find``, and the cost-of-tuning table ``adaptim compare`` prints.
 
 Kept apart from :mod:`adaptim.cli` so the command module stays small; the
-test itself is :mod:`adaptim.lab.lr_find`, the figure :mod:`adaptim.lab.report.tuning`.
+test itself is :mod:`adaptim.lab.lr_find`, the figures and the table's cells
+:mod:`adaptim.lab.report.tuning`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from rich.table import Table
 from adaptim.lab.errors import LabError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from adaptim.lab.lr_find import LrFindResult
+    from adaptim.lab.study import ProblemOutcome
 
 STOPS = {
     "completed": "ran every step of the ramp without blowing up (try a larger --end-lr)",
@@ -130,3 +134,18 @@ def _run(
         steps=steps,
     )
     return result, f"{problem.name} · {optimizer}"
+
+
+def print_tuning_costs(console: Console, problem: ProblemOutcome) -> None:
+    """The cost-of-tuning table, when a tuning-free optimizer or ``--search lr-find`` is in."""
+    from adaptim.lab.report.tuning import COST_NOTE, cost_rows, shows_costs
+
+    if not shows_costs(problem):
+        return
+    head, rows = cost_rows(problem.problem.metric, problem.recommendation)
+    table = Table(title=f"{escape(problem.problem.name)}: the cost of tuning", caption=COST_NOTE)
+    for i, column in enumerate(head):
+        table.add_column(escape(column), justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)

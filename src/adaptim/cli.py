@@ -290,6 +290,9 @@ def _print_problem(problem: ProblemOutcome) -> None:
             escape(row.good_lr_steps),
         )
     console.print(table)
+    from adaptim._lr_find_cli import print_tuning_costs
+
+    print_tuning_costs(console, problem)
     console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
     for sentence in found.evidence:
         console.print(f"  • {escape(sentence)}", highlight=False)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from rich.console import Console
 
+from adaptim._lr_find_cli import print_tuning_costs
 from adaptim.lab import lr_find_trials
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import InProcessExecutor
@@ -95,6 +97,11 @@ def test_self_tuning_finding_and_its_sentence(lr_find_study) -> None:  # type: i
     assert "Cost of tuning" in html and "none (defaults)" in html
     assert "range test + 2 runs" in html and "Range test: adam" in html
     assert "adam-defaults at its defaults ends at" in html
+    console = Console(record=True, width=160)
+    print_tuning_costs(console, problem)
+    terminal = console.export_text()
+    assert "linreg: the cost of tuning" in terminal and "none (defaults)" in terminal
+    assert f"{costs['adam'].total_steps:,.0f}" in terminal
     assert "tuned adam&#x27;s validation mse" in html and "tuning included" in html
 
 

@@ -126,9 +126,9 @@ def self_tuning_sentences(metric: Metric, rec: Recommendation) -> list[str]:
     return out
 
 
-def cost_table(metric: Metric, rec: Recommendation) -> str:
-    """The tuning cost of every optimizer as an HTML table (escaped)."""
-    head = (
+def cost_rows(metric: Metric, rec: Recommendation) -> tuple[list[str], list[list[str]]]:
+    """The cost-of-tuning table as text cells, cheapest first: its header and its rows."""
+    head = [
         "optimizer",
         "tuning",
         "tuning runs",
@@ -136,10 +136,10 @@ def cost_table(metric: Metric, rec: Recommendation) -> str:
         "tuning steps",
         "total steps",
         f"validation {metric.name}",
-    )
+    ]
     rows = []
     for c in sorted(rec.costs, key=lambda c: c.total_steps):
-        cells = (
+        rows.append([
             c.optimizer,
             "none (defaults)" if c.tuning_free
             else f"range test + {c.tuning_runs} runs" if c.range_test_steps else "search",
@@ -148,15 +148,26 @@ def cost_table(metric: Metric, rec: Recommendation) -> str:
             f"{c.tuning_steps:,}",
             f"{c.total_steps:,.0f}",
             "–" if c.value is None else number(c.value),
-        )  # fmt: skip
-        rows.append("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in cells) + "</tr>")
+        ])  # fmt: skip
+    return head, rows
+
+
+#: What the cost table's columns count.
+COST_NOTE = (
+    "tuning steps: every tuning run and range test; total: that plus one run at the chosen "
+    "setting, the compute to get one trained model. The validation value is the mean over the "
+    "re-run seeds (a diverged seed counts as the worst value reached)."
+)
+
+
+def cost_table(metric: Metric, rec: Recommendation) -> str:
+    """The tuning cost of every optimizer as an HTML table (escaped)."""
+    head, rows = cost_rows(metric, rec)
+    body = "".join("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in r) + "</tr>" for r in rows)
     heads = "".join(f"<th>{escape(h)}</th>" for h in head)
     return (
-        f"<table><thead><tr>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        '<p class="note"><b>tuning steps</b>: every tuning run and range test; <b>total</b>: '
-        "that plus one run at the chosen setting, the compute to get one trained model. "
-        "The validation value is the mean over the re-run seeds (a diverged seed counts as the "
-        "worst value reached).</p>"
+        f"<table><thead><tr>{heads}</tr></thead><tbody>{body}</tbody></table>"
+        f'<p class="note">{escape(COST_NOTE)}</p>'
     )
 
 
