@@ -94,7 +94,7 @@ def compare(
         typer.Option(
             help="grid (lr only, grown at edge hits), or random / tpe (Optuna) over each "
             "optimizer's declared space (see `adaptim optimizers`), or lr-find (the LR range "
-            "test, then one run at its suggestion; its steps count as tuning)."
+            "test, then runs at its suggestions as the budget allows; its steps count)."
         ),
     ] = "grid",
     schedule: Annotated[

@@ -116,8 +116,8 @@ def self_tuning_sentences(metric: Metric, rec: Recommendation) -> list[str]:
             f"({mine.total_steps:,.0f} vs {theirs.total_steps:,.0f} steps)."
         )
         if f.relation is Relation.BETTER:
-            winner = f.optimizer if rec.leader == f.optimizer else f"tuned {f.reference}"
-            sentence += f" {winner} is better, separated paired by seed."
+            winner = f.optimizer if rec.leader == f.optimizer else f"Tuned {f.reference}"
+            sentence += f" {winner} is better (separated, paired by seed)."
         elif f.relation is Relation.EQUIVALENT:
             sentence += " The two are equivalent within the margin."
         elif f.relation is Relation.INDISTINGUISHABLE:
