@@ -264,6 +264,7 @@ def test_command_prints_suggestions_and_writes_the_figure(tmp_path) -> None:  # 
     assert bad.exit_code == 2 and "Invalid --end-lr: 1e-09" in bad.output
 
 
+@pytest.mark.slow
 def test_adaptim_lr_find_loads_torch_only() -> None:
     # The core package needs torch and numpy only: the range test must not pull in the
     # lab's dependencies (matplotlib, scipy, SQLAlchemy, ...) or the rest of the lab.
