@@ -147,3 +147,5 @@ def test_tuners_of_the_self_tuning_track() -> None:
     assert not tuner.needs_range_test and tuner.propose(1) == []
     with pytest.raises(LabError, match="--search lr-find needs --budget 2 or more, got 1"):
         StudyConfig(("linreg",), ("adam",), search="lr-find", budget=1)
+    with pytest.raises(LabError, match="--search lr-find needs --steps 2 or more"):
+        StudyConfig(("linreg",), ("adam",), search="lr-find", steps=1)

@@ -84,6 +84,8 @@ class StudyConfig:
             raise LabError(f"--budget must be between 1 and {MAX_BUDGET}, got {self.budget}")
         if self.search not in SEARCHES:
             raise LabError(f"unknown --search {self.search!r}; valid: {', '.join(SEARCHES)}")
+        if self.search == "lr-find" and self.steps == 1:
+            raise LabError("--search lr-find needs --steps 2 or more: a range test is a ramp")
         if self.search == "lr-find" and self.budget < 2:
             raise LabError(
                 f"--search lr-find needs --budget 2 or more, got {self.budget}: the range test "
