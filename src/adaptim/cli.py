@@ -93,7 +93,8 @@ def compare(
         str,
         typer.Option(
             help="grid (lr only, grown at edge hits), or random / tpe (Optuna) over each "
-            "optimizer's declared space (see `adaptim optimizers`)."
+            "optimizer's declared space (see `adaptim optimizers`), or lr-find (the LR range "
+            "test, then runs at its suggestions as the budget allows; its steps count)."
         ),
     ] = "grid",
     schedule: Annotated[
@@ -289,6 +290,9 @@ def _print_problem(problem: ProblemOutcome) -> None:
             escape(row.good_lr_steps),
         )
     console.print(table)
+    from adaptim._lr_find_cli import print_tuning_costs
+
+    print_tuning_costs(console, problem)
     console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
     for sentence in found.evidence:
         console.print(f"  • {escape(sentence)}", highlight=False)
@@ -451,11 +455,16 @@ def optimizers(
             v.name,
             f"adaptim.{v.cls.__name__}",
             fixed,
-            f"{v.lr_range[0]:g} – {v.lr_range[1]:g}",
-            "; ".join(d.describe() for d in v.space),
+            f"{v.lr_range[0]:g} – {v.lr_range[1]:g}" if not v.tuning_free else "none",
+            "; ".join(d.describe() for d in v.space) if not v.tuning_free else "tuning-free",
             v.description,
         )
     console.print(table)
+
+
+from adaptim._lr_find_cli import lr_find as _lr_find  # noqa: E402  (after `app` exists)
+
+app.command("lr-find")(_lr_find)
 
 
 def main() -> None:

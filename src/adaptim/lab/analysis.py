@@ -62,6 +62,7 @@ from adaptim.lab.recommendation import (
 from adaptim.lab.robustness import WIDTH_SLACK, LrRange, lr_at_edge, lr_range, reference_value
 from adaptim.lab.splits import decision_value, reported_value, splits_json, validation_of
 from adaptim.lab.trial import TrialResult
+from adaptim.lab.tuning_cost import with_tuning_costs
 
 __all__ = [
     "Comparison",
@@ -121,6 +122,11 @@ class OptimizerOutcome:
     lr_fixed: bool = False
     #: The tuned settings again on another seed, when a tie needs the good-lr range.
     sweeps: list[TrialResult] = field(default_factory=list)
+    #: Run at its published defaults, never tuned (AlgoPerf's self-tuning track).
+    tuning_free: bool = False
+    #: The range test of ``--search lr-find`` (:mod:`adaptim.lab.lr_find_trials`), if any:
+    #: its steps are part of the tuning cost.
+    range_test: TrialResult | None = None
     #: Test values of the re-runs (what the report shows).
     summary: Summary = field(init=False)
 
@@ -133,7 +139,12 @@ class OptimizerOutcome:
 
     @property
     def lr_at_edge(self) -> bool:
-        return not self.lr_fixed and lr_at_edge(self.tuning, self.hparams.get("lr"))
+        # A range test's suggestions are not a grid: no edge to be at.
+        return (
+            not self.lr_fixed
+            and self.range_test is None
+            and lr_at_edge(self.tuning, self.hparams.get("lr"))
+        )
 
 
 def seed_values(
@@ -228,7 +239,19 @@ def recommend(
 
     ``target`` is the problem's fixed validation target for time-to-target
     (``Problem.target``); without one, the second-best final validation mean.
+    The recommendation also carries what each optimizer's tuning cost
+    (:mod:`adaptim.lab.tuning_cost`).
     """
+    rec = _recommend(metric, outcomes, policy, target)
+    return with_tuning_costs(metric, outcomes, seed_values(metric, outcomes), rec)
+
+
+def _recommend(
+    metric: Metric,
+    outcomes: Sequence[OptimizerOutcome],
+    policy: Policy | None,
+    target: float | None,
+) -> Recommendation:
     policy = policy or Policy()
     values = seed_values(metric, outcomes)
     diverged = tuple(o.name for o in outcomes if o.diverged_runs)
@@ -365,6 +388,9 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
             for t in outcome.tuning
         ],
         "lr_at_edge": outcome.lr_at_edge,
+        "tuning_free": outcome.tuning_free,
+        # --search lr-find's range test: its curve, suggestions and why it stopped.
+        "range_test": None if outcome.range_test is None else outcome.range_test.info["lr_find"],
         "sweeps": [
             {
                 "hparams": dict(t.spec.hparams),

@@ -18,6 +18,12 @@ Adam family, RMSprop's α, Adadelta's ρ, ε, SGD's momentum), each with its
 range and scale. Decay rates near 1 are searched on ``1 − value`` in log
 space (``log1m``), so 0.9, 0.99 and 0.999 are equally likely. ``adaptim
 optimizers`` lists every space.
+
+A variant marked ``tuning_free`` (``adam-defaults``: Adam at the lr 1e-3 of
+Kingma & Ba's paper) is never tuned: it runs at its published defaults, with
+zero tuning runs, on the same re-run seeds as the tuned ones (AlgoPerf's
+self-tuning ruleset), and the report charges every optimizer the steps its
+tuning cost.
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ class Variant:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     #: The other hyperparameters ``--search random|tpe`` explores (the lr always comes first).
     extra_space: tuple[Dimension, ...] = ()
+    #: Runs at its published defaults with zero tuning runs (AlgoPerf's self-tuning track).
+    tuning_free: bool = False
 
     @property
     def space(self) -> tuple[Dimension, ...]:
@@ -224,6 +232,14 @@ def _variants() -> dict[str, Variant]:
             adaptim.LAMB,
             (1e-4, 1e-1),
             extra_space=(_BETA2, _eps(1e-6)),
+        ),
+        Variant(
+            "adam-defaults",
+            "Adam at its published default lr 1e-3, never tuned (the self-tuning baseline)",
+            adaptim.Adam,
+            (1e-3, 1e-3),
+            {"lr": 1e-3},
+            tuning_free=True,
         ),
     ]
     return {v.name: v for v in table}

@@ -14,7 +14,10 @@ Schmidt et al. 2021 ("Descending through a Crowded Valley"):
    equal; at most :data:`MAX_EXTENSIONS` rounds. ``--search random`` or
    ``tpe`` use Optuna's samplers over each optimizer's declared search space
    (lr, β₂ or α/ρ, ε, momentum) with the same budget. A diverged run scores
-   worst.
+   worst. ``--search lr-find`` runs the learning-rate range test
+   (:mod:`adaptim.lab.lr_find`), charged as one trial of the budget, and then
+   tuning runs at its suggestions (:class:`LrFindTuner`). An optimizer marked ``tuning_free`` is not tuned
+   at all: it runs at its published defaults (:func:`published_defaults`).
 2. **Choose** the setting with the best final validation metric.
 3. **Re-run** it with ``seeds`` fresh seeds (1, 2, ...), never the tuning
    seed, so the reported numbers (on the *test* split) are not inflated by
@@ -42,8 +45,10 @@ from adaptim.lab.schedules import SCHEDULES, check_schedule
 TUNING_SEED = 0
 #: More learning rates than this on one optimizer is a typo, not a study.
 MAX_BUDGET = 100
-SEARCHES = ("grid", "tpe", "random")
-Search = Literal["grid", "tpe", "random"]
+SEARCHES = ("grid", "tpe", "random", "lr-find")
+Search = Literal["grid", "tpe", "random", "lr-find"]
+#: The range test of ``--search lr-find`` takes this many steps (fastai's), at most one trial's.
+LR_FIND_STEPS = 100
 #: Extra learning rates per optimizer and round when some optimizer's best lies at a grid edge.
 EXTENSION = 2
 #: At most this many rounds of grid extension per problem.
@@ -79,6 +84,13 @@ class StudyConfig:
             raise LabError(f"--budget must be between 1 and {MAX_BUDGET}, got {self.budget}")
         if self.search not in SEARCHES:
             raise LabError(f"unknown --search {self.search!r}; valid: {', '.join(SEARCHES)}")
+        if self.search == "lr-find" and self.steps == 1:
+            raise LabError("--search lr-find needs --steps 2 or more: a range test is a ramp")
+        if self.search == "lr-find" and self.budget < 2:
+            raise LabError(
+                f"--search lr-find needs --budget 2 or more, got {self.budget}: the range test "
+                "is charged as one trial, each run at a suggested lr as one more"
+            )
         if self.max_seeds < 1:
             raise LabError(f"--max-seeds must be at least 1, got {self.max_seeds}")
         if not self.problems:
@@ -206,6 +218,65 @@ class OptunaTuner:
             self.study.tell(trial, told)
 
 
+class NoTuning:
+    """A tuning-free optimizer: no tuning run at all (AlgoPerf's self-tuning ruleset)."""
+
+    def propose(self, limit: int) -> list[dict[str, Any]]:
+        return []
+
+    def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
+        pass
+
+
+class LrFindTuner:
+    """``--search lr-find``: the range test, then tuning runs at its suggested rates.
+
+    The study runs the range test (``range_steps`` steps, at most one trial's) and hands its
+    suggestions (``valley``, ``steepest``, ``minimum/10``) to :meth:`suggest`. The range
+    test is charged as one trial of the budget; the distinct suggestions are run, in that
+    order, as far as the rest of the budget goes (``--budget 4`` or more runs all three),
+    and the best on validation is chosen like any tuned setting. Running the three rather
+    than trusting one: on the built-in problems ``valley`` alone picked Adam rates of about
+    1e-3 where the grid's best was 0.1, and the validation value of the three runs catches
+    that. An lr fixed with ``--set`` or by the problem needs no range test and is run as is.
+    """
+
+    def __init__(self, fixed: Mapping[str, Any], steps: int, budget: int) -> None:
+        self.fixed = dict(fixed)
+        self.lr_fixed = "lr" in fixed
+        self.range_steps = min(LR_FIND_STEPS, steps)
+        self.runs = budget - 1
+        self.pending: list[dict[str, Any]] = [self.fixed] if self.lr_fixed else []
+        self.done = False
+
+    @property
+    def needs_range_test(self) -> bool:
+        return not self.done and not self.pending
+
+    def suggest(self, lrs: Sequence[float]) -> None:
+        """The suggested rates, best-first; the distinct ones the budget allows become runs."""
+        distinct = list(dict.fromkeys(_round(lr) for lr in lrs))
+        self.pending = [{**self.fixed, "lr": lr} for lr in distinct[: self.runs]]
+
+    def propose(self, limit: int) -> list[dict[str, Any]]:
+        proposals, self.pending = self.pending, []
+        self.done = True
+        return proposals
+
+    def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
+        pass
+
+
+def published_defaults(optimizer: str, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """The setting a tuning-free optimizer runs: ``fixed`` and the lr it then uses, explicit."""
+    import torch
+
+    from adaptim.lab.optimizers import make_optimizer
+
+    built = make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], fixed)
+    return {**fixed, "lr": built.param_groups[0]["lr"]}
+
+
 def fixed_hparams(config: StudyConfig, optimizer: str, problem: Problem) -> dict[str, Any]:
     """What is not tuned: the problem's own hyperparameters that apply, then ``--set`` on top."""
     return {**applicable(optimizer, problem.hparams), **config.settings.get(optimizer, {})}
@@ -213,6 +284,10 @@ def fixed_hparams(config: StudyConfig, optimizer: str, problem: Problem) -> dict
 
 def make_tuner(config: StudyConfig, optimizer: str, problem: Problem) -> Tuner:
     fixed = fixed_hparams(config, optimizer, problem)
+    if parse_optimizer(optimizer)[0].tuning_free:
+        return NoTuning()
+    if config.search == "lr-find":
+        return LrFindTuner(fixed, config.steps or problem.steps, config.budget)
     if config.search == "grid":
         return GridTuner(optimizer, fixed, config.budget)
     return OptunaTuner(optimizer, fixed, config.budget, config.search, problem.metric)

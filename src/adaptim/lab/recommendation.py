@@ -144,6 +144,10 @@ class Recommendation:
     diverged: tuple[str, ...] = ()
     at_edge: tuple[str, ...] = ()
     lr_fixed: tuple[str, ...] = ()
+    #: Per optimizer, the steps its tuning cost and the value it reached.
+    costs: tuple[TuningCost, ...] = ()
+    #: Each tuning-free optimizer against the best tuned one (AlgoPerf's self-tuning track).
+    self_tuning: tuple[SelfTuning, ...] = ()
 
     @property
     def tied_with(self) -> tuple[str, ...]:
@@ -177,4 +181,64 @@ class Recommendation:
             "diverged": list(self.diverged),
             "lr_at_edge": list(self.at_edge),
             "lr_fixed": list(self.lr_fixed),
+            "tuning_costs": [c.to_json() for c in self.costs],
+            "self_tuning": [f.to_json() for f in self.self_tuning],
         }
+
+
+# ----------------------------------------------------------------- the cost of tuning
+
+
+@dataclass(frozen=True)
+class TuningCost:
+    """What one optimizer's setting cost to find, and what it reached (AlgoPerf's self-tuning
+    view: tuning runs are compute too). Filled by :func:`adaptim.lab.tuning_cost.tuning_costs`."""
+
+    optimizer: str
+    tuning_free: bool
+    #: Tuning runs (a tie's second-seed sweep is not counted: it measures robustness).
+    tuning_runs: int
+    #: Steps of ``--search lr-find``'s range test (0 without one).
+    range_test_steps: int
+    #: Steps of every tuning run and the range test together.
+    tuning_steps: int
+    #: Steps of one training run at the chosen setting (mean over the re-runs).
+    run_steps: float
+    #: Mean validation value over the re-run seeds (a diverged seed as the worst value reached).
+    value: float | None
+    #: The best validation value found so far after each tuning run, at the steps spent so
+    #: far (the range test included): what tuning bought, step by step.
+    best_so_far: tuple[tuple[int, float | None], ...] = ()
+
+    @property
+    def total_steps(self) -> float:
+        """The compute to get one trained model: tuning, then one run at the chosen setting."""
+        return self.tuning_steps + self.run_steps
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in self.__dict__.items() if k != "best_so_far"},
+            "total_steps": self.total_steps,
+            "best_so_far": [list(p) for p in self.best_so_far],
+        }
+
+
+@dataclass(frozen=True)
+class SelfTuning:
+    """A tuning-free optimizer at its defaults against the best tuned one (by validation mean)."""
+
+    optimizer: str
+    reference: str
+    value: float
+    reference_value: float
+    #: ``value / reference_value``: the share of the tuned optimizer's metric reached (for a
+    #: loss, above 1 is worse).
+    ratio: float
+    #: ``total_steps / reference's total_steps``: the share of its compute, tuning included.
+    compute: float
+    #: Their standing when one of the two is the leader (paired by seed), else ``None``.
+    relation: Relation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "relation"}
+        return {**data, "relation": None if self.relation is None else self.relation.value}

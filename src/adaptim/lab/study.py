@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,13 @@ from adaptim.lab.analysis import (
 from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
+from adaptim.lab.optimizers import parse_optimizer
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.protocol import (
     MAX_EXTENSIONS,
     TUNING_SEED,
     GridTuner,
+    LrFindTuner,
     StudyConfig,
     Tuner,
     best_setting,
@@ -37,6 +39,7 @@ from adaptim.lab.protocol import (
     final_seeds,
     fixed_hparams,
     make_tuner,
+    published_defaults,
 )
 from adaptim.lab.store import Store
 from adaptim.lab.trial import Phase, TrialResult, TrialSpec
@@ -121,6 +124,8 @@ class Study:
         self.extensions: dict[str, list[dict[str, dict[str, Any]]]] = {
             spec: [] for spec in self.problems
         }
+        #: The range tests of ``--search lr-find``, per (problem, optimizer).
+        self.range_tests: dict[tuple[str, str], TrialResult] = {}
 
     def steps(self, problem: Problem) -> int:
         return self.config.steps or problem.steps
@@ -138,11 +143,19 @@ class Study:
             for plan in round_.values()
         )
         return extra + sum(
-            (1 if "lr" in fixed_hparams(self.config, o, problem) else self.config.budget)
-            + self.config.seeds
+            self._tuning_runs(o, problem) + self.config.seeds
             for problem in self.problems.values()
             for o in self.config.optimizers
         )
+
+    def _tuning_runs(self, optimizer: str, problem: Problem) -> int:
+        if parse_optimizer(optimizer)[0].tuning_free:
+            return 0
+        if "lr" in fixed_hparams(self.config, optimizer, problem):
+            return 1
+        if self.config.search == "lr-find":  # the range test's suggestions, as budget allows
+            return min(3, self.config.budget - 1)
+        return self.config.budget
 
     def policy(self) -> Policy:
         """The analysis settings of this study (margin, adaptive seeding)."""
@@ -191,17 +204,24 @@ class Study:
             OptimizerOutcome(
                 name=optimizer,
                 metric=metric,
-                hparams=self._chosen(spec, tuning[spec, optimizer]),
+                hparams=self._chosen(spec, optimizer, tuning[spec, optimizer]),
                 tuning=tuning[spec, optimizer],
                 runs=finals[spec, optimizer],
-                # Fixed with --set or by the problem (Problem.hparams): no range was searched.
-                lr_fixed="lr" in fixed_hparams(self.config, optimizer, self.problems[spec]),
+                # Fixed with --set or by the problem (Problem.hparams), or never tuned: no
+                # range was searched.
+                lr_fixed="lr" in fixed_hparams(self.config, optimizer, self.problems[spec])
+                or parse_optimizer(optimizer)[0].tuning_free,
                 sweeps=(sweeps or {}).get((spec, optimizer), []),
+                tuning_free=parse_optimizer(optimizer)[0].tuning_free,
+                range_test=self.range_tests.get((spec, optimizer)),
             )
             for optimizer in self.config.optimizers
         ]
 
-    def _chosen(self, spec: str, tried: list[TrialResult]) -> dict[str, Any]:
+    def _chosen(self, spec: str, optimizer: str, tried: list[TrialResult]) -> dict[str, Any]:
+        if not tried:  # a tuning-free optimizer: its published defaults
+            fixed = fixed_hparams(self.config, optimizer, self.problems[spec])
+            return published_defaults(optimizer, fixed)
         metric = self.problems[spec].metric
         return best_setting(metric, [(t.spec.hparams, t.score(metric.name)) for t in tried])
 
@@ -212,6 +232,9 @@ class Study:
             for optimizer in self.config.optimizers
         }
         results: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuners}
+        for key, tuner in tuners.items():
+            if isinstance(tuner, LrFindTuner) and tuner.needs_range_test:
+                self._range_test(key, tuner)
         while True:
             wave = [
                 (key, self._spec(key[0], key[1], hparams, TUNING_SEED, "tune"))
@@ -265,6 +288,22 @@ class Study:
             grown = True
         return grown
 
+    def _range_test(self, key: tuple[str, str], tuner: LrFindTuner) -> None:
+        """Run (or find stored) the range test of ``--search lr-find``; pass on its suggestions.
+
+        It runs in this process: seconds, once per problem and optimizer.
+        """
+        from adaptim.lab import lr_find_trials
+
+        hparams = lr_find_trials.range_test_hparams(key[1], tuner.fixed)
+        spec = self._spec(key[0], key[1], hparams, TUNING_SEED, "tune")
+        spec = replace(spec, steps=tuner.range_steps, schedule="constant")
+        trial = lr_find_trials.stored_range_test(
+            self.store, spec, self.problems[key[0]], self.context
+        )
+        self.range_tests[key] = trial
+        tuner.suggest(lr_find_trials.suggested_lrs(trial))
+
     def _spec(
         self, problem: str, optimizer: str, hparams: dict[str, Any], seed: int, phase: Phase
     ) -> TrialSpec:
@@ -301,7 +340,9 @@ class Study:
         while True:
             plan = {
                 key: [
-                    self._spec(key[0], key[1], self._chosen(key[0], tuning[key]), seed, "final")
+                    self._spec(
+                        key[0], key[1], self._chosen(key[0], key[1], tuning[key]), seed, "final"
+                    )
                     for seed in range(TUNING_SEED + 1 + len(runs[key]), TUNING_SEED + 1 + n)
                 ]
                 for key, n in wanted.items()

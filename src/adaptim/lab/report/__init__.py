@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adaptim.lab.curves import performance_profile
-from adaptim.lab.report import data, figures, page
+from adaptim.lab.report import data, figures, page, tuning
 from adaptim.lab.report.stored import load_study
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ def _problem_section(
             figures.effective_lr(problem, styles, ids),
         )
     )
+    if tuning.shows_costs(problem):  # a tuning-free optimizer or --search lr-find
+        section.figures.append(tuning.cost_figure(problem, styles, ids))
+        section.figures += tuning.range_test_figures(problem)
     if data.is_2d(problem):
         section.figures.append(
             page.Figure(

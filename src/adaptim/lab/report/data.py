@@ -14,7 +14,7 @@ from adaptim.lab import stats
 from adaptim.lab.analysis import OptimizerOutcome, speed_target, target_times
 from adaptim.lab.curves import TargetTimes
 from adaptim.lab.protocol import TUNING_SEED
-from adaptim.lab.report import text
+from adaptim.lab.report import text, tuning
 from adaptim.lab.robustness import lr_range, reference_value
 from adaptim.lab.splits import has_validation, reported_value
 
@@ -136,6 +136,8 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 + (
                     ""
                     if not o.lr_fixed
+                    else " (defaults)"
+                    if o.tuning_free
                     else " (problem)"
                     if "lr" in problem.problem.hparams
                     else " (--set)"
@@ -184,7 +186,7 @@ def verdict(problem: ProblemOutcome) -> Verdict:
     rec = problem.recommendation
     return Verdict(
         text.headline(metric, rec, problem.outcomes),
-        text.evidence(metric, rec, problem.outcomes),
+        text.evidence(metric, rec, problem.outcomes) + tuning.self_tuning_sentences(metric, rec),
         race(problem)[0],
         problem.problem.target is not None,
     )

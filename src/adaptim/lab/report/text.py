@@ -220,7 +220,7 @@ def tie_sentences(metric: Metric, rec: Recommendation) -> list[str]:
     if fixed:
         out.append(
             f"Good learning-rate range not compared: the lr of {', '.join(fixed)} was fixed "
-            f"with --set or by the problem ({listing})."
+            f"with --set or by the problem, or is a tuning-free optimizer's default ({listing})."
         )
     else:
         cut = [n for n, c in rec.eliminated.items() if c is Criterion.LR_RANGE]
