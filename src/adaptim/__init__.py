@@ -28,6 +28,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LAMB",
     "LARS",
+    # learning-rate-free optimizers (issue 14)
+    "LR_FREE_OPTIMIZERS",
     "OPTIMIZERS",
     "SGD",
     "Adadelta",
@@ -39,7 +41,12 @@ __all__ = [
     "Optimizer",
     "RAdam",
     "RMSprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "__version__",
     "algorithms",
     "numpy",
 ]
+
+# -- learning-rate-free optimizers (issue 14) ----------------------------------------
+from adaptim.torch import LR_FREE_OPTIMIZERS, ScheduleFreeAdamW, ScheduleFreeSGD

@@ -21,6 +21,15 @@ ALGORITHMS: dict[str, Algorithm] = {
     for a in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW, ADAMAX, NADAM, RADAM, LARS, LAMB)
 }
 
+# -- learning-rate-free rules (issue 14): group-wide scalars, see GroupPass --------
+# Kept apart from ALGORITHMS: their step is not element-wise (param groups share
+# scalars, Schedule-Free starts in eval mode), so the generic per-tensor
+# machinery and tests built on ALGORITHMS do not apply to them.
+from adaptim.algorithms._spec import GroupPass  # noqa: E402
+from adaptim.algorithms.schedulefree import SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD  # noqa: E402
+
+LR_FREE: dict[str, Algorithm] = {a.name: a for a in (SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD)}
+
 __all__ = [
     "ADADELTA",
     "ADAGRAD",
@@ -30,12 +39,17 @@ __all__ = [
     "ALGORITHMS",
     "LAMB",
     "LARS",
+    # learning-rate-free rules (issue 14)
+    "LR_FREE",
     "NADAM",
     "RADAM",
     "RMSPROP",
+    "SCHEDULEFREE_ADAMW",
+    "SCHEDULEFREE_SGD",
     "SGD",
     "Algorithm",
     "ArrayOps",
+    "GroupPass",
     "adadelta_update",
     "adagrad_update",
     "adam_update",

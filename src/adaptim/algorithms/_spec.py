@@ -50,6 +50,57 @@ class ArrayOps:
     lerp: Callable[[Array, Array, float], Array]
 
 
+#: Scalars shared by the tensors of a param group (or of the whole optimizer).
+GroupScalars = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GroupPass:
+    r"""How a rule with group-wide scalars steps: three passes instead of one.
+
+    Learning-rate-free methods estimate one step size from *all* tensors
+    (Prodigy's and D-Adaptation's ``d`` is a ratio of sums over every
+    coordinate), and Schedule-Free keeps one averaging weight per group. A
+    step of such a rule is
+
+    1. ``prepare(scalars, hps)``: group bookkeeping before any tensor is
+       touched (the step count, Schedule-Free's weight :math:`c_{k+1}`,
+       D-Adaptation's :math:`d\,\gamma`); it may raise, nothing has changed yet;
+    2. ``gather(p, g, state, *, scalars, xp, **hp)`` per tensor, returning the
+       new state entries and *partial sums* (0-d arrays); the front-end adds
+       each partial over every tensor of the scope, in float64, with one host
+       synchronisation per step, and ``combine(scalars, sums, hps)`` turns the
+       sums into the new scalars (``None``: the step ends after the gather
+       pass, as the references do when the denominator is 0);
+    3. ``Algorithm.update(p, g, state, *, scalars, xp, **hp)``, element-wise,
+       reading the scalars.
+
+    ``scalars(hp)`` names the scalars kept between steps, with their initial
+    values; they live in the param groups, as the reference packages keep
+    them, so ``state_dict`` moves between them. Other keys ``prepare`` or
+    ``combine`` return are passed to the tensors of this step only.
+    ``scope`` is ``"group"`` (each param group its own scalars) or
+    ``"optimizer"`` (one set for all groups, read with the first group's
+    settings and copied into every group, as prodigyopt and dadaptation do).
+    ``init(p, hp, *, zeros_like, copy)`` builds a tensor's state on its first
+    step (entries may be slices of the tensor: Prodigy's ``slice_p``).
+    ``switch_mode(p, state, *, train, xp, **hp)``, where set, moves a
+    parameter between the point trained on and the point evaluated
+    (Schedule-Free's :math:`y` and :math:`x`); the front-ends then offer
+    ``train()`` and ``eval()`` and refuse to step in eval mode.
+    """
+
+    scope: Literal["group", "optimizer"]
+    scalars: Callable[[HParams], GroupScalars]
+    prepare: Callable[[GroupScalars, list[HParams]], GroupScalars]
+    init: Callable[..., dict[str, Any]]
+    gather: Callable[..., tuple[dict[str, Array], dict[str, Array]]] | None = None
+    combine: (
+        Callable[[GroupScalars, dict[str, float], list[HParams]], GroupScalars | None] | None
+    ) = None
+    switch_mode: Callable[..., Array] | None = None
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """Everything a front-end needs to drive one update rule.
@@ -88,6 +139,10 @@ class Algorithm:
     #: The class name of the PyTorch and NumPy front-ends (``"Adam"``, ``"RMSprop"``),
     #: also used in messages.
     class_name: str = ""
+    #: The group-wide part of rules that read scalars shared by many tensors
+    #: (Prodigy's and D-Adaptation's estimate ``d``, Schedule-Free's averaging
+    #: weights); ``None`` for element-wise rules. See :class:`GroupPass`.
+    group_pass: GroupPass | None = None
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

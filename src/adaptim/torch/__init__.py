@@ -19,6 +19,8 @@ from adaptim.torch.optimizers import (
 __all__ = [
     "LAMB",
     "LARS",
+    # learning-rate-free optimizers (issue 14)
+    "LR_FREE_OPTIMIZERS",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
     "SGD",
@@ -32,4 +34,9 @@ __all__ = [
     "Optimizer",
     "RAdam",
     "RMSprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
 ]
+
+# -- learning-rate-free optimizers (issue 14) ----------------------------------------
+from adaptim.torch.lr_free import LR_FREE_OPTIMIZERS, ScheduleFreeAdamW, ScheduleFreeSGD

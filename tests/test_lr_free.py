@@ -1,0 +1,324 @@
+"""Parity of the learning-rate-free optimizers with their reference packages.
+
+Both optimizers minimise the same random quadratic
+``0.5 * sum(a * (p - c)**2)`` (curvatures ``a`` log-uniform in [0.1, 10]), so
+each gradient depends on the parameters it is taken at, for
+:data:`~_parity.STEPS` steps; every parameter, state tensor and group scalar
+must agree to :data:`~_parity.TOLERANCE` (relative error of :mod:`_parity`).
+Hypothesis draws the shapes, the hyperparameters and the seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import schedulefree
+import torch
+from _parity import STEPS, TOLERANCE, relative_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import adaptim
+import adaptim.numpy as anp
+
+Params = list[torch.Tensor]
+Draw = Callable[[st.DataObject], dict[str, Any]]
+
+
+def _log(low: float, high: float) -> st.SearchStrategy[float]:
+    return st.floats(math.log(low), math.log(high)).map(math.exp)
+
+
+SHAPES = st.lists(
+    st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple), min_size=1, max_size=3
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An adaptim optimizer, its reference, and how to draw their shared arguments."""
+
+    ours: type[torch.optim.Optimizer]
+    reference: type[torch.optim.Optimizer]
+    draw: Draw
+    #: Group keys (the scalars the rules keep) compared after the run.
+    scalars: tuple[str, ...]
+    #: Fixed arguments with every option on, for the NumPy-against-torch check.
+    typical: dict[str, Any]
+    train_eval: bool = False
+
+
+def _schedule(data: st.DataObject) -> dict[str, Any]:
+    return {
+        "weight_decay": data.draw(st.sampled_from([0.0, 1e-3, 0.1]), "weight_decay"),
+        "warmup_steps": data.draw(st.integers(0, 50), "warmup_steps"),
+        "r": data.draw(st.sampled_from([0.0, 0.5, 2.0]), "r"),
+        "weight_lr_power": data.draw(st.sampled_from([0.0, 1.0, 2.0]), "weight_lr_power"),
+    }
+
+
+def _draw_sf_adamw(data: st.DataObject) -> dict[str, Any]:
+    betas = (data.draw(st.floats(0.5, 0.95), "beta1"), data.draw(_log(0.9, 0.9999), "beta2"))
+    return {
+        "lr": data.draw(_log(1e-4, 1e-1), "lr"),
+        "betas": betas,
+        "eps": data.draw(_log(1e-10, 1e-3), "eps"),
+        **_schedule(data),
+    }
+
+
+def _draw_sf_sgd(data: st.DataObject) -> dict[str, Any]:
+    return {
+        "lr": data.draw(_log(1e-3, 5e-2), "lr"),
+        "momentum": data.draw(st.floats(0.5, 0.95), "momentum"),
+        **_schedule(data),
+    }
+
+
+_SF_SCALARS = ("k", "weight_sum", "lr_max", "scheduled_lr")
+_SF_SCHEDULE = {"weight_decay": 1e-3, "warmup_steps": 5, "r": 0.5, "weight_lr_power": 2.0}
+PAIRS: dict[str, Pair] = {
+    "schedulefree-adamw": Pair(
+        adaptim.ScheduleFreeAdamW,
+        schedulefree.AdamWScheduleFree,
+        _draw_sf_adamw,
+        _SF_SCALARS,
+        {"lr": 1e-2, **_SF_SCHEDULE},
+        train_eval=True,
+    ),
+    "schedulefree-sgd": Pair(
+        adaptim.ScheduleFreeSGD,
+        schedulefree.SGDScheduleFree,
+        _draw_sf_sgd,
+        _SF_SCALARS,
+        {"lr": 1e-2, "momentum": 0.8, **_SF_SCHEDULE},
+        train_eval=True,
+    ),
+}
+
+
+@dataclass
+class Problem:
+    curvatures: Params
+    centers: Params
+    start: Params
+
+    @staticmethod
+    def draw(shapes: list[tuple[int, ...]], dtype: torch.dtype, seed: int) -> Problem:
+        gen = torch.Generator().manual_seed(seed)
+
+        def each(make: Callable[[tuple[int, ...]], torch.Tensor]) -> Params:
+            return [make(shape).to(dtype) for shape in shapes]
+
+        curv = each(
+            lambda s: torch.exp(torch.rand(s, generator=gen, dtype=torch.float64) * 4.6 - 2.3)
+        )
+        return Problem(
+            curv,
+            each(lambda s: torch.randn(s, generator=gen, dtype=torch.float64)),
+            each(lambda s: torch.randn(s, generator=gen, dtype=torch.float64)),
+        )
+
+    def params(self) -> Params:
+        return [p.clone().requires_grad_(True) for p in self.start]
+
+    def set_grads(self, params: Params) -> None:
+        with torch.no_grad():
+            for p, a, c in zip(params, self.curvatures, self.centers, strict=True):
+                p.grad = a * (p - c)
+
+
+def _run(pair: Pair, problem: Problem, hp: dict[str, Any], steps: int) -> list[Any]:
+    """Both optimizers through ``steps`` steps (eval/train switches on the way); returns both."""
+    runs = []
+    for cls in (pair.ours, pair.reference):
+        params = problem.params()
+        opt = cls(params, **hp)
+        for step in range(steps):
+            if pair.train_eval and step % 50 == 0:
+                opt.train()  # type: ignore[attr-defined]
+            problem.set_grads(params)
+            opt.step()
+            if pair.train_eval and step % 50 == 49:
+                opt.eval()  # type: ignore[attr-defined]
+        runs.append((params, opt))
+    return runs
+
+
+def assert_close(pair: Pair, runs: list[Any], dtype: torch.dtype) -> None:
+    (ours, opt), (theirs, ref) = runs
+    tol = TOLERANCE[dtype]
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert relative_error(a.detach(), b.detach()) <= tol, f"param {index}"
+        mine, their_state = opt.state[a], ref.state[b]
+        assert set(mine) == set(their_state)
+        for key, value in their_state.items():
+            if isinstance(value, torch.Tensor):
+                assert relative_error(mine[key], value) <= tol, f"state {key} of param {index}"
+            else:
+                assert mine[key] == value, key
+    for g, h in zip(opt.param_groups, ref.param_groups, strict=True):
+        for key in pair.scalars:
+            assert math.isclose(g[key], h[key], rel_tol=tol, abs_tol=1e-300), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("name", PAIRS)
+@settings(max_examples=3)
+@given(data=st.data())
+def test_matches_reference(name: str, dtype: torch.dtype, data: st.DataObject) -> None:
+    pair = PAIRS[name]
+    shapes = data.draw(SHAPES, "shapes")
+    problem = Problem.draw(shapes, dtype, data.draw(st.integers(0, 2**31), "seed"))
+    assert_close(pair, _run(pair, problem, pair.draw(data), STEPS), dtype)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+@settings(max_examples=2)
+@given(data=st.data())
+def test_state_dict_moves_both_ways(name: str, data: st.DataObject) -> None:
+    """Half the run in one package, the rest in the other: the same as the whole run in either."""
+    pair = PAIRS[name]
+    problem = Problem.draw(data.draw(SHAPES, "shapes"), torch.float64, 7)
+    hp = pair.draw(data)
+    whole = _run(pair, problem, hp, 60)
+    for first, second in ((pair.ours, pair.reference), (pair.reference, pair.ours)):
+        params = problem.params()
+        opt = first(params, **hp)
+        for step in range(30):
+            if pair.train_eval and step == 0:
+                opt.train()  # type: ignore[attr-defined]
+            problem.set_grads(params)
+            opt.step()
+        saved = copy.deepcopy(opt.state_dict())
+        resumed = second(params, **hp)
+        resumed.load_state_dict(saved)
+        for _ in range(30):
+            problem.set_grads(params)
+            resumed.step()
+        if pair.train_eval:
+            resumed.eval()  # type: ignore[attr-defined]
+            whole[0][1].eval()
+        for a, b in zip(params, whole[0][0], strict=True):
+            assert relative_error(a.detach(), b.detach()) <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_numpy_front_end_matches_torch(name: str) -> None:
+    pair = PAIRS[name]
+    problem = Problem.draw([(3, 2), (4,)], torch.float64, 3)
+    hp = pair.typical
+    params = problem.params()
+    opt = pair.ours(params, **hp)
+    arrays = [p.detach().numpy().copy() for p in params]
+    twin = anp.LR_FREE_OPTIMIZERS[name](arrays, **hp)
+    for step in range(40):
+        if pair.train_eval and step == 0:
+            opt.train()  # type: ignore[attr-defined]
+            twin.train()  # type: ignore[attr-defined]
+        problem.set_grads(params)
+        opt.step()
+        twin.step([a * (w - c.numpy()) for w, a, c in _numpy_problem(problem, arrays)])
+    for p, w in zip(params, arrays, strict=True):
+        np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for rate, twin_rate in zip(opt.effective_lr(), twin.effective_lr(), strict=True):  # type: ignore[attr-defined]
+        np.testing.assert_allclose(twin_rate, rate.numpy(), rtol=1e-10)
+
+
+def _numpy_problem(problem: Problem, arrays: list[np.ndarray]) -> Any:
+    return zip(arrays, (a.numpy() for a in problem.curvatures), problem.centers, strict=True)
+
+
+def _started(name: str, params: Params, **kwargs: Any) -> torch.optim.Optimizer:
+    pair = PAIRS[name]
+    opt = pair.ours(params, **pair.typical, **kwargs)
+    if pair.train_eval:
+        opt.train()  # type: ignore[attr-defined]
+    return opt
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_maximize_is_minimize_of_the_negated_gradient(name: str) -> None:
+    problem = Problem.draw([(3,), (2, 2)], torch.float64, 5)
+    ascending, descending = problem.params(), problem.params()
+    up, down = _started(name, ascending, maximize=True), _started(name, descending)
+    for _ in range(20):
+        problem.set_grads(descending)
+        for p, q in zip(ascending, descending, strict=True):
+            p.grad = -q.grad
+        up.step()
+        down.step()
+        assert all(torch.equal(p, q) for p, q in zip(ascending, descending, strict=True))
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_parameter_without_gradient_is_left_alone(name: str) -> None:
+    problem = Problem.draw([(3,), (4,)], torch.float64, 6)
+    params = problem.params()
+    opt = _started(name, params)
+    frozen = params[1].detach().clone()
+    for _ in range(5):
+        problem.set_grads(params)
+        params[1].grad = None
+        opt.step()
+    assert torch.equal(params[1].detach(), frozen) and params[1] not in opt.state
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_nonfinite_skip_leaves_everything_unchanged(name: str) -> None:
+    problem = Problem.draw([(3,), (4,)], torch.float64, 8)
+    params = problem.params()
+    opt = _started(name, params, nonfinite="skip")
+    problem.set_grads(params)
+    opt.step()
+    before = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params]
+    problem.set_grads(params)
+    params[0].grad[1] = math.nan  # type: ignore[index]
+    opt.step()
+    assert opt.skipped_steps == 1  # type: ignore[attr-defined]
+    assert all(torch.equal(p, q) for p, q in zip(params, before[1], strict=True))
+    assert str(opt.state_dict()) == str(before[0])
+
+
+@pytest.mark.parametrize("cls", [adaptim.ScheduleFreeAdamW, adaptim.ScheduleFreeSGD])
+def test_step_in_eval_mode_is_refused(cls: type[torch.optim.Optimizer]) -> None:
+    p = torch.zeros(3, requires_grad=True)
+    opt = cls([p])
+    p.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match=r"eval mode.*optimizer\.train\(\)"):
+        opt.step()  # a new optimizer starts in eval mode, as the reference does
+    opt.train()  # type: ignore[attr-defined]
+    opt.step()
+    opt.eval()  # type: ignore[attr-defined]
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        opt.step()
+    assert torch.equal(p, before)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (adaptim.ScheduleFreeAdamW, {"lr": -1.0}, "Invalid lr: -1.0"),
+        (adaptim.ScheduleFreeAdamW, {"betas": (0.0, 0.999)}, "Invalid beta1: 0.0"),
+        (adaptim.ScheduleFreeAdamW, {"warmup_steps": 2.5}, "Invalid warmup_steps: 2.5"),
+        (adaptim.ScheduleFreeSGD, {"momentum": 1.0}, "Invalid momentum: 1.0"),
+        (
+            adaptim.ScheduleFreeSGD,
+            {"momentum": 0.0},
+            r"Invalid momentum: 0.0; allowed: 0 < momentum",
+        ),
+        (adaptim.ScheduleFreeSGD, {"r": -1.0}, "Invalid r: -1.0"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(
+    cls: type[torch.optim.Optimizer], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls([torch.zeros(2, requires_grad=True)], **kwargs)
