@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import prodigyopt
 import pytest
 import schedulefree
 import torch
@@ -81,6 +82,28 @@ def _draw_sf_sgd(data: st.DataObject) -> dict[str, Any]:
     }
 
 
+def _adam_betas(data: st.DataObject) -> tuple[float, float]:
+    beta1 = data.draw(st.one_of(st.just(0.0), st.floats(0.5, 0.95)), "beta1")
+    return beta1, data.draw(_log(0.9, 0.9999), "beta2")
+
+
+def _draw_prodigy(data: st.DataObject) -> dict[str, Any]:
+    return {
+        "lr": data.draw(st.sampled_from([1.0, 0.5]), "lr"),
+        "betas": _adam_betas(data),
+        "beta3": data.draw(st.one_of(st.none(), st.floats(0.5, 0.999)), "beta3"),
+        "eps": data.draw(_log(1e-10, 1e-4), "eps"),
+        "weight_decay": data.draw(st.sampled_from([0.0, 1e-3, 0.1]), "weight_decay"),
+        "decouple": data.draw(st.booleans(), "decouple"),
+        "use_bias_correction": data.draw(st.booleans(), "use_bias_correction"),
+        "safeguard_warmup": data.draw(st.booleans(), "safeguard_warmup"),
+        "d0": data.draw(_log(1e-7, 1e-3), "d0"),
+        "d_coef": data.draw(_log(0.3, 3.0), "d_coef"),
+        "growth_rate": data.draw(st.sampled_from([math.inf, 1.02, 2.0]), "growth_rate"),
+        "slice_p": data.draw(st.integers(1, 3), "slice_p"),
+    }
+
+
 _SF_SCALARS = ("k", "weight_sum", "lr_max", "scheduled_lr")
 _SF_SCHEDULE = {"weight_decay": 1e-3, "warmup_steps": 5, "r": 0.5, "weight_lr_power": 2.0}
 PAIRS: dict[str, Pair] = {
@@ -99,6 +122,13 @@ PAIRS: dict[str, Pair] = {
         _SF_SCALARS,
         {"lr": 1e-2, "momentum": 0.8, **_SF_SCHEDULE},
         train_eval=True,
+    ),
+    "prodigy": Pair(
+        adaptim.Prodigy,
+        prodigyopt.Prodigy,
+        _draw_prodigy,
+        ("d", "d_max", "d_numerator", "k"),
+        {"weight_decay": 1e-2, "use_bias_correction": True, "slice_p": 2, "growth_rate": 1.5},
     ),
 }
 
@@ -177,6 +207,46 @@ def test_matches_reference(name: str, dtype: torch.dtype, data: st.DataObject) -
     shapes = data.draw(SHAPES, "shapes")
     problem = Problem.draw(shapes, dtype, data.draw(st.integers(0, 2**31), "seed"))
     assert_close(pair, _run(pair, problem, pair.draw(data), STEPS), dtype)
+
+
+#: The optimizers whose estimate is shared by all param groups.
+SHARED_D = [name for name in PAIRS if name.startswith(("prodigy", "dadapt"))]
+
+
+@pytest.mark.parametrize("name", SHARED_D)
+@settings(max_examples=2)
+@given(data=st.data())
+def test_param_groups_share_one_estimate_as_the_reference(name: str, data: st.DataObject) -> None:
+    """Three groups (own weight decay, one frozen with lr=0, one starting at zero): one ``d`` for all."""
+    pair = PAIRS[name]
+    problem = Problem.draw([(3,), (2, 2), (4,)], torch.float64, data.draw(st.integers(0, 99)))
+    problem.start[2].zero_()  # an all-zero tensor: prodigyopt keeps a 0-d x0 for it
+    hp = pair.draw(data)
+    runs = []
+    for cls in (pair.ours, pair.reference):
+        params = problem.params()
+        groups = [
+            {"params": [params[0]]},
+            {"params": [params[1]], "weight_decay": 0.05, "lr": 0.0},
+            {"params": [params[2]], "eps": 1e-6},
+        ]
+        opt = cls(groups, **hp)
+        for _ in range(60):
+            problem.set_grads(params)
+            opt.step()
+        runs.append((params, opt))
+    assert_close(pair, runs, torch.float64)
+    assert len({g["d"] for g in runs[0][1].param_groups}) == 1
+
+
+@pytest.mark.parametrize("name", SHARED_D)
+def test_groups_with_different_lr_are_refused_before_anything_changes(name: str) -> None:
+    a, b = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = PAIRS[name].ours([{"params": [a]}, {"params": [b], "lr": 0.5}])
+    a.grad, b.grad = torch.ones(2), torch.ones(2)
+    with pytest.raises(ValueError, match=r"Invalid lr: 0.5 in param group 1.*same or 0"):
+        opt.step()
+    assert not opt.state and torch.equal(a, torch.ones(2))
 
 
 @pytest.mark.parametrize("name", PAIRS)
@@ -315,6 +385,10 @@ def test_step_in_eval_mode_is_refused(cls: type[torch.optim.Optimizer]) -> None:
             r"Invalid momentum: 0.0; allowed: 0 < momentum",
         ),
         (adaptim.ScheduleFreeSGD, {"r": -1.0}, "Invalid r: -1.0"),
+        (adaptim.Prodigy, {"d0": 0.0}, r"Invalid d0: 0.0; allowed: 0 < d0"),
+        (adaptim.Prodigy, {"slice_p": 0}, "Invalid slice_p: 0"),
+        (adaptim.Prodigy, {"growth_rate": 0.5}, "Invalid growth_rate: 0.5"),
+        (adaptim.Prodigy, {"fsdp_in_use": True}, "Invalid fsdp_in_use: True"),
     ],
 )
 def test_bad_hyperparameters_are_refused(

@@ -39,6 +39,7 @@ __all__ = [
     "Adamax",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
     "ScheduleFreeAdamW",
@@ -49,4 +50,4 @@ __all__ = [
 ]
 
 # -- learning-rate-free optimizers (issue 14) ----------------------------------------
-from adaptim.torch import LR_FREE_OPTIMIZERS, ScheduleFreeAdamW, ScheduleFreeSGD
+from adaptim.torch import LR_FREE_OPTIMIZERS, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD

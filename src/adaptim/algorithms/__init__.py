@@ -26,9 +26,10 @@ ALGORITHMS: dict[str, Algorithm] = {
 # scalars, Schedule-Free starts in eval mode), so the generic per-tensor
 # machinery and tests built on ALGORITHMS do not apply to them.
 from adaptim.algorithms._spec import GroupPass  # noqa: E402
+from adaptim.algorithms.prodigy import PRODIGY  # noqa: E402
 from adaptim.algorithms.schedulefree import SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD  # noqa: E402
 
-LR_FREE: dict[str, Algorithm] = {a.name: a for a in (SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD)}
+LR_FREE: dict[str, Algorithm] = {a.name: a for a in (SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD, PRODIGY)}
 
 __all__ = [
     "ADADELTA",
@@ -42,6 +43,7 @@ __all__ = [
     # learning-rate-free rules (issue 14)
     "LR_FREE",
     "NADAM",
+    "PRODIGY",
     "RADAM",
     "RMSPROP",
     "SCHEDULEFREE_ADAMW",

@@ -85,7 +85,9 @@ def step_scope(
     """One step of the tensors in ``work`` (from ``groups``, which share scalars)."""
     rule = group_pass(algorithm)
     kept = rule.scalars(hps[0])
-    scalars = rule.prepare({k: groups[0][k] for k in kept}, hps)
+    scalars = rule.prepare({k: groups[0][k] for k in kept}, hps)  # may refuse: nothing changed yet
+    for item in work:
+        init_state(algorithm, item.p, item.state, item.hp, backend)
     if rule.gather is not None:
         partials: dict[str, list[Array]] = {}
         for item in work:

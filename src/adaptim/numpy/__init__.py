@@ -421,6 +421,7 @@ __all__ = [
     "Adamax",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
     "ScheduleFreeAdamW",
@@ -437,3 +438,4 @@ LR_FREE_OPTIMIZERS: dict[str, type[Optimizer]] = {
 }
 ScheduleFreeAdamW = LR_FREE_OPTIMIZERS["schedulefree-adamw"]
 ScheduleFreeSGD = LR_FREE_OPTIMIZERS["schedulefree-sgd"]
+Prodigy = LR_FREE_OPTIMIZERS["prodigy"]

@@ -75,10 +75,13 @@ class GroupOptimizer(Optimizer):
                             f"parameter {index} is complex; this optimizer takes real arrays only."
                         )
                     state = self.state.setdefault(index, {})
-                    shared.init_state(self.algorithm, p, state, hps[i], BACKEND)
                     work.append(shared.Work(p, -g if group["maximize"] else g, state, hps[i]))
             groups = [self.param_groups[i] for i in scope]
-            shared.step_scope(self.algorithm, groups, [hps[i] for i in scope], work, BACKEND)
+            try:
+                shared.step_scope(self.algorithm, groups, [hps[i] for i in scope], work, BACKEND)
+            except BaseException:  # refused before any change: forget the empty first states
+                self.state = {k: v for k, v in self.state.items() if v}
+                raise
 
     def effective_lr(self) -> list[np.ndarray | None]:
         """Per-coordinate effective learning rate of every parameter, as in the torch front-end."""

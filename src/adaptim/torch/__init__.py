@@ -32,6 +32,7 @@ __all__ = [
     "Adamax",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
     "ScheduleFreeAdamW",
@@ -39,4 +40,4 @@ __all__ = [
 ]
 
 # -- learning-rate-free optimizers (issue 14) ----------------------------------------
-from adaptim.torch.lr_free import LR_FREE_OPTIMIZERS, ScheduleFreeAdamW, ScheduleFreeSGD
+from adaptim.torch.lr_free import LR_FREE_OPTIMIZERS, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD

@@ -98,7 +98,12 @@ class GroupOptimizer(Optimizer):
                 for position, p in enumerate(self.param_groups[i]["params"])
                 if p.grad is not None
             ]
-            shared.step_scope(self.algorithm, groups, [hps[i] for i in scope], work, BACKEND)
+            try:
+                shared.step_scope(self.algorithm, groups, [hps[i] for i in scope], work, BACKEND)
+            except BaseException:  # refused before any change: forget the empty first states
+                for p in [p for p, state in self.state.items() if not state]:
+                    del self.state[p]
+                raise
         return loss
 
     def _work(self, index: int, position: int, p: torch.Tensor, hp: dict[str, Any]) -> shared.Work:
@@ -111,9 +116,7 @@ class GroupOptimizer(Optimizer):
             raise RuntimeError(f"{where} is complex; this optimizer takes real parameters only.")
         if self.param_groups[index].get("maximize", False):
             grad = -grad
-        state = self.state[p]
-        shared.init_state(self.algorithm, p, state, hp, BACKEND)
-        return shared.Work(p, grad, state, hp)
+        return shared.Work(p, grad, self.state[p], hp)
 
     def fused_status(self) -> list[str]:
         """Every group steps on the reference path: the engine records element-wise rules only."""

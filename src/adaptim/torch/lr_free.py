@@ -106,6 +106,57 @@ class ScheduleFreeSGD(TrainEvalMixin, GroupOptimizer):
         super().__init__(params, defaults, nonfinite=nonfinite)
 
 
+def _refuse_fsdp(owner: str, fsdp_in_use: bool) -> None:
+    if fsdp_in_use is not False:
+        raise ValueError(
+            f"Invalid fsdp_in_use: {fsdp_in_use!r}; adaptim.{owner} does not all-reduce its "
+            "estimate across processes, only False is allowed (the key is kept for state_dict "
+            "interchange)."
+        )
+
+
+@_documented
+class Prodigy(GroupOptimizer):
+    """Prodigy (Mishchenko & Defazio 2024): Adam with an estimated step size ``d``.
+
+    Same arguments, defaults, ``param_groups`` keys (``d``, ``d_max``,
+    ``d_numerator``, ``k``) and state as ``prodigyopt.Prodigy`` 1.1.2; the
+    current estimate is ``optimizer.param_groups[i]["d"]`` (one value shared
+    by all groups). Keep ``lr`` at 1 and change ``d_coef`` to scale it.
+    """
+
+    algorithm = alg.PRODIGY
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1.0,
+        betas: Betas = (0.9, 0.999),
+        beta3: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decouple: bool = True,
+        use_bias_correction: bool = False,
+        safeguard_warmup: bool = False,
+        d0: float = 1e-6,
+        d_coef: float = 1.0,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        slice_p: int = 1,
+        *,
+        maximize: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        _refuse_fsdp("Prodigy", fsdp_in_use)
+        defaults: dict[str, Any] = dict(
+            lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay,
+            decouple=decouple, use_bias_correction=use_bias_correction,
+            safeguard_warmup=safeguard_warmup, d0=d0, d_coef=d_coef, growth_rate=growth_rate,
+            fsdp_in_use=fsdp_in_use, slice_p=slice_p, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
 LR_FREE_OPTIMIZERS: dict[str, type[GroupOptimizer]] = {
-    cls.algorithm.name: cls for cls in (ScheduleFreeAdamW, ScheduleFreeSGD)
+    cls.algorithm.name: cls for cls in (ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy)
 }
