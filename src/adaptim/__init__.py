@@ -37,6 +37,9 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptSGD",
     "NAdam",
     "Optimizer",
     "Prodigy",
@@ -50,4 +53,12 @@ __all__ = [
 ]
 
 # -- learning-rate-free optimizers (issue 14) ----------------------------------------
-from adaptim.torch import LR_FREE_OPTIMIZERS, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
+from adaptim.torch import (
+    LR_FREE_OPTIMIZERS,
+    DAdaptAdaGrad,
+    DAdaptAdam,
+    DAdaptSGD,
+    Prodigy,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)

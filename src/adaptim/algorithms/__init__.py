@@ -26,10 +26,21 @@ ALGORITHMS: dict[str, Algorithm] = {
 # scalars, Schedule-Free starts in eval mode), so the generic per-tensor
 # machinery and tests built on ALGORITHMS do not apply to them.
 from adaptim.algorithms._spec import GroupPass  # noqa: E402
+from adaptim.algorithms.dadaptation import DADAPT_ADAGRAD, DADAPT_ADAM, DADAPT_SGD  # noqa: E402
 from adaptim.algorithms.prodigy import PRODIGY  # noqa: E402
 from adaptim.algorithms.schedulefree import SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD  # noqa: E402
 
-LR_FREE: dict[str, Algorithm] = {a.name: a for a in (SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD, PRODIGY)}
+LR_FREE: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        SCHEDULEFREE_ADAMW,
+        SCHEDULEFREE_SGD,
+        PRODIGY,
+        DADAPT_ADAM,
+        DADAPT_SGD,
+        DADAPT_ADAGRAD,
+    )
+}
 
 __all__ = [
     "ADADELTA",
@@ -38,6 +49,9 @@ __all__ = [
     "ADAMAX",
     "ADAMW",
     "ALGORITHMS",
+    "DADAPT_ADAGRAD",
+    "DADAPT_ADAM",
+    "DADAPT_SGD",
     "LAMB",
     "LARS",
     # learning-rate-free rules (issue 14)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, GroupPass, HParams
+from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, GroupPass, HParams, PartialSum
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,10 @@ class Backend:
     copy: Callable[[Array], Array]
     #: Write ``value`` into the caller's array in place.
     assign: Callable[[Array, Array], None]
-    #: Sum each list of 0-d partials in float64; one host synchronisation for all.
+    #: One tensor's share of a sum as a float64 0-d array, evaluated at once
+    #: (before the state it may read is overwritten), without a host sync.
+    share: Callable[[PartialSum], Array]
+    #: Sum each list of shares; one host synchronisation for all.
     totals: Callable[[list[list[Array]]], list[float]]
 
 
@@ -52,7 +55,7 @@ def scopes(algorithm: Algorithm, count: int) -> list[list[int]]:
 
 def kept_scalars(algorithm: Algorithm, group: Mapping[str, Any], hp: HParams) -> dict[str, Any]:
     """The scalars a group keeps between steps, as stored in it."""
-    return {k: group[k] for k in group_pass(algorithm).scalars(hp)}
+    return {k: group.get(k, v) for k, v in group_pass(algorithm).scalars(hp).items()}
 
 
 def init_state(
@@ -85,21 +88,24 @@ def step_scope(
     """One step of the tensors in ``work`` (from ``groups``, which share scalars)."""
     rule = group_pass(algorithm)
     kept = rule.scalars(hps[0])
-    scalars = rule.prepare({k: groups[0][k] for k in kept}, hps)  # may refuse: nothing changed yet
+    # A group loaded from the reference before its first step may lack
+    # scalars the reference adds later (D-Adapt SGD's g0_norm): start values.
+    scalars = rule.prepare(
+        {k: groups[0].get(k, v) for k, v in kept.items()}, hps
+    )  # may refuse: nothing changed yet
     for item in work:
         init_state(algorithm, item.p, item.state, item.hp, backend)
-    if rule.gather is not None:
+    for reduction in rule.reductions:
         partials: dict[str, list[Array]] = {}
         for item in work:
-            new_state, sums = rule.gather(
+            new_state, sums = reduction.gather(
                 item.p, item.grad, item.state, scalars=scalars, xp=backend.xp, **item.hp
             )
-            _store(item.state, new_state, backend)
             for key, value in sums.items():
-                partials.setdefault(key, []).append(value)
+                partials.setdefault(key, []).append(backend.share(value))
+            _store(item.state, new_state, backend)
         totals = dict(zip(partials, backend.totals(list(partials.values())), strict=True))
-        assert rule.combine is not None, f"{algorithm.name}: gather without combine"
-        combined = rule.combine(scalars, totals, hps)
+        combined = reduction.combine(scalars, totals, hps)
         if combined is None:
             return
         scalars = combined

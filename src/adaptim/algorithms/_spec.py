@@ -55,6 +55,33 @@ GroupScalars = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class Partial:
+    """One tensor's share of a group-wide sum, which the front-end evaluates in float64.
+
+    ``scale * a`` for a 0-d ``a``; ``scale * <a, b>`` (both flattened, the
+    front-end's own dot product) when ``b`` is given. The value is lifted to
+    float64 *before* it is scaled, as the references' ``scale * x.item()``
+    does: in float32 that keeps the estimate ``d`` on their trajectory.
+    """
+
+    a: Array
+    scale: float = 1.0
+    b: Array | None = None
+
+
+#: What a gather pass returns per sum: one share, or shares added in float64 in this order.
+PartialSum = Partial | tuple[Partial, ...]
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """One gather pass over the tensors and what the summed partials make of the scalars."""
+
+    gather: Callable[..., tuple[dict[str, Array], dict[str, PartialSum]]]
+    combine: Callable[[GroupScalars, dict[str, float], list[HParams]], GroupScalars | None]
+
+
+@dataclass(frozen=True)
 class GroupPass:
     r"""How a rule with group-wide scalars steps: three passes instead of one.
 
@@ -66,12 +93,14 @@ class GroupPass:
     1. ``prepare(scalars, hps)``: group bookkeeping before any tensor is
        touched (the step count, Schedule-Free's weight :math:`c_{k+1}`,
        D-Adaptation's :math:`d\,\gamma`); it may raise, nothing has changed yet;
-    2. ``gather(p, g, state, *, scalars, xp, **hp)`` per tensor, returning the
-       new state entries and *partial sums* (0-d arrays); the front-end adds
-       each partial over every tensor of the scope, in float64, with one host
-       synchronisation per step, and ``combine(scalars, sums, hps)`` turns the
-       sums into the new scalars (``None``: the step ends after the gather
-       pass, as the references do when the denominator is 0);
+    2. for each :class:`Reduction` in ``reductions``: its ``gather(p, g,
+       state, *, scalars, xp, **hp)`` per tensor returns the new state
+       entries and *partial sums* (:class:`Partial`); the front-end adds each
+       partial over every tensor of the scope, in float64, with one host
+       synchronisation, and ``combine(scalars, sums, hps)`` turns the sums
+       into the new scalars (``None``: the step ends there, as the references
+       do when the denominator is 0). Most rules need one reduction;
+       D-Adapt SGD needs the first gradient's norm before its main one;
     3. ``Algorithm.update(p, g, state, *, scalars, xp, **hp)``, element-wise,
        reading the scalars.
 
@@ -94,10 +123,7 @@ class GroupPass:
     scalars: Callable[[HParams], GroupScalars]
     prepare: Callable[[GroupScalars, list[HParams]], GroupScalars]
     init: Callable[..., dict[str, Any]]
-    gather: Callable[..., tuple[dict[str, Array], dict[str, Array]]] | None = None
-    combine: (
-        Callable[[GroupScalars, dict[str, float], list[HParams]], GroupScalars | None] | None
-    ) = None
+    reductions: tuple[Reduction, ...] = ()
     switch_mode: Callable[..., Array] | None = None
 
 

@@ -12,6 +12,9 @@ from adaptim.algorithms._spec import (
     GroupPass,
     GroupScalars,
     HParams,
+    Partial,
+    PartialSum,
+    Reduction,
     UpdateResult,
 )
 from adaptim.algorithms._validation import check_betas, check_bool, check_range
@@ -72,7 +75,7 @@ def prodigy_gather(
     d0: float,
     slice_p: int,
     **_: Any,
-) -> tuple[dict[str, Array], dict[str, Array]]:
+) -> tuple[dict[str, Array], dict[str, PartialSum]]:
     """The moment updates and this tensor's share of the numerator and denominator of :math:`\\hat d`."""
     if lr == 0:  # a frozen group adds nothing and keeps its moments
         return {}, {}
@@ -81,14 +84,14 @@ def prodigy_gather(
     if weight_decay != 0 and not decouple:
         g = xp.axpy(g, p, weight_decay)
     grad = _sliced(g, slice_p)
-    numerator = (d / d0) * dlr * (grad * (state["p0"] - _sliced(p, slice_p))).sum()
+    numerator = Partial(grad, (d / d0) * dlr, state["p0"] - _sliced(p, slice_p))
     new_state = {"exp_avg_sq": xp.addcmul(state["exp_avg_sq"] * beta2, g, g, d * d * (1 - beta2))}
     if beta1 > 0:
         new_state["exp_avg"] = xp.axpy(state["exp_avg"] * beta1, g, d * (1 - beta1))
     weight = (d / d0) * (d if safeguard_warmup else dlr)
     s = xp.axpy(state["s"] * scalars["beta3"], grad, weight)
     new_state["s"] = s
-    return new_state, {"numerator": numerator, "denominator": xp.abs(s).sum()}
+    return new_state, {"numerator": numerator, "denominator": Partial(xp.abs(s).sum())}
 
 
 def prodigy_combine(
@@ -252,7 +255,6 @@ PRODIGY = Algorithm(
         scalars=lambda hp: {"d": hp["d0"], "d_max": hp["d0"], "d_numerator": 0.0, "k": 0},
         prepare=prodigy_prepare,
         init=prodigy_init,
-        gather=prodigy_gather,
-        combine=prodigy_combine,
+        reductions=(Reduction(prodigy_gather, prodigy_combine),),
     ),
 )

@@ -419,6 +419,9 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptSGD",
     "NAdam",
     "Optimizer",
     "Prodigy",
@@ -439,3 +442,6 @@ LR_FREE_OPTIMIZERS: dict[str, type[Optimizer]] = {
 ScheduleFreeAdamW = LR_FREE_OPTIMIZERS["schedulefree-adamw"]
 ScheduleFreeSGD = LR_FREE_OPTIMIZERS["schedulefree-sgd"]
 Prodigy = LR_FREE_OPTIMIZERS["prodigy"]
+DAdaptAdam = LR_FREE_OPTIMIZERS["dadapt-adam"]
+DAdaptSGD = LR_FREE_OPTIMIZERS["dadapt-sgd"]
+DAdaptAdaGrad = LR_FREE_OPTIMIZERS["dadapt-adagrad"]

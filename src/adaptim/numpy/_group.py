@@ -14,7 +14,15 @@ import numpy as np
 
 from adaptim.algorithms import Algorithm
 from adaptim.algorithms import _group as shared
+from adaptim.algorithms._spec import PartialSum
 from adaptim.numpy import NUMPY_OPS, Optimizer
+
+
+def _share(part: PartialSum) -> float:
+    if isinstance(part, tuple):
+        return sum(map(_share, part), 0.0)
+    value = part.a if part.b is None else np.dot(part.a.ravel(), part.b.ravel())
+    return float(value) * part.scale
 
 
 def _assign(target: np.ndarray, value: Any) -> None:
@@ -26,7 +34,8 @@ BACKEND = shared.Backend(
     zeros_like=np.zeros_like,
     copy=lambda a: np.array(a, copy=True),
     assign=_assign,
-    totals=lambda partials: [float(np.sum(np.asarray(v, dtype=np.float64))) for v in partials],
+    share=_share,
+    totals=lambda partials: [sum(values, 0.0) for values in partials],
 )
 
 

@@ -30,6 +30,9 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptSGD",
     "NAdam",
     "Optimizer",
     "Prodigy",
@@ -40,4 +43,12 @@ __all__ = [
 ]
 
 # -- learning-rate-free optimizers (issue 14) ----------------------------------------
-from adaptim.torch.lr_free import LR_FREE_OPTIMIZERS, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
+from adaptim.torch.lr_free import (
+    LR_FREE_OPTIMIZERS,
+    DAdaptAdaGrad,
+    DAdaptAdam,
+    DAdaptSGD,
+    Prodigy,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)

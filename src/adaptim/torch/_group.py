@@ -18,6 +18,7 @@ import torch
 
 from adaptim.algorithms import ALGORITHMS, LR_FREE
 from adaptim.algorithms import _group as shared
+from adaptim.algorithms._spec import PartialSum
 from adaptim.algorithms._validation import check_loaded_group
 from adaptim.torch._base import (
     _GROUP_SWITCHES,
@@ -29,17 +30,24 @@ from adaptim.torch._base import (
 )
 
 
+def _share(part: PartialSum) -> torch.Tensor:
+    if isinstance(part, tuple):
+        return torch.stack([_share(p) for p in part]).sum()
+    value = part.a if part.b is None else torch.dot(part.a.reshape(-1), part.b.reshape(-1))
+    return value.to(torch.float64) * part.scale
+
+
 def _totals(partials: list[list[torch.Tensor]]) -> list[float]:
-    if not partials or not any(partials):
-        return [0.0] * len(partials)
-    device = next(v for values in partials for v in values).device
     sums = [
-        torch.stack([v.to(device=device, dtype=torch.float64) for v in values]).sum()
+        torch.stack([v.to(values[0].device) for v in values]).sum()
         if values
-        else torch.zeros((), dtype=torch.float64, device=device)
+        else torch.zeros((), dtype=torch.float64)
         for values in partials
     ]
-    totals: list[float] = torch.stack(sums).tolist()  # the step's one synchronisation
+    if not sums:
+        return []
+    device = sums[0].device
+    totals: list[float] = torch.stack([v.to(device) for v in sums]).tolist()  # one sync
     return totals
 
 
@@ -48,6 +56,7 @@ BACKEND = shared.Backend(
     zeros_like=lambda t: torch.zeros_like(t, memory_format=torch.preserve_format),
     copy=lambda t: t.detach().clone(memory_format=torch.preserve_format),
     assign=lambda target, value: target.copy_(value),
+    share=_share,
     totals=_totals,
 )
 

@@ -157,6 +157,115 @@ class Prodigy(GroupOptimizer):
         super().__init__(params, defaults, nonfinite=nonfinite)
 
 
+_DADAPT_COMMON = """
+
+    Same arguments, defaults, ``param_groups`` keys and state as
+    ``dadaptation.{0}`` 3.2 (dense gradients); the estimate is
+    ``optimizer.param_groups[i]["d"]``, one value for all groups. ``log_every``
+    and ``fsdp_in_use`` are kept in the groups for ``state_dict`` interchange
+    only: adaptim does not log, and refuses ``fsdp_in_use=True``.
+"""
+
+
+@_documented
+class DAdaptAdam(GroupOptimizer):
+    __doc__ = "D-Adapt Adam (Defazio & Mishchenko 2023): Adam with an estimated step size ``d``."
+    __doc__ += (
+        _DADAPT_COMMON.format("DAdaptAdam")
+        + """
+    ``layer_scale`` (a group key in the reference) scales a group's share of
+    the estimate and of its steps.
+    """
+    )
+
+    algorithm = alg.DADAPT_ADAM
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1.0,
+        betas: Betas = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        log_every: int = 0,
+        decouple: bool = False,
+        use_bias_correction: bool = False,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        *,
+        layer_scale: float = 1.0,
+        maximize: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        _refuse_fsdp("DAdaptAdam", fsdp_in_use)
+        defaults: dict[str, Any] = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, log_every=log_every,
+            decouple=decouple, use_bias_correction=use_bias_correction, d0=d0,
+            growth_rate=growth_rate, fsdp_in_use=fsdp_in_use, layer_scale=layer_scale,
+            maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class DAdaptSGD(GroupOptimizer):
+    __doc__ = "D-Adapt SGD (Defazio & Mishchenko 2023): SGD with an estimated step size ``d``."
+    __doc__ += _DADAPT_COMMON.format("DAdaptSGD")
+
+    algorithm = alg.DADAPT_SGD
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0,
+        log_every: int = 0,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        _refuse_fsdp("DAdaptSGD", fsdp_in_use)
+        defaults: dict[str, Any] = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, log_every=log_every, d0=d0,
+            growth_rate=growth_rate, fsdp_in_use=fsdp_in_use, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+@_documented
+class DAdaptAdaGrad(GroupOptimizer):
+    __doc__ = "D-Adapt AdaGrad (Defazio & Mishchenko 2023): AdaGrad with an estimated step size."
+    __doc__ += _DADAPT_COMMON.format("DAdaptAdaGrad")
+
+    algorithm = alg.DADAPT_ADAGRAD
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1.0,
+        momentum: float = 0,
+        log_every: int = 0,
+        weight_decay: float = 0.0,
+        eps: float = 1e-6,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        *,
+        maximize: bool = False,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults: dict[str, Any] = dict(
+            lr=lr, momentum=momentum, log_every=log_every, weight_decay=weight_decay, eps=eps,
+            d0=d0, growth_rate=growth_rate, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
 LR_FREE_OPTIMIZERS: dict[str, type[GroupOptimizer]] = {
-    cls.algorithm.name: cls for cls in (ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy)
+    cls.algorithm.name: cls
+    for cls in (ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy, DAdaptAdam, DAdaptSGD, DAdaptAdaGrad)
 }
