@@ -433,7 +433,7 @@ def optimizers(
 
         typer.echo(render_markdown(), nl=False)
         return
-    from adaptim.lab.optimizers import VARIANTS
+    from adaptim.lab.optimizers import VARIANTS, state_bytes_per_parameter
 
     table = Table(title="optimizers (use the name, or name@flavor)")
     for column in (
@@ -442,6 +442,7 @@ def optimizers(
         "fixed settings",
         "lr range (grid)",
         "search space",
+        "state B/param",
         "description",
     ):
         table.add_column(column, no_wrap=column in ("name", "class", "lr range (grid)"))
@@ -453,6 +454,8 @@ def optimizers(
             fixed,
             f"{v.lr_range[0]:g} – {v.lr_range[1]:g}",
             "; ".join(d.describe() for d in v.space),
+            # measured on a float32 parameter after one step (see state_bytes_per_parameter)
+            f"{state_bytes_per_parameter(v.name):.0f}",
             v.description,
         )
     console.print(table)

@@ -254,6 +254,13 @@ def _touched(
     return touched
 
 
+def _switch(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """``optimizer.eval()``/``train()`` where it has them: Schedule-Free evaluates another point."""
+    method = getattr(optimizer, mode, None)
+    if callable(method):
+        method()
+
+
 def run_trial(
     spec: TrialSpec, problem: Problem, context: BuildContext | None = None
 ) -> TrialResult:
@@ -277,7 +284,9 @@ def run_trial(
             return {k: _metric_value(problem.name, k, v) for k, v in evaluate().items()}
 
     def record(at: int) -> dict[str, float | None]:
+        _switch(optimizer, "eval")
         metrics = measure(validate)
+        _switch(optimizer, "train")
         position = setup.position() if setup.position is not None else None
         # Before the first step the state says nothing about the effective rate.
         rates = probe() if at > 0 else None
@@ -325,6 +334,7 @@ def run_trial(
         if not records or records[-1].step != step:
             records.append(Record(step, last_loss, dict(empty), train_time, None, None))
     else:
+        _switch(optimizer, "eval")  # the model is left at the point evaluated
         final = measure(setup.evaluate) if setup.validate is not None else dict(validation)
     return TrialResult(
         spec=spec,
