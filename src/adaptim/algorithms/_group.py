@@ -24,6 +24,9 @@ class Backend:
     copy: Callable[[Array], Array]
     #: Write ``value`` into the caller's array in place.
     assign: Callable[[Array, Array], None]
+    #: The array to keep in the state for a value a rule computed (NumPy
+    #: turns 0-d results into scalars, which cannot be written in place).
+    own: Callable[[Any], Array]
     #: One tensor's share of a sum as a float64 0-d array, evaluated at once
     #: (before the state it may read is overwritten), without a host sync.
     share: Callable[[PartialSum], Array]
@@ -63,9 +66,8 @@ def init_state(
 ) -> None:
     """Fill ``state`` for a tensor's first step (nothing if it has state already)."""
     if not state:
-        state.update(
-            group_pass(algorithm).init(p, hp, zeros_like=backend.zeros_like, copy=backend.copy)
-        )
+        fresh = group_pass(algorithm).init(p, hp, zeros_like=backend.zeros_like, copy=backend.copy)
+        state.update({k: v if isinstance(v, int) else backend.own(v) for k, v in fresh.items()})
 
 
 def _store(state: MutableMapping[str, Any], new: Mapping[str, Any], backend: Backend) -> None:
@@ -75,7 +77,7 @@ def _store(state: MutableMapping[str, Any], new: Mapping[str, Any], backend: Bac
         if shape is not None and shape == getattr(value, "shape", None):
             backend.assign(current, value)
         else:
-            state[key] = value
+            state[key] = value if isinstance(value, int) else backend.own(value)
 
 
 def step_scope(

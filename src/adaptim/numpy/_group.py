@@ -34,6 +34,7 @@ BACKEND = shared.Backend(
     zeros_like=np.zeros_like,
     copy=lambda a: np.array(a, copy=True),
     assign=_assign,
+    own=np.asarray,
     share=_share,
     totals=lambda partials: [sum(values, 0.0) for values in partials],
 )

@@ -56,6 +56,7 @@ BACKEND = shared.Backend(
     zeros_like=lambda t: torch.zeros_like(t, memory_format=torch.preserve_format),
     copy=lambda t: t.detach().clone(memory_format=torch.preserve_format),
     assign=lambda target, value: target.copy_(value),
+    own=lambda value: value,
     share=_share,
     totals=_totals,
 )
