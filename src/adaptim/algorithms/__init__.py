@@ -26,7 +26,8 @@ ALGORITHMS: dict[str, Algorithm] = {
 # scalars, Schedule-Free starts in eval mode), so the generic per-tensor
 # machinery and tests built on ALGORITHMS do not apply to them.
 from adaptim.algorithms._spec import GroupPass  # noqa: E402
-from adaptim.algorithms.dadaptation import DADAPT_ADAGRAD, DADAPT_ADAM, DADAPT_SGD  # noqa: E402
+from adaptim.algorithms.dadapt_adagrad import DADAPT_ADAGRAD  # noqa: E402
+from adaptim.algorithms.dadaptation import DADAPT_ADAM, DADAPT_SGD  # noqa: E402
 from adaptim.algorithms.prodigy import PRODIGY  # noqa: E402
 from adaptim.algorithms.schedulefree import SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD  # noqa: E402
 

@@ -1,4 +1,4 @@
-r"""D-Adaptation: Adam, SGD and AdaGrad with the step size ``d`` estimated as they go.
+r"""D-Adaptation: Adam and SGD with the step size ``d`` estimated as they go (AdaGrad: :mod:`.dadapt_adagrad`).
 
 Defazio & Mishchenko 2023, "Learning-Rate-Free Learning by D-Adaptation"
 (ICML). Each method keeps a weighted sum :math:`s_k` of the gradients and
@@ -32,7 +32,7 @@ from adaptim.algorithms.prodigy import shared_lr
 Gathered = tuple[dict[str, Array], dict[str, PartialSum]]
 
 
-def _grown(d: float, d_hat: float, growth_rate: float) -> float:
+def grown(d: float, d_hat: float, growth_rate: float) -> float:
     r""":math:`d_{k+1} = \max(d_k, \min(\hat d_{k+1}, d_k\cdot\text{growth\_rate}))`: never shrinks."""
     return max(d, min(d_hat, d * growth_rate))
 
@@ -91,7 +91,7 @@ def adam_combine(
         return None
     d = scalars["d"]
     if scalars["lr"] > 0:
-        d = _grown(d, weighted / ((1 - root) * s_l1), hps[0]["growth_rate"])
+        d = grown(d, weighted / ((1 - root) * s_l1), hps[0]["growth_rate"])
     return {**scalars, "numerator_weighted": weighted, "d": d}
 
 
@@ -206,7 +206,7 @@ def sgd_combine(
     if s_sq == 0:
         return None
     weighted = scalars["numerator_weighted"] + sums.get("numerator", 0.0)
-    d = _grown(scalars["d"], 2 * weighted / math.sqrt(s_sq), hps[0]["growth_rate"])
+    d = grown(scalars["d"], 2 * weighted / math.sqrt(s_sq), hps[0]["growth_rate"])
     return {**scalars, "numerator_weighted": weighted, "d": d}
 
 
@@ -243,112 +243,8 @@ def _dadapt_sgd_effective_lr(
     return p * 0 + (scalars["d"] * lr / norm if norm else 0.0)
 
 
-def _dadapt_adagrad_effective_lr(
-    p: Array,
-    state: dict[str, Array],
-    *,
-    scalars: GroupScalars,
-    xp: ArrayOps,
-    lr: float,
-    eps: float,
-    **_: Any,
-) -> Array:
-    r""":math:`d\gamma / (\sqrt{\alpha} + \epsilon)`, AdaGrad's rate with the estimated scale."""
-    return scalars["d"] * lr / (xp.sqrt(state["alphak"]) + eps)
-
-
-# -- D-Adapt AdaGrad --------------------------------------------------------------------
-def adagrad_prepare(scalars: GroupScalars, hps: list[HParams]) -> GroupScalars:
-    hp = hps[0]  # the first group's lr, without dadaptation's check of the others
-    return {
-        **scalars,
-        "k": scalars["k"] + 1,
-        "lr": hp["lr"],
-        "dlr": scalars["d"] * hp["lr"],
-        "ck": 1 - hp["momentum"],
-    }
-
-
-def adagrad_gather(
-    p: Array,
-    g: Array,
-    state: dict[str, Array],
-    *,
-    scalars: GroupScalars,
-    xp: ArrayOps,
-    eps: float,
-    weight_decay: float,
-    **_: Any,
-) -> Gathered:
-    if weight_decay != 0:
-        g = xp.axpy(g, p, weight_decay)
-    sk, alphak = state["sk"], state["alphak"]
-    old_weighted = (sk * sk / (xp.sqrt(alphak) + eps)).sum()
-    old_l1 = xp.abs(sk).sum()
-    alphak = alphak + g * g
-    root = xp.sqrt(alphak) + eps
-    sk = xp.axpy(sk, g, scalars["dlr"])
-    sums: dict[str, PartialSum] = {
-        "g_sq": Partial((g * g / root).sum()),
-        # per tensor, new minus old in float64, as the reference does
-        "s_sq_change": (Partial((sk * sk / root).sum()), Partial(old_weighted, -1.0)),
-        "s_l1_change": (Partial(xp.abs(sk).sum()), Partial(old_l1, -1.0)),
-    }
-    return {"alphak": alphak, "sk": sk}, sums
-
-
-def adagrad_combine(
-    scalars: GroupScalars, sums: dict[str, float], hps: list[HParams]
-) -> GroupScalars | None:
-    weighted = scalars["sksq_weighted"] + sums.get("s_sq_change", 0.0)
-    s_l1 = scalars["skl1"] + sums.get("s_l1_change", 0.0)
-    if s_l1 == 0:
-        return None
-    dlr = scalars["dlr"]
-    g_sq = scalars["gsq_weighted"] + dlr * dlr * sums.get("g_sq", 0.0)
-    d = scalars["d"]
-    if scalars["lr"] > 0:
-        d = _grown(d, (weighted - g_sq) / s_l1, hps[0]["growth_rate"])
-    return {**scalars, "sksq_weighted": weighted, "skl1": s_l1, "gsq_weighted": g_sq, "d": d}
-
-
-def dadapt_adagrad_update(
-    p: Array,
-    g: Array,
-    state: dict[str, Array],
-    *,
-    scalars: GroupScalars,
-    xp: ArrayOps,
-    eps: float,
-    **_: Any,
-) -> UpdateResult:
-    r"""One D-Adapt AdaGrad step (Defazio & Mishchenko 2023, Algorithm 3, dual averaging).
-
-    With :math:`\eta_k = d_k\gamma`, :math:`\alpha_0 = 10^{-6}` and
-    :math:`c = 1 - \text{momentum}`:
-
-    .. math::
-
-        \alpha_{k} &= \alpha_{k-1} + g_k^2, \qquad s_k = s_{k-1} + \eta_k g_k,
-        \qquad A_k = \sqrt{\alpha_k} + \epsilon \\
-        \hat d_{k+1} &= \frac{\sum s_k^2/A_k \;-\; \sum_{j\le k} \eta_j^2 \sum g_j^2/A_j}
-            {\lVert s_k\rVert_1} \\
-        x_{k+1} &= (1-c)\, x_k + c\,(x_0 - s_k / A_k)
-
-    (sums over every coordinate of every group; the first sum is kept as
-    running per-tensor changes, as ``dadaptation.DAdaptAdaGrad``). Weight
-    decay :math:`\lambda x_k` is added to the gradient. Sparse gradients
-    (which the reference treats separately) are refused.
-    """
-    z = state["x0"] - state["sk"] / (xp.sqrt(state["alphak"]) + eps)
-    ck = scalars["ck"]
-    if ck == 1:
-        return z, {}
-    return xp.axpy(p * (1 - ck), z, ck), {}
-
-
 # -- records ----------------------------------------------------------------------------
-def _check_common(hp: HParams) -> None:
+def check_d_options(hp: HParams) -> None:
     check_range(hp, "lr", 0.0)
     check_range(hp, "weight_decay", 0.0)
     check_range(hp, "d0", 0.0, low_open=True)
@@ -356,7 +252,7 @@ def _check_common(hp: HParams) -> None:
 
 
 def _validate_adam(hp: HParams) -> None:
-    _check_common(hp)
+    check_d_options(hp)
     check_betas(hp)
     check_range(hp, "eps", 0.0, low_open=True)
     check_bool(hp, "decouple")
@@ -364,14 +260,14 @@ def _validate_adam(hp: HParams) -> None:
     check_range(hp, "layer_scale", 0.0)
 
 
-def _validate_momentum(hp: HParams) -> None:
-    _check_common(hp)
+def validate_momentum(hp: HParams) -> None:
+    check_d_options(hp)
     check_range(hp, "momentum", 0.0, 1.0, high_open=True)
     if "eps" in hp:
         check_range(hp, "eps", 0.0, low_open=True)
 
 
-_D = {"d0": 1e-6, "growth_rate": math.inf}
+D_DEFAULTS = {"d0": 1e-6, "growth_rate": math.inf}
 ADAM_DEFAULTS: dict[str, Any] = {
     "lr": 1.0,
     "betas": (0.9, 0.999),
@@ -380,16 +276,9 @@ ADAM_DEFAULTS: dict[str, Any] = {
     "decouple": False,
     "use_bias_correction": False,
     "layer_scale": 1.0,
-    **_D,
+    **D_DEFAULTS,
 }
-SGD_DEFAULTS: dict[str, Any] = {"lr": 1.0, "momentum": 0.0, "weight_decay": 0.0, **_D}
-ADAGRAD_DEFAULTS: dict[str, Any] = {
-    "lr": 1.0,
-    "momentum": 0.0,
-    "weight_decay": 0.0,
-    "eps": 1e-6,
-    **_D,
-}
+SGD_DEFAULTS: dict[str, Any] = {"lr": 1.0, "momentum": 0.0, "weight_decay": 0.0, **D_DEFAULTS}
 
 
 def _copy_fields(p: Array, zeros_like: Any, copy: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -426,7 +315,7 @@ DADAPT_SGD = Algorithm(
     update=dadapt_sgd_update,
     hparams=tuple(SGD_DEFAULTS),
     defaults=SGD_DEFAULTS,
-    validate=_validate_momentum,
+    validate=validate_momentum,
     state=lambda hp: dict.fromkeys(("z", "s", "x0")),
     step=False,
     effective_lr=_dadapt_sgd_effective_lr,
@@ -439,35 +328,5 @@ DADAPT_SGD = Algorithm(
             Reduction(sgd_first_gather, sgd_first_combine),
             Reduction(sgd_gather, sgd_combine),
         ),
-    ),
-)
-
-DADAPT_ADAGRAD = Algorithm(
-    name="dadapt-adagrad",
-    class_name="DAdaptAdaGrad",
-    title="D-Adapt AdaGrad: AdaGrad (dual averaging) with its step size d estimated as it goes",
-    update=dadapt_adagrad_update,
-    hparams=tuple(ADAGRAD_DEFAULTS),
-    defaults=ADAGRAD_DEFAULTS,
-    validate=_validate_momentum,
-    state=lambda hp: dict.fromkeys(("alphak", "sk", "x0")),
-    step=False,
-    effective_lr=_dadapt_adagrad_effective_lr,
-    group_pass=GroupPass(
-        scope="optimizer",
-        scalars=lambda hp: {
-            "d": hp["d0"],
-            "k": 0,
-            "gsq_weighted": 0.0,
-            "sksq_weighted": 0.0,
-            "skl1": 0.0,
-        },
-        prepare=adagrad_prepare,
-        init=lambda p, hp, *, zeros_like, copy: {
-            "alphak": zeros_like(p) + 1e-6,
-            "sk": zeros_like(p),
-            "x0": copy(p),
-        },
-        reductions=(Reduction(adagrad_gather, adagrad_combine),),
     ),
 )
