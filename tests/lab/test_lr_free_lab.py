@@ -111,3 +111,11 @@ def test_cli_lists_the_measured_state_size() -> None:
     column = [cell.strip() for cell in header.split("┃")].index("state B/param")
     assert rows["prodigy"][column].strip() == "16"
     assert rows["adam"][column].strip() == "8"
+
+
+def test_effective_lr_of_schedule_free_sgd_is_its_lr_not_a_heavy_ball_gain() -> None:
+    """Its momentum interpolates y between z and x; the z step is lr itself (no 1/(1-momentum))."""
+    problem = quadratic()
+    result = run_trial(TrialSpec(problem.name, "schedulefree-sgd", {"lr": 0.5}, 0, 30), problem)
+    rates = result.records[-1].effective_lr
+    assert rates is not None and rates["p50"] == pytest.approx(0.5)

@@ -174,8 +174,13 @@ class _EffectiveLrProbe:
             return None
         rates: list[torch.Tensor | None] = rates_of()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # A rule with group-wide scalars defines its rate itself; its "momentum"
+        # (Schedule-Free, D-Adapt SGD) is an averaging weight, not a heavy ball.
+        averaging = getattr(getattr(self.optimizer, "algorithm", None), "group_pass", None)
         gains = [
-            _momentum_gain(group) for group in self.optimizer.param_groups for _ in group["params"]
+            1.0 if averaging is not None else _momentum_gain(group)
+            for group in self.optimizer.param_groups
+            for _ in group["params"]
         ]
         initial = _initial_state(self.optimizer)
         scaled: list[torch.Tensor | None] = []
