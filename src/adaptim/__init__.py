@@ -13,6 +13,7 @@ from adaptim import algorithms, numpy
 from adaptim.torch import (
     LAMB,
     LARS,
+    LR_FREE_OPTIMIZERS,
     OPTIMIZERS,
     SGD,
     Adadelta,
@@ -20,10 +21,16 @@ from adaptim.torch import (
     Adam,
     Adamax,
     AdamW,
+    DAdaptAdaGrad,
+    DAdaptAdam,
+    DAdaptSGD,
     NAdam,
     Optimizer,
+    Prodigy,
     RAdam,
     RMSprop,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LAMB",
     "LARS",
+    # learning-rate-free optimizers (issue 14)
+    "LR_FREE_OPTIMIZERS",
     "OPTIMIZERS",
     "SGD",
     "Adadelta",
@@ -41,10 +50,16 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptSGD",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "__version__",
     "algorithms",
     "lr_find",

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
-from adaptim.algorithms import ALGORITHMS
+from adaptim.algorithms import ALGORITHMS, LR_FREE
 
 #: The flavor names, in the order they are documented; ``"torch"`` is the default.
 FLAVORS: tuple[str, ...] = ("torch", "keras", "tf1", "optax", "paper")
@@ -153,9 +153,10 @@ def preset(algorithm: str, flavor: str, *, amsgrad: bool = False) -> dict[str, A
     or one the framework does not have for this algorithm.
     """
     check_flavor(flavor)
-    values = dict(ALGORITHMS[algorithm].defaults)
+    record = ALGORITHMS[algorithm] if algorithm in ALGORITHMS else LR_FREE[algorithm]
+    values = dict(record.defaults)
     if flavor not in available(algorithm, amsgrad=amsgrad):
-        name = ALGORITHMS[algorithm].class_name
+        name = record.class_name
         variant = f"{name} with amsgrad=True" if amsgrad else name
         allowed = ", ".join(repr(f) for f in available(algorithm, amsgrad=amsgrad))
         raise ValueError(

@@ -21,6 +21,28 @@ ALGORITHMS: dict[str, Algorithm] = {
     for a in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW, ADAMAX, NADAM, RADAM, LARS, LAMB)
 }
 
+# -- learning-rate-free rules (issue 14): group-wide scalars, see GroupPass --------
+# Kept apart from ALGORITHMS: their step is not element-wise (param groups share
+# scalars, Schedule-Free starts in eval mode), so the generic per-tensor
+# machinery and tests built on ALGORITHMS do not apply to them.
+from adaptim.algorithms._spec import GroupPass  # noqa: E402
+from adaptim.algorithms.dadapt_adagrad import DADAPT_ADAGRAD  # noqa: E402
+from adaptim.algorithms.dadaptation import DADAPT_ADAM, DADAPT_SGD  # noqa: E402
+from adaptim.algorithms.prodigy import PRODIGY  # noqa: E402
+from adaptim.algorithms.schedulefree import SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD  # noqa: E402
+
+LR_FREE: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        SCHEDULEFREE_ADAMW,
+        SCHEDULEFREE_SGD,
+        PRODIGY,
+        DADAPT_ADAM,
+        DADAPT_SGD,
+        DADAPT_ADAGRAD,
+    )
+}
+
 __all__ = [
     "ADADELTA",
     "ADAGRAD",
@@ -28,14 +50,23 @@ __all__ = [
     "ADAMAX",
     "ADAMW",
     "ALGORITHMS",
+    "DADAPT_ADAGRAD",
+    "DADAPT_ADAM",
+    "DADAPT_SGD",
     "LAMB",
     "LARS",
+    # learning-rate-free rules (issue 14)
+    "LR_FREE",
     "NADAM",
+    "PRODIGY",
     "RADAM",
     "RMSPROP",
+    "SCHEDULEFREE_ADAMW",
+    "SCHEDULEFREE_SGD",
     "SGD",
     "Algorithm",
     "ArrayOps",
+    "GroupPass",
     "adadelta_update",
     "adagrad_update",
     "adam_update",

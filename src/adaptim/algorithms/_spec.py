@@ -50,6 +50,83 @@ class ArrayOps:
     lerp: Callable[[Array, Array, float], Array]
 
 
+#: Scalars shared by the tensors of a param group (or of the whole optimizer).
+GroupScalars = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One tensor's share of a group-wide sum, which the front-end evaluates in float64.
+
+    ``scale * a`` for a 0-d ``a``; ``scale * <a, b>`` (both flattened, the
+    front-end's own dot product) when ``b`` is given. The value is lifted to
+    float64 *before* it is scaled, as the references' ``scale * x.item()``
+    does: in float32 that keeps the estimate ``d`` on their trajectory.
+    """
+
+    a: Array
+    scale: float = 1.0
+    b: Array | None = None
+
+
+#: What a gather pass returns per sum: one share, or shares added in float64 in this order.
+PartialSum = Partial | tuple[Partial, ...]
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """One gather pass over the tensors and what the summed partials make of the scalars."""
+
+    gather: Callable[..., tuple[dict[str, Array], dict[str, PartialSum]]]
+    combine: Callable[[GroupScalars, dict[str, float], list[HParams]], GroupScalars | None]
+
+
+@dataclass(frozen=True)
+class GroupPass:
+    r"""How a rule with group-wide scalars steps: three passes instead of one.
+
+    Learning-rate-free methods estimate one step size from *all* tensors
+    (Prodigy's and D-Adaptation's ``d`` is a ratio of sums over every
+    coordinate), and Schedule-Free keeps one averaging weight per group. A
+    step of such a rule is
+
+    1. ``prepare(scalars, hps)``: group bookkeeping before any tensor is
+       touched (the step count, Schedule-Free's weight :math:`c_{k+1}`,
+       D-Adaptation's :math:`d\,\gamma`); it may raise, nothing has changed yet;
+    2. for each :class:`Reduction` in ``reductions``: its ``gather(p, g,
+       state, *, scalars, xp, **hp)`` per tensor returns the new state
+       entries and *partial sums* (:class:`Partial`); the front-end adds each
+       partial over every tensor of the scope, in float64, with one host
+       synchronisation, and ``combine(scalars, sums, hps)`` turns the sums
+       into the new scalars (``None``: the step ends there, as the references
+       do when the denominator is 0). Most rules need one reduction;
+       D-Adapt SGD needs the first gradient's norm before its main one;
+    3. ``Algorithm.update(p, g, state, *, scalars, xp, **hp)``, element-wise,
+       reading the scalars.
+
+    ``scalars(hp)`` names the scalars kept between steps, with their initial
+    values; they live in the param groups, as the reference packages keep
+    them, so ``state_dict`` moves between them. Other keys ``prepare`` or
+    ``combine`` return are passed to the tensors of this step only.
+    ``scope`` is ``"group"`` (each param group its own scalars) or
+    ``"optimizer"`` (one set for all groups, read with the first group's
+    settings and copied into every group, as prodigyopt and dadaptation do).
+    ``init(p, hp, *, zeros_like, copy)`` builds a tensor's state on its first
+    step (entries may be slices of the tensor: Prodigy's ``slice_p``).
+    ``switch_mode(p, state, *, train, xp, **hp)``, where set, moves a
+    parameter between the point trained on and the point evaluated
+    (Schedule-Free's :math:`y` and :math:`x`); the front-ends then offer
+    ``train()`` and ``eval()`` and refuse to step in eval mode.
+    """
+
+    scope: Literal["group", "optimizer"]
+    scalars: Callable[[HParams], GroupScalars]
+    prepare: Callable[[GroupScalars, list[HParams]], GroupScalars]
+    init: Callable[..., dict[str, Any]]
+    reductions: tuple[Reduction, ...] = ()
+    switch_mode: Callable[..., Array] | None = None
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """Everything a front-end needs to drive one update rule.
@@ -88,6 +165,10 @@ class Algorithm:
     #: The class name of the PyTorch and NumPy front-ends (``"Adam"``, ``"RMSprop"``),
     #: also used in messages.
     class_name: str = ""
+    #: The group-wide part of rules that read scalars shared by many tensors
+    #: (Prodigy's and D-Adaptation's estimate ``d``, Schedule-Free's averaging
+    #: weights); ``None`` for element-wise rules. See :class:`GroupPass`.
+    group_pass: GroupPass | None = None
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

@@ -242,7 +242,81 @@ def _variants() -> dict[str, Variant]:
             tuning_free=True,
         ),
     ]
+    table += _lr_free_variants()
     return {v.name: v for v in table}
+
+
+# -- learning-rate-free optimizers (issue 14) ------------------------------------------
+def _lr_free_variants() -> list[Variant]:
+    """The tuning-free methods. Their ``lr`` multiplies the estimated step (1 is the
+    published default; Schedule-Free's is a true learning rate), so the range, for
+    whoever tunes them anyway, spans two decades around the default."""
+    d_range = (0.1, 10.0)
+    return [
+        Variant(
+            "prodigy",
+            "Prodigy: Adam with its step size estimated from the distance travelled",
+            adaptim.Prodigy,
+            d_range,
+            tuning_free=True,
+        ),
+        Variant(
+            "schedulefree-adamw",
+            "Schedule-Free AdamW: no schedule, an online average of the iterates",
+            adaptim.ScheduleFreeAdamW,
+            (2.5e-4, 2.5e-2),
+            extra_space=(_BETA2,),
+            tuning_free=True,
+        ),
+        Variant(
+            "schedulefree-sgd",
+            "Schedule-Free SGD: momentum SGD as an online average, no schedule",
+            adaptim.ScheduleFreeSGD,
+            (0.1, 10.0),
+            tuning_free=True,
+        ),
+        Variant(
+            "dadapt-adam",
+            "D-Adapt Adam: Adam with its step size estimated as it goes",
+            adaptim.DAdaptAdam,
+            d_range,
+            tuning_free=True,
+        ),
+        Variant(
+            "dadapt-sgd",
+            "D-Adapt SGD: SGD with its step size estimated as it goes",
+            adaptim.DAdaptSGD,
+            d_range,
+            tuning_free=True,
+        ),
+        Variant(
+            "dadapt-adagrad",
+            "D-Adapt AdaGrad: AdaGrad with its step size estimated as it goes",
+            adaptim.DAdaptAdaGrad,
+            d_range,
+            tuning_free=True,
+        ),
+    ]
+
+
+def state_bytes_per_parameter(name: str, numel: int = 1000) -> float:
+    """The optimizer state per parameter in bytes, *measured*: one step on a float32 tensor.
+
+    The sum of ``nbytes`` of every tensor in the state after a step on a
+    ``numel``-element parameter, divided by ``numel`` (scalars such as
+    ``step`` add a few thousandths). Random values, so no entry degenerates
+    (Prodigy keeps a 0-d ``x0`` for an all-zero tensor).
+    """
+    generator = torch.Generator().manual_seed(0)
+    p = torch.randn(numel, generator=generator).requires_grad_(True)
+    optimizer = make_optimizer(name, [p], {})
+    train = getattr(optimizer, "train", None)
+    if callable(train):  # Schedule-Free steps in train mode only
+        train()
+    p.grad = torch.randn(numel, generator=generator)
+    optimizer.step()
+    state = optimizer.state.get(p, {})
+    return sum(v.nbytes for v in state.values() if isinstance(v, torch.Tensor)) / numel
 
 
 VARIANTS: dict[str, Variant] = _variants()
@@ -277,7 +351,7 @@ def make_optimizer(
     kwargs = {**variant.fixed, **hparams}
     if "beta2" in kwargs:  # a searched β₂: the first β keeps its fixed or default value
         beta2 = kwargs.pop("beta2")
-        default = adaptim.algorithms.ALGORITHMS[variant.cls.algorithm.name].defaults["betas"]
+        default = variant.cls.algorithm.defaults["betas"]
         kwargs["betas"] = (next(iter(kwargs.get("betas", default))), beta2)
     if flavor != "torch":
         kwargs["flavor"] = flavor
@@ -290,7 +364,7 @@ def make_optimizer(
 def applicable(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of ``hparams`` that ``optimizer``'s algorithm accepts (a problem's fixed ones)."""
     variant, _ = parse_optimizer(optimizer)
-    accepted = adaptim.algorithms.ALGORITHMS[variant.cls.algorithm.name].defaults
+    accepted = variant.cls.algorithm.defaults
     return {k: v for k, v in hparams.items() if k in accepted}
 
 
@@ -337,7 +411,7 @@ def parse_settings(items: Iterable[str], optimizers: Iterable[str]) -> dict[str,
                 f"(compared: {', '.join(chosen)})"
             )
         variant, _ = parse_optimizer(optimizer)
-        allowed = adaptim.algorithms.ALGORITHMS[variant.cls.algorithm.name].defaults
+        allowed = variant.cls.algorithm.defaults
         if name not in allowed:
             raise unknown_name(
                 f"hyperparameter of {optimizer}", name, allowed, f"hyperparameters of {optimizer}"

@@ -174,8 +174,13 @@ class _EffectiveLrProbe:
             return None
         rates: list[torch.Tensor | None] = rates_of()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # A rule with group-wide scalars defines its rate itself; its "momentum"
+        # (Schedule-Free, D-Adapt SGD) is an averaging weight, not a heavy ball.
+        averaging = getattr(getattr(self.optimizer, "algorithm", None), "group_pass", None)
         gains = [
-            _momentum_gain(group) for group in self.optimizer.param_groups for _ in group["params"]
+            1.0 if averaging is not None else _momentum_gain(group)
+            for group in self.optimizer.param_groups
+            for _ in group["params"]
         ]
         initial = _initial_state(self.optimizer)
         scaled: list[torch.Tensor | None] = []
@@ -254,6 +259,13 @@ def _touched(
     return touched
 
 
+def _switch(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """``optimizer.eval()``/``train()`` where it has them: Schedule-Free evaluates another point."""
+    method = getattr(optimizer, mode, None)
+    if callable(method):
+        method()
+
+
 def run_trial(
     spec: TrialSpec, problem: Problem, context: BuildContext | None = None
 ) -> TrialResult:
@@ -277,7 +289,9 @@ def run_trial(
             return {k: _metric_value(problem.name, k, v) for k, v in evaluate().items()}
 
     def record(at: int) -> dict[str, float | None]:
+        _switch(optimizer, "eval")
         metrics = measure(validate)
+        _switch(optimizer, "train")
         position = setup.position() if setup.position is not None else None
         # Before the first step the state says nothing about the effective rate.
         rates = probe() if at > 0 else None
@@ -325,6 +339,7 @@ def run_trial(
         if not records or records[-1].step != step:
             records.append(Record(step, last_loss, dict(empty), train_time, None, None))
     else:
+        _switch(optimizer, "eval")  # the model is left at the point evaluated
         final = measure(setup.evaluate) if setup.validate is not None else dict(validation)
     return TrialResult(
         spec=spec,

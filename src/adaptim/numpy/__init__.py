@@ -27,7 +27,7 @@ from adaptim import flavors
 from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
 from adaptim.algorithms._validation import check_bool, check_loaded_group, state_problem
 
-NUMPY_OPS = ArrayOps(
+NUMPY_OPS: ArrayOps = ArrayOps(
     name="numpy",
     sqrt=np.sqrt,
     maximum=np.maximum,
@@ -409,6 +409,8 @@ LAMB = OPTIMIZERS["lamb"]
 __all__ = [
     "LAMB",
     "LARS",
+    # learning-rate-free optimizers (issue 14)
+    "LR_FREE_OPTIMIZERS",
     "NUMPY_OPS",
     "OPTIMIZERS",
     "SGD",
@@ -417,8 +419,29 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptSGD",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
 ]
+
+# -- learning-rate-free optimizers (issue 14): rules with group-wide scalars ---------
+from adaptim.algorithms import LR_FREE  # noqa: E402
+from adaptim.numpy._group import front_end as _group_front_end  # noqa: E402
+
+#: The learning-rate-free optimizers (kept apart from OPTIMIZERS, as in adaptim.algorithms).
+LR_FREE_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    name: _group_front_end(a) for name, a in LR_FREE.items()
+}
+ScheduleFreeAdamW = LR_FREE_OPTIMIZERS["schedulefree-adamw"]
+ScheduleFreeSGD = LR_FREE_OPTIMIZERS["schedulefree-sgd"]
+Prodigy = LR_FREE_OPTIMIZERS["prodigy"]
+DAdaptAdam = LR_FREE_OPTIMIZERS["dadapt-adam"]
+DAdaptSGD = LR_FREE_OPTIMIZERS["dadapt-sgd"]
+DAdaptAdaGrad = LR_FREE_OPTIMIZERS["dadapt-adagrad"]

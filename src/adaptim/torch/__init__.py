@@ -19,6 +19,8 @@ from adaptim.torch.optimizers import (
 __all__ = [
     "LAMB",
     "LARS",
+    # learning-rate-free optimizers (issue 14)
+    "LR_FREE_OPTIMIZERS",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
     "SGD",
@@ -28,8 +30,25 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptSGD",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
 ]
+
+# -- learning-rate-free optimizers (issue 14) ----------------------------------------
+from adaptim.torch.lr_free import (
+    LR_FREE_OPTIMIZERS,
+    DAdaptAdaGrad,
+    DAdaptAdam,
+    DAdaptSGD,
+    Prodigy,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)

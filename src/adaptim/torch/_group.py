@@ -1,0 +1,217 @@
+"""The torch front-end of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free).
+
+These rules step with :func:`adaptim.algorithms._group.step_scope`: a gather
+pass over every tensor, one reduction, then the element-wise update. The
+execution engine (:mod:`adaptim.torch._engine`) records element-wise rules
+only, so these optimizers step on the per-tensor reference path by
+construction (``step`` never consults the engine, so nothing warns), and
+:meth:`fused_status` says so.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from adaptim.algorithms import ALGORITHMS, LR_FREE
+from adaptim.algorithms import _group as shared
+from adaptim.algorithms._spec import PartialSum
+from adaptim.algorithms._validation import check_loaded_group
+from adaptim.torch._base import (
+    _GROUP_SWITCHES,
+    TORCH_OPS,
+    NonFinitePolicy,
+    Optimizer,
+    ParamsT,
+    hyperparameter,
+)
+
+
+def _share(part: PartialSum) -> torch.Tensor:
+    if isinstance(part, tuple):
+        return torch.stack([_share(p) for p in part]).sum()
+    value = part.a if part.b is None else torch.dot(part.a.reshape(-1), part.b.reshape(-1))
+    return value.to(torch.float64) * part.scale
+
+
+def _totals(partials: list[list[torch.Tensor]]) -> list[float]:
+    sums = [
+        torch.stack([v.to(values[0].device) for v in values]).sum()
+        if values
+        else torch.zeros((), dtype=torch.float64)
+        for values in partials
+    ]
+    if not sums:
+        return []
+    device = sums[0].device
+    totals: list[float] = torch.stack([v.to(device) for v in sums]).tolist()  # one sync
+    return totals
+
+
+BACKEND = shared.Backend(
+    xp=TORCH_OPS,
+    zeros_like=lambda t: torch.zeros_like(t, memory_format=torch.preserve_format),
+    copy=lambda t: t.detach().clone(memory_format=torch.preserve_format),
+    assign=lambda target, value: target.copy_(value),
+    own=lambda value: value,
+    share=_share,
+    totals=_totals,
+)
+
+
+class GroupOptimizer(Optimizer):
+    """Base of the torch optimizers whose rule reads group-wide scalars.
+
+    The scalars (``d``, ``k``, ...) are kept in ``param_groups`` under the
+    reference package's names, so a ``state_dict`` moves between adaptim and
+    that package both ways.
+    """
+
+    def __init__(
+        self, params: ParamsT, defaults: dict[str, Any], *, nonfinite: NonFinitePolicy
+    ) -> None:
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for key, value in shared.group_pass(self.algorithm).scalars(self._hp(group)).items():
+            group.setdefault(key, value)
+
+    def _hp(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: hyperparameter(k, self.group_value(group, k)) for k in self.algorithm.hparams}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        rule = shared.group_pass(self.algorithm)
+        if rule.switch_mode is not None:
+            for index, group in enumerate(self.param_groups):
+                if not group["train_mode"]:
+                    raise shared.eval_mode_error(f"adaptim.{type(self).__name__}", index)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.nonfinite != "ignore" and not self._gradients_finite():
+            self.skipped_steps += 1
+            return loss
+        hps = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
+        for scope in shared.scopes(self.algorithm, len(self.param_groups)):
+            groups = [self.param_groups[i] for i in scope]
+            work = [
+                self._work(i, position, p, hps[i])
+                for i in scope
+                for position, p in enumerate(self.param_groups[i]["params"])
+                if p.grad is not None
+            ]
+            try:
+                shared.step_scope(self.algorithm, groups, [hps[i] for i in scope], work, BACKEND)
+            except BaseException:  # refused before any change: forget the empty first states
+                for p in [p for p, state in self.state.items() if not state]:
+                    del self.state[p]
+                raise
+        return loss
+
+    def _work(self, index: int, position: int, p: torch.Tensor, hp: dict[str, Any]) -> shared.Work:
+        grad = p.grad
+        assert grad is not None
+        where = f"adaptim.{type(self).__name__}: param_groups[{index}]['params'][{position}]"
+        if grad.is_sparse:
+            raise RuntimeError(f"{where} has a sparse gradient; this optimizer takes dense ones.")
+        if p.is_complex():
+            raise RuntimeError(f"{where} is complex; this optimizer takes real parameters only.")
+        if self.param_groups[index].get("maximize", False):
+            grad = -grad
+        return shared.Work(p, grad, self.state[p], hp)
+
+    def fused_status(self) -> list[str]:
+        """Every group steps on the reference path: the engine records element-wise rules only."""
+        why = "reference: a rule with group-wide scalars (the engine fuses element-wise rules only)"
+        return [why] * len(self.param_groups)
+
+    def plans(self) -> list[list[str]]:
+        return [[] for _ in self.param_groups]
+
+    @torch.no_grad()
+    def effective_lr(self) -> list[torch.Tensor | None]:
+        """The per-coordinate effective learning rate of every parameter (see the rule's ``effective_lr``)."""
+        rule = self.algorithm.effective_lr
+        rates: list[torch.Tensor | None] = []
+        for group in self.param_groups:
+            hp = self._hp(group)
+            scalars = shared.kept_scalars(self.algorithm, group, hp)
+            for p in group["params"]:
+                state = self.state.get(p)
+                if rule is None or not state:
+                    rates.append(None)
+                    continue
+                rates.append(rule(p, state, scalars=scalars, xp=TORCH_OPS, **hp))
+        return rates
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict saved by adaptim or by the reference package, checked first."""
+        self._check_state_dict(state_dict)
+        torch.optim.Optimizer.load_state_dict(self, state_dict)
+
+    def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        name = f"adaptim.{type(self).__name__}"
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(
+                f"Invalid state_dict for {name}: expected a mapping with 'state' and "
+                "'param_groups', as Optimizer.state_dict() returns."
+            )
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"Invalid state_dict for {name}: it has {len(saved_groups)} param groups; "
+                f"this optimizer has {len(self.param_groups)}."
+            )
+        own = {*self.algorithm.hparams, *self.defaults, *self.param_groups[0]}
+        everyone = [*ALGORITHMS.values(), *LR_FREE.values()]
+        foreign = {k for a in everyone for k in a.hparams} - own - _GROUP_SWITCHES
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            where = f"Invalid state_dict for {name}, param_groups[{index}]"
+            merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            validate = functools.partial(self._validate_group, merged)
+            check_loaded_group(where, name, saved, len(group["params"]), foreign, validate)
+            hp = self._hp(merged)
+            for position, saved_id in enumerate(saved["params"]):
+                entries = state_dict["state"].get(saved_id)
+                problem = entries and shared.state_entry_problem(self.algorithm, hp, entries)
+                if problem:
+                    raise ValueError(f"{where}, parameter {position}: {problem}.")
+
+
+class TrainEvalMixin:
+    """``train()`` and ``eval()`` for rules whose parameters hold another point in training."""
+
+    param_groups: list[dict[str, Any]]
+    state: Any
+    algorithm: ClassVar[Any]
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Put the parameters at the point the gradients are taken at (y); call before training."""
+        self._switch(train=True)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Put the parameters at the averaged point (x); call before evaluating or saving."""
+        self._switch(train=False)
+
+    def _switch(self, *, train: bool) -> None:
+        switch = shared.group_pass(self.algorithm).switch_mode
+        assert switch is not None
+        for group in self.param_groups:
+            if group["train_mode"] == train:
+                continue
+            hp = {k: hyperparameter(k, group[k]) for k in self.algorithm.hparams}
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state:
+                    p.copy_(switch(p, state, train=train, xp=TORCH_OPS, **hp))
+            group["train_mode"] = train
