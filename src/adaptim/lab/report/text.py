@@ -5,6 +5,7 @@ The page and the terminal both print these; nothing parses them back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from adaptim.lab.analysis import (
@@ -26,6 +27,45 @@ STALL_GAP = 0.05
 
 def number(value: float) -> str:
     return f"{value:.4g}"
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, without an exponent between 1e-4 and 1e6
+    and without trailing zeros.
+
+    ``significant(0.0031622776601683794) == "0.00316"``, ``significant(300, 2) == "300"``,
+    ``significant(0.003) == "0.003"``.
+    """
+    if not math.isfinite(value) or value == 0 or not 1e-4 <= abs(value) < 1e6:
+        return f"{value:.{digits}g}"
+    fixed = f"{value:.{_decimals(value, digits)}f}"
+    return fixed.rstrip("0").rstrip(".") if "." in fixed else fixed
+
+
+def _decimals(value: float, digits: int) -> int:
+    """The decimals that show ``digits`` significant digits of ``value`` (1e-4 <= |value| < 1e6)."""
+    return max(0, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as printed everywhere: three significant digits."""
+    return significant(lr, 3)
+
+
+def with_ci(mean: float | None, ci95: float | None) -> tuple[str, str]:
+    """``("0.246", "± 0.028")``: the mean to the precision its CI supports (two digits of it).
+
+    Without a CI (one seed) the mean keeps four significant digits. The ``±`` and its number
+    are joined by a no-break space (for HTML; the terminal keeps the column from wrapping).
+    """
+    if mean is None:
+        return "–", "–"
+    if ci95 is None or not math.isfinite(ci95) or not math.isfinite(mean):
+        return number(mean), "–"
+    if ci95 == 0 or not 1e-4 <= ci95 < 1e6 or not abs(mean) < 1e6:
+        return number(mean), f"±\u00a0{ci95:.2g}"
+    decimals = _decimals(ci95, 2)
+    return f"{mean:.{decimals}f}", f"±\u00a0{ci95:.{decimals}f}"
 
 
 def seeds(n: int) -> str:
@@ -114,10 +154,10 @@ def headline(metric: Metric, rec: Recommendation, outcomes: Sequence[OptimizerOu
         )
     chosen = next(o for o in outcomes if o.name == rec.optimizer)
     lr = chosen.hparams.get("lr")
-    setting = f", lr {number(lr)}" if isinstance(lr, (int, float)) else ""
+    setting = f", lr {lr_text(lr)}" if isinstance(lr, (int, float)) else ""
     s = chosen.summary
-    spread = f" ± {s.ci95:.2g}" if s.ci95 is not None else ""
-    value = f"{'–' if s.mean is None else number(s.mean)}{spread} ({seeds(s.n)})"
+    mean, spread = with_ci(s.mean, s.ci95)
+    value = f"{mean}{'' if spread == '–' else ' ' + spread} ({seeds(s.n)})"
     split = has_validation(r for o in outcomes for r in o.runs)
     goal = "lowest" if metric.goal == "min" else "highest"
     rank = {
@@ -197,7 +237,7 @@ def range_text(r: LrRange, with_span: bool = True) -> str:
     steps = f"{r.steps} step{'s' if r.steps != 1 else ''}"
     if not with_span:
         return steps
-    span = f"{r.low:.3g}" if r.low == r.high else f"{r.low:.3g}–{r.high:.3g}"
+    span = lr_text(r.low) if r.low == r.high else f"{lr_text(r.low)}–{lr_text(r.high)}"
     return f"{steps} ({span})"
 
 
@@ -273,7 +313,7 @@ def _edges(rec: Recommendation) -> list[str]:
         return []
     return [
         f"The chosen lr is at the edge of the searched range for {', '.join(rec.at_edge)}: "
-        "their best may lie outside it (try a value beyond it with --set NAME.lr=...)."
+        "the best rate may lie outside the range (try one beyond it with --set NAME.lr=...)."
     ]
 
 
