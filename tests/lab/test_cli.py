@@ -326,7 +326,7 @@ def test_ctrl_c_says_that_rerunning_resumes_and_a_log_shows_progress(tmp_path: P
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        "TOY_DELAY": "0.03",
+        "TOY_DELAY": "0.1",  # slow enough that Ctrl-C lands mid-study
     }
     command = [
         sys.executable, "-m", "adaptim.cli", "compare", "--problem", "toyproblems:slow_quadratic",

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from adaptim.cli import app
@@ -316,3 +318,25 @@ def test_probability_of_improvement_across_problems_is_stratified_by_problem() -
     # 0.95 and 0.954 and ties with 0.946, so 2.5 of 9 pairs go to adam.
     assert found.cells["adam", "sgd"].startswith(f"{(1.0 + 2.5 / 9) / 2:.2f} [")
     assert found.cells["sgd", "adam"].startswith(f"{(0.0 + 6.5 / 9) / 2:.2f} [")
+
+
+@given(
+    values=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=30),
+    anchors=st.lists(st.floats(-1e6, 1e6), max_size=5),
+    goal=st.sampled_from(["min", "max"]),
+)
+def test_the_lr_axis_holds_the_best_run_and_every_chosen_rate(
+    values: list[float], anchors: list[float], goal: str
+) -> None:
+    from adaptim.lab.report.lr_figure import good_window
+
+    low, high, log = good_window(values, anchors, goal)
+    assert low < high
+    best = min(values + anchors) if goal == "min" else max(values + anchors)
+    for inside in [best, *anchors]:
+        assert low <= inside <= high
+    if log:  # a log axis never gets a bound at or below zero
+        assert low > 0
+    # The better half of the runs is in view.
+    better = sorted(values, reverse=goal == "max")[: (len(values) + 1) // 2]
+    assert all(low <= v <= high for v in better)

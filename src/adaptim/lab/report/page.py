@@ -31,7 +31,7 @@ th { background: #f4f4f4; font-weight: 600; }
 tr.recommended td { font-weight: 700; background: #eef6ee; }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
           margin-right: 6px; vertical-align: -1px; }
-figure { margin: 14px 0 24px; } figure svg { max-width: 100%; height: auto; }
+figure { margin: 14px 0 24px; } figure svg { width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 14px; margin-bottom: 4px; }
 figcaption b { color: #1a1a1a; }
 .toggles { position: sticky; top: 0; background: rgba(255,255,255,.95); padding: 8px 0;
