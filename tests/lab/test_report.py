@@ -96,7 +96,8 @@ def test_clear_winner_headline_states_the_evidence_and_speed() -> None:
         "sgd", [rising(0.80, 8, d) for d in (0.0, 0.004, -0.004)], {1e-1: 0.80, 1.0: None}
     )
     found = data.verdict(problem_outcome(sgd, adam))
-    assert found.headline.startswith("adam, lr 0.001: highest mean accuracy 0.95 ±")
+    # The mean to the precision of its CI (two significant digits of the half-width).
+    assert found.headline.startswith("adam, lr 0.001: highest mean accuracy 0.9500 ± 0.0099")
     assert "(3 seeds), better than every other optimizer (paired by seed" in found.headline
     better = found.evidence[0]
     assert better.startswith("adam is better than sgd: sgd − adam = -0.15 [")

@@ -55,17 +55,25 @@ def lr_text(lr: float) -> str:
 def with_ci(mean: float | None, ci95: float | None) -> tuple[str, str]:
     """``("0.246", "± 0.028")``: the mean to the precision its CI supports (two digits of it).
 
-    Without a CI (one seed) the mean keeps four significant digits. The ``±`` and its number
-    are joined by a no-break space (for HTML; the terminal keeps the column from wrapping).
+    Without a CI (one seed) the mean keeps four significant digits. Tables keep the ``±`` with
+    its number by not wrapping that column.
     """
     if mean is None:
         return "–", "–"
     if ci95 is None or not math.isfinite(ci95) or not math.isfinite(mean):
         return number(mean), "–"
-    if ci95 == 0 or not 1e-4 <= ci95 < 1e6 or not abs(mean) < 1e6:
-        return number(mean), f"±\u00a0{ci95:.2g}"
-    decimals = _decimals(ci95, 2)
-    return f"{mean:.{decimals}f}", f"±\u00a0{ci95:.{decimals}f}"
+    decimals = _ci_decimals(ci95) if abs(mean) < 1e6 else None
+    if decimals is None:
+        return number(mean), f"± {ci95:.2g}"
+    return f"{mean:.{decimals}f}", f"± {ci95:.{decimals}f}"
+
+
+def _ci_decimals(half_width: float) -> int | None:
+    """Decimals that show two significant digits of a CI's half-width; None when it is 0 or
+    outside 1e-4..1e6 (the numbers then keep their own significant digits)."""
+    if not math.isfinite(half_width) or not 1e-4 <= half_width < 1e6:
+        return None
+    return _decimals(half_width, 2)
 
 
 def seeds(n: int) -> str:
@@ -106,8 +114,14 @@ def difference_text(metric: Metric, c: Comparison) -> str:
     if c.difference is None:
         return "–"
     mean, low, high = raw_difference(metric, c)
-    interval = "" if low is None or high is None else f" [{low:+.2g}, {high:+.2g}]"
-    return f"{mean:+.3g}{interval}"
+    if low is None or high is None:
+        return f"{mean:+.3g}"
+    decimals = _ci_decimals((high - low) / 2)
+    if decimals is None:
+        return f"{mean:+.3g} [{low:+.2g}, {high:+.2g}]"
+    # All three to the precision the interval supports: "+1.601 [+1.580, +1.622]", never
+    # "+1.6 [+1.6, +1.6]".
+    return f"{mean:+.{decimals}f} [{low:+.{decimals}f}, {high:+.{decimals}f}]"
 
 
 def margin_text(rec: Recommendation) -> str:
