@@ -112,6 +112,7 @@ class StudyProgress:
                     table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
                 ),
                 console=console,
+                expand=True,  # the label's column takes what is left (ratio 1), and only it
             )
             self.bar.add_task("trials", total=total, eta="", last="")
 
