@@ -214,7 +214,7 @@ def effective_lr(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) ->
                     [10**v for v in low.mean],
                     [10**v for v in high.mean],
                     color=style.color,
-                    alpha=0.15,
+                    alpha=0.1,
                     lw=0,
                     gid=ids(style),
                 )
@@ -229,7 +229,7 @@ def effective_lr(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) ->
             )
         else:
             ax.set_yscale("log")
-            ax.legend(loc="best", frameon=False)
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         ax.set_xlabel("step")
         ax.set_ylabel("effective learning rate")
         fig.tight_layout()
