@@ -335,7 +335,13 @@ def test_ctrl_c_says_that_rerunning_resumes_and_a_log_shows_progress(tmp_path: P
     ]  # fmt: skip
     # stdout and stderr are pipes, as with `make demo > log 2>&1`
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT, and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     db = tmp_path / "adaptim.db"
     deadline = time.monotonic() + 120
