@@ -69,7 +69,7 @@ WideOption = Annotated[
     typer.Option(
         "--wide",
         help="Tables with every column (divergences, steps to target, good-lr range); "
-        "they need about 120 columns.",
+        "they need about 130 columns.",
     ),
 ]
 
@@ -112,9 +112,9 @@ def compare(
         int,
         typer.Option(
             metavar="N",
-            help="Most seeds per optimizer with adaptive seeding: while the leader is not distinguishable from another "
-            "optimizer, both (and every such one) get one more seed. "
-            "Equal to --seeds turns it off.",
+            help="Most seeds per optimizer with adaptive seeding: while the leader is not "
+            "distinguishable from another optimizer, both (and every such one) get one more "
+            "seed. Equal to --seeds turns it off.",
         ),
     ] = 10,
     margin: Annotated[

@@ -341,3 +341,30 @@ def test_the_lr_axis_holds_the_best_run_and_every_chosen_rate(
     # The better half of the runs is in view.
     better = sorted(values, reverse=goal == "max")[: (len(values) + 1) // 2]
     assert all(low <= v <= high for v in better)
+
+
+@given(st.floats(1e-12, 1e12) | st.floats(-1e12, -1e-12))
+def test_learning_rates_print_three_significant_digits(value: float) -> None:
+    from adaptim.lab.report.numbers import lr_text
+
+    shown = lr_text(value)
+    assert float(shown) == pytest.approx(value, rel=5e-3)
+    mantissa = shown.lstrip("-").split("e")[0]
+    digits = mantissa.replace(".", "").lstrip("0")
+    if "." not in mantissa:  # 1000: the zeros hold places, they are not digits shown
+        digits = digits.rstrip("0")
+    assert 1 <= len(digits) <= 3, shown
+    if "." in shown and "e" not in shown:
+        assert not shown.endswith("0"), shown
+
+
+@given(st.floats(-1e5, 1e5), st.floats(1e-4, 1e5))
+def test_a_mean_shows_the_precision_its_ci_supports(mean: float, ci95: float) -> None:
+    from adaptim.lab.report.numbers import with_ci
+
+    shown_mean, shown_ci = with_ci(mean, ci95)
+    decimals = len(shown_ci.split(".")[1]) if "." in shown_ci else 0
+    assert (len(shown_mean.split(".")[1]) if "." in shown_mean else 0) == decimals
+    assert float(shown_mean) == pytest.approx(mean, abs=10.0**-decimals)
+    # Two significant digits of the CI's half-width.
+    assert float(shown_ci.removeprefix("± ")) == pytest.approx(ci95, rel=0.05, abs=10.0**-decimals)

@@ -79,7 +79,7 @@ class TrialClock:
 
 
 def trial_label(spec: TrialSpec) -> str:
-    from adaptim.lab.report.text import lr_text
+    from adaptim.lab.report.numbers import lr_text
 
     lr = spec.hparams.get("lr")
     rate = f" lr={lr_text(lr)}" if isinstance(lr, (int, float)) else ""

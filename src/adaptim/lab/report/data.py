@@ -14,7 +14,7 @@ from adaptim.lab import stats
 from adaptim.lab.analysis import OptimizerOutcome, speed_target, target_times
 from adaptim.lab.curves import TargetTimes
 from adaptim.lab.protocol import TUNING_SEED
-from adaptim.lab.report import text
+from adaptim.lab.report import numbers, text
 from adaptim.lab.robustness import lr_range, reference_value
 from adaptim.lab.splits import has_validation, reported_value
 
@@ -128,7 +128,7 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 recommended=o.name == rec.optimizer,
                 tied=o.name in rec.tied_with,
                 status=text.status(rec, o.name),
-                lr=(text.lr_text(lr) if isinstance(lr, (int, float)) else "–")
+                lr=(numbers.lr_text(lr) if isinstance(lr, (int, float)) else "–")
                 + (
                     ""
                     if not o.lr_fixed
@@ -137,8 +137,8 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                     else " (--set)"
                 ),
                 lr_at_edge=o.lr_at_edge,
-                mean=text.with_ci(o.summary.mean, o.summary.ci95)[0],
-                ci95=text.with_ci(o.summary.mean, o.summary.ci95)[1],
+                mean=numbers.with_ci(o.summary.mean, o.summary.ci95)[0],
+                ci95=numbers.with_ci(o.summary.mean, o.summary.ci95)[1],
                 seeds=o.summary.n,
                 diverged_reruns=o.summary.diverged,
                 diverged_tuning=f"{sum(t.diverged for t in o.tuning)}/{len(o.tuning)}",

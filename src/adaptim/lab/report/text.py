@@ -5,7 +5,6 @@ The page and the terminal both print these; nothing parses them back.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from adaptim.lab.analysis import (
@@ -17,63 +16,14 @@ from adaptim.lab.analysis import (
 )
 from adaptim.lab.curves import effective_lr_decay, metric_curve, stall_step
 from adaptim.lab.problems.base import Metric
+from adaptim.lab.report.numbers import ci_decimals, lr_text, with_ci
+from adaptim.lab.report.numbers import number as number  # callers import it from here
 from adaptim.lab.robustness import GOOD_SHARE, LrRange
 from adaptim.lab.splits import has_validation
 
 #: A stall is worth a sentence when it ends short of the recommendation by at least this share
 #: of the stalled optimizer's own progress.
 STALL_GAP = 0.05
-
-
-def number(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def significant(value: float, digits: int = 3) -> str:
-    """``value`` to ``digits`` significant digits, without an exponent between 1e-4 and 1e6
-    and without trailing zeros.
-
-    ``significant(0.0031622776601683794) == "0.00316"``, ``significant(300, 2) == "300"``,
-    ``significant(0.003) == "0.003"``.
-    """
-    if not math.isfinite(value) or value == 0 or not 1e-4 <= abs(value) < 1e6:
-        return f"{value:.{digits}g}"
-    fixed = f"{value:.{_decimals(value, digits)}f}"
-    return fixed.rstrip("0").rstrip(".") if "." in fixed else fixed
-
-
-def _decimals(value: float, digits: int) -> int:
-    """The decimals that show ``digits`` significant digits of ``value`` (1e-4 <= |value| < 1e6)."""
-    return max(0, digits - 1 - math.floor(math.log10(abs(value))))
-
-
-def lr_text(lr: float) -> str:
-    """A learning rate as printed everywhere: three significant digits."""
-    return significant(lr, 3)
-
-
-def with_ci(mean: float | None, ci95: float | None) -> tuple[str, str]:
-    """``("0.246", "± 0.028")``: the mean to the precision its CI supports (two digits of it).
-
-    Without a CI (one seed) the mean keeps four significant digits. Tables keep the ``±`` with
-    its number by not wrapping that column.
-    """
-    if mean is None:
-        return "–", "–"
-    if ci95 is None or not math.isfinite(ci95) or not math.isfinite(mean):
-        return number(mean), "–"
-    decimals = _ci_decimals(ci95) if abs(mean) < 1e6 else None
-    if decimals is None:
-        return number(mean), f"± {ci95:.2g}"
-    return f"{mean:.{decimals}f}", f"± {ci95:.{decimals}f}"
-
-
-def _ci_decimals(half_width: float) -> int | None:
-    """Decimals that show two significant digits of a CI's half-width; None when it is 0 or
-    outside 1e-4..1e6 (the numbers then keep their own significant digits)."""
-    if not math.isfinite(half_width) or not 1e-4 <= half_width < 1e6:
-        return None
-    return _decimals(half_width, 2)
 
 
 def seeds(n: int) -> str:
@@ -116,7 +66,7 @@ def difference_text(metric: Metric, c: Comparison) -> str:
     mean, low, high = raw_difference(metric, c)
     if low is None or high is None:
         return f"{mean:+.3g}"
-    decimals = _ci_decimals((high - low) / 2)
+    decimals = ci_decimals((high - low) / 2)
     if decimals is None:
         return f"{mean:+.3g} [{low:+.2g}, {high:+.2g}]"
     # All three to the precision the interval supports: "+1.601 [+1.580, +1.622]", never
