@@ -79,6 +79,12 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _interrupted() -> typer.Exit:
+    """Ctrl-C: the store keeps every finished trial, so the same command picks up from there."""
+    errors.print(show.RESUME_HINT, highlight=False, soft_wrap=True)
+    return typer.Exit(code=130)
+
+
 @app.command()
 def compare(
     problem: Annotated[
@@ -193,8 +199,7 @@ def compare(
     except LabError as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
-        errors.print(show.RESUME_HINT, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=130) from None
+        raise _interrupted() from None
     console.print(f"\nResults: [bold]{outcome_path}[/]")
     console.print(f"Report:  [bold]{outcome_path.with_name('report.html')}[/]")
 
@@ -387,6 +392,8 @@ def reproduce(
         verdicts, path = run_and_print(console, quick, out, store, _workers(workers))
     except LabError as error:
         raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise _interrupted() from None
     console.print(f"\nResults: [bold]{path}[/]")
     if strict and not all(v.holds for v in verdicts):
         raise typer.Exit(code=1)
