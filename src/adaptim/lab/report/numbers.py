@@ -42,15 +42,25 @@ def with_ci(mean: float | None, ci95: float | None) -> tuple[str, str]:
         return "–", "–"
     if ci95 is None or not math.isfinite(ci95) or not math.isfinite(mean):
         return number(mean), "–"
-    decimals = ci_decimals(ci95) if abs(mean) < 1e6 else None
+    decimals = ci_decimals(ci95, mean) if abs(mean) < 1e6 else None
     if decimals is None:
         return number(mean), f"± {ci95:.2g}"
     return f"{mean:.{decimals}f}", f"± {ci95:.{decimals}f}"
 
 
-def ci_decimals(half_width: float) -> int | None:
-    """Decimals that show two significant digits of a CI's half-width; None when it is 0 or
-    outside 1e-4..1e6 (the numbers then keep their own significant digits)."""
+def ci_decimals(half_width: float, *values: float) -> int | None:
+    """Decimals that show two significant digits of a CI's half-width, but never more than
+    five significant digits of ``values`` (a CI of ±0.006 around 1109 does not make
+    "1109.09926" readable); None when the half-width is 0 or outside 1e-4..1e6 (the numbers
+    then keep their own significant digits)."""
     if not math.isfinite(half_width) or not 1e-4 <= half_width < 1e6:
         return None
-    return _decimals(half_width, 2)
+    decimals = _decimals(half_width, 2)
+    largest = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    if 1e-4 <= largest < 1e6:
+        decimals = min(decimals, _decimals(largest, MAX_DIGITS))
+    return decimals
+
+
+#: The most significant digits a number with a CI is printed with.
+MAX_DIGITS = 5

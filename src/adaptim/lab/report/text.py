@@ -66,7 +66,7 @@ def difference_text(metric: Metric, c: Comparison) -> str:
     mean, low, high = raw_difference(metric, c)
     if low is None or high is None:
         return f"{mean:+.3g}"
-    decimals = ci_decimals((high - low) / 2)
+    decimals = ci_decimals((high - low) / 2, mean, low, high)
     if decimals is None:
         return f"{mean:+.3g} [{low:+.2g}, {high:+.2g}]"
     # All three to the precision the interval supports: "+1.601 [+1.580, +1.622]", never
