@@ -132,3 +132,48 @@ def test_launcher_reads_the_lab_extra_from_the_installed_metadata() -> None:
         name.lower() for name in LAB_MODULES
     }
     assert _launcher.missing_lab_requirements() == []
+
+
+def modules_loaded_by(code: str, *argv: str) -> set[str]:
+    """The heavy modules ``code`` (run with ``argv``) leaves in ``sys.modules``."""
+    watched = ["torch", "scipy", "sklearn", "optuna", "sqlalchemy", "matplotlib", "adaptim.torch"]
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['adaptim', *{list(argv)!r}]\n"
+        f"try:\n    {code}\nexcept SystemExit:\n    pass\n"
+        f"print('loaded:' + ','.join(m for m in {watched!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    last = out.splitlines()[-1]
+    assert last.startswith("loaded:"), out
+    return set(filter(None, last.removeprefix("loaded:").split(",")))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["compare", "--help"],
+        ["compare", "--seeds", "many"],  # an argument error
+    ],
+)
+def test_help_and_argument_errors_import_neither_torch_nor_the_lab(argv: list[str]) -> None:
+    # Importing torch takes over a second; `adaptim --help` must answer before it would.
+    loaded = modules_loaded_by("from adaptim._launcher import main; main()", *argv)
+    assert loaded == set()
+
+
+def test_the_optimizers_load_on_first_use() -> None:
+    assert modules_loaded_by("import adaptim") == set()
+    import adaptim
+    import adaptim.torch
+
+    for name in adaptim.__all__:
+        assert hasattr(adaptim, name), name
+    assert adaptim.Adam is adaptim.torch.Adam
+    assert adaptim.OPTIMIZERS is adaptim.torch.OPTIMIZERS
+    assert set(dir(adaptim)) >= set(adaptim.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Adma'"):
+        _ = adaptim.Adma  # type: ignore[attr-defined]

@@ -8,17 +8,41 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typer import _click as click
+from typer.core import TyperGroup, TyperOption
 
+from adaptim.lab import console as show
 from adaptim.lab.errors import LabError
 
 if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is instant
-    from adaptim.lab.study import ProblemOutcome, StudyOutcome
+    from adaptim.lab.study import StudyOutcome
     from adaptim.lab.trial import TrialResult
 
+
+class _Group(TyperGroup):
+    """Shows boolean flags as flags: Typer's rich help prints ``--help <bool>`` otherwise."""
+
+    def get_help_option(self, ctx: click.Context) -> TyperOption | None:
+        return _as_flag(super().get_help_option(ctx))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _as_flag(command.get_help_option(ctx))
+            for param in command.params:
+                if isinstance(param, TyperOption) and param.is_flag:
+                    _as_flag(param)
+        return command
+
+
+def _as_flag(option: TyperOption | None) -> TyperOption | None:
+    if option is not None:
+        option.metavar = ""  # rich help prints the metavar in place of the type
+    return option
+
+
 app = typer.Typer(
+    cls=_Group,
     name="adaptim",
     help="Adaptive optimizers done right, and a lab that compares them fairly.",
     no_args_is_help=True,
@@ -29,12 +53,24 @@ console = Console()
 errors = Console(stderr=True)
 
 DEFAULT_PROBLEMS = ("quadratic-deep", "logreg-sparse", "digits-mlp")
+DEFAULT_OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 StoreOption = Annotated[
     str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
 ]
 WorkersOption = Annotated[
-    int, typer.Option(help="Worker processes; 1 runs in this process, 0 uses one per CPU core.")
+    int,
+    typer.Option(
+        metavar="N", help="Worker processes; 1 runs in this process, 0 uses one per CPU core."
+    ),
+]
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        help="Tables with every column (divergences, steps to target, good-lr range); "
+        "they need about 130 columns.",
+    ),
 ]
 
 
@@ -43,29 +79,48 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _interrupted() -> typer.Exit:
+    """Ctrl-C: the store keeps every finished trial, so the same command picks up from there."""
+    errors.print(show.RESUME_HINT, highlight=False, soft_wrap=True)
+    return typer.Exit(code=130)
+
+
 @app.command()
 def compare(
     problem: Annotated[
         list[str] | None,
         typer.Option(
-            "--problem", "-p", help="Problem name or package.module:function; repeatable."
+            "--problem",
+            "-p",
+            metavar="NAME",
+            help="Problem name (see `adaptim problems`) or package.module:function; repeatable. "
+            f"Default: {', '.join(DEFAULT_PROBLEMS)}.",
         ),
     ] = None,
     optimizers: Annotated[
         str,
         typer.Option(
-            "--optimizers", "-o", help="Comma-separated optimizer names (name or name@flavor)."
+            "--optimizers",
+            "-o",
+            metavar="NAMES",
+            help="Comma-separated optimizer names, name or name@flavor (see `adaptim optimizers`).",
         ),
-    ] = ",".join(("sgd", "momentum", "adagrad", "rmsprop", "adam")),
+    ] = ",".join(DEFAULT_OPTIMIZERS),
     seeds: Annotated[
-        int, typer.Option(help="Seeds for re-running each optimizer's chosen setting.")
+        int,
+        typer.Option(
+            metavar="N",
+            help="Number of seeds each optimizer's chosen setting is re-run with "
+            "(the numbers compared).",
+        ),
     ] = 3,
     max_seeds: Annotated[
         int,
         typer.Option(
-            help="Adaptive seeding: while the leader is not distinguishable from another "
-            "optimizer, both (and every such one) get one more seed, up to this many. "
-            "Equal to --seeds turns it off."
+            metavar="N",
+            help="Most seeds per optimizer with adaptive seeding: while the leader is not "
+            "distinguishable from another optimizer, both (and every such one) get one more "
+            "seed. Equal to --seeds turns it off.",
         ),
     ] = 10,
     margin: Annotated[
@@ -77,17 +132,24 @@ def compare(
         ),
     ] = None,
     steps: Annotated[
-        int | None, typer.Option(help="Step budget per trial (default: the problem's).")
+        int | None,
+        typer.Option(metavar="N", help="Optimizer steps per trial (default: the problem's)."),
     ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="NAME.PARAM=VALUE",
             help="Fix a hyperparameter instead of tuning it: OPTIMIZER.PARAM=VALUE; repeatable.",
         ),
     ] = None,
     budget: Annotated[
-        int, typer.Option(help="Tuning budget: learning rates tried per optimizer.")
+        int,
+        typer.Option(
+            metavar="N",
+            help="Tuning budget: number of settings (learning rates on the grid) tried per "
+            "optimizer and problem, on one seed.",
+        ),
     ] = 8,
     search: Annotated[
         str,
@@ -111,8 +173,12 @@ def compare(
     data_dir: Annotated[
         Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
     ] = None,
+    wide: WideOption = False,
 ) -> None:
-    """Tune and compare optimizers on problems, fairly; store every trial and recommend one."""
+    """Tune and compare optimizers on problems, fairly; store every trial and recommend one.
+
+    Re-running the same command reuses the stored trials, so an interrupted study resumes.
+    """
     try:
         outcome_path = _compare(
             problems=tuple(problem or DEFAULT_PROBLEMS),
@@ -129,9 +195,12 @@ def compare(
             store_url=store,
             workers=workers,
             data_dir=data_dir,
+            wide=wide,
         )
     except LabError as error:
         raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise _interrupted() from None
     console.print(f"\nResults: [bold]{outcome_path}[/]")
     console.print(f"Report:  [bold]{outcome_path.with_name('report.html')}[/]")
 
@@ -152,6 +221,7 @@ def _compare(
     store_url: str | None,
     workers: int,
     data_dir: Path | None,
+    wide: bool,
 ) -> Path:
     from adaptim.lab.executors import make_executor
     from adaptim.lab.optimizers import parse_settings
@@ -178,34 +248,15 @@ def _compare(
     _make_out(out)
     trial_store = Store(store_url or default_url(out))
     executor = make_executor(workers)
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"),
-        console=console,
-        transient=False,
-    )
     try:
         study = Study(config, trial_store, executor, BuildContext(data_dir))
         study.policy()  # a bad --margin fails before any trial runs
-        with progress:
-            task = progress.add_task("trials", total=study.planned_trials(), last="")
+        with show.StudyProgress(console, study.planned_trials()) as progress:
 
             def on_trial(result: TrialResult, reused: bool) -> None:
-                spec = result.spec
-                lr = spec.hparams.get("lr")
-                tag = "stored" if reused else f"{result.wall_time:.1f}s"
-                done = progress.tasks[0].completed + 1
-                progress.update(
-                    task,
-                    advance=1,
-                    # Grid extensions grow the plan; adaptive seeding and a tie's second-seed
-                    # sweep add trials beyond it.
-                    total=max(done, study.planned_trials()),
-                    last=f"{spec.problem} · {spec.optimizer} lr={lr:.3g} seed {spec.seed} ({tag})",
-                )
+                # Grid extensions grow the plan; adaptive seeding and a tie's second-seed
+                # sweep add trials beyond it.
+                progress.finished(result.spec, reused, result.wall_time, study.planned_trials())
 
             study.on_trial = on_trial
             outcome = study.run()
@@ -215,7 +266,7 @@ def _compare(
     finally:
         executor.close()
     for problem in outcome.problems:
-        _print_problem(problem)
+        show.print_problem(console, problem, wide)
     return path
 
 
@@ -244,61 +295,6 @@ def _write_report(outcome: StudyOutcome, path: Path, study_key: str) -> Path:
         raise LabError(f"cannot write the report {str(path)!r}: {error.strerror}") from None
 
 
-def _print_problem(problem: ProblemOutcome) -> None:
-    from adaptim.lab.report.data import ranking, verdict
-
-    metric = problem.problem.metric
-    goal = "lower" if metric.goal == "min" else "higher"
-    found = verdict(problem)
-    caption = None
-    if found.target is not None:
-        source = (
-            "the problem's target"
-            if found.target_fixed
-            else "reached by every seed of the best two"
-        )
-        caption = (
-            f"steps to target: median over seeds to validation {metric.name} "
-            f"{found.target:.4g} ({source})"
-        )
-    table = Table(
-        title=f"{problem.problem.name}: final {metric.name} ({goal} is better)",
-        caption=None if caption is None else escape(caption),
-    )
-    for column in (
-        "optimizer",
-        "standing",
-        "chosen lr",
-        f"test {metric.name}",
-        "seeds",
-        "diverged · tuning",
-        "vs leader (95% CI)",
-        "steps to target",
-        "good-lr range",
-    ):
-        table.add_column(column, justify="left" if column in ("optimizer", "standing") else "right")
-    for row in ranking(problem):
-        table.add_row(
-            f"[bold]{escape(row.optimizer)}[/]" if row.recommended else escape(row.optimizer),
-            escape(row.status),
-            row.lr + ("*" if row.lr_at_edge else ""),
-            f"{row.mean} {row.ci95}" if row.ci95 != "–" else row.mean,
-            str(row.seeds),
-            f"{row.diverged_reruns} · {row.diverged_tuning}",
-            escape(row.vs_leader),
-            row.steps_to_target,
-            escape(row.good_lr_steps),
-        )
-    console.print(table)
-    from adaptim._lr_find_cli import print_tuning_costs
-
-    print_tuning_costs(console, problem)
-    console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
-    for sentence in found.evidence:
-        console.print(f"  • {escape(sentence)}", highlight=False)
-    console.print()
-
-
 @app.command()
 def report(
     directory: Annotated[
@@ -325,10 +321,11 @@ def report(
     data_dir: Annotated[
         Path | None, typer.Option(help="The --data-dir the study ran with, if any.")
     ] = None,
+    wide: WideOption = False,
 ) -> None:
     """Re-render the HTML report of a stored study, without running anything."""
     try:
-        path = _report(directory, store, study, out, data_dir)
+        path = _report(directory, store, study, out, data_dir, wide)
     except LabError as error:
         raise _fail(str(error)) from None
     console.print(f"Report: [bold]{path}[/]")
@@ -340,6 +337,7 @@ def _report(
     key: str | None,
     out: Path | None,
     data_dir: Path | None,
+    wide: bool,
 ) -> Path:
     from adaptim.lab.report import load_study
     from adaptim.lab.report.stored import choose_study
@@ -366,7 +364,7 @@ def _report(
         raise LabError(f"cannot write the report: directory {str(target.parent)!r} does not exist")
     path = _write_report(outcome, target, study_key)
     for problem in outcome.problems:
-        _print_problem(problem)
+        show.print_problem(console, problem, wide)
     return path
 
 
@@ -395,6 +393,8 @@ def reproduce(
         verdicts, path = run_and_print(console, quick, out, store, _workers(workers))
     except LabError as error:
         raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise _interrupted() from None
     console.print(f"\nResults: [bold]{path}[/]")
     if strict and not all(v.holds for v in verdicts):
         raise typer.Exit(code=1)
@@ -405,20 +405,17 @@ def problems() -> None:
     """List the built-in problems."""
     from adaptim.lab.problems import PROBLEMS
 
-    table = Table(title="built-in problems (or --problem package.module:function)")
-    for column in ("name", "metric", "target", "steps", "batch", "fixes", "description"):
-        table.add_column(column, no_wrap=column not in ("description", "fixes"))
+    entries = []
     for p in PROBLEMS.values():
-        table.add_row(
-            p.name,
-            f"{p.metric.name} ({p.metric.goal})",
-            "-" if p.target is None else f"{p.target:g}",
-            str(p.steps),
-            str(p.batch_size),
-            ", ".join(f"{k}={v}" for k, v in p.hparams.items()) or "-",
+        target = "" if p.target is None else f", target {p.target:g}"
+        fixes = ", ".join(f"{k}={v}" for k, v in p.hparams.items())
+        lines = [
             p.description,
-        )
-    console.print(table)
+            f"{p.metric.name} ({p.metric.goal}){target}; {p.steps} steps of batch {p.batch_size}"
+            + (f"; fixes {fixes}" if fixes else ""),
+        ]
+        entries.append((p.name, lines))
+    show.listing(console, "Built-in problems (or --problem package.module:function)", entries)
 
 
 @app.command()
@@ -439,30 +436,21 @@ def optimizers(
         return
     from adaptim.lab.optimizers import VARIANTS, state_bytes_per_parameter
 
-    table = Table(title="optimizers (use the name, or name@flavor)")
-    for column in (
-        "name",
-        "class",
-        "fixed settings",
-        "lr range (grid)",
-        "search space",
-        "state B/param",
-        "description",
-    ):
-        table.add_column(column, no_wrap=column in ("name", "class", "lr range (grid)"))
+    entries = []
     for v in VARIANTS.values():
-        fixed = ", ".join(f"{k}={val}" for k, val in v.fixed.items()) or "-"
-        table.add_row(
-            v.name,
-            f"adaptim.{v.cls.__name__}",
-            fixed,
-            f"{v.lr_range[0]:g} – {v.lr_range[1]:g}" if not v.tuning_free else "none",
-            "; ".join(d.describe() for d in v.space) if not v.tuning_free else "tuning-free",
-            # measured on a float32 parameter after one step (see state_bytes_per_parameter)
-            f"{state_bytes_per_parameter(v.name):.0f}",
+        fixed = ", ".join(f"{k}={val}" for k, val in v.fixed.items())
+        lines = [
             v.description,
-        )
-    console.print(table)
+            f"adaptim.{v.cls.__name__}({fixed})" if fixed else f"adaptim.{v.cls.__name__}",
+            "tuning-free: runs at its defaults, zero tuning runs"
+            if v.tuning_free
+            else f"grid: lr {v.lr_range[0]:g}–{v.lr_range[1]:g}; random and tpe search: "
+            + "; ".join(d.describe() for d in v.space),
+            # measured on a float32 parameter after one step (see state_bytes_per_parameter)
+            f"state: {state_bytes_per_parameter(v.name):.0f} bytes per parameter",
+        ]
+        entries.append((v.name, lines))
+    show.listing(console, "Optimizers (use the name, or name@flavor)", entries)
 
 
 from adaptim._lr_find_cli import lr_find as _lr_find  # noqa: E402  (after `app` exists)

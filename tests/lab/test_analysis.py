@@ -332,5 +332,5 @@ def test_validation_decides_and_test_is_reported() -> None:
     assert has_validation(a.runs)
     assert headline(ACCURACY, rec, [a, b]) == (
         "a, lr 0.001: highest mean on validation, better than every other optimizer "
-        "(paired by seed, Holm-adjusted); test accuracy 0.81 ± 0.025 (3 seeds)."
+        "(paired by seed, Holm-adjusted); test accuracy 0.810 ± 0.025 (3 seeds)."
     )

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from adaptim.cli import app
@@ -315,3 +317,102 @@ def test_problems_and_optimizers_list_what_exists() -> None:
     assert optimizers.exit_code == 0
     for name in ("sgd", "momentum", "nesterov", "amsgrad", "rmsprop-centered", "lamb"):
         assert name in optimizers.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_that_rerunning_resumes_and_a_log_shows_progress(tmp_path: Path) -> None:
+    from adaptim.lab.console import RESUME_HINT
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "TOY_DELAY": "0.1",  # slow enough that Ctrl-C lands mid-study
+    }
+    command = [
+        sys.executable, "-m", "adaptim.cli", "compare", "--problem", "toyproblems:slow_quadratic",
+        "--optimizers", "sgd,adam", "--budget", "3", "--seeds", "2", "--max-seeds", "2",
+        "--out", str(tmp_path), "--workers", "1",
+    ]  # fmt: skip
+    # stdout and stderr are pipes, as with `make demo > log 2>&1`
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT, and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    db = tmp_path / "adaptim.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not stored_at_least(db, 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == [RESUME_HINT]
+    # One plain line per finished trial, each with the count and, once a trial ran, an ETA.
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(lines) >= 3
+    assert len(lines) == len(trials(db))
+    for number, line in enumerate(lines, 1):
+        assert line.startswith(f"[{number}/"), line
+        assert "ETA " in line and "slow_quadratic · " in line and " lr=" in line, line
+
+
+@given(
+    trials=st.lists(st.tuples(st.booleans(), st.floats(0.0, 100.0)), max_size=40),
+    left=st.integers(0, 1000),
+)
+def test_the_eta_is_the_pace_of_fresh_trials_times_those_left(
+    trials: list[tuple[bool, float]], left: int
+) -> None:
+    """Stored trials finish at once and set no pace; each fresh one took the time since the
+    previous finish."""
+    from adaptim.lab.console import TrialClock
+
+    clock, now = TrialClock(now=0.0), 0.0
+    for reused, gap in trials:
+        now += gap
+        clock.finished(reused, now=now)
+    fresh = [gap for reused, gap in trials if not reused]
+    if not fresh:
+        assert clock.remaining(left) is None
+    else:
+        assert clock.remaining(left) == pytest.approx(sum(fresh) / len(fresh) * left)
+
+
+def fits(text: str, width: int = 80) -> list[str]:
+    """The lines of ``text`` that are too wide or cut by Rich (…); progress lines in a log are
+    as long as their trial's name and are left to wrap."""
+    return [
+        line
+        for line in text.splitlines()
+        if (len(line) > width or "…" in line) and not line.startswith("[")
+    ]
+
+
+@pytest.mark.slow
+def test_tables_and_listings_read_at_80_columns(tmp_path: Path) -> None:
+    names = ("rmsprop-centered", "adam")
+    result = CliRunner().invoke(
+        app,
+        [
+            *("compare", "--problem", TOY, "--optimizers", ",".join(names), "--budget", "2"),
+            *("--seeds", "2", "--max-seeds", "2", "--workers", "1", "--out", str(tmp_path)),
+        ],
+        env={"COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    assert fits(result.output) == []
+    table = result.output[result.output.index("final loss") :]
+    rows = [line for line in table.splitlines() if line.startswith(names)]
+    assert sorted(row.split()[0] for row in rows) == sorted(names)  # names never cut
+    assert not any(line.rstrip().endswith("±") for line in table.splitlines())
+    for command in (["problems"], ["optimizers"]):
+        listing = CliRunner().invoke(app, command, env={"COLUMNS": "80"})
+        assert listing.exit_code == 0
+        assert fits(listing.output) == []
+    helped = CliRunner().invoke(app, ["compare", "--help"], env={"COLUMNS": "80"})
+    assert "<bool>" not in helped.output and "--wide" in helped.output
+    assert "quadratic-deep" in helped.output  # the default problems are named

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from adaptim.cli import app
@@ -94,7 +96,8 @@ def test_clear_winner_headline_states_the_evidence_and_speed() -> None:
         "sgd", [rising(0.80, 8, d) for d in (0.0, 0.004, -0.004)], {1e-1: 0.80, 1.0: None}
     )
     found = data.verdict(problem_outcome(sgd, adam))
-    assert found.headline.startswith("adam, lr 0.001: highest mean accuracy 0.95 ±")
+    # The mean to the precision of its CI (two significant digits of the half-width).
+    assert found.headline.startswith("adam, lr 0.001: highest mean accuracy 0.9500 ± 0.0099")
     assert "(3 seeds), better than every other optimizer (paired by seed" in found.headline
     better = found.evidence[0]
     assert better.startswith("adam is better than sgd: sgd − adam = -0.15 [")
@@ -316,3 +319,55 @@ def test_probability_of_improvement_across_problems_is_stratified_by_problem() -
     # 0.95 and 0.954 and ties with 0.946, so 2.5 of 9 pairs go to adam.
     assert found.cells["adam", "sgd"].startswith(f"{(1.0 + 2.5 / 9) / 2:.2f} [")
     assert found.cells["sgd", "adam"].startswith(f"{(0.0 + 6.5 / 9) / 2:.2f} [")
+
+
+@given(
+    values=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=30),
+    anchors=st.lists(st.floats(-1e6, 1e6), max_size=5),
+    goal=st.sampled_from(["min", "max"]),
+)
+def test_the_lr_axis_holds_the_best_run_and_every_chosen_rate(
+    values: list[float], anchors: list[float], goal: str
+) -> None:
+    from adaptim.lab.report.lr_figure import good_window
+
+    low, high, log = good_window(values, anchors, goal)
+    assert low < high
+    best = min(values + anchors) if goal == "min" else max(values + anchors)
+    for inside in [best, *anchors]:
+        assert low <= inside <= high
+    if log:  # a log axis never gets a bound at or below zero
+        assert low > 0
+    # The better half of the runs is in view.
+    better = sorted(values, reverse=goal == "max")[: (len(values) + 1) // 2]
+    assert all(low <= v <= high for v in better)
+
+
+@given(st.floats(1e-12, 1e12) | st.floats(-1e12, -1e-12))
+def test_learning_rates_print_three_significant_digits(value: float) -> None:
+    from adaptim.lab.report.numbers import lr_text
+
+    shown = lr_text(value)
+    assert float(shown) == pytest.approx(value, rel=5e-3)
+    mantissa = shown.lstrip("-").split("e")[0]
+    digits = mantissa.replace(".", "").lstrip("0")
+    if "." not in mantissa:  # 1000: the zeros hold places, they are not digits shown
+        digits = digits.rstrip("0")
+    assert 1 <= len(digits) <= 3, shown
+    if "." in shown and "e" not in shown:
+        assert not shown.endswith("0"), shown
+
+
+@given(st.floats(-1e5, 1e5), st.floats(1e-4, 1e5))
+def test_a_mean_shows_the_precision_its_ci_supports(mean: float, ci95: float) -> None:
+    from adaptim.lab.report.numbers import with_ci
+
+    shown_mean, shown_ci = with_ci(mean, ci95)
+    decimals = len(shown_ci.split(".")[1]) if "." in shown_ci else 0
+    assert (len(shown_mean.split(".")[1]) if "." in shown_mean else 0) == decimals
+    assert float(shown_mean) == pytest.approx(mean, abs=10.0**-decimals)
+    # Two significant digits of the CI's half-width, unless the mean would show more than five.
+    digits = len(shown_mean.lstrip("-").replace(".", "").lstrip("0"))
+    assert digits <= 5 or decimals == 0
+    if digits < 5:
+        assert float(shown_ci.removeprefix("± ")) == pytest.approx(ci95, rel=0.05)

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -47,6 +48,45 @@ def artifacts() -> Path:
     folder = Path(os.environ.get("ADAPTIM_ARTIFACTS", HERE.parent / "artifacts"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# Per figure: each optimizer's drawing (its <g id="opt...">) against its axes' background
+# (matplotlib's <g id="axes_N"> holds both), as [id, left, right, top, bottom margins, width,
+# height, then the line's own top, bottom and left] in CSS pixels; a negative margin is a part
+# outside the axes.
+PARTS = """figures => figures.map(f => [
+    f.querySelector('figcaption b').textContent,
+    [...f.querySelectorAll("svg g[id^='axes_']")].flatMap(axes => {
+        const area = axes.querySelector("g[id^='patch'] path").getBoundingClientRect();
+        return [...axes.querySelectorAll("g[id^='opt']")].map(g => {
+            const r = g.getBoundingClientRect();
+            const line = (g.querySelector('path') || g).getBoundingClientRect();
+            return [g.id, r.left - area.left, area.right - r.right, r.top - area.top,
+                    area.bottom - r.bottom, r.width, r.height, line.top, line.bottom, line.left];
+        });
+    }),
+])"""
+
+#: A marker drawn on an axis' edge (a point beyond it, a diverged run) sticks out by half its size.
+EDGE_PX = 12
+
+
+def check_visible_parts(page: Any) -> None:
+    """Every optimizer's line shows in the profile; nothing leaves the axes where it must not."""
+    by_title: dict[str, list[list[list[Any]]]] = {}
+    for title, parts in page.eval_on_selector_all("figure.plot", PARTS):
+        by_title.setdefault(title.rstrip("."), []).append(parts)
+    (profile,) = by_title["Performance profile"]
+    lines = [part for part in profile if part[5] > 0]
+    assert len({part[0].split("-")[0] for part in lines}) == 3  # sgd, adagrad, adam
+    # No line lies exactly on another, markers aside: equal profiles are drawn a hair apart.
+    assert len({tuple(round(v, 1) for v in part[7:]) for part in lines}) == len(lines)
+    for figure in [*by_title["Performance profile"], *by_title["Learning-rate sensitivity"]]:
+        assert figure, "no optimizer drawn"
+        for part in figure:
+            if part[5] == 0 and part[6] == 0:
+                continue  # an empty group: nothing of that kind (say, no diverged run)
+            assert min(part[1:5]) > -EDGE_PX, f"{part[0]} leaves its axes: {part}"
 
 
 def test_report_opens_in_headless_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +155,7 @@ def test_report_opens_in_headless_chromium(tmp_path: Path, monkeypatch: pytest.M
             assert len(figures) == 8
             for width, height, paths in figures:
                 assert width > 100 and height > 100 and paths > 10
+            check_visible_parts(page)
             text = page.inner_text("body")
             assert "Which optimizer should you use?" in text
             # beale has a validation split (the rank is on it, the number on test); the hostile

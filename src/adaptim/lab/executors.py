@@ -47,6 +47,7 @@ def execute(spec: TrialSpec, context: BuildContext) -> TrialResult:
         raise
     except Exception as error:
         lr = spec.hparams.get("lr")
+        lr = f"{lr:.3g}" if isinstance(lr, float) else lr
         raise LabError(
             f"trial {spec.problem} / {spec.optimizer} lr={lr} seed {spec.seed} failed: "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

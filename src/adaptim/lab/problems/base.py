@@ -120,6 +120,8 @@ class Problem:
     #: For 2-D problems: the noise-free function f(u, v), elementwise on tensors; the report
     #: draws its contours under the optimizers' paths.
     landscape: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    #: For 2-D problems: where ``landscape`` is lowest (the report marks it).
+    argmin: tuple[float, float] | None = None
     #: A fixed validation value of the main metric that counts as "trained", for AlgoPerf's
     #: time-to-target (:func:`adaptim.lab.curves.time_to_target`); ``None``: no target.
     target: float | None = None

@@ -201,6 +201,7 @@ def noisy_2d_problem(surface: Surface) -> Problem:
         batch_size=BATCH_SIZE,
         tags=("2d", "synthetic", "deepobs"),
         landscape=surface.f,
+        argmin=surface.argmin,
         target=surface.target,
     )
 

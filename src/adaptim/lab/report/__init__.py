@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adaptim.lab.curves import performance_profile
-from adaptim.lab.report import data, figures, page, tuning
+from adaptim.lab.report import data, figures, lr_figure, page, tuning
 from adaptim.lab.report.stored import load_study
 
 if TYPE_CHECKING:
@@ -73,8 +73,9 @@ def _problem_section(
             "Learning-rate sensitivity",
             f"Final {metric.name} of every tuning run against its learning rate (log scale); "
             "× marks a diverged run, ★ the chosen rate re-run on fresh seeds (mean and 95% CI). "
+            "The axis zooms on the good region: a △ on its edge is a run beyond it. "
             "A wide, flat curve means a forgiving optimizer.",
-            figures.lr_sensitivity(problem, styles, ids),
+            lr_figure.lr_sensitivity(problem, styles, ids),
         )
     )
     section.figures.append(
@@ -95,7 +96,8 @@ def _problem_section(
             page.Figure(
                 "Trajectories",
                 "Each optimizer's path from the start (▲) on the contours of the function "
-                "(darker is higher; first re-run seed, one point per evaluation, ■ the end).",
+                "(darker is higher, lines labelled with the function's value; first re-run seed, "
+                "one point per evaluation, ■ the end, ★ the minimum).",
                 figures.trajectories(problem, styles, ids, problem.problem.landscape),
             )
         )
@@ -114,7 +116,8 @@ def build_report(outcome: StudyOutcome, study_key: str) -> str:
             "Performance profile",
             "For each optimizer, the share of problems on which it reaches the problem's target "
             "within τ times the steps of the fastest optimizer there (AlgoPerf). Higher and "
-            "further left is better; a line that stays low never reached some targets.",
+            "further left is better; a line that stays low never reached some targets. Equal "
+            "lines are drawn a hair apart, so that none hides another.",
             figures.performance_profile(shares, styles, ids),
         )
     for figure in [*(f for s in sections for f in s.figures), *([profile] if profile else [])]:

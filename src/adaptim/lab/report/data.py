@@ -14,7 +14,7 @@ from adaptim.lab import stats
 from adaptim.lab.analysis import OptimizerOutcome, speed_target, target_times
 from adaptim.lab.curves import TargetTimes
 from adaptim.lab.protocol import TUNING_SEED
-from adaptim.lab.report import text, tuning
+from adaptim.lab.report import numbers, text, tuning
 from adaptim.lab.robustness import lr_range, reference_value
 from adaptim.lab.splits import has_validation, reported_value
 
@@ -83,10 +83,6 @@ class Row:
     good_lr_steps: str
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None else f"{value:.{digits}g}"
-
-
 def ranked(problem: ProblemOutcome) -> list[OptimizerOutcome]:
     """The recommendation first, then the leader and the tied ones, then the others by test mean;
     optimizers with diverged re-runs last."""
@@ -132,7 +128,7 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                 recommended=o.name == rec.optimizer,
                 tied=o.name in rec.tied_with,
                 status=text.status(rec, o.name),
-                lr=(f"{lr:.3g}" if isinstance(lr, (int, float)) else "–")
+                lr=(numbers.lr_text(lr) if isinstance(lr, (int, float)) else "–")
                 + (
                     ""
                     if not o.lr_fixed
@@ -143,8 +139,8 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                     else " (--set)"
                 ),
                 lr_at_edge=o.lr_at_edge,
-                mean=_number(o.summary.mean),
-                ci95="–" if o.summary.ci95 is None else f"± {o.summary.ci95:.2g}",
+                mean=numbers.with_ci(o.summary.mean, o.summary.ci95)[0],
+                ci95=numbers.with_ci(o.summary.mean, o.summary.ci95)[1],
                 seeds=o.summary.n,
                 diverged_reruns=o.summary.diverged,
                 diverged_tuning=f"{sum(t.diverged for t in o.tuning)}/{len(o.tuning)}",

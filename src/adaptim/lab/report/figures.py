@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 RC: Any = {  # matplotlib types its keys as a Literal of every rc name
     "svg.fonttype": "none",  # text stays text: small, searchable, selectable
-    "font.size": 9,
+    "font.size": 10,
+    "legend.fontsize": 10,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -123,7 +124,9 @@ def _band(
 ) -> None:
     if not curve.steps:
         return
-    ax.fill_between(x, curve.low, curve.high, color=style.color, alpha=0.18, lw=0, gid=gid + "b")
+    # Light: the min-max band of several seeds can cover most of the panel, and the means
+    # must stay readable through the bands of the others.
+    ax.fill_between(x, curve.low, curve.high, color=style.color, alpha=0.08, lw=0, gid=gid + "b")
     ax.plot(x, curve.mean, color=style.color, ls=style.dash, lw=1.6, label=label, gid=gid)
 
 
@@ -156,8 +159,12 @@ def learning_curves(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids)
                 if not _log_scale_if_wide(ax, values):
                     _focus(ax, late, values)
                 ax.set_xlabel("step" if col == 0 else "training wall time (s)")
+        top = 1.0
         if any(metric_curve(metric, o.runs).steps for o in problem.outcomes):
-            axes[0][0].legend(loc="best", fontsize=8, frameon=False)
+            # Above the panels: inside one, "best" still lands on some optimizer's curve.
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False)
+            top = 0.94
         else:
             for ax in flat:
                 ax.text(
@@ -168,73 +175,7 @@ def learning_curves(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids)
                     va="center",
                     transform=ax.transAxes,
                 )
-        fig.tight_layout()
-        return _svg(fig)
-
-
-def lr_sensitivity(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) -> str:
-    """Final metric of every tuning run against its learning rate; diverged runs as ×."""
-    metric = problem.problem.metric
-    with _figure(6.4, 3.6) as (fig, (ax,)):
-        finals: list[float] = []
-        diverged: list[tuple[float, Style]] = []
-        for o in problem.outcomes:
-            style = styles[o.name]
-            points = sorted(
-                (t.spec.hparams["lr"], t.score(metric.name))
-                for t in o.tuning
-                if "lr" in t.spec.hparams
-            )
-            xs = [lr for lr, v in points if v is not None and math.isfinite(v)]
-            ys = [v for lr, v in points if v is not None and math.isfinite(v)]
-            finals += ys
-            diverged += [(lr, style) for lr, v in points if v is None or not math.isfinite(v)]
-            ax.plot(
-                xs,
-                ys,
-                color=style.color,
-                ls=style.dash,
-                marker="o",
-                ms=4,
-                lw=1.4,
-                label=_plain(o.name),
-                gid=ids(style),
-            )
-            lr = o.hparams.get("lr")
-            if o.summary.mean is not None and isinstance(lr, (int, float)):
-                ax.errorbar(
-                    [lr],
-                    [o.summary.mean],
-                    yerr=[[o.summary.ci95 or 0.0]] * 2,
-                    color=style.color,
-                    marker="*",
-                    ms=11,
-                    mec="white",
-                    mew=0.6,
-                    capsize=3,
-                    gid=ids(style),
-                )
-        _log_scale_if_wide(ax, finals)
-        if diverged:
-            low, high = ax.get_ylim()
-            worst = high if metric.goal == "min" else low
-            for lr, style in diverged:
-                ax.plot(
-                    [lr],
-                    [worst],
-                    marker="x",
-                    ms=7,
-                    mew=1.8,
-                    color=style.color,
-                    ls="none",
-                    clip_on=False,
-                    gid=ids(style),
-                )
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel(_plain(f"final {metric.name}"))
-        ax.legend(loc="best", fontsize=8, frameon=False)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, top))
         return _svg(fig)
 
 
@@ -273,7 +214,7 @@ def effective_lr(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) ->
                     [10**v for v in low.mean],
                     [10**v for v in high.mean],
                     color=style.color,
-                    alpha=0.15,
+                    alpha=0.1,
                     lw=0,
                     gid=ids(style),
                 )
@@ -288,7 +229,7 @@ def effective_lr(problem: ProblemOutcome, styles: dict[str, Style], ids: Ids) ->
             )
         else:
             ax.set_yscale("log")
-            ax.legend(loc="best", fontsize=8, frameon=False)
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         ax.set_xlabel("step")
         ax.set_ylabel("effective learning rate")
         fig.tight_layout()
@@ -320,7 +261,9 @@ def trajectories(
         low = np.percentile(everything, 2, axis=0)
         high = np.percentile(everything, 98, axis=0)
         start = everything[0]
-        low, high = np.minimum(low, start), np.maximum(high, start)
+        argmin = problem.problem.argmin
+        anchors = np.array([start, *([argmin] if argmin is not None else [])])
+        low, high = np.minimum(low, anchors.min(axis=0)), np.maximum(high, anchors.max(axis=0))
         pad = np.maximum((high - low) * 0.15, 0.25)
         low, high = low - pad, high + pad
         if landscape is not None:
@@ -331,19 +274,22 @@ def trajectories(
             grid_u, grid_v = torch.meshgrid(u, v, indexing="xy")
             with torch.no_grad():
                 z = landscape(grid_u, grid_v).numpy()
-            shifted = np.log10(z - np.nanmin(z) + 1e-3)
+            floor = float(np.nanmin(z))
+            shifted = np.log10(z - floor + 1e-3)
             ax.contourf(
                 grid_u.numpy(),
                 grid_v.numpy(),
                 shifted,
                 levels=18,
                 cmap="Greys",
-                alpha=0.55,
+                alpha=0.45,
                 rasterized=True,  # a picture, not thousands of SVG paths
             )
-            ax.contour(
-                grid_u.numpy(), grid_v.numpy(), shifted, levels=18, colors="0.45", linewidths=0.4
+            # Few lines, each labelled with f: 18 of them crowd into a dotted-looking band.
+            lines = ax.contour(
+                grid_u.numpy(), grid_v.numpy(), shifted, levels=6, colors="0.35", linewidths=0.6
             )
+            ax.clabel(lines, fontsize=8, fmt=lambda t: f"{10**t + floor - 1e-3:.2g}")
         for name, path in paths.items():
             style = styles[name]
             ax.plot(
@@ -367,33 +313,56 @@ def trajectories(
                 gid=ids(style),
             )
         ax.plot(start[0], start[1], marker="^", ms=9, color="black", ls="none", label="start")
+        if argmin is not None:
+            ax.plot(*argmin, marker="*", ms=14, color="gold", mec="black", ls="none",
+                    label=f"minimum ({argmin[0]:.3g}, {argmin[1]:.3g})")  # fmt: skip
         ax.set_xlim(low[0], high[0])
         ax.set_ylim(low[1], high[1])
         ax.set_xlabel("u")
         ax.set_ylabel("v")
-        ax.legend(loc="best", fontsize=8, framealpha=0.8)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.tight_layout()
         return _svg(fig)
 
 
 def performance_profile(profile: dict[str, list[float]], styles: dict[str, Style], ids: Ids) -> str:
-    """AlgoPerf's performance profile: share of problems solved within τ × the fastest."""
+    """AlgoPerf's performance profile: share of problems solved within τ × the fastest.
+
+    Identical profiles are common (every optimizer solves the one problem): each line is
+    shifted by a hair and carries its own markers, staggered, so none hides another. τ is on
+    a log axis, as AlgoPerf draws it.
+    """
+    markers = "osD^vP"
     with _figure(6.4, 3.6) as (fig, (ax,)):
-        for name, shares in profile.items():
+        count = len(profile)
+        for i, (name, shares) in enumerate(profile.items()):
             style = styles[name]
+            offset = (i - (count - 1) / 2) * PROFILE_OFFSET
             ax.step(
                 PROFILE_TAUS,
-                shares,
+                [share + offset for share in shares],
                 where="post",
                 color=style.color,
                 ls=style.dash,
                 lw=1.8,
+                marker=markers[i % len(markers)],
+                ms=5,
+                markevery=(2 * i % 10, 10),
                 label=_plain(name),
                 gid=ids(style),
             )
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("τ: steps to target, relative to the fastest optimizer on each problem")
+        ax.set_xscale("log")
+        ticks = [1, 1.5, 2, 3, 4]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xticks([], minor=True)
+        ax.set_xlim(PROFILE_TAUS[0], PROFILE_TAUS[-1])
+        ax.set_ylim(-0.06, 1.06)
+        ax.set_xlabel("τ: steps to target ÷ the fastest optimizer's, per problem (log scale)")
         ax.set_ylabel("share of problems")
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.tight_layout()
         return _svg(fig)
+
+
+#: How far apart identical profile lines are drawn (in share of problems).
+PROFILE_OFFSET = 0.012

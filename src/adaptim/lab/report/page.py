@@ -27,11 +27,12 @@ h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 21px; margin: 40px 0 8p
 table { border-collapse: collapse; font-size: 14px; margin: 6px 0; }
 th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+td:nth-child(5) { white-space: nowrap; } /* "± 0.028" stays on one line */
 th { background: #f4f4f4; font-weight: 600; }
 tr.recommended td { font-weight: 700; background: #eef6ee; }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
           margin-right: 6px; vertical-align: -1px; }
-figure { margin: 14px 0 24px; } figure svg { max-width: 100%; height: auto; }
+figure { margin: 14px 0 24px; } figure svg { width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 14px; margin-bottom: 4px; }
 figcaption b { color: #1a1a1a; }
 .toggles { position: sticky; top: 0; background: rgba(255,255,255,.95); padding: 8px 0;

@@ -65,8 +65,8 @@ def choose_study(store: Store, key: str | None, results: Path | None) -> tuple[s
     matches = [(k, command) for k, _, command in studies if k.startswith(key)]
     if len(matches) != 1:
         known = ", ".join(k[:12] for k, _, _ in studies)
-        problem = "no study" if not matches else "several studies"
-        raise LabError(f"{problem} in the store match --study {key!r}; stored: {known}")
+        problem = "no study in the store matches" if not matches else "several studies match"
+        raise LabError(f"{problem} --study {key!r}; stored: {known}")
     return matches[0]
 
 

@@ -16,16 +16,14 @@ from adaptim.lab.analysis import (
 )
 from adaptim.lab.curves import effective_lr_decay, metric_curve, stall_step
 from adaptim.lab.problems.base import Metric
+from adaptim.lab.report.numbers import ci_decimals, lr_text, with_ci
+from adaptim.lab.report.numbers import number as number  # callers import it from here
 from adaptim.lab.robustness import GOOD_SHARE, LrRange
 from adaptim.lab.splits import has_validation
 
 #: A stall is worth a sentence when it ends short of the recommendation by at least this share
 #: of the stalled optimizer's own progress.
 STALL_GAP = 0.05
-
-
-def number(value: float) -> str:
-    return f"{value:.4g}"
 
 
 def seeds(n: int) -> str:
@@ -66,8 +64,14 @@ def difference_text(metric: Metric, c: Comparison) -> str:
     if c.difference is None:
         return "–"
     mean, low, high = raw_difference(metric, c)
-    interval = "" if low is None or high is None else f" [{low:+.2g}, {high:+.2g}]"
-    return f"{mean:+.3g}{interval}"
+    if low is None or high is None:
+        return f"{mean:+.3g}"
+    decimals = ci_decimals((high - low) / 2, mean, low, high)
+    if decimals is None:
+        return f"{mean:+.3g} [{low:+.2g}, {high:+.2g}]"
+    # All three to the precision the interval supports: "+1.601 [+1.580, +1.622]", never
+    # "+1.6 [+1.6, +1.6]".
+    return f"{mean:+.{decimals}f} [{low:+.{decimals}f}, {high:+.{decimals}f}]"
 
 
 def margin_text(rec: Recommendation) -> str:
@@ -114,10 +118,10 @@ def headline(metric: Metric, rec: Recommendation, outcomes: Sequence[OptimizerOu
         )
     chosen = next(o for o in outcomes if o.name == rec.optimizer)
     lr = chosen.hparams.get("lr")
-    setting = f", lr {number(lr)}" if isinstance(lr, (int, float)) else ""
+    setting = f", lr {lr_text(lr)}" if isinstance(lr, (int, float)) else ""
     s = chosen.summary
-    spread = f" ± {s.ci95:.2g}" if s.ci95 is not None else ""
-    value = f"{'–' if s.mean is None else number(s.mean)}{spread} ({seeds(s.n)})"
+    mean, spread = with_ci(s.mean, s.ci95)
+    value = f"{mean}{'' if spread == '–' else ' ' + spread} ({seeds(s.n)})"
     split = has_validation(r for o in outcomes for r in o.runs)
     goal = "lowest" if metric.goal == "min" else "highest"
     rank = {
@@ -197,7 +201,7 @@ def range_text(r: LrRange, with_span: bool = True) -> str:
     steps = f"{r.steps} step{'s' if r.steps != 1 else ''}"
     if not with_span:
         return steps
-    span = f"{r.low:.3g}" if r.low == r.high else f"{r.low:.3g}–{r.high:.3g}"
+    span = lr_text(r.low) if r.low == r.high else f"{lr_text(r.low)}–{lr_text(r.high)}"
     return f"{steps} ({span})"
 
 
@@ -273,7 +277,7 @@ def _edges(rec: Recommendation) -> list[str]:
         return []
     return [
         f"The chosen lr is at the edge of the searched range for {', '.join(rec.at_edge)}: "
-        "their best may lie outside it (try a value beyond it with --set NAME.lr=...)."
+        "the best rate may lie outside the range (try one beyond it with --set NAME.lr=...)."
     ]
 
 
