@@ -61,6 +61,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "lars": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "trust_clip": True},
     "lamb": {"lr": 0.01, "weight_decay": 0.01, "weight_norm_clip": (0.1, 5.0)},
 }
+# -- issue 16 (twins): torch.optim's other algorithms
+OPTIONS.update(
+    {
+        "rprop": {"lr": 0.01, "etas": (0.4, 1.3), "step_sizes": (1e-5, 1.0)},
+        "asgd": {"lr": 0.05, "lambd": 1e-3, "t0": 3, "weight_decay": 0.01},
+    }
+)
 
 
 def adaptim_class(name: str) -> type[adaptim.Optimizer]:

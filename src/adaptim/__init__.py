@@ -8,6 +8,7 @@ The PyTorch optimizers are importable from the top level
 
 from adaptim import algorithms, numpy
 from adaptim.torch import (
+    ASGD,
     LAMB,
     LARS,
     OPTIMIZERS,
@@ -21,6 +22,7 @@ from adaptim.torch import (
     Optimizer,
     RAdam,
     RMSprop,
+    Rprop,
 )
 
 __version__ = "0.1.0"
@@ -43,3 +45,6 @@ __all__ = [
     "algorithms",
     "numpy",
 ]
+
+# -- issue 16 (twins)
+__all__ += ["ASGD", "Rprop"]

@@ -9,17 +9,22 @@ from adaptim.algorithms.adadelta import ADADELTA, adadelta_update
 from adaptim.algorithms.adagrad import ADAGRAD, adagrad_update
 from adaptim.algorithms.adam import ADAM, ADAMW, adam_update
 from adaptim.algorithms.adamax import ADAMAX, adamax_update
+from adaptim.algorithms.asgd import ASGD, asgd_update
 from adaptim.algorithms.lamb import LAMB, lamb_update
 from adaptim.algorithms.lars import LARS, lars_update
 from adaptim.algorithms.nadam import NADAM, nadam_update
 from adaptim.algorithms.radam import RADAM, radam_update
 from adaptim.algorithms.rmsprop import RMSPROP, rmsprop_update
+from adaptim.algorithms.rprop import RPROP, rprop_update
 from adaptim.algorithms.sgd import SGD, sgd_update
 
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW, ADAMAX, NADAM, RADAM, LARS, LAMB)
 }
+
+# -- torch.optim's other algorithms (issue 16: Rprop, ASGD, ...) --------------------------
+ALGORITHMS.update({a.name: a for a in (RPROP, ASGD)})
 
 __all__ = [
     "ADADELTA",
@@ -48,3 +53,6 @@ __all__ = [
     "rmsprop_update",
     "sgd_update",
 ]
+
+# -- issue 16 (twins)
+__all__ += ["ASGD", "RPROP", "asgd_update", "rprop_update"]

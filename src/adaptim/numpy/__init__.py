@@ -405,6 +405,9 @@ NAdam = OPTIMIZERS["nadam"]
 RAdam = OPTIMIZERS["radam"]
 LARS = OPTIMIZERS["lars"]
 LAMB = OPTIMIZERS["lamb"]
+# -- issue 16 (twins)
+Rprop = OPTIMIZERS["rprop"]
+ASGD = OPTIMIZERS["asgd"]
 
 __all__ = [
     "LAMB",
@@ -422,3 +425,6 @@ __all__ = [
     "RAdam",
     "RMSprop",
 ]
+
+# -- issue 16 (twins)
+__all__ += ["ASGD", "Rprop"]

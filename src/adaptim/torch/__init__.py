@@ -15,6 +15,10 @@ from adaptim.torch.optimizers import (
     RAdam,
     RMSprop,
 )
+from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Rprop
+
+# -- issue 16 (twins): torch.optim's other algorithms join the registry -------------------
+OPTIMIZERS.update(TWIN_OPTIMIZERS)
 
 __all__ = [
     "LAMB",
@@ -33,3 +37,6 @@ __all__ = [
     "RAdam",
     "RMSprop",
 ]
+
+# -- issue 16 (twins)
+__all__ += ["ASGD", "Rprop"]
