@@ -106,6 +106,13 @@ CONTINUOUS.update(
             "t0": st.floats(0.0, 300.0),
             "weight_decay": WEIGHT_DECAY,
         },
+        "adafactor": {
+            "lr": LR,
+            "beta2_decay": st.floats(-1.0, -0.3),
+            "eps": st.tuples(st.none() | log_uniform(1e-30, 1e-3), log_uniform(1e-4, 1e-2)),
+            "d": st.floats(1.0, 4.0),
+            "weight_decay": WEIGHT_DECAY,
+        },
     }
 )
 

@@ -14,6 +14,7 @@ from adaptim.torch import (
     OPTIMIZERS,
     SGD,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
@@ -47,4 +48,4 @@ __all__ = [
 ]
 
 # -- issue 16 (twins)
-__all__ += ["ASGD", "Rprop"]
+__all__ += ["ASGD", "Adafactor", "Rprop"]

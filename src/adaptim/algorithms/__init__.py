@@ -6,6 +6,7 @@
 
 from adaptim.algorithms._spec import Algorithm, ArrayOps, lerp
 from adaptim.algorithms.adadelta import ADADELTA, adadelta_update
+from adaptim.algorithms.adafactor import ADAFACTOR, adafactor_update
 from adaptim.algorithms.adagrad import ADAGRAD, adagrad_update
 from adaptim.algorithms.adam import ADAM, ADAMW, adam_update
 from adaptim.algorithms.adamax import ADAMAX, adamax_update
@@ -24,7 +25,7 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 # -- torch.optim's other algorithms (issue 16: Rprop, ASGD, ...) --------------------------
-ALGORITHMS.update({a.name: a for a in (RPROP, ASGD)})
+ALGORITHMS.update({a.name: a for a in (RPROP, ASGD, ADAFACTOR)})
 
 __all__ = [
     "ADADELTA",
@@ -55,4 +56,4 @@ __all__ = [
 ]
 
 # -- issue 16 (twins)
-__all__ += ["ASGD", "RPROP", "asgd_update", "rprop_update"]
+__all__ += ["ADAFACTOR", "ASGD", "RPROP", "adafactor_update", "asgd_update", "rprop_update"]

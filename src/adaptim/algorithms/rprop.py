@@ -97,8 +97,10 @@ def _validate(hp: HParams) -> None:
 
 
 def _state(hp: HParams) -> dict[str, float | None]:
-    # torch starts every step size at the group's learning rate.
-    return {"prev": 0.0, "step_size": as_float("lr", hp["lr"])}
+    # torch starts every step size at the group's learning rate. (A float stays
+    # as it is: reading a tensor would break the graph under torch.compile.)
+    lr = hp["lr"]
+    return {"prev": 0.0, "step_size": lr if isinstance(lr, float) else as_float("lr", lr)}
 
 
 DEFAULTS: dict[str, Any] = {

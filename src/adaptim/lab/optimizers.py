@@ -240,6 +240,12 @@ def _variants() -> dict[str, Variant]:
             adaptim.ASGD,
             ASGD_RANGE,
         ),
+        Variant(
+            "adafactor",
+            "Adafactor: relative steps from factored (row and column) second moments",
+            adaptim.Adafactor,
+            ADAFACTOR_RANGE,
+        ),
     ]
     return {v.name: v for v in table}
 
@@ -251,6 +257,9 @@ def _variants() -> dict[str, Variant]:
 # starts at lr and decays slowly): good rates 0.03 to 0.9 on both.
 RPROP_RANGE = (1e-2, 10.0)
 ASGD_RANGE = (3e-3, 3.0)
+# Adafactor's lr caps its relative step min(lr, 1/sqrt(t)), a fraction of each
+# tensor's RMS: torch's default is 1e-2.
+ADAFACTOR_RANGE = (1e-3, 1.0)
 
 
 VARIANTS: dict[str, Variant] = _variants()

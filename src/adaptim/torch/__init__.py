@@ -15,7 +15,7 @@ from adaptim.torch.optimizers import (
     RAdam,
     RMSprop,
 )
-from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Rprop
+from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Adafactor, Rprop
 
 # -- issue 16 (twins): torch.optim's other algorithms join the registry -------------------
 OPTIMIZERS.update(TWIN_OPTIMIZERS)
@@ -39,4 +39,4 @@ __all__ = [
 ]
 
 # -- issue 16 (twins)
-__all__ += ["ASGD", "Rprop"]
+__all__ += ["ASGD", "Adafactor", "Rprop"]

@@ -81,4 +81,41 @@ class ASGD(Optimizer):
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
 
 
-TWIN_OPTIMIZERS: dict[str, type[Optimizer]] = {cls.algorithm.name: cls for cls in (Rprop, ASGD)}
+@_documented
+class Adafactor(Optimizer):
+    """Adafactor, torch's variant. Same arguments, defaults and ``state_dict`` as
+    :class:`torch.optim.Adafactor`.
+
+    The state is torch's: ``step``, and ``row_var`` and ``col_var`` for
+    parameters of rank 2 or more (shapes ``(..., R, 1)`` and ``(..., 1, C)``)
+    or ``variance`` for vectors and scalars. Complex parameters and sparse
+    gradients are refused, as torch does. Steps run on the per-tensor
+    reference path.
+    """
+
+    algorithm = alg.ADAFACTOR
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+            foreach=foreach, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+
+
+TWIN_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.algorithm.name: cls for cls in (Rprop, ASGD, Adafactor)
+}
