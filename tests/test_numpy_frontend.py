@@ -91,6 +91,31 @@ CONTINUOUS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     },
 }
 
+# -- issue 16 (twins): torch.optim's other algorithms
+CONTINUOUS.update(
+    {
+        "rprop": {
+            "lr": LR,
+            "etas": st.tuples(st.floats(0.1, 0.95), st.floats(1.05, 3.0)),
+            "step_sizes": st.tuples(log_uniform(1e-8, 1e-3), log_uniform(1e-2, 100.0)),
+        },
+        "asgd": {
+            "lr": LR,
+            "lambd": log_uniform(1e-5, 1e-1),
+            "alpha": st.floats(0.25, 1.0),
+            "t0": st.floats(0.0, 300.0),
+            "weight_decay": WEIGHT_DECAY,
+        },
+        "adafactor": {
+            "lr": LR,
+            "beta2_decay": st.floats(-1.0, -0.3),
+            "eps": st.tuples(st.none() | log_uniform(1e-30, 1e-3), log_uniform(1e-4, 1e-2)),
+            "d": st.floats(1.0, 4.0),
+            "weight_decay": WEIGHT_DECAY,
+        },
+    }
+)
+
 # Nesterov momentum needs momentum > 0 and no dampening.
 WHEN_ON = {("sgd", "nesterov"): {"momentum": st.floats(0.05, 0.95), "dampening": st.just(0.0)}}
 

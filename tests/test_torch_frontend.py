@@ -61,6 +61,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "lars": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "trust_clip": True},
     "lamb": {"lr": 0.01, "weight_decay": 0.01, "weight_norm_clip": (0.1, 5.0)},
 }
+# -- issue 16 (twins): torch.optim's other algorithms
+OPTIONS.update(
+    {
+        "rprop": {"lr": 0.01, "etas": (0.4, 1.3), "step_sizes": (1e-5, 1.0)},
+        "asgd": {"lr": 0.05, "lambd": 1e-3, "t0": 3, "weight_decay": 0.01},
+        "adafactor": {"lr": 0.05, "beta2_decay": -0.6, "d": 1.5, "weight_decay": 0.01},
+    }
+)
 
 
 def adaptim_class(name: str) -> type[adaptim.Optimizer]:
@@ -619,7 +627,7 @@ def test_channels_last_parameter(name: str) -> None:
     assert ours_param.is_contiguous(memory_format=torch.channels_last)
     assert_close(ours_param, theirs_param)
     for value in ours.state[ours_param].values():
-        if value.dim() == 4:
+        if value.shape == ours_param.shape:  # (not Adafactor's factored moments)
             assert value.is_contiguous(memory_format=torch.channels_last)
 
 

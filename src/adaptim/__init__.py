@@ -20,12 +20,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from adaptim import algorithms, numpy
     from adaptim.lab.lr_find import lr_find
     from adaptim.torch import (
+        ASGD,
         LAMB,
         LARS,
         LR_FREE_OPTIMIZERS,
         OPTIMIZERS,
         SGD,
         Adadelta,
+        Adafactor,
         Adagrad,
         Adam,
         Adamax,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         Prodigy,
         RAdam,
         RMSprop,
+        Rprop,
         ScheduleFreeAdamW,
         ScheduleFreeSGD,
     )
@@ -45,12 +48,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASGD",
     "LAMB",
     "LARS",
     "LR_FREE_OPTIMIZERS",
     "OPTIMIZERS",
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -63,6 +68,7 @@ __all__ = [
     "Prodigy",
     "RAdam",
     "RMSprop",
+    "Rprop",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
     "__version__",

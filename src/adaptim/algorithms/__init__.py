@@ -6,14 +6,17 @@
 
 from adaptim.algorithms._spec import Algorithm, ArrayOps, lerp
 from adaptim.algorithms.adadelta import ADADELTA, adadelta_update
+from adaptim.algorithms.adafactor import ADAFACTOR, adafactor_update
 from adaptim.algorithms.adagrad import ADAGRAD, adagrad_update
 from adaptim.algorithms.adam import ADAM, ADAMW, adam_update
 from adaptim.algorithms.adamax import ADAMAX, adamax_update
+from adaptim.algorithms.asgd import ASGD, asgd_update
 from adaptim.algorithms.lamb import LAMB, lamb_update
 from adaptim.algorithms.lars import LARS, lars_update
 from adaptim.algorithms.nadam import NADAM, nadam_update
 from adaptim.algorithms.radam import RADAM, radam_update
 from adaptim.algorithms.rmsprop import RMSPROP, rmsprop_update
+from adaptim.algorithms.rprop import RPROP, rprop_update
 from adaptim.algorithms.sgd import SGD, sgd_update
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -42,6 +45,9 @@ LR_FREE: dict[str, Algorithm] = {
         DADAPT_ADAGRAD,
     )
 }
+
+# -- torch.optim's other algorithms (issue 16: Rprop, ASGD, ...) --------------------------
+ALGORITHMS.update({a.name: a for a in (RPROP, ASGD, ADAFACTOR)})
 
 __all__ = [
     "ADADELTA",
@@ -79,3 +85,6 @@ __all__ = [
     "rmsprop_update",
     "sgd_update",
 ]
+
+# -- issue 16 (twins)
+__all__ += ["ADAFACTOR", "ASGD", "RPROP", "adafactor_update", "asgd_update", "rprop_update"]

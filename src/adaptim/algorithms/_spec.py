@@ -48,6 +48,17 @@ class ArrayOps:
     addcmul: Callable[[Array, Array, Array, float], Array]
     #: ``a + w·(b - a)`` for a scalar weight (torch: ``lerp``).
     lerp: Callable[[Array, Array, float], Array]
+    # -- issue 16 (twins): what rules that are not element-wise need (Adafactor's
+    # factored moments). ``None`` in a backend without them (the engine's
+    # recorder); a rule that calls them sets ``Algorithm.recordable=False``.
+    #: ``1/√x`` as the backend's own kernel computes it (torch's differs from ``1/sqrt``).
+    rsqrt: Callable[[Array], Array] | None = None
+    #: Mean of ``x²`` along ``axis``, keeping it as a size-1 axis.
+    mean_square: Callable[[Array, int], Array] | None = None
+    #: Mean along ``axis``, keeping it as a size-1 axis.
+    mean: Callable[[Array, int], Array] | None = None
+    #: Machine epsilon of ``x``'s floating dtype.
+    eps_of: Callable[[Array], float] | None = None
 
 
 #: Scalars shared by the tensors of a param group (or of the whole optimizer).
@@ -169,6 +180,20 @@ class Algorithm:
     #: (Prodigy's and D-Adaptation's estimate ``d``, Schedule-Free's averaging
     #: weights); ``None`` for element-wise rules. See :class:`GroupPass`.
     group_pass: GroupPass | None = None
+
+    # -- issue 16 (twins): rules beyond the element-wise shape.
+    #: ``False`` for a rule the engine's recorder cannot take (it reads values on
+    #: the host, reduces along axes or multiplies matrices): the engine sends its
+    #: groups to the per-tensor reference path without trying, and without a warning.
+    recordable: bool = True
+    #: The shape of state entry ``key`` for a parameter of ``shape`` where it is not
+    #: the parameter's (Adafactor's row and column moments), ``None`` where that
+    #: entry does not belong to such a parameter. Such entries are listed in
+    #: ``state`` with fill ``None``: the rule creates them on its first step.
+    state_shape: Callable[[str, tuple[int, ...]], tuple[int, ...] | None] | None = None
+    #: ``False`` refuses complex parameters (the rule would see their real view,
+    #: with a trailing axis of 2, as another shape).
+    complex_params: bool = True
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

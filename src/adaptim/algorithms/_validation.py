@@ -193,14 +193,19 @@ def state_problem(
         kind = _kind(value)
         if fill is None and kind is not None and tuple(value.shape) == ():
             continue  # a per-tensor value the rule creates (LAMB's trust ratio)
+        expected, whose = tuple(shape), "the parameter's"
+        if algorithm.state_shape is not None:
+            own = algorithm.state_shape(key, tuple(shape))
+            if own is None:
+                return f"unexpected entry {key!r} for a parameter of shape {tuple(shape)}"
+            expected, whose = own, f"for a parameter of shape {tuple(shape)}"
         if kind != want:
             return (
-                f"{key!r} is {_describe(value)}; expected a {want} floating array of shape {shape}"
+                f"{key!r} is {_describe(value)}; expected a {want} floating array of shape "
+                f"{expected}"
             )
-        if tuple(value.shape) != tuple(shape):
-            return (
-                f"{key!r} has shape {tuple(value.shape)}; expected {tuple(shape)}, the parameter's"
-            )
+        if tuple(value.shape) != expected:
+            return f"{key!r} has shape {tuple(value.shape)}; expected {expected}, {whose}"
     return None
 
 

@@ -38,6 +38,10 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     axpy=lambda a, b, alpha: a + alpha * b,
     addcmul=lambda a, b, c, value: a + value * b * c,
     lerp=lerp,
+    rsqrt=lambda x: 1 / np.sqrt(x),
+    mean_square=lambda x, axis: np.mean(x * x, axis=axis, keepdims=True),
+    mean=lambda x, axis: np.mean(x, axis=axis, keepdims=True),
+    eps_of=lambda x: float(np.finfo(x.dtype).eps),
 )
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
@@ -142,6 +146,8 @@ class Optimizer:
                 raise ValueError("params must be writeable arrays: they are updated in place")
             if any(p is q for q in self.params):
                 raise ValueError("some parameters appear in more than one parameter group")
+            if np.iscomplexobj(p) and not self.algorithm.complex_params:
+                raise TypeError(f"{type(self).__name__} does not support complex parameters")
         self._check_names(k for k in param_group if k != "params")
         group = {
             **self.defaults,
@@ -405,6 +411,10 @@ NAdam = OPTIMIZERS["nadam"]
 RAdam = OPTIMIZERS["radam"]
 LARS = OPTIMIZERS["lars"]
 LAMB = OPTIMIZERS["lamb"]
+# -- issue 16 (twins)
+Rprop = OPTIMIZERS["rprop"]
+ASGD = OPTIMIZERS["asgd"]
+Adafactor = OPTIMIZERS["adafactor"]
 
 __all__ = [
     "LAMB",
@@ -445,3 +455,6 @@ Prodigy = LR_FREE_OPTIMIZERS["prodigy"]
 DAdaptAdam = LR_FREE_OPTIMIZERS["dadapt-adam"]
 DAdaptSGD = LR_FREE_OPTIMIZERS["dadapt-sgd"]
 DAdaptAdaGrad = LR_FREE_OPTIMIZERS["dadapt-adagrad"]
+
+# -- issue 16 (twins)
+__all__ += ["ASGD", "Adafactor", "Rprop"]

@@ -1,6 +1,15 @@
 """The PyTorch front-end: ``torch.optim.Optimizer`` subclasses, drop-in for torch.optim."""
 
 from adaptim.torch._base import NONFINITE_POLICIES, TORCH_OPS, Optimizer
+from adaptim.torch.lr_free import (
+    LR_FREE_OPTIMIZERS,
+    DAdaptAdaGrad,
+    DAdaptAdam,
+    DAdaptSGD,
+    Prodigy,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)
 from adaptim.torch.optimizers import (
     LAMB,
     LARS,
@@ -15,17 +24,24 @@ from adaptim.torch.optimizers import (
     RAdam,
     RMSprop,
 )
+from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Adafactor, Rprop
+
+# torch.optim's other algorithms (Rprop, ASGD, Adafactor) join the registry; the
+# learning-rate-free ones stay apart (LR_FREE_OPTIMIZERS: their steps share
+# group-wide scalars, so the per-tensor machinery built on OPTIMIZERS does not apply).
+OPTIMIZERS.update(TWIN_OPTIMIZERS)
 
 __all__ = [
+    "ASGD",
     "LAMB",
     "LARS",
-    # learning-rate-free optimizers (issue 14)
     "LR_FREE_OPTIMIZERS",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
     "SGD",
     "TORCH_OPS",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -38,17 +54,7 @@ __all__ = [
     "Prodigy",
     "RAdam",
     "RMSprop",
+    "Rprop",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
 ]
-
-# -- learning-rate-free optimizers (issue 14) ----------------------------------------
-from adaptim.torch.lr_free import (
-    LR_FREE_OPTIMIZERS,
-    DAdaptAdaGrad,
-    DAdaptAdam,
-    DAdaptSGD,
-    Prodigy,
-    ScheduleFreeAdamW,
-    ScheduleFreeSGD,
-)

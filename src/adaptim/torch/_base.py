@@ -35,6 +35,11 @@ TORCH_OPS = ArrayOps(
     axpy=lambda a, b, alpha: torch.add(a, b, alpha=alpha),
     addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
     lerp=torch.lerp,
+    rsqrt=torch.rsqrt,
+    # (as torch's Adafactor computes it: the norm along the axis, squared, over n)
+    mean_square=lambda x, axis: torch.norm(x, dim=axis, keepdim=True).square().div(x.shape[axis]),
+    mean=lambda x, axis: x.mean(dim=axis, keepdim=True),
+    eps_of=lambda x: torch.finfo(x.dtype).eps,
 )
 
 #: The ``xp`` of the step under ``torch.compile``: the multiply-adds as formulas,
@@ -214,6 +219,11 @@ class Optimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         try:
             self._validate_group(group)
+            if not self.algorithm.complex_params and any(p.is_complex() for p in group["params"]):
+                raise RuntimeError(
+                    f"adaptim.{type(self).__name__} does not support complex parameters; "
+                    "split them into real and imaginary parts (torch.view_as_real)."
+                )
         except Exception:
             self.param_groups.pop()
             raise
@@ -247,10 +257,13 @@ class Optimizer(torch.optim.Optimizer):
         self.algorithm.validate({k: self.group_value(group, k) for k in self.algorithm.hparams})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # (torch's __setstate__ adds ``differentiable`` to the defaults; groups of
+        # a twin without that switch, such as Adafactor, must not get it.)
+        own = dict(state["defaults"] if "defaults" in state else self.__dict__.get("defaults", {}))
         super().__setstate__(state)
         # A state_dict from torch.optim lacks adaptim-only keys; fill them in.
         for group in self.param_groups:
-            for key, value in self.defaults.items():
+            for key, value in own.items():
                 group.setdefault(key, value)
         self.__dict__.pop("_fast", None)  # pickled by an adaptim with flat buffers
         self._engine = Engine(self)

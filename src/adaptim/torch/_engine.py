@@ -236,6 +236,9 @@ class Engine:
         if mode == "reference":
             run.status = "reference: foreach=False"
             return params
+        if not self.optimizer.algorithm.recordable:  # its record says so: no attempt, no warning
+            run.status = "reference: the rule is not element-wise (Algorithm.recordable=False)"
+            return params
         if run.refused is not None:
             run.status = f"reference: {run.refused}"
             return params

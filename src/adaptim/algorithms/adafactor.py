@@ -1,0 +1,186 @@
+"""Adafactor: second moments factored into row and column statistics (sublinear memory)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
+from adaptim.algorithms._validation import as_float, check_lr, check_range, check_weight_decay
+
+
+def _op(xp: ArrayOps, name: str) -> Callable[..., Array]:
+    """A reduction of ``xp`` that element-wise backends (the recorder) lack."""
+    function: Callable[..., Array] | None = getattr(xp, name)
+    if function is None:
+        raise TypeError(f"the {xp.name!r} array backend has no {name}()")
+    return function
+
+
+def second_moment(
+    xp: ArrayOps, state: dict[str, Array], g: Array, weight: float, eps1: float
+) -> tuple[Array, dict[str, Array]]:
+    r"""The estimate :math:`\hat V_t` of :math:`E[g^2]` and the new state.
+
+    For a matrix (and each trailing matrix of a higher-rank tensor),
+    :math:`R_t` = ``row_var`` and :math:`C_t` = ``col_var`` are moving averages
+    of the row and column means of :math:`g^2`, and
+    :math:`\hat V_t = R_t C_t / \max(\operatorname{mean}(R_t), \epsilon_1)`,
+    their rank-1 outer product. Vectors and scalars keep the full average
+    ``variance``. The first step (``weight`` = 1) starts from the new means,
+    as torch's lerp from zeros does.
+    """
+    mean_square = _op(xp, "mean_square")
+    if g.ndim > 1:
+        row_mean, col_mean = mean_square(g, -1), mean_square(g, -2)
+        old_row, old_col = state["row_var"], state["col_var"]
+        row_var = row_mean if old_row is None else xp.lerp(old_row, row_mean, weight)
+        col_var = col_mean if old_col is None else xp.lerp(old_col, col_mean, weight)
+        scale = xp.clip(_op(xp, "mean")(row_var, -2), eps1, math.inf)
+        return (row_var @ col_var) / scale, {"row_var": row_var, "col_var": col_var}
+    old = state["variance"]
+    variance = g * g if old is None else xp.lerp(old, g * g, weight)
+    return variance, {"variance": variance}
+
+
+def adafactor_update(
+    p: Array,
+    g: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    beta2_decay: float,
+    eps: tuple[float | None, float],
+    d: float,
+    weight_decay: float,
+) -> UpdateResult:
+    r"""One Adafactor step, torch's variant (Shazeer & Stern 2018, "Adafactor: Adaptive
+    Learning Rates with Sublinear Memory Cost", Algorithms 4 and 5 with Section 7's schedule;
+    no first moment).
+
+    .. math::
+
+        \hat\beta_{2,t} &= 1 - t^{c}, \qquad
+        \rho_t = \min(\gamma,\ 1/\sqrt t), \qquad
+        \alpha_t = \max(\epsilon_2,\ \operatorname{RMS}(\theta_{t-1}))\,\rho_t \\
+        \theta_{t-1} &\leftarrow (1 - \gamma\lambda)\,\theta_{t-1} \\
+        R_t &= \hat\beta_{2,t} R_{t-1} + (1-\hat\beta_{2,t})\operatorname{mean}_{\text{cols}}(g_t^2),
+        \quad
+        C_t = \hat\beta_{2,t} C_{t-1} + (1-\hat\beta_{2,t})\operatorname{mean}_{\text{rows}}(g_t^2) \\
+        \hat V_t &= R_t C_t / \max(\operatorname{mean}(R_t), \epsilon_1)
+            \quad\text{(matrices; vectors: } \hat V_t = \hat\beta_{2,t}\hat V_{t-1}
+            + (1-\hat\beta_{2,t}) g_t^2) \\
+        U_t &= g_t / \sqrt{\max(\hat V_t, \epsilon_1^2)} \\
+        \theta_t &= \theta_{t-1} - \frac{\alpha_t}{\max(1,\ \operatorname{RMS}(U_t)/d)}\, U_t
+
+    with ``beta2_decay`` :math:`c` (-0.8), ``eps`` = :math:`(\epsilon_1, \epsilon_2)`
+    (``None`` for :math:`\epsilon_1` means the dtype's machine epsilon; 1e-3),
+    clipping threshold ``d`` (1) and decoupled weight decay :math:`\lambda`.
+    Tensors of rank > 2 are factored over their last two axes. State: ``step``
+    and ``row_var``/``col_var`` (shapes ``(..., R, 1)`` and ``(..., 1, C)``) or
+    ``variance`` for vectors and scalars: about :math:`R + C` numbers for an
+    :math:`R \times C` matrix instead of Adam's :math:`2RC`.
+
+    Points where implementations differ:
+
+    * torch's ``lr`` is the cap of the relative step :math:`\rho_t`, and the
+      step is relative: :math:`\alpha_t` scales with the parameter's RMS
+      (the paper's "parameter scaling", always on in torch). The paper's
+      :math:`\epsilon_1` (1e-30) is added to :math:`g^2`; torch clamps
+      :math:`\hat V` from below by :math:`\epsilon_1^2` and divides by
+      :math:`\max(\operatorname{mean} R, \epsilon_1)`.
+    * torch applies weight decay before the step, decoupled, with
+      :math:`\gamma\lambda` (not :math:`\alpha_t\lambda`).
+    * The matrix path runs on the per-tensor reference path (the reductions
+      and the outer product are not element-wise).
+    """
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = _op(xp, "eps_of")(p)
+    weight = step**beta2_decay
+    rho = min(lr, 1 / step**0.5)
+    alpha = max(eps2, float(xp.norm(p)) / math.prod(p.shape) ** 0.5) * rho
+    if weight_decay != 0:
+        p = p * (1 - lr * weight_decay)
+    estimate, new_state = second_moment(xp, state, g, weight, eps1)
+    update = _op(xp, "rsqrt")(xp.clip(estimate, eps1 * eps1, math.inf)) * g
+    denom = max(1.0, float(xp.norm(update)) / (math.prod(update.shape) ** 0.5 * d))
+    return xp.axpy(p, update, -alpha / denom), new_state
+
+
+def adafactor_effective_lr(
+    p: Array,
+    state: dict[str, Array],
+    *,
+    step: float,
+    xp: ArrayOps,
+    lr: float,
+    eps: tuple[float | None, float],
+    **_: Any,
+) -> Array:
+    r""":math:`\alpha_t / \sqrt{\max(\hat V_t, \epsilon_1^2)}` for the next step, before
+    update clipping (which depends on the next gradient and can only shrink it)."""
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = _op(xp, "eps_of")(p)
+    rho = min(lr, 1 / (step + 1) ** 0.5)
+    alpha = max(eps2, float(xp.norm(p)) / math.prod(p.shape) ** 0.5) * rho
+    if "variance" in state:
+        estimate = state["variance"]
+    else:
+        scale = xp.clip(_op(xp, "mean")(state["row_var"], -2), eps1, math.inf)
+        estimate = (state["row_var"] @ state["col_var"]) / scale
+    return alpha * _op(xp, "rsqrt")(xp.clip(estimate, eps1 * eps1, math.inf))
+
+
+def factored_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of ``row_var``/``col_var``/``variance`` for a parameter of ``shape``."""
+    if len(shape) < 2:
+        return shape if key == "variance" else None
+    if key == "row_var":
+        return (*shape[:-1], 1)
+    if key == "col_var":
+        return (*shape[:-2], 1, shape[-1])
+    return None
+
+
+def _validate(hp: HParams) -> None:
+    check_lr(hp)
+    check_range(hp, "beta2_decay", high=0.0)
+    eps = hp["eps"]
+    if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+        raise ValueError(f"Invalid eps: {eps!r}; expected a pair (eps1 or None, eps2).")
+    if eps[0] is not None:
+        check_range(hp, "eps", 0.0, label="eps[0] (eps1)", value=eps[0])
+    check_range(hp, "eps", 0.0, label="eps[1] (eps2)", value=eps[1])
+    check_range(hp, "d", 1.0)
+    check_weight_decay(hp)
+    as_float("lr", hp["lr"])
+
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-2,
+    "beta2_decay": -0.8,
+    "eps": (None, 1e-3),
+    "d": 1.0,
+    "weight_decay": 0.0,
+}
+
+ADAFACTOR = Algorithm(
+    name="adafactor",
+    class_name="Adafactor",
+    title="Adafactor: relative steps from row and column second moments (no first moment)",
+    update=adafactor_update,
+    hparams=tuple(DEFAULTS),
+    defaults=DEFAULTS,
+    validate=_validate,
+    # Which entries exist depends on the parameter's rank; the rule creates them.
+    state=lambda hp: {"row_var": None, "col_var": None, "variance": None},
+    effective_lr=adafactor_effective_lr,
+    recordable=False,
+    state_shape=factored_shape,
+    complex_params=False,
+)

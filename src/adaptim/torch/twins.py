@@ -1,0 +1,121 @@
+"""torch.optim's other algorithms (issue 16): drop-in twins with torch's signature and state.
+
+Each class states torch's signature only; its rule lives in
+:mod:`adaptim.algorithms` and its docstring is appended, as in
+:mod:`adaptim.torch.optimizers`. The classes join
+:data:`adaptim.torch.OPTIMIZERS` from :mod:`adaptim.torch`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adaptim import algorithms as alg
+from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
+from adaptim.torch.optimizers import _documented
+
+
+@_documented
+class Rprop(Optimizer):
+    """Rprop. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Rprop`.
+
+    The state is torch's: ``step``, ``prev`` (the last gradient, zeroed after a
+    sign change) and ``step_size`` (one step length per weight, started at ``lr``).
+    """
+
+    algorithm = alg.RPROP
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50),
+        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
+            differentiable=differentiable, capturable=capturable,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+
+
+@_documented
+class ASGD(Optimizer):
+    """Averaged SGD. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.ASGD`.
+
+    The state is torch's: ``step``, ``eta`` and ``mu`` (0-d, in torch's scalar
+    dtype) and ``ax``, the running average of the parameter, which is what
+    to evaluate once averaging has started (after ``t0`` steps).
+    """
+
+    algorithm = alg.ASGD
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-2,
+        lambd: float = 1e-4,
+        alpha: float = 0.75,
+        t0: float = 1e6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        *,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay,
+            foreach=foreach, maximize=maximize, differentiable=differentiable,
+            capturable=capturable,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+
+
+@_documented
+class Adafactor(Optimizer):
+    """Adafactor, torch's variant. Same arguments, defaults and ``state_dict`` as
+    :class:`torch.optim.Adafactor`.
+
+    The state is torch's: ``step``, and ``row_var`` and ``col_var`` for
+    parameters of rank 2 or more (shapes ``(..., R, 1)`` and ``(..., 1, C)``)
+    or ``variance`` for vectors and scalars. Complex parameters and sparse
+    gradients are refused, as torch does. Steps run on the per-tensor
+    reference path.
+    """
+
+    algorithm = alg.ADAFACTOR
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+            foreach=foreach, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+
+
+TWIN_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.algorithm.name: cls for cls in (Rprop, ASGD, Adafactor)
+}
