@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -110,6 +112,13 @@ def compare(
     data_dir: Annotated[
         Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Overwrite results.json and report.html in --out when they are another study's.",
+        ),
+    ] = False,
 ) -> None:
     """Tune and compare optimizers on problems, fairly; store every trial and recommend one."""
     try:
@@ -128,6 +137,7 @@ def compare(
             store_url=store,
             workers=workers,
             data_dir=data_dir,
+            replace=replace,
         )
     except LabError as error:
         raise _fail(str(error)) from None
@@ -151,10 +161,12 @@ def _compare(
     store_url: str | None,
     workers: int,
     data_dir: Path | None,
+    replace: bool = False,
 ) -> Path:
     from adaptim.lab.executors import make_executor
+    from adaptim.lab.files import check_results_owner, check_writable_dir
     from adaptim.lab.optimizers import parse_settings
-    from adaptim.lab.problems import BuildContext
+    from adaptim.lab.problems import BuildContext, resolve_problem
     from adaptim.lab.protocol import StudyConfig
     from adaptim.lab.store import Store, default_url
     from adaptim.lab.study import Study
@@ -174,8 +186,16 @@ def _compare(
         search=search,  # type: ignore[arg-type]  # StudyConfig validates it
         schedule=schedule,
     )
-    _make_out(out)
+    # Everything is validated before anything touches the disk.
+    resolved = {spec: resolve_problem(spec) for spec in config.problems}
+    check_writable_dir(out, "--out")
+    if not replace:
+        check_results_owner(out / "results.json", config.key(), "--out", "--replace")
     trial_store = Store(store_url or default_url(out))
+    if not trial_store.persistent:
+        errors.print(
+            f"note: the store {trial_store.url!r} is in memory: no trial outlives this run"
+        )
     executor = make_executor(workers)
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -187,7 +207,7 @@ def _compare(
         transient=False,
     )
     try:
-        study = Study(config, trial_store, executor, BuildContext(data_dir))
+        study = Study(config, trial_store, executor, BuildContext(data_dir), problems=resolved)
         study.policy()  # a bad --margin fails before any trial runs
         with progress:
             task = progress.add_task("trials", total=study.planned_trials(), last="")
@@ -220,11 +240,13 @@ def _compare(
 
 def _workers(workers: int) -> int:
     """``--workers``: 0 means one per core."""
-    from adaptim.lab.executors import available_cores
+    from adaptim.lab.executors import available_cores, check_workers
 
     if workers < 0:
         raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
-    return workers or available_cores()
+    workers = workers or available_cores()
+    check_workers(workers)
+    return workers
 
 
 def _make_out(out: Path) -> None:
@@ -321,10 +343,18 @@ def report(
     data_dir: Annotated[
         Path | None, typer.Option(help="The --data-dir the study ran with, if any.")
     ] = None,
+    trust_problem_module: Annotated[
+        bool,
+        typer.Option(
+            "--trust-problem-module",
+            help="Import and call the study's own module:function problems (this runs their "
+            "code); without it a store is read as data only.",
+        ),
+    ] = False,
 ) -> None:
     """Re-render the HTML report of a stored study, without running anything."""
     try:
-        path = _report(directory, store, study, out, data_dir)
+        path = _report(directory, store, study, out, data_dir, trust_problem_module)
     except LabError as error:
         raise _fail(str(error)) from None
     console.print(f"Report: [bold]{path}[/]")
@@ -336,6 +366,7 @@ def _report(
     key: str | None,
     out: Path | None,
     data_dir: Path | None,
+    trust_problem_module: bool = False,
 ) -> Path:
     from adaptim.lab.report import load_study
     from adaptim.lab.report.stored import choose_study
@@ -353,7 +384,7 @@ def _report(
     # Without --study, the directory's results.json names the study it shows.
     results = directory / "results.json" if given or store_url is None else None
     study_key, command = choose_study(trial_store, key, results)
-    outcome = load_study(trial_store, study_key, command, data_dir)
+    outcome = load_study(trial_store, study_key, command, data_dir, trust_problem_module)
     # A store elsewhere must not overwrite the report of adaptim-results' own study.
     target = out or (
         directory / "report.html" if given or store_url is None else Path("report.html")
@@ -459,11 +490,39 @@ def optimizers(
 
 
 def main() -> None:
+    """The command, with a last line of defence: one line on stderr, never a traceback.
+
+    Commands turn the user's mistakes into :class:`LabError` themselves (exit 2). What
+    escapes them is the environment (memory, disk, a database the store could not wrap: exit
+    2) or a bug in adaptim (exit 1; ``ADAPTIM_TRACEBACK=1`` shows where). A closed stdout
+    (``adaptim compare | head -1``) ends the command quietly, as it ends Unix tools.
+    """
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         app()
     except LabError as error:  # pragma: no cover - commands convert their own
-        errors.print(f"error: {error}")
-        sys.exit(2)
+        _last_line(str(error), 2)
+    except (MemoryError, OverflowError, OSError) as error:
+        _last_line(f"{type(error).__name__}: {_first_line(error)}", 2)
+    except Exception as error:
+        if os.environ.get("ADAPTIM_TRACEBACK"):
+            raise
+        _last_line(
+            f"internal error, {type(error).__name__}: {_first_line(error)} (a bug in adaptim; "
+            "set ADAPTIM_TRACEBACK=1 to see where)",
+            1,
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _last_line(message: str, code: int) -> None:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
