@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -169,7 +169,7 @@ def _compare(
     from adaptim.lab.problems import BuildContext, resolve_problem
     from adaptim.lab.protocol import StudyConfig
     from adaptim.lab.store import Store, default_url
-    from adaptim.lab.study import Study
+    from adaptim.lab.study import Study, study_policy
 
     workers = _workers(workers)
     if data_dir is not None and not data_dir.is_dir():
@@ -187,6 +187,7 @@ def _compare(
         schedule=schedule,
     )
     # Everything is validated before anything touches the disk.
+    study_policy(config)  # a bad --margin
     resolved = {spec: resolve_problem(spec) for spec in config.problems}
     check_writable_dir(out, "--out")
     if not replace:
@@ -495,10 +496,10 @@ def main() -> None:
     Commands turn the user's mistakes into :class:`LabError` themselves (exit 2). What
     escapes them is the environment (memory, disk, a database the store could not wrap: exit
     2) or a bug in adaptim (exit 1; ``ADAPTIM_TRACEBACK=1`` shows where). A closed stdout
-    (``adaptim compare | head -1``) ends the command quietly, as it ends Unix tools.
+    (``adaptim compare | head -1``) only silences the output: the study still finishes and
+    writes its files, quietly.
     """
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.stdout = _PipeTolerant(sys.stdout)
     try:
         app()
     except LabError as error:  # pragma: no cover - commands convert their own
@@ -513,6 +514,40 @@ def main() -> None:
             "set ADAPTIM_TRACEBACK=1 to see where)",
             1,
         )
+
+
+class _PipeTolerant:
+    """stdout that goes quiet, instead of raising ``BrokenPipeError``, once its reader is gone."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self._closed = True
+        # What is still buffered is flushed at exit: let it go to /dev/null, not to the pipe.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _first_line(error: BaseException) -> str:

@@ -103,6 +103,20 @@ class StudyOutcome:
             raise LabError(f"cannot write {str(path)!r}: {error.strerror}") from None
 
 
+def study_policy(config: StudyConfig) -> Policy:
+    """The analysis settings of ``config`` (margin, adaptive seeding); a bad margin is refused."""
+    margin = None
+    if config.margin is not None:
+        try:
+            margin = Margin.parse(config.margin)
+        except ValueError:
+            raise LabError(
+                f"--margin must be a positive number or percentage (0.01, 1%), "
+                f"got {config.margin!r}"
+            ) from None
+    return Policy(margin, config.seeds, max(config.seeds, config.max_seeds))
+
+
 class Study:
     """Runs ``config`` with ``executor``, reusing whatever ``store`` already holds.
 
@@ -158,16 +172,7 @@ class Study:
 
     def policy(self) -> Policy:
         """The analysis settings of this study (margin, adaptive seeding)."""
-        margin = None
-        if self.config.margin is not None:
-            try:
-                margin = Margin.parse(self.config.margin)
-            except ValueError:
-                raise LabError(
-                    f"--margin must be a positive number or percentage (0.01, 1%), "
-                    f"got {self.config.margin!r}"
-                ) from None
-        return Policy(margin, self.config.seeds, max(self.config.seeds, self.config.max_seeds))
+        return study_policy(self.config)
 
     def run(self) -> StudyOutcome:
         policy = self.policy()
