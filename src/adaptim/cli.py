@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
@@ -13,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from adaptim.lab.errors import LabError
 
@@ -20,8 +23,48 @@ if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is ins
     from adaptim.lab.study import ProblemOutcome, StudyOutcome
     from adaptim.lab.trial import TrialResult
 
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, an unknown option) as one line, like every other error.
+
+    Typer draws them in a box over several lines, after the usage; here they read
+    ``error: Invalid value for '--seeds': ... (see 'adaptim compare --help')`` and exit 2.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except TyperException as error:
+            context = getattr(error, "ctx", None)
+            if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+                typer.echo(context.get_help())  # `adaptim` alone shows the help
+                code = error.exit_code
+            else:
+                where = f" (see '{context.command_path} --help')" if context is not None else ""
+                message = " ".join(error.format_message().split())
+                errors.print(
+                    f"error: {message}{where}", markup=False, highlight=False, soft_wrap=True
+                )
+                code = 2 if context is not None else error.exit_code
+        except typer.Abort:
+            errors.print("error: aborted", markup=False, highlight=False)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="adaptim",
+    cls=_OneLineErrors,
     help="Adaptive optimizers done right, and a lab that compares them fairly.",
     no_args_is_help=True,
     add_completion=False,
@@ -194,8 +237,10 @@ def _compare(
         check_results_owner(out / "results.json", config.key(), "--out", "--replace")
     trial_store = Store(store_url or default_url(out))
     if not trial_store.persistent:
-        errors.print(
-            f"note: the store {trial_store.url!r} is in memory: no trial outlives this run"
+        console.print(
+            f"note: the store {trial_store.url!r} is in memory: no trial outlives this run",
+            markup=False,
+            highlight=False,
         )
     executor = make_executor(workers)
     progress = Progress(

@@ -309,7 +309,7 @@ def test_report_runs_no_module_named_by_a_store_unless_trusted(
 
 def test_an_in_memory_store_says_that_it_keeps_nothing(tmp_path: Path, fast_report: None) -> None:
     result = study(tmp_path, "--store", "sqlite://")
-    assert "is in memory: no trial outlives this run" in result.stderr
+    assert "is in memory: no trial outlives this run" in result.stdout
     assert not (tmp_path / "adaptim.db").exists()
 
 
