@@ -182,7 +182,6 @@ def test_any_command_line_exits_cleanly_and_keeps_what_is_stored(
     "args",
     [
         ["compare", "--workers", "9" * 23],
-        ["compare", "--problem", "sys:exit"],
         ["report", "{out}"],
     ],
 )
