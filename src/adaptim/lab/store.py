@@ -312,11 +312,13 @@ def _connect(url: str) -> Engine:
             if not parent.exists():
                 raise LabError(f"store URL {url!r}: directory {str(parent)!r} does not exist")
     in_memory = sqlite and (not engine.url.database or engine.url.database == ":memory:")
+    if sqlite:  # settings of the connection only: they write nothing to the file
+        event.listen(engine, "connect", _sqlite_connection_settings)
     if in_memory:  # a new database each time, so nobody else's; its one connection must stay
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_wal)
     _claim(engine, url, keep=in_memory)
     if sqlite and not in_memory:
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_wal)
     return engine
 
 
@@ -354,10 +356,16 @@ def _claim(engine: Engine, url: str, keep: bool) -> None:
         release()
 
 
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+def _sqlite_connection_settings(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")  # wait for another process's write
+    cursor.close()
+
+
+def _sqlite_wal(connection: Any, _record: Any) -> None:
+    # Set only once the database is known to be adaptim's: WAL mode rewrites the file header.
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; crash-safe
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
