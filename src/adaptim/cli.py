@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
 from typer import _click as click
 from typer.core import TyperGroup, TyperOption
+from typer.exceptions import TyperException
 
 from adaptim.lab import console as show
 from adaptim.lab.errors import LabError
@@ -20,7 +24,11 @@ if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is ins
 
 
 class _Group(TyperGroup):
-    """Shows boolean flags as flags: Typer's rich help prints ``--help <bool>`` otherwise."""
+    """Usage errors as one line, like every other error; boolean flags shown as flags.
+
+    Typer draws them in a box over several lines, after the usage; here they read
+    ``error: Invalid value for '--seeds': ... (see 'adaptim compare --help')`` and exit 2.
+    """
 
     def get_help_option(self, ctx: click.Context) -> TyperOption | None:
         return _as_flag(super().get_help_option(ctx))
@@ -33,6 +41,36 @@ class _Group(TyperGroup):
                 if isinstance(param, TyperOption) and param.is_flag:
                     _as_flag(param)
         return command
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except TyperException as error:
+            context = getattr(error, "ctx", None)
+            if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+                typer.echo(context.get_help())  # `adaptim` alone shows the help
+                code = error.exit_code
+            else:
+                where = f" (see '{context.command_path} --help')" if context is not None else ""
+                message = " ".join(error.format_message().split())
+                errors.print(
+                    f"error: {message}{where}", markup=False, highlight=False, soft_wrap=True
+                )
+                code = 2 if context is not None else error.exit_code
+        except typer.Abort:
+            errors.print("error: aborted", markup=False, highlight=False)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _as_flag(option: TyperOption | None) -> TyperOption | None:
@@ -174,6 +212,13 @@ def compare(
         Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
     ] = None,
     wide: WideOption = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Overwrite results.json and report.html in --out when they are another study's.",
+        ),
+    ] = False,
 ) -> None:
     """Tune and compare optimizers on problems, fairly; store every trial and recommend one.
 
@@ -196,6 +241,7 @@ def compare(
             workers=workers,
             data_dir=data_dir,
             wide=wide,
+            replace=replace,
         )
     except LabError as error:
         raise _fail(str(error)) from None
@@ -222,13 +268,15 @@ def _compare(
     workers: int,
     data_dir: Path | None,
     wide: bool,
+    replace: bool = False,
 ) -> Path:
     from adaptim.lab.executors import make_executor
+    from adaptim.lab.files import check_results_owner, check_writable_dir
     from adaptim.lab.optimizers import parse_settings
-    from adaptim.lab.problems import BuildContext
+    from adaptim.lab.problems import BuildContext, resolve_problem
     from adaptim.lab.protocol import StudyConfig
     from adaptim.lab.store import Store, default_url
-    from adaptim.lab.study import Study
+    from adaptim.lab.study import Study, study_policy
 
     workers = _workers(workers)
     if data_dir is not None and not data_dir.is_dir():
@@ -245,11 +293,22 @@ def _compare(
         search=search,  # type: ignore[arg-type]  # StudyConfig validates it
         schedule=schedule,
     )
-    _make_out(out)
+    # Everything is validated before anything touches the disk.
+    study_policy(config)  # a bad --margin
+    resolved = {spec: resolve_problem(spec) for spec in config.problems}
+    check_writable_dir(out, "--out")
+    if not replace:
+        check_results_owner(out / "results.json", config.key(), "--out", "--replace")
     trial_store = Store(store_url or default_url(out))
+    if not trial_store.persistent:
+        console.print(
+            f"note: the store {trial_store.url!r} is in memory: no trial outlives this run",
+            markup=False,
+            highlight=False,
+        )
     executor = make_executor(workers)
     try:
-        study = Study(config, trial_store, executor, BuildContext(data_dir))
+        study = Study(config, trial_store, executor, BuildContext(data_dir), problems=resolved)
         study.policy()  # a bad --margin fails before any trial runs
         with show.StudyProgress(console, study.planned_trials()) as progress:
 
@@ -272,11 +331,13 @@ def _compare(
 
 def _workers(workers: int) -> int:
     """``--workers``: 0 means one per core."""
-    from adaptim.lab.executors import available_cores
+    from adaptim.lab.executors import available_cores, check_workers
 
     if workers < 0:
         raise LabError(f"--workers must be 0 (one per core) or more, got {workers}")
-    return workers or available_cores()
+    workers = workers or available_cores()
+    check_workers(workers)
+    return workers
 
 
 def _make_out(out: Path) -> None:
@@ -322,10 +383,18 @@ def report(
         Path | None, typer.Option(help="The --data-dir the study ran with, if any.")
     ] = None,
     wide: WideOption = False,
+    trust_problem_module: Annotated[
+        bool,
+        typer.Option(
+            "--trust-problem-module",
+            help="Import and call the study's own module:function problems (this runs their "
+            "code); without it a store is read as data only.",
+        ),
+    ] = False,
 ) -> None:
     """Re-render the HTML report of a stored study, without running anything."""
     try:
-        path = _report(directory, store, study, out, data_dir, wide)
+        path = _report(directory, store, study, out, data_dir, wide, trust_problem_module)
     except LabError as error:
         raise _fail(str(error)) from None
     console.print(f"Report: [bold]{path}[/]")
@@ -338,6 +407,7 @@ def _report(
     out: Path | None,
     data_dir: Path | None,
     wide: bool,
+    trust_problem_module: bool = False,
 ) -> Path:
     from adaptim.lab.report import load_study
     from adaptim.lab.report.stored import choose_study
@@ -355,7 +425,7 @@ def _report(
     # Without --study, the directory's results.json names the study it shows.
     results = directory / "results.json" if given or store_url is None else None
     study_key, command = choose_study(trial_store, key, results)
-    outcome = load_study(trial_store, study_key, command, data_dir)
+    outcome = load_study(trial_store, study_key, command, data_dir, trust_problem_module)
     # A store elsewhere must not overwrite the report of adaptim-results' own study.
     target = out or (
         directory / "report.html" if given or store_url is None else Path("report.html")
@@ -459,11 +529,73 @@ app.command("lr-find")(_lr_find)
 
 
 def main() -> None:
+    """The command, with a last line of defence: one line on stderr, never a traceback.
+
+    Commands turn the user's mistakes into :class:`LabError` themselves (exit 2). What
+    escapes them is the environment (memory, disk, a database the store could not wrap: exit
+    2) or a bug in adaptim (exit 1; ``ADAPTIM_TRACEBACK=1`` shows where). A closed stdout
+    (``adaptim compare | head -1``) only silences the output: the study still finishes and
+    writes its files, quietly.
+    """
+    sys.stdout = _PipeTolerant(sys.stdout)
     try:
         app()
     except LabError as error:  # pragma: no cover - commands convert their own
-        errors.print(f"error: {error}")
-        sys.exit(2)
+        _last_line(str(error), 2)
+    except (MemoryError, OverflowError, OSError) as error:
+        _last_line(f"{type(error).__name__}: {_first_line(error)}", 2)
+    except Exception as error:
+        if os.environ.get("ADAPTIM_TRACEBACK"):
+            raise
+        _last_line(
+            f"internal error, {type(error).__name__}: {_first_line(error)} (a bug in adaptim; "
+            "set ADAPTIM_TRACEBACK=1 to see where)",
+            1,
+        )
+
+
+class _PipeTolerant:
+    """stdout that goes quiet, instead of raising ``BrokenPipeError``, once its reader is gone."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self._closed = True
+        # What is still buffered is flushed at exit: let it go to /dev/null, not to the pipe.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _last_line(message: str, code: int) -> None:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

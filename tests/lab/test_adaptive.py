@@ -152,7 +152,7 @@ def test_a_tie_measures_the_good_lr_ranges_on_a_second_seed(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--max-seeds", "0"], "--max-seeds must be at least 1"),
+        (["--max-seeds", "0"], "--max-seeds must be between 1 and 1000, got 0"),
         (["--margin", "abc"], "--margin must be a positive number or percentage"),
         (["--margin", "-1%"], "--margin must be a positive number or percentage"),
     ],

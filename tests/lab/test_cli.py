@@ -255,7 +255,7 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: P
             "could not be loaded: RuntimeError: this problem cannot be built",
         ),
         (["--problem", "nosuchmodule:fn"], "could not be loaded"),
-        (["--problem", TOY, "--seeds", "0"], "--seeds must be at least 1"),
+        (["--problem", TOY, "--seeds", "0"], "--seeds must be between 1 and 1000, got 0"),
         (["--problem", TOY, "--budget", "1000"], "--budget must be between 1 and 100"),
         (["--problem", TOY, "--optimizers", "adam,adam@torch"], "listed twice"),
         (

@@ -264,7 +264,7 @@ def test_report_rerenders_from_the_store_without_running(tmp_path: Path) -> None
     (tmp_path / "report.html").unlink()
     with sqlite3.connect(tmp_path / "adaptim.db") as db:
         trials = db.execute("SELECT count(*) FROM trials").fetchone()
-    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--trust-problem-module"])
     assert result.exit_code == 0, result.output
     assert "Recommendation:" in result.output
     assert (tmp_path / "report.html").read_text() == first  # the same page, byte for byte
@@ -274,9 +274,15 @@ def test_report_rerenders_from_the_store_without_running(tmp_path: Path) -> None
     # --store with the URL works from anywhere; a second study makes --study necessary.
     url = f"sqlite:///{tmp_path / 'adaptim.db'}"
     other = tmp_path / "elsewhere.html"
-    assert CliRunner().invoke(app, ["report", "--store", url, "--out", str(other)]).exit_code == 0
-    assert compare(tmp_path, "--problem", "toyproblems:quadratic", "--seeds", "1").exit_code == 0
-    ambiguous = CliRunner().invoke(app, ["report", "--store", url, "--out", str(other)])
+    rendered = CliRunner().invoke(
+        app, ["report", "--store", url, "--out", str(other), "--trust-problem-module"]
+    )
+    assert rendered.exit_code == 0
+    second = compare(tmp_path, "--problem", "toyproblems:quadratic", "--seeds", "1", "--replace")
+    assert second.exit_code == 0
+    ambiguous = CliRunner().invoke(
+        app, ["report", "--store", url, "--out", str(other), "--trust-problem-module"]
+    )
     assert ambiguous.exit_code == 2 and "pick one with --study" in ambiguous.output
 
 
@@ -289,10 +295,12 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "adaptim.db") as db:
         db.execute("DELETE FROM records WHERE trial_id = (SELECT max(id) FROM trials)")
         db.execute("DELETE FROM trials WHERE id = (SELECT max(id) FROM trials)")
-    incomplete = CliRunner().invoke(app, ["report", str(tmp_path)])
+    incomplete = CliRunner().invoke(app, ["report", str(tmp_path), "--trust-problem-module"])
     assert incomplete.exit_code == 2
     assert "the store lacks 1 trial(s) of this study" in incomplete.output
-    unknown = CliRunner().invoke(app, ["report", str(tmp_path), "--study", "ffff"])
+    unknown = CliRunner().invoke(
+        app, ["report", str(tmp_path), "--study", "ffff", "--trust-problem-module"]
+    )
     assert unknown.exit_code == 2 and "no study in the store" in unknown.output
 
 

@@ -51,6 +51,18 @@ def slow_quadratic() -> Problem:
     )
 
 
+def logged_quadratic() -> Problem:
+    """The quadratic, appending a line to ``$TOY_BUILD_LOG`` whenever a trial builds it."""
+
+    def build(seed: int, context: BuildContext) -> Setup:
+        with open(os.environ["TOY_BUILD_LOG"], "a") as log:
+            log.write(f"built seed {seed}\n")
+        return _quadratic(seed, context)
+
+    return Problem("toy-logged", "the quadratic, logging its builds", Metric("loss", "min"),
+                   build, steps=30, batch_size=1)  # fmt: skip
+
+
 def broken() -> Problem:
     raise RuntimeError("this problem cannot be built")
 

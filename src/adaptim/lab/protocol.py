@@ -45,6 +45,10 @@ from adaptim.lab.schedules import SCHEDULES, check_schedule
 TUNING_SEED = 0
 #: More learning rates than this on one optimizer is a typo, not a study.
 MAX_BUDGET = 100
+#: More re-run seeds than this is a typo too (Crowded Valley uses 10).
+MAX_SEEDS = 1000
+#: Steps and seeds are stored in 32-bit integer columns (PostgreSQL's ``integer``).
+MAX_STEPS = 2**31 - 1
 SEARCHES = ("grid", "tpe", "random", "lr-find")
 Search = Literal["grid", "tpe", "random", "lr-find"]
 #: The range test of ``--search lr-find`` takes this many steps (fastai's), at most one trial's.
@@ -76,10 +80,10 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_schedule(self.schedule)
-        if self.seeds < 1:
-            raise LabError(f"--seeds must be at least 1, got {self.seeds}")
-        if self.steps is not None and self.steps < 1:
-            raise LabError(f"--steps must be at least 1, got {self.steps}")
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise LabError(f"--seeds must be between 1 and {MAX_SEEDS}, got {self.seeds}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise LabError(f"--steps must be between 1 and {MAX_STEPS}, got {self.steps}")
         if not 1 <= self.budget <= MAX_BUDGET:
             raise LabError(f"--budget must be between 1 and {MAX_BUDGET}, got {self.budget}")
         if self.search not in SEARCHES:
@@ -91,8 +95,8 @@ class StudyConfig:
                 f"--search lr-find needs --budget 2 or more, got {self.budget}: the range test "
                 "is charged as one trial, each run at a suggested lr as one more"
             )
-        if self.max_seeds < 1:
-            raise LabError(f"--max-seeds must be at least 1, got {self.max_seeds}")
+        if not 1 <= self.max_seeds <= MAX_SEEDS:
+            raise LabError(f"--max-seeds must be between 1 and {MAX_SEEDS}, got {self.max_seeds}")
         if not self.problems:
             raise LabError("no problem to run: give at least one --problem")
         if not self.optimizers:

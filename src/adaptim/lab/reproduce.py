@@ -24,6 +24,7 @@ from typing import Any
 
 from adaptim.lab.analysis import OptimizerOutcome
 from adaptim.lab.executors import Executor
+from adaptim.lab.files import write_atomically
 from adaptim.lab.problems.counterexamples import WILSON_P
 from adaptim.lab.problems.deepobs import QUADRATIC_NOISE, deep_learning_hessian
 from adaptim.lab.protocol import StudyConfig
@@ -276,7 +277,5 @@ def write_json(verdicts: Sequence[Verdict], path: Path, *, quick: bool) -> Path:
         "holding": sum(v.holds for v in verdicts),
         "total": len(verdicts),
     }
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(data, indent=2, allow_nan=False))
-    partial.replace(path)
+    write_atomically(path, json.dumps(data, indent=2, allow_nan=False))
     return path

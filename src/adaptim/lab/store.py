@@ -5,12 +5,19 @@ works, PostgreSQL included (``postgresql+psycopg://user@host/db``). A trial
 and all its records are written in one transaction when the trial ends, so a
 study killed at any moment leaves only whole trials behind; the unique trial
 key makes re-running a study reuse them instead of duplicating them.
+
+A store is marked as adaptim's, and a database that belongs to another
+application is refused before anything is written to it
+(:mod:`adaptim.lab.ownership`). Non-finite numbers (a diverged trial's
+position or rates) are stored as ``null``, which is how the lab reads a
+value that is not finite anywhere. Every database error reaches the user as
+one :class:`LabError` line naming the store.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -28,13 +35,23 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from adaptim.lab.errors import LabError
+from adaptim.lab.files import finite_json
+from adaptim.lab.ownership import META_TABLE, check_ownership, is_marked, mark
 from adaptim.lab.trial import Record, TrialResult, TrialSpec
 
 
@@ -74,6 +91,15 @@ class TrialRow(_Base):
     )
 
 
+class MetaRow(_Base):
+    """What makes a database an adaptim store: ``schema`` = the layout version."""
+
+    __tablename__ = META_TABLE
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class RecordRow(_Base):
     __tablename__ = "records"
 
@@ -85,7 +111,7 @@ class RecordRow(_Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     wall_time: Mapped[float] = mapped_column(Float)
     effective_lr: Mapped[dict[str, float | None] | None] = mapped_column(JSON, nullable=True)
-    position: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    position: Mapped[list[float | None] | None] = mapped_column(JSON, nullable=True)
     trial: Mapped[TrialRow] = relationship(back_populates="records")
 
 
@@ -99,22 +125,57 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _connect(url)
+        self._writable = False
+
+    @property
+    def persistent(self) -> bool:
+        """False for an in-memory database (``sqlite://``): it is gone when the process ends."""
+        database = self.engine.url.database
+        in_memory = not database or database == ":memory:" or "mode=memory" in str(self.engine.url)
+        return not (self.engine.dialect.name == "sqlite" and in_memory)
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
+    @contextmanager
+    def _failing_as(self, doing: str) -> Iterator[None]:
+        """A database error (damaged file, read-only, lost connection) as one line."""
+        try:
+            yield
+        except SQLAlchemyError as error:
+            raise LabError(f"store {self.url!r} failed {doing}: {_reason(error)}") from None
+
     def get(self, spec: TrialSpec) -> TrialResult | None:
         """The stored result of ``spec``, or ``None`` if it has not run to the end."""
-        with self._session() as session:
+        with self._failing_as("reading a trial"), self._session() as session:
             row = session.scalars(select(TrialRow).where(TrialRow.key == spec.key())).one_or_none()
             return None if row is None else _to_result(row, spec)
+
+    def check_writable(self) -> None:
+        """Raise :class:`LabError` unless trials can be written now; call before computing them.
+
+        It attempts a write that changes nothing (an update matching no row, rolled back):
+        a read-only file, directory or database user fails here, not after a trial ran.
+        """
+        if self._writable:
+            return
+        with (
+            self._failing_as("a write check (trials to run need a writable store)"),
+            self.engine.connect() as connection,
+            connection.begin() as transaction,
+        ):
+            connection.execute(
+                update(TrialRow).where(TrialRow.id == -1).values(steps=TrialRow.steps)
+            )
+            transaction.rollback()
+        self._writable = True
 
     def put(self, result: TrialResult) -> None:
         """Store a finished trial with all its records, in one transaction; idempotent."""
         # Another study sharing this store may have finished the same trial first.
-        with suppress(IntegrityError):
+        with self._failing_as("storing a trial"), suppress(IntegrityError):
             self._insert(result)
 
     def _insert(self, result: TrialResult) -> None:
@@ -135,7 +196,7 @@ class Store:
                 phase=spec.phase,
                 diverged=result.diverged,
                 final=result.final,
-                wall_time=result.wall_time,
+                wall_time=result.wall_time if math.isfinite(result.wall_time) else 0.0,
                 steps_done=result.steps_done,
                 # Validation metrics ride in ``info``: stores made before they existed keep
                 # their schema, and their trials still load (validation = final).
@@ -144,7 +205,7 @@ class Store:
                 records=[
                     RecordRow(
                         step=r.step,
-                        train_loss=r.train_loss,
+                        train_loss=_finite(r.train_loss),
                         metrics=r.metrics,
                         wall_time=r.wall_time,
                         effective_lr=r.effective_lr,
@@ -156,23 +217,43 @@ class Store:
             session.add(row)
 
     def save_study(self, key: str, config: dict[str, Any], command: str) -> None:
-        with suppress(IntegrityError):  # saved concurrently by another run of the study
-            self._save_study(key, config, command)
-
-    def _save_study(self, key: str, config: dict[str, Any], command: str) -> None:
-        with self._session() as session:
-            row = session.scalars(select(StudyRow).where(StudyRow.key == key)).one_or_none()
-            if row is None:
-                session.add(
-                    StudyRow(key=key, config=config, command=command, created_at=datetime.now(UTC))
-                )
-            else:
-                row.command = command
+        """Record the study and its latest command (a read-only store keeps the command it had)."""
+        # IntegrityError: saved concurrently by another run of the study.
+        with self._failing_as("saving the study"), suppress(IntegrityError):
+            with self._session() as session:
+                row = session.scalars(select(StudyRow).where(StudyRow.key == key)).one_or_none()
+                if row is None:
+                    session.add(
+                        StudyRow(
+                            key=key, config=config, command=command, created_at=datetime.now(UTC)
+                        )
+                    )
+                    return
+                if row.command == command:
+                    return
+            with suppress(OperationalError), self._session() as session:
+                session.execute(update(StudyRow).where(StudyRow.key == key).values(command=command))
 
     def studies(self) -> list[tuple[str, dict[str, Any], str]]:
-        with self._session() as session:
+        with self._failing_as("listing its studies"), self._session() as session:
             rows = session.scalars(select(StudyRow).order_by(StudyRow.created_at)).all()
             return [(r.key, r.config, r.command) for r in rows]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _json_dumps(value: Any) -> str:
+    # PostgreSQL refuses NaN and Infinity in JSON, and SQLite's JSON functions too: a diverged
+    # trial's non-finite values are stored as null, which the lab reads as "not finite".
+    return json.dumps(finite_json(value), allow_nan=False)
+
+
+def _reason(error: BaseException) -> str:
+    """The driver's own message, first line: ``file is not a database``."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _plain(value: Any) -> Any:
@@ -188,7 +269,7 @@ def _to_result(row: TrialRow, spec: TrialSpec) -> TrialResult:
             metrics=r.metrics,
             wall_time=r.wall_time,
             effective_lr=r.effective_lr,
-            position=(r.position[0], r.position[1]) if r.position else None,
+            position=_position(r.position),
         )
         for r in row.records
     ]
@@ -206,35 +287,85 @@ def _to_result(row: TrialRow, spec: TrialSpec) -> TrialResult:
     )
 
 
+def _position(stored: list[float | None] | None) -> tuple[float, float] | None:
+    # A non-finite coordinate was stored as null: the iterate has left the plane.
+    if not stored or stored[0] is None or stored[1] is None:
+        return None
+    return (stored[0], stored[1])
+
+
 def _connect(url: str) -> Engine:
     try:
-        # NaN and Infinity are not JSON (PostgreSQL refuses them): fail at the source instead.
-        engine = create_engine(url, json_serializer=functools.partial(json.dumps, allow_nan=False))
+        engine = create_engine(url, json_serializer=_json_dumps)
     except (ArgumentError, NoSuchModuleError, ValueError) as error:
         raise LabError(f"bad store URL {url!r}: {error}") from None
     except ImportError as error:
         raise LabError(
             f"store URL {url!r} needs a database driver that is not installed: {error}"
         ) from None
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
         database = engine.url.database
-        if database and database != ":memory:":
+        uri = engine.url.query.get("uri") == "true"  # file:...?mode=ro: SQLite parses the path
+        if database and database != ":memory:" and not uri:
             parent = Path(database).parent
             if not parent.exists():
                 raise LabError(f"store URL {url!r}: directory {str(parent)!r} does not exist")
-    try:
-        _Base.metadata.create_all(engine)
-    except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-        raise LabError(f"cannot open store {url!r}: {reason}") from None
+    in_memory = sqlite and (not engine.url.database or engine.url.database == ":memory:")
+    if sqlite:  # settings of the connection only: they write nothing to the file
+        event.listen(engine, "connect", _sqlite_connection_settings)
+    if in_memory:  # a new database each time, so nobody else's; its one connection must stay
+        event.listen(engine, "connect", _sqlite_wal)
+    _claim(engine, url, keep=in_memory)
+    if sqlite and not in_memory:
+        event.listen(engine, "connect", _sqlite_wal)
     return engine
 
 
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+def _claim(engine: Engine, url: str, keep: bool) -> None:
+    """Refuse another application's database (reading only), then create and mark the store.
+
+    The ownership check runs before the connection pragmas (WAL mode rewrites the file's
+    header), on connections that are closed afterwards (unless ``keep``: in memory).
+    """
+
+    def release() -> None:
+        if not keep:
+            engine.dispose()
+
+    try:
+        check_ownership(engine, _Base.metadata, repr(url))
+        with engine.connect() as connection:
+            complete = set(_Base.metadata.tables) <= set(inspect(connection).get_table_names())
+            if complete and is_marked(connection):
+                return  # nothing to write, so a read-only store opens too
+    except SQLAlchemyError as error:
+        raise LabError(f"cannot open store {url!r}: {_reason(error)}") from None
+    finally:
+        release()
+    try:
+        with engine.begin() as connection:
+            _Base.metadata.create_all(connection)
+            mark(connection)
+    except SQLAlchemyError as error:
+        with suppress(SQLAlchemyError), engine.connect() as connection:
+            if {"studies", "trials", "records"} <= set(inspect(connection).get_table_names()):
+                return  # a store from before the marks, read-only: readable as it is
+        raise LabError(f"cannot open store {url!r}: {_reason(error)}") from None
+    finally:
+        release()
+
+
+def _sqlite_connection_settings(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")  # wait for another process's write
+    cursor.close()
+
+
+def _sqlite_wal(connection: Any, _record: Any) -> None:
+    # Set only once the database is known to be adaptim's: WAL mode rewrites the file header.
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; crash-safe
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

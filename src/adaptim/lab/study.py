@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from adaptim.lab.analysis import (
 from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
+from adaptim.lab.files import finite_json, write_atomically
 from adaptim.lab.optimizers import parse_optimizer
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.protocol import (
@@ -96,15 +97,35 @@ class StudyOutcome:
         }
 
     def write(self, out_dir: Path) -> Path:
+        """``results.json``, atomically (readers and other writers never see half a file)."""
         path = out_dir / "results.json"
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False))
-        partial.replace(path)  # readers never see a half-written file
-        return path
+        text = json.dumps(finite_json(self.to_json()), indent=2, allow_nan=False)
+        try:
+            return write_atomically(path, text)
+        except OSError as error:
+            raise LabError(f"cannot write {str(path)!r}: {error.strerror}") from None
+
+
+def study_policy(config: StudyConfig) -> Policy:
+    """The analysis settings of ``config`` (margin, adaptive seeding); a bad margin is refused."""
+    margin = None
+    if config.margin is not None:
+        try:
+            margin = Margin.parse(config.margin)
+        except ValueError:
+            raise LabError(
+                f"--margin must be a positive number or percentage (0.01, 1%), "
+                f"got {config.margin!r}"
+            ) from None
+    return Policy(margin, config.seeds, max(config.seeds, config.max_seeds))
 
 
 class Study:
-    """Runs ``config`` with ``executor``, reusing whatever ``store`` already holds."""
+    """Runs ``config`` with ``executor``, reusing whatever ``store`` already holds.
+
+    ``problems`` gives the problems already resolved (by spec); the others are
+    resolved by name here.
+    """
 
     def __init__(
         self,
@@ -113,13 +134,18 @@ class Study:
         executor: Executor,
         context: BuildContext | None = None,
         on_trial: OnTrial | None = None,
+        problems: Mapping[str, Problem] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.executor = executor
         self.context = context or BuildContext()
         self.on_trial = on_trial or (lambda result, reused: None)
-        self.problems = {spec: resolve_problem(spec) for spec in config.problems}
+        given = problems or {}
+        self.problems = {
+            spec: given[spec] if spec in given else resolve_problem(spec)
+            for spec in config.problems
+        }
         #: Per problem, the rounds of grid extension so far (see :func:`extend_grid`).
         self.extensions: dict[str, list[dict[str, dict[str, Any]]]] = {
             spec: [] for spec in self.problems
@@ -159,16 +185,7 @@ class Study:
 
     def policy(self) -> Policy:
         """The analysis settings of this study (margin, adaptive seeding)."""
-        margin = None
-        if self.config.margin is not None:
-            try:
-                margin = Margin.parse(self.config.margin)
-            except ValueError:
-                raise LabError(
-                    f"--margin must be a positive number or percentage (0.01, 1%), "
-                    f"got {self.config.margin!r}"
-                ) from None
-        return Policy(margin, self.config.seeds, max(self.config.seeds, self.config.max_seeds))
+        return study_policy(self.config)
 
     def run(self) -> StudyOutcome:
         policy = self.policy()
@@ -424,6 +441,8 @@ class Study:
             else:
                 results.append(stored)
                 self.on_trial(stored, True)
+        if missing:  # a read-only store fails now, not after the trials have run
+            self.store.check_writable()
         for result in self.executor.run(missing, self.context):
             self.store.put(result)
             results.append(result)

@@ -131,6 +131,14 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _finite_position(position: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The iterate of a 2-D problem, or ``None`` once it has left the finite plane."""
+    if position is None:
+        return None
+    x, y = float(position[0]), float(position[1])
+    return (x, y) if math.isfinite(x) and math.isfinite(y) else None
+
+
 def _metric_value(problem: str, name: str, value: Any) -> float | None:
     try:
         return _finite_or_none(float(value))
@@ -292,7 +300,7 @@ def run_trial(
         _switch(optimizer, "eval")
         metrics = measure(validate)
         _switch(optimizer, "train")
-        position = setup.position() if setup.position is not None else None
+        position = _finite_position(setup.position()) if setup.position is not None else None
         # Before the first step the state says nothing about the effective rate.
         rates = probe() if at > 0 else None
         records.append(Record(at, last_loss, metrics, train_time, rates, position))

@@ -61,8 +61,10 @@ def resolve_problem(spec: str) -> Problem:
 
     The user's function is called without arguments and must return a
     :class:`Problem`. Every way this can fail (unknown name, module not
-    importable, missing attribute, the function raising or returning
-    something else) raises :class:`LabError` with one line saying why.
+    importable, missing attribute, the function raising, ``SystemExit``
+    included, or returning something else) raises :class:`LabError` with one
+    line saying why. Naming a module runs its code: ``adaptim report`` does
+    so only when asked (``--trust-problem-module``).
     """
     if ":" not in spec:
         if spec in PROBLEMS:
@@ -82,7 +84,7 @@ def _load_user_problem(spec: str) -> Problem:
         raise failure("expected 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module may call sys.exit() on import
         raise failure(_one_line(exc)) from exc
     function = getattr(module, function_name, None)
     if function is None:
@@ -91,7 +93,7 @@ def _load_user_problem(spec: str) -> Problem:
         raise failure(f"{function_name!r} is a {type(function).__name__!r} object, not a function")
     try:
         problem = function()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # `sys:exit` names a function that raises SystemExit
         raise failure(f"{_one_line(exc)} (raised by {function_name}())") from exc
     if not isinstance(problem, Problem):
         raise failure(

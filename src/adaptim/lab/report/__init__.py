@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adaptim.lab.curves import performance_profile
+from adaptim.lab.files import write_atomically
 from adaptim.lab.report import data, figures, lr_figure, page, tuning
 from adaptim.lab.report.stored import load_study
 
@@ -135,10 +136,7 @@ def build_report(outcome: StudyOutcome, study_key: str) -> str:
 
 def write_report(outcome: StudyOutcome, path: Path, study_key: str) -> Path:
     """Write the report to ``path`` atomically: a reader never sees half a page."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(build_report(outcome, study_key), encoding="utf-8")
-    partial.replace(path)
-    return path
+    return write_atomically(path, build_report(outcome, study_key))
 
 
 __all__ = ["build_report", "load_study", "write_report"]

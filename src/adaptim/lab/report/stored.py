@@ -3,6 +3,12 @@
 The protocol is replayed with an executor that refuses to run: every trial
 the study would run must already be stored, or the store does not hold that
 study (yet) and :class:`LabError` says so.
+
+A store is data, and rendering it runs no code it names: a built-in problem
+comes from adaptim itself, and a study of a user's ``module:function``
+problem is refused unless the caller trusts that module
+(``adaptim report --trust-problem-module``), because loading it imports and
+calls it (a crafted store could name any module on the path).
 """
 
 from __future__ import annotations
@@ -70,11 +76,33 @@ def choose_study(store: Store, key: str | None, results: Path | None) -> tuple[s
     return matches[0]
 
 
-def load_study(store: Store, key: str, command: str, data_dir: Path | None = None) -> StudyOutcome:
-    """The outcome of the stored study ``key``, exactly as ``adaptim compare`` computed it."""
+def load_study(
+    store: Store,
+    key: str,
+    command: str,
+    data_dir: Path | None = None,
+    trust_problem_module: bool = False,
+) -> StudyOutcome:
+    """The outcome of the stored study ``key``, exactly as ``adaptim compare`` computed it.
+
+    A user problem (``module:function``) is loaded, which runs its code, only with
+    ``trust_problem_module``.
+    """
     from adaptim.lab.study import Study
 
-    config = next(StudyConfig.from_json(c) for k, c, _ in store.studies() if k == key)
+    stored = next(c for k, c, _ in store.studies() if k == key)
+    try:
+        config = StudyConfig.from_json(stored)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise LabError(
+            f"study {key[:12]} in the store has an unreadable config: {error!r}"
+        ) from None
+    modules = [spec for spec in config.problems if ":" in spec]
+    if modules and not trust_problem_module:
+        raise LabError(
+            f"study {key[:12]} uses problem {modules[0]!r}, code named by the store; re-rendering "
+            "imports and runs it, so pass --trust-problem-module if you trust that module"
+        )
     study = Study(config, store, StoredOnly(), BuildContext(data_dir))
     outcome = study.run()
     outcome.command = command
