@@ -90,6 +90,12 @@ CONTINUOUS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "weight_norm_clip": st.none() | st.tuples(st.floats(0.0, 1.0), st.floats(1.0, 20.0)),
     },
 }
+# the optax family (issue 16 point 2)
+CONTINUOUS.update(
+    {
+        "lion": {"lr": LR, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
+    }
+)
 
 # Nesterov momentum needs momentum > 0 and no dampening.
 WHEN_ON = {("sgd", "nesterov"): {"momentum": st.floats(0.05, 0.95), "dampening": st.just(0.0)}}

@@ -61,6 +61,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "lars": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "trust_clip": True},
     "lamb": {"lr": 0.01, "weight_decay": 0.01, "weight_norm_clip": (0.1, 5.0)},
 }
+# the optax family (issue 16 point 2)
+OPTIONS.update(
+    {
+        "lion": {"lr": 0.01, "betas": (0.8, 0.95), "weight_decay": 0.1},
+    }
+)
 
 
 def adaptim_class(name: str) -> type[adaptim.Optimizer]:

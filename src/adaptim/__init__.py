@@ -43,3 +43,8 @@ __all__ = [
     "algorithms",
     "numpy",
 ]
+
+# -- the optax family (issue 16 point 2) ------------------------------------------------
+from adaptim.torch import Lion
+
+__all__ += ["Lion"]

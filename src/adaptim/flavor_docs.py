@@ -243,3 +243,24 @@ def render_markdown() -> str:
                     out.append("```\n")
     out.append(SOURCES)
     return "\n".join(out).rstrip() + "\n"
+
+
+# -- the optax family (issue 16 point 2) -------------------------------------------------------
+def _lion(v: Values) -> list[str]:
+    beta1, beta2 = v["betas"]
+    return [
+        f"c = β₁·m + (1 − β₁)·g                    (β₁ = {_num(beta1)})",
+        f"θ ← θ − γ·(sign(c) + λ·θ)                 (γ = {_num(v['lr'])}, λ = {_num(v['weight_decay'])})",
+        f"m ← β₂·m + (1 − β₂)·g                    (β₂ = {_num(beta2)})",
+    ]
+
+
+EQUATIONS.update({"lion": _lion})
+TITLES.update({name: ALGORITHMS[name].class_name for name in ("lion",)})
+SOURCES += """
+The optax family (Lion, ...; no torch.optim twin, so `optax` is their default
+flavor) was read in optax 0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py`)
+and Keras 3.15.1 (`keras/src/optimizers/lion.py`), and is tested in
+`tests/test_optax_family.py` against optax (float64 and float32) and Keras' Lion,
+on a noisy quadratic whose gradients depend on the parameters.
+"""

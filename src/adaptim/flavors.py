@@ -260,3 +260,16 @@ def differing_options(algorithm: str) -> dict[str, dict[str, Any]]:
         k for k in ALGORITHMS[algorithm].defaults if len({repr(p[k]) for p in presets.values()}) > 1
     ]
     return {k: {f: presets[f][k] for f in flavors} for k in keys}
+
+
+# -- the optax family (issue 16 point 2): torch.optim has none of these, so their
+# default flavor is optax's (``Algorithm.default_flavor``) and there is no "torch".
+DIFFERENCES.update(
+    {
+        "lion": {
+            "keras": {"lr": 1e-3, "weight_decay": 0.0},
+            "optax": {},
+            "paper": {},  # Chen et al. 2023, Algorithm 2: optax's arithmetic and betas
+        },
+    }
+)

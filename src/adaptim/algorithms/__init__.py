@@ -48,3 +48,9 @@ __all__ = [
     "rmsprop_update",
     "sgd_update",
 ]
+
+# -- the optax family (issue 16 point 2): algorithms torch.optim does not have --------
+from adaptim.algorithms.lion import LION, lion_update  # noqa: E402
+
+ALGORITHMS.update({a.name: a for a in (LION,)})
+__all__ += ["LION", "lion_update"]

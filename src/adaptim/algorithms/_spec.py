@@ -88,6 +88,9 @@ class Algorithm:
     #: The class name of the PyTorch and NumPy front-ends (``"Adam"``, ``"RMSprop"``),
     #: also used in messages.
     class_name: str = ""
+    #: The flavor a front-end uses when none is named (:mod:`adaptim.flavors`):
+    #: ``"torch"``, or ``"optax"`` for the algorithms torch.optim does not have.
+    default_flavor: str = "torch"
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

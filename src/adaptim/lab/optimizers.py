@@ -4,7 +4,7 @@ Every adaptim optimizer is available by its lower-case name. Named variants
 make common settings one word (``momentum``, ``nesterov``, ``amsgrad``,
 ``rmsprop-centered``). ``name@flavor`` picks a framework flavor
 (:mod:`adaptim.flavors`: ``@keras``, ``@tf1``, ``@optax``, ``@paper``; ``@torch``
-is the default): the flavor's defaults apply to everything the lab does not
+is the default, ``@optax`` for the algorithms torch.optim lacks): the flavor's defaults apply to everything the lab does not
 tune or fix.
 
 Fairness: every optimizer gets the same number of learning rates, spaced
@@ -239,8 +239,8 @@ def parse_optimizer(spec: str) -> tuple[Variant, str]:
     name, _, flavor = spec.strip().partition("@")
     if name not in VARIANTS:
         raise unknown_name("optimizer", name, VARIANTS)
-    flavor = flavor or "torch"
     variant = VARIANTS[name]
+    flavor = flavor or variant.cls.algorithm.default_flavor
     if flavor not in FLAVORS:
         raise LabError(f"unknown flavor {flavor!r} in {spec!r} (valid: {', '.join(FLAVORS)})")
     allowed = flavors.available(
@@ -331,3 +331,19 @@ def parse_settings(items: Iterable[str], optimizers: Iterable[str]) -> dict[str,
         # Build once on a dummy parameter: a bad value fails here, before anything runs.
         make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], fixed)
     return settings
+
+
+# -- the optax family (issue 16 point 2): algorithms torch.optim lacks, optax flavor by default --
+def _optax_family() -> list[Variant]:
+    return [
+        Variant(
+            "lion",
+            "Lion: steps of the sign of an interpolated momentum",
+            adaptim.Lion,
+            (1e-5, 1e-2),  # a tenth of Adam's: every coordinate moves by the full lr
+            extra_space=(Dimension("beta2", 0.9, 0.999, "log1m"),),
+        ),
+    ]
+
+
+VARIANTS.update({v.name: v for v in _optax_family()})

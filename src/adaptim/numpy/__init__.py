@@ -65,7 +65,8 @@ class Optimizer:
 
     ``flavor`` (see :mod:`adaptim.flavors`) takes every hyperparameter not
     passed from that framework's preset, as in the torch front-end; a param
-    group may name its own ``flavor``.
+    group may name its own ``flavor``. Without one, the algorithm's default
+    flavor applies: torch's, or optax's for the algorithms torch.optim lacks.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -76,7 +77,7 @@ class Optimizer:
         *,
         maximize: bool = False,
         nonfinite: str = "ignore",
-        flavor: str = "torch",
+        flavor: str | None = None,
         **hyperparams: Any,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
@@ -85,6 +86,7 @@ class Optimizer:
             )
         self._check_names(hyperparams)
         name = self.algorithm.name
+        flavor = self.algorithm.default_flavor if flavor is None else flavor
         amsgrad = bool(hyperparams.get("amsgrad", self.algorithm.defaults.get("amsgrad", False)))
         self.defaults: dict[str, Any] = {
             **flavors.resolve(name, flavor, hyperparams, amsgrad=amsgrad),
@@ -422,3 +424,8 @@ __all__ = [
     "RAdam",
     "RMSprop",
 ]
+
+# -- the optax family (issue 16 point 2) ------------------------------------------------
+Lion = OPTIMIZERS["lion"]
+
+__all__ += ["Lion"]

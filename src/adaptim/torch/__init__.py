@@ -33,3 +33,9 @@ __all__ = [
     "RAdam",
     "RMSprop",
 ]
+
+# -- the optax family (issue 16 point 2) ------------------------------------------------
+from adaptim.torch.optax_family import OPTAX_FAMILY, Lion
+
+OPTIMIZERS.update(OPTAX_FAMILY)
+__all__ += ["Lion"]

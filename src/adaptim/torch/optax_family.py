@@ -1,0 +1,72 @@
+"""The optimizers torch.optim does not have, from optax: ``torch.optim.Optimizer`` subclasses.
+
+Their arguments follow torch's conventions (``lr``, ``betas``, ``eps``,
+``weight_decay``, ``maximize``, ``foreach``, ``fused``); their defaults are
+optax's, as is their default ``flavor``. The update each runs is written once
+in :mod:`adaptim.algorithms`, whose docstring is appended to the class's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adaptim import algorithms as alg
+from adaptim.flavors import default
+from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
+
+Betas = tuple[float | torch.Tensor, float | torch.Tensor]
+
+_COMMON = """
+    Besides the hyperparameters of the update below, every adaptim optimizer
+    takes ``maximize`` (ascend instead of descend), ``nonfinite``
+    (``"ignore"`` | ``"skip"`` | ``"raise"``: what a NaN or Inf gradient does)
+    and torch's ``foreach``/``fused`` switches. ``lr`` may be a float or a
+    1-element tensor, and every hyperparameter may differ per param group.
+
+    Flavors
+    -------
+    ``flavor`` (``"optax"``, the default, ``"keras"`` or ``"paper"``, where
+    that framework has the algorithm) sets every hyperparameter you do not
+    pass to that framework's default; an argument you pass always wins. The
+    defaults shown in the signature are optax's (where optax has no default
+    learning rate, adaptim's is stated below). See :mod:`adaptim.flavors`.
+
+    The update rule
+    ---------------
+"""
+
+
+def _documented(cls: type[Optimizer]) -> type[Optimizer]:
+    cls.__doc__ = (cls.__doc__ or "") + _COMMON + (cls.algorithm.update.__doc__ or "")
+    return cls
+
+
+@_documented
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023): the sign of an interpolated momentum.
+
+    torch.optim has no Lion; the state is one moving average, ``exp_avg``.
+    """
+
+    algorithm = alg.LION
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = default(1e-4),
+        betas: Betas = default((0.9, 0.99)),
+        weight_decay: float = default(1e-3),
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "optax",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach
+        )
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+
+
+OPTAX_FAMILY: dict[str, type[Optimizer]] = {cls.algorithm.name: cls for cls in (Lion,)}

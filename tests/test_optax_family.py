@@ -1,0 +1,286 @@
+"""The optax family (Lion, ...) against optax 0.2.8 with JAX, and Lion against Keras 3.
+
+Each comparison runs adaptim and the reference for :data:`STEPS` steps on a
+noisy quadratic whose gradient depends on the current parameters,
+
+    g_t = s · (h ⊙ (θ_t − θ*) + ξ_t + o),
+
+with curvature ``h``, target ``θ*`` and noise ``ξ_t`` fixed by the case's
+seed, so a difference in one step feeds into the next gradient (fixed
+gradient streams cannot show that). float64 must agree to 1e-10 relative,
+float32 to 1e-4 (:func:`_flavors.relative_error`), on Hypothesis-drawn
+hyperparameters, shapes, gradient scales and offsets. JAX runs on the CPU with
+64-bit enabled, as in ``test_flavors_optax.py``; Keras on its torch backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from _flavors import BETA1, BETA2, LR, WEIGHT_DECAY, relative_error
+from _parity import Range
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+import adaptim
+import adaptim.numpy as anp
+
+# Test dependencies CI installs: missing ones must fail, not skip.
+jax = importlib.import_module("jax")
+optax = importlib.import_module("optax")
+keras = importlib.import_module("keras")
+jax.config.update("jax_enable_x64", True)
+jnp = jax.numpy
+
+STEPS = 200
+TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
+SHAPES: tuple[tuple[int, ...], ...] = ((), (5,), (1,), (3, 4), (2, 3, 2))
+
+Arrays = list[np.ndarray]
+
+#: Each example costs about a second of XLA compilation: a failure is reported as drawn.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+# -- the problem ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    hparams: dict[str, float]
+    shapes: tuple[tuple[int, ...], ...]
+    scale: float
+    offset: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Quadratic:
+    """The noisy quadratic of a case: its start, and its gradient at step ``t``."""
+
+    start: Arrays
+    curvature: Arrays
+    target: Arrays
+    noise: list[Arrays]
+    scale: float
+    offset: float
+
+    @classmethod
+    def of(cls, case: Case) -> Quadratic:
+        rng = np.random.default_rng(case.seed)
+        return cls(
+            start=[np.asarray(rng.standard_normal(s)) for s in case.shapes],
+            curvature=[rng.uniform(0.1, 2.0, s) for s in case.shapes],
+            target=[rng.standard_normal(s) for s in case.shapes],
+            noise=[[rng.standard_normal(s) for s in case.shapes] for _ in range(STEPS)],
+            scale=case.scale,
+            offset=case.offset,
+        )
+
+    def gradient(self, t: int, params: Sequence[np.ndarray], dtype: type) -> Arrays:
+        """In ``dtype`` from parameters of ``dtype``: both sides see the same arithmetic."""
+        return [
+            np.asarray(
+                dtype(self.scale)
+                * (
+                    h.astype(dtype) * (np.asarray(p, dtype) - c.astype(dtype))
+                    + (n + self.offset).astype(dtype)
+                ),
+                dtype,
+            )
+            for p, h, c, n in zip(params, self.curvature, self.target, self.noise[t], strict=True)
+        ]
+
+
+# -- the runs ------------------------------------------------------------------------------
+def run_torch(name: str, kwargs: Mapping[str, Any], problem: Quadratic, dtype: type) -> Arrays:
+    torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)  # float64 runs keep scalar state in float64
+    try:
+        params = [torch.tensor(p, dtype=torch_dtype, requires_grad=True) for p in problem.start]
+        optimizer = adaptim.OPTIMIZERS[name](params, **kwargs)
+        for t in range(STEPS):
+            grads = problem.gradient(t, [p.detach().numpy() for p in params], dtype)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = torch.from_numpy(g)
+            optimizer.step()
+        return [p.detach().numpy().copy() for p in params]
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def run_numpy(name: str, kwargs: Mapping[str, Any], problem: Quadratic, dtype: type) -> Arrays:
+    params = [p.astype(dtype) for p in problem.start]
+    optimizer = anp.OPTIMIZERS[name](params, **kwargs)
+    for t in range(STEPS):
+        optimizer.step(problem.gradient(t, params, dtype))
+    return params
+
+
+def run_optax(transformation: Any, problem: Quadratic, dtype: type) -> Arrays:
+    params = [jnp.asarray(p, dtype=dtype) for p in problem.start]
+    state = transformation.init(params)
+
+    @jax.jit
+    def step(grads: Any, state: Any, params: Any) -> Any:
+        updates, state = transformation.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for t in range(STEPS):
+        grads = problem.gradient(t, [np.asarray(p) for p in params], dtype)
+        params, state = step([jnp.asarray(g) for g in grads], state, params)
+    return [np.asarray(p) for p in params]
+
+
+def run_keras(make: Callable[[], Any], problem: Quadratic, dtype: type) -> Arrays:
+    previous = keras.config.floatx()
+    keras.config.set_floatx(np.dtype(dtype).name)
+    try:
+        variables = [keras.Variable(p.astype(dtype)) for p in problem.start]
+        optimizer = make()
+        for t in range(STEPS):
+            values = [keras.ops.convert_to_numpy(v.value) for v in variables]
+            grads = problem.gradient(t, values, dtype)
+            optimizer.apply_gradients(
+                zip([torch.from_numpy(g) for g in grads], variables, strict=True)
+            )
+        return [keras.ops.convert_to_numpy(v.value).copy() for v in variables]
+    finally:
+        keras.config.set_floatx(previous)
+
+
+# -- the algorithms ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One algorithm in one flavor against one reference, with its drawn hyperparameters."""
+
+    name: str
+    optimizer: str
+    space: Mapping[str, Range] = field(repr=False)
+    #: The adaptim keyword arguments for drawn hyperparameters (``flavor`` included).
+    ours: Callable[[Mapping[str, float]], dict[str, Any]] = field(repr=False)
+    #: The reference's run for drawn hyperparameters.
+    reference: Callable[[Mapping[str, float], Quadratic, type], Arrays] = field(repr=False)
+    shapes: tuple[tuple[int, ...], ...] = SHAPES
+
+
+def _betas(hp: Mapping[str, float]) -> tuple[float, float]:
+    return (hp["beta1"], hp["beta2"])
+
+
+LION_SPACE = {"lr": LR, "beta1": BETA1, "beta2": BETA2, "weight_decay": WEIGHT_DECAY}
+
+VARIANTS = [
+    Variant(
+        "lion-optax",
+        "lion",
+        LION_SPACE,
+        lambda hp: {"lr": hp["lr"], "betas": _betas(hp), "weight_decay": hp["weight_decay"]},
+        lambda hp, problem, dtype: run_optax(
+            optax.lion(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], weight_decay=hp["weight_decay"]),
+            problem,
+            dtype,
+        ),
+    ),
+    Variant(
+        "lion-keras",
+        "lion",
+        # Keras refuses beta_1 = 0
+        {**LION_SPACE, "beta1": Range(0.01, 0.99)},
+        lambda hp: {
+            "flavor": "keras",
+            "lr": hp["lr"],
+            "betas": _betas(hp),
+            "weight_decay": hp["weight_decay"],
+        },
+        lambda hp, problem, dtype: run_keras(
+            lambda: keras.optimizers.Lion(
+                hp["lr"], beta_1=hp["beta1"], beta_2=hp["beta2"], weight_decay=hp["weight_decay"]
+            ),
+            problem,
+            dtype,
+        ),
+    ),
+]
+
+
+def draw(data: st.DataObject, variant: Variant) -> Case:
+    def value(r: Range, label: str) -> float:
+        return data.draw(st.floats(0.0, 1.0).map(r.at), label=label)
+
+    count = data.draw(st.integers(1, 3), label="count")
+    return Case(
+        hparams={name: value(r, name) for name, r in variant.space.items()},
+        shapes=tuple(data.draw(st.sampled_from(variant.shapes)) for _ in range(count)),
+        scale=value(Range(1e-2, 1e2, "log"), "scale"),
+        offset=value(Range(0.0, 2.0), "offset"),
+        seed=data.draw(st.integers(0, 2**31 - 1), label="seed"),
+    )
+
+
+def errors(variant: Variant, case: Case) -> dict[str, float]:
+    """The worst relative error per front-end and dtype against the reference."""
+    problem = Quadratic.of(case)
+    kwargs = variant.ours(case.hparams)
+    found = {}
+    for dtype in (np.float64, np.float32):
+        theirs = variant.reference(case.hparams, problem, dtype)
+        ours = run_torch(variant.optimizer, kwargs, problem, dtype)
+        found[f"torch {dtype.__name__}"] = relative_error(ours, theirs, problem.start)
+        if dtype == np.float64:
+            ours = run_numpy(variant.optimizer, kwargs, problem, dtype)
+            found["numpy float64"] = relative_error(ours, theirs, problem.start)
+    return found
+
+
+@pytest.mark.parametrize("variant", [pytest.param(v, id=v.name) for v in VARIANTS])
+@settings(max_examples=3, deadline=None, phases=NO_SHRINK)
+@given(data=st.data())
+def test_matches_reference(variant: Variant, data: st.DataObject) -> None:
+    case = draw(data, variant)
+    for label, error in errors(variant, case).items():
+        tolerance = TOLERANCE[np.float32 if "float32" in label else np.float64]
+        assert error <= tolerance, f"{variant.name} {label}: {error:.3g} {case}"
+
+
+# -- execution paths -------------------------------------------------------------------------
+FAMILY = sorted({v.optimizer for v in VARIANTS})
+
+
+def _train(name: str, steps: int, **switches: Any) -> tuple[list[torch.Tensor], Any]:
+    """A tiny MLP (biases, matrices) trained on fixed data; returns its parameters and optimizer."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    optimizer = adaptim.OPTIMIZERS[name](model.parameters(), lr=1e-2, **switches)
+    x, y = torch.randn(32, 6), torch.randn(32, 1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], optimizer
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_engine_paths_match_the_reference_path(name: str) -> None:
+    """The default step (multi-tensor replay here) equals ``foreach=False`` bit for bit; native agrees."""
+    reference, _ = _train(name, 30, foreach=False)
+    default, optimizer = _train(name, 30)
+    assert optimizer.fused_status()[0].startswith("foreach"), optimizer.fused_status()
+    for ours, theirs in zip(default, reference, strict=True):
+        assert torch.equal(ours, theirs)
+    native, optimizer = _train(name, 30, fused=True)
+    assert optimizer.fused_status()[0].startswith("native"), optimizer.fused_status()
+    for ours, theirs in zip(native, reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
