@@ -94,6 +94,13 @@ CONTINUOUS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
 CONTINUOUS.update(
     {
         "lion": {"lr": LR, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
+        "adabelief": {"lr": LR, "betas": BETAS, "eps": EPS, "eps_root": maybe_zero(EPS)},
+        "yogi": {
+            "lr": LR,
+            "betas": BETAS,
+            "eps": EPS,
+            "initial_accumulator_value": maybe_zero(st.floats(0.0, 1.0)),
+        },
     }
 )
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _flavors import BETA1, BETA2, LR, WEIGHT_DECAY, relative_error
+from _flavors import BETA1, BETA2, EPS, LR, WEIGHT_DECAY, relative_error
 from _parity import Range
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
@@ -174,6 +174,8 @@ class Variant:
     #: The reference's run for drawn hyperparameters.
     reference: Callable[[Mapping[str, float], Quadratic, type], Arrays] = field(repr=False)
     shapes: tuple[tuple[int, ...], ...] = SHAPES
+    #: float64 only for the transcriptions of a paper.
+    dtypes: tuple[type, ...] = (np.float64, np.float32)
 
 
 def _betas(hp: Mapping[str, float]) -> tuple[float, float]:
@@ -216,6 +218,111 @@ VARIANTS = [
 ]
 
 
+def _paper_yogi(hp: Mapping[str, float], problem: Quadratic, dtype: type) -> Arrays:
+    """Zaheer et al. 2018, Algorithm 2, transcribed: m_0 = v_0 = 0, no bias correction."""
+    assert dtype == np.float64, "a transcription in float64 only"
+    params = [p.copy() for p in problem.start]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t in range(STEPS):
+        for i, g in enumerate(problem.gradient(t, params, dtype)):
+            m[i] = hp["beta1"] * m[i] + (1 - hp["beta1"]) * g
+            v[i] = v[i] - (1 - hp["beta2"]) * np.sign(v[i] - g * g) * g * g
+            params[i] = params[i] - hp["lr"] * m[i] / (np.sqrt(v[i]) + hp["eps"])
+    return params
+
+
+def _optax_yogi(hp: Mapping[str, float], problem: Quadratic, dtype: type) -> Arrays:
+    # optax.yogi with its initial_accumulator_value exposed (the alias keeps 1e-6)
+    yogi = optax.chain(
+        optax.scale_by_yogi(
+            b1=hp["beta1"],
+            b2=hp["beta2"],
+            eps=hp["eps"],
+            initial_accumulator_value=hp["initial_accumulator_value"],
+        ),
+        optax.scale_by_learning_rate(hp["lr"]),
+    )
+    return run_optax(yogi, problem, dtype)
+
+
+def _adabelief(nesterov: bool) -> Callable[[Mapping[str, float], Quadratic, type], Arrays]:
+    def reference(hp: Mapping[str, float], problem: Quadratic, dtype: type) -> Arrays:
+        adabelief = optax.adabelief(
+            hp["lr"],
+            b1=hp["beta1"],
+            b2=hp["beta2"],
+            eps=hp.get("eps", 1e-8),  # the paper flavor's
+            eps_root=hp.get("eps_root", 1e-8),
+            nesterov=nesterov,
+        )
+        return run_optax(adabelief, problem, dtype)
+
+    return reference
+
+
+ADAM_SPACE = {"lr": LR, "beta1": BETA1, "beta2": BETA2}
+TINY_EPS = Range(1e-16, 1e-6, "log")
+# With beta1 -> 0, m_t = g_t and s_t = eps_root: AdaBelief's steps are lr·g/1e-8, and
+# both sides overflow alike (a comparison of two Infs proves nothing).
+BELIEF_SPACE = {**ADAM_SPACE, "beta1": Range(0.5, 0.99)}
+
+VARIANTS += [
+    Variant(
+        "adabelief-optax",
+        "adabelief",
+        {**BELIEF_SPACE, "eps": TINY_EPS, "eps_root": TINY_EPS},
+        lambda hp: {
+            "lr": hp["lr"],
+            "betas": _betas(hp),
+            "eps": hp["eps"],
+            "eps_root": hp["eps_root"],
+        },
+        _adabelief(nesterov=False),
+    ),
+    Variant(
+        "adabelief-nesterov",
+        "adabelief",
+        {**BELIEF_SPACE, "eps": TINY_EPS, "eps_root": TINY_EPS},
+        lambda hp: {
+            "lr": hp["lr"],
+            "betas": _betas(hp),
+            "eps": hp["eps"],
+            "eps_root": hp["eps_root"],
+            "nesterov": True,
+        },
+        _adabelief(nesterov=True),
+    ),
+    Variant(
+        "adabelief-paper",  # Algorithm 2 is optax's arithmetic with eps = eps_root = 1e-8
+        "adabelief",
+        BELIEF_SPACE,
+        lambda hp: {"flavor": "paper", "lr": hp["lr"], "betas": _betas(hp)},
+        _adabelief(nesterov=False),
+    ),
+    Variant(
+        "yogi-optax",
+        "yogi",
+        {**ADAM_SPACE, "eps": EPS, "initial_accumulator_value": Range(1e-8, 1e-1, "log")},
+        lambda hp: {
+            "lr": hp["lr"],
+            "betas": _betas(hp),
+            "eps": hp["eps"],
+            "initial_accumulator_value": hp["initial_accumulator_value"],
+        },
+        _optax_yogi,
+    ),
+    Variant(
+        "yogi-paper",
+        "yogi",
+        {**ADAM_SPACE, "eps": EPS},
+        lambda hp: {"flavor": "paper", "lr": hp["lr"], "betas": _betas(hp), "eps": hp["eps"]},
+        _paper_yogi,
+        dtypes=(np.float64,),
+    ),
+]
+
+
 def draw(data: st.DataObject, variant: Variant) -> Case:
     def value(r: Range, label: str) -> float:
         return data.draw(st.floats(0.0, 1.0).map(r.at), label=label)
@@ -235,7 +342,7 @@ def errors(variant: Variant, case: Case) -> dict[str, float]:
     problem = Quadratic.of(case)
     kwargs = variant.ours(case.hparams)
     found = {}
-    for dtype in (np.float64, np.float32):
+    for dtype in variant.dtypes:
         theirs = variant.reference(case.hparams, problem, dtype)
         ours = run_torch(variant.optimizer, kwargs, problem, dtype)
         found[f"torch {dtype.__name__}"] = relative_error(ours, theirs, problem.start)
@@ -245,7 +352,10 @@ def errors(variant: Variant, case: Case) -> dict[str, float]:
     return found
 
 
-@pytest.mark.parametrize("variant", [pytest.param(v, id=v.name) for v in VARIANTS])
+# Each takes 2-8 s (three XLA compilations per example): marked slow.
+@pytest.mark.parametrize(
+    "variant", [pytest.param(v, id=v.name, marks=pytest.mark.slow) for v in VARIANTS]
+)
 @settings(max_examples=3, deadline=None, phases=NO_SHRINK)
 @given(data=st.data())
 def test_matches_reference(variant: Variant, data: st.DataObject) -> None:

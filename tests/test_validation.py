@@ -246,7 +246,7 @@ def _type_cases() -> list[Case]:
 COMBINATIONS = [
     Case(
         "nesterov without momentum",
-        {"nesterov": True},
+        {"nesterov": True, "momentum": 0},  # SGD's rule (AdaBelief's nesterov needs none)
         ValueError,
         ("nesterov=True", "momentum > 0", "momentum=0"),
     ),
@@ -370,7 +370,7 @@ def test_invalid_nonfinite_policy_is_refused(front: FrontEnd, name: str, policy:
         front.optimizers[name]([front.new_param()], nonfinite=policy)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", [n for n, a in ALGORITHMS.items() if "weight_decay" in a.hparams])
 def test_numpy_unknown_hyperparameter_names_a_close_match(name: str) -> None:
     cls = anp.OPTIMIZERS[name]
     expected = r"unknown hyperparameter 'weight_decai'.*Did you mean 'weight_decay'\?"

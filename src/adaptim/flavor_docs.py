@@ -255,10 +255,35 @@ def _lion(v: Values) -> list[str]:
     ]
 
 
-EQUATIONS.update({"lion": _lion})
-TITLES.update({name: ALGORITHMS[name].class_name for name in ("lion",)})
+def _adabelief(v: Values) -> list[str]:
+    beta1, beta2 = v["betas"]
+    return [
+        f"m ← β₁·m + (1 − β₁)·g                    (β₁ = {_num(beta1)}, β₂ = {_num(beta2)})",
+        f"s ← β₂·s + (1 − β₂)·(g − m)² + ε̄         (ε̄ = {_num(v['eps_root'])})",
+        "nesterov: m̂ = β₁·m/(1 − β₁ᵗ⁺¹) + (1 − β₁)·g/(1 − β₁ᵗ);  otherwise m̂ = m/(1 − β₁ᵗ)",
+        f"θ ← θ − γ·m̂/(√(s/(1 − β₂ᵗ)) + ε)          (γ = {_num(v['lr'])}, ε = {_num(v['eps'])})",
+    ]
+
+
+def _yogi(v: Values) -> list[str]:
+    beta1, beta2 = v["betas"]
+    start = _num(v["initial_accumulator_value"])
+    lines = [
+        f"m ← β₁·m + (1 − β₁)·g                    (β₁ = {_num(beta1)}, m₀ = {start})",
+        f"v ← v − (1 − β₂)·sign(v − g²)·g²          (β₂ = {_num(beta2)}, v₀ = {start})",
+    ]
+    eps = f"(γ = {_num(v['lr'])}, ε = {_num(v['eps'])})"
+    if v["bias_correction"]:
+        lines.append(f"θ ← θ − γ/(1 − β₁ᵗ) · m/(√(v/(1 − β₂ᵗ)) + ε)   {eps}")
+    else:
+        lines.append(f"θ ← θ − γ · m/(√v + ε)   (no bias correction) {eps}")
+    return lines
+
+
+EQUATIONS.update({"lion": _lion, "adabelief": _adabelief, "yogi": _yogi})
+TITLES.update({name: ALGORITHMS[name].class_name for name in ("lion", "adabelief", "yogi")})
 SOURCES += """
-The optax family (Lion, ...; no torch.optim twin, so `optax` is their default
+The optax family (Lion, AdaBelief, Yogi; no torch.optim twin, so `optax` is their default
 flavor) was read in optax 0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py`)
 and Keras 3.15.1 (`keras/src/optimizers/lion.py`), and is tested in
 `tests/test_optax_family.py` against optax (float64 and float32) and Keras' Lion,

@@ -271,5 +271,12 @@ DIFFERENCES.update(
             "optax": {},
             "paper": {},  # Chen et al. 2023, Algorithm 2: optax's arithmetic and betas
         },
+        # Zhuang et al. 2020, Algorithm 2: the same eps inside s_t and in the denominator
+        "adabelief": {"optax": {}, "paper": {"eps": 1e-8, "eps_root": 1e-8}},
+        # Zaheer et al. 2018, Algorithm 2: m_0 = v_0 = 0, no bias correction
+        "yogi": {
+            "optax": {},
+            "paper": {"initial_accumulator_value": 0.0, "bias_correction": False},
+        },
     }
 )

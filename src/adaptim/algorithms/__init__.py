@@ -50,7 +50,9 @@ __all__ = [
 ]
 
 # -- the optax family (issue 16 point 2): algorithms torch.optim does not have --------
+from adaptim.algorithms.adabelief import ADABELIEF, adabelief_update  # noqa: E402
 from adaptim.algorithms.lion import LION, lion_update  # noqa: E402
+from adaptim.algorithms.yogi import YOGI, yogi_update  # noqa: E402
 
-ALGORITHMS.update({a.name: a for a in (LION,)})
-__all__ += ["LION", "lion_update"]
+ALGORITHMS.update({a.name: a for a in (LION, ADABELIEF, YOGI)})
+__all__ += ["ADABELIEF", "LION", "YOGI", "adabelief_update", "lion_update", "yogi_update"]

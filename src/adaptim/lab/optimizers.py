@@ -340,8 +340,24 @@ def _optax_family() -> list[Variant]:
             "lion",
             "Lion: steps of the sign of an interpolated momentum",
             adaptim.Lion,
-            (1e-5, 1e-2),  # a tenth of Adam's: every coordinate moves by the full lr
+            # Half a decade below Adam's: every coordinate moves by the full lr. A
+            # study (linreg, digits-mlp; 300 steps) found its best at 3e-2 and 3e-3.
+            (3e-5, 3e-2),
             extra_space=(Dimension("beta2", 0.9, 0.999, "log1m"),),
+        ),
+        Variant(
+            "adabelief",
+            "AdaBelief: Adam scaled by the gradient's variance around its average",
+            adaptim.AdaBelief,
+            (1e-4, 1e-1),
+            extra_space=(_BETA2,),
+        ),
+        Variant(
+            "yogi",
+            "Yogi: Adam with an additive, sign-controlled second moment",
+            adaptim.Yogi,
+            (1e-4, 1e-1),
+            extra_space=(_BETA2, _eps(1e-3)),
         ),
     ]
 

@@ -427,5 +427,7 @@ __all__ = [
 
 # -- the optax family (issue 16 point 2) ------------------------------------------------
 Lion = OPTIMIZERS["lion"]
+AdaBelief = OPTIMIZERS["adabelief"]
+Yogi = OPTIMIZERS["yogi"]
 
-__all__ += ["Lion"]
+__all__ += ["AdaBelief", "Lion", "Yogi"]

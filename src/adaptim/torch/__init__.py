@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # -- the optax family (issue 16 point 2) ------------------------------------------------
-from adaptim.torch.optax_family import OPTAX_FAMILY, Lion
+from adaptim.torch.optax_family import OPTAX_FAMILY, AdaBelief, Lion, Yogi
 
 OPTIMIZERS.update(OPTAX_FAMILY)
-__all__ += ["Lion"]
+__all__ += ["AdaBelief", "Lion", "Yogi"]

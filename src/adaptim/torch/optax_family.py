@@ -69,4 +69,68 @@ class Lion(Optimizer):
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
-OPTAX_FAMILY: dict[str, type[Optimizer]] = {cls.algorithm.name: cls for cls in (Lion,)}
+@_documented
+class AdaBelief(Optimizer):
+    """AdaBelief (Zhuang et al. 2020): Adam scaled by the gradient's variance around its average.
+
+    torch.optim has no AdaBelief; the state is ``step``, ``exp_avg`` and ``exp_avg_var``.
+    """
+
+    algorithm = alg.ADABELIEF
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = default(1e-3),
+        betas: Betas = default((0.9, 0.999)),
+        eps: float = default(1e-16),
+        eps_root: float = default(1e-16),
+        *,
+        nesterov: bool = default(False),
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "optax",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, eps_root=eps_root, nesterov=nesterov,
+            maximize=maximize, foreach=foreach,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+
+
+@_documented
+class Yogi(Optimizer):
+    """Yogi (Zaheer et al. 2018): Adam with an additive, sign-controlled second moment.
+
+    torch.optim has no Yogi; the state uses Adam's names (``step``, ``exp_avg``, ``exp_avg_sq``).
+    """
+
+    algorithm = alg.YOGI
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = default(1e-2),
+        betas: Betas = default((0.9, 0.999)),
+        eps: float = default(1e-3),
+        *,
+        initial_accumulator_value: float = default(1e-6),
+        bias_correction: bool = default(True),
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "optax",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, initial_accumulator_value=initial_accumulator_value,
+            bias_correction=bias_correction, maximize=maximize, foreach=foreach,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+
+
+OPTAX_FAMILY: dict[str, type[Optimizer]] = {
+    cls.algorithm.name: cls for cls in (Lion, AdaBelief, Yogi)
+}
