@@ -222,6 +222,9 @@ OPTION_VALUES: dict[str, list[Any]] = {
     "momentum_schedule": [False, True],
     "initial_accumulator_value": [0.0, 1.0],
     "rectify_threshold": [4.0, 5.0],
+    # the optax family (issue 16 point 2)
+    "diff_scale": ["one_minus_beta2", "beta2"],
+    "proximal_weight_decay": [False, True],
 }
 EXTRA: dict[str, dict[str, Any]] = {
     "rmsprop": {"momentum": 0.5, "centered": True},

@@ -101,6 +101,14 @@ CONTINUOUS.update(
             "eps": EPS,
             "initial_accumulator_value": maybe_zero(st.floats(0.0, 1.0)),
         },
+        "adan": {
+            "lr": LR,
+            "betas": st.tuples(st.floats(0.0, 0.99), st.floats(0.0, 0.99), st.floats(0.5, 0.9999)),
+            "eps": EPS,
+            "eps_root": maybe_zero(EPS),
+            "weight_decay": WEIGHT_DECAY,
+            "diff_scale": st.sampled_from(["one_minus_beta2", "beta2"]),
+        },
     }
 )
 

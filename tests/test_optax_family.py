@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -323,6 +324,79 @@ VARIANTS += [
 ]
 
 
+def _paper_adan(hp: Mapping[str, float], problem: Quadratic, dtype: type) -> Arrays:
+    """Xie et al. 2022, Algorithm 1, transcribed in the paper's convention (its beta = 1 - ours)."""
+    assert dtype == np.float64, "a transcription in float64 only"
+    b1, b2, b3 = (1 - hp["beta1"], 1 - hp["beta2"], 1 - hp["beta3"])
+    lr, eps, decay = hp["lr"], hp["eps"], hp["weight_decay"]
+    params = [p.copy() for p in problem.start]
+    m, v, n, previous = ([np.zeros_like(p) for p in params] for _ in range(4))
+    for t in range(STEPS):
+        for i, g in enumerate(problem.gradient(t, params, dtype)):
+            if t == 0:  # m_0 = g_0, v_0 = 0, n_0 = g_0^2
+                m[i], v[i], n[i] = g, np.zeros_like(g), g * g
+            else:
+                d = g - previous[i]
+                m[i] = (1 - b1) * m[i] + b1 * g
+                v[i] = d if t == 1 else (1 - b2) * v[i] + b2 * d  # v_1 = g_1 - g_0
+                n[i] = (1 - b3) * n[i] + b3 * (g + (1 - b2) * d) ** 2
+            eta = lr / (np.sqrt(n[i]) + eps)
+            params[i] = (params[i] - eta * (m[i] + (1 - b2) * v[i])) / (1 + decay * lr)
+            previous[i] = g
+    return params
+
+
+ADAN_SPACE = {
+    "lr": LR,
+    "beta1": Range(0.5, 0.99),
+    "beta2": Range(0.5, 0.99),
+    "beta3": Range(0.9, 0.999, "log1m"),
+    "eps": EPS,
+    "weight_decay": WEIGHT_DECAY,
+}
+
+
+def _adan_ours(hp: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+    return {
+        "lr": hp["lr"],
+        "betas": (hp["beta1"], hp["beta2"], hp["beta3"]),
+        "eps": hp["eps"],
+        "weight_decay": hp["weight_decay"],
+        **extra,
+    }
+
+
+VARIANTS += [
+    Variant(
+        "adan-optax",
+        "adan",
+        {**ADAN_SPACE, "eps_root": Range(1e-10, 1e-6, "log")},
+        lambda hp: _adan_ours(hp, eps_root=hp["eps_root"]),
+        lambda hp, problem, dtype: run_optax(
+            optax.adan(
+                hp["lr"],
+                b1=hp["beta1"],
+                b2=hp["beta2"],
+                b3=hp["beta3"],
+                eps=hp["eps"],
+                eps_root=hp["eps_root"],
+                weight_decay=hp["weight_decay"],
+            ),
+            problem,
+            dtype,
+        ),
+    ),
+    Variant(
+        "adan-paper",
+        "adan",
+        ADAN_SPACE,
+        lambda hp: _adan_ours(hp, flavor="paper"),
+        _paper_adan,
+        dtypes=(np.float64,),
+    ),
+]
+
+
 def draw(data: st.DataObject, variant: Variant) -> Case:
     def value(r: Range, label: str) -> float:
         return data.draw(st.floats(0.0, 1.0).map(r.at), label=label)
@@ -394,3 +468,53 @@ def test_engine_paths_match_the_reference_path(name: str) -> None:
     assert optimizer.fused_status()[0].startswith("native"), optimizer.fused_status()
     for ours, theirs in zip(native, reference, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+# -- validation and the differences the flavors document --------------------------------------
+@pytest.mark.parametrize(
+    ("betas", "pieces"),
+    [
+        ((0.9, 0.9), ("Invalid betas", "(0.9, 0.9)", "triple")),
+        ((0.9, 1.0, 0.9), ("Invalid beta2", "1.0", "0 <= beta2 < 1")),
+        ((0.9, 0.9, -0.1), ("Invalid beta3", "-0.1", "0 <= beta3 < 1")),
+    ],
+)
+def test_adan_refuses_bad_betas(betas: tuple[float, ...], pieces: tuple[str, ...]) -> None:
+    pattern = ".*".join(map(re.escape, pieces))
+    with pytest.raises(ValueError, match=pattern):
+        adaptim.Adan([torch.zeros(2, requires_grad=True)], betas=betas)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=pattern):
+        anp.Adan([np.zeros(2)], betas=betas)
+
+
+def test_flavors_that_do_not_exist_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"PyTorch has no Yogi\. Allowed: 'optax', 'paper'"):
+        adaptim.Yogi([torch.zeros(2, requires_grad=True)], flavor="torch")
+    with pytest.raises(ValueError, match="Keras 3 has no Adan"):
+        anp.Adan([np.zeros(2)], flavor="keras")
+
+
+@pytest.mark.parametrize(
+    ("name", "flavor", "reference"),
+    [("yogi-paper", "optax", "paper"), ("adan-paper", "optax", "paper")],
+)
+def test_the_comparison_can_fail(name: str, flavor: str, reference: str) -> None:
+    """optax's flavor misses the paper's transcription by far more than any tolerance."""
+    variant = next(v for v in VARIANTS if v.name == name)
+    case = Case({k: r.at(0.5) for k, r in variant.space.items()}, ((3, 4),), 1.0, 0.5, 7)
+    problem = Quadratic.of(case)
+    theirs = variant.reference(case.hparams, problem, np.float64)
+    kwargs = {**variant.ours(case.hparams), "flavor": reference}
+    assert (
+        relative_error(
+            run_torch(name.split("-")[0], kwargs, problem, np.float64), theirs, problem.start
+        )
+        < 1e-10
+    )
+    kwargs["flavor"] = flavor
+    assert (
+        relative_error(
+            run_torch(name.split("-")[0], kwargs, problem, np.float64), theirs, problem.start
+        )
+        > 1e-3
+    )

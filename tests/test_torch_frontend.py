@@ -67,6 +67,7 @@ OPTIONS.update(
         "lion": {"lr": 0.01, "betas": (0.8, 0.95), "weight_decay": 0.1},
         "adabelief": {"lr": 0.01, "eps": 1e-8, "eps_root": 1e-10, "nesterov": True},
         "yogi": {"lr": 0.01, "initial_accumulator_value": 0.1, "bias_correction": False},
+        "adan": {"lr": 0.01, "weight_decay": 0.01, "proximal_weight_decay": True},
     }
 )
 

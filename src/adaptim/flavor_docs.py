@@ -280,10 +280,32 @@ def _yogi(v: Values) -> list[str]:
     return lines
 
 
-EQUATIONS.update({"lion": _lion, "adabelief": _adabelief, "yogi": _yogi})
-TITLES.update({name: ALGORITHMS[name].class_name for name in ("lion", "adabelief", "yogi")})
+def _adan(v: Values) -> list[str]:
+    beta1, beta2, beta3 = (_num(b) for b in v["betas"])
+    c = "β₂" if v["diff_scale"] == "beta2" else "(1 − β₂)"
+    lines = [
+        f"Δ = g − g_prev (0 on the first step)      (β₁ = {beta1}, β₂ = {beta2}, β₃ = {beta3})",
+        f"m ← β₁·m + (1 − β₁)·g,  v ← β₂·v + (1 − β₂)·Δ,  n ← β₃·n + (1 − β₃)·(g + {c}·Δ)²",
+    ]
+    if v["bias_correction"]:
+        lines.append("m̂, v̂, n̂ = m/(1 − β₁ᵗ), v/(1 − β₂ᵗ), n/(1 − β₃ᵗ)   (all start at 0)")
+    else:
+        lines.append("m̂, v̂, n̂ = m, v, n;  step 1: m = g, v = 0, n = g²;  step 2: v = Δ")
+    lines.append(
+        f"u = (m̂ + {c}·v̂)/(√(n̂ + ε̄) + ε)             (ε = {_num(v['eps'])}, ε̄ = {_num(v['eps_root'])})"
+    )
+    decay = f"(γ = {_num(v['lr'])}, λ = {_num(v['weight_decay'])})"
+    if v["proximal_weight_decay"]:
+        lines.append(f"θ ← (θ − γ·u)/(1 + γλ)   (proximal) {decay}")
+    else:
+        lines.append(f"θ ← θ − γ·(u + λ·θ)   {decay}")
+    return lines
+
+
+EQUATIONS.update({"lion": _lion, "adabelief": _adabelief, "yogi": _yogi, "adan": _adan})
+TITLES.update({name: ALGORITHMS[name].class_name for name in ("lion", "adabelief", "yogi", "adan")})
 SOURCES += """
-The optax family (Lion, AdaBelief, Yogi; no torch.optim twin, so `optax` is their default
+The optax family (Lion, AdaBelief, Yogi, Adan; no torch.optim twin, so `optax` is their default
 flavor) was read in optax 0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py`)
 and Keras 3.15.1 (`keras/src/optimizers/lion.py`), and is tested in
 `tests/test_optax_family.py` against optax (float64 and float32) and Keras' Lion,

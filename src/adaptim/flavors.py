@@ -278,5 +278,15 @@ DIFFERENCES.update(
             "optax": {},
             "paper": {"initial_accumulator_value": 0.0, "bias_correction": False},
         },
+        # Xie et al. 2022, Algorithm 1: (1 - beta2) in its convention, m_0 = g_0, proximal decay
+        "adan": {
+            "optax": {},
+            "paper": {
+                "eps_root": 0.0,
+                "diff_scale": "beta2",
+                "bias_correction": False,
+                "proximal_weight_decay": True,
+            },
+        },
     }
 )

@@ -51,8 +51,10 @@ __all__ = [
 
 # -- the optax family (issue 16 point 2): algorithms torch.optim does not have --------
 from adaptim.algorithms.adabelief import ADABELIEF, adabelief_update  # noqa: E402
+from adaptim.algorithms.adan import ADAN, adan_update  # noqa: E402
 from adaptim.algorithms.lion import LION, lion_update  # noqa: E402
 from adaptim.algorithms.yogi import YOGI, yogi_update  # noqa: E402
 
-ALGORITHMS.update({a.name: a for a in (LION, ADABELIEF, YOGI)})
-__all__ += ["ADABELIEF", "LION", "YOGI", "adabelief_update", "lion_update", "yogi_update"]
+ALGORITHMS.update({a.name: a for a in (LION, ADABELIEF, YOGI, ADAN)})
+__all__ += ["ADABELIEF", "ADAN", "LION", "YOGI"]
+__all__ += ["adabelief_update", "adan_update", "lion_update", "yogi_update"]

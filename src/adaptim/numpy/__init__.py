@@ -429,5 +429,6 @@ __all__ = [
 Lion = OPTIMIZERS["lion"]
 AdaBelief = OPTIMIZERS["adabelief"]
 Yogi = OPTIMIZERS["yogi"]
+Adan = OPTIMIZERS["adan"]
 
-__all__ += ["AdaBelief", "Lion", "Yogi"]
+__all__ += ["AdaBelief", "Adan", "Lion", "Yogi"]

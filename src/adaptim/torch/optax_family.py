@@ -131,6 +131,43 @@ class Yogi(Optimizer):
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
+@_documented
+class Adan(Optimizer):
+    """Adan (Xie et al. 2022): adaptive Nesterov momentum from gradient differences.
+
+    torch.optim has no Adan; the state has the names of the authors' PyTorch
+    code (``step``, ``exp_avg``, ``exp_avg_diff``, ``exp_avg_sq``, ``pre_grad``).
+    ``betas`` are optax's (the weight of the old value), three of them.
+    """
+
+    algorithm = alg.ADAN
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = default(1e-3),
+        betas: tuple[float, float, float] = default((0.98, 0.92, 0.99)),
+        eps: float = default(1e-8),
+        weight_decay: float = default(0.0),
+        *,
+        eps_root: float = default(1e-8),
+        diff_scale: str = default("one_minus_beta2"),
+        bias_correction: bool = default(True),
+        proximal_weight_decay: bool = default(False),
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "optax",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay,
+            diff_scale=diff_scale, bias_correction=bias_correction,
+            proximal_weight_decay=proximal_weight_decay, maximize=maximize, foreach=foreach,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+
+
 OPTAX_FAMILY: dict[str, type[Optimizer]] = {
-    cls.algorithm.name: cls for cls in (Lion, AdaBelief, Yogi)
+    cls.algorithm.name: cls for cls in (Lion, AdaBelief, Yogi, Adan)
 }
