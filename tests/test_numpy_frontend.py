@@ -109,6 +109,13 @@ CONTINUOUS.update(
             "weight_decay": WEIGHT_DECAY,
             "diff_scale": st.sampled_from(["one_minus_beta2", "beta2"]),
         },
+        "novograd": {
+            "lr": LR,
+            "betas": BETAS,
+            "eps": EPS,
+            "eps_root": maybe_zero(EPS),
+            "weight_decay": WEIGHT_DECAY,
+        },
     }
 )
 

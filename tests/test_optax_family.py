@@ -397,6 +397,41 @@ VARIANTS += [
 ]
 
 
+VARIANTS += [
+    Variant(
+        "novograd-optax",
+        "novograd",
+        {
+            "lr": LR,
+            "beta1": BETA1,
+            "beta2": Range(0.1, 0.999, "log1m"),
+            "eps": EPS,
+            "eps_root": Range(1e-10, 1e-4, "log"),
+            "weight_decay": WEIGHT_DECAY,
+        },
+        lambda hp: {
+            "lr": hp["lr"],
+            "betas": _betas(hp),
+            "eps": hp["eps"],
+            "eps_root": hp["eps_root"],
+            "weight_decay": hp["weight_decay"],
+        },
+        lambda hp, problem, dtype: run_optax(
+            optax.novograd(
+                hp["lr"],
+                b1=hp["beta1"],
+                b2=hp["beta2"],
+                eps=hp["eps"],
+                eps_root=hp["eps_root"],
+                weight_decay=hp["weight_decay"],
+            ),
+            problem,
+            dtype,
+        ),
+    ),
+]
+
+
 def draw(data: st.DataObject, variant: Variant) -> Case:
     def value(r: Range, label: str) -> float:
         return data.draw(st.floats(0.0, 1.0).map(r.at), label=label)

@@ -302,10 +302,23 @@ def _adan(v: Values) -> list[str]:
     return lines
 
 
-EQUATIONS.update({"lion": _lion, "adabelief": _adabelief, "yogi": _yogi, "adan": _adan})
-TITLES.update({name: ALGORITHMS[name].class_name for name in ("lion", "adabelief", "yogi", "adan")})
+def _novograd(v: Values) -> list[str]:
+    beta1, beta2 = (_num(b) for b in v["betas"])
+    return [
+        f"v ← β₂·v + (1 − β₂)·‖g‖²  (one v per tensor; v₁ = ‖g₁‖²)   (β₂ = {beta2})",
+        f"d = g/(√(v + ε̄) + ε) + λ·θ               (ε = {_num(v['eps'])}, ε̄ = {_num(v['eps_root'])}, λ = {_num(v['weight_decay'])})",
+        f"m ← β₁·m + d  (m₁ = d₁)                   (β₁ = {beta1})",
+        f"θ ← θ − γ·m                               (γ = {_num(v['lr'])})",
+    ]
+
+
+OPTAX_FAMILY = ("lion", "adabelief", "yogi", "adan", "novograd")
+EQUATIONS.update(
+    {"lion": _lion, "adabelief": _adabelief, "yogi": _yogi, "adan": _adan, "novograd": _novograd}
+)
+TITLES.update({name: ALGORITHMS[name].class_name for name in OPTAX_FAMILY})
 SOURCES += """
-The optax family (Lion, AdaBelief, Yogi, Adan; no torch.optim twin, so `optax` is their default
+The optax family (Lion, AdaBelief, Yogi, Adan, NovoGrad; no torch.optim twin, so `optax` is their default
 flavor) was read in optax 0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py`)
 and Keras 3.15.1 (`keras/src/optimizers/lion.py`), and is tested in
 `tests/test_optax_family.py` against optax (float64 and float32) and Keras' Lion,

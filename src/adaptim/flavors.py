@@ -288,5 +288,7 @@ DIFFERENCES.update(
                 "proximal_weight_decay": True,
             },
         },
+        # Ginsburg et al. 2019, Algorithm 1 is optax's arithmetic: one flavor
+        "novograd": {"optax": {}},
     }
 )

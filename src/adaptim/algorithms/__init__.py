@@ -53,8 +53,9 @@ __all__ = [
 from adaptim.algorithms.adabelief import ADABELIEF, adabelief_update  # noqa: E402
 from adaptim.algorithms.adan import ADAN, adan_update  # noqa: E402
 from adaptim.algorithms.lion import LION, lion_update  # noqa: E402
+from adaptim.algorithms.novograd import NOVOGRAD, novograd_update  # noqa: E402
 from adaptim.algorithms.yogi import YOGI, yogi_update  # noqa: E402
 
-ALGORITHMS.update({a.name: a for a in (LION, ADABELIEF, YOGI, ADAN)})
-__all__ += ["ADABELIEF", "ADAN", "LION", "YOGI"]
-__all__ += ["adabelief_update", "adan_update", "lion_update", "yogi_update"]
+ALGORITHMS.update({a.name: a for a in (LION, ADABELIEF, YOGI, ADAN, NOVOGRAD)})
+__all__ += ["ADABELIEF", "ADAN", "LION", "NOVOGRAD", "YOGI"]
+__all__ += ["adabelief_update", "adan_update", "lion_update", "novograd_update", "yogi_update"]

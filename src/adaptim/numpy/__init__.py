@@ -430,5 +430,6 @@ Lion = OPTIMIZERS["lion"]
 AdaBelief = OPTIMIZERS["adabelief"]
 Yogi = OPTIMIZERS["yogi"]
 Adan = OPTIMIZERS["adan"]
+NovoGrad = OPTIMIZERS["novograd"]
 
-__all__ += ["AdaBelief", "Adan", "Lion", "Yogi"]
+__all__ += ["AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]

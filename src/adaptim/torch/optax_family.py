@@ -168,6 +168,38 @@ class Adan(Optimizer):
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
+@_documented
+class NovoGrad(Optimizer):
+    """NovoGrad (Ginsburg et al. 2019): momentum on gradients normalised per layer.
+
+    torch.optim has no NovoGrad; the state is ``step``, ``exp_avg`` (per
+    element) and ``exp_avg_sq`` (one 0-d value per tensor).
+    """
+
+    algorithm = alg.NOVOGRAD
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = default(1e-3),
+        betas: Betas = default((0.9, 0.25)),
+        eps: float = default(1e-6),
+        weight_decay: float = default(0.0),
+        *,
+        eps_root: float = default(0.0),
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "optax",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay,
+            maximize=maximize, foreach=foreach,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+
+
 OPTAX_FAMILY: dict[str, type[Optimizer]] = {
-    cls.algorithm.name: cls for cls in (Lion, AdaBelief, Yogi, Adan)
+    cls.algorithm.name: cls for cls in (Lion, AdaBelief, Yogi, Adan, NovoGrad)
 }
