@@ -116,6 +116,7 @@ CONTINUOUS.update(
             "eps_root": maybe_zero(EPS),
             "weight_decay": WEIGHT_DECAY,
         },
+        "sm3": {"lr": LR, "momentum": maybe_zero(st.floats(0.0, 0.95)), "eps": maybe_zero(EPS)},
     }
 )
 

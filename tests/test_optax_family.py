@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import warnings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -432,6 +433,36 @@ VARIANTS += [
 ]
 
 
+def _optax_sm3(hp: Mapping[str, float], problem: Quadratic, dtype: type) -> Arrays:
+    sm3 = optax.chain(
+        optax.scale_by_sm3(b1=hp.get("momentum", 0.0), eps=hp.get("eps", 0.0)),
+        optax.scale(-hp["lr"]),
+    )  # optax.sm3 with eps exposed (its alias keeps 1e-8); the paper flavor's: 0, 0
+    return run_optax(sm3, problem, dtype)
+
+
+SM3_SHAPES = ((5,), (1,), (3, 4), (2, 3, 2), (4, 1))  # optax refuses 0-d parameters
+
+VARIANTS += [
+    Variant(
+        "sm3-optax",
+        "sm3",
+        {"lr": LR, "momentum": Range(0.0, 0.95), "eps": EPS},
+        lambda hp: dict(hp),
+        _optax_sm3,
+        shapes=SM3_SHAPES,
+    ),
+    Variant(
+        "sm3-paper",
+        "sm3",
+        {"lr": LR},
+        lambda hp: {"flavor": "paper", "lr": hp["lr"]},
+        _optax_sm3,
+        shapes=SM3_SHAPES,
+    ),
+]
+
+
 def draw(data: st.DataObject, variant: Variant) -> Case:
     def value(r: Range, label: str) -> float:
         return data.draw(st.floats(0.0, 1.0).map(r.at), label=label)
@@ -553,3 +584,23 @@ def test_the_comparison_can_fail(name: str, flavor: str, reference: str) -> None
         )
         > 1e-3
     )
+
+
+def test_sm3_keeps_rows_and_columns_and_takes_the_reference_path_quietly() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot be recorded" warning
+        params, optimizer = _train("sm3", 5)
+    weight, bias = params[0], params[1]
+    state = optimizer.state_dict()["state"]
+    assert state[0]["accumulator"].shape == (sum(weight.shape),)  # 8 rows + 6 columns
+    assert state[1]["accumulator"].shape == bias.shape  # vectors: one per element
+    assert "step" not in state[0]
+    assert optimizer.fused_status() == ["foreach (1 partition): 2 of 4 tensors"]
+    broken = optimizer.state_dict()
+    broken["state"][0]["accumulator"] = torch.zeros(weight.numel())
+    with pytest.raises(ValueError, match=r"'accumulator' has shape \(48,\); expected \(14,\)"):
+        optimizer.load_state_dict(broken)
+    with pytest.raises(TypeError, match="SM3 does not support complex parameters"):
+        p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
+        p.grad = torch.ones_like(p)
+        adaptim.SM3([p]).step()

@@ -69,6 +69,7 @@ OPTIONS.update(
         "yogi": {"lr": 0.01, "initial_accumulator_value": 0.1, "bias_correction": False},
         "adan": {"lr": 0.01, "weight_decay": 0.01, "proximal_weight_decay": True},
         "novograd": {"lr": 0.01, "weight_decay": 0.01, "eps_root": 1e-8},
+        "sm3": {"lr": 0.01, "momentum": 0.5, "eps": 1e-10},
     }
 )
 

@@ -45,6 +45,6 @@ __all__ = [
 ]
 
 # -- the optax family (issue 16 point 2) ------------------------------------------------
-from adaptim.torch import AdaBelief, Adan, Lion, NovoGrad, Yogi
+from adaptim.torch import SM3, AdaBelief, Adan, Lion, NovoGrad, Yogi
 
-__all__ += ["AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]
+__all__ += ["SM3", "AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]

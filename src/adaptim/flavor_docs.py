@@ -312,13 +312,29 @@ def _novograd(v: Values) -> list[str]:
     ]
 
 
-OPTAX_FAMILY = ("lion", "adabelief", "yogi", "adan", "novograd")
+def _sm3(v: Values) -> list[str]:
+    lines = [
+        "ν(i) = minₐ μₐ(iₐ) + g(i)²   (μₐ: one accumulator per index of axis a; vectors: per element)",
+        "μₐ(j) ← max of ν over the indices i with iₐ = j",
+        f"u = g/√(ν + ε)  (0 where ν = 0)            (ε = {_num(v['eps'])})",
+    ]
+    if v["momentum"]:
+        lines.append(
+            f"b ← β·b + (1 − β)·u,  θ ← θ − γ·b          (β = {_num(v['momentum'])}, γ = {_num(v['lr'])})"
+        )
+    else:
+        lines.append(f"θ ← θ − γ·u   (no momentum)                (γ = {_num(v['lr'])})")
+    return lines
+
+
+OPTAX_FAMILY = ("lion", "adabelief", "yogi", "adan", "novograd", "sm3")
 EQUATIONS.update(
     {"lion": _lion, "adabelief": _adabelief, "yogi": _yogi, "adan": _adan, "novograd": _novograd}
 )
+EQUATIONS.update({"sm3": _sm3})
 TITLES.update({name: ALGORITHMS[name].class_name for name in OPTAX_FAMILY})
 SOURCES += """
-The optax family (Lion, AdaBelief, Yogi, Adan, NovoGrad; no torch.optim twin, so `optax` is their default
+The optax family (Lion, AdaBelief, Yogi, Adan, NovoGrad, SM3; no torch.optim twin, so `optax` is their default
 flavor) was read in optax 0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py`)
 and Keras 3.15.1 (`keras/src/optimizers/lion.py`), and is tested in
 `tests/test_optax_family.py` against optax (float64 and float32) and Keras' Lion,

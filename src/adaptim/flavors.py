@@ -290,5 +290,7 @@ DIFFERENCES.update(
         },
         # Ginsburg et al. 2019, Algorithm 1 is optax's arithmetic: one flavor
         "novograd": {"optax": {}},
+        # Anil et al. 2019, SM3-II: no momentum, no eps
+        "sm3": {"optax": {}, "paper": {"momentum": 0.0, "eps": 0.0}},
     }
 )

@@ -48,6 +48,10 @@ class ArrayOps:
     addcmul: Callable[[Array, Array, Array, float], Array]
     #: ``a + w·(b - a)`` for a scalar weight (torch: ``lerp``).
     lerp: Callable[[Array, Array, float], Array]
+    #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
+    #: the maximum over the given axes, and the concatenation of 1-D arrays.
+    amax: Callable[[Array, tuple[int, ...]], Array] | None = None
+    concat: Callable[[list[Array]], Array] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,11 @@ class Algorithm:
     #: The flavor a front-end uses when none is named (:mod:`adaptim.flavors`):
     #: ``"torch"``, or ``"optax"`` for the algorithms torch.optim does not have.
     default_flavor: str = "torch"
+    #: For a parameter's shape, the shapes of the state entries that are not the
+    #: parameter's (SM3's concatenated row and column accumulators); ``None``
+    #: when every entry is element-wise. The execution engine steps parameters
+    #: with such state on the per-tensor reference path.
+    state_shape: Callable[[tuple[int, ...]], Mapping[str, tuple[int, ...]]] | None = None
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

@@ -184,6 +184,7 @@ def state_problem(
         if problem:
             return problem
     want = "complex" if is_complex else "real"
+    shapes = algorithm.state_shape(tuple(shape)) if algorithm.state_shape else {}
     for key, fill in elementwise.items():
         value = state.get(key)
         if value is None:
@@ -197,10 +198,10 @@ def state_problem(
             return (
                 f"{key!r} is {_describe(value)}; expected a {want} floating array of shape {shape}"
             )
-        if tuple(value.shape) != tuple(shape):
-            return (
-                f"{key!r} has shape {tuple(value.shape)}; expected {tuple(shape)}, the parameter's"
-            )
+        expected = tuple(shapes.get(key, shape))
+        if tuple(value.shape) != expected:
+            whose = "the parameter's" if key not in shapes else f"for a parameter of shape {shape}"
+            return f"{key!r} has shape {tuple(value.shape)}; expected {expected}, {whose}"
     return None
 
 

@@ -376,6 +376,13 @@ def _optax_family() -> list[Variant]:
             (1e-4, 1e-1),
             extra_space=(Dimension("beta2", 0.25, 0.999, "log1m"),),
         ),
+        Variant(
+            "sm3",
+            "SM3: AdaGrad with per-row and per-column accumulators",
+            adaptim.SM3,
+            (1e-3, 1.0),
+            extra_space=(_MOMENTUM,),
+        ),
     ]
 
 

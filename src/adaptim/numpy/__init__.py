@@ -38,6 +38,8 @@ NUMPY_OPS = ArrayOps(
     axpy=lambda a, b, alpha: a + alpha * b,
     addcmul=lambda a, b, c, value: a + value * b * c,
     lerp=lerp,
+    amax=lambda x, axes: np.max(x, axis=axes),
+    concat=np.concatenate,
 )
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
@@ -187,8 +189,15 @@ class Optimizer:
             state["step"] = np.zeros((), dtype=_SCALAR_DTYPE)
         for key, value in self.algorithm.scalar_state.items():
             state[key] = np.asarray(value, dtype=_SCALAR_DTYPE)
+        shapes = self.algorithm.state_shape(p.shape) if self.algorithm.state_shape else {}
+        if shapes and np.iscomplexobj(p):
+            raise TypeError(
+                f"adaptim.numpy.{type(self).__name__} does not support complex parameters."
+            )
         for key, fill in self.algorithm.state(hp).items():
-            if fill is not None:
+            if key in shapes:  # not element-wise (SM3's accumulators)
+                state[key] = np.full(shapes[key], fill or 0.0, dtype=p.dtype)
+            elif fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 state[key] = np.full_like(p, complex(fill, fill) if np.iscomplexobj(p) else fill)
         return state
@@ -431,5 +440,6 @@ AdaBelief = OPTIMIZERS["adabelief"]
 Yogi = OPTIMIZERS["yogi"]
 Adan = OPTIMIZERS["adan"]
 NovoGrad = OPTIMIZERS["novograd"]
+SM3 = OPTIMIZERS["sm3"]
 
-__all__ += ["AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]
+__all__ += ["SM3", "AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]

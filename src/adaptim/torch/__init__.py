@@ -35,7 +35,15 @@ __all__ = [
 ]
 
 # -- the optax family (issue 16 point 2) ------------------------------------------------
-from adaptim.torch.optax_family import OPTAX_FAMILY, AdaBelief, Adan, Lion, NovoGrad, Yogi
+from adaptim.torch.optax_family import (
+    OPTAX_FAMILY,
+    SM3,
+    AdaBelief,
+    Adan,
+    Lion,
+    NovoGrad,
+    Yogi,
+)
 
 OPTIMIZERS.update(OPTAX_FAMILY)
-__all__ += ["AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]
+__all__ += ["SM3", "AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]

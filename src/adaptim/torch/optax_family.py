@@ -200,6 +200,33 @@ class NovoGrad(Optimizer):
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
+@_documented
+class SM3(Optimizer):
+    """SM3 (Anil et al. 2019): AdaGrad with per-row and per-column accumulators.
+
+    torch.optim has no SM3; the state is ``accumulator`` (for a matrix, its
+    row and column maxima concatenated) and ``momentum_buffer``.
+    """
+
+    algorithm = alg.SM3
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = default(1e-2),
+        momentum: float = default(0.9),
+        eps: float = default(1e-8),
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "optax",
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, eps=eps, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+
+
 OPTAX_FAMILY: dict[str, type[Optimizer]] = {
-    cls.algorithm.name: cls for cls in (Lion, AdaBelief, Yogi, Adan, NovoGrad)
+    cls.algorithm.name: cls for cls in (Lion, AdaBelief, Yogi, Adan, NovoGrad, SM3)
 }
