@@ -79,7 +79,7 @@ class Optimizer:
         *,
         maximize: bool = False,
         nonfinite: str = "ignore",
-        flavor: str | None = None,
+        flavor: str = flavors.default("torch"),
         **hyperparams: Any,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
@@ -88,7 +88,8 @@ class Optimizer:
             )
         self._check_names(hyperparams)
         name = self.algorithm.name
-        flavor = self.algorithm.default_flavor if flavor is None else flavor
+        # not passed: the algorithm's own default (torch's, or optax's where torch has none)
+        flavor = self.algorithm.default_flavor if flavors.is_unset(flavor) else flavor
         amsgrad = bool(hyperparams.get("amsgrad", self.algorithm.defaults.get("amsgrad", False)))
         self.defaults: dict[str, Any] = {
             **flavors.resolve(name, flavor, hyperparams, amsgrad=amsgrad),
