@@ -90,6 +90,35 @@ CONTINUOUS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "weight_norm_clip": st.none() | st.tuples(st.floats(0.0, 1.0), st.floats(1.0, 20.0)),
     },
 }
+# the optax family (issue 16 point 2)
+CONTINUOUS.update(
+    {
+        "lion": {"lr": LR, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
+        "adabelief": {"lr": LR, "betas": BETAS, "eps": EPS, "eps_root": maybe_zero(EPS)},
+        "yogi": {
+            "lr": LR,
+            "betas": BETAS,
+            "eps": EPS,
+            "initial_accumulator_value": maybe_zero(st.floats(0.0, 1.0)),
+        },
+        "adan": {
+            "lr": LR,
+            "betas": st.tuples(st.floats(0.0, 0.99), st.floats(0.0, 0.99), st.floats(0.5, 0.9999)),
+            "eps": EPS,
+            "eps_root": maybe_zero(EPS),
+            "weight_decay": WEIGHT_DECAY,
+            "diff_scale": st.sampled_from(["one_minus_beta2", "beta2"]),
+        },
+        "novograd": {
+            "lr": LR,
+            "betas": BETAS,
+            "eps": EPS,
+            "eps_root": maybe_zero(EPS),
+            "weight_decay": WEIGHT_DECAY,
+        },
+        "sm3": {"lr": LR, "momentum": maybe_zero(st.floats(0.0, 0.95)), "eps": maybe_zero(EPS)},
+    }
+)
 
 # -- issue 16 (twins): torch.optim's other algorithms
 CONTINUOUS.update(

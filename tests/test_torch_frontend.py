@@ -67,6 +67,12 @@ OPTIONS.update(
         "rprop": {"lr": 0.01, "etas": (0.4, 1.3), "step_sizes": (1e-5, 1.0)},
         "asgd": {"lr": 0.05, "lambd": 1e-3, "t0": 3, "weight_decay": 0.01},
         "adafactor": {"lr": 0.05, "beta2_decay": -0.6, "d": 1.5, "weight_decay": 0.01},
+        "lion": {"lr": 0.01, "betas": (0.8, 0.95), "weight_decay": 0.1},
+        "adabelief": {"lr": 0.01, "eps": 1e-8, "eps_root": 1e-10, "nesterov": True},
+        "yogi": {"lr": 0.01, "initial_accumulator_value": 0.1, "bias_correction": False},
+        "adan": {"lr": 0.01, "weight_decay": 0.01, "proximal_weight_decay": True},
+        "novograd": {"lr": 0.01, "weight_decay": 0.01, "eps_root": 1e-8},
+        "sm3": {"lr": 0.01, "momentum": 0.5, "eps": 1e-10},
     }
 )
 

@@ -246,7 +246,7 @@ def _type_cases() -> list[Case]:
 COMBINATIONS = [
     Case(
         "nesterov without momentum",
-        {"nesterov": True},
+        {"nesterov": True, "momentum": 0},  # SGD's rule (AdaBelief's nesterov needs none)
         ValueError,
         ("nesterov=True", "momentum > 0", "momentum=0"),
     ),
@@ -274,6 +274,8 @@ OTHER_FORM: dict[str, set[str]] = {"adafactor": {"eps"}}
 
 def applies(case: Case, name: str) -> bool:
     known = {*ALGORITHMS[name].hparams, "maximize"} - OTHER_FORM.get(name, set())
+    if "betas" in case.settings and len(ALGORITHMS[name].defaults.get("betas", ())) != 2:
+        return False  # Adan's three betas: tests/test_optax_family.py checks them
     return all(key in known for key in case.settings)
 
 
@@ -347,6 +349,8 @@ def test_valid_settings_are_accepted(front: FrontEnd, name: str) -> None:
     settings = {
         k: v for k, v in edges.items() if k in hparams and k not in OTHER_FORM.get(name, ())
     }
+    if "betas" in settings:  # one edge per beta (Adan has three)
+        settings["betas"] = (0.0,) * len(ALGORITHMS[name].defaults["betas"])
     optimizer = front.optimizers[name]([{"params": [front.new_param()], **settings}])
     group = optimizer.param_groups[0]
     read = getattr(optimizer, "group_value", lambda g, k: g[k])  # torch: implicit options

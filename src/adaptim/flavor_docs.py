@@ -243,3 +243,100 @@ def render_markdown() -> str:
                     out.append("```\n")
     out.append(SOURCES)
     return "\n".join(out).rstrip() + "\n"
+
+
+# -- the optax family (issue 16 point 2) -------------------------------------------------------
+def _lion(v: Values) -> list[str]:
+    beta1, beta2 = v["betas"]
+    return [
+        f"c = β₁·m + (1 − β₁)·g                    (β₁ = {_num(beta1)})",
+        f"θ ← θ − γ·(sign(c) + λ·θ)                 (γ = {_num(v['lr'])}, λ = {_num(v['weight_decay'])})",
+        f"m ← β₂·m + (1 − β₂)·g                    (β₂ = {_num(beta2)})",
+    ]
+
+
+def _adabelief(v: Values) -> list[str]:
+    beta1, beta2 = v["betas"]
+    return [
+        f"m ← β₁·m + (1 − β₁)·g                    (β₁ = {_num(beta1)}, β₂ = {_num(beta2)})",
+        f"s ← β₂·s + (1 − β₂)·(g − m)² + ε̄         (ε̄ = {_num(v['eps_root'])})",
+        "nesterov: m̂ = β₁·m/(1 − β₁ᵗ⁺¹) + (1 − β₁)·g/(1 − β₁ᵗ);  otherwise m̂ = m/(1 − β₁ᵗ)",
+        f"θ ← θ − γ·m̂/(√(s/(1 − β₂ᵗ)) + ε)          (γ = {_num(v['lr'])}, ε = {_num(v['eps'])})",
+    ]
+
+
+def _yogi(v: Values) -> list[str]:
+    beta1, beta2 = v["betas"]
+    start = _num(v["initial_accumulator_value"])
+    lines = [
+        f"m ← β₁·m + (1 − β₁)·g                    (β₁ = {_num(beta1)}, m₀ = {start})",
+        f"v ← v − (1 − β₂)·sign(v − g²)·g²          (β₂ = {_num(beta2)}, v₀ = {start})",
+    ]
+    eps = f"(γ = {_num(v['lr'])}, ε = {_num(v['eps'])})"
+    if v["bias_correction"]:
+        lines.append(f"θ ← θ − γ/(1 − β₁ᵗ) · m/(√(v/(1 − β₂ᵗ)) + ε)   {eps}")
+    else:
+        lines.append(f"θ ← θ − γ · m/(√v + ε)   (no bias correction) {eps}")
+    return lines
+
+
+def _adan(v: Values) -> list[str]:
+    beta1, beta2, beta3 = (_num(b) for b in v["betas"])
+    c = "β₂" if v["diff_scale"] == "beta2" else "(1 − β₂)"
+    lines = [
+        f"Δ = g − g_prev (0 on the first step)      (β₁ = {beta1}, β₂ = {beta2}, β₃ = {beta3})",
+        f"m ← β₁·m + (1 − β₁)·g,  v ← β₂·v + (1 − β₂)·Δ,  n ← β₃·n + (1 − β₃)·(g + {c}·Δ)²",
+    ]
+    if v["bias_correction"]:
+        lines.append("m̂, v̂, n̂ = m/(1 − β₁ᵗ), v/(1 − β₂ᵗ), n/(1 − β₃ᵗ)   (all start at 0)")
+    else:
+        lines.append("m̂, v̂, n̂ = m, v, n;  step 1: m = g, v = 0, n = g²;  step 2: v = Δ")
+    lines.append(
+        f"u = (m̂ + {c}·v̂)/(√(n̂ + ε̄) + ε)             (ε = {_num(v['eps'])}, ε̄ = {_num(v['eps_root'])})"
+    )
+    decay = f"(γ = {_num(v['lr'])}, λ = {_num(v['weight_decay'])})"
+    if v["proximal_weight_decay"]:
+        lines.append(f"θ ← (θ − γ·u)/(1 + γλ)   (proximal) {decay}")
+    else:
+        lines.append(f"θ ← θ − γ·(u + λ·θ)   {decay}")
+    return lines
+
+
+def _novograd(v: Values) -> list[str]:
+    beta1, beta2 = (_num(b) for b in v["betas"])
+    return [
+        f"v ← β₂·v + (1 − β₂)·‖g‖²  (one v per tensor; v₁ = ‖g₁‖²)   (β₂ = {beta2})",
+        f"d = g/(√(v + ε̄) + ε) + λ·θ               (ε = {_num(v['eps'])}, ε̄ = {_num(v['eps_root'])}, λ = {_num(v['weight_decay'])})",
+        f"m ← β₁·m + d  (m₁ = d₁)                   (β₁ = {beta1})",
+        f"θ ← θ − γ·m                               (γ = {_num(v['lr'])})",
+    ]
+
+
+def _sm3(v: Values) -> list[str]:
+    lines = [
+        "ν(i) = minₐ μₐ(iₐ) + g(i)²   (μₐ: one accumulator per index of axis a; vectors: per element)",
+        "μₐ(j) ← max of ν over the indices i with iₐ = j",
+        f"u = g/√(ν + ε)  (0 where ν = 0)            (ε = {_num(v['eps'])})",
+    ]
+    if v["momentum"]:
+        lines.append(
+            f"b ← β·b + (1 − β)·u,  θ ← θ − γ·b          (β = {_num(v['momentum'])}, γ = {_num(v['lr'])})"
+        )
+    else:
+        lines.append(f"θ ← θ − γ·u   (no momentum)                (γ = {_num(v['lr'])})")
+    return lines
+
+
+OPTAX_FAMILY = ("lion", "adabelief", "yogi", "adan", "novograd", "sm3")
+EQUATIONS.update(
+    {"lion": _lion, "adabelief": _adabelief, "yogi": _yogi, "adan": _adan, "novograd": _novograd}
+)
+EQUATIONS.update({"sm3": _sm3})
+TITLES.update({name: ALGORITHMS[name].class_name for name in OPTAX_FAMILY})
+SOURCES += """
+The optax family (Lion, AdaBelief, Yogi, Adan, NovoGrad, SM3; no torch.optim twin, so `optax` is their default
+flavor) was read in optax 0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py`)
+and Keras 3.15.1 (`keras/src/optimizers/lion.py`), and is tested in
+`tests/test_optax_family.py` against optax (float64 and float32) and Keras' Lion,
+on a noisy quadratic whose gradients depend on the parameters.
+"""

@@ -261,3 +261,37 @@ def differing_options(algorithm: str) -> dict[str, dict[str, Any]]:
         k for k in ALGORITHMS[algorithm].defaults if len({repr(p[k]) for p in presets.values()}) > 1
     ]
     return {k: {f: presets[f][k] for f in flavors} for k in keys}
+
+
+# -- the optax family (issue 16 point 2): torch.optim has none of these, so their
+# default flavor is optax's (``Algorithm.default_flavor``) and there is no "torch".
+DIFFERENCES.update(
+    {
+        "lion": {
+            "keras": {"lr": 1e-3, "weight_decay": 0.0},
+            "optax": {},
+            "paper": {},  # Chen et al. 2023, Algorithm 2: optax's arithmetic and betas
+        },
+        # Zhuang et al. 2020, Algorithm 2: the same eps inside s_t and in the denominator
+        "adabelief": {"optax": {}, "paper": {"eps": 1e-8, "eps_root": 1e-8}},
+        # Zaheer et al. 2018, Algorithm 2: m_0 = v_0 = 0, no bias correction
+        "yogi": {
+            "optax": {},
+            "paper": {"initial_accumulator_value": 0.0, "bias_correction": False},
+        },
+        # Xie et al. 2022, Algorithm 1: (1 - beta2) in its convention, m_0 = g_0, proximal decay
+        "adan": {
+            "optax": {},
+            "paper": {
+                "eps_root": 0.0,
+                "diff_scale": "beta2",
+                "bias_correction": False,
+                "proximal_weight_decay": True,
+            },
+        },
+        # Ginsburg et al. 2019, Algorithm 1 is optax's arithmetic: one flavor
+        "novograd": {"optax": {}},
+        # Anil et al. 2019, SM3-II: no momentum, no eps
+        "sm3": {"optax": {}, "paper": {"momentum": 0.0, "eps": 0.0}},
+    }
+)

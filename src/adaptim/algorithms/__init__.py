@@ -88,3 +88,16 @@ __all__ = [
 
 # -- issue 16 (twins)
 __all__ += ["ADAFACTOR", "ASGD", "RPROP", "adafactor_update", "asgd_update", "rprop_update"]
+
+# -- the optax family (issue 16 point 2): algorithms torch.optim does not have --------
+from adaptim.algorithms.adabelief import ADABELIEF, adabelief_update  # noqa: E402
+from adaptim.algorithms.adan import ADAN, adan_update  # noqa: E402
+from adaptim.algorithms.lion import LION, lion_update  # noqa: E402
+from adaptim.algorithms.novograd import NOVOGRAD, novograd_update  # noqa: E402
+from adaptim.algorithms.sm3 import SM3, sm3_update  # noqa: E402
+from adaptim.algorithms.yogi import YOGI, yogi_update  # noqa: E402
+
+ALGORITHMS.update({a.name: a for a in (LION, ADABELIEF, YOGI, ADAN, NOVOGRAD, SM3)})
+__all__ += ["ADABELIEF", "ADAN", "LION", "NOVOGRAD", "SM3", "YOGI"]
+__all__ += ["adabelief_update", "adan_update", "lion_update", "novograd_update", "yogi_update"]
+__all__ += ["sm3_update"]

@@ -59,6 +59,10 @@ class ArrayOps:
     mean: Callable[[Array, int], Array] | None = None
     #: Machine epsilon of ``x``'s floating dtype.
     eps_of: Callable[[Array], float] | None = None
+    #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
+    #: the maximum over the given axes, and the concatenation of 1-D arrays.
+    amax: Callable[[Array, tuple[int, ...]], Array] | None = None
+    concat: Callable[[list[Array]], Array] | None = None
 
 
 #: Scalars shared by the tensors of a param group (or of the whole optimizer).
@@ -189,11 +193,20 @@ class Algorithm:
     #: The shape of state entry ``key`` for a parameter of ``shape`` where it is not
     #: the parameter's (Adafactor's row and column moments), ``None`` where that
     #: entry does not belong to such a parameter. Such entries are listed in
-    #: ``state`` with fill ``None``: the rule creates them on its first step.
-    state_shape: Callable[[str, tuple[int, ...]], tuple[int, ...] | None] | None = None
+    #: ``state`` with fill ``None``: the rule creates them on its first step
+    #: (unlike :attr:`state_shape`'s, which the front-ends create zero-filled).
+    entry_shape: Callable[[str, tuple[int, ...]], tuple[int, ...] | None] | None = None
     #: ``False`` refuses complex parameters (the rule would see their real view,
     #: with a trailing axis of 2, as another shape).
     complex_params: bool = True
+    #: The flavor a front-end uses when none is named (:mod:`adaptim.flavors`):
+    #: ``"torch"``, or ``"optax"`` for the algorithms torch.optim does not have.
+    default_flavor: str = "torch"
+    #: For a parameter's shape, the shapes of the state entries that are not the
+    #: parameter's (SM3's concatenated row and column accumulators); ``None``
+    #: when every entry is element-wise. The execution engine steps parameters
+    #: with such state on the per-tensor reference path.
+    state_shape: Callable[[tuple[int, ...]], Mapping[str, tuple[int, ...]]] | None = None
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

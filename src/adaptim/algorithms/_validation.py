@@ -184,6 +184,7 @@ def state_problem(
         if problem:
             return problem
     want = "complex" if is_complex else "real"
+    shapes = algorithm.state_shape(tuple(shape)) if algorithm.state_shape else {}
     for key, fill in elementwise.items():
         value = state.get(key)
         if value is None:
@@ -194,8 +195,10 @@ def state_problem(
         if fill is None and kind is not None and tuple(value.shape) == ():
             continue  # a per-tensor value the rule creates (LAMB's trust ratio)
         expected, whose = tuple(shape), "the parameter's"
-        if algorithm.state_shape is not None:
-            own = algorithm.state_shape(key, tuple(shape))
+        if key in shapes:
+            expected, whose = tuple(shapes[key]), f"for a parameter of shape {tuple(shape)}"
+        if algorithm.entry_shape is not None:
+            own = algorithm.entry_shape(key, tuple(shape))
             if own is None:
                 return f"unexpected entry {key!r} for a parameter of shape {tuple(shape)}"
             expected, whose = own, f"for a parameter of shape {tuple(shape)}"

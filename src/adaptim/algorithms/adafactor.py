@@ -181,6 +181,6 @@ ADAFACTOR = Algorithm(
     state=lambda hp: {"row_var": None, "col_var": None, "variance": None},
     effective_lr=adafactor_effective_lr,
     recordable=False,
-    state_shape=factored_shape,
+    entry_shape=factored_shape,
     complex_params=False,
 )

@@ -42,6 +42,8 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     mean_square=lambda x, axis: np.mean(x * x, axis=axis, keepdims=True),
     mean=lambda x, axis: np.mean(x, axis=axis, keepdims=True),
     eps_of=lambda x: float(np.finfo(x.dtype).eps),
+    amax=lambda x, axes: np.max(x, axis=axes),
+    concat=np.concatenate,
 )
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
@@ -69,7 +71,8 @@ class Optimizer:
 
     ``flavor`` (see :mod:`adaptim.flavors`) takes every hyperparameter not
     passed from that framework's preset, as in the torch front-end; a param
-    group may name its own ``flavor``.
+    group may name its own ``flavor``. Without one, the algorithm's default
+    flavor applies: torch's, or optax's for the algorithms torch.optim lacks.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -80,7 +83,7 @@ class Optimizer:
         *,
         maximize: bool = False,
         nonfinite: str = "ignore",
-        flavor: str = "torch",
+        flavor: str = flavors.default("torch"),
         **hyperparams: Any,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
@@ -89,6 +92,8 @@ class Optimizer:
             )
         self._check_names(hyperparams)
         name = self.algorithm.name
+        # not passed: the algorithm's own default (torch's, or optax's where torch has none)
+        flavor = self.algorithm.default_flavor if flavors.is_unset(flavor) else flavor
         amsgrad = bool(hyperparams.get("amsgrad", self.algorithm.defaults.get("amsgrad", False)))
         self.defaults: dict[str, Any] = {
             **flavors.resolve(name, flavor, hyperparams, amsgrad=amsgrad),
@@ -191,8 +196,15 @@ class Optimizer:
             state["step"] = np.zeros((), dtype=_SCALAR_DTYPE)
         for key, value in self.algorithm.scalar_state.items():
             state[key] = np.asarray(value, dtype=_SCALAR_DTYPE)
+        shapes = self.algorithm.state_shape(p.shape) if self.algorithm.state_shape else {}
+        if shapes and np.iscomplexobj(p):
+            raise TypeError(
+                f"adaptim.numpy.{type(self).__name__} does not support complex parameters."
+            )
         for key, fill in self.algorithm.state(hp).items():
-            if fill is not None:
+            if key in shapes:  # not element-wise (SM3's accumulators)
+                state[key] = np.full(shapes[key], fill or 0.0, dtype=p.dtype)
+            elif fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 state[key] = np.full_like(p, complex(fill, fill) if np.iscomplexobj(p) else fill)
         return state
@@ -458,3 +470,13 @@ DAdaptAdaGrad = LR_FREE_OPTIMIZERS["dadapt-adagrad"]
 
 # -- issue 16 (twins)
 __all__ += ["ASGD", "Adafactor", "Rprop"]
+
+# -- the optax family (issue 16 point 2) ------------------------------------------------
+Lion = OPTIMIZERS["lion"]
+AdaBelief = OPTIMIZERS["adabelief"]
+Yogi = OPTIMIZERS["yogi"]
+Adan = OPTIMIZERS["adan"]
+NovoGrad = OPTIMIZERS["novograd"]
+SM3 = OPTIMIZERS["sm3"]
+
+__all__ += ["SM3", "AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]

@@ -10,6 +10,15 @@ from adaptim.torch.lr_free import (
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
 )
+from adaptim.torch.optax_family import (
+    OPTAX_FAMILY,
+    SM3,
+    AdaBelief,
+    Adan,
+    Lion,
+    NovoGrad,
+    Yogi,
+)
 from adaptim.torch.optimizers import (
     LAMB,
     LARS,
@@ -26,10 +35,11 @@ from adaptim.torch.optimizers import (
 )
 from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Adafactor, Rprop
 
-# torch.optim's other algorithms (Rprop, ASGD, Adafactor) join the registry; the
+# torch.optim's other algorithms (Rprop, ASGD, Adafactor) and the optax family join the registry; the
 # learning-rate-free ones stay apart (LR_FREE_OPTIMIZERS: their steps share
 # group-wide scalars, so the per-tensor machinery built on OPTIMIZERS does not apply).
 OPTIMIZERS.update(TWIN_OPTIMIZERS)
+OPTIMIZERS.update(OPTAX_FAMILY)
 
 __all__ = [
     "ASGD",
@@ -39,17 +49,22 @@ __all__ = [
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
     "SGD",
+    "SM3",
     "TORCH_OPS",
+    "AdaBelief",
     "Adadelta",
     "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",
+    "Adan",
     "DAdaptAdaGrad",
     "DAdaptAdam",
     "DAdaptSGD",
+    "Lion",
     "NAdam",
+    "NovoGrad",
     "Optimizer",
     "Prodigy",
     "RAdam",
@@ -57,4 +72,5 @@ __all__ = [
     "Rprop",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
+    "Yogi",
 ]

@@ -40,6 +40,8 @@ TORCH_OPS = ArrayOps(
     mean_square=lambda x, axis: torch.norm(x, dim=axis, keepdim=True).square().div(x.shape[axis]),
     mean=lambda x, axis: x.mean(dim=axis, keepdim=True),
     eps_of=lambda x: torch.finfo(x.dtype).eps,
+    amax=lambda x, dims: torch.amax(x, dim=dims),
+    concat=torch.cat,
 )
 
 #: The ``xp`` of the step under ``torch.compile``: the multiply-adds as formulas,
@@ -376,8 +378,13 @@ class Optimizer(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         for key, initial in self.algorithm.scalar_state.items():
             state[key] = torch.tensor(initial, dtype=scalar_dtype())
+        shapes = self.algorithm.state_shape(tuple(p.shape)) if self.algorithm.state_shape else {}
+        if shapes and p.is_complex():
+            raise TypeError(f"adaptim.{type(self).__name__} does not support complex parameters.")
         for key, fill in self.algorithm.state(hp).items():
-            if fill is not None:
+            if key in shapes:  # not element-wise (SM3's accumulators)
+                state[key] = torch.full(shapes[key], fill or 0.0, dtype=p.dtype, device=p.device)
+            elif fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 start: complex = complex(fill, fill) if p.is_complex() else fill
                 state[key] = torch.full_like(p, start, memory_format=torch.preserve_format)
