@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -152,6 +153,7 @@ def _compare(
     workers: int,
     data_dir: Path | None,
 ) -> Path:
+    from adaptim.lab.claims import Claims
     from adaptim.lab.executors import make_executor
     from adaptim.lab.optimizers import parse_settings
     from adaptim.lab.problems import BuildContext
@@ -177,6 +179,9 @@ def _compare(
     _make_out(out)
     trial_store = Store(store_url or default_url(out))
     executor = make_executor(workers)
+    # Other `adaptim compare` processes on this store and study split the trials with this one.
+    claims = Claims(trial_store)
+    started = time.time()
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -187,7 +192,7 @@ def _compare(
         transient=False,
     )
     try:
-        study = Study(config, trial_store, executor, BuildContext(data_dir))
+        study = Study(config, trial_store, executor, BuildContext(data_dir), claims=claims)
         study.policy()  # a bad --margin fails before any trial runs
         with progress:
             task = progress.add_task("trials", total=study.planned_trials(), last="")
@@ -209,9 +214,17 @@ def _compare(
             study.on_trial = on_trial
             outcome = study.run()
         trial_store.save_study(config.key(), config.to_json(), outcome.command)
-        path = outcome.write(out)
-        _write_report(outcome, out / "report.html", config.key())
+        finisher = claims.finish(config.key(), started, str(out.resolve()))
+        if finisher is None:
+            path = outcome.write(out)
+            _write_report(outcome, out / "report.html", config.key())
+        else:  # the study ended once: the worker that completed it wrote its files
+            path = Path(finisher[1]) / "results.json"
+            console.print(
+                f"Another worker ({finisher[0]}) completed this study and wrote its files."
+            )
     finally:
+        claims.close()
         executor.close()
     for problem in outcome.problems:
         _print_problem(problem)

@@ -22,6 +22,7 @@ from adaptim.lab.analysis import (
     problem_json,
     recommend,
 )
+from adaptim.lab.claims import Claims
 from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
@@ -110,8 +111,11 @@ class Study:
         executor: Executor,
         context: BuildContext | None = None,
         on_trial: OnTrial | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.config = config
+        #: With claims, processes running this study on one store split its trials.
+        self.claims = claims
         self.store = store
         self.executor = executor
         self.context = context or BuildContext()
@@ -383,8 +387,19 @@ class Study:
             else:
                 results.append(stored)
                 self.on_trial(stored, True)
-        for result in self.executor.run(missing, self.context):
-            self.store.put(result)
+        for result, reused in self._run_missing(missing):
+            if not reused:
+                self.store.put(result)
             results.append(result)
-            self.on_trial(result, False)
+            self.on_trial(result, reused)
         return results
+
+    def _run_missing(self, specs: list[TrialSpec]) -> Iterable[tuple[TrialResult, bool]]:
+        """``(result, reused)``: run here, or (with claims) by another worker of the study."""
+        if self.claims is None:
+            return ((r, False) for r in self.executor.run(specs, self.context))
+        # As many trials claimed at a time as the executor runs at once.
+        capacity = max(1, int(getattr(self.executor, "workers", 1)))
+        return self.claims.share(
+            specs, lambda batch: self.executor.run(batch, self.context), self.store, capacity
+        )
