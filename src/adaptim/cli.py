@@ -16,6 +16,7 @@ from rich.table import Table
 from adaptim.lab.errors import LabError
 
 if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is instant
+    from adaptim.lab.executors import Executor
     from adaptim.lab.study import ProblemOutcome, StudyOutcome
     from adaptim.lab.trial import TrialResult
 
@@ -40,7 +41,7 @@ WorkersOption = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -111,6 +112,25 @@ def compare(
     data_dir: Annotated[
         Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine: --workers processes) or ray (each trial a Ray task)."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --executor ray: auto or ray://host:port of a running cluster "
+            "(default: start a local Ray)."
+        ),
+    ] = None,
+    trial_cpus: Annotated[
+        float, typer.Option(help="With --executor ray: CPUs each trial declares.")
+    ] = 1.0,
+    trial_gpus: Annotated[
+        float, typer.Option(help="With --executor ray: GPUs each trial declares.")
+    ] = 0.0,
 ) -> None:
     """Tune and compare optimizers on problems, fairly; store every trial and recommend one."""
     try:
@@ -129,6 +149,7 @@ def compare(
             store_url=store,
             workers=workers,
             data_dir=data_dir,
+            cluster=(executor, ray_address, trial_cpus, trial_gpus),
         )
     except LabError as error:
         raise _fail(str(error)) from None
@@ -152,6 +173,7 @@ def _compare(
     store_url: str | None,
     workers: int,
     data_dir: Path | None,
+    cluster: tuple[str, str | None, float, float] = ("local", None, 1.0, 0.0),
 ) -> Path:
     from adaptim.lab.claims import Claims
     from adaptim.lab.executors import make_executor
@@ -178,7 +200,7 @@ def _compare(
     )
     _make_out(out)
     trial_store = Store(store_url or default_url(out))
-    executor = make_executor(workers)
+    executor = _executor(cluster) or make_executor(workers)
     # Other `adaptim compare` processes on this store and study split the trials with this one.
     claims = Claims(trial_store)
     started = time.time()
@@ -229,6 +251,20 @@ def _compare(
     for problem in outcome.problems:
         _print_problem(problem)
     return path
+
+
+def _executor(cluster: tuple[str, str | None, float, float]) -> Executor | None:
+    """``--executor ray`` and its options; ``None`` for the local executors."""
+    name, address, cpus, gpus = cluster
+    if name not in ("local", "ray"):
+        raise LabError(f"--executor must be local or ray, got {name!r}")
+    if name == "local":
+        if address is not None:
+            raise LabError("--ray-address needs --executor ray")
+        return None
+    from adaptim.lab.ray_executor import RayExecutor
+
+    return RayExecutor(address, cpus, gpus)
 
 
 def _workers(workers: int) -> int:
