@@ -35,6 +35,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from adaptim.lab.errors import LabError
+from adaptim.lab.redact import redact_url
 from adaptim.lab.trial import Record, TrialResult, TrialSpec
 
 
@@ -97,7 +98,8 @@ class Store:
     """Trials by key, in the database at ``url``."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        #: The URL as shown (results.json, the report, messages): its password hidden.
+        self.url = redact_url(url)
         self.engine = _connect(url)
 
     @contextmanager
@@ -207,14 +209,17 @@ def _to_result(row: TrialRow, spec: TrialSpec) -> TrialResult:
 
 
 def _connect(url: str) -> Engine:
+    shown = redact_url(url)  # every message below names the URL without its password
     try:
         # NaN and Infinity are not JSON (PostgreSQL refuses them): fail at the source instead.
         engine = create_engine(url, json_serializer=functools.partial(json.dumps, allow_nan=False))
     except (ArgumentError, NoSuchModuleError, ValueError) as error:
-        raise LabError(f"bad store URL {url!r}: {error}") from None
+        raise LabError(
+            f"bad store URL {shown!r}: {redact_url(str(error).splitlines()[0])}"
+        ) from None
     except ImportError as error:
         raise LabError(
-            f"store URL {url!r} needs a database driver that is not installed: {error}"
+            f"store URL {shown!r} needs a database driver that is not installed: {error}"
         ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -222,12 +227,12 @@ def _connect(url: str) -> Engine:
         if database and database != ":memory:":
             parent = Path(database).parent
             if not parent.exists():
-                raise LabError(f"store URL {url!r}: directory {str(parent)!r} does not exist")
+                raise LabError(f"store URL {shown!r}: directory {str(parent)!r} does not exist")
     try:
         _Base.metadata.create_all(engine)
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-        raise LabError(f"cannot open store {url!r}: {reason}") from None
+        raise LabError(f"cannot open store {shown!r}: {redact_url(reason)}") from None
     return engine
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from adaptim.lab.protocol import (
     fixed_hparams,
     make_tuner,
 )
+from adaptim.lab.redact import redact_command
 from adaptim.lab.store import Store
 from adaptim.lab.trial import Phase, TrialResult, TrialSpec
 
@@ -180,7 +180,7 @@ class Study:
                 )
             )
         return StudyOutcome(
-            self.config, problems, self.store.url, shlex.join(["adaptim", *sys.argv[1:]])
+            self.config, problems, self.store.url, redact_command(["adaptim", *sys.argv[1:]])
         )
 
     def _outcomes(
