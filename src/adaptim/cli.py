@@ -131,6 +131,13 @@ def compare(
     trial_gpus: Annotated[
         float, typer.Option(help="With --executor ray: GPUs each trial declares.")
     ] = 0.0,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Device of each trial: cpu, cuda, or auto (cuda when there is one; on Ray, "
+            "when --trial-gpus is set)."
+        ),
+    ] = "cpu",
 ) -> None:
     """Tune and compare optimizers on problems, fairly; store every trial and recommend one."""
     try:
@@ -150,6 +157,7 @@ def compare(
             workers=workers,
             data_dir=data_dir,
             cluster=(executor, ray_address, trial_cpus, trial_gpus),
+            device=device,
         )
     except LabError as error:
         raise _fail(str(error)) from None
@@ -174,6 +182,7 @@ def _compare(
     workers: int,
     data_dir: Path | None,
     cluster: tuple[str, str | None, float, float] = ("local", None, 1.0, 0.0),
+    device: str = "cpu",
 ) -> Path:
     from adaptim.lab.claims import Claims
     from adaptim.lab.executors import make_executor
@@ -198,6 +207,7 @@ def _compare(
         search=search,  # type: ignore[arg-type]  # StudyConfig validates it
         schedule=schedule,
     )
+    device = _device(device, cluster)
     _make_out(out)
     trial_store = Store(store_url or default_url(out))
     executor = _executor(cluster) or make_executor(workers)
@@ -214,7 +224,7 @@ def _compare(
         transient=False,
     )
     try:
-        study = Study(config, trial_store, executor, BuildContext(data_dir), claims=claims)
+        study = Study(config, trial_store, executor, BuildContext(data_dir, device), claims=claims)
         study.policy()  # a bad --margin fails before any trial runs
         with progress:
             task = progress.add_task("trials", total=study.planned_trials(), last="")
@@ -265,6 +275,26 @@ def _executor(cluster: tuple[str, str | None, float, float]) -> Executor | None:
     from adaptim.lab.ray_executor import RayExecutor
 
     return RayExecutor(address, cpus, gpus)
+
+
+def _device(device: str, cluster: tuple[str, str | None, float, float]) -> str:
+    """``--device``, resolved where the trials will run: "cpu" or "cuda"."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise LabError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if cluster[0] == "ray":  # the GPUs are the Ray workers', one per trial with --trial-gpus 1
+        gpus = cluster[3] > 0
+        if device == "cuda" and not gpus:
+            raise LabError("--device cuda on Ray needs --trial-gpus (1: a GPU per trial)")
+    else:
+        import torch
+
+        gpus = torch.cuda.is_available()
+        if device == "cuda" and not gpus:
+            raise LabError(
+                "--device cuda: no CUDA device is available here (torch.cuda.is_available() "
+                "is False); use --device cpu or auto"
+            )
+    return "cuda" if device == "cuda" or (device == "auto" and gpus) else "cpu"
 
 
 def _workers(workers: int) -> int:

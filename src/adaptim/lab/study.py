@@ -282,6 +282,7 @@ class Study:
             phase,
             data=None if data_dir is None else str(data_dir.resolve()),
             schedule=self.config.schedule,
+            device=self.context.device,
         )
 
     def _rerun(
