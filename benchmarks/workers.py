@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 import random
+import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -81,21 +83,24 @@ def counts(store: str) -> tuple[int, int]:
 def speedup(url: str, workers: list[int], work: Path) -> None:
     reference: list[Any] | None = None
     base = 0.0
-    print("workers  wall s  speed-up  trials  distinct  wrote results.json  identical")
+    print("workers  wall s  speed-up  CPU s  trials  distinct  wrote results.json  identical")
     for n in workers:
         store = fresh_store(url, work)
         outs = [work / f"n{n}-{i}-{uuid.uuid4().hex[:4]}" for i in range(n)]
         start = time.perf_counter()
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
         procs = [worker(store, out) for out in outs]
         codes = [p.wait() for p in procs]
         wall = time.perf_counter() - start
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
         assert codes == [0] * n, codes
         wrote, runs = results(outs)
         reference = reference or runs
         base = base or wall
         total, unique = counts(store)
         print(
-            f"{n:7d}  {wall:6.1f}  {base / wall:8.2f}  {total:6d}  {unique:8d}  "
+            f"{n:7d}  {wall:6.1f}  {base / wall:8.2f}  {cpu_s:5.1f}  {total:6d}  {unique:8d}  "
             f"{wrote:18d}  {runs == reference}"
         )
 
@@ -146,7 +151,10 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--study", help="the study's options instead of the default ones")
     args = parser.parse_args()
+    if args.study:
+        STUDY[:] = shlex.split(args.study)
     with tempfile.TemporaryDirectory() as work:
         if args.mode == "speedup":
             speedup(args.store, [int(n) for n in args.workers.split(",")], Path(work))

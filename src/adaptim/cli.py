@@ -246,12 +246,15 @@ def _compare(
             study.on_trial = on_trial
             outcome = study.run()
         trial_store.save_study(config.key(), config.to_json(), outcome.command)
-        finisher = claims.finish(config.key(), started, str(out.resolve()))
-        if finisher is None:
-            path = outcome.write(out)
-            _write_report(outcome, out / "report.html", config.key())
-        else:  # the study ended once: the worker that completed it wrote its files
-            path = Path(finisher[1]) / "results.json"
+        # The study ends once: whichever worker completes it writes its files.
+        finisher = claims.finish(
+            config.key(),
+            started,
+            str(out.resolve()),
+            lambda: (outcome.write(out), _write_report(outcome, out / "report.html", config.key())),
+        )
+        path = out / "results.json" if finisher is None else Path(finisher[1]) / "results.json"
+        if finisher is not None:
             console.print(
                 f"Another worker ({finisher[0]}) completed this study and wrote its files."
             )

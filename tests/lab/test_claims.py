@@ -130,11 +130,40 @@ def test_a_dead_process_on_this_machine_loses_its_claim_at_once(store_url: str) 
 def test_the_study_ends_once_per_run_and_again_for_a_later_run(store_url: str) -> None:
     started = time.time()
     first, second = Claims(Store(store_url)), Claims(Store(store_url))
-    assert first.finish("study", started, "/out/a") is None  # it writes the files
-    assert second.finish("study", started, "/out/b") == (first.owner, "/out/a")
+    written: list[str] = []
+    assert first.finish("study", started, "/out/a", lambda: written.append("a")) is None
+    assert second.finish("study", started, "/out/b", lambda: written.append("b")) == (
+        first.owner,
+        "/out/a",
+    )
     later = Claims(Store(store_url))
-    assert later.finish("study", time.time() + 1, "/out/c") is None  # a re-run writes again
+    assert later.finish("study", time.time() + 1, "/out/c", lambda: written.append("c")) is None
+    assert written == ["a", "c"]  # a re-run writes again
     for c in (first, second, later):
+        c.close()
+
+
+def test_a_worker_that_dies_while_writing_leaves_the_files_to_the_next(store_url: str) -> None:
+    started = time.time()
+    dying, next_ = Claims(Store(store_url), timeout=30), Claims(Store(store_url), timeout=30)
+    written: list[str] = []
+
+    def hang_then_die() -> None:
+        dying._stop.set()  # mid-write, its heartbeats stop ...
+        age(store_url, "finish:study", 31)  # ... long enough to count as dead
+        # Meanwhile the next worker to finish the study writes it instead.
+        assert next_.finish("study", started, "/out/b", lambda: written.append("b")) is None
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dying.finish("study", started, "/out/a", hang_then_die)
+    assert written == ["b"]
+    third = Claims(Store(store_url))
+    assert third.finish("study", started, "/out/c", lambda: written.append("c")) == (
+        next_.owner,
+        "/out/b",
+    )
+    for c in (dying, next_, third):
         c.close()
 
 

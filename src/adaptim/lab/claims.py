@@ -21,10 +21,10 @@ worker that dies at any point leaves either nothing or the whole trial.
 Heartbeats use each worker's own clock: machines sharing a study need clocks
 that agree to well within ``timeout`` (NTP does).
 
-The study's end is claimed too: the first worker to finish records itself in a
-``finish`` row, writes ``results.json`` and ``report.html``; a worker that
-finishes later in the same run finds that row newer than its own start and
-leaves the files to it.
+The study's end is claimed too: the first worker to finish claims the
+study's ``finish`` row, writes ``results.json`` and ``report.html``, then marks
+the row finished; a worker that finishes later in the same run finds that row
+newer than its own start and leaves the files to it (see :meth:`Claims.finish`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class ClaimRow(_Base):
     __tablename__ = "claims"
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    #: "trial" (a trial being run) or "finish" (who completed a study, and when).
+    #: "trial" (a trial being run), "writing" (a study's files being written) or
+    #: "finish" (who completed a study, and when).
     kind: Mapped[str] = mapped_column(String(10))
     owner: Mapped[str] = mapped_column(String(300))
     #: The owner's clock (``time.time()``) at its last sign of life.
@@ -133,7 +134,7 @@ class Claims:
         with Session(self.engine) as session, session.begin():
             session.execute(
                 update(ClaimRow)
-                .where(ClaimRow.owner == self.owner, ClaimRow.kind == "trial")
+                .where(ClaimRow.owner == self.owner, ClaimRow.kind.in_(("trial", "writing")))
                 .values(heartbeat=time.time())
             )
 
@@ -216,24 +217,46 @@ class Claims:
                     with suppress(SQLAlchemyError):
                         self.release(key)
 
-    def finish(self, study_key: str, started: float, where: str) -> tuple[str, str] | None:
-        """Claim the end of a study; ``None`` if this worker writes its files.
+    def finish(
+        self, study_key: str, started: float, where: str, write: Callable[[], object]
+    ) -> tuple[str, str] | None:
+        """End the study once: call ``write`` unless another worker completed it.
 
-        Otherwise another worker finished the study after this one started: its
-        ``(owner, where it wrote results.json)``.
+        Returns ``None`` when this worker wrote the study's files, else the
+        ``(owner, where it wrote results.json)`` of the worker that completed the
+        study after this one started. While a worker writes, its row is a live
+        claim ("writing", kept alive by the heartbeat); one that dies mid-write
+        leaves a stale claim, and the next worker to finish writes instead.
         """
         key = f"finish:{study_key}"
         while True:
             with Session(self.engine) as session:
                 row = session.get(ClaimRow, key)
-            if row is not None and row.owner != self.owner and row.heartbeat >= started:
-                return row.owner, row.detail or ""
-            if row is None:
-                if self._insert(key, "finish", where):
-                    return None
-                continue  # another worker finished this very moment: read its row
-            if self._swap(row, "finish", where):
-                return None
+            if row is not None and row.owner != self.owner:
+                if row.kind == "finish" and row.heartbeat >= started:
+                    return row.owner, row.detail or ""
+                if row.kind == "writing" and not self._stale(row, time.time()):
+                    time.sleep(POLL_INTERVAL)  # see whether it completes the study
+                    continue
+            # No row, a finish of an earlier run, or a writer that died: this worker writes.
+            if not (
+                self._insert(key, "writing", where)
+                if row is None
+                else self._swap(row, "writing", where)
+            ):
+                continue
+            try:
+                write()
+            except BaseException:
+                self.release(key)
+                raise
+            with Session(self.engine) as session, session.begin():
+                session.execute(
+                    update(ClaimRow)
+                    .where(ClaimRow.key == key, ClaimRow.owner == self.owner)
+                    .values(kind="finish", heartbeat=time.time())
+                )
+            return None
 
     def _insert(self, key: str, kind: str, detail: str | None) -> bool:
         try:
