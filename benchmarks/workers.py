@@ -128,8 +128,7 @@ def kill_campaign(url: str, kills: int, work: Path, seed: int) -> None:
         live.append(start())
         done += 1
     codes = [p.wait() for p in live]
-    finished = [o for o, p in zip(outs[-len(live) :], live, strict=True) if p.returncode == 0]
-    _, runs = results(finished)
+    wrote, runs = results(outs)
     total, unique = counts(store)
     # The reference: one undisturbed worker on a fresh store.
     clean = fresh_store(url, work)
@@ -139,7 +138,8 @@ def kill_campaign(url: str, kills: int, work: Path, seed: int) -> None:
     planned, _ = counts(clean)
     print(
         f"kills {done}, workers exited {codes}, trials stored {total} of {planned} planned "
-        f"(lost {planned - unique}), duplicated {total - unique}, "
+        f"(lost {planned - unique}), duplicated {total - unique}, workers that wrote "
+        f"results.json {wrote}, "
         f"results identical to one undisturbed worker: {runs == reference}"
     )
 

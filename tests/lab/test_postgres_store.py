@@ -113,7 +113,7 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(
     process = subprocess.Popen(
         cmd, env=environment(TOY_DELAY="0.03"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: a loaded machine starts Python slowly
     while time.monotonic() < deadline and len(stored(store_url)) < 3:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
@@ -142,7 +142,7 @@ def test_two_workers_split_one_study_and_it_ends_once(
     other = subprocess.Popen(
         command(outs[0], store_url), env=environment(), stdout=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120  # its start-up (imports) takes a while
+    deadline = time.monotonic() + 300  # its start-up (imports) takes a while
     while time.monotonic() < deadline and not (log.exists() and log.read_text()):
         time.sleep(0.05)
     here = compare_here(outs[1], store_url)
