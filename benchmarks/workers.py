@@ -56,6 +56,9 @@ def worker(store: str, out: Path) -> subprocess.Popen[bytes]:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own session, as a worker started from its own terminal or machine: with Linux's
+        # autogroup scheduling, workers of one session share one session's CPU share.
+        start_new_session=True,
     )
 
 

@@ -186,8 +186,9 @@ class Claims:
         pending = {s.key(): s for s in specs}
         while pending:
             for key in self._stored(pending):
-                found = store.get(pending.pop(key))
+                found = store.get(pending[key])
                 if found is not None:
+                    del pending[key]
                     yield found, True
             busy = self._held_elsewhere(pending)
             batch: list[TrialSpec] = []
