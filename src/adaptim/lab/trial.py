@@ -270,6 +270,8 @@ def run_trial(
             "--device cuda: this worker sees no CUDA device (torch.cuda.is_available() is "
             "False); use --device cpu or auto, or --trial-gpus 1 on Ray"
         )
+    if spec.device == "cpu":  # torch.device() would intercept every call: no cost on the CPU
+        return _run_trial(spec, problem, context)
     with torch.device(spec.device):
         return _run_trial(spec, problem, context)
 
