@@ -13,7 +13,7 @@ PIP := $(PY) -m pip install --quiet --progress-bar off -c constraints.txt
 LAB_STAMP := $(VENV)/.adaptim-lab
 TEST_STAMP := $(VENV)/.adaptim-test
 
-.PHONY: install install-lab install-test browser demo test fast lint typecheck unit clean
+.PHONY: install install-lab install-test browser postgres demo test fast lint typecheck unit clean
 
 # torch first, from the pin in constraints.txt: the CPU build, never the CUDA
 # wheels that a bare "torch" would pull while resolving the package.
@@ -55,14 +55,19 @@ typecheck: install-test
 browser:
 	@bash scripts/install-browser.sh
 
-unit: install-test browser
-	$(PY) -m pytest
+# A local PostgreSQL server on 127.0.0.1 (Debian's package, installed when missing):
+# the store tests run against it as well as SQLite (see scripts/start-postgres.sh).
+postgres:
+	@bash scripts/start-postgres.sh --install >/dev/null
+
+unit: install-test browser postgres
+	ADAPTIM_TEST_POSTGRES_URL="$$(bash scripts/start-postgres.sh)" $(PY) -m pytest
 
 test: lint typecheck browser unit
 
 # The quick loop while developing: no browser install, no slow tests.
-fast: lint typecheck
-	$(PY) -m pytest -m "not slow"
+fast: lint typecheck postgres
+	ADAPTIM_TEST_POSTGRES_URL="$$(bash scripts/start-postgres.sh)" $(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/step_speed.py                       # every algorithm, the four workloads
     python benchmarks/step_speed.py --workload mlp --algorithms adam rmsprop --repeats 31
     python benchmarks/step_speed.py --json benchmarks/step_speed_cpu.json
+    python benchmarks/step_speed.py --table benchmarks/step_speed_cpu.json   # the README's table
 
 Workloads (float32):
 
@@ -232,6 +233,36 @@ def print_row(row: dict[str, Any], header: bool) -> None:
     )
 
 
+WORKLOAD_TITLES = {
+    "mlp": "MLP 235k / 6",
+    "medium": "1.5M / 52",
+    "large": "16M / 100",
+    "many": "4M / 1,000",
+}
+
+
+def markdown_table(path: str) -> str:
+    """The README's table from a JSON file this script wrote (``--table FILE``)."""
+    with open(path) as handle:
+        rows = json.load(handle)["rows"]
+    lines = [
+        "| workload | algorithm | adaptim (default) ms | torch's fastest ms | **vs torch** "
+        "| foreach path vs torch | adaptim 1st step ms (cold) | of roofline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ms, best = row["ms"], row["torch_best"]
+        torch_text = "—" if best is None else f"{ms[best]:.3f} ({best.split()[1]})"
+        ratio = "—" if row["vs_torch"] is None else f"**{row['vs_torch']:.2f}×**"
+        foreach = "—" if row["foreach_vs_torch"] is None else f"{row['foreach_vs_torch']:.2f}×"
+        lines.append(
+            f"| {WORKLOAD_TITLES.get(row['workload'], row['workload'])} | {row['algorithm']} "
+            f"| {ms['adaptim']:.3f} | {torch_text} | {ratio} | {foreach} "
+            f"| {row['first_step_ms']['adaptim']:.0f} | {row['of_roofline']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", choices=list(WORKLOADS), nargs="+", default=list(WORKLOADS))
@@ -243,7 +274,11 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--warm-cache", action="store_true", help="keep adaptim's kernel cache")
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
+    parser.add_argument("--table", metavar="FILE", help="print the markdown table of FILE and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.table))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.warm_cache:

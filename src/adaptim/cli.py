@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer import _click as click
 from typer.core import TyperGroup, TyperOption
 from typer.exceptions import TyperException
@@ -19,6 +21,7 @@ from adaptim.lab import console as show
 from adaptim.lab.errors import LabError
 
 if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is instant
+    from adaptim.lab.executors import Executor
     from adaptim.lab.study import StudyOutcome
     from adaptim.lab.trial import TrialResult
 
@@ -113,7 +116,7 @@ WideOption = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -219,6 +222,32 @@ def compare(
             help="Overwrite results.json and report.html in --out when they are another study's.",
         ),
     ] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine: --workers processes) or ray (each trial a Ray task)."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --executor ray: auto or ray://host:port of a running cluster "
+            "(default: start a local Ray)."
+        ),
+    ] = None,
+    trial_cpus: Annotated[
+        float, typer.Option(help="With --executor ray: CPUs each trial declares.")
+    ] = 1.0,
+    trial_gpus: Annotated[
+        float, typer.Option(help="With --executor ray: GPUs each trial declares.")
+    ] = 0.0,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Device of each trial: cpu, cuda, or auto (cuda when there is one; on Ray, "
+            "when --trial-gpus is set)."
+        ),
+    ] = "cpu",
 ) -> None:
     """Tune and compare optimizers on problems, fairly; store every trial and recommend one.
 
@@ -242,6 +271,8 @@ def compare(
             data_dir=data_dir,
             wide=wide,
             replace=replace,
+            cluster=(executor, ray_address, trial_cpus, trial_gpus),
+            device=device,
         )
     except LabError as error:
         raise _fail(str(error)) from None
@@ -269,7 +300,10 @@ def _compare(
     data_dir: Path | None,
     wide: bool,
     replace: bool = False,
+    cluster: tuple[str, str | None, float, float] = ("local", None, 1.0, 0.0),
+    device: str = "cpu",
 ) -> Path:
+    from adaptim.lab.claims import Claims
     from adaptim.lab.executors import make_executor
     from adaptim.lab.files import check_results_owner, check_writable_dir
     from adaptim.lab.optimizers import parse_settings
@@ -293,6 +327,7 @@ def _compare(
         search=search,  # type: ignore[arg-type]  # StudyConfig validates it
         schedule=schedule,
     )
+    device = _device(device, cluster)
     # Everything is validated before anything touches the disk.
     study_policy(config)  # a bad --margin
     resolved = {spec: resolve_problem(spec) for spec in config.problems}
@@ -306,9 +341,19 @@ def _compare(
             markup=False,
             highlight=False,
         )
-    executor = make_executor(workers)
+    executor = _executor(cluster) or make_executor(workers)
+    # Other `adaptim compare` processes on this store and study split the trials with this one.
+    claims = Claims(trial_store)
+    started = time.time()
     try:
-        study = Study(config, trial_store, executor, BuildContext(data_dir), problems=resolved)
+        study = Study(
+            config,
+            trial_store,
+            executor,
+            BuildContext(data_dir, device),
+            problems=resolved,
+            claims=claims,
+        )
         study.policy()  # a bad --margin fails before any trial runs
         with show.StudyProgress(console, study.planned_trials()) as progress:
 
@@ -320,13 +365,58 @@ def _compare(
             study.on_trial = on_trial
             outcome = study.run()
         trial_store.save_study(config.key(), config.to_json(), outcome.command)
-        path = outcome.write(out)
-        _write_report(outcome, out / "report.html", config.key())
+        # The study ends once: whichever worker completes it writes its files.
+        finisher = claims.finish(
+            config.key(),
+            started,
+            str(out.resolve()),
+            lambda: (outcome.write(out), _write_report(outcome, out / "report.html", config.key())),
+        )
+        path = out / "results.json" if finisher is None else Path(finisher[1]) / "results.json"
+        if finisher is not None:
+            console.print(
+                f"Another worker ({finisher[0]}) completed this study and wrote its files."
+            )
     finally:
+        claims.close()
         executor.close()
     for problem in outcome.problems:
         show.print_problem(console, problem, wide)
     return path
+
+
+def _executor(cluster: tuple[str, str | None, float, float]) -> Executor | None:
+    """``--executor ray`` and its options; ``None`` for the local executors."""
+    name, address, cpus, gpus = cluster
+    if name not in ("local", "ray"):
+        raise LabError(f"--executor must be local or ray, got {name!r}")
+    if name == "local":
+        if address is not None:
+            raise LabError("--ray-address needs --executor ray")
+        return None
+    from adaptim.lab.ray_executor import RayExecutor
+
+    return RayExecutor(address, cpus, gpus)
+
+
+def _device(device: str, cluster: tuple[str, str | None, float, float]) -> str:
+    """``--device``, resolved where the trials will run: "cpu" or "cuda"."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise LabError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if cluster[0] == "ray":  # the GPUs are the Ray workers', one per trial with --trial-gpus 1
+        gpus = cluster[3] > 0
+        if device == "cuda" and not gpus:
+            raise LabError("--device cuda on Ray needs --trial-gpus (1: a GPU per trial)")
+    else:
+        import torch
+
+        gpus = torch.cuda.is_available()
+        if device == "cuda" and not gpus:
+            raise LabError(
+                "--device cuda: no CUDA device is available here (torch.cuda.is_available() "
+                "is False); use --device cpu or auto"
+            )
+    return "cuda" if device == "cuda" or (device == "auto" and gpus) else "cpu"
 
 
 def _workers(workers: int) -> int:

@@ -52,6 +52,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from adaptim.lab.errors import LabError
 from adaptim.lab.files import finite_json
 from adaptim.lab.ownership import META_TABLE, check_ownership, is_marked, mark
+from adaptim.lab.redact import redact_url
 from adaptim.lab.trial import Record, TrialResult, TrialSpec
 
 
@@ -67,6 +68,22 @@ class StudyRow(_Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     command: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ClaimRow(_Base):
+    """A worker's claim on a trial or on writing a study's files (:mod:`adaptim.lab.claims`)."""
+
+    __tablename__ = "claims"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: "trial" (a trial being run), "writing" (a study's files being written) or
+    #: "finish" (who completed a study, and when).
+    kind: Mapped[str] = mapped_column(String(10))
+    owner: Mapped[str] = mapped_column(String(300))
+    #: The owner's clock (``time.time()``) at its last sign of life.
+    heartbeat: Mapped[float] = mapped_column(Float)
+    #: For a finish: where that worker wrote results.json.
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class TrialRow(_Base):
@@ -123,7 +140,8 @@ class Store:
     """Trials by key, in the database at ``url``."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        #: The URL as shown (results.json, the report, messages): its password hidden.
+        self.url = redact_url(url)
         self.engine = _connect(url)
         self._writable = False
 
@@ -295,13 +313,16 @@ def _position(stored: list[float | None] | None) -> tuple[float, float] | None:
 
 
 def _connect(url: str) -> Engine:
+    shown = redact_url(url)  # every message below names the URL without its password
     try:
         engine = create_engine(url, json_serializer=_json_dumps)
     except (ArgumentError, NoSuchModuleError, ValueError) as error:
-        raise LabError(f"bad store URL {url!r}: {error}") from None
+        raise LabError(
+            f"bad store URL {shown!r}: {redact_url(str(error).splitlines()[0])}"
+        ) from None
     except ImportError as error:
         raise LabError(
-            f"store URL {url!r} needs a database driver that is not installed: {error}"
+            f"store URL {shown!r} needs a database driver that is not installed: {error}"
         ) from None
     sqlite = engine.dialect.name == "sqlite"
     if sqlite:
@@ -310,13 +331,13 @@ def _connect(url: str) -> Engine:
         if database and database != ":memory:" and not uri:
             parent = Path(database).parent
             if not parent.exists():
-                raise LabError(f"store URL {url!r}: directory {str(parent)!r} does not exist")
+                raise LabError(f"store URL {shown!r}: directory {str(parent)!r} does not exist")
     in_memory = sqlite and (not engine.url.database or engine.url.database == ":memory:")
     if sqlite:  # settings of the connection only: they write nothing to the file
         event.listen(engine, "connect", _sqlite_connection_settings)
     if in_memory:  # a new database each time, so nobody else's; its one connection must stay
         event.listen(engine, "connect", _sqlite_wal)
-    _claim(engine, url, keep=in_memory)
+    _claim(engine, shown, keep=in_memory)
     if sqlite and not in_memory:
         event.listen(engine, "connect", _sqlite_wal)
     return engine
@@ -324,6 +345,8 @@ def _connect(url: str) -> Engine:
 
 def _claim(engine: Engine, url: str, keep: bool) -> None:
     """Refuse another application's database (reading only), then create and mark the store.
+
+    ``url`` is the URL as shown in messages (its password hidden).
 
     The ownership check runs before the connection pragmas (WAL mode rewrites the file's
     header), on connections that are closed afterwards (unless ``keep``: in memory).
@@ -340,7 +363,7 @@ def _claim(engine: Engine, url: str, keep: bool) -> None:
             if complete and is_marked(connection):
                 return  # nothing to write, so a read-only store opens too
     except SQLAlchemyError as error:
-        raise LabError(f"cannot open store {url!r}: {_reason(error)}") from None
+        raise LabError(f"cannot open store {url!r}: {redact_url(_reason(error))}") from None
     finally:
         release()
     try:
@@ -351,7 +374,7 @@ def _claim(engine: Engine, url: str, keep: bool) -> None:
         with suppress(SQLAlchemyError), engine.connect() as connection:
             if {"studies", "trials", "records"} <= set(inspect(connection).get_table_names()):
                 return  # a store from before the marks, read-only: readable as it is
-        raise LabError(f"cannot open store {url!r}: {_reason(error)}") from None
+        raise LabError(f"cannot open store {url!r}: {redact_url(_reason(error))}") from None
     finally:
         release()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from adaptim.lab.analysis import (
     problem_json,
     recommend,
 )
+from adaptim.lab.claims import Claims
 from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
@@ -42,6 +42,7 @@ from adaptim.lab.protocol import (
     make_tuner,
     published_defaults,
 )
+from adaptim.lab.redact import redact_command
 from adaptim.lab.store import Store
 from adaptim.lab.trial import Phase, TrialResult, TrialSpec
 
@@ -135,8 +136,11 @@ class Study:
         context: BuildContext | None = None,
         on_trial: OnTrial | None = None,
         problems: Mapping[str, Problem] | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.config = config
+        #: With claims, processes running this study on one store split its trials.
+        self.claims = claims
         self.store = store
         self.executor = executor
         self.context = context or BuildContext()
@@ -206,7 +210,7 @@ class Study:
                 )
             )
         return StudyOutcome(
-            self.config, problems, self.store.url, shlex.join(["adaptim", *sys.argv[1:]])
+            self.config, problems, self.store.url, redact_command(["adaptim", *sys.argv[1:]])
         )
 
     def _outcomes(
@@ -334,6 +338,7 @@ class Study:
             phase,
             data=None if data_dir is None else str(data_dir.resolve()),
             schedule=self.config.schedule,
+            device=self.context.device,
         )
 
     def _rerun(
@@ -443,8 +448,19 @@ class Study:
                 self.on_trial(stored, True)
         if missing:  # a read-only store fails now, not after the trials have run
             self.store.check_writable()
-        for result in self.executor.run(missing, self.context):
-            self.store.put(result)
+        for result, reused in self._run_missing(missing):
+            if not reused:
+                self.store.put(result)
             results.append(result)
-            self.on_trial(result, False)
+            self.on_trial(result, reused)
         return results
+
+    def _run_missing(self, specs: list[TrialSpec]) -> Iterable[tuple[TrialResult, bool]]:
+        """``(result, reused)``: run here, or (with claims) by another worker of the study."""
+        if self.claims is None:
+            return ((r, False) for r in self.executor.run(specs, self.context))
+        # As many trials claimed at a time as the executor runs at once.
+        capacity = max(1, int(getattr(self.executor, "workers", 1)))
+        return self.claims.share(
+            specs, lambda batch: self.executor.run(batch, self.context), self.store, capacity
+        )

@@ -58,6 +58,8 @@ class TrialSpec:
     data: str | None = None
     #: The learning-rate schedule (:data:`adaptim.lab.schedules.SCHEDULES`).
     schedule: str = "constant"
+    #: The torch device it runs on (``--device``): another device, other rounding, other trial.
+    device: str = "cpu"
 
     def key(self) -> str:
         identity: dict[str, Any] = {
@@ -71,6 +73,8 @@ class TrialSpec:
         }
         if self.data is not None:
             identity["data"] = self.data
+        if self.device != "cpu":  # CPU trials keep the keys they had before devices existed
+            identity["device"] = self.device
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -277,7 +281,22 @@ def _switch(optimizer: torch.optim.Optimizer, mode: str) -> None:
 def run_trial(
     spec: TrialSpec, problem: Problem, context: BuildContext | None = None
 ) -> TrialResult:
-    """Train ``problem`` with the optimizer of ``spec`` and collect its records."""
+    """Train ``problem`` with the optimizer of ``spec`` and collect its records.
+
+    Everything the trial creates lands on ``spec.device`` (torch's default device).
+    """
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise LabError(
+            "--device cuda: this worker sees no CUDA device (torch.cuda.is_available() is "
+            "False); use --device cpu or auto, or --trial-gpus 1 on Ray"
+        )
+    if spec.device == "cpu":  # torch.device() would intercept every call: no cost on the CPU
+        return _run_trial(spec, problem, context)
+    with torch.device(spec.device):
+        return _run_trial(spec, problem, context)
+
+
+def _run_trial(spec: TrialSpec, problem: Problem, context: BuildContext | None) -> TrialResult:
     torch.manual_seed(spec.seed)  # module initialisers draw from the global generator
     setup = problem.build(spec.seed, context or BuildContext())
     optimizer = make_optimizer(spec.optimizer, setup.parameters, spec.hparams)

@@ -83,6 +83,8 @@ class BuildContext:
 
     #: A directory with dataset files (for example MNIST's IDX files), or ``None``.
     data_dir: Path | None = None
+    #: The torch device trials run on (``--device``), resolved: "cpu" or "cuda".
+    device: str = "cpu"
 
 
 @dataclass
