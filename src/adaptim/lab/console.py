@@ -175,6 +175,22 @@ def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[
             console.print(Padding(Text(line), (0, 0, 0, 4), expand=False))
 
 
+#: How the ranking marks an lr that was not tuned (the report spells it out).
+LR_SOURCE_MARKS = {" (defaults)": "†", " (problem)": "‡", " (--set)": "§"}
+LR_SOURCE_NOTES = {
+    " (defaults)": "a tuning-free optimizer at its published default lr",
+    " (problem)": "the lr is fixed by the problem",
+    " (--set)": "the lr is fixed with --set",
+}
+
+
+def _marked_lr(lr: str) -> str:
+    for source, mark in LR_SOURCE_MARKS.items():
+        if lr.endswith(source):
+            return lr.removesuffix(source) + mark
+    return lr
+
+
 def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:
     """A problem's ranking, its recommendation and the evidence for it.
 
@@ -190,6 +206,12 @@ def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False)
     notes = ["vs leader: validation difference to the leader with its 95% CI"]
     if any(row.lr_at_edge for row in ranking(problem)):
         notes.append("*: the lr is at the edge of the searched range")
+    # Where a fixed lr came from, as a mark (the words would widen the column past 80).
+    marks = {
+        source: mark for source, mark in LR_SOURCE_MARKS.items()
+        if any(row.lr.endswith(source) for row in ranking(problem))
+    }  # fmt: skip
+    notes += [f"{mark}: {LR_SOURCE_NOTES[source]}" for source, mark in marks.items()]
     if wide and found.target is not None:
         source = "the problem's" if found.target_fixed else "reached by every seed of the best two"
         notes.append(
@@ -221,7 +243,7 @@ def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False)
         cells = [
             f"[bold]{escape(row.optimizer)}[/]" if row.recommended else escape(row.optimizer),
             escape(row.status),
-            escape(row.lr) + ("*" if row.lr_at_edge else ""),
+            escape(_marked_lr(row.lr)) + ("*" if row.lr_at_edge else ""),
             row.mean if row.ci95 == "–" else f"{row.mean} {row.ci95}",
             escape(row.vs_leader.replace(" [", "\n[", 1)),
             str(row.seeds),
