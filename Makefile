@@ -34,7 +34,7 @@ $(LAB_STAMP): pyproject.toml constraints.txt
 	touch $@
 
 $(TEST_STAMP): pyproject.toml constraints.txt
-	@echo "Installing torch, the lab and the test tools into $(VENV) (into a fresh one: about 3 minutes, 2.3 GB)"
+	@echo "Installing torch, the lab and the test tools into $(VENV) (into a fresh one: about 2-3 minutes, 2.6 GB)"
 	$(venv_with_torch)
 	$(PIP) -e '.[lab,test]'
 	touch $@ $(LAB_STAMP)
