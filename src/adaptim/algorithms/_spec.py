@@ -63,6 +63,10 @@ class ArrayOps:
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None
     concat: Callable[[list[Array]], Array] | None = None
+    #: ``True`` under ``torch.compile``: ``step`` is a 0-d float64 tensor, and a rule
+    #: must keep its step-dependent scalars as arrays (``where`` instead of ``if``,
+    #: no ``float()``), since a host read or a data-dependent branch breaks the graph.
+    traced: bool = False
 
 
 #: Scalars shared by the tensors of a param group (or of the whole optimizer).

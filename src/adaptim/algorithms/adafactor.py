@@ -101,13 +101,21 @@ def adafactor_update(
     if eps1 is None:
         eps1 = _op(xp, "eps_of")(p)
     weight = step**beta2_decay
-    rho = min(lr, 1 / step**0.5)
-    alpha = max(eps2, float(xp.norm(p)) / math.prod(p.shape) ** 0.5) * rho
+    root_n = math.prod(p.shape) ** 0.5
+    if xp.traced:  # under torch.compile: the scalars stay tensors, so no host read breaks the graph
+        rho = xp.clip(step**-0.5, 0.0, lr)
+        alpha = xp.clip(xp.norm(p) / root_n, eps2, math.inf) * rho
+    else:  # eager: torch's own float64 host arithmetic, bit for bit
+        rho = min(lr, 1 / step**0.5)
+        alpha = max(eps2, float(xp.norm(p)) / root_n) * rho
     if weight_decay != 0:
         p = p * (1 - lr * weight_decay)
     estimate, new_state = second_moment(xp, state, g, weight, eps1)
     update = _op(xp, "rsqrt")(xp.clip(estimate, eps1 * eps1, math.inf)) * g
-    denom = max(1.0, float(xp.norm(update)) / (math.prod(update.shape) ** 0.5 * d))
+    if xp.traced:
+        denom = xp.clip(xp.norm(update) / (root_n * d), 1.0, math.inf)
+    else:
+        denom = max(1.0, float(xp.norm(update)) / (root_n * d))
     return xp.axpy(p, update, -alpha / denom), new_state
 
 

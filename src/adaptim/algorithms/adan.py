@@ -75,7 +75,10 @@ def adan_update(
     adaptim's 1e-3 is the paper's). torch.optim has no Adan.
     """
     beta1, beta2, beta3 = betas
-    diff = g - state["pre_grad"] if step > 1 else g * 0
+    if xp.traced:  # the step-dependent branches as where(), so the compiled graph holds them
+        diff = xp.where(step > 1, g - state["pre_grad"], g * 0)
+    else:
+        diff = g - state["pre_grad"] if step > 1 else g * 0
     scale = beta2 if diff_scale == "beta2" else 1 - beta2
     belief = xp.axpy(g, diff, scale)
     if bias_correction:
@@ -85,6 +88,13 @@ def adan_update(
         first = exp_avg / (1 - beta1**step)
         second = exp_avg_diff / (1 - beta2**step)
         third = exp_avg_sq / (1 - beta3**step)
+    elif xp.traced:
+        exp_avg = xp.where(step == 1, g, xp.lerp(state["exp_avg"], g, 1 - beta1))
+        later_diff = xp.where(step == 2, diff, xp.lerp(state["exp_avg_diff"], diff, 1 - beta2))
+        exp_avg_diff = xp.where(step == 1, g * 0, later_diff)
+        later_sq = xp.addcmul(state["exp_avg_sq"] * beta3, belief, belief, 1 - beta3)
+        exp_avg_sq = xp.where(step == 1, g * g, later_sq)
+        first, second, third = exp_avg, exp_avg_diff, exp_avg_sq
     elif step == 1:  # the paper's m_0 = g_0, v_0 = 0, n_0 = g_0^2
         exp_avg, exp_avg_diff, exp_avg_sq = g, g * 0, g * g
         first, second, third = exp_avg, exp_avg_diff, exp_avg_sq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from adaptim.algorithms._spec import (
@@ -74,13 +75,19 @@ def asgd_update(
     eta, mu = state["eta"], state["mu"]
     # At the first step eta holds no value yet: torch starts it at lr, rounded
     # to the scalar dtype (mu, exactly 1 then, carries that dtype).
-    eta_t = float(_scalar_like(mu, lr)) if step == 1 else float(eta)
-    mu_t = float(mu)
     g = coupled_weight_decay(xp, p, g, weight_decay)
-    p = xp.axpy(p * (1 - lambd * eta_t), g, -eta_t)
-    ax = p if mu_t == 1 else state["ax"] + (p - state["ax"]) * mu_t
+    if xp.traced:  # compiled: eta and mu stay 0-d tensors, so no host read breaks the graph
+        eta_now = xp.where(step == 1, _scalar_like(mu, lr), eta)
+        p = xp.axpy(p * (1 - lambd * eta_now), g, -eta_now)
+        ax = xp.where(mu == 1, p, state["ax"] + (p - state["ax"]) * mu)
+        new_mu = 1 / xp.clip(step - t0, 1.0, math.inf)
+    else:
+        eta_t = float(_scalar_like(mu, lr)) if step == 1 else float(eta)
+        mu_t = float(mu)
+        p = xp.axpy(p * (1 - lambd * eta_t), g, -eta_t)
+        ax = p if mu_t == 1 else state["ax"] + (p - state["ax"]) * mu_t
+        new_mu = 1 / max(1.0, step - t0)
     new_eta = lr / ((1 + lambd * lr * step) ** alpha)
-    new_mu = 1 / max(1.0, step - t0)
     return p, {"ax": ax, "eta": _scalar_like(mu, new_eta), "mu": _scalar_like(mu, new_mu)}
 
 

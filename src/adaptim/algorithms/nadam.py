@@ -70,7 +70,10 @@ def nadam_update(
     exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     denom = xp.sqrt(exp_avg_sq / (1 - beta2**step)) + eps
     # Without the schedule the product is a power, computed in full precision.
-    product = float(mu_product) if momentum_schedule else beta1**step
+    if not momentum_schedule:
+        product = beta1**step
+    else:  # compiled: the 0-d tensor itself, since a host read would break the graph
+        product = mu_product if xp.traced else float(mu_product)
     grad_coef = -lr * (1.0 - mu) / (1.0 - product)
     avg_coef = (-lr * mu_next) / (1.0 - product * mu_next)
     p = p + grad_coef * g / denom

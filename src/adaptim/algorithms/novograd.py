@@ -57,11 +57,20 @@ def novograd_update(
     norm_sq = xp.norm(g) ** 2
     # v_1 = ||g_1||^2 and m_1 = d_1: no zero start to correct
     first = step == 1
-    exp_avg_sq = norm_sq if first else xp.lerp(state["exp_avg_sq"], norm_sq, 1 - beta2)
+    if xp.traced and state["exp_avg_sq"] is not None:
+        # compiled: where() instead of a branch on the step, which would break the graph
+        exp_avg_sq = xp.where(first, norm_sq, xp.lerp(state["exp_avg_sq"], norm_sq, 1 - beta2))
+    elif xp.traced:  # the first step, traced on its own (the state is created now)
+        exp_avg_sq = norm_sq
+    else:
+        exp_avg_sq = norm_sq if first else xp.lerp(state["exp_avg_sq"], norm_sq, 1 - beta2)
     direction = g / (xp.sqrt(exp_avg_sq + eps_root) + eps)
     if weight_decay != 0:
         direction = direction + weight_decay * p
-    exp_avg = direction if first else state["exp_avg"] * beta1 + direction
+    if xp.traced:
+        exp_avg = xp.where(first, direction, state["exp_avg"] * beta1 + direction)
+    else:
+        exp_avg = direction if first else state["exp_avg"] * beta1 + direction
     return p - lr * exp_avg, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from adaptim.algorithms._spec import (
@@ -74,6 +75,17 @@ def radam_update(
     exp_avg, exp_avg_sq = moments(xp, state, g, beta1, beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     corrected_avg = exp_avg / (1 - beta1**step)
+    if xp.traced:  # compiled: both branches, picked by where(), so no branch breaks the graph
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * (beta2**step) / (1 - beta2**step)
+        ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        rect_t = xp.sqrt(xp.clip(ratio, 0.0, math.inf))
+        if not epsilon_hat:
+            adaptive = 1 / (xp.sqrt(exp_avg_sq / (1 - beta2**step)) + eps)
+        else:
+            adaptive = (1 - beta2**step) ** 0.5 / (xp.sqrt(exp_avg_sq) + eps)
+        rectified = p - corrected_avg * lr * adaptive * rect_t
+        return xp.where(rho_t > rectify_threshold, rectified, p - corrected_avg * lr), new_state
     rect = rectification(beta2, step, rectify_threshold)
     if rect is not None:
         if not epsilon_hat:

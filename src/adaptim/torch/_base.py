@@ -44,6 +44,19 @@ TORCH_OPS = ArrayOps(
     concat=torch.cat,
 )
 
+
+def _traced_scalar(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype, made by arithmetic in the graph.
+
+    Under torch 2.13's Dynamo, a float that became dynamic (an ``lr`` a
+    scheduler changes) passed as a *scalar* bound of ``clamp``, ``where`` or
+    ``minimum`` keeps its first compiled value: later values are silently
+    ignored. A tensor bound made by arithmetic is read on every call, and a
+    factory such as ``torch.full`` recompiles on each new value instead.
+    """
+    return like.new_zeros(()) + value
+
+
 #: The ``xp`` of the step under ``torch.compile``: the multiply-adds as formulas,
 #: because torch's ``alpha=``/``value=``/scalar ``weight`` arguments take only
 #: concrete numbers and would make Dynamo specialise (and recompile) on each new
@@ -51,9 +64,11 @@ TORCH_OPS = ArrayOps(
 TRACEABLE_OPS = dataclasses.replace(
     TORCH_OPS,
     name="torch-traceable",
+    traced=True,
     axpy=lambda a, b, alpha: a + b * alpha,
     addcmul=lambda a, b, c, value: a + b * c * value,
     lerp=lambda a, b, weight: a + (b - a) * weight,
+    clip=lambda x, low, high: torch.clamp(x, _traced_scalar(x, low), _traced_scalar(x, high)),
 )
 
 
