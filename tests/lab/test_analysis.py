@@ -200,7 +200,38 @@ def test_adaptive_seeding_lowers_the_per_look_level() -> None:
     assert FIXED.level() == 0.05
 
 
-TIED = [0.921, 0.90, 0.93], [0.915, 0.905, 0.925]
+# Equivalent within the default 0.01 margin (TOST), so tied: the tie-break decides.
+TIED = [0.921, 0.90, 0.93], [0.920, 0.901, 0.929]
+
+
+def test_a_faster_optimizer_that_is_only_not_distinguishable_does_not_take_the_choice() -> None:
+    # The leader is ahead by 1.3 points on every seed but noisy; the other reaches the speed
+    # target in a quarter of the steps and has the wider lr range. Without equivalence it is
+    # no tie: the better mean stands, and the verdict says what is unresolved.
+    from adaptim.lab.report.text import headline
+
+    leader = outcome(
+        "adam", [0.93, 0.95, 0.91], {1e-4: 0.5, 1e-3: 0.93, 1e-2: 0.3}, start=0.1, reached=8
+    )
+    quick = outcome(
+        "prodigy", [0.91, 0.94, 0.90], {1e-4: 0.9, 1e-3: 0.91, 1e-2: 0.9}, start=0.1, reached=2
+    )
+    rec = recommend(ACCURACY, [leader, quick], FIXED)
+    c = rec.comparison("prodigy")
+    assert c is not None and c.relation is Relation.INDISTINGUISHABLE
+    assert rec.optimizer == "adam" and rec.decided_by is Criterion.LEADING
+    assert rec.contenders == ("adam",) and rec.tied_with == () and not rec.eliminated
+    assert rec.speeds["prodigy"] is not None and rec.speeds["adam"] is not None
+    assert rec.speeds["prodigy"] < rec.speeds["adam"]  # speed would have picked it
+    line = headline(ACCURACY, rec, [leader, quick])
+    assert "not separated from prodigy" in line and "better mean stands" in line
+    # Shown equivalent, the same speed advantage wins the tie.
+    close = outcome(
+        "prodigy", [0.929, 0.949, 0.911], {1e-4: 0.9, 1e-3: 0.91, 1e-2: 0.9}, start=0.1, reached=2
+    )
+    tied = recommend(ACCURACY, [leader, close], FIXED)
+    assert tied.comparison("prodigy").relation is Relation.EQUIVALENT  # type: ignore[union-attr]
+    assert tied.optimizer == "prodigy" and tied.decided_by is not Criterion.LEADING
 
 
 def test_a_wider_good_lr_range_by_more_than_one_step_breaks_the_tie() -> None:

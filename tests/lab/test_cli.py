@@ -92,7 +92,14 @@ def test_compare_writes_conforming_results_and_stores_every_trial(tmp_path: Path
     recommendation = problem["recommendation"]
     assert recommendation["optimizer"] in ("sgd", "adam")
     assert recommendation["hparams"]["lr"] > 0
-    assert recommendation["decided_by"] in ("uncontested", "separated", "lr_range", "speed", "mean")
+    assert recommendation["decided_by"] in (
+        "uncontested",
+        "separated",
+        "leading",
+        "lr_range",
+        "speed",
+        "mean",
+    )
     assert {c["optimizer"] for c in recommendation["comparisons"]} == {"sgd", "adam"} - {
         recommendation["leader"]
     }

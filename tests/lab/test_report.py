@@ -121,26 +121,26 @@ def test_statistical_tie_is_said_and_broken_by_robustness() -> None:
         "rmsprop", [rising(v, 3) for v in (0.921, 0.90, 0.93)], {1e-4: 0.5, 1e-3: 0.92, 1e-2: 0.3}
     )
     wide = outcome(
-        "adam", [rising(v, 3) for v in (0.915, 0.905, 0.925)], {1e-4: 0.91, 1e-3: 0.92, 1e-2: 0.915}
+        "adam", [rising(v, 3) for v in (0.920, 0.901, 0.929)], {1e-4: 0.91, 1e-3: 0.92, 1e-2: 0.915}
     )
     found = data.verdict(problem_outcome(narrow, wide))
     assert found.headline.startswith("adam, lr 0.001: a tied-best mean accuracy")
     assert "chosen among the tied for its wider good learning-rate range" in found.headline
     tie = found.evidence[0]
-    assert tie.startswith("adam and rmsprop are not distinguishable with 3 seeds: adam − rmsprop")
-    assert "seeds would separate them (80% power at the observed difference)" in tie
+    assert tie.startswith("adam is equivalent to rmsprop within ±0.01: adam − rmsprop = -0.0003 [")
+    assert "TOST p = 0.0024" in tie
     assert found.evidence[1].startswith("Tied: rmsprop, adam.")
     assert "rmsprop 0 steps (0.001), adam 2 steps (0.0001–0.01)" in found.evidence[2]
     assert "more than one step narrower: rmsprop" in found.evidence[2]
     rows = data.ranking(problem_outcome(narrow, wide))
     assert [r.optimizer for r in rows] == ["adam", "rmsprop"]
     assert rows[1].tied and rows[1].status == "leader, tied" and rows[1].vs_leader == "leader"
-    assert rows[0].vs_leader.startswith("-0.002 [")  # the paired CI behind "tied"
+    assert rows[0].vs_leader.startswith("-0.0003 [")  # the paired CI behind "tied"
 
 
 def test_equally_robust_tie_is_broken_by_speed() -> None:
     slow = outcome("rmsprop", [rising(v, 8) for v in (0.921, 0.90, 0.93)], {1e-3: 0.92})
-    fast = outcome("adam", [rising(v, 2) for v in (0.915, 0.905, 0.925)], {1e-3: 0.92})
+    fast = outcome("adam", [rising(v, 2) for v in (0.920, 0.901, 0.929)], {1e-3: 0.92})
     problem = problem_outcome(slow, fast)
     assert problem.recommendation.optimizer == "adam"
     found = data.verdict(problem)

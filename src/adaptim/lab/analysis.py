@@ -22,12 +22,18 @@ means and intervals the report shows use test):
    margin`` is at most that level, and **not distinguishable** with this
    many seeds when neither holds (with the seeds a paired t-test would need
    to separate them at 80% power, from the observed difference and SD).
-4. **Ties** (the leader and every equivalent or not-distinguishable
-   optimizer) are broken by the width of the good learning-rate range in
+4. **Ties** (the leader and every optimizer shown *equivalent* to it) are
+   broken by the width of the good learning-rate range in
    grid steps (:mod:`adaptim.lab.robustness`, on the tuning seed and the
    ``sweeps`` the study runs on a second seed; widths within one step are
    equal, and a range is not compared when an lr was fixed with ``--set``),
-   then by the time to the speed target, then by the mean.
+   then by the time to the speed target, then by the mean. An optimizer
+   that is only *not distinguishable* is not tied: a secondary criterion
+   may pick among optimizers whose primary metric was shown equal within
+   the margin, never one whose difference is merely unresolved (a faster
+   but possibly worse optimizer would otherwise win on speed). The leader
+   then stays the choice (``Criterion.LEADING``) and the report gives the
+   seeds that would settle it.
 
 **Time-to-target** is AlgoPerf's (Dahl et al. 2023): the problem's fixed
 validation target (:attr:`~adaptim.lab.problems.base.Problem.target`), each
@@ -274,16 +280,17 @@ def _recommend(
     comparisons = compare_to_leader(
         metric, values[leader.name], others, set(diverged), margin_absolute, level
     )
-    tied = {
-        c.optimizer
-        for c in comparisons
-        if c.relation in (Relation.EQUIVALENT, Relation.INDISTINGUISHABLE)
-    }
+    tied = {c.optimizer for c in comparisons if c.relation is Relation.EQUIVALENT}
+    unresolved = any(c.relation is Relation.INDISTINGUISHABLE for c in comparisons)
     contenders = [leader, *(o for o in clean if o.name in tied)]
+    if len(clean) == 1:
+        standing = Criterion.UNCONTESTED
+    else:
+        standing = Criterion.LEADING if unresolved else Criterion.SEPARATED
     untied = Recommendation(
         leader.name,
         dict(leader.hparams),
-        Criterion.UNCONTESTED if len(clean) == 1 else Criterion.SEPARATED,
+        standing,
         leader=leader.name,
         comparisons=tuple(comparisons),
         contenders=tuple(o.name for o in contenders),

@@ -85,6 +85,9 @@ class Criterion(enum.Enum):
 
     UNCONTESTED = "uncontested"  # no other optimizer finished every re-run seed
     SEPARATED = "separated"  # the leader is better than every other clean optimizer
+    #: the leader's best mean stands: some optimizer is not distinguishable from it, and
+    #: none is shown equivalent, so no secondary criterion can take the choice from it
+    LEADING = "leading"
     LR_RANGE = "lr_range"  # among the tied, a wider good lr range by more than one step
     SPEED = "speed"  # equally robust: fewer steps to the target
     MEAN = "mean"  # equally robust and fast: the better mean
@@ -125,7 +128,9 @@ class Recommendation:
     leader: str | None = None
     #: Every other optimizer against the leader.
     comparisons: tuple[Comparison, ...] = ()
-    #: The tie: the leader and every equivalent or not-distinguishable optimizer.
+    #: The tie: the leader and every optimizer shown equivalent to it (TOST). A merely
+    #: not-distinguishable optimizer is not tied: absence of a difference is not evidence
+    #: of equivalence, so a secondary criterion may not pick it over the better mean.
     contenders: tuple[str, ...] = ()
     #: Tied optimizers removed by a tie-break criterion, and which one.
     eliminated: Mapping[str, Criterion] = field(default_factory=dict)

@@ -127,7 +127,9 @@ def headline(metric: Metric, rec: Recommendation, outcomes: Sequence[OptimizerOu
     rank = {
         Criterion.UNCONTESTED: "mean",
         Criterion.SEPARATED: f"{goal} mean",
+        Criterion.LEADING: f"{goal} mean",
     }.get(rec.decided_by, "a tied-best mean")
+    unresolved = [c.optimizer for c in rec.comparisons if c.relation is Relation.INDISTINGUISHABLE]
     why = {
         Criterion.UNCONTESTED: (
             "the only optimizer compared"
@@ -135,6 +137,10 @@ def headline(metric: Metric, rec: Recommendation, outcomes: Sequence[OptimizerOu
             else "the only optimizer that finished every re-run seed"
         ),
         Criterion.SEPARATED: "better than every other optimizer (paired by seed, Holm-adjusted)",
+        Criterion.LEADING: (
+            f"not separated from {', '.join(unresolved)} with these seeds but not shown "
+            "equivalent either, so the better mean stands"
+        ),
         Criterion.LR_RANGE: "chosen among the tied for its wider good learning-rate range",
         Criterion.SPEED: "chosen among the tied as the fastest to the target",
         Criterion.MEAN: "chosen among the tied for the better mean",
