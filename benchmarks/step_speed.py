@@ -77,6 +77,16 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
     "radam": ("RAdam", {}, 2),
     "lars": ("LARS", {}, 1),
     "lamb": ("LAMB", {}, 2),
+    # torch.optim's other adaptive methods (issue 16)
+    "rprop": ("Rprop", {}, 2),
+    "asgd": ("ASGD", {}, 1),
+    # factored: a matrix keeps a row and a column (taken as 0 per parameter); vectors keep one
+    "adafactor": ("Adafactor", {}, 0),
+    # optax's: no torch.optim twin, so no ratio; the roofline column still applies
+    "lion": ("Lion", {}, 1),
+    "adabelief": ("AdaBelief", {}, 2),
+    "yogi": ("Yogi", {}, 2),
+    "adan": ("Adan", {}, 4),
 }
 
 
