@@ -4,12 +4,14 @@ Hypothesis draws the problem (a quadratic or a small tanh network on fixed
 data, so every gradient depends on the parameters), its dtype, the
 hyperparameters and the seed; both packages then take :data:`~_parity.STEPS`
 steps. Parameters and the reference's state (its ``state_dict``) must agree
-to :data:`~_parity.TOLERANCE`: adaptim's LDoG computes in the parameters'
-dtype as the reference does (bit for bit here); DoG adds its group-wide sums
-in float64 where the reference stays in float32 (relative error about 1e-6).
-In float32, draws where the reference's own run is chaotic (one ulp moved in
-the start moves its result past 1e-5: a network near the edge of stability)
-are set aside, since there rounding, not the algorithm, decides the result.
+to :data:`~_parity.TOLERANCE`. adaptim's LDoG computes in the parameters'
+dtype with the reference's operations: bit for bit, on every draw. DoG adds
+its group-wide sums as one float64 reduction (the reference: per-tensor sums
+in the parameters' dtype, stacked), about one ulp apart per step; on a draw
+where the reference's own run is chaotic (one ulp moved in the start moves
+its result by tol/100 or more: a network at the edge of stability, about one
+draw in eight) rounding, not the algorithm, decides the result, and the draw
+is set aside.
 """
 
 from __future__ import annotations
@@ -133,15 +135,17 @@ def test_matches_reference(name: str, dtype: torch.dtype, data: st.DataObject) -
     (ours, _), (theirs, _) = setups = build(), build()
     opt, ref = (_run(cls, setup, hp, STEPS) for cls, setup in zip(PAIRS[name], setups, strict=True))
     tol = TOLERANCE[dtype]
-    if dtype == torch.float32:
-        # Float32 agreement is only meaningful where the reference's own run is
-        # not chaotic: one ulp moved in x₀ must not move its result past 1e-5.
+    if name == "dog":
+        # DoG's sums are added in another order (and in float64), so agreement
+        # is only meaningful where the reference's own run is not chaotic: one
+        # ulp moved in x₀ must move its result by less than tol / 100.
         nudged, _ = setup = build()
         with torch.no_grad():
             first = nudged[0].view(-1)
             first[0] = torch.nextafter(first[0], torch.tensor(math.inf, dtype=dtype))
         _run(PAIRS[name][1], setup, hp, STEPS)
-        assume(all(relative_error(a, b) <= 1e-5 for a, b in zip(nudged, theirs, strict=True)))
+        stable = all(relative_error(a, b) <= tol / 100 for a, b in zip(nudged, theirs, strict=True))
+        assume(stable)
     for a, b in zip(ours, theirs, strict=True):
         assert relative_error(a.detach(), b.detach()) <= tol
     # the reference's whole state: init_buffer, rbar, G, eta per group, and _first_step
@@ -286,3 +290,34 @@ def test_averager_refuses_bad_arguments() -> None:
     averager = adaptim.PolynomialAverager(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"expected a mapping with 't' and 'av_model'"):
         averager.load_state_dict({"t": 3})
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_a_tensor_without_gradient_waits_and_survives_a_checkpoint(name: str) -> None:
+    """The reference fails on a missing gradient; adaptim starts such a tensor at its first one.
+
+    Its ``state_dict`` still has the reference's layout (x₀ of the waiting
+    tensor: where it is now), and a run resumed from it continues as the
+    uninterrupted run does once the tensor gets gradients.
+    """
+    problem = Problem.draw([(3,), (2, 2)], torch.float64, 11)
+    runs = []
+    for resume in (False, True):
+        params = problem.params()
+        opt = PAIRS[name][0](params, reps_rel=1e-3)
+        for step in range(20):
+            problem.set_grads(params)
+            if step < 10:
+                params[1].grad = None
+            opt.step()
+            if step == 5:
+                assert torch.equal(params[1], problem.start[1])  # no gradient: it waits
+                if resume:
+                    saved = copy.deepcopy(opt.state_dict())
+                    assert len(saved["param_groups"][0]["init_buffer"]) == 2
+                    opt = PAIRS[name][0](params, reps_rel=1e-3)
+                    opt.load_state_dict(saved)
+        runs.append(params)
+    for a, b in zip(*runs, strict=True):
+        assert relative_error(a.detach(), b.detach()) <= 1e-14
+    assert not torch.equal(runs[0][1], problem.start[1])
