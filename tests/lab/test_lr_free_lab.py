@@ -20,6 +20,8 @@ LR_FREE = (
     "dadapt-adam",
     "dadapt-sgd",
     "dadapt-adagrad",
+    "dog",
+    "ldog",
 )
 
 

@@ -31,6 +31,7 @@ ALGORITHMS: dict[str, Algorithm] = {
 from adaptim.algorithms._spec import GroupPass  # noqa: E402
 from adaptim.algorithms.dadapt_adagrad import DADAPT_ADAGRAD  # noqa: E402
 from adaptim.algorithms.dadaptation import DADAPT_ADAM, DADAPT_SGD  # noqa: E402
+from adaptim.algorithms.dog import DOG, LDOG  # noqa: E402
 from adaptim.algorithms.prodigy import PRODIGY  # noqa: E402
 from adaptim.algorithms.schedulefree import SCHEDULEFREE_ADAMW, SCHEDULEFREE_SGD  # noqa: E402
 
@@ -43,6 +44,8 @@ LR_FREE: dict[str, Algorithm] = {
         DADAPT_ADAM,
         DADAPT_SGD,
         DADAPT_ADAGRAD,
+        DOG,
+        LDOG,
     )
 }
 
@@ -59,8 +62,10 @@ __all__ = [
     "DADAPT_ADAGRAD",
     "DADAPT_ADAM",
     "DADAPT_SGD",
+    "DOG",
     "LAMB",
     "LARS",
+    "LDOG",
     # learning-rate-free rules (issue 14)
     "LR_FREE",
     "NADAM",

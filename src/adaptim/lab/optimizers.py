@@ -330,6 +330,22 @@ def _lr_free_variants() -> list[Variant]:
             d_range,
             tuning_free=True,
         ),
+        # DoG's lr is the paper's c (1; above it the steps can blow up). The lab
+        # evaluates the last iterate, without the averaging the authors pair DoG with.
+        Variant(
+            "dog",
+            "DoG: SGD, step size = distance travelled / √(sum of squared gradients)",
+            adaptim.DoG,
+            d_range,
+            tuning_free=True,
+        ),
+        Variant(
+            "ldog",
+            "LDoG: layer-wise DoG, one such step size per tensor",
+            adaptim.LDoG,
+            d_range,
+            tuning_free=True,
+        ),
     ]
 
 

@@ -444,6 +444,8 @@ __all__ = [
     "DAdaptAdaGrad",
     "DAdaptAdam",
     "DAdaptSGD",
+    "DoG",
+    "LDoG",
     "NAdam",
     "Optimizer",
     "Prodigy",
@@ -467,6 +469,8 @@ Prodigy = LR_FREE_OPTIMIZERS["prodigy"]
 DAdaptAdam = LR_FREE_OPTIMIZERS["dadapt-adam"]
 DAdaptSGD = LR_FREE_OPTIMIZERS["dadapt-sgd"]
 DAdaptAdaGrad = LR_FREE_OPTIMIZERS["dadapt-adagrad"]
+DoG = LR_FREE_OPTIMIZERS["dog"]
+LDoG = LR_FREE_OPTIMIZERS["ldog"]
 
 # -- issue 16 (twins)
 __all__ += ["ASGD", "Adafactor", "Rprop"]

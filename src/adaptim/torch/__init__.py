@@ -1,6 +1,8 @@
 """The PyTorch front-end: ``torch.optim.Optimizer`` subclasses, drop-in for torch.optim."""
 
 from adaptim.torch._base import NONFINITE_POLICIES, TORCH_OPS, Optimizer
+from adaptim.torch.averaging import PolynomialAverager
+from adaptim.torch.dog import DOG_OPTIMIZERS, DoG, LDoG
 from adaptim.torch.lr_free import (
     LR_FREE_OPTIMIZERS,
     DAdaptAdaGrad,
@@ -40,6 +42,7 @@ from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Adafactor, Rprop
 # group-wide scalars, so the per-tensor machinery built on OPTIMIZERS does not apply).
 OPTIMIZERS.update(TWIN_OPTIMIZERS)
 OPTIMIZERS.update(OPTAX_FAMILY)
+LR_FREE_OPTIMIZERS.update(DOG_OPTIMIZERS)
 
 __all__ = [
     "ASGD",
@@ -62,10 +65,13 @@ __all__ = [
     "DAdaptAdaGrad",
     "DAdaptAdam",
     "DAdaptSGD",
+    "DoG",
+    "LDoG",
     "Lion",
     "NAdam",
     "NovoGrad",
     "Optimizer",
+    "PolynomialAverager",
     "Prodigy",
     "RAdam",
     "RMSprop",
