@@ -143,8 +143,9 @@ def _run(
     return result, f"{problem.name} · {optimizer}"
 
 
-def print_tuning_costs(console: Console, problem: ProblemOutcome) -> None:
-    """The cost-of-tuning table, when a tuning-free optimizer or ``--search lr-find`` is in."""
+def print_tuning_costs(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:
+    """The cost-of-tuning table, when a tuning-free optimizer or ``--search lr-find`` is in;
+    ``wide`` shows every column, wider than the terminal if need be."""
     from adaptim.lab.report.tuning import COST_NOTE, cost_rows, shows_costs
 
     if not shows_costs(problem):
@@ -161,4 +162,5 @@ def print_tuning_costs(console: Console, problem: ProblemOutcome) -> None:
 
     # Every column where they fit; at 80 columns the optimizer, how it was tuned, the steps
     # and the value (the run counts and the range test's steps are also in the report).
-    print_fitted(console, [table(range(len(head))), table([0, 1, 4, 5, 6])])
+    every = table(range(len(head)))
+    print_fitted(console, [every] if wide else [every, table([0, 1, 4, 5, 6])])

@@ -49,7 +49,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path,
     out = tmp_path_factory.mktemp("terminal")
     args = [
         *("compare", "--problem", "digits-mlp", "--optimizers", ",".join(OPTIMIZERS)),
-        *("--budget", "2", "--seeds", "2", "--max-seeds", "2", "--steps", "150"),
+        *("--budget", "2", "--seeds", "2", "--max-seeds", "2", "--steps", "100"),
         *("--workers", "1", "--out", str(out)),
     ]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
@@ -102,10 +102,10 @@ def assert_ranking_whole(text: str, study: StudyOutcome) -> None:
             assert all(word in lines.split() for word in cells[1].split())
 
 
-def render(study: StudyOutcome, width: int) -> str:
+def render(study: StudyOutcome, width: int, wide: bool = False) -> str:
     console = Console(width=width, record=True, file=io.StringIO())
     for problem in study.problems:
-        print_problem(console, problem)
+        print_problem(console, problem, wide)
     return console.export_text()
 
 
@@ -119,6 +119,8 @@ def test_compare_in_a_log_at_80_columns_cuts_nothing(study: tuple[str, Path, Stu
     )
     assert too_wide(output, 80, out) == []
     assert_ranking_whole(output, outcome)
+    # An 18-letter name and intervals: the standing goes above the difference to fit.
+    assert "standing, vs leader" in output
     # The tuning-free optimizer's lr carries its mark, and the caption says what it means.
     assert any(mark in output for mark in LR_SOURCE_MARKS.values())
     assert "a tuning-free optimizer at its published default lr" in output
@@ -143,6 +145,19 @@ def test_the_ranking_takes_the_layout_that_fits(
         assert len(rows) == len(OPTIMIZERS)
     if width >= 160:
         assert {"target", "diverged"} <= set(header.split())
+
+
+@pytest.mark.slow
+def test_wide_shows_every_column_rather_than_cut(study: tuple[str, Path, StudyOutcome]) -> None:
+    _, _, outcome = study
+    text = render(outcome, 80, wide=True)
+    assert_ranking_whole(text, outcome)
+    assert "…" not in text
+    header = next(line for line in text.splitlines() if line.startswith("optimizer"))
+    assert {"standing", "seeds", "target", "diverged", "good"} <= set(header.split())
+    assert cell_len(header.rstrip()) > 80
+    for row in ranking(outcome.problems[0]):
+        assert row.good_lr in block(text, row.optimizer)
 
 
 def test_reproduce_in_a_log_at_80_columns_cuts_nothing(

@@ -187,7 +187,7 @@ def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False)
     from adaptim.lab.tables import print_ranking
 
     print_ranking(console, problem, wide)
-    print_tuning_costs(console, problem)
+    print_tuning_costs(console, problem, wide)
     found = verdict(problem)
     console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
     bullets(console, found.evidence)

@@ -161,7 +161,8 @@ def ranking_notes(problem: ProblemOutcome, rows: Sequence[Row], layout: Layout) 
         notes.append("diverged: re-run seeds, then tuning runs (of all) that diverged")
     if "good lr" in layout.extras:
         notes.append(
-            "good lr: grid steps of learning rates that get 98% of the way to the best (range)"
+            "good lr: the contiguous grid steps of learning rates that get 98% of the way from "
+            "the initial value to the best, and their range"
         )
     return notes
 
