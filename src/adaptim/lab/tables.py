@@ -170,6 +170,7 @@ def ranking_notes(problem: ProblemOutcome, rows: Sequence[Row], layout: Layout) 
 def ranking_table(problem: ProblemOutcome, rows: Sequence[Row], layout: Layout) -> Table:
     """A problem's ranking in ``layout``. Names, numbers and marks never wrap."""
     from adaptim.lab.report.text import on_test
+    from adaptim.lab.splits import has_validation
 
     metric = problem.problem.metric
     goal = "lower" if metric.goal == "min" else "higher"
@@ -182,7 +183,9 @@ def ranking_table(problem: ProblemOutcome, rows: Sequence[Row], layout: Layout) 
         # May break between its words ("not / distinguishable"), never inside one.
         table.add_column("standing", min_width=len("distinguishable"))
     table.add_column("lr", justify="right", no_wrap=True)
-    table.add_column(on_test(metric, True), justify="right", no_wrap=True)
+    # "test accuracy" when a validation split decided; a single split is just "loss".
+    split = has_validation(r for o in problem.outcomes for r in o.runs)
+    table.add_column(on_test(metric, split), justify="right", no_wrap=True)
     # Merged, the standing goes on the line above the difference.
     versus = "standing, vs leader" if layout.merge_standing else "vs leader"
     table.add_column(versus, justify="right", no_wrap=True)
