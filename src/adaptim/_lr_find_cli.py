@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from adaptim.lab.errors import LabError
+from adaptim.lab.tables import compact_table, print_fitted
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -72,6 +73,7 @@ def lr_find(
         elapsed = time.perf_counter() - started
         _make_out(out)
         stem = out / ("lr-find-" + re.sub(r"[^A-Za-z0-9._-]+", "_", f"{problem}-{optimizer}"))
+        from adaptim.lab.report.numbers import lr_text
         from adaptim.lab.report.tuning import write_lr_find
 
         try:
@@ -85,12 +87,14 @@ def lr_find(
         for name in ("start_lr", "end_lr", "steps"):  # lr_find's argument is this option
             message = message.replace(f"Invalid {name}:", f"Invalid --{name.replace('_', '-')}:")
         raise _fail(message) from None
-    table = Table(title=f"{escape(title)}: suggested learning rates")
+    table = compact_table(f"{escape(title)}: suggested learning rates")
+    table.leading = 1  # the rules wrap over lines: a blank line tells the rows apart
     for column in ("suggestion", "lr", "smoothed loss", "rule"):
-        table.add_column(column, justify="right" if column in ("lr", "smoothed loss") else "left")
+        right = column in ("lr", "smoothed loss")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column != "rule")
     for s in result.suggestions:
-        table.add_row(s.name, f"{s.lr:.3g}", f"{s.loss:.4g}", escape(s.rule))
-    console.print(table)
+        table.add_row(s.name, lr_text(s.lr), f"{s.loss:.4g}", escape(s.rule))
+    print_fitted(console, [table])
     last = f"{result.lrs[-1]:.3g}" if result.lrs else "–"
     console.print(
         f"{result.steps} of {result.planned} steps in {elapsed:.1f}s; {STOPS[result.stop]} "
@@ -99,7 +103,9 @@ def lr_find(
     )
     if not result.suggestions:
         console.print("[red]No suggestion:[/] too few finite points; lower --start-lr.")
-    console.print(f"Figure: [bold]{svg}[/], [bold]{png}[/]")
+    # A path stays on one line (a wrapped one does not paste back).
+    console.print(f"Figure: [bold]{escape(str(svg))}[/]", soft_wrap=True)
+    console.print(f"        [bold]{escape(str(png))}[/]", soft_wrap=True)
 
 
 def _run(
@@ -137,27 +143,24 @@ def _run(
     return result, f"{problem.name} · {optimizer}"
 
 
-def print_tuning_costs(console: Console, problem: ProblemOutcome) -> None:
-    """The cost-of-tuning table, when a tuning-free optimizer or ``--search lr-find`` is in."""
+def print_tuning_costs(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:
+    """The cost-of-tuning table, when a tuning-free optimizer or ``--search lr-find`` is in;
+    ``wide`` shows every column, wider than the terminal if need be."""
     from adaptim.lab.report.tuning import COST_NOTE, cost_rows, shows_costs
 
     if not shows_costs(problem):
         return
     head, rows = cost_rows(problem.problem.metric, problem.recommendation)
-    # At 80 columns: the optimizer, how it was tuned, the steps and the value (the report
-    # also shows the run counts and the range test's steps).
-    keep = [0, 1, 4, 5, 6]
-    table = Table(
-        title=f"{escape(problem.problem.name)}: the cost of tuning",
-        caption=COST_NOTE,
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-        caption_justify="left",
-    )
-    for i in keep:
-        table.add_column(escape(head[i]), justify="left" if i < 2 else "right", no_wrap=i != 1)
-    for row in rows:
-        table.add_row(*(escape(row[i]) for i in keep))
-    console.print(table)
+
+    def table(keep: Sequence[int]) -> Table:
+        table = compact_table(f"{escape(problem.problem.name)}: the cost of tuning", COST_NOTE)
+        for i in keep:
+            table.add_column(escape(head[i]), justify="left" if i < 2 else "right", no_wrap=i != 1)
+        for row in rows:
+            table.add_row(*(escape(row[i]) for i in keep))
+        return table
+
+    # Every column where they fit; at 80 columns the optimizer, how it was tuned, the steps
+    # and the value (the run counts and the range test's steps are also in the report).
+    every = table(range(len(head)))
+    print_fitted(console, [every] if wide else [every, table([0, 1, 4, 5, 6])])

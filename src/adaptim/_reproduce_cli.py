@@ -22,6 +22,7 @@ def run_and_print(
     console: Console, quick: bool, out: Path, store_url: str | None, workers: int
 ) -> tuple[list[Verdict], Path]:
     """Run the claims (``workers`` processes), print their table, write ``out/reproduce.json``."""
+    from adaptim.lab.console import StudyProgress
     from adaptim.lab.executors import make_executor
     from adaptim.lab.reproduce import reproduce as run_claims
     from adaptim.lab.reproduce import write_json
@@ -30,14 +31,11 @@ def run_and_print(
     trial_store = Store(store_url or default_url(out))
     executor = make_executor(workers)
     try:
-        with console.status("running the claims' studies") as status:
+        # The claims' studies are planned one after another: a count without a total or ETA.
+        with StudyProgress(console, None) as progress:
 
             def on_trial(result: TrialResult, reused: bool) -> None:
-                spec = result.spec
-                status.update(
-                    f"{spec.problem} · {spec.optimizer} seed {spec.seed} "
-                    f"({'stored' if reused else f'{result.wall_time:.1f}s'})"
-                )
+                progress.finished(result.spec, reused, result.wall_time, None)
 
             verdicts = run_claims(trial_store, executor, quick=quick, on_trial=on_trial)
     finally:
@@ -47,30 +45,50 @@ def run_and_print(
 
 
 def _print_verdicts(console: Console, verdicts: list[Verdict], quick: bool) -> None:
-    table = Table(
-        title="published claims, through the protocol"
-        + (" (--quick: budget 4, 2 seeds, cheap claims only)" if quick else "")
-    )
-    for column in ("claim", "source", "problem · optimizer", "published", "measured (95% CI)", ""):
-        table.add_column(column, justify="right" if column in ("published",) else "left")
-    from adaptim.lab.report.text import number, seeds
+    """One row per claim; its source as a number with the sources listed under the table.
 
-    for v in verdicts:
-        c = v.claim
-        measured = "diverged" if v.mean is None else number(v.mean)
-        if v.ci95 is not None:
-            measured += f" ± {v.ci95:.2g}"
-        measured += f" ({seeds(v.seeds)})"
-        table.add_row(
-            escape(c.claim),
-            escape(c.source),
-            escape(f"{c.problem} · {c.subject}"),
-            f"{c.published:g} ± {c.tolerance:g}",
-            measured,
-            "[green]holds[/]" if v.holds else "[red]does not hold[/]",
-        )
-    console.print(table)
+    A wide terminal gets the problem and optimizer in a column of their own; at 80 columns
+    they go under the claim, and the seed count under the measured value.
+    """
+    from adaptim.lab.console import bullets
+    from adaptim.lab.report.numbers import with_ci
+    from adaptim.lab.report.text import seeds
+    from adaptim.lab.tables import compact_table, print_fitted
+
+    sources = list(dict.fromkeys(v.claim.source for v in verdicts))
+    title = "published claims, through the protocol" + (
+        " (--quick: budget 4, 2 seeds, cheap claims only)" if quick else ""
+    )
+    caption = "\n".join(f"[{i}] {escape(source)}" for i, source in enumerate(sources, 1))
+
+    def table(stacked: bool) -> Table:
+        table = compact_table(title, caption)
+        table.leading = int(stacked)  # a blank line between rows of several lines each
+        table.add_column("claim [source]", min_width=24)
+        if not stacked:
+            table.add_column("problem · optimizer", no_wrap=True)
+        table.add_column("published", justify="right", no_wrap=True)
+        table.add_column("measured (95% CI)", justify="right", no_wrap=True)
+        table.add_column("verdict", min_width=len("holds"))
+        for v in verdicts:
+            c = v.claim
+            mean, spread = with_ci(v.mean, v.ci95)
+            measured = (
+                "diverged" if v.mean is None else mean + ("" if spread == "–" else " " + spread)
+            )
+            run = f"{c.problem} · {c.subject}"
+            claim = f"{escape(c.claim)} [{sources.index(c.source) + 1}]"
+            table.add_row(
+                f"{claim}\n[dim]{escape(run)}[/]" if stacked else claim,
+                *([] if stacked else [escape(run)]),
+                f"{c.published:g} ± {c.tolerance:g}",
+                measured + ("\n" if stacked else " ") + f"({seeds(v.seeds)})",
+                "[green]holds[/]" if v.holds else "[red]does not hold[/]",
+            )
+        return table
+
+    print_fitted(console, [table(stacked=False), table(stacked=True)])
     console.print(f"{sum(v.holds for v in verdicts)} of {len(verdicts)} claims hold.")
-    for v in verdicts:
-        if v.claim.note and not v.holds:
-            console.print(f"  • {escape(v.claim.claim)}: {escape(v.claim.note)}", highlight=False)
+    notes = [f"{v.claim.claim}: {v.claim.note}" for v in verdicts if v.claim.note and not v.holds]
+    if notes:
+        bullets(console, notes)

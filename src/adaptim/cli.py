@@ -110,7 +110,7 @@ WideOption = Annotated[
     typer.Option(
         "--wide",
         help="Tables with every column (divergences, steps to target, good-lr range); "
-        "they need about 130 columns.",
+        "printed wider than the terminal if need be.",
     ),
 ]
 
@@ -278,8 +278,11 @@ def compare(
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
         raise _interrupted() from None
-    console.print(f"\nResults: [bold]{outcome_path}[/]")
-    console.print(f"Report:  [bold]{outcome_path.with_name('report.html')}[/]")
+    # Paths stay on one line, however long (a wrapped one does not paste back).
+    console.print(f"\nResults: [bold]{escape(str(outcome_path))}[/]", soft_wrap=True)
+    console.print(
+        f"Report:  [bold]{escape(str(outcome_path.with_name('report.html')))}[/]", soft_wrap=True
+    )
 
 
 def _compare(
@@ -487,7 +490,7 @@ def report(
         path = _report(directory, store, study, out, data_dir, wide, trust_problem_module)
     except LabError as error:
         raise _fail(str(error)) from None
-    console.print(f"Report: [bold]{path}[/]")
+    console.print(f"Report: [bold]{escape(str(path))}[/]", soft_wrap=True)
 
 
 def _report(
@@ -555,7 +558,7 @@ def reproduce(
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
         raise _interrupted() from None
-    console.print(f"\nResults: [bold]{path}[/]")
+    console.print(f"\nResults: [bold]{escape(str(path))}[/]", soft_wrap=True)
     if strict and not all(v.holds for v in verdicts):
         raise typer.Exit(code=1)
 

@@ -391,11 +391,11 @@ def test_the_eta_is_the_pace_of_fresh_trials_times_those_left(
 
 def fits(text: str, width: int = 80) -> list[str]:
     """The lines of ``text`` that are too wide or cut by Rich (…); progress lines in a log are
-    as long as their trial's name and are left to wrap."""
+    as long as their trial's name and file paths as long as they are: both are left to wrap."""
     return [
         line
         for line in text.splitlines()
-        if (len(line) > width or "…" in line) and not line.startswith("[")
+        if (len(line) > width or "…" in line) and not line.startswith(("[", "Results:", "Report:"))
     ]
 
 

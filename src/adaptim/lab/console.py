@@ -12,12 +12,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.segment import Segments
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -26,9 +24,6 @@ if TYPE_CHECKING:
 
     from adaptim.lab.study import ProblemOutcome
     from adaptim.lab.trial import TrialSpec
-
-#: Columns that ``--wide`` tables take, even on a narrower terminal.
-WIDE = 132
 
 #: Shown when the user presses Ctrl-C during a study (the store keeps every finished trial).
 RESUME_HINT = (
@@ -90,11 +85,13 @@ class StudyProgress:
     """A live bar on a terminal; one plain line per finished trial anywhere else.
 
     A log file (``make demo > log 2>&1``) or a pipe gets lines like
-    ``[12/110] 0m56s, ETA 1m03s: rosenbrock · adam lr=0.001 seed 1 (0.8s)``.
+    ``[12/110] 56s, ETA 1m03s: rosenbrock · adam lr=0.001 seed 1 (0.8s)``, or
+    ``[12] 56s: ...`` when the total is not known ahead (``adaptim reproduce``).
     """
 
-    def __init__(self, console: Console, total: int) -> None:
+    def __init__(self, console: Console, total: int | None) -> None:
         self.console = console
+        #: Trials planned; None when the plan is not known ahead (no total, no ETA).
         self.total = total
         self.done = 0
         self.clock = TrialClock()
@@ -103,7 +100,7 @@ class StudyProgress:
             self.bar = Progress(
                 TextColumn("trials"),
                 BarColumn(bar_width=16),
-                MofNCompleteColumn(),
+                MofNCompleteColumn() if total is not None else TextColumn("{task.completed}"),
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[eta]}"),
                 # The label goes last and alone is shortened, so counts and ETA always fit.
@@ -130,13 +127,16 @@ class StudyProgress:
         if self.bar is not None:
             self.bar.stop()
 
-    def finished(self, spec: TrialSpec, reused: bool, wall_time: float, total: int) -> None:
+    def finished(self, spec: TrialSpec, reused: bool, wall_time: float, total: int | None) -> None:
         """One more trial is done; ``total`` is the plan as it stands now (it can grow)."""
         self.done += 1
-        self.total = max(total, self.done)
         self.clock.finished(reused)
-        left = self.clock.remaining(self.total - self.done)
-        eta = "ETA –" if left is None else f"ETA {duration(left)}"
+        count, eta = f"{self.done}", ""
+        if total is not None:
+            self.total = max(total, self.done)
+            left = self.clock.remaining(self.total - self.done)
+            count = f"{self.done}/{self.total}"
+            eta = "ETA –" if left is None else f"ETA {duration(left)}"
         tag = "stored" if reused else f"{wall_time:.1f}s"
         label = f"{trial_label(spec)} ({tag})"
         if self.bar is not None:
@@ -144,7 +144,7 @@ class StudyProgress:
             self.bar.update(task, completed=self.done, total=self.total, eta=eta, last=label)
             return
         self.console.print(
-            f"[{self.done}/{self.total}] {duration(self.clock.elapsed())}, {eta}: {label}",
+            f"[{count}] {duration(self.clock.elapsed())}{', ' + eta if eta else ''}: {label}",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -175,95 +175,20 @@ def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[
             console.print(Padding(Text(line), (0, 0, 0, 4), expand=False))
 
 
-#: How the ranking marks an lr that was not tuned (the report spells it out).
-LR_SOURCE_MARKS = {" (defaults)": "†", " (problem)": "‡", " (--set)": "§"}
-LR_SOURCE_NOTES = {
-    " (defaults)": "a tuning-free optimizer at its published default lr",
-    " (problem)": "the lr is fixed by the problem",
-    " (--set)": "the lr is fixed with --set",
-}
-
-
-def _marked_lr(lr: str) -> str:
-    for source, mark in LR_SOURCE_MARKS.items():
-        if lr.endswith(source):
-            return lr.removesuffix(source) + mark
-    return lr
-
-
 def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:
     """A problem's ranking, its recommendation and the evidence for it.
 
-    Six short columns fit 80; ``wide`` adds the divergence counts, the steps to
-    the target and the good-lr range (all also in the report).
+    The ranking takes the layout that fits the terminal (:mod:`adaptim.lab.tables`);
+    ``wide`` asks for every column (the divergence counts, the steps to the target and
+    the good-lr range, all also in the report).
     """
-    from adaptim.lab.report.data import ranking, verdict
-    from adaptim.lab.report.text import on_test
-
-    metric = problem.problem.metric
-    goal = "lower" if metric.goal == "min" else "higher"
-    found = verdict(problem)
-    notes = ["vs leader: validation difference to the leader with its 95% CI"]
-    if any(row.lr_at_edge for row in ranking(problem)):
-        notes.append("*: the lr is at the edge of the searched range")
-    # Where a fixed lr came from, as a mark (the words would widen the column past 80).
-    marks = {
-        source: mark for source, mark in LR_SOURCE_MARKS.items()
-        if any(row.lr.endswith(source) for row in ranking(problem))
-    }  # fmt: skip
-    notes += [f"{mark}: {LR_SOURCE_NOTES[source]}" for source, mark in marks.items()]
-    if wide and found.target is not None:
-        source = "the problem's" if found.target_fixed else "reached by every seed of the best two"
-        notes.append(
-            f"steps to target: median over seeds to validation {metric.name} "
-            f"{found.target:.4g} ({source})"
-        )
-    table = Table(
-        title=f"{problem.problem.name}: final {metric.name} ({goal} is better)",
-        caption="\n".join(escape(n) for n in notes),
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-        caption_justify="left",
-    )
-    # Names and numbers never wrap; the standing may break between its words (never inside
-    # the longest); the difference to the leader puts its interval on a line of its own.
-    table.add_column("optimizer", no_wrap=True)
-    table.add_column("standing", min_width=len("distinguishable"))
-    table.add_column("lr", justify="right", no_wrap=True)
-    table.add_column(on_test(metric, True), justify="right", no_wrap=True)
-    table.add_column("vs leader", justify="right", no_wrap=True)
-    table.add_column("seeds", justify="right", no_wrap=True)
-    if wide:
-        table.add_column("diverged (re-runs, tuning)", justify="right")
-        table.add_column("steps to target", justify="right")
-        table.add_column("good-lr range", justify="right")
-    for row in ranking(problem):
-        cells = [
-            f"[bold]{escape(row.optimizer)}[/]" if row.recommended else escape(row.optimizer),
-            escape(row.status),
-            escape(_marked_lr(row.lr)) + ("*" if row.lr_at_edge else ""),
-            row.mean if row.ci95 == "–" else f"{row.mean} {row.ci95}",
-            escape(row.vs_leader.replace(" [", "\n[", 1)),
-            str(row.seeds),
-        ]
-        if wide:
-            cells += [
-                f"{row.diverged_reruns}, {row.diverged_tuning}",
-                row.steps_to_target,
-                escape(row.good_lr),
-            ]
-        table.add_row(*cells)
-    # --wide asks for every column: wider than the terminal rather than cut.
-    if wide:
-        options = console.options.update_width(max(console.width, WIDE))
-        console.print(Segments(console.render(table, options)), soft_wrap=True)
-    else:
-        console.print(table)
     from adaptim._lr_find_cli import print_tuning_costs
+    from adaptim.lab.report.data import verdict
+    from adaptim.lab.tables import print_ranking
 
-    print_tuning_costs(console, problem)
+    print_ranking(console, problem, wide)
+    print_tuning_costs(console, problem, wide)
+    found = verdict(problem)
     console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
     bullets(console, found.evidence)
     console.print()
