@@ -467,6 +467,10 @@ Prodigy = LR_FREE_OPTIMIZERS["prodigy"]
 DAdaptAdam = LR_FREE_OPTIMIZERS["dadapt-adam"]
 DAdaptSGD = LR_FREE_OPTIMIZERS["dadapt-sgd"]
 DAdaptAdaGrad = LR_FREE_OPTIMIZERS["dadapt-adagrad"]
+# hypergradient descent (issue 14)
+SGDHD = LR_FREE_OPTIMIZERS["sgd-hd"]
+AdamHD = LR_FREE_OPTIMIZERS["adam-hd"]
+__all__ += ["SGDHD", "AdamHD"]
 
 # -- issue 16 (twins)
 __all__ += ["ASGD", "Adafactor", "Rprop"]
