@@ -30,3 +30,14 @@ def test_the_reported_rate_follows_alpha(name: str) -> None:
     still = _median_rate(name, {"hypergrad_lr": 0.0})
     moving = _median_rate(name, {"hypergrad_lr": hypergrad_lr})
     assert moving != pytest.approx(still, rel=1e-3)
+
+
+def test_a_schedule_rescales_the_learned_rate() -> None:
+    """torch's schedulers rescale the group's lr, which for SGD-HD is the current α."""
+    problem = quadratic()
+    spec = TrialSpec(problem.name, "sgd-hd", {"lr": 0.05}, 0, 20, schedule="cosine")
+    constant = TrialSpec(problem.name, "sgd-hd", {"lr": 0.05}, 0, 20)
+    decayed, kept = (run_trial(s, problem).records[-1].effective_lr for s in (spec, constant))
+    assert decayed is not None and kept is not None
+    assert decayed["p50"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0
+    assert kept["p50"] != pytest.approx(0.05)
