@@ -28,8 +28,9 @@ class SGDHD(GroupOptimizer):
     paper's :math:`\\beta`. ``param_groups[i]["lr"]`` is the group's current
     :math:`\\alpha_t` (and what :meth:`effective_lr` returns); a learning-rate
     scheduler that rescales ``lr`` rescales :math:`\\alpha_t`. :math:`\\alpha`
-    is not clipped: with a large ``hypergrad_lr`` it can turn negative, and
-    the hypergradient then pushes it back.
+    is not clipped (the paper does not): with a ``hypergrad_lr`` too large for
+    the gradients' scale it can turn negative or diverge, and a ``state_dict``
+    saved while it is negative is refused on load like a negative ``lr``.
     """
 
     algorithm = alg.SGD_HD
