@@ -127,7 +127,7 @@ def _flat(tensors: list[torch.Tensor], indices: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("name", DRAWS)
-@settings(max_examples=4, phases=NO_SHRINK)
+@settings(max_examples=6, phases=NO_SHRINK)
 @given(data=st.data())
 def test_matches_the_papers_algorithm(name: str, dtype: torch.dtype, data: st.DataObject) -> None:
     """Every parameter and every group's α after 200 steps, one or two groups with their own settings.
