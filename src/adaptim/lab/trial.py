@@ -242,8 +242,9 @@ def _gain(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> float:
     unless it keeps torch's heavy-ball buffer, ``momentum_buffer`` (SGD-HD).
     """
     algorithm = getattr(optimizer, "algorithm", None)
-    if algorithm is None or algorithm.group_pass is None:
+    if getattr(algorithm, "group_pass", None) is None:
         return _momentum_gain(group)
+    assert algorithm is not None
     hp = {k: group[k] for k in algorithm.hparams if k in group}
     try:
         heavy_ball = "momentum_buffer" in algorithm.state(hp)
