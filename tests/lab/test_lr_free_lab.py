@@ -22,6 +22,9 @@ LR_FREE = (
     "dadapt-adagrad",
     "dog",
     "ldog",
+    # hypergradient descent, at the paper's α₀ and β (see adaptim.lab.optimizers)
+    "sgd-hd",
+    "adam-hd",
 )
 
 
@@ -65,6 +68,7 @@ REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
     "dadapt-adam": dadaptation.DAdaptAdam,
     "dadapt-sgd": dadaptation.DAdaptSGD,
     "dadapt-adagrad": dadaptation.DAdaptAdaGrad,
+    "adam-hd": torch.optim.Adam,  # Adam's state: α lives in the param group
 }
 
 

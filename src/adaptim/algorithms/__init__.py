@@ -49,6 +49,11 @@ LR_FREE: dict[str, Algorithm] = {
     )
 }
 
+# -- hypergradient descent (issue 14): α itself descends on the loss, one per group --------
+from adaptim.algorithms.hypergrad import ADAM_HD, SGD_HD  # noqa: E402
+
+LR_FREE.update({a.name: a for a in (SGD_HD, ADAM_HD)})
+
 # -- torch.optim's other algorithms (issue 16: Rprop, ASGD, ...) --------------------------
 ALGORITHMS.update({a.name: a for a in (RPROP, ASGD, ADAFACTOR)})
 
@@ -106,3 +111,4 @@ ALGORITHMS.update({a.name: a for a in (LION, ADABELIEF, YOGI, ADAN, NOVOGRAD, SM
 __all__ += ["ADABELIEF", "ADAN", "LION", "NOVOGRAD", "SM3", "YOGI"]
 __all__ += ["adabelief_update", "adan_update", "lion_update", "novograd_update", "yogi_update"]
 __all__ += ["sm3_update"]
+__all__ += ["ADAM_HD", "SGD_HD"]

@@ -243,6 +243,7 @@ def _variants() -> dict[str, Variant]:
         ),
     ]
     table += _lr_free_variants()
+    table += _hypergradient_variants()
     # -- issue 16 (twins): torch.optim's other algorithms ---------------------------------
     table += [
         Variant(
@@ -344,6 +345,36 @@ def _lr_free_variants() -> list[Variant]:
             "LDoG: layer-wise DoG, one such step size per tensor",
             adaptim.LDoG,
             d_range,
+            tuning_free=True,
+        ),
+    ]
+
+
+# -- hypergradient descent (issue 14) -----------------------------------------------------
+def _hypergradient_variants() -> list[Variant]:
+    """SGD-HD and Adam-HD at the paper's settings, never tuned (the self-tuning track).
+
+    They still start from an lr, α₀, but the paper's claim is that they need
+    no tuning of it: Baydin et al. ran every experiment from α₀ = 10⁻³ with one
+    hypergradient rate per method (β = 10⁻³ for SGD-HD, 10⁻⁷ for Adam-HD),
+    which are these classes' defaults. Tuning α₀ would test another claim, and
+    charging them a grid would hide what they save; ``--set sgd-hd.lr=...``
+    still picks another start. The ranges are SGD's and Adam's, for whoever
+    tunes them anyway.
+    """
+    return [
+        Variant(
+            "sgd-hd",
+            "SGD-HD: SGD whose learning rate follows its hypergradient (paper defaults)",
+            adaptim.SGDHD,
+            (3e-3, 3.0),
+            tuning_free=True,
+        ),
+        Variant(
+            "adam-hd",
+            "Adam-HD: Adam whose learning rate follows its hypergradient (paper defaults)",
+            adaptim.AdamHD,
+            (1e-4, 1e-1),
             tuning_free=True,
         ),
     ]

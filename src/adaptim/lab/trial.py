@@ -186,11 +186,8 @@ class _EffectiveLrProbe:
             return None
         rates: list[torch.Tensor | None] = rates_of()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        # A rule with group-wide scalars defines its rate itself; its "momentum"
-        # (Schedule-Free, D-Adapt SGD) is an averaging weight, not a heavy ball.
-        averaging = getattr(getattr(self.optimizer, "algorithm", None), "group_pass", None)
         gains = [
-            1.0 if averaging is not None else _momentum_gain(group)
+            _gain(self.optimizer, group)
             for group in self.optimizer.param_groups
             for _ in group["params"]
         ]
@@ -235,6 +232,25 @@ class _EffectiveLrProbe:
 
 #: Per-tensor medians are recorded for at most this many parameter tensors.
 _EFFECTIVE_LR_TENSORS = 64
+
+
+def _gain(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> float:
+    """The momentum gain of a group, or 1 where its "momentum" is an averaging weight.
+
+    A rule with group-wide scalars defines its rate itself; its "momentum"
+    (Schedule-Free, D-Adapt SGD) is an averaging weight, not a heavy ball,
+    unless it keeps torch's heavy-ball buffer, ``momentum_buffer`` (SGD-HD).
+    """
+    algorithm = getattr(optimizer, "algorithm", None)
+    if getattr(algorithm, "group_pass", None) is None:
+        return _momentum_gain(group)
+    assert algorithm is not None
+    hp = {k: group[k] for k in algorithm.hparams if k in group}
+    try:
+        heavy_ball = "momentum_buffer" in algorithm.state(hp)
+    except (KeyError, TypeError):
+        heavy_ball = False
+    return _momentum_gain(group) if heavy_ball else 1.0
 
 
 def _momentum_gain(group: Mapping[str, Any]) -> float:

@@ -471,6 +471,10 @@ DAdaptSGD = LR_FREE_OPTIMIZERS["dadapt-sgd"]
 DAdaptAdaGrad = LR_FREE_OPTIMIZERS["dadapt-adagrad"]
 DoG = LR_FREE_OPTIMIZERS["dog"]
 LDoG = LR_FREE_OPTIMIZERS["ldog"]
+# hypergradient descent (issue 14)
+SGDHD = LR_FREE_OPTIMIZERS["sgd-hd"]
+AdamHD = LR_FREE_OPTIMIZERS["adam-hd"]
+__all__ += ["SGDHD", "AdamHD"]
 
 # -- issue 16 (twins)
 __all__ += ["ASGD", "Adafactor", "Rprop"]

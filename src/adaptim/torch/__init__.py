@@ -3,6 +3,7 @@
 from adaptim.torch._base import NONFINITE_POLICIES, TORCH_OPS, Optimizer
 from adaptim.torch.averaging import PolynomialAverager
 from adaptim.torch.dog import DOG_OPTIMIZERS, DoG, LDoG
+from adaptim.torch.hypergrad import HYPERGRAD_OPTIMIZERS, SGDHD, AdamHD
 from adaptim.torch.lr_free import (
     LR_FREE_OPTIMIZERS,
     DAdaptAdaGrad,
@@ -36,6 +37,9 @@ from adaptim.torch.optimizers import (
     RMSprop,
 )
 from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Adafactor, Rprop
+
+# hypergradient descent (issue 14): one α per group, stepping like the LR-free rules
+LR_FREE_OPTIMIZERS.update(HYPERGRAD_OPTIMIZERS)
 
 # torch.optim's other algorithms (Rprop, ASGD, Adafactor) and the optax family join the registry; the
 # learning-rate-free ones stay apart (LR_FREE_OPTIMIZERS: their steps share
@@ -80,3 +84,4 @@ __all__ = [
     "ScheduleFreeSGD",
     "Yogi",
 ]
+__all__ += ["SGDHD", "AdamHD"]
