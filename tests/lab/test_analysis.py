@@ -365,3 +365,27 @@ def test_validation_decides_and_test_is_reported() -> None:
         "a, lr 0.001: highest mean on validation, better than every other optimizer "
         "(paired by seed, Holm-adjusted); test accuracy 0.810 ± 0.025 (3 seeds)."
     )
+
+
+def test_a_diverged_tuning_free_optimizer_claims_no_share_of_the_tuned_result() -> None:
+    # prodigy diverged at step 3 of 10 on one seed: it is out of contention, its cut-short
+    # run is charged its full budget (divergence is no saving), and the self-tuning sentence
+    # says it diverged instead of "reaches 40% of tuned adam's accuracy at 1/3 of the compute".
+    import dataclasses
+
+    from adaptim.lab.report.tuning import self_tuning_sentences
+
+    tuned = outcome("adam", [0.90, 0.91, 0.92], {1e-4: 0.5, 1e-3: 0.92, 1e-2: 0.3})
+    free = outcome("prodigy", [0.89, None, 0.90], {1.0: 0.9})
+    free = dataclasses.replace(free, tuning=[], tuning_free=True, lr_fixed=True)
+    free.runs[1] = dataclasses.replace(free.runs[1], steps_done=3)
+    rec = recommend(ACCURACY, [tuned, free], FIXED)
+    assert rec.optimizer == "adam" and rec.diverged == ("prodigy",)
+    cost = next(c for c in rec.costs if c.optimizer == "prodigy")
+    assert (cost.reruns, cost.diverged_runs, cost.run_steps) == (3, 1, 10.0)
+    (finding,) = rec.self_tuning
+    assert (finding.runs, finding.diverged_runs) == (3, 1)
+    (sentence,) = self_tuning_sentences(ACCURACY, rec)
+    assert sentence.startswith("prodigy at its defaults diverged on 1 of 3 re-run seeds")
+    assert "cannot stand in for tuned adam" in sentence and "of the compute" not in sentence
+    assert finding.to_json()["diverged_runs"] == 1

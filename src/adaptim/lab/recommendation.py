@@ -214,6 +214,9 @@ class TuningCost:
     #: The best validation value found so far after each tuning run, at the steps spent so
     #: far (the range test included): what tuning bought, step by step.
     best_so_far: tuple[tuple[int, float | None], ...] = ()
+    #: Re-runs at the chosen setting, and how many of them diverged.
+    reruns: int = 0
+    diverged_runs: int = 0
 
     @property
     def total_steps(self) -> float:
@@ -243,6 +246,10 @@ class SelfTuning:
     compute: float
     #: Their standing when one of the two is the leader (paired by seed), else ``None``.
     relation: Relation | None = None
+    #: The tuning-free optimizer's re-runs and how many diverged: a diverged one is out of
+    #: contention, and no share of the tuned optimizer's result is claimed for it.
+    runs: int = 0
+    diverged_runs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "relation"}

@@ -50,9 +50,15 @@ def tuning_cost(
         tuning_runs=len(outcome.tuning),
         range_test_steps=range_steps,
         tuning_steps=spent,
-        run_steps=sum(r.steps_done for r in runs) / len(runs) if runs else 0.0,
+        # A diverged run stopped early but gave no trained model: it counts its full budget,
+        # so divergence never looks like a saving.
+        run_steps=sum(r.spec.steps if r.diverged else r.steps_done for r in runs) / len(runs)
+        if runs
+        else 0.0,
         value=sum(values.values()) / len(values) if values else None,
         best_so_far=tuple(curve),
+        reruns=len(runs),
+        diverged_runs=sum(1 for r in runs if r.diverged),
     )
 
 
@@ -84,6 +90,8 @@ def self_tuning(
                 ratio=c.value / reference.value,
                 compute=c.total_steps / reference.total_steps,
                 relation=relation,
+                runs=c.reruns,
+                diverged_runs=c.diverged_runs,
             )
         )
     return found

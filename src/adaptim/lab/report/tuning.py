@@ -104,6 +104,14 @@ def self_tuning_sentences(metric: Metric, rec: Recommendation) -> list[str]:
     out = []
     for f in rec.self_tuning:
         mine, theirs = costs[f.optimizer], costs[f.reference]
+        if f.diverged_runs:  # out of contention: a share of the tuned result would flatter it
+            out.append(
+                f"{f.optimizer} at its defaults diverged on {f.diverged_runs} of {f.runs} "
+                f"re-run seeds, so it cannot stand in for tuned {f.reference} here (scoring each "
+                f"diverged seed as the worst value reached: {number(f.value)} vs "
+                f"{number(f.reference_value)})."
+            )
+            continue
         if metric.goal == "max":
             reached = (
                 f"reaches {100 * f.ratio:.0f}% of tuned {f.reference}'s validation {metric.name}"
