@@ -295,3 +295,13 @@ DIFFERENCES.update(
         "sm3": {"optax": {}, "paper": {"momentum": 0.0, "eps": 0.0}},
     }
 )
+
+# -- torch.optim's Adafactor (issue 16 point 1): Keras 3 and the paper add eps1 to g²
+# where torch floors V̂; Keras also decays θ before measuring its RMS.
+_ADAFACTOR_PAPER: dict[str, Any] = {"eps": (1e-30, 1e-3), "eps1_in_square": True}
+DIFFERENCES["adafactor"] = {
+    "torch": {},
+    "keras": {**_ADAFACTOR_PAPER, "lr": 1e-3, "rms_after_decay": True},
+    # Shazeer & Stern 2018, Algorithms 4/5 with Section 7's rho_t = min(1e-2, 1/sqrt(t))
+    "paper": _ADAFACTOR_PAPER,
+}
