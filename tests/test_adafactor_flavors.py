@@ -52,6 +52,9 @@ from _parity import Range
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import adaptim
+import adaptim.numpy as anp
+
 # Test dependencies CI installs: missing ones must fail, not skip.
 keras = importlib.import_module("keras")
 jax = importlib.import_module("jax")
@@ -266,3 +269,15 @@ def test_the_comparison_can_fail(variant: Variant, change: dict[str, Any]) -> No
     assert max(errors(variant, case, np.float64).values()) <= tolerance[np.float64]
     changed = dataclasses.replace(variant, ours=lambda hp: {**variant.ours(hp), **change})
     assert min(errors(changed, case, np.float64).values()) > 100 * tolerance[np.float64]
+
+
+@pytest.mark.parametrize("front_end", ["torch", "numpy"])
+def test_optax_flavor_is_refused_with_a_pointer_to_paper(front_end: str) -> None:
+    """optax has an Adafactor but no preset here: the error says which arguments make it
+    the paper flavor, and lists the flavors there are."""
+    message = r"Invalid flavor for Adafactor: 'optax'; no preset: .*min_dim_size_to_factor=1.*"
+    with pytest.raises(ValueError, match=message + r"Allowed: 'torch', 'keras', 'paper'\."):
+        if front_end == "torch":
+            adaptim.Adafactor([torch.zeros(3, requires_grad=True)], flavor="optax")
+        else:
+            anp.Adafactor([np.zeros(3)], flavor="optax")

@@ -16,6 +16,7 @@ from adaptim.flavors import (
     DIFFERENCES,
     FLAVOR_TITLES,
     FLAVORS,
+    NO_PRESET,
     available,
     differing_options,
     preset,
@@ -148,9 +149,6 @@ EQUATIONS: dict[str, Callable[[Values], list[str]]] = {
 }
 
 TITLES = {name: ALGORITHMS[name].class_name for name in EQUATIONS}
-
-#: Frameworks that have the algorithm but no flavor of their own here, and why.
-NO_PRESET: dict[str, dict[str, str]] = {}
 
 _INTRO = """\
 # Flavors: the same optimizer in PyTorch, Keras 3, TF1, optax and the papers
@@ -372,14 +370,6 @@ def _adafactor(v: Values) -> list[str]:
 
 
 EQUATIONS["adafactor"] = _adafactor
-NO_PRESET["adafactor"] = {
-    "optax": (
-        "`optax.adafactor(learning_rate=lambda t: min(γ, 1/√(t + 1)), "
-        "min_dim_size_to_factor=1)` is `paper` on vectors and matrices; by default optax "
-        "leaves axes under 128 unfactored, has no relative step, factors a higher-rank "
-        "tensor over its two largest axes and adds λ·θ after scaling by γ."
-    )
-}
 TITLES["adafactor"] = ALGORITHMS["adafactor"].class_name
 SOURCES += """
 Adafactor's flavors were read in torch 2.13 (`torch/optim/_adafactor.py`), Keras 3.15.1
