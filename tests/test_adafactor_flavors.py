@@ -281,3 +281,28 @@ def test_optax_flavor_is_refused_with_a_pointer_to_paper(front_end: str) -> None
             adaptim.Adafactor([torch.zeros(3, requires_grad=True)], flavor="optax")
         else:
             anp.Adafactor([np.zeros(3)], flavor="optax")
+
+
+@pytest.mark.parametrize("flavor", ["keras", "paper"])
+def test_effective_lr_is_the_papers_rate(flavor: str) -> None:
+    """alpha_t / sqrt(V_t) with V_t = R C / mean(R) (eps1 is inside R and C), for the next step."""
+    generator = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    b = torch.randn(3, dtype=torch.float64, generator=generator).requires_grad_()
+    optimizer = adaptim.Adafactor([w, b], flavor=flavor, eps=(1e-3, 1e-3), lr=0.5)
+    for _ in range(5):
+        w.grad = 0.01 * torch.randn(4, 3, dtype=torch.float64, generator=generator)
+        b.grad = torch.zeros(3, dtype=torch.float64)
+        optimizer.step()
+    rates = optimizer.effective_lr()
+    for p, rate in zip((w, b), rates, strict=True):
+        state = optimizer.state[p]
+        rho = min(0.5, (float(state["step"]) + 1) ** -0.5)
+        alpha = max(1e-3, p.detach().square().mean().sqrt().item()) * rho
+        if p.ndim == 2:
+            estimate = state["row_var"] * state["col_var"] / state["row_var"].mean()
+        else:  # zero gradients: only eps1 is left
+            estimate = state["variance"]
+            torch.testing.assert_close(estimate, torch.full_like(estimate, 1e-3))
+        assert rate is not None
+        torch.testing.assert_close(rate, alpha / estimate.sqrt(), rtol=1e-12, atol=0)
