@@ -151,8 +151,11 @@ def adafactor_update(
       from Keras' base optimizer, :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`,
       applied *before* the step, so :math:`\alpha_t` measures the decayed
       :math:`\theta` (``rms_after_decay=True``). Keras' ``relative_step``
-      has no counterpart: with a constant learning rate Keras 3.15 uses
-      :math:`\rho_t = \min(\gamma, 1/\sqrt t)` whether it is on or off.
+      has no counterpart: Keras 3.15 applies
+      :math:`\rho_t = \min(\gamma, 1/\sqrt t)` whether it is on or off
+      (a second ``min`` after the one it guards). Keras' ``ops.mean``
+      reduces float64 arrays in float32, so its float64 runs carry
+      float32's rounding (about 1e-7 relative after 100 steps).
       Keras keeps a full-size ``velocity`` next to its factored ``r`` and
       ``c``; adaptim keeps torch's factored state in every flavor.
 
