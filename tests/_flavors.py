@@ -175,8 +175,14 @@ def relative_error(ours: Arrays, theirs: Arrays, initial: Arrays) -> float:
     return worst
 
 
-def compare(variant: Variant, case: Case, dtype: type[np.floating[Any]]) -> float:
-    """The worst relative error of adaptim (torch front-end) against the reference."""
+def compare(
+    variant: Variant,
+    case: Case,
+    dtype: type[np.floating[Any]],
+    front_ends: Sequence[str] = ("torch",),
+) -> float:
+    """The worst relative error of adaptim's ``front_ends`` (``"torch"``, ``"numpy"``)
+    against the reference, which runs once."""
     params0, grads = start(case)
     theirs = variant.reference(
         [p.astype(dtype) for p in params0],
@@ -184,8 +190,11 @@ def compare(variant: Variant, case: Case, dtype: type[np.floating[Any]]) -> floa
         case.hparams,
         np.dtype(dtype),
     )
-    ours = run_torch(variant, case, np.dtype(dtype), params0, grads)
-    return relative_error(ours, theirs, params0)
+    runs = {"torch": run_torch, "numpy": run_numpy}
+    return max(
+        relative_error(runs[front](variant, case, np.dtype(dtype), params0, grads), theirs, params0)
+        for front in front_ends
+    )
 
 
 def assert_matches(

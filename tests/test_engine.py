@@ -588,6 +588,8 @@ COMPILE_CASES = [
     pytest.param("nadam", {"momentum_schedule": False}, marks=pytest.mark.slow),
     pytest.param("radam", {"flavor": "paper"}, marks=pytest.mark.slow),
     pytest.param("adafactor", {"weight_decay": 0.1}, marks=pytest.mark.slow),
+    # Keras' Adafactor: eps1 added to g², weight decay before RMS(θ) is measured
+    pytest.param("adafactor", {"flavor": "keras", "weight_decay": 0.1}, marks=pytest.mark.slow),
 ]
 
 

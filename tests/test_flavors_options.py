@@ -225,6 +225,9 @@ OPTION_VALUES: dict[str, list[Any]] = {
     # the optax family (issue 16 point 2)
     "diff_scale": ["one_minus_beta2", "beta2"],
     "proximal_weight_decay": [False, True],
+    # Adafactor (issue 16 point 1)
+    "eps1_in_square": [False, True],
+    "rms_after_decay": [False, True],
 }
 EXTRA: dict[str, dict[str, Any]] = {
     "rmsprop": {"momentum": 0.5, "centered": True},
@@ -255,7 +258,10 @@ def test_numpy_and_torch_front_ends_agree(name: str, flavor: str, data: st.DataO
         "flavor": flavor,
         "weight_decay": data.draw(st.sampled_from([0.0, 0.01]), label="weight_decay"),
     }
-    if "eps" in ALGORITHMS[name].defaults:  # Lion has none
+    if name == "adafactor":  # a pair (eps1, eps2); eps1 below float64's machine epsilon too
+        eps1 = data.draw(st.sampled_from([None, 1e-30, 1e-3]), label="eps1")
+        settings_["eps"] = (eps1, data.draw(st.sampled_from([1e-3, 3.0]), label="eps2"))
+    elif "eps" in ALGORITHMS[name].defaults:  # Lion has none
         settings_["eps"] = data.draw(st.sampled_from([1e-8, 1e-1]), label="eps")
     rng = np.random.default_rng(0)
     start = rng.standard_normal((3, 2))

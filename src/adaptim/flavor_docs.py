@@ -16,6 +16,7 @@ from adaptim.flavors import (
     DIFFERENCES,
     FLAVOR_TITLES,
     FLAVORS,
+    NO_PRESET,
     available,
     differing_options,
     preset,
@@ -219,10 +220,12 @@ def render_markdown() -> str:
     out = [_INTRO.format(flavors=names)]
     for algorithm in DIFFERENCES:
         flavors = available(algorithm)
-        missing = [f for f in FLAVORS if f not in flavors]
+        noted = NO_PRESET.get(algorithm, {})
+        missing = [f for f in FLAVORS if f not in flavors and f not in noted]
         out.append(f"## {TITLES[algorithm]}\n")
         if missing:
             out.append("No such optimizer in: " + ", ".join(f"`{f}`" for f in missing) + ".\n")
+        out += [f"No `{f}` preset: {why}\n" for f, why in noted.items()]
         out.append("Where the flavors differ:\n")
         out += _table(algorithm)
         out.append("")
@@ -339,4 +342,38 @@ flavor) was read in optax 0.2.8 (`optax/_src/alias.py`, `optax/_src/transform.py
 and Keras 3.15.1 (`keras/src/optimizers/lion.py`), and is tested in
 `tests/test_optax_family.py` against optax (float64 and float32) and Keras' Lion,
 on a noisy quadratic whose gradients depend on the parameters.
+"""
+
+
+# -- torch.optim's Adafactor (issue 16 point 1) ------------------------------------------------
+def _adafactor(v: Values) -> list[str]:
+    eps1, eps2 = v["eps"]
+    eps1_text = "machine ε" if eps1 is None else _num(eps1)
+    decay = f"θ ← (1 − γλ)·θ                            (λ = {_num(v['weight_decay'])})"
+    rate = f"ρ = min(γ, 1/√t),  α = max(ε₂, RMS(θ))·ρ     (γ = {_num(v['lr'])}, ε₂ = {_num(eps2)})"
+    lines = [decay, rate] if v["rms_after_decay"] else [rate, decay]
+    beta = f"β̂ = 1 − t^c                              (c = {_num(v['beta2_decay'])})"
+    if v["eps1_in_square"]:
+        lines += [
+            beta,
+            f"R ← β̂·R + (1 − β̂)·rowmean(g² + ε₁),  C likewise over columns   (ε₁ = {eps1_text})",
+            "V̂ = R·C / mean(R)  (vectors: V̂ ← β̂·V̂ + (1 − β̂)·(g² + ε₁)),  U = g/√V̂",
+        ]
+    else:
+        lines += [
+            beta,
+            f"R ← β̂·R + (1 − β̂)·rowmean(g²),  C likewise over columns   (ε₁ = {eps1_text})",
+            "V̂ = R·C / max(mean(R), ε₁)  (vectors: V̂ ← β̂·V̂ + (1 − β̂)·g²),  U = g/√max(V̂, ε₁²)",
+        ]
+    lines.append(f"θ ← θ − α·U / max(1, RMS(U)/d)           (d = {_num(v['d'])})")
+    return lines
+
+
+EQUATIONS["adafactor"] = _adafactor
+TITLES["adafactor"] = ALGORITHMS["adafactor"].class_name
+SOURCES += """
+Adafactor's flavors were read in torch 2.13 (`torch/optim/_adafactor.py`), Keras 3.15.1
+(`keras/src/optimizers/adafactor.py`; weight decay in `base_optimizer.py`) and optax 0.2.8
+(`optax/_src/factorized.py`, `alias.py` `adafactor`), and are tested in
+`tests/test_adafactor_flavors.py` against Keras 3 (`keras`) and optax (`paper`).
 """

@@ -60,6 +60,9 @@ FLAVOR_TITLES: dict[str, str] = {
 
 _KERAS_COMMON: dict[str, Any] = {"lr": 1e-3, "eps": 1e-7, "decoupled_weight_decay": True}
 
+#: Per algorithm: frameworks that have it but no flavor of their own here, and why.
+NO_PRESET: dict[str, dict[str, str]] = {}
+
 #: Per algorithm, per flavor: the values that differ from torch's defaults.
 DIFFERENCES: dict[str, dict[str, dict[str, Any]]] = {
     "adagrad": {
@@ -159,10 +162,9 @@ def preset(algorithm: str, flavor: str, *, amsgrad: bool = False) -> dict[str, A
         name = record.class_name
         variant = f"{name} with amsgrad=True" if amsgrad else name
         allowed = ", ".join(repr(f) for f in available(algorithm, amsgrad=amsgrad))
-        raise ValueError(
-            f"Invalid flavor for {variant}: {flavor!r}; {FRAMEWORKS[flavor]} has no "
-            f"{variant}. Allowed: {allowed}."
-        )
+        why = NO_PRESET.get(algorithm, {}).get(flavor)
+        reason = f"no preset: {why}" if why else f"{FRAMEWORKS[flavor]} has no {variant}."
+        raise ValueError(f"Invalid flavor for {variant}: {flavor!r}; {reason} Allowed: {allowed}.")
     values.update(DIFFERENCES.get(algorithm, {}).get(flavor, {}))
     if amsgrad:
         values.update(AMSGRAD_DIFFERENCES[flavor])
@@ -295,3 +297,21 @@ DIFFERENCES.update(
         "sm3": {"optax": {}, "paper": {"momentum": 0.0, "eps": 0.0}},
     }
 )
+
+# -- torch.optim's Adafactor (issue 16 point 1): Keras 3 and the paper add eps1 to g²
+# where torch floors V̂; Keras also decays θ before measuring its RMS.
+_ADAFACTOR_PAPER: dict[str, Any] = {"eps": (1e-30, 1e-3), "eps1_in_square": True}
+NO_PRESET["adafactor"] = {
+    "optax": (
+        "`optax.adafactor(learning_rate=lambda t: min(γ, 1/√(t + 1)), "
+        "min_dim_size_to_factor=1)` is flavor `paper` on vectors and matrices; by default "
+        "optax leaves axes under 128 unfactored, has no relative step, factors a "
+        "higher-rank tensor over its two largest axes and adds λ·θ after scaling by γ."
+    )
+}
+DIFFERENCES["adafactor"] = {
+    "torch": {},
+    "keras": {**_ADAFACTOR_PAPER, "lr": 1e-3, "rms_after_decay": True},
+    # Shazeer & Stern 2018, Algorithms 4/5 with Section 7's rho_t = min(1e-2, 1/sqrt(t))
+    "paper": _ADAFACTOR_PAPER,
+}

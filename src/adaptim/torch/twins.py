@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from adaptim import algorithms as alg
+from adaptim.flavors import default
 from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
 from adaptim.torch.optimizers import _documented
 
@@ -83,14 +84,23 @@ class ASGD(Optimizer):
 
 @_documented
 class Adafactor(Optimizer):
-    """Adafactor, torch's variant. Same arguments, defaults and ``state_dict`` as
-    :class:`torch.optim.Adafactor`.
+    """Adafactor, torch's variant by default. Same arguments, defaults and ``state_dict``
+    as :class:`torch.optim.Adafactor`.
 
     The state is torch's: ``step``, and ``row_var`` and ``col_var`` for
     parameters of rank 2 or more (shapes ``(..., R, 1)`` and ``(..., 1, C)``)
     or ``variance`` for vectors and scalars. Complex parameters and sparse
     gradients are refused, as torch does. Steps run on the per-tensor
     reference path.
+
+    ``flavor="keras"`` is Keras 3's ``keras.optimizers.Adafactor`` and
+    ``flavor="paper"`` Shazeer & Stern's Algorithms 4 and 5: each sets every
+    argument you do not pass to its defaults (Keras' ``learning_rate``,
+    ``beta_2_decay``, ``(epsilon_1, epsilon_2)``, ``clip_threshold`` are
+    ``lr``, ``beta2_decay``, ``eps``, ``d``), and the options
+    ``eps1_in_square`` and ``rms_after_decay`` to its arithmetic (see the
+    update rule below and :mod:`adaptim.flavors`). The state is the same in
+    every flavor.
     """
 
     algorithm = alg.ADAFACTOR
@@ -98,22 +108,26 @@ class Adafactor(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float | torch.Tensor = 1e-2,
-        beta2_decay: float = -0.8,
-        eps: tuple[float | None, float] = (None, 1e-3),
-        d: float = 1.0,
-        weight_decay: float = 0.0,
+        lr: float | torch.Tensor = default(1e-2),
+        beta2_decay: float = default(-0.8),
+        eps: tuple[float | None, float] = default((None, 1e-3)),
+        d: float = default(1.0),
+        weight_decay: float = default(0.0),
         *,
         foreach: bool | None = None,
         maximize: bool = False,
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        eps1_in_square: bool = default(False),
+        rms_after_decay: bool = default(False),
     ) -> None:
         defaults = dict(
             lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
-            foreach=foreach, maximize=maximize,
+            foreach=foreach, maximize=maximize, eps1_in_square=eps1_in_square,
+            rms_after_decay=rms_after_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused)
+        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
 
 TWIN_OPTIMIZERS: dict[str, type[Optimizer]] = {
