@@ -37,6 +37,7 @@ import torch
 
 import adaptim
 from adaptim import flavors
+from adaptim.lab.adapters import MuonWithAdamW, SparseAdamOnDense
 from adaptim.lab.errors import LabError, unknown_name
 
 FLAVORS = flavors.FLAVORS
@@ -263,6 +264,21 @@ def _variants() -> dict[str, Variant]:
             adaptim.Adafactor,
             ADAFACTOR_RANGE,
         ),
+        # (SparseAdam and Muon take only some inputs; see adaptim.lab.adapters)
+        Variant(
+            "sparseadam",
+            "SparseAdam: Adam on the rows whose gradient is not all zero",
+            SparseAdamOnDense,
+            adam_range,
+            extra_space=adam_space,
+        ),
+        Variant(
+            "muon",
+            "Muon: orthogonalised momentum on matrices (AdamW on the rest, as Keras 3)",
+            MuonWithAdamW,
+            MUON_RANGE,
+            {"adjust_lr_fn": "match_rms_adamw"},
+        ),
     ]
     return {v.name: v for v in table}
 
@@ -278,6 +294,10 @@ ASGD_RANGE = (3e-3, 3.0)
 # tensor's RMS (torch's default 1e-2); from lr = 1 on it is the paper's 1/sqrt(t).
 # The same grid study found good rates 0.1 to 1 (linreg) and 0.01 to 1 (digits-mlp).
 ADAFACTOR_RANGE = (3e-3, 3.0)
+# Muon in the lab scales its step to AdamW's RMS (adjust_lr_fn="match_rms_adamw",
+# Keras 3's rms_rate 0.2), so that one lr suits its matrices and the AdamW that
+# steps the other parameters (adaptim.lab.adapters): AdamW's range.
+MUON_RANGE = (1e-4, 1e-1)
 
 
 # -- learning-rate-free optimizers (issue 14) ------------------------------------------

@@ -33,7 +33,15 @@ from adaptim.torch.optimizers import (
     RAdam,
     RMSprop,
 )
-from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Adafactor, Rprop
+from adaptim.torch.twins import (
+    ASGD,
+    RESTRICTED_OPTIMIZERS,
+    TWIN_OPTIMIZERS,
+    Adafactor,
+    Muon,
+    Rprop,
+    SparseAdam,
+)
 
 # torch.optim's other algorithms (Rprop, ASGD, Adafactor) and the optax family join the registry; the
 # learning-rate-free ones stay apart (LR_FREE_OPTIMIZERS: their steps share
@@ -48,6 +56,7 @@ __all__ = [
     "LR_FREE_OPTIMIZERS",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
+    "RESTRICTED_OPTIMIZERS",
     "SGD",
     "SM3",
     "TORCH_OPS",
@@ -63,6 +72,7 @@ __all__ = [
     "DAdaptAdam",
     "DAdaptSGD",
     "Lion",
+    "Muon",
     "NAdam",
     "NovoGrad",
     "Optimizer",
@@ -72,5 +82,6 @@ __all__ = [
     "Rprop",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
+    "SparseAdam",
     "Yogi",
 ]
