@@ -278,6 +278,7 @@ def _variants() -> dict[str, Variant]:
             MuonWithAdamW,
             MUON_RANGE,
             {"adjust_lr_fn": "match_rms_adamw"},
+            (_MOMENTUM,),
         ),
     ]
     return {v.name: v for v in table}
@@ -362,12 +363,15 @@ def state_bytes_per_parameter(name: str, numel: int = 1000) -> float:
     (Prodigy keeps a 0-d ``x0`` for an all-zero tensor).
     """
     generator = torch.Generator().manual_seed(0)
-    p = torch.randn(numel, generator=generator).requires_grad_(True)
+    # Muon's own state is measured on a matrix (the lab's Muon gives vectors to AdamW).
+    rank = parse_optimizer(name)[0].cls.algorithm.param_ndim
+    shape = (numel // 10, 10) if rank == 2 else (numel,)
+    p = torch.randn(shape, generator=generator).requires_grad_(True)
     optimizer = make_optimizer(name, [p], {})
     train = getattr(optimizer, "train", None)
     if callable(train):  # Schedule-Free steps in train mode only
         train()
-    p.grad = torch.randn(numel, generator=generator)
+    p.grad = torch.randn(shape, generator=generator)
     optimizer.step()
     state = optimizer.state.get(p, {})
     return sum(v.nbytes for v in state.values() if isinstance(v, torch.Tensor)) / numel
