@@ -423,3 +423,20 @@ def test_lab_sparse_adam_skips_rows_without_gradient() -> None:
     optimizer.step()
     assert torch.equal(weight[[0, 2, 3]], torch.ones(3, 3))
     torch.testing.assert_close(weight[1], torch.tensor([0.9, 1.1, 0.9]))
+
+
+@pytest.mark.slow  # Dynamo's start-up
+def test_sparse_adam_under_torch_compile_steps_eagerly_and_identically() -> None:
+    """Sparse tensors do not trace: the compiled step falls back to the eager one."""
+    model = _embeddings(0, torch.float32, [(6, 2)])
+    twin = copy.deepcopy(model)
+    ours = adaptim.SparseAdam(model.parameters(), lr=0.05)
+    theirs = torch.optim.SparseAdam(twin.parameters(), lr=0.05)
+    compiled = torch.compile(ours.step)
+    for batch in _batches(0, [(6, 2)], 5):
+        for layers, optimizer, step in ((model, ours, compiled), (twin, theirs, theirs.step)):
+            optimizer.zero_grad()
+            ((layers[0](batch[0]) - 0.5) ** 2).sum().backward()
+            step()
+    assert torch.equal(model[0].weight, twin[0].weight)
+    _assert_same_state(ours, theirs)

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
 from adaptim.algorithms._validation import as_float, check_bool, check_range
+from adaptim.algorithms.adafactor import _op  # a backend's optional op, or a clear TypeError
 
 #: Keller Jordan's quintic coefficients (a, b, c), chosen for the steepest slope at zero.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
-
-
-def _op(xp: ArrayOps, name: str) -> Callable[..., Array]:
-    """A matrix operation of ``xp`` that element-wise backends (the recorder) lack."""
-    function: Callable[..., Array] | None = getattr(xp, name)
-    if function is None:
-        raise TypeError(f"the {xp.name!r} array backend has no {name}()")
-    return function
 
 
 def newton_schulz(

@@ -156,6 +156,11 @@ class SparseAdam(Optimizer):
             state["step"] = 0  # torch counts in a Python int, which a state_dict keeps
         return state
 
+    def _step_traceable(self) -> None:
+        # Sparse tensors do not trace: under torch.compile the step runs eagerly
+        # (a graph break), with the same arithmetic.
+        torch.compiler.disable(self._step_eager)()  # type: ignore[no-untyped-call]
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for state in self.state.values():  # torch's layout, whoever saved it
