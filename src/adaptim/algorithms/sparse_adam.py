@@ -45,8 +45,9 @@ def sparse_adam_update(
     * Unlike dense Adam, a row's moments decay only on the steps that touch it,
       and the bias correction uses the parameter's step count, not the row's:
       a rarely seen row gets the correction of a much later step. This is
-      torch's ("a masked version of Adam") and Keras 3's / optax's lack of a
-      sparse Adam leaves it the only reference.
+      torch's "masked version of Adam", followed here; TensorFlow Addons'
+      ``LazyAdam`` is the same idea. Dense Adam given a sparse gradient
+      (adaptim's refuses it) would decay every row's moments instead.
     * ε is added after the square root and the bias correction of the second
       moment is folded into the step size (Algorithm 1's last two lines, the
       "epsilon hat" form), as torch's SparseAdam does (its dense Adam

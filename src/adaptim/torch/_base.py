@@ -453,8 +453,8 @@ class Optimizer(torch.optim.Optimizer):
                     raise RuntimeError(
                         f"adaptim.{name} does not support dense gradients "
                         f"(param_groups[{index}]['params'][{position}], shape "
-                        f"{tuple(p.shape)}); it is for sparse ones such as "
-                        "nn.Embedding(sparse=True) gives. Consider adaptim.Adam instead. "
+                        f"{tuple(p.shape)}); it takes sparse ones, such as "
+                        "nn.Embedding(sparse=True) produces. Consider adaptim.Adam instead. "
                         "Nothing was changed."
                     )
 
