@@ -602,9 +602,12 @@ def optimizers(
     entries = []
     for v in VARIANTS.values():
         fixed = ", ".join(f"{k}={val}" for k, val in v.fixed.items())
+        # (the lab's own wrappers, such as adaptim.lab.adapters.MuonWithAdamW, by full path)
+        where = "adaptim" if v.cls.__module__.startswith("adaptim.torch") else v.cls.__module__
+        path = f"{where}.{v.cls.__name__}"
         lines = [
             v.description,
-            f"adaptim.{v.cls.__name__}({fixed})" if fixed else f"adaptim.{v.cls.__name__}",
+            f"{path}({fixed})" if fixed else path,
             "tuning-free: runs at its defaults, zero tuning runs"
             if v.tuning_free
             else f"grid: lr {v.lr_range[0]:g}–{v.lr_range[1]:g}; random and tpe search: "

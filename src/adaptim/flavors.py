@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
-from adaptim.algorithms import ALGORITHMS, LR_FREE
+from adaptim.algorithms import ALGORITHMS, LR_FREE, RESTRICTED
 
 #: The flavor names, in the order they are documented; ``"torch"`` is the default.
 FLAVORS: tuple[str, ...] = ("torch", "keras", "tf1", "optax", "paper")
@@ -156,7 +156,7 @@ def preset(algorithm: str, flavor: str, *, amsgrad: bool = False) -> dict[str, A
     or one the framework does not have for this algorithm.
     """
     check_flavor(flavor)
-    record = ALGORITHMS[algorithm] if algorithm in ALGORITHMS else LR_FREE[algorithm]
+    record = {**ALGORITHMS, **LR_FREE, **RESTRICTED}[algorithm]
     values = dict(record.defaults)
     if flavor not in available(algorithm, amsgrad=amsgrad):
         name = record.class_name

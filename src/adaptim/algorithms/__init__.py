@@ -112,3 +112,13 @@ __all__ += ["ADABELIEF", "ADAN", "LION", "NOVOGRAD", "SM3", "YOGI"]
 __all__ += ["adabelief_update", "adan_update", "lion_update", "novograd_update", "yogi_update"]
 __all__ += ["sm3_update"]
 __all__ += ["ADAM_HD", "SGD_HD"]
+
+# -- torch.optim's SparseAdam and Muon (issue 16 point 1): rules that take only some inputs --
+# Kept apart from ALGORITHMS, as LR_FREE is: SparseAdam refuses dense gradients and
+# Muon every parameter that is not a matrix, so the generic machinery and tests
+# built on ALGORITHMS (vectors, dense gradients) do not apply to them.
+from adaptim.algorithms.muon import MUON, muon_update  # noqa: E402
+from adaptim.algorithms.sparse_adam import SPARSE_ADAM, sparse_adam_update  # noqa: E402
+
+RESTRICTED: dict[str, Algorithm] = {a.name: a for a in (SPARSE_ADAM, MUON)}
+__all__ += ["MUON", "RESTRICTED", "SPARSE_ADAM", "muon_update", "sparse_adam_update"]

@@ -63,6 +63,12 @@ class ArrayOps:
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None
     concat: Callable[[list[Array]], Array] | None = None
+    #: Matrix rules (Muon's Newton–Schulz iteration; ``@`` and ``.T`` are operators):
+    #: ``beta·c + alpha·(a @ b)`` as one operation (torch: ``addmm``), and the
+    #: array in bfloat16, the precision torch's Muon orthogonalises in (NumPy,
+    #: without bfloat16, keeps float32).
+    addmm: Callable[[Array, Array, Array, float, float], Array] | None = None
+    to_bfloat16: Callable[[Array], Array] | None = None
     #: ``True`` under ``torch.compile``: ``step`` is a 0-d float64 tensor, and a rule
     #: must keep its step-dependent scalars as arrays (``where`` instead of ``if``,
     #: no ``float()``), since a host read or a data-dependent branch breaks the graph.
@@ -211,6 +217,10 @@ class Algorithm:
     #: when every entry is element-wise. The execution engine steps parameters
     #: with such state on the per-tensor reference path.
     state_shape: Callable[[tuple[int, ...]], Mapping[str, tuple[int, ...]]] | None = None
+    #: ``False`` refuses dense gradients (torch's SparseAdam: "consider Adam instead").
+    dense_gradients: bool = True
+    #: The only rank of parameter the rule takes (Muon: 2, matrices); ``None`` for any.
+    param_ndim: int | None = None
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

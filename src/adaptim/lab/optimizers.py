@@ -37,6 +37,7 @@ import torch
 
 import adaptim
 from adaptim import flavors
+from adaptim.lab.adapters import MuonWithAdamW, SparseAdamOnDense
 from adaptim.lab.errors import LabError, unknown_name
 
 FLAVORS = flavors.FLAVORS
@@ -264,6 +265,22 @@ def _variants() -> dict[str, Variant]:
             adaptim.Adafactor,
             ADAFACTOR_RANGE,
         ),
+        # (SparseAdam and Muon take only some inputs; see adaptim.lab.adapters)
+        Variant(
+            "sparseadam",
+            "SparseAdam: Adam on the rows whose gradient is not all zero",
+            SparseAdamOnDense,
+            adam_range,
+            extra_space=adam_space,
+        ),
+        Variant(
+            "muon",
+            "Muon: orthogonalised momentum on matrices (AdamW on the rest, as Keras 3)",
+            MuonWithAdamW,
+            MUON_RANGE,
+            {"adjust_lr_fn": "match_rms_adamw"},
+            (_MOMENTUM,),
+        ),
     ]
     return {v.name: v for v in table}
 
@@ -279,6 +296,10 @@ ASGD_RANGE = (3e-3, 3.0)
 # tensor's RMS (torch's default 1e-2); from lr = 1 on it is the paper's 1/sqrt(t).
 # The same grid study found good rates 0.1 to 1 (linreg) and 0.01 to 1 (digits-mlp).
 ADAFACTOR_RANGE = (3e-3, 3.0)
+# Muon in the lab scales its step to AdamW's RMS (adjust_lr_fn="match_rms_adamw",
+# Keras 3's rms_rate 0.2), so that one lr suits its matrices and the AdamW that
+# steps the other parameters (adaptim.lab.adapters): AdamW's range.
+MUON_RANGE = (1e-4, 1e-1)
 
 
 # -- learning-rate-free optimizers (issue 14) ------------------------------------------
@@ -389,12 +410,15 @@ def state_bytes_per_parameter(name: str, numel: int = 1000) -> float:
     (Prodigy keeps a 0-d ``x0`` for an all-zero tensor).
     """
     generator = torch.Generator().manual_seed(0)
-    p = torch.randn(numel, generator=generator).requires_grad_(True)
+    # Muon's own state is measured on a matrix (the lab's Muon gives vectors to AdamW).
+    rank = parse_optimizer(name)[0].cls.algorithm.param_ndim
+    shape = (numel // 10, 10) if rank == 2 else (numel,)
+    p = torch.randn(shape, generator=generator).requires_grad_(True)
     optimizer = make_optimizer(name, [p], {})
     train = getattr(optimizer, "train", None)
     if callable(train):  # Schedule-Free steps in train mode only
         train()
-    p.grad = torch.randn(numel, generator=generator)
+    p.grad = torch.randn(shape, generator=generator)
     optimizer.step()
     state = optimizer.state.get(p, {})
     return sum(v.nbytes for v in state.values() if isinstance(v, torch.Tensor)) / numel

@@ -44,6 +44,8 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     eps_of=lambda x: float(np.finfo(x.dtype).eps),
     amax=lambda x, axes: np.max(x, axis=axes),
     concat=np.concatenate,
+    addmm=lambda c, a, b, beta, alpha: beta * c + alpha * (a @ b),
+    to_bfloat16=lambda x: x.astype(np.float32),  # NumPy has no bfloat16: the nearest it has
 )
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
@@ -153,6 +155,12 @@ class Optimizer:
                 raise ValueError("some parameters appear in more than one parameter group")
             if np.iscomplexobj(p) and not self.algorithm.complex_params:
                 raise TypeError(f"{type(self).__name__} does not support complex parameters")
+            rank = self.algorithm.param_ndim
+            if rank is not None and p.ndim != rank:
+                raise ValueError(
+                    f"{type(self).__name__} only supports {rank}-D parameters; got one of "
+                    f"shape {p.shape}. Give the others to a second optimizer (such as AdamW)."
+                )
         self._check_names(k for k in param_group if k != "params")
         group = {
             **self.defaults,
@@ -488,3 +496,12 @@ NovoGrad = OPTIMIZERS["novograd"]
 SM3 = OPTIMIZERS["sm3"]
 
 __all__ += ["SM3", "AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]
+
+# -- torch.optim's Muon (issue 16 point 1); SparseAdam needs sparse gradients, which
+# NumPy arrays cannot be, so it has no NumPy twin.
+from adaptim.algorithms import MUON  # noqa: E402
+
+#: Rules that take only some parameters (Muon: matrices), kept apart from OPTIMIZERS.
+RESTRICTED_OPTIMIZERS: dict[str, type[Optimizer]] = {MUON.name: _front_end(MUON, MUON.class_name)}
+Muon = RESTRICTED_OPTIMIZERS["muon"]
+__all__ += ["RESTRICTED_OPTIMIZERS", "Muon"]

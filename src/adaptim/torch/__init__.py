@@ -36,7 +36,15 @@ from adaptim.torch.optimizers import (
     RAdam,
     RMSprop,
 )
-from adaptim.torch.twins import ASGD, TWIN_OPTIMIZERS, Adafactor, Rprop
+from adaptim.torch.twins import (
+    ASGD,
+    RESTRICTED_OPTIMIZERS,
+    TWIN_OPTIMIZERS,
+    Adafactor,
+    Muon,
+    Rprop,
+    SparseAdam,
+)
 
 # hypergradient descent (issue 14): one α per group, stepping like the LR-free rules
 LR_FREE_OPTIMIZERS.update(HYPERGRAD_OPTIMIZERS)
@@ -55,6 +63,7 @@ __all__ = [
     "LR_FREE_OPTIMIZERS",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
+    "RESTRICTED_OPTIMIZERS",
     "SGD",
     "SM3",
     "TORCH_OPS",
@@ -72,6 +81,7 @@ __all__ = [
     "DoG",
     "LDoG",
     "Lion",
+    "Muon",
     "NAdam",
     "NovoGrad",
     "Optimizer",
@@ -82,6 +92,7 @@ __all__ = [
     "Rprop",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
+    "SparseAdam",
     "Yogi",
 ]
 __all__ += ["SGDHD", "AdamHD"]

@@ -42,6 +42,8 @@ TORCH_OPS = ArrayOps(
     eps_of=lambda x: torch.finfo(x.dtype).eps,
     amax=lambda x, dims: torch.amax(x, dim=dims),
     concat=torch.cat,
+    addmm=lambda c, a, b, beta, alpha: torch.addmm(c, a, b, beta=beta, alpha=alpha),
+    to_bfloat16=lambda x: x.bfloat16(),
 )
 
 
@@ -120,7 +122,8 @@ def implicit_options(cls: type[Optimizer]) -> dict[str, Any]:
         twin = getattr(torch.optim, algorithm.class_name, None) if algorithm.class_name else None
         found = {}
         if isinstance(twin, type):
-            probe = twin([torch.zeros(1, requires_grad=True)])  # the keys torch's groups hold
+            # the keys torch's groups hold (a probe of the rank the twin takes: Muon's 2-D)
+            probe = twin([torch.zeros((1,) * (algorithm.param_ndim or 1), requires_grad=True)])
             torch_keys = set(probe.param_groups[0]) - {"params"}
             torch_values = {**algorithm.defaults, "flavor": "torch", "fused": None}
             found = {k: v for k, v in torch_values.items() if k not in torch_keys}
@@ -241,6 +244,15 @@ class Optimizer(torch.optim.Optimizer):
                     f"adaptim.{type(self).__name__} does not support complex parameters; "
                     "split them into real and imaginary parts (torch.view_as_real)."
                 )
+            rank = self.algorithm.param_ndim
+            for position, p in enumerate(group["params"] if rank is not None else ()):
+                if p.ndim != rank:
+                    raise ValueError(
+                        f"adaptim.{type(self).__name__} only supports {rank}-D parameters; "
+                        f"param_groups[{len(self.param_groups) - 1}]['params'][{position}] has "
+                        f"shape {tuple(p.shape)}. Give the others to a second optimizer "
+                        "(such as adaptim.AdamW), as torch.optim requires."
+                    )
         except Exception:
             self.param_groups.pop()
             raise
@@ -263,7 +275,8 @@ class Optimizer(torch.optim.Optimizer):
                     f"Invalid {switch}: True; adaptim.{name} does not support {switch}=True. "
                     f"Use {twin} for CUDA-graph capture or differentiating through steps."
                 )
-        check_bool(group, "maximize")
+        if "maximize" in group:  # (torch's Muon has no such switch)
+            check_bool(group, "maximize")
         if group.get("fused") is not None:
             if not isinstance(group["fused"], bool):
                 raise TypeError(
@@ -431,7 +444,23 @@ class Optimizer(torch.optim.Optimizer):
 
     zero_grad = _hooks.zero_grad
 
+    def _refuse_dense_gradients(self) -> None:
+        """Raise before anything changes if a rule that takes only sparse gradients got a dense one."""
+        for index, group in enumerate(self.param_groups):
+            for position, p in enumerate(group["params"]):
+                if p.grad is not None and not p.grad.is_sparse:
+                    name = type(self).__name__
+                    raise RuntimeError(
+                        f"adaptim.{name} does not support dense gradients "
+                        f"(param_groups[{index}]['params'][{position}], shape "
+                        f"{tuple(p.shape)}); it takes sparse ones, such as "
+                        "nn.Embedding(sparse=True) produces. Consider adaptim.Adam instead. "
+                        "Nothing was changed."
+                    )
+
     def _step_eager(self) -> None:
+        if not self.algorithm.dense_gradients:
+            self._refuse_dense_gradients()
         if self.nonfinite != "ignore" and not self._gradients_finite():
             self.skipped_steps += 1
             return
@@ -537,6 +566,8 @@ class Optimizer(torch.optim.Optimizer):
         step count never recompiles; tensor hyperparameters stay tensors, so
         a scheduler that updates a tensor ``lr`` in place never recompiles.
         """
+        if not self.algorithm.dense_gradients:
+            self._refuse_dense_gradients()
         for group in self.param_groups:
             hp = {k: self.group_value(group, k) for k in self.algorithm.hparams}
             for p in group["params"]:
@@ -703,6 +734,15 @@ class Optimizer(torch.optim.Optimizer):
         rows = tuple(grad.indices())
         values = grad.values()
         tensors = {k: state[k] for k in entries}
+        if not rows:  # no sparse axis (a 0-d gradient): one value, the whole tensor, or none
+            if len(values):
+                new_p, new_state = self.algorithm.update(
+                    p, values[0], dict(tensors), step=step, xp=TORCH_OPS, **hp
+                )
+                p.copy_(new_p)
+                for key, value in new_state.items():
+                    tensors[key].copy_(value)
+            return
         new_p, new_state = self.algorithm.update(
             p[rows], values, {k: v[rows] for k, v in tensors.items()}, step=step, xp=TORCH_OPS, **hp
         )

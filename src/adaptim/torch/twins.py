@@ -8,6 +8,8 @@ Each class states torch's signature only; its rule lives in
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from adaptim import algorithms as alg
@@ -132,4 +134,91 @@ class Adafactor(Optimizer):
 
 TWIN_OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.algorithm.name: cls for cls in (Rprop, ASGD, Adafactor)
+}
+
+
+@_documented
+class SparseAdam(Optimizer):
+    """SparseAdam. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.SparseAdam`.
+
+    For parameters whose gradients are sparse, such as ``nn.Embedding(sparse=True)``'s:
+    each step updates only the rows the gradient holds. Dense gradients and
+    complex parameters are refused, as torch does (dense ones: use
+    :class:`adaptim.Adam`). The state is torch's: ``step`` (a Python ``int``,
+    as torch keeps it), ``exp_avg`` and ``exp_avg_sq``.
+    """
+
+    algorithm = alg.SPARSE_ADAM
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        maximize: bool = False,
+        *,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, maximize=maximize)
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def _init_state(self, p: torch.Tensor, group: Any) -> dict[str, Any]:
+        fresh = not self.state.get(p)
+        state = super()._init_state(p, group)
+        if fresh:
+            state["step"] = 0  # torch counts in a Python int, which a state_dict keeps
+        return state
+
+    def _step_traceable(self) -> None:
+        # Sparse tensors do not trace: under torch.compile the step runs eagerly
+        # (a graph break), with the same arithmetic.
+        torch.compiler.disable(self._step_eager)()  # type: ignore[no-untyped-call]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch's layout, whoever saved it
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = int(state["step"])
+
+
+@_documented
+class Muon(Optimizer):
+    """Muon. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Muon`.
+
+    Only 2-D parameters are accepted, as in torch: give biases, norm scales,
+    embeddings and the output layer to a second optimizer such as
+    :class:`adaptim.AdamW`. The state is torch's: ``momentum_buffer`` only.
+    Steps run on the per-tensor reference path (the Newton–Schulz iteration is
+    a chain of matrix products in bfloat16).
+    """
+
+    algorithm = alg.MUON
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = alg.muon.NS_COEFFICIENTS,
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
+        *,
+        nonfinite: NonFinitePolicy = "ignore",
+    ) -> None:
+        defaults = dict(
+            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+            ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+        )  # fmt: skip
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+
+#: Rules that take only some inputs (SparseAdam: sparse gradients; Muon: matrices),
+#: kept apart from OPTIMIZERS as :data:`adaptim.algorithms.RESTRICTED` is.
+RESTRICTED_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.algorithm.name: cls for cls in (SparseAdam, Muon)
 }

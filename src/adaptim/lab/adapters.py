@@ -1,0 +1,84 @@
+"""SparseAdam and Muon as the lab runs them, on any problem's parameters.
+
+**Muon**: the matrices with Muon, every other parameter with AdamW. torch's Muon takes 2-D parameters only and leaves the rest (biases, norm
+scales, convolution kernels) to a second optimizer the user builds; the lab
+hands one optimizer all of a problem's parameters. It follows the rule
+Keras 3's ``keras.optimizers.Muon`` documents instead: a parameter that is not
+2-D is stepped with AdamW at the same learning rate (Keras' ``adam_lr_ratio``
+of 1), here :class:`adaptim.AdamW` with torch's defaults. The learning rate a
+study tunes (and a schedule changes) drives both.
+
+**SparseAdam**: torch's refuses dense gradients, and every built-in problem
+has them. The lab converts each gradient to a sparse one over its first axis
+before the step, as torch's documentation suggests for "semantically sparse"
+gradients: a row whose gradient is all zeros (a feature absent from the batch
+in ``logreg-sparse``) keeps its parameters and moments, as with an
+``nn.Embedding(sparse=True)``; on a dense layer it is Adam in the "epsilon hat"
+form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+import adaptim
+from adaptim.torch.twins import Muon, SparseAdam
+
+
+class MuonWithAdamW(Muon):
+    """:class:`adaptim.Muon` on the 2-D parameters, :class:`adaptim.AdamW` on the others.
+
+    ``param_groups`` and ``state`` are Muon's (the matrices); ``fallback`` is the
+    AdamW optimizer (``None`` when every parameter is a matrix). A problem
+    without matrices (``logreg-sparse``) is stepped by AdamW alone, as Keras'
+    rule would; its effective-learning-rate statistics cover the matrices only.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, **kwargs: Any) -> None:
+        params = list(params)
+        matrices = [p for p in params if p.ndim == 2]
+        others = [p for p in params if p.ndim != 2]
+        # (a group, even empty: a problem without matrices is all AdamW, as in Keras)
+        super().__init__([{"params": matrices}], lr=lr, **kwargs)
+        self.fallback = adaptim.AdamW(others, lr=lr) if others else None
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = super().step(closure)
+        if self.fallback is not None:
+            for group in self.fallback.param_groups:  # a schedule sets Muon's lr: follow it
+                group["lr"] = self.param_groups[0]["lr"]
+            self.fallback.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        if self.fallback is not None:
+            self.fallback.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        saved = super().state_dict()
+        if self.fallback is not None:
+            saved["fallback"] = self.fallback.state_dict()
+        return saved
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        fallback = state_dict.pop("fallback", None)
+        super().load_state_dict(state_dict)
+        if self.fallback is not None and fallback is not None:
+            self.fallback.load_state_dict(fallback)
+
+
+class SparseAdamOnDense(SparseAdam):
+    """:class:`adaptim.SparseAdam` fed each dense gradient as a sparse one over its rows."""
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and not p.grad.is_sparse:
+                        p.grad = p.grad.to_sparse(min(p.ndim, 1))  # rows; a scalar whole
+        return super().step(closure)
