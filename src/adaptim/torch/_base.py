@@ -341,27 +341,9 @@ class Optimizer(torch.optim.Optimizer):
                         state[key] = value.to(scalar_dtype())
                 elif value is not None:  # a plain number, as old torch versions saved
                     state[key] = torch.tensor(float(value), dtype=scalar_dtype())
-            self._conform_loaded(p, state, saved_state.get(saved_id, {}))
-
-    def _conform_loaded(
-        self, p: torch.Tensor, state: dict[str, Any], saved: Mapping[str, Any]
-    ) -> None:
-        """Element-wise entries as saved (torch casts 8-bit codes to floats), in this optimizer's format."""
-        for key, value in saved.items():
-            if isinstance(value, torch.Tensor) and (
-                value.dtype == torch.uint8 or key.endswith(_lowmem.ABSMAX_SUFFIX)
-            ):
-                state[key] = value.detach().to(p.device, copy=True)
-        keys = [k for k in state if k in self._elementwise_keys(state)]
-        fmt = self.state_format or _lowmem.StateFormat(None, None)
-        if fmt.dtype is None and fmt.bits is None:  # plain: decode what came encoded
-            for key in keys:
-                if state[key].dtype == torch.uint8 or state[key].dtype != p.dtype:
-                    value = fmt.read(state, key, p)
-                    state.pop(key + _lowmem.ABSMAX_SUFFIX, None)
-                    state[key] = None if value is None else value.to(p.dtype)
-            return
-        fmt.conform(state, keys, p)
+            _lowmem.conform_loaded(
+                self.state_format, p, state, saved_state.get(saved_id, {}), self._elementwise_keys
+            )
 
     def _elementwise_keys(self, state: Mapping[str, Any]) -> list[str]:
         """The state entries a low-memory format encodes: the rule's element-wise ones."""
@@ -709,7 +691,15 @@ class Optimizer(torch.optim.Optimizer):
                 step = float(state["step"] + 1)
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
         if self.state_format is not None:
-            self._update_decoded(p, grad, state, entries, step, hp, traceable=traceable)
+            if grad.is_sparse:
+                self._sparse_mode(p, hp)  # raises
+            xp = TRACEABLE_OPS if traceable else TORCH_OPS
+            decoded = self._decoded(p, state)
+            _lowmem.update_decoded(
+                self.state_format, algorithm, p, grad, state, entries, decoded, step, hp, xp
+            )
+            if algorithm.step and not traceable:
+                state["step"] += 1
             return
         if grad.is_sparse:
             mode = self._sparse_mode(p, hp)
@@ -751,49 +741,13 @@ class Optimizer(torch.optim.Optimizer):
         decoded = {k: fmt.read(state, k, p) for k in self._elementwise_keys(state)}
         return {k: v for k, v in decoded.items() if v is not None}
 
-    def _update_decoded(
-        self,
-        p: torch.Tensor,
-        grad: torch.Tensor,
-        state: dict[str, Any],
-        entries: list[str],
-        step: float | torch.Tensor,
-        hp: dict[str, Any],
-        *,
-        traceable: bool,
-    ) -> None:
-        """The rule on decoded state, in float32 at least; the new state is encoded again."""
-        fmt = self.state_format
-        assert fmt is not None
-        if grad.is_sparse:
-            raise RuntimeError(
-                f"adaptim.{type(self).__name__}: {fmt.describe()} does not support sparse "
-                "gradients; use the default state (state_dtype=None, state_bits=None)."
-            )
-        work = fmt.working_dtype(p)
-        decoded = self._decoded(p, state)
-        inputs = {k: decoded.get(k, state.get(k)) for k in entries}
-        new_p, new_state = self.algorithm.update(
-            p.to(work),
-            grad.to(work),
-            inputs,
-            step=step,
-            xp=TRACEABLE_OPS if traceable else TORCH_OPS,
-            **hp,
-        )
-        p.copy_(new_p)
-        if self.algorithm.step and not traceable:
-            state["step"] += 1
-        for key, value in new_state.items():
-            if value.shape == p.shape:
-                fmt.write(state, key, value, p)
-            elif inputs[key] is None:  # a per-tensor value the rule creates
-                state[key] = value.detach().clone()
-            else:
-                state[key].copy_(value)
-
     def _sparse_mode(self, p: torch.Tensor, hp: Mapping[str, Any]) -> str:
         name = type(self).__name__
+        if self.state_format is not None:
+            raise RuntimeError(
+                f"adaptim.{name}: {self.state_format.describe()} does not support sparse "
+                "gradients; use the default state (state_dtype=None, state_bits=None)."
+            )
         if self.algorithm.sparse is None:
             raise RuntimeError(
                 f"adaptim.{name} does not support sparse gradients; "

@@ -46,10 +46,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
+from adaptim.algorithms._spec import Algorithm, ArrayOps
 
 #: Block length and the size below which a tensor keeps its ordinary state (as bitsandbytes).
 BLOCK = 256
@@ -233,6 +235,67 @@ class StateFormat:
             value = self.read(state, key, p)
             if value is not None and value.shape == p.shape:
                 self.write(state, key, value, p)
+
+
+def update_decoded(
+    fmt: StateFormat,
+    algorithm: Algorithm,
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, Any],
+    entries: list[str],
+    decoded: Mapping[str, torch.Tensor],
+    step: float | torch.Tensor,
+    hp: Mapping[str, Any],
+    xp: ArrayOps,
+) -> None:
+    """One step of ``algorithm`` on ``p``: the rule on the ``decoded`` entries, the result encoded.
+
+    Parameter and gradient are computed in the working dtype (float32 at
+    least) and the new parameter is cast back to its own; ``step`` is left to
+    the caller.
+    """
+    work = fmt.working_dtype(p)
+    inputs = {k: decoded.get(k, state.get(k)) for k in entries}
+    new_p, new_state = algorithm.update(p.to(work), grad.to(work), inputs, step=step, xp=xp, **hp)
+    p.copy_(new_p)
+    for key, value in new_state.items():
+        if value.shape == p.shape:
+            fmt.write(state, key, value, p)
+        elif inputs[key] is None:  # a per-tensor value the rule creates
+            state[key] = value.detach().clone()
+        else:
+            state[key].copy_(value)
+
+
+def conform_loaded(
+    fmt: StateFormat | None,
+    p: torch.Tensor,
+    state: dict[str, Any],
+    saved: Mapping[str, Any],
+    elementwise_keys: Callable[[Mapping[str, Any]], list[str]],
+) -> None:
+    """After ``load_state_dict``: the element-wise entries of ``state`` in ``fmt``.
+
+    torch's loading casts every floating entry to the parameter's dtype and
+    8-bit codes to floats too, so codes and block maxima are taken as
+    ``saved``; then each entry is converted to this optimizer's format (an
+    optimizer without a format decodes what came encoded).
+    """
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor) and (
+            value.dtype == torch.uint8 or key.endswith(ABSMAX_SUFFIX)
+        ):
+            state[key] = value.detach().to(p.device, copy=True)
+    keys = elementwise_keys(state)
+    if fmt is not None:
+        fmt.conform(state, keys, p)
+        return
+    plain = StateFormat(None, None)
+    for key in keys:
+        if state[key].dtype == torch.uint8:
+            state[key] = plain.read(state, key, p).to(p.dtype)  # type: ignore[union-attr]
+            del state[key + ABSMAX_SUFFIX]
 
 
 def plain_layout(state: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
