@@ -107,6 +107,27 @@ def test_bf16_adam_tracks_fp32_adam_and_is_reproducible() -> None:
     assert bf16_loss < 1.1 * fp32_loss
 
 
+def test_bf16_second_moment_decays_as_fp32s_when_gradients_shrink() -> None:
+    """β₂·v is within half a bf16 ulp of v: round to nearest keeps v from decaying.
+
+    After the gradients shrink 100-fold, fp32 Adam's mean v decays to 0.243
+    by step 600; bf16 rounded to nearest stays at 0.363 (+49%), which this
+    test would catch; stochastic rounding follows fp32 (measured 0.243).
+    """
+    second_moments = []
+    for options in ({}, {"state_dtype": torch.bfloat16}):
+        generator = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.zeros(4096))
+        optimizer = adaptim.Adam([p], lr=1e-3, **options)
+        for t in range(600):
+            scale = 1.0 if t < 200 else 0.01
+            p.grad = scale * (torch.randn(4096, generator=generator) + 1.0)
+            optimizer.step()
+        second_moments.append(float(optimizer.state[p]["exp_avg_sq"].float().mean()))
+    fp32, bf16 = second_moments
+    assert abs(bf16 / fp32 - 1) < 0.02, (fp32, bf16)
+
+
 @pytest.mark.parametrize("name", LOW_MEMORY)
 def test_every_low_memory_optimizer_keeps_narrow_state_and_tracks_fp32(name: str) -> None:
     """64×64 = 4096 elements: the smallest tensor that bitsandbytes quantises."""
