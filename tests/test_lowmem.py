@@ -222,6 +222,28 @@ def test_dynamic_code_is_bitsandbytes_map(signed: bool) -> None:
     assert torch.equal(_lowmem.dynamic_code(signed), bnbf.create_dynamic_map(signed=signed))
 
 
+@given(st.booleans(), st.integers(0, 2**31))
+@settings(max_examples=10)
+def test_nearest_code_lookup_equals_a_binary_search(signed: bool, seed: int) -> None:
+    """The bucket table gives torch.bucketize's index, at and beside every threshold too."""
+    thresholds, code = _lowmem._thresholds(signed), _lowmem.dynamic_code(signed)
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.cat(
+        [
+            torch.rand(20000, generator=generator) * 2 - 1,
+            torch.randn(20000, generator=generator) * torch.rand(20000, generator=generator) ** 8,
+            thresholds,
+            code,
+            torch.nextafter(thresholds, torch.tensor(2.0)),
+            torch.nextafter(thresholds, torch.tensor(-2.0)),
+            torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-38, -1e-38]),
+        ]
+    ).clamp(-1, 1)
+    if not signed:
+        values = values.abs()
+    assert torch.equal(_lowmem._nearest_code(values, signed), torch.bucketize(values, thresholds))
+
+
 @given(
     st.integers(1, 3000),
     st.floats(1e-6, 1e3),

@@ -118,6 +118,50 @@ def _thresholds(signed: bool) -> torch.Tensor:
     return ((code[1:] + code[:-1]) / 2).float()
 
 
+#: Lookup buckets: float32 magnitudes in [0, 1] by their top 19 bits (exponent and
+#: 10 mantissa bits), so a bucket spans 0.1% of its value, less than any gap
+#: between neighbouring thresholds (1.4% at least): each holds at most one.
+_BUCKET_SHIFT = 13
+_BUCKETS = (0x3F800000 >> _BUCKET_SHIFT) + 1  # up to the bits of 1.0
+
+
+@functools.cache
+def _lookup(signed: bool) -> tuple[torch.Tensor, ...]:
+    """Per bucket of ``|s|``: how many thresholds lie below its start, for s ≥ 0 and s < 0.
+
+    ``torch.bucketize`` over 255 thresholds is a binary search per element;
+    two small gathers and two comparisons are faster on CPU and give the same
+    index (``tests/test_lowmem.py``). Nearest code of
+    ``s`` = the number of thresholds below ``s``; for ``s = -u`` that is 255
+    minus the number of mirrored thresholds at or below ``u``.
+    """
+    thresholds = _thresholds(signed)
+    mirrored = (-thresholds).flip(0)
+    starts = (torch.arange(_BUCKETS, dtype=torch.int32) << _BUCKET_SHIFT).view(torch.float32)
+    ends = ((torch.arange(_BUCKETS, dtype=torch.int32) + 1) << _BUCKET_SHIFT).view(torch.float32)
+    below_positive = torch.searchsorted(thresholds, starts)
+    below_negative = torch.searchsorted(mirrored, starts)
+    for table, points in ((below_positive, thresholds), (below_negative, mirrored)):
+        assert int((torch.searchsorted(points, ends) - table).max()) <= 1
+    inf = torch.tensor([torch.inf])
+    return below_positive, torch.cat([thresholds, inf]), below_negative, torch.cat([mirrored, inf])
+
+
+def _nearest_code(scaled: torch.Tensor, signed: bool) -> torch.Tensor:
+    """The index of the nearest code point of each value of ``scaled`` in [-1, 1] (int64)."""
+    below_positive, thresholds, below_negative, mirrored = (
+        t.to(scaled.device) for t in _lookup(signed)
+    )
+    magnitude = scaled.abs().view(-1)
+    bucket = (magnitude.view(torch.int32) >> _BUCKET_SHIFT).clamp_(max=_BUCKETS - 1).long()
+    # (index_select: the fastest gather of torch's CPU kernels for a flat index)
+    base = below_positive.index_select(0, bucket)
+    positive = base + (thresholds.index_select(0, base) < magnitude)
+    base = below_negative.index_select(0, bucket)
+    negative = (thresholds.numel() - 1) - (base + (mirrored.index_select(0, base) <= magnitude))
+    return torch.where(scaled.view(-1) < 0, negative, positive).view(scaled.shape)
+
+
 def _blocks(x: torch.Tensor) -> torch.Tensor:
     """``x`` flattened and zero-padded to rows of :data:`BLOCK` values."""
     flat = x.reshape(-1)
@@ -133,8 +177,7 @@ def quantize_blockwise(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, tor
     absmax = blocks.abs().amax(dim=1)
     # (an all-zero block has absmax 0; dividing by 1 keeps it at code 0.0)
     scaled = blocks / torch.where(absmax > 0, absmax, 1.0).unsqueeze(1)
-    thresholds = _thresholds(signed).to(x.device)
-    codes = torch.bucketize(scaled.clamp_(-1.0, 1.0), thresholds)
+    codes = _nearest_code(scaled.clamp_(-1.0, 1.0), signed)
     if not signed:
         # A positive second moment must not decode to 0: beside a first moment
         # that kept a nonzero code, Adam's step would become m/ε. Below the
@@ -148,7 +191,9 @@ def dequantize_blockwise(
     codes: torch.Tensor, absmax: torch.Tensor, signed: bool, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """The values :func:`quantize_blockwise` encoded, in ``dtype``."""
-    values = dynamic_code(signed).to(codes.device)[_blocks(codes).long()] * absmax.unsqueeze(1)
+    blocks = _blocks(codes)
+    code = dynamic_code(signed).to(codes.device)
+    values = code.index_select(0, blocks.view(-1).long()).view(blocks.shape) * absmax.unsqueeze(1)
     return values.view(-1)[: codes.numel()].view(codes.shape).to(dtype)
 
 
