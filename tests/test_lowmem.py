@@ -178,6 +178,11 @@ def test_low_memory_states_refuse_sparse_gradients() -> None:
         optimizer.step()
 
 
+def test_low_memory_states_refuse_complex_parameters_when_they_are_added() -> None:
+    with pytest.raises(TypeError, match="state_bits=8 does not support complex parameters"):
+        adaptim.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))], state_bits=8)
+
+
 @pytest.mark.parametrize("options", [{"state_dtype": torch.bfloat16}, {"state_bits": 8}])
 def test_state_dict_round_trips_and_moves_between_formats(options: dict[str, object]) -> None:
     model, x, y = _regression()

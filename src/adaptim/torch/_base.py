@@ -254,6 +254,12 @@ class Optimizer(torch.optim.Optimizer):
                     f"adaptim.{type(self).__name__} does not support complex parameters; "
                     "split them into real and imaginary parts (torch.view_as_real)."
                 )
+            if self.state_format is not None and any(p.is_complex() for p in group["params"]):
+                raise TypeError(
+                    f"adaptim.{type(self).__name__}: {self.state_format.describe()} does not "
+                    "support complex parameters; split them into real and imaginary parts "
+                    "(torch.view_as_real)."
+                )
         except Exception:
             self.param_groups.pop()
             raise
@@ -441,13 +447,7 @@ class Optimizer(torch.optim.Optimizer):
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 start: complex = complex(fill, fill) if p.is_complex() else fill
                 state[key] = torch.full_like(p, start, memory_format=torch.preserve_format)
-        if self.state_format is not None:
-            if p.is_complex():
-                raise TypeError(
-                    f"adaptim.{type(self).__name__}: {self.state_format.describe()} does not "
-                    "support complex parameters; split them into real and imaginary parts "
-                    "(torch.view_as_real)."
-                )
+        if self.state_format is not None:  # (complex parameters were refused when added)
             self.state_format.conform(state, self._elementwise_keys(state), p)
         return state
 
