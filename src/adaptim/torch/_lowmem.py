@@ -139,8 +139,9 @@ def _lookup(signed: bool) -> tuple[torch.Tensor, ...]:
     mirrored = (-thresholds).flip(0)
     starts = (torch.arange(_BUCKETS, dtype=torch.int32) << _BUCKET_SHIFT).view(torch.float32)
     ends = ((torch.arange(_BUCKETS, dtype=torch.int32) + 1) << _BUCKET_SHIFT).view(torch.float32)
-    below_positive = torch.searchsorted(thresholds, starts)
-    below_negative = torch.searchsorted(mirrored, starts)
+    # (int32 indices: half the memory traffic of int64, and index_select takes them)
+    below_positive = torch.searchsorted(thresholds, starts, out_int32=True)
+    below_negative = torch.searchsorted(mirrored, starts, out_int32=True)
     for table, points in ((below_positive, thresholds), (below_negative, mirrored)):
         assert int((torch.searchsorted(points, ends) - table).max()) <= 1
     inf = torch.tensor([torch.inf])
@@ -148,12 +149,12 @@ def _lookup(signed: bool) -> tuple[torch.Tensor, ...]:
 
 
 def _nearest_code(scaled: torch.Tensor, signed: bool) -> torch.Tensor:
-    """The index of the nearest code point of each value of ``scaled`` in [-1, 1] (int64)."""
+    """The index of the nearest code point of each value of ``scaled`` in [-1, 1] (int32)."""
     below_positive, thresholds, below_negative, mirrored = (
         t.to(scaled.device) for t in _lookup(signed)
     )
     magnitude = scaled.abs().view(-1)
-    bucket = (magnitude.view(torch.int32) >> _BUCKET_SHIFT).clamp_(max=_BUCKETS - 1).long()
+    bucket = (magnitude.view(torch.int32) >> _BUCKET_SHIFT).clamp_(max=_BUCKETS - 1)
     # (index_select: the fastest gather of torch's CPU kernels for a flat index)
     base = below_positive.index_select(0, bucket)
     positive = base + (thresholds.index_select(0, base) < magnitude)
