@@ -206,7 +206,7 @@ def test_signature_matches_torch(name: str) -> None:
         assert ("fused", inspect.Parameter.KEYWORD_ONLY, None) in ours
     # flavor and the options where frameworks differ come after torch's arguments
     own = {
-        "nonfinite", "flavor", "fused",
+        "nonfinite", "flavor", "fused", "state_dtype", "state_bits",
         *(set(adaptim.OPTIMIZERS[name].algorithm.defaults) - torch_names),
     }  # fmt: skip
     own_rows = [row for row in ours if row[0] in own - torch_names]

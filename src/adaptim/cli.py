@@ -613,7 +613,7 @@ def optimizers(
             else f"grid: lr {v.lr_range[0]:g}–{v.lr_range[1]:g}; random and tpe search: "
             + "; ".join(d.describe() for d in v.space),
             # measured on a float32 parameter after one step (see state_bytes_per_parameter)
-            f"state: {state_bytes_per_parameter(v.name):.0f} bytes per parameter",
+            f"state: {state_bytes_per_parameter(v.name):.3g} bytes per parameter",
         ]
         entries.append((v.name, lines))
     show.listing(console, "Optimizers (use the name, or name@flavor)", entries)

@@ -234,6 +234,24 @@ def _variants() -> dict[str, Variant]:
             (1e-4, 1e-1),
             extra_space=(_BETA2, _eps(1e-6)),
         ),
+        # Adam with memory-light states (adaptim.torch._lowmem): beside ``adam``,
+        # with the same range and space, the report shows what the saving costs.
+        Variant(
+            "adam-bf16",
+            "Adam with bf16 moments, stochastically rounded: half of fp32 Adam's state",
+            adaptim.Adam,
+            adam_range,
+            {"state_dtype": "bfloat16"},
+            adam_space,
+        ),
+        Variant(
+            "adam-8bit",
+            "Adam with block-wise 8-bit moments (Dettmers et al. 2022): a quarter of the state",
+            adaptim.Adam,
+            adam_range,
+            {"state_bits": 8},
+            adam_space,
+        ),
         Variant(
             "adam-defaults",
             "Adam at its published default lr 1e-3, never tuned (the self-tuning baseline)",
@@ -401,18 +419,25 @@ def _hypergradient_variants() -> list[Variant]:
     ]
 
 
-def state_bytes_per_parameter(name: str, numel: int = 1000) -> float:
+#: The parameter ``state_bytes_per_parameter`` measures on: a float32 matrix, large
+#: enough that 8-bit states are quantised (bitsandbytes' 4096 elements) and
+#: Adafactor factors its second moment, as for a layer's weights.
+STATE_BYTES_SHAPE = (128, 128)
+
+
+def state_bytes_per_parameter(name: str, shape: tuple[int, ...] = STATE_BYTES_SHAPE) -> float:
     """The optimizer state per parameter in bytes, *measured*: one step on a float32 tensor.
 
     The sum of ``nbytes`` of every tensor in the state after a step on a
-    ``numel``-element parameter, divided by ``numel`` (scalars such as
-    ``step`` add a few thousandths). Random values, so no entry degenerates
-    (Prodigy keeps a 0-d ``x0`` for an all-zero tensor).
+    parameter of ``shape``, divided by its size (scalars such as ``step`` add
+    a few hundred-thousandths). So it reflects the state's real format:
+    fp32 Adam 8, ``adam-bf16`` 4, ``adam-8bit`` 2.03 (a byte per moment and a
+    float32 maximum per block of 256), Adafactor's factored rows and columns
+    0.0625 on 128×128. Random values, so no entry degenerates (Prodigy keeps a
+    0-d ``x0`` for an all-zero tensor).
     """
     generator = torch.Generator().manual_seed(0)
-    # Muon's own state is measured on a matrix (the lab's Muon gives vectors to AdamW).
-    rank = parse_optimizer(name)[0].cls.algorithm.param_ndim
-    shape = (numel // 10, 10) if rank == 2 else (numel,)
+    numel = math.prod(shape)
     p = torch.randn(shape, generator=generator).requires_grad_(True)
     optimizer = make_optimizer(name, [p], {})
     train = getattr(optimizer, "train", None)

@@ -20,7 +20,7 @@ from adaptim.algorithms._validation import (
     check_loaded_group,
     state_problem,
 )
-from adaptim.torch import _hooks
+from adaptim.torch import _hooks, _lowmem
 from adaptim.torch._engine import Engine
 from adaptim.torch._hooks import hooked_step
 
@@ -175,6 +175,12 @@ class Optimizer(torch.optim.Optimizer):
     fills every hyperparameter the caller did not pass from that framework's
     preset, and is kept in ``param_groups``. A param group may name its own
     ``flavor``; its preset then fills what the group does not set.
+
+    ``state_dtype=torch.bfloat16`` (bf16 with stochastic rounding) or
+    ``state_bits=8`` (block-wise 8-bit quantisation) keeps the element-wise
+    state in less memory, on the optimizers whose signature has them; see
+    :mod:`adaptim.torch._lowmem`. Such an optimizer steps on the per-tensor
+    reference path, and its ``state_dict`` loads into one of any state format.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -187,7 +193,14 @@ class Optimizer(torch.optim.Optimizer):
         nonfinite: NonFinitePolicy = "ignore",
         fused: bool | None = None,
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
     ) -> None:
+        state_dtype, state_bits = _lowmem.check_options(state_dtype, state_bits)
+        #: Where the element-wise state is kept narrow: ``None`` (the parameter's dtype).
+        self.state_format: _lowmem.StateFormat | None = None
+        if state_dtype is not None or state_bits is not None:
+            self.state_format = _lowmem.StateFormat(state_dtype, state_bits)
         # torch's signature has no ``fused`` for every algorithm; adaptim's fast path does.
         defaults.setdefault("fused", fused)
         if nonfinite not in NONFINITE_POLICIES:
@@ -253,6 +266,12 @@ class Optimizer(torch.optim.Optimizer):
                         f"shape {tuple(p.shape)}. Give the others to a second optimizer "
                         "(such as adaptim.AdamW), as torch.optim requires."
                     )
+            if self.state_format is not None and any(p.is_complex() for p in group["params"]):
+                raise TypeError(
+                    f"adaptim.{type(self).__name__}: {self.state_format.describe()} does not "
+                    "support complex parameters; split them into real and imaginary parts "
+                    "(torch.view_as_real)."
+                )
         except Exception:
             self.param_groups.pop()
             raise
@@ -296,6 +315,7 @@ class Optimizer(torch.optim.Optimizer):
             for key, value in own.items():
                 group.setdefault(key, value)
         self.__dict__.pop("_fast", None)  # pickled by an adaptim with flat buffers
+        self.__dict__.setdefault("state_format", None)  # pickled before low-memory states
         self._engine = Engine(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -340,6 +360,21 @@ class Optimizer(torch.optim.Optimizer):
                         state[key] = value.to(scalar_dtype())
                 elif value is not None:  # a plain number, as old torch versions saved
                     state[key] = torch.tensor(float(value), dtype=scalar_dtype())
+            _lowmem.conform_loaded(
+                self.state_format, p, state, saved_state.get(saved_id, {}), self._elementwise_keys
+            )
+
+    def _elementwise_keys(self, state: Mapping[str, Any]) -> list[str]:
+        """The state entries a low-memory format encodes: the rule's element-wise ones."""
+        scalars = {"step", *self.algorithm.scalar_state}
+        return [
+            k
+            for k, v in state.items()
+            if k not in scalars
+            and not k.endswith(_lowmem.ABSMAX_SUFFIX)
+            and isinstance(v, torch.Tensor)
+            and v.ndim > 0
+        ]
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Raise, naming where and what was expected, unless ``state_dict`` fits this optimizer."""
@@ -383,13 +418,22 @@ class Optimizer(torch.optim.Optimizer):
                 problem = (
                     "expected a mapping of state entries"
                     if not isinstance(entries, Mapping)
-                    else state_problem(self.algorithm, hp, entries, tuple(p.shape), p.is_complex())
+                    else self._state_problem(hp, entries, p, exact_keys=True)
                 )
                 if problem:
                     raise ValueError(
                         f"{where}, parameter {position} (state id {saved_id!r}, shape "
                         f"{tuple(p.shape)}): {problem}."
                     )
+
+    def _state_problem(
+        self, hp: Mapping[str, Any], state: Mapping[str, Any], p: torch.Tensor, *, exact_keys: bool
+    ) -> str | None:
+        """:func:`state_problem`, with 8-bit entries (codes and block maxima) checked as one."""
+        plain, problem = _lowmem.plain_layout(state)
+        return problem or state_problem(
+            self.algorithm, hp, plain, tuple(p.shape), p.is_complex(), exact_keys=exact_keys
+        )
 
     # -- state -------------------------------------------------------------------
     def _init_state(self, p: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -416,6 +460,8 @@ class Optimizer(torch.optim.Optimizer):
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 start: complex = complex(fill, fill) if p.is_complex() else fill
                 state[key] = torch.full_like(p, start, memory_format=torch.preserve_format)
+        if self.state_format is not None:  # (complex parameters were refused when added)
+            self.state_format.conform(state, self._elementwise_keys(state), p)
         return state
 
     # -- the step ------------------------------------------------------------------
@@ -518,6 +564,8 @@ class Optimizer(torch.optim.Optimizer):
             # dtype may drift when ``p.data`` is replaced.)
             suspect = grad.dtype != p.dtype
             state = get_state(p)
+            if self.state_format is not None:  # encoded entries: the full check, always
+                suspect = True
             if state and not suspect:
                 shape, dtype = p.shape, p.dtype
                 for key in elementwise:
@@ -543,9 +591,7 @@ class Optimizer(torch.optim.Optimizer):
             problem = f"its gradient is on {grad.device}, the parameter on {p.device}"
         else:
             state = self.state.get(p, {})
-            problem = state_problem(
-                self.algorithm, hp, state, tuple(p.shape), p.is_complex(), exact_keys=False
-            )
+            problem = self._state_problem(hp, state, p, exact_keys=False)
             devices = {v.device for v in state.values() if isinstance(v, torch.Tensor) and v.ndim}
             if problem is None and devices - {p.device}:
                 problem = f"its state is on {sorted(map(str, devices))}, it on {p.device}"
@@ -627,6 +673,8 @@ class Optimizer(torch.optim.Optimizer):
                     rates.append(None)
                     continue
                 step = max(float(state.get("step", 1.0)), 1.0)
+                if self.state_format is not None:
+                    state = {**state, **self._decoded(p, state)}
                 views = {
                     k: real_view(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()
                 }
@@ -673,6 +721,17 @@ class Optimizer(torch.optim.Optimizer):
             else:  # counted once the update has succeeded
                 step = float(state["step"] + 1)
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
+        if self.state_format is not None:
+            if grad.is_sparse:
+                self._sparse_mode(p, hp)  # raises
+            xp = TRACEABLE_OPS if traceable else TORCH_OPS
+            decoded = self._decoded(p, state)
+            _lowmem.update_decoded(
+                self.state_format, algorithm, p, grad, state, entries, decoded, step, hp, xp
+            )
+            if algorithm.step and not traceable:
+                state["step"] += 1
+            return
         if grad.is_sparse:
             mode = self._sparse_mode(p, hp)
             if mode == "rows":
@@ -706,8 +765,20 @@ class Optimizer(torch.optim.Optimizer):
                 current.copy_(value)
                 state[key] = inputs[key]
 
+    def _decoded(self, p: torch.Tensor, state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The encoded element-wise entries of ``state``, decoded to the working dtype."""
+        fmt = self.state_format
+        assert fmt is not None
+        decoded = {k: fmt.read(state, k, p) for k in self._elementwise_keys(state)}
+        return {k: v for k, v in decoded.items() if v is not None}
+
     def _sparse_mode(self, p: torch.Tensor, hp: Mapping[str, Any]) -> str:
         name = type(self).__name__
+        if self.state_format is not None:
+            raise RuntimeError(
+                f"adaptim.{name}: {self.state_format.describe()} does not support sparse "
+                "gradients; use the default state (state_dtype=None, state_bits=None)."
+            )
         if self.algorithm.sparse is None:
             raise RuntimeError(
                 f"adaptim.{name} does not support sparse gradients; "

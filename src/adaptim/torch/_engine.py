@@ -239,6 +239,10 @@ class Engine:
         if not self.optimizer.algorithm.recordable:  # its record says so: no attempt, no warning
             run.status = "reference: the rule is not element-wise (Algorithm.recordable=False)"
             return params
+        state_format = self.optimizer.state_format
+        if state_format is not None:  # decoded and encoded per tensor (adaptim.torch._lowmem)
+            run.status = f"reference: {state_format.describe()} (states encoded per tensor)"
+            return params
         if run.refused is not None:
             run.status = f"reference: {run.refused}"
             return params

@@ -62,11 +62,21 @@ class Lion(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "optax",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach
         )
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -92,12 +102,22 @@ class AdaBelief(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "optax",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, eps_root=eps_root, nesterov=nesterov,
             maximize=maximize, foreach=foreach,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -123,12 +143,22 @@ class Yogi(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "optax",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, initial_accumulator_value=initial_accumulator_value,
             bias_correction=bias_correction, maximize=maximize, foreach=foreach,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -159,13 +189,23 @@ class Adan(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "optax",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay,
             diff_scale=diff_scale, bias_correction=bias_correction,
             proximal_weight_decay=proximal_weight_decay, maximize=maximize, foreach=foreach,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented

@@ -114,6 +114,8 @@ class Adagrad(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         eps_inside_sqrt: bool = default(False),
         decoupled_weight_decay: bool = default(False),
     ) -> None:
@@ -123,7 +125,14 @@ class Adagrad(Optimizer):
             maximize=maximize, differentiable=differentiable, fused=fused,
             eps_inside_sqrt=eps_inside_sqrt, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -152,6 +161,8 @@ class RMSprop(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         eps_inside_sqrt: bool = default(False),
         lr_in_momentum: bool = default(False),
         initial_accumulator_value: float = default(0),
@@ -165,7 +176,15 @@ class RMSprop(Optimizer):
             initial_accumulator_value=initial_accumulator_value,
             decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -189,6 +208,8 @@ class Adadelta(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         decoupled_weight_decay: bool = default(False),
     ) -> None:
         defaults = dict(
@@ -196,7 +217,15 @@ class Adadelta(Optimizer):
             capturable=capturable, foreach=foreach, differentiable=differentiable,
             decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -225,6 +254,8 @@ class Adam(Optimizer):
         decoupled_weight_decay: bool = default(False),
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         epsilon_hat: bool = default(False),
         amsgrad_max: str = default("raw"),
         bias_correction: bool = default(True),
@@ -236,7 +267,14 @@ class Adam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay, epsilon_hat=epsilon_hat,
             amsgrad_max=amsgrad_max, bias_correction=bias_correction,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -264,6 +302,8 @@ class AdamW(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         epsilon_hat: bool = default(False),
         amsgrad_max: str = default("raw"),
         bias_correction: bool = default(True),
@@ -274,7 +314,14 @@ class AdamW(Optimizer):
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
             epsilon_hat=epsilon_hat, amsgrad_max=amsgrad_max, bias_correction=bias_correction,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -298,6 +345,8 @@ class Adamax(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         eps_in_max: bool = default(True),
         decoupled_weight_decay: bool = default(False),
     ) -> None:
@@ -306,7 +355,15 @@ class Adamax(Optimizer):
             maximize=maximize, differentiable=differentiable, capturable=capturable,
             eps_in_max=eps_in_max, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -332,6 +389,8 @@ class NAdam(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         momentum_schedule: bool = default(True),
     ) -> None:
         defaults = dict(
@@ -340,7 +399,15 @@ class NAdam(Optimizer):
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, momentum_schedule=momentum_schedule,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented
@@ -365,6 +432,8 @@ class RAdam(Optimizer):
         fused: bool | None = None,
         nonfinite: NonFinitePolicy = "ignore",
         flavor: str = "torch",
+        state_dtype: torch.dtype | str | None = None,
+        state_bits: int | None = None,
         epsilon_hat: bool = default(True),
         rectify_threshold: float = default(5.0),
     ) -> None:
@@ -374,7 +443,15 @@ class RAdam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable,
             epsilon_hat=epsilon_hat, rectify_threshold=rectify_threshold,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            fused=fused,
+            flavor=flavor,
+            state_dtype=state_dtype,
+            state_bits=state_bits,
+        )
 
 
 @_documented

@@ -1,0 +1,366 @@
+"""Memory-light optimizer states: bfloat16 with stochastic rounding, or block-wise 8 bits.
+
+An optimizer built with ``state_dtype=torch.bfloat16`` or ``state_bits=8``
+keeps the element-wise state of each parameter (Adam's ``exp_avg`` and
+``exp_avg_sq``, RMSprop's ``square_avg``, ...) in a narrow format. Every step
+decodes it to float32 (or the parameter's dtype, when wider), runs the
+unchanged update rule, and encodes the result again. Scalars (``step``) and
+parameters are untouched.
+
+**bfloat16 with stochastic rounding.** bf16 keeps float32's 8 exponent bits
+and 7 of its 23 mantissa bits. Rounding to nearest would drop a moment's
+small increments systematically: with β₂ = 0.999, ``(1-β₂)·g²`` is below half
+a bf16 ulp of ``v`` once ``g²`` is a little smaller than ``v`` (under
+``0.25·v``), so ``v`` would never move. Stochastic rounding instead rounds up
+with probability equal to the dropped fraction of an ulp, which makes the
+stored value unbiased, ``E[round(x)] = x``. It is done on the bit pattern:
+add 16 uniformly random bits to the low half of float32's bits, then clear
+that half (the carry, when there is one, is the round-up). The random bits
+come from a ``torch.Generator`` per optimizer and device, seeded with
+``state_seed`` (0 unless given), so two runs with the same seed are
+bit-identical. The generator's position is not part of ``state_dict``: a
+resumed run rounds with fresh draws, which changes nothing in expectation.
+
+**Block-wise 8 bits** (Dettmers, Lewis, Shleifer & Zettlemoyer 2022, "8-bit
+Optimizers via Block-wise Quantization", ICLR 2022). A state tensor is
+flattened and cut into blocks of 256 values; each block stores its absolute
+maximum ``a_b`` in float32 and each value the index ``q`` of the nearest
+point of a 256-entry *dynamic* code on [-1, 1] to ``x / a_b``, decoded as
+``code[q]·a_b``. The dynamic code (Dettmers 2016, "8-Bit Approximations for
+Parallelism in Deep Learning") spends its bits like a float: a run of
+leading zeros picks a decade ``10^-k`` (k = 0..6) and the remaining bits a
+linear fraction in [0.1, 1] inside it, so small values keep a relative
+precision that a linear code would lose. Signed entries (first moments) use
+the signed code, non-negative ones (second moments, AdaGrad's sum) the
+unsigned code, which spends the sign bit on one more fraction bit. These are
+bitsandbytes' ``dynamic`` and ``udynamic`` maps. As in bitsandbytes, a
+parameter with fewer than 4096 elements keeps its ordinary state.
+The state keeps torch's entry names: ``exp_avg`` is a ``uint8`` tensor of the
+parameter's shape and ``exp_avg_absmax`` its float32 block maxima.
+
+Either format costs a decode and an encode per step and runs on the
+per-tensor reference path (see :mod:`adaptim.torch._engine`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from adaptim.algorithms._spec import Algorithm, ArrayOps
+
+#: Block length and the size below which a tensor keeps its ordinary state (as bitsandbytes).
+BLOCK = 256
+MIN_8BIT_NUMEL = 4096
+ABSMAX_SUFFIX = "_absmax"
+
+#: torch's names of element-wise state that is non-negative by construction
+#: (sums and averages of squares, maxima of those, infinity norms): these use
+#: the unsigned code, everything else the signed one.
+NONNEGATIVE_STATE = frozenset(
+    {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"}
+)
+
+_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+_ALLOWED_DTYPES = "None (the parameter's dtype), torch.bfloat16 or torch.float32"
+
+
+def check_options(state_dtype: Any, state_bits: Any) -> tuple[torch.dtype | None, int | None]:
+    """The validated ``(state_dtype, state_bits)``; strings such as ``"bfloat16"`` are accepted."""
+    if isinstance(state_dtype, str) and state_dtype in _DTYPE_NAMES:
+        state_dtype = _DTYPE_NAMES[state_dtype]
+    if state_dtype is not None and state_dtype not in _DTYPE_NAMES.values():
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r}; allowed: {_ALLOWED_DTYPES}.")
+    if state_bits is not None and (isinstance(state_bits, bool) or state_bits not in (8, 32)):
+        raise ValueError(
+            f"Invalid state_bits: {state_bits!r}; allowed: None or 32 (full precision) "
+            "or 8 (block-wise quantised moments)."
+        )
+    if state_bits == 32:
+        state_bits = None
+    if state_bits is not None and state_dtype is not None:
+        raise ValueError(
+            f"Invalid state_dtype: {state_dtype!r} with state_bits={state_bits}; "
+            "choose at most one of them."
+        )
+    return state_dtype, state_bits
+
+
+@functools.cache
+def dynamic_code(signed: bool) -> torch.Tensor:
+    """The 256 sorted points of the dynamic quantisation code on [-1, 1] (or [0, 1]).
+
+    Decade ``k`` (k = 0..6) holds the midpoints of an even float32 grid on
+    [0.1, 1] with ``2^k + 1`` points (``2^(k+1) + 1`` unsigned), scaled by
+    ``10^(k-6)``; the signed code mirrors them. With 0 and 1 that is 256
+    points either way.
+    """
+    points: list[torch.Tensor] = []
+    for k in range(7):
+        grid = torch.linspace(0.1, 1, 2 ** (k if signed else k + 1) + 1, dtype=torch.float32)
+        midpoints = (grid[:-1] + grid[1:]) / 2
+        scaled = midpoints * 10.0 ** (k - 6)
+        points += [scaled, -scaled] if signed else [scaled]
+    points.append(torch.tensor([0.0, 1.0]))
+    code = torch.cat(points)
+    assert code.numel() == 256
+    return code.sort().values
+
+
+@functools.cache
+def _thresholds(signed: bool) -> torch.Tensor:
+    """The midpoints between neighbouring code points: ``bucketize`` against them is nearest."""
+    code = dynamic_code(signed).double()
+    return ((code[1:] + code[:-1]) / 2).float()
+
+
+#: Lookup buckets: float32 magnitudes in [0, 1] by their top 19 bits (exponent and
+#: 10 mantissa bits), so a bucket spans 0.1% of its value, less than any gap
+#: between neighbouring thresholds (1.4% at least): each holds at most one.
+_BUCKET_SHIFT = 13
+_BUCKETS = (0x3F800000 >> _BUCKET_SHIFT) + 1  # up to the bits of 1.0
+
+
+@functools.cache
+def _lookup(signed: bool) -> tuple[torch.Tensor, ...]:
+    """Per bucket of ``|s|``: how many thresholds lie below its start, for s ≥ 0 and s < 0.
+
+    ``torch.bucketize`` over 255 thresholds is a binary search per element;
+    two small gathers and two comparisons are faster on CPU and give the same
+    index (``tests/test_lowmem.py``). Nearest code of
+    ``s`` = the number of thresholds below ``s``; for ``s = -u`` that is 255
+    minus the number of mirrored thresholds at or below ``u``.
+    """
+    thresholds = _thresholds(signed)
+    mirrored = (-thresholds).flip(0)
+    starts = (torch.arange(_BUCKETS, dtype=torch.int32) << _BUCKET_SHIFT).view(torch.float32)
+    ends = ((torch.arange(_BUCKETS, dtype=torch.int32) + 1) << _BUCKET_SHIFT).view(torch.float32)
+    # (int32 indices: half the memory traffic of int64, and index_select takes them)
+    below_positive = torch.searchsorted(thresholds, starts, out_int32=True)
+    below_negative = torch.searchsorted(mirrored, starts, out_int32=True)
+    for table, points in ((below_positive, thresholds), (below_negative, mirrored)):
+        assert int((torch.searchsorted(points, ends) - table).max()) <= 1
+    inf = torch.tensor([torch.inf])
+    return below_positive, torch.cat([thresholds, inf]), below_negative, torch.cat([mirrored, inf])
+
+
+def _nearest_code(scaled: torch.Tensor, signed: bool) -> torch.Tensor:
+    """The index of the nearest code point of each value of ``scaled`` in [-1, 1] (int32)."""
+    below_positive, thresholds, below_negative, mirrored = (
+        t.to(scaled.device) for t in _lookup(signed)
+    )
+    magnitude = scaled.abs().view(-1)
+    bucket = (magnitude.view(torch.int32) >> _BUCKET_SHIFT).clamp_(max=_BUCKETS - 1)
+    # (index_select: the fastest gather of torch's CPU kernels for a flat index)
+    base = below_positive.index_select(0, bucket)
+    positive = base + (thresholds.index_select(0, base) < magnitude)
+    base = below_negative.index_select(0, bucket)
+    negative = (thresholds.numel() - 1) - (base + (mirrored.index_select(0, base) <= magnitude))
+    return torch.where(scaled.view(-1) < 0, negative, positive).view(scaled.shape)
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` flattened and zero-padded to rows of :data:`BLOCK` values."""
+    flat = x.reshape(-1)
+    pad = -flat.numel() % BLOCK
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    return flat.view(-1, BLOCK)
+
+
+def quantize_blockwise(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes, absmax)``: ``x`` as uint8 indices into :func:`dynamic_code` and float32 block maxima."""
+    blocks = _blocks(x.float())
+    absmax = blocks.abs().amax(dim=1)
+    # (an all-zero block has absmax 0; dividing by 1 keeps it at code 0.0)
+    scaled = blocks / torch.where(absmax > 0, absmax, 1.0).unsqueeze(1)
+    codes = _nearest_code(scaled.clamp_(-1.0, 1.0), signed)
+    if not signed:
+        # A positive second moment must not decode to 0: beside a first moment
+        # that kept a nonzero code, Adam's step would become m/ε. Below the
+        # smallest code it is kept at that code instead (index 1, as 0 is 0.0).
+        codes = torch.where(scaled > 0, codes.clamp(min=1), codes)
+    codes = codes.to(torch.uint8)
+    return codes.view(-1)[: x.numel()].view(x.shape), absmax
+
+
+def dequantize_blockwise(
+    codes: torch.Tensor, absmax: torch.Tensor, signed: bool, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The values :func:`quantize_blockwise` encoded, in ``dtype``."""
+    blocks = _blocks(codes)
+    code = dynamic_code(signed).to(codes.device)
+    values = code.index_select(0, blocks.view(-1).long()).view(blocks.shape) * absmax.unsqueeze(1)
+    return values.view(-1)[: codes.numel()].view(codes.shape).to(dtype)
+
+
+def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x`` (float32) rounded to bfloat16, up or down with probability by distance: unbiased."""
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint(
+        0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator
+    )
+    # Adding below bf16's last mantissa bit and truncating rounds the magnitude
+    # up exactly when the noise reaches past the dropped fraction.
+    rounded = ((bits + noise) & -65536).view(torch.float32)
+    return torch.where(torch.isnan(x), x, rounded).to(torch.bfloat16)
+
+
+@dataclasses.dataclass
+class StateFormat:
+    """How one optimizer stores element-wise state: bf16 (``dtype``) or 8 bits (``bits``)."""
+
+    dtype: torch.dtype | None
+    bits: int | None
+    seed: int = 0
+    generators: dict[torch.device, torch.Generator] = dataclasses.field(default_factory=dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy or a pickle starts its generators afresh from the seed.
+        return {**self.__dict__, "generators": {}}
+
+    def describe(self) -> str:
+        return f"state_dtype={self.dtype}" if self.dtype is not None else f"state_bits={self.bits}"
+
+    def quantizes(self, p: torch.Tensor) -> bool:
+        return self.bits == 8 and p.numel() >= MIN_8BIT_NUMEL
+
+    def working_dtype(self, p: torch.Tensor) -> torch.dtype:
+        """The dtype the rule computes in: float32, or the parameter's when wider."""
+        return torch.promote_types(p.dtype, torch.float32)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        generator = self.generators.get(device)
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed)
+            self.generators[device] = generator
+        return generator
+
+    def read(self, state: Mapping[str, Any], key: str, p: torch.Tensor) -> torch.Tensor | None:
+        """The entry ``key`` decoded to the working dtype (``None`` if absent), whatever its format."""
+        value: torch.Tensor | None = state.get(key)
+        if value is None:
+            return None
+        if value.dtype == torch.uint8:
+            absmax = state[key + ABSMAX_SUFFIX]
+            return dequantize_blockwise(
+                value, absmax, key not in NONNEGATIVE_STATE, self.working_dtype(p)
+            )
+        return value.to(self.working_dtype(p))
+
+    def write(self, state: dict[str, Any], key: str, value: torch.Tensor, p: torch.Tensor) -> None:
+        """Store ``value`` (the rule's new entry) as this format keeps it."""
+        state.pop(key + ABSMAX_SUFFIX, None)
+        if self.quantizes(p):
+            codes, absmax = quantize_blockwise(value, signed=key not in NONNEGATIVE_STATE)
+            state[key], state[key + ABSMAX_SUFFIX] = codes, absmax
+        elif self.dtype == torch.bfloat16 and value.dtype != torch.bfloat16:
+            state[key] = stochastic_round_bf16(value.float(), self._generator(value.device))
+        elif self.dtype is not None:
+            state[key] = value.to(self.dtype)
+        else:  # 8-bit optimizer, small tensor: the ordinary state
+            state[key] = value.to(p.dtype)
+
+    def _holds(self, state: Mapping[str, Any], key: str, p: torch.Tensor) -> bool:
+        """Whether the entry ``key`` is already in this format."""
+        dtype = getattr(state.get(key), "dtype", None)
+        if self.quantizes(p):
+            return dtype == torch.uint8
+        return dtype == (self.dtype or p.dtype)
+
+    def conform(self, state: dict[str, Any], keys: list[str], p: torch.Tensor) -> None:
+        """Re-store the entries ``keys`` of ``state`` (of any format) in this one."""
+        for key in keys:
+            if self._holds(state, key, p):  # re-encoding is not the identity (8-bit maxima)
+                continue
+            value = self.read(state, key, p)
+            if value is not None and value.shape == p.shape:
+                self.write(state, key, value, p)
+
+
+def update_decoded(
+    fmt: StateFormat,
+    algorithm: Algorithm,
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, Any],
+    entries: list[str],
+    decoded: Mapping[str, torch.Tensor],
+    step: float | torch.Tensor,
+    hp: Mapping[str, Any],
+    xp: ArrayOps,
+) -> None:
+    """One step of ``algorithm`` on ``p``: the rule on the ``decoded`` entries, the result encoded.
+
+    Parameter and gradient are computed in the working dtype (float32 at
+    least) and the new parameter is cast back to its own; ``step`` is left to
+    the caller.
+    """
+    work = fmt.working_dtype(p)
+    inputs = {k: decoded.get(k, state.get(k)) for k in entries}
+    new_p, new_state = algorithm.update(p.to(work), grad.to(work), inputs, step=step, xp=xp, **hp)
+    p.copy_(new_p)
+    for key, value in new_state.items():
+        if value.shape == p.shape:
+            fmt.write(state, key, value, p)
+        elif inputs[key] is None:  # a per-tensor value the rule creates
+            state[key] = value.detach().clone()
+        else:
+            state[key].copy_(value)
+
+
+def conform_loaded(
+    fmt: StateFormat | None,
+    p: torch.Tensor,
+    state: dict[str, Any],
+    saved: Mapping[str, Any],
+    elementwise_keys: Callable[[Mapping[str, Any]], list[str]],
+) -> None:
+    """After ``load_state_dict``: the element-wise entries of ``state`` in ``fmt``.
+
+    torch's loading casts every floating entry to the parameter's dtype and
+    8-bit codes to floats too, so codes and block maxima are taken as
+    ``saved``; then each entry is converted to this optimizer's format (an
+    optimizer without a format decodes what came encoded).
+    """
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor) and (
+            value.dtype == torch.uint8 or key.endswith(ABSMAX_SUFFIX)
+        ):
+            state[key] = value.detach().to(p.device, copy=True)
+    keys = elementwise_keys(state)
+    if fmt is not None:
+        fmt.conform(state, keys, p)
+        return
+    plain = StateFormat(None, None)
+    for key in keys:
+        if state[key].dtype == torch.uint8:
+            state[key] = plain.read(state, key, p).to(p.dtype)  # type: ignore[union-attr]
+            del state[key + ABSMAX_SUFFIX]
+
+
+def plain_layout(state: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``state`` with each 8-bit entry shown as a float placeholder of its shape, for checks.
+
+    Also returns what is wrong with the 8-bit entries (their block maxima
+    missing or of the wrong length), or ``None``.
+    """
+    plain = {k: v for k, v in state.items() if not k.endswith(ABSMAX_SUFFIX)}
+    for key, value in list(plain.items()):
+        if getattr(value, "dtype", None) != torch.uint8:
+            continue
+        absmax = state.get(key + ABSMAX_SUFFIX)
+        blocks = -(value.numel() // -BLOCK)
+        if not isinstance(absmax, torch.Tensor) or absmax.shape != (blocks,):
+            found = "missing" if absmax is None else f"of shape {tuple(absmax.shape)}"
+            return plain, (
+                f"8-bit entry {key!r} needs {key + ABSMAX_SUFFIX!r} of shape ({blocks},), "
+                f"found {found}"
+            )
+        plain[key] = torch.empty(value.shape, device="meta")
+    return plain, None
