@@ -164,6 +164,24 @@ def test_report_opens_in_headless_chromium(tmp_path: Path, monkeypatch: pytest.M
             assert HOSTILE in text  # shown as text, never run (no dialog above)
             assert "Reproduce" in text and "adaptim" in text
 
+            # On a narrow window (800 px) the page never scrolls sideways: a table wider
+            # than the page scrolls inside its own box, and no figure runs past the edge.
+            page.set_viewport_size({"width": 800, "height": 900})
+            page.wait_for_timeout(100)
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"the page scrolls sideways by {overflow} px at 800 px"
+            past_edge = page.eval_on_selector_all(
+                "figure, table, .verdict, p",
+                """els => els.filter(e => !e.closest('.table-box'))
+                    .filter(e => e.getBoundingClientRect().right > innerWidth + 1)
+                    .map(e => e.tagName + ' ' + Math.round(e.getBoundingClientRect().right))""",
+            )
+            assert past_edge == []
+            page.screenshot(path=str(artifacts() / "report-800.png"), full_page=True)
+            page.set_viewport_size({"width": 1100, "height": 900})
+
             # Unticking an optimizer hides it in every figure.
             page.uncheck(".toggles input[data-index='2']")
             hidden = page.eval_on_selector_all(

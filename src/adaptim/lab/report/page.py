@@ -25,6 +25,13 @@ h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 21px; margin: 40px 0 8p
 .verdict ul { margin: 4px 0 0 18px; padding: 0; }
 .verdict .problem { font-weight: 400; color: var(--muted); }
 table { border-collapse: collapse; font-size: 14px; margin: 6px 0; }
+/* a table wider than the page scrolls inside its box; the page itself never scrolls sideways */
+.table-box { overflow-x: auto; max-width: 100%; }
+@media (max-width: 900px) {
+  body { padding: 16px 12px 48px; }
+  table { font-size: 13px; } th, td { padding: 3px 6px; }
+  footer dt { float: none; width: auto; } footer dd { margin: 0 0 6px 12px; }
+}
 th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 td:nth-child(5) { white-space: nowrap; } /* "± 0.028" stays on one line */
@@ -164,7 +171,8 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
     )
     legend = " ".join(f"<b>{escape(c)}</b>: {escape(tip)}" for c, tip in COLUMNS[1:])
     return (
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'<div class="table-box"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
         f'<p class="note">{caption} {legend}</p>'
     )
 
@@ -181,8 +189,8 @@ def _improvements(table: Improvements) -> str:
     )
     return (
         "<h3>Probability of improvement</h3>"
-        f"<table><thead><tr><th>P(row beats column)</th>{head}</tr></thead>"
-        f"<tbody>{body}</tbody></table>"
+        f'<div class="table-box"><table><thead><tr><th>P(row beats column)</th>{head}</tr>'
+        f"</thead><tbody>{body}</tbody></table></div>"
         f'<p class="note">Over {table.problems} problems: the chance that a re-run of the row '
         "optimizer ends better than one of the column optimizer on the same problem, averaged "
         "over problems (Agarwal et al. 2021; test values, a diverged run scores as the worst "

@@ -174,7 +174,8 @@ def cost_table(metric: Metric, rec: Recommendation) -> str:
     body = "".join("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in r) + "</tr>" for r in rows)
     heads = "".join(f"<th>{escape(h)}</th>" for h in head)
     return (
-        f"<table><thead><tr>{heads}</tr></thead><tbody>{body}</tbody></table>"
+        f'<div class="table-box"><table><thead><tr>{heads}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
         f'<p class="note">{escape(COST_NOTE)}</p>'
     )
 
