@@ -45,7 +45,10 @@ rounding. The default ``store_delta=True`` keeps :math:`D` in the state, as
 ``mechanic-pytorch`` 0.0.1 (the authors' torch package) does by default:
 :math:`D_{t+1} = D_t - u_t` exactly (no :math:`s/(s+\epsilon)` shrink), one more
 tensor per parameter, and it moves from the first step in any precision; as
-:math:`\epsilon \to 0` the two forms agree. Both clip :math:`h_t` in the reward
+:math:`\epsilon \to 0` the two forms agree. Either way the base optimizer
+writes :math:`x_t + u_t` into the parameters and :math:`u_t` is read back as
+the difference, exact to the parameters' ulp only (in float32, a relative
+error of ``ulp(x)/|u|`` per step in what :math:`D` accumulates). Both clip :math:`h_t` in the reward
 as optax does; ``mechanic-pytorch`` does not, starts its scales at zero and
 takes :math:`\lVert x\rVert` after the base step, so its trajectories differ.
 The default ``s_init = 1e-8`` is the paper's and ``mechanic-pytorch``'s;
