@@ -25,6 +25,8 @@ LR_FREE = (
     # hypergradient descent, at the paper's α₀ and β (see adaptim.lab.optimizers)
     "sgd-hd",
     "adam-hd",
+    # Mechanic over Adam at Adam's default lr (adaptim.lab.adapters.MechanicAdam)
+    "mechanic-adam",
 )
 
 

@@ -1,4 +1,10 @@
-"""SparseAdam and Muon as the lab runs them, on any problem's parameters.
+"""SparseAdam, Muon and Mechanic as the lab runs them, on any problem's parameters.
+
+**Mechanic** wraps an optimizer instance; the lab builds every optimizer from
+parameters and its hyperparameters, so :class:`MechanicAdam` builds the
+:class:`adaptim.Adam` it wraps, and carries Adam's ``algorithm`` record: its
+hyperparameters, flavors and ``--set`` names are Adam's, and Mechanic's own
+stay at their defaults (the paper's).
 
 **Muon**: the matrices with Muon, every other parameter with AdamW. torch's Muon takes 2-D parameters only and leaves the rest (biases, norm
 scales, convolution kernels) to a second optimizer the user builds; the lab
@@ -25,6 +31,7 @@ from typing import Any
 import torch
 
 import adaptim
+from adaptim.torch.mechanic import Mechanic
 from adaptim.torch.twins import Muon, SparseAdam
 
 
@@ -82,3 +89,16 @@ class SparseAdamOnDense(SparseAdam):
                     if p.grad is not None and not p.grad.is_sparse:
                         p.grad = p.grad.to_sparse(min(p.ndim, 1))  # rows; a scalar whole
         return super().step(closure)
+
+
+class MechanicAdam(Mechanic):
+    """:class:`adaptim.Mechanic` over :class:`adaptim.Adam`, built from parameters.
+
+    ``lr`` and the other arguments are Adam's (1e-3 by default, Adam's own);
+    Mechanic learns the scale on top of them.
+    """
+
+    algorithm = adaptim.Adam.algorithm
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, **kwargs: Any) -> None:
+        super().__init__(adaptim.Adam(params, lr=lr, **kwargs))

@@ -13,6 +13,7 @@ from adaptim.torch.lr_free import (
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
 )
+from adaptim.torch.mechanic import Mechanic
 from adaptim.torch.optax_family import (
     OPTAX_FAMILY,
     SM3,
@@ -95,4 +96,4 @@ __all__ = [
     "SparseAdam",
     "Yogi",
 ]
-__all__ += ["SGDHD", "AdamHD"]
+__all__ += ["SGDHD", "AdamHD", "Mechanic"]
