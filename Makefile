@@ -28,13 +28,13 @@ install-lab: $(LAB_STAMP)
 install-test: $(TEST_STAMP)
 
 $(LAB_STAMP): pyproject.toml constraints.txt
-	@echo "Installing torch and the lab into $(VENV) (into a fresh one: about 2-3 minutes, 1.4 GB)"
+	@echo "Installing torch and the lab into $(VENV) (into a fresh one: about 1-2 minutes, 1.4 GB)"
 	$(venv_with_torch)
 	$(PIP) -e '.[lab]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml constraints.txt
-	@echo "Installing torch, the lab and the test tools into $(VENV) (into a fresh one: about 2-3 minutes, 2.6 GB)"
+	@echo "Installing torch, the lab and the test tools into $(VENV) (into a fresh one: about 2 minutes, 2.7 GB)"
 	$(venv_with_torch)
 	$(PIP) -e '.[lab,test]'
 	touch $@ $(LAB_STAMP)
@@ -65,8 +65,8 @@ unit: install-test browser postgres
 
 test: lint typecheck browser unit
 
-# The quick loop while developing: no browser install, no slow tests.
-fast: lint typecheck postgres
+# The quick loop while developing: no slow tests (the browser is installed once, when missing).
+fast: lint typecheck browser postgres
 	ADAPTIM_TEST_POSTGRES_URL="$$(bash scripts/start-postgres.sh)" $(PY) -m pytest -m "not slow"
 
 clean:
