@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dadaptation
+import dog
 import prodigyopt
 import pytest
 import schedulefree
@@ -61,6 +62,46 @@ def test_schedule_free_trial_evaluates_the_averaged_point(
     assert at_x != pytest.approx(at_y, rel=1e-3)  # the switch matters on this problem
 
 
+@pytest.mark.parametrize(("name", "cls"), [("dog", dog.DoG), ("ldog", dog.LDoG)])
+def test_dog_trial_evaluates_the_polynomial_decay_average(
+    name: str, cls: type[torch.optim.Optimizer]
+) -> None:
+    """The trial's metrics are dog-optimizer's run evaluated at its averager's weights."""
+    problem = quadratic()
+    result = run_trial(TrialSpec(problem.name, name, {}, 4, 200), problem)
+    torch.manual_seed(4)
+    setup = problem.build(4, BuildContext())
+    reference = cls(setup.parameters)
+    averager = dog.PolynomialDecayAverager(torch.nn.ParameterList(setup.parameters))
+    for step in range(1, 201):
+        reference.zero_grad()
+        setup.train_loss(step).backward()  # type: ignore[no-untyped-call]
+        reference.step()
+        averager.step()
+    at_last = setup.evaluate()["loss"]
+    with torch.no_grad():
+        for p, mean in zip(setup.parameters, averager.averaged_model.parameters(), strict=True):
+            p.copy_(mean)
+    at_average = setup.evaluate()["loss"]
+    assert result.final["loss"] == pytest.approx(at_average, rel=1e-6)
+    assert at_average != pytest.approx(at_last, rel=1e-2)  # the average is what was evaluated
+
+
+def test_averaged_dog_refuses_to_step_in_eval_mode_and_restores_the_trained_point() -> None:
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = make_optimizer("dog", [p], {})
+    for _ in range(3):
+        p.grad = p.detach().clone()
+        optimizer.step()
+    trained = p.detach().clone()
+    optimizer.eval()  # type: ignore[attr-defined]
+    assert not torch.equal(p, trained)
+    with pytest.raises(RuntimeError, match=r"eval mode.*call train"):
+        optimizer.step()
+    optimizer.train()  # type: ignore[attr-defined]
+    assert torch.equal(p, trained)
+
+
 REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "momentum": torch.optim.SGD,
@@ -94,6 +135,8 @@ def test_state_bytes_of_the_issue() -> None:
     """Prodigy 16, D-Adapt Adam 12, Schedule-Free AdamW 8 bytes per float32 parameter."""
     measured = {n: round(state_bytes_per_parameter(n)) for n in ("prodigy", "dadapt-adam")}
     assert measured == {"prodigy": 16, "dadapt-adam": 12}
+    # DoG keeps x0; the lab's DoG also keeps the average of the iterates
+    assert round(state_bytes_per_parameter("dog")) == 8
     assert round(state_bytes_per_parameter("schedulefree-adamw")) == 8
 
 

@@ -1,4 +1,4 @@
-"""SparseAdam, Muon and Mechanic as the lab runs them, on any problem's parameters.
+"""SparseAdam, Muon, Mechanic and averaged DoG as the lab runs them, on any problem's parameters.
 
 **Mechanic** wraps an optimizer instance; the lab builds every optimizer from
 parameters and its hyperparameters, so :class:`MechanicAdam` builds the
@@ -21,6 +21,17 @@ gradients: a row whose gradient is all zeros (a feature absent from the batch
 in ``logreg-sparse``) keeps its parameters and moments, as with an
 ``nn.Embedding(sparse=True)``; on a dense layer it is Adam in the "epsilon hat"
 form.
+
+**DoG and LDoG** have no step-size decay; their authors' results (Ivgi,
+Hinder & Carmon 2023, section 4) and guarantees are for the
+polynomial-decay average of the iterates (γ = 8), not the last one.
+:func:`averaged` gives an optimizer that average: it keeps it in a
+:class:`adaptim.PolynomialAverager` over the parameters, updated after every
+step, and offers ``eval()``/``train()`` as Schedule-Free does. The trial
+loop calls ``eval()`` before each evaluation, which puts the average into
+the parameters, and ``train()`` after, which puts the trained point back. The
+average costs one more copy of the parameters (4 bytes per float32
+parameter); ``state_bytes_per_parameter`` counts it.
 """
 
 from __future__ import annotations
@@ -29,8 +40,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import nn
 
 import adaptim
+from adaptim.torch.averaging import PolynomialAverager
 from adaptim.torch.mechanic import Mechanic
 from adaptim.torch.twins import Muon, SparseAdam
 
@@ -102,3 +115,53 @@ class MechanicAdam(Mechanic):
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(adaptim.Adam(params, lr=lr, **kwargs))
+
+
+class _Averaged:
+    """Evaluated at the polynomial-decay average of the iterates (see the module docstring)."""
+
+    #: The polynomial-decay average's γ (the authors' 8, ``PolynomialAverager``'s default).
+    gamma = 8.0
+
+    def __init__(self, params: Iterable[torch.Tensor], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)  # type: ignore[call-arg]  # the optimizer's
+        groups: list[dict[str, Any]] = self.param_groups  # type: ignore[attr-defined]
+        self._weights = [p for group in groups for p in group["params"]]
+        # A ParameterList holds the very tensors: the averager reads them after each step.
+        self.averager = PolynomialAverager(nn.ParameterList(self._weights), gamma=self.gamma)
+        self._trained: list[torch.Tensor] | None = None
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if self._trained is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() called in eval mode: the parameters hold the "
+                "average, not the trained point; call train() first"
+            )
+        loss = super().step(closure)  # type: ignore[misc]
+        self.averager.step()
+        return loss
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Put the average into the parameters (the trained point is kept aside)."""
+        if self._trained is None:
+            self._trained = [p.detach().clone() for p in self._weights]
+            means = self.averager.averaged_model.parameters()
+            for p, mean in zip(self._weights, means, strict=True):
+                p.copy_(mean)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Put the trained point back into the parameters."""
+        if self._trained is not None:
+            for p, kept in zip(self._weights, self._trained, strict=True):
+                p.copy_(kept)
+            self._trained = None
+
+
+class AveragedDoG(_Averaged, adaptim.DoG):
+    """:class:`adaptim.DoG`, evaluated at the polynomial-decay average (γ = 8)."""
+
+
+class AveragedLDoG(_Averaged, adaptim.LDoG):
+    """:class:`adaptim.LDoG`, evaluated at the polynomial-decay average (γ = 8)."""

@@ -37,7 +37,13 @@ import torch
 
 import adaptim
 from adaptim import flavors
-from adaptim.lab.adapters import MechanicAdam, MuonWithAdamW, SparseAdamOnDense
+from adaptim.lab.adapters import (
+    AveragedDoG,
+    AveragedLDoG,
+    MechanicAdam,
+    MuonWithAdamW,
+    SparseAdamOnDense,
+)
 from adaptim.lab.errors import LabError, unknown_name
 
 FLAVORS = flavors.FLAVORS
@@ -370,19 +376,20 @@ def _lr_free_variants() -> list[Variant]:
             d_range,
             tuning_free=True,
         ),
-        # DoG's lr is the paper's c (1; above it the steps can blow up). The lab
-        # evaluates the last iterate, without the averaging the authors pair DoG with.
+        # DoG's lr is the paper's c (1; above it the steps can blow up). Evaluated at
+        # the polynomial-decay average of the iterates, as its authors do
+        # (adaptim.lab.adapters.AveragedDoG).
         Variant(
             "dog",
-            "DoG: SGD, step size = distance travelled / √(sum of squared gradients)",
-            adaptim.DoG,
+            "DoG: SGD, step = distance travelled / √(sum of squared gradients); averaged",
+            AveragedDoG,
             d_range,
             tuning_free=True,
         ),
         Variant(
             "ldog",
-            "LDoG: layer-wise DoG, one such step size per tensor",
-            adaptim.LDoG,
+            "LDoG: layer-wise DoG, one such step size per tensor; averaged",
+            AveragedLDoG,
             d_range,
             tuning_free=True,
         ),
@@ -444,7 +451,8 @@ def state_bytes_per_parameter(name: str, shape: tuple[int, ...] = STATE_BYTES_SH
     a few hundred-thousandths). So it reflects the state's real format:
     fp32 Adam 8, ``adam-bf16`` 4, ``adam-8bit`` 2.03 (a byte per moment and a
     float32 maximum per block of 256), Adafactor's factored rows and columns
-    0.0625 on 128×128. Random values, so no entry degenerates (Prodigy keeps a
+    0.0625 on 128×128. The lab's DoG counts the average of its iterates it
+    keeps (:class:`~adaptim.lab.adapters.AveragedDoG`). Random values, so no entry degenerates (Prodigy keeps a
     0-d ``x0`` for an all-zero tensor).
     """
     generator = torch.Generator().manual_seed(0)
@@ -459,6 +467,9 @@ def state_bytes_per_parameter(name: str, shape: tuple[int, ...] = STATE_BYTES_SH
     # a wrapper's (Mechanic's) own state and its base optimizer's
     states = [opt.state.get(p, {}) for opt in (optimizer, getattr(optimizer, "base", None)) if opt]
     nbytes = sum(v.nbytes for s in states for v in s.values() if isinstance(v, torch.Tensor))
+    averager = getattr(optimizer, "averager", None)  # DoG's average of the iterates
+    if averager is not None:
+        nbytes += sum(v.nbytes for v in averager.averaged_model.state_dict().values())
     return nbytes / numel
 
 
