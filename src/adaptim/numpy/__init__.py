@@ -505,3 +505,8 @@ from adaptim.algorithms import MUON  # noqa: E402
 RESTRICTED_OPTIMIZERS: dict[str, type[Optimizer]] = {MUON.name: _front_end(MUON, MUON.class_name)}
 Muon = RESTRICTED_OPTIMIZERS["muon"]
 __all__ += ["RESTRICTED_OPTIMIZERS", "Muon"]
+
+# -- Mechanic (issue 14): a wrapper that learns the scale of any of these optimizers
+from adaptim.numpy.mechanic import Mechanic  # noqa: E402
+
+__all__ += ["Mechanic"]

@@ -57,16 +57,15 @@ optax's is 1e-6.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from adaptim.algorithms import mechanic as rule
+from adaptim.algorithms.mechanic import SCALARS
 from adaptim.torch import _hooks
-
-#: Global scalars, one entry per β (their names in optax's ``MechanicState``).
-SCALARS = ("s", "r", "m", "v")
+from adaptim.torch._base import TORCH_OPS
 
 
 class Mechanic(torch.optim.Optimizer):
@@ -121,22 +120,14 @@ class Mechanic(torch.optim.Optimizer):
             )
         if isinstance(base, Mechanic):
             raise TypeError("Invalid base: a Mechanic optimizer; wrap the inner optimizer once.")
-        _check_number("weight_decay", weight_decay, minimum=0.0, strict=False)
-        _check_number("eps", eps, minimum=0.0, strict=False)
-        _check_number("s_init", s_init, minimum=0.0, strict=True)
-        if isinstance(num_betas, bool) or not isinstance(num_betas, int) or num_betas < 1:
-            raise ValueError(
-                f"Invalid num_betas: {num_betas!r}; expected an integer >= 1 "
-                "(the betas are 1 - 10**-i for i = 1 ... num_betas)."
-            )
-        hparams = {"weight_decay": weight_decay, "eps": eps, "s_init": s_init}
-        if not isinstance(store_delta, bool):
-            raise ValueError(f"Invalid store_delta: {store_delta!r}; expected True or False.")
-        self.hparams: dict[str, Any] = {
-            **hparams,
-            "num_betas": num_betas,
-            "store_delta": store_delta,
-        }
+        hparams = rule.checked_hyperparameters(
+            weight_decay=weight_decay,
+            eps=eps,
+            s_init=s_init,
+            num_betas=num_betas,
+            store_delta=store_delta,
+        )
+        self.hparams: dict[str, Any] = hparams
         params = [p for group in base.param_groups for p in group["params"]]
         super().__init__(params, dict(self.hparams))
         self.base = base
@@ -197,7 +188,7 @@ class Mechanic(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         grad_norm = _global_norm(grads, dtype, device)
         param_norm = _global_norm(params, dtype, device)
-        decay = weight_decay * s_sum * grad_norm / (param_norm + eps)
+        decay = rule.decay_factor(weight_decay, s_sum, grad_norm, param_norm, eps)
         before = [p.detach().clone() for p in params]
         descent = [self._descent(p, x, s_sum) for p, x in zip(params, before, strict=True)]
         h = sum(
@@ -243,18 +234,13 @@ class Mechanic(torch.optim.Optimizer):
 
     def _update_scalars(self, h: torch.Tensor) -> torch.Tensor:
         state = self.mechanic_state
-        s, r, m, v = (state[k] for k in SCALARS)
-        n, eps = self.hparams["num_betas"], self.hparams["eps"]
-        betas = torch.tensor(
-            [1.0 - 0.1**i for i in range(1, n + 1)], dtype=s.dtype, device=s.device
+        s = state["s"]
+        beta = torch.tensor(rule.betas(self.hparams["num_betas"]), dtype=s.dtype, device=s.device)
+        learned = rule.learn_scales(
+            state, h, beta, s_init=self.hparams["s_init"], eps=self.hparams["eps"], xp=TORCH_OPS
         )
-        clipped = torch.minimum(torch.maximum(h, -m), m)  # optax clips with the old m
-        m = torch.maximum(betas * m, h.abs() + eps)
-        v = betas**2 * v + h**2
-        r = betas * r + clipped * s
-        wealth = (self.hparams["s_init"] / n) * m + r.clamp(min=0.0)
-        scales: torch.Tensor = wealth / (v.sqrt() + eps)
-        state.update(step=state["step"] + 1, s=scales, r=r, m=m, v=v)
+        state.update(step=state["step"] + 1, **learned)
+        scales: torch.Tensor = learned["s"]
         return scales
 
     def state_dict(self) -> dict[str, Any]:
@@ -303,15 +289,3 @@ def _global_norm(
 ) -> torch.Tensor:
     squares = [torch.vdot(t.flatten(), t.flatten()).to(device, dtype) for t in tensors]
     return torch.stack(squares).sum().sqrt()
-
-
-def _check_number(name: str, value: float, minimum: float, strict: bool) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value > minimum if strict else value >= minimum)
-    )
-    if not ok:
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"Invalid {name}: {value!r}; expected a finite number {bound}.")
