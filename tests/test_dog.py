@@ -292,6 +292,49 @@ def test_averager_refuses_bad_arguments() -> None:
         averager.load_state_dict({"t": 3})
 
 
+@settings(max_examples=6, phases=NO_SHRINK)
+@given(
+    gamma=st.sampled_from([0.0, 1.0, 8.0]) | st.floats(0.0, 20.0),
+    seed=st.integers(0, 99),
+    split=st.integers(1, 29),
+)
+def test_numpy_averager_matches_the_reference(gamma: float, seed: int, split: int) -> None:
+    """In float64 over 30 DoG steps, through a state_dict round trip at ``split``."""
+    rng = np.random.default_rng(seed)
+    start = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    targets = [rng.standard_normal(a.shape) for a in start]
+    tensors = [torch.tensor(a, requires_grad=True) for a in start]
+    reference_optimizer = dog.DoG(tensors)
+    reference = dog.PolynomialDecayAverager(nn.ParameterList(tensors), gamma)
+    arrays = [a.copy() for a in start]
+    optimizer = anp.DoG(arrays)
+    averager = anp.PolynomialAverager(arrays, gamma)
+    for step in range(30):
+        for t, c in zip(tensors, targets, strict=True):
+            t.grad = (t.detach() - torch.from_numpy(c)) * (1 + step / 10)
+        reference_optimizer.step()
+        reference.step()
+        optimizer.step([(a - c) * (1 + step / 10) for a, c in zip(arrays, targets, strict=True)])
+        averager.step()
+        if step + 1 == split:
+            saved = averager.state_dict()
+            averager = anp.PolynomialAverager(arrays, gamma)
+            averager.load_state_dict(saved)
+    assert averager.t == reference.t == 31
+    for ours, theirs in zip(averager.averaged, reference.averaged_model.parameters(), strict=True):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_numpy_averager_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"Invalid gamma: -1\.0.*>= 0"):
+        anp.PolynomialAverager([np.zeros(2)], gamma=-1.0)
+    with pytest.raises(TypeError, match=r"Invalid params\[0\]: ndarray of dtype int64"):
+        anp.PolynomialAverager([np.zeros(2, dtype=np.int64)])
+    averager = anp.PolynomialAverager([np.zeros(2)])
+    with pytest.raises(ValueError, match=r"averages of shapes \[\(3,\)\]"):
+        averager.load_state_dict({"t": 2, "averaged": [np.zeros(3)]})
+
+
 @pytest.mark.parametrize("name", PAIRS)
 def test_a_tensor_without_gradient_waits_and_survives_a_checkpoint(name: str) -> None:
     """The reference fails on a missing gradient; adaptim starts such a tensor at its first one.

@@ -510,3 +510,8 @@ __all__ += ["RESTRICTED_OPTIMIZERS", "Muon"]
 from adaptim.numpy.mechanic import Mechanic  # noqa: E402
 
 __all__ += ["Mechanic"]
+
+# DoG's averaging of the iterates (issue 14)
+from adaptim.numpy.averaging import PolynomialAverager  # noqa: E402
+
+__all__ += ["PolynomialAverager"]

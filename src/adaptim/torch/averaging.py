@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from adaptim.algorithms import averaging
+
 
 class PolynomialAverager:
     r"""A copy of ``model`` holding the polynomial-decay average of its weights.
@@ -60,13 +62,8 @@ class PolynomialAverager:
                 f"Invalid model: {type(model).__name__}; expected a torch.nn.Module "
                 "(its state_dict is averaged)."
             )
-        if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma >= 0:
-            raise ValueError(
-                f"Invalid gamma: {gamma!r}; expected a number >= 0 (0: the uniform average of "
-                "all iterates; 8, the default: forgets the early ones)."
-            )
+        self.gamma = averaging.checked_gamma(gamma)
         self.t = 1
-        self.gamma = float(gamma)
         self.model = model
         self.av_model = copy.deepcopy(model)
 
@@ -76,7 +73,7 @@ class PolynomialAverager:
         current = self.model.state_dict()
         self._follow_device(current)
         average = self.av_model.state_dict()
-        weight = (self.gamma + 1) / (self.gamma + self.t)
+        weight = averaging.weight(self.t, self.gamma)
         for key, value in current.items():
             target = average[key]
             if not (target.is_floating_point() or target.is_complex()):
