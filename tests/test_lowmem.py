@@ -10,6 +10,7 @@ and never on 0.0), so codes are compared by their error, not one by one.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import re
 
@@ -43,14 +44,14 @@ def _bf16_neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         min_size=1,
         max_size=8,
     ),
-    st.integers(0, 2**31),
+    st.integers(0, 2**32 - 1),
 )
 @settings(max_examples=25)
 def test_stochastic_rounding_is_unbiased(values: list[float], seed: int) -> None:
     x = torch.tensor(values, dtype=torch.float32)
     draws = 4096
     repeated = x.repeat(draws, 1)
-    rounded = _lowmem.stochastic_round_bf16(repeated, torch.Generator().manual_seed(seed))
+    rounded = _lowmem.stochastic_round_bf16(repeated, seed)
     low, high = _bf16_neighbours(x)
     as_float = rounded.float()
     assert bool(((as_float == low) | (as_float == high)).all()), "only the two neighbours"
@@ -66,9 +67,35 @@ def test_stochastic_rounding_is_unbiased(values: list[float], seed: int) -> None
 
 def test_stochastic_rounding_keeps_special_values() -> None:
     x = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1.0, -2.5])
-    rounded = _lowmem.stochastic_round_bf16(x, torch.Generator().manual_seed(0)).float()
+    rounded = _lowmem.stochastic_round_bf16(x, 0).float()
     assert torch.equal(rounded[:4], x[:4])
     assert math.isnan(rounded[4]) and rounded[5:].tolist() == [1.0, -2.5]
+
+
+@given(
+    st.lists(st.integers(0, 2**20 - 1), min_size=1, max_size=20),
+    st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=25)
+def test_rounding_noise_is_the_mixer_of_index_xor_key(indices: list[int], stream: int) -> None:
+    """torch's int64 arithmetic computes the 32-bit mixer exactly, as C's uint32 does."""
+    noise = _lowmem.rounding_noise(max(indices) + 1, stream)
+    for i in indices:
+        assert int(noise[i]) == _lowmem.mix32(i ^ stream) >> 16
+
+
+def test_rounding_noise_is_uniform_over_consecutive_elements() -> None:
+    """Each of the 16 bits is a fair coin over 2¹⁶ consecutive elements, and pairs of keys decorrelate."""
+    count = 1 << 16
+    for step in range(3):
+        stream = _lowmem.stream_key(0, 3, "exp_avg_sq", step)
+        noise = _lowmem.rounding_noise(count, stream)
+        bits = (noise.unsqueeze(1) >> torch.arange(16)) & 1
+        # a fair bit's mean over 2¹⁶ draws is within 6 standard errors (1/512) of 1/2
+        assert float((bits.float().mean(0) - 0.5).abs().max()) < 6 / 512
+        other = _lowmem.rounding_noise(count, _lowmem.stream_key(0, 4, "exp_avg_sq", step))
+        correlation = torch.corrcoef(torch.stack([noise.float(), other.float()]))[0, 1]
+        assert abs(float(correlation)) < 6 / math.sqrt(count)
 
 
 def _regression(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -217,6 +244,63 @@ def test_state_dict_round_trips_and_moves_between_formats(options: dict[str, obj
         for key, value in entries.items():
             if not key.endswith("_absmax"):  # re-encoding moves a block's max to a code point
                 assert torch.equal(value, saved["state"][index][key]), key
+
+
+def _steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, count: int) -> None:
+    x, y = _regression()[1:]
+    for _ in range(count):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+@given(
+    st.sampled_from([{"state_dtype": torch.bfloat16}, {"state_bits": 8}]),
+    st.sampled_from(["adam", "adamw", "rmsprop", "adagrad"]),
+    st.integers(0, 6),
+    st.integers(1, 4),
+    st.sampled_from([{}, {"foreach": False}]),
+)
+@settings(max_examples=20, deadline=None)
+def test_saved_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(
+    options: dict[str, object], name: str, before: int, after: int, path: dict[str, object]
+) -> None:
+    """The rounding bits depend on (parameter, entry, step) only: all of it is in ``state_dict``."""
+    cls = adaptim.OPTIMIZERS[name]
+    model = _regression()[0]
+    optimizer = cls(model.parameters(), lr=3e-3, **options, **path)
+    _steps(model, optimizer, before)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    _steps(model, optimizer, after)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed_model = _regression(seed=1)[0]
+    resumed_model.load_state_dict(saved["model"])
+    resumed = cls(resumed_model.parameters(), lr=3e-3, **options, **path)
+    resumed.load_state_dict(saved["optimizer"])
+    _steps(resumed_model, resumed, after)
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for index, entries in optimizer.state_dict()["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(resumed.state_dict()["state"][index][key], value), key
+
+
+def test_state_dict_of_torch_optim_loads_into_bf16_states_and_resumes_deterministically() -> None:
+    model = _regression()[0]
+    reference = torch.optim.Adam(model.parameters(), lr=3e-3)
+    _steps(model, reference, 3)
+    saved = copy.deepcopy(reference.state_dict())
+    finals = []
+    for _ in range(2):
+        twin = copy.deepcopy(model)
+        optimizer = adaptim.Adam(twin.parameters(), lr=3e-3, state_dtype=torch.bfloat16)
+        optimizer.load_state_dict(copy.deepcopy(saved))  # (its ``step`` tensors are shared)
+        assert all(s["exp_avg"].dtype == torch.bfloat16 for s in optimizer.state.values())
+        _steps(twin, optimizer, 3)
+        finals.append([p.detach().clone() for p in twin.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*finals, strict=True))
 
 
 # -- 8 bits against bitsandbytes ---------------------------------------------------------

@@ -726,8 +726,19 @@ class Optimizer(torch.optim.Optimizer):
                 self._sparse_mode(p, hp)  # raises
             xp = TRACEABLE_OPS if traceable else TORCH_OPS
             decoded = self._decoded(p, state)
+            position = self.state_format.position(p, self.param_groups)
             _lowmem.update_decoded(
-                self.state_format, algorithm, p, grad, state, entries, decoded, step, hp, xp
+                self.state_format,
+                algorithm,
+                p,
+                grad,
+                state,
+                entries,
+                decoded,
+                step,
+                hp,
+                xp,
+                position,
             )
             if algorithm.step and not traceable:
                 state["step"] += 1
