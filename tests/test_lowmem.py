@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptim
-from adaptim.torch import _lowmem
+from adaptim.torch import _lowmem, _lowmem_native
 
 #: The optimizers whose signature offers state_dtype and state_bits.
 LOW_MEMORY = [
@@ -303,6 +303,124 @@ def test_state_dict_of_torch_optim_loads_into_bf16_states_and_resumes_determinis
     assert all(torch.equal(a, b) for a, b in zip(*finals, strict=True))
 
 
+# -- the native loop against the reference path ----------------------------------------
+
+
+def _decoded_states(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    return optimizer._decoded(p, optimizer.state[p])  # type: ignore[attr-defined, no-any-return]
+
+
+def _bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many bf16 values apart ``a`` and ``b`` (bf16 values as float32, same sign) are."""
+    return ((a.view(torch.int32) >> 16) - (b.view(torch.int32) >> 16)).abs()
+
+
+@pytest.mark.slow
+@given(
+    st.sampled_from(LOW_MEMORY),
+    st.sampled_from([{"state_dtype": torch.bfloat16}, {"state_bits": 8}]),
+    st.sampled_from([[(64, 80)], [(5000,), (300,), (40, 130)], [(33000,)]]),
+    st.integers(1, 3),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
+@settings(max_examples=15, deadline=None)
+def test_native_loop_matches_the_reference_path(
+    name: str,
+    options: dict[str, object],
+    shapes: list[tuple[int, ...]],
+    steps: int,
+    maximize: bool,
+    seed: int,
+) -> None:
+    """The default step (one native loop over encoded state) against ``foreach=False``.
+
+    Both draw the same rounding bits and use the same codes; the rule's
+    float32 arithmetic differs in rounding (``sqrt``, multiply-adds), which
+    moves a stored value to the neighbouring bf16 value or code on a small
+    fraction of elements. Measured: the states agreed exactly on every drawn
+    case so far; the bound allows 1% of elements one step apart. The result
+    does not depend on the thread count.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    starts = [torch.randn(shape, generator=generator) for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(steps)]
+    runs = {}
+    for label, path, threads in (
+        ("native", {}, 1),
+        ("two", {}, 2),
+        ("reference", {"foreach": False}, 1),
+    ):
+        params = [torch.nn.Parameter(start.clone()) for start in starts]
+        optimizer = adaptim.OPTIMIZERS[name](params, lr=1e-3, maximize=maximize, **options, **path)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for step_grads in grads:
+                for p, g in zip(params, step_grads, strict=True):
+                    p.grad = g.clone()
+                optimizer.step()
+        finally:
+            torch.set_num_threads(previous)
+        status = optimizer.fused_status()[0]
+        assert status.startswith("native" if path == {} else "reference"), status
+        runs[label] = (params, optimizer)
+    (native, fast), (two, fast_two), (reference, slow) = (
+        runs["native"],
+        runs["two"],
+        runs["reference"],
+    )
+    for p, q in zip(native, two, strict=True):
+        assert torch.equal(p, q)
+        for key, value in fast.state[p].items():
+            assert torch.equal(value, fast_two.state[q][key]), key
+    for p, r in zip(native, reference, strict=True):
+        off = ((p - r).abs() > 1e-5 * r.abs() + 1e-6).float().mean()
+        assert float(off) <= 0.01, float(off)
+        for key, value in fast.state[p].items():
+            other = slow.state[r][key]
+            if value.dtype == torch.uint8:
+                apart = (value.int() - other.int()).abs()
+            elif value.dtype == torch.bfloat16:
+                apart = _bf16_ulps(value.float(), other.float())
+            else:  # block maxima, fp32 state of small tensors, step
+                assert torch.allclose(value.float(), other.float(), rtol=1e-5, atol=1e-7), key
+                continue
+            assert int(apart.max()) <= 2, key
+            assert float((apart > 0).float().mean()) <= 0.01, key
+
+
+@given(st.floats(2.0**-10, 2.0**10, width=32), st.integers(0, 1000))
+@settings(max_examples=15, deadline=None)
+def test_native_stochastic_rounding_is_unbiased_and_draws_the_reference_bits(
+    gradient: float, position: int
+) -> None:
+    """Adagrad's first sum is ``g²`` exactly in float32; its bf16 roundings average to it.
+
+    2¹⁶ elements share ``g``, so their rounded sums are independent draws of
+    one stochastic rounding (the bits differ by element index). Both paths
+    must store the very same bf16 tensor: the same counter-based bits.
+    """
+    count = 1 << 16
+    filler = [torch.nn.Parameter(torch.zeros(1)) for _ in range(position % 7)]
+    stored = []
+    for path in ({}, {"foreach": False}):
+        p = torch.nn.Parameter(torch.zeros(count))
+        optimizer = adaptim.Adagrad([*filler, p], state_dtype=torch.bfloat16, **path)
+        p.grad = torch.full((count,), gradient)
+        optimizer.step()
+        assert optimizer.fused_status()[0].startswith("native" if not path else "reference")
+        stored.append(optimizer.state[p]["sum"])
+    assert torch.equal(stored[0], stored[1])
+    x = torch.tensor(gradient, dtype=torch.float32) ** 2
+    low, high = _bf16_neighbours(x.reshape(1))
+    values = stored[0].float()
+    assert bool(((values == low) | (values == high)).all())
+    ulp = float(high - low)
+    bound = 6 * ulp / (2 * math.sqrt(count))
+    assert abs(float(values.double().mean()) - float(x)) <= bound
+
+
 # -- 8 bits against bitsandbytes ---------------------------------------------------------
 
 
@@ -314,7 +432,7 @@ def test_dynamic_code_is_bitsandbytes_map(signed: bool) -> None:
 @given(st.booleans(), st.integers(0, 2**31))
 @settings(max_examples=10)
 def test_nearest_code_lookup_equals_a_binary_search(signed: bool, seed: int) -> None:
-    """The bucket table gives torch.bucketize's index, at and beside every threshold too."""
+    """The bucket tables give torch.bucketize's index, at and beside every threshold too."""
     thresholds, code = _lowmem._thresholds(signed), _lowmem.dynamic_code(signed)
     generator = torch.Generator().manual_seed(seed)
     values = torch.cat(
@@ -330,7 +448,17 @@ def test_nearest_code_lookup_equals_a_binary_search(signed: bool, seed: int) -> 
     ).clamp(-1, 1)
     if not signed:
         values = values.abs()
-    assert torch.equal(_lowmem._nearest_code(values, signed), torch.bucketize(values, thresholds))
+    expected = torch.bucketize(values, thresholds)
+    assert torch.equal(_lowmem._nearest_code(values, signed), expected)
+    # The native loop's variant: a base per sign and bucket of the float bits, one comparison.
+    bits = values.view(torch.int32).long() & 0xFFFFFFFF
+    bucket = (((bits & 0x7FFFFFFF) >> 16) - _lowmem_native._FIRST).clamp(
+        0, _lowmem_native._BUCKETS - 1
+    )
+    bases = torch.from_numpy(_lowmem_native.bucket_bases(signed)).long()
+    base = bases[(bits >> 31) * _lowmem_native._BUCKETS + bucket]
+    padded = torch.cat([thresholds, torch.tensor([torch.inf])])
+    assert torch.equal(base + (padded[base] < values), expected)
 
 
 @given(

@@ -179,8 +179,9 @@ class Optimizer(torch.optim.Optimizer):
     ``state_dtype=torch.bfloat16`` (bf16 with stochastic rounding) or
     ``state_bits=8`` (block-wise 8-bit quantisation) keeps the element-wise
     state in less memory, on the optimizers whose signature has them; see
-    :mod:`adaptim.torch._lowmem`. Such an optimizer steps on the per-tensor
-    reference path, and its ``state_dict`` loads into one of any state format.
+    :mod:`adaptim.torch._lowmem`. On the CPU such an optimizer steps in a
+    native loop over the encoded state (:mod:`adaptim.torch._lowmem_native`),
+    and its ``state_dict`` loads into one of any state format.
     """
 
     algorithm: ClassVar[Algorithm]

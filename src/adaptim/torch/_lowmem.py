@@ -23,8 +23,8 @@ step ``t`` are the top 16 bits of ``h(i xor k)``, where ``h`` is a 32-bit
 xorshift-multiply mixer (a bijection with full avalanche) and ``k`` a hash of
 ``(j, key, t)`` (:func:`stream_key`). No generator state exists: everything
 the draw depends on is in ``state_dict`` already, so a run saved and resumed
-is bit-identical to one that was not interrupted, and a compiled kernel
-can draw exactly the same bits element by element.
+is bit-identical to one that was not interrupted, and the native loop
+draws exactly the same bits element by element.
 
 **Block-wise 8 bits** (Dettmers, Lewis, Shleifer & Zettlemoyer 2022, "8-bit
 Optimizers via Block-wise Quantization", ICLR 2022). A state tensor is
@@ -43,8 +43,11 @@ parameter with fewer than 4096 elements keeps its ordinary state.
 The state keeps torch's entry names: ``exp_avg`` is a ``uint8`` tensor of the
 parameter's shape and ``exp_avg_absmax`` its float32 block maxima.
 
-Either format costs a decode and an encode per step and runs on the
-per-tensor reference path (see :mod:`adaptim.torch._engine`).
+On the CPU (float32 parameters) both formats step in the engine's native
+loop (:mod:`._lowmem_native`), which decodes and encodes each value in
+registers with the same rounding bits and codes as this module; elsewhere,
+and with ``foreach=False``, this module's per-tensor reference path decodes
+each tensor, runs the rule and encodes the result.
 """
 
 from __future__ import annotations
