@@ -450,15 +450,20 @@ def test_nearest_code_lookup_equals_a_binary_search(signed: bool, seed: int) -> 
         values = values.abs()
     expected = torch.bucketize(values, thresholds)
     assert torch.equal(_lowmem._nearest_code(values, signed), expected)
-    # The native loop's variant: a base per sign and bucket of the float bits, one comparison.
+    # The native loop's variant (_lowmem_native.bucket_table): the bucket of the float's
+    # top bits gives the positive thresholds below and the low bits of the one inside.
     bits = values.view(torch.int32).long() & 0xFFFFFFFF
     bucket = (((bits & 0x7FFFFFFF) >> 16) - _lowmem_native._FIRST).clamp(
         0, _lowmem_native._BUCKETS - 1
     )
-    bases = torch.from_numpy(_lowmem_native.bucket_bases(signed)).long()
-    base = bases[(bits >> 31) * _lowmem_native._BUCKETS + bucket]
-    padded = torch.cat([thresholds, torch.tensor([torch.inf])])
-    assert torch.equal(base + (padded[base] < values), expected)
+    negative, low = bits >> 31, bits & 0xFFFF
+    entry = torch.from_numpy(_lowmem_native.bucket_table(signed)).long()[bucket]
+    below, inside = (entry & 255) + (low > entry >> 8), (entry & 255) + (low >= entry >> 8)
+    if signed:
+        found = torch.where(negative == 1, 127 - inside.clamp(max=127), 127 + below)
+    else:
+        found = torch.where(negative == 1, 0, below)
+    assert torch.equal(found, expected)
 
 
 @given(

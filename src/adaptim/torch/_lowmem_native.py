@@ -116,33 +116,51 @@ def _table(name: str, values: torch.Tensor) -> str:
 
 #: Encoding buckets: ``|x|`` by its exponent and top 7 mantissa bits (a bucket is at
 #: most 0.8% of its value wide, under the 1.4% between neighbouring thresholds, so it
-#: holds at most one), from 2⁻³⁰ (below every nonzero threshold) up to 1.
-_LOW_EXPONENT = 127 - 30
+#: holds at most one), from 2⁻²³ (below every nonzero threshold) up to 1: 12 KiB of
+#: table per code, which stays in the L1 cache beside the streamed tensors.
+_LOW_EXPONENT = 127 - 23
 _BUCKET_SHIFT = 16
 _FIRST = _LOW_EXPONENT << 7
 _BUCKETS = (0x3F800000 >> _BUCKET_SHIFT) - _FIRST + 1
+#: No threshold inside a bucket: a value of the low 16 bits no ``x`` reaches.
+_NONE = 1 << 16
 
 
-def bucket_bases(signed: bool) -> np.ndarray:
-    """How many thresholds lie below each bucket: ``[sign·B + bucket]`` (int32).
-
-    A bucket of magnitudes ``[lo, hi)`` holds ``x`` in ``[lo, hi)`` or in
-    ``(-hi, -lo]``; with at most one threshold inside, the nearest code is
-    ``base + (TH[base] < x)``: ``base`` counts the thresholds below ``lo``,
-    or those at or below ``-hi``. (Bucket 0 reaches down to 0.)
-    """
+def positive_thresholds(signed: bool) -> np.ndarray:
+    """The thresholds above 0; the signed code's negative ones are the mirror of all but the last."""
     thresholds = _lowmem._thresholds(signed).numpy()
+    positive = thresholds[thresholds > 0]
+    if signed:  # 127 below 0, 128 above (the last lies between the largest point and 1)
+        assert np.array_equal(-thresholds[:127][::-1], positive[:127]) and positive.size == 128
+    return positive
+
+
+def bucket_table(signed: bool) -> np.ndarray:
+    """Per bucket of magnitudes: the positive thresholds below it, and the low bits of the one inside.
+
+    A bucket holds the magnitudes ``u`` whose top 16 bits (sign cleared) are
+    the same, ``[lo, hi)``. ``base`` counts the positive thresholds below
+    ``lo``; at most one, ``t``, lies inside, with the bucket's top bits, so
+    comparing ``u`` with ``t`` is comparing their low 16 bits. An entry is
+    ``base | low(t) << 8``, with ``low(t) = 2¹⁶`` (above any) where none lies
+    inside. Then, with ``lt = base + (low(u) > low(t))`` thresholds below
+    ``u`` and ``le = base + (low(u) ≥ low(t))`` at or below it, the nearest
+    code of ``x`` is ``lt`` (unsigned code, ``x ≥ 0``), ``127 + lt``
+    (signed, ``x ≥ 0``: the 127 negative thresholds lie below), or
+    ``127 - min(le, 127)`` (signed, ``x = -u``: the negative thresholds below
+    ``-u`` are the mirrors of those at or above ``u``). Bucket 0 reaches down
+    to 0 and the last up past 1: neither holds a threshold.
+    """
+    positive = positive_thresholds(signed)
     starts = ((np.arange(_BUCKETS, dtype=np.int64) + _FIRST) << _BUCKET_SHIFT).astype(np.int32)
     lo = starts.view(np.float32).copy()
     lo[0] = 0.0
-    hi = np.append(lo[1:], np.float32(2.0))  # the last bucket takes 1 and what lies above
-    positive = np.searchsorted(thresholds, lo, side="left")
-    negative = np.searchsorted(thresholds, -hi, side="right")
-    # at most one threshold in [lo, hi) and in (-hi, -lo]: one comparison finds the code
-    inside_positive = np.searchsorted(thresholds, hi, side="left") - positive
-    inside_negative = np.searchsorted(thresholds, -lo, side="right") - negative
-    assert max(int(inside_positive.max()), int(inside_negative.max())) <= 1
-    return np.concatenate([positive, negative]).astype(np.int32)
+    hi = np.append(lo[1:], np.float32(2.0))
+    base = np.searchsorted(positive, lo, side="left")
+    inside = np.searchsorted(positive, hi, side="left") - base
+    assert int(inside.max()) <= 1 and inside[0] == 0 and inside[-1] == 0
+    low = (np.append(positive, np.float32(1.0))[base].view(np.int32) & 0xFFFF).astype(np.int64)
+    return (base + (np.where(inside == 1, low, _NONE) << 8)).astype(np.int32)
 
 
 def _int_table(name: str, values: np.ndarray) -> str:
@@ -156,7 +174,16 @@ def _quantizer(suffix: str, signed: bool) -> list[str]:
 
     ``x/a`` lies in [-1, 1] (a is the largest magnitude), so no clamp is needed.
     """
-    keep = [] if signed else ["      pos += (x > 0.0f) & (pos == 0);  /* never 0.0 */"]
+    if signed:
+        position = [
+            "      const int32_t le = (e & 255) + (low >= t), m = le < 127 ? le : 127;",
+            "      const int32_t pos = 127 + lt - neg * (lt + m);",
+        ]
+    else:  # (-0.0 is the only negative value a non-negative entry can hold: code 0)
+        position = [
+            "      int32_t pos = lt * (neg ^ 1);",
+            "      pos += (x > 0.0f) & (pos == 0);  /* never 0.0 */",
+        ]
     return [
         f"static inline void quantize_{suffix}(const float* restrict v, int64_t m,",
         "                                    uint8_t* restrict q, float* restrict absmax) {",
@@ -176,9 +203,10 @@ def _quantizer(suffix: str, signed: bool) -> list[str]:
         "      uint32_t bits; memcpy(&bits, &x, 4);",
         f"      int32_t b = (int32_t)((bits & 0x7FFFFFFFu) >> {_BUCKET_SHIFT}) - {_FIRST};",
         f"      b = b < 0 ? 0 : (b > {_BUCKETS - 1} ? {_BUCKETS - 1} : b);",
-        f"      const int32_t base = BASE_{suffix}[(int32_t)(bits >> 31) * {_BUCKETS} + b];",
-        f"      int32_t pos = base + (TH_{suffix}[base] < x);",
-        *keep,
+        "      const int32_t neg = (int32_t)(bits >> 31), low = (int32_t)(bits & 0xFFFFu);",
+        f"      const int32_t e = BUCKET_{suffix}[b], t = e >> 8;",
+        "      const int32_t lt = (e & 255) + (low > t);",
+        *position,
         "      q[j] = (uint8_t)pos;",
         "  }",
         "}",
@@ -300,9 +328,7 @@ class _Source(_native._Source):
         for suffix, signed in (("S", True), ("U", False)):
             if any(self.signed(n) == signed for n in quantized):
                 lines.append(_table(f"CODE_{suffix}", _lowmem.dynamic_code(signed)))
-                padded = torch.cat([_lowmem._thresholds(signed), torch.tensor([torch.inf])])
-                lines.append(_table(f"TH_{suffix}", padded))
-                lines.append(_int_table(f"BASE_{suffix}", bucket_bases(signed)))
+                lines.append(_int_table(f"BUCKET_{suffix}", bucket_table(signed)))
                 lines += _quantizer(suffix, signed)
         lines += [
             "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
