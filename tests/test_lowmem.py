@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptim
-from adaptim.torch import _lowmem, _lowmem_native
+from adaptim.torch import _lowmem, _lowmem_codes, _rounding
 
 #: The optimizers whose signature offers state_dtype and state_bits.
 LOW_MEMORY = [
@@ -51,7 +51,7 @@ def test_stochastic_rounding_is_unbiased(values: list[float], seed: int) -> None
     x = torch.tensor(values, dtype=torch.float32)
     draws = 4096
     repeated = x.repeat(draws, 1)
-    rounded = _lowmem.stochastic_round_bf16(repeated, seed)
+    rounded = _rounding.stochastic_round_bf16(repeated, seed)
     low, high = _bf16_neighbours(x)
     as_float = rounded.float()
     assert bool(((as_float == low) | (as_float == high)).all()), "only the two neighbours"
@@ -67,7 +67,7 @@ def test_stochastic_rounding_is_unbiased(values: list[float], seed: int) -> None
 
 def test_stochastic_rounding_keeps_special_values() -> None:
     x = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1.0, -2.5])
-    rounded = _lowmem.stochastic_round_bf16(x, 0).float()
+    rounded = _rounding.stochastic_round_bf16(x, 0).float()
     assert torch.equal(rounded[:4], x[:4])
     assert math.isnan(rounded[4]) and rounded[5:].tolist() == [1.0, -2.5]
 
@@ -79,21 +79,21 @@ def test_stochastic_rounding_keeps_special_values() -> None:
 @settings(max_examples=25)
 def test_rounding_noise_is_the_mixer_of_index_xor_key(indices: list[int], stream: int) -> None:
     """torch's int64 arithmetic computes the 32-bit mixer exactly, as C's uint32 does."""
-    noise = _lowmem.rounding_noise(max(indices) + 1, stream)
+    noise = _rounding.rounding_noise(max(indices) + 1, stream)
     for i in indices:
-        assert int(noise[i]) == _lowmem.mix32(i ^ stream) >> 16
+        assert int(noise[i]) == _rounding.mix32(i ^ stream) >> 16
 
 
 def test_rounding_noise_is_uniform_over_consecutive_elements() -> None:
     """Each of the 16 bits is a fair coin over 2¹⁶ consecutive elements, and pairs of keys decorrelate."""
     count = 1 << 16
     for step in range(3):
-        stream = _lowmem.stream_key(0, 3, "exp_avg_sq", step)
-        noise = _lowmem.rounding_noise(count, stream)
+        stream = _rounding.stream_key(0, 3, "exp_avg_sq", step)
+        noise = _rounding.rounding_noise(count, stream)
         bits = (noise.unsqueeze(1) >> torch.arange(16)) & 1
         # a fair bit's mean over 2¹⁶ draws is within 6 standard errors (1/512) of 1/2
         assert float((bits.float().mean(0) - 0.5).abs().max()) < 6 / 512
-        other = _lowmem.rounding_noise(count, _lowmem.stream_key(0, 4, "exp_avg_sq", step))
+        other = _rounding.rounding_noise(count, _rounding.stream_key(0, 4, "exp_avg_sq", step))
         correlation = torch.corrcoef(torch.stack([noise.float(), other.float()]))[0, 1]
         assert abs(float(correlation)) < 6 / math.sqrt(count)
 
@@ -450,14 +450,14 @@ def test_nearest_code_lookup_equals_a_binary_search(signed: bool, seed: int) -> 
         values = values.abs()
     expected = torch.bucketize(values, thresholds)
     assert torch.equal(_lowmem._nearest_code(values, signed), expected)
-    # The native loop's variant (_lowmem_native.bucket_table): the bucket of the float's
+    # The native loop's variant (_lowmem_codes.bucket_table): the bucket of the float's
     # top bits gives the positive thresholds below and the low bits of the one inside.
     bits = values.view(torch.int32).long() & 0xFFFFFFFF
-    bucket = (((bits & 0x7FFFFFFF) >> 16) - _lowmem_native._FIRST).clamp(
-        0, _lowmem_native._BUCKETS - 1
+    bucket = (((bits & 0x7FFFFFFF) >> 16) - _lowmem_codes._FIRST).clamp(
+        0, _lowmem_codes._BUCKETS - 1
     )
     negative, low = bits >> 31, bits & 0xFFFF
-    entry = torch.from_numpy(_lowmem_native.bucket_table(signed)).long()[bucket]
+    entry = torch.from_numpy(_lowmem_codes.bucket_table(signed)).long()[bucket]
     below, inside = (entry & 255) + (low > entry >> 8), (entry & 255) + (low >= entry >> 8)
     if signed:
         found = torch.where(negative == 1, 127 - inside.clamp(max=127), 127 + below)

@@ -8,9 +8,9 @@ float32 copy of any tensor:
 
 * **bf16**: an entry is loaded by widening its 16 bits to float32 and stored
   by stochastic rounding with the counter-based bits of
-  :func:`._lowmem.rounding_noise`: element ``i`` adds ``h(i xor k) >> 16``
+  :func:`._rounding.rounding_noise`: element ``i`` adds ``h(i xor k) >> 16``
   below bf16's last mantissa bit, where ``k`` is
-  :func:`._lowmem.stream_key` of (parameter position, entry, step). The
+  :func:`._rounding.stream_key` of (parameter position, entry, step). The
   bits are exactly those of the reference path.
 * **8 bits**: the loop walks each tensor in the quantisation blocks of 256
   values (the engine's work items, :data:`._native.BLOCK`, are a multiple of
@@ -40,7 +40,6 @@ compiler.
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adaptim.torch import _lowmem, _native
+from adaptim.torch import _lowmem, _native, _rounding
+from adaptim.torch import _lowmem_codes as _codes
 from adaptim.torch._trace import Structure
 
 if TYPE_CHECKING:
@@ -106,113 +106,6 @@ def supports(structure: Structure) -> str | None:
     return None
 
 
-def _table(name: str, values: torch.Tensor) -> str:
-    """A static float table, each value as an exact hexadecimal literal."""
-    items = ", ".join(
-        "INFINITY" if math.isinf(v) else f"{float(v).hex()}f" for v in values.tolist()
-    )
-    return f"static const float {name}[{values.numel()}] = {{{items}}};"
-
-
-#: Encoding buckets: ``|x|`` by its exponent and top 7 mantissa bits (a bucket is at
-#: most 0.8% of its value wide, under the 1.4% between neighbouring thresholds, so it
-#: holds at most one), from 2⁻²³ (below every nonzero threshold) up to 1: 12 KiB of
-#: table per code, which stays in the L1 cache beside the streamed tensors.
-_LOW_EXPONENT = 127 - 23
-_BUCKET_SHIFT = 16
-_FIRST = _LOW_EXPONENT << 7
-_BUCKETS = (0x3F800000 >> _BUCKET_SHIFT) - _FIRST + 1
-#: No threshold inside a bucket: a value of the low 16 bits no ``x`` reaches.
-_NONE = 1 << 16
-
-
-def positive_thresholds(signed: bool) -> np.ndarray:
-    """The thresholds above 0; the signed code's negative ones are the mirror of all but the last."""
-    thresholds = _lowmem._thresholds(signed).numpy()
-    positive = thresholds[thresholds > 0]
-    if signed:  # 127 below 0, 128 above (the last lies between the largest point and 1)
-        assert np.array_equal(-thresholds[:127][::-1], positive[:127]) and positive.size == 128
-    return positive
-
-
-def bucket_table(signed: bool) -> np.ndarray:
-    """Per bucket of magnitudes: the positive thresholds below it, and the low bits of the one inside.
-
-    A bucket holds the magnitudes ``u`` whose top 16 bits (sign cleared) are
-    the same, ``[lo, hi)``. ``base`` counts the positive thresholds below
-    ``lo``; at most one, ``t``, lies inside, with the bucket's top bits, so
-    comparing ``u`` with ``t`` is comparing their low 16 bits. An entry is
-    ``base | low(t) << 8``, with ``low(t) = 2¹⁶`` (above any) where none lies
-    inside. Then, with ``lt = base + (low(u) > low(t))`` thresholds below
-    ``u`` and ``le = base + (low(u) ≥ low(t))`` at or below it, the nearest
-    code of ``x`` is ``lt`` (unsigned code, ``x ≥ 0``), ``127 + lt``
-    (signed, ``x ≥ 0``: the 127 negative thresholds lie below), or
-    ``127 - min(le, 127)`` (signed, ``x = -u``: the negative thresholds below
-    ``-u`` are the mirrors of those at or above ``u``). Bucket 0 reaches down
-    to 0 and the last up past 1: neither holds a threshold.
-    """
-    positive = positive_thresholds(signed)
-    starts = ((np.arange(_BUCKETS, dtype=np.int64) + _FIRST) << _BUCKET_SHIFT).astype(np.int32)
-    lo = starts.view(np.float32).copy()
-    lo[0] = 0.0
-    hi = np.append(lo[1:], np.float32(2.0))
-    base = np.searchsorted(positive, lo, side="left")
-    inside = np.searchsorted(positive, hi, side="left") - base
-    assert int(inside.max()) <= 1 and inside[0] == 0 and inside[-1] == 0
-    low = (np.append(positive, np.float32(1.0))[base].view(np.int32) & 0xFFFF).astype(np.int64)
-    return (base + (np.where(inside == 1, low, _NONE) << 8)).astype(np.int32)
-
-
-def _int_table(name: str, values: np.ndarray) -> str:
-    return (
-        f"static const int32_t {name}[{values.size}] = {{{', '.join(map(str, values.tolist()))}}};"
-    )
-
-
-def _quantizer(suffix: str, signed: bool) -> list[str]:
-    """``quantize_<suffix>``: a block's new maximum and its codes (nearest, as the reference).
-
-    ``x/a`` lies in [-1, 1] (a is the largest magnitude), so no clamp is needed.
-    """
-    if signed:
-        position = [
-            "      const int32_t le = (e & 255) + (low >= t), m = le < 127 ? le : 127;",
-            "      const int32_t pos = 127 + lt - neg * (lt + m);",
-        ]
-    else:  # (-0.0 is the only negative value a non-negative entry can hold: code 0)
-        position = [
-            "      int32_t pos = lt * (neg ^ 1);",
-            "      pos += (x > 0.0f) & (pos == 0);  /* never 0.0 */",
-        ]
-    return [
-        f"static inline void quantize_{suffix}(const float* restrict v, int64_t m,",
-        "                                    uint8_t* restrict q, float* restrict absmax) {",
-        # (the largest magnitude as the largest integer of the sign-cleared bits:
-        # the same order for floats, and a vectorised reduction without branches)
-        "  uint32_t top = 0;",
-        "  #pragma omp simd reduction(max:top)",
-        "  for (int64_t j = 0; j < m; ++j) {",
-        "      uint32_t u; memcpy(&u, &v[j], 4); u &= 0x7FFFFFFFu; top = u > top ? u : top;",
-        "  }",
-        "  float a; memcpy(&a, &top, 4);",
-        "  *absmax = a;",
-        "  const float d = a > 0.0f ? a : 1.0f;",
-        "  #pragma omp simd",
-        "  for (int64_t j = 0; j < m; ++j) {",
-        "      const float x = v[j] / d;",
-        "      uint32_t bits; memcpy(&bits, &x, 4);",
-        f"      int32_t b = (int32_t)((bits & 0x7FFFFFFFu) >> {_BUCKET_SHIFT}) - {_FIRST};",
-        f"      b = b < 0 ? 0 : (b > {_BUCKETS - 1} ? {_BUCKETS - 1} : b);",
-        "      const int32_t neg = (int32_t)(bits >> 31), low = (int32_t)(bits & 0xFFFFu);",
-        f"      const int32_t e = BUCKET_{suffix}[b], t = e >> 8;",
-        "      const int32_t lt = (e & 255) + (low > t);",
-        *position,
-        "      q[j] = (uint8_t)pos;",
-        "  }",
-        "}",
-    ]
-
-
 _HEADER = [
     "#include <math.h>",
     "#include <stdint.h>",
@@ -225,7 +118,7 @@ _HEADER = [
     " : fmaf(w - (T)1, b - a, b); }",
     "static inline uint32_t mix32(uint32_t x) {",
     "  x ^= x >> 16; x *= {}u; x ^= x >> 15; x *= {}u; return x ^ (x >> 16);".format(
-        *_lowmem.MIX_MULTIPLIERS
+        *_rounding.MIX_MULTIPLIERS
     ),
     "}",
     "static inline float bf16_load(uint16_t h) {",
@@ -327,9 +220,9 @@ class _Source(_native._Source):
         lines = list(_HEADER)
         for suffix, signed in (("S", True), ("U", False)):
             if any(self.signed(n) == signed for n in quantized):
-                lines.append(_table(f"CODE_{suffix}", _lowmem.dynamic_code(signed)))
-                lines.append(_int_table(f"BUCKET_{suffix}", bucket_table(signed)))
-                lines += _quantizer(suffix, signed)
+                lines.append(_codes.float_table(f"CODE_{suffix}", _lowmem.dynamic_code(signed)))
+                lines.append(_codes.int_table(f"BUCKET_{suffix}", _codes.bucket_table(signed)))
+                lines += _codes.quantizer(suffix, signed)
         lines += [
             "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
             "                  const int64_t* block_tensor, const int64_t* block_begin,",
@@ -416,7 +309,7 @@ def _buffers(
     roles += [[s[k + _lowmem.ABSMAX_SUFFIX] for s in partition.states] for k in quantized]
     pointers = np.array([t.data_ptr() for role in roles for t in role], dtype=np.int64)
     positions = [fmt.position(p, groups) for p in partition.params]
-    salts = [_lowmem.entry_salt(fmt.seed, j, k) for k in rounded for j in positions]
+    salts = [_rounding.entry_salt(fmt.seed, j, k) for k in rounded for j in positions]
     return Buffers(pointers, np.array(salts or [0], dtype=np.uint32))
 
 
@@ -460,7 +353,7 @@ def run(
         traced.slots,
         partition.block_table(),
         buffers.keys.ctypes.data,
-        _lowmem.step_salt(step),
+        _rounding.step_salt(step),
     )
     plans.append(kernel)
     return "native"
