@@ -421,6 +421,28 @@ def test_native_stochastic_rounding_is_unbiased_and_draws_the_reference_bits(
     assert abs(float(values.double().mean()) - float(x)) <= bound
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("options", [{"state_dtype": torch.bfloat16}, {"state_bits": 8}])
+def test_parameters_the_native_loop_does_not_take_step_on_the_reference_path(
+    dtype: torch.dtype, options: dict[str, object]
+) -> None:
+    """float64 and bf16 parameters: the reference path's result, bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(70, 80, generator=generator).to(dtype))
+    q = torch.nn.Parameter(p.detach().clone())
+    default = adaptim.Adam([p], **options)
+    reference = adaptim.Adam([q], foreach=False, **options)
+    for _ in range(3):
+        g = torch.randn(70, 80, generator=generator).to(dtype)
+        p.grad, q.grad = g.clone(), g.clone()
+        default.step()
+        reference.step()
+    assert default.fused_status()[0].startswith("reference")
+    assert torch.equal(p, q)
+    for key, value in default.state[p].items():
+        assert torch.equal(value, reference.state[q][key]), key
+
+
 # -- 8 bits against bitsandbytes ---------------------------------------------------------
 
 
