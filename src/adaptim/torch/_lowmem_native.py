@@ -19,9 +19,10 @@ float32 copy of any tensor:
   ``a``, the rule runs on the 256 values, the new values wait in a 1 KiB
   buffer on the stack, and are encoded once their new maximum is known: the
   nearest code is the number of the 255 midpoints between code points that
-  lie below ``x/a`` (a branch-free binary search of 8 comparisons, the
-  index ``torch.bucketize`` gives), and a positive second moment never
-  takes code 0.0, as in :func:`._lowmem.quantize_blockwise`.
+  lie below ``x/a`` (the index ``torch.bucketize`` gives, found with one
+  table look-up by the float's top bits, :mod:`._lowmem_codes`), and a
+  positive second moment never takes code 0.0, as in
+  :func:`._lowmem.quantize_blockwise`.
 
 The arithmetic of the rule is :mod:`._native`'s (float32, the multiply-adds
 ATen uses), so the result agrees with the per-tensor reference path to
