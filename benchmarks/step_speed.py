@@ -23,9 +23,18 @@ gradients, as after ``zero_grad()`` (its default ``set_to_none=True``) and
 
 * ``adaptim``: ``adaptim.X(params)`` with default arguments, the headline;
 * ``adaptim foreach``: ``foreach=True`` (the multi-tensor replay, no compiler);
+  not for the memory-light states, which have no replay;
 * ``torch for-loop``, ``torch foreach``, ``torch fused``: each that
   torch.optim has; ``vs torch`` is the fastest of them divided by adaptim's time
   (> 1: adaptim is faster). LARS and LAMB are not in torch.optim.
+* ``adam-bf16`` and ``adam-8bit`` are ``adaptim.Adam`` with
+  ``state_dtype=torch.bfloat16`` or ``state_bits=8``, against torch.optim's
+  float32 Adam (their twin) and, for 8 bits, bitsandbytes' ``Adam8bit``
+  (``vs bnb``, when bitsandbytes is installed). Their roofline counts their
+  own bytes: 20 per parameter for bf16 (12 for parameter and gradient, 2+2
+  read and written for the moments), about 16.06 for 8 bits (each moment's
+  code read and written, and its block maximum: 4 bytes per 256) on tensors
+  of 4096 elements or more, 28 (fp32's) on smaller ones.
 
 ``first step`` is the latency of the very first ``step()`` (state creation,
 and for adaptim the recording and, where it runs native, building the kernel).
@@ -87,12 +96,33 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
     "adabelief": ("AdaBelief", {}, 2),
     "yogi": ("Yogi", {}, 2),
     "adan": ("Adan", {}, 4),
+    # memory-light states (issue 16): Adam's rule, its moments in bf16 or 8 bits
+    "adam-bf16": ("Adam", {}, 2),
+    "adam-8bit": ("Adam", {}, 2),
+}
+
+#: adaptim-only options of the memory-light rows (torch's twin runs without them).
+STATE_FORMATS: dict[str, dict[str, Any]] = {
+    "adam-bf16": {"state_dtype": torch.bfloat16},
+    "adam-8bit": {"state_bits": 8},
 }
 
 
 def bytes_per_param(states: int, itemsize: int = 4) -> int:
     """Read parameter, gradient and every state tensor; write parameter and state back."""
     return itemsize * ((2 + states) + (1 + states))
+
+
+def traffic(algorithm: str, shapes: list[tuple[int, ...]]) -> float:
+    """The bytes one step must move: :func:`bytes_per_param`, in the state's own format."""
+    _, _, states = ALGORITHMS[algorithm]
+    sizes = [torch.Size(s).numel() for s in shapes]
+    if algorithm == "adam-bf16":
+        return sum(sizes) * (12 + 2 * 2 * states)
+    if algorithm == "adam-8bit":  # (bitsandbytes' rule: smaller tensors keep fp32 state)
+        quantized = 12 + 2 * states * (1 + 4 / 256)
+        return sum(n * (quantized if n >= 4096 else bytes_per_param(states)) for n in sizes)
+    return sum(sizes) * bytes_per_param(states)
 
 
 @dataclass
@@ -154,12 +184,25 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
     name, settings, _ = ALGORITHMS[algorithm]
     shapes = WORKLOADS[workload]
     ours = getattr(adaptim, name)
+    formats = STATE_FORMATS.get(algorithm, {})
     runners = [
-        optimizer_runner("adaptim", lambda p: ours(p, **settings), shapes, device),
-        optimizer_runner(
-            "adaptim foreach", lambda p: ours(p, **settings, foreach=True), shapes, device
-        ),
+        optimizer_runner("adaptim", lambda p: ours(p, **settings, **formats), shapes, device)
     ]
+    if not formats:
+        runners.append(
+            optimizer_runner(
+                "adaptim foreach", lambda p: ours(p, **settings, foreach=True), shapes, device
+            )
+        )
+    if algorithm == "adam-8bit":
+        try:
+            import bitsandbytes  # optional: only this row needs it
+        except ImportError:
+            pass
+        else:
+            runners.append(
+                optimizer_runner("bnb Adam8bit", bitsandbytes.optim.Adam8bit, shapes, device)
+            )
     theirs = getattr(torch.optim, name, None)
     if theirs is None:
         return runners
@@ -196,9 +239,7 @@ def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
 def report(
     algorithm: str, workload: str, device: torch.device, runners: list[Runner], bandwidth: float
 ) -> dict[str, Any]:
-    _, _, states = ALGORITHMS[algorithm]
-    numel = sum(torch.Size(s).numel() for s in WORKLOADS[workload])
-    traffic = bytes_per_param(states) * numel
+    moved = traffic(algorithm, WORKLOADS[workload])
     medians = {r.label: statistics.median(r.times) for r in runners}
     firsts = {r.label: r.first_step for r in runners}
     torch_times = {k: v for k, v in medians.items() if k.startswith("torch")}
@@ -213,9 +254,10 @@ def report(
         "torch_best": best,
         "vs_torch": None if best is None else torch_times[best] / ours,
         "foreach_vs_torch": None
-        if best is None
+        if best is None or "adaptim foreach" not in medians
         else torch_times[best] / medians["adaptim foreach"],
-        "of_roofline": traffic / bandwidth / ours,
+        "vs_bnb": medians["bnb Adam8bit"] / ours if "bnb Adam8bit" in medians else None,
+        "of_roofline": moved / bandwidth / ours,
     }
 
 
@@ -237,6 +279,8 @@ def print_row(row: dict[str, Any], header: bool) -> None:
     ratio = "—" if row["vs_torch"] is None else f"{row['vs_torch']:.2f}x"
     foreach = "—" if row["foreach_vs_torch"] is None else f"{row['foreach_vs_torch']:.2f}x"
     torch_first = "—" if best is None else f"{row['first_step_ms'][best]:.1f}"
+    if row.get("vs_bnb") is not None:
+        print(f"{'':<13} bitsandbytes Adam8bit {ms['bnb Adam8bit']:.3f} ms: {row['vs_bnb']:.2f}x")
     print(
         f"{row['algorithm']:<13} {ms['adaptim']:10.3f} {torch_text:>22} {ratio:>9} {foreach:>10} "
         f"{row['first_step_ms']['adaptim']:11.1f} {torch_first:>9} {row['of_roofline']:11.0%}"
@@ -265,8 +309,11 @@ def markdown_table(path: str) -> str:
         torch_text = "—" if best is None else f"{ms[best]:.3f} ({best.split()[1]})"
         ratio = "—" if row["vs_torch"] is None else f"**{row['vs_torch']:.2f}×**"
         foreach = "—" if row["foreach_vs_torch"] is None else f"{row['foreach_vs_torch']:.2f}×"
+        name = row["algorithm"]
+        if row.get("vs_bnb") is not None:
+            name += f" (bnb Adam8bit {ms['bnb Adam8bit']:.3f} ms: **{row['vs_bnb']:.2f}×**)"
         lines.append(
-            f"| {WORKLOAD_TITLES.get(row['workload'], row['workload'])} | {row['algorithm']} "
+            f"| {WORKLOAD_TITLES.get(row['workload'], row['workload'])} | {name} "
             f"| {ms['adaptim']:.3f} | {torch_text} | {ratio} | {foreach} "
             f"| {row['first_step_ms']['adaptim']:.0f} | {row['of_roofline']:.0%} |"
         )

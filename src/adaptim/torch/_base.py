@@ -179,8 +179,9 @@ class Optimizer(torch.optim.Optimizer):
     ``state_dtype=torch.bfloat16`` (bf16 with stochastic rounding) or
     ``state_bits=8`` (block-wise 8-bit quantisation) keeps the element-wise
     state in less memory, on the optimizers whose signature has them; see
-    :mod:`adaptim.torch._lowmem`. Such an optimizer steps on the per-tensor
-    reference path, and its ``state_dict`` loads into one of any state format.
+    :mod:`adaptim.torch._lowmem`. On the CPU such an optimizer steps in a
+    native loop over the encoded state (:mod:`adaptim.torch._lowmem_native`),
+    and its ``state_dict`` loads into one of any state format.
     """
 
     algorithm: ClassVar[Algorithm]
@@ -726,8 +727,19 @@ class Optimizer(torch.optim.Optimizer):
                 self._sparse_mode(p, hp)  # raises
             xp = TRACEABLE_OPS if traceable else TORCH_OPS
             decoded = self._decoded(p, state)
+            position = self.state_format.position(p, self.param_groups)
             _lowmem.update_decoded(
-                self.state_format, algorithm, p, grad, state, entries, decoded, step, hp, xp
+                self.state_format,
+                algorithm,
+                p,
+                grad,
+                state,
+                entries,
+                decoded,
+                step,
+                hp,
+                xp,
+                position,
             )
             if algorithm.step and not traceable:
                 state["step"] += 1

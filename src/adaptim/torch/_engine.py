@@ -17,6 +17,11 @@ with one of:
   gradients, tensor subclasses such as FSDP2's DTensor, and rules the tracer
   cannot record.
 
+A partition whose state is kept in bfloat16 or 8 bits (``state_dtype``,
+``state_bits``; :mod:`._lowmem`) has no replay: it runs the native loop of
+:mod:`._lowmem_native`, which decodes and encodes in registers, unless
+``foreach=False`` asks for the reference path or the loop cannot take it.
+
 The choice follows torch's switches. ``foreach=False`` asks for the
 per-tensor loop (torch's for-loop implementation); ``foreach=True`` for the
 replay; ``fused=True`` for the native kernel where the rule and tensors allow
@@ -46,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adaptim.torch import _native, _replay, _symbolic
+from adaptim.torch import _lowmem_native, _native, _replay, _symbolic
 from adaptim.torch._trace import Traced, Unfusable, trace
 
 if TYPE_CHECKING:
@@ -95,6 +100,10 @@ class Partition:
     kernel: tuple[Any, _native.Kernel] | None = None
     _table: _native.BlockTable | None = None
     _pointers: tuple[np.ndarray, int] | None = None
+    #: How each of ``tensor_keys`` is stored when one is encoded (:mod:`._lowmem_native`), else ().
+    encodings: tuple[str, ...] = ()
+    #: The encoded loop's pointers and rounding keys (:func:`._lowmem_native.run`).
+    lowmem: Any = None
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -239,10 +248,6 @@ class Engine:
         if not self.optimizer.algorithm.recordable:  # its record says so: no attempt, no warning
             run.status = "reference: the rule is not element-wise (Algorithm.recordable=False)"
             return params
-        state_format = self.optimizer.state_format
-        if state_format is not None:  # decoded and encoded per tensor (adaptim.torch._lowmem)
-            run.status = f"reference: {state_format.describe()} (states encoded per tensor)"
-            return params
         if run.refused is not None:
             run.status = f"reference: {run.refused}"
             return params
@@ -342,7 +347,15 @@ class Engine:
                 run, f"the rule {algorithm.update.__qualname__} cannot be recorded ({why})"
             )
             return None
-        path = self._run(partition, traced, grads, mode, plans)
+        if partition.encodings:  # bf16 or 8-bit state: its own native loop, or the reference path
+            fmt = self.optimizer.state_format
+            assert fmt is not None
+            groups = self.optimizer.param_groups
+            path = _lowmem_native.run(fmt, groups, partition, traced, grads, plans)
+            if path is None:
+                return None
+        else:
+            path = self._run(partition, traced, grads, mode, plans)
         if algorithm.step:
             if path != "native" or partition.step_dtype is None:  # else the kernel counted them
                 torch._foreach_add_(partition.steps, 1.0)
@@ -484,6 +497,7 @@ class Engine:
         optimizer = self.optimizer
         algorithm = optimizer.algorithm
         entries = algorithm.state(hp)
+        fmt = optimizer.state_format
         reference: list[torch.Tensor] = []
         buckets: dict[tuple[Any, ...], list[torch.Tensor]] = {}
         states_of: dict[torch.Tensor, dict[str, Any]] = {}
@@ -502,6 +516,12 @@ class Engine:
                 elif not isinstance(value, torch.Tensor) or value.is_sparse:
                     layout = []
                     break
+                elif fmt is not None and value.ndim > 0:  # as the low-memory format stores it
+                    kind = _lowmem_native.kind_of(fmt, state, name, value, p)
+                    if kind is None:
+                        layout = []
+                        break
+                    layout.append((name, kind))
                 elif (
                     value.shape == p.shape
                     and value.dtype == p.dtype
@@ -529,7 +549,9 @@ class Engine:
         partitions = []
         for (device, dtype, step, _, layout, ndim), members in buckets.items():
             states = [states_of[p] for p in members]  # {} for stateless rules, as in torch
-            tensor_keys = tuple(n for n, kind in layout if kind == "element")
+            tensor_keys = tuple(n for n, kind in layout if kind in ("element", "bf16", "q8"))
+            kinds = tuple(kind for _, kind in layout if kind in ("element", "bf16", "q8"))
+            encodings = kinds if _lowmem_native.ENCODED.intersection(kinds) else ()
             per_tensor_keys = tuple(n for n, kind in layout if kind == "tensor")
             partitions.append(
                 Partition(
@@ -548,7 +570,8 @@ class Engine:
                     and dtype in (torch.float32, torch.float64)
                     and all(p.is_contiguous() for p in members),
                     numel=sum(p.numel() for p in members),
-                    step_dtype=_step_dtype(states) if algorithm.step else None,
+                    step_dtype=_step_dtype(states) if algorithm.step and not encodings else None,
+                    encodings=encodings,
                 )
             )
         run.partitions = partitions

@@ -15,11 +15,16 @@ a bf16 ulp of ``v`` once ``g²`` is a little smaller than ``v`` (under
 with probability equal to the dropped fraction of an ulp, which makes the
 stored value unbiased, ``E[round(x)] = x``. It is done on the bit pattern:
 add 16 uniformly random bits to the low half of float32's bits, then clear
-that half (the carry, when there is one, is the round-up). The random bits
-come from a ``torch.Generator`` per optimizer and device, seeded with
-``state_seed`` (0 unless given), so two runs with the same seed are
-bit-identical. The generator's position is not part of ``state_dict``: a
-resumed run rounds with fresh draws, which changes nothing in expectation.
+that half (the carry, when there is one, is the round-up).
+
+The random bits are *counter-based*: those of element ``i`` of entry ``key``
+of the parameter at position ``j`` (its index in ``state_dict``) written at
+step ``t`` are the top 16 bits of ``h(i xor k)``, where ``h`` is a 32-bit
+xorshift-multiply mixer (a bijection with full avalanche) and ``k`` a hash of
+``(j, key, t)`` (:mod:`._rounding`). No generator state exists: everything
+the draw depends on is in ``state_dict`` already, so a run saved and resumed
+is bit-identical to one that was not interrupted, and the native loop
+draws exactly the same bits element by element.
 
 **Block-wise 8 bits** (Dettmers, Lewis, Shleifer & Zettlemoyer 2022, "8-bit
 Optimizers via Block-wise Quantization", ICLR 2022). A state tensor is
@@ -38,8 +43,11 @@ parameter with fewer than 4096 elements keeps its ordinary state.
 The state keeps torch's entry names: ``exp_avg`` is a ``uint8`` tensor of the
 parameter's shape and ``exp_avg_absmax`` its float32 block maxima.
 
-Either format costs a decode and an encode per step and runs on the
-per-tensor reference path (see :mod:`adaptim.torch._engine`).
+On the CPU (float32 parameters) both formats step in the engine's native
+loop (:mod:`._lowmem_native`), which decodes and encodes each value in
+registers with the same rounding bits and codes as this module; elsewhere,
+and with ``foreach=False``, this module's per-tensor reference path decodes
+each tensor, runs the rule and encodes the result.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from typing import Any
 import torch
 
 from adaptim.algorithms._spec import Algorithm, ArrayOps
+from adaptim.torch._rounding import stochastic_round_bf16, stream_key
 
 #: Block length and the size below which a tensor keeps its ordinary state (as bitsandbytes).
 BLOCK = 256
@@ -198,30 +207,39 @@ def dequantize_blockwise(
     return values.view(-1)[: codes.numel()].view(codes.shape).to(dtype)
 
 
-def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``x`` (float32) rounded to bfloat16, up or down with probability by distance: unbiased."""
-    bits = x.contiguous().view(torch.int32)
-    noise = torch.randint(
-        0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator
-    )
-    # Adding below bf16's last mantissa bit and truncating rounds the magnitude
-    # up exactly when the noise reaches past the dropped fraction.
-    rounded = ((bits + noise) & -65536).view(torch.float32)
-    return torch.where(torch.isnan(x), x, rounded).to(torch.bfloat16)
-
-
 @dataclasses.dataclass
 class StateFormat:
     """How one optimizer stores element-wise state: bf16 (``dtype``) or 8 bits (``bits``)."""
 
     dtype: torch.dtype | None
     bits: int | None
+    #: Seeds :func:`stream_key`; fixed at 0, so that runs (and resumed runs) repeat.
     seed: int = 0
-    generators: dict[torch.device, torch.Generator] = dataclasses.field(default_factory=dict)
+    #: ``id(p)`` → (group index, index in the group, position over all groups).
+    positions: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
 
     def __getstate__(self) -> dict[str, Any]:
-        # A copy or a pickle starts its generators afresh from the seed.
-        return {**self.__dict__, "generators": {}}
+        # A copy or a pickle holds other parameter objects: positions are found afresh.
+        return {**self.__dict__, "positions": {}}
+
+    def position(self, p: torch.Tensor, param_groups: list[dict[str, Any]]) -> int:
+        """``p``'s index over all param groups (its id in ``state_dict``), from a checked cache."""
+        found = self.positions.get(id(p))
+        if found is not None:
+            group, index, position = found
+            if group < len(param_groups):
+                params = param_groups[group]["params"]
+                if index < len(params) and params[index] is p:
+                    return position
+        self.positions = {}
+        flat = (q for group in param_groups for q in group["params"])
+        where = (
+            (g, i) for g, group in enumerate(param_groups) for i in range(len(group["params"]))
+        )
+        for position, (q, (g, i)) in enumerate(zip(flat, where, strict=True)):
+            self.positions.setdefault(id(q), (g, i, position))
+        found = self.positions.get(id(p))
+        return 0 if found is None else found[2]
 
     def describe(self) -> str:
         return f"state_dtype={self.dtype}" if self.dtype is not None else f"state_bits={self.bits}"
@@ -232,14 +250,6 @@ class StateFormat:
     def working_dtype(self, p: torch.Tensor) -> torch.dtype:
         """The dtype the rule computes in: float32, or the parameter's when wider."""
         return torch.promote_types(p.dtype, torch.float32)
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        generator = self.generators.get(device)
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(self.seed)
-            self.generators[device] = generator
-        return generator
 
     def read(self, state: Mapping[str, Any], key: str, p: torch.Tensor) -> torch.Tensor | None:
         """The entry ``key`` decoded to the working dtype (``None`` if absent), whatever its format."""
@@ -253,14 +263,28 @@ class StateFormat:
             )
         return value.to(self.working_dtype(p))
 
-    def write(self, state: dict[str, Any], key: str, value: torch.Tensor, p: torch.Tensor) -> None:
-        """Store ``value`` (the rule's new entry) as this format keeps it."""
+    def write(
+        self,
+        state: dict[str, Any],
+        key: str,
+        value: torch.Tensor,
+        p: torch.Tensor,
+        *,
+        step: int = 0,
+        position: int = 0,
+    ) -> None:
+        """Store ``value`` (the rule's new entry at ``step``) as this format keeps it.
+
+        ``position`` (the parameter's index in ``state_dict``) and ``step``
+        pick the stochastic rounding's bits (:func:`stream_key`).
+        """
         state.pop(key + ABSMAX_SUFFIX, None)
         if self.quantizes(p):
             codes, absmax = quantize_blockwise(value, signed=key not in NONNEGATIVE_STATE)
             state[key], state[key + ABSMAX_SUFFIX] = codes, absmax
         elif self.dtype == torch.bfloat16 and value.dtype != torch.bfloat16:
-            state[key] = stochastic_round_bf16(value.float(), self._generator(value.device))
+            stream = stream_key(self.seed, position, key, step)
+            state[key] = stochastic_round_bf16(value.float(), stream)
         elif self.dtype is not None:
             state[key] = value.to(self.dtype)
         else:  # 8-bit optimizer, small tensor: the ordinary state
@@ -273,14 +297,20 @@ class StateFormat:
             return dtype == torch.uint8
         return dtype == (self.dtype or p.dtype)
 
-    def conform(self, state: dict[str, Any], keys: list[str], p: torch.Tensor) -> None:
-        """Re-store the entries ``keys`` of ``state`` (of any format) in this one."""
+    def conform(
+        self, state: dict[str, Any], keys: list[str], p: torch.Tensor, position: int = 0
+    ) -> None:
+        """Re-store the entries ``keys`` of ``state`` (of any format) in this one.
+
+        A conversion rounds with the bits of the state's current step.
+        """
+        step = int(state["step"]) if "step" in state else 0
         for key in keys:
             if self._holds(state, key, p):  # re-encoding is not the identity (8-bit maxima)
                 continue
             value = self.read(state, key, p)
             if value is not None and value.shape == p.shape:
-                self.write(state, key, value, p)
+                self.write(state, key, value, p, step=step, position=position)
 
 
 def update_decoded(
@@ -294,12 +324,14 @@ def update_decoded(
     step: float | torch.Tensor,
     hp: Mapping[str, Any],
     xp: ArrayOps,
+    position: int = 0,
 ) -> None:
     """One step of ``algorithm`` on ``p``: the rule on the ``decoded`` entries, the result encoded.
 
     Parameter and gradient are computed in the working dtype (float32 at
     least) and the new parameter is cast back to its own; ``step`` is left to
-    the caller.
+    the caller. ``position`` is ``p``'s index in ``state_dict`` (for the
+    rounding bits, with ``step``).
     """
     work = fmt.working_dtype(p)
     inputs = {k: decoded.get(k, state.get(k)) for k in entries}
@@ -307,7 +339,7 @@ def update_decoded(
     p.copy_(new_p)
     for key, value in new_state.items():
         if value.shape == p.shape:
-            fmt.write(state, key, value, p)
+            fmt.write(state, key, value, p, step=int(step), position=position)
         elif inputs[key] is None:  # a per-tensor value the rule creates
             state[key] = value.detach().clone()
         else:

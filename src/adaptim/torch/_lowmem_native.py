@@ -1,0 +1,360 @@
+"""The native CPU loop for memory-light states: decode, update and encode in registers.
+
+:mod:`._native` compiles a recorded rule into one C loop over every tensor of
+a partition. This module renders the same rule for partitions whose state is
+kept in bfloat16 or in block-wise 8 bits (:mod:`._lowmem`), so that a step
+reads and writes each state value in its own narrow format, once, with no
+float32 copy of any tensor:
+
+* **bf16**: an entry is loaded by widening its 16 bits to float32 and stored
+  by stochastic rounding with the counter-based bits of
+  :func:`._rounding.rounding_noise`: element ``i`` adds ``h(i xor k) >> 16``
+  below bf16's last mantissa bit, where ``k`` is
+  :func:`._rounding.stream_key` of (parameter position, entry, step). The
+  bits are exactly those of the reference path.
+* **8 bits**: the loop walks each tensor in the quantisation blocks of 256
+  values (the engine's work items, :data:`._native.BLOCK`, are a multiple of
+  256 and start at multiples of it, so a block never straddles two items).
+  A block's codes are decoded as ``code[q]·a`` from its float32 maximum
+  ``a``, the rule runs on the 256 values, the new values wait in a 1 KiB
+  buffer on the stack, and are encoded once their new maximum is known: the
+  nearest code is the number of the 255 midpoints between code points that
+  lie below ``x/a`` (the index ``torch.bucketize`` gives, found with one
+  table look-up by the float's top bits, :mod:`._lowmem_codes`), and a
+  positive second moment never takes code 0.0, as in
+  :func:`._lowmem.quantize_blockwise`.
+
+The arithmetic of the rule is :mod:`._native`'s (float32, the multiply-adds
+ATen uses), so the result agrees with the per-tensor reference path to
+float32 rounding, not to the bit: where the two values of a state entry
+differ in their last float32 bit, the stochastic rounding or the nearest code
+can land on the neighbouring bf16 value or code (``tests/test_lowmem.py``
+measures how often). Peak memory is the state itself: no temporary larger
+than a block per thread.
+
+What this loop does not take stays on the reference path: parameters other
+than contiguous float32 on the CPU, rules with whole-tensor norms or 0-d
+per-tensor state, a step that creates state, and machines without a C
+compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from adaptim.torch import _lowmem, _native, _rounding
+from adaptim.torch import _lowmem_codes as _codes
+from adaptim.torch._trace import Structure
+
+if TYPE_CHECKING:
+    from adaptim.torch._engine import Partition
+    from adaptim.torch._trace import Traced
+
+#: How an element-wise entry is stored, for the engine's layout: ``element`` (the
+#: parameter's dtype, as without a format), ``bf16`` or ``q8``.
+ENCODED = frozenset({"bf16", "q8"})
+
+assert _native.BLOCK % _lowmem.BLOCK == 0  # work items never split a quantisation block
+
+
+def kind_of(
+    fmt: _lowmem.StateFormat,
+    state: Mapping[str, Any],
+    name: str,
+    value: torch.Tensor,
+    p: torch.Tensor,
+) -> str | None:
+    """How the entry ``name`` of ``p``'s state is laid out under ``fmt``; ``None``: reference path.
+
+    A plain entry (an 8-bit optimizer's small tensor, or ``state_dtype``
+    equal to the parameter's) is ``element`` only where the reference path
+    would compute and store it in the parameter's own dtype.
+    """
+    if value.shape != p.shape or value.stride() != p.stride() or value.device != p.device:
+        return None
+    if value.dtype == torch.uint8:
+        absmax = state.get(name + _lowmem.ABSMAX_SUFFIX)
+        blocks = -(-p.numel() // _lowmem.BLOCK)
+        ok = (
+            fmt.quantizes(p)
+            and isinstance(absmax, torch.Tensor)
+            and absmax.dtype == torch.float32
+            and absmax.shape == (blocks,)
+            and absmax.device == p.device
+            and absmax.is_contiguous()
+        )
+        return "q8" if ok else None
+    if fmt.dtype == torch.bfloat16:
+        return "bf16" if value.dtype == torch.bfloat16 else None
+    plain = value.dtype == p.dtype and fmt.working_dtype(p) == p.dtype
+    return "element" if plain and not fmt.quantizes(p) else None
+
+
+def supports(structure: Structure) -> str | None:
+    """Why this loop cannot run ``structure``, or ``None``."""
+    why = _native.supports(structure)
+    if why is not None:
+        return why
+    if structure.per_tensor_inputs or structure.per_tensor_nodes():
+        return "per-tensor values (norms, 0-d state) with an encoded state"
+    return None
+
+
+_HEADER = [
+    "#include <math.h>",
+    "#include <stdint.h>",
+    "#include <string.h>",
+    "typedef float T;",
+    f"enum {{ QBLOCK = {_lowmem.BLOCK} }};",
+    "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
+    "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
+    "static inline T lerp_t(T a, T b, T w) { return w < (T)0.5 ? fmaf(w, b - a, a)"
+    " : fmaf(w - (T)1, b - a, b); }",
+    "static inline uint32_t mix32(uint32_t x) {",
+    "  x ^= x >> 16; x *= {}u; x ^= x >> 15; x *= {}u; return x ^ (x >> 16);".format(
+        *_rounding.MIX_MULTIPLIERS
+    ),
+    "}",
+    "static inline float bf16_load(uint16_t h) {",
+    "  const uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f;",
+    "}",
+    "static inline uint16_t bf16_round(float f, uint32_t noise) {",
+    "  uint32_t b; memcpy(&b, &f, 4);",
+    "  return f != f ? (uint16_t)0x7FC0 : (uint16_t)((b + noise) >> 16);",
+    "}",
+]
+
+
+class _Source(_native._Source):
+    """Renders a structure whose state inputs are bf16 or 8-bit (``encodings``, by input name)."""
+
+    def __init__(self, structure: Structure, encodings: Mapping[str, str]) -> None:
+        super().__init__(structure, torch.float32)
+        self.encodings = encodings
+
+    def signed(self, name: str) -> bool:
+        return name.removeprefix("state_") not in _lowmem.NONNEGATIVE_STATE
+
+    def source(self) -> str:
+        structure = self.structure
+        inputs = structure.inputs
+        kinds = [self.encodings.get(name, "element") for name in inputs]
+        written = {name for name, _ in structure.outputs}
+        refs = {a for _, args in structure.ops for a in args}
+        refs |= {ref for _, ref in structure.outputs}
+        quantized = [n for n, k in zip(inputs, kinds, strict=True) if k == "q8"]
+        rounded = [n for n, k in zip(inputs, kinds, strict=True) if k == "bf16"]
+        body = [
+            "  #pragma omp parallel for num_threads(threads) schedule(static)",
+            "  for (int64_t b = 0; b < blocks; ++b) {",
+            "    const int64_t t = block_tensor[b];",
+        ]
+        ctypes_of = {"element": "T", "bf16": "uint16_t", "q8": "uint8_t"}
+        for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
+            ctype = ctypes_of[kind]
+            qualifier = "" if name in written else "const "
+            body.append(
+                f"    {qualifier}{ctype}* restrict {name} = ({ctype}*)buffers[{index} * n + t];"
+            )
+        for j, name in enumerate(quantized):
+            body.append(
+                f"    float* restrict amax_{name} = (float*)buffers[{len(inputs) + j} * n + t];"
+            )
+        for j, name in enumerate(rounded):
+            body.append(f"    const uint32_t key_{name} = keys[{j} * n + t] ^ salt;")
+        body.append("    const int64_t end = block_end[b];")
+        indent = "    "
+        begin, stop = "block_begin[b]", "end"
+        if quantized:  # one quantisation block at a time
+            body.append("    for (int64_t c = block_begin[b]; c < end; c += QBLOCK) {")
+            body.append("      const int64_t cend = c + QBLOCK < end ? c + QBLOCK : end;")
+            for name in quantized:
+                body.append(f"      const T a_{name} = amax_{name}[c / QBLOCK];")
+                if name in written:
+                    body.append(f"      T new_{name}[QBLOCK];")
+            indent, begin, stop = "      ", "c", "cend"
+        body.append(f"{indent}#pragma omp simd")
+        body.append(f"{indent}for (int64_t i = {begin}; i < {stop}; ++i) {{")
+        inner = indent + "  "
+        for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
+            if ("input", index) not in refs:
+                continue
+            if kind == "bf16":
+                value = f"bf16_load({name}[i])"
+            elif kind == "q8":
+                value = f"CODE_{'S' if self.signed(name) else 'U'}[{name}[i]] * a_{name}"
+            else:
+                value = f"{name}[i]"
+            body.append(f"{inner}const T in{index} = {value};")
+        for index, (op, _) in enumerate(structure.ops):
+            kind = "int" if op in _native._COMPARE or op in ("and", "or") else "T"
+            body.append(f"{inner}const {kind} v{index} = {self.node(index, 'element')};")
+        for name, ref in structure.outputs:
+            value = self.text(ref, "element")
+            kind = self.encodings.get(name, "element")
+            if kind == "bf16":
+                body.append(
+                    f"{inner}{name}[i] = bf16_round({value}, mix32((uint32_t)i ^ key_{name}) >> 16);"
+                )
+            elif kind == "q8":
+                body.append(f"{inner}new_{name}[i - c] = {value};")
+            else:
+                body.append(f"{inner}{name}[i] = {value};")
+        body.append(f"{indent}}}")
+        if quantized:
+            for name in quantized:
+                if name in written:
+                    suffix = "S" if self.signed(name) else "U"
+                    body.append(
+                        f"      quantize_{suffix}(new_{name}, cend - c, {name} + c, "
+                        f"&amax_{name}[c / QBLOCK]);"
+                    )
+            body.append("    }")
+        body += ["  }", "}"]
+        lines = list(_HEADER)
+        for suffix, signed in (("S", True), ("U", False)):
+            if any(self.signed(n) == signed for n in quantized):
+                lines.append(_codes.float_table(f"CODE_{suffix}", _lowmem.dynamic_code(signed)))
+                lines.append(_codes.int_table(f"BUCKET_{suffix}", _codes.bucket_table(signed)))
+                lines += _codes.quantizer(suffix, signed)
+        lines += [
+            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
+            "                  const int64_t* block_tensor, const int64_t* block_begin,",
+            "                  const int64_t* block_end, int threads, const uint32_t* keys,",
+            "                  uint32_t salt) {",
+        ]
+        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
+        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
+        return "\n".join(lines + body) + "\n"
+
+
+def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
+    """The C source of ``structure`` with the state inputs stored as ``encodings`` says."""
+    return _Source(structure, encodings).source()
+
+
+@dataclass
+class Kernel:
+    """A loaded native step over encoded state, and its source (``Optimizer.plans()``)."""
+
+    source: str
+    function: Any
+
+    def __call__(
+        self,
+        pointers: int,
+        count: int,
+        slots: Sequence[float],
+        table: _native.BlockTable,
+        keys: int,
+        salt: int,
+    ) -> None:
+        self.function(
+            count,
+            pointers,
+            (ctypes.c_double * len(slots))(*slots),
+            *table.arguments,
+            torch.get_num_threads(),
+            keys,
+            salt,
+        )
+
+
+_lock = threading.Lock()
+_KERNELS: dict[tuple[Structure, tuple[tuple[str, str], ...]], Kernel] = {}
+
+
+def kernel_for(structure: Structure, encodings: Mapping[str, str]) -> Kernel:
+    """The kernel of ``structure`` with ``encodings``: from memory, from disk, or compiled now."""
+    key = (structure, tuple(sorted(encodings.items())))
+    kernel = _KERNELS.get(key)
+    if kernel is not None:
+        return kernel
+    why = supports(structure)
+    if why is not None:
+        raise _native.NativeUnavailable(why, structural=True)
+    with _lock:
+        kernel = _KERNELS.get(key)
+        if kernel is None:
+            source = generate_source(structure, encodings)
+            function: Any = _native._load(source)
+            # (the plain kernel's arguments up to ``threads``, then the rounding keys and salt)
+            function.argtypes = [*function.argtypes[:8], ctypes.c_void_p, ctypes.c_uint32]
+            kernel = Kernel(source, function)
+            _KERNELS[key] = kernel
+    return kernel
+
+
+@dataclass
+class Buffers:
+    """A partition's pointer array (grads filled each step) and its rounding keys."""
+
+    pointers: np.ndarray
+    keys: np.ndarray
+
+
+def _buffers(
+    fmt: _lowmem.StateFormat, partition: Partition, groups: list[dict[str, Any]]
+) -> Buffers:
+    keys = list(partition.tensor_keys)
+    quantized = [k for k, e in zip(keys, partition.encodings, strict=True) if e == "q8"]
+    rounded = [k for k, e in zip(keys, partition.encodings, strict=True) if e == "bf16"]
+    roles = [partition.params, partition.params, *partition.state_lists[: len(keys)]]
+    roles += [[s[k + _lowmem.ABSMAX_SUFFIX] for s in partition.states] for k in quantized]
+    pointers = np.array([t.data_ptr() for role in roles for t in role], dtype=np.int64)
+    positions = [fmt.position(p, groups) for p in partition.params]
+    salts = [_rounding.entry_salt(fmt.seed, j, k) for k in rounded for j in positions]
+    return Buffers(pointers, np.array(salts or [0], dtype=np.uint32))
+
+
+def run(
+    fmt: _lowmem.StateFormat,
+    groups: list[dict[str, Any]],
+    partition: Partition,
+    traced: Traced,
+    grads: list[torch.Tensor],
+    plans: list[Any],
+) -> str | None:
+    """Step an encoded partition natively; ``None`` when the reference path must (says why)."""
+    structure = traced.structure
+    params = partition.params
+    if structure.created:
+        partition.native_refused = "the rule creates state on this step"
+        return None
+    if params[0].dtype != torch.float32 or not partition.native_ok:
+        partition.native_refused = "encoded state needs contiguous float32 CPU parameters"
+        return None
+    if not all(g.is_contiguous() for g in grads):
+        partition.native_refused = "a gradient is not contiguous"
+        return None
+    names = {
+        f"state_{k}": e for k, e in zip(partition.tensor_keys, partition.encodings, strict=True)
+    }
+    try:
+        kernel = kernel_for(structure, {n: e for n, e in names.items() if e in ENCODED})
+    except _native.NativeUnavailable as why:
+        partition.native_refused = str(why)
+        return None
+    buffers = partition.lowmem
+    if buffers is None:
+        buffers = partition.lowmem = _buffers(fmt, partition, groups)
+    count = len(params)
+    buffers.pointers[count : 2 * count] = [g.data_ptr() for g in grads]
+    step = int(partition.step + 1)
+    kernel(
+        buffers.pointers.ctypes.data,
+        count,
+        traced.slots,
+        partition.block_table(),
+        buffers.keys.ctypes.data,
+        _rounding.step_salt(step),
+    )
+    plans.append(kernel)
+    return "native"
