@@ -156,7 +156,7 @@ class Optimizer:
             if np.iscomplexobj(p) and not self.algorithm.complex_params:
                 raise TypeError(f"{type(self).__name__} does not support complex parameters")
             rank = self.algorithm.param_ndim
-            if rank is not None and p.ndim != rank:
+            if rank is not None and p.ndim != rank and not self._any_rank(param_group):
                 raise ValueError(
                     f"{type(self).__name__} only supports {rank}-D parameters; got one of "
                     f"shape {p.shape}. Give the others to a second optimizer (such as AdamW)."
@@ -174,6 +174,12 @@ class Optimizer:
             start = len(self.params) - len(params)
             for index, p in enumerate(params, start):
                 self._init_state(index, p, group)
+
+    def _any_rank(self, param_group: Mapping[str, Any]) -> bool:
+        """Whether the group takes every rank despite ``param_ndim`` (Keras' Muon fallback)."""
+        merged = {**self.defaults, **self._group_preset(param_group), **param_group}
+        any_rank = self.algorithm.any_rank
+        return any_rank is not None and any_rank({k: merged[k] for k in self.algorithm.hparams})
 
     def _group_preset(self, param_group: Mapping[str, Any]) -> dict[str, Any]:
         """The preset of a group that names another flavor (or AMSGrad) than the defaults."""

@@ -258,6 +258,11 @@ class Optimizer(torch.optim.Optimizer):
                     "split them into real and imaginary parts (torch.view_as_real)."
                 )
             rank = self.algorithm.param_ndim
+            any_rank = self.algorithm.any_rank
+            if any_rank is not None and any_rank(
+                {k: self.group_value(group, k) for k in self.algorithm.hparams}
+            ):
+                rank = None  # (Keras' Muon: the others go to its AdamW fallback)
             for position, p in enumerate(group["params"] if rank is not None else ()):
                 if p.ndim != rank:
                     raise ValueError(
