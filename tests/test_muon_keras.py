@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -307,3 +308,85 @@ def test_keras_flavor_defaults_match_keras_defaults() -> None:
             p.grad = torch.from_numpy(gradient(p.detach().numpy(), target, n))
         optimizer.step()
     assert worst_error([p.detach().numpy() for p in params], theirs, starts) <= EXACT_FLOAT64
+
+
+def test_keras_flavor_state_is_muons_for_matrices_and_adamws_for_the_rest() -> None:
+    weight = torch.randn(4, 3, requires_grad=True)
+    bias = torch.randn(3, requires_grad=True)
+    kernel = torch.randn(2, 3, 3, 3, requires_grad=True)
+    optimizer = adaptim.Muon([weight, bias, kernel], flavor="keras")
+    for p in (weight, bias, kernel):
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    optimizer.step()
+    assert set(optimizer.state[weight]) == {"momentum_buffer"}
+    for p in (bias, kernel):
+        assert set(optimizer.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert float(optimizer.state[p]["step"]) == 2.0
+    rates = optimizer.effective_lr()
+    assert rates[0] is not None and torch.allclose(
+        rates[0], torch.full_like(weight, 1e-3 * 0.2 * 2)
+    )
+    assert rates[1] is not None and rates[1].shape == bias.shape
+
+
+@settings(max_examples=3, deadline=None)
+@given(first=st.integers(1, 10), seed=st.integers(0, 2**16))
+def test_keras_flavor_state_dict_resumes_identically(first: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3), (3,), (2, 2, 3)]
+    starts = [torch.randn(*s, generator=generator, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(*s, generator=generator, dtype=torch.float64) for s in shapes]] * 20
+
+    def run(params: list[torch.Tensor], optimizer: Any, steps: list[list[torch.Tensor]]) -> None:
+        for step_grads in steps:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+
+    whole = [s.clone().requires_grad_() for s in starts]
+    run(whole, adaptim.Muon(whole, flavor="keras"), grads)
+    part = [s.clone().requires_grad_() for s in starts]
+    saved = adaptim.Muon(part, flavor="keras")
+    run(part, saved, grads[:first])
+    resumed = adaptim.Muon(part, flavor="keras")
+    resumed.load_state_dict(saved.state_dict())
+    run(part, resumed, grads[first:])
+    for mine, reference in zip(part, whole, strict=True):
+        assert torch.equal(mine, reference)
+
+
+@pytest.mark.parametrize(
+    ("settings_", "message"),
+    [
+        ({"adamw_for": "vectors"}, r"Invalid adamw_for: 'vectors'; allowed: None, 'non_matrix'"),
+        ({"ns_precision": "float16"}, r"Invalid ns_precision: 'float16'; allowed: 'bfloat16'"),
+        ({"adam_betas": (0.9, 1.0)}, r"Invalid adam_betas \(beta2\): 1\.0"),
+        ({"adam_eps": -1.0}, r"Invalid adam_eps: -1\.0"),
+        ({"rms_rate": -0.2}, r"Invalid rms_rate: -0\.2"),
+        ({"adjust_lr_fn": "none"}, r"Invalid adjust_lr_fn: 'none'.*'unscaled'"),
+    ],
+)
+@pytest.mark.parametrize("module", [adaptim, anp], ids=["torch", "numpy"])
+def test_bad_keras_options_are_refused(
+    module: Any, settings_: dict[str, Any], message: str
+) -> None:
+    param: Any = torch.zeros(2, 2, requires_grad=True) if module is adaptim else np.zeros((2, 2))
+    with pytest.raises(ValueError, match=message):
+        module.Muon([param], flavor="keras", **settings_)
+
+
+def test_a_torch_flavored_group_can_send_its_parameters_to_adamw() -> None:
+    """``adamw_for`` is an option of its own: torch's Muon with Keras' fallback for one group."""
+    weight = torch.randn(4, 3, requires_grad=True)
+    bias = torch.randn(3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"only supports 2-D parameters"):
+        adaptim.Muon([weight, bias])
+    optimizer = adaptim.Muon([{"params": [weight]}, {"params": [bias], "adamw_for": "non_matrix"}])
+    weight.grad, bias.grad = torch.ones_like(weight), torch.ones_like(bias)
+    before = bias.detach().clone()
+    optimizer.step()
+    # AdamW's first step moves every coordinate by lr (its m/sqrt(v) is 1), after decay
+    expected = before * (1 - 1e-3 * 0.004) - 1e-3 * (1 / (1 + 1e-7 / math.sqrt(1 - 0.999)))
+    assert torch.allclose(bias, expected, rtol=0, atol=1e-9)
+    assert set(optimizer.state[weight]) == {"momentum_buffer"}
