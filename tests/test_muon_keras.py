@@ -390,3 +390,16 @@ def test_a_torch_flavored_group_can_send_its_parameters_to_adamw() -> None:
     expected = before * (1 - 1e-3 * 0.004) - 1e-3 * (1 / (1 + 1e-7 / math.sqrt(1 - 0.999)))
     assert torch.allclose(bias, expected, rtol=0, atol=1e-9)
     assert set(optimizer.state[weight]) == {"momentum_buffer"}
+
+
+def test_lab_muon_at_keras_is_keras_muon_on_every_parameter() -> None:
+    from adaptim.lab.optimizers import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    optimizer = make_optimizer("muon@keras", model.parameters(), {"lr": 0.01})
+    assert optimizer.fallback is None  # type: ignore[union-attr]
+    assert len(optimizer.param_groups[0]["params"]) == 4
+    model(torch.randn(5, 4)).square().sum().backward()
+    optimizer.step()
+    bias = model[0].bias
+    assert set(optimizer.state[bias]) == {"step", "exp_avg", "exp_avg_sq"}

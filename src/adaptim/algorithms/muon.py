@@ -54,7 +54,11 @@ def newton_schulz(
     if tall:
         x = x.T
     norm = xp.norm(x)
-    x = x / (norm + eps) if eps_added else x / xp.clip(norm, eps, math.inf)
+    scale = norm + eps if eps_added else xp.clip(norm, eps, math.inf)
+    if precision == "bfloat16":
+        x /= scale  # in place on the bfloat16 copy, as torch does (a fresh buffer costs more)
+    else:
+        x = x / scale  # (x may be the momentum buffer itself)
     addmm = _op(xp, "addmm")
     for _ in range(steps):
         gram = x @ x.T
