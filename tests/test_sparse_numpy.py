@@ -123,6 +123,7 @@ def _run(
             assert float(ours.state[0][key]) == float(value), key
 
 
+@pytest.mark.slow  # 12 examples x 2 dtypes x 30 steps x 3 optimizers
 @settings(max_examples=12, deadline=None)
 @given(
     form=FORMS,
