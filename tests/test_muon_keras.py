@@ -244,42 +244,35 @@ def check(
             assert error <= tolerance, f"{dtype.__name__} {run.__name__}: {error:.3g}"
 
 
-CASES = {
-    "matrices": st.lists(st.sampled_from(MATRICES), min_size=1, max_size=2),
-    "others": st.lists(st.sampled_from(OTHERS), min_size=0, max_size=2),
-    "hp": hyperparameters(),
-    "exclude": st.booleans(),
-    "seed": st.integers(0, 2**16),
-}
-
-
-@pytest.mark.slow  # 200 Keras steps x 3 sides x 6 examples
+@pytest.mark.slow  # 200 Keras steps x 1-2 dtypes x 3 sides x 6 examples, twice
+@pytest.mark.parametrize("keras_ops", ["float64", "as shipped"])
 @settings(max_examples=6, deadline=None)
-@given(**CASES)
-def test_keras_flavor_matches_keras_muon_in_float64_to_rounding(
-    matrices: list[tuple[int, int]],
-    others: list[tuple[int, ...]],
-    hp: dict[str, Any],
-    exclude: bool,
-    seed: int,
-) -> None:
-    """Keras with its norm and root in float64: the same arithmetic, to rounding."""
-    check([*matrices, *others], hp, exclude, seed, {np.float64: EXACT_FLOAT64}, exact=True)
-
-
-@pytest.mark.slow  # 200 Keras steps x 2 dtypes x 3 sides x 6 examples
-@settings(max_examples=6, deadline=None)
-@given(**{**CASES, "matrices": st.lists(st.sampled_from(RECTANGLES), min_size=1, max_size=2)})
+@given(
+    data=st.data(),
+    others=st.lists(st.sampled_from(OTHERS), min_size=0, max_size=2),
+    hp=hyperparameters(),
+    exclude=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_keras_flavor_matches_keras_muon(
-    matrices: list[tuple[int, int]],
+    keras_ops: str,
+    data: st.DataObject,
     others: list[tuple[int, ...]],
     hp: dict[str, Any],
     exclude: bool,
     seed: int,
 ) -> None:
-    """Keras as shipped: float64 to its float32 norm and root, float32 to rounding."""
-    tolerances = {np.float64: KERAS_FLOAT64, np.float32: KERAS_FLOAT32}
-    check([*matrices, *others], hp, exclude, seed, tolerances)
+    """With Keras' norm and root in float64: the same arithmetic, to rounding. As
+    shipped: float64 to those two float32 computations, float32 to rounding."""
+    exact = keras_ops == "float64"
+    drawn = st.lists(st.sampled_from(MATRICES if exact else RECTANGLES), min_size=1, max_size=2)
+    matrices = data.draw(drawn, label="matrices")
+    tolerances = (
+        {np.float64: EXACT_FLOAT64}
+        if exact
+        else {np.float64: KERAS_FLOAT64, np.float32: KERAS_FLOAT32}
+    )
+    check([*matrices, *others], hp, exclude, seed, tolerances, exact=exact)
 
 
 def test_keras_flavor_defaults_match_keras_defaults() -> None:
