@@ -397,3 +397,14 @@ def test_lab_muon_at_keras_is_keras_muon_on_every_parameter() -> None:
     optimizer.step()
     bias = model[0].bias
     assert set(optimizer.state[bias]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+@pytest.mark.parametrize("module", [adaptim, anp], ids=["torch", "numpy"])
+def test_none_means_the_flavors_value_in_both_front_ends(module: Any) -> None:
+    """torch's signature default ``None`` cannot be told from a passed ``None``."""
+    param: Any = torch.zeros(2, 2, requires_grad=True) if module is adaptim else np.zeros((2, 2))
+    optimizer = module.Muon([param], flavor="keras", adjust_lr_fn=None, adamw_for=None)
+    group = optimizer.param_groups[0]
+    assert (group["adjust_lr_fn"], group["adamw_for"]) == ("match_rms_adamw", "non_matrix")
+    torch_flavored = module.Muon([param], adjust_lr_fn=None).param_groups[0]
+    assert torch_flavored["adjust_lr_fn"] is None

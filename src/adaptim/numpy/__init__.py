@@ -98,6 +98,14 @@ class Optimizer:
         name = self.algorithm.name
         # not passed: the algorithm's own default (torch's, or optax's where torch has none)
         flavor = self.algorithm.default_flavor if flavors.is_unset(flavor) else flavor
+        if flavor != "torch":  # None, torch's default (Muon's adjust_lr_fn): as if not passed,
+            # as in the torch front-end, whose signature cannot tell the two apart
+            defaults = self.algorithm.defaults
+            hyperparams = {
+                k: v
+                for k, v in hyperparams.items()
+                if v is not None or defaults.get(k, 0) is not None
+            }
         amsgrad = bool(hyperparams.get("amsgrad", self.algorithm.defaults.get("amsgrad", False)))
         self.defaults: dict[str, Any] = {
             **flavors.resolve(name, flavor, hyperparams, amsgrad=amsgrad),
