@@ -12,7 +12,19 @@ Workloads (float32):
 * ``mlp``: an MLP 784-256-128-10, 235k parameters in 6 tensors;
 * ``medium``: 1.5M parameters in 52 tensors (26 layers of 240x240 and a bias);
 * ``large``: 16M parameters in 100 tensors of 160k;
-* ``many``: 4M parameters in 1,000 tensors of 4k.
+* ``many``: 4M parameters in 1,000 tensors of 4k;
+* ``embedding`` (SparseAdam only): an ``nn.Embedding(100_000, 64, sparse=True)``
+  table, 6.4M parameters, whose gradient is a batch of 4,096 looked-up rows
+  (uncoalesced, with repeats, as autograd hands it over); "of roofline"
+  counts the bytes of the rows the batch touches;
+* ``matrices`` (Muon only): 1.6M parameters in 6 matrices of 512x512, the only
+  rank torch's Muon takes. Muon's step is matrix products (the Newton–Schulz
+  iteration, in bfloat16), so "of roofline" says little there.
+
+SparseAdam and Muon run on their own workload only, and the others never on
+those two; their torch twins have neither ``foreach`` nor ``fused``, so they
+are timed against torch's one implementation ("torch default"), without an
+"adaptim foreach" row.
 
 For every algorithm each implementation holds its own copy of the same
 parameters, and they are timed *interleaved* (one step of each, in turn,
@@ -70,7 +82,14 @@ WORKLOADS: dict[str, list[tuple[int, ...]]] = {
     "medium": [(240, 240), (240,)] * 26,
     "large": [(160_000,)] * 100,
     "many": [(4_000,)] * 1_000,
+    "embedding": [(100_000, 64)],
+    "matrices": [(512, 512)] * 6,
 }
+
+#: Algorithms that take only some inputs, each timed on the one workload they take.
+RESTRICTED_WORKLOADS = {"sparseadam": "embedding", "muon": "matrices"}
+#: Rows of the ``embedding`` table one batch looks up (with repeats).
+EMBEDDING_BATCH = 4_096
 
 #: algorithm -> (adaptim/torch class name, settings beyond the defaults, state tensors per parameter)
 ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
@@ -99,6 +118,9 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
     # memory-light states (issue 16): Adam's rule, its moments in bf16 or 8 bits
     "adam-bf16": ("Adam", {}, 2),
     "adam-8bit": ("Adam", {}, 2),
+    # torch.optim's twins that take only some inputs (see RESTRICTED_WORKLOADS)
+    "sparseadam": ("SparseAdam", {}, 2),
+    "muon": ("Muon", {}, 1),
 }
 
 #: adaptim-only options of the memory-light rows (torch's twin runs without them).
@@ -108,21 +130,50 @@ STATE_FORMATS: dict[str, dict[str, Any]] = {
 }
 
 
+def runs_on(algorithm: str, workload: str) -> bool:
+    """Whether ``algorithm`` is timed on ``workload`` (SparseAdam and Muon: their own only)."""
+    own = RESTRICTED_WORKLOADS.get(algorithm)
+    return workload == own if own else workload not in RESTRICTED_WORKLOADS.values()
+
+
+def make_grads(
+    workload: str, shapes: list[tuple[int, ...]], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One gradient per parameter: dense, or for ``embedding`` a sparse batch of rows."""
+    if workload != "embedding":
+        return [torch.randn(s, generator=generator) for s in shapes]
+    ((rows, dim),) = shapes
+    indices = torch.randint(rows, (1, EMBEDDING_BATCH), generator=generator)
+    values = torch.randn(EMBEDDING_BATCH, dim, generator=generator)
+    return [torch.sparse_coo_tensor(indices, values, (rows, dim))]
+
+
+def active_elements(workload: str) -> int:
+    """The elements a step reads and writes: all of them, or the rows the batch touches."""
+    shapes = WORKLOADS[workload]
+    if workload != "embedding":
+        return sum(torch.Size(s).numel() for s in shapes)
+    (grad,) = make_grads(workload, shapes, torch.Generator().manual_seed(0))
+    return int(grad.coalesce().values().numel())
+
+
 def bytes_per_param(states: int, itemsize: int = 4) -> int:
     """Read parameter, gradient and every state tensor; write parameter and state back."""
     return itemsize * ((2 + states) + (1 + states))
 
 
-def traffic(algorithm: str, shapes: list[tuple[int, ...]]) -> float:
+def traffic(algorithm: str, workload: str) -> float:
     """The bytes one step must move: :func:`bytes_per_param`, in the state's own format."""
     _, _, states = ALGORITHMS[algorithm]
-    sizes = [torch.Size(s).numel() for s in shapes]
+    if algorithm not in STATE_FORMATS:
+        return bytes_per_param(states) * active_elements(workload)
+    sizes = [torch.Size(s).numel() for s in WORKLOADS[workload]]
     if algorithm == "adam-bf16":
         return sum(sizes) * (12 + 2 * 2 * states)
     if algorithm == "adam-8bit":  # (bitsandbytes' rule: smaller tensors keep fp32 state)
         quantized = 12 + 2 * states * (1 + 4 / 256)
         return sum(n * (quantized if n >= 4096 else bytes_per_param(states)) for n in sizes)
-    return sum(sizes) * bytes_per_param(states)
+    raise ValueError(f"no traffic formula for {algorithm!r}")
 
 
 @dataclass
@@ -143,12 +194,13 @@ def synchronize(device: torch.device) -> None:
 def optimizer_runner(
     label: str,
     factory: Callable[[list[torch.Tensor]], Any],
-    shapes: list[tuple[int, ...]],
+    workload: str,
     device: torch.device,
 ) -> Runner:
     generator = torch.Generator().manual_seed(0)
+    shapes = WORKLOADS[workload]
     params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(device)) for s in shapes]
-    grads = [torch.randn(s, generator=generator).to(device) for s in shapes]
+    grads = [g.to(device) for g in make_grads(workload, shapes, generator)]
     optimizer = factory(params)
 
     def fresh_grads() -> None:
@@ -182,18 +234,11 @@ def copy_bandwidth(device: torch.device, repeats: int) -> float:
 
 def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Runner]:
     name, settings, _ = ALGORITHMS[algorithm]
-    shapes = WORKLOADS[workload]
     ours = getattr(adaptim, name)
     formats = STATE_FORMATS.get(algorithm, {})
     runners = [
-        optimizer_runner("adaptim", lambda p: ours(p, **settings, **formats), shapes, device)
+        optimizer_runner("adaptim", lambda p: ours(p, **settings, **formats), workload, device)
     ]
-    if not formats:
-        runners.append(
-            optimizer_runner(
-                "adaptim foreach", lambda p: ours(p, **settings, foreach=True), shapes, device
-            )
-        )
     if algorithm == "adam-8bit":
         try:
             import bitsandbytes  # optional: only this row needs it
@@ -201,9 +246,19 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
             pass
         else:
             runners.append(
-                optimizer_runner("bnb Adam8bit", bitsandbytes.optim.Adam8bit, shapes, device)
+                optimizer_runner("bnb Adam8bit", bitsandbytes.optim.Adam8bit, workload, device)
             )
     theirs = getattr(torch.optim, name, None)
+    if algorithm in RESTRICTED_WORKLOADS:  # no foreach or fused switch on either side
+        assert theirs is not None
+        default = optimizer_runner("torch default", lambda p: theirs(p), workload, device)
+        return [*runners, default]
+    if not formats:
+        runners.append(
+            optimizer_runner(
+                "adaptim foreach", lambda p: ours(p, **settings, foreach=True), workload, device
+            )
+        )
     if theirs is None:
         return runners
     for label, switch in (
@@ -218,7 +273,9 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
         except (TypeError, RuntimeError, ValueError):
             continue  # torch has no such implementation of this algorithm (or on this device)
         runners.append(
-            optimizer_runner(label, lambda p, s=switch: theirs(p, **settings, **s), shapes, device)
+            optimizer_runner(
+                label, lambda p, s=switch: theirs(p, **settings, **s), workload, device
+            )
         )
     return runners
 
@@ -239,7 +296,7 @@ def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
 def report(
     algorithm: str, workload: str, device: torch.device, runners: list[Runner], bandwidth: float
 ) -> dict[str, Any]:
-    moved = traffic(algorithm, WORKLOADS[workload])
+    moved = traffic(algorithm, workload)
     medians = {r.label: statistics.median(r.times) for r in runners}
     firsts = {r.label: r.first_step for r in runners}
     torch_times = {k: v for k, v in medians.items() if k.startswith("torch")}
@@ -292,6 +349,8 @@ WORKLOAD_TITLES = {
     "medium": "1.5M / 52",
     "large": "16M / 100",
     "many": "4M / 1,000",
+    "embedding": "Embedding 6.4M, 4k rows",
+    "matrices": "6 × 512²",
 }
 
 
@@ -348,7 +407,8 @@ def main() -> None:
         bandwidth = copy_bandwidth(device, 15)
         print(f"\n{device.type}: copy_ bandwidth {bandwidth / 1e9:.1f} GB/s")
         for workload in args.workload:
-            for index, algorithm in enumerate(args.algorithms):
+            chosen = [a for a in args.algorithms if runs_on(a, workload)]
+            for index, algorithm in enumerate(chosen):
                 runners = runners_for(algorithm, workload, device)
                 measure(runners, args.repeats, device)
                 row = report(algorithm, workload, device, runners, bandwidth)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adaptim.algorithms import ALGORITHMS
+from adaptim.algorithms import ALGORITHMS, RESTRICTED
 from adaptim.flavors import (
     AMSGRAD_DIFFERENCES,
     DIFFERENCES,
@@ -376,4 +376,45 @@ Adafactor's flavors were read in torch 2.13 (`torch/optim/_adafactor.py`), Keras
 (`keras/src/optimizers/adafactor.py`; weight decay in `base_optimizer.py`) and optax 0.2.8
 (`optax/_src/factorized.py`, `alias.py` `adafactor`), and are tested in
 `tests/test_adafactor_flavors.py` against Keras 3 (`keras`) and optax (`paper`).
+"""
+
+
+# -- torch.optim's Muon (issue 16 point 1) -------------------------------------------------------
+def _muon(v: Values) -> list[str]:
+    mu = _num(v["momentum"])
+    if v["momentum_average"]:
+        buffer = f"B ← μ·B + (1 − μ)·g;  nesterov: M = (1 − μ)·g + μ·B, else M = B   (μ = {mu})"
+    else:
+        buffer = f"B ← μ·B + g;  nesterov: M = g + μ·B, else M = B   (μ = {mu})"
+    norm = "‖M‖ + ε" if v["eps_added"] else "max(‖M‖, ε)"
+    precision = "bfloat16" if v["ns_precision"] == "bfloat16" else "the parameter's dtype"
+    rate = {
+        "match_rms_adamw": f"η = {_num(v['rms_rate'])}·γ·√max(A, B)",
+        "unscaled": "η = γ",
+    }.get(v["adjust_lr_fn"], "η = γ·√max(1, A/B)")
+    lines = [
+        f"θ ← (1 − γλ)·θ                            (λ = {_num(v['weight_decay'])}, γ = {_num(v['lr'])})",
+        buffer,
+        f"X = M/({norm}), {v['ns_steps']} × X ← a·X + (b·XXᵀ + c·(XXᵀ)²)·X   (in {precision})",
+        f"θ ← θ − η·X,  {rate}   (A × B = θ's shape)",
+    ]
+    if v["adamw_for"] is not None:
+        beta1, beta2 = (_num(b) for b in v["adam_betas"])
+        lines.append(
+            f"not 2-D: AdamW, ε̂ form, β = ({beta1}, {beta2}), ε̂ = {_num(v['adam_eps'])}, "
+            f"lr ρ·γ (ρ = {_num(v['adam_lr_ratio'])}), θ ← (1 − γ·{_num(v['adam_weight_decay'])})·θ"
+        )
+    else:
+        lines.append("not 2-D: refused (give them to a second optimizer)")
+    return lines
+
+
+EQUATIONS["muon"] = _muon
+TITLES["muon"] = RESTRICTED["muon"].class_name
+SOURCES += """
+Muon's flavors were read in torch 2.13 (`torch/optim/_muon.py`) and Keras 3.15.1
+(`keras/src/optimizers/muon.py`), and are tested in `tests/test_muon_keras.py` against
+Keras 3 (`keras`): to rounding in float64 once Keras' two float32 computations (its
+`ops.norm` and the root of `max(A, B)`) are made float64, within 1e-6 (float64) and
+1e-4 (float32) as shipped.
 """

@@ -259,9 +259,8 @@ def differing_options(algorithm: str) -> dict[str, dict[str, Any]]:
     """Per hyperparameter that some flavor changes: its value in every available flavor."""
     flavors = available(algorithm)
     presets = {f: preset(algorithm, f) for f in flavors}
-    keys = [
-        k for k in ALGORITHMS[algorithm].defaults if len({repr(p[k]) for p in presets.values()}) > 1
-    ]
+    record = {**ALGORITHMS, **LR_FREE, **RESTRICTED}[algorithm]
+    keys = [k for k in record.defaults if len({repr(p[k]) for p in presets.values()}) > 1]
     return {k: {f: presets[f][k] for f in flavors} for k in keys}
 
 
@@ -314,4 +313,19 @@ DIFFERENCES["adafactor"] = {
     "keras": {**_ADAFACTOR_PAPER, "lr": 1e-3, "rms_after_decay": True},
     # Shazeer & Stern 2018, Algorithms 4/5 with Section 7's rho_t = min(1e-2, 1/sqrt(t))
     "paper": _ADAFACTOR_PAPER,
+}
+
+# -- torch.optim's Muon (issue 16 point 1): Keras 3 keeps Jordan's summed momentum,
+# orthogonalises in the parameter's dtype with ε added to the norm, scales the step
+# as Liu et al. 2025 do and steps the parameters that are not matrices with AdamW.
+DIFFERENCES["muon"] = {
+    "torch": {},
+    "keras": {
+        "weight_decay": 0.004,
+        "adjust_lr_fn": "match_rms_adamw",
+        "momentum_average": False,
+        "ns_precision": "param",
+        "eps_added": True,
+        "adamw_for": "non_matrix",
+    },
 }

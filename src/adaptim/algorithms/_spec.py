@@ -221,6 +221,10 @@ class Algorithm:
     dense_gradients: bool = True
     #: The only rank of parameter the rule takes (Muon: 2, matrices); ``None`` for any.
     param_ndim: int | None = None
+    #: Whether a group with these hyperparameters takes parameters of every rank
+    #: despite :attr:`param_ndim` (Muon with ``adamw_for`` set, as Keras 3 steps the
+    #: others with AdamW); ``None``: never.
+    any_rank: Callable[[HParams], bool] | None = None
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

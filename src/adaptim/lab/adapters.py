@@ -55,10 +55,16 @@ class MuonWithAdamW(Muon):
     AdamW optimizer (``None`` when every parameter is a matrix). A problem
     without matrices (``logreg-sparse``) is stepped by AdamW alone, as Keras'
     rule would; its effective-learning-rate statistics cover the matrices only.
+    With ``flavor="keras"`` (``muon@keras``) every parameter goes to
+    ``adaptim.Muon(flavor="keras")``, whose own AdamW fallback is Keras'.
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, **kwargs: Any) -> None:
         params = list(params)
+        if kwargs.get("flavor", "torch") != "torch":  # (muon@keras: Keras' own AdamW fallback)
+            super().__init__(params, lr=lr, **kwargs)
+            self.fallback = None
+            return
         matrices = [p for p in params if p.ndim == 2]
         others = [p for p in params if p.ndim != 2]
         # (a group, even empty: a problem without matrices is all AdamW, as in Keras)

@@ -26,6 +26,8 @@ import numpy as np
 from adaptim import flavors
 from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
 from adaptim.algorithms._validation import check_bool, check_loaded_group, state_problem
+from adaptim.numpy import _sparse
+from adaptim.numpy._sparse import RowSparse
 
 NUMPY_OPS: ArrayOps = ArrayOps(
     name="numpy",
@@ -96,6 +98,14 @@ class Optimizer:
         name = self.algorithm.name
         # not passed: the algorithm's own default (torch's, or optax's where torch has none)
         flavor = self.algorithm.default_flavor if flavors.is_unset(flavor) else flavor
+        if flavor != "torch":  # None, torch's default (Muon's adjust_lr_fn): as if not passed,
+            # as in the torch front-end, whose signature cannot tell the two apart
+            defaults = self.algorithm.defaults
+            hyperparams = {
+                k: v
+                for k, v in hyperparams.items()
+                if v is not None or defaults.get(k, 0) is not None
+            }
         amsgrad = bool(hyperparams.get("amsgrad", self.algorithm.defaults.get("amsgrad", False)))
         self.defaults: dict[str, Any] = {
             **flavors.resolve(name, flavor, hyperparams, amsgrad=amsgrad),
@@ -156,7 +166,7 @@ class Optimizer:
             if np.iscomplexobj(p) and not self.algorithm.complex_params:
                 raise TypeError(f"{type(self).__name__} does not support complex parameters")
             rank = self.algorithm.param_ndim
-            if rank is not None and p.ndim != rank:
+            if rank is not None and p.ndim != rank and not self._any_rank(param_group):
                 raise ValueError(
                     f"{type(self).__name__} only supports {rank}-D parameters; got one of "
                     f"shape {p.shape}. Give the others to a second optimizer (such as AdamW)."
@@ -174,6 +184,12 @@ class Optimizer:
             start = len(self.params) - len(params)
             for index, p in enumerate(params, start):
                 self._init_state(index, p, group)
+
+    def _any_rank(self, param_group: Mapping[str, Any]) -> bool:
+        """Whether the group takes every rank despite ``param_ndim`` (Keras' Muon fallback)."""
+        merged = {**self.defaults, **self._group_preset(param_group), **param_group}
+        any_rank = self.algorithm.any_rank
+        return any_rank is not None and any_rank({k: merged[k] for k in self.algorithm.hparams})
 
     def _group_preset(self, param_group: Mapping[str, Any]) -> dict[str, Any]:
         """The preset of a group that names another flavor (or AMSGrad) than the defaults."""
@@ -217,20 +233,28 @@ class Optimizer:
                 state[key] = np.full_like(p, complex(fill, fill) if np.iscomplexobj(p) else fill)
         return state
 
-    def step(self, grads: Sequence[np.ndarray | None]) -> None:
-        """Update every parameter in place from its gradient."""
+    def step(self, grads: Sequence[Any]) -> None:
+        """Update every parameter in place from its gradient.
+
+        A gradient is an array of the parameter's shape, ``None`` (leave the
+        parameter alone), or, for the algorithms that take sparse gradients
+        (SGD, Adagrad, SparseAdam), a :class:`RowSparse` or a SciPy sparse
+        matrix (see :mod:`adaptim.numpy._sparse`).
+        """
         params = self.params
         if len(grads) != len(params):
             raise ValueError(f"step() got {len(grads)} gradients for {len(params)} parameters")
         checked = [
-            self._checked_grad(i, p, g) for i, (p, g) in enumerate(zip(params, grads, strict=True))
+            self._checked_gradient(i, p, g)
+            for i, (p, g) in enumerate(zip(params, grads, strict=True))
         ]
         if self.nonfinite != "ignore":
             for index, g in enumerate(checked):
-                if g is not None and not np.isfinite(g).all():
+                values = g.values if isinstance(g, _sparse.SparseGradient) else g
+                if values is not None and not np.isfinite(values).all():
                     if self.nonfinite == "raise":
                         raise FloatingPointError(
-                            f"Non-finite gradient for parameter {index} (shape {g.shape}); "
+                            f"Non-finite gradient for parameter {index} (shape {values.shape}); "
                             "nonfinite='raise'. Use nonfinite='skip' to skip such steps instead."
                         )
                     self.skipped_steps += 1
@@ -245,6 +269,8 @@ class Optimizer:
             state_keys = [k for k, fill in self.algorithm.state(hp).items() if fill is not None]
             for p in group["params"]:
                 state = self.state.get(index)
+                if isinstance(checked[index], _sparse.SparseGradient):
+                    self._sparse_mode(p, hp)  # raises where these settings refuse them
                 if checked[index] is not None and state:
                     shape = p.shape
                     suspect = False
@@ -271,10 +297,40 @@ class Optimizer:
                     self._update(index, p, -g if group["maximize"] else g, group, hp)
                 index += 1
 
+    def _checked_gradient(
+        self, index: int, p: np.ndarray, g: Any
+    ) -> np.ndarray | _sparse.SparseGradient | None:
+        """A dense gradient as :meth:`_checked_grad` checks it, or a sparse one coalesced."""
+        name = f"adaptim.numpy.{type(self).__name__}"
+        if g is not None and _sparse.is_sparse(g):
+            if self.algorithm.sparse is None:
+                raise RuntimeError(
+                    f"{name} does not support sparse gradients (gradient {index}); use "
+                    f"{self.algorithm.sparse_alternative.replace('adaptim.', 'adaptim.numpy.')}."
+                )
+            if np.iscomplexobj(p):
+                raise RuntimeError(
+                    f"{name} does not support sparse gradients of complex parameters."
+                )
+            return _sparse.as_sparse(index, p, g)
+        if g is not None and not self.algorithm.dense_gradients:
+            raise RuntimeError(
+                f"{name} does not support dense gradients (gradient {index}, shape "
+                f"{np.shape(g)}); it takes sparse ones: adaptim.numpy.RowSparse(indices, values) "
+                "or a SciPy sparse matrix. Consider adaptim.numpy.Adam instead. Nothing was changed."
+            )
+        return self._checked_grad(index, p, g)
+
+    def _sparse_mode(self, p: np.ndarray, hp: Mapping[str, Any]) -> str:
+        assert self.algorithm.sparse is not None  # (refused in _checked_gradient)
+        return self.algorithm.sparse(hp)
+
     @staticmethod
     def _checked_grad(index: int, p: np.ndarray, g: Any) -> np.ndarray | None:
         if g is None:
             return None
+        if _sparse.is_sparse(g):
+            raise RuntimeError(f"gradient {index}: this optimizer does not take sparse gradients.")
         g = np.asarray(g)
         if g.shape != p.shape:
             raise ValueError(
@@ -284,7 +340,12 @@ class Optimizer:
         return checked
 
     def _update(
-        self, index: int, p: np.ndarray, g: np.ndarray, group: Mapping[str, Any], hp: dict[str, Any]
+        self,
+        index: int,
+        p: np.ndarray,
+        g: np.ndarray | _sparse.SparseGradient,
+        group: Mapping[str, Any],
+        hp: dict[str, Any],
     ) -> None:
         algorithm = self.algorithm
         state = self._init_state(index, p, group)
@@ -292,6 +353,24 @@ class Optimizer:
         if algorithm.step:
             step = float(state["step"] + _SCALAR_DTYPE(1))  # stored once the update succeeded
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
+        if isinstance(g, _sparse.SparseGradient):
+            if self._sparse_mode(p, hp) == "rows":
+                # The rule is element-wise: on the touched entries alone it is the
+                # same arithmetic as the dense update, at the cost of their number.
+                tensors = {k: state[k] for k in entries}
+                new_p, new_state = algorithm.update(
+                    p[g.index], g.values, {k: v[g.index] for k, v in tensors.items()},
+                    step=step, xp=NUMPY_OPS, **hp,
+                )  # fmt: skip
+                p[g.index] = new_p
+                for key, value in new_state.items():
+                    tensors[key][g.index] = value
+                if algorithm.step:
+                    state["step"] = state["step"] + _SCALAR_DTYPE(1)
+                return
+            dense = np.zeros_like(p)
+            dense[g.index] = g.values
+            g = dense
         views = {k: None if state.get(k) is None else _real_view(state[k]) for k in entries}
         target = _real_view(p)
         new_p, new_state = algorithm.update(
@@ -497,14 +576,18 @@ SM3 = OPTIMIZERS["sm3"]
 
 __all__ += ["SM3", "AdaBelief", "Adan", "Lion", "NovoGrad", "Yogi"]
 
-# -- torch.optim's Muon (issue 16 point 1); SparseAdam needs sparse gradients, which
-# NumPy arrays cannot be, so it has no NumPy twin.
-from adaptim.algorithms import MUON  # noqa: E402
+# -- torch.optim's Muon and SparseAdam (issue 16 point 1); SparseAdam's sparse
+# gradients are RowSparse pairs or SciPy sparse matrices (adaptim.numpy._sparse).
+from adaptim.algorithms import MUON, SPARSE_ADAM  # noqa: E402
 
-#: Rules that take only some parameters (Muon: matrices), kept apart from OPTIMIZERS.
-RESTRICTED_OPTIMIZERS: dict[str, type[Optimizer]] = {MUON.name: _front_end(MUON, MUON.class_name)}
+#: Rules that take only some inputs (Muon: matrices; SparseAdam: sparse gradients),
+#: kept apart from OPTIMIZERS.
+RESTRICTED_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    a.name: _front_end(a, a.class_name) for a in (MUON, SPARSE_ADAM)
+}
 Muon = RESTRICTED_OPTIMIZERS["muon"]
-__all__ += ["RESTRICTED_OPTIMIZERS", "Muon"]
+SparseAdam = RESTRICTED_OPTIMIZERS["sparseadam"]
+__all__ += ["RESTRICTED_OPTIMIZERS", "Muon", "RowSparse", "SparseAdam"]
 
 # -- Mechanic (issue 14): a wrapper that learns the scale of any of these optimizers
 from adaptim.numpy.mechanic import Mechanic  # noqa: E402

@@ -259,6 +259,11 @@ class Optimizer(torch.optim.Optimizer):
                     "split them into real and imaginary parts (torch.view_as_real)."
                 )
             rank = self.algorithm.param_ndim
+            any_rank = self.algorithm.any_rank
+            if any_rank is not None and any_rank(
+                {k: self.group_value(group, k) for k in self.algorithm.hparams}
+            ):
+                rank = None  # (Keras' Muon: the others go to its AdamW fallback)
             for position, p in enumerate(group["params"] if rank is not None else ()):
                 if p.ndim != rank:
                     raise ValueError(
@@ -825,6 +830,17 @@ class Optimizer(torch.optim.Optimizer):
                 p.copy_(new_p)
                 for key, value in new_state.items():
                     tensors[key].copy_(value)
+            return
+        if len(rows) == 1:  # whole rows (nn.Embedding's): index_select is ~15x a gather
+            (index,) = rows
+            new_p, new_state = self.algorithm.update(
+                p.index_select(0, index), values,
+                {k: v.index_select(0, index) for k, v in tensors.items()},
+                step=step, xp=TORCH_OPS, **hp,
+            )  # fmt: skip
+            p.index_copy_(0, index, new_p)
+            for key, value in new_state.items():
+                tensors[key].index_copy_(0, index, value)
             return
         new_p, new_state = self.algorithm.update(
             p[rows], values, {k: v[rows] for k, v in tensors.items()}, step=step, xp=TORCH_OPS, **hp

@@ -191,6 +191,17 @@ class Muon(Optimizer):
     :class:`adaptim.AdamW`. The state is torch's: ``momentum_buffer`` only.
     Steps run on the per-tensor reference path (the Newton–Schulz iteration is
     a chain of matrix products in bfloat16).
+
+    ``flavor="keras"`` is Keras 3's ``keras.optimizers.Muon``: every argument
+    you do not pass takes Keras' default (``weight_decay`` 0.004,
+    ``adjust_lr_fn="match_rms_adamw"``; ``adjust_lr_fn=None`` also means
+    "the flavor's", pass ``"original"`` for Jordan's scaling), the iteration
+    runs in the parameter's dtype, and every parameter that is not 2-D is
+    stepped with AdamW (``adamw_for="non_matrix"``, with Keras'
+    ``adam_betas``, ``adam_eps``, ``adam_weight_decay`` and
+    ``adam_lr_ratio``). A param group with ``adamw_for="all"`` sends its
+    matrices to AdamW too: Keras' ``exclude_embeddings`` and
+    ``exclude_layers``. See the update rule below for each option.
     """
 
     algorithm = alg.MUON
@@ -199,7 +210,7 @@ class Muon(Optimizer):
         self,
         params: ParamsT,
         lr: float | torch.Tensor = 1e-3,
-        weight_decay: float = 0.1,
+        weight_decay: float = default(0.1),
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_coefficients: tuple[float, float, float] = alg.muon.NS_COEFFICIENTS,
@@ -208,13 +219,28 @@ class Muon(Optimizer):
         adjust_lr_fn: str | None = None,
         *,
         nonfinite: NonFinitePolicy = "ignore",
+        flavor: str = "torch",
+        momentum_average: bool = default(True),
+        ns_precision: str = default("bfloat16"),
+        eps_added: bool = default(False),
+        rms_rate: float = 0.2,
+        adamw_for: str | None = None,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-7,
+        adam_weight_decay: float = 0.004,
+        adam_lr_ratio: float = 1.0,
     ) -> None:
         defaults = dict(
             lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
             ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
-            adjust_lr_fn=adjust_lr_fn,
+            adjust_lr_fn=adjust_lr_fn, momentum_average=momentum_average,
+            ns_precision=ns_precision, eps_added=eps_added, rms_rate=rms_rate,
+            adamw_for=adamw_for, adam_betas=adam_betas, adam_eps=adam_eps,
+            adam_weight_decay=adam_weight_decay, adam_lr_ratio=adam_lr_ratio,
         )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        if flavor != "torch":  # None means "the flavor's" for these two (torch's default is None)
+            defaults = {k: v for k, v in defaults.items() if v is not None}
+        super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
 
 
 #: Rules that take only some inputs (SparseAdam: sparse gradients; Muon: matrices),
