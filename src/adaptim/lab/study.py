@@ -260,10 +260,13 @@ class Study:
             wave = [
                 (key, self._spec(key[0], key[1], hparams, TUNING_SEED, "tune"))
                 for key, tuner in tuners.items()
-                # One proposal per tuner and wave: a sequential sampler sees every earlier
-                # result whatever the number of workers, so the study does not depend on the
-                # machine; a wave still spans every problem and optimizer.
-                for hparams in tuner.propose(1)
+                # As many proposals per tuner and wave as depend on no result still to come
+                # (a whole grid, a random search, TPE's random start; then TPE one at a
+                # time): a sequential sampler sees every earlier result whatever the number
+                # of workers, so the study does not depend on the machine, and workers get
+                # every trial that is already determined; a wave spans every problem and
+                # optimizer.
+                for hparams in tuner.propose(tuner.independent())
             ]
             if not wave:
                 if not self._extend(tuners, results):
