@@ -74,6 +74,15 @@ def test_tpe_after_its_random_start_depends_on_the_results() -> None:
     assert asked_together[:4] == alone[:4] and asked_together[4] != alone[4]
 
 
+def without_wall_times(data: Any) -> Any:
+    """``data`` without the measured times, the one thing a re-run may change."""
+    if isinstance(data, dict):
+        return {k: without_wall_times(v) for k, v in data.items() if "wall_time" not in k}
+    if isinstance(data, list):
+        return [without_wall_times(v) for v in data]
+    return data
+
+
 def study_results(search: str, one_at_a_time: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     if one_at_a_time:  # the protocol before waves held every determined proposal
         monkeypatch.setattr(OptunaTuner, "independent", lambda self: min(1, self.remaining))
@@ -91,11 +100,7 @@ def study_results(search: str, one_at_a_time: bool, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(study, "_execute", lambda specs: waves.append(len(specs)) or execute(specs))
     data = study.run().to_json()
     monkeypatch.undo()
-    for problem in data["problems"]:
-        for outcome in problem["optimizers"]:
-            for trial in [*outcome["runs"], *outcome["tuning"]]:
-                trial.pop("wall_time", None)
-    return json.dumps(data["problems"], sort_keys=True), waves
+    return json.dumps(without_wall_times(data["problems"]), sort_keys=True), waves
 
 
 @pytest.mark.slow
@@ -110,3 +115,34 @@ def test_a_study_in_waves_gives_the_results_of_one_proposal_a_wave(
     # Random: the whole budget of all three optimizers in the first wave, not one each.
     assert wide[0] == (12 if search == "random" else 6) and narrow[0] == 3
     assert len(wide) < len(narrow)
+
+
+def run_study(problems: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    config = StudyConfig(
+        problems=problems, optimizers=("sgd", "adam"), budget=3, seeds=2, max_seeds=3, steps=40
+    )
+    waves: list[set[tuple[str, str]]] = []
+    study = Study(config, Store("sqlite://"), InProcessExecutor())
+    execute = study._execute
+    monkeypatch.setattr(
+        study,
+        "_execute",
+        lambda specs: waves.append({(s.problem, s.phase) for s in specs}) or execute(specs),
+    )
+    data = without_wall_times(study.run().to_json()["problems"])
+    return {p["spec"]: json.dumps(p, sort_keys=True) for p in data}, waves
+
+
+@pytest.mark.slow
+def test_each_problem_runs_as_alone_and_a_finished_tuning_shares_waves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two problems side by side: each gets exactly its results alone, in as many waves as
+    the longer one alone, and a problem done tuning re-runs while the other still tunes."""
+    # reddi fixes its lr (one tuning trial, no grid to extend); linreg's grid extends.
+    pair = ("linreg", "reddi")
+    together, waves = run_study(pair, monkeypatch)
+    alone = [run_study((spec,), monkeypatch) for spec in pair]
+    assert together == {**alone[0][0], **alone[1][0]}
+    assert len(waves) == max(len(w) for _, w in alone)
+    assert {("reddi", "final"), ("linreg", "tune")} <= waves[1], "re-runs beside tuning"
