@@ -11,6 +11,7 @@ it holds on meta and train on it (nothing left behind on the CPU).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -20,9 +21,14 @@ import torch
 from devicecheck import reachable_tensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_waves import without_wall_times
 
 from adaptim.lab.errors import LabError
+from adaptim.lab.executors import InProcessExecutor
 from adaptim.lab.problems import PROBLEMS, BuildContext, Metric, Problem, Setup, resolve_problem
+from adaptim.lab.protocol import StudyConfig
+from adaptim.lab.store import Store
+from adaptim.lab.study import Study
 from adaptim.lab.trial import TrialResult, TrialSpec, run_trial
 
 README = Path(__file__).parents[2] / "README.md"
@@ -118,3 +124,24 @@ def test_a_parameter_off_the_trials_device_is_one_clear_line() -> None:
         "problem 'stubborn': parameter 0 is on cpu, but the trial runs on --device meta; "
         "build the parameters on context.device"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search", ["grid", "lr-find"])
+def test_a_study_under_a_foreign_default_device_runs_as_on_the_cpu(
+    search: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials and ``--search lr-find``'s range test set their own device (here the CPU)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    config = StudyConfig(
+        problems=("linreg",), optimizers=("sgd", "adam"), budget=4, seeds=1, max_seeds=1,
+        steps=30, search=search,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+    def run() -> str:
+        outcome = Study(config, Store("sqlite://"), InProcessExecutor()).run()
+        return json.dumps(without_wall_times(outcome.to_json()["problems"]), sort_keys=True)
+
+    plain = run()
+    with torch.device("meta"):
+        assert run() == plain

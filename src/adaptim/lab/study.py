@@ -346,9 +346,10 @@ class Study:
         hparams = lr_find_trials.range_test_hparams(key[1], tuner.fixed)
         spec = self._spec(key[0], key[1], hparams, TUNING_SEED, "tune")
         spec = replace(spec, steps=tuner.range_steps, schedule="constant")
-        trial = lr_find_trials.stored_range_test(
-            self.store, spec, self.problems[key[0]], self.context
-        )
+        with torch.device(spec.device):  # as a trial runs: the optimizer's state on its device
+            trial = lr_find_trials.stored_range_test(
+                self.store, spec, self.problems[key[0]], self.context
+            )
         self.range_tests[key] = trial
         tuner.suggest(lr_find_trials.suggested_lrs(trial))
 
