@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from stores import postgres_server, postgres_url, store_url  # noqa: F401  (fixtures)
-from toyclaims import use_toy_claims
+from toyclaims import TOY_CLAIMS
 from typer.testing import CliRunner
 
 from adaptim.cli import app
+from adaptim.lab import reproduce
 
 HERE = Path(__file__).parent
 
@@ -35,7 +36,7 @@ def arguments(out: Path, store: str) -> list[str]:
 def reproduce_here(out: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A worker in this process (the same code as the subprocess; no second start-up)."""
     monkeypatch.syspath_prepend(str(HERE))
-    use_toy_claims()
+    monkeypatch.setattr(reproduce, "claims", lambda: list(TOY_CLAIMS))
     return CliRunner().invoke(app, arguments(out, store), env={"COLUMNS": "200"})
 
 
