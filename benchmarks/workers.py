@@ -83,29 +83,48 @@ def counts(store: str) -> tuple[int, int]:
     return int(total), int(unique)
 
 
-def speedup(url: str, workers: list[int], work: Path) -> None:
+def speedup(url: str, workers: list[int], work: Path, repeat: int = 1) -> None:
+    """Each count of workers in turn, ``repeat`` rounds; speed-up against the round's first row.
+
+    The load average (1 min, at the start and the end of each row) says how much of the
+    machine other work took meanwhile.
+    """
     reference: list[Any] | None = None
-    base = 0.0
-    print("workers  wall s  speed-up  CPU s  trials  distinct  wrote results.json  identical")
-    for n in workers:
-        store = fresh_store(url, work)
-        outs = [work / f"n{n}-{i}-{uuid.uuid4().hex[:4]}" for i in range(n)]
-        start = time.perf_counter()
-        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-        procs = [worker(store, out) for out in outs]
-        codes = [p.wait() for p in procs]
-        wall = time.perf_counter() - start
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-        assert codes == [0] * n, codes
-        wrote, runs = results(outs)
-        reference = reference or runs
-        base = base or wall
-        total, unique = counts(store)
-        print(
-            f"{n:7d}  {wall:6.1f}  {base / wall:8.2f}  {cpu_s:5.1f}  {total:6d}  {unique:8d}  "
-            f"{wrote:18d}  {runs == reference}"
-        )
+    print(
+        "round  workers  wall s  speed-up  CPU s  trials  distinct  wrote results.json  "
+        "identical  load avg (start-end)"
+    )
+    for round_ in range(1, repeat + 1):
+        base = 0.0
+        for n in workers:
+            reference, base = _speedup_row(url, n, work, reference, base, round_)
+
+
+def _speedup_row(
+    url: str, n: int, work: Path, reference: list[Any] | None, base: float, round_: int
+) -> tuple[list[Any], float]:
+    load = os.getloadavg()[0]
+    store = fresh_store(url, work)
+    outs = [work / f"n{n}-{i}-{uuid.uuid4().hex[:4]}" for i in range(n)]
+    start = time.perf_counter()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    procs = [worker(store, out) for out in outs]
+    codes = [p.wait() for p in procs]
+    wall = time.perf_counter() - start
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+    assert codes == [0] * n, codes
+    wrote, runs = results(outs)
+    reference = reference or runs
+    base = base or wall
+    total, unique = counts(store)
+    print(
+        f"{round_:5d}  {n:7d}  {wall:6.1f}  {base / wall:8.2f}  {cpu_s:5.1f}  {total:6d}  "
+        f"{unique:8d}  {wrote:18d}  {runs == reference!s:9}  "
+        f"{load:.1f}-{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    return reference, base
 
 
 def kill_campaign(url: str, kills: int, work: Path, seed: int) -> None:
@@ -153,6 +172,7 @@ def main() -> None:
     parser.add_argument("--store", required=True, help="sqlite:///... or a PostgreSQL server URL")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--kills", type=int, default=6)
+    parser.add_argument("--repeat", type=int, default=1, help="speedup: rounds of --workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", help="the study's options instead of the default ones")
     args = parser.parse_args()
@@ -160,7 +180,7 @@ def main() -> None:
         STUDY[:] = shlex.split(args.study)
     with tempfile.TemporaryDirectory() as work:
         if args.mode == "speedup":
-            speedup(args.store, [int(n) for n in args.workers.split(",")], Path(work))
+            speedup(args.store, [int(n) for n in args.workers.split(",")], Path(work), args.repeat)
         else:
             kill_campaign(args.store, args.kills, Path(work), args.seed)
 

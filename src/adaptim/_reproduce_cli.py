@@ -6,6 +6,7 @@ lab (:mod:`adaptim.lab.reproduce`) returns data, this module writes it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,15 +22,24 @@ if TYPE_CHECKING:
 def run_and_print(
     console: Console, quick: bool, out: Path, store_url: str | None, workers: int
 ) -> tuple[list[Verdict], Path]:
-    """Run the claims (``workers`` processes), print their table, write ``out/reproduce.json``."""
+    """Run the claims (``workers`` processes), print their table, write ``out/reproduce.json``.
+
+    Other ``adaptim reproduce`` processes on the same store split the trials with
+    this one (:mod:`adaptim.lab.claims`); whichever completes the run writes its
+    ``reproduce.json``, and the path returned is that one.
+    """
+    from adaptim.lab.claims import Claims
     from adaptim.lab.console import StudyProgress
     from adaptim.lab.executors import make_executor
     from adaptim.lab.reproduce import reproduce as run_claims
-    from adaptim.lab.reproduce import write_json
+    from adaptim.lab.reproduce import run_key, write_json
     from adaptim.lab.store import Store, default_url
 
     trial_store = Store(store_url or default_url(out))
     executor = make_executor(workers)
+    claims = Claims(trial_store)
+    started = time.time()
+    path = out / "reproduce.json"
     try:
         # The claims' studies are planned one after another: a count without a total or ETA.
         with StudyProgress(console, None) as progress:
@@ -37,11 +47,28 @@ def run_and_print(
             def on_trial(result: TrialResult, reused: bool) -> None:
                 progress.finished(result.spec, reused, result.wall_time, None)
 
-            verdicts = run_claims(trial_store, executor, quick=quick, on_trial=on_trial)
+            verdicts = run_claims(
+                trial_store, executor, quick=quick, on_trial=on_trial, shared=claims
+            )
+        # The run ends once: whichever worker completes it writes reproduce.json.
+        finisher = claims.finish(
+            run_key(quick),
+            started,
+            str(out.resolve()),
+            lambda: write_json(verdicts, path, quick=quick),
+        )
     finally:
+        claims.close()
         executor.close()
     _print_verdicts(console, verdicts, quick)
-    return verdicts, write_json(verdicts, out / "reproduce.json", quick=quick)
+    if finisher is None:
+        return verdicts, path
+    console.print(
+        f"Another worker ({finisher[0]}) completed these claims and wrote their reproduce.json.",
+        markup=False,
+        highlight=False,
+    )
+    return verdicts, Path(finisher[1]) / "reproduce.json"
 
 
 def _print_verdicts(console: Console, verdicts: list[Verdict], quick: bool) -> None:

@@ -145,11 +145,20 @@ def score_of(metric: Metric, value: float | None) -> float:
 
 
 class Tuner(Protocol):
-    """Proposes hyperparameter settings for one optimizer on one problem, then hears how they did."""
+    """Proposes hyperparameter settings for one optimizer on one problem, then hears how they did.
+
+    ``independent()`` is how many of its next proposals depend on no result
+    still to come: proposing that many together gives exactly the settings
+    that proposing them one at a time, each result observed before the next
+    proposal, would give. The study proposes that many per wave, so they can
+    run side by side on as many workers.
+    """
 
     def propose(self, limit: int) -> list[dict[str, Any]]: ...
 
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None: ...
+
+    def independent(self) -> int: ...
 
 
 class GridTuner:
@@ -169,6 +178,9 @@ class GridTuner:
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
         pass
 
+    def independent(self) -> int:
+        return len(self.pending)  # a grid is fixed in advance
+
     def extend(self, lrs: Sequence[float]) -> None:
         self.pending.extend({**self.fixed, "lr": lr} for lr in lrs)
 
@@ -183,8 +195,10 @@ class OptunaTuner:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         variant, _ = parse_optimizer(optimizer)
+        #: TPE draws its first proposals at random, from a generator that results do not touch.
+        self.startup = max(1, budget // 2) if search == "tpe" else budget
         sampler = (
-            optuna.samplers.TPESampler(seed=TUNING_SEED, n_startup_trials=max(1, budget // 2))
+            optuna.samplers.TPESampler(seed=TUNING_SEED, n_startup_trials=self.startup)
             if search == "tpe"
             else optuna.samplers.RandomSampler(seed=TUNING_SEED)
         )
@@ -194,8 +208,22 @@ class OptunaTuner:
         self.fixed = dict(fixed)
         self.space = [d for d in variant.space if not d.fixed_by(fixed)]
         self.remaining = budget if self.space else 1
+        self.proposed = 0
         self.metric = metric
         self.asked: list[tuple[dict[str, Any], Any]] = []
+
+    def independent(self) -> int:
+        """The random sampler's proposals never depend on results; TPE's first ``startup`` don't.
+
+        Optuna's random sampler draws every proposal from its own seeded generator, and
+        TPE samples at random (from such a generator) while fewer than ``startup`` trials
+        are complete; asking for those together gives the very settings of asking one at a
+        time (``tests/lab/test_waves.py`` checks it on Optuna itself). After them, each TPE
+        proposal depends on every earlier result: one at a time.
+        """
+        if self.remaining == 0:
+            return 0
+        return max(1, min(self.remaining, self.startup - self.proposed))
 
     def propose(self, limit: int) -> list[dict[str, Any]]:
         proposals = []
@@ -209,6 +237,7 @@ class OptunaTuner:
             self.asked.append((hparams, trial))
             proposals.append(hparams)
         self.remaining -= len(proposals)
+        self.proposed += len(proposals)
         return proposals
 
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
@@ -230,6 +259,9 @@ class NoTuning:
 
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
         pass
+
+    def independent(self) -> int:
+        return 0
 
 
 class LrFindTuner:
@@ -269,6 +301,9 @@ class LrFindTuner:
 
     def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
         pass
+
+    def independent(self) -> int:
+        return len(self.pending)  # the suggestions of one range test
 
 
 def published_defaults(optimizer: str, fixed: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ run is the evidence.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptim.lab.analysis import OptimizerOutcome
+from adaptim.lab.claims import Claims
 from adaptim.lab.executors import Executor
 from adaptim.lab.files import write_atomically
 from adaptim.lab.problems.counterexamples import WILSON_P
@@ -233,6 +236,36 @@ def _verdict(claim: Claim, outcome: OptimizerOutcome) -> Verdict:
     )
 
 
+def plan(quick: bool = False) -> list[tuple[StudyConfig, list[Claim]]]:
+    """The studies that check the claims (one per problem and optimizers), with their claims."""
+    studies: dict[tuple[str, tuple[str, ...]], list[Claim]] = {}
+    for claim in claims():
+        if claim.quick or not quick:
+            studies.setdefault((claim.problem, claim.optimizers), []).append(claim)
+    planned = []
+    for (problem, optimizers), group in studies.items():
+        config = StudyConfig(problems=(problem,), optimizers=optimizers)
+        if quick:
+            # No adaptive seeding either: a claim is one measured value, and CI time is short.
+            config = replace(config, budget=QUICK_BUDGET, seeds=QUICK_SEEDS, max_seeds=QUICK_SEEDS)
+        planned.append((config, group))
+    return planned
+
+
+def run_key(quick: bool = False) -> str:
+    """What identifies a run of ``adaptim reproduce`` among the workers sharing a store.
+
+    The same studies and the same claims: workers with the same key compute the
+    same verdicts, and one of them writes ``reproduce.json``.
+    """
+    identity = [
+        (config.key(), [dataclasses.astuple(claim) for claim in group])
+        for config, group in plan(quick)
+    ]
+    digest = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
+    return f"reproduce:{digest}"
+
+
 def reproduce(
     store: Store,
     executor: Executor,
@@ -240,25 +273,25 @@ def reproduce(
     quick: bool = False,
     on_trial: OnTrial | None = None,
     on_study: Callable[[StudyConfig], None] | None = None,
+    shared: Claims | None = None,
 ) -> list[Verdict]:
-    """Run the study of every claim (grouped by problem and optimizers) and judge each claim."""
-    chosen = [c for c in claims() if c.quick or not quick]
-    studies: dict[tuple[str, tuple[str, ...]], list[Claim]] = {}
-    for claim in chosen:
-        studies.setdefault((claim.problem, claim.optimizers), []).append(claim)
+    """Run the study of every claim (grouped by problem and optimizers) and judge each claim.
+
+    With ``shared`` (this worker's claims), other ``adaptim reproduce`` processes on the same store
+    split the trials with this one, as workers of ``adaptim compare`` do
+    (:mod:`adaptim.lab.claims`); every worker computes every verdict.
+    """
     verdicts: list[Verdict] = []
-    for (problem, optimizers), group in studies.items():
-        config = StudyConfig(problems=(problem,), optimizers=optimizers)
-        if quick:
-            # No adaptive seeding either: a claim is one measured value, and CI time is short.
-            config = replace(config, budget=QUICK_BUDGET, seeds=QUICK_SEEDS, max_seeds=QUICK_SEEDS)
+    order: dict[int, int] = {}
+    for config, group in plan(quick):
+        order.update((id(claim), len(order)) for claim in group)
         if on_study is not None:
             on_study(config)
-        outcome: StudyOutcome = Study(config, store, executor, on_trial=on_trial).run()
+        study = Study(config, store, executor, on_trial=on_trial, claims=shared)
+        outcome: StudyOutcome = study.run()
         store.save_study(config.key(), config.to_json(), "adaptim reproduce")
         by_name = {o.name: o for o in outcome.problems[0].outcomes}
         verdicts.extend(_verdict(claim, by_name[claim.subject]) for claim in group)
-    order = {id(c): i for i, c in enumerate(chosen)}
     return sorted(verdicts, key=lambda v: order[id(v.claim)])
 
 

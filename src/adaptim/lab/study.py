@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,10 @@ from adaptim.lab.trial import Phase, TrialResult, TrialSpec
 
 #: Called once per trial as it completes: the result, and whether it came from the store.
 OnTrial = Callable[[TrialResult, bool], None]
+#: Trials per (problem, optimizer).
+Runs = dict[tuple[str, str], list[TrialResult]]
+#: One problem's protocol: yields the trials it needs next, is sent them (by key) back.
+Pipeline = Generator[list[TrialSpec], dict[str, TrialResult], tuple[Runs, Runs, Runs]]
 
 
 @dataclass
@@ -194,9 +198,9 @@ class Study:
     def run(self) -> StudyOutcome:
         policy = self.policy()
         self.extensions = {spec: [] for spec in self.problems}
-        tuning = self._tune()
-        finals = self._rerun(tuning, policy)
-        sweeps = self._sweep(tuning, finals, policy)
+        tuning, finals, sweeps = self._drive(
+            {spec: self._pipeline(spec, policy) for spec in self.problems}
+        )
         problems = []
         for spec, problem in self.problems.items():
             outcomes = self._outcomes(spec, tuning, finals, sweeps)
@@ -246,68 +250,91 @@ class Study:
         metric = self.problems[spec].metric
         return best_setting(metric, [(t.spec.hparams, t.score(metric.name)) for t in tried])
 
-    def _tune(self) -> dict[tuple[str, str], list[TrialResult]]:
+    def _drive(self, pipelines: Mapping[str, Pipeline]) -> tuple[Runs, Runs, Runs]:
+        """Run the problems' pipelines side by side, one wave of trials at a time.
+
+        A wave holds every trial some problem asks for next, so a problem whose tuning is
+        done runs its re-runs in the same wave as another problem's grid extension: workers
+        get every trial that is already determined. Each problem sees only its own
+        results, in the order one problem alone would, so the results do not change.
+        """
+        found: list[Runs] = [{}, {}, {}]
+        asked: dict[str, list[TrialSpec]] = {}
+
+        def advance(spec: str, done: dict[str, TrialResult] | None) -> None:
+            try:
+                asked[spec] = pipelines[spec].send(done)  # type: ignore[arg-type]
+            except StopIteration as end:
+                asked.pop(spec, None)
+                for into, runs in zip(found, end.value, strict=True):
+                    into.update(runs)
+
+        for spec in pipelines:
+            advance(spec, None)
+        while asked:
+            done = {r.spec.key(): r for r in self._execute([s for w in asked.values() for s in w])}
+            for spec in list(asked):
+                advance(spec, done)
+        tuning, finals, sweeps = found
+        return tuning, finals, sweeps
+
+    def _pipeline(self, spec: str, policy: Policy) -> Pipeline:
+        """One problem's protocol: tune, re-run, sweep; yields each wave, is sent its results."""
+        tuning = yield from self._tune(spec)
+        finals = yield from self._rerun(spec, tuning, policy)
+        sweeps = yield from self._sweep(spec, tuning, finals, policy)
+        return tuning, finals, sweeps
+
+    def _tune(self, spec: str) -> Generator[list[TrialSpec], dict[str, TrialResult], Runs]:
+        problem = self.problems[spec]
         tuners: dict[tuple[str, str], Tuner] = {
             (spec, optimizer): make_tuner(self.config, optimizer, problem)
-            for spec, problem in self.problems.items()
             for optimizer in self.config.optimizers
         }
-        results: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuners}
+        results: Runs = {key: [] for key in tuners}
         for key, tuner in tuners.items():
             if isinstance(tuner, LrFindTuner) and tuner.needs_range_test:
                 self._range_test(key, tuner)
         while True:
             wave = [
-                (key, self._spec(key[0], key[1], hparams, TUNING_SEED, "tune"))
+                (key, self._spec(spec, key[1], hparams, TUNING_SEED, "tune"))
                 for key, tuner in tuners.items()
-                # One proposal per tuner and wave: a sequential sampler sees every earlier
-                # result whatever the number of workers, so the study does not depend on the
-                # machine; a wave still spans every problem and optimizer.
-                for hparams in tuner.propose(1)
+                # As many proposals per tuner and wave as depend on no result still to come
+                # (a whole grid, a random search, TPE's random start; then TPE one at a
+                # time): a sequential sampler sees every earlier result whatever the number
+                # of workers, so the study does not depend on the machine, and workers get
+                # every trial that is already determined.
+                for hparams in tuner.propose(tuner.independent())
             ]
             if not wave:
-                if not self._extend(tuners, results):
+                if not self._extend(spec, tuners, results):
                     return results
                 continue
-            done = {r.spec.key(): r for r in self._execute([s for _, s in wave])}
-            for key, spec in wave:
-                result = done[spec.key()]
+            done = yield [s for _, s in wave]
+            for key, trial in wave:
+                result = done[trial.key()]
                 results[key].append(result)
-                tuners[key].observe(spec.hparams, result.score(self.problems[key[0]].metric.name))
+                tuners[key].observe(trial.hparams, result.score(problem.metric.name))
 
-    def _extend(
-        self,
-        tuners: dict[tuple[str, str], Tuner],
-        results: dict[tuple[str, str], list[TrialResult]],
-    ) -> bool:
-        """Grow the grids of the problems where some optimizer's best is at an edge."""
-        grown = False
-        for spec, problem in self.problems.items():
-            grids = {
-                o: tuner
-                for (p, o), tuner in tuners.items()
-                if p == spec and isinstance(tuner, GridTuner)
-            }
-            if not grids or len(self.extensions[spec]) >= MAX_EXTENSIONS:
-                continue
-            metric = problem.metric
-            plan = extend_grid(
-                metric,
-                {
-                    o: [(t.spec.hparams, t.score(metric.name)) for t in results[spec, o]]
-                    for o in grids
-                },
-                [o for o, tuner in grids.items() if tuner.lr_fixed],
-            )
-            if not plan:
-                continue
-            for optimizer, (_, lrs) in plan.items():
-                grids[optimizer].extend(lrs)
-            self.extensions[spec].append(
-                {o: {"side": side, "lrs": lrs} for o, (side, lrs) in plan.items()}
-            )
-            grown = True
-        return grown
+    def _extend(self, spec: str, tuners: dict[tuple[str, str], Tuner], results: Runs) -> bool:
+        """Grow the grids of ``spec`` when some optimizer's best is at an edge."""
+        grids = {o: tuner for (_, o), tuner in tuners.items() if isinstance(tuner, GridTuner)}
+        if not grids or len(self.extensions[spec]) >= MAX_EXTENSIONS:
+            return False
+        metric = self.problems[spec].metric
+        plan = extend_grid(
+            metric,
+            {o: [(t.spec.hparams, t.score(metric.name)) for t in results[spec, o]] for o in grids},
+            [o for o, tuner in grids.items() if tuner.lr_fixed],
+        )
+        if not plan:
+            return False
+        for optimizer, (_, lrs) in plan.items():
+            grids[optimizer].extend(lrs)
+        self.extensions[spec].append(
+            {o: {"side": side, "lrs": lrs} for o, (side, lrs) in plan.items()}
+        )
+        return True
 
     def _range_test(self, key: tuple[str, str], tuner: LrFindTuner) -> None:
         """Run (or find stored) the range test of ``--search lr-find``; pass on its suggestions.
@@ -319,9 +346,10 @@ class Study:
         hparams = lr_find_trials.range_test_hparams(key[1], tuner.fixed)
         spec = self._spec(key[0], key[1], hparams, TUNING_SEED, "tune")
         spec = replace(spec, steps=tuner.range_steps, schedule="constant")
-        trial = lr_find_trials.stored_range_test(
-            self.store, spec, self.problems[key[0]], self.context
-        )
+        with torch.device(spec.device):  # as a trial runs: the optimizer's state on its device
+            trial = lr_find_trials.stored_range_test(
+                self.store, spec, self.problems[key[0]], self.context
+            )
         self.range_tests[key] = trial
         tuner.suggest(lr_find_trials.suggested_lrs(trial))
 
@@ -342,8 +370,8 @@ class Study:
         )
 
     def _rerun(
-        self, tuning: dict[tuple[str, str], list[TrialResult]], policy: Policy
-    ) -> dict[tuple[str, str], list[TrialResult]]:
+        self, spec: str, tuning: Runs, policy: Policy
+    ) -> Generator[list[TrialSpec], dict[str, TrialResult], Runs]:
         """The chosen settings on the re-run seeds, with adaptive seeding.
 
         Every optimizer first runs ``seeds`` fresh seeds (1, 2, ...). Then, per
@@ -357,7 +385,7 @@ class Study:
         The analysis tests at the per-look level that keeps the chance of a
         false separation over all these looks at 5%.
         """
-        runs: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuning}
+        runs: Runs = {key: [] for key in tuning}
         wanted = {key: len(final_seeds(self.config)) for key in tuning}
         while True:
             plan = {
@@ -372,11 +400,10 @@ class Study:
             specs = [s for specs in plan.values() for s in specs]
             if not specs:
                 return runs
-            done = {r.spec.key(): r for r in self._execute(specs)}
+            done = yield specs
             for key, more in plan.items():
                 runs[key] += [done[s.key()] for s in more]
-            for spec in self.problems:
-                self._more_seeds(spec, tuning, runs, policy, wanted)
+            self._more_seeds(spec, tuning, runs, policy, wanted)
 
     def _more_seeds(
         self,
@@ -401,11 +428,8 @@ class Study:
             wanted[spec, name] = max(wanted[spec, name], target)
 
     def _sweep(
-        self,
-        tuning: dict[tuple[str, str], list[TrialResult]],
-        runs: dict[tuple[str, str], list[TrialResult]],
-        policy: Policy,
-    ) -> dict[tuple[str, str], list[TrialResult]]:
+        self, spec: str, tuning: Runs, runs: Runs, policy: Policy
+    ) -> Generator[list[TrialSpec], dict[str, TrialResult], Runs]:
         """A second seed for the good-lr ranges of tied optimizers.
 
         When the re-runs leave a tie that the good learning-rate range may
@@ -414,24 +438,20 @@ class Study:
         already there), so each range is measured on two seeds; charged
         equally to all the tied optimizers.
         """
-        sweeps: dict[tuple[str, str], list[TrialResult]] = {key: [] for key in tuning}
-        plan: dict[tuple[str, str], list[TrialSpec]] = {}
-        for spec in self.problems:
-            rec = recommend(self.problems[spec].metric, self._outcomes(spec, tuning, runs), policy)
-            if len(rec.contenders) < 2 or set(rec.contenders) & set(rec.lr_fixed):
-                continue
-            for name in rec.contenders:
-                plan[spec, name] = [
-                    self._spec(spec, name, dict(t.spec.hparams), TUNING_SEED + 1, "tune")
-                    for t in tuning[spec, name]
-                ]
-        if plan:
-            done = {
-                r.spec.key(): r
-                for r in self._execute([s for specs in plan.values() for s in specs])
-            }
-            for key, specs in plan.items():
-                sweeps[key] = [done[s.key()] for s in specs]
+        sweeps: Runs = {key: [] for key in tuning}
+        rec = recommend(self.problems[spec].metric, self._outcomes(spec, tuning, runs), policy)
+        if len(rec.contenders) < 2 or set(rec.contenders) & set(rec.lr_fixed):
+            return sweeps
+        plan = {
+            (spec, name): [
+                self._spec(spec, name, dict(t.spec.hparams), TUNING_SEED + 1, "tune")
+                for t in tuning[spec, name]
+            ]
+            for name in rec.contenders
+        }
+        done = yield [s for specs in plan.values() for s in specs]
+        for key, specs in plan.items():
+            sweeps[key] = [done[s.key()] for s in specs]
         return sweeps
 
     def _execute(self, specs: Sequence[TrialSpec]) -> Iterable[TrialResult]:

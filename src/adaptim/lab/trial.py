@@ -13,6 +13,7 @@ stops early and is marked; it never raises. The learning-rate schedule
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ import torch
 from adaptim import __version__
 from adaptim.lab.errors import LabError
 from adaptim.lab.optimizers import make_optimizer
-from adaptim.lab.problems.base import BuildContext, Problem
+from adaptim.lab.problems.base import BuildContext, Problem, Setup
 from adaptim.lab.schedules import make_scheduler
 
 Phase = Literal["tune", "final"]
@@ -215,15 +216,19 @@ class _EffectiveLrProbe:
                 )
         flat = torch.cat([r for r in rates if r is not None])
         if self.sample is None and flat.numel() > _EFFECTIVE_LR_SAMPLE:
-            generator = torch.Generator().manual_seed(self.seed)
-            self.sample = torch.randperm(flat.numel(), generator=generator)[:_EFFECTIVE_LR_SAMPLE]
+            # Drawn on the CPU (the same sample on every device), kept where the rates are.
+            generator = torch.Generator(device="cpu").manual_seed(self.seed)
+            order = torch.randperm(flat.numel(), generator=generator, device="cpu")
+            self.sample = order[:_EFFECTIVE_LR_SAMPLE].to(flat.device)
         if self.sample is not None:
             flat = flat[self.sample]
         kept = flat[~flat.isnan()]
         result["active"] = kept.numel() / max(1, flat.numel())
         if kept.numel() == 0:
             return {**result, **{f"p{p}": None for p in EFFECTIVE_LR_PERCENTILES}}
-        quantiles = torch.tensor([p / 100 for p in EFFECTIVE_LR_PERCENTILES], dtype=torch.float64)
+        quantiles = torch.tensor(
+            [p / 100 for p in EFFECTIVE_LR_PERCENTILES], dtype=torch.float64, device=kept.device
+        )
         values = torch.quantile(kept, quantiles).tolist()
         for p, v in zip(EFFECTIVE_LR_PERCENTILES, values, strict=True):
             result[f"p{p}"] = _finite_or_none(v)
@@ -299,22 +304,48 @@ def run_trial(
 ) -> TrialResult:
     """Train ``problem`` with the optimizer of ``spec`` and collect its records.
 
-    Everything the trial creates lands on ``spec.device`` (torch's default device).
+    The trial runs on ``spec.device``: it is torch's default device while the
+    trial runs (whatever the caller's default is) and ``context.device`` of the
+    build, whose parameters must land there.
     """
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise LabError(
             "--device cuda: this worker sees no CUDA device (torch.cuda.is_available() is "
             "False); use --device cpu or auto, or --trial-gpus 1 on Ray"
         )
-    if spec.device == "cpu":  # torch.device() would intercept every call: no cost on the CPU
+    context = dataclasses.replace(context or BuildContext(), device=spec.device)
+    if torch.get_default_device() == torch.device(spec.device):
+        # The usual CPU case: torch.device() would intercept every torch call for nothing.
         return _run_trial(spec, problem, context)
     with torch.device(spec.device):
         return _run_trial(spec, problem, context)
 
 
-def _run_trial(spec: TrialSpec, problem: Problem, context: BuildContext | None) -> TrialResult:
+def _build(spec: TrialSpec, problem: Problem, context: BuildContext) -> Setup:
+    """``problem``'s setup for ``spec``, its parameters checked to be on the trial's device."""
     torch.manual_seed(spec.seed)  # module initialisers draw from the global generator
-    setup = problem.build(spec.seed, context or BuildContext())
+    try:
+        setup = problem.build(spec.seed, context)
+    except RuntimeError as exc:
+        if spec.device == "cpu" or "generator" not in str(exc).lower():
+            raise
+        raise LabError(
+            f"problem {problem.name!r} could not be built on --device {spec.device}: "
+            f"{str(exc).strip().splitlines()[0]} (draw with a CPU generator and device='cpu', "
+            "then move the tensors to context.device)"
+        ) from exc
+    wanted = torch.device(spec.device)
+    for index, parameter in enumerate(setup.parameters):
+        if parameter.device.type != wanted.type:
+            raise LabError(
+                f"problem {problem.name!r}: parameter {index} is on {parameter.device}, but the "
+                f"trial runs on --device {spec.device}; build the parameters on context.device"
+            )
+    return setup
+
+
+def _run_trial(spec: TrialSpec, problem: Problem, context: BuildContext) -> TrialResult:
+    setup = _build(spec, problem, context)
     optimizer = make_optimizer(spec.optimizer, setup.parameters, spec.hparams)
     scheduler = make_scheduler(spec.schedule, optimizer, spec.steps)
     probe = _EffectiveLrProbe(optimizer, spec.seed)

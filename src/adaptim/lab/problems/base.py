@@ -14,16 +14,19 @@ A user's own problem is a function that takes no arguments and returns a
     def make_problem() -> Problem:
         def build(seed: int, context: BuildContext) -> Setup:
             g = torch.Generator().manual_seed(seed)
-            x = torch.randn(512, 3, generator=g)
-            y = x @ torch.tensor([1.0, -2.0, 0.5])
-            w = torch.nn.Parameter(torch.zeros(3))
+            cpu = {"generator": g, "device": "cpu"}   # draw on the CPU on every device ...
+            true_w = torch.tensor([1.0, -2.0, 0.5], device="cpu")
+            x = torch.randn(512, 3, **cpu)
+            y = x @ true_w
+            x_val = torch.randn(256, 3, **cpu)
+            y_val = x_val @ true_w
+            # ... then move the data and build the parameters on the trial's device.
+            x, y, x_val, y_val = (t.to(context.device) for t in (x, y, x_val, y_val))
+            w = torch.nn.Parameter(torch.zeros(3, device=context.device))
 
             def train_loss(step: int) -> torch.Tensor:
-                rows = torch.randint(0, 512, (32,), generator=g)
+                rows = torch.randint(0, 512, (32,), **cpu).to(context.device)
                 return ((x[rows] @ w - y[rows]) ** 2).mean()
-
-            x_val = torch.randn(256, 3, generator=g)
-            y_val = x_val @ torch.tensor([1.0, -2.0, 0.5])
 
             def evaluate() -> dict[str, float]:      # test metrics: reported
                 return {"mse": ((x @ w - y) ** 2).mean().item()}
@@ -83,7 +86,10 @@ class BuildContext:
 
     #: A directory with dataset files (for example MNIST's IDX files), or ``None``.
     data_dir: Path | None = None
-    #: The torch device trials run on (``--device``), resolved: "cpu" or "cuda".
+    #: The torch device the trial runs on (``--device``), resolved: "cpu" or "cuda". It is also
+    #: torch's default device during the build. Draw random data and initial values on the CPU
+    #: (``device="cpu"``, CPU generators: the same bits on every device), then move the data
+    #: and create the parameters here.
     device: str = "cpu"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
-from adaptim.lab.problems.sampling import EpochBatches, torch_generator
+from adaptim.lab.problems.sampling import EpochBatches, to_device, torch_generator
 
 #: Test examples per forward pass in ``evaluate()``: bounds its peak memory.
 EVAL_CHUNK = 1000
@@ -60,6 +60,10 @@ class Split:
             inputs(test[0]),
             labels(test[1]),
         )
+
+    def to(self, device: str | torch.device) -> Split:
+        """The same split on ``device`` (itself when it is there already)."""
+        return Split(*to_device(device, *(getattr(self, f.name) for f in fields(self))))
 
 
 def train_val_test(
@@ -160,18 +164,23 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> None:
         raise TypeError(f"init_parameters does not know how to initialize {missed}")
 
 
-def seeded_model(factory: Callable[[], nn.Module], generator: torch.Generator) -> nn.Module:
-    """Build ``factory()``'s model without touching torch's global RNG, then seed its weights.
+def seeded_model(
+    factory: Callable[[], nn.Module],
+    generator: torch.Generator,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Build ``factory()``'s model without touching torch's global RNG, seed its weights, move it.
 
     The layers are created on the ``meta`` device (no values, no random
-    draws), moved to the CPU and initialized from ``generator``.
+    draws), given CPU memory, initialized from the CPU ``generator`` and then
+    moved to ``device``: the initial weights are the same bits on every device.
     """
     with torch.no_grad():
         with torch.device("meta"):
             model = factory()
         model = model.to_empty(device="cpu")
         init_parameters(model, generator)
-    return model
+    return model.to(device)
 
 
 def classification_metrics(
@@ -192,7 +201,7 @@ def classification_metrics(
 
 def classification_setup(model: nn.Module, data: Split, batch_size: int, seed: int) -> Setup:
     """Cross-entropy on seeded minibatches; accuracy and loss on the whole validation and test sets."""
-    batches = EpochBatches(len(data.y_train), batch_size, seed)
+    batches = EpochBatches(len(data.y_train), batch_size, seed, data.y_train.device)
 
     def train_loss(step: int) -> torch.Tensor:
         rows = batches(step)
@@ -220,12 +229,13 @@ def classification_problem(
     """A :class:`Problem` training ``model()`` on ``load(seed, context)``, scored by accuracy.
 
     The seed drives the data split (through ``load``), the initial weights and
-    the minibatch order, each from its own stream.
+    the minibatch order, each from its own stream. ``load`` may return its
+    split on the CPU: the data and the model move to ``context.device`` here.
     """
 
     def build(seed: int, context: BuildContext) -> Setup:
-        data = load(seed, context)
-        network = seeded_model(model, torch_generator(seed, "init"))
+        data = load(seed, context).to(context.device)
+        network = seeded_model(model, torch_generator(seed, "init"), context.device)
         return classification_setup(network, data, batch_size, seed)
 
     return Problem(

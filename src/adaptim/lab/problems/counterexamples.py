@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
-from adaptim.lab.problems.sampling import numpy_rng, torch_generator
+from adaptim.lab.problems.sampling import numpy_rng, to_device, torch_generator
 
 # ---------------------------------------------------------------- Reddi et al. 2018
 
@@ -61,9 +61,12 @@ def _build_reddi(seed: int, context: BuildContext) -> Setup:
     projection is the same clamp), and ``evaluate`` reports the clamped final
     iterate. ``average_regret`` is R_T/T = (1/T) Σ_t f_t(x_t) − f_t(−1).
     """
-    x = torch.nn.Parameter(torch.zeros(()))
+    x = torch.nn.Parameter(torch.zeros((), device=context.device))
     blocks: dict[int, list[bool]] = {}
-    regret = {"total": 0.0, "steps": 0}
+    # The regret's sum stays on x's device, in float64 (the rounding of Python floats): reading
+    # x every step would wait for a GPU each time.
+    regret = torch.zeros((), dtype=torch.float64, device=context.device)
+    steps_counted = [0]
 
     def gradient(step: int) -> float:
         """f_t's slope at step t (1-based): C with probability p, else −1; a pure function of t."""
@@ -71,16 +74,17 @@ def _build_reddi(seed: int, context: BuildContext) -> Setup:
         if block not in blocks:
             blocks.clear()
             generator = torch_generator(seed, "draws", block)
-            blocks[block] = (torch.rand(_DRAWS_PER_BLOCK, generator=generator) < REDDI_P).tolist()
+            draws = torch.rand(_DRAWS_PER_BLOCK, generator=generator, device="cpu")
+            blocks[block] = (draws < REDDI_P).tolist()
         return REDDI_C if blocks[block][offset] else -1.0
 
     def train_loss(step: int) -> torch.Tensor:
         with torch.no_grad():
             x.clamp_(-1.0, 1.0)  # project the previous update onto F = [−1, 1]
         slope = gradient(step)
-        if step > regret["steps"]:  # count each step once, however often its loss is evaluated
-            regret["total"] += slope * (x.item() + 1.0)  # f_t(x_t) − f_t(x*), x* = −1
-            regret["steps"] = step
+        if step > steps_counted[0]:  # count each step once, however often its loss is evaluated
+            regret.add_(x.detach().double().add(1.0).mul(slope))  # f_t(x_t) − f_t(x*), x* = −1
+            steps_counted[0] = step
         return slope * x
 
     def evaluate() -> dict[str, float]:
@@ -88,7 +92,7 @@ def _build_reddi(seed: int, context: BuildContext) -> Setup:
         return {
             "x": feasible,
             "expected_gap": REDDI_DELTA * (feasible + 1.0),  # E f(x) − E f(x*)
-            "average_regret": regret["total"] / max(1, regret["steps"]),
+            "average_regret": regret.item() / max(1, steps_counted[0]),
         }
 
     # The metrics read the iterate, not held-out data: validation and test are the same numbers.
@@ -176,11 +180,14 @@ def _build_wilson(seed: int, context: BuildContext) -> Setup:
     y_train = _wilson_labels(rng, WILSON_TRAIN, majority_positive=True)
     y_test = _wilson_labels(rng, WILSON_TEST, majority_positive=False)
     y_val = _wilson_labels(rng, WILSON_VAL, majority_positive=False)
-    x_train = torch.from_numpy(wilson_features(y_train, 0, dim))
-    x_test = torch.from_numpy(wilson_features(y_test, WILSON_TRAIN, dim))
-    x_val = torch.from_numpy(wilson_features(y_val, WILSON_TRAIN + WILSON_TEST, dim))
-    targets = torch.from_numpy(y_train)
-    w = torch.nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+    x_train, x_test, x_val, targets, test_labels, val_labels = to_device(
+        context.device,
+        torch.from_numpy(wilson_features(y_train, 0, dim)),
+        torch.from_numpy(wilson_features(y_test, WILSON_TRAIN, dim)),
+        torch.from_numpy(wilson_features(y_val, WILSON_TRAIN + WILSON_TEST, dim)),
+        *(torch.from_numpy(y) for y in (y_train, y_test, y_val)),
+    )
+    w = torch.nn.Parameter(torch.zeros(dim, dtype=torch.float64, device=context.device))
 
     def train_loss(step: int) -> torch.Tensor:
         return 0.5 * ((x_train @ w - targets) ** 2).mean()
@@ -188,16 +195,19 @@ def _build_wilson(seed: int, context: BuildContext) -> Setup:
     def error(x: torch.Tensor, y: torch.Tensor) -> float:
         return float(((x @ w) * y <= 0).float().mean())
 
-    def metrics(x: torch.Tensor, y: np.ndarray) -> dict[str, float]:
+    def metrics(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
             return {
-                "error": error(x, torch.from_numpy(y)),
+                "error": error(x, y),
                 "train_error": error(x_train, targets),
                 "train_loss": train_loss(0).item(),
             }
 
     return Setup(
-        [w], train_loss, lambda: metrics(x_test, y_test), validate=lambda: metrics(x_val, y_val)
+        [w],
+        train_loss,
+        lambda: metrics(x_test, test_labels),
+        validate=lambda: metrics(x_val, val_labels),
     )
 
 

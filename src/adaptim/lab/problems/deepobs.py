@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
-from adaptim.lab.problems.sampling import EpochBatches, numpy_rng
+from adaptim.lab.problems.sampling import EpochBatches, numpy_rng, to_device
 
 BATCH_SIZE = 128
 
@@ -74,15 +74,19 @@ def deep_learning_hessian(seed: int = HESSIAN_SEED) -> np.ndarray:
 
 
 def _build_quadratic(seed: int, context: BuildContext) -> Setup:
-    hessian = torch.from_numpy(deep_learning_hessian()).float()
     rng = numpy_rng(seed, "data")
     shape = (QUADRATIC_SAMPLES, QUADRATIC_DIM)
-    train = torch.from_numpy(rng.normal(0.0, QUADRATIC_NOISE, shape).astype(np.float32))
-    test = torch.from_numpy(rng.normal(0.0, QUADRATIC_NOISE, shape).astype(np.float32))
-    # Drawn after the test set, so the training and test data of a seed are unchanged by it.
-    val = torch.from_numpy(rng.normal(0.0, QUADRATIC_NOISE, shape).astype(np.float32))
-    theta = torch.nn.Parameter(torch.ones(QUADRATIC_DIM))
-    batches = EpochBatches(QUADRATIC_SAMPLES, BATCH_SIZE, seed)
+
+    def noise() -> torch.Tensor:
+        return torch.from_numpy(rng.normal(0.0, QUADRATIC_NOISE, shape).astype(np.float32))
+
+    # Drawn in this order (validation after test, so a seed's training and test data are
+    # unchanged by it), on the CPU, then moved.
+    train, test, val = noise(), noise(), noise()
+    hessian = torch.from_numpy(deep_learning_hessian()).float()
+    hessian, train, test, val = to_device(context.device, hessian, train, test, val)
+    theta = torch.nn.Parameter(torch.ones(QUADRATIC_DIM, device=context.device))
+    batches = EpochBatches(QUADRATIC_SAMPLES, BATCH_SIZE, seed, context.device)
 
     def loss(x: torch.Tensor) -> torch.Tensor:
         diff = theta - x
@@ -173,9 +177,9 @@ def noisy_2d_problem(surface: Surface) -> Problem:
     def build(seed: int, context: BuildContext) -> Setup:
         noise = torch.from_numpy(
             numpy_rng(seed, "data").standard_normal((TWO_D_SAMPLES, 2)).astype(np.float32)
-        )
-        point = torch.nn.Parameter(torch.tensor(surface.start))
-        batches = EpochBatches(TWO_D_SAMPLES, BATCH_SIZE, seed)
+        ).to(context.device)
+        point = torch.nn.Parameter(torch.tensor(surface.start, device=context.device))
+        batches = EpochBatches(TWO_D_SAMPLES, BATCH_SIZE, seed, context.device)
 
         def train_loss(step: int) -> torch.Tensor:
             mean_noise = noise[batches(step)].mean(dim=0)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from adaptim.lab.problems.base import BuildContext, Metric, Problem, Setup
-from adaptim.lab.problems.sampling import EpochBatches, numpy_rng, torch_generator
+from adaptim.lab.problems.sampling import EpochBatches, numpy_rng, to_device, torch_generator
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -40,13 +40,16 @@ def _build_linreg(seed: int, context: BuildContext) -> Setup:
     x = rng.standard_normal(LINREG_TRAIN + LINREG_VAL + LINREG_TEST)
     y = 2 * x + 1 + LINREG_NOISE * rng.standard_normal(len(x))
     cut = LINREG_TRAIN + LINREG_VAL
-    x_train, y_train = _tensor(x[:LINREG_TRAIN]), _tensor(y[:LINREG_TRAIN])
-    x_val, y_val = _tensor(x[LINREG_TRAIN:cut]), _tensor(y[LINREG_TRAIN:cut])
-    x_test, y_test = _tensor(x[cut:]), _tensor(y[cut:])
+    x_train, y_train, x_val, y_val, x_test, y_test = to_device(
+        context.device,
+        *(_tensor(x[:LINREG_TRAIN]), _tensor(y[:LINREG_TRAIN])),
+        *(_tensor(x[LINREG_TRAIN:cut]), _tensor(y[LINREG_TRAIN:cut])),
+        *(_tensor(x[cut:]), _tensor(y[cut:])),
+    )
     # Like nn.Linear(1, 1): slope and intercept from U(-1, 1).
-    slope, intercept = (torch.rand(2, generator=torch_generator(seed, "init")) * 2 - 1).unbind()
-    slope, intercept = torch.nn.Parameter(slope.clone()), torch.nn.Parameter(intercept.clone())
-    batches = EpochBatches(LINREG_TRAIN, 32, seed)
+    start = torch.rand(2, generator=torch_generator(seed, "init"), device="cpu") * 2 - 1
+    slope, intercept = (torch.nn.Parameter(v.clone()) for v in start.to(context.device).unbind())
+    batches = EpochBatches(LINREG_TRAIN, 32, seed, context.device)
 
     def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((slope * x + intercept - y) ** 2).mean()
@@ -129,10 +132,13 @@ def _logreg_sparse_data(seed: int) -> SparseData:
 
 def _build_logreg_sparse(seed: int, context: BuildContext) -> Setup:
     # Generating 22,000 x 2,000 features takes seconds; every trial of a seed shares them (read only).
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = _logreg_sparse_data(seed)
-    weights = torch.nn.Parameter(torch.zeros(SPARSE_DIM))
-    bias = torch.nn.Parameter(torch.zeros(()))
-    batches = EpochBatches(SPARSE_TRAIN, 32, seed)
+    # The cache holds them on the CPU; each build moves them to its device.
+    x_train, y_train, x_val, y_val, x_test, y_test = to_device(
+        context.device, *(t for pair in _logreg_sparse_data(seed) for t in pair)
+    )
+    weights = torch.nn.Parameter(torch.zeros(SPARSE_DIM, device=context.device))
+    bias = torch.nn.Parameter(torch.zeros((), device=context.device))
+    batches = EpochBatches(SPARSE_TRAIN, 32, seed, context.device)
 
     def train_loss(step: int) -> torch.Tensor:
         rows = batches(step)
@@ -185,6 +191,11 @@ class Ratings:
     items: torch.Tensor
     values: torch.Tensor
 
+    def to(self, device: str | torch.device) -> Ratings:
+        """The same entries on ``device``."""
+        users, items, values = to_device(device, self.users, self.items, self.values)
+        return Ratings(users, items, values)
+
 
 def rating_entries(seed: int) -> tuple[Ratings, Ratings, Ratings]:
     """Disjoint train (10%), validation (5%) and test (5%) entries of a noisy rank-5 matrix."""
@@ -208,11 +219,14 @@ def rating_entries(seed: int) -> tuple[Ratings, Ratings, Ratings]:
 
 
 def _build_matrix_factorization(seed: int, context: BuildContext) -> Setup:
-    train, val, test = rating_entries(seed)
+    train, val, test = (entries.to(context.device) for entries in rating_entries(seed))
     generator = torch_generator(seed, "init")
-    user_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(USERS, RANK, generator=generator))
-    item_factors = torch.nn.Parameter(INIT_SCALE * torch.randn(ITEMS, RANK, generator=generator))
-    batches = EpochBatches(len(train.values), 128, seed)
+    users, items = (
+        (INIT_SCALE * torch.randn(rows, RANK, generator=generator, device="cpu")).to(context.device)
+        for rows in (USERS, ITEMS)
+    )
+    user_factors, item_factors = torch.nn.Parameter(users), torch.nn.Parameter(items)
+    batches = EpochBatches(len(train.values), 128, seed, context.device)
 
     def train_loss(step: int) -> torch.Tensor:
         rows = batches(step)

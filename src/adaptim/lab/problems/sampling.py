@@ -5,6 +5,14 @@ its minibatches, per-step noise) comes from its own stream, derived from the
 trial seed and a name with :class:`numpy.random.SeedSequence`. Streams never
 touch the global RNGs of torch, NumPy or :mod:`random`, and changing how one
 stream is used leaves the others unchanged.
+
+**Devices.** Every draw happens on the CPU, whatever torch's default device is
+(a trial on ``--device cuda`` runs under ``torch.device("cuda")``): the built-in
+problems pass ``device="cpu"`` to every factory they call with a generator and
+then move the result with :func:`to_device`. So a GPU trial sees the very data,
+initial weights and minibatch order of the CPU trial with the same seed (a CUDA
+generator would draw other numbers, and a CPU generator cannot fill a CUDA
+tensor at all).
 """
 
 from __future__ import annotations
@@ -37,8 +45,17 @@ def numpy_rng(seed: int, *keys: str | int) -> np.random.Generator:
 
 
 def torch_generator(seed: int, *keys: str | int) -> torch.Generator:
-    """A CPU torch generator for the stream ``keys`` of trial ``seed``."""
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
+    """A CPU torch generator for the stream ``keys`` of trial ``seed``.
+
+    Draw from it with ``device="cpu"``: under another default device torch
+    would try to fill a tensor of that device with it.
+    """
+    return torch.Generator(device="cpu").manual_seed(derive_seed(seed, *keys))
+
+
+def to_device(device: str | torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` on ``device``; on the device they already are, the same objects (no copy)."""
+    return tuple(t.to(device) for t in tensors)
 
 
 @contextmanager
@@ -67,18 +84,22 @@ class EpochBatches:
     shuffling ``DataLoader`` with ``drop_last=True`` does (and as DeepOBS does).
     The batch of step ``t`` depends only on ``t``: evaluating a step's loss
     twice (a closure, a retry) sees the same examples. With ``batch_size >= n``
-    every step uses the whole set, in order.
+    every step uses the whole set, in order. The permutations are drawn on the
+    CPU and the indices live on ``device``, the data's (one copy per epoch).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, device: str | torch.device = "cpu"
+    ) -> None:
         if n < 1 or batch_size < 1:
             raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
         self.n = n
         self.batch_size = min(batch_size, n)
         self.seed = seed
         self.batches_per_epoch = n // self.batch_size
+        self.device = torch.device(device)
         self._epoch = -1
-        self._order = torch.arange(n)
+        self._order = torch.arange(n, device=self.device)
 
     def __call__(self, step: int) -> torch.Tensor:
         """Indices (int64) of the examples in the minibatch of ``step`` (1-based)."""
@@ -89,7 +110,8 @@ class EpochBatches:
         epoch, position = divmod(step - 1, self.batches_per_epoch)
         if epoch != self._epoch:
             generator = torch_generator(self.seed, "batches", epoch)
-            self._order = torch.randperm(self.n, generator=generator)
+            order = torch.randperm(self.n, generator=generator, device="cpu")
+            self._order = order.to(self.device)
             self._epoch = epoch
         start = position * self.batch_size
         return self._order[start : start + self.batch_size]
