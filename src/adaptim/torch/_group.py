@@ -20,6 +20,7 @@ from adaptim.algorithms import ALGORITHMS, LR_FREE
 from adaptim.algorithms import _group as shared
 from adaptim.algorithms._spec import PartialSum
 from adaptim.algorithms._validation import check_loaded_group
+from adaptim.torch import _group_fast
 from adaptim.torch._base import (
     _GROUP_SWITCHES,
     TORCH_OPS,
@@ -28,6 +29,7 @@ from adaptim.torch._base import (
     ParamsT,
     hyperparameter,
 )
+from adaptim.torch._engine import requested_path
 
 
 def _share(part: PartialSum) -> torch.Tensor:
@@ -77,6 +79,7 @@ class GroupOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        self.__dict__.pop("_fast_refused", None)
         group = self.param_groups[-1]
         for key, value in shared.group_pass(self.algorithm).scalars(self._hp(group)).items():
             group.setdefault(key, value)
@@ -100,21 +103,62 @@ class GroupOptimizer(Optimizer):
             self.skipped_steps += 1
             return loss
         hps = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
+        status: dict[int, str] = {}
+        plans: dict[int, list[Any]] = {}
         for scope in shared.scopes(self.algorithm, len(self.param_groups)):
             groups = [self.param_groups[i] for i in scope]
-            work = [
-                self._work(i, position, p, hps[i])
-                for i in scope
-                for position, p in enumerate(self.param_groups[i]["params"])
-                if p.grad is not None
-            ]
+            why = self._reference_reason(scope)
+            if why is None:
+                members = [
+                    _group_fast.Member(i, p, self.state[p])
+                    for i in scope
+                    for p in self.param_groups[i]["params"]
+                    if p.grad is not None
+                ]
+                work = [shared.Work(m.p, m.p.grad, m.state, hps[m.group]) for m in members]
+                executor: Any = _group_fast.FastScope(
+                    self, members, hps, functools.partial(self._per_tensor, scope, hps)
+                )
+            else:
+                executor = self._per_tensor(scope, hps)
+                work = executor.work
             try:
-                shared.step_scope(self.algorithm, groups, [hps[i] for i in scope], work, BACKEND)
+                shared.step_scope(
+                    self.algorithm, groups, [hps[i] for i in scope], work, BACKEND, executor
+                )
             except BaseException:  # refused before any change: forget the empty first states
                 for p in [p for p, state in self.state.items() if not state]:
                     del self.state[p]
                 raise
+            for i in scope:
+                status[i] = executor.status if why is None else why
+                plans[i] = getattr(executor, "plans", [])
+        self._status, self._last_plans = status, plans
         return loss
+
+    def _reference_reason(self, scope: list[int]) -> str | None:
+        """Why the groups of ``scope`` step per tensor now (``None``: the multi-tensor path)."""
+        if any(requested_path(self.param_groups[i], self.defaults) == "reference" for i in scope):
+            return "reference: foreach=False"
+        if not self.algorithm.recordable:
+            return "reference: the rule is not element-wise (Algorithm.recordable=False)"
+        if torch.compiler.is_compiling():
+            return "reference: under torch.compile (the compiler fuses the per-tensor loop)"
+        refused: str | None = self.__dict__.get("_fast_refused")
+        return refused
+
+    def _per_tensor(self, scope: list[int], hps: list[dict[str, Any]]) -> shared.PerTensor:
+        work = [
+            self._work(i, position, p, hps[i])
+            for i in scope
+            for position, p in enumerate(self.param_groups[i]["params"])
+            if p.grad is not None
+        ]
+        return shared.PerTensor(self.algorithm, work, BACKEND)
+
+    def _refuse_fast(self, reason: str) -> None:
+        """The recorder refused this rule's setting: step per tensor until the state is reloaded."""
+        self._fast_refused = reason
 
     def _work(self, index: int, position: int, p: torch.Tensor, hp: dict[str, Any]) -> shared.Work:
         grad = p.grad
@@ -129,12 +173,14 @@ class GroupOptimizer(Optimizer):
         return shared.Work(p, grad, self.state[p], hp)
 
     def fused_status(self) -> list[str]:
-        """Every group steps on the reference path: the engine records element-wise rules only."""
-        why = "reference: a rule with group-wide scalars (the engine fuses element-wise rules only)"
-        return [why] * len(self.param_groups)
+        """For each param group, the path its last step took (``foreach`` or ``reference``) and why."""
+        status: dict[int, str] = self.__dict__.get("_status", {})
+        return [status.get(i, "not stepped yet") for i in range(len(self.param_groups))]
 
     def plans(self) -> list[list[str]]:
-        return [[] for _ in self.param_groups]
+        """For each param group, the replay functions its last step ran."""
+        plans: dict[int, list[Any]] = self.__dict__.get("_last_plans", {})
+        return [[plan.source for plan in plans.get(i, [])] for i in range(len(self.param_groups))]
 
     @torch.no_grad()
     def effective_lr(self) -> list[torch.Tensor | None]:
@@ -156,6 +202,7 @@ class GroupOptimizer(Optimizer):
         """Load a state_dict saved by adaptim or by the reference package, checked first."""
         self._check_state_dict(state_dict)
         torch.optim.Optimizer.load_state_dict(self, state_dict)
+        self.__dict__.pop("_fast_refused", None)
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         name = f"adaptim.{type(self).__name__}"

@@ -1,0 +1,369 @@
+"""The multi-tensor path of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free, HD).
+
+A step of such a rule (:class:`~adaptim.algorithms._spec.GroupPass`) is a
+gather pass, a reduction to a few scalars and an element-wise update. The
+reference path calls the rule once per tensor for each pass. Here each pass
+is recorded once per *partition* (tensors of one param group with the same
+device, dtype and state layout) by the engine's recorder
+(:mod:`._trace`, with the group's scalars as slots) and replayed over all the
+partition's tensors with ``torch._foreach_*`` kernels (:mod:`._replay`), in
+place where liveness allows. The recording sees every tensor as its flat
+(1-d) view, so state kept flat (Prodigy's ``p0`` and ``s``) and state of the
+parameter's shape replay alike.
+
+A partial sum (:class:`~adaptim.algorithms._spec.Partial`) is recorded as
+one value per tensor in the tensor's dtype (``a``, or ``torch.dot(a, b)``),
+by the same kernels as the reference path; the shares are lifted to
+float64, scaled and added in the reference path's order, with one host
+synchronisation per reduction. The float results are therefore the
+reference path's, bit for bit (``tests/test_group_fast.py``).
+
+What the recorder cannot take (a rule reading array values on the host,
+Prodigy's ``slice_p > 1``, DoG's norms, ``Algorithm.recordable=False``), and
+tensors it does not cover (sparse or complex gradients, non-contiguous
+tensors, tensor subclasses), step on the reference path; ``fused_status()``
+says which path each group took and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from adaptim.algorithms import _group as shared
+from adaptim.algorithms._spec import GroupScalars, Partial, Reduction
+from adaptim.torch import _replay
+from adaptim.torch._trace import Proxy, Traced, Unfusable, trace
+
+if TYPE_CHECKING:
+    from adaptim.torch._group import GroupOptimizer
+
+#: The prefix of the recorded outputs that carry partial sums, not state.
+_SHARE = "\0share:"
+
+
+@dataclass
+class Member:
+    """One tensor of a scope: its param group, the parameter and its state."""
+
+    group: int
+    p: torch.Tensor
+    state: dict[str, Any]
+
+
+@dataclass
+class Partition:
+    """Tensors of one param group that one recording covers, as flat views."""
+
+    group: int
+    members: list[Member]
+    #: Positions of the members in the scope (the reference path's summation order).
+    positions: list[int]
+    element_keys: tuple[str, ...]
+    #: 0-d tensors (one value per tensor) and absent entries.
+    tensor_keys: tuple[str, ...]
+    absent_keys: tuple[str, ...]
+    #: Entries held as Python numbers or CPU 0-d tensors, equal across the partition.
+    number_keys: tuple[str, ...]
+    flat_params: list[torch.Tensor] = field(default_factory=list)
+    state_lists: list[list[torch.Tensor]] = field(default_factory=list)
+
+    def numbers(self) -> dict[str, Any]:
+        state = self.members[0].state
+        return {k: state[k] for k in self.number_keys}
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.view(-1)
+
+
+def _layout(p: torch.Tensor, state: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """Each state entry's kind for the recording, or ``None`` when the tensor needs the reference path."""
+    layout = []
+    for key, value in state.items():
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            layout.append((key, "number"))
+        elif not isinstance(value, torch.Tensor) or value.is_sparse or value.is_complex():
+            return None
+        elif value.ndim == 0 and value.device.type == "cpu" and p.device.type != "cpu":
+            layout.append((key, "number"))
+        elif value.ndim == 0 and value.numel() != p.numel():
+            layout.append((key, "tensor"))
+        elif (
+            value.numel() == p.numel()
+            and value.dtype == p.dtype
+            and value.device == p.device
+            and value.is_contiguous()
+        ):
+            layout.append((key, "element"))
+        else:
+            return None
+    return tuple(layout)
+
+
+def _plain(p: torch.Tensor) -> str | None:
+    """Why ``p`` and its gradient cannot be replayed (``None`` when they can)."""
+    grad = p.grad
+    if type(p) not in (torch.Tensor, torch.nn.Parameter) or p.layout != torch.strided:
+        return "a tensor subclass or non-strided parameter"
+    if grad is None or grad.is_sparse or grad.layout != torch.strided:
+        return "a sparse gradient"
+    if p.is_complex() or not p.is_floating_point():
+        return "a complex or integer parameter"
+    if grad.dtype != p.dtype or not p.is_contiguous() or not grad.is_contiguous():
+        return "a non-contiguous tensor or a gradient of another dtype"
+    if p.numel() == 0:
+        return "an empty tensor"
+    return None
+
+
+def partitions(members: Sequence[Member]) -> list[Partition] | str:
+    """Group a scope's tensors for recording; a string says why the scope takes the reference path."""
+    buckets: dict[tuple[Any, ...], Partition] = {}
+    for position, member in enumerate(members):
+        p = member.p
+        why = _plain(p)
+        layout = None if why else _layout(p, member.state)
+        if why or layout is None:
+            return f"reference: {why or 'a state entry of another shape, dtype or device'}"
+        numbers = tuple(
+            (
+                k,
+                member.state[k].item()
+                if isinstance(member.state[k], torch.Tensor)
+                else member.state[k],
+            )
+            for k, kind in layout
+            if kind == "number"
+        )
+        key = (member.group, p.device, p.dtype, layout, numbers)
+        part = buckets.get(key)
+        if part is None:
+            part = Partition(
+                group=member.group,
+                members=[],
+                positions=[],
+                element_keys=tuple(k for k, kind in layout if kind == "element"),
+                tensor_keys=tuple(k for k, kind in layout if kind == "tensor"),
+                absent_keys=(),
+                number_keys=tuple(k for k, kind in layout if kind == "number"),
+            )
+            buckets[key] = part
+        part.members.append(member)
+        part.positions.append(position)
+    for part in buckets.values():
+        part.flat_params = [_flat(m.p) for m in part.members]
+        part.state_lists = [
+            [_flat(m.state[k]) for m in part.members] for k in part.element_keys
+        ] + [[m.state[k] for m in part.members] for k in part.tensor_keys]
+    return list(buckets.values())
+
+
+def _as_update(rule: Callable[..., Any], scalars: GroupScalars) -> Callable[..., Any]:
+    """``rule`` in the shape the recorder runs (``step=``), reading ``scalars`` as Python numbers."""
+
+    def update(p: Any, g: Any, state: Any, *, step: Any, xp: Any, **hp: Any) -> Any:
+        return rule(p, g, state, scalars=scalars, xp=xp, **hp)
+
+    return update
+
+
+def _gather_as_update(
+    reduction: Reduction, scalars: GroupScalars, scales: list[dict[str, tuple[float, ...]]]
+) -> Any:
+    """The gather as a recorded update: partial sums become per-tensor outputs named ``_SHARE…``.
+
+    Each recording appends the scales of its partials to ``scales``.
+    """
+
+    def update(p: Any, g: Any, state: Any, *, step: Any, xp: Any, **hp: Any) -> Any:
+        new_state, sums = reduction.gather(p, g, state, scalars=scalars, xp=xp, **hp)
+        outputs = dict(new_state)
+        scales.append({})
+        for key, value in sums.items():
+            parts = value if isinstance(value, tuple) else (value,)
+            scales[-1][key] = tuple(part.scale for part in parts)
+            for index, part in enumerate(parts):
+                outputs[f"{_SHARE}{key}:{index}"] = _share_node(part)
+        return p, outputs
+
+    return update
+
+
+def _share_node(part: Partial) -> Proxy:
+    a = part.a
+    if not isinstance(a, Proxy):
+        raise Unfusable("a partial sum that is not an array of the recording")
+    value = a if part.b is None else a.recording.record("dot", a, part.b)
+    if value.ref[0] == "input":  # a node, computed before any state is overwritten
+        value = value * 1.0
+    return value
+
+
+@dataclass
+class Recorded:
+    """One partition's recording of one pass, ready to replay."""
+
+    partition: Partition
+    traced: Traced
+    negate: bool
+
+    def run(self, grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
+        plan = _replay.plan_for(self.traced.structure)
+        part = self.partition
+        return plan.run(part.flat_params, grads, *part.state_lists, self.traced.slots)
+
+
+class FastScope:
+    """The :class:`~adaptim.algorithms._group.Executor` of one scope's multi-tensor step.
+
+    Every pass records all partitions before it replays any: a rule the
+    recorder refuses leaves the state untouched, and that pass and the rest
+    of the step run per tensor (:class:`~adaptim.algorithms._group.PerTensor`).
+    """
+
+    def __init__(
+        self,
+        optimizer: GroupOptimizer,
+        members: list[Member],
+        hps: Sequence[Mapping[str, Any]],
+        fallback: Callable[[], shared.PerTensor],
+    ) -> None:
+        self.optimizer = optimizer
+        self.members = members
+        self.hps = hps
+        self.fallback = fallback
+        self.reference: shared.PerTensor | None = None
+        self.plans: list[_replay.Plan] = []
+        #: How the step ran, for ``fused_status()``: set on the first pass.
+        self.status = "reference: not stepped yet"
+        self._parts: list[Partition] | None = None
+        self._grads: list[list[torch.Tensor]] | None = None
+
+    @property
+    def parts(self) -> list[Partition]:
+        """The partitions, made on first use (after the first step created the state)."""
+        if self._parts is None:
+            found = partitions(self.members)
+            if isinstance(found, str):
+                self.status = found
+                self.reference = self.fallback()
+                found = []
+            else:
+                n = len(found)
+                self.status = f"foreach ({n} partition{'s' * (n > 1)}): {len(self.members)} tensors"
+            self._parts = found
+        return self._parts
+
+    def grads(self) -> list[list[torch.Tensor]]:
+        if self._grads is None:
+            self._grads = [[_flat(m.p.grad) for m in part.members] for part in self.parts]  # type: ignore[arg-type]
+        return self._grads
+
+    def _record(self, rule: Callable[..., Any]) -> list[Recorded] | None:
+        groups = self.optimizer.param_groups
+        recorded = []
+        try:
+            for part in self.parts:
+                negate = bool(groups[part.group].get("maximize", False))
+                traced = trace(
+                    rule,
+                    part.element_keys,
+                    part.tensor_keys,
+                    part.absent_keys,
+                    part.numbers(),
+                    negate_grad=negate,
+                    step=0.0,
+                    hyperparams=self.hps[part.group],
+                    ndim=1,
+                )
+                recorded.append(Recorded(part, traced, negate))
+        except Unfusable as why:
+            self.status = f"reference: the rule cannot be recorded ({why})"
+            self.optimizer._refuse_fast(self.status)
+            self.reference = self.fallback()
+            return None
+        return recorded
+
+    def gather(self, reduction: Reduction, scalars: GroupScalars) -> dict[str, float]:
+        if self.parts is not None and self.reference is not None:
+            return self.reference.gather(reduction, scalars)
+        scales: list[dict[str, tuple[float, ...]]] = []
+        recorded = self._record(_gather_as_update(reduction, scalars, scales))
+        if recorded is None:
+            return self.gather(reduction, scalars)
+        pieces: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
+        for rec, grads, factors_of in zip(recorded, self.grads(), scales, strict=True):
+            outputs = self._replay(rec, grads)
+            for key, factors in factors_of.items():
+                names = [f"{_SHARE}{key}:{i}" for i in range(len(factors))]
+                if names[0] not in outputs:  # no share from this partition (a frozen group)
+                    continue
+                columns = [outputs[name] for name in names]
+                pieces.setdefault(key, []).append(
+                    (rec.partition.positions, _shares(columns, factors))
+                )
+        return _totals(pieces)
+
+    def update(self, scalars: GroupScalars) -> None:
+        if self.parts is not None and self.reference is not None:
+            self.reference.update(scalars)
+            return
+        recorded = self._record(_as_update(self.optimizer.algorithm.update, scalars))
+        if recorded is None:
+            self.update(scalars)
+            return
+        for rec, grads in zip(recorded, self.grads(), strict=True):
+            self._replay(rec, grads)
+
+    def _replay(self, rec: Recorded, grads: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        """Run one recording; store new state entries and number state; return the share lists."""
+        part = rec.partition
+        structure = rec.traced.structure
+        created = rec.run(grads)
+        self.plans.append(_replay.plan_for(structure))
+        shares: dict[str, list[torch.Tensor]] = {}
+        for (key, _), values in zip(structure.created, created, strict=True):
+            if key.startswith(_SHARE):
+                shares[key] = values
+                continue
+            for member, value in zip(part.members, values, strict=True):
+                member.state[key] = value.view_as(member.p)
+        for key, value in rec.traced.scalar_state.items():
+            if isinstance(value, torch.Tensor):
+                targets = [m.state[key] for m in part.members]
+                torch._foreach_copy_(targets, [value] * len(targets))
+            else:
+                for member in part.members:
+                    member.state[key] = value
+        return shares
+
+
+def _shares(columns: list[list[torch.Tensor]], factors: tuple[float, ...]) -> torch.Tensor:
+    """Each tensor's share in float64: ``a.to(float64) * scale``, parts added as the reference path adds them."""
+    lifted = [torch.stack(c).to(torch.float64) * f for c, f in zip(columns, factors, strict=True)]
+    if len(lifted) == 1:
+        return lifted[0]
+    return torch.stack(lifted, dim=1).sum(dim=1)
+
+
+def _totals(pieces: dict[str, list[tuple[list[int], torch.Tensor]]]) -> dict[str, float]:
+    """Every key's shares added in scope order (one float64 sum each), with one host sync."""
+    sums = []
+    for parts in pieces.values():
+        positions = [i for indices, _ in parts for i in indices]
+        values = torch.cat([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
+        if positions != sorted(positions):
+            order = sorted(range(len(positions)), key=positions.__getitem__)
+            values = values[torch.tensor(order, device=values.device)]
+        sums.append(values.sum())
+    if not sums:
+        return {}
+    device = sums[0].device
+    totals: list[float] = torch.stack([s.to(device) for s in sums]).tolist()
+    return dict(zip(pieces, totals, strict=True))
