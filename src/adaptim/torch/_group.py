@@ -80,6 +80,7 @@ class GroupOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         self.__dict__.pop("_fast_refused", None)
+        self.__dict__.pop("_fast_layouts", None)
         group = self.param_groups[-1]
         for key, value in shared.group_pass(self.algorithm).scalars(self._hp(group)).items():
             group.setdefault(key, value)
@@ -108,17 +109,27 @@ class GroupOptimizer(Optimizer):
         for scope in shared.scopes(self.algorithm, len(self.param_groups)):
             groups = [self.param_groups[i] for i in scope]
             why = self._reference_reason(scope)
+            layouts: dict[tuple[int, ...], _group_fast.Layout] = self.__dict__.setdefault(
+                "_fast_layouts", {}
+            )
+            layout = layouts.pop(tuple(scope), None)
             if why is None:
-                members = [
-                    _group_fast.Member(i, p, self.state[p])
-                    for i in scope
-                    for p in self.param_groups[i]["params"]
-                    if p.grad is not None
+                params = [
+                    p for i in scope for p in self.param_groups[i]["params"] if p.grad is not None
                 ]
-                work = [shared.Work(m.p, m.p.grad, m.state, hps[m.group]) for m in members]
-                executor: Any = _group_fast.FastScope(
-                    self, members, hps, functools.partial(self._per_tensor, scope, hps)
-                )
+                fallback = functools.partial(self._per_tensor, scope, hps)
+                if layout is not None and layout.current(params, self.state):
+                    work: list[shared.Work] = []  # every state exists: nothing to create
+                    executor: Any = _group_fast.FastScope(self, [], hps, fallback, layout)
+                else:
+                    members = [
+                        _group_fast.Member(i, p, self.state[p])
+                        for i in scope
+                        for p in self.param_groups[i]["params"]
+                        if p.grad is not None
+                    ]
+                    work = [shared.Work(m.p, m.p.grad, m.state, hps[m.group]) for m in members]
+                    executor = _group_fast.FastScope(self, members, hps, fallback)
             else:
                 executor = self._per_tensor(scope, hps)
                 work = executor.work
@@ -130,6 +141,8 @@ class GroupOptimizer(Optimizer):
                 for p in [p for p, state in self.state.items() if not state]:
                     del self.state[p]
                 raise
+            if why is None and executor.reference is None and executor.layout is not None:
+                layouts[tuple(scope)] = executor.layout
             for i in scope:
                 status[i] = executor.status if why is None else why
                 plans[i] = getattr(executor, "plans", [])
@@ -203,6 +216,7 @@ class GroupOptimizer(Optimizer):
         self._check_state_dict(state_dict)
         torch.optim.Optimizer.load_state_dict(self, state_dict)
         self.__dict__.pop("_fast_refused", None)
+        self.__dict__.pop("_fast_layouts", None)
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         name = f"adaptim.{type(self).__name__}"

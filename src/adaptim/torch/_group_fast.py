@@ -27,6 +27,7 @@ says which path each group took and why.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -68,8 +69,14 @@ class Partition:
     absent_keys: tuple[str, ...]
     #: Entries held as Python numbers or CPU 0-d tensors, equal across the partition.
     number_keys: tuple[str, ...]
+    #: The recording sees flat views: some state is kept flat (Prodigy's ``p0``, ``s``).
+    flat: bool = False
     flat_params: list[torch.Tensor] = field(default_factory=list)
     state_lists: list[list[torch.Tensor]] = field(default_factory=list)
+
+    def grads(self) -> list[torch.Tensor]:
+        grads: list[torch.Tensor] = [m.p.grad for m in self.members]  # type: ignore[misc]
+        return [g.view(-1) for g in grads] if self.flat else grads
 
     def numbers(self) -> dict[str, Any]:
         state = self.members[0].state
@@ -157,11 +164,76 @@ def partitions(members: Sequence[Member]) -> list[Partition] | str:
         part.members.append(member)
         part.positions.append(position)
     for part in buckets.values():
-        part.flat_params = [_flat(m.p) for m in part.members]
-        part.state_lists = [
-            [_flat(m.state[k]) for m in part.members] for k in part.element_keys
-        ] + [[m.state[k] for m in part.members] for k in part.tensor_keys]
+        part.flat = any(
+            m.state[k].shape != m.p.shape for m in part.members for k in part.element_keys
+        )
+        view = _flat if part.flat else _same
+        part.flat_params = [view(m.p) for m in part.members]
+        part.state_lists = [[view(m.state[k]) for m in part.members] for k in part.element_keys] + [
+            [m.state[k] for m in part.members] for k in part.tensor_keys
+        ]
     return list(buckets.values())
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+_GRAD = operator.attrgetter("grad")
+_DTYPE = operator.attrgetter("dtype")
+_IS_SPARSE = operator.attrgetter("is_sparse")
+
+
+@dataclass
+class Layout:
+    """A scope's partitions, kept between steps while its tensors and state stay the same objects."""
+
+    key: tuple[int, ...]
+    parts: list[Partition]
+    params: list[torch.Tensor]
+    ptrs: list[int]
+    dicts: list[dict[str, Any]]
+    #: (state dict, key, tensor) of every recorded state tensor, flat.
+    holders: list[dict[str, Any]]
+    names: list[str]
+    tensors: list[torch.Tensor]
+    dtypes: list[torch.dtype]
+
+    @classmethod
+    def of(cls, parts: list[Partition], members: list[Member]) -> Layout:
+        params = [m.p for m in members]
+        holders, names, tensors = [], [], []
+        for part in parts:
+            for key in (*part.element_keys, *part.tensor_keys):
+                for m in part.members:
+                    holders.append(m.state)
+                    names.append(key)
+                    tensors.append(m.state[key])
+        return cls(
+            key=tuple(map(id, params)),
+            parts=parts,
+            params=params,
+            ptrs=[p.data_ptr() for p in params],
+            dicts=[m.state for m in members],
+            holders=holders,
+            names=names,
+            tensors=tensors,
+            dtypes=[p.dtype for p in params],
+        )
+
+    def current(self, params: list[torch.Tensor], state: Mapping[torch.Tensor, Any]) -> bool:
+        """Whether this step's tensors, gradients and state still fit the partitions."""
+        if tuple(map(id, params)) != self.key:
+            return False
+        grads = list(map(_GRAD, params))
+        return (
+            list(map(torch.Tensor.data_ptr, params)) == self.ptrs
+            and all(map(operator.is_, map(state.get, params), self.dicts))
+            and all(map(operator.is_, map(dict.get, self.holders, self.names), self.tensors))
+            and not any(map(_IS_SPARSE, grads))
+            and all(map(operator.is_, map(_DTYPE, grads), self.dtypes))
+            and all(map(torch.Tensor.is_contiguous, grads))
+        )
 
 
 def _as_update(rule: Callable[..., Any], scalars: GroupScalars) -> Callable[..., Any]:
@@ -233,17 +305,21 @@ class FastScope:
         members: list[Member],
         hps: Sequence[Mapping[str, Any]],
         fallback: Callable[[], shared.PerTensor],
+        layout: Layout | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.members = members
+        self.layout = layout
         self.hps = hps
         self.fallback = fallback
         self.reference: shared.PerTensor | None = None
         self.plans: list[_replay.Plan] = []
         #: How the step ran, for ``fused_status()``: set on the first pass.
         self.status = "reference: not stepped yet"
-        self._parts: list[Partition] | None = None
+        self._parts: list[Partition] | None = None if layout is None else layout.parts
         self._grads: list[list[torch.Tensor]] | None = None
+        if layout is not None:
+            self.status = _describe(layout.parts, len(layout.params))
 
     @property
     def parts(self) -> list[Partition]:
@@ -255,14 +331,14 @@ class FastScope:
                 self.reference = self.fallback()
                 found = []
             else:
-                n = len(found)
-                self.status = f"foreach ({n} partition{'s' * (n > 1)}): {len(self.members)} tensors"
+                self.status = _describe(found, len(self.members))
+                self.layout = Layout.of(found, self.members)
             self._parts = found
         return self._parts
 
     def grads(self) -> list[list[torch.Tensor]]:
         if self._grads is None:
-            self._grads = [[_flat(m.p.grad) for m in part.members] for part in self.parts]  # type: ignore[arg-type]
+            self._grads = [part.grads() for part in self.parts]
         return self._grads
 
     def _record(self, rule: Callable[..., Any]) -> list[Recorded] | None:
@@ -334,6 +410,7 @@ class FastScope:
                 continue
             for member, value in zip(part.members, values, strict=True):
                 member.state[key] = value.view_as(member.p)
+            self.layout = None  # new state entries: partition again next step
         for key, value in rec.traced.scalar_state.items():
             if isinstance(value, torch.Tensor):
                 targets = [m.state[key] for m in part.members]
@@ -342,6 +419,11 @@ class FastScope:
                 for member in part.members:
                     member.state[key] = value
         return shares
+
+
+def _describe(parts: list[Partition], count: int) -> str:
+    n = len(parts)
+    return f"foreach ({n} partition{'s' * (n > 1)}): {count} tensors"
 
 
 def _shares(columns: list[list[torch.Tensor]], factors: tuple[float, ...]) -> torch.Tensor:
