@@ -1,6 +1,6 @@
 """The multi-tensor path of the learning-rate-free optimizers equals their per-tensor reference path.
 
-By default Schedule-Free, Prodigy, D-Adaptation and the hypergradient
+By default Schedule-Free, Prodigy, D-Adaptation, DoG and the hypergradient
 optimizers record their gather and update once per partition and replay them
 with ``torch._foreach_*`` kernels (:mod:`adaptim.torch._group_fast`);
 ``foreach=False`` steps each tensor with the rule itself. Both must give the
@@ -47,11 +47,20 @@ def _draw_adam_hd(data: st.DataObject) -> dict[str, Any]:
     }
 
 
+def _draw_dog(data: st.DataObject) -> dict[str, Any]:
+    return {
+        "reps_rel": data.draw(_log(1e-6, 1e-3), "reps_rel"),
+        "weight_decay": data.draw(st.sampled_from([0.0, 1e-3]), "weight_decay"),
+        "init_eta": data.draw(st.sampled_from([None, 1e-3]), "init_eta"),
+    }
+
+
 #: name -> (class, hyperparameter draw, keeps train/eval)
 CASES: dict[str, tuple[type[torch.optim.Optimizer], Any, bool]] = {
     **{name: (pair.ours, pair.draw, pair.train_eval) for name, pair in PAIRS.items()},
     "sgd-hd": (adaptim.SGDHD, _draw_sgd_hd, False),
     "adam-hd": (adaptim.AdamHD, _draw_adam_hd, False),
+    "dog": (adaptim.DoG, _draw_dog, False),
 }
 
 
@@ -175,7 +184,7 @@ def test_state_dict_reload_mid_run_continues_bit_identically(name: str) -> None:
 
 
 def test_status_says_which_path_and_why() -> None:
-    """Defaults replay; foreach=False, DoG (norms on the host) and odd tensors step per tensor."""
+    """Defaults replay; foreach=False, LDoG (a step size per tensor) and odd tensors step per tensor."""
     problem = Problem.draw([(4, 3), (3,)], torch.float32, 2)
     params = problem.params()
     opt = adaptim.Prodigy(params)
@@ -183,7 +192,7 @@ def test_status_says_which_path_and_why() -> None:
     problem.set_grads(params)
     opt.step()
     assert opt.fused_status() == ["foreach (1 partition): 2 tensors"]
-    dog = adaptim.DoG(problem.params())
+    dog = adaptim.LDoG(problem.params())
     problem.set_grads(dog.param_groups[0]["params"])
     dog.step()
     assert dog.fused_status()[0].startswith("reference: the rule is not element-wise")
