@@ -207,3 +207,23 @@ def test_status_says_which_path_and_why() -> None:
     problem.set_grads(sliced.param_groups[0]["params"])
     sliced.step()
     assert sliced.fused_status()[0].startswith("reference: a state entry of another shape")
+
+
+@pytest.mark.slow
+def test_compiled_step_runs_the_reference_path_and_matches() -> None:
+    """``torch.compile(opt.step)``: Dynamo traces the per-tensor rule (the recorder's Python is
+    not for it); the result matches the eager multi-tensor path to float32 rounding."""
+    torch._dynamo.reset()
+    problem = Problem.draw([(6, 5), (5,)], torch.float32, 3)
+    runs = []
+    for compiled in (True, False):
+        params = problem.params()
+        optimizer = adaptim.ScheduleFreeAdamW(params, warmup_steps=2)
+        optimizer.train()
+        step = torch.compile(optimizer.step) if compiled else optimizer.step
+        for _ in range(3):  # (each step recompiles: the group's floats are guarded constants)
+            problem.set_grads(params)
+            step()
+        runs.append(params)
+    for compiled, eager in zip(*runs, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

@@ -73,6 +73,8 @@ class Partition:
     flat: bool = False
     flat_params: list[torch.Tensor] = field(default_factory=list)
     state_lists: list[list[torch.Tensor]] = field(default_factory=list)
+    #: Runs of whole tensors replayed together (see :data:`CHUNK_NUMEL`).
+    chunks: list[slice] = field(default_factory=list)
 
     def grads(self) -> list[torch.Tensor]:
         grads: list[torch.Tensor] = [m.p.grad for m in self.members]  # type: ignore[misc]
@@ -172,7 +174,30 @@ def partitions(members: Sequence[Member]) -> list[Partition] | str:
         part.state_lists = [[view(m.state[k]) for m in part.members] for k in part.element_keys] + [
             [m.state[k] for m in part.members] for k in part.tensor_keys
         ]
+        part.chunks = _chunks([m.p for m in part.members])
     return list(buckets.values())
+
+
+#: On the CPU a partition is replayed in runs of whole tensors of about this
+#: many elements: the temporaries of a run (a few per recorded pass) stay in
+#: the caches and are reused by the allocator from one run to the next, where
+#: temporaries for the whole partition at once would be fresh pages from the
+#: kernel on every step (glibc returns large blocks on free). Per-tensor sums
+#: are unchanged, so the results are too. GPUs replay each partition at once.
+CHUNK_NUMEL = 1 << 16
+
+
+def _chunks(params: list[torch.Tensor]) -> list[slice]:
+    if params[0].device.type != "cpu":
+        return [slice(0, len(params))]
+    chunks, start, size = [], 0, 0
+    for index, p in enumerate(params):
+        if size and size + p.numel() > CHUNK_NUMEL:
+            chunks.append(slice(start, index))
+            start, size = index, 0
+        size += p.numel()
+    chunks.append(slice(start, len(params)))
+    return chunks
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:
@@ -285,10 +310,19 @@ class Recorded:
     traced: Traced
     negate: bool
 
-    def run(self, grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
+    def run(self, grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Replay over the partition, run by run; the created lists of every run, joined."""
         plan = _replay.plan_for(self.traced.structure)
         part = self.partition
-        return plan.run(part.flat_params, grads, *part.state_lists, self.traced.slots)
+        slots = self.traced.slots
+        created: list[list[torch.Tensor]] = [[] for _ in self.traced.structure.created]
+        for run in part.chunks:
+            lists = [state[run] for state in part.state_lists]
+            for joined, values in zip(
+                created, plan.run(part.flat_params[run], grads[run], *lists, slots), strict=True
+            ):
+                joined.extend(values)
+        return created
 
 
 class FastScope:
