@@ -20,8 +20,11 @@ and take turns, one step each, in a fresh random order every round:
   which costs the same minus the hypergradient.
 
 ``vs ref`` is the reference's median time divided by adaptim's (> 1: adaptim
-is faster). Medians of the repeats; on a loaded machine only ratios measured
-in the same run mean anything.
+is faster); ``vs path`` the same against adaptim's own per-tensor path. Each
+step is timed twice: wall-clock, and CPU time of this process
+(``time.process_time``), which a loaded machine distorts less (a descheduled
+step does not count; with ``OMP_NUM_THREADS=1`` it is the step's own work).
+Medians of the repeats; only ratios measured in the same run mean anything.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +110,20 @@ def _adaptim(name: str, reference_path: bool) -> Factory:
     return build
 
 
+def measure(runners: list[Runner], repeats: int) -> dict[str, list[float]]:
+    """Interleaved as in step_speed.py (a fresh order every round); CPU times returned, wall in ``times``."""
+    order = random.Random(0)
+    cpu: dict[str, list[float]] = {r.label: [] for r in runners}
+    for _ in range(repeats):
+        for runner in order.sample(runners, len(runners)):
+            runner.fresh_grads()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            runner.step()
+            cpu[runner.label].append(time.process_time() - start_cpu)
+            runner.times.append(time.perf_counter() - start)
+    return cpu
+
+
 def run(name: str, workload: str, repeats: int) -> dict[str, Any]:
     shapes = WORKLOADS[workload]
     device = torch.device("cpu")
@@ -114,7 +133,7 @@ def run(name: str, workload: str, repeats: int) -> dict[str, Any]:
         optimizer_runner("adaptim reference", _adaptim(name, True), shapes, device),
         optimizer_runner(label, theirs, shapes, device),
     ]
-    measure(runners, repeats, device)
+    cpu = {k: statistics.median(v) for k, v in measure(runners, repeats).items()}
     times = {r.label: statistics.median(r.times) for r in runners}
     ours = times["adaptim"]
     return {
@@ -126,6 +145,9 @@ def run(name: str, workload: str, repeats: int) -> dict[str, Any]:
         "reference_ms": 1e3 * times[label],
         "vs_ref": times[label] / ours,
         "vs_reference_path": times["adaptim reference"] / ours,
+        "cpu_ms": {k: 1e3 * v for k, v in cpu.items()},
+        "cpu_vs_ref": cpu[label] / cpu["adaptim"],
+        "cpu_vs_reference_path": cpu["adaptim reference"] / cpu["adaptim"],
     }
 
 
@@ -139,7 +161,8 @@ def main() -> None:
     rows = []
     print(
         f"{'optimizer':<20}{'workload':<9}{'adaptim ms':>11}{'ref path ms':>12}"
-        f"{'reference':>19}{'ref ms':>9}{'vs ref':>8}{'vs path':>8}"
+        f"{'reference':>19}{'ref ms':>9}{'vs ref':>8}{'vs path':>8}{'cpu vs ref':>11}"
+        f"{'cpu vs path':>12}"
     )
     for name in args.optimizers:
         for workload in args.workloads:
@@ -148,7 +171,8 @@ def main() -> None:
             print(
                 f"{name:<20}{workload:<9}{row['adaptim_ms']:>11.2f}"
                 f"{row['adaptim_reference_ms']:>12.2f}{row['reference']:>19}"
-                f"{row['reference_ms']:>9.2f}{row['vs_ref']:>8.2f}{row['vs_reference_path']:>8.2f}",
+                f"{row['reference_ms']:>9.2f}{row['vs_ref']:>8.2f}{row['vs_reference_path']:>8.2f}"
+                f"{row['cpu_vs_ref']:>11.2f}{row['cpu_vs_reference_path']:>12.2f}",
                 flush=True,
             )
     if args.json:

@@ -1,11 +1,20 @@
-"""The torch front-end of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free).
+"""The torch front-end of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free, DoG, HD).
 
 These rules step with :func:`adaptim.algorithms._group.step_scope`: a gather
-pass over every tensor, one reduction, then the element-wise update. The
-execution engine (:mod:`adaptim.torch._engine`) records element-wise rules
-only, so these optimizers step on the per-tensor reference path by
-construction (``step`` never consults the engine, so nothing warns), and
-:meth:`fused_status` says so.
+pass over every tensor, a reduction to a few scalars, then the element-wise
+update. How the passes run over the tensors follows torch's switches, as
+for the element-wise rules (:mod:`adaptim.torch._engine`):
+
+* by default (and ``foreach=True``, ``fused=True``), each pass is recorded
+  once per partition and replayed with ``torch._foreach_*`` kernels
+  (:mod:`adaptim.torch._group_fast`), bit-identical to the per-tensor path;
+  there is no native kernel for these rules, so ``fused=True`` replays too;
+* ``foreach=False``, under ``torch.compile``, for rules the recorder cannot
+  take (``Algorithm.recordable=False``: LDoG) and for tensors it does not
+  cover (sparse, complex, non-contiguous, subclasses, Prodigy's
+  ``slice_p > 1``), the rule runs once per tensor.
+
+:meth:`GroupOptimizer.fused_status` says which path each group took and why.
 """
 
 from __future__ import annotations
