@@ -35,15 +35,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from adaptim.algorithms import _group as shared
-from adaptim.algorithms._spec import GroupScalars, Partial, Reduction
+from adaptim.algorithms._spec import GroupScalars, Reduction
 from adaptim.torch import _replay
-from adaptim.torch._trace import Proxy, Traced, Unfusable, trace
+from adaptim.torch._group_record import SHARE, Pass, Recorded, record
+from adaptim.torch._trace import Unfusable
 
 if TYPE_CHECKING:
     from adaptim.torch._group import GroupOptimizer
-
-#: The prefix of the recorded outputs that carry partial sums, not state.
-_SHARE = "\0share:"
 
 
 @dataclass
@@ -75,6 +73,9 @@ class Partition:
     state_lists: list[list[torch.Tensor]] = field(default_factory=list)
     #: Runs of whole tensors replayed together (see :data:`CHUNK_NUMEL`).
     chunks: list[slice] = field(default_factory=list)
+    #: Recordings later steps reuse (:mod:`._group_record`), and keys that cannot be.
+    memos: dict[Any, list[Any]] = field(default_factory=dict)
+    unmemoizable: set[Any] = field(default_factory=set)
 
     def grads(self) -> list[torch.Tensor]:
         grads: list[torch.Tensor] = [m.p.grad for m in self.members]  # type: ignore[misc]
@@ -261,70 +262,6 @@ class Layout:
         )
 
 
-def _as_update(rule: Callable[..., Any], scalars: GroupScalars) -> Callable[..., Any]:
-    """``rule`` in the shape the recorder runs (``step=``), reading ``scalars`` as Python numbers."""
-
-    def update(p: Any, g: Any, state: Any, *, step: Any, xp: Any, **hp: Any) -> Any:
-        return rule(p, g, state, scalars=scalars, xp=xp, **hp)
-
-    return update
-
-
-def _gather_as_update(
-    reduction: Reduction, scalars: GroupScalars, scales: list[dict[str, tuple[float, ...]]]
-) -> Any:
-    """The gather as a recorded update: partial sums become per-tensor outputs named ``_SHARE…``.
-
-    Each recording appends the scales of its partials to ``scales``.
-    """
-
-    def update(p: Any, g: Any, state: Any, *, step: Any, xp: Any, **hp: Any) -> Any:
-        new_state, sums = reduction.gather(p, g, state, scalars=scalars, xp=xp, **hp)
-        outputs = dict(new_state)
-        scales.append({})
-        for key, value in sums.items():
-            parts = value if isinstance(value, tuple) else (value,)
-            scales[-1][key] = tuple(part.scale for part in parts)
-            for index, part in enumerate(parts):
-                outputs[f"{_SHARE}{key}:{index}"] = _share_node(part)
-        return p, outputs
-
-    return update
-
-
-def _share_node(part: Partial) -> Proxy:
-    a = part.a
-    if not isinstance(a, Proxy):
-        raise Unfusable("a partial sum that is not an array of the recording")
-    value = a if part.b is None else a.recording.record("dot", a, part.b)
-    if value.ref[0] == "input":  # a node, computed before any state is overwritten
-        value = value * 1.0
-    return value
-
-
-@dataclass
-class Recorded:
-    """One partition's recording of one pass, ready to replay."""
-
-    partition: Partition
-    traced: Traced
-    negate: bool
-
-    def run(self, grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """Replay over the partition, run by run; the created lists of every run, joined."""
-        plan = _replay.plan_for(self.traced.structure)
-        part = self.partition
-        slots = self.traced.slots
-        created: list[list[torch.Tensor]] = [[] for _ in self.traced.structure.created]
-        for run in part.chunks:
-            lists = [state[run] for state in part.state_lists]
-            for joined, values in zip(
-                created, plan.run(part.flat_params[run], grads[run], *lists, slots), strict=True
-            ):
-                joined.extend(values)
-        return created
-
-
 class FastScope:
     """The :class:`~adaptim.algorithms._group.Executor` of one scope's multi-tensor step.
 
@@ -375,46 +312,40 @@ class FastScope:
             self._grads = [part.grads() for part in self.parts]
         return self._grads
 
-    def _record(self, rule: Callable[..., Any]) -> list[Recorded] | None:
+    def _record(self, rule: Pass, pass_key: Any, scalars: GroupScalars) -> list[Recorded] | None:
+        """Every partition's recording of a pass, or ``None`` (and the per-tensor path) if refused."""
         groups = self.optimizer.param_groups
-        recorded = []
         try:
-            for part in self.parts:
-                negate = bool(groups[part.group].get("maximize", False))
-                traced = trace(
+            return [
+                record(
+                    part,
                     rule,
-                    part.element_keys,
-                    part.tensor_keys,
-                    part.absent_keys,
-                    part.numbers(),
-                    negate_grad=negate,
-                    step=0.0,
-                    hyperparams=self.hps[part.group],
-                    ndim=1,
+                    pass_key,
+                    scalars,
+                    self.hps[part.group],
+                    bool(groups[part.group].get("maximize", False)),
                 )
-                recorded.append(Recorded(part, traced, negate))
+                for part in self.parts
+            ]
         except Unfusable as why:
             self.status = f"reference: the rule cannot be recorded ({why})"
             self.optimizer._refuse_fast(self.status)
             self.reference = self.fallback()
             return None
-        return recorded
 
     def gather(self, reduction: Reduction, scalars: GroupScalars) -> dict[str, float]:
         if self.parts is not None and self.reference is not None:
             return self.reference.gather(reduction, scalars)
-        scales: list[dict[str, tuple[float, ...]]] = []
-        recorded = self._record(_gather_as_update(reduction, scalars, scales))
+        index = shared.group_pass(self.optimizer.algorithm).reductions.index(reduction)
+        recorded = self._record(reduction, index, scalars)
         if recorded is None:
             return self.gather(reduction, scalars)
         pieces: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
-        for rec, grads, factors_of in zip(recorded, self.grads(), scales, strict=True):
+        for rec, grads in zip(recorded, self.grads(), strict=True):
             outputs = self._replay(rec, grads)
-            for key, factors in factors_of.items():
-                names = [f"{_SHARE}{key}:{i}" for i in range(len(factors))]
-                if names[0] not in outputs:  # no share from this partition (a frozen group)
-                    continue
-                columns = [outputs[name] for name in names]
+            for key in rec.extras.scales:
+                factors = rec.scales(key)
+                columns = [outputs[f"{SHARE}{key}:{i}"] for i in range(len(factors))]
                 pieces.setdefault(key, []).append(
                     (rec.partition.positions, _shares(columns, factors))
                 )
@@ -424,7 +355,7 @@ class FastScope:
         if self.parts is not None and self.reference is not None:
             self.reference.update(scalars)
             return
-        recorded = self._record(_as_update(self.optimizer.algorithm.update, scalars))
+        recorded = self._record(self.optimizer.algorithm.update, "update", scalars)
         if recorded is None:
             self.update(scalars)
             return
@@ -434,23 +365,23 @@ class FastScope:
     def _replay(self, rec: Recorded, grads: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """Run one recording; store new state entries and number state; return the share lists."""
         part = rec.partition
-        structure = rec.traced.structure
+        structure = rec.structure
         created = rec.run(grads)
-        self.plans.append(_replay.plan_for(structure))
+        if structure.ops:
+            self.plans.append(_replay.plan_for(structure))
         shares: dict[str, list[torch.Tensor]] = {}
         for (key, _), values in zip(structure.created, created, strict=True):
-            if key.startswith(_SHARE):
+            if key.startswith(SHARE):
                 shares[key] = values
                 continue
             for member, value in zip(part.members, values, strict=True):
                 member.state[key] = value.view_as(member.p)
             self.layout = None  # new state entries: partition again next step
-        for key, value in rec.traced.scalar_state.items():
-            if isinstance(value, torch.Tensor):
-                targets = [m.state[key] for m in part.members]
-                torch._foreach_copy_(targets, [value] * len(targets))
-            else:
-                for member in part.members:
+        for key, value in rec.numbers().items():
+            for member in part.members:
+                if isinstance(member.state[key], torch.Tensor):
+                    member.state[key].fill_(value)
+                else:
                     member.state[key] = value
         return shares
 
