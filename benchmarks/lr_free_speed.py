@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_speed import WORKLOADS, Runner, measure, optimizer_runner
+from step_speed import WORKLOADS, Runner, optimizer_runner
 
 import adaptim
 
