@@ -39,6 +39,7 @@ from adaptim.torch._base import (
     hyperparameter,
 )
 from adaptim.torch._engine import requested_path
+from adaptim.torch._hooks import hooked_step
 
 
 def _share(part: PartialSum) -> torch.Tensor:
@@ -97,7 +98,7 @@ class GroupOptimizer(Optimizer):
     def _hp(self, group: Mapping[str, Any]) -> dict[str, Any]:
         return {k: hyperparameter(k, self.group_value(group, k)) for k in self.algorithm.hparams}
 
-    @torch.no_grad()
+    @hooked_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         rule = shared.group_pass(self.algorithm)
@@ -109,9 +110,23 @@ class GroupOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                self._step_scopes()
+            return loss
+        # (as Optimizer.step: torch.no_grad() as a decorator costs microseconds a call)
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            self._step_scopes()
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
+        return loss
+
+    def _step_scopes(self) -> None:
         if self.nonfinite != "ignore" and not self._gradients_finite():
             self.skipped_steps += 1
-            return loss
+            return
         hps = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
         status: dict[int, str] = {}
         plans: dict[int, list[Any]] = {}
@@ -156,7 +171,6 @@ class GroupOptimizer(Optimizer):
                 status[i] = executor.status if why is None else why
                 plans[i] = getattr(executor, "plans", [])
         self._status, self._last_plans = status, plans
-        return loss
 
     def _reference_reason(self, scope: list[int]) -> str | None:
         """Why the groups of ``scope`` step per tensor now (``None``: the multi-tensor path)."""

@@ -67,8 +67,6 @@ class Partition:
     absent_keys: tuple[str, ...]
     #: Entries held as Python numbers or CPU 0-d tensors, equal across the partition.
     number_keys: tuple[str, ...]
-    #: The recording sees flat views: some state is kept flat (Prodigy's ``p0``, ``s``).
-    flat: bool = False
     flat_params: list[torch.Tensor] = field(default_factory=list)
     state_lists: list[list[torch.Tensor]] = field(default_factory=list)
     #: Runs of whole tensors replayed together (see :data:`CHUNK_NUMEL`).
@@ -76,10 +74,12 @@ class Partition:
     #: Recordings later steps reuse (:mod:`._group_record`), and keys that cannot be.
     memos: dict[Any, list[Any]] = field(default_factory=dict)
     unmemoizable: set[Any] = field(default_factory=set)
+    #: The last hyperparameter dict and its leaves (:func:`._group_record.record`).
+    hp_leaves: tuple[Any, list[float], tuple[Any, ...]] | None = None
 
     def grads(self) -> list[torch.Tensor]:
         grads: list[torch.Tensor] = [m.p.grad for m in self.members]  # type: ignore[misc]
-        return [g.view(-1) for g in grads] if self.flat else grads
+        return list(map(_flat, grads))
 
     def numbers(self) -> dict[str, Any]:
         state = self.members[0].state
@@ -87,7 +87,8 @@ class Partition:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.view(-1)
+    """The 1-d view the recording sees (the tensor itself when it is 1-d already)."""
+    return t if t.ndim == 1 else t.view(-1)
 
 
 def _layout(p: torch.Tensor, state: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
@@ -167,14 +168,10 @@ def partitions(members: Sequence[Member]) -> list[Partition] | str:
         part.members.append(member)
         part.positions.append(position)
     for part in buckets.values():
-        part.flat = any(
-            m.state[k].shape != m.p.shape for m in part.members for k in part.element_keys
-        )
-        view = _flat if part.flat else _same
-        part.flat_params = [view(m.p) for m in part.members]
-        part.state_lists = [[view(m.state[k]) for m in part.members] for k in part.element_keys] + [
-            [m.state[k] for m in part.members] for k in part.tensor_keys
-        ]
+        part.flat_params = [_flat(m.p) for m in part.members]
+        part.state_lists = [
+            [_flat(m.state[k]) for m in part.members] for k in part.element_keys
+        ] + [[m.state[k] for m in part.members] for k in part.tensor_keys]
         part.chunks = _chunks([m.p for m in part.members])
     return list(buckets.values())
 
@@ -199,10 +196,6 @@ def _chunks(params: list[torch.Tensor]) -> list[slice]:
         size += p.numel()
     chunks.append(slice(start, len(params)))
     return chunks
-
-
-def _same(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 _GRAD = operator.attrgetter("grad")

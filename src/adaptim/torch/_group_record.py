@@ -148,13 +148,11 @@ def record(
 ) -> Recorded:
     """This step's recording of ``rule`` for ``part``: from a memo when one applies."""
     numbers = part.numbers()
-    flat = {
-        **{f"h{k}": v for k, v in hp.items()},
-        **{f"s{k}": v for k, v in scalars.items()},
-        **{f"n{k}": v for k, v in numbers.items()},
-    }
-    values, shape = _symbolic.leaves_of(flat)
-    key = (pass_key, negate, shape)
+    hp_values, hp_shape = _hp_leaves(part, hp)
+    scalar_values, scalar_shape = _symbolic.leaves_of(scalars)
+    number_values, number_shape = _symbolic.leaves_of(numbers)
+    values = [*hp_values, *scalar_values, *number_values]
+    key = (pass_key, negate, hp_shape, scalar_shape, number_shape)
     memos = part.memos.setdefault(key, [])
     leaves = [0.0, *values]  # (leaf 0 is the engine's step count, unused here)
     for memo in memos:
@@ -164,6 +162,11 @@ def record(
             slots = None
         if slots is not None:
             return Recorded(part, memo.memo.structure, slots, memo.extras)
+    flat = {
+        **{f"h{k}": v for k, v in hp.items()},
+        **{f"s{k}": v for k, v in scalars.items()},
+        **{f"n{k}": v for k, v in numbers.items()},
+    }  # (walked in the order of ``values``)
     if key not in part.unmemoizable and len(memos) < MAX_MEMOS:
         context = _symbolic.Context()
         symbolic, _, _ = _symbolic.symbolic_hyperparameters(flat, context)
@@ -187,6 +190,16 @@ def record(
     extras = Extras()
     traced = _trace(part, rule, flat, negate, extras)
     return Recorded(part, traced.structure, traced.slots, extras)
+
+
+def _hp_leaves(part: Partition, hp: Mapping[str, Any]) -> tuple[list[float], tuple[Any, ...]]:
+    """``leaves_of(hp)``, kept while the optimizer hands over the same dict (it reuses them)."""
+    known = part.hp_leaves
+    if known is not None and known[0] is hp:
+        return known[1], known[2]
+    values, shape = _symbolic.leaves_of(hp)
+    part.hp_leaves = (hp, values, shape)
+    return values, shape
 
 
 def _trace(

@@ -68,7 +68,7 @@ _PER_TENSOR = {
     "clip": "torch.clamp({0}, {1}, {2})",
     "norm": "torch.linalg.vector_norm({0})",
     "sum": "{0}.sum()",
-    "dot": "torch.dot({0}.reshape(-1), {1}.reshape(-1))",
+    "dot": "torch.dot({0}, {1})",  # (1-d: recorded by ._group_fast on flat views)
     "axpy": "torch.add({0}, {1}, alpha={2})",
     "addcmul": "torch.addcmul({0}, {1}, {2}, value={3})",
     "lerp": "torch.lerp({0}, {1}, {2})",
