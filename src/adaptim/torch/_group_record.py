@@ -20,6 +20,7 @@ records again; a rule that reads a symbolic number on the host
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -176,9 +177,10 @@ def record(
         except _symbolic.NotMemoizable:
             part.unmemoizable.add(key)
         else:
+            structure = _fused(part, traced.structure)
             try:
                 made = _symbolic.make_memo(
-                    traced.structure, traced.slot_expressions, context.guards, len(leaves)
+                    structure, traced.slot_expressions, context.guards, len(leaves)
                 )
                 if not traced.memoizable or made.slots(leaves) != traced.slots:
                     raise ValueError("the memo does not reproduce the recording")
@@ -186,10 +188,17 @@ def record(
                 part.unmemoizable.add(key)
             else:
                 memos.append(_Memo(made, extras))
-            return Recorded(part, traced.structure, traced.slots, extras)
+            return Recorded(part, structure, traced.slots, extras)
     extras = Extras()
     traced = _trace(part, rule, flat, negate, extras)
-    return Recorded(part, traced.structure, traced.slots, extras)
+    return Recorded(part, _fused(part, traced.structure), traced.slots, extras)
+
+
+def _fused(part: Partition, structure: Structure) -> Structure:
+    """:func:`fuse_addcdiv` where it is exact: float32 and float64 (half types compute in float)."""
+    if part.members[0].p.dtype in (torch.float32, torch.float64):
+        return fuse_addcdiv(structure)
+    return structure
 
 
 def _hp_leaves(part: Partition, hp: Mapping[str, Any]) -> tuple[list[float], tuple[Any, ...]]:
@@ -200,6 +209,85 @@ def _hp_leaves(part: Partition, hp: Mapping[str, Any]) -> tuple[list[float], tup
     values, shape = _symbolic.leaves_of(hp)
     part.hp_leaves = (hp, values, shape)
     return values, shape
+
+
+def fuse_addcdiv(structure: Structure) -> Structure:
+    """``p + (c·x)/y`` (three recorded operations, two temporaries) as one ``addcdiv``.
+
+    The Adam-like updates of Prodigy, D-Adaptation and Adam-HD are written as
+    ``p + (-lr·m)/denom``, the formula of ATen's ``addcdiv`` in its order of
+    roundings (the scalar times ``x``, divided by ``y``, added to ``p``), so
+    that the reference path equals the references' ``addcdiv_``; replayed as
+    ``torch._foreach_addcdiv_`` it is the same arithmetic in one pass.
+    """
+    ops = list(structure.ops)
+    uses: dict[Any, int] = {}
+    for _, args in ops:
+        for arg in args:
+            uses[arg] = uses.get(arg, 0) + 1
+    for _, result in (*structure.outputs, *structure.created):
+        uses[result] = uses.get(result, 0) + 2  # (never fused away)
+    per_tensor = structure.per_tensor_nodes()
+    fused: dict[int, tuple[str, tuple[Any, ...]]] = {}
+    dropped: set[int] = set()
+    for index, (op, args) in enumerate(ops):
+        if index in per_tensor:
+            continue
+        found = _addcdiv(ops, uses, op, args)
+        if found is not None:
+            fused[index] = found[0]
+            dropped.update(found[1])
+    if not fused:
+        return structure
+    renumber: dict[int, int] = {}
+    kept: list[Any] = []
+    for index, entry in enumerate(ops):
+        if index in dropped:
+            continue
+        renumber[index] = len(kept)
+        kept.append(fused.get(index, entry))
+
+    def ref(value: Any) -> Any:
+        return ("node", renumber[value[1]]) if value[0] == "node" else value
+
+    return dataclasses.replace(
+        structure,
+        ops=tuple((op, tuple(map(ref, args))) for op, args in kept),
+        outputs=tuple((name, ref(value)) for name, value in structure.outputs),
+        created=tuple((name, ref(value)) for name, value in structure.created),
+    )
+
+
+def _addcdiv(
+    ops: list[Any], uses: Mapping[Any, int], op: str, args: tuple[Any, ...]
+) -> tuple[tuple[str, tuple[Any, ...]], tuple[int, ...]] | None:
+    """``p + (c·x)/y``, ``p + x/y`` or ``p - x/y`` as an ``addcdiv`` and the operations it replaces."""
+    if op == "add":
+        candidates = [(args[1], args[0]), (args[0], args[1])]
+    elif op == "sub":
+        candidates = [(args[1], args[0])]
+    else:
+        return None
+    for quotient, base in candidates:
+        if quotient[0] != "node" or uses.get(quotient) != 1 or base[0] == "slot":
+            continue
+        div_op, div_args = ops[quotient[1]]
+        if div_op != "div" or div_args[1][0] not in ("node", "input"):
+            continue
+        numerator, divisor = div_args[:2]
+        if op == "sub":  # p - x/y = p + (-1·x)/y, exactly
+            if numerator[0] in ("node", "input"):
+                return ("addcdiv", (base, numerator, divisor, ("const", -1.0))), (quotient[1],)
+            continue
+        if numerator[0] == "node" and uses.get(numerator) == 1 and ops[numerator[1]][0] == "mul":
+            left, right = ops[numerator[1]][1][:2]
+            scalar, array = (left, right) if left[0] == "slot" else (right, left)
+            if scalar[0] == "slot" and array[0] in ("node", "input"):
+                fused = ("addcdiv", (base, array, divisor, scalar))
+                return fused, (quotient[1], numerator[1])
+        if numerator[0] in ("node", "input"):
+            return ("addcdiv", (base, numerator, divisor, ("const", 1.0))), (quotient[1],)
+    return None
 
 
 def _trace(
