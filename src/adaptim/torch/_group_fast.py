@@ -1,4 +1,4 @@
-"""The multi-tensor path of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free, HD).
+"""The multi-tensor path of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free, DoG, HD).
 
 A step of such a rule (:class:`~adaptim.algorithms._spec.GroupPass`) is a
 gather pass, a reduction to a few scalars and an element-wise update. The
@@ -9,7 +9,11 @@ device, dtype and state layout) by the engine's recorder
 partition's tensors with ``torch._foreach_*`` kernels (:mod:`._replay`), in
 place where liveness allows. The recording sees every tensor as its flat
 (1-d) view, so state kept flat (Prodigy's ``p0`` and ``s``) and state of the
-parameter's shape replay alike.
+parameter's shape replay alike. Recordings are remembered across steps and
+``p + (c·x)/y`` runs as one ``addcdiv`` (:mod:`._group_record`); partitions
+are kept while the tensors and state stay the same objects (:class:`Layout`),
+and on the CPU they are replayed in runs of whole tensors
+(:data:`CHUNK_NUMEL`).
 
 A partial sum (:class:`~adaptim.algorithms._spec.Partial`) is recorded as
 one value per tensor in the tensor's dtype (``a``, or ``torch.dot(a, b)``),
@@ -19,7 +23,7 @@ synchronisation per reduction. The float results are therefore the
 reference path's, bit for bit (``tests/test_group_fast.py``).
 
 What the recorder cannot take (a rule reading array values on the host,
-Prodigy's ``slice_p > 1``, DoG's norms, ``Algorithm.recordable=False``), and
+Prodigy's ``slice_p > 1``, ``Algorithm.recordable=False``: LDoG), and
 tensors it does not cover (sparse or complex gradients, non-contiguous
 tensors, tensor subclasses), step on the reference path; ``fused_status()``
 says which path each group took and why.
