@@ -2,7 +2,7 @@
 
 A front-end hands over its param groups, the tensors that have gradients
 and a :class:`Backend` (how to allocate, write in place and sum partials on
-its arrays); :func:`step_scopes` runs prepare, gather, combine and the
+its arrays); :func:`step_scope` runs prepare, gather, combine and the
 element-wise update, and writes the kept scalars back into the groups.
 """
 
@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, GroupPass, HParams, PartialSum
+from adaptim.algorithms._spec import (
+    Algorithm,
+    Array,
+    ArrayOps,
+    GroupPass,
+    GroupScalars,
+    HParams,
+    PartialSum,
+    Reduction,
+)
 
 
 @dataclass(frozen=True)
@@ -80,14 +89,60 @@ def _store(state: MutableMapping[str, Any], new: Mapping[str, Any], backend: Bac
             state[key] = value if isinstance(value, int) else backend.own(value)
 
 
+class Executor(Protocol):
+    """How the tensors of one scope run the passes of a step (see :func:`step_scope`)."""
+
+    def gather(self, reduction: Reduction, scalars: GroupScalars) -> dict[str, float]:
+        """Run ``reduction.gather`` on every tensor, store its state, return the summed partials."""
+        ...
+
+    def update(self, scalars: GroupScalars) -> None:
+        """Run ``Algorithm.update`` on every tensor and store the results."""
+        ...
+
+
+@dataclass
+class PerTensor:
+    """The reference execution: each pass calls the rule once per tensor."""
+
+    algorithm: Algorithm
+    work: list[Work]
+    backend: Backend
+
+    def gather(self, reduction: Reduction, scalars: GroupScalars) -> dict[str, float]:
+        partials: dict[str, list[Array]] = {}
+        for item in self.work:
+            new_state, sums = reduction.gather(
+                item.p, item.grad, item.state, scalars=scalars, xp=self.backend.xp, **item.hp
+            )
+            for key, value in sums.items():
+                partials.setdefault(key, []).append(self.backend.share(value))
+            _store(item.state, new_state, self.backend)
+        return dict(zip(partials, self.backend.totals(list(partials.values())), strict=True))
+
+    def update(self, scalars: GroupScalars) -> None:
+        for item in self.work:
+            new_p, new_state = self.algorithm.update(
+                item.p, item.grad, item.state, scalars=scalars, xp=self.backend.xp, **item.hp
+            )
+            self.backend.assign(item.p, new_p)
+            _store(item.state, new_state, self.backend)
+
+
 def step_scope(
     algorithm: Algorithm,
     groups: Sequence[MutableMapping[str, Any]],
     hps: list[HParams],
     work: list[Work],
     backend: Backend,
+    executor: Executor | None = None,
 ) -> None:
-    """One step of the tensors in ``work`` (from ``groups``, which share scalars)."""
+    """One step of the tensors in ``work`` (from ``groups``, which share scalars).
+
+    ``executor`` runs the passes over the tensors (a front-end's multi-tensor
+    path); by default :class:`PerTensor`. The scalar bookkeeping (``prepare``,
+    ``combine``, what the groups keep) is the same for every executor.
+    """
     rule = group_pass(algorithm)
     kept = rule.scalars(hps[0])
     # A group loaded from the reference before its first step may lack
@@ -97,26 +152,13 @@ def step_scope(
     )  # may refuse: nothing changed yet
     for item in work:
         init_state(algorithm, item.p, item.state, item.hp, backend)
+    run = executor if executor is not None else PerTensor(algorithm, work, backend)
     for reduction in rule.reductions:
-        partials: dict[str, list[Array]] = {}
-        for item in work:
-            new_state, sums = reduction.gather(
-                item.p, item.grad, item.state, scalars=scalars, xp=backend.xp, **item.hp
-            )
-            for key, value in sums.items():
-                partials.setdefault(key, []).append(backend.share(value))
-            _store(item.state, new_state, backend)
-        totals = dict(zip(partials, backend.totals(list(partials.values())), strict=True))
-        combined = reduction.combine(scalars, totals, hps)
+        combined = reduction.combine(scalars, run.gather(reduction, scalars), hps)
         if combined is None:
             return
         scalars = combined
-    for item in work:
-        new_p, new_state = algorithm.update(
-            item.p, item.grad, item.state, scalars=scalars, xp=backend.xp, **item.hp
-        )
-        backend.assign(item.p, new_p)
-        _store(item.state, new_state, backend)
+    run.update(scalars)
     for group in groups:
         group.update({k: scalars[k] for k in kept})
 

@@ -237,7 +237,6 @@ DOG = Algorithm(
     state=lambda hp: {"init_buffer": None},
     step=False,
     effective_lr=dog_effective_lr,
-    recordable=False,
     group_pass=GroupPass(
         scope="group",
         scalars=lambda hp: {"rbar": None, "G": None, "eta": None},
@@ -258,6 +257,8 @@ LDOG = Algorithm(
     state=lambda hp: dict.fromkeys(("init_buffer", "rbar", "G", "eta")),
     step=False,
     effective_lr=ldog_effective_lr,
+    # Its step size is one 0-d tensor per parameter, the alpha of an axpy: foreach kernels
+    # take a Python scalar there, so a replay would loop per tensor anyway.
     recordable=False,
     group_pass=GroupPass(
         scope="group",

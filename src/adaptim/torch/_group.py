@@ -1,11 +1,20 @@
-"""The torch front-end of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free).
+"""The torch front-end of rules with group-wide scalars (Prodigy, D-Adaptation, Schedule-Free, DoG, HD).
 
 These rules step with :func:`adaptim.algorithms._group.step_scope`: a gather
-pass over every tensor, one reduction, then the element-wise update. The
-execution engine (:mod:`adaptim.torch._engine`) records element-wise rules
-only, so these optimizers step on the per-tensor reference path by
-construction (``step`` never consults the engine, so nothing warns), and
-:meth:`fused_status` says so.
+pass over every tensor, a reduction to a few scalars, then the element-wise
+update. How the passes run over the tensors follows torch's switches, as
+for the element-wise rules (:mod:`adaptim.torch._engine`):
+
+* by default (and ``foreach=True``, ``fused=True``), each pass is recorded
+  once per partition and replayed with ``torch._foreach_*`` kernels
+  (:mod:`adaptim.torch._group_fast`), bit-identical to the per-tensor path;
+  there is no native kernel for these rules, so ``fused=True`` replays too;
+* ``foreach=False``, under ``torch.compile``, for rules the recorder cannot
+  take (``Algorithm.recordable=False``: LDoG) and for tensors it does not
+  cover (sparse, complex, non-contiguous, subclasses, Prodigy's
+  ``slice_p > 1``), the rule runs once per tensor.
+
+:meth:`GroupOptimizer.fused_status` says which path each group took and why.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from adaptim.algorithms import ALGORITHMS, LR_FREE
 from adaptim.algorithms import _group as shared
 from adaptim.algorithms._spec import PartialSum
 from adaptim.algorithms._validation import check_loaded_group
+from adaptim.torch import _group_fast
 from adaptim.torch._base import (
     _GROUP_SWITCHES,
     TORCH_OPS,
@@ -28,6 +38,8 @@ from adaptim.torch._base import (
     ParamsT,
     hyperparameter,
 )
+from adaptim.torch._engine import requested_path
+from adaptim.torch._hooks import hooked_step
 
 
 def _share(part: PartialSum) -> torch.Tensor:
@@ -77,6 +89,8 @@ class GroupOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        self.__dict__.pop("_fast_refused", None)
+        self.__dict__.pop("_fast_layouts", None)
         group = self.param_groups[-1]
         for key, value in shared.group_pass(self.algorithm).scalars(self._hp(group)).items():
             group.setdefault(key, value)
@@ -84,7 +98,7 @@ class GroupOptimizer(Optimizer):
     def _hp(self, group: Mapping[str, Any]) -> dict[str, Any]:
         return {k: hyperparameter(k, self.group_value(group, k)) for k in self.algorithm.hparams}
 
-    @torch.no_grad()
+    @hooked_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         rule = shared.group_pass(self.algorithm)
@@ -96,25 +110,91 @@ class GroupOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                self._step_scopes()
+            return loss
+        # (as Optimizer.step: torch.no_grad() as a decorator costs microseconds a call)
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            self._step_scopes()
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
+        return loss
+
+    def _step_scopes(self) -> None:
         if self.nonfinite != "ignore" and not self._gradients_finite():
             self.skipped_steps += 1
-            return loss
+            return
         hps = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
+        status: dict[int, str] = {}
+        plans: dict[int, list[Any]] = {}
         for scope in shared.scopes(self.algorithm, len(self.param_groups)):
             groups = [self.param_groups[i] for i in scope]
-            work = [
-                self._work(i, position, p, hps[i])
-                for i in scope
-                for position, p in enumerate(self.param_groups[i]["params"])
-                if p.grad is not None
-            ]
+            why = self._reference_reason(scope)
+            layouts: dict[tuple[int, ...], _group_fast.Layout] = self.__dict__.setdefault(
+                "_fast_layouts", {}
+            )
+            layout = layouts.pop(tuple(scope), None)
+            if why is None:
+                params = [
+                    p for i in scope for p in self.param_groups[i]["params"] if p.grad is not None
+                ]
+                fallback = functools.partial(self._per_tensor, scope, hps)
+                if layout is not None and layout.current(params, self.state):
+                    work: list[shared.Work] = []  # every state exists: nothing to create
+                    executor: Any = _group_fast.FastScope(self, [], hps, fallback, layout)
+                else:
+                    members = [
+                        _group_fast.Member(i, p, self.state[p])
+                        for i in scope
+                        for p in self.param_groups[i]["params"]
+                        if p.grad is not None
+                    ]
+                    work = [shared.Work(m.p, m.p.grad, m.state, hps[m.group]) for m in members]
+                    executor = _group_fast.FastScope(self, members, hps, fallback)
+            else:
+                executor = self._per_tensor(scope, hps)
+                work = executor.work
             try:
-                shared.step_scope(self.algorithm, groups, [hps[i] for i in scope], work, BACKEND)
+                shared.step_scope(
+                    self.algorithm, groups, [hps[i] for i in scope], work, BACKEND, executor
+                )
             except BaseException:  # refused before any change: forget the empty first states
                 for p in [p for p, state in self.state.items() if not state]:
                     del self.state[p]
                 raise
-        return loss
+            if why is None and executor.reference is None and executor.layout is not None:
+                layouts[tuple(scope)] = executor.layout
+            for i in scope:
+                status[i] = executor.status if why is None else why
+                plans[i] = getattr(executor, "plans", [])
+        self._status, self._last_plans = status, plans
+
+    def _reference_reason(self, scope: list[int]) -> str | None:
+        """Why the groups of ``scope`` step per tensor now (``None``: the multi-tensor path)."""
+        if any(requested_path(self.param_groups[i], self.defaults) == "reference" for i in scope):
+            return "reference: foreach=False"
+        if not self.algorithm.recordable:
+            return "reference: the rule is not element-wise (Algorithm.recordable=False)"
+        if torch.compiler.is_compiling():
+            return "reference: under torch.compile (the compiler fuses the per-tensor loop)"
+        refused: str | None = self.__dict__.get("_fast_refused")
+        return refused
+
+    def _per_tensor(self, scope: list[int], hps: list[dict[str, Any]]) -> shared.PerTensor:
+        work = [
+            self._work(i, position, p, hps[i])
+            for i in scope
+            for position, p in enumerate(self.param_groups[i]["params"])
+            if p.grad is not None
+        ]
+        return shared.PerTensor(self.algorithm, work, BACKEND)
+
+    def _refuse_fast(self, reason: str) -> None:
+        """The recorder refused this rule's setting: step per tensor until the state is reloaded."""
+        self._fast_refused = reason
 
     def _work(self, index: int, position: int, p: torch.Tensor, hp: dict[str, Any]) -> shared.Work:
         grad = p.grad
@@ -129,12 +209,14 @@ class GroupOptimizer(Optimizer):
         return shared.Work(p, grad, self.state[p], hp)
 
     def fused_status(self) -> list[str]:
-        """Every group steps on the reference path: the engine records element-wise rules only."""
-        why = "reference: a rule with group-wide scalars (the engine fuses element-wise rules only)"
-        return [why] * len(self.param_groups)
+        """For each param group, the path its last step took (``foreach`` or ``reference``) and why."""
+        status: dict[int, str] = self.__dict__.get("_status", {})
+        return [status.get(i, "not stepped yet") for i in range(len(self.param_groups))]
 
     def plans(self) -> list[list[str]]:
-        return [[] for _ in self.param_groups]
+        """For each param group, the replay functions its last step ran."""
+        plans: dict[int, list[Any]] = self.__dict__.get("_last_plans", {})
+        return [[plan.source for plan in plans.get(i, [])] for i in range(len(self.param_groups))]
 
     @torch.no_grad()
     def effective_lr(self) -> list[torch.Tensor | None]:
@@ -156,6 +238,8 @@ class GroupOptimizer(Optimizer):
         """Load a state_dict saved by adaptim or by the reference package, checked first."""
         self._check_state_dict(state_dict)
         torch.optim.Optimizer.load_state_dict(self, state_dict)
+        self.__dict__.pop("_fast_refused", None)
+        self.__dict__.pop("_fast_layouts", None)
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         name = f"adaptim.{type(self).__name__}"

@@ -37,6 +37,7 @@ _FOREACH = {
     "maximum": "maximum",
     "axpy": "add",
     "addcmul": "addcmul",
+    "addcdiv": "addcdiv",  # (made by ._group_record.fuse_addcdiv)
     "lerp": "lerp",
     "neg": "neg",
     "abs": "abs",
@@ -67,8 +68,11 @@ _PER_TENSOR = {
     "where": "torch.where({0}, {1}, {2})",
     "clip": "torch.clamp({0}, {1}, {2})",
     "norm": "torch.linalg.vector_norm({0})",
+    "sum": "{0}.sum()",
+    "dot": "torch.dot({0}, {1})",  # (1-d: recorded by ._group_fast on flat views)
     "axpy": "torch.add({0}, {1}, alpha={2})",
     "addcmul": "torch.addcmul({0}, {1}, {2}, value={3})",
+    "addcdiv": "torch.addcdiv({0}, {1}, {2}, value={3})",
     "lerp": "torch.lerp({0}, {1}, {2})",
 }
 
@@ -199,7 +203,7 @@ class _Emitter:
         texts = [self.text(a) for a in args]
         if op == "axpy":
             return f", {texts[0]}, alpha={texts[1]}"
-        if op == "addcmul":
+        if op in ("addcmul", "addcdiv"):
             return f", {texts[0]}, {texts[1]}, value={texts[2]}"
         return "".join(f", {t}" for t in texts)
 

@@ -52,7 +52,7 @@ Ref = tuple[str, Any]
 Op = tuple[str, tuple[Ref, ...]]
 
 #: Operations whose result holds one value per parameter tensor (norms), not one per element.
-PER_TENSOR_OPS = frozenset({"norm"})
+PER_TENSOR_OPS = frozenset({"norm", "sum", "dot"})
 
 
 @dataclass
@@ -185,6 +185,28 @@ class Proxy:
     @property
     def ndim(self) -> int:
         return self.recording.ndim
+
+    # -- for the partial sums of rules with group-wide scalars (:mod:`._group_fast`) --
+    def sum(self) -> Proxy:
+        """The sum of all elements: one value per tensor, like ``norm``."""
+        return self._op("sum", self)
+
+    def reshape(self, *shape: Any) -> Proxy:
+        """Only ``reshape(-1)`` of a recording over flat tensors (``ndim == 1``): itself."""
+        if shape in ((-1,), ((-1,),)) and self.recording.ndim == 1:
+            return self
+        raise Unfusable(f"reshape{shape} of a {self.recording.ndim}-d array")
+
+    def __getitem__(self, key: Any) -> Proxy:
+        """Only the whole-array slice ``[:]``/``[::1]``: itself."""
+        if (
+            isinstance(key, slice)
+            and key.start is None
+            and key.stop is None
+            and key.step in (None, 1)
+        ):
+            return self
+        raise Unfusable(f"indexing with {key!r}")
 
     def __bool__(self) -> bool:
         raise Unfusable("a branch on array values")

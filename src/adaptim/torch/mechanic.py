@@ -64,7 +64,7 @@ import torch
 
 from adaptim.algorithms import mechanic as rule
 from adaptim.algorithms.mechanic import SCALARS
-from adaptim.torch import _hooks
+from adaptim.torch import _group_fast, _hooks
 from adaptim.torch._base import TORCH_OPS
 
 
@@ -189,27 +189,48 @@ class Mechanic(torch.optim.Optimizer):
         grad_norm = _global_norm(grads, dtype, device)
         param_norm = _global_norm(params, dtype, device)
         decay = rule.decay_factor(weight_decay, s_sum, grad_norm, param_norm, eps)
+        # Multi-tensor kernels over runs of whole tensors (the same per-element
+        # arithmetic as a loop, temporaries small enough to stay cached).
+        runs = _group_fast._chunks(params)
         before = [p.detach().clone() for p in params]
-        descent = [self._descent(p, x, s_sum) for p, x in zip(params, before, strict=True)]
-        h = sum(
-            (
-                torch.vdot((g + decay.to(g.device, g.dtype) * x).flatten(), d.flatten()).to(
-                    device, dtype
-                )
-                for g, x, d in zip(grads, before, descent, strict=True)
-            ),
-            start=torch.zeros((), dtype=dtype, device=device),
-        )
+        descent = self._descents(params, before, s_sum, runs)
+        # h = <g + decay·x, D> as <g, D> + decay·<x, D>: two reads, no temporary
+        h = _inner(grads, descent, dtype, device)
+        if weight_decay != 0:
+            h = h + decay * _inner(before, descent, dtype, device)
         self.base.step()
+        # (in the lowest-precision dtype of the parameters: exact in every one of them)
         s_new = self._update_scalars(h).sum()
-        for p, x, d in zip(params, before, descent, strict=True):
-            # u = (x + u) - x: the base moved p in place; D_{t+1} = D_t - u
+        refs = [self.state[p]["x_ref"] for p in params]
+        for run in runs:
+            moved = torch._foreach_sub(params[run], before[run])  # u = (x + u) - x
             if self.hparams["store_delta"]:
-                d.sub_(p - x)  # the stored D, updated in place
+                torch._foreach_sub_(descent[run], moved)  # the stored D: D_{t+1} = D_t - u
+                scaled = torch._foreach_mul(descent[run], s_new)
             else:
-                d = d - (p - x)
-            p.copy_(self.state[p]["x_ref"] - s_new.to(p.device, p.dtype) * d)
+                scaled = torch._foreach_sub(descent[run], moved)
+                torch._foreach_mul_(scaled, s_new)
+            torch._foreach_copy_(params[run], refs[run])
+            torch._foreach_sub_(params[run], scaled)  # x_ref - s·D
         return loss
+
+    def _descents(
+        self,
+        params: list[torch.Tensor],
+        before: list[torch.Tensor],
+        s_sum: torch.Tensor,
+        runs: list[slice],
+    ) -> list[torch.Tensor]:
+        """:math:`D_t` of every parameter: stored, or optax's ``(x_ref - x_t) / (s_t + eps)``."""
+        if self.hparams["store_delta"]:
+            return [self._descent(p, x, s_sum) for p, x in zip(params, before, strict=True)]
+        refs = [self.state[p]["x_ref"] for p in params]
+        descent: list[torch.Tensor] = []
+        for run in runs:
+            recomputed = torch._foreach_sub(refs[run], before[run])
+            torch._foreach_div_(recomputed, s_sum + self.hparams["eps"])
+            descent += recomputed
+        return descent
 
     def _descent(self, p: torch.Tensor, x: torch.Tensor, s_sum: torch.Tensor) -> torch.Tensor:
         """:math:`D_t`: stored, or optax's ``(x_ref - x_t) / (s_t + eps)``."""
@@ -282,6 +303,16 @@ class Mechanic(torch.optim.Optimizer):
             for key in SCALARS:
                 scalars[key] = scalars[key].to(params[0].device).clone()
         self.mechanic_state = scalars
+
+
+def _inner(
+    a: list[torch.Tensor], b: list[torch.Tensor], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """:math:`\\sum_i \\langle a_i, b_i \\rangle` over all tensors (each in its dtype, summed in ``dtype``)."""
+    pairs = zip(a, b, strict=True)
+    return torch.stack(
+        [torch.vdot(x.flatten(), y.flatten()).to(device, dtype) for x, y in pairs]
+    ).sum()
 
 
 def _global_norm(
