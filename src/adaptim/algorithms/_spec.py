@@ -59,6 +59,10 @@ class ArrayOps:
     mean: Callable[[Array, int], Array] | None = None
     #: Machine epsilon of ``x``'s floating dtype.
     eps_of: Callable[[Array], float] | None = None
+    #: ``‖x‖₂ / (√n · scale)`` for an ``x`` of ``n`` elements, read on the host as a
+    #: Python float (torch's Adafactor computes its relative step and clipping so, in
+    #: float64); a 0-d array under ``traced``. The engine's recorder replays it per tensor.
+    rms: Callable[[Array, float], Any] | None = None
     #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None

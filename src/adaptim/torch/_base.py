@@ -40,6 +40,7 @@ TORCH_OPS = ArrayOps(
     mean_square=lambda x, axis: torch.norm(x, dim=axis, keepdim=True).square().div(x.shape[axis]),
     mean=lambda x, axis: x.mean(dim=axis, keepdim=True),
     eps_of=lambda x: torch.finfo(x.dtype).eps,
+    rms=lambda x, scale: float(torch.linalg.vector_norm(x)) / (x.numel() ** 0.5 * scale),
     amax=lambda x, dims: torch.amax(x, dim=dims),
     concat=torch.cat,
     addmm=lambda c, a, b, beta, alpha: torch.addmm(c, a, b, beta=beta, alpha=alpha),
@@ -71,6 +72,7 @@ TRACEABLE_OPS = dataclasses.replace(
     addcmul=lambda a, b, c, value: a + b * c * value,
     lerp=lambda a, b, weight: a + (b - a) * weight,
     clip=lambda x, low, high: torch.clamp(x, _traced_scalar(x, low), _traced_scalar(x, high)),
+    rms=lambda x, scale: torch.linalg.vector_norm(x) / (x.numel() ** 0.5 * scale),
 )
 
 

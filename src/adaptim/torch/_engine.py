@@ -39,7 +39,7 @@ import functools
 import itertools
 import operator
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,8 @@ class Partition:
     numel: int
     #: The dtype of the ``step`` counters, when the native kernel may count them.
     step_dtype: torch.dtype | None = None
+    #: The ``per_tensor_keys`` of another shape than 0-d (``Algorithm.entry_shape``'s).
+    reduced_keys: tuple[str, ...] = ()
     warned: bool = False
     #: Why the native loop was not used on the last try, for ``fused_status()``.
     native_refused: str | None = None
@@ -105,6 +107,7 @@ class Partition:
             self.absent_keys,
             tuple(self.scalar_state),
             self.ndim,
+            self.reduced_keys,
         )
 
     def state_current(self, state: Mapping[torch.Tensor, Any]) -> bool:
@@ -188,6 +191,30 @@ def _step_dtype(states: list[dict[str, Any]]) -> torch.dtype | None:
         return None
     ok = all(t.dtype == dtype and t.ndim == 0 and t.device.type == "cpu" for t in steps)
     return dtype if ok else None
+
+
+def _reduced_entry(
+    entry_shape: Callable[[str, tuple[int, ...]], tuple[int, ...] | None] | None,
+    name: str,
+    p: torch.Tensor,
+    value: torch.Tensor,
+) -> bool:
+    """Whether state ``name`` is a statistic of another shape (Adafactor's ``(..., R, 1)`` rows).
+
+    Asked of a parameter shape with no size-1 axis, so that a 1×N matrix's
+    column statistic, shaped like the matrix, still counts as one.
+    """
+    if entry_shape is None:
+        return False
+    probe = tuple(range(2, 2 + p.ndim))
+    declared = entry_shape(name, probe)
+    return (
+        declared is not None
+        and declared != probe
+        and value.shape == entry_shape(name, tuple(p.shape))
+        and value.dtype == p.dtype
+        and value.device == p.device
+    )
 
 
 def _plain_dense(p: torch.Tensor) -> bool:
@@ -383,6 +410,7 @@ class Engine:
             partition.absent_keys,
             partition.scalar_state,
         )
+        reduced = partition.reduced_keys
         if key not in self.unmemoizable and len(memos) < MAX_MEMOS:
             context = _symbolic.Context()
             symbolic, leaf_values, _ = _symbolic.symbolic_hyperparameters(hp, context)
@@ -393,6 +421,7 @@ class Engine:
                     step=_symbolic.Sym(context, ("leaf", 0), step),
                     hyperparams=symbolic,
                     ndim=partition.ndim,
+                    reduced_state=reduced,
                 )
             except _symbolic.NotMemoizable:
                 self.unmemoizable.add(key)
@@ -409,7 +438,14 @@ class Engine:
                 else:
                     self.unmemoizable.add(key)
                 return traced
-        return trace(*arguments, negate_grad=negate, step=step, hyperparams=hp, ndim=partition.ndim)
+        return trace(
+            *arguments,
+            negate_grad=negate,
+            step=step,
+            hyperparams=hp,
+            ndim=partition.ndim,
+            reduced_state=reduced,
+        )
 
     def _run(
         self,
@@ -502,6 +538,8 @@ class Engine:
                 elif not isinstance(value, torch.Tensor) or value.is_sparse:
                     layout = []
                     break
+                elif _reduced_entry(algorithm.entry_shape, name, p, value):
+                    layout.append((name, "reduced"))
                 elif (
                     value.shape == p.shape
                     and value.dtype == p.dtype
@@ -530,7 +568,7 @@ class Engine:
         for (device, dtype, step, _, layout, ndim), members in buckets.items():
             states = [states_of[p] for p in members]  # {} for stateless rules, as in torch
             tensor_keys = tuple(n for n, kind in layout if kind == "element")
-            per_tensor_keys = tuple(n for n, kind in layout if kind == "tensor")
+            per_tensor_keys = tuple(n for n, kind in layout if kind in ("tensor", "reduced"))
             partitions.append(
                 Partition(
                     params=members,
@@ -549,6 +587,7 @@ class Engine:
                     and all(p.is_contiguous() for p in members),
                     numel=sum(p.numel() for p in members),
                     step_dtype=_step_dtype(states) if algorithm.step else None,
+                    reduced_keys=tuple(n for n, kind in layout if kind == "reduced"),
                 )
             )
         run.partitions = partitions

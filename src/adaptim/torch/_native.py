@@ -87,6 +87,8 @@ def supports(structure: Structure) -> str | None:
         return f"no native form for {', '.join(unknown)}"
     if structure.created:
         return "the rule creates state on this step"
+    if structure.reduced_inputs:
+        return "state that is neither element-wise nor 0-d"
     per_tensor = structure.per_tensor_nodes()
     for op, args in structure.ops:
         operand = args[0] if args else ("slot", 0)
