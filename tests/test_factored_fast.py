@@ -28,7 +28,7 @@ from test_torch_parity import PHASES
 
 import adaptim
 from adaptim.algorithms.adafactor import ADAFACTOR
-from adaptim.torch import _trace
+from adaptim.torch import _replay, _trace
 
 STEPS = 6
 SIZES = st.integers(1, 7)
@@ -200,3 +200,31 @@ def test_the_rule_records_on_every_kind_of_parameter() -> None:
     assert ADAFACTOR.recordable
     _, optimizer = run([(), (3,), (1, 4), (4, 1), (2, 3, 4)], torch.float32, 1, adaptim.Adafactor)
     assert optimizer.fused_status() == ["foreach (3 partitions): 5 of 5 tensors"]
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
+@settings(max_examples=2, deadline=None, phases=PHASES)
+@given(
+    rows=st.lists(st.integers(200, 700), min_size=3, max_size=3),
+    vector=st.integers(150_000, 400_000),
+    flavor=st.sampled_from(["torch", "keras"]),
+    seed=st.integers(0, 2**16),
+)
+def test_large_groups_run_in_chunks_and_still_equal_the_reference(
+    threads: int, rows: list[int], vector: int, flavor: str, seed: int
+) -> None:
+    """Groups of more than twice ``_replay.CHUNK_NUMEL`` elements replay chunk by chunk."""
+    shapes = [(rows[0], rows[1]), (rows[2], 600), (2, rows[1], 300), (vector,), (vector,), (7,)]
+    assert sum(torch.Size(s).numel() for s in shapes) > 2 * _replay.CHUNK_NUMEL
+    options = {"flavor": flavor, "weight_decay": 0.01}
+    with num_threads(threads):
+        ours = run(shapes, torch.float32, seed, lambda p: adaptim.Adafactor(p, **options), steps=3)
+        reference = run(
+            shapes,
+            torch.float32,
+            seed,
+            lambda p: adaptim.Adafactor(p, foreach=False, **options),
+            steps=3,
+        )
+    assert ours[1].fused_status()[0].startswith("foreach")
+    assert_same(ours, reference)

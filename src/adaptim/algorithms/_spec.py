@@ -49,8 +49,10 @@ class ArrayOps:
     #: ``a + w·(b - a)`` for a scalar weight (torch: ``lerp``).
     lerp: Callable[[Array, Array, float], Array]
     # -- issue 16 (twins): what rules that are not element-wise need (Adafactor's
-    # factored moments). ``None`` in a backend without them (the engine's
-    # recorder); a rule that calls them sets ``Algorithm.recordable=False``.
+    # factored moments). ``None`` in a backend without them. The engine's recorder
+    # has ``rsqrt``, ``mean_square``, ``mean``, ``eps_of`` and ``rms`` (replayed
+    # per tensor, see adaptim.torch._trace); a rule that calls the others sets
+    # ``Algorithm.recordable=False``.
     #: ``1/√x`` as the backend's own kernel computes it (torch's differs from ``1/sqrt``).
     rsqrt: Callable[[Array], Array] | None = None
     #: Mean of ``x²`` along ``axis``, keeping it as a size-1 axis.
@@ -201,7 +203,8 @@ class Algorithm:
 
     # -- issue 16 (twins): rules beyond the element-wise shape.
     #: ``False`` for a rule the engine's recorder cannot take (it reads values on
-    #: the host, reduces along axes or multiplies matrices): the engine sends its
+    #: the host other than through ``xp.rms``, multiplies matrices other than
+    #: statistics kept along an axis, reshapes or concatenates): the engine sends its
     #: groups to the per-tensor reference path without trying, and without a warning.
     recordable: bool = True
     #: The shape of state entry ``key`` for a parameter of ``shape`` where it is not

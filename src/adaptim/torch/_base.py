@@ -36,8 +36,11 @@ TORCH_OPS = ArrayOps(
     addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
     lerp=torch.lerp,
     rsqrt=torch.rsqrt,
-    # (as torch's Adafactor computes it: the norm along the axis, squared, over n)
-    mean_square=lambda x, axis: torch.norm(x, dim=axis, keepdim=True).square().div(x.shape[axis]),
+    # (as torch's Adafactor computes it: the norm along the axis, squared, over n;
+    # torch.norm's Python wrapper calls this vector_norm for an axis)
+    mean_square=lambda x, axis: (
+        torch.linalg.vector_norm(x, dim=axis, keepdim=True).square_().div_(x.shape[axis])
+    ),
     mean=lambda x, axis: x.mean(dim=axis, keepdim=True),
     eps_of=lambda x: torch.finfo(x.dtype).eps,
     rms=lambda x, scale: float(torch.linalg.vector_norm(x)) / (x.numel() ** 0.5 * scale),

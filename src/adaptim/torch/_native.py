@@ -442,6 +442,10 @@ def _cpu_fingerprint() -> str:
     return f"{platform.machine()} {flags}"
 
 
+#: Structures ``supports`` refused, with the reason.
+_UNSUPPORTED: dict[Structure, str] = {}
+
+
 def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     """The native kernel of ``structure`` for ``dtype``: from memory, from disk, or compiled now."""
     key = (structure, dtype)
@@ -450,7 +454,11 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
         return kernel
     if dtype not in _CTYPES:
         raise NativeUnavailable(f"no native kernel for {dtype}", structural=True)
-    why = supports(structure)
+    why = _UNSUPPORTED.get(structure)  # (asked on every step of such a group: remember)
+    if why is None:
+        why = supports(structure)
+        if why is not None:
+            _UNSUPPORTED[structure] = why
     if why is not None:
         raise NativeUnavailable(why, structural=True)
     with _lock:

@@ -353,6 +353,45 @@ class _Emitter:
         self.lines.append(f"    return ({''.join(r + ', ' for r in results)})")
 
 
+#: Plans with per-tensor work (host reads, reductions) run over chunks of about this
+#: many elements: one tensor's temporaries are freed before the next chunk's are
+#: allocated, so the allocator hands the same memory back (no fresh pages to fault
+#: in) and a chunk's passes stay in cache, as in torch's for-loop implementation.
+CHUNK_NUMEL = 1 << 17
+
+
+def _chunks(numels: list[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of consecutive tensors of at least :data:`CHUNK_NUMEL` elements."""
+    ranges, start, total = [], 0, 0
+    for index, numel in enumerate(numels):
+        total += numel
+        if total >= CHUNK_NUMEL:
+            ranges.append((start, index + 1))
+            start, total = index + 1, 0
+    if start < len(numels):
+        ranges.append((start, len(numels)))
+    return ranges
+
+
+def _chunked(
+    function: Callable[..., tuple[list[torch.Tensor], ...]],
+) -> Callable[..., tuple[list[torch.Tensor], ...]]:
+    """``function`` over chunks of the tensor lists; the created state lists joined back."""
+
+    def run(*args: Any) -> tuple[list[torch.Tensor], ...]:
+        *lists, slots = args
+        params = lists[0]
+        if len(params) == 1 or sum(map(torch.Tensor.numel, params)) < 2 * CHUNK_NUMEL:
+            return function(*args)
+        created: tuple[list[torch.Tensor], ...] = ()
+        for start, end in _chunks([p.numel() for p in params]):
+            part = function(*(values[start:end] for values in lists), slots)
+            created = tuple(a + b for a, b in zip(created, part, strict=True)) if created else part
+        return created
+
+    return run
+
+
 def _is_array(ref: Ref) -> bool:
     return ref[0] in ("input", "node")
 
@@ -377,6 +416,9 @@ def plan_for(structure: Structure) -> Plan:
 
             namespace: dict[str, Any] = {"torch": torch, "xp": TORCH_OPS, "inf": math.inf}
             exec(compile(source, f"<{name}>", "exec"), namespace)
-            plan = Plan(source=source, run=namespace[name])
+            function = namespace[name]
+            if any(kind in ("host", "reduced") for kind in structure.kinds()):
+                function = _chunked(function)
+            plan = Plan(source=source, run=function)
             _PLANS[structure] = plan
     return plan
