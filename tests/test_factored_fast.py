@@ -60,7 +60,8 @@ def configurations(draw: st.DrawFn) -> dict[str, Any]:
     if flavor != "paper":  # (the paper has no weight decay)
         options["weight_decay"] = draw(st.sampled_from([0.0, 0.05]))
     if draw(st.booleans()):
-        options["lr"] = draw(st.floats(1e-4, 0.5))
+        lr = draw(st.floats(1e-4, 0.5))
+        options["lr"] = torch.tensor(lr) if draw(st.booleans()) else lr  # (torch takes both)
         options["d"] = draw(st.floats(1.0, 3.0))
         options["beta2_decay"] = draw(st.floats(-1.0, -0.3))
     if flavor == "torch" and draw(st.booleans()):
