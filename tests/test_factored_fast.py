@@ -229,3 +229,40 @@ def test_large_groups_run_in_chunks_and_still_equal_the_reference(
         )
     assert ours[1].fused_status()[0].startswith("foreach")
     assert_same(ours, reference)
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
+@settings(max_examples=6, deadline=None, phases=PHASES)
+@given(
+    shapes=st.lists(SHAPES, min_size=1, max_size=4),
+    options=st.fixed_dictionaries(
+        {
+            "flavor": st.sampled_from(["optax", "paper"]),
+            "lr": st.floats(1e-4, 0.5),
+            "maximize": st.booleans(),
+        }
+    ),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_sm3_matrices_take_the_replay_bit_for_bit(
+    threads: int,
+    shapes: list[tuple[int, ...]],
+    options: dict[str, Any],
+    dtype: torch.dtype,
+    seed: int,
+) -> None:
+    """SM3's per-axis maxima (``xp.per_tensor``): the replay equals ``foreach=False``.
+
+    (``fused=True`` runs SM3's vectors in the native loop, which agrees to rounding:
+    ``tests/test_engine.py``; its matrices replay, as here.)
+    """
+    note(f"{shapes} {options} {dtype}")
+    with num_threads(threads), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reference = run(shapes, dtype, seed, lambda p: adaptim.SM3(p, foreach=False, **options))
+        for switches in PATHS[:2]:
+            ours = run(shapes, dtype, seed, lambda p, s=switches: adaptim.SM3(p, **options, **s))
+            status = ours[1].fused_status()[0]
+            assert f"{len(shapes)} of {len(shapes)} tensors" in status, (switches, status)
+            assert_same(ours, reference)

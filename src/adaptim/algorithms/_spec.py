@@ -65,6 +65,11 @@ class ArrayOps:
     #: Python float (torch's Adafactor computes its relative step and clipping so, in
     #: float64); a 0-d array under ``traced``. The engine's recorder replays it per tensor.
     rms: Callable[[Array, float], Any] | None = None
+    #: ``per_tensor(fn, kind, *arrays)``: only the engine's recorder has it. It records
+    #: ``fn(xp, *arrays)`` (one tensor's arrays) as one operation that the replay calls
+    #: tensor by tensor; ``kind`` is its result's: ``"element"`` (the parameter's shape)
+    #: or ``"reduced"`` (another shape, kept as state). Other backends call ``fn``.
+    per_tensor: Callable[..., Any] | None = None
     #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None

@@ -39,7 +39,7 @@ import functools
 import itertools
 import operator
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from adaptim.torch import _native, _replay, _symbolic
 from adaptim.torch._trace import Traced, Unfusable, trace
 
 if TYPE_CHECKING:
+    from adaptim.algorithms import Algorithm
     from adaptim.torch._base import Optimizer
 
 _GRAD = operator.attrgetter("grad")
@@ -193,25 +194,28 @@ def _step_dtype(states: list[dict[str, Any]]) -> torch.dtype | None:
     return dtype if ok else None
 
 
-def _reduced_entry(
-    entry_shape: Callable[[str, tuple[int, ...]], tuple[int, ...] | None] | None,
-    name: str,
-    p: torch.Tensor,
-    value: torch.Tensor,
-) -> bool:
-    """Whether state ``name`` is a statistic of another shape (Adafactor's ``(..., R, 1)`` rows).
+def _declared_shape(algorithm: Algorithm, name: str, shape: tuple[int, ...]) -> Any:
+    """The shape ``Algorithm.entry_shape`` or ``state_shape`` gives state ``name``, if any."""
+    if algorithm.entry_shape is not None:
+        return algorithm.entry_shape(name, shape)
+    if algorithm.state_shape is not None:
+        return algorithm.state_shape(shape).get(name)
+    return None
+
+
+def _reduced_entry(algorithm: Algorithm, name: str, p: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether state ``name`` is a statistic of another shape (Adafactor's ``(..., R, 1)``
+    rows, SM3's per-axis maxima).
 
     Asked of a parameter shape with no size-1 axis, so that a 1×N matrix's
     column statistic, shaped like the matrix, still counts as one.
     """
-    if entry_shape is None:
-        return False
     probe = tuple(range(2, 2 + p.ndim))
-    declared = entry_shape(name, probe)
+    declared = _declared_shape(algorithm, name, probe)
     return (
         declared is not None
-        and declared != probe
-        and value.shape == entry_shape(name, tuple(p.shape))
+        and tuple(declared) != probe
+        and value.shape == tuple(_declared_shape(algorithm, name, tuple(p.shape)))
         and value.dtype == p.dtype
         and value.device == p.device
     )
@@ -538,7 +542,7 @@ class Engine:
                 elif not isinstance(value, torch.Tensor) or value.is_sparse:
                     layout = []
                     break
-                elif _reduced_entry(algorithm.entry_shape, name, p, value):
+                elif _reduced_entry(algorithm, name, p, value):
                     layout.append((name, "reduced"))
                 elif (
                     value.shape == p.shape

@@ -147,6 +147,8 @@ class _Emitter:
         #: buffer -> the value it holds now
         self.occupant: dict[str, Ref] = {name: ref for ref, name in self.storage.items()}
         self.temps = itertools.count()
+        #: Functions of ``per_tensor`` operations, by their name in the generated code.
+        self.functions: dict[str, Callable[..., Any]] = {}
 
     def kind(self, ref: Ref) -> str:
         return self.structure.kind_of(ref, self.kinds)
@@ -327,7 +329,15 @@ class _Emitter:
             self.lines.append(f"    {loop}: {_IN_PLACE[op].format(*texts)}")
             self.place(node, self.storage[first])
             return
-        expression = table[op].format(*texts)
+        if op == "per_tensor":  # a rule's own per-tensor function: fn(xp, *arrays)
+            function = args[0][1]
+            name = next((n for n, f in self.functions.items() if f is function), None)
+            if name is None:
+                name = f"f{len(self.functions)}"
+                self.functions[name] = function
+            expression = f"{name}(xp, {', '.join(texts[2:])})"
+        else:
+            expression = table[op].format(*texts)
         name = self.new_temp(node)
         self.lines.append(f"    {name} = [{expression} {loop}]")
 
@@ -410,11 +420,13 @@ def plan_for(structure: Structure) -> Plan:
         plan = _PLANS.get(structure)
         if plan is None:
             name = f"adaptim_foreach_step_{next(_counter)}"
-            body = _Emitter(structure).emit()
+            emitter = _Emitter(structure)
+            body = emitter.emit()
             source = f"def {name}({', '.join(structure.inputs)}, s):\n{body}\n"
             from adaptim.torch._base import TORCH_OPS  # (imports the engine, which imports this)
 
             namespace: dict[str, Any] = {"torch": torch, "xp": TORCH_OPS, "inf": math.inf}
+            namespace.update(emitter.functions)
             exec(compile(source, f"<{name}>", "exec"), namespace)
             function = namespace[name]
             if any(kind in ("host", "reduced") for kind in structure.kinds()):

@@ -234,6 +234,13 @@ def _along(name: str) -> Callable[[Any, int], Any]:
     return record
 
 
+def _per_tensor(function: Callable[..., Any], kind: str, *arrays: Any) -> Any:
+    """``function(xp, *arrays)`` as one operation the replay calls tensor by tensor."""
+    if kind not in ("element", "reduced"):
+        raise Unfusable(f"a per-tensor function of kind {kind!r}")
+    return _owner(*arrays).record("per_tensor", ("const", function), ("const", kind), *arrays)
+
+
 def _recorded(name: str) -> Callable[..., Any]:
     def record(*args: Any) -> Any:
         return _owner(*args).record(name, *args)
@@ -258,6 +265,7 @@ RECORDING_OPS = ArrayOps(
     mean=_along("mean"),
     eps_of=_recorded("eps_of"),
     rms=_recorded("rms"),
+    per_tensor=_per_tensor,
 )
 
 
@@ -316,6 +324,8 @@ class Structure:
                 kind = "tensor"
             elif op == "matmul":
                 kind = "element"
+            elif op == "per_tensor":  # (function, its result's kind, arrays...)
+                kind = args[1][1]
             else:
                 found = {self.kind_of(a, kinds) for a in args if a[0] in ("node", "input")}
                 kind = next((k for k in KINDS if k in found), "element")
