@@ -23,6 +23,14 @@ The multiply-adds of :class:`~adaptim.algorithms._spec.ArrayOps` (``axpy``,
 plan can call the very torch kernels the reference path calls: the
 multi-tensor replay is bit-identical to it.
 
+Not every value is element-wise: each node has a *kind* (:meth:`Structure.kinds`).
+Norms give one 0-d value per tensor (LARS/LAMB); Adafactor's row and column means
+(``xp.mean_square``, ``xp.mean``) and a rule's own ``xp.per_tensor`` functions
+(SM3's per-axis maxima) give *reduced* arrays of another shape; ``xp.rms`` and
+``xp.eps_of`` give *host* floats, one per tensor, whose arithmetic the replay
+evaluates in Python exactly as the eager rule does. The replay runs those per
+tensor and the element-wise rest with multi-tensor kernels.
+
 The rule contract: a rule may use the arithmetic operators, comparisons,
 ``abs()`` and the functions of ``xp``. Anything else it does with a proxy (a
 branch on array values, ``float()`` of an array, an attribute the proxy lacks,
