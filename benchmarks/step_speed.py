@@ -6,6 +6,7 @@ Usage::
     python benchmarks/step_speed.py --workload mlp --algorithms adam rmsprop --repeats 31
     python benchmarks/step_speed.py --json benchmarks/step_speed_cpu.json
     python benchmarks/step_speed.py --table benchmarks/step_speed_cpu.json   # the README's table
+    python benchmarks/step_speed.py --threads 1 --clock process   # CPU time: steadier under load
 
 Workloads (float32):
 
@@ -91,8 +92,9 @@ RESTRICTED_WORKLOADS = {"sparseadam": "embedding", "muon": "matrices"}
 #: Rows of the ``embedding`` table one batch looks up (with repeats).
 EMBEDDING_BATCH = 4_096
 
-#: algorithm -> (adaptim/torch class name, settings beyond the defaults, state tensors per parameter)
-ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
+#: algorithm -> (adaptim/torch class name, settings beyond the defaults, state tensors per
+#: parameter; ``None``: factored, one per element of a vector or scalar, none for a matrix)
+ALGORITHMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "sgd-momentum": ("SGD", {"lr": 1e-3, "momentum": 0.9}, 1),
     "adagrad": ("Adagrad", {}, 1),
     "rmsprop": ("RMSprop", {}, 1),
@@ -109,7 +111,7 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int]] = {
     "rprop": ("Rprop", {}, 2),
     "asgd": ("ASGD", {}, 1),
     # factored: a matrix keeps a row and a column (taken as 0 per parameter); vectors keep one
-    "adafactor": ("Adafactor", {}, 0),
+    "adafactor": ("Adafactor", {}, None),
     # optax's: no torch.optim twin, so no ratio; the roofline column still applies
     "lion": ("Lion", {}, 1),
     "adabelief": ("AdaBelief", {}, 2),
@@ -165,6 +167,11 @@ def bytes_per_param(states: int, itemsize: int = 4) -> int:
 def traffic(algorithm: str, workload: str) -> float:
     """The bytes one step must move: :func:`bytes_per_param`, in the state's own format."""
     _, _, states = ALGORITHMS[algorithm]
+    if states is None:  # factored: the vectors' elements keep one state each
+        shapes = WORKLOADS[workload]
+        numel = sum(torch.Size(s).numel() for s in shapes)
+        vectors = sum(torch.Size(s).numel() for s in shapes if len(s) < 2)
+        return bytes_per_param(0) * (numel - vectors) + bytes_per_param(1) * vectors
     if algorithm not in STATE_FORMATS:
         return bytes_per_param(states) * active_elements(workload)
     sizes = [torch.Size(s).numel() for s in WORKLOADS[workload]]
@@ -280,6 +287,11 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
     return runners
 
 
+#: What a timed step reads (``--clock``): wall time, or the process's CPU time.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+clock = time.perf_counter
+
+
 def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
     order = random.Random(0)
     for _ in range(repeats):
@@ -287,10 +299,10 @@ def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
         # thread pool's state) must not favour one implementation.
         for runner in order.sample(runners, len(runners)):
             runner.fresh_grads()
-            start = time.perf_counter()
+            start = clock()
             runner.step()
             synchronize(device)
-            runner.times.append(time.perf_counter() - start)
+            runner.times.append(clock() - start)
 
 
 def report(
@@ -387,6 +399,13 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="process: CPU time, less sensitive to other load with 1 thread "
+        "(with more it adds up every thread's time, spinning included)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--warm-cache", action="store_true", help="keep adaptim's kernel cache")
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
@@ -397,6 +416,8 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
     if not args.warm_cache:
         os.environ["ADAPTIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptim-bench-")
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []

@@ -141,8 +141,9 @@ def test_adafactor_refuses_complex_parameters(module: Any) -> None:
             anp.Adafactor([np.zeros(2, dtype=np.complex128)])
 
 
-def test_adafactor_keeps_factored_state_and_runs_on_the_reference_path() -> None:
-    """R + C numbers for an R x C matrix, torch's shapes, and no engine warning."""
+def test_adafactor_keeps_factored_state_and_runs_on_the_fast_path() -> None:
+    """R + C numbers for an R x C matrix, torch's shapes, and no engine warning: the
+    engine replays the row and column statistics per tensor (tests/test_factored_fast.py)."""
     weight = torch.zeros(6, 4, requires_grad=True)
     bias = torch.zeros(6, requires_grad=True)
     optimizer = adaptim.Adafactor([weight, bias])
@@ -156,7 +157,7 @@ def test_adafactor_keeps_factored_state_and_runs_on_the_reference_path() -> None
         "col_var": (1, 4),
     }
     assert tuple(optimizer.state[bias]["variance"].shape) == (6,)
-    assert optimizer.fused_status()[0].startswith("reference")
+    assert optimizer.fused_status() == ["foreach (2 partitions): 2 of 2 tensors"]
 
 
 # -- state_dict both ways -------------------------------------------------------------------

@@ -49,8 +49,10 @@ class ArrayOps:
     #: ``a + w·(b - a)`` for a scalar weight (torch: ``lerp``).
     lerp: Callable[[Array, Array, float], Array]
     # -- issue 16 (twins): what rules that are not element-wise need (Adafactor's
-    # factored moments). ``None`` in a backend without them (the engine's
-    # recorder); a rule that calls them sets ``Algorithm.recordable=False``.
+    # factored moments). ``None`` in a backend without them. The engine's recorder
+    # has ``rsqrt``, ``mean_square``, ``mean``, ``eps_of`` and ``rms`` (replayed
+    # per tensor, see adaptim.torch._trace); a rule that calls the others sets
+    # ``Algorithm.recordable=False``.
     #: ``1/√x`` as the backend's own kernel computes it (torch's differs from ``1/sqrt``).
     rsqrt: Callable[[Array], Array] | None = None
     #: Mean of ``x²`` along ``axis``, keeping it as a size-1 axis.
@@ -59,6 +61,15 @@ class ArrayOps:
     mean: Callable[[Array, int], Array] | None = None
     #: Machine epsilon of ``x``'s floating dtype.
     eps_of: Callable[[Array], float] | None = None
+    #: ``‖x‖₂ / (√n · scale)`` for an ``x`` of ``n`` elements, read on the host as a
+    #: Python float (torch's Adafactor computes its relative step and clipping so, in
+    #: float64); a 0-d array under ``traced``. The engine's recorder replays it per tensor.
+    rms: Callable[[Array, float], Any] | None = None
+    #: ``per_tensor(fn, kind, *arrays)``: only the engine's recorder has it. It records
+    #: ``fn(xp, *arrays)`` (one tensor's arrays) as one operation that the replay calls
+    #: tensor by tensor; ``kind`` is its result's: ``"element"`` (the parameter's shape)
+    #: or ``"reduced"`` (another shape, kept as state). Other backends call ``fn``.
+    per_tensor: Callable[..., Any] | None = None
     #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None
@@ -197,7 +208,8 @@ class Algorithm:
 
     # -- issue 16 (twins): rules beyond the element-wise shape.
     #: ``False`` for a rule the engine's recorder cannot take (it reads values on
-    #: the host, reduces along axes or multiplies matrices): the engine sends its
+    #: the host other than through ``xp.rms``, multiplies matrices other than
+    #: statistics kept along an axis, reshapes or concatenates): the engine sends its
     #: groups to the per-tensor reference path without trying, and without a warning.
     recordable: bool = True
     #: The shape of state entry ``key`` for a parameter of ``shape`` where it is not

@@ -46,11 +46,10 @@ def second_moment(
     otherwise (torch) the mean of :math:`R_t` is floored at :math:`\epsilon_1`.
     """
     mean_square = _op(xp, "mean_square")
-    added = eps1 if eps1_in_square else 0.0
     if g.ndim > 1:
         row_mean, col_mean = mean_square(g, -1), mean_square(g, -2)
-        if added:
-            row_mean, col_mean = row_mean + added, col_mean + added
+        if eps1_in_square:  # (+ 0.0 leaves the non-negative means as they are)
+            row_mean, col_mean = row_mean + eps1, col_mean + eps1
         old_row, old_col = state["row_var"], state["col_var"]
         row_var = row_mean if old_row is None else xp.lerp(old_row, row_mean, weight)
         col_var = col_mean if old_col is None else xp.lerp(old_col, col_mean, weight)
@@ -58,23 +57,30 @@ def second_moment(
         if not eps1_in_square:
             scale = xp.clip(scale, eps1, math.inf)
         return (row_var @ col_var) / scale, {"row_var": row_var, "col_var": col_var}
-    square = g * g + added if added else g * g
+    square = g * g + eps1 if eps1_in_square else g * g
     old = state["variance"]
     variance = square if old is None else xp.lerp(old, square, weight)
     return variance, {"variance": variance}
 
 
-def relative_step(
-    xp: ArrayOps, p: Array, *, step: float, lr: float, eps2: float
-) -> tuple[Array | float, float]:
+def _at_least(xp: ArrayOps, x: Any, low: float) -> Any:
+    """``max(low, x)``: on the host for a float (torch's float64 arithmetic), else ``clip``."""
+    return max(low, x) if isinstance(x, float) else xp.clip(x, low, math.inf)
+
+
+def relative_step(xp: ArrayOps, p: Array, *, step: float, lr: float, eps2: float) -> Any:
     r""":math:`\alpha_t = \max(\epsilon_2, \operatorname{RMS}(\theta))\,\rho_t` with
-    :math:`\rho_t = \min(\gamma, 1/\sqrt t)`, and :math:`\sqrt n` for the update's RMS."""
-    root_n = math.prod(p.shape) ** 0.5
-    if xp.traced:  # under torch.compile: the scalars stay tensors, so no host read breaks the graph
-        rho = xp.clip(step**-0.5, 0.0, lr)
-        return xp.clip(xp.norm(p) / root_n, eps2, math.inf) * rho, root_n
-    # eager: torch's own float64 host arithmetic, bit for bit
-    return max(eps2, float(xp.norm(p)) / root_n) * min(lr, 1 / step**0.5), root_n
+    :math:`\rho_t = \min(\gamma, 1/\sqrt t)`.
+
+    Eagerly the RMS is read on the host and the arithmetic is torch's float64;
+    under ``torch.compile`` (``xp.traced``) the scalars stay 0-d arrays, so no
+    host read breaks the graph; the engine's recorder replays the host
+    arithmetic per tensor.
+    """
+    rms = _op(xp, "rms")(p, 1.0)
+    if xp.traced:
+        return xp.clip(rms, eps2, math.inf) * xp.clip(step**-0.5, 0.0, lr)
+    return _at_least(xp, rms, eps2) * min(lr, 1 / step**0.5)
 
 
 def adafactor_update(
@@ -160,25 +166,24 @@ def adafactor_update(
       ``c``; adaptim keeps torch's factored state in every flavor.
 
     Tensors of rank > 2 are factored over their last two axes in every
-    flavor but optax's. The matrix path runs on the per-tensor reference
-    path (the reductions and the outer product are not element-wise).
+    flavor but optax's. The engine records this rule like any other: the
+    row and column means, :math:`\operatorname{mean}(R_t)` and the RMS reads
+    replay once per tensor, the element-wise tail (:math:`R_t C_t` onwards)
+    in place with torch's multi-tensor kernels, bit for bit as here.
     """
     eps1, eps2 = eps
     if eps1 is None:
         eps1 = _op(xp, "eps_of")(p)
     if weight_decay != 0 and rms_after_decay:
         p = p * (1 - lr * weight_decay)
-    alpha, root_n = relative_step(xp, p, step=step, lr=lr, eps2=eps2)
+    alpha = relative_step(xp, p, step=step, lr=lr, eps2=eps2)
     if weight_decay != 0 and not rms_after_decay:
         p = p * (1 - lr * weight_decay)
     estimate, new_state = second_moment(xp, state, g, step**beta2_decay, eps1, eps1_in_square)
     if not eps1_in_square:
         estimate = xp.clip(estimate, eps1 * eps1, math.inf)
     update = _op(xp, "rsqrt")(estimate) * g
-    if xp.traced:
-        denom = xp.clip(xp.norm(update) / (root_n * d), 1.0, math.inf)
-    else:
-        denom = max(1.0, float(xp.norm(update)) / (root_n * d))
+    denom = _at_least(xp, _op(xp, "rms")(update, d), 1.0)
     return xp.axpy(p, update, -alpha / denom), new_state
 
 
@@ -199,7 +204,7 @@ def adafactor_effective_lr(
     eps1, eps2 = eps
     if eps1 is None:
         eps1 = _op(xp, "eps_of")(p)
-    alpha, _root_n = relative_step(xp, p, step=step + 1, lr=lr, eps2=eps2)
+    alpha = relative_step(xp, p, step=step + 1, lr=lr, eps2=eps2)
     if "variance" in state:
         estimate = state["variance"]
     else:
@@ -261,7 +266,7 @@ ADAFACTOR = Algorithm(
     # Which entries exist depends on the parameter's rank; the rule creates them.
     state=lambda hp: {"row_var": None, "col_var": None, "variance": None},
     effective_lr=adafactor_effective_lr,
-    recordable=False,
+    depends_on_ndim=True,  # vectors keep `variance`, matrices are factored
     entry_shape=factored_shape,
     complex_params=False,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
@@ -15,6 +16,35 @@ def cover_maxima(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
 
 def _minimum(a: Array, b: Array, xp: ArrayOps) -> Array:
     return -xp.maximum(-a, -b)
+
+
+def _each(xp: ArrayOps, function: Callable[..., Array], kind: str, *arrays: Array) -> Array:
+    """``function(xp, *arrays)``, recorded as one per-tensor operation where ``xp`` records."""
+    if xp.per_tensor is not None:
+        return xp.per_tensor(function, kind, *arrays)
+    return function(xp, *arrays)
+
+
+def _cover_minimum(xp: ArrayOps, accumulator: Array, like: Array) -> Array:
+    r""":math:`\min_a \mu^{(a)}(i_a)` broadcast to ``like``'s shape (the axes' pieces of ``accumulator``)."""
+    shape = tuple(like.shape)
+    pieces, start = [], 0
+    for axis, size in enumerate(shape):
+        view = [1] * len(shape)
+        view[axis] = size
+        pieces.append(accumulator[start : start + size].reshape(view))
+        start += size
+    smallest = pieces[0]
+    for piece in pieces[1:]:
+        smallest = _minimum(smallest, piece, xp)
+    return smallest
+
+
+def _cover_maxima(xp: ArrayOps, covered: Array) -> Array:
+    r""":math:`\max_{i:\, i_a = j} \nu(i)` for every axis :math:`a`, concatenated."""
+    assert xp.amax is not None and xp.concat is not None, f"{xp.name} lacks amax/concat"
+    axes = range(covered.ndim)
+    return xp.concat([xp.amax(covered, tuple(b for b in axes if b != a)).reshape(-1) for a in axes])
 
 
 def sm3_update(
@@ -59,8 +89,8 @@ def sm3_update(
       optax refuses scalar (0-d) parameters, which adaptim treats as vectors.
     * ``paper``: SM3-II has neither momentum nor ε (``momentum=0, eps=0``).
 
-    Not element-wise: the execution engine steps matrices with the per-tensor
-    reference path. Complex parameters are refused, as in optax. torch.optim
+    Not element-wise: the engine records the accumulator's pieces and maxima as
+    per-tensor operations (``xp.per_tensor``), the rest element-wise. Complex parameters are refused, as in optax. torch.optim
     has no SM3; there is no ``effective_lr`` (it depends on the next gradient).
     """
     square = g * g
@@ -68,23 +98,9 @@ def sm3_update(
     if p.ndim < 2:
         covered = square + accumulator
         new_accumulator = covered
-    else:
-        shape = tuple(p.shape)
-        pieces, start = [], 0
-        for axis, size in enumerate(shape):
-            view = [1] * len(shape)
-            view[axis] = size
-            pieces.append(accumulator[start : start + size].reshape(view))
-            start += size
-        smallest = pieces[0]
-        for piece in pieces[1:]:
-            smallest = _minimum(smallest, piece, xp)
-        covered = square + smallest
-        assert xp.amax is not None and xp.concat is not None, f"{xp.name} lacks amax/concat"
-        axes = range(len(shape))
-        new_accumulator = xp.concat(
-            [xp.amax(covered, tuple(b for b in axes if b != a)).reshape(-1) for a in axes]
-        )
+    else:  # (per tensor on the engine's fast path: the pieces' shapes are the tensor's)
+        covered = square + _each(xp, _cover_minimum, "element", accumulator, g)
+        new_accumulator = _each(xp, _cover_maxima, "reduced", covered)
     positive = covered > 0
     safe = xp.where(positive, covered, 1.0)
     direction = xp.where(positive, g / xp.sqrt(safe + eps), 0.0)
@@ -114,7 +130,7 @@ SM3 = Algorithm(
     name="sm3",
     class_name="SM3",
     default_flavor="optax",
-    depends_on_ndim=True,  # vectors are element-wise (and recorded); matrices are not
+    depends_on_ndim=True,  # vectors are element-wise; matrices keep per-axis maxima
     title="SM3: AdaGrad with per-row and per-column accumulators (memory-light)",
     update=sm3_update,
     hparams=tuple(DEFAULTS),

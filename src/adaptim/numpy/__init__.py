@@ -44,6 +44,7 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     mean_square=lambda x, axis: np.mean(x * x, axis=axis, keepdims=True),
     mean=lambda x, axis: np.mean(x, axis=axis, keepdims=True),
     eps_of=lambda x: float(np.finfo(x.dtype).eps),
+    rms=lambda x, scale: float(np.sqrt(np.sum(x * x))) / (x.size**0.5 * scale),
     amax=lambda x, axes: np.max(x, axis=axes),
     concat=np.concatenate,
     addmm=lambda c, a, b, beta, alpha: beta * c + alpha * (a @ b),

@@ -36,10 +36,14 @@ TORCH_OPS = ArrayOps(
     addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
     lerp=torch.lerp,
     rsqrt=torch.rsqrt,
-    # (as torch's Adafactor computes it: the norm along the axis, squared, over n)
-    mean_square=lambda x, axis: torch.norm(x, dim=axis, keepdim=True).square().div(x.shape[axis]),
+    # (as torch's Adafactor computes it: the norm along the axis, squared, over n;
+    # torch.norm's Python wrapper calls this vector_norm for an axis)
+    mean_square=lambda x, axis: (
+        torch.linalg.vector_norm(x, dim=axis, keepdim=True).square_().div_(x.shape[axis])
+    ),
     mean=lambda x, axis: x.mean(dim=axis, keepdim=True),
     eps_of=lambda x: torch.finfo(x.dtype).eps,
+    rms=lambda x, scale: float(torch.linalg.vector_norm(x)) / (x.numel() ** 0.5 * scale),
     amax=lambda x, dims: torch.amax(x, dim=dims),
     concat=torch.cat,
     addmm=lambda c, a, b, beta, alpha: torch.addmm(c, a, b, beta=beta, alpha=alpha),
@@ -71,6 +75,7 @@ TRACEABLE_OPS = dataclasses.replace(
     addcmul=lambda a, b, c, value: a + b * c * value,
     lerp=lambda a, b, weight: a + (b - a) * weight,
     clip=lambda x, low, high: torch.clamp(x, _traced_scalar(x, low), _traced_scalar(x, high)),
+    rms=lambda x, scale: torch.linalg.vector_norm(x) / (x.numel() ** 0.5 * scale),
 )
 
 

@@ -55,6 +55,7 @@ from adaptim.torch import _lowmem_native, _native, _replay, _symbolic
 from adaptim.torch._trace import Traced, Unfusable, trace
 
 if TYPE_CHECKING:
+    from adaptim.algorithms import Algorithm
     from adaptim.torch._base import Optimizer
 
 _GRAD = operator.attrgetter("grad")
@@ -93,6 +94,8 @@ class Partition:
     numel: int
     #: The dtype of the ``step`` counters, when the native kernel may count them.
     step_dtype: torch.dtype | None = None
+    #: The ``per_tensor_keys`` of another shape than 0-d (``Algorithm.entry_shape``'s).
+    reduced_keys: tuple[str, ...] = ()
     warned: bool = False
     #: Why the native loop was not used on the last try, for ``fused_status()``.
     native_refused: str | None = None
@@ -114,6 +117,7 @@ class Partition:
             self.absent_keys,
             tuple(self.scalar_state),
             self.ndim,
+            self.reduced_keys,
         )
 
     def state_current(self, state: Mapping[torch.Tensor, Any]) -> bool:
@@ -197,6 +201,33 @@ def _step_dtype(states: list[dict[str, Any]]) -> torch.dtype | None:
         return None
     ok = all(t.dtype == dtype and t.ndim == 0 and t.device.type == "cpu" for t in steps)
     return dtype if ok else None
+
+
+def _declared_shape(algorithm: Algorithm, name: str, shape: tuple[int, ...]) -> Any:
+    """The shape ``Algorithm.entry_shape`` or ``state_shape`` gives state ``name``, if any."""
+    if algorithm.entry_shape is not None:
+        return algorithm.entry_shape(name, shape)
+    if algorithm.state_shape is not None:
+        return algorithm.state_shape(shape).get(name)
+    return None
+
+
+def _reduced_entry(algorithm: Algorithm, name: str, p: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether state ``name`` is a statistic of another shape (Adafactor's ``(..., R, 1)``
+    rows, SM3's per-axis maxima).
+
+    Asked of a parameter shape with no size-1 axis, so that a 1×N matrix's
+    column statistic, shaped like the matrix, still counts as one.
+    """
+    probe = tuple(range(2, 2 + p.ndim))
+    declared = _declared_shape(algorithm, name, probe)
+    return (
+        declared is not None
+        and tuple(declared) != probe
+        and value.shape == tuple(_declared_shape(algorithm, name, tuple(p.shape)))
+        and value.dtype == p.dtype
+        and value.device == p.device
+    )
 
 
 def _plain_dense(p: torch.Tensor) -> bool:
@@ -396,6 +427,7 @@ class Engine:
             partition.absent_keys,
             partition.scalar_state,
         )
+        reduced = partition.reduced_keys
         if key not in self.unmemoizable and len(memos) < MAX_MEMOS:
             context = _symbolic.Context()
             symbolic, leaf_values, _ = _symbolic.symbolic_hyperparameters(hp, context)
@@ -406,6 +438,7 @@ class Engine:
                     step=_symbolic.Sym(context, ("leaf", 0), step),
                     hyperparams=symbolic,
                     ndim=partition.ndim,
+                    reduced_state=reduced,
                 )
             except _symbolic.NotMemoizable:
                 self.unmemoizable.add(key)
@@ -422,7 +455,14 @@ class Engine:
                 else:
                     self.unmemoizable.add(key)
                 return traced
-        return trace(*arguments, negate_grad=negate, step=step, hyperparams=hp, ndim=partition.ndim)
+        return trace(
+            *arguments,
+            negate_grad=negate,
+            step=step,
+            hyperparams=hp,
+            ndim=partition.ndim,
+            reduced_state=reduced,
+        )
 
     def _run(
         self,
@@ -522,6 +562,8 @@ class Engine:
                         layout = []
                         break
                     layout.append((name, kind))
+                elif _reduced_entry(algorithm, name, p, value):
+                    layout.append((name, "reduced"))
                 elif (
                     value.shape == p.shape
                     and value.dtype == p.dtype
@@ -552,7 +594,7 @@ class Engine:
             tensor_keys = tuple(n for n, kind in layout if kind in ("element", "bf16", "q8"))
             kinds = tuple(kind for _, kind in layout if kind in ("element", "bf16", "q8"))
             encodings = kinds if _lowmem_native.ENCODED.intersection(kinds) else ()
-            per_tensor_keys = tuple(n for n, kind in layout if kind == "tensor")
+            per_tensor_keys = tuple(n for n, kind in layout if kind in ("tensor", "reduced"))
             partitions.append(
                 Partition(
                     params=members,
@@ -572,6 +614,7 @@ class Engine:
                     numel=sum(p.numel() for p in members),
                     step_dtype=_step_dtype(states) if algorithm.step and not encodings else None,
                     encodings=encodings,
+                    reduced_keys=tuple(n for n, kind in layout if kind == "reduced"),
                 )
             )
         run.partitions = partitions

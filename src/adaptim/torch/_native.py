@@ -87,6 +87,8 @@ def supports(structure: Structure) -> str | None:
         return f"no native form for {', '.join(unknown)}"
     if structure.created:
         return "the rule creates state on this step"
+    if structure.reduced_inputs:
+        return "state that is neither element-wise nor 0-d"
     per_tensor = structure.per_tensor_nodes()
     for op, args in structure.ops:
         operand = args[0] if args else ("slot", 0)
@@ -440,6 +442,10 @@ def _cpu_fingerprint() -> str:
     return f"{platform.machine()} {flags}"
 
 
+#: Structures ``supports`` refused, with the reason.
+_UNSUPPORTED: dict[Structure, str] = {}
+
+
 def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     """The native kernel of ``structure`` for ``dtype``: from memory, from disk, or compiled now."""
     key = (structure, dtype)
@@ -448,7 +454,11 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
         return kernel
     if dtype not in _CTYPES:
         raise NativeUnavailable(f"no native kernel for {dtype}", structural=True)
-    why = supports(structure)
+    why = _UNSUPPORTED.get(structure)  # (asked on every step of such a group: remember)
+    if why is None:
+        why = supports(structure)
+        if why is not None:
+            _UNSUPPORTED[structure] = why
     if why is not None:
         raise NativeUnavailable(why, structural=True)
     with _lock:

@@ -19,6 +19,7 @@ at the end. ``Optimizer.plans()`` shows the generated source.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ _FOREACH = {
     "neg": "neg",
     "abs": "abs",
     "sqrt": "sqrt",
+    "rsqrt": "rsqrt",
     "pow": "pow",
 }
 _COMMUTATIVE = frozenset({"add", "mul", "maximum"})
@@ -74,6 +76,42 @@ _PER_TENSOR = {
     "addcmul": "torch.addcmul({0}, {1}, {2}, value={3})",
     "addcdiv": "torch.addcdiv({0}, {1}, {2}, value={3})",
     "lerp": "torch.lerp({0}, {1}, {2})",
+    "rsqrt": "torch.rsqrt({0})",
+    "matmul": "{0} @ {1}",
+    # not element-wise: the reference path's own functions (``xp`` is its TORCH_OPS)
+    "mean_square": "xp.mean_square({0}, {1})",
+    "mean": "xp.mean({0}, {1})",
+}
+
+#: The same operations in place on the first operand, for a first operand of the
+#: result's shape whose value is dead (an element-wise array with a per-tensor scalar).
+_IN_PLACE = {
+    "add": "{0}.add_({1})",
+    "sub": "{0}.sub_({1})",
+    "mul": "{0}.mul_({1})",
+    "div": "{0}.div_({1})",
+    "neg": "{0}.neg_()",
+    "abs": "{0}.abs_()",
+    "sqrt": "{0}.sqrt_()",
+    "rsqrt": "{0}.rsqrt_()",
+    "clip": "{0}.clamp_({1}, {2})",
+    "axpy": "{0}.add_({1}, alpha={2})",
+    "addcmul": "{0}.addcmul_({1}, {2}, value={3})",
+    "lerp": "{0}.lerp_({1}, {2})",
+}
+
+#: Host scalars (a Python float per tensor): the reference path's float arithmetic.
+_HOST = {
+    "add": "{0} + {1}",
+    "sub": "{0} - {1}",
+    "mul": "{0} * {1}",
+    "div": "{0} / {1}",
+    "neg": "-{0}",
+    "pow": "{0} ** {1}",
+    # ``max(low, x)`` as the rule writes it on floats (NaN gives ``low``, as there)
+    "clip": "min(max({1}, {0}), {2})",
+    "rms": "xp.rms({0}, {1})",
+    "eps_of": "xp.eps_of({0})",
 }
 
 
@@ -100,7 +138,7 @@ class _Emitter:
                     self.last_use[arg] = index
         for _, ref in (*structure.outputs, *structure.created):
             self.last_use[ref] = self.end
-        self.per_tensor = structure.per_tensor_nodes()
+        self.kinds = structure.kinds()
         self.written = {name for name, _ in structure.outputs}
         self.finals: dict[Ref, list[str]] = {}
         for name, ref in structure.outputs:
@@ -113,14 +151,11 @@ class _Emitter:
         #: buffer -> the value it holds now
         self.occupant: dict[str, Ref] = {name: ref for ref, name in self.storage.items()}
         self.temps = itertools.count()
+        #: Functions of ``per_tensor`` operations, by their name in the generated code.
+        self.functions: dict[str, Callable[..., Any]] = {}
 
     def kind(self, ref: Ref) -> str:
-        if ref[0] == "input":
-            name = self.structure.inputs[ref[1]]
-            return "tensor" if name in self.structure.per_tensor_inputs else "element"
-        if ref[0] == "node":
-            return "tensor" if ref[1] in self.per_tensor else "element"
-        return "scalar"
+        return self.structure.kind_of(ref, self.kinds)
 
     def text(self, ref: Ref) -> str:
         if ref[0] in ("input", "node"):
@@ -164,15 +199,27 @@ class _Emitter:
 
     def emit_op(self, index: int, op: str, args: tuple[Ref, ...]) -> None:
         node: Ref = ("node", index)
-        kind = "tensor" if index in self.per_tensor else "element"
+        kind = self.kinds[index]
+        if kind == "host":
+            self.emit_per_tensor(node, op, args, _HOST)
+            return
         if op in _COMMUTATIVE and not _is_array(args[0]) and _is_array(args[1]):
             args = (args[1], args[0])
         if op in ("sub", "div") and args[0][0] == "slot" and self.kind(args[1]) == kind:
-            self.emit_reversed(index, op, args)
+            self.emit_reversed(index, op, args)  # (unary: any shapes)
+            return
+        if (
+            op == "clip"
+            and kind != "reduced"
+            and self.kind(args[0]) == kind
+            and all(self.kind(a) in ("host", "scalar") for a in args[1:])
+        ):
+            self.emit_clip(index, args)
             return
         foreach = _FOREACH.get(op)
         if (
             foreach is None
+            or kind == "reduced"  # shapes differ between operands: per tensor, broadcasting
             or not _is_array(args[0])
             or any(self.kind(a) != kind for a in args if _is_array(a))
         ):
@@ -230,16 +277,71 @@ class _Emitter:
                 return buffer
         return None
 
-    def emit_per_tensor(self, node: Ref, op: str, args: tuple[Ref, ...]) -> None:
+    def emit_clip(self, index: int, args: tuple[Ref, ...]) -> None:
+        """``clip`` as multi-tensor ``clamp_min``/``clamp_max`` (bounds: slots or host lists)."""
+        node: Ref = ("node", index)
+        operand, low, high = args
+        buffer = self.storage[operand]
+        bounds = [("clamp_min", low, float("-inf")), ("clamp_max", high, float("inf"))]
+        # an infinite constant bound clamps nothing; an infinite slot is checked at run time
+        bounds = [b for b in bounds if not (b[1][0] == "const" and b[1][1] == b[2])]
+        if self.last_use.get(operand) == index and self.may_take(buffer, node, index):
+            self.place(node, buffer)
+        else:
+            target = self.free_final_buffer(node, index)
+            if target is not None:
+                self.lines.append(f"    torch._foreach_copy_({target}, {buffer})")
+                self.place(node, target)
+            else:
+                name, bound, _ = bounds.pop(0) if bounds else ("clamp_min", low, None)
+                target = self.new_temp(node)
+                self.lines.append(
+                    f"    {target} = torch._foreach_{name}({buffer}, {self.text(bound)})"
+                )
+            buffer = target
+        for name, bound, skip in bounds:
+            guard = f"if {self.text(bound)} != {skip!r}: " if bound[0] == "slot" else ""
+            self.lines.append(f"    {guard}torch._foreach_{name}_({buffer}, {self.text(bound)})")
+
+    def emit_per_tensor(
+        self, node: Ref, op: str, args: tuple[Ref, ...], table: dict[str, str] = _PER_TENSOR
+    ) -> None:
+        """One call per tensor: in place on a dead first operand of the result's shape, else new."""
         lists = list(dict.fromkeys(a for a in args if _is_array(a)))
         names = [f"x{i}" for i in range(len(lists))]
         by_ref = dict(zip(lists, names, strict=True))
         texts = [by_ref[a] if _is_array(a) else self.text(a) for a in args]
-        expression = _PER_TENSOR[op].format(*texts)
         zipped = ", ".join(self.storage[a] for a in lists)
         loop = (
             f"for {', '.join(names)}{',' if len(names) == 1 else ''} in zip({zipped}, strict=True)"
         )
+        index = node[1]
+        kind = self.kinds[index]
+        first = args[0]
+        # (a reduced value may only overwrite the state it becomes: the same shape)
+        same_shape = kind in ("element", "tensor") or (
+            _is_array(first) and self.storage[first] in self.finals.get(node, [])
+        )
+        if (
+            table is _PER_TENSOR
+            and op in _IN_PLACE
+            and same_shape
+            and self.kind(first) == kind
+            and self.last_use.get(first) == index
+            and self.may_take(self.storage[first], node, index)
+        ):
+            self.lines.append(f"    {loop}: {_IN_PLACE[op].format(*texts)}")
+            self.place(node, self.storage[first])
+            return
+        if op == "per_tensor":  # a rule's own per-tensor function: fn(xp, *arrays)
+            function = args[0][1]
+            name = next((n for n, f in self.functions.items() if f is function), None)
+            if name is None:
+                name = f"f{len(self.functions)}"
+                self.functions[name] = function
+            expression = f"{name}(xp, {', '.join(texts[2:])})"
+        else:
+            expression = table[op].format(*texts)
         name = self.new_temp(node)
         self.lines.append(f"    {name} = [{expression} {loop}]")
 
@@ -265,6 +367,45 @@ class _Emitter:
         self.lines.append(f"    return ({''.join(r + ', ' for r in results)})")
 
 
+#: Plans with per-tensor work (host reads, reductions) run over chunks of about this
+#: many elements: one tensor's temporaries are freed before the next chunk's are
+#: allocated, so the allocator hands the same memory back (no fresh pages to fault
+#: in) and a chunk's passes stay in cache, as in torch's for-loop implementation.
+CHUNK_NUMEL = 1 << 17
+
+
+def _chunks(numels: list[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of consecutive tensors of at least :data:`CHUNK_NUMEL` elements."""
+    ranges, start, total = [], 0, 0
+    for index, numel in enumerate(numels):
+        total += numel
+        if total >= CHUNK_NUMEL:
+            ranges.append((start, index + 1))
+            start, total = index + 1, 0
+    if start < len(numels):
+        ranges.append((start, len(numels)))
+    return ranges
+
+
+def _chunked(
+    function: Callable[..., tuple[list[torch.Tensor], ...]],
+) -> Callable[..., tuple[list[torch.Tensor], ...]]:
+    """``function`` over chunks of the tensor lists; the created state lists joined back."""
+
+    def run(*args: Any) -> tuple[list[torch.Tensor], ...]:
+        *lists, slots = args
+        params = lists[0]
+        if len(params) == 1 or sum(map(torch.Tensor.numel, params)) < 2 * CHUNK_NUMEL:
+            return function(*args)
+        created: tuple[list[torch.Tensor], ...] = ()
+        for start, end in _chunks([p.numel() for p in params]):
+            part = function(*(values[start:end] for values in lists), slots)
+            created = tuple(a + b for a, b in zip(created, part, strict=True)) if created else part
+        return created
+
+    return run
+
+
 def _is_array(ref: Ref) -> bool:
     return ref[0] in ("input", "node")
 
@@ -283,10 +424,17 @@ def plan_for(structure: Structure) -> Plan:
         plan = _PLANS.get(structure)
         if plan is None:
             name = f"adaptim_foreach_step_{next(_counter)}"
-            body = _Emitter(structure).emit()
+            emitter = _Emitter(structure)
+            body = emitter.emit()
             source = f"def {name}({', '.join(structure.inputs)}, s):\n{body}\n"
-            namespace: dict[str, Any] = {"torch": torch}
+            from adaptim.torch._base import TORCH_OPS  # (imports the engine, which imports this)
+
+            namespace: dict[str, Any] = {"torch": torch, "xp": TORCH_OPS, "inf": math.inf}
+            namespace.update(emitter.functions)
             exec(compile(source, f"<{name}>", "exec"), namespace)
-            plan = Plan(source=source, run=namespace[name])
+            function = namespace[name]
+            if any(kind in ("host", "reduced") for kind in structure.kinds()):
+                function = _chunked(function)
+            plan = Plan(source=source, run=function)
             _PLANS[structure] = plan
     return plan

@@ -23,6 +23,7 @@ and that partition records the rule on every step, as before.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ def make_memo(
         lines.append(f"    if {'not ' if result else ''}{test}: return None")
     lines.append(f"    return [{', '.join(_render(e) for e in slot_expressions)}]")
     source = "\n".join(lines) + "\n"
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"inf": math.inf, "nan": math.nan}  # repr() of such constants
     exec(compile(source, "<adaptim memo>", "exec"), namespace)
     return Memo(structure, namespace["memo"], source)
 

@@ -23,6 +23,14 @@ The multiply-adds of :class:`~adaptim.algorithms._spec.ArrayOps` (``axpy``,
 plan can call the very torch kernels the reference path calls: the
 multi-tensor replay is bit-identical to it.
 
+Not every value is element-wise: each node has a *kind* (:meth:`Structure.kinds`).
+Norms give one 0-d value per tensor (LARS/LAMB); Adafactor's row and column means
+(``xp.mean_square``, ``xp.mean``) and a rule's own ``xp.per_tensor`` functions
+(SM3's per-axis maxima) give *reduced* arrays of another shape; ``xp.rms`` and
+``xp.eps_of`` give *host* floats, one per tensor, whose arithmetic the replay
+evaluates in Python exactly as the eager rule does. The replay runs those per
+tensor and the element-wise rest with multi-tensor kernels.
+
 The rule contract: a rule may use the arithmetic operators, comparisons,
 ``abs()`` and the functions of ``xp``. Anything else it does with a proxy (a
 branch on array values, ``float()`` of an array, an attribute the proxy lacks,
@@ -53,6 +61,17 @@ Op = tuple[str, tuple[Ref, ...]]
 
 #: Operations whose result holds one value per parameter tensor (norms), not one per element.
 PER_TENSOR_OPS = frozenset({"norm", "sum", "dot"})
+#: Reductions along one axis, kept as a size-1 axis (Adafactor's row and column means):
+#: their results, and what only they and per-tensor values feed, are *reduced* values,
+#: replayed tensor by tensor since their shapes differ from one tensor to the next.
+REDUCING_OPS = frozenset({"mean_square", "mean"})
+#: Scalars read on the host, one Python float per tensor (torch's ``.item()`` arithmetic).
+HOST_OPS = frozenset({"rms", "eps_of"})
+#: What a rule may do with host scalars: Python's own float arithmetic.
+HOST_ARITHMETIC = frozenset({"add", "sub", "mul", "div", "neg", "pow", "clip"})
+#: The kinds of value in a recording, from the most to the least data per tensor: the
+#: kind of an operation is that of its largest operand.
+KINDS = ("element", "reduced", "tensor", "host")
 
 
 @dataclass
@@ -176,6 +195,9 @@ class Proxy:
     def __ne__(self, other: Any) -> Proxy:  # type: ignore[override]
         return self._op("ne", self, other)
 
+    def __matmul__(self, other: Any) -> Proxy:
+        return self._op("matmul", self, other)
+
     def __and__(self, other: Any) -> Proxy:
         return self._op("and", self, other)
 
@@ -233,6 +255,22 @@ def _clip(x: Any, low: float | None, high: float | None) -> Any:
     return _owner(x).record("clip", x, low, high)
 
 
+def _along(name: str) -> Callable[[Any, int], Any]:
+    """A reduction along ``axis``: the axis is part of the structure, not a slot."""
+
+    def record(x: Any, axis: int) -> Any:
+        return _owner(x).record(name, x, ("const", int(axis)))
+
+    return record
+
+
+def _per_tensor(function: Callable[..., Any], kind: str, *arrays: Any) -> Any:
+    """``function(xp, *arrays)`` as one operation the replay calls tensor by tensor."""
+    if kind not in ("element", "reduced"):
+        raise Unfusable(f"a per-tensor function of kind {kind!r}")
+    return _owner(*arrays).record("per_tensor", ("const", function), ("const", kind), *arrays)
+
+
 def _recorded(name: str) -> Callable[..., Any]:
     def record(*args: Any) -> Any:
         return _owner(*args).record(name, *args)
@@ -252,6 +290,12 @@ RECORDING_OPS = ArrayOps(
     axpy=_recorded("axpy"),
     addcmul=_recorded("addcmul"),
     lerp=_recorded("lerp"),
+    rsqrt=_recorded("rsqrt"),
+    mean_square=_along("mean_square"),
+    mean=_along("mean"),
+    eps_of=_recorded("eps_of"),
+    rms=_recorded("rms"),
+    per_tensor=_per_tensor,
 )
 
 
@@ -268,32 +312,72 @@ class Structure:
     #: State entries the rule creates this step (absent before), with their value.
     created: tuple[tuple[str, Ref], ...]
     slot_count: int
+    #: Per-tensor inputs of another shape than 0-d (Adafactor's ``(..., R, 1)`` rows).
+    reduced_inputs: frozenset[str] = frozenset()
 
     def __hash__(self) -> int:
         # Looked up every step: hash the operations once, not on every lookup.
         cached: int | None = self.__dict__.get("_hash")
         if cached is None:
             cached = hash(
-                (self.ops, self.inputs, self.per_tensor_inputs, self.outputs, self.created)
+                (
+                    self.ops,
+                    self.inputs,
+                    self.per_tensor_inputs,
+                    self.outputs,
+                    self.created,
+                    self.reduced_inputs,
+                )
             )
             object.__setattr__(self, "_hash", cached)
         return cached
 
-    def per_tensor_nodes(self) -> frozenset[int]:
-        """Nodes holding one value per tensor: norms, and what only they (and slots) feed."""
-        found: set[int] = set()
-        for index, (op, args) in enumerate(self.ops):
-            arrays = [a for a in args if a[0] in ("node", "input")]
-            if op in PER_TENSOR_OPS or (
-                arrays and all(self._is_per_tensor(a, found) for a in arrays)
-            ):
-                found.add(index)
-        return frozenset(found)
+    def kinds(self) -> tuple[str, ...]:
+        """The kind of each node (:data:`KINDS`).
 
-    def _is_per_tensor(self, ref: Ref, found: set[int]) -> bool:
+        ``element``: the parameter's shape; ``reduced``: one array per tensor of
+        another shape (a row or column mean); ``tensor``: a 0-d array per tensor
+        (a norm); ``host``: a Python float per tensor. A matrix product is the
+        outer product of a column and a row statistic (Adafactor's
+        :math:`R_t C_t`), so it has the parameter's shape.
+        """
+        cached: tuple[str, ...] | None = self.__dict__.get("_kinds")
+        if cached is not None:
+            return cached
+        kinds: list[str] = []
+        for op, args in self.ops:
+            if op in HOST_OPS:
+                kind = "host"
+            elif op in REDUCING_OPS:
+                kind = "reduced"
+            elif op in PER_TENSOR_OPS:
+                kind = "tensor"
+            elif op == "matmul":
+                kind = "element"
+            elif op == "per_tensor":  # (function, its result's kind, arrays...)
+                kind = args[1][1]
+            else:
+                found = {self.kind_of(a, kinds) for a in args if a[0] in ("node", "input")}
+                kind = next((k for k in KINDS if k in found), "element")
+            kinds.append(kind)
+        result = tuple(kinds)
+        object.__setattr__(self, "_kinds", result)
+        return result
+
+    def kind_of(self, ref: Ref, kinds: Sequence[str] | None = None) -> str:
+        """The kind of an input or node (``scalar`` for slots and constants)."""
         if ref[0] == "input":
-            return self.inputs[ref[1]] in self.per_tensor_inputs
-        return ref[1] in found
+            name = self.inputs[ref[1]]
+            if name in self.reduced_inputs:
+                return "reduced"
+            return "tensor" if name in self.per_tensor_inputs else "element"
+        if ref[0] == "node":
+            return (self.kinds() if kinds is None else kinds)[ref[1]]
+        return "scalar"
+
+    def per_tensor_nodes(self) -> frozenset[int]:
+        """Nodes holding one value per tensor (anything but ``element``): norms, and what only they (and slots) feed."""
+        return frozenset(i for i, kind in enumerate(self.kinds()) if kind != "element")
 
 
 @dataclass
@@ -318,6 +402,7 @@ def trace(
     step: float | Sym,
     hyperparams: Mapping[str, Any],
     ndim: int,
+    reduced_state: Sequence[str] = (),
 ) -> Traced:
     """Run ``update`` on proxies; return what a plan must do and the new scalar state.
 
@@ -326,6 +411,8 @@ def trace(
     ``absent_state`` entries reach the rule as ``None`` (SGD's momentum
     buffer before the first step). Scalar state (NAdam's ``mu_product``) stays
     a real 0-d tensor, computed on the host exactly as in the reference path.
+    ``reduced_state`` names the ``per_tensor_state`` entries that are not 0-d
+    (Adafactor's row and column statistics).
     Any failure of the rule on proxies becomes :class:`Unfusable`.
     """
     present = (*tensor_state, *per_tensor_state)
@@ -365,7 +452,9 @@ def trace(
         outputs=writes,
         created=tuple(created),
         slot_count=len(recording.slots),
+        reduced_inputs=frozenset(f"state_{k}" for k in reduced_state),
     )
+    _check_kinds(structure)
     return Traced(
         structure,
         recording.slots,
@@ -379,3 +468,23 @@ def _array_ref(recording: Recording, value: Any) -> Ref:
     if not isinstance(value, Proxy) or value.recording is not recording:
         raise Unfusable("a result that is not an array of the recording")
     return value.ref
+
+
+def _check_kinds(structure: Structure) -> None:
+    """Refuse what a plan could not replay: host scalars beyond float arithmetic, shape changes."""
+    kinds = structure.kinds()
+    for (op, args), kind in zip(structure.ops, kinds, strict=True):
+        if kind == "host" and op not in HOST_OPS and op not in HOST_ARITHMETIC:
+            raise Unfusable(f"{op}() of a scalar read on the host")
+        if op == "matmul" and any(
+            structure.kind_of(a, kinds) in ("element", "host", "scalar") for a in args
+        ):
+            raise Unfusable("a matrix product of anything but row and column statistics")
+    for name, ref in (*structure.outputs, *structure.created):
+        kind = structure.kind_of(ref, kinds)
+        if kind in ("host", "scalar"):
+            raise Unfusable(f"{name} set to a scalar")
+        if name in structure.inputs:
+            wanted = structure.kind_of(("input", structure.inputs.index(name)), kinds)
+            if kind != wanted:
+                raise Unfusable(f"{name} changes its shape ({wanted} to {kind})")
