@@ -309,6 +309,77 @@ def test_replaced_state_and_load_state_dict_are_followed(path: str) -> None:
     assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
 
 
+def _halve_first_entry(opt: torch.optim.Optimizer) -> None:
+    """Replace one parameter's whole state entry (same keys, new tensors, new values)."""
+    first = next(iter(opt.state))
+    opt.state[first] = {k: v * 0.5 if v.ndim else v.clone() for k, v in opt.state[first].items()}
+
+
+def _halve_first_tensor(opt: torch.optim.Optimizer) -> None:
+    state = next(iter(opt.state.values()))
+    state["exp_avg_sq"] = state["exp_avg_sq"] * 0.5
+
+
+def _halve_entry_during_a_reference_step(opt: torch.optim.Optimizer) -> None:
+    """A step on the per-tensor path while an entry is replaced; then back to the default."""
+    group = opt.param_groups[0]
+    switches = group["fused"], group["foreach"]
+    group["fused"], group["foreach"] = None, False
+    _halve_first_entry(opt)
+    opt.step()  # (the test then steps with the gradients of the last batch again)
+    group["fused"], group["foreach"] = switches
+
+
+def _move_parameter(opt: torch.optim.Optimizer) -> None:
+    for p in opt.param_groups[0]["params"][:2]:
+        p.data = p.data.clone()
+
+
+def _schedule_lr(opt: torch.optim.Optimizer) -> None:
+    opt.param_groups[0]["lr"] *= 0.3
+
+
+def _two_groups(opt: torch.optim.Optimizer) -> None:
+    params = opt.param_groups[0]["params"]
+    opt.param_groups[0]["params"] = params[:2]
+    opt.add_param_group({"params": params[2:], "lr": 3e-2})
+
+
+STEADY_CHANGES = {
+    "whole-entry-replaced": _halve_first_entry,
+    "state-tensor-replaced": _halve_first_tensor,
+    "entry-replaced-on-a-reference-step": _halve_entry_during_a_reference_step,
+    "parameter-data-replaced": _move_parameter,
+    "lr-scheduled": _schedule_lr,
+    "new-param-group": _two_groups,
+}
+
+
+@pytest.mark.parametrize("change", list(STEADY_CHANGES))
+@pytest.mark.parametrize("path", ["native", "foreach"])
+def test_steady_steps_notice_every_change(path: str, change: str) -> None:
+    """The steady-state shortcuts (state mapping compared once per step, bound kernel
+    arguments, cached memo lookups) still follow each change a user or a library makes
+    between two steps: the results equal the per-tensor path's, state included."""
+    model, optimizer, reference_model, reference = path_and_reference("Adam", lr=1e-2, path=path)
+    for opt in (optimizer, reference):
+        opt.param_groups[0].setdefault("fused", None)
+        opt.param_groups[0].setdefault("foreach", None)
+    train(model, optimizer, 4)
+    train(reference_model, reference, 4)
+    for opt in (optimizer, reference):
+        STEADY_CHANGES[change](opt)
+    train(model, optimizer, 4, seed=2)
+    train(reference_model, reference, 4, seed=2)
+    tolerance = 1e-5 if path == "native" else 0.0
+    assert_close(model, reference_model, tolerance=tolerance)
+    for ours, theirs in zip(optimizer.state.values(), reference.state.values(), strict=True):
+        for key, value in theirs.items():
+            scale = max(float(value.abs().max()), 1e-12)
+            assert float((ours[key] - value).abs().max()) / scale <= tolerance, key
+    assert optimizer.fused_status()[0].startswith(path)
+
+
 def test_state_dict_moves_to_and_from_torch() -> None:
     model, optimizer, _, _ = path_and_reference("AdamW", lr=1e-2)
     train(model, optimizer, 3)

@@ -528,6 +528,7 @@ class Optimizer(torch.optim.Optimizer):
         # tensors' identity each step), so the common path adds no work.
         known_states = len(self.state)
         engine = self._engine
+        engine.begin_step()
         try:
             lefts = [
                 engine.prepare_group(index, group, hp)
@@ -551,6 +552,7 @@ class Optimizer(torch.optim.Optimizer):
             for p in left + engine.run_group(index, group, hp):
                 assert p.grad is not None  # the engine leaves parameters with gradients only
                 self._update(p, p.grad, group, hp)
+        engine.end_step()
 
     def _check_reference_inputs(
         self, index: int, params: list[torch.Tensor], hp: Mapping[str, Any]

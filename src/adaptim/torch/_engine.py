@@ -40,6 +40,7 @@ torch's names and layout, so ``state_dict`` moves to and from torch.optim.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import operator
@@ -101,8 +102,13 @@ class Partition:
     native_refused: str | None = None
     #: The native kernel of the last structure (memos keep the same object).
     kernel: tuple[Any, _native.Kernel] | None = None
+    #: This step's gradient data pointers, read by ``_usable_grads`` for the native call.
+    grad_ptrs: list[int] = field(default_factory=list)
+    #: ``(negate, shape, memos)`` of the last recording: the memo list without rebuilding its key.
+    memo_lookup: tuple[bool, tuple[Any, ...], list[_symbolic.Memo]] | None = None
     _table: _native.BlockTable | None = None
     _pointers: tuple[np.ndarray, int] | None = None
+    _launch: tuple[_native.Kernel, NativeLaunch] | None = None
     #: How each of ``tensor_keys`` is stored when one is encoded (:mod:`._lowmem_native`), else ().
     encodings: tuple[str, ...] = ()
     #: The encoded loop's pointers and rounding keys (:func:`._lowmem_native.run`).
@@ -120,13 +126,17 @@ class Partition:
             self.reduced_keys,
         )
 
-    def state_current(self, state: Mapping[torch.Tensor, Any]) -> bool:
+    def state_current(self, state: Mapping[torch.Tensor, Any], dicts_known: bool = False) -> bool:
         """Whether every state dict and tensor is still the one this partition recorded.
 
         ``state`` is the optimizer's; an entry the user deleted raises ``KeyError``.
+        ``dicts_known``: the engine has checked that ``state`` maps every
+        parameter to the same dict as when this partition was last checked
+        (:meth:`Engine.begin_step`), so only the tensors in them are compared
+        (looking a parameter up hashes it in Python: the costly half).
         """
         params, recorded, dicts, names, tensors = self._state_check
-        return all(map(operator.is_, map(state.get, params), recorded)) and all(
+        return (dicts_known or all(map(operator.is_, map(state.get, params), recorded))) and all(
             map(operator.is_, map(operator.getitem, dicts, names), tensors)
         )
 
@@ -160,6 +170,62 @@ class Partition:
             self._pointers = (pointers, pointers.ctypes.data)
         return self._pointers
 
+    def launch(self, kernel: _native.Kernel) -> NativeLaunch:
+        """``kernel``'s call on this partition, its fixed arguments bound once."""
+        if self._launch is None or self._launch[0] is not kernel:
+            self._launch = (kernel, NativeLaunch(kernel, self))
+        return self._launch[1]
+
+
+class NativeLaunch:
+    """One partition's native kernel call with everything but this step's values bound.
+
+    The same call as :meth:`_native.Kernel.__call__`. Per step only the
+    gradient pointers (written into the partition's pointer table through a
+    ctypes view), the slots (written into a persistent array when they
+    change) and the thread count vary: a small model's step is mostly this
+    fixed cost, and the fewer objects and libraries it touches the less it
+    costs when the caches are cold, as between two steps of a training loop.
+    """
+
+    __slots__ = ("_bound", "_grads", "_keep", "_slot_address", "_slots", "_values")
+
+    def __init__(self, kernel: _native.Kernel, partition: Partition) -> None:
+        pointers, address = partition.native_pointers()
+        count = len(partition.params)
+        width = pointers.itemsize
+        self._keep = pointers  # the views below point into it
+        # (``Any``: typeshed's ctypes arrays take lists of their C type only.)
+        self._grads: Any = (ctypes.c_int64 * count).from_address(address + width * count)
+        self._slots: Any = None
+        self._slot_address = 0
+        self._values: list[float] | None = None
+        self._bound = (
+            kernel.function,
+            count,
+            address,
+            partition.block_table().arguments,
+            _native.STEP_KINDS[partition.step_dtype],
+        )
+
+    def __call__(self, grad_ptrs: list[int], slots: list[float]) -> None:
+        function, count, address, table, step_kind = self._bound
+        self._grads[:] = grad_ptrs
+        if slots != self._values:
+            if self._slots is None or len(self._slots) < len(slots):
+                self._slots = (ctypes.c_double * max(1, len(slots)))()
+                self._slot_address = ctypes.addressof(self._slots)
+            self._slots[: len(slots)] = slots
+            self._values = slots
+        function(
+            count,
+            address,
+            self._slot_address,
+            *table,
+            torch.get_num_threads(),
+            step_kind,
+        )
+
 
 @dataclass
 class GroupRun:
@@ -179,6 +245,8 @@ class GroupRun:
     last_plans: list[Any] = field(default_factory=list)
     #: Partitions (with this step's gradients) ``prepare_group`` chose for ``run_group``.
     ready: list[tuple[Partition, list[torch.Tensor]]] = field(default_factory=list)
+    #: The step (``Engine.completed`` then) that last built or checked the partitions.
+    checked: int = -1
 
 
 def requested_path(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
@@ -249,11 +317,42 @@ class Engine:
         self.memos: dict[tuple[Any, ...], list[_symbolic.Memo]] = {}
         self.unmemoizable: set[tuple[Any, ...]] = set()
         self._leaves: dict[int, tuple[dict[str, Any], list[float], tuple[Any, ...]]] = {}
+        #: The optimizer's state mapping (keys and dicts, in order) after the last whole step.
+        self._snapshot: tuple[list[Any], list[Any]] | None = None
+        #: This step: ``state`` maps every parameter to the dict it had after the last step.
+        self.dicts_known = False
+        #: Steps that ran to the end.
+        self.completed = 0
 
     def invalidate(self) -> None:
         """Forget every partition (after ``load_state_dict`` or a new param group)."""
         for run in self.groups.values():
             run.stale = True
+
+    def begin_step(self) -> None:
+        """Compare the state mapping with the end of the last step, once for every partition.
+
+        Two passes without hashing a parameter (a tensor's ``__hash__`` runs in
+        Python: on 1,000 parameters that alone costs more than torch's whole
+        step). Any difference (an entry replaced, deleted, added or moved,
+        ``state`` itself replaced) leaves ``dicts_known`` false, and each
+        partition then looks its parameters up as before.
+        """
+        snapshot = self._snapshot
+        state = self.optimizer.state
+        self.dicts_known = (
+            snapshot is not None
+            and len(state) == len(snapshot[0])
+            and all(map(operator.is_, state, snapshot[0]))
+            and all(map(operator.is_, state.values(), snapshot[1]))
+        )
+
+    def end_step(self) -> None:
+        """Remember the state mapping after a step that completed (see :meth:`begin_step`)."""
+        state = self.optimizer.state
+        self._snapshot = (list(state), list(state.values()))
+        self.dicts_known = False
+        self.completed += 1
 
     # -- the step --------------------------------------------------------------------
     def prepare_group(
@@ -266,7 +365,9 @@ class Engine:
         so a step that raises has changed nothing (it may have created the
         zero state of a parameter's first step, which the optimizer removes).
         """
-        run = self.groups.setdefault(index, GroupRun())
+        run = self.groups.get(index)
+        if run is None:  # (not ``setdefault``: it would build a GroupRun every step)
+            run = self.groups[index] = GroupRun()
         params = list(group["params"])
         if any(map(_IS_NONE, map(_GRAD, params))):
             params = [p for p in params if p.grad is not None]
@@ -288,8 +389,11 @@ class Engine:
         run.status = None  # described on demand (fused_status): no string work per step
         left = list(run.reference)
         state = self.optimizer.state
+        # The partitions' dicts are known only if they were checked in the last step.
+        dicts_known = self.dicts_known and run.checked == self.completed - 1
+        run.checked = self.completed
         for partition in run.partitions:
-            grads = self._usable_grads(run, partition, state)
+            grads = self._usable_grads(run, partition, state, dicts_known)
             if grads is None:
                 left.extend(partition.params)
             else:
@@ -337,21 +441,24 @@ class Engine:
 
     @staticmethod
     def _usable_grads(
-        run: GroupRun, partition: Partition, state: Mapping[torch.Tensor, Any]
+        run: GroupRun, partition: Partition, state: Mapping[torch.Tensor, Any], dicts_known: bool
     ) -> list[torch.Tensor] | None:
         """The partition's gradients, or ``None`` when it must go to the reference path now."""
         grads = list(map(_GRAD, partition.params))
         dtype = partition.params[0].dtype
-        # (``None in grads`` would compare tensors with ``==``: slow. dtypes are singletons.)
-        if (
-            any(map(_IS_NONE, grads))
-            or any(map(_IS_SPARSE, grads))
-            or any(map(operator.is_not, map(_DTYPE, grads), itertools.repeat(dtype)))
-        ):
+        try:
+            # A missing gradient has no ``data_ptr`` (TypeError), nor has a sparse one
+            # (RuntimeError: no storage). The native call reads these pointers.
+            partition.grad_ptrs = list(map(_DATA_PTR, grads))
+        except (TypeError, RuntimeError):
+            run.stale = True
+            return None
+        # (dtypes are singletons.)
+        if any(map(operator.is_not, map(_DTYPE, grads), itertools.repeat(dtype))):
             run.stale = True
             return None
         try:
-            current = partition.state_current(state)
+            current = partition.state_current(state, dicts_known)
         except KeyError:  # an entry was deleted: the reference path's checks name it
             current = False
         if list(map(_DATA_PTR, partition.params)) != partition.ptrs or not current:
@@ -410,8 +517,12 @@ class Engine:
             known = (hp, values, shape)
             self._leaves = {id(hp): known}  # one dict per group: keep the latest only
         _, values, shape = known
-        key = (partition.signature, negate, shape)
-        memos = self.memos.setdefault(key, [])
+        lookup = partition.memo_lookup
+        if lookup is not None and lookup[0] is negate and lookup[1] is shape:
+            memos = lookup[2]  # the same key as last step (``shape`` is cached with ``hp``)
+        else:
+            memos = self.memos.setdefault((partition.signature, negate, shape), [])
+            partition.memo_lookup = (negate, shape, memos)
         leaves = [step, *values]
         for memo in memos:
             try:
@@ -420,6 +531,7 @@ class Engine:
                 slots = None
             if slots is not None:
                 return Traced(memo.structure, slots, {})
+        key = (partition.signature, negate, shape)
         arguments = (
             algorithm.update,
             partition.tensor_keys,
@@ -500,10 +612,7 @@ class Engine:
                         stacklevel=5,
                     )
             else:
-                pointers, address = partition.native_pointers()
-                count = len(grads)
-                pointers[count : 2 * count] = list(map(_DATA_PTR, grads))
-                kernel(address, count, traced.slots, partition.block_table(), partition.step_dtype)
+                partition.launch(kernel)(partition.grad_ptrs, traced.slots)
                 plans.append(kernel)
                 return "native"
         plan = _replay.plan_for(structure)
