@@ -18,18 +18,17 @@ cannot record falls back with one warning that names it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
 import io
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from _parity import SPECS, TOLERANCE, Spec, combination_label, draw_case, run
+from _threads import num_threads
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from test_torch_parity import PHASES, HypothesisSource
@@ -43,17 +42,6 @@ STEPS = 40
 
 
 THREADS = pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
-
-
-@contextlib.contextmanager
-def num_threads(count: int) -> Iterator[None]:
-    """Threads are part of correctness: the native loop splits work across them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def against_reference(spec: Spec, **switches: Any) -> Spec:

@@ -15,13 +15,12 @@ falls back to the reference path instead of raising.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from _threads import num_threads
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from test_torch_parity import PHASES
@@ -41,16 +40,6 @@ SHAPES = st.one_of(
     st.tuples(st.integers(1, 3), SIZES, SIZES),
 )
 PATHS = ({}, {"foreach": True}, {"fused": True})
-
-
-@contextlib.contextmanager
-def num_threads(count: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @st.composite

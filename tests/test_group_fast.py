@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import torch
 from _lr_free import NO_SHRINK, PAIRS, SHAPES, Problem, _log
+from _threads import num_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,16 +61,6 @@ CASES: dict[str, tuple[type[torch.optim.Optimizer], Any, bool]] = {
     "adam-hd": (adaptim.AdamHD, _draw_adam_hd, False),
     "dog": (adaptim.DoG, _draw_dog, False),
 }
-
-
-@contextmanager
-def threads(count: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def build(name: str, params: list[torch.Tensor], hp: dict[str, Any], reference: bool) -> Any:
@@ -148,7 +137,7 @@ def test_fast_path_equals_reference_path(name: str, thread_count: int, data: st.
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), "dtype")
     hp = CASES[name][1](data)
     problem = Problem.draw(shapes, dtype, data.draw(st.integers(0, 2**16), "seed"))
-    with threads(thread_count):
+    with num_threads(thread_count):
         runs = []
         for reference in (False, True):
             params = problem.params()
