@@ -59,20 +59,16 @@ from typing import Any
 
 import torch
 
+from adaptim.algorithms import _state_codes
 from adaptim.algorithms._spec import Algorithm, ArrayOps
+
+# The layout constants, the code and the rounding bits are shared with the NumPy
+# front-end (adaptim.numpy._lowmem), so that both store the same bits.
+from adaptim.algorithms._state_codes import ABSMAX_SUFFIX as ABSMAX_SUFFIX
+from adaptim.algorithms._state_codes import BLOCK as BLOCK
+from adaptim.algorithms._state_codes import MIN_8BIT_NUMEL as MIN_8BIT_NUMEL
+from adaptim.algorithms._state_codes import NONNEGATIVE_STATE as NONNEGATIVE_STATE
 from adaptim.torch._rounding import stochastic_round_bf16, stream_key
-
-#: Block length and the size below which a tensor keeps its ordinary state (as bitsandbytes).
-BLOCK = 256
-MIN_8BIT_NUMEL = 4096
-ABSMAX_SUFFIX = "_absmax"
-
-#: torch's names of element-wise state that is non-negative by construction
-#: (sums and averages of squares, maxima of those, infinity norms): these use
-#: the unsigned code, everything else the signed one.
-NONNEGATIVE_STATE = frozenset(
-    {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"}
-)
 
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _ALLOWED_DTYPES = "None (the parameter's dtype), torch.bfloat16 or torch.float32"
@@ -101,30 +97,14 @@ def check_options(state_dtype: Any, state_bits: Any) -> tuple[torch.dtype | None
 
 @functools.cache
 def dynamic_code(signed: bool) -> torch.Tensor:
-    """The 256 sorted points of the dynamic quantisation code on [-1, 1] (or [0, 1]).
-
-    Decade ``k`` (k = 0..6) holds the midpoints of an even float32 grid on
-    [0.1, 1] with ``2^k + 1`` points (``2^(k+1) + 1`` unsigned), scaled by
-    ``10^(k-6)``; the signed code mirrors them. With 0 and 1 that is 256
-    points either way.
-    """
-    points: list[torch.Tensor] = []
-    for k in range(7):
-        grid = torch.linspace(0.1, 1, 2 ** (k if signed else k + 1) + 1, dtype=torch.float32)
-        midpoints = (grid[:-1] + grid[1:]) / 2
-        scaled = midpoints * 10.0 ** (k - 6)
-        points += [scaled, -scaled] if signed else [scaled]
-    points.append(torch.tensor([0.0, 1.0]))
-    code = torch.cat(points)
-    assert code.numel() == 256
-    return code.sort().values
+    """:func:`adaptim.algorithms._state_codes.dynamic_code` as a float32 tensor (computed once)."""
+    return torch.from_numpy(_state_codes.dynamic_code(signed).copy())
 
 
 @functools.cache
 def _thresholds(signed: bool) -> torch.Tensor:
     """The midpoints between neighbouring code points: ``bucketize`` against them is nearest."""
-    code = dynamic_code(signed).double()
-    return ((code[1:] + code[:-1]) / 2).float()
+    return torch.from_numpy(_state_codes.thresholds(signed).copy())
 
 
 #: Lookup buckets: float32 magnitudes in [0, 1] by their top 19 bits (exponent and
