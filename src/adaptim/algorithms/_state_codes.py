@@ -46,6 +46,27 @@ NONNEGATIVE_STATE = frozenset(
 )
 
 
+def check_state_bits(state_bits: Any, state_dtype: Any) -> int | None:
+    """``state_bits`` validated: 8, or ``None`` (also for 32, full precision), and not both options.
+
+    ``state_dtype`` is the other option as already validated (``None``: not
+    given); both front-ends refuse the pair with the same message.
+    """
+    if state_bits is not None and (isinstance(state_bits, bool) or state_bits not in (8, 32)):
+        raise ValueError(
+            f"Invalid state_bits: {state_bits!r}; allowed: None or 32 (full precision) "
+            "or 8 (block-wise quantised moments)."
+        )
+    if state_bits == 32:
+        return None
+    if state_bits is not None and state_dtype is not None:
+        raise ValueError(
+            f"Invalid state_dtype: {state_dtype!r} with state_bits={state_bits}; "
+            "choose at most one of them."
+        )
+    return None if state_bits is None else int(state_bits)
+
+
 def _linspace32(count: int) -> np.ndarray:
     """``count`` points from 0.1 to 1 in float32, as ``torch.linspace`` computes them on the CPU.
 
@@ -107,10 +128,56 @@ def thresholds(signed: bool) -> np.ndarray:
     return _thresholds(signed)
 
 
+#: Lookup buckets: float32 magnitudes in [0, 1] by their top 19 bits (exponent and
+#: 10 mantissa bits), so a bucket spans 0.1% of its value, less than any gap
+#: between neighbouring thresholds (1.4% at least): each holds at most one.
+BUCKET_SHIFT = 13
+BUCKETS = (0x3F800000 >> BUCKET_SHIFT) + 1  # up to the bits of 1.0
+
+
+@functools.cache
+def _bucket_tables(signed: bool) -> tuple[np.ndarray, ...]:
+    thresholds = _thresholds(signed)
+    mirrored = -thresholds[::-1]
+    bits = np.arange(BUCKETS + 1, dtype=np.int32) << BUCKET_SHIFT
+    edges = bits.view(np.float32)  # each bucket's start, and the last one's end
+    # (int32 indices: half the memory traffic of int64)
+    below_positive = np.searchsorted(thresholds, edges, side="left").astype(np.int32)
+    below_negative = np.searchsorted(mirrored, edges, side="left").astype(np.int32)
+    for table in (below_positive, below_negative):
+        assert int(np.diff(table).max()) <= 1  # at most one threshold inside a bucket
+    inf = np.array([np.inf], dtype=np.float32)
+    tables = (
+        below_positive[:-1],
+        np.concatenate([thresholds, inf]),
+        below_negative[:-1],
+        np.concatenate([mirrored, inf]),
+    )
+    for table in tables:
+        table.flags.writeable = False
+    return tables
+
+
+def bucket_tables(signed: bool) -> tuple[np.ndarray, ...]:
+    """Per bucket of ``|s|``: how many thresholds lie below its start, for s ≥ 0 and s < 0.
+
+    ``(below_positive, thresholds, below_negative, mirrored)``, the threshold
+    arrays padded with ``inf``. A binary search over 255 thresholds per
+    element is slow on CPU; two small gathers and two comparisons give the
+    same index. With ``u = |s|`` and ``b`` its bucket (``bits(u) >>
+    BUCKET_SHIFT``, at most ``BUCKETS - 1``), the nearest code of ``s ≥ 0``
+    is ``n = below_positive[b]`` plus ``thresholds[n] < u``, and of ``s < 0``
+    it is 255 minus the mirrored thresholds at or below ``u``:
+    ``n = below_negative[b]`` plus ``mirrored[n] <= u``.
+    """
+    return _bucket_tables(signed)
+
+
 #: The mixer's odd multipliers: below 2³¹, so that a 32-bit value times one fits
 #: a signed int64 and int64 arithmetic (torch's, NumPy's) computes what C's uint32 does.
 MIX_MULTIPLIERS = (0x7FEB352D, 0x1B873593)
 MASK32 = 0xFFFFFFFF
+
 
 def mix32(x: Any) -> Any:
     """The 32-bit xorshift-multiply mixer ``h`` (a bijection of [0, 2³²), full avalanche).
