@@ -253,6 +253,9 @@ def test_state_dicts_move_between_numpy_and_torch(fmt: str) -> None:
     loaded = anp.AdamW([p.copy() for p in params], **FORMATS[fmt][0])
     loaded.load_state_dict(copy.deepcopy(from_torch))
     assert_same_state(loaded.state_dict(), from_torch)
+    unconverted = anp.AdamW([p.copy() for p in params], **FORMATS[fmt][0])
+    unconverted.load_state_dict(theirs.state_dict())  # tensors, bf16 ones too
+    assert_same_state(unconverted.state_dict(), from_torch)
     to_torch = ours.state_dict()
     to_torch["state"] = {
         i: {k: as_torch(v) for k, v in entries.items()} for i, entries in to_torch["state"].items()
@@ -279,6 +282,8 @@ def test_encoded_states_convert_on_load_like_torchs() -> None:
     np.testing.assert_array_equal(
         decoded["exp_avg"], _lowmem.bf16_to_float32(saved["state"][0]["exp_avg"])
     )
+    # the rates read the decoded state: the same as from the plain copy
+    np.testing.assert_array_equal(bf16.effective_lr()[0], plain.effective_lr()[0])
     again = anp.Adam([params[0].copy()], state_dtype="bfloat16")
     again.load_state_dict(plain.state_dict())  # bf16 values in float32: rounding keeps them
     assert_same_state(again.state_dict(), saved)

@@ -551,16 +551,6 @@ class Optimizer:
         self.state = new_state
 
 
-_MEMORY_LIGHT_DOC = """\
-``state_dtype="bfloat16"`` keeps the element-wise state as bf16 bit patterns
-(``np.uint16``) written with stochastic rounding; ``state_bits=8`` as
-block-wise 8-bit codes (``np.uint8``, a float32 maximum per block of 256, for
-parameters of 4096 elements or more). Both store what the torch front-end's
-``foreach=False`` path stores (:mod:`adaptim.numpy._lowmem`).
-
-"""
-
-
 def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
     doc = (
         f"{algorithm.title}.\n\n"
@@ -568,7 +558,7 @@ def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
         f"({', '.join(algorithm.hparams)}, maximize, nonfinite"
         + (", flavor" if flavors.has_flavors(algorithm.name) else "")
         + ") with the same defaults.\n\n"
-        + (_MEMORY_LIGHT_DOC if algorithm.name in _lowmem.MEMORY_LIGHT else "")
+        + (_lowmem.CLASS_DOC if algorithm.name in _lowmem.MEMORY_LIGHT else "")
         + (algorithm.update.__doc__ or "")
     )
     return type(

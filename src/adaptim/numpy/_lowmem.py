@@ -160,11 +160,29 @@ def is_encoded(value: Any) -> bool:
 
 
 def as_stored(value: Any) -> np.ndarray:
-    """A loaded entry as this front-end keeps it: an ``ml_dtypes.bfloat16`` array as its patterns."""
+    """A loaded entry as this front-end keeps it: bf16 arrays as their patterns.
+
+    An ``ml_dtypes.bfloat16`` array becomes its ``np.uint16`` patterns; a
+    torch bfloat16 tensor (which NumPy cannot convert) its float32 values,
+    which the format then stores exactly (torch is not imported).
+    """
+    if str(getattr(value, "dtype", "")) == "torch.bfloat16":
+        value = value.float()
     array = np.array(value, copy=True)
     if array.dtype.name == "bfloat16" and array.dtype.itemsize == 2:
         return array.view(np.uint16)
     return array
+
+
+#: The paragraph the docstring of each memory-light NumPy optimizer gets.
+CLASS_DOC = """\
+``state_dtype="bfloat16"`` keeps the element-wise state as bf16 bit patterns
+(``np.uint16``) written with stochastic rounding; ``state_bits=8`` as
+block-wise 8-bit codes (``np.uint8``, a float32 maximum per block of 256, for
+parameters of 4096 elements or more). Both store what the torch front-end's
+``foreach=False`` path stores (:mod:`adaptim.numpy._lowmem`).
+
+"""
 
 
 @dataclasses.dataclass(frozen=True)
