@@ -359,3 +359,19 @@ def test_bytes_per_parameter_are_the_torch_front_ends(variant: str, options: Any
         round(nbytes / params[0].size, 2)
         == {"adam": 8.0, "adam-bf16": 4.0, "adam-8bit": 2.03}[variant]
     )
+
+
+def test_a_scalar_parameter_keeps_bf16_moments_and_a_float32_mu_product() -> None:
+    """A 0-d parameter's moments are encoded once written; NAdam's ``mu_product`` stays float32."""
+    params = [np.array(0.5, dtype=np.float32)]
+    optimizer = anp.NAdam(params, state_dtype="bfloat16")
+    train(optimizer, params, 3, seed=0)
+    state = optimizer.state_dict()["state"][0]
+    assert state["exp_avg"].dtype == np.uint16 and state["exp_avg"].shape == ()
+    assert state["mu_product"].dtype == np.float32
+    plain = anp.NAdam([params[0].copy()])
+    plain.load_state_dict(optimizer.state_dict())  # decoded, as for any shape
+    assert plain.state[0]["exp_avg"].dtype == np.float32
+    np.testing.assert_array_equal(
+        plain.state[0]["exp_avg"], _lowmem.bf16_to_float32(state["exp_avg"])
+    )

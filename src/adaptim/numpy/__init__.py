@@ -269,7 +269,9 @@ class Optimizer:
         return [
             k
             for k, v in state.items()
-            if k not in scalars and not k.endswith(_lowmem.ABSMAX_SUFFIX) and np.ndim(v) > 0
+            if k not in scalars
+            and not k.endswith(_lowmem.ABSMAX_SUFFIX)
+            and (np.ndim(v) > 0 or _lowmem.is_encoded(v))
         ]
 
     def _state_problem(

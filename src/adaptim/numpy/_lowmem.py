@@ -86,7 +86,7 @@ def stochastic_round_bf16(x: np.ndarray, stream: int) -> np.ndarray:
     the round-up. A NaN is stored as the pattern 0xFFFF, the NaN torch's CPU
     conversion to bfloat16 writes.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32, order="C")  # (ascontiguousarray makes 0-d 1-d)
     bits = x.view(np.int32)
     noise = rounding_noise(x.size, stream).reshape(x.shape)
     rounded: np.ndarray = ((bits + noise) >> 16).astype(np.uint16)
@@ -294,7 +294,8 @@ def update_decoded(
     )
     p[...] = new_p
     for key, value in new_state.items():
-        if np.shape(value) == p.shape:
+        # (scalars such as NAdam's mu_product stay as they are, also beside a 0-d parameter)
+        if np.shape(value) == p.shape and key not in algorithm.scalar_state:
             fmt.write(state, key, value, p, step=int(step), position=position)
         elif inputs[key] is None:  # a per-tensor value the rule creates
             state[key] = np.array(value)
