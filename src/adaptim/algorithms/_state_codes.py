@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+from adaptim.algorithms._spec import Algorithm
 
 #: Quantisation block length, and the size below which a tensor keeps its
 #: ordinary state (as bitsandbytes does).
@@ -44,6 +47,23 @@ ABSMAX_SUFFIX = "_absmax"
 NONNEGATIVE_STATE = frozenset(
     {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"}
 )
+
+
+def encodable_keys(
+    state: Mapping[str, Any], algorithm: Algorithm, is_elementwise: Callable[[Any], bool]
+) -> list[str]:
+    """The entries of ``state`` a memory-light format encodes: the rule's element-wise ones.
+
+    Not ``step``, the rule's scalar state (NAdam's ``mu_product``) or block
+    maxima; of the others, those ``is_elementwise`` accepts (the front-end's
+    test of an array of the parameter's kind).
+    """
+    scalars = {"step", *algorithm.scalar_state}
+    return [
+        k
+        for k, v in state.items()
+        if k not in scalars and not k.endswith(ABSMAX_SUFFIX) and is_elementwise(v)
+    ]
 
 
 def check_state_bits(state_bits: Any, state_dtype: Any) -> int | None:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from adaptim import flavors
-from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
+from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, _state_codes, lerp
 from adaptim.algorithms._validation import check_bool, check_loaded_group, state_problem
 from adaptim.numpy import _lowmem, _sparse
 from adaptim.numpy._sparse import RowSparse
@@ -264,15 +264,10 @@ class Optimizer:
         return state
 
     def _elementwise_keys(self, state: Mapping[str, Any]) -> list[str]:
-        """The state entries a memory-light format encodes: the rule's element-wise ones."""
-        scalars = {"step", *self.algorithm.scalar_state}
-        return [
-            k
-            for k, v in state.items()
-            if k not in scalars
-            and not k.endswith(_lowmem.ABSMAX_SUFFIX)
-            and (np.ndim(v) > 0 or _lowmem.is_encoded(v))
-        ]
+        """The state entries a memory-light format encodes (also 0-d ones once encoded)."""
+        return _state_codes.encodable_keys(
+            state, self.algorithm, lambda v: np.ndim(v) > 0 or _lowmem.is_encoded(v)
+        )
 
     def _state_problem(
         self, hp: Mapping[str, Any], state: Mapping[str, Any], p: np.ndarray, *, exact_keys: bool
