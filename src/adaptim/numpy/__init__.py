@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from adaptim import flavors
-from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, lerp
+from adaptim.algorithms import ALGORITHMS, Algorithm, ArrayOps, _state_codes, lerp
 from adaptim.algorithms._validation import check_bool, check_loaded_group, state_problem
-from adaptim.numpy import _sparse
+from adaptim.numpy import _lowmem, _sparse
 from adaptim.numpy._sparse import RowSparse
 
 NUMPY_OPS: ArrayOps = ArrayOps(
@@ -78,6 +78,12 @@ class Optimizer:
     passed from that framework's preset, as in the torch front-end; a param
     group may name its own ``flavor``. Without one, the algorithm's default
     flavor applies: torch's, or optax's for the algorithms torch.optim lacks.
+
+    ``state_dtype="bfloat16"`` (stochastic rounding, the state kept as bf16
+    bit patterns in ``np.uint16``) or ``state_bits=8`` (block-wise 8-bit
+    codes in ``np.uint8`` with float32 block maxima) keeps the element-wise
+    state in less memory, on the algorithms of :data:`MEMORY_LIGHT_OPTIMIZERS`;
+    the stored values are the torch front-end's (:mod:`adaptim.numpy._lowmem`).
     """
 
     algorithm: ClassVar[Algorithm]
@@ -89,8 +95,24 @@ class Optimizer:
         maximize: bool = False,
         nonfinite: str = "ignore",
         flavor: str = flavors.default("torch"),
+        state_dtype: Any = None,
+        state_bits: int | None = None,
         **hyperparams: Any,
     ) -> None:
+        if (state_dtype, state_bits) != (None, None) and self.algorithm.name not in (
+            _lowmem.MEMORY_LIGHT
+        ):
+            raise TypeError(
+                f"adaptim.numpy.{type(self).__name__} does not take state_dtype or state_bits; "
+                "memory-light states are offered by "
+                + ", ".join(cls.__name__ for cls in MEMORY_LIGHT_OPTIMIZERS.values())
+                + "."
+            )
+        dtype, bits = _lowmem.check_options(state_dtype, state_bits)
+        #: Where the element-wise state is kept narrow; ``None``: the parameter's dtype.
+        self.state_format: _lowmem.StateFormat | None = None
+        if dtype is not None or bits is not None:
+            self.state_format = _lowmem.StateFormat(dtype, bits)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"Invalid nonfinite: {nonfinite!r}; allowed: 'ignore', 'skip', 'raise'."
@@ -166,6 +188,11 @@ class Optimizer:
                 raise ValueError("some parameters appear in more than one parameter group")
             if np.iscomplexobj(p) and not self.algorithm.complex_params:
                 raise TypeError(f"{type(self).__name__} does not support complex parameters")
+            if np.iscomplexobj(p) and self.state_format is not None:
+                raise TypeError(
+                    f"adaptim.numpy.{type(self).__name__} with {self.state_format.describe()} "
+                    "does not support complex parameters; use the default state."
+                )
             rank = self.algorithm.param_ndim
             if rank is not None and p.ndim != rank and not self._any_rank(param_group):
                 raise ValueError(
@@ -232,7 +259,24 @@ class Optimizer:
             elif fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 state[key] = np.full_like(p, complex(fill, fill) if np.iscomplexobj(p) else fill)
+        if self.state_format is not None:
+            self.state_format.conform(state, self._elementwise_keys(state), p)
         return state
+
+    def _elementwise_keys(self, state: Mapping[str, Any]) -> list[str]:
+        """The state entries a memory-light format encodes (also 0-d ones once encoded)."""
+        return _state_codes.encodable_keys(
+            state, self.algorithm, lambda v: np.ndim(v) > 0 or _lowmem.is_encoded(v)
+        )
+
+    def _state_problem(
+        self, hp: Mapping[str, Any], state: Mapping[str, Any], p: np.ndarray, *, exact_keys: bool
+    ) -> str | None:
+        """:func:`state_problem`, with encoded entries (8-bit codes and maxima, bf16) checked as one."""
+        plain, problem = _lowmem.plain_layout(state)
+        return problem or state_problem(
+            self.algorithm, hp, plain, p.shape, np.iscomplexobj(p), exact_keys=exact_keys
+        )
 
     def step(self, grads: Sequence[Any]) -> None:
         """Update every parameter in place from its gradient.
@@ -281,9 +325,7 @@ class Optimizer:
                     for key in scalars:
                         if getattr(state.get(key), "shape", None) != ():
                             suspect = True
-                    problem = suspect and state_problem(
-                        self.algorithm, hp, state, p.shape, np.iscomplexobj(p), exact_keys=False
-                    )
+                    problem = suspect and self._state_problem(hp, state, p, exact_keys=False)
                     if problem:
                         raise ValueError(
                             f"cannot step parameter {index} (shape {p.shape}): {problem}. "
@@ -323,6 +365,12 @@ class Optimizer:
         return self._checked_grad(index, p, g)
 
     def _sparse_mode(self, p: np.ndarray, hp: Mapping[str, Any]) -> str:
+        if self.state_format is not None:
+            raise RuntimeError(
+                f"adaptim.numpy.{type(self).__name__}: {self.state_format.describe()} does not "
+                "support sparse gradients; use the default state (state_dtype=None, "
+                "state_bits=None)."
+            )
         assert self.algorithm.sparse is not None  # (refused in _checked_gradient)
         return self.algorithm.sparse(hp)
 
@@ -354,6 +402,14 @@ class Optimizer:
         if algorithm.step:
             step = float(state["step"] + _SCALAR_DTYPE(1))  # stored once the update succeeded
         entries = [*algorithm.state(hp), *algorithm.scalar_state]
+        if self.state_format is not None:
+            assert not isinstance(g, _sparse.SparseGradient)  # (refused by _sparse_mode)
+            _lowmem.update_decoded(
+                self.state_format, algorithm, p, g, state, entries, step, hp, NUMPY_OPS, index
+            )
+            if algorithm.step:
+                state["step"] = state["step"] + _SCALAR_DTYPE(1)
+            return
         if isinstance(g, _sparse.SparseGradient):
             if self._sparse_mode(p, hp) == "rows":
                 # The rule is element-wise: on the touched entries alone it is the
@@ -412,6 +468,9 @@ class Optimizer:
                     rates.append(None)
                     continue
                 step = max(float(state.get("step", 1.0)), 1.0)
+                if self.state_format is not None:
+                    keys = self._elementwise_keys(state)
+                    state = {**state, **{k: _lowmem.read(state, k, p) for k in keys}}
                 views = {k: _real_view(v) if np.ndim(v) else v for k, v in state.items()}
                 rates.append(np.asarray(rule(_real_view(p), views, step=step, xp=NUMPY_OPS, **hp)))
         return rates
@@ -464,18 +523,25 @@ class Optimizer:
                 p = params[index]
                 entries = state_dict["state"].get(saved_id)
                 if entries is not None:
-                    arrays = {
-                        k: np.array(v, copy=True) for k, v in entries.items() if v is not None
-                    }
-                    problem = state_problem(self.algorithm, hp, arrays, p.shape, np.iscomplexobj(p))
+                    arrays = {k: _lowmem.as_stored(v) for k, v in entries.items() if v is not None}
+                    problem = self._state_problem(hp, arrays, p, exact_keys=True)
                     if problem:
                         raise ValueError(
                             f"{at}, parameter {index} (state id {saved_id!r}, shape "
                             f"{p.shape}): {problem}."
                         )
+                    # (floating entries in the parameter's dtype, as torch loads them;
+                    # encoded entries and block maxima as saved, then in this format)
                     new_state[index] = {
-                        k: a.astype(p.dtype) if a.ndim else a for k, a in arrays.items()
+                        k: a.astype(p.dtype)
+                        if a.ndim
+                        and not (_lowmem.is_encoded(a) or k.endswith(_lowmem.ABSMAX_SUFFIX))
+                        else a
+                        for k, a in arrays.items()
                     }
+                    _lowmem.decoded_or_plain(
+                        self.state_format, new_state[index], self._elementwise_keys(arrays), p
+                    )
                 index += 1
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
@@ -489,6 +555,7 @@ def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
         f"({', '.join(algorithm.hparams)}, maximize, nonfinite"
         + (", flavor" if flavors.has_flavors(algorithm.name) else "")
         + ") with the same defaults.\n\n"
+        + (_lowmem.CLASS_DOC if algorithm.name in _lowmem.MEMORY_LIGHT else "")
         + (algorithm.update.__doc__ or "")
     )
     return type(
@@ -498,6 +565,10 @@ def _front_end(algorithm: Algorithm, class_name: str) -> type[Optimizer]:
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     name: _front_end(algorithm, algorithm.class_name) for name, algorithm in ALGORITHMS.items()
+}
+#: The optimizers that take ``state_dtype`` and ``state_bits`` (as in the torch front-end).
+MEMORY_LIGHT_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    name: cls for name, cls in OPTIMIZERS.items() if name in _lowmem.MEMORY_LIGHT
 }
 
 SGD = OPTIMIZERS["sgd"]
@@ -521,6 +592,7 @@ __all__ = [
     "LARS",
     # learning-rate-free optimizers (issue 14)
     "LR_FREE_OPTIMIZERS",
+    "MEMORY_LIGHT_OPTIMIZERS",
     "NUMPY_OPS",
     "OPTIMIZERS",
     "SGD",

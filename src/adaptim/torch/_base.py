@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from adaptim import flavors
-from adaptim.algorithms import ALGORITHMS
+from adaptim.algorithms import ALGORITHMS, _state_codes
 from adaptim.algorithms._spec import Algorithm, ArrayOps
 from adaptim.algorithms._validation import (
     as_float,
@@ -377,15 +377,9 @@ class Optimizer(torch.optim.Optimizer):
 
     def _elementwise_keys(self, state: Mapping[str, Any]) -> list[str]:
         """The state entries a low-memory format encodes: the rule's element-wise ones."""
-        scalars = {"step", *self.algorithm.scalar_state}
-        return [
-            k
-            for k, v in state.items()
-            if k not in scalars
-            and not k.endswith(_lowmem.ABSMAX_SUFFIX)
-            and isinstance(v, torch.Tensor)
-            and v.ndim > 0
-        ]
+        return _state_codes.encodable_keys(
+            state, self.algorithm, lambda v: isinstance(v, torch.Tensor) and v.ndim > 0
+        )
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Raise, naming where and what was expected, unless ``state_dict`` fits this optimizer."""

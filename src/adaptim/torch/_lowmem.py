@@ -59,20 +59,16 @@ from typing import Any
 
 import torch
 
+from adaptim.algorithms import _state_codes
 from adaptim.algorithms._spec import Algorithm, ArrayOps
+
+# The layout constants, the code and the rounding bits are shared with the NumPy
+# front-end (adaptim.numpy._lowmem), so that both store the same bits.
+from adaptim.algorithms._state_codes import ABSMAX_SUFFIX as ABSMAX_SUFFIX
+from adaptim.algorithms._state_codes import BLOCK as BLOCK
+from adaptim.algorithms._state_codes import MIN_8BIT_NUMEL as MIN_8BIT_NUMEL
+from adaptim.algorithms._state_codes import NONNEGATIVE_STATE as NONNEGATIVE_STATE
 from adaptim.torch._rounding import stochastic_round_bf16, stream_key
-
-#: Block length and the size below which a tensor keeps its ordinary state (as bitsandbytes).
-BLOCK = 256
-MIN_8BIT_NUMEL = 4096
-ABSMAX_SUFFIX = "_absmax"
-
-#: torch's names of element-wise state that is non-negative by construction
-#: (sums and averages of squares, maxima of those, infinity norms): these use
-#: the unsigned code, everything else the signed one.
-NONNEGATIVE_STATE = frozenset(
-    {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"}
-)
 
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _ALLOWED_DTYPES = "None (the parameter's dtype), torch.bfloat16 or torch.float32"
@@ -84,77 +80,34 @@ def check_options(state_dtype: Any, state_bits: Any) -> tuple[torch.dtype | None
         state_dtype = _DTYPE_NAMES[state_dtype]
     if state_dtype is not None and state_dtype not in _DTYPE_NAMES.values():
         raise ValueError(f"Invalid state_dtype: {state_dtype!r}; allowed: {_ALLOWED_DTYPES}.")
-    if state_bits is not None and (isinstance(state_bits, bool) or state_bits not in (8, 32)):
-        raise ValueError(
-            f"Invalid state_bits: {state_bits!r}; allowed: None or 32 (full precision) "
-            "or 8 (block-wise quantised moments)."
-        )
-    if state_bits == 32:
-        state_bits = None
-    if state_bits is not None and state_dtype is not None:
-        raise ValueError(
-            f"Invalid state_dtype: {state_dtype!r} with state_bits={state_bits}; "
-            "choose at most one of them."
-        )
-    return state_dtype, state_bits
+    return state_dtype, _state_codes.check_state_bits(state_bits, state_dtype)
 
 
 @functools.cache
 def dynamic_code(signed: bool) -> torch.Tensor:
-    """The 256 sorted points of the dynamic quantisation code on [-1, 1] (or [0, 1]).
-
-    Decade ``k`` (k = 0..6) holds the midpoints of an even float32 grid on
-    [0.1, 1] with ``2^k + 1`` points (``2^(k+1) + 1`` unsigned), scaled by
-    ``10^(k-6)``; the signed code mirrors them. With 0 and 1 that is 256
-    points either way.
-    """
-    points: list[torch.Tensor] = []
-    for k in range(7):
-        grid = torch.linspace(0.1, 1, 2 ** (k if signed else k + 1) + 1, dtype=torch.float32)
-        midpoints = (grid[:-1] + grid[1:]) / 2
-        scaled = midpoints * 10.0 ** (k - 6)
-        points += [scaled, -scaled] if signed else [scaled]
-    points.append(torch.tensor([0.0, 1.0]))
-    code = torch.cat(points)
-    assert code.numel() == 256
-    return code.sort().values
+    """:func:`adaptim.algorithms._state_codes.dynamic_code` as a float32 tensor (computed once)."""
+    return torch.from_numpy(_state_codes.dynamic_code(signed).copy())
 
 
 @functools.cache
 def _thresholds(signed: bool) -> torch.Tensor:
     """The midpoints between neighbouring code points: ``bucketize`` against them is nearest."""
-    code = dynamic_code(signed).double()
-    return ((code[1:] + code[:-1]) / 2).float()
+    return torch.from_numpy(_state_codes.thresholds(signed).copy())
 
 
-#: Lookup buckets: float32 magnitudes in [0, 1] by their top 19 bits (exponent and
-#: 10 mantissa bits), so a bucket spans 0.1% of its value, less than any gap
-#: between neighbouring thresholds (1.4% at least): each holds at most one.
-_BUCKET_SHIFT = 13
-_BUCKETS = (0x3F800000 >> _BUCKET_SHIFT) + 1  # up to the bits of 1.0
+_BUCKET_SHIFT = _state_codes.BUCKET_SHIFT
+_BUCKETS = _state_codes.BUCKETS
 
 
 @functools.cache
 def _lookup(signed: bool) -> tuple[torch.Tensor, ...]:
-    """Per bucket of ``|s|``: how many thresholds lie below its start, for s ≥ 0 and s < 0.
+    """:func:`adaptim.algorithms._state_codes.bucket_tables` as tensors (computed once).
 
     ``torch.bucketize`` over 255 thresholds is a binary search per element;
     two small gathers and two comparisons are faster on CPU and give the same
-    index (``tests/test_lowmem.py``). Nearest code of
-    ``s`` = the number of thresholds below ``s``; for ``s = -u`` that is 255
-    minus the number of mirrored thresholds at or below ``u``.
+    index (``tests/test_lowmem.py``).
     """
-    thresholds = _thresholds(signed)
-    mirrored = (-thresholds).flip(0)
-    starts = (torch.arange(_BUCKETS, dtype=torch.int32) << _BUCKET_SHIFT).view(torch.float32)
-    ends = ((torch.arange(_BUCKETS, dtype=torch.int32) + 1) << _BUCKET_SHIFT).view(torch.float32)
-    # (int32 indices: half the memory traffic of int64, and index_select takes them)
-    below_positive = torch.searchsorted(thresholds, starts, out_int32=True)
-    below_negative = torch.searchsorted(mirrored, starts, out_int32=True)
-    for table, points in ((below_positive, thresholds), (below_negative, mirrored)):
-        assert int((torch.searchsorted(points, ends) - table).max()) <= 1
-    inf = torch.tensor([torch.inf])
-    return below_positive, torch.cat([thresholds, inf]), below_negative, torch.cat([mirrored, inf])
+    return tuple(torch.from_numpy(t.copy()) for t in _state_codes.bucket_tables(signed))
 
 
 def _nearest_code(scaled: torch.Tensor, signed: bool) -> torch.Tensor:

@@ -12,48 +12,33 @@ would have drawn.
 
 from __future__ import annotations
 
-import zlib
-
 import torch
 
-#: The mixer's odd multipliers: below 2³¹, so that a 32-bit value times one fits
-#: a signed int64 and torch's integer arithmetic computes what C's uint32 does.
-MIX_MULTIPLIERS = (0x7FEB352D, 0x1B873593)
-_MASK32 = 0xFFFFFFFF
+# The hash is shared with the NumPy front-end (one definition, the same bits):
+from adaptim.algorithms._state_codes import (
+    MIX_MULTIPLIERS,
+    entry_salt,
+    mix32,
+    step_salt,
+    stream_key,
+)
 
-
-def mix32(x: int) -> int:
-    """The 32-bit xorshift-multiply mixer ``h`` on a Python int (a bijection of [0, 2³²))."""
-    x &= _MASK32
-    x ^= x >> 16
-    x = (x * MIX_MULTIPLIERS[0]) & _MASK32
-    x ^= x >> 15
-    x = (x * MIX_MULTIPLIERS[1]) & _MASK32
-    return x ^ (x >> 16)
-
-
-def entry_salt(seed: int, position: int, key: str) -> int:
-    """The part of :func:`stream_key` fixed for one state entry of one parameter."""
-    return mix32(mix32(mix32(seed + 0x9E3779B9) ^ position) + zlib.crc32(key.encode()))
-
-
-def step_salt(step: int) -> int:
-    """The part of :func:`stream_key` fixed for one step."""
-    return mix32(step + 0x632BE5AB)
-
-
-def stream_key(seed: int, position: int, key: str, step: int) -> int:
-    """The key ``k`` of the rounding bits of entry ``key`` of parameter ``position`` at ``step``."""
-    return entry_salt(seed, position, key) ^ step_salt(step)
+__all__ = [
+    "MIX_MULTIPLIERS",
+    "entry_salt",
+    "mix32",
+    "rounding_noise",
+    "step_salt",
+    "stochastic_round_bf16",
+    "stream_key",
+]
 
 
 def rounding_noise(numel: int, stream: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The 16 random bits of elements ``0..numel-1`` in key ``stream``: ``h(i xor k) >> 16`` (int32)."""
-    x = torch.arange(numel, dtype=torch.int64, device=device)
-    x.bitwise_xor_(stream).bitwise_and_(_MASK32)
-    for shift, multiplier in zip((16, 15), MIX_MULTIPLIERS, strict=True):
-        x.bitwise_xor_(x >> shift).mul_(multiplier).bitwise_and_(_MASK32)
-    return x.bitwise_xor_(x >> 16).bitwise_right_shift_(16).to(torch.int32)
+    x = torch.arange(numel, dtype=torch.int64, device=device).bitwise_xor_(stream)
+    mixed: torch.Tensor = mix32(x)
+    return (mixed >> 16).to(torch.int32)
 
 
 def stochastic_round_bf16(x: torch.Tensor, stream: int) -> torch.Tensor:
