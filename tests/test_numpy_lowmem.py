@@ -361,17 +361,26 @@ def test_bytes_per_parameter_are_the_torch_front_ends(variant: str, options: Any
     )
 
 
-def test_a_scalar_parameter_keeps_bf16_moments_and_a_float32_mu_product() -> None:
-    """A 0-d parameter's moments are encoded once written; NAdam's ``mu_product`` stays float32."""
-    params = [np.array(0.5, dtype=np.float32)]
-    optimizer = anp.NAdam(params, state_dtype="bfloat16")
+@pytest.mark.parametrize("options", [{"state_dtype": "bfloat16"}, {"state_bits": 8}])
+def test_a_scalar_parameter_keeps_float32_state_as_on_torch(options: dict[str, Any]) -> None:
+    """A 0-d parameter's entries stay float32 (a format saves nothing there) on both
+    front-ends and both torch paths, NAdam's ``mu_product`` included, across a reload."""
+    params = [np.array(0.5, dtype=np.float32), np.linspace(-1, 1, 6, dtype=np.float32)]
+    optimizer = anp.NAdam(params, **options)
     train(optimizer, params, 3, seed=0)
-    state = optimizer.state_dict()["state"][0]
-    assert state["exp_avg"].dtype == np.uint16 and state["exp_avg"].shape == ()
-    assert state["mu_product"].dtype == np.float32
-    plain = anp.NAdam([params[0].copy()])
-    plain.load_state_dict(optimizer.state_dict())  # decoded, as for any shape
-    assert plain.state[0]["exp_avg"].dtype == np.float32
-    np.testing.assert_array_equal(
-        plain.state[0]["exp_avg"], _lowmem.bf16_to_float32(state["exp_avg"])
-    )
+    optimizer.load_state_dict(optimizer.state_dict())
+    train(optimizer, params, 1, seed=1)
+    kinds = {k: v.dtype for k, v in optimizer.state[0].items() if k != "step"}
+    assert kinds == dict.fromkeys(("exp_avg", "exp_avg_sq", "mu_product"), np.float32)
+    if "state_dtype" in options:
+        options = {"state_dtype": torch.bfloat16}
+    for foreach in (False, None):
+        scalar, vector = torch.nn.Parameter(torch.tensor(0.5)), torch.nn.Parameter(torch.ones(6))
+        twin = adaptim.NAdam([scalar, vector], foreach=foreach, **options)
+        for index in range(4):
+            if index == 2:
+                twin.load_state_dict(twin.state_dict())
+            scalar.grad, vector.grad = torch.tensor(0.25), torch.ones(6)
+            twin.step()
+        kinds = {k: v.dtype for k, v in twin.state[scalar].items() if k != "step"}
+        assert kinds == dict.fromkeys(("exp_avg", "exp_avg_sq", "mu_product"), torch.float32)

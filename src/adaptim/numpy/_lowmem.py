@@ -294,8 +294,9 @@ def update_decoded(
     )
     p[...] = new_p
     for key, value in new_state.items():
-        # (scalars such as NAdam's mu_product stay as they are, also beside a 0-d parameter)
-        if np.shape(value) == p.shape and key not in algorithm.scalar_state:
+        # (a 0-d parameter's entries stay float32, as on torch's paths: a format
+        # saves nothing there; scalars such as NAdam's mu_product stay as they are)
+        if np.ndim(value) > 0 and np.shape(value) == p.shape and key not in algorithm.scalar_state:
             fmt.write(state, key, value, p, step=int(step), position=position)
         elif inputs[key] is None:  # a per-tensor value the rule creates
             state[key] = np.array(value)

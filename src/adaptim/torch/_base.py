@@ -376,9 +376,13 @@ class Optimizer(torch.optim.Optimizer):
             )
 
     def _elementwise_keys(self, state: Mapping[str, Any]) -> list[str]:
-        """The state entries a low-memory format encodes: the rule's element-wise ones."""
+        """The state entries a low-memory format encodes: the rule's element-wise ones
+        (also 0-d ones once a step has encoded them, beside a 0-d parameter)."""
         return _state_codes.encodable_keys(
-            state, self.algorithm, lambda v: isinstance(v, torch.Tensor) and v.ndim > 0
+            state,
+            self.algorithm,
+            lambda v: isinstance(v, torch.Tensor)
+            and (v.ndim > 0 or v.dtype in (torch.bfloat16, torch.uint8)),
         )
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:

@@ -291,7 +291,9 @@ def update_decoded(
     new_p, new_state = algorithm.update(p.to(work), grad.to(work), inputs, step=step, xp=xp, **hp)
     p.copy_(new_p)
     for key, value in new_state.items():
-        if value.shape == p.shape:
+        # (a 0-d parameter's entries stay float32, as in the native loop: a format
+        # saves nothing there; scalars such as NAdam's mu_product stay as they are)
+        if value.ndim > 0 and value.shape == p.shape and key not in algorithm.scalar_state:
             fmt.write(state, key, value, p, step=int(step), position=position)
         elif inputs[key] is None:  # a per-tensor value the rule creates
             state[key] = value.detach().clone()
