@@ -23,6 +23,7 @@ tested in ``tests/test_engine.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,23 +49,30 @@ GROUP_RULES = {**GROUP_CASES, "ldog": (adaptim.LDoG, _draw_dog, False)}
 
 @contextmanager
 def dynamo_counts() -> Iterator[dict[str, Any]]:
-    """Dynamo's counters from a clean start; ``"warm"`` is set by :func:`mark_warm`."""
+    """Dynamo's counters from a clean start; after :func:`mark_warm`, a recompile raises."""
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
     seen: dict[str, Any] = {}
-    yield seen
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        yield seen
     seen["graphs"] = counters["stats"]["unique_graphs"]
+    seen["frames"] = counters["frames"]["ok"]
     # (the scheduler's wrapper of step() is skipped by Dynamo itself, for torch.optim too)
     seen["breaks"] = [r for r in counters["graph_break"] if "lr_scheduler.py" not in r]
 
 
 def mark_warm(seen: dict[str, Any]) -> None:
+    """The end of warm-up: count what was compiled, and make any recompile from now an error."""
     seen["warm"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    seen["warm_frames"] = torch._dynamo.utils.counters["frames"]["ok"]
+    torch._dynamo.config.error_on_recompile = True
 
 
 def assert_no_new_graphs_and_only(seen: dict[str, Any], *allowed: str) -> None:
+    """No graph and no frame compiled after warm-up; graph breaks only for the ``allowed`` reasons."""
     assert seen["graphs"] == seen["warm"], f"{seen['graphs'] - seen['warm']} graphs after warm-up"
+    assert seen["frames"] == seen["warm_frames"], "frames compiled after warm-up"
     unexpected = [r for r in seen["breaks"] if not any(a in r for a in allowed)]
     assert not unexpected, unexpected
 
@@ -86,15 +94,26 @@ def _two_groups(name: str, params: list[torch.Tensor], hp: dict[str, Any]) -> An
     return optimizer
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Bit for bit (NaN equal to NaN: a drawn setting may diverge, identically in both runs)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        return a.dtype == b.dtype and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
 def _assert_identical(a: Any, b: Any, params_a: list[torch.Tensor], params_b: list[Any]) -> None:
     for x, y in zip(params_a, params_b, strict=True):
-        assert torch.equal(x, y)
-        for (key, mine), theirs in zip(a.state[x].items(), b.state[y].values(), strict=True):
-            assert torch.equal(torch.as_tensor(mine), torch.as_tensor(theirs)), key
+        assert _same(x, y)
+        assert a.state[x].keys() == b.state[y].keys()
+        for key, value in a.state[x].items():
+            assert _same(value, b.state[y][key]), key
     for g, h in zip(a.param_groups, b.param_groups, strict=True):
-        assert {k: v for k, v in g.items() if k != "params"} == {
-            k: v for k, v in h.items() if k != "params"
-        }
+        assert g.keys() == h.keys()
+        for key in g.keys() - {"params"}:
+            assert _same(g[key], h[key]), key
 
 
 GROUP_PARAMS = [
