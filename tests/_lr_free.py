@@ -260,3 +260,40 @@ def started(name: str, params: Params, **kwargs: Any) -> torch.optim.Optimizer:
     if pair.train_eval:
         opt.train()  # type: ignore[attr-defined]
     return opt
+
+
+def _draw_sgd_hd(data: st.DataObject) -> dict[str, Any]:
+    momentum = data.draw(st.sampled_from([0.0, 0.5, 0.9]), "momentum")
+    return {
+        "lr": data.draw(_log(1e-3, 1e-1), "lr"),
+        "momentum": momentum,
+        "nesterov": momentum > 0 and data.draw(st.booleans(), "nesterov"),
+        "weight_decay": data.draw(st.sampled_from([0.0, 1e-2]), "weight_decay"),
+        "hypergrad_lr": data.draw(_log(1e-5, 1e-3), "hypergrad_lr"),
+    }
+
+
+def _draw_adam_hd(data: st.DataObject) -> dict[str, Any]:
+    return {
+        "lr": data.draw(_log(1e-3, 1e-1), "lr"),
+        "betas": (data.draw(st.floats(0.5, 0.95)), data.draw(_log(0.9, 0.9999))),
+        "weight_decay": data.draw(st.sampled_from([0.0, 1e-2]), "weight_decay"),
+        "hypergrad_lr": data.draw(_log(1e-7, 1e-3), "hypergrad_lr"),
+    }
+
+
+def _draw_dog(data: st.DataObject) -> dict[str, Any]:
+    return {
+        "reps_rel": data.draw(_log(1e-6, 1e-3), "reps_rel"),
+        "weight_decay": data.draw(st.sampled_from([0.0, 1e-3]), "weight_decay"),
+        "init_eta": data.draw(st.sampled_from([None, 1e-3]), "init_eta"),
+    }
+
+
+#: name -> (class, hyperparameter draw, keeps train/eval)
+GROUP_CASES: dict[str, tuple[type[torch.optim.Optimizer], Any, bool]] = {
+    **{name: (pair.ours, pair.draw, pair.train_eval) for name, pair in PAIRS.items()},
+    "sgd-hd": (adaptim.SGDHD, _draw_sgd_hd, False),
+    "adam-hd": (adaptim.AdamHD, _draw_adam_hd, False),
+    "dog": (adaptim.DoG, _draw_dog, False),
+}

@@ -18,49 +18,13 @@ from typing import Any
 
 import pytest
 import torch
-from _lr_free import NO_SHRINK, PAIRS, SHAPES, Problem, _log
+from _lr_free import GROUP_CASES as CASES
+from _lr_free import NO_SHRINK, SHAPES, Problem
 from _threads import num_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptim
-
-
-def _draw_sgd_hd(data: st.DataObject) -> dict[str, Any]:
-    momentum = data.draw(st.sampled_from([0.0, 0.5, 0.9]), "momentum")
-    return {
-        "lr": data.draw(_log(1e-3, 1e-1), "lr"),
-        "momentum": momentum,
-        "nesterov": momentum > 0 and data.draw(st.booleans(), "nesterov"),
-        "weight_decay": data.draw(st.sampled_from([0.0, 1e-2]), "weight_decay"),
-        "hypergrad_lr": data.draw(_log(1e-5, 1e-3), "hypergrad_lr"),
-    }
-
-
-def _draw_adam_hd(data: st.DataObject) -> dict[str, Any]:
-    return {
-        "lr": data.draw(_log(1e-3, 1e-1), "lr"),
-        "betas": (data.draw(st.floats(0.5, 0.95)), data.draw(_log(0.9, 0.9999))),
-        "weight_decay": data.draw(st.sampled_from([0.0, 1e-2]), "weight_decay"),
-        "hypergrad_lr": data.draw(_log(1e-7, 1e-3), "hypergrad_lr"),
-    }
-
-
-def _draw_dog(data: st.DataObject) -> dict[str, Any]:
-    return {
-        "reps_rel": data.draw(_log(1e-6, 1e-3), "reps_rel"),
-        "weight_decay": data.draw(st.sampled_from([0.0, 1e-3]), "weight_decay"),
-        "init_eta": data.draw(st.sampled_from([None, 1e-3]), "init_eta"),
-    }
-
-
-#: name -> (class, hyperparameter draw, keeps train/eval)
-CASES: dict[str, tuple[type[torch.optim.Optimizer], Any, bool]] = {
-    **{name: (pair.ours, pair.draw, pair.train_eval) for name, pair in PAIRS.items()},
-    "sgd-hd": (adaptim.SGDHD, _draw_sgd_hd, False),
-    "adam-hd": (adaptim.AdamHD, _draw_adam_hd, False),
-    "dog": (adaptim.DoG, _draw_dog, False),
-}
 
 
 def build(name: str, params: list[torch.Tensor], hp: dict[str, Any], reference: bool) -> Any:
@@ -196,23 +160,3 @@ def test_status_says_which_path_and_why() -> None:
     problem.set_grads(sliced.param_groups[0]["params"])
     sliced.step()
     assert sliced.fused_status()[0].startswith("reference: a state entry of another shape")
-
-
-@pytest.mark.slow
-def test_compiled_step_runs_the_reference_path_and_matches() -> None:
-    """``torch.compile(opt.step)``: Dynamo traces the per-tensor rule (the recorder's Python is
-    not for it); the result matches the eager multi-tensor path to float32 rounding."""
-    torch._dynamo.reset()
-    problem = Problem.draw([(6, 5), (5,)], torch.float32, 3)
-    runs = []
-    for compiled in (True, False):
-        params = problem.params()
-        optimizer = adaptim.ScheduleFreeAdamW(params, warmup_steps=2)
-        optimizer.train()
-        step = torch.compile(optimizer.step) if compiled else optimizer.step
-        for _ in range(3):  # (each step recompiles: the group's floats are guarded constants)
-            problem.set_grads(params)
-            step()
-        runs.append(params)
-    for compiled, eager in zip(*runs, strict=True):
-        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

@@ -622,7 +622,15 @@ class Optimizer(torch.optim.Optimizer):
         compiling), so the graph does not depend on its value and a growing
         step count never recompiles; tensor hyperparameters stay tensors, so
         a scheduler that updates a tensor ``lr`` in place never recompiles.
+        Memory-light states (``state_dtype``, ``state_bits``) step eagerly.
         """
+        if self.state_format is not None:
+            # A memory-light state is rounded with bits drawn from the step number
+            # and a hash of the entry's name, and 8-bit codes from block maxima:
+            # host arithmetic a graph would bake in per step. It steps eagerly,
+            # outside the graph (one graph break), with the eager path's result.
+            self._step_eager_untraced()
+            return
         if not self.algorithm.dense_gradients:
             self._refuse_dense_gradients()
         for group in self.param_groups:
@@ -630,6 +638,11 @@ class Optimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     self._update(p, p.grad, group, hp, traceable=True)
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _step_eager_untraced(self) -> None:
+        """The eager step, called from a compiled one: outside the graph (one graph break)."""
+        self._step_eager()
 
     def _hyperparams(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
         """The group's hyperparameters as the rule takes them; reused while the values are the same objects."""

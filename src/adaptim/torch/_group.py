@@ -9,10 +9,13 @@ for the element-wise rules (:mod:`adaptim.torch._engine`):
   once per partition and replayed with ``torch._foreach_*`` kernels
   (:mod:`adaptim.torch._group_fast`), bit-identical to the per-tensor path;
   there is no native kernel for these rules, so ``fused=True`` replays too;
-* ``foreach=False``, under ``torch.compile``, for rules the recorder cannot
+* ``foreach=False``, for rules the recorder cannot
   take (``Algorithm.recordable=False``: LDoG) and for tensors it does not
   cover (sparse, complex, non-contiguous, subclasses, Prodigy's
   ``slice_p > 1``), the rule runs once per tensor.
+
+Under ``torch.compile`` the step runs outside the graph (one graph break,
+no recompiles; see :meth:`GroupOptimizer._step_untraced`).
 
 :meth:`GroupOptimizer.fused_status` says which path each group took and why.
 """
@@ -101,6 +104,11 @@ class GroupOptimizer(Optimizer):
     @hooked_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        if torch.compiler.is_compiling():
+            return self._step_untraced(closure)
+        return self._step_now(closure)
+
+    def _step_now(self, closure: Callable[[], Any] | None) -> Any:
         rule = shared.group_pass(self.algorithm)
         if rule.switch_mode is not None:
             for index, group in enumerate(self.param_groups):
@@ -110,10 +118,6 @@ class GroupOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling():
-            with torch.no_grad():
-                self._step_scopes()
-            return loss
         # (as Optimizer.step: torch.no_grad() as a decorator costs microseconds a call)
         grad_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
@@ -122,6 +126,23 @@ class GroupOptimizer(Optimizer):
         finally:
             torch._C._set_grad_enabled(grad_enabled)
         return loss
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _step_untraced(self, closure: Callable[[], Any] | None) -> Any:
+        """The step under ``torch.compile``: the eager step, outside the graph (one graph break).
+
+        The rule's group scalars (``d``, ``weight_sum``, ``eta``, ...) are
+        decided on the host from sums over every tensor (``max``, ``min``,
+        "stop if the denominator is 0", refusals), and are kept in
+        ``param_groups`` as Python numbers, as the reference packages keep
+        them. Traced, each step's new values would be guarded on (a
+        recompile every step, until Dynamo's recompile limit); run here, the
+        caller's graphs stay the same every step and the result is the eager
+        multi-tensor path's, bit for bit. Nothing of the step is traced, not
+        even the reads of ``param_groups`` (a guard on the whole group dict,
+        whose ``k`` grows), and a ``closure`` runs eagerly as well.
+        """
+        return self._step_now(closure)
 
     def _step_scopes(self) -> None:
         if self.nonfinite != "ignore" and not self._gradients_finite():
@@ -178,8 +199,6 @@ class GroupOptimizer(Optimizer):
             return "reference: foreach=False"
         if not self.algorithm.recordable:
             return "reference: the rule is not element-wise (Algorithm.recordable=False)"
-        if torch.compiler.is_compiling():
-            return "reference: under torch.compile (the compiler fuses the per-tensor loop)"
         refused: str | None = self.__dict__.get("_fast_refused")
         return refused
 

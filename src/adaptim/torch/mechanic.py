@@ -163,9 +163,25 @@ class Mechanic(torch.optim.Optimizer):
         return [None if rate is None else rate * scale for rate in rates()]
 
     @_hooks.hooked_step
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One base step, rescaled: see :mod:`adaptim.torch.mechanic` for the equations."""
+        if torch.compiler.is_compiling():
+            return self._step_untraced(closure)
+        return self._step_now(closure)
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _step_untraced(self, closure: Callable[[], Any] | None) -> Any:
+        """The step under ``torch.compile``: eager, outside the graph (one graph break).
+
+        The scale learner's state is a handful of numbers updated with
+        host-side maxima every step, and the base optimizer's step runs
+        in between; traced, each step would add a graph. Eager, the caller's
+        graphs stay the same and the result is the eager step's.
+        """
+        return self._step_now(closure)
+
+    @torch.no_grad()
+    def _step_now(self, closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
