@@ -1,23 +1,34 @@
-"""What a study found, as data: each optimizer's outcome on a problem, and its ``results.json``.
+"""What a study found, as data: per optimizer, per problem, per study, and its ``results.json``.
 
 An :class:`OptimizerOutcome` holds one optimizer's tuning runs, chosen
 setting and re-runs on one problem, with the :class:`Summary` (mean and 95%
-Student-t interval) of its re-runs' *test* values, which the report shows.
-:func:`outcome_json` and :func:`problem_json` write them as ``results.json``
-stores them. The decisions taken from them (comparisons, ties, the
-recommendation) are :mod:`adaptim.lab.analysis`'s.
+Student-t interval) of its re-runs' *test* values, which the report shows. A
+:class:`ProblemOutcome` gathers a problem's optimizers with their
+recommendation and grid extensions, and a :class:`StudyOutcome` the problems
+of a study (:mod:`adaptim.lab.study`), which it writes as ``results.json``
+(:func:`outcome_json` and :func:`problem_json` give the entries). The
+decisions taken from them (comparisons, ties, the recommendation) are
+:mod:`adaptim.lab.analysis`'s.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
 from scipy import stats as scipy_stats
 
-from adaptim.lab.problems.base import Metric
+import adaptim
+from adaptim.lab.curves import time_to_target_json
+from adaptim.lab.errors import LabError
+from adaptim.lab.files import finite_json, write_atomically
+from adaptim.lab.problems.base import Metric, Problem
+from adaptim.lab.protocol import StudyConfig
 from adaptim.lab.recommendation import Recommendation
 from adaptim.lab.robustness import lr_at_edge
 from adaptim.lab.splits import decision_value, reported_value, splits_json, validation_of
@@ -145,3 +156,60 @@ def problem_json(
         "optimizers": [outcome_json(metric, o) for o in outcomes],
         "recommendation": rec.to_json(),
     }
+
+
+@dataclass
+class ProblemOutcome:
+    problem: Problem
+    spec: str
+    outcomes: list[OptimizerOutcome]
+    recommendation: Recommendation
+    #: Rounds of grid extension: per round, each optimizer's side ("below", "above",
+    #: "refine") and the learning rates it added.
+    extensions: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = problem_json(
+            self.problem.name, self.problem.metric, self.outcomes, self.recommendation
+        )
+        data["spec"] = self.spec
+        data["steps"] = (
+            self.outcomes[0].runs[0].spec.steps if self.outcomes and self.outcomes[0].runs else None
+        )
+        data["fixed_hparams"] = _plain(dict(self.problem.hparams))
+        data["grid_extensions"] = self.extensions
+        data["time_to_target"] = time_to_target_json(
+            self.problem.metric, self.problem.target, {o.name: o.runs for o in self.outcomes}
+        )
+        return data
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+@dataclass
+class StudyOutcome:
+    config: StudyConfig
+    problems: list[ProblemOutcome]
+    store_url: str
+    command: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "adaptim": adaptim.__version__,
+            "torch": torch.__version__,
+            "command": self.command,
+            "store": self.store_url,
+            "config": self.config.to_json(),
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+    def write(self, out_dir: Path) -> Path:
+        """``results.json``, atomically (readers and other writers never see half a file)."""
+        path = out_dir / "results.json"
+        text = json.dumps(finite_json(self.to_json()), indent=2, allow_nan=False)
+        try:
+            return write_atomically(path, text)
+        except OSError as error:
+            raise LabError(f"cannot write {str(path)!r}: {error.strerror}") from None
