@@ -11,21 +11,18 @@ and :func:`adaptim.lab.curves.effective_lr_decay`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from adaptim.lab.files import finite_or_none
 
 #: Percentiles of the effective learning rate recorded at each evaluation.
 EFFECTIVE_LR_PERCENTILES = (10, 50, 90)
 
 #: At most this many coordinates enter the effective-lr percentiles (a fixed sample).
 _EFFECTIVE_LR_SAMPLE = 65_536
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 class EffectiveLrProbe:

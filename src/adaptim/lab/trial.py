@@ -26,8 +26,9 @@ import torch
 
 from adaptim import __version__
 from adaptim.lab.effective_lr import EFFECTIVE_LR_PERCENTILES as EFFECTIVE_LR_PERCENTILES
-from adaptim.lab.effective_lr import EffectiveLrProbe, finite_or_none
+from adaptim.lab.effective_lr import EffectiveLrProbe
 from adaptim.lab.errors import LabError
+from adaptim.lab.files import finite_or_none
 from adaptim.lab.optimizers import make_optimizer
 from adaptim.lab.problems.base import BuildContext, Problem, Setup
 from adaptim.lab.schedules import make_scheduler
