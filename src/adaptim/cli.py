@@ -18,6 +18,7 @@ from typer.core import TyperGroup, TyperOption
 from typer.exceptions import TyperException
 
 from adaptim.lab import console as show
+from adaptim.lab.defaults import DEFAULT_OPTIMIZERS, DEFAULT_PROBLEMS
 from adaptim.lab.errors import LabError
 
 if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is instant
@@ -92,9 +93,6 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
-
-DEFAULT_PROBLEMS = ("quadratic-deep", "logreg-sparse", "digits-mlp")
-DEFAULT_OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 StoreOption = Annotated[
     str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")

@@ -30,6 +30,7 @@ import torch
 import adaptim
 from adaptim import flavors
 from adaptim.lab.adapters import MechanicAdam
+from adaptim.lab.defaults import DEFAULT_OPTIMIZERS
 from adaptim.lab.errors import LabError, unknown_name
 from adaptim.lab.search_space import Dimension, Scale, Variant
 from adaptim.lab.variants import (
@@ -101,8 +102,6 @@ def state_bytes_per_parameter(name: str, shape: tuple[int, ...] = STATE_BYTES_SH
 
 
 VARIANTS: dict[str, Variant] = all_variants()
-
-DEFAULT_OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 
 def parse_optimizer(spec: str) -> tuple[Variant, str]:
