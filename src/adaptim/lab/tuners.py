@@ -34,6 +34,7 @@ def score_of(metric: Metric, value: float | None) -> float:
 
 
 def round_lr(lr: float) -> float:
+    """``lr`` to 3 significant digits, as grids and suggestions are written and compared."""
     return float(f"{lr:.3g}")
 
 
