@@ -58,10 +58,11 @@ def test_the_lab_extra_is_the_table_above() -> None:
 
 def test_only_the_lab_and_the_cli_import_lab_dependencies() -> None:
     # The command, its launcher (which imports it once the lab is known to be there)
-    # and the modules of `adaptim reproduce` and `adaptim lr-find`, which only it imports.
+    # and the modules of `adaptim compare`, `reproduce` and `lr-find`, which only it imports.
     command = {
         Path("cli.py"),
         Path("_launcher.py"),
+        Path("_compare_cli.py"),
         Path("_reproduce_cli.py"),
         Path("_lr_find_cli.py"),
     }

@@ -12,6 +12,7 @@ import torch
 
 import adaptim
 from adaptim.lab.curves import run_time_to_target, time_to_target
+from adaptim.lab.effective_lr import EffectiveLrProbe
 from adaptim.lab.executors import InProcessExecutor
 from adaptim.lab.optimizers import VARIANTS, make_optimizer
 from adaptim.lab.problems import PROBLEMS, BuildContext, Metric
@@ -26,7 +27,7 @@ from adaptim.lab.protocol import (
 from adaptim.lab.schedules import make_scheduler
 from adaptim.lab.store import Store
 from adaptim.lab.study import Study
-from adaptim.lab.trial import Record, TrialResult, TrialSpec, _EffectiveLrProbe, run_trial
+from adaptim.lab.trial import Record, TrialResult, TrialSpec, run_trial
 
 HERE = Path(__file__).parent
 LOSS = Metric("loss", "min")
@@ -273,7 +274,7 @@ def test_effective_lr_masks_untouched_coordinates_and_reports_tensor_medians() -
         optimizer.zero_grad()
         (used[:2].sum() + 0 * unused.sum()).backward()  # coordinates 2, 3 and unused never move
         optimizer.step()
-    rates = _EffectiveLrProbe(optimizer, 0)()
+    rates = EffectiveLrProbe(optimizer, 0)()
     assert rates is not None
     expected = 0.1 / (math.sqrt(3) + 1e-10)
     assert rates["p10"] == pytest.approx(expected) and rates["p90"] == pytest.approx(expected)
@@ -287,7 +288,7 @@ def test_effective_lr_counts_momentum_so_sgd_and_momentum_compare_alike() -> Non
         optimizer = adaptim.SGD([p], **kwargs)
         p.sum().backward()
         optimizer.step()
-        rates = _EffectiveLrProbe(optimizer, 0)()
+        rates = EffectiveLrProbe(optimizer, 0)()
         assert rates is not None
         return rates
 

@@ -42,19 +42,21 @@ it, and the median over seeds (a seed that never reaches it counts as
 infinite time). A problem without a fixed target races to the second-best
 of the optimizers' worst final validation values instead (every seed of the
 best two reaches it).
+
+The records these rules read (:class:`OptimizerOutcome`, :class:`Summary`)
+and their ``results.json`` form live in :mod:`adaptim.lab.outcomes`; they
+stay importable from here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
-
-from scipy import stats as scipy_stats
+from dataclasses import replace
 
 from adaptim.lab import stats
 from adaptim.lab.curves import TargetTimes, time_to_target
+from adaptim.lab.outcomes import OptimizerOutcome, Summary, outcome_json, problem_json, summarize
 from adaptim.lab.problems.base import Metric
 from adaptim.lab.recommendation import (
     Comparison,
@@ -65,9 +67,8 @@ from adaptim.lab.recommendation import (
     Relation,
     default_margin,
 )
-from adaptim.lab.robustness import WIDTH_SLACK, LrRange, lr_at_edge, lr_range, reference_value
-from adaptim.lab.splits import decision_value, reported_value, splits_json, validation_of
-from adaptim.lab.trial import TrialResult
+from adaptim.lab.robustness import WIDTH_SLACK, LrRange, lr_range, reference_value
+from adaptim.lab.splits import decision_value
 from adaptim.lab.tuning_cost import with_tuning_costs
 
 __all__ = [
@@ -80,77 +81,11 @@ __all__ = [
     "Relation",
     "Summary",
     "default_margin",
+    "outcome_json",
+    "problem_json",
     "recommend",
     "summarize",
 ]
-
-# ----------------------------------------------------------------- summaries
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Mean and 95% CI half-width (Student's t) of the finite values; the others diverged."""
-
-    mean: float | None
-    ci95: float | None
-    n: int
-    diverged: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "ci95": self.ci95, "n": self.n, "diverged": self.diverged}
-
-
-def summarize(values: Sequence[float | None], total: int | None = None) -> Summary:
-    """Mean and 95% CI half-width of the finite values; runs without a value count as diverged."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    total = len(values) if total is None else total
-    n = len(finite)
-    if n == 0:
-        return Summary(None, None, 0, total)
-    mean = sum(finite) / n
-    if n < 2:
-        return Summary(mean, None, n, total - n)
-    variance = sum((v - mean) ** 2 for v in finite) / (n - 1)
-    half = float(scipy_stats.t.ppf(0.975, n - 1)) * math.sqrt(variance / n)
-    return Summary(mean, half, n, total - n)
-
-
-@dataclass
-class OptimizerOutcome:
-    """One optimizer on one problem: its tuning sweep, chosen setting and re-runs."""
-
-    name: str
-    metric: Metric
-    hparams: dict[str, Any]
-    tuning: list[TrialResult]
-    runs: list[TrialResult]
-    #: The learning rate was fixed with ``--set`` or by the problem: no range was searched.
-    lr_fixed: bool = False
-    #: The tuned settings again on another seed, when a tie needs the good-lr range.
-    sweeps: list[TrialResult] = field(default_factory=list)
-    #: Run at its published defaults, never tuned (AlgoPerf's self-tuning track).
-    tuning_free: bool = False
-    #: The range test of ``--search lr-find`` (:mod:`adaptim.lab.lr_find_trials`), if any:
-    #: its steps are part of the tuning cost.
-    range_test: TrialResult | None = None
-    #: Test values of the re-runs (what the report shows).
-    summary: Summary = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.summary = summarize([reported_value(r, self.metric.name) for r in self.runs])
-
-    @property
-    def diverged_runs(self) -> int:
-        return sum(r.diverged for r in self.runs)
-
-    @property
-    def lr_at_edge(self) -> bool:
-        # A range test's suggestions are not a grid: no edge to be at.
-        return (
-            not self.lr_fixed
-            and self.range_test is None
-            and lr_at_edge(self.tuning, self.hparams.get("lr"))
-        )
 
 
 def seed_values(
@@ -363,66 +298,6 @@ def break_tie(
     chosen = remaining[0]
     decided = eliminated[max(eliminated, key=lambda n: list(Criterion).index(eliminated[n]))]
     return chosen, decided, eliminated, ranges
-
-
-# ----------------------------------------------------------------- results.json
-
-
-def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
-    """One optimizer's entry of ``results.json``."""
-    return {
-        "name": outcome.name,
-        "hparams": outcome.hparams,
-        "lr_fixed": outcome.lr_fixed,
-        "runs": [
-            {
-                "seed": r.spec.seed,
-                "final": r.final,
-                "validation": validation_of(r),
-                "diverged": r.diverged,
-                "wall_time": r.wall_time,
-            }
-            for r in outcome.runs
-        ],
-        "summary": outcome.summary.to_json(),
-        "tuning": [
-            {
-                "hparams": dict(t.spec.hparams),
-                "score": decision_value(t, metric.name),
-                "validation": decision_value(t, metric.name),
-                "diverged": t.diverged,
-            }
-            for t in outcome.tuning
-        ],
-        "lr_at_edge": outcome.lr_at_edge,
-        "tuning_free": outcome.tuning_free,
-        # --search lr-find's range test: its curve, suggestions and why it stopped.
-        "range_test": None if outcome.range_test is None else outcome.range_test.info["lr_find"],
-        "sweeps": [
-            {
-                "hparams": dict(t.spec.hparams),
-                "seed": t.spec.seed,
-                "score": decision_value(t, metric.name),
-                "diverged": t.diverged,
-            }
-            for t in outcome.sweeps
-        ],
-    }
-
-
-def problem_json(
-    name: str, metric: Metric, outcomes: Sequence[OptimizerOutcome], rec: Recommendation
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "metric": {
-            "name": metric.name,
-            "goal": metric.goal,
-            **splits_json(r for o in outcomes for r in o.runs),
-        },
-        "optimizers": [outcome_json(metric, o) for o in outcomes],
-        "recommendation": rec.to_json(),
-    }
 
 
 # ----------------------------------------------------------------- speed

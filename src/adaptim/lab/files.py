@@ -20,6 +20,11 @@ from typing import Any
 from adaptim.lab.errors import LabError
 
 
+def finite_or_none(value: float | None) -> float | None:
+    """``value``, or ``None`` when it is ``None`` or not finite (how the lab writes "diverged")."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def finite_json(value: Any) -> Any:
     """``value`` with every non-finite float as ``None``: JSON has no NaN or infinity.
 
@@ -28,7 +33,7 @@ def finite_json(value: Any) -> Any:
     ``null``.
     """
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return finite_or_none(value)
     if isinstance(value, dict):
         return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -16,8 +16,10 @@ Schmidt et al. 2021 ("Descending through a Crowded Valley"):
    (lr, β₂ or α/ρ, ε, momentum) with the same budget. A diverged run scores
    worst. ``--search lr-find`` runs the learning-rate range test
    (:mod:`adaptim.lab.lr_find`), charged as one trial of the budget, and then
-   tuning runs at its suggestions (:class:`LrFindTuner`). An optimizer marked ``tuning_free`` is not tuned
-   at all: it runs at its published defaults (:func:`published_defaults`).
+   tuning runs at its suggestions. Each search is a tuner
+   (:mod:`adaptim.lab.tuners`, chosen by :func:`make_tuner`). An optimizer
+   marked ``tuning_free`` is not tuned at all: it runs at its published
+   defaults (:func:`published_defaults`).
 2. **Choose** the setting with the best final validation metric.
 3. **Re-run** it with ``seeds`` fresh seeds (1, 2, ...), never the tuning
    seed, so the reported numbers (on the *test* split) are not inflated by
@@ -35,24 +37,60 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from adaptim.lab.errors import LabError
 from adaptim.lab.optimizers import applicable, parse_optimizer
 from adaptim.lab.problems.base import Metric, Problem
 from adaptim.lab.schedules import SCHEDULES, check_schedule
+from adaptim.lab.tuners import (
+    LR_FIND_STEPS,
+    SEARCHES,
+    TUNING_SEED,
+    GridTuner,
+    LrFindTuner,
+    NoTuning,
+    OptunaTuner,
+    Search,
+    Tuner,
+    round_lr,
+    score_of,
+)
 
-TUNING_SEED = 0
+# The tuners moved to adaptim.lab.tuners; their names stay importable from here.
+__all__ = [
+    "EXTENSION",
+    "LR_FIND_STEPS",
+    "MAX_BUDGET",
+    "MAX_EXTENSIONS",
+    "MAX_SEEDS",
+    "MAX_STEPS",
+    "SEARCHES",
+    "TUNING_SEED",
+    "GridTuner",
+    "LrFindTuner",
+    "NoTuning",
+    "OptunaTuner",
+    "Search",
+    "StudyConfig",
+    "Tried",
+    "Tuner",
+    "best_setting",
+    "edge_side",
+    "extend_grid",
+    "final_seeds",
+    "fixed_hparams",
+    "make_tuner",
+    "published_defaults",
+    "score_of",
+]
+
 #: More learning rates than this on one optimizer is a typo, not a study.
 MAX_BUDGET = 100
 #: More re-run seeds than this is a typo too (Crowded Valley uses 10).
 MAX_SEEDS = 1000
 #: Steps and seeds are stored in 32-bit integer columns (PostgreSQL's ``integer``).
 MAX_STEPS = 2**31 - 1
-SEARCHES = ("grid", "tpe", "random", "lr-find")
-Search = Literal["grid", "tpe", "random", "lr-find"]
-#: The range test of ``--search lr-find`` takes this many steps (fastai's), at most one trial's.
-LR_FIND_STEPS = 100
 #: Extra learning rates per optimizer and round when some optimizer's best lies at a grid edge.
 EXTENSION = 2
 #: At most this many rounds of grid extension per problem.
@@ -139,173 +177,6 @@ class StudyConfig:
         )
 
 
-def score_of(metric: Metric, value: float | None) -> float:
-    """A comparable score: the metric, or the worst possible for a diverged run."""
-    return metric.worst if value is None or not math.isfinite(value) else value
-
-
-class Tuner(Protocol):
-    """Proposes hyperparameter settings for one optimizer on one problem, then hears how they did.
-
-    ``independent()`` is how many of its next proposals depend on no result
-    still to come: proposing that many together gives exactly the settings
-    that proposing them one at a time, each result observed before the next
-    proposal, would give. The study proposes that many per wave, so they can
-    run side by side on as many workers.
-    """
-
-    def propose(self, limit: int) -> list[dict[str, Any]]: ...
-
-    def observe(self, hparams: Mapping[str, Any], value: float | None) -> None: ...
-
-    def independent(self) -> int: ...
-
-
-class GridTuner:
-    """All learning rates of the grid at once; :meth:`extend` adds more."""
-
-    def __init__(self, optimizer: str, fixed: Mapping[str, Any], budget: int) -> None:
-        variant, _ = parse_optimizer(optimizer)
-        self.fixed = dict(fixed)
-        self.lr_fixed = "lr" in fixed
-        lrs = [fixed["lr"]] if self.lr_fixed else variant.lr_grid(budget)
-        self.pending = [{**fixed, "lr": lr} for lr in lrs]
-
-    def propose(self, limit: int) -> list[dict[str, Any]]:
-        proposals, self.pending = self.pending, []
-        return proposals
-
-    def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
-        pass
-
-    def independent(self) -> int:
-        return len(self.pending)  # a grid is fixed in advance
-
-    def extend(self, lrs: Sequence[float]) -> None:
-        self.pending.extend({**self.fixed, "lr": lr} for lr in lrs)
-
-
-class OptunaTuner:
-    """Optuna's TPE or random sampler over the optimizer's declared space, with the same budget."""
-
-    def __init__(
-        self, optimizer: str, fixed: Mapping[str, Any], budget: int, search: Search, metric: Metric
-    ) -> None:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        variant, _ = parse_optimizer(optimizer)
-        #: TPE draws its first proposals at random, from a generator that results do not touch.
-        self.startup = max(1, budget // 2) if search == "tpe" else budget
-        sampler = (
-            optuna.samplers.TPESampler(seed=TUNING_SEED, n_startup_trials=self.startup)
-            if search == "tpe"
-            else optuna.samplers.RandomSampler(seed=TUNING_SEED)
-        )
-        self.study = optuna.create_study(
-            direction="minimize" if metric.goal == "min" else "maximize", sampler=sampler
-        )
-        self.fixed = dict(fixed)
-        self.space = [d for d in variant.space if not d.fixed_by(fixed)]
-        self.remaining = budget if self.space else 1
-        self.proposed = 0
-        self.metric = metric
-        self.asked: list[tuple[dict[str, Any], Any]] = []
-
-    def independent(self) -> int:
-        """The random sampler's proposals never depend on results; TPE's first ``startup`` don't.
-
-        Optuna's random sampler draws every proposal from its own seeded generator, and
-        TPE samples at random (from such a generator) while fewer than ``startup`` trials
-        are complete; asking for those together gives the very settings of asking one at a
-        time (``tests/lab/test_waves.py`` checks it on Optuna itself). After them, each TPE
-        proposal depends on every earlier result: one at a time.
-        """
-        if self.remaining == 0:
-            return 0
-        return max(1, min(self.remaining, self.startup - self.proposed))
-
-    def propose(self, limit: int) -> list[dict[str, Any]]:
-        proposals = []
-        for _ in range(min(limit, self.remaining)):
-            trial = self.study.ask()
-            # Each dimension is sampled as a position in [0, 1] of its own scale.
-            hparams = {
-                **self.fixed,
-                **{d.name: d.from_unit(trial.suggest_float(d.name, 0.0, 1.0)) for d in self.space},
-            }
-            self.asked.append((hparams, trial))
-            proposals.append(hparams)
-        self.remaining -= len(proposals)
-        self.proposed += len(proposals)
-        return proposals
-
-    def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
-        match = next((i for i, (h, _) in enumerate(self.asked) if h == dict(hparams)), None)
-        if match is not None:
-            _, trial = self.asked.pop(match)
-            # A diverged run is told as the worst finite value Optuna can rank.
-            told = score_of(self.metric, value)
-            if not math.isfinite(told):
-                told = 1e300 if self.metric.goal == "min" else -1e300
-            self.study.tell(trial, told)
-
-
-class NoTuning:
-    """A tuning-free optimizer: no tuning run at all (AlgoPerf's self-tuning ruleset)."""
-
-    def propose(self, limit: int) -> list[dict[str, Any]]:
-        return []
-
-    def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
-        pass
-
-    def independent(self) -> int:
-        return 0
-
-
-class LrFindTuner:
-    """``--search lr-find``: the range test, then tuning runs at its suggested rates.
-
-    The study runs the range test (``range_steps`` steps, at most one trial's) and hands its
-    suggestions (``valley``, ``steepest``, ``minimum/10``) to :meth:`suggest`. The range
-    test is charged as one trial of the budget; the distinct suggestions are run, in that
-    order, as far as the rest of the budget goes (``--budget 4`` or more runs all three),
-    and the best on validation is chosen like any tuned setting. Running the three rather
-    than trusting one: on the built-in problems ``valley`` alone picked Adam rates of about
-    1e-3 where the grid's best was 0.1, and the validation value of the three runs catches
-    that. An lr fixed with ``--set`` or by the problem needs no range test and is run as is.
-    """
-
-    def __init__(self, fixed: Mapping[str, Any], steps: int, budget: int) -> None:
-        self.fixed = dict(fixed)
-        self.lr_fixed = "lr" in fixed
-        self.range_steps = min(LR_FIND_STEPS, steps)
-        self.runs = budget - 1
-        self.pending: list[dict[str, Any]] = [self.fixed] if self.lr_fixed else []
-        self.done = False
-
-    @property
-    def needs_range_test(self) -> bool:
-        return not self.done and not self.pending
-
-    def suggest(self, lrs: Sequence[float]) -> None:
-        """The suggested rates, best-first; the distinct ones the budget allows become runs."""
-        distinct = list(dict.fromkeys(_round(lr) for lr in lrs))
-        self.pending = [{**self.fixed, "lr": lr} for lr in distinct[: self.runs]]
-
-    def propose(self, limit: int) -> list[dict[str, Any]]:
-        proposals, self.pending = self.pending, []
-        self.done = True
-        return proposals
-
-    def observe(self, hparams: Mapping[str, Any], value: float | None) -> None:
-        pass
-
-    def independent(self) -> int:
-        return len(self.pending)  # the suggestions of one range test
-
-
 def published_defaults(optimizer: str, fixed: Mapping[str, Any]) -> dict[str, Any]:
     """The setting a tuning-free optimizer runs: ``fixed`` and the lr it then uses, explicit."""
     import torch
@@ -333,10 +204,6 @@ def make_tuner(config: StudyConfig, optimizer: str, problem: Problem) -> Tuner:
 
 
 Tried = Sequence[tuple[Mapping[str, Any], float | None]]
-
-
-def _round(lr: float) -> float:
-    return float(f"{lr:.3g}")
 
 
 def edge_side(metric: Metric, tried: Tried) -> Literal["below", "above"] | None:
@@ -391,13 +258,13 @@ def extend_grid(
         if side is not None:
             edge, inner = (lrs[0], lrs[1]) if side == "below" else (lrs[-1], lrs[-2])
             ratio = edge / inner
-            plan[optimizer] = (side, [_round(edge * ratio**k) for k in range(1, EXTENSION + 1)])
+            plan[optimizer] = (side, [round_lr(edge * ratio**k) for k in range(1, EXTENSION + 1)])
             continue
         best = best_setting(metric, t)["lr"]
         others = sorted((lr for lr in lrs if lr != best), key=lambda lr: abs(math.log(lr / best)))
         fresh: list[float] = []
         for other in others:
-            middle = _round(math.sqrt(best * other))
+            middle = round_lr(math.sqrt(best * other))
             if middle not in lrs and middle not in fresh:
                 fresh.append(middle)
             if len(fresh) == EXTENSION:

@@ -10,15 +10,11 @@ report and ``results.json`` say that it has only one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
+from adaptim.lab.files import finite_or_none
 from adaptim.lab.trial import TUNED_ON_TEST, TrialResult
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def decision_value(result: TrialResult, metric: str) -> float | None:
@@ -27,12 +23,12 @@ def decision_value(result: TrialResult, metric: str) -> float | None:
     if result.diverged:
         return None
     values = getattr(result, "validation", None) or result.final
-    return _finite(values.get(metric))
+    return finite_or_none(values.get(metric))
 
 
 def reported_value(result: TrialResult, metric: str) -> float | None:
     """The final test value (what the report shows), or ``None`` for a diverged run."""
-    return None if result.diverged else _finite(result.final.get(metric))
+    return None if result.diverged else finite_or_none(result.final.get(metric))
 
 
 def validation_of(result: TrialResult) -> dict[str, float | None]:

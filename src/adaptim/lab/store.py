@@ -50,7 +50,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from adaptim.lab.errors import LabError
-from adaptim.lab.files import finite_json
+from adaptim.lab.files import finite_json, finite_or_none
 from adaptim.lab.ownership import META_TABLE, check_ownership, is_marked, mark
 from adaptim.lab.redact import redact_url
 from adaptim.lab.trial import Record, TrialResult, TrialSpec
@@ -223,7 +223,7 @@ class Store:
                 records=[
                     RecordRow(
                         step=r.step,
-                        train_loss=_finite(r.train_loss),
+                        train_loss=finite_or_none(r.train_loss),
                         metrics=r.metrics,
                         wall_time=r.wall_time,
                         effective_lr=r.effective_lr,
@@ -256,10 +256,6 @@ class Store:
         with self._failing_as("listing its studies"), self._session() as session:
             rows = session.scalars(select(StudyRow).order_by(StudyRow.created_at)).all()
             return [(r.key, r.config, r.command) for r in rows]
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
 
 
 def _json_dumps(value: Any) -> str:

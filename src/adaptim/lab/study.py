@@ -1,32 +1,27 @@
-"""A study: the protocol run over problems and optimizers, through an executor, into the store."""
+"""A study: the protocol run over problems and optimizers, through an executor, into the store.
+
+:class:`Study` writes each problem's protocol as a pipeline of waves (tune,
+grow the grid, re-run on fresh seeds with adaptive seeding, sweep a tie's
+learning rates on a second seed); :mod:`adaptim.lab.waves` runs the waves,
+and :mod:`adaptim.lab.outcomes` holds what comes out (:class:`ProblemOutcome`,
+:class:`StudyOutcome`, importable from here too).
+"""
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-import adaptim
-from adaptim.lab.analysis import (
-    Margin,
-    OptimizerOutcome,
-    Policy,
-    Recommendation,
-    Relation,
-    problem_json,
-    recommend,
-)
+from adaptim.lab.analysis import Margin, OptimizerOutcome, Policy, Relation, recommend
 from adaptim.lab.claims import Claims
-from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.executors import Executor
-from adaptim.lab.files import finite_json, write_atomically
 from adaptim.lab.optimizers import parse_optimizer
+from adaptim.lab.outcomes import ProblemOutcome, StudyOutcome
 from adaptim.lab.problems import BuildContext, Problem, resolve_problem
 from adaptim.lab.protocol import (
     MAX_EXTENSIONS,
@@ -45,70 +40,19 @@ from adaptim.lab.protocol import (
 from adaptim.lab.redact import redact_command
 from adaptim.lab.store import Store
 from adaptim.lab.trial import Phase, TrialResult, TrialSpec
+from adaptim.lab.waves import OnTrial, Pipeline, Runs, drive, run_wave
 
-#: Called once per trial as it completes: the result, and whether it came from the store.
-OnTrial = Callable[[TrialResult, bool], None]
-#: Trials per (problem, optimizer).
-Runs = dict[tuple[str, str], list[TrialResult]]
-#: One problem's protocol: yields the trials it needs next, is sent them (by key) back.
-Pipeline = Generator[list[TrialSpec], dict[str, TrialResult], tuple[Runs, Runs, Runs]]
-
-
-@dataclass
-class ProblemOutcome:
-    problem: Problem
-    spec: str
-    outcomes: list[OptimizerOutcome]
-    recommendation: Recommendation
-    #: Rounds of grid extension: per round, each optimizer's side ("below", "above",
-    #: "refine") and the learning rates it added.
-    extensions: list[dict[str, dict[str, Any]]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        data = problem_json(
-            self.problem.name, self.problem.metric, self.outcomes, self.recommendation
-        )
-        data["spec"] = self.spec
-        data["steps"] = (
-            self.outcomes[0].runs[0].spec.steps if self.outcomes and self.outcomes[0].runs else None
-        )
-        data["fixed_hparams"] = _plain(dict(self.problem.hparams))
-        data["grid_extensions"] = self.extensions
-        data["time_to_target"] = time_to_target_json(
-            self.problem.metric, self.problem.target, {o.name: o.runs for o in self.outcomes}
-        )
-        return data
-
-
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-@dataclass
-class StudyOutcome:
-    config: StudyConfig
-    problems: list[ProblemOutcome]
-    store_url: str
-    command: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "adaptim": adaptim.__version__,
-            "torch": torch.__version__,
-            "command": self.command,
-            "store": self.store_url,
-            "config": self.config.to_json(),
-            "problems": [p.to_json() for p in self.problems],
-        }
-
-    def write(self, out_dir: Path) -> Path:
-        """``results.json``, atomically (readers and other writers never see half a file)."""
-        path = out_dir / "results.json"
-        text = json.dumps(finite_json(self.to_json()), indent=2, allow_nan=False)
-        try:
-            return write_atomically(path, text)
-        except OSError as error:
-            raise LabError(f"cannot write {str(path)!r}: {error.strerror}") from None
+# The outcome records moved to adaptim.lab.outcomes, the wave runner to adaptim.lab.waves;
+# their names stay importable from here.
+__all__ = [
+    "OnTrial",
+    "Pipeline",
+    "ProblemOutcome",
+    "Runs",
+    "Study",
+    "StudyOutcome",
+    "study_policy",
+]
 
 
 def study_policy(config: StudyConfig) -> Policy:
@@ -251,32 +195,8 @@ class Study:
         return best_setting(metric, [(t.spec.hparams, t.score(metric.name)) for t in tried])
 
     def _drive(self, pipelines: Mapping[str, Pipeline]) -> tuple[Runs, Runs, Runs]:
-        """Run the problems' pipelines side by side, one wave of trials at a time.
-
-        A wave holds every trial some problem asks for next, so a problem whose tuning is
-        done runs its re-runs in the same wave as another problem's grid extension: workers
-        get every trial that is already determined. Each problem sees only its own
-        results, in the order one problem alone would, so the results do not change.
-        """
-        found: list[Runs] = [{}, {}, {}]
-        asked: dict[str, list[TrialSpec]] = {}
-
-        def advance(spec: str, done: dict[str, TrialResult] | None) -> None:
-            try:
-                asked[spec] = pipelines[spec].send(done)  # type: ignore[arg-type]
-            except StopIteration as end:
-                asked.pop(spec, None)
-                for into, runs in zip(found, end.value, strict=True):
-                    into.update(runs)
-
-        for spec in pipelines:
-            advance(spec, None)
-        while asked:
-            done = {r.spec.key(): r for r in self._execute([s for w in asked.values() for s in w])}
-            for spec in list(asked):
-                advance(spec, done)
-        tuning, finals, sweeps = found
-        return tuning, finals, sweeps
+        """Run the problems' pipelines side by side, one wave at a time (see :func:`drive`)."""
+        return drive(pipelines, self._execute)
 
     def _pipeline(self, spec: str, policy: Policy) -> Pipeline:
         """One problem's protocol: tune, re-run, sweep; yields each wave, is sent its results."""
@@ -456,31 +376,4 @@ class Study:
 
     def _execute(self, specs: Sequence[TrialSpec]) -> Iterable[TrialResult]:
         """Stored results first; the rest run through the executor and are stored as each ends."""
-        unique = list({s.key(): s for s in specs}.values())
-        results: list[TrialResult] = []
-        missing = []
-        for spec in unique:
-            stored = self.store.get(spec)
-            if stored is None:
-                missing.append(spec)
-            else:
-                results.append(stored)
-                self.on_trial(stored, True)
-        if missing:  # a read-only store fails now, not after the trials have run
-            self.store.check_writable()
-        for result, reused in self._run_missing(missing):
-            if not reused:
-                self.store.put(result)
-            results.append(result)
-            self.on_trial(result, reused)
-        return results
-
-    def _run_missing(self, specs: list[TrialSpec]) -> Iterable[tuple[TrialResult, bool]]:
-        """``(result, reused)``: run here, or (with claims) by another worker of the study."""
-        if self.claims is None:
-            return ((r, False) for r in self.executor.run(specs, self.context))
-        # As many trials claimed at a time as the executor runs at once.
-        capacity = max(1, int(getattr(self.executor, "workers", 1)))
-        return self.claims.share(
-            specs, lambda batch: self.executor.run(batch, self.context), self.store, capacity
-        )
+        return run_wave(specs, self.store, self.executor, self.context, self.on_trial, self.claims)
