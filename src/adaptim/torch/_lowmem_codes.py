@@ -1,6 +1,7 @@
-"""The 8-bit code in C for the native loop (:mod:`._lowmem_native`): tables and the encoder.
+"""The 8-bit code in C for the native loop (:mod:`._lowmem_native`): tables, decoder, encoder.
 
-Decoding is a look-up, ``code[q]·a``. Encoding must give the nearest code
+Decoding is a look-up, ``code[q]·a`` (in registers where AVX-512 VBMI
+allows, :func:`decoder`). Encoding must give the nearest code
 exactly as :func:`._lowmem.quantize_blockwise` does (the number of midpoints
 between code points, *thresholds*, that lie below ``x/a``) without a binary
 search, whose eight dependent look-ups per value cost more than the whole
@@ -76,6 +77,85 @@ def bucket_table(signed: bool) -> np.ndarray:
     return (base + (np.where(inside == 1, low, _NONE) << 8)).astype(np.int32)
 
 
+def byte_planes(name: str, values: torch.Tensor) -> str:
+    """The 256 floats of a code as four planes of 256 bytes (byte ``k`` of every float, then ``k+1``).
+
+    The AVX-512 decoder looks a code up in registers, one byte plane at a
+    time (:func:`decoder`).
+    """
+    planes = values.numpy().astype("<f4").view(np.uint8).reshape(-1, 4).T.reshape(-1)
+    items = ", ".join(map(str, planes.tolist()))
+    table = f"static const uint8_t {name}[1024] __attribute__((aligned(64))) = {{{items}}};"
+    return f"#ifdef ADAPTIM_VBMI\n{table}\n#endif"
+
+
+#: Where the decoder's interleaving of byte planes puts element ``e`` of 64: the
+#: unpack instructions work within 128-bit lanes, so the codes are first put in
+#: the order that makes the four results' floats come out in memory order.
+DECODE_ORDER = [16 * (p % 16 // 4) + 4 * (p // 16) + p % 4 for p in range(64)]
+
+
+def decoder(suffix: str) -> list[str]:
+    """``decode_<suffix>``: ``code[q]·a`` for ``m`` codes into ``out``.
+
+    A gather of 16 floats costs about as much as the whole update of 16
+    values, so with AVX-512 VBMI the 256-float table is held in registers as
+    four byte planes (:func:`byte_planes`): for 64 codes at once, each plane's
+    byte is one ``vpermi2b`` per half of the table and a blend by the code's
+    top bit, and unpacking the four bytes gives the floats, exactly the
+    table's. Elsewhere (and for a block's tail) it is the plain look-up.
+    """
+    planes = f"PLANES_{suffix}"
+    lines = [
+        f"static inline void decode_{suffix}(const uint8_t* restrict q, int64_t m, float a,",
+        "                                  float* restrict out) {",
+        "  int64_t j = 0;",
+        "#ifdef ADAPTIM_VBMI",
+        "  if (m >= 64) {",
+        "    const __m512i order = _mm512_loadu_si512(DECODE_ORDER);",
+        "    const __m512 scale = _mm512_set1_ps(a);",
+        "    __m512i p[16];",
+        f"    for (int k = 0; k < 16; ++k) p[k] = _mm512_load_si512({planes} + 64 * k);",
+        "    for (; j + 64 <= m; j += 64) {",
+        "      const __m512i c = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(q + j));",
+        "      const __mmask64 high = _mm512_movepi8_mask(c);",
+        "      __m512i b[4];",
+        "      for (int k = 0; k < 4; ++k)",
+        "        b[k] = _mm512_mask_blend_epi8(high,",
+        "                 _mm512_permutex2var_epi8(p[4 * k], c, p[4 * k + 1]),",
+        "                 _mm512_permutex2var_epi8(p[4 * k + 2], c, p[4 * k + 3]));",
+        "      const __m512i lo01 = _mm512_unpacklo_epi8(b[0], b[1]);",
+        "      const __m512i hi01 = _mm512_unpackhi_epi8(b[0], b[1]);",
+        "      const __m512i lo23 = _mm512_unpacklo_epi8(b[2], b[3]);",
+        "      const __m512i hi23 = _mm512_unpackhi_epi8(b[2], b[3]);",
+        "      const __m512i w[4] = {_mm512_unpacklo_epi16(lo01, lo23),"
+        " _mm512_unpackhi_epi16(lo01, lo23),",
+        "                            _mm512_unpacklo_epi16(hi01, hi23),"
+        " _mm512_unpackhi_epi16(hi01, hi23)};",
+        "      for (int k = 0; k < 4; ++k)",
+        "        _mm512_storeu_ps(out + j + 16 * k,"
+        " _mm512_mul_ps(_mm512_castsi512_ps(w[k]), scale));",
+        "    }",
+        "  }",
+        "#endif",
+        f"  for (; j < m; ++j) out[j] = CODE_{suffix}[q[j]] * a;",
+        "}",
+    ]
+    return lines
+
+
+#: The decoder's in-register path: AVX-512 with its byte permutations (VBMI).
+VBMI_HEADER = [
+    "#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)",
+    "#define ADAPTIM_VBMI 1",
+    "#include <immintrin.h>",
+    "static const uint8_t DECODE_ORDER[64] __attribute__((aligned(64))) = {"
+    + ", ".join(map(str, DECODE_ORDER))
+    + "};",
+    "#endif",
+]
+
+
 def int_table(name: str, values: np.ndarray) -> str:
     return (
         f"static const int32_t {name}[{values.size}] = {{{', '.join(map(str, values.tolist()))}}};"
@@ -85,7 +165,10 @@ def int_table(name: str, values: np.ndarray) -> str:
 def quantizer(suffix: str, signed: bool) -> list[str]:
     """``quantize_<suffix>``: a block's new maximum and its codes (nearest, as the reference).
 
-    ``x/a`` lies in [-1, 1] (a is the largest magnitude), so no clamp is needed.
+    ``top`` is the largest magnitude's bits, sign cleared (the update loop
+    finds it as it writes the block: the largest such integer is the largest
+    float, a vectorised reduction without branches). ``x/a`` lies in [-1, 1]
+    (a is the largest magnitude), so no clamp is needed.
     """
     if signed:
         position = [
@@ -98,15 +181,8 @@ def quantizer(suffix: str, signed: bool) -> list[str]:
             "      pos += (x > 0.0f) & (pos == 0);  /* never 0.0 */",
         ]
     return [
-        f"static inline void quantize_{suffix}(const float* restrict v, int64_t m,",
+        f"static inline void quantize_{suffix}(const float* restrict v, int64_t m, uint32_t top,",
         "                                    uint8_t* restrict q, float* restrict absmax) {",
-        # (the largest magnitude as the largest integer of the sign-cleared bits:
-        # the same order for floats, and a vectorised reduction without branches)
-        "  uint32_t top = 0;",
-        "  #pragma omp simd reduction(max:top)",
-        "  for (int64_t j = 0; j < m; ++j) {",
-        "      uint32_t u; memcpy(&u, &v[j], 4); u &= 0x7FFFFFFFu; top = u > top ? u : top;",
-        "  }",
         "  float a; memcpy(&a, &top, 4);",
         "  *absmax = a;",
         "  const float d = a > 0.0f ? a : 1.0f;",
