@@ -21,8 +21,9 @@ float32 copy of any tensor:
   the rule runs on the 256 values and finds their new maximum as it goes,
   the new values wait in another 1 KiB buffer, and are encoded: the
   nearest code is the number of the 255 midpoints between code points that
-  lie below ``x/a`` (the index ``torch.bucketize`` gives, found with one
-  table look-up by the float's top bits, :mod:`._lowmem_codes`), and a
+  lie below ``x/a`` (the index ``torch.bucketize`` gives, found in
+  registers by the decade's even grid, or with one table look-up by the
+  float's top bits: :mod:`._lowmem_codes`), and a
   positive second moment never takes code 0.0, as in
   :func:`._lowmem.quantize_blockwise`.
 
@@ -249,6 +250,7 @@ class _Source(_native._Source):
                 lines.append(_codes.byte_planes(f"PLANES_{suffix}", code))
                 lines.append(_codes.int_table(f"BUCKET_{suffix}", _codes.bucket_table(signed)))
                 lines += _codes.decoder(suffix)
+                lines += _codes.segment_encoder(suffix, signed)
                 lines += _codes.quantizer(suffix, signed)
         lines += [
             "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
