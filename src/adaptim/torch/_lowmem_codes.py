@@ -208,7 +208,8 @@ def quantizer(suffix: str, signed: bool) -> list[str]:
     ]
 
 
-#: The in-register encoder (:func:`segment_tables`): binades of ``|x/a|`` from 2⁻²⁵ up,
+#: The in-register encoder (:func:`segment_tables`): the binades of ``|x/a|`` from 2⁻²⁵
+#: up (smaller values are counted in that one), indexed by the exponent's low 5 bits,
 #: and how close (in steps between thresholds) a value may come to an interior
 #: threshold before its block is encoded again with the bucket table.
 _LOW_BINADE = 127 - 25
@@ -264,6 +265,9 @@ def segment_tables(signed: bool) -> dict[str, np.ndarray]:
         a[segment], b[segment], most[segment] = n / (0.9 * decade), n / 9, n - 1
         inner = thresholds[(groups[:-1] == segment) & (groups[1:] == segment)]
         assert inner.size == n - 1
+        # (above the boundary below, κ > -1: truncation then gives 0 with no clamp)
+        first = np.nextafter(boundaries[segment - 1], np.float32(2.0)).astype(np.float64)
+        assert first * float(a[segment]) - float(b[segment]) > -0.5
         above = np.nextafter(inner, np.float32(2.0))
         for values, side in ((inner, 1.0), (above, -1.0)):
             kappa = (values.astype(np.float64) * float(a[segment]) - float(b[segment])).astype(
@@ -273,14 +277,14 @@ def segment_tables(signed: bool) -> dict[str, np.ndarray]:
             assert np.all(side * (kappa - j) < _NEAR - 2.0**-16), (signed, segment)
     seg = np.zeros(32, np.int32)
     tb = np.full(32, 0x7F800000, np.int32)  # (no boundary in the binade: +inf)
-    starts = ((np.arange(32) + _LOW_BINADE) << 23).astype(np.int32).view(np.float32)
-    for e in range(32):
-        seg[e] = int((boundaries < starts[e]).sum())
-        inside = boundaries[(boundaries >= starts[e]) & (boundaries < 2 * starts[e])]
-        assert inside.size <= 1
+    for exponent in range(_LOW_BINADE, 128):
+        start = np.array([exponent << 23], np.int32).view(np.float32)[0]
+        inside = boundaries[(boundaries >= start) & (boundaries < 2 * start)]
+        assert inside.size <= 1 and (exponent > _LOW_BINADE or boundaries[0] >= 2 * start)
+        seg[exponent % 32] = int((boundaries < start).sum())
         if inside.size:
-            tb[e] = inside.view(np.int32)[0]
-    assert float(boundaries[0]) >= float(starts[1]) and float(starts[25]) == 1.0
+            tb[exponent % 32] = inside.view(np.int32)[0]
+    assert 128 - _LOW_BINADE <= 32
     return {"SEG": seg, "TB": tb, "A": a, "B": b, "BASE": base, "MOST": most}
 
 
@@ -343,18 +347,17 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         "  for (int j = 0; j < QBLOCK; j += 16) {",
         "    const __m512i bits = _mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(v + j), divisor));",
         "    const __m512i u = _mm512_and_si512(bits, magnitude);",
-        "    const __m512i e = _mm512_max_epi32(_mm512_sub_epi32(_mm512_srli_epi32(u, 23), low_binade), zero);",
+        "    const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
         "    const __m512i tb = _mm512_permutex2var_epi32(tb_lo, e, tb_hi);",
         "    __m512i seg = _mm512_permutex2var_epi32(seg_lo, e, seg_hi);",
         "    seg = _mm512_mask_add_epi32(seg, _mm512_cmpgt_epi32_mask(u, tb), seg, one);",
         "    const __m512 kappa = _mm512_fmsub_ps(_mm512_castsi512_ps(u),"
         " _mm512_permutexvar_ps(seg, a), _mm512_permutexvar_ps(seg, b));",
-        "    const __m512 nearest = _mm512_roundscale_ps(kappa, _MM_FROUND_TO_NEAREST_INT |"
-        " _MM_FROUND_NO_EXC);",
-        "    close |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(kappa, nearest)), near,"
-        " _CMP_LT_OQ);",
-        "    const __m512i count = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(kappa),"
-        " zero), _mm512_permutexvar_epi32(seg, most));",
+        # (κ minus the nearest integer, in one instruction)
+        "    const __m512 fraction = _mm512_reduce_ps(kappa, _MM_FROUND_TO_NEAREST_INT);",
+        "    close |= _mm512_cmp_ps_mask(_mm512_abs_ps(fraction), near, _CMP_LT_OQ);",
+        "    const __m512i count = _mm512_min_epi32(_mm512_cvttps_epi32(kappa),"
+        " _mm512_permutexvar_epi32(seg, most));",
         "    const __m512i lt = _mm512_add_epi32(count, _mm512_permutexvar_epi32(seg, base));",
         *position,
         "    _mm_storeu_si128((__m128i*)(q + j), _mm512_cvtepi32_epi8(pos));",
