@@ -147,9 +147,10 @@ def decoder(suffix: str) -> list[str]:
     return lines
 
 
-#: The decoder's in-register path: AVX-512 with its byte permutations (VBMI).
+#: The in-register decoder and encoder: AVX-512 with its byte permutations (VBMI).
 VBMI_HEADER = [
-    "#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)",
+    "#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) \\",
+    "    && defined(__AVX512VBMI__)",
     "#define ADAPTIM_VBMI 1",
     "#include <immintrin.h>",
     "static const uint8_t DECODE_ORDER[64] __attribute__((aligned(64))) = {"
