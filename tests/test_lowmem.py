@@ -488,6 +488,42 @@ def test_nearest_code_lookup_equals_a_binary_search(signed: bool, seed: int) -> 
     assert torch.equal(found, expected)
 
 
+def test_native_8bit_in_register_path_equals_the_portable_loops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The AVX-512 decoder and encoder (where the CPU has them) store what the plain C stores.
+
+    The same kernel is built a second time with its in-register path switched
+    off; parameters and every state tensor must agree bit for bit, full
+    blocks and a tensor's partial last block alike.
+    """
+    from adaptim.torch import _lowmem_native
+
+    generate = _lowmem_native.generate_source
+    finals = []
+    for portable in (False, True):
+        monkeypatch.setattr(_lowmem_native, "_KERNELS", {})
+        if portable:
+            monkeypatch.setattr(
+                _lowmem_native,
+                "generate_source",
+                lambda *a: generate(*a).replace("#define ADAPTIM_VBMI 1", ""),
+            )
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for n in (9000, 4133)]
+        optimizer = adaptim.Adam(params, lr=1e-2, state_bits=8)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.numel(), generator=generator)
+            optimizer.step()
+        assert optimizer.fused_status()[0].startswith("native")
+        finals.append([(p.detach(), optimizer.state[p]) for p in params])
+    for (p, state), (q, other) in zip(*finals, strict=True):
+        assert torch.equal(p, q)
+        for key, value in state.items():
+            assert torch.equal(value, other[key]), key
+
+
 @given(
     st.floats(2.0**-60, 2.0**60, width=32),
     st.lists(st.integers(-3, 3), min_size=1, max_size=4),
