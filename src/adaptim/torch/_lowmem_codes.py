@@ -235,9 +235,10 @@ def segment_tables(signed: bool) -> dict[str, np.ndarray]:
     (they are about 10x apart), so ``SEG[binade] + (|y| > TB[binade])`` is the
     segment. Inside decade ``k`` with ``n`` codes the thresholds are the even
     grid ``10^(k-6)·(0.1 + 0.9·j/n)`` up to float32 rounding, so
-    ``κ = |y|·A - B`` with ``A = n/(0.9·10^(k-6))``, ``B = n/9`` is ``j`` at
-    the ``j``-th, and ``BASE + min(⌊κ⌋, n-1)`` counts the thresholds below
-    ``|y|``. It is exact wherever ``κ`` is more than :data:`_NEAR` from an
+    ``κ = |y|·A - B`` with ``A = n/(0.9·10^(k-6))``, ``B = n/9 - base`` is
+    ``base + j`` at the ``j``-th (``base``: the thresholds below the
+    segment), and ``min(⌊κ⌋, TOP)``, ``TOP = base + n - 1``, counts the
+    thresholds below ``|y|``. It is exact wherever ``κ`` is more than :data:`_NEAR` from an
     integer; nearer (about 1 value in 4,000) the caller encodes the block
     with the bucket table instead. The check below proves it for every
     threshold: ``κ`` (computed in float64, then rounded to float32 as the
@@ -253,28 +254,29 @@ def segment_tables(signed: bool) -> dict[str, np.ndarray]:
     boundary = groups[:-1] != groups[1:]
     boundaries = thresholds[boundary]
     a = np.zeros(16, np.float32)
-    b = np.full(16, -0.5, np.float32)  # (segments without interior thresholds: κ = 0.5)
-    base = np.zeros(16, np.int32)
-    most = np.zeros(16, np.int32)
+    b = np.zeros(16, np.float32)
+    top = np.zeros(16, np.int32)
     for segment in range(9):
         below = np.flatnonzero(boundary)[:segment]
-        base[segment] = below[-1] + 1 if below.size else 0
+        base = below[-1] + 1 if below.size else 0
         n = int((groups == segment).sum())
+        # (segments without interior thresholds: κ = base + 1/2)
+        b[segment], top[segment] = -(base + 0.5), base
         if segment in (0, 8) or n == 1:
             continue
         decade = 10.0 ** (segment - 7)
-        a[segment], b[segment], most[segment] = n / (0.9 * decade), n / 9, n - 1
+        a[segment], b[segment], top[segment] = n / (0.9 * decade), n / 9 - base, base + n - 1
         inner = thresholds[(groups[:-1] == segment) & (groups[1:] == segment)]
         assert inner.size == n - 1
-        # (above the boundary below, κ > -1: truncation then gives 0 with no clamp)
+        # (above the boundary below, κ > base: truncation gives base with no clamp)
         first = np.nextafter(boundaries[segment - 1], np.float32(2.0)).astype(np.float64)
-        assert first * float(a[segment]) - float(b[segment]) > -0.5
+        assert first * float(a[segment]) - float(b[segment]) > base
         above = np.nextafter(inner, np.float32(2.0))
         for values, side in ((inner, 1.0), (above, -1.0)):
             kappa = (values.astype(np.float64) * float(a[segment]) - float(b[segment])).astype(
                 np.float32
             )
-            j = np.arange(1, n, dtype=np.float64)
+            j = base + np.arange(1, n, dtype=np.float64)
             assert np.all(side * (kappa - j) < _NEAR - 2.0**-16), (signed, segment)
     seg = np.zeros(32, np.int32)
     tb = np.full(32, 0x7F800000, np.int32)  # (no boundary in the binade: +inf)
@@ -286,7 +288,7 @@ def segment_tables(signed: bool) -> dict[str, np.ndarray]:
         if inside.size:
             tb[exponent % 32] = inside.view(np.int32)[0]
     assert 128 - _LOW_BINADE <= 32
-    return {"SEG": seg, "TB": tb, "A": a, "B": b, "BASE": base, "MOST": most}
+    return {"SEG": seg, "TB": tb, "A": a, "B": b, "TOP": top}
 
 
 def _int_list(values: np.ndarray) -> str:
@@ -322,10 +324,8 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f"{{{_int_list(tables['SEG'])}}};",
         f"static const int32_t {name}_TB[32] __attribute__((aligned(64))) = "
         f"{{{_int_list(tables['TB'])}}};",
-        f"static const int32_t {name}_BASE[16] __attribute__((aligned(64))) = "
-        f"{{{_int_list(tables['BASE'])}}};",
-        f"static const int32_t {name}_MOST[16] __attribute__((aligned(64))) = "
-        f"{{{_int_list(tables['MOST'])}}};",
+        f"static const int32_t {name}_TOP[16] __attribute__((aligned(64))) = "
+        f"{{{_int_list(tables['TOP'])}}};",
         f"static const uint32_t {name}_A[16] __attribute__((aligned(64))) = "
         f"{{{_int_list(tables['A'].view(np.uint32))}}};",
         f"static const uint32_t {name}_B[16] __attribute__((aligned(64))) = "
@@ -340,8 +340,7 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f" seg_hi = _mm512_load_si512({name}_SEG + 16);",
         f"  const __m512i tb_lo = _mm512_load_si512({name}_TB),"
         f" tb_hi = _mm512_load_si512({name}_TB + 16);",
-        f"  const __m512i base = _mm512_load_si512({name}_BASE),"
-        f" most = _mm512_load_si512({name}_MOST);",
+        f"  const __m512i top = _mm512_load_si512({name}_TOP);",
         f"  const __m512 a = _mm512_load_ps((const float*){name}_A),"
         f" b = _mm512_load_ps((const float*){name}_B);",
         "  __mmask16 close = 0;",
@@ -357,9 +356,8 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         # (κ minus the nearest integer, in one instruction)
         "    const __m512 fraction = _mm512_reduce_ps(kappa, _MM_FROUND_TO_NEAREST_INT);",
         "    close |= _mm512_cmp_ps_mask(_mm512_abs_ps(fraction), near, _CMP_LT_OQ);",
-        "    const __m512i count = _mm512_min_epi32(_mm512_cvttps_epi32(kappa),"
-        " _mm512_permutexvar_epi32(seg, most));",
-        "    const __m512i lt = _mm512_add_epi32(count, _mm512_permutexvar_epi32(seg, base));",
+        "    const __m512i lt = _mm512_min_epi32(_mm512_cvttps_epi32(kappa),"
+        " _mm512_permutexvar_epi32(seg, top));",
         *position,
         "    _mm_storeu_si128((__m128i*)(q + j), _mm512_cvtepi32_epi8(pos));",
         "  }",
