@@ -488,6 +488,82 @@ def test_nearest_code_lookup_equals_a_binary_search(signed: bool, seed: int) -> 
     assert torch.equal(found, expected)
 
 
+def test_native_8bit_in_register_path_equals_the_portable_loops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The AVX-512 decoder and encoder (where the CPU has them) store what the plain C stores.
+
+    The same kernel is built a second time with its in-register path switched
+    off; parameters and every state tensor must agree bit for bit, full
+    blocks and a tensor's partial last block alike.
+    """
+    from adaptim.torch import _lowmem_native
+
+    generate = _lowmem_native.generate_source
+    finals = []
+    for portable in (False, True):
+        monkeypatch.setattr(_lowmem_native, "_KERNELS", {})
+        if portable:
+            monkeypatch.setattr(
+                _lowmem_native,
+                "generate_source",
+                lambda *a: generate(*a).replace("#define ADAPTIM_VBMI 1", ""),
+            )
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for n in (9000, 4133)]
+        optimizer = adaptim.Adam(params, lr=1e-2, state_bits=8)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.numel(), generator=generator)
+            optimizer.step()
+        assert optimizer.fused_status()[0].startswith("native")
+        finals.append([(p.detach(), optimizer.state[p]) for p in params])
+    for (p, state), (q, other) in zip(*finals, strict=True):
+        assert torch.equal(p, q)
+        for key, value in state.items():
+            assert torch.equal(value, other[key]), key
+
+
+@given(
+    st.floats(2.0**-60, 2.0**60, width=32),
+    st.lists(st.integers(-3, 3), min_size=1, max_size=4),
+    st.integers(0, 2**31),
+)
+@settings(max_examples=10, deadline=None)
+def test_native_encoder_gives_the_nearest_code_at_and_beside_every_threshold(
+    scale: float, offsets: list[int], seed: int
+) -> None:
+    """The native loop's codes are the reference's, bit for bit, on values placed at thresholds.
+
+    Adam with ``betas=(0, 0)`` stores ``m = g`` and ``v = g²`` exactly, so
+    its second (native) step encodes chosen values: every threshold times
+    the block maximum, a few float32 steps either side, and random values,
+    against :func:`_lowmem.quantize_blockwise` of the same tensors.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.tensor(scale, dtype=torch.float32)
+    points = torch.cat([_lowmem._thresholds(True), _lowmem._thresholds(False).sqrt()]) * a
+    for step in offsets:  # (each offset moves every value |step| floats up or down)
+        for _ in range(abs(step)):
+            points = torch.nextafter(points, points * (2.0 if step > 0 else -2.0))
+    noise = (torch.rand(4000, generator=generator) * 2 - 1) * a
+    values = torch.cat([points, noise])
+    values = values[torch.randperm(values.numel(), generator=generator)]
+    values = torch.cat([values, torch.zeros(-values.numel() % 255)]).view(-1, 255)
+    grad = torch.cat([a.expand(values.shape[0], 1), values.clamp(-a, a)], dim=1).reshape(-1)
+    p = torch.nn.Parameter(torch.zeros_like(grad))
+    optimizer = adaptim.Adam([p], lr=0.0, betas=(0.0, 0.0), state_bits=8)
+    for g in (torch.zeros_like(grad), grad):
+        p.grad = g.clone()
+        optimizer.step()
+    assert optimizer.fused_status()[0].startswith("native")
+    state = optimizer.state[p]
+    for key, target, signed in (("exp_avg", grad, True), ("exp_avg_sq", grad * grad, False)):
+        codes, absmax = _lowmem.quantize_blockwise(target, signed)
+        assert torch.equal(state[key + _lowmem.ABSMAX_SUFFIX], absmax), key
+        assert torch.equal(state[key], codes), key
+
+
 @given(
     st.integers(1, 3000),
     st.floats(1e-6, 1e3),

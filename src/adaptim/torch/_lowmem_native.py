@@ -16,11 +16,14 @@ float32 copy of any tensor:
   values (the engine's work items, :data:`._native.BLOCK`, are a multiple of
   256 and start at multiples of it, so a block never straddles two items).
   A block's codes are decoded as ``code[q]·a`` from its float32 maximum
-  ``a``, the rule runs on the 256 values, the new values wait in a 1 KiB
-  buffer on the stack, and are encoded once their new maximum is known: the
+  ``a`` into a 1 KiB buffer on the stack (with AVX-512 VBMI by byte
+  permutations in registers, not gathers: :func:`._lowmem_codes.decoder`),
+  the rule runs on the 256 values and finds their new maximum as it goes,
+  the new values wait in another 1 KiB buffer, and are encoded: the
   nearest code is the number of the 255 midpoints between code points that
-  lie below ``x/a`` (the index ``torch.bucketize`` gives, found with one
-  table look-up by the float's top bits, :mod:`._lowmem_codes`), and a
+  lie below ``x/a`` (the index ``torch.bucketize`` gives, found in
+  registers by the decade's even grid, or with one table look-up by the
+  float's top bits: :mod:`._lowmem_codes`), and a
   positive second moment never takes code 0.0, as in
   :func:`._lowmem.quantize_blockwise`.
 
@@ -142,6 +145,10 @@ class _Source(_native._Source):
     def signed(self, name: str) -> bool:
         return name.removeprefix("state_") not in _lowmem.NONNEGATIVE_STATE
 
+    def suffix_of(self, name: str) -> str:
+        """The code an 8-bit entry uses: ``S`` (signed) or ``U`` (non-negative)."""
+        return "S" if self.signed(name) else "U"
+
     def source(self) -> str:
         structure = self.structure
         inputs = structure.inputs
@@ -175,12 +182,22 @@ class _Source(_native._Source):
         if quantized:  # one quantisation block at a time
             body.append("    for (int64_t c = block_begin[b]; c < end; c += QBLOCK) {")
             body.append("      const int64_t cend = c + QBLOCK < end ? c + QBLOCK : end;")
-            for name in quantized:
-                body.append(f"      const T a_{name} = amax_{name}[c / QBLOCK];")
+            for index, name in enumerate(inputs):
+                if name not in quantized:
+                    continue
+                if ("input", index) in refs:
+                    body.append(f"      T dec_{name}[QBLOCK];")
+                    body.append(
+                        f"      decode_{self.suffix_of(name)}({name} + c, cend - c, "
+                        f"amax_{name}[c / QBLOCK], dec_{name});"
+                    )
                 if name in written:
                     body.append(f"      T new_{name}[QBLOCK];")
+                    body.append(f"      uint32_t top_{name} = 0;")
             indent, begin, stop = "      ", "c", "cend"
-        body.append(f"{indent}#pragma omp simd")
+        tops = [f"top_{name}" for name in quantized if name in written]
+        reduction = f" reduction(max:{', '.join(tops)})" if tops else ""
+        body.append(f"{indent}#pragma omp simd{reduction}")
         body.append(f"{indent}for (int64_t i = {begin}; i < {stop}; ++i) {{")
         inner = indent + "  "
         for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
@@ -189,7 +206,7 @@ class _Source(_native._Source):
             if kind == "bf16":
                 value = f"bf16_load({name}[i])"
             elif kind == "q8":
-                value = f"CODE_{'S' if self.signed(name) else 'U'}[{name}[i]] * a_{name}"
+                value = f"dec_{name}[i - c]"
             else:
                 value = f"{name}[i]"
             body.append(f"{inner}const T in{index} = {value};")
@@ -203,26 +220,37 @@ class _Source(_native._Source):
                 body.append(
                     f"{inner}{name}[i] = bf16_round({value}, mix32((uint32_t)i ^ key_{name}) >> 16);"
                 )
-            elif kind == "q8":
-                body.append(f"{inner}new_{name}[i - c] = {value};")
+            elif kind == "q8":  # (and the block's largest magnitude, as its bits)
+                body.append(f"{inner}const T o_{name} = {value};")
+                body.append(f"{inner}new_{name}[i - c] = o_{name};")
+                body.append(
+                    f"{inner}{{ uint32_t u; memcpy(&u, &o_{name}, 4); u &= 0x7FFFFFFFu;"
+                    f" top_{name} = u > top_{name} ? u : top_{name}; }}"
+                )
             else:
                 body.append(f"{inner}{name}[i] = {value};")
         body.append(f"{indent}}}")
         if quantized:
             for name in quantized:
                 if name in written:
-                    suffix = "S" if self.signed(name) else "U"
                     body.append(
-                        f"      quantize_{suffix}(new_{name}, cend - c, {name} + c, "
+                        f"      quantize_{self.suffix_of(name)}(new_{name}, cend - c, top_{name}, "
+                        f"{name} + c, "
                         f"&amax_{name}[c / QBLOCK]);"
                     )
             body.append("    }")
         body += ["  }", "}"]
         lines = list(_HEADER)
+        if quantized:
+            lines += _codes.VBMI_HEADER
         for suffix, signed in (("S", True), ("U", False)):
             if any(self.signed(n) == signed for n in quantized):
-                lines.append(_codes.float_table(f"CODE_{suffix}", _lowmem.dynamic_code(signed)))
+                code = _lowmem.dynamic_code(signed)
+                lines.append(_codes.float_table(f"CODE_{suffix}", code))
+                lines.append(_codes.byte_planes(f"PLANES_{suffix}", code))
                 lines.append(_codes.int_table(f"BUCKET_{suffix}", _codes.bucket_table(signed)))
+                lines += _codes.decoder(suffix)
+                lines += _codes.segment_encoder(suffix, signed)
                 lines += _codes.quantizer(suffix, signed)
         lines += [
             "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
