@@ -80,6 +80,10 @@ class ArrayOps:
     #: without bfloat16, keeps float32).
     addmm: Callable[[Array, Array, Array, float, float], Array] | None = None
     to_bfloat16: Callable[[Array], Array] | None = None
+    #: ``addmm`` for a result the caller knows to be symmetric (Muon's Gram matrix
+    #: :math:`XX^\top` and :math:`bA + cA^2`), ``c`` ``None`` for the plain product: a
+    #: backend may compute one triangle and mirror it. Both may take a leading batch axis.
+    symmetric_addmm: Callable[[Array | None, Array, Array, float, float], Array] | None = None
     #: ``True`` under ``torch.compile``: ``step`` is a 0-d float64 tensor, and a rule
     #: must keep its step-dependent scalars as arrays (``where`` instead of ``if``,
     #: no ``float()``), since a host read or a data-dependent branch breaks the graph.

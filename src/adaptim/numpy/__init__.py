@@ -48,6 +48,7 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     amax=lambda x, axes: np.max(x, axis=axes),
     concat=np.concatenate,
     addmm=lambda c, a, b, beta, alpha: beta * c + alpha * (a @ b),
+    symmetric_addmm=lambda c, a, b, beta, alpha: a @ b if c is None else beta * c + alpha * (a @ b),
     to_bfloat16=lambda x: x.astype(np.float32),  # NumPy has no bfloat16: the nearest it has
 )
 

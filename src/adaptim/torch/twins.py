@@ -14,7 +14,8 @@ import torch
 
 from adaptim import algorithms as alg
 from adaptim.flavors import default
-from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
+from adaptim.torch import _matrices
+from adaptim.torch._base import TORCH_OPS, NonFinitePolicy, Optimizer, ParamsT
 from adaptim.torch.optimizers import _documented
 
 
@@ -241,6 +242,14 @@ class Muon(Optimizer):
         if flavor != "torch":  # None means "the flavor's" for these two (torch's default is None)
             defaults = {k: v for k, v in defaults.items() if v is not None}
         super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
+
+    def _update_group(
+        self, params: list[torch.Tensor], group: Any, hp: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        if self.state_format is not None or not _matrices.batchable(hp):
+            return params
+        workspace = self.__dict__.setdefault("_workspace", _matrices.Workspace())
+        return _matrices.step_matrices(self, params, group, hp, TORCH_OPS, workspace)
 
 
 #: Rules that take only some inputs (SparseAdam: sparse gradients; Muon: matrices),
