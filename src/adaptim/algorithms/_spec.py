@@ -73,6 +73,8 @@ class ArrayOps:
     #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None
+    #: The element-wise minimum, broadcasting (SM3's smallest per-axis accumulator).
+    minimum: Callable[[Array, Array], Array] | None = None
     concat: Callable[[list[Array]], Array] | None = None
     #: Matrix rules (Muon's Newton–Schulz iteration; ``@`` and ``.T`` are operators):
     #: ``beta·c + alpha·(a @ b)`` as one operation (torch: ``addmm``), and the

@@ -46,6 +46,7 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     eps_of=lambda x: float(np.finfo(x.dtype).eps),
     rms=lambda x, scale: float(np.sqrt(np.sum(x * x))) / (x.size**0.5 * scale),
     amax=lambda x, axes: np.max(x, axis=axes),
+    minimum=np.minimum,
     concat=np.concatenate,
     addmm=lambda c, a, b, beta, alpha: beta * c + alpha * (a @ b),
     symmetric_addmm=lambda c, a, b, beta, alpha: a @ b if c is None else beta * c + alpha * (a @ b),

@@ -45,6 +45,7 @@ TORCH_OPS = ArrayOps(
     eps_of=lambda x: torch.finfo(x.dtype).eps,
     rms=lambda x, scale: float(torch.linalg.vector_norm(x)) / (x.numel() ** 0.5 * scale),
     amax=lambda x, dims: torch.amax(x, dim=dims),
+    minimum=torch.minimum,
     concat=torch.cat,
     addmm=_matrices.addmm,
     symmetric_addmm=_matrices.symmetric_addmm,
