@@ -190,8 +190,14 @@ class Muon(Optimizer):
     Only 2-D parameters are accepted, as in torch: give biases, norm scales,
     embeddings and the output layer to a second optimizer such as
     :class:`adaptim.AdamW`. The state is torch's: ``momentum_buffer`` only.
-    Steps run on the per-tensor reference path (the Newton–Schulz iteration is
-    a chain of matrix products in bfloat16).
+    The Newton–Schulz iteration is a chain of matrix products in bfloat16; on
+    the CPU, same-shaped matrices of a param group iterate as one stack, large
+    ones (512 rows or more, one thread) compute half of each symmetric product,
+    and the products reuse buffers kept between steps (the optimizer holds
+    about two matrices and two Gram matrices of each shape), all bit-identical
+    to torch's (:mod:`adaptim.torch._matrices`). Other devices, the
+    AdamW fallback and ``flavor="keras"``'s iteration in the parameter's dtype
+    run the rule per tensor.
 
     ``flavor="keras"`` is Keras 3's ``keras.optimizers.Muon``: every argument
     you do not pass takes Keras' default (``weight_decay`` 0.004,
