@@ -73,6 +73,8 @@ class ArrayOps:
     #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None
+    #: The element-wise minimum, broadcasting (SM3's smallest per-axis accumulator).
+    minimum: Callable[[Array, Array], Array] | None = None
     concat: Callable[[list[Array]], Array] | None = None
     #: Matrix rules (Muon's Newton–Schulz iteration; ``@`` and ``.T`` are operators):
     #: ``beta·c + alpha·(a @ b)`` as one operation (torch: ``addmm``), and the
@@ -80,6 +82,10 @@ class ArrayOps:
     #: without bfloat16, keeps float32).
     addmm: Callable[[Array, Array, Array, float, float], Array] | None = None
     to_bfloat16: Callable[[Array], Array] | None = None
+    #: ``addmm`` for a result the caller knows to be symmetric (Muon's Gram matrix
+    #: :math:`XX^\top` and :math:`bA + cA^2`), ``c`` ``None`` for the plain product: a
+    #: backend may compute one triangle and mirror it. Both may take a leading batch axis.
+    symmetric_addmm: Callable[[Array | None, Array, Array, float, float], Array] | None = None
     #: ``True`` under ``torch.compile``: ``step`` is a 0-d float64 tensor, and a rule
     #: must keep its step-dependent scalars as arrays (``where`` instead of ``if``,
     #: no ``float()``), since a host read or a data-dependent branch breaks the graph.

@@ -47,11 +47,19 @@ def newton_schulz(
     roughly [0.7, 1.2] rather than exactly 1, which does not hurt training.
     ``precision="bfloat16"`` runs the iteration in bfloat16 (``xp.to_bfloat16``),
     as torch's does; ``"param"`` in the parameter's own dtype, as Keras 3's does.
+    The two halves, :func:`normalised` and :func:`iterate`, are also called
+    apart by the torch front-end, which iterates on a stack of same-shaped
+    matrices at once.
     """
-    a, b, c = coefficients
+    x = iterate(xp, normalised(xp, m, eps, precision, eps_added), coefficients, steps)
+    return x.T if m.shape[0] > m.shape[1] else x
+
+
+def normalised(xp: ArrayOps, m: Array, eps: float, precision: str, eps_added: bool) -> Array:
+    r""":math:`X_0` of :func:`newton_schulz`: ``m`` in the iteration's precision, wide
+    (:math:`M^\top` for a tall :math:`M`), over its Frobenius norm."""
     x = _op(xp, "to_bfloat16")(m) if precision == "bfloat16" else m
-    tall = m.shape[0] > m.shape[1]
-    if tall:
+    if m.shape[0] > m.shape[1]:
         x = x.T
     norm = xp.norm(x)
     scale = norm + eps if eps_added else xp.clip(norm, eps, math.inf)
@@ -59,11 +67,26 @@ def newton_schulz(
         x /= scale  # in place on the bfloat16 copy, as torch does (a fresh buffer costs more)
     else:
         x = x / scale  # (x may be the momentum buffer itself)
-    addmm = _op(xp, "addmm")
+    return x
+
+
+def iterate(xp: ArrayOps, x: Array, coefficients: tuple[float, float, float], steps: int) -> Array:
+    r"""``steps`` Newton–Schulz steps from a wide :math:`X_0`, or from a stack of them (a
+    leading batch axis). :math:`A = X X^\top` and :math:`b A + c A A` are symmetric, which
+    ``xp.symmetric_addmm`` may use (the torch front-end computes one triangle on the CPU)."""
+    a, b, c = coefficients
+    addmm, symmetric_addmm = _op(xp, "addmm"), _op(xp, "symmetric_addmm")
     for _ in range(steps):
-        gram = x @ x.T
-        x = addmm(x, addmm(gram, gram, gram, b, c), x, a, 1.0)
-    return x.T if tall else x
+        gram = symmetric_addmm(None, x, x.mT if x.ndim > 2 else x.T, 0.0, 1.0)
+        x = addmm(x, symmetric_addmm(gram, gram, gram, b, c), x, a, 1.0)
+    return x
+
+
+def descend(
+    xp: ArrayOps, p: Array, orthogonal: Array, lr: float, weight_decay: float, rate: float
+) -> Array:
+    r""":math:`(1 - \gamma\lambda)\,\theta - \mathrm{AdjustLR}(\gamma)\, O` (``rate`` is the adjusted rate)."""
+    return xp.axpy(p * (1 - lr * weight_decay), orthogonal, -rate)
 
 
 def adjusted_lr(
@@ -227,9 +250,8 @@ def muon_update(
     orthogonal = newton_schulz(
         xp, direction, ns_coefficients, ns_steps, eps, precision=ns_precision, eps_added=eps_added
     )
-    p = p * (1 - lr * weight_decay)
     rate = adjusted_lr(lr, adjust_lr_fn, tuple(p.shape), rms_rate)
-    return xp.axpy(p, orthogonal, -rate), {"momentum_buffer": buffer}
+    return descend(xp, p, orthogonal, lr, weight_decay, rate), {"momentum_buffer": buffer}
 
 
 def muon_effective_lr(

@@ -15,6 +15,8 @@ def cover_maxima(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
 
 
 def _minimum(a: Array, b: Array, xp: ArrayOps) -> Array:
+    if xp.minimum is not None:  # one pass over the broadcast result instead of two
+        return xp.minimum(a, b)
     return -xp.maximum(-a, -b)
 
 

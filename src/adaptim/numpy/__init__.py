@@ -46,8 +46,10 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     eps_of=lambda x: float(np.finfo(x.dtype).eps),
     rms=lambda x, scale: float(np.sqrt(np.sum(x * x))) / (x.size**0.5 * scale),
     amax=lambda x, axes: np.max(x, axis=axes),
+    minimum=np.minimum,
     concat=np.concatenate,
     addmm=lambda c, a, b, beta, alpha: beta * c + alpha * (a @ b),
+    symmetric_addmm=lambda c, a, b, beta, alpha: a @ b if c is None else beta * c + alpha * (a @ b),
     to_bfloat16=lambda x: x.astype(np.float32),  # NumPy has no bfloat16: the nearest it has
 )
 

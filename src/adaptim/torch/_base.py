@@ -20,7 +20,7 @@ from adaptim.algorithms._validation import (
     check_loaded_group,
     state_problem,
 )
-from adaptim.torch import _hooks, _lowmem
+from adaptim.torch import _hooks, _lowmem, _matrices
 from adaptim.torch._engine import Engine
 from adaptim.torch._hooks import hooked_step
 
@@ -45,8 +45,10 @@ TORCH_OPS = ArrayOps(
     eps_of=lambda x: torch.finfo(x.dtype).eps,
     rms=lambda x, scale: float(torch.linalg.vector_norm(x)) / (x.numel() ** 0.5 * scale),
     amax=lambda x, dims: torch.amax(x, dim=dims),
+    minimum=torch.minimum,
     concat=torch.cat,
-    addmm=lambda c, a, b, beta, alpha: torch.addmm(c, a, b, beta=beta, alpha=alpha),
+    addmm=_matrices.addmm,
+    symmetric_addmm=_matrices.symmetric_addmm,
     to_bfloat16=lambda x: x.bfloat16(),
 )
 
@@ -76,6 +78,7 @@ TRACEABLE_OPS = dataclasses.replace(
     lerp=lambda a, b, weight: a + (b - a) * weight,
     clip=lambda x, low, high: torch.clamp(x, _traced_scalar(x, low), _traced_scalar(x, high)),
     rms=lambda x, scale: torch.linalg.vector_norm(x) / (x.numel() ** 0.5 * scale),
+    symmetric_addmm=_matrices.plain_symmetric_addmm,
 )
 
 
@@ -547,10 +550,16 @@ class Optimizer(torch.optim.Optimizer):
         for index, (group, hp, left) in enumerate(
             zip(self.param_groups, hyperparams, lefts, strict=True)
         ):
-            for p in left + engine.run_group(index, group, hp):
+            for p in self._update_group(left + engine.run_group(index, group, hp), group, hp):
                 assert p.grad is not None  # the engine leaves parameters with gradients only
                 self._update(p, p.grad, group, hp)
         engine.end_step()
+
+    def _update_group(
+        self, params: list[torch.Tensor], group: Mapping[str, Any], hp: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Step what a rule's own group-wide execution takes (Muon's stacked matrices); return the rest."""
+        return params
 
     def _check_reference_inputs(
         self, index: int, params: list[torch.Tensor], hp: Mapping[str, Any]

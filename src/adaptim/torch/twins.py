@@ -14,7 +14,8 @@ import torch
 
 from adaptim import algorithms as alg
 from adaptim.flavors import default
-from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
+from adaptim.torch import _matrices
+from adaptim.torch._base import TORCH_OPS, NonFinitePolicy, Optimizer, ParamsT
 from adaptim.torch.optimizers import _documented
 
 
@@ -189,8 +190,14 @@ class Muon(Optimizer):
     Only 2-D parameters are accepted, as in torch: give biases, norm scales,
     embeddings and the output layer to a second optimizer such as
     :class:`adaptim.AdamW`. The state is torch's: ``momentum_buffer`` only.
-    Steps run on the per-tensor reference path (the Newton–Schulz iteration is
-    a chain of matrix products in bfloat16).
+    The Newton–Schulz iteration is a chain of matrix products in bfloat16; on
+    the CPU, same-shaped matrices of a param group iterate as one stack, large
+    ones (512 rows or more, one thread) compute half of each symmetric product,
+    and the products reuse buffers kept between steps (the optimizer holds
+    about two matrices and two Gram matrices of each shape), all bit-identical
+    to torch's (:mod:`adaptim.torch._matrices`). Other devices, the
+    AdamW fallback and ``flavor="keras"``'s iteration in the parameter's dtype
+    run the rule per tensor.
 
     ``flavor="keras"`` is Keras 3's ``keras.optimizers.Muon``: every argument
     you do not pass takes Keras' default (``weight_decay`` 0.004,
@@ -241,6 +248,14 @@ class Muon(Optimizer):
         if flavor != "torch":  # None means "the flavor's" for these two (torch's default is None)
             defaults = {k: v for k, v in defaults.items() if v is not None}
         super().__init__(params, defaults, nonfinite=nonfinite, flavor=flavor)
+
+    def _update_group(
+        self, params: list[torch.Tensor], group: Any, hp: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        if self.state_format is not None or not _matrices.batchable(hp):
+            return params
+        workspace = self.__dict__.setdefault("_workspace", _matrices.Workspace())
+        return _matrices.step_matrices(self, params, group, hp, TORCH_OPS, workspace)
 
 
 #: Rules that take only some inputs (SparseAdam: sparse gradients; Muon: matrices),
