@@ -188,7 +188,7 @@ class NativeLaunch:
     costs when the caches are cold, as between two steps of a training loop.
     """
 
-    __slots__ = ("_bound", "_grads", "_keep", "_slot_address", "_slots", "_values")
+    __slots__ = ("_bound", "_grads", "_keep", "_slot_address", "_slots", "_table", "_values")
 
     def __init__(self, kernel: _native.Kernel, partition: Partition) -> None:
         pointers, address = partition.native_pointers()
@@ -200,16 +200,18 @@ class NativeLaunch:
         self._slots: Any = None
         self._slot_address = 0
         self._values: list[float] | None = None
+        self._table = table = partition.block_table()
         self._bound = (
             kernel.function,
             count,
             address,
-            partition.block_table().arguments,
+            table.arguments,
             _native.STEP_KINDS[partition.step_dtype],
+            table.offsets.ctypes.data,
         )
 
     def __call__(self, grad_ptrs: list[int], slots: list[float]) -> None:
-        function, count, address, table, step_kind = self._bound
+        function, count, address, table, step_kind, offsets = self._bound
         self._grads[:] = grad_ptrs
         if slots != self._values:
             if self._slots is None or len(self._slots) < len(slots):
@@ -222,8 +224,9 @@ class NativeLaunch:
             address,
             self._slot_address,
             *table,
-            torch.get_num_threads(),
+            self._table.threads(torch.get_num_threads()),
             step_kind,
+            offsets,
         )
 
 
