@@ -135,7 +135,7 @@ class BlockTable:
     end: np.ndarray
     offsets: np.ndarray
 
-    @property
+    @functools.cached_property
     def numel(self) -> int:
         return int(self.offsets[-1])
 
