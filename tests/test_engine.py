@@ -471,7 +471,7 @@ def test_plans_show_the_generated_code() -> None:
     model, optimizer, _, _ = path_and_reference("Adam", lr=1e-2)
     train(model, optimizer, 2)
     (native_source,) = optimizer.plans()[0]
-    assert "void adaptim_step(" in native_source and "#pragma omp parallel for" in native_source
+    assert "void adaptim_step(" in native_source and "#pragma omp parallel" in native_source
     replayed = adaptim.Adam(make_model().parameters(), foreach=True)
     train(make_model(), replayed, 1)
     assert replayed.plans() == [[]]  # its own model had no gradients

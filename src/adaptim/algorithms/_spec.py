@@ -90,6 +90,10 @@ class ArrayOps:
     #: must keep its step-dependent scalars as arrays (``where`` instead of ``if``,
     #: no ``float()``), since a host read or a data-dependent branch breaks the graph.
     traced: bool = False
+    #: A 0-d scalar-state entry (NAdam's ``mu_product``) read on the host as a Python
+    #: float: ``float`` everywhere but in the engine's recorder, which keeps it symbolic
+    #: so that later steps can reuse the recording (:mod:`adaptim.torch._symbolic`).
+    scalar: Callable[[Array], Any] = float
 
 
 #: Scalars shared by the tensors of a param group (or of the whole optimizer).

@@ -82,8 +82,8 @@ def asgd_update(
         ax = xp.where(mu == 1, p, state["ax"] + (p - state["ax"]) * mu)
         new_mu = 1 / xp.clip(step - t0, 1.0, math.inf)
     else:
-        eta_t = float(_scalar_like(mu, lr)) if step == 1 else float(eta)
-        mu_t = float(mu)
+        eta_t = xp.scalar(_scalar_like(mu, lr)) if step == 1 else xp.scalar(eta)
+        mu_t = xp.scalar(mu)
         p = xp.axpy(p * (1 - lambd * eta_t), g, -eta_t)
         ax = p if mu_t == 1 else state["ax"] + (p - state["ax"]) * mu_t
         new_mu = 1 / max(1.0, step - t0)

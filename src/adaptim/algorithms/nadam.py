@@ -73,7 +73,7 @@ def nadam_update(
     if not momentum_schedule:
         product = beta1**step
     else:  # compiled: the 0-d tensor itself, since a host read would break the graph
-        product = mu_product if xp.traced else float(mu_product)
+        product = mu_product if xp.traced else xp.scalar(mu_product)
     grad_coef = -lr * (1.0 - mu) / (1.0 - product)
     avg_coef = (-lr * mu_next) / (1.0 - product * mu_next)
     p = p + grad_coef * g / denom

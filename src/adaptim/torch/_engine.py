@@ -3,7 +3,7 @@
 The update rule of :mod:`adaptim.algorithms` is the only definition of the
 math. Each step the engine records it once per *partition* of a param group
 (parameters that share a device, a dtype, a step count and a state layout;
-see :mod:`._trace`) and runs the recording on every tensor of the partition
+see :mod:`._trace`, and :mod:`._partition` for how they are built) and runs the recording on every tensor of the partition
 with one of:
 
 * ``native`` (:mod:`._native`): one compiled C loop over all the tensors,
@@ -40,7 +40,6 @@ torch's names and layout, so ``state_dict`` moves to and from torch.optim.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import itertools
 import operator
@@ -49,14 +48,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from adaptim.torch import _lowmem_native, _native, _replay, _symbolic
+from adaptim.torch._partition import NativeLaunch as NativeLaunch
+from adaptim.torch._partition import Partition as Partition
+from adaptim.torch._partition import build_partitions
 from adaptim.torch._trace import Traced, Unfusable, trace
 
 if TYPE_CHECKING:
-    from adaptim.algorithms import Algorithm
     from adaptim.torch._base import Optimizer
 
 _GRAD = operator.attrgetter("grad")
@@ -73,158 +73,6 @@ AUTO_NATIVE_MIN_NUMEL = 1 << 16
 
 #: Memos kept per partition layout: each failed guard (RAdam leaving warm-up) adds one.
 MAX_MEMOS = 8
-
-
-@dataclass
-class Partition:
-    """Parameters of one group that one recording covers."""
-
-    params: list[torch.Tensor]
-    states: list[dict[str, Any]]
-    tensor_keys: tuple[str, ...]
-    per_tensor_keys: tuple[str, ...]
-    absent_keys: tuple[str, ...]
-    state_lists: list[list[torch.Tensor]]
-    steps: list[torch.Tensor]
-    #: The step count of every parameter of the partition, mirrored on the host.
-    step: float
-    scalar_state: dict[str, torch.Tensor]
-    ndim: int
-    ptrs: list[int]
-    native_ok: bool
-    numel: int
-    #: The dtype of the ``step`` counters, when the native kernel may count them.
-    step_dtype: torch.dtype | None = None
-    #: The ``per_tensor_keys`` of another shape than 0-d (``Algorithm.entry_shape``'s).
-    reduced_keys: tuple[str, ...] = ()
-    warned: bool = False
-    #: Why the native loop was not used on the last try, for ``fused_status()``.
-    native_refused: str | None = None
-    #: The native kernel of the last structure (memos keep the same object).
-    kernel: tuple[Any, _native.Kernel] | None = None
-    #: This step's gradient data pointers, read by ``_usable_grads`` for the native call.
-    grad_ptrs: list[int] = field(default_factory=list)
-    #: ``(negate, shape, memos)`` of the last recording: the memo list without rebuilding its key.
-    memo_lookup: tuple[bool, tuple[Any, ...], list[_symbolic.Memo]] | None = None
-    _table: _native.BlockTable | None = None
-    _pointers: tuple[np.ndarray, int] | None = None
-    _launch: tuple[_native.Kernel, NativeLaunch] | None = None
-    #: How each of ``tensor_keys`` is stored when one is encoded (:mod:`._lowmem_native`), else ().
-    encodings: tuple[str, ...] = ()
-    #: The encoded loop's pointers and rounding keys (:func:`._lowmem_native.run`).
-    lowmem: Any = None
-
-    @property
-    def signature(self) -> tuple[Any, ...]:
-        """What a recording depends on besides hyperparameters and step."""
-        return (
-            self.tensor_keys,
-            self.per_tensor_keys,
-            self.absent_keys,
-            tuple(self.scalar_state),
-            self.ndim,
-            self.reduced_keys,
-        )
-
-    def state_current(self, state: Mapping[torch.Tensor, Any], dicts_known: bool = False) -> bool:
-        """Whether every state dict and tensor is still the one this partition recorded.
-
-        ``state`` is the optimizer's; an entry the user deleted raises ``KeyError``.
-        ``dicts_known``: the engine has checked that ``state`` maps every
-        parameter to the same dict as when this partition was last checked
-        (:meth:`Engine.begin_step`), so only the tensors in them are compared
-        (looking a parameter up hashes it in Python: the costly half).
-        """
-        params, recorded, dicts, names, tensors = self._state_check
-        return (dicts_known or all(map(operator.is_, map(state.get, params), recorded))) and all(
-            map(operator.is_, map(operator.getitem, dicts, names), tensors)
-        )
-
-    @functools.cached_property
-    def _state_check(self) -> tuple[list[Any], list[Any], list[Any], list[str], list[Any]]:
-        """What ``state_current`` compares, flat, for one pass per step.
-
-        The parameters that have state with their recorded dicts (a stateless
-        rule's empty dicts are not stored, as in torch), then the recorded
-        (state dict, key, tensor) triples.
-        """
-        stateful = [(p, s) for p, s in zip(self.params, self.states, strict=True) if s]
-        keys = (*self.tensor_keys, *self.per_tensor_keys)
-        dicts = [s for _ in keys for s in self.states]
-        names = [k for k in keys for _ in self.states]
-        tensors = [t for ts in self.state_lists for t in ts]
-        return [p for p, _ in stateful], [s for _, s in stateful], dicts, names, tensors
-
-    def block_table(self) -> _native.BlockTable:
-        if self._table is None:
-            self._table = _native.BlockTable.of([p.numel() for p in self.params])
-        return self._table
-
-    def native_pointers(self) -> tuple[np.ndarray, int]:
-        """Data pointers by role (params, grads (filled each step), state, step counters), and the array's address."""
-        if self._pointers is None:
-            roles = [self.params, self.params, *self.state_lists]
-            if self.step_dtype is not None:
-                roles.append(self.steps)
-            pointers = np.array([t.data_ptr() for role in roles for t in role], dtype=np.int64)
-            self._pointers = (pointers, pointers.ctypes.data)
-        return self._pointers
-
-    def launch(self, kernel: _native.Kernel) -> NativeLaunch:
-        """``kernel``'s call on this partition, its fixed arguments bound once."""
-        if self._launch is None or self._launch[0] is not kernel:
-            self._launch = (kernel, NativeLaunch(kernel, self))
-        return self._launch[1]
-
-
-class NativeLaunch:
-    """One partition's native kernel call with everything but this step's values bound.
-
-    The same call as :meth:`_native.Kernel.__call__`. Per step only the
-    gradient pointers (written into the partition's pointer table through a
-    ctypes view), the slots (written into a persistent array when they
-    change) and the thread count vary: a small model's step is mostly this
-    fixed cost, and the fewer objects and libraries it touches the less it
-    costs when the caches are cold, as between two steps of a training loop.
-    """
-
-    __slots__ = ("_bound", "_grads", "_keep", "_slot_address", "_slots", "_values")
-
-    def __init__(self, kernel: _native.Kernel, partition: Partition) -> None:
-        pointers, address = partition.native_pointers()
-        count = len(partition.params)
-        width = pointers.itemsize
-        self._keep = pointers  # the views below point into it
-        # (``Any``: typeshed's ctypes arrays take lists of their C type only.)
-        self._grads: Any = (ctypes.c_int64 * count).from_address(address + width * count)
-        self._slots: Any = None
-        self._slot_address = 0
-        self._values: list[float] | None = None
-        self._bound = (
-            kernel.function,
-            count,
-            address,
-            partition.block_table().arguments,
-            _native.STEP_KINDS[partition.step_dtype],
-        )
-
-    def __call__(self, grad_ptrs: list[int], slots: list[float]) -> None:
-        function, count, address, table, step_kind = self._bound
-        self._grads[:] = grad_ptrs
-        if slots != self._values:
-            if self._slots is None or len(self._slots) < len(slots):
-                self._slots = (ctypes.c_double * max(1, len(slots)))()
-                self._slot_address = ctypes.addressof(self._slots)
-            self._slots[: len(slots)] = slots
-            self._values = slots
-        function(
-            count,
-            address,
-            self._slot_address,
-            *table,
-            torch.get_num_threads(),
-            step_kind,
-        )
 
 
 @dataclass
@@ -259,52 +107,6 @@ def requested_path(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> str
     if group.get("foreach") or fused is False:
         return "foreach"
     return "auto"
-
-
-def _step_dtype(states: list[dict[str, Any]]) -> torch.dtype | None:
-    """The dtype the native kernel counts steps in, if every counter is a CPU 0-d float of it."""
-    steps = [s["step"] for s in states]
-    dtype = steps[0].dtype
-    if dtype not in (torch.float32, torch.float64):
-        return None
-    ok = all(t.dtype == dtype and t.ndim == 0 and t.device.type == "cpu" for t in steps)
-    return dtype if ok else None
-
-
-def _declared_shape(algorithm: Algorithm, name: str, shape: tuple[int, ...]) -> Any:
-    """The shape ``Algorithm.entry_shape`` or ``state_shape`` gives state ``name``, if any."""
-    if algorithm.entry_shape is not None:
-        return algorithm.entry_shape(name, shape)
-    if algorithm.state_shape is not None:
-        return algorithm.state_shape(shape).get(name)
-    return None
-
-
-def _reduced_entry(algorithm: Algorithm, name: str, p: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether state ``name`` is a statistic of another shape (Adafactor's ``(..., R, 1)``
-    rows, SM3's per-axis maxima).
-
-    Asked of a parameter shape with no size-1 axis, so that a 1×N matrix's
-    column statistic, shaped like the matrix, still counts as one.
-    """
-    probe = tuple(range(2, 2 + p.ndim))
-    declared = _declared_shape(algorithm, name, probe)
-    return (
-        declared is not None
-        and tuple(declared) != probe
-        and value.shape == tuple(_declared_shape(algorithm, name, tuple(p.shape)))
-        and value.dtype == p.dtype
-        and value.device == p.device
-    )
-
-
-def _plain_dense(p: torch.Tensor) -> bool:
-    return (
-        type(p) in (torch.Tensor, torch.nn.Parameter)
-        and p.layout == torch.strided
-        and p.is_floating_point()
-        and p.numel() > 0
-    )
 
 
 class Engine:
@@ -523,45 +325,66 @@ class Engine:
         else:
             memos = self.memos.setdefault((partition.signature, negate, shape), [])
             partition.memo_lookup = (negate, shape, memos)
-        leaves = [step, *values]
+        # Scalar state (NAdam's ``mu_product``) is a leaf too: the 0-d tensors themselves.
+        scalars = partition.scalar_state
+        leaves = [step, *values, *scalars.values()] if scalars else [step, *values]
         for memo in memos:
             try:
                 slots = memo.slots(leaves)
             except ArithmeticError:
                 slots = None
             if slots is not None:
-                return Traced(memo.structure, slots, {})
+                if not memo.scalar_names:
+                    return Traced(memo.structure, slots, {})
+                count = len(slots) - len(memo.scalar_names)
+                new = dict(zip(memo.scalar_names, slots[count:], strict=True))
+                return Traced(memo.structure, slots[:count], new)
         key = (partition.signature, negate, shape)
         arguments = (
             algorithm.update,
             partition.tensor_keys,
             partition.per_tensor_keys,
             partition.absent_keys,
-            partition.scalar_state,
         )
         reduced = partition.reduced_keys
         if key not in self.unmemoizable and len(memos) < MAX_MEMOS:
             context = _symbolic.Context()
             symbolic, leaf_values, _ = _symbolic.symbolic_hyperparameters(hp, context)
+            first = 1 + len(leaf_values)
+            symbolic_scalars = {
+                name: _symbolic.SymTensor(context, ("leaf", first + i), value)
+                for i, (name, value) in enumerate(scalars.items())
+            }
             try:
                 traced = trace(
                     *arguments,
+                    symbolic_scalars,
                     negate_grad=negate,
                     step=_symbolic.Sym(context, ("leaf", 0), step),
                     hyperparams=symbolic,
                     ndim=partition.ndim,
                     reduced_state=reduced,
                 )
-            except _symbolic.NotMemoizable:
+            except (_symbolic.NotMemoizable, Unfusable) as why:
+                # (a symbolic scalar state meeting an array is refused as an operand: the
+                # plain recording below takes real tensors, and decides whether it is fusable)
+                if isinstance(why, Unfusable) and not scalars:
+                    raise
                 self.unmemoizable.add(key)
             else:
+                expressions = {}
+                for name, value in traced.scalar_state.items():
+                    if isinstance(value, _symbolic.SymTensor):
+                        expressions[name] = value.expression
+                        traced.scalar_state[name] = value.value
                 if traced.memoizable:
                     memos.append(
                         _symbolic.make_memo(
                             traced.structure,
                             traced.slot_expressions,
                             context.guards,
-                            1 + len(leaf_values),
+                            first + len(scalars),
+                            expressions,
                         )
                     )
                 else:
@@ -569,6 +392,7 @@ class Engine:
                 return traced
         return trace(
             *arguments,
+            scalars,
             negate_grad=negate,
             step=step,
             hyperparams=hp,
@@ -643,91 +467,7 @@ class Engine:
         params: list[torch.Tensor],
         key: tuple[int, ...],
     ) -> None:
-        optimizer = self.optimizer
-        algorithm = optimizer.algorithm
-        entries = algorithm.state(hp)
-        fmt = optimizer.state_format
-        reference: list[torch.Tensor] = []
-        buckets: dict[tuple[Any, ...], list[torch.Tensor]] = {}
-        states_of: dict[torch.Tensor, dict[str, Any]] = {}
-        for p in params:
-            grad = p.grad
-            assert grad is not None
-            if not _plain_dense(p) or grad.is_sparse or p.is_complex():
-                reference.append(p)
-                continue
-            state = optimizer._init_state(p, group)
-            layout = []
-            for name in entries:
-                value = state.get(name)
-                if value is None:
-                    layout.append((name, "absent"))
-                elif not isinstance(value, torch.Tensor) or value.is_sparse:
-                    layout = []
-                    break
-                elif fmt is not None and value.ndim > 0:  # as the low-memory format stores it
-                    kind = _lowmem_native.kind_of(fmt, state, name, value, p)
-                    if kind is None:
-                        layout = []
-                        break
-                    layout.append((name, kind))
-                elif _reduced_entry(algorithm, name, p, value):
-                    layout.append((name, "reduced"))
-                elif (
-                    value.shape == p.shape
-                    and value.dtype == p.dtype
-                    and value.stride() == p.stride()
-                ):
-                    layout.append((name, "element"))
-                elif value.ndim == 0:
-                    layout.append((name, "tensor"))
-                else:
-                    layout = []
-                    break
-            if entries and not layout:
-                reference.append(p)
-                continue
-            bucket_key = (
-                p.device,
-                p.dtype,
-                float(state["step"]) if algorithm.step else 0.0,
-                tuple(float(state[k]) for k in algorithm.scalar_state),
-                tuple(layout),
-                min(p.ndim, 2) if algorithm.depends_on_ndim else 2,
-            )
-            buckets.setdefault(bucket_key, []).append(p)
-            states_of[p] = state
-        partitions = []
-        for (device, dtype, step, _, layout, ndim), members in buckets.items():
-            states = [states_of[p] for p in members]  # {} for stateless rules, as in torch
-            tensor_keys = tuple(n for n, kind in layout if kind in ("element", "bf16", "q8"))
-            kinds = tuple(kind for _, kind in layout if kind in ("element", "bf16", "q8"))
-            encodings = kinds if _lowmem_native.ENCODED.intersection(kinds) else ()
-            per_tensor_keys = tuple(n for n, kind in layout if kind in ("tensor", "reduced"))
-            partitions.append(
-                Partition(
-                    params=members,
-                    states=states,
-                    tensor_keys=tensor_keys,
-                    per_tensor_keys=per_tensor_keys,
-                    absent_keys=tuple(n for n, kind in layout if kind == "absent"),
-                    state_lists=[[s[k] for s in states] for k in (*tensor_keys, *per_tensor_keys)],
-                    steps=[s["step"] for s in states] if algorithm.step else [],
-                    step=step,
-                    scalar_state={k: states[0][k] for k in algorithm.scalar_state},
-                    ndim=ndim,
-                    ptrs=[p.data_ptr() for p in members],
-                    native_ok=device.type == "cpu"
-                    and dtype in (torch.float32, torch.float64)
-                    and all(p.is_contiguous() for p in members),
-                    numel=sum(p.numel() for p in members),
-                    step_dtype=_step_dtype(states) if algorithm.step and not encodings else None,
-                    encodings=encodings,
-                    reduced_keys=tuple(n for n, kind in layout if kind == "reduced"),
-                )
-            )
-        run.partitions = partitions
-        run.reference = reference
+        run.partitions, run.reference = build_partitions(self.optimizer, group, hp, params)
         run.key = key
         run.stale = False
 

@@ -2,10 +2,12 @@
 
 torch's fused CPU kernels (Adam, AdamW, Adagrad, SGD) read each buffer once,
 but open one parallel region per tensor. This module generates, for a
-:class:`~adaptim.torch._trace.Structure`, one C function that walks *all* the
-tensors of a group in fixed-size blocks inside a single OpenMP region: each
-element is read once (parameter, gradient, state), the whole update is
-computed in registers, and the parameter and state are written back in place.
+:class:`~adaptim.torch._trace.Structure`, one C function (:mod:`._native_source`)
+that walks *all* the tensors of a group inside a single OpenMP region, each
+thread one equal share of their elements: each element is read once
+(parameter, gradient, state), the whole update is computed in registers, and
+the parameter and state are written back in place. Like ATen's
+``parallel_for``, it wakes one thread per :data:`GRAIN` elements at most.
 Nothing is copied and nothing is owned: the function receives the data
 pointers of the tensors exactly where the user, autograd, DDP's buckets or
 ZeRO's bucket views put them.
@@ -44,13 +46,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptim.torch._trace import Ref, Structure
+from adaptim.torch._native_source import _COMPARE as _COMPARE
+from adaptim.torch._native_source import _CTYPES
+from adaptim.torch._native_source import SUPPORTED as SUPPORTED
+from adaptim.torch._native_source import _Source as _Source
+from adaptim.torch._native_source import generate_source as generate_source
+from adaptim.torch._native_source import supports as supports
+from adaptim.torch._trace import Structure
 
 #: Elements per work item: large enough to amortise the loop set-up, small
 #: enough that a group of a few large tensors still splits across threads.
 BLOCK = 16_384
 
-_CTYPES = {torch.float32: "float", torch.float64: "double"}
+#: Elements per thread below which waking another thread costs more than it saves
+#: (ATen's ``GRAIN_SIZE``: a group of 40k elements runs on one thread, as torch's would).
+GRAIN = 32_768
+
 _FLAGS = (
     "-O3",
     "-march=native",
@@ -62,14 +73,6 @@ _FLAGS = (
     "-std=c11",
 )
 
-#: Operations a native kernel can express; anything else stays on the multi-tensor replay.
-_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-_COMPARE = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
-SUPPORTED = frozenset(
-    {*_BINARY, *_COMPARE, "and", "or", "neg", "abs", "sqrt", "pow", "maximum", "where", "clip"}
-    | {"axpy", "addcmul", "lerp"}
-)
-
 
 class NativeUnavailable(Exception):
     """No native kernel here (no compiler, a structure or dtype it cannot express); say why."""
@@ -78,272 +81,6 @@ class NativeUnavailable(Exception):
         super().__init__(reason)
         #: The rule or dtype, not this machine, rules it out (no warning: the replay is the plan).
         self.structural = structural
-
-
-def supports(structure: Structure) -> str | None:
-    """Why ``structure`` cannot become a native kernel, or ``None`` when it can."""
-    unknown = sorted({op for op, _ in structure.ops} - SUPPORTED - {"norm"})
-    if unknown:
-        return f"no native form for {', '.join(unknown)}"
-    if structure.created:
-        return "the rule creates state on this step"
-    if structure.reduced_inputs:
-        return "state that is neither element-wise nor 0-d"
-    per_tensor = structure.per_tensor_nodes()
-    for op, args in structure.ops:
-        operand = args[0] if args else ("slot", 0)
-        per_tensor_input = (
-            operand[0] == "input" and structure.inputs[operand[1]] in structure.per_tensor_inputs
-        )
-        if op == "norm" and (
-            operand[0] not in ("node", "input")
-            or per_tensor_input
-            or (operand[0] == "node" and operand[1] in per_tensor)
-        ):
-            return "a norm of something other than an element-wise array"
-    return None
-
-
-def _expression(op: str, a: list[str], args: tuple[Ref, ...], suffix: str) -> str:
-    """One operation as a C expression over already-rendered operands."""
-    if op in _BINARY:
-        return f"{a[0]} {_BINARY[op]} {a[1]}"
-    if op in _COMPARE:
-        return f"{a[0]} {_COMPARE[op]} {a[1]}"
-    if op == "and":
-        return f"{a[0]} && {a[1]}"
-    if op == "or":
-        return f"{a[0]} || {a[1]}"
-    if op == "neg":
-        return f"-{a[0]}"
-    if op == "abs":
-        return f"fabs{suffix}({a[0]})"
-    if op == "sqrt":
-        return f"sqrt{suffix}({a[0]})"
-    if op == "pow":
-        exponent = float(args[1][1])
-        return f"{a[0]} * {a[0]}" if exponent == 2.0 else f"pow{suffix}({a[0]}, {a[1]})"
-    if op == "maximum":
-        return f"max_t({a[0]}, {a[1]})"
-    if op == "where":
-        return f"{a[0]} ? {a[1]} : {a[2]}"
-    if op == "clip":
-        return f"clip_t({a[0]}, {a[1]}, {a[2]})"
-    if op == "axpy":  # ATen's add(alpha=) is a fused multiply-add
-        return f"fma{suffix}({a[2]}, {a[1]}, {a[0]})"
-    if op == "addcmul":  # ATen: self + (value * t1) * t2, the last two fused
-        return f"fma{suffix}({a[3]} * {a[1]}, {a[2]}, {a[0]})"
-    return f"lerp_t({a[0]}, {a[1]}, {a[2]})"
-
-
-class _Source:
-    """Renders a structure as C: reduction passes for norms, then one element-wise pass."""
-
-    def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
-        self.structure = structure
-        self.ctype = _CTYPES[dtype]
-        self.suffix = "f" if self.ctype == "float" else ""
-        self.per_nodes = structure.per_tensor_nodes()
-        self.per_slot = {node: k for k, node in enumerate(sorted(self.per_nodes))}
-        self.norms = [i for i, (op, _) in enumerate(structure.ops) if op == "norm"]
-        self.norm_slot = {node: k for k, node in enumerate(self.norms)}
-        self.stage: dict[int, int] = {}
-        for index, (op, args) in enumerate(structure.ops):
-            level = max((self.stage_of(a) for a in args), default=0)
-            self.stage[index] = level + 1 if op == "norm" else level
-        self.reciprocals: set[int] = set()
-
-    def stage_of(self, ref: Ref) -> int:
-        return self.stage[ref[1]] if ref[0] == "node" else 0
-
-    def is_per_tensor_input(self, ref: Ref) -> bool:
-        return (
-            ref[0] == "input" and self.structure.inputs[ref[1]] in self.structure.per_tensor_inputs
-        )
-
-    def text(self, ref: Ref, context: str) -> str:
-        kind, value = ref
-        if kind == "input":
-            return f"pin{value}" if self.is_per_tensor_input(ref) else f"in{value}"
-        if kind == "node":
-            if value in self.per_nodes:
-                return (
-                    f"pv{value}"
-                    if context == "element"
-                    else f"per[t * NP + {self.per_slot[value]}]"
-                )
-            return f"v{value}"
-        if kind == "slot":
-            return f"s{value}"
-        return f"(T){float(value)!r}"
-
-    def node(self, index: int, context: str) -> str:
-        op, args = self.structure.ops[index]
-        if op == "div" and args[1][0] == "slot":  # one division per step, not per element
-            self.reciprocals.add(args[1][1])
-            return f"{self.text(args[0], context)} * r{args[1][1]}"
-        rendered = [self.text(a, context) for a in args]
-        return _expression(op, rendered, args, self.suffix)
-
-    def ancestors(self, roots: list[int]) -> list[int]:
-        """Element-wise nodes the roots need, in recording order."""
-        needed: set[int] = set()
-        stack = list(roots)
-        while stack:
-            index = stack.pop()
-            for arg in self.structure.ops[index][1]:
-                if arg[0] == "node" and arg[1] not in self.per_nodes and arg[1] not in needed:
-                    needed.add(arg[1])
-                    stack.append(arg[1])
-        return sorted(needed)
-
-    def element_loop(
-        self, nodes: list[int], tail: list[str], head: list[str], reads: list[Ref]
-    ) -> list[str]:
-        """A parallel loop over blocks computing ``nodes`` per element, then ``tail``.
-
-        ``reads`` are the references ``tail`` uses besides ``nodes``.
-        """
-        inputs = self.structure.inputs
-        written = {name for name, _ in self.structure.outputs}
-        refs = {a for i in nodes for a in self.structure.ops[i][1]} | set(reads)
-        lines = [
-            "  #pragma omp parallel for num_threads(threads) schedule(static)",
-            "  for (int64_t b = 0; b < blocks; ++b) {",
-            "    const int64_t t = block_tensor[b];",
-        ]
-        for index, name in enumerate(inputs):
-            if name in self.structure.per_tensor_inputs:
-                if ("input", index) in refs:
-                    lines.append(f"    const T pin{index} = *(const T*)buffers[{index} * n + t];")
-                continue
-            qualifier = "" if name in written else "const "
-            lines.append(f"    {qualifier}T* restrict {name} = (T*)buffers[{index} * n + t];")
-        for node in sorted(self.per_nodes):
-            if ("node", node) in refs:
-                lines.append(f"    const T pv{node} = per[t * NP + {self.per_slot[node]}];")
-        lines += head
-        lines += ["    const int64_t end = block_end[b];"]
-        lines.append(f"    #pragma omp simd{self.reduction_clause(head)}")
-        lines.append("    for (int64_t i = block_begin[b]; i < end; ++i) {")
-        for index, name in enumerate(inputs):
-            if name not in self.structure.per_tensor_inputs and ("input", index) in refs:
-                lines.append(f"      const T in{index} = {name}[i];")
-        for index in nodes:
-            op = self.structure.ops[index][0]
-            kind = "int" if op in _COMPARE or op in ("and", "or") else "T"
-            lines.append(f"      const {kind} v{index} = {self.node(index, 'element')};")
-        lines += tail
-        return lines
-
-    @staticmethod
-    def reduction_clause(head: list[str]) -> str:
-        names = [line.split()[1] for line in head if line.strip().startswith("double ")]
-        return f" reduction(+:{', '.join(names)})" if names else ""
-
-    def source(self) -> str:
-        structure = self.structure
-        ctype, suffix = self.ctype, self.suffix
-        body: list[str] = []
-        top = max(self.stage.values(), default=0)
-        for level in range(0, top + 1):
-            if level > 0:  # the norms of this level: sums of squares per block, then per tensor
-                norms = [i for i in self.norms if self.stage[i] == level]
-                operands = [self.text(structure.ops[i][1][0], "element") for i in norms]
-                nodes = self.ancestors(norms)
-                head = [f"    double sum{i} = 0.0;" for i in norms]
-                tail = [
-                    f"      sum{i} += (double){o} * (double){o};"
-                    for i, o in zip(norms, operands, strict=True)
-                ]
-                reads = [structure.ops[i][1][0] for i in norms]
-                body += self.element_loop(nodes, [*tail, "    }"], head, reads)
-                body += [f"    partial[b * NN + {self.norm_slot[i]}] = sum{i};" for i in norms]
-                body += ["  }", "  for (int64_t b = 0; b < blocks; ++b) {"]
-                body += [
-                    f"    squares[block_tensor[b] * NN + {self.norm_slot[i]}] += partial[b * NN + {self.norm_slot[i]}];"
-                    for i in norms
-                ]
-                body += ["  }"]
-            per_level = [i for i in sorted(self.per_nodes) if self.stage[i] == level]
-            if per_level:  # per-tensor values: one serial pass over the tensors
-                body.append("  for (int64_t t = 0; t < n; ++t) {")
-                for index, name in enumerate(structure.inputs):
-                    if name in structure.per_tensor_inputs:
-                        body.append(
-                            f"    const T pin{index} = *(const T*)buffers[{index} * n + t];"
-                        )
-                for i in per_level:
-                    if structure.ops[i][0] == "norm":
-                        value = f"(T)sqrt(squares[t * NN + {self.norm_slot[i]}])"
-                    else:
-                        value = self.node(i, "tensor")
-                    body.append(f"    per[t * NP + {self.per_slot[i]}] = {value};")
-                body.append("  }")
-        element_nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
-        writes = [
-            f"      {name}[i] = {self.text(ref, 'element')};"
-            for name, ref in structure.outputs
-            if name not in structure.per_tensor_inputs
-        ]
-        body += self.element_loop(
-            element_nodes, [*writes, "    }"], [], [ref for _, ref in structure.outputs]
-        )
-        body.append("  }")
-        per_writes = [
-            (name, ref) for name, ref in structure.outputs if name in structure.per_tensor_inputs
-        ]
-        if per_writes:
-            body.append("  for (int64_t t = 0; t < n; ++t) {")
-            for name, ref in per_writes:
-                index = structure.inputs.index(name)
-                body.append(f"    *(T*)buffers[{index} * n + t] = {self.text(ref, 'tensor')};")
-            body.append("  }")
-        steps = len(structure.inputs)
-        body += [
-            f"  if (step_kind == 1) for (int64_t t = 0; t < n; ++t) *(float*)buffers[{steps} * n + t] += 1.0f;",
-            f"  if (step_kind == 2) for (int64_t t = 0; t < n; ++t) *(double*)buffers[{steps} * n + t] += 1.0;",
-        ]
-        if self.norms or self.per_nodes:
-            body.append("  free(per); free(squares); free(partial);")
-        body.append("}")
-        lines = [
-            "#include <math.h>",
-            "#include <stdint.h>",
-            "#include <stdlib.h>",
-            f"typedef {ctype} T;",
-            "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
-            "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
-            # ATen's vectorised lerp: a fused multiply-add anchored at the nearer end.
-            f"static inline T lerp_t(T a, T b, T w) {{ return w < (T)0.5 ? fma{suffix}(w, b - a, a)"
-            f" : fma{suffix}(w - (T)1, b - a, b); }}",
-            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
-            "                  const int64_t* block_tensor, const int64_t* block_begin,",
-            "                  const int64_t* block_end, int threads, int step_kind) {",
-        ]
-        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
-        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
-        if self.norms or self.per_nodes:
-            lines += [
-                f"  enum {{ NP = {max(1, len(self.per_slot))}, NN = {max(1, len(self.norms))} }};",
-                "  T* per = (T*)malloc(sizeof(T) * (size_t)(n * NP));",
-                "  double* squares = (double*)calloc((size_t)(n * NN), sizeof(double));",
-                "  double* partial = (double*)calloc((size_t)(blocks * NN), sizeof(double));",
-            ]
-        return "\n".join(lines + body) + "\n"
-
-
-def generate_source(structure: Structure, dtype: torch.dtype) -> str:
-    """The C source of ``structure`` for tensors of ``dtype`` (``Optimizer.plans()`` shows it).
-
-    Element-wise rules become one loop. A rule with norms over whole tensors
-    (LARS, LAMB) becomes a loop per level of norms, each summing squares per
-    block (in double, then per tensor in block order, so the result does not
-    depend on the thread count), a serial pass computing the per-tensor values
-    (norms, trust ratios), and the final element-wise loop, which recomputes
-    what it needs rather than storing parameter-sized temporaries.
-    """
-    return _Source(structure, dtype).source()
 
 
 #: ``step_kind`` of the kernel: how the step counters it increments are stored.
@@ -377,19 +114,34 @@ class Kernel:
             pointers,
             (ctypes.c_double * len(slots))(*slots),
             *table.arguments,
-            torch.get_num_threads(),
+            table.threads(torch.get_num_threads()),
             STEP_KINDS[step_dtype],
+            table.offsets.ctypes.data,
         )
 
 
 @dataclass(frozen=True)
 class BlockTable:
-    """The work items of one list of tensor sizes: (tensor, first element, end element)."""
+    """How a kernel splits one list of tensor sizes across threads.
+
+    The blocks (tensor, first element, end element), the work items of the
+    norms' passes, and ``offsets``, each tensor's first element in the
+    concatenation, then the total, for the balanced element-wise pass.
+    """
 
     blocks: int
     tensor: np.ndarray
     begin: np.ndarray
     end: np.ndarray
+    offsets: np.ndarray
+
+    @functools.cached_property
+    def numel(self) -> int:
+        return int(self.offsets[-1])
+
+    def threads(self, available: int) -> int:
+        """Threads worth waking: at most one per :data:`GRAIN` elements, as ATen's ``parallel_for``."""
+        return max(1, min(available, self.numel // GRAIN))
 
     @functools.cached_property
     def arguments(self) -> tuple[int, int, int, int]:
@@ -404,7 +156,8 @@ class BlockTable:
         local = np.arange(len(tensor), dtype=np.int64) - np.repeat(first, counts)
         begin = local * BLOCK
         end = np.minimum(begin + BLOCK, np.asarray(sizes, dtype=np.int64)[tensor])
-        return cls(len(tensor), tensor, begin, end)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        return cls(len(tensor), tensor, begin, end, offsets)
 
 
 _lock = threading.Lock()
@@ -517,6 +270,7 @@ def _load(source: str) -> Callable[..., None]:
         ctypes.c_void_p,
         ctypes.c_int,
         ctypes.c_int,
+        ctypes.c_void_p,
     ]
     return function
 

@@ -16,9 +16,17 @@ call that function (a few microseconds) instead of re-running the rule; a
 failed guard (RAdam leaving its warm-up, a scheduler setting ``weight_decay``
 to zero) records the rule again and keeps both memos.
 
-A rule that does anything else with a ``Sym`` (``float()`` on it, arithmetic
-with a tensor such as NAdam's ``mu_product``) raises :class:`NotMemoizable`,
-and that partition records the rule on every step, as before.
+Scalar state (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``: 0-d tensors
+in torch's scalar dtype) enters as :class:`SymTensor` leaves. Their
+arithmetic is the tensor's own, and the memo replays it with the same tensor
+operations on the new values, so it rounds as the rule does, bit for bit;
+``xp.scalar`` of one (the reference path's ``float()``) is a ``Sym``. The
+memo returns the new scalar state along with the slots.
+
+A rule that does anything else with a ``Sym`` or a ``SymTensor``
+(``float()`` on it, a comparison of a ``SymTensor``, arithmetic with an
+array) raises :class:`NotMemoizable`, and that partition records the rule on
+every step, as before.
 """
 
 from __future__ import annotations
@@ -172,12 +180,94 @@ class Sym:
     __hash__ = None  # type: ignore[assignment]
 
 
+class SymTensor:
+    """A 0-d scalar-state tensor that remembers how it was computed from the leaves.
+
+    ``value`` is the real tensor: arithmetic with numbers, :class:`Sym` and
+    other ``SymTensor`` runs torch's 0-d operation on it (in the state's
+    dtype, as the rule would), and the memo repeats that operation.
+    """
+
+    __slots__ = ("context", "expression", "value")
+
+    def __init__(self, context: Context, expression: Expression, value: torch.Tensor) -> None:
+        self.context = context
+        self.expression = expression
+        self.value = value
+
+    def host(self) -> Sym:
+        """The tensor read on the host as a Python float (``xp.scalar``), as a ``Sym``."""
+        return Sym(self.context, ("float", self.expression), float(self.value))
+
+    def _binary(self, op: str, other: Any, reflected: bool) -> Any:
+        if isinstance(other, Sym | SymTensor):
+            expression, value = other.expression, other.value
+        elif type(other) is float or type(other) is int:
+            expression, value = ("const", other), other
+        else:
+            return NotImplemented
+        if reflected:
+            result = _BINARY[op](value, self.value)
+            return SymTensor(self.context, (op, expression, self.expression), result)
+        result = _BINARY[op](self.value, value)
+        return SymTensor(self.context, (op, self.expression, expression), result)
+
+    def __add__(self, other: Any) -> Any:
+        return self._binary("+", other, False)
+
+    def __radd__(self, other: Any) -> Any:
+        return self._binary("+", other, True)
+
+    def __sub__(self, other: Any) -> Any:
+        return self._binary("-", other, False)
+
+    def __rsub__(self, other: Any) -> Any:
+        return self._binary("-", other, True)
+
+    def __mul__(self, other: Any) -> Any:
+        return self._binary("*", other, False)
+
+    def __rmul__(self, other: Any) -> Any:
+        return self._binary("*", other, True)
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._binary("/", other, False)
+
+    def __rtruediv__(self, other: Any) -> Any:
+        return self._binary("/", other, True)
+
+    def __pow__(self, other: Any) -> Any:
+        return self._binary("**", other, False)
+
+    def __rpow__(self, other: Any) -> Any:
+        return self._binary("**", other, True)
+
+    def __neg__(self) -> SymTensor:
+        return SymTensor(self.context, ("neg", self.expression), -self.value)
+
+    def _refuse(self, *_: Any) -> Any:
+        raise NotMemoizable("a scalar-state tensor compared or read without xp.scalar")
+
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _refuse
+    __bool__ = __float__ = __int__ = __index__ = _refuse
+    __hash__ = None  # type: ignore[assignment]
+
+
+def host_scalar(value: Any) -> Any:
+    """``xp.scalar`` of the recorder: a ``SymTensor`` becomes a ``Sym``, anything else a float."""
+    if isinstance(value, SymTensor):
+        return value.host()
+    return float(value)
+
+
 def _render(expression: Expression) -> str:
     kind = expression[0]
     if kind == "leaf":
         return f"x{expression[1]}"
     if kind == "const":
         return repr(expression[1])
+    if kind == "float":
+        return f"float({_render(expression[1])})"
     if kind == "neg":
         return f"(-{_render(expression[1])})"
     if kind == "abs":
@@ -190,9 +280,12 @@ class Memo:
     """A recording that later steps reuse: its structure, and its slots as a function of the leaves."""
 
     structure: Structure
-    #: ``slots(leaves)``: the slot values, or ``None`` when a guard fails.
-    slots: Callable[[Sequence[float]], list[float] | None]
+    #: ``slots(leaves)``: the slot values, then the new values of ``scalar_names``, or
+    #: ``None`` when a guard fails.
+    slots: Callable[[Sequence[Any]], list[Any] | None]
     source: str
+    #: The scalar state the rule sets (its values end the list ``slots`` returns).
+    scalar_names: tuple[str, ...] = ()
 
 
 def make_memo(
@@ -200,8 +293,14 @@ def make_memo(
     slot_expressions: Sequence[Expression],
     guards: Sequence[tuple[str, Expression, Expression, bool]],
     leaves: int,
+    scalar_expressions: Mapping[str, Expression] | None = None,
 ) -> Memo:
-    """Generate the guard-and-slots function of one symbolic recording."""
+    """Generate the guard-and-slots function of one symbolic recording.
+
+    ``scalar_expressions``: how the rule computed each new scalar-state value
+    (:class:`SymTensor` expressions; their leaves are tensors too).
+    """
+    scalars = dict(scalar_expressions or {})
     lines = ["def memo(leaves):"]
     if leaves:
         names = ", ".join(f"x{i}" for i in range(leaves))
@@ -213,11 +312,12 @@ def make_memo(
             continue
         seen.add(test)
         lines.append(f"    if {'not ' if result else ''}{test}: return None")
-    lines.append(f"    return [{', '.join(_render(e) for e in slot_expressions)}]")
+    results = [*slot_expressions, *scalars.values()]
+    lines.append(f"    return [{', '.join(_render(e) for e in results)}]")
     source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = {"inf": math.inf, "nan": math.nan}  # repr() of such constants
     exec(compile(source, "<adaptim memo>", "exec"), namespace)
-    return Memo(structure, namespace["memo"], source)
+    return Memo(structure, namespace["memo"], source, tuple(scalars))
 
 
 def _leaves(

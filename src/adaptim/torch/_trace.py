@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from adaptim.algorithms._spec import ArrayOps
-from adaptim.torch._symbolic import NotMemoizable, Sym
+from adaptim.torch._symbolic import NotMemoizable, Sym, SymTensor, host_scalar
 
 
 class Unfusable(Exception):
@@ -296,6 +296,7 @@ RECORDING_OPS = ArrayOps(
     eps_of=_recorded("eps_of"),
     rms=_recorded("rms"),
     per_tensor=_per_tensor,
+    scalar=host_scalar,
 )
 
 
@@ -460,7 +461,8 @@ def trace(
         recording.slots,
         new_scalars,
         recording.slot_expressions,
-        recording.memoizable and not new_scalars,
+        # (new scalar state from symbolic leaves: the memo recomputes it too)
+        recording.memoizable and all(type(v) is SymTensor for v in new_scalars.values()),
     )
 
 

@@ -1,0 +1,344 @@
+"""The C source of a native step: one OpenMP function over every tensor of a partition.
+
+:func:`generate_source` renders a recorded :class:`~adaptim.torch._trace.Structure`
+as C; :mod:`._native` compiles, caches and calls it. The element-wise pass
+gives each thread one contiguous range of the concatenated tensors, of equal
+length whatever the tensor sizes; the passes that sum squares for a norm
+(LARS, LAMB) walk fixed blocks instead, so their sums do not depend on the
+thread count.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adaptim.torch._trace import Ref, Structure
+
+_CTYPES = {torch.float32: "float", torch.float64: "double"}
+
+#: Operations a native kernel can express; anything else stays on the multi-tensor replay.
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_COMPARE = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
+SUPPORTED = frozenset(
+    {*_BINARY, *_COMPARE, "and", "or", "neg", "abs", "sqrt", "pow", "maximum", "where", "clip"}
+    | {"axpy", "addcmul", "lerp"}
+)
+
+
+def supports(structure: Structure) -> str | None:
+    """Why ``structure`` cannot become a native kernel, or ``None`` when it can."""
+    unknown = sorted({op for op, _ in structure.ops} - SUPPORTED - {"norm"})
+    if unknown:
+        return f"no native form for {', '.join(unknown)}"
+    if structure.created:
+        return "the rule creates state on this step"
+    if structure.reduced_inputs:
+        return "state that is neither element-wise nor 0-d"
+    per_tensor = structure.per_tensor_nodes()
+    for op, args in structure.ops:
+        operand = args[0] if args else ("slot", 0)
+        per_tensor_input = (
+            operand[0] == "input" and structure.inputs[operand[1]] in structure.per_tensor_inputs
+        )
+        if op == "norm" and (
+            operand[0] not in ("node", "input")
+            or per_tensor_input
+            or (operand[0] == "node" and operand[1] in per_tensor)
+        ):
+            return "a norm of something other than an element-wise array"
+    return None
+
+
+def _expression(op: str, a: list[str], args: tuple[Ref, ...], suffix: str) -> str:
+    """One operation as a C expression over already-rendered operands."""
+    if op in _BINARY:
+        return f"{a[0]} {_BINARY[op]} {a[1]}"
+    if op in _COMPARE:
+        return f"{a[0]} {_COMPARE[op]} {a[1]}"
+    if op == "and":
+        return f"{a[0]} && {a[1]}"
+    if op == "or":
+        return f"{a[0]} || {a[1]}"
+    if op == "neg":
+        return f"-{a[0]}"
+    if op == "abs":
+        return f"fabs{suffix}({a[0]})"
+    if op == "sqrt":
+        return f"sqrt{suffix}({a[0]})"
+    if op == "pow":
+        exponent = float(args[1][1])
+        return f"{a[0]} * {a[0]}" if exponent == 2.0 else f"pow{suffix}({a[0]}, {a[1]})"
+    if op == "maximum":
+        return f"max_t({a[0]}, {a[1]})"
+    if op == "where":
+        return f"{a[0]} ? {a[1]} : {a[2]}"
+    if op == "clip":
+        return f"clip_t({a[0]}, {a[1]}, {a[2]})"
+    if op == "axpy":  # ATen's add(alpha=) is a fused multiply-add
+        return f"fma{suffix}({a[2]}, {a[1]}, {a[0]})"
+    if op == "addcmul":  # ATen: self + (value * t1) * t2, the last two fused
+        return f"fma{suffix}({a[3]} * {a[1]}, {a[2]}, {a[0]})"
+    return f"lerp_t({a[0]}, {a[1]}, {a[2]})"
+
+
+class _Source:
+    """Renders a structure as C: reduction passes for norms, then one element-wise pass."""
+
+    def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
+        self.structure = structure
+        self.ctype = _CTYPES[dtype]
+        self.suffix = "f" if self.ctype == "float" else ""
+        self.per_nodes = structure.per_tensor_nodes()
+        self.per_slot = {node: k for k, node in enumerate(sorted(self.per_nodes))}
+        self.norms = [i for i, (op, _) in enumerate(structure.ops) if op == "norm"]
+        self.norm_slot = {node: k for k, node in enumerate(self.norms)}
+        self.stage: dict[int, int] = {}
+        for index, (op, args) in enumerate(structure.ops):
+            level = max((self.stage_of(a) for a in args), default=0)
+            self.stage[index] = level + 1 if op == "norm" else level
+        self.reciprocals: set[int] = set()
+
+    def stage_of(self, ref: Ref) -> int:
+        return self.stage[ref[1]] if ref[0] == "node" else 0
+
+    def is_per_tensor_input(self, ref: Ref) -> bool:
+        return (
+            ref[0] == "input" and self.structure.inputs[ref[1]] in self.structure.per_tensor_inputs
+        )
+
+    def text(self, ref: Ref, context: str) -> str:
+        kind, value = ref
+        if kind == "input":
+            return f"pin{value}" if self.is_per_tensor_input(ref) else f"in{value}"
+        if kind == "node":
+            if value in self.per_nodes:
+                return (
+                    f"pv{value}"
+                    if context == "element"
+                    else f"per[t * NP + {self.per_slot[value]}]"
+                )
+            return f"v{value}"
+        if kind == "slot":
+            return f"s{value}"
+        return f"(T){float(value)!r}"
+
+    def node(self, index: int, context: str) -> str:
+        op, args = self.structure.ops[index]
+        if op == "div" and args[1][0] == "slot":  # one division per step, not per element
+            self.reciprocals.add(args[1][1])
+            return f"{self.text(args[0], context)} * r{args[1][1]}"
+        rendered = [self.text(a, context) for a in args]
+        return _expression(op, rendered, args, self.suffix)
+
+    def ancestors(self, roots: list[int]) -> list[int]:
+        """Element-wise nodes the roots need, in recording order."""
+        needed: set[int] = set()
+        stack = list(roots)
+        while stack:
+            index = stack.pop()
+            for arg in self.structure.ops[index][1]:
+                if arg[0] == "node" and arg[1] not in self.per_nodes and arg[1] not in needed:
+                    needed.add(arg[1])
+                    stack.append(arg[1])
+        return sorted(needed)
+
+    def element_loop(
+        self,
+        nodes: list[int],
+        tail: list[str],
+        head: list[str],
+        reads: list[Ref],
+        *,
+        balanced: bool = False,
+    ) -> list[str]:
+        """A parallel loop computing ``nodes`` per element, then ``tail``.
+
+        ``reads`` are the references ``tail`` uses besides ``nodes``. By
+        blocks (the norms' passes: their partial sums are per block, so they
+        do not depend on the thread count), or ``balanced``: each thread
+        takes one contiguous range of the concatenated elements, of equal
+        length whatever the tensor sizes (a static schedule of blocks hands
+        the thread with a large tensor's blocks most of an MLP's work).
+        """
+        inputs = self.structure.inputs
+        written = {name for name, _ in self.structure.outputs}
+        refs = {a for i in nodes for a in self.structure.ops[i][1]} | set(reads)
+        if balanced:
+            lines = [
+                "  #pragma omp parallel num_threads(threads)",
+                "  {",
+                "  const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();",
+                "  const int64_t lo = share(offsets[n], part, parts);",
+                "  const int64_t hi = share(offsets[n], part + 1, parts);",
+                "  for (int64_t t = first_tensor(offsets, n, lo); t < n && offsets[t] < hi; ++t) {",
+            ]
+        else:
+            lines = [
+                "  #pragma omp parallel for num_threads(threads) schedule(static)",
+                "  for (int64_t b = 0; b < blocks; ++b) {",
+                "    const int64_t t = block_tensor[b];",
+            ]
+        for index, name in enumerate(inputs):
+            if name in self.structure.per_tensor_inputs:
+                if ("input", index) in refs:
+                    lines.append(f"    const T pin{index} = *(const T*)buffers[{index} * n + t];")
+                continue
+            qualifier = "" if name in written else "const "
+            lines.append(f"    {qualifier}T* restrict {name} = (T*)buffers[{index} * n + t];")
+        for node in sorted(self.per_nodes):
+            if ("node", node) in refs:
+                lines.append(f"    const T pv{node} = per[t * NP + {self.per_slot[node]}];")
+        lines += head
+        if balanced:
+            lines += [
+                "    const int64_t begin = (lo > offsets[t] ? lo : offsets[t]) - offsets[t];",
+                "    const int64_t end = (hi < offsets[t + 1] ? hi : offsets[t + 1]) - offsets[t];",
+            ]
+        else:
+            lines += [
+                "    const int64_t begin = block_begin[b];",
+                "    const int64_t end = block_end[b];",
+            ]
+        lines.append(f"    #pragma omp simd{self.reduction_clause(head)}")
+        lines.append("    for (int64_t i = begin; i < end; ++i) {")
+        for index, name in enumerate(inputs):
+            if name not in self.structure.per_tensor_inputs and ("input", index) in refs:
+                lines.append(f"      const T in{index} = {name}[i];")
+        for index in nodes:
+            op = self.structure.ops[index][0]
+            kind = "int" if op in _COMPARE or op in ("and", "or") else "T"
+            lines.append(f"      const {kind} v{index} = {self.node(index, 'element')};")
+        lines += tail
+        return lines
+
+    @staticmethod
+    def reduction_clause(head: list[str]) -> str:
+        names = [line.split()[1] for line in head if line.strip().startswith("double ")]
+        return f" reduction(+:{', '.join(names)})" if names else ""
+
+    def source(self) -> str:
+        structure = self.structure
+        ctype, suffix = self.ctype, self.suffix
+        body: list[str] = []
+        top = max(self.stage.values(), default=0)
+        for level in range(0, top + 1):
+            if level > 0:  # the norms of this level: sums of squares per block, then per tensor
+                norms = [i for i in self.norms if self.stage[i] == level]
+                operands = [self.text(structure.ops[i][1][0], "element") for i in norms]
+                nodes = self.ancestors(norms)
+                head = [f"    double sum{i} = 0.0;" for i in norms]
+                tail = [
+                    f"      sum{i} += (double){o} * (double){o};"
+                    for i, o in zip(norms, operands, strict=True)
+                ]
+                reads = [structure.ops[i][1][0] for i in norms]
+                body += self.element_loop(nodes, [*tail, "    }"], head, reads)
+                body += [f"    partial[b * NN + {self.norm_slot[i]}] = sum{i};" for i in norms]
+                body += ["  }", "  for (int64_t b = 0; b < blocks; ++b) {"]
+                body += [
+                    f"    squares[block_tensor[b] * NN + {self.norm_slot[i]}] += partial[b * NN + {self.norm_slot[i]}];"
+                    for i in norms
+                ]
+                body += ["  }"]
+            per_level = [i for i in sorted(self.per_nodes) if self.stage[i] == level]
+            if per_level:  # per-tensor values: one serial pass over the tensors
+                body.append("  for (int64_t t = 0; t < n; ++t) {")
+                for index, name in enumerate(structure.inputs):
+                    if name in structure.per_tensor_inputs:
+                        body.append(
+                            f"    const T pin{index} = *(const T*)buffers[{index} * n + t];"
+                        )
+                for i in per_level:
+                    if structure.ops[i][0] == "norm":
+                        value = f"(T)sqrt(squares[t * NN + {self.norm_slot[i]}])"
+                    else:
+                        value = self.node(i, "tensor")
+                    body.append(f"    per[t * NP + {self.per_slot[i]}] = {value};")
+                body.append("  }")
+        element_nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
+        writes = [
+            f"      {name}[i] = {self.text(ref, 'element')};"
+            for name, ref in structure.outputs
+            if name not in structure.per_tensor_inputs
+        ]
+        body += self.element_loop(
+            element_nodes,
+            [*writes, "    }"],
+            [],
+            [ref for _, ref in structure.outputs],
+            balanced=True,
+        )
+        body += ["  }", "  }"]
+        per_writes = [
+            (name, ref) for name, ref in structure.outputs if name in structure.per_tensor_inputs
+        ]
+        if per_writes:
+            body.append("  for (int64_t t = 0; t < n; ++t) {")
+            for name, ref in per_writes:
+                index = structure.inputs.index(name)
+                body.append(f"    *(T*)buffers[{index} * n + t] = {self.text(ref, 'tensor')};")
+            body.append("  }")
+        steps = len(structure.inputs)
+        body += [
+            f"  if (step_kind == 1) for (int64_t t = 0; t < n; ++t) *(float*)buffers[{steps} * n + t] += 1.0f;",
+            f"  if (step_kind == 2) for (int64_t t = 0; t < n; ++t) *(double*)buffers[{steps} * n + t] += 1.0;",
+        ]
+        if self.norms or self.per_nodes:
+            body.append("  free(per); free(squares); free(partial);")
+        body.append("}")
+        lines = [
+            "#include <math.h>",
+            "#include <omp.h>",
+            "#include <stdint.h>",
+            "#include <stdlib.h>",
+            f"typedef {ctype} T;",
+            *_RANGES,
+            "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
+            "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
+            # ATen's vectorised lerp: a fused multiply-add anchored at the nearer end.
+            f"static inline T lerp_t(T a, T b, T w) {{ return w < (T)0.5 ? fma{suffix}(w, b - a, a)"
+            f" : fma{suffix}(w - (T)1, b - a, b); }}",
+            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
+            "                  const int64_t* block_tensor, const int64_t* block_begin,",
+            "                  const int64_t* block_end, int threads, int step_kind,",
+            "                  const int64_t* offsets) {",
+        ]
+        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
+        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
+        if self.norms or self.per_nodes:
+            lines += [
+                f"  enum {{ NP = {max(1, len(self.per_slot))}, NN = {max(1, len(self.norms))} }};",
+                "  T* per = (T*)malloc(sizeof(T) * (size_t)(n * NP));",
+                "  double* squares = (double*)calloc((size_t)(n * NN), sizeof(double));",
+                "  double* partial = (double*)calloc((size_t)(blocks * NN), sizeof(double));",
+            ]
+        return "\n".join(lines + body) + "\n"
+
+
+#: C helpers of the balanced split: thread ``part`` of ``parts`` takes the elements
+#: ``[share(total, part), share(total, part + 1))`` of the concatenated tensors, the
+#: boundaries rounded down to 16 elements (a 64-byte cache line of float32) so that two
+#: threads rarely write the same line; ``offsets`` are the tensors' first elements.
+_RANGES = (
+    "static inline int64_t share(int64_t total, int64_t part, int64_t parts) {",
+    "  return part == parts ? total : (total / parts * part + total % parts * part / parts) & ~(int64_t)15;",
+    "}",
+    "static inline int64_t first_tensor(const int64_t* offsets, int64_t n, int64_t at) {",
+    "  int64_t lo = 0, hi = n;  /* the first tensor that ends after element ``at`` */",
+    "  while (lo < hi) { const int64_t mid = (lo + hi) / 2; if (offsets[mid + 1] <= at) lo = mid + 1; else hi = mid; }",
+    "  return lo;",
+    "}",
+)
+
+
+def generate_source(structure: Structure, dtype: torch.dtype) -> str:
+    """The C source of ``structure`` for tensors of ``dtype`` (``Optimizer.plans()`` shows it).
+
+    Element-wise rules become one loop. A rule with norms over whole tensors
+    (LARS, LAMB) becomes a loop per level of norms, each summing squares per
+    block (in double, then per tensor in block order, so the result does not
+    depend on the thread count), a serial pass computing the per-tensor values
+    (norms, trust ratios), and the final element-wise loop, which recomputes
+    what it needs rather than storing parameter-sized temporaries.
+    """
+    return _Source(structure, dtype).source()
