@@ -384,8 +384,10 @@ class Optimizer(torch.optim.Optimizer):
         return _state_codes.encodable_keys(
             state,
             self.algorithm,
-            lambda v: isinstance(v, torch.Tensor)
-            and (v.ndim > 0 or v.dtype in (torch.bfloat16, torch.uint8)),
+            lambda v: (
+                isinstance(v, torch.Tensor)
+                and (v.ndim > 0 or v.dtype in (torch.bfloat16, torch.uint8))
+            ),
         )
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
