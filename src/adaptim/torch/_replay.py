@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from adaptim.torch import _fuse
+from adaptim.torch._column_stats import column_mean_squares
 from adaptim.torch._trace import Ref, Structure
 
 #: ``torch._foreach_<name>`` exists with an in-place twin for these, first operand a tensor list.
@@ -151,8 +153,8 @@ class _Emitter:
         #: buffer -> the value it holds now
         self.occupant: dict[str, Ref] = {name: ref for ref, name in self.storage.items()}
         self.temps = itertools.count()
-        #: Functions of ``per_tensor`` operations, by their name in the generated code.
-        self.functions: dict[str, Callable[..., Any]] = {}
+        #: Functions of ``per_tensor`` operations and fused runs, by their name in the generated code.
+        self.functions: dict[str, Any] = {}
 
     def kind(self, ref: Ref) -> str:
         return self.structure.kind_of(ref, self.kinds)
@@ -192,10 +194,61 @@ class _Emitter:
         return name
 
     def emit(self) -> str:
-        for index, (op, args) in enumerate(self.structure.ops):
-            self.emit_op(index, op, args)
+        runs = {run.start: run for run in _fuse.find_runs(self.structure)}
+        index = 0
+        while index < len(self.structure.ops):
+            run = runs.get(index)
+            if run is not None:
+                self.emit_run(run)
+                index = run.stop
+                continue
+            self.emit_op(index, *self.structure.ops[index])
+            index += 1
         self.emit_outputs()
         return "\n".join(self.lines)
+
+    def emit_run(self, run: _fuse.Run) -> None:
+        """A fused native loop (:mod:`._fuse`) where a chunk allows it, else the multi-tensor lines.
+
+        Both branches leave every value the rest of the plan reads in the same buffer.
+        """
+        ops = self.structure.ops
+        for index in run.hoisted:
+            self.emit_op(index, *ops[index])
+        before = dict(self.storage)
+        existing = set(self.occupant)
+        lines, self.lines = self.lines, []
+        for index in run.fused:
+            self.emit_op(index, *ops[index])
+        branch, self.lines = self.lines, lines
+        live = [i for i in run.fused if self.last_use.get(("node", i), -1) >= run.stop]
+        operands = _fuse.operands(self.structure, run, live)
+        name = f"u{len(self.functions)}"
+        self.functions[name] = _fuse.FusedRun(self.structure, run, operands)
+        param = self.structure.inputs[0]
+        outputs = [self.storage[("node", i)] for i in live]
+        fresh = [b for b in outputs if b not in existing]
+        checked = [before[r] for r in operands.elements] + [b for b in outputs if b in existing]
+
+        def group(names: list[str]) -> str:
+            return f"({''.join(n + ', ' for n in names)})"
+
+        self.lines.append(
+            f"    if {name}.usable({param}, {group(checked)}, "
+            f"{group([before[r] for r in operands.tensors])}):"
+        )
+        for buffer in fresh:
+            self.lines.append(
+                f"        {buffer} = [torch.empty_like(x, memory_format=torch.contiguous_format)"
+                f" for x in {param}]"
+            )
+        self.lines.append(
+            f"        {name}({param}, {group([before[r] for r in operands.elements])}, "
+            f"{group([before[r] for r in operands.tensors])}, "
+            f"{group([before[r] for r in operands.hosts])}, {group(outputs)}, s)"
+        )
+        self.lines.append("    else:")
+        self.lines.extend("    " + line for line in branch)
 
     def emit_op(self, index: int, op: str, args: tuple[Ref, ...]) -> None:
         node: Ref = ("node", index)
@@ -340,6 +393,11 @@ class _Emitter:
                 name = f"f{len(self.functions)}"
                 self.functions[name] = function
             expression = f"{name}(xp, {', '.join(texts[2:])})"
+        elif op == "mean_square" and args[1] == ("const", -2) and table is _PER_TENSOR:
+            # column statistics: one native pass where it may (._column_stats)
+            name = self.new_temp(node)
+            self.lines.append(f"    {name} = column_mean_squares({zipped}, xp.mean_square)")
+            return
         else:
             expression = table[op].format(*texts)
         name = self.new_temp(node)
@@ -400,7 +458,10 @@ def _chunked(
         created: tuple[list[torch.Tensor], ...] = ()
         for start, end in _chunks([p.numel() for p in params]):
             part = function(*(values[start:end] for values in lists), slots)
-            created = tuple(a + b for a, b in zip(created, part, strict=True)) if created else part
+            # (a chunk that took a fused loop holds lists, one on the multi-tensor lines tuples)
+            created = (
+                tuple([*a, *b] for a, b in zip(created, part, strict=True)) if created else part
+            )
         return created
 
     return run
@@ -429,9 +490,18 @@ def plan_for(structure: Structure) -> Plan:
             source = f"def {name}({', '.join(structure.inputs)}, s):\n{body}\n"
             from adaptim.torch._base import TORCH_OPS  # (imports the engine, which imports this)
 
-            namespace: dict[str, Any] = {"torch": torch, "xp": TORCH_OPS, "inf": math.inf}
+            namespace: dict[str, Any] = {
+                "torch": torch,
+                "xp": TORCH_OPS,
+                "inf": math.inf,
+                "column_mean_squares": column_mean_squares,
+            }
             namespace.update(emitter.functions)
             exec(compile(source, f"<{name}>", "exec"), namespace)
+            for key, fused in emitter.functions.items():  # (shown by Optimizer.plans())
+                if isinstance(fused, _fuse.FusedRun):
+                    loop = fused.source(torch.float32).rstrip("\n").replace("\n", "\n# ")
+                    source += f"\n# {key}: the fused native loop (float32)\n# {loop}\n"
             function = namespace[name]
             if any(kind in ("host", "reduced") for kind in structure.kinds()):
                 function = _chunked(function)
