@@ -79,7 +79,7 @@ _PER_TENSOR = {
     "addcdiv": "torch.addcdiv({0}, {1}, {2}, value={3})",
     "lerp": "torch.lerp({0}, {1}, {2})",
     "rsqrt": "torch.rsqrt({0})",
-    "matmul": "{0} @ {1}",
+    "matmul": "outer({0}, {1})",  # (``{0} @ {1}``: see _outer)
     # not element-wise: the reference path's own functions (``xp`` is its TORCH_OPS)
     "mean_square": "xp.mean_square({0}, {1})",
     "mean": "xp.mean({0}, {1})",
@@ -467,6 +467,15 @@ def _chunked(
     return run
 
 
+def _outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``; for a column ``(..., R, 1)`` and a row ``(..., 1, C)`` (Adafactor's
+    :math:`R_t C_t`) their broadcast product: the same numbers (one rounded product
+    each, as the matrix product with one term), without a BLAS call per tensor."""
+    if a.ndim >= 2 and b.ndim >= 2 and a.shape[-1] == 1 and b.shape[-2] == 1:
+        return torch.mul(a, b)
+    return a @ b
+
+
 def _is_array(ref: Ref) -> bool:
     return ref[0] in ("input", "node")
 
@@ -495,6 +504,7 @@ def plan_for(structure: Structure) -> Plan:
                 "xp": TORCH_OPS,
                 "inf": math.inf,
                 "column_mean_squares": column_mean_squares,
+                "outer": _outer,
             }
             namespace.update(emitter.functions)
             exec(compile(source, f"<{name}>", "exec"), namespace)
