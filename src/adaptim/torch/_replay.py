@@ -14,6 +14,13 @@ state/parameter buffer the rule overwrites anyway, once its old value is
 dead). Gradients are never written. What cannot be done in place allocates a
 temporary list; results that end in a temporary are copied into their buffer
 at the end. ``Optimizer.plans()`` shows the generated source.
+
+On the CPU two things leave ATen's per-operation kernels, still to the bit:
+each run of element-wise operations between host or per-tensor values
+becomes one native loop over the chunk's tensors where the chunk allows it
+(:mod:`._fuse`; the multi-tensor lines are generated next to it, for the
+chunks that do not), and column mean squares (Adafactor's ``C_t``) one native
+pass (:mod:`._column_stats`).
 """
 
 from __future__ import annotations
