@@ -36,92 +36,8 @@ import torch
 
 from adaptim.torch import _fuse
 from adaptim.torch._column_stats import column_mean_squares
+from adaptim.torch._replay_ops import COMMUTATIVE, FOREACH, HOST, IN_PLACE, PER_TENSOR, outer
 from adaptim.torch._trace import Ref, Structure
-
-#: ``torch._foreach_<name>`` exists with an in-place twin for these, first operand a tensor list.
-_FOREACH = {
-    "add": "add",
-    "sub": "sub",
-    "mul": "mul",
-    "div": "div",
-    "maximum": "maximum",
-    "axpy": "add",
-    "addcmul": "addcmul",
-    "addcdiv": "addcdiv",  # (made by ._group_record.fuse_addcdiv)
-    "lerp": "lerp",
-    "neg": "neg",
-    "abs": "abs",
-    "sqrt": "sqrt",
-    "rsqrt": "rsqrt",
-    "pow": "pow",
-}
-_COMMUTATIVE = frozenset({"add", "mul", "maximum"})
-
-#: The per-tensor expression of each operation (what the reference path's ``xp`` calls).
-_PER_TENSOR = {
-    "add": "{0} + {1}",
-    "sub": "{0} - {1}",
-    "mul": "{0} * {1}",
-    "div": "{0} / {1}",
-    "neg": "-{0}",
-    "abs": "torch.abs({0})",
-    "sqrt": "torch.sqrt({0})",
-    "pow": "{0} ** {1}",
-    "gt": "{0} > {1}",
-    "ge": "{0} >= {1}",
-    "lt": "{0} < {1}",
-    "le": "{0} <= {1}",
-    "eq": "{0} == {1}",
-    "ne": "{0} != {1}",
-    "and": "{0} & {1}",
-    "or": "{0} | {1}",
-    "maximum": "torch.maximum({0}, {1})",
-    "where": "torch.where({0}, {1}, {2})",
-    "clip": "torch.clamp({0}, {1}, {2})",
-    "norm": "torch.linalg.vector_norm({0})",
-    "sum": "{0}.sum()",
-    "dot": "torch.dot({0}, {1})",  # (1-d: recorded by ._group_fast on flat views)
-    "axpy": "torch.add({0}, {1}, alpha={2})",
-    "addcmul": "torch.addcmul({0}, {1}, {2}, value={3})",
-    "addcdiv": "torch.addcdiv({0}, {1}, {2}, value={3})",
-    "lerp": "torch.lerp({0}, {1}, {2})",
-    "rsqrt": "torch.rsqrt({0})",
-    "matmul": "outer({0}, {1})",  # (``{0} @ {1}``: see _outer)
-    # not element-wise: the reference path's own functions (``xp`` is its TORCH_OPS)
-    "mean_square": "xp.mean_square({0}, {1})",
-    "mean": "xp.mean({0}, {1})",
-}
-
-#: The same operations in place on the first operand, for a first operand of the
-#: result's shape whose value is dead (an element-wise array with a per-tensor scalar).
-_IN_PLACE = {
-    "add": "{0}.add_({1})",
-    "sub": "{0}.sub_({1})",
-    "mul": "{0}.mul_({1})",
-    "div": "{0}.div_({1})",
-    "neg": "{0}.neg_()",
-    "abs": "{0}.abs_()",
-    "sqrt": "{0}.sqrt_()",
-    "rsqrt": "{0}.rsqrt_()",
-    "clip": "{0}.clamp_({1}, {2})",
-    "axpy": "{0}.add_({1}, alpha={2})",
-    "addcmul": "{0}.addcmul_({1}, {2}, value={3})",
-    "lerp": "{0}.lerp_({1}, {2})",
-}
-
-#: Host scalars (a Python float per tensor): the reference path's float arithmetic.
-_HOST = {
-    "add": "{0} + {1}",
-    "sub": "{0} - {1}",
-    "mul": "{0} * {1}",
-    "div": "{0} / {1}",
-    "neg": "-{0}",
-    "pow": "{0} ** {1}",
-    # ``max(low, x)`` as the rule writes it on floats (NaN gives ``low``, as there)
-    "clip": "min(max({1}, {0}), {2})",
-    "rms": "xp.rms({0}, {1})",
-    "eps_of": "xp.eps_of({0})",
-}
 
 
 @dataclass(frozen=True)
@@ -261,9 +177,9 @@ class _Emitter:
         node: Ref = ("node", index)
         kind = self.kinds[index]
         if kind == "host":
-            self.emit_per_tensor(node, op, args, _HOST)
+            self.emit_per_tensor(node, op, args, HOST)
             return
-        if op in _COMMUTATIVE and not _is_array(args[0]) and _is_array(args[1]):
+        if op in COMMUTATIVE and not _is_array(args[0]) and _is_array(args[1]):
             args = (args[1], args[0])
         if op in ("sub", "div") and args[0][0] == "slot" and self.kind(args[1]) == kind:
             self.emit_reversed(index, op, args)  # (unary: any shapes)
@@ -276,7 +192,7 @@ class _Emitter:
         ):
             self.emit_clip(index, args)
             return
-        foreach = _FOREACH.get(op)
+        foreach = FOREACH.get(op)
         if (
             foreach is None
             or kind == "reduced"  # shapes differ between operands: per tensor, broadcasting
@@ -285,7 +201,7 @@ class _Emitter:
         ):
             self.emit_per_tensor(node, op, args)
             return
-        positions = [0, 1] if op in _COMMUTATIVE and _is_array(args[1]) else [0]
+        positions = [0, 1] if op in COMMUTATIVE and _is_array(args[1]) else [0]
         for position in positions:
             candidate = args[position]
             buffer = self.storage[candidate]
@@ -364,7 +280,7 @@ class _Emitter:
             self.lines.append(f"    {guard}torch._foreach_{name}_({buffer}, {self.text(bound)})")
 
     def emit_per_tensor(
-        self, node: Ref, op: str, args: tuple[Ref, ...], table: dict[str, str] = _PER_TENSOR
+        self, node: Ref, op: str, args: tuple[Ref, ...], table: dict[str, str] = PER_TENSOR
     ) -> None:
         """One call per tensor: in place on a dead first operand of the result's shape, else new."""
         lists = list(dict.fromkeys(a for a in args if _is_array(a)))
@@ -383,14 +299,14 @@ class _Emitter:
             _is_array(first) and self.storage[first] in self.finals.get(node, [])
         )
         if (
-            table is _PER_TENSOR
-            and op in _IN_PLACE
+            table is PER_TENSOR
+            and op in IN_PLACE
             and same_shape
             and self.kind(first) == kind
             and self.last_use.get(first) == index
             and self.may_take(self.storage[first], node, index)
         ):
-            self.lines.append(f"    {loop}: {_IN_PLACE[op].format(*texts)}")
+            self.lines.append(f"    {loop}: {IN_PLACE[op].format(*texts)}")
             self.place(node, self.storage[first])
             return
         if op == "per_tensor":  # a rule's own per-tensor function: fn(xp, *arrays)
@@ -400,7 +316,7 @@ class _Emitter:
                 name = f"f{len(self.functions)}"
                 self.functions[name] = function
             expression = f"{name}(xp, {', '.join(texts[2:])})"
-        elif op == "mean_square" and args[1] == ("const", -2) and table is _PER_TENSOR:
+        elif op == "mean_square" and args[1] == ("const", -2) and table is PER_TENSOR:
             # column statistics: one native pass where it may (._column_stats)
             name = self.new_temp(node)
             self.lines.append(f"    {name} = column_mean_squares({zipped}, xp.mean_square)")
@@ -474,15 +390,6 @@ def _chunked(
     return run
 
 
-def _outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b``; for a column ``(..., R, 1)`` and a row ``(..., 1, C)`` (Adafactor's
-    :math:`R_t C_t`) their broadcast product: the same numbers (one rounded product
-    each, as the matrix product with one term), without a BLAS call per tensor."""
-    if a.ndim >= 2 and b.ndim >= 2 and a.shape[-1] == 1 and b.shape[-2] == 1:
-        return torch.mul(a, b)
-    return a @ b
-
-
 def _is_array(ref: Ref) -> bool:
     return ref[0] in ("input", "node")
 
@@ -511,7 +418,7 @@ def plan_for(structure: Structure) -> Plan:
                 "xp": TORCH_OPS,
                 "inf": math.inf,
                 "column_mean_squares": column_mean_squares,
-                "outer": _outer,
+                "outer": outer,
             }
             namespace.update(emitter.functions)
             exec(compile(source, f"<{name}>", "exec"), namespace)
