@@ -40,9 +40,12 @@ void adaptim_column_ms(int64_t n, const int64_t* shape, void* const* arrays, int
   for (int64_t t = 0; t < n; ++t)
     first[t + 1] = first[t] + shape[3 * t] * ((shape[3 * t + 2] + {COLUMNS} - 1) / {COLUMNS});
   const int64_t items = first[n];
-  int64_t total = 0;
-  for (int64_t t = 0; t < n; ++t) total += shape[3 * t] * shape[3 * t + 1] * shape[3 * t + 2];
-  #pragma omp parallel for num_threads(threads) schedule(static) if(items > 1 && total >= {_fuse.PARALLEL_MIN_NUMEL})
+  int64_t largest = 0;
+  for (int64_t t = 0; t < n; ++t) {{
+    const int64_t size = shape[3 * t] * shape[3 * t + 1] * shape[3 * t + 2];
+    largest = size > largest ? size : largest;
+  }}
+  #pragma omp parallel for num_threads(threads) schedule(static) if(items > 1 && largest >= {_fuse.PARALLEL_MIN_NUMEL})
   for (int64_t item = 0; item < items; ++item) {{
     int64_t lo = 0, hi = n - 1;
     while (lo < hi) {{ const int64_t mid = (lo + hi + 1) / 2; if (first[mid] <= item) lo = mid; else hi = mid - 1; }}
