@@ -14,6 +14,13 @@ state/parameter buffer the rule overwrites anyway, once its old value is
 dead). Gradients are never written. What cannot be done in place allocates a
 temporary list; results that end in a temporary are copied into their buffer
 at the end. ``Optimizer.plans()`` shows the generated source.
+
+On the CPU two things leave ATen's per-operation kernels, still to the bit:
+each run of element-wise operations between host or per-tensor values
+becomes one native loop over the chunk's tensors where the chunk allows it
+(:mod:`._fuse`; the multi-tensor lines are generated next to it, for the
+chunks that do not), and column mean squares (Adafactor's ``C_t``) one native
+pass (:mod:`._column_stats`).
 """
 
 from __future__ import annotations
@@ -27,92 +34,10 @@ from typing import Any
 
 import torch
 
+from adaptim.torch import _fuse
+from adaptim.torch._column_stats import column_mean_squares
+from adaptim.torch._replay_ops import COMMUTATIVE, FOREACH, HOST, IN_PLACE, PER_TENSOR, outer
 from adaptim.torch._trace import Ref, Structure
-
-#: ``torch._foreach_<name>`` exists with an in-place twin for these, first operand a tensor list.
-_FOREACH = {
-    "add": "add",
-    "sub": "sub",
-    "mul": "mul",
-    "div": "div",
-    "maximum": "maximum",
-    "axpy": "add",
-    "addcmul": "addcmul",
-    "addcdiv": "addcdiv",  # (made by ._group_record.fuse_addcdiv)
-    "lerp": "lerp",
-    "neg": "neg",
-    "abs": "abs",
-    "sqrt": "sqrt",
-    "rsqrt": "rsqrt",
-    "pow": "pow",
-}
-_COMMUTATIVE = frozenset({"add", "mul", "maximum"})
-
-#: The per-tensor expression of each operation (what the reference path's ``xp`` calls).
-_PER_TENSOR = {
-    "add": "{0} + {1}",
-    "sub": "{0} - {1}",
-    "mul": "{0} * {1}",
-    "div": "{0} / {1}",
-    "neg": "-{0}",
-    "abs": "torch.abs({0})",
-    "sqrt": "torch.sqrt({0})",
-    "pow": "{0} ** {1}",
-    "gt": "{0} > {1}",
-    "ge": "{0} >= {1}",
-    "lt": "{0} < {1}",
-    "le": "{0} <= {1}",
-    "eq": "{0} == {1}",
-    "ne": "{0} != {1}",
-    "and": "{0} & {1}",
-    "or": "{0} | {1}",
-    "maximum": "torch.maximum({0}, {1})",
-    "where": "torch.where({0}, {1}, {2})",
-    "clip": "torch.clamp({0}, {1}, {2})",
-    "norm": "torch.linalg.vector_norm({0})",
-    "sum": "{0}.sum()",
-    "dot": "torch.dot({0}, {1})",  # (1-d: recorded by ._group_fast on flat views)
-    "axpy": "torch.add({0}, {1}, alpha={2})",
-    "addcmul": "torch.addcmul({0}, {1}, {2}, value={3})",
-    "addcdiv": "torch.addcdiv({0}, {1}, {2}, value={3})",
-    "lerp": "torch.lerp({0}, {1}, {2})",
-    "rsqrt": "torch.rsqrt({0})",
-    "matmul": "{0} @ {1}",
-    # not element-wise: the reference path's own functions (``xp`` is its TORCH_OPS)
-    "mean_square": "xp.mean_square({0}, {1})",
-    "mean": "xp.mean({0}, {1})",
-}
-
-#: The same operations in place on the first operand, for a first operand of the
-#: result's shape whose value is dead (an element-wise array with a per-tensor scalar).
-_IN_PLACE = {
-    "add": "{0}.add_({1})",
-    "sub": "{0}.sub_({1})",
-    "mul": "{0}.mul_({1})",
-    "div": "{0}.div_({1})",
-    "neg": "{0}.neg_()",
-    "abs": "{0}.abs_()",
-    "sqrt": "{0}.sqrt_()",
-    "rsqrt": "{0}.rsqrt_()",
-    "clip": "{0}.clamp_({1}, {2})",
-    "axpy": "{0}.add_({1}, alpha={2})",
-    "addcmul": "{0}.addcmul_({1}, {2}, value={3})",
-    "lerp": "{0}.lerp_({1}, {2})",
-}
-
-#: Host scalars (a Python float per tensor): the reference path's float arithmetic.
-_HOST = {
-    "add": "{0} + {1}",
-    "sub": "{0} - {1}",
-    "mul": "{0} * {1}",
-    "div": "{0} / {1}",
-    "neg": "-{0}",
-    "pow": "{0} ** {1}",
-    # ``max(low, x)`` as the rule writes it on floats (NaN gives ``low``, as there)
-    "clip": "min(max({1}, {0}), {2})",
-    "rms": "xp.rms({0}, {1})",
-    "eps_of": "xp.eps_of({0})",
-}
 
 
 @dataclass(frozen=True)
@@ -151,8 +76,8 @@ class _Emitter:
         #: buffer -> the value it holds now
         self.occupant: dict[str, Ref] = {name: ref for ref, name in self.storage.items()}
         self.temps = itertools.count()
-        #: Functions of ``per_tensor`` operations, by their name in the generated code.
-        self.functions: dict[str, Callable[..., Any]] = {}
+        #: Functions of ``per_tensor`` operations and fused runs, by their name in the generated code.
+        self.functions: dict[str, Any] = {}
 
     def kind(self, ref: Ref) -> str:
         return self.structure.kind_of(ref, self.kinds)
@@ -192,18 +117,69 @@ class _Emitter:
         return name
 
     def emit(self) -> str:
-        for index, (op, args) in enumerate(self.structure.ops):
-            self.emit_op(index, op, args)
+        runs = {run.start: run for run in _fuse.find_runs(self.structure)}
+        index = 0
+        while index < len(self.structure.ops):
+            run = runs.get(index)
+            if run is not None:
+                self.emit_run(run)
+                index = run.stop
+                continue
+            self.emit_op(index, *self.structure.ops[index])
+            index += 1
         self.emit_outputs()
         return "\n".join(self.lines)
+
+    def emit_run(self, run: _fuse.Run) -> None:
+        """A fused native loop (:mod:`._fuse`) where a chunk allows it, else the multi-tensor lines.
+
+        Both branches leave every value the rest of the plan reads in the same buffer.
+        """
+        ops = self.structure.ops
+        for index in run.hoisted:
+            self.emit_op(index, *ops[index])
+        before = dict(self.storage)
+        existing = set(self.occupant)
+        lines, self.lines = self.lines, []
+        for index in run.fused:
+            self.emit_op(index, *ops[index])
+        branch, self.lines = self.lines, lines
+        live = [i for i in run.fused if self.last_use.get(("node", i), -1) >= run.stop]
+        operands = _fuse.operands(self.structure, run, live)
+        name = f"u{len(self.functions)}"
+        self.functions[name] = _fuse.FusedRun(self.structure, run, operands)
+        param = self.structure.inputs[0]
+        outputs = [self.storage[("node", i)] for i in live]
+        fresh = [b for b in outputs if b not in existing]
+        checked = [before[r] for r in operands.elements] + [b for b in outputs if b in existing]
+
+        def group(names: list[str]) -> str:
+            return f"({''.join(n + ', ' for n in names)})"
+
+        self.lines.append(
+            f"    if {name}.usable({param}, {group(checked)}, "
+            f"{group([before[r] for r in operands.tensors])}):"
+        )
+        for buffer in fresh:
+            self.lines.append(
+                f"        {buffer} = [torch.empty_like(x, memory_format=torch.contiguous_format)"
+                f" for x in {param}]"
+            )
+        self.lines.append(
+            f"        {name}({param}, {group([before[r] for r in operands.elements])}, "
+            f"{group([before[r] for r in operands.tensors])}, "
+            f"{group([before[r] for r in operands.hosts])}, {group(outputs)}, s)"
+        )
+        self.lines.append("    else:")
+        self.lines.extend("    " + line for line in branch)
 
     def emit_op(self, index: int, op: str, args: tuple[Ref, ...]) -> None:
         node: Ref = ("node", index)
         kind = self.kinds[index]
         if kind == "host":
-            self.emit_per_tensor(node, op, args, _HOST)
+            self.emit_per_tensor(node, op, args, HOST)
             return
-        if op in _COMMUTATIVE and not _is_array(args[0]) and _is_array(args[1]):
+        if op in COMMUTATIVE and not _is_array(args[0]) and _is_array(args[1]):
             args = (args[1], args[0])
         if op in ("sub", "div") and args[0][0] == "slot" and self.kind(args[1]) == kind:
             self.emit_reversed(index, op, args)  # (unary: any shapes)
@@ -216,7 +192,7 @@ class _Emitter:
         ):
             self.emit_clip(index, args)
             return
-        foreach = _FOREACH.get(op)
+        foreach = FOREACH.get(op)
         if (
             foreach is None
             or kind == "reduced"  # shapes differ between operands: per tensor, broadcasting
@@ -225,7 +201,7 @@ class _Emitter:
         ):
             self.emit_per_tensor(node, op, args)
             return
-        positions = [0, 1] if op in _COMMUTATIVE and _is_array(args[1]) else [0]
+        positions = [0, 1] if op in COMMUTATIVE and _is_array(args[1]) else [0]
         for position in positions:
             candidate = args[position]
             buffer = self.storage[candidate]
@@ -304,7 +280,7 @@ class _Emitter:
             self.lines.append(f"    {guard}torch._foreach_{name}_({buffer}, {self.text(bound)})")
 
     def emit_per_tensor(
-        self, node: Ref, op: str, args: tuple[Ref, ...], table: dict[str, str] = _PER_TENSOR
+        self, node: Ref, op: str, args: tuple[Ref, ...], table: dict[str, str] = PER_TENSOR
     ) -> None:
         """One call per tensor: in place on a dead first operand of the result's shape, else new."""
         lists = list(dict.fromkeys(a for a in args if _is_array(a)))
@@ -323,14 +299,14 @@ class _Emitter:
             _is_array(first) and self.storage[first] in self.finals.get(node, [])
         )
         if (
-            table is _PER_TENSOR
-            and op in _IN_PLACE
+            table is PER_TENSOR
+            and op in IN_PLACE
             and same_shape
             and self.kind(first) == kind
             and self.last_use.get(first) == index
             and self.may_take(self.storage[first], node, index)
         ):
-            self.lines.append(f"    {loop}: {_IN_PLACE[op].format(*texts)}")
+            self.lines.append(f"    {loop}: {IN_PLACE[op].format(*texts)}")
             self.place(node, self.storage[first])
             return
         if op == "per_tensor":  # a rule's own per-tensor function: fn(xp, *arrays)
@@ -340,6 +316,11 @@ class _Emitter:
                 name = f"f{len(self.functions)}"
                 self.functions[name] = function
             expression = f"{name}(xp, {', '.join(texts[2:])})"
+        elif op == "mean_square" and args[1] == ("const", -2) and table is PER_TENSOR:
+            # column statistics: one native pass where it may (._column_stats)
+            name = self.new_temp(node)
+            self.lines.append(f"    {name} = column_mean_squares({zipped}, xp.mean_square)")
+            return
         else:
             expression = table[op].format(*texts)
         name = self.new_temp(node)
@@ -400,7 +381,10 @@ def _chunked(
         created: tuple[list[torch.Tensor], ...] = ()
         for start, end in _chunks([p.numel() for p in params]):
             part = function(*(values[start:end] for values in lists), slots)
-            created = tuple(a + b for a, b in zip(created, part, strict=True)) if created else part
+            # (a chunk that took a fused loop holds lists, one on the multi-tensor lines tuples)
+            created = (
+                tuple([*a, *b] for a, b in zip(created, part, strict=True)) if created else part
+            )
         return created
 
     return run
@@ -429,9 +413,19 @@ def plan_for(structure: Structure) -> Plan:
             source = f"def {name}({', '.join(structure.inputs)}, s):\n{body}\n"
             from adaptim.torch._base import TORCH_OPS  # (imports the engine, which imports this)
 
-            namespace: dict[str, Any] = {"torch": torch, "xp": TORCH_OPS, "inf": math.inf}
+            namespace: dict[str, Any] = {
+                "torch": torch,
+                "xp": TORCH_OPS,
+                "inf": math.inf,
+                "column_mean_squares": column_mean_squares,
+                "outer": outer,
+            }
             namespace.update(emitter.functions)
             exec(compile(source, f"<{name}>", "exec"), namespace)
+            for key, fused in emitter.functions.items():  # (shown by Optimizer.plans())
+                if isinstance(fused, _fuse.FusedRun):
+                    loop = fused.source(torch.float32).rstrip("\n").replace("\n", "\n# ")
+                    source += f"\n# {key}: the fused native loop (float32)\n# {loop}\n"
             function = namespace[name]
             if any(kind in ("host", "reduced") for kind in structure.kinds()):
                 function = _chunked(function)
