@@ -37,15 +37,10 @@ are generated next to the fused call.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -279,38 +274,15 @@ def load(source: str, symbol: str, arguments: int) -> Callable[..., None] | None
         if key in _LOADED:
             return _LOADED[key]
         function = None
-        cc = _native.compiler()
-        if cc is not None:
-            identity = "\n".join([source, " ".join(_native._FLAGS), cc, _native._cpu_fingerprint()])
-            digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
-            directory = _native.cache_dir()
-            library = directory / f"{symbol}_{digest}.so"
-            try:
-                if not library.exists():
-                    directory.mkdir(parents=True, exist_ok=True)
-                    with tempfile.TemporaryDirectory(dir=directory) as scratch:
-                        c_file = Path(scratch) / "loop.c"
-                        c_file.write_text(source)
-                        built = Path(scratch) / "loop.so"
-                        done = subprocess.run(
-                            [cc, *_native._FLAGS, str(c_file), "-o", str(built), "-lm"],
-                            capture_output=True,
-                            timeout=120,
-                            check=False,
-                        )
-                        if done.returncode == 0:
-                            os.replace(built, library)  # (atomic: no process loads half a file)
-                if library.exists():
-                    loaded = getattr(ctypes.CDLL(str(library)), symbol)
-                    loaded.restype = None
-                    loaded.argtypes = [
-                        ctypes.c_int64,
-                        *[ctypes.c_void_p] * (arguments - 2),
-                        ctypes.c_int,
-                    ]
-                    function = loaded
-            except (OSError, subprocess.SubprocessError):
-                function = None
+        try:
+            library = _native.build_library(source, symbol)
+            loaded = getattr(ctypes.CDLL(str(library)), symbol)
+        except (_native.NativeUnavailable, OSError):
+            loaded = None
+        if loaded is not None:
+            loaded.restype = None
+            loaded.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * (arguments - 2), ctypes.c_int]
+            function = loaded
         _LOADED[key] = function
         return function
 

@@ -223,7 +223,14 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     return kernel
 
 
-def _load(source: str) -> Callable[..., None]:
+def build_library(source: str, name: str = "step") -> Path:
+    """The shared library of the C ``source``: from the disk cache, or compiled into it now.
+
+    Keyed by the source, the flags, the compiler and the CPU, and written
+    atomically, so concurrent processes share it and never load half a file.
+    Raises :class:`NativeUnavailable` (remembered per source) when there is no
+    compiler or it refuses the source.
+    """
     cc = compiler()
     if cc is None:
         raise NativeUnavailable("no C compiler found (set CC, or install gcc)")
@@ -232,14 +239,14 @@ def _load(source: str) -> Callable[..., None]:
     if digest in _FAILED:
         raise NativeUnavailable(_FAILED[digest])
     directory = cache_dir()
-    library = directory / f"step_{digest}.so"
+    library = directory / f"{name}_{digest}.so"
     if not library.exists():
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=directory) as scratch:
-                c_file = Path(scratch) / "step.c"
+                c_file = Path(scratch) / f"{name}.c"
                 c_file.write_text(source)
-                built = Path(scratch) / "step.so"
+                built = Path(scratch) / f"{name}.so"
                 done = subprocess.run(
                     [cc, *_FLAGS, str(c_file), "-o", str(built), "-lm"],
                     capture_output=True,
@@ -258,6 +265,11 @@ def _load(source: str) -> Callable[..., None]:
         except NativeUnavailable as error:
             _FAILED[digest] = str(error)
             raise
+    return library
+
+
+def _load(source: str) -> Callable[..., None]:
+    library = build_library(source)
     function = ctypes.CDLL(str(library)).adaptim_step
     function.restype = None
     function.argtypes = [

@@ -73,32 +73,12 @@ class Context:
         self.guards: list[tuple[str, Expression, Expression, bool]] = []
 
 
-class Sym:
-    """A number that remembers how it was computed from the leaves."""
-
-    __slots__ = ("context", "expression", "value")
-
-    def __init__(self, context: Context, expression: Expression, value: float) -> None:
-        self.context = context
-        self.expression = expression
-        self.value = value
-
-    def _other(self, other: Any) -> Sym | None:
-        if isinstance(other, Sym):
-            return other
-        if type(other) is float or (type(other) is int):
-            return Sym(self.context, ("const", other), other)
-        if isinstance(other, torch.Tensor):
-            raise NotMemoizable("a symbolic number met a tensor")
-        return None
+class _Arithmetic:
+    """The arithmetic operators of :class:`Sym` and :class:`SymTensor`, each one
+    ``_binary`` call (``reflected``: the symbolic value is the right operand)."""
 
     def _binary(self, op: str, other: Any, reflected: bool) -> Any:
-        right = self._other(other)
-        if right is None:
-            return NotImplemented  # a Proxy's reflected operator records it as a slot
-        left, right = (right, self) if reflected else (self, right)
-        value = _BINARY[op](left.value, right.value)
-        return Sym(self.context, (op, left.expression, right.expression), value)
+        raise NotImplementedError
 
     def __add__(self, other: Any) -> Any:
         return self._binary("+", other, False)
@@ -129,6 +109,34 @@ class Sym:
 
     def __rpow__(self, other: Any) -> Any:
         return self._binary("**", other, True)
+
+
+class Sym(_Arithmetic):
+    """A number that remembers how it was computed from the leaves."""
+
+    __slots__ = ("context", "expression", "value")
+
+    def __init__(self, context: Context, expression: Expression, value: float) -> None:
+        self.context = context
+        self.expression = expression
+        self.value = value
+
+    def _other(self, other: Any) -> Sym | None:
+        if isinstance(other, Sym):
+            return other
+        if type(other) is float or (type(other) is int):
+            return Sym(self.context, ("const", other), other)
+        if isinstance(other, torch.Tensor):
+            raise NotMemoizable("a symbolic number met a tensor")
+        return None
+
+    def _binary(self, op: str, other: Any, reflected: bool) -> Any:
+        right = self._other(other)
+        if right is None:
+            return NotImplemented  # a Proxy's reflected operator records it as a slot
+        left, right = (right, self) if reflected else (self, right)
+        value = _BINARY[op](left.value, right.value)
+        return Sym(self.context, (op, left.expression, right.expression), value)
 
     def __neg__(self) -> Sym:
         return Sym(self.context, ("neg", self.expression), -self.value)
@@ -180,7 +188,7 @@ class Sym:
     __hash__ = None  # type: ignore[assignment]
 
 
-class SymTensor:
+class SymTensor(_Arithmetic):
     """A 0-d scalar-state tensor that remembers how it was computed from the leaves.
 
     ``value`` is the real tensor: arithmetic with numbers, :class:`Sym` and
@@ -211,36 +219,6 @@ class SymTensor:
             return SymTensor(self.context, (op, expression, self.expression), result)
         result = _BINARY[op](self.value, value)
         return SymTensor(self.context, (op, self.expression, expression), result)
-
-    def __add__(self, other: Any) -> Any:
-        return self._binary("+", other, False)
-
-    def __radd__(self, other: Any) -> Any:
-        return self._binary("+", other, True)
-
-    def __sub__(self, other: Any) -> Any:
-        return self._binary("-", other, False)
-
-    def __rsub__(self, other: Any) -> Any:
-        return self._binary("-", other, True)
-
-    def __mul__(self, other: Any) -> Any:
-        return self._binary("*", other, False)
-
-    def __rmul__(self, other: Any) -> Any:
-        return self._binary("*", other, True)
-
-    def __truediv__(self, other: Any) -> Any:
-        return self._binary("/", other, False)
-
-    def __rtruediv__(self, other: Any) -> Any:
-        return self._binary("/", other, True)
-
-    def __pow__(self, other: Any) -> Any:
-        return self._binary("**", other, False)
-
-    def __rpow__(self, other: Any) -> Any:
-        return self._binary("**", other, True)
 
     def __neg__(self) -> SymTensor:
         return SymTensor(self.context, ("neg", self.expression), -self.value)
