@@ -166,8 +166,10 @@ def as_stored(value: Any) -> np.ndarray:
     torch bfloat16 tensor (which NumPy cannot convert) its float32 values,
     which the format then stores exactly (torch is not imported).
     """
-    if str(getattr(value, "dtype", "")) == "torch.bfloat16":
-        value = value.float()
+    if str(getattr(value, "dtype", "")).startswith("torch."):
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.detach().cpu().numpy()  # (np.array of a tensor warns under NumPy 2)
     array = np.array(value, copy=True)
     if array.dtype.name == "bfloat16" and array.dtype.itemsize == 2:
         return array.view(np.uint16)
