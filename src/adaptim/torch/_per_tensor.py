@@ -1,0 +1,107 @@
+"""The per-tensor rule of a torch :class:`~adaptim.torch._base.Optimizer`.
+
+:meth:`PerTensorLayer._update` runs the algorithm's rule on one parameter: the
+readable reference path of the eager step, for what the engine leaves, and
+the body of the step under ``torch.compile`` (:mod:`adaptim.torch._step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from adaptim.torch import _lowmem
+from adaptim.torch._options import real_view
+from adaptim.torch._sparse import SparseLayer, _dense_or_none
+from adaptim.torch._torch_ops import TORCH_OPS, TRACEABLE_OPS
+
+
+class PerTensorLayer(SparseLayer):
+    """The rule on one tensor, eagerly or traceable; a memory-light state decoded around it."""
+
+    def _update(
+        self,
+        p: torch.Tensor,
+        grad: torch.Tensor,
+        group: Mapping[str, Any],
+        hp: dict[str, Any],
+        *,
+        traceable: bool = False,
+    ) -> None:
+        algorithm = self.algorithm
+        if group.get("maximize", False):
+            grad = -grad
+        state = self._init_state(p, group)
+        step: float | torch.Tensor = 0.0
+        if algorithm.step:
+            if traceable:
+                state["step"] += 1
+                # Compiled: a float64 tensor, so the graph does not depend on its value
+                # and scalar terms such as RAdam's rho_t keep the eager path's precision.
+                step = state["step"].double()
+            else:  # counted once the update has succeeded
+                step = float(state["step"] + 1)
+        entries = [*algorithm.state(hp), *algorithm.scalar_state]
+        if self.state_format is not None:
+            if grad.is_sparse:
+                self._sparse_mode(p, hp)  # raises
+            xp = TRACEABLE_OPS if traceable else TORCH_OPS
+            decoded = self._decoded(p, state)
+            position = self.state_format.position(p, self.param_groups)
+            _lowmem.update_decoded(
+                self.state_format,
+                algorithm,
+                p,
+                grad,
+                state,
+                entries,
+                decoded,
+                step,
+                hp,
+                xp,
+                position,
+            )
+            if algorithm.step and not traceable:
+                state["step"] += 1
+            return
+        if grad.is_sparse:
+            mode = self._sparse_mode(p, hp)
+            if mode == "rows":
+                self._update_rows(p, grad, state, entries, float(step), hp)
+                if algorithm.step:
+                    state["step"] += 1
+                return
+            grad = grad.to_dense()
+        inputs = {k: _dense_or_none(state.get(k)) for k in entries}
+        views = {k: None if v is None else real_view(v) for k, v in inputs.items()}
+        target = real_view(p)
+        new_p, new_state = algorithm.update(
+            target,
+            real_view(grad),
+            views,
+            step=step,
+            xp=TRACEABLE_OPS if traceable else TORCH_OPS,
+            **hp,
+        )
+        target.copy_(new_p)
+        if algorithm.step and not traceable:
+            state["step"] += 1
+        for key, value in new_state.items():
+            current = views[key]
+            if current is None:
+                stored = value.detach().clone()
+                if p.is_complex() and stored.shape == target.shape:
+                    stored = torch.view_as_complex(stored)
+                state[key] = stored
+            else:
+                current.copy_(value)
+                state[key] = inputs[key]
+
+    def _decoded(self, p: torch.Tensor, state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The encoded element-wise entries of ``state``, decoded to the working dtype."""
+        fmt = self.state_format
+        assert fmt is not None
+        decoded = {k: fmt.read(state, k, p) for k in self._elementwise_keys(state)}
+        return {k: v for k, v in decoded.items() if v is not None}

@@ -1,0 +1,72 @@
+"""The array operations the update rules run on in the torch front-end.
+
+:data:`TORCH_OPS` is the ``xp`` of the eager step; :data:`TRACEABLE_OPS` the
+one of the step under ``torch.compile``, where arguments that take only
+concrete numbers are spelled as formulas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from adaptim.algorithms._spec import ArrayOps
+from adaptim.torch import _matrices
+
+TORCH_OPS = ArrayOps(
+    name="torch",
+    sqrt=torch.sqrt,
+    maximum=torch.maximum,
+    abs=torch.abs,
+    where=torch.where,
+    clip=torch.clamp,
+    norm=torch.linalg.vector_norm,
+    axpy=lambda a, b, alpha: torch.add(a, b, alpha=alpha),
+    addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
+    lerp=torch.lerp,
+    rsqrt=torch.rsqrt,
+    # (as torch's Adafactor computes it: the norm along the axis, squared, over n;
+    # torch.norm's Python wrapper calls this vector_norm for an axis)
+    mean_square=lambda x, axis: (
+        torch.linalg.vector_norm(x, dim=axis, keepdim=True).square_().div_(x.shape[axis])
+    ),
+    mean=lambda x, axis: x.mean(dim=axis, keepdim=True),
+    eps_of=lambda x: torch.finfo(x.dtype).eps,
+    rms=lambda x, scale: float(torch.linalg.vector_norm(x)) / (x.numel() ** 0.5 * scale),
+    amax=lambda x, dims: torch.amax(x, dim=dims),
+    minimum=torch.minimum,
+    concat=torch.cat,
+    addmm=_matrices.addmm,
+    symmetric_addmm=_matrices.symmetric_addmm,
+    to_bfloat16=lambda x: x.bfloat16(),
+)
+
+
+def _traced_scalar(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype, made by arithmetic in the graph.
+
+    Under torch 2.13's Dynamo, a float that became dynamic (an ``lr`` a
+    scheduler changes) passed as a *scalar* bound of ``clamp``, ``where`` or
+    ``minimum`` keeps its first compiled value: later values are silently
+    ignored. A tensor bound made by arithmetic is read on every call, and a
+    factory such as ``torch.full`` recompiles on each new value instead.
+    """
+    return like.new_zeros(()) + value
+
+
+#: The ``xp`` of the step under ``torch.compile``: the multiply-adds as formulas,
+#: because torch's ``alpha=``/``value=``/scalar ``weight`` arguments take only
+#: concrete numbers and would make Dynamo specialise (and recompile) on each new
+#: learning rate or beta a scheduler sets.
+TRACEABLE_OPS = dataclasses.replace(
+    TORCH_OPS,
+    name="torch-traceable",
+    traced=True,
+    axpy=lambda a, b, alpha: a + b * alpha,
+    addcmul=lambda a, b, c, value: a + b * c * value,
+    lerp=lambda a, b, weight: a + (b - a) * weight,
+    clip=lambda x, low, high: torch.clamp(x, _traced_scalar(x, low), _traced_scalar(x, high)),
+    rms=lambda x, scale: torch.linalg.vector_norm(x) / (x.numel() ** 0.5 * scale),
+    symmetric_addmm=_matrices.plain_symmetric_addmm,
+)
