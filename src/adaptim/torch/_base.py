@@ -196,6 +196,14 @@ class Optimizer(StepLayer):
                 raise ValueError("Invalid fused: True with foreach=True; choose at most one.")
         self.algorithm.validate({k: self.group_value(group, k) for k in self.algorithm.hparams})
 
+    #: Instance settings a pickle or ``copy.deepcopy`` of the optimizer keeps; torch's
+    #: ``__getstate__`` keeps only ``defaults``, ``state`` and ``param_groups``.
+    _PICKLED: ClassVar[tuple[str, ...]] = ("nonfinite", "skipped_steps", "state_format")
+
+    def __getstate__(self) -> dict[str, Any]:
+        kept = {key: self.__dict__[key] for key in self._PICKLED if key in self.__dict__}
+        return {**super().__getstate__(), **kept}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # (torch's __setstate__ adds ``differentiable`` to the defaults; groups of
         # a twin without that switch, such as Adafactor, must not get it.)
@@ -206,7 +214,9 @@ class Optimizer(StepLayer):
             for key, value in own.items():
                 group.setdefault(key, value)
         self.__dict__.pop("_fast", None)  # pickled by an adaptim with flat buffers
-        self.__dict__.setdefault("state_format", None)  # pickled before low-memory states
+        # pickled before low-memory states, or before pickles kept these settings
+        for key, value in (("state_format", None), ("nonfinite", "ignore"), ("skipped_steps", 0)):
+            self.__dict__.setdefault(key, value)
         self._engine = Engine(self)
 
     # -- state -------------------------------------------------------------------

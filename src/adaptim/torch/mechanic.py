@@ -138,6 +138,12 @@ class Mechanic(torch.optim.Optimizer):
 
     zero_grad = _hooks.zero_grad
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch keeps only defaults, state and param_groups; a pickle or deepcopy of the
+        # wrapper needs its base (whose param_groups list it shares) and its scalars too.
+        kept = {key: self.__dict__[key] for key in ("base", "hparams", "mechanic_state")}
+        return {**super().__getstate__(), **kept}
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer (and so to this one)."""
         if not hasattr(self, "base"):  # torch.optim.Optimizer.__init__'s own call
