@@ -2,7 +2,9 @@
 
 Each class only states its signature; the update rule it runs is written once
 in :mod:`adaptim.algorithms` and its docstring (equations, paper, framework
-differences) is appended to the class docstring.
+differences) is appended to the class docstring. The Adam family (Adam, AdamW,
+Adamax, NAdam, RAdam) is in :mod:`adaptim.torch.adam_family`; ``OPTIMIZERS``
+here lists them all.
 
 ``foreach`` and ``fused`` choose how a step runs, as in torch (see
 :mod:`adaptim.torch._engine`): ``fused=True`` the native compiled loop,
@@ -14,42 +16,22 @@ refused with a clear error.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from adaptim import algorithms as alg
 from adaptim.flavors import default
 from adaptim.torch._base import NonFinitePolicy, Optimizer, ParamsT
+from adaptim.torch._docs import _documented as _documented
 
-_Opt = TypeVar("_Opt", bound=type[Optimizer])
-
-Betas = tuple[float | torch.Tensor, float | torch.Tensor]
-
-_COMMON = """
-    Besides the hyperparameters of the update below, every adaptim optimizer
-    takes ``maximize`` (ascend instead of descend) and ``nonfinite``
-    (``"ignore"`` | ``"skip"`` | ``"raise"``: what a NaN or Inf gradient does).
-    ``lr`` may be a float or a 1-element tensor, and every hyperparameter may
-    differ per param group.
-
-    Flavors
-    -------
-    ``flavor`` (``"torch"``, the default, ``"keras"``, ``"tf1"``, ``"optax"``
-    or ``"paper"``, where that framework has the algorithm) sets every
-    hyperparameter you do not pass to that framework's default, including the
-    options below that say where frameworks differ; an argument you pass
-    always wins. The defaults shown in the signature are torch's. See :mod:`adaptim.flavors` and ``adaptim optimizers --flavors``.
-
-    The update rule
-    ---------------
-"""
-
-
-def _documented(cls: _Opt) -> _Opt:
-    rule_doc = cls.algorithm.update.__doc__ or ""
-    cls.__doc__ = (cls.__doc__ or "") + _COMMON + rule_doc
-    return cls
+# (the Adam family has its own module; these names stay importable from here)
+from adaptim.torch.adam_family import Adam as Adam
+from adaptim.torch.adam_family import Adamax as Adamax
+from adaptim.torch.adam_family import AdamW as AdamW
+from adaptim.torch.adam_family import Betas as Betas
+from adaptim.torch.adam_family import NAdam as NAdam
+from adaptim.torch.adam_family import RAdam as RAdam
 
 
 @_documented
@@ -216,232 +198,6 @@ class Adadelta(Optimizer):
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
             capturable=capturable, foreach=foreach, differentiable=differentiable,
             decoupled_weight_decay=decoupled_weight_decay,
-        )  # fmt: skip
-        super().__init__(
-            params,
-            defaults,
-            nonfinite=nonfinite,
-            fused=fused,
-            flavor=flavor,
-            state_dtype=state_dtype,
-            state_bits=state_bits,
-        )
-
-
-@_documented
-class Adam(Optimizer):
-    """Adam, with AMSGrad and decoupled weight decay as options.
-
-    Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Adam`.
-    """
-
-    algorithm = alg.ADAM
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = default(1e-3),
-        betas: Betas = default((0.9, 0.999)),
-        eps: float = default(1e-8),
-        weight_decay: float = default(0),
-        amsgrad: bool = False,
-        *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        decoupled_weight_decay: bool = default(False),
-        nonfinite: NonFinitePolicy = "ignore",
-        flavor: str = "torch",
-        state_dtype: torch.dtype | str | None = None,
-        state_bits: int | None = None,
-        epsilon_hat: bool = default(False),
-        amsgrad_max: str = default("raw"),
-        bias_correction: bool = default(True),
-    ) -> None:
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, foreach=foreach, capturable=capturable,
-            differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay, epsilon_hat=epsilon_hat,
-            amsgrad_max=amsgrad_max, bias_correction=bias_correction,
-        )  # fmt: skip
-        super().__init__(
-            params,
-            defaults,
-            nonfinite=nonfinite,
-            flavor=flavor,
-            state_dtype=state_dtype,
-            state_bits=state_bits,
-        )
-
-
-@_documented
-class AdamW(Optimizer):
-    """AdamW: Adam with decoupled weight decay (default 1e-2).
-
-    Same arguments, defaults and ``state_dict`` as :class:`torch.optim.AdamW`.
-    """
-
-    algorithm = alg.ADAMW
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = default(1e-3),
-        betas: Betas = default((0.9, 0.999)),
-        eps: float = default(1e-8),
-        weight_decay: float = default(1e-2),
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        nonfinite: NonFinitePolicy = "ignore",
-        flavor: str = "torch",
-        state_dtype: torch.dtype | str | None = None,
-        state_bits: int | None = None,
-        epsilon_hat: bool = default(False),
-        amsgrad_max: str = default("raw"),
-        bias_correction: bool = default(True),
-    ) -> None:
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, foreach=foreach, capturable=capturable,
-            differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
-            epsilon_hat=epsilon_hat, amsgrad_max=amsgrad_max, bias_correction=bias_correction,
-        )  # fmt: skip
-        super().__init__(
-            params,
-            defaults,
-            nonfinite=nonfinite,
-            flavor=flavor,
-            state_dtype=state_dtype,
-            state_bits=state_bits,
-        )
-
-
-@_documented
-class Adamax(Optimizer):
-    """Adamax. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.Adamax`."""
-
-    algorithm = alg.ADAMAX
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = default(2e-3),
-        betas: Betas = default((0.9, 0.999)),
-        eps: float = default(1e-8),
-        weight_decay: float = default(0),
-        foreach: bool | None = None,
-        *,
-        maximize: bool = False,
-        differentiable: bool = False,
-        capturable: bool = False,
-        fused: bool | None = None,
-        nonfinite: NonFinitePolicy = "ignore",
-        flavor: str = "torch",
-        state_dtype: torch.dtype | str | None = None,
-        state_bits: int | None = None,
-        eps_in_max: bool = default(True),
-        decoupled_weight_decay: bool = default(False),
-    ) -> None:
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
-            maximize=maximize, differentiable=differentiable, capturable=capturable,
-            eps_in_max=eps_in_max, decoupled_weight_decay=decoupled_weight_decay,
-        )  # fmt: skip
-        super().__init__(
-            params,
-            defaults,
-            nonfinite=nonfinite,
-            fused=fused,
-            flavor=flavor,
-            state_dtype=state_dtype,
-            state_bits=state_bits,
-        )
-
-
-@_documented
-class NAdam(Optimizer):
-    """NAdam. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.NAdam`."""
-
-    algorithm = alg.NADAM
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = default(2e-3),
-        betas: Betas = default((0.9, 0.999)),
-        eps: float = default(1e-8),
-        weight_decay: float = default(0),
-        momentum_decay: float = default(4e-3),
-        decoupled_weight_decay: bool = default(False),
-        *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        nonfinite: NonFinitePolicy = "ignore",
-        flavor: str = "torch",
-        state_dtype: torch.dtype | str | None = None,
-        state_bits: int | None = None,
-        momentum_schedule: bool = default(True),
-    ) -> None:
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize, foreach=foreach, capturable=capturable,
-            differentiable=differentiable, momentum_schedule=momentum_schedule,
-        )  # fmt: skip
-        super().__init__(
-            params,
-            defaults,
-            nonfinite=nonfinite,
-            fused=fused,
-            flavor=flavor,
-            state_dtype=state_dtype,
-            state_bits=state_bits,
-        )
-
-
-@_documented
-class RAdam(Optimizer):
-    """RAdam. Same arguments, defaults and ``state_dict`` as :class:`torch.optim.RAdam`."""
-
-    algorithm = alg.RADAM
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = default(1e-3),
-        betas: Betas = default((0.9, 0.999)),
-        eps: float = default(1e-8),
-        weight_decay: float = default(0),
-        decoupled_weight_decay: bool = default(False),
-        *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        nonfinite: NonFinitePolicy = "ignore",
-        flavor: str = "torch",
-        state_dtype: torch.dtype | str | None = None,
-        state_bits: int | None = None,
-        epsilon_hat: bool = default(True),
-        rectify_threshold: float = default(5.0),
-    ) -> None:
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-            foreach=foreach, capturable=capturable,
-            decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable,
-            epsilon_hat=epsilon_hat, rectify_threshold=rectify_threshold,
         )  # fmt: skip
         super().__init__(
             params,
