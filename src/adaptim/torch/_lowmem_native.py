@@ -179,14 +179,7 @@ class _Source(_native._Source):
                 "    const int64_t t = block_tensor[b];",
             ]
         else:  # each thread one equal range of the concatenated elements (as _native's)
-            body = [
-                "  #pragma omp parallel num_threads(threads)",
-                "  {",
-                "  const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();",
-                "  const int64_t lo = share(offsets[n], part, parts);",
-                "  const int64_t hi = share(offsets[n], part + 1, parts);",
-                "  for (int64_t t = first_tensor(offsets, n, lo); t < n && offsets[t] < hi; ++t) {",
-            ]
+            body = list(_native_source.BALANCED_OPEN)
         ctypes_of = {"element": "T", "bf16": "uint16_t", "q8": "uint8_t"}
         for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
             ctype = ctypes_of[kind]
@@ -203,10 +196,7 @@ class _Source(_native._Source):
         if quantized:
             body.append("    const int64_t begin = block_begin[b], end = block_end[b];")
         else:
-            body += [
-                "    const int64_t begin = (lo > offsets[t] ? lo : offsets[t]) - offsets[t];",
-                "    const int64_t end = (hi < offsets[t + 1] ? hi : offsets[t + 1]) - offsets[t];",
-            ]
+            body += _native_source.BALANCED_RANGE
         indent = "    "
         begin, stop = "begin", "end"
         if quantized:  # one quantisation block at a time
@@ -285,13 +275,8 @@ class _Source(_native._Source):
                     )
             body.append("    }")
         body += ["  }"] if quantized else ["  }", "  }"]
-        # (then the 0-d step counters, when the engine lets the kernel count them)
-        steps = len(inputs) + len(quantized)
-        body += [
-            f"  if (step_kind == 1) for (int64_t t = 0; t < n; ++t) *(float*)buffers[{steps} * n + t] += 1.0f;",
-            f"  if (step_kind == 2) for (int64_t t = 0; t < n; ++t) *(double*)buffers[{steps} * n + t] += 1.0;",
-            "}",
-        ]
+        # (the step counters' pointers follow the block maxima's)
+        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
         lines = [*_HEADER, *_native_source._RANGES]
         if quantized:
             lines += _codes.VBMI_HEADER
