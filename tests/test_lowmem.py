@@ -75,27 +75,56 @@ def test_stochastic_rounding_keeps_special_values() -> None:
 @given(
     st.lists(st.integers(0, 2**20 - 1), min_size=1, max_size=20),
     st.integers(0, 2**32 - 1),
+    st.sampled_from([16, 0]),
 )
 @settings(max_examples=25)
-def test_rounding_noise_is_the_mixer_of_index_xor_key(indices: list[int], stream: int) -> None:
+def test_rounding_noise_is_the_mixer_of_index_xor_key(
+    indices: list[int], stream: int, shift: int
+) -> None:
     """torch's int64 arithmetic computes the 32-bit mixer exactly, as C's uint32 does."""
-    noise = _rounding.rounding_noise(max(indices) + 1, stream)
+    noise = _rounding.rounding_noise(max(indices) + 1, stream, shift=shift)
     for i in indices:
-        assert int(noise[i]) == _rounding.mix32(i ^ stream) >> 16
+        assert int(noise[i]) == (_rounding.mix32(i ^ stream) >> shift) & 0xFFFF
 
 
 def test_rounding_noise_is_uniform_over_consecutive_elements() -> None:
-    """Each of the 16 bits is a fair coin over 2¹⁶ consecutive elements, and pairs of keys decorrelate."""
+    """Each of the 16 bits of either half is a fair coin over 2¹⁶ consecutive elements.
+
+    The two halves of one hash (a first moment's and its partner's bits) are
+    uncorrelated, and so are the bits of two parameters' keys.
+    """
     count = 1 << 16
+    bound = 6 / math.sqrt(count)  # 6 standard errors of a correlation of independent draws
     for step in range(3):
         stream = _rounding.stream_key(0, 3, "exp_avg_sq", step)
-        noise = _rounding.rounding_noise(count, stream)
-        bits = (noise.unsqueeze(1) >> torch.arange(16)) & 1
-        # a fair bit's mean over 2¹⁶ draws is within 6 standard errors (1/512) of 1/2
-        assert float((bits.float().mean(0) - 0.5).abs().max()) < 6 / 512
+        assert stream == _rounding.stream_key(0, 3, "exp_avg", step)
+        halves = []
+        for key in ("exp_avg", "exp_avg_sq"):
+            noise = _rounding.rounding_noise(count, stream, shift=_rounding.noise_shift(key))
+            bits = (noise.unsqueeze(1) >> torch.arange(16)) & 1
+            # a fair bit's mean over 2¹⁶ draws is within 6 standard errors (1/512) of 1/2
+            assert float((bits.float().mean(0) - 0.5).abs().max()) < 6 / 512
+            halves.append(noise.float())
+        correlation = torch.corrcoef(torch.stack(halves))[0, 1]
+        assert abs(float(correlation)) < bound
         other = _rounding.rounding_noise(count, _rounding.stream_key(0, 4, "exp_avg_sq", step))
-        correlation = torch.corrcoef(torch.stack([noise.float(), other.float()]))[0, 1]
-        assert abs(float(correlation)) < 6 / math.sqrt(count)
+        correlation = torch.corrcoef(torch.stack([halves[0], other.float()]))[0, 1]
+        assert abs(float(correlation)) < bound
+
+
+def test_each_partner_entry_shares_the_hash_of_an_entry_of_its_rule() -> None:
+    """Every pair of ``ROUNDING_PARTNERS`` names two entries that one memory-light rule keeps."""
+    states = []
+    for name in LOW_MEMORY:
+        p = torch.nn.Parameter(torch.zeros(8))
+        options = {"momentum": 0.9} if name == "rmsprop" else {}
+        optimizer = adaptim.OPTIMIZERS[name]([p], state_dtype=torch.bfloat16, **options)
+        p.grad = torch.ones(8)
+        optimizer.step()
+        states.append(set(optimizer.state[p]))
+    for partner, first in _rounding.ROUNDING_PARTNERS.items():
+        assert any({partner, first} <= keys for keys in states), (partner, first)
+        assert _rounding.noise_shift(partner) == 0 and _rounding.noise_shift(first) == 16
 
 
 def _regression(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -419,6 +448,47 @@ def test_native_stochastic_rounding_is_unbiased_and_draws_the_reference_bits(
     ulp = float(high - low)
     bound = 6 * ulp / (2 * math.sqrt(count))
     assert abs(float(values.double().mean()) - float(x)) <= bound
+
+
+@given(
+    st.integers(0x3C000000, 0x43000000).filter(lambda bits: bits & 0xFFFF != 0),
+    st.integers(0, 1000),
+)
+@settings(max_examples=10, deadline=None)
+def test_both_moments_round_unbiased_and_independently_from_one_hash(
+    bits: int, position: int
+) -> None:
+    """Adam with ``betas=(0, 0)`` stores ``m = g`` and ``v = g²`` (float32): one hash rounds both.
+
+    ``m`` takes the top 16 bits of each element's hash, ``v`` the low 16.
+    Over 2¹⁶ elements sharing ``g`` each stored moment must average to its
+    float32 value, the two round-up decisions must be uncorrelated, and the
+    native loop must store the reference path's very bits. (``g`` is drawn
+    by its bit pattern, never a bf16 value, so ``m`` has two neighbours.)
+    """
+    count = 1 << 16
+    gradient = torch.tensor([bits], dtype=torch.int32).view(torch.float32)
+    filler = [torch.nn.Parameter(torch.zeros(1)) for _ in range(position % 7)]
+    stored = []
+    for path in ({}, {"foreach": False}):
+        p = torch.nn.Parameter(torch.zeros(count))
+        optimizer = adaptim.Adam([*filler, p], betas=(0.0, 0.0), state_dtype=torch.bfloat16, **path)
+        p.grad = gradient.expand(count).clone()
+        optimizer.step()
+        assert optimizer.fused_status()[0].startswith("native" if not path else "reference")
+        stored.append({k: optimizer.state[p][k] for k in ("exp_avg", "exp_avg_sq")})
+    ups = []
+    for key, exact in (("exp_avg", gradient), ("exp_avg_sq", gradient * gradient)):
+        assert torch.equal(stored[0][key], stored[1][key]), key
+        low, high = _bf16_neighbours(exact)
+        values = stored[0][key].float()
+        assert bool(((values == low) | (values == high)).all()), key
+        ulp = float(high - low)
+        assert abs(float(values.double().mean()) - float(exact)) <= 6 * ulp / (2 * math.sqrt(count))
+        ups.append((values == high).float())
+    if all(0 < float(up.mean()) < 1 for up in ups):  # (g² may be a bf16 value: never rounded)
+        correlation = torch.corrcoef(torch.stack(ups))[0, 1]
+        assert abs(float(correlation)) < 6 / math.sqrt(count)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -81,12 +81,16 @@ FLOATS32 = hnp.arrays(
 @given(
     hnp.arrays(np.float32, st.integers(1, 700), elements=st.floats(width=32)),
     st.integers(0, 2**32 - 1),
+    st.sampled_from([16, 0]),
 )
 @settings(max_examples=60, deadline=None)
-def test_stochastic_rounding_draws_torchs_bits(x: np.ndarray, stream: int) -> None:
-    """Every float32 (NaN, ±inf, subnormals, ±0 included) rounds to torch's bf16 pattern."""
-    ours = _lowmem.stochastic_round_bf16(x, stream)
-    theirs = torch_rounding.stochastic_round_bf16(torch.from_numpy(x.copy()), stream)
+def test_stochastic_rounding_draws_torchs_bits(x: np.ndarray, stream: int, shift: int) -> None:
+    """Every float32 (NaN, ±inf, subnormals, ±0 included) rounds to torch's bf16 pattern.
+
+    With either half of the hash (``shift``: a first moment's or its partner's bits).
+    """
+    ours = _lowmem.stochastic_round_bf16(x, stream, shift)
+    theirs = torch_rounding.stochastic_round_bf16(torch.from_numpy(x.copy()), stream, shift)
     np.testing.assert_array_equal(ours, as_numpy(theirs))
     finite = np.isfinite(x)
     decoded = _lowmem.bf16_to_float32(ours)

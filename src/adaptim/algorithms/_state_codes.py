@@ -14,9 +14,10 @@ both to store the same bits, they take from here:
   thresholds below ``x``;
 * the **counter-based rounding bits** of stochastic rounding: element ``i``
   of entry ``key`` of the parameter at position ``j`` written at step ``t``
-  adds the top 16 bits of ``h(i xor k)`` below bf16's last mantissa bit,
-  where ``h`` is :func:`mix32` and ``k`` = :func:`stream_key` ``(seed, j,
-  key, t)``.
+  adds 16 bits of ``h(i xor k)`` below bf16's last mantissa bit, where
+  ``h`` is :func:`mix32` and ``k`` = :func:`stream_key` ``(seed, j, key,
+  t)``. One hash serves two entries (:data:`ROUNDING_PARTNERS`): the first
+  takes its top 16 bits, its partner the low 16 (:func:`noise_shift`).
 
 Everything here is NumPy or plain Python; :func:`mix32` uses operators only,
 so it runs on Python ints, NumPy ``int64`` arrays and torch ``int64``
@@ -214,9 +215,38 @@ def mix32(x: Any) -> Any:
     return x ^ (x >> 16)
 
 
+#: Entries that round with the *low* 16 bits of another entry's hash (whose top 16
+#: bits that entry takes): a rule's two moments cost one hash per element, not two.
+#: The two halves of ``h(i xor k)`` are independent uniform 16-bit numbers when ``k``
+#: is (``h`` is a bijection of 32-bit words), so each rounding stays unbiased and the
+#: two entries' roundings stay uncorrelated. Any other entry has a hash of its own.
+ROUNDING_PARTNERS = {
+    "exp_avg_sq": "exp_avg",  # Adam, AdamW, NAdam, RAdam, Yogi, Adan
+    "exp_inf": "exp_avg",  # Adamax
+    "exp_avg_var": "exp_avg",  # AdaBelief
+    "acc_delta": "square_avg",  # Adadelta
+    "momentum_buffer": "square_avg",  # RMSprop with momentum
+    "pre_grad": "exp_avg_diff",  # Adan
+}
+
+
+def rounding_stream(key: str) -> str:
+    """The entry whose hash ``key`` rounds with: its partner, or ``key`` itself."""
+    return ROUNDING_PARTNERS.get(key, key)
+
+
+def noise_shift(key: str) -> int:
+    """Where ``key``'s 16 bits sit in its hash: 16 (the top half) or 0 (a partner's low half)."""
+    return 0 if key in ROUNDING_PARTNERS else 16
+
+
 def entry_salt(seed: int, position: int, key: str) -> int:
-    """The part of :func:`stream_key` fixed for one state entry of one parameter."""
-    return int(mix32(mix32(mix32(seed + 0x9E3779B9) ^ position) + zlib.crc32(key.encode())))
+    """The part of :func:`stream_key` fixed for one state entry of one parameter.
+
+    Partners (:data:`ROUNDING_PARTNERS`) share the salt of the entry they round with.
+    """
+    name = rounding_stream(key)
+    return int(mix32(mix32(mix32(seed + 0x9E3779B9) ^ position) + zlib.crc32(name.encode())))
 
 
 def step_salt(step: int) -> int:
@@ -225,5 +255,9 @@ def step_salt(step: int) -> int:
 
 
 def stream_key(seed: int, position: int, key: str, step: int) -> int:
-    """The key ``k`` of the rounding bits of entry ``key`` of parameter ``position`` at ``step``."""
+    """The key ``k`` of the rounding bits of entry ``key`` of parameter ``position`` at ``step``.
+
+    The same for two partners (:data:`ROUNDING_PARTNERS`): they take the two
+    halves of one hash.
+    """
     return entry_salt(seed, position, key) ^ step_salt(step)

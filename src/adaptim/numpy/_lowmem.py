@@ -9,7 +9,8 @@ per-tensor reference path (``foreach=False``) stores, and their
 * ``state_dtype="bfloat16"``: NumPy has no bfloat16, so an entry is kept as
   its 16-bit pattern in ``np.uint16``, the top half of float32's bits
   (``ml_dtypes.bfloat16`` is the same pattern). Writing adds the
-  counter-based random bits ``h(i xor k) >> 16`` to the low half of the
+  counter-based random bits (16 of ``h(i xor k)``: the top half, or the
+  low half for a partner entry such as ``exp_avg_sq``) to the low half of the
   float32 bits and keeps the top half (stochastic rounding, unbiased);
   reading shifts the pattern back into a float32. No dependency is needed.
 * ``state_bits=8``: an entry of a parameter with at least 4096 elements is
@@ -71,24 +72,26 @@ def check_options(state_dtype: Any, state_bits: Any) -> tuple[str | None, int | 
 # -- bfloat16 as 16-bit patterns ---------------------------------------------------------
 
 
-def rounding_noise(numel: int, stream: int) -> np.ndarray:
-    """The 16 random bits of elements ``0..numel-1`` in key ``stream``: ``h(i xor k) >> 16``."""
+def rounding_noise(numel: int, stream: int, shift: int = 16) -> np.ndarray:
+    """The 16 random bits of elements ``0..numel-1`` in key ``stream``: ``(h(i xor k) >> shift) & 0xFFFF``."""
     mixed: np.ndarray = codes.mix32(np.arange(numel, dtype=np.int64) ^ stream)
-    return (mixed >> 16).astype(np.int32)
+    return ((mixed >> shift) & 0xFFFF).astype(np.int32)
 
 
-def stochastic_round_bf16(x: np.ndarray, stream: int) -> np.ndarray:
+def stochastic_round_bf16(x: np.ndarray, stream: int, shift: int = 16) -> np.ndarray:
     """``x`` rounded to bfloat16 stochastically (unbiased), as ``np.uint16`` bit patterns.
 
     Element ``i`` of the flattened ``x`` (in float32) adds the ``i``-th of
-    :func:`rounding_noise` below bf16's last mantissa bit and keeps the top
+    :func:`rounding_noise` (of ``stream`` and ``shift``, the top or the low
+    half of the hash: :func:`adaptim.algorithms._state_codes.noise_shift`)
+    below bf16's last mantissa bit and keeps the top
     16 bits: the carry, when the noise reaches past the dropped fraction, is
     the round-up. A NaN is stored as the pattern 0xFFFF, the NaN torch's CPU
     conversion to bfloat16 writes.
     """
     x = np.asarray(x, dtype=np.float32, order="C")  # (ascontiguousarray makes 0-d 1-d)
     bits = x.view(np.int32)
-    noise = rounding_noise(x.size, stream).reshape(x.shape)
+    noise = rounding_noise(x.size, stream, shift).reshape(x.shape)
     rounded: np.ndarray = ((bits + noise) >> 16).astype(np.uint16)
     nan = np.isnan(x)
     if nan.any():  # (a NaN's low half could carry into infinity)
@@ -230,7 +233,7 @@ class StateFormat:
             state[key], state[key + ABSMAX_SUFFIX] = quantize_blockwise(value, signed)
         elif self.dtype == "bfloat16":
             stream = codes.stream_key(self.seed, position, key, step)
-            state[key] = stochastic_round_bf16(value, stream)
+            state[key] = stochastic_round_bf16(value, stream, codes.noise_shift(key))
         else:  # float32 states, or an 8-bit optimizer's small tensor (the ordinary state)
             state[key] = np.array(value, dtype=self.stored_dtype(p))
 

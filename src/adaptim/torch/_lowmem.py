@@ -21,7 +21,9 @@ The random bits are *counter-based*: those of element ``i`` of entry ``key``
 of the parameter at position ``j`` (its index in ``state_dict``) written at
 step ``t`` are the top 16 bits of ``h(i xor k)``, where ``h`` is a 32-bit
 xorshift-multiply mixer (a bijection with full avalanche) and ``k`` a hash of
-``(j, key, t)`` (:mod:`._rounding`). No generator state exists: everything
+``(j, key, t)`` (:mod:`._rounding`); a second moment takes the low 16 bits of
+its first moment's hash (``exp_avg_sq`` those of ``exp_avg``), so that one
+hash per element serves both. No generator state exists: everything
 the draw depends on is in ``state_dict`` already, so a run saved and resumed
 is bit-identical to one that was not interrupted, and the native loop
 draws exactly the same bits element by element.
@@ -68,7 +70,7 @@ from adaptim.algorithms._state_codes import ABSMAX_SUFFIX as ABSMAX_SUFFIX
 from adaptim.algorithms._state_codes import BLOCK as BLOCK
 from adaptim.algorithms._state_codes import MIN_8BIT_NUMEL as MIN_8BIT_NUMEL
 from adaptim.algorithms._state_codes import NONNEGATIVE_STATE as NONNEGATIVE_STATE
-from adaptim.torch._rounding import stochastic_round_bf16, stream_key
+from adaptim.torch._rounding import noise_shift, stochastic_round_bf16, stream_key
 
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _ALLOWED_DTYPES = "None (the parameter's dtype), torch.bfloat16 or torch.float32"
@@ -237,7 +239,7 @@ class StateFormat:
             state[key], state[key + ABSMAX_SUFFIX] = codes, absmax
         elif self.dtype == torch.bfloat16 and value.dtype != torch.bfloat16:
             stream = stream_key(self.seed, position, key, step)
-            state[key] = stochastic_round_bf16(value.float(), stream)
+            state[key] = stochastic_round_bf16(value.float(), stream, noise_shift(key))
         elif self.dtype is not None:
             state[key] = value.to(self.dtype)
         else:  # 8-bit optimizer, small tensor: the ordinary state

@@ -8,10 +8,14 @@ float32 copy of any tensor:
 
 * **bf16**: an entry is loaded by widening its 16 bits to float32 and stored
   by stochastic rounding with the counter-based bits of
-  :func:`._rounding.rounding_noise`: element ``i`` adds ``h(i xor k) >> 16``
-  below bf16's last mantissa bit, where ``k`` is
-  :func:`._rounding.stream_key` of (parameter position, entry, step). The
-  bits are exactly those of the reference path.
+  :func:`._rounding.rounding_noise`: element ``i`` adds 16 bits of ``h(i
+  xor k)`` below bf16's last mantissa bit, where ``k`` is
+  :func:`._rounding.stream_key` of (parameter position, entry, step). One
+  hash per element serves two entries (``exp_avg`` takes its top half,
+  ``exp_avg_sq`` its low half: ``ROUNDING_PARTNERS``), which halves the
+  integer work that dominates the loop on a cached (small) model. The bits
+  are exactly those of the reference path. Each thread takes one equal
+  range of the concatenated elements, as in :mod:`._native`.
 * **8 bits**: the loop walks each tensor in the quantisation blocks of 256
   values (the engine's work items, :data:`._native.BLOCK`, are a multiple of
   256 and start at multiples of it, so a block never straddles two items).
@@ -52,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adaptim.torch import _lowmem, _native, _rounding
+from adaptim.torch import _lowmem, _native, _native_source, _rounding
 from adaptim.torch import _lowmem_codes as _codes
 from adaptim.torch._trace import Structure
 
@@ -112,6 +116,7 @@ def supports(structure: Structure) -> str | None:
 
 _HEADER = [
     "#include <math.h>",
+    "#include <omp.h>",
     "#include <stdint.h>",
     "#include <string.h>",
     "typedef float T;",
@@ -133,6 +138,14 @@ _HEADER = [
     "  return f != f ? (uint16_t)0x7FC0 : (uint16_t)((b + noise) >> 16);",
     "}",
 ]
+
+
+def rounding_streams(rounded: Sequence[str]) -> list[str]:
+    """The hashes a kernel draws per element for the bf16 entries ``rounded``, in order.
+
+    One per :func:`._rounding.rounding_stream`: partners share their entry's.
+    """
+    return list(dict.fromkeys(map(_rounding.rounding_stream, rounded)))
 
 
 class _Source(_native._Source):
@@ -158,11 +171,15 @@ class _Source(_native._Source):
         refs |= {ref for _, ref in structure.outputs}
         quantized = [n for n, k in zip(inputs, kinds, strict=True) if k == "q8"]
         rounded = [n for n, k in zip(inputs, kinds, strict=True) if k == "bf16"]
-        body = [
-            "  #pragma omp parallel for num_threads(threads) schedule(static)",
-            "  for (int64_t b = 0; b < blocks; ++b) {",
-            "    const int64_t t = block_tensor[b];",
-        ]
+        streams = rounding_streams([n.removeprefix("state_") for n in rounded])
+        if quantized:  # work items of whole quantisation blocks
+            body = [
+                "  #pragma omp parallel for num_threads(threads) schedule(static)",
+                "  for (int64_t b = 0; b < blocks; ++b) {",
+                "    const int64_t t = block_tensor[b];",
+            ]
+        else:  # each thread one equal range of the concatenated elements (as _native's)
+            body = list(_native_source.BALANCED_OPEN)
         ctypes_of = {"element": "T", "bf16": "uint16_t", "q8": "uint8_t"}
         for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
             ctype = ctypes_of[kind]
@@ -174,13 +191,16 @@ class _Source(_native._Source):
             body.append(
                 f"    float* restrict amax_{name} = (float*)buffers[{len(inputs) + j} * n + t];"
             )
-        for j, name in enumerate(rounded):
-            body.append(f"    const uint32_t key_{name} = keys[{j} * n + t] ^ salt;")
-        body.append("    const int64_t end = block_end[b];")
+        for j, stream in enumerate(streams):
+            body.append(f"    const uint32_t key_{stream} = keys[{j} * n + t] ^ salt;")
+        if quantized:
+            body.append("    const int64_t begin = block_begin[b], end = block_end[b];")
+        else:
+            body += _native_source.BALANCED_RANGE
         indent = "    "
-        begin, stop = "block_begin[b]", "end"
+        begin, stop = "begin", "end"
         if quantized:  # one quantisation block at a time
-            body.append("    for (int64_t c = block_begin[b]; c < end; c += QBLOCK) {")
+            body.append("    for (int64_t c = begin; c < end; c += QBLOCK) {")
             body.append("      const int64_t cend = c + QBLOCK < end ? c + QBLOCK : end;")
             for index, name in enumerate(inputs):
                 if name not in quantized:
@@ -213,13 +233,28 @@ class _Source(_native._Source):
         for index, (op, _) in enumerate(structure.ops):
             kind = "int" if op in _native._COMPARE or op in ("and", "or") else "T"
             body.append(f"{inner}const {kind} v{index} = {self.node(index, 'element')};")
+        # One hash per element and stream: its top half rounds one entry, its low
+        # half the entry's partner (``_state_codes.ROUNDING_PARTNERS``).
+        hashed = {
+            _rounding.rounding_stream(name.removeprefix("state_"))
+            for name, _ in structure.outputs
+            if self.encodings.get(name) == "bf16"
+        }
+        for stream in streams:
+            if stream in hashed:
+                body.append(
+                    f"{inner}const uint32_t h_{stream} = mix32((uint32_t)i ^ key_{stream});"
+                )
         for name, ref in structure.outputs:
             value = self.text(ref, "element")
             kind = self.encodings.get(name, "element")
             if kind == "bf16":
-                body.append(
-                    f"{inner}{name}[i] = bf16_round({value}, mix32((uint32_t)i ^ key_{name}) >> 16);"
+                key = name.removeprefix("state_")
+                stream = _rounding.rounding_stream(key)
+                noise = (
+                    f"h_{stream} >> 16" if _rounding.noise_shift(key) else f"h_{stream} & 0xFFFFu"
                 )
+                body.append(f"{inner}{name}[i] = bf16_round({value}, {noise});")
             elif kind == "q8":  # (and the block's largest magnitude, as its bits)
                 body.append(f"{inner}const T o_{name} = {value};")
                 body.append(f"{inner}new_{name}[i - c] = o_{name};")
@@ -239,8 +274,10 @@ class _Source(_native._Source):
                         f"&amax_{name}[c / QBLOCK]);"
                     )
             body.append("    }")
-        body += ["  }", "}"]
-        lines = list(_HEADER)
+        body += ["  }"] if quantized else ["  }", "  }"]
+        # (the step counters' pointers follow the block maxima's)
+        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
+        lines = [*_HEADER, *_native_source._RANGES]
         if quantized:
             lines += _codes.VBMI_HEADER
         for suffix, signed in (("S", True), ("U", False)):
@@ -255,8 +292,8 @@ class _Source(_native._Source):
         lines += [
             "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
             "                  const int64_t* block_tensor, const int64_t* block_begin,",
-            "                  const int64_t* block_end, int threads, const uint32_t* keys,",
-            "                  uint32_t salt) {",
+            "                  const int64_t* block_end, int threads, int step_kind,",
+            "                  const int64_t* offsets, const uint32_t* keys, uint32_t salt) {",
         ]
         lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
         lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
@@ -270,29 +307,15 @@ def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
 
 @dataclass
 class Kernel:
-    """A loaded native step over encoded state, and its source (``Optimizer.plans()``)."""
+    """A loaded native step over encoded state, and its source (``Optimizer.plans()``).
+
+    ``function`` takes :class:`._native.Kernel`'s arguments (called through
+    :class:`._partition.NativeLaunch`, the pointer table holding the block
+    maxima after the state), then the rounding keys and this step's salt.
+    """
 
     source: str
     function: Any
-
-    def __call__(
-        self,
-        pointers: int,
-        count: int,
-        slots: Sequence[float],
-        table: _native.BlockTable,
-        keys: int,
-        salt: int,
-    ) -> None:
-        self.function(
-            count,
-            pointers,
-            (ctypes.c_double * len(slots))(*slots),
-            *table.arguments,
-            torch.get_num_threads(),
-            keys,
-            salt,
-        )
 
 
 _lock = threading.Lock()
@@ -313,33 +336,61 @@ def kernel_for(structure: Structure, encodings: Mapping[str, str]) -> Kernel:
         if kernel is None:
             source = generate_source(structure, encodings)
             function: Any = _native._load(source)
-            # (the plain kernel's arguments up to ``threads``, then the rounding keys and salt)
-            function.argtypes = [*function.argtypes[:8], ctypes.c_void_p, ctypes.c_uint32]
+            # (the plain kernel's arguments, then the rounding keys and salt)
+            function.argtypes = [*function.argtypes, ctypes.c_void_p, ctypes.c_uint32]
             kernel = Kernel(source, function)
             _KERNELS[key] = kernel
     return kernel
 
 
 @dataclass
-class Buffers:
-    """A partition's pointer array (grads filled each step) and its rounding keys."""
+class Bound:
+    """What a partition's steady steps reuse: the structure's kernel and the rounding keys."""
 
-    pointers: np.ndarray
+    structure: Structure
+    kernel: Kernel
     keys: np.ndarray
+    #: The address of ``keys`` (a kernel argument).
+    address: int
 
 
-def _buffers(
+def _rounding_keys(
     fmt: _lowmem.StateFormat, partition: Partition, groups: list[dict[str, Any]]
-) -> Buffers:
-    keys = list(partition.tensor_keys)
-    quantized = [k for k, e in zip(keys, partition.encodings, strict=True) if e == "q8"]
-    rounded = [k for k, e in zip(keys, partition.encodings, strict=True) if e == "bf16"]
-    roles = [partition.params, partition.params, *partition.state_lists[: len(keys)]]
-    roles += [[s[k + _lowmem.ABSMAX_SUFFIX] for s in partition.states] for k in quantized]
-    pointers = np.array([t.data_ptr() for role in roles for t in role], dtype=np.int64)
+) -> np.ndarray:
+    """Per hash the kernel draws (:func:`rounding_streams`) and tensor: the entry's salt."""
+    rounded = [
+        k for k, e in zip(partition.tensor_keys, partition.encodings, strict=True) if e == "bf16"
+    ]
     positions = [fmt.position(p, groups) for p in partition.params]
-    salts = [_rounding.entry_salt(fmt.seed, j, k) for k in rounded for j in positions]
-    return Buffers(pointers, np.array(salts or [0], dtype=np.uint32))
+    salts = [
+        _rounding.entry_salt(fmt.seed, j, k) for k in rounding_streams(rounded) for j in positions
+    ]
+    return np.array(salts or [0], dtype=np.uint32)
+
+
+def _bind(
+    fmt: _lowmem.StateFormat,
+    groups: list[dict[str, Any]],
+    partition: Partition,
+    structure: Structure,
+) -> Bound | None:
+    """The kernel of ``structure`` on ``partition``; ``None`` (and why, on the partition) if none."""
+    if structure.created:
+        partition.native_refused = "the rule creates state on this step"
+        return None
+    if partition.params[0].dtype != torch.float32 or not partition.native_ok:
+        partition.native_refused = "encoded state needs contiguous float32 CPU parameters"
+        return None
+    names = {
+        f"state_{k}": e for k, e in zip(partition.tensor_keys, partition.encodings, strict=True)
+    }
+    try:
+        kernel = kernel_for(structure, {n: e for n, e in names.items() if e in ENCODED})
+    except _native.NativeUnavailable as why:
+        partition.native_refused = str(why)
+        return None
+    keys = _rounding_keys(fmt, partition, groups)
+    return Bound(structure, kernel, keys, keys.ctypes.data)
 
 
 def run(
@@ -350,39 +401,23 @@ def run(
     grads: list[torch.Tensor],
     plans: list[Any],
 ) -> str | None:
-    """Step an encoded partition natively; ``None`` when the reference path must (says why)."""
-    structure = traced.structure
-    params = partition.params
-    if structure.created:
-        partition.native_refused = "the rule creates state on this step"
-        return None
-    if params[0].dtype != torch.float32 or not partition.native_ok:
-        partition.native_refused = "encoded state needs contiguous float32 CPU parameters"
-        return None
-    if not all(g.is_contiguous() for g in grads):
+    """Step an encoded partition natively; ``None`` when the reference path must (says why).
+
+    The gradients' pointers are ``partition.grad_ptrs`` (the engine's). A
+    small model's step is mostly this call's fixed cost, so what does not
+    change between steps is bound once (:class:`Bound`, and the partition's
+    :class:`._partition.NativeLaunch`), and the kernel counts the ``step``
+    tensors itself where the partition allows (``step_dtype``).
+    """
+    bound: Bound | None = partition.lowmem
+    if bound is None or bound.structure is not traced.structure:
+        bound = partition.lowmem = _bind(fmt, groups, partition, traced.structure)
+        if bound is None:
+            return None
+    if not all(map(torch.Tensor.is_contiguous, grads)):
         partition.native_refused = "a gradient is not contiguous"
         return None
-    names = {
-        f"state_{k}": e for k, e in zip(partition.tensor_keys, partition.encodings, strict=True)
-    }
-    try:
-        kernel = kernel_for(structure, {n: e for n, e in names.items() if e in ENCODED})
-    except _native.NativeUnavailable as why:
-        partition.native_refused = str(why)
-        return None
-    buffers = partition.lowmem
-    if buffers is None:
-        buffers = partition.lowmem = _buffers(fmt, partition, groups)
-    count = len(params)
-    buffers.pointers[count : 2 * count] = [g.data_ptr() for g in grads]
-    step = int(partition.step + 1)
-    kernel(
-        buffers.pointers.ctypes.data,
-        count,
-        traced.slots,
-        partition.block_table(),
-        buffers.keys.ctypes.data,
-        _rounding.step_salt(step),
-    )
-    plans.append(kernel)
+    salt = _rounding.step_salt(int(partition.step + 1))
+    partition.launch(bound.kernel)(partition.grad_ptrs, traced.slots, bound.address, salt)
+    plans.append(bound.kernel)
     return "native"

@@ -164,14 +164,7 @@ class _Source:
         written = {name for name, _ in self.structure.outputs}
         refs = {a for i in nodes for a in self.structure.ops[i][1]} | set(reads)
         if balanced:
-            lines = [
-                "  #pragma omp parallel num_threads(threads)",
-                "  {",
-                "  const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();",
-                "  const int64_t lo = share(offsets[n], part, parts);",
-                "  const int64_t hi = share(offsets[n], part + 1, parts);",
-                "  for (int64_t t = first_tensor(offsets, n, lo); t < n && offsets[t] < hi; ++t) {",
-            ]
+            lines = list(BALANCED_OPEN)
         else:
             lines = [
                 "  #pragma omp parallel for num_threads(threads) schedule(static)",
@@ -190,10 +183,7 @@ class _Source:
                 lines.append(f"    const T pv{node} = per[t * NP + {self.per_slot[node]}];")
         lines += head
         if balanced:
-            lines += [
-                "    const int64_t begin = (lo > offsets[t] ? lo : offsets[t]) - offsets[t];",
-                "    const int64_t end = (hi < offsets[t + 1] ? hi : offsets[t + 1]) - offsets[t];",
-            ]
+            lines += BALANCED_RANGE
         else:
             lines += [
                 "    const int64_t begin = block_begin[b];",
@@ -278,11 +268,7 @@ class _Source:
                 index = structure.inputs.index(name)
                 body.append(f"    *(T*)buffers[{index} * n + t] = {self.text(ref, 'tensor')};")
             body.append("  }")
-        steps = len(structure.inputs)
-        body += [
-            f"  if (step_kind == 1) for (int64_t t = 0; t < n; ++t) *(float*)buffers[{steps} * n + t] += 1.0f;",
-            f"  if (step_kind == 2) for (int64_t t = 0; t < n; ++t) *(double*)buffers[{steps} * n + t] += 1.0;",
-        ]
+        body += count_steps(len(structure.inputs))
         if self.norms or self.per_nodes:
             body.append("  free(per); free(squares); free(partial);")
         body.append("}")
@@ -329,6 +315,35 @@ _RANGES = (
     "  return lo;",
     "}",
 )
+
+
+#: The balanced split (:meth:`_Source.element_loop`): the parallel region, each thread's
+#: range ``[lo, hi)`` and its loop over the tensors it touches (two braces to close) ...
+BALANCED_OPEN = (
+    "  #pragma omp parallel num_threads(threads)",
+    "  {",
+    "  const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();",
+    "  const int64_t lo = share(offsets[n], part, parts);",
+    "  const int64_t hi = share(offsets[n], part + 1, parts);",
+    "  for (int64_t t = first_tensor(offsets, n, lo); t < n && offsets[t] < hi; ++t) {",
+)
+#: ... and, inside that loop, the part of tensor ``t`` in the range.
+BALANCED_RANGE = (
+    "    const int64_t begin = (lo > offsets[t] ? lo : offsets[t]) - offsets[t];",
+    "    const int64_t end = (hi < offsets[t + 1] ? hi : offsets[t + 1]) - offsets[t];",
+)
+
+
+def count_steps(role: int) -> list[str]:
+    """C that adds 1 to each 0-d ``step`` counter (pointer role ``role``) after the update.
+
+    ``step_kind`` (:data:`._native.STEP_KINDS`) says how they are stored; 0: the
+    caller counts them.
+    """
+    return [
+        f"  if (step_kind == 1) for (int64_t t = 0; t < n; ++t) *(float*)buffers[{role} * n + t] += 1.0f;",
+        f"  if (step_kind == 2) for (int64_t t = 0; t < n; ++t) *(double*)buffers[{role} * n + t] += 1.0;",
+    ]
 
 
 def generate_source(structure: Structure, dtype: torch.dtype) -> str:

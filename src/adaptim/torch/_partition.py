@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from adaptim.algorithms._state_codes import ABSMAX_SUFFIX
 from adaptim.torch import _lowmem_native, _native, _symbolic
 
 if TYPE_CHECKING:
@@ -59,10 +60,10 @@ class Partition:
     memo_lookup: tuple[bool, tuple[Any, ...], list[_symbolic.Memo]] | None = None
     _table: _native.BlockTable | None = None
     _pointers: tuple[np.ndarray, int] | None = None
-    _launch: tuple[_native.Kernel, NativeLaunch] | None = None
+    _launch: tuple[_native.Kernel | _lowmem_native.Kernel, NativeLaunch] | None = None
     #: How each of ``tensor_keys`` is stored when one is encoded (:mod:`._lowmem_native`), else ().
     encodings: tuple[str, ...] = ()
-    #: The encoded loop's pointers and rounding keys (:func:`._lowmem_native.run`).
+    #: The encoded loop's kernel and rounding keys (:class:`._lowmem_native.Bound`).
     lowmem: Any = None
 
     @property
@@ -112,16 +113,19 @@ class Partition:
         return self._table
 
     def native_pointers(self) -> tuple[np.ndarray, int]:
-        """Data pointers by role (params, grads (filled each step), state, step counters), and the array's address."""
+        """Data pointers by role (params, grads (filled each step), state, 8-bit block maxima, step counters), and the array's address."""
         if self._pointers is None:
             roles = [self.params, self.params, *self.state_lists]
+            for key, encoding in zip(self.tensor_keys, self.encodings, strict=False):
+                if encoding == "q8":
+                    roles.append([s[key + ABSMAX_SUFFIX] for s in self.states])
             if self.step_dtype is not None:
                 roles.append(self.steps)
             pointers = np.array([t.data_ptr() for role in roles for t in role], dtype=np.int64)
             self._pointers = (pointers, pointers.ctypes.data)
         return self._pointers
 
-    def launch(self, kernel: _native.Kernel) -> NativeLaunch:
+    def launch(self, kernel: _native.Kernel | _lowmem_native.Kernel) -> NativeLaunch:
         """``kernel``'s call on this partition, its fixed arguments bound once."""
         if self._launch is None or self._launch[0] is not kernel:
             self._launch = (kernel, NativeLaunch(kernel, self))
@@ -141,7 +145,9 @@ class NativeLaunch:
 
     __slots__ = ("_bound", "_grads", "_keep", "_slot_address", "_slots", "_table", "_values")
 
-    def __init__(self, kernel: _native.Kernel, partition: Partition) -> None:
+    def __init__(
+        self, kernel: _native.Kernel | _lowmem_native.Kernel, partition: Partition
+    ) -> None:
         pointers, address = partition.native_pointers()
         count = len(partition.params)
         width = pointers.itemsize
@@ -161,7 +167,8 @@ class NativeLaunch:
             table.offsets.ctypes.data,
         )
 
-    def __call__(self, grad_ptrs: list[int], slots: list[float]) -> None:
+    def __call__(self, grad_ptrs: list[int], slots: list[float], *extra: int) -> None:
+        """Step; ``extra`` are the encoded kernel's last arguments (rounding keys and salt)."""
         function, count, address, table, step_kind, offsets = self._bound
         self._grads[:] = grad_ptrs
         if slots != self._values:
@@ -178,6 +185,7 @@ class NativeLaunch:
             self._table.threads(torch.get_num_threads()),
             step_kind,
             offsets,
+            *extra,
         )
 
 
@@ -307,7 +315,7 @@ def build_partitions(
                 and dtype in (torch.float32, torch.float64)
                 and all(p.is_contiguous() for p in members),
                 numel=sum(p.numel() for p in members),
-                step_dtype=_step_dtype(states) if algorithm.step and not encodings else None,
+                step_dtype=_step_dtype(states) if algorithm.step else None,
                 encodings=encodings,
                 reduced_keys=tuple(n for n, kind in layout if kind == "reduced"),
             )
