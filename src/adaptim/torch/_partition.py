@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adaptim.torch import _lowmem_native, _native, _symbolic
+from adaptim.torch import _hugepages, _lowmem_native, _native, _symbolic
 
 if TYPE_CHECKING:
     from adaptim.algorithms import Algorithm
@@ -142,6 +142,9 @@ class NativeLaunch:
     __slots__ = ("_bound", "_grads", "_keep", "_slot_address", "_slots", "_table", "_values")
 
     def __init__(self, kernel: _native.Kernel, partition: Partition) -> None:
+        if partition._pointers is None:  # before the pointers are taken: the state may move
+            elements = partition.state_lists[: len(partition.tensor_keys)]
+            _hugepages.adopt([t for role in elements for t in role])
         pointers, address = partition.native_pointers()
         count = len(partition.params)
         width = pointers.itemsize
