@@ -2,9 +2,10 @@
 
 :func:`adaptim.torch._hugepages.adopt` moves a partition's element-wise state
 into one mapping advised for 2 MiB pages when its native kernel is first
-bound. The tests lower :data:`~adaptim.torch._hugepages.MIN_BYTES` so that
-small tensors move too, and check what a user could observe: every parameter
-and state value equals the run where nothing moves, bit for bit, with 1 and 2
+bound. The tests set ``ADAPTIM_HUGEPAGES=1`` (the move is off by default)
+and lower :data:`~adaptim.torch._hugepages.MIN_BYTES` so that small tensors
+move too, and check what a user could observe: every parameter and state
+value equals the run where nothing moves, bit for bit, with 1 and 2
 threads, and agrees with torch.optim; each state tensor keeps its identity and
 owns a storage of its own size (``torch.save`` writes its bytes only); a state
 tensor another tensor views, or one in shared memory, stays where it is.
@@ -66,6 +67,7 @@ def test_moved_state_gives_the_same_steps(
     kept, _, _ = run(name, sizes, threads, seed, fused=True)  # (small: nothing moves)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_hugepages, "MIN_BYTES", 0)
+        patch.setenv("ADAPTIM_HUGEPAGES", "1")
         moved, params, optimizer = run(name, sizes, threads, seed, fused=True)
     assert optimizer.fused_status()[0].startswith("native (1 partition)")
     for a, b in zip(kept, moved, strict=True):
@@ -84,6 +86,7 @@ def test_moved_state_keeps_its_identity_and_saves_its_own_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_hugepages, "MIN_BYTES", 0)
+    monkeypatch.setenv("ADAPTIM_HUGEPAGES", "1")
     params = [torch.nn.Parameter(torch.randn(n)) for n in (3_000, 5_000)]
     optimizer = adaptim.Adam(params, fused=True)
     for p in params:
@@ -105,6 +108,7 @@ def test_moved_state_keeps_its_identity_and_saves_its_own_bytes(
 def test_state_others_can_see_stays_in_place(shared: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A state tensor viewed by another tensor, or in shared memory, is updated where it is."""
     monkeypatch.setattr(_hugepages, "MIN_BYTES", 0)
+    monkeypatch.setenv("ADAPTIM_HUGEPAGES", "1")
     generator = torch.Generator().manual_seed(0)
     sizes = (2_000, 3_000)
     grads = [[torch.randn(n, generator=generator) for n in sizes] for _ in range(3)]
@@ -136,3 +140,11 @@ def test_state_others_can_see_stays_in_place(shared: str, monkeypatch: pytest.Mo
     assert held is optimizer.state[params[1]]["exp_avg"]
     assert not torch.equal(held, loaded)  # stepped in place, and what shares it sees the steps
     assert torch.equal(seen, held[: seen.numel()])
+
+
+def test_nothing_moves_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_hugepages, "MIN_BYTES", 0)
+    monkeypatch.delenv("ADAPTIM_HUGEPAGES", raising=False)
+    _, params, optimizer = run("Adam", [5_000, 7_000], 1, 0, fused=True)
+    state = [t for p in params for t in optimizer.state[p].values() if t.ndim > 0]
+    assert all(t.untyped_storage().resizable() for t in state)  # torch's own allocations
