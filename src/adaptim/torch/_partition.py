@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from adaptim.algorithms._state_codes import ABSMAX_SUFFIX
-from adaptim.torch import _lowmem_native, _native, _symbolic
+from adaptim.torch import _hugepages, _lowmem_native, _native, _symbolic
 
 if TYPE_CHECKING:
     from adaptim.algorithms import Algorithm
@@ -148,6 +148,10 @@ class NativeLaunch:
     def __init__(
         self, kernel: _native.Kernel | _lowmem_native.Kernel, partition: Partition
     ) -> None:
+        # Before the pointers are taken, float state may move (encoded state stays put).
+        if isinstance(kernel, _native.Kernel) and partition._pointers is None:
+            elements = partition.state_lists[: len(partition.tensor_keys)]
+            _hugepages.adopt([t for role in elements for t in role])
         pointers, address = partition.native_pointers()
         count = len(partition.params)
         width = pointers.itemsize
