@@ -62,6 +62,13 @@ measured in the same run (``copy_`` and the in-place ``add_`` and ``mul_``;
 see :func:`stream_bandwidths`), divided by the step's time: the fraction of
 the memory bandwidth the step reaches. A workload that fits in the cache can
 read above 100%.
+
+Each row records the load average while it ran. With more than one thread
+on cores other processes also use, OpenMP's spinning workers (torch's and
+adaptim's alike) get descheduled and the wall times measure the scheduler;
+the script then says so at the end. Rerun idle, or start it with
+``OMP_WAIT_POLICY=passive`` (recorded in the JSON's meta), which applies to
+every implementation alike.
 """
 
 from __future__ import annotations
