@@ -62,6 +62,13 @@ measured in the same run (``copy_`` and the in-place ``add_`` and ``mul_``;
 see :func:`stream_bandwidths`), divided by the step's time: the fraction of
 the memory bandwidth the step reaches. A workload that fits in the cache can
 read above 100%.
+
+Each row records the load average while it ran. With more than one thread
+on cores other processes also use, OpenMP's spinning workers (torch's and
+adaptim's alike) get descheduled and the wall times measure the scheduler;
+the script then says so at the end. Rerun idle, or start it with
+``OMP_WAIT_POLICY=passive`` (recorded in the JSON's meta), which applies to
+every implementation alike.
 """
 
 from __future__ import annotations
@@ -381,6 +388,30 @@ def print_row(row: dict[str, Any], header: bool) -> None:
     )
 
 
+def warn_if_busy(rows: list[dict[str, Any]]) -> None:
+    """Say when other processes shared the cores with more than one thread.
+
+    OpenMP's workers spin between parallel regions (libgomp's default); with
+    more runnable threads than cores, each region waits for a descheduled
+    worker, and the wall times measure the scheduler more than the step (16M
+    Adafactor at a load of 8 on 2 cores: 0.85-1.4 s a step instead of 20-30 ms,
+    its ratio against torch anywhere from 0.7x to 1.8x between runs).
+    ``OMP_WAIT_POLICY=passive`` (set before Python starts, for every
+    implementation alike) makes the workers sleep instead.
+    """
+    cpus = os.cpu_count() or 1
+    # (the load average counts this process's own threads: busy is more than the cores)
+    busy = [r for r in rows if r["load_average"] > cpus + 0.5]
+    if torch.get_num_threads() > 1 and busy and os.environ.get("OMP_WAIT_POLICY") != "passive":
+        print(
+            f"\nwarning: {len(busy)} of {len(rows)} rows ran with a load average up to "
+            f"{max(r['load_average'] for r in busy):.1f} on {cpus} cores and "
+            f"{torch.get_num_threads()} threads: OpenMP's spinning workers were descheduled, "
+            "so those wall times and ratios are unreliable (rerun idle, or with "
+            "OMP_WAIT_POLICY=passive)"
+        )
+
+
 WORKLOAD_TITLES = {
     "mlp": "MLP 235k / 6",
     "medium": "1.5M / 52",
@@ -463,8 +494,10 @@ def main() -> None:
             chosen = [a for a in args.algorithms if runs_on(a, workload)]
             for index, algorithm in enumerate(chosen):
                 runners = runners_for(algorithm, workload, device)
+                load = os.getloadavg()[0]
                 measure(runners, args.repeats, device)
                 row = report(algorithm, workload, device, runners, bandwidth)
+                row["load_average"] = max(load, os.getloadavg()[0])
                 row["copy_gb_per_s"] = rates["copy_"] / 1e9
                 row["roofline_gb_per_s"] = bandwidth / 1e9
                 print_row(row, header=index == 0)
@@ -475,8 +508,10 @@ def main() -> None:
         "torch": torch.__version__, "adaptim": adaptim.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "repeats": args.repeats,
-        "cold_kernel_cache": not args.warm_cache,
+        "cold_kernel_cache": not args.warm_cache, "cpus": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }  # fmt: skip
+    warn_if_busy(rows)
     with open(args.json, "w") as handle:
         json.dump({"meta": meta, "rows": rows}, handle, indent=1)
     print(f"\nwrote {args.json}")

@@ -94,8 +94,21 @@ def _fusable(structure: Structure, kinds: Sequence[str], index: int) -> bool:
     return all(structure.kind_of(a, kinds) != "element" for a in scalars)
 
 
+def _per_tensor_alone(structure: Structure, kinds: Sequence[str], index: int) -> bool:
+    """Whether a lone operation would otherwise run tensor by tensor: an ``axpy`` whose
+    ``alpha`` is a host value per tensor (LAMB's and Adafactor's update ``p += a u``).
+
+    The multi-tensor replay has no multi-tensor kernel for it (one ATen call per
+    tensor, each its own parallel region on a large tensor); the loop makes it one
+    call, and one parallel region, per chunk.
+    """
+    op, args = structure.ops[index]
+    return op == "axpy" and structure.kind_of(args[2], kinds) == "host"
+
+
 def find_runs(structure: Structure) -> list[Run]:
-    """Maximal runs of at least two fusable element-wise operations.
+    """Maximal runs of at least two fusable element-wise operations (or one, see
+    :func:`_per_tensor_alone`).
 
     A run may step over an operation that is not element-wise when that
     operation reads nothing the run computes (``eps**2`` on the host between
@@ -108,7 +121,7 @@ def find_runs(structure: Structure) -> list[Run]:
     start = 0
 
     def close() -> None:
-        if len(fused) >= 2:
+        if len(fused) >= 2 or (len(fused) == 1 and _per_tensor_alone(structure, kinds, fused[0])):
             last = fused[-1] + 1
             runs.append(Run(start, last, tuple(fused), tuple(h for h in hoisted if h < last)))
         fused.clear()

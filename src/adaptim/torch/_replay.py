@@ -349,10 +349,14 @@ class _Emitter:
 
 
 #: Plans with per-tensor work (host reads, reductions) run over chunks of about this
-#: many elements: one tensor's temporaries are freed before the next chunk's are
+#: many elements: one chunk's temporaries are freed before the next chunk's are
 #: allocated, so the allocator hands the same memory back (no fresh pages to fault
-#: in) and a chunk's passes stay in cache, as in torch's for-loop implementation.
-CHUNK_NUMEL = 1 << 17
+#: in) and a chunk's passes stay in cache (2 MiB per float32 array), as in torch's
+#: for-loop implementation. Each fused loop opens one parallel region per chunk:
+#: 1 << 17 gave 16M elements in 100 tensors one chunk per tensor and 200 regions a
+#: step, 1 << 19 gives 50, 1.28x faster with 2 threads and as fast with 1 (the
+#: other workloads of ``benchmarks/step_speed.py`` as fast either way).
+CHUNK_NUMEL = 1 << 19
 
 
 def _chunks(numels: list[int]) -> list[tuple[int, int]]:
