@@ -94,12 +94,13 @@ def _fusable(structure: Structure, kinds: Sequence[str], index: int) -> bool:
     return all(structure.kind_of(a, kinds) != "element" for a in scalars)
 
 
-def find_runs(structure: Structure) -> list[Run]:
-    """Maximal runs of at least two fusable element-wise operations.
+def find_runs(structure: Structure, skip: frozenset[int] = frozenset()) -> list[Run]:
+    """Maximal runs of at least two fusable element-wise operations (none through ``skip``).
 
     A run may step over an operation that is not element-wise when that
     operation reads nothing the run computes (``eps**2`` on the host between
-    two element-wise steps): it is emitted before the run.
+    two element-wise steps): it is emitted before the run. ``skip`` holds the
+    operations of other runs (:mod:`._fuse_axes`).
     """
     kinds = structure.kinds()
     runs: list[Run] = []
@@ -116,7 +117,9 @@ def find_runs(structure: Structure) -> list[Run]:
 
     for index, (_, args) in enumerate(structure.ops):
         members = set(fused)
-        if _fusable(structure, kinds, index):
+        if index in skip:
+            close()
+        elif _fusable(structure, kinds, index):
             if not fused:
                 start = index
             fused.append(index)
@@ -152,6 +155,8 @@ class Operands:
     hosts: tuple[Ref, ...]
     #: Nodes of the run the rest of the plan reads.
     outputs: tuple[int, ...]
+    #: Per-axis vectors read by ``axis_piece`` (:mod:`._fuse_axes` runs only).
+    vectors: tuple[Ref, ...] = ()
 
 
 def operands(structure: Structure, run: Run, live: Sequence[int]) -> Operands:
@@ -170,6 +175,22 @@ def operands(structure: Structure, run: Run, live: Sequence[int]) -> Operands:
     return Operands(
         tuple(reads["element"]), tuple(reads["tensor"]), tuple(reads["host"]), tuple(live)
     )
+
+
+def c_expression(op: str, a: Sequence[str], suffix: str) -> str:
+    """The C of one :data:`FUSABLE` operation on the operands' C texts (``suffix``: ``f`` for float)."""
+    if op in ("add", "sub", "mul", "div"):
+        symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
+        return f"{a[0]} {symbol} {a[1]}"
+    if op == "neg":
+        return f"-{a[0]}"
+    if op == "rsqrt":
+        return f"(T)1 / sqrt{suffix}({a[0]})"
+    if op == "lerp":
+        return f"lerp_t({a[0]}, {a[1]}, {a[2]})"
+    if op == "axpy":
+        return f"fma{suffix}({a[2]}, {a[1]}, {a[0]})"
+    return f"clip_t({a[0]}, {a[1]}, {a[2]})"  # clip
 
 
 def generate_source(structure: Structure, run: Run, ops: Operands, dtype: torch.dtype) -> str:
@@ -195,20 +216,7 @@ def generate_source(structure: Structure, run: Run, ops: Operands, dtype: torch.
     body = []
     for index in run.fused:
         op, args = structure.ops[index]
-        a = [text(x) for x in args]
-        if op in ("add", "sub", "mul", "div"):
-            symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
-            expression = f"{a[0]} {symbol} {a[1]}"
-        elif op == "neg":
-            expression = f"-{a[0]}"
-        elif op == "rsqrt":
-            expression = f"(T)1 / sqrt{suffix}({a[0]})"
-        elif op == "lerp":
-            expression = f"lerp_t({a[0]}, {a[1]}, {a[2]})"
-        elif op == "axpy":
-            expression = f"fma{suffix}({a[2]}, {a[1]}, {a[0]})"
-        else:  # clip
-            expression = f"clip_t({a[0]}, {a[1]}, {a[2]})"
+        expression = c_expression(op, [text(x) for x in args], suffix)
         body.append(f"      const T v{index} = {expression};")
     slots = sorted({x[1] for i in run.fused for x in structure.ops[i][1] if x[0] == "slot"})
     n_e, n_p, n_h = len(ops.elements), len(ops.tensors), len(ops.hosts)
@@ -305,6 +313,10 @@ class FusedRun:
                 load(self.source(dtype), "adaptim_fused", 6) if dtype in _CTYPES else None
             )
         return self._functions[dtype]
+
+    def allocation(self, node: int, param: str) -> str:
+        """How the generated code allocates a fresh output ``node`` for the tensors ``param``."""
+        return f"[torch.empty_like(x, memory_format=torch.contiguous_format) for x in {param}]"
 
     def usable(
         self,
