@@ -298,6 +298,9 @@ def load(source: str, symbol: str, arguments: int) -> Callable[..., None] | None
 class FusedRun:
     """One run of a plan: ``usable`` says whether a chunk may take the loop, ``__call__`` runs it."""
 
+    #: Outputs that are per-axis maxima (:mod:`._fuse_axes`), not element-wise arrays.
+    maxima: tuple[int, ...] = ()
+
     def __init__(self, structure: Structure, run: Run, ops: Operands) -> None:
         self.structure = structure
         self.run = run

@@ -12,6 +12,9 @@ over each matrix, row by row:
   is ``vector[rows + j]`` (the layout of the per-axis vector);
 * ``axis_maxima(x)`` keeps a running maximum per row (written when the row
   ends) and per column (one partial vector per thread, combined at the end).
+  Row ``i``'s maximum is written after the last read of ``vector[i]``, the
+  column maxima after every read, so the maxima may overwrite the vector
+  they replace (the replay writes SM3's new accumulator in place).
   A maximum does not depend on the order it is taken in, so the result is
   the same for any split of the rows between threads (a NaN anywhere gives
   NaN, as ``amax``; the sign of a zero maximum, where ``+0`` and ``-0`` tie, is
@@ -117,6 +120,8 @@ def _last_uses(structure: Structure) -> dict[int, int]:
 
 def find_runs(structure: Structure) -> list[_fuse.Run]:
     """The runs with per-axis operands (:class:`AxesRun`), then :func:`._fuse.find_runs` in the rest."""
+    if any(op == "axis_piece" and args[2][1] not in (0, 1) for op, args in structure.ops):
+        return _fuse.find_runs(structure)  # (a rank-3 recording: the loop walks matrices only)
     kinds = structure.kinds()
     last = _last_uses(structure)
     allowed = _fuse.FUSABLE | EXTENDED | ({"sqrt"} if _sqrt_fusable() else set())

@@ -156,10 +156,18 @@ class _Emitter:
         name = f"u{len(self.functions)}"
         self.functions[name] = fused
         param = self.structure.inputs[0]
-        outputs = [self.storage[("node", i)] for i in live]
         vectors = [before[r] for r in operands.vectors]
+        for node in fused.maxima:  # over the per-axis vector they replace (see _fuse_axes)
+            ref: Ref = ("node", node)
+            target = self.free_final_buffer(ref, run.stop - 1)
+            if target in vectors and self.storage[ref] != target:
+                branch.append(f"    torch._foreach_copy_({target}, {self.storage[ref]})")
+                self.place(ref, target)
+        outputs = [self.storage[("node", i)] for i in live]
         fresh = [b for b in outputs if b not in existing]
-        checked = [before[r] for r in operands.elements] + [b for b in outputs if b in existing]
+        checked = [before[r] for r in operands.elements] + [
+            b for i, b in zip(live, outputs, strict=True) if b in existing and i not in fused.maxima
+        ]
 
         def group(names: list[str]) -> str:
             return f"({''.join(n + ', ' for n in names)})"
