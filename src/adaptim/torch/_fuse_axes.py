@@ -52,6 +52,9 @@ AXIS_OPS = frozenset({"axis_piece", "axis_maxima"})
 #: only where :func:`vml_sqrt` holds).
 EXTENDED = frozenset({*_COMPARISONS, "where", "minimum", "maximum"})
 _COMMUTATIVE = frozenset({"add", "mul", "minimum", "maximum"})
+#: What the multi-tensor lines run tensor by tensor in Python (no ``torch._foreach_*``): a
+#: run with one of these takes the loop at any size (SM3's ``where`` on its vectors too).
+PER_TENSOR_LINES = AXIS_OPS | {*_COMPARISONS, "where", "minimum"}
 
 
 @functools.cache
@@ -168,7 +171,8 @@ def find_runs(structure: Structure) -> list[_fuse.Run]:
         members = sorted(spans)
         stop = members[-1] + 1 if members else 0
         live = [i for i in members if last.get(i, -1) >= stop]
-        useful = any(structure.ops[i][0] in AXIS_OPS for i in members) and len(members) >= 2
+        # (without per-axis operands, a run is worth it where the lines go tensor by tensor)
+        useful = any(structure.ops[i][0] in PER_TENSOR_LINES for i in members) and len(members) >= 2
         if useful and all(
             spans[i] == "M" or (spans[i] == "E" and structure.ops[i][0] not in _COMPARISONS)
             for i in live
@@ -227,6 +231,8 @@ class FusedAxesRun(_fuse.FusedRun):
         super().__init__(structure, run, ops)
         self.axes_run = run
         self.maxima = tuple(i for i in ops.outputs if dict(run.spans)[i] == "M")
+        #: Whether the run reads per-axis operands (else any tensor is walked as one row).
+        self.axes = any(structure.ops[i][0] in AXIS_OPS for i in run.fused)
 
     def source(self, dtype: torch.dtype = torch.float32) -> str:
         return generate_source(self.structure, self.axes_run, self.ops, dtype)
@@ -255,9 +261,12 @@ class FusedAxesRun(_fuse.FusedRun):
         first = param[0]
         if first.device.type != "cpu" or first.dtype not in _fuse._CTYPES:
             return False
-        if sum(map(torch.Tensor.numel, param)) < _fuse.FUSE_MIN_NUMEL:
+        if any(p.numel() == 0 for p in param):
             return False
-        if any(p.ndim != 2 or p.numel() == 0 for p in param):
+        if self.axes and any(p.ndim != 2 for p in param):
+            return False
+        single = not self.axes and torch.get_num_threads() > 1  # (a vector is one work item)
+        if single and any(p.numel() >= _fuse.PARALLEL_MIN_NUMEL for p in param):
             return False
         dtype = first.dtype
         for values in elements:
@@ -303,7 +312,8 @@ class FusedAxesRun(_fuse.FusedRun):
         function = self.function(dtype)
         assert function is not None  # (``usable`` said so)
         count = len(param)
-        shape = np.fromiter((d for p in param for d in p.shape), dtype=np.int64, count=2 * count)
+        sizes = (p.shape if self.axes else (1, p.numel()) for p in param)
+        shape = np.fromiter((d for size in sizes for d in size), dtype=np.int64, count=2 * count)
         ordered = [*elements, *vectors, *tensors]
         spans = dict(self.axes_run.spans)
         live = self.ops.outputs
