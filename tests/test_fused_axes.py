@@ -11,10 +11,7 @@ float64, and must really take the loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from unittest import mock
 
 import pytest
 import torch
@@ -23,30 +20,18 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from test_factored_fast import assert_same
 from test_factored_fast import run as run_loop
+from test_fused_runs import counting_fused_calls
 from test_torch_parity import PHASES
 
 import adaptim
-from adaptim.torch import _fuse, _fuse_axes
+from adaptim.torch import _fuse_axes
 
 THREADS = pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
 
 
-@contextmanager
-def counting_axes_calls(min_numel: int | None = None) -> Iterator[list[int]]:
+def counting_axes_calls(min_numel: int | None = None) -> Any:
     """Count the per-axis loops that ran; ``min_numel`` lowers the size from which chunks fuse."""
-    calls = [0]
-    original = _fuse_axes.FusedAxesRun.__call__
-
-    def counted(self: _fuse_axes.FusedAxesRun, *args: Any) -> None:
-        calls[0] += 1
-        original(self, *args)
-
-    with mock.patch.object(_fuse_axes.FusedAxesRun, "__call__", counted):
-        if min_numel is None:
-            yield calls
-        else:
-            with mock.patch.object(_fuse, "FUSE_MIN_NUMEL", min_numel):
-                yield calls
+    return counting_fused_calls(min_numel, _fuse_axes.FusedAxesRun)
 
 
 #: Matrices of every aspect: wider and narrower than a tile (256 columns), single rows and columns.

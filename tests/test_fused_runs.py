@@ -41,16 +41,18 @@ THREADS = pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads
 
 
 @contextmanager
-def counting_fused_calls(min_numel: int | None = None) -> Iterator[list[int]]:
-    """Count the fused loops that ran; ``min_numel`` lowers the size from which chunks fuse."""
+def counting_fused_calls(
+    min_numel: int | None = None, kind: type[_fuse.FusedRun] = _fuse.FusedRun
+) -> Iterator[list[int]]:
+    """Count the fused loops of ``kind`` that ran; ``min_numel`` lowers the size from which chunks fuse."""
     calls = [0]
-    original = _fuse.FusedRun.__call__
+    original = kind.__call__
 
     def counted(self: _fuse.FusedRun, *args: Any) -> None:
         calls[0] += 1
         original(self, *args)
 
-    with mock.patch.object(_fuse.FusedRun, "__call__", counted):
+    with mock.patch.object(kind, "__call__", counted):
         if min_numel is None:
             yield calls
         else:
