@@ -19,7 +19,8 @@ the replay's to the bit (checked by ``tests/test_fused_runs.py``):
 * ``a + b``, ``a - b``, ``a * b``, ``a / b`` and ``-a``: one IEEE operation
   each, in the tensor's dtype, scalars rounded to it first;
 * ``rsqrt``: ``1 / sqrt(x)``, two correctly rounded steps, as ATen's ``rsqrt``
-  (ATen's ``sqrt`` of float32 is not correctly rounded, so ``sqrt`` ends a run);
+  (ATen's ``sqrt`` is MKL's, not correctly rounded, so ``sqrt`` ends a run here;
+  the runs of :mod:`._fuse_axes` call MKL's function itself);
 * ``lerp`` and ``add(alpha=)``: fused multiply-adds (``lerp`` anchored at the
   nearer end), as ATen's vectorised kernels;
 * ``clip``: ``clamp_min`` then ``clamp_max`` (a NaN bound is ignored, a NaN
