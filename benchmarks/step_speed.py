@@ -132,6 +132,8 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "adabelief": ("AdaBelief", {}, 2),
     "yogi": ("Yogi", {}, 2),
     "adan": ("Adan", {}, 4),
+    # factored like Adafactor, plus a momentum buffer per element (see FACTORED_STATES)
+    "sm3": ("SM3", {}, None),
     # memory-light states (issue 16): Adam's rule, its moments in bf16 or 8 bits
     "adam-bf16": ("Adam", {}, 2),
     "adam-8bit": ("Adam", {}, 2),
@@ -139,6 +141,9 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "sparseadam": ("SparseAdam", {}, 2),
     "muon": ("Muon", {}, 1),
 }
+
+#: Factored algorithms (``None`` above): state tensors per element of a matrix, of a vector.
+FACTORED_STATES: dict[str, tuple[int, int]] = {"adafactor": (0, 1), "sm3": (1, 2)}
 
 #: adaptim-only options of the memory-light rows (torch's twin runs without them).
 STATE_FORMATS: dict[str, dict[str, Any]] = {
@@ -184,11 +189,12 @@ def bytes_per_param(states: int, itemsize: int = 4) -> int:
 def traffic(algorithm: str, workload: str) -> float:
     """The bytes one step must move: :func:`bytes_per_param`, in the state's own format."""
     _, _, states = ALGORITHMS[algorithm]
-    if states is None:  # factored: the vectors' elements keep one state each
+    if states is None:  # factored: a matrix's rows and columns are taken as no traffic
+        in_matrix, in_vector = FACTORED_STATES[algorithm]
         shapes = WORKLOADS[workload]
         numel = sum(torch.Size(s).numel() for s in shapes)
         vectors = sum(torch.Size(s).numel() for s in shapes if len(s) < 2)
-        return bytes_per_param(0) * (numel - vectors) + bytes_per_param(1) * vectors
+        return bytes_per_param(in_matrix) * (numel - vectors) + bytes_per_param(in_vector) * vectors
     if algorithm not in STATE_FORMATS:
         return bytes_per_param(states) * active_elements(workload)
     sizes = [torch.Size(s).numel() for s in WORKLOADS[workload]]

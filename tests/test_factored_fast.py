@@ -191,7 +191,8 @@ def test_the_rule_records_on_every_kind_of_parameter() -> None:
     """No rank of parameter sends Adafactor to the reference path (its record says recordable)."""
     assert ADAFACTOR.recordable
     _, optimizer = run([(), (3,), (1, 4), (4, 1), (2, 3, 4)], torch.float32, 1, adaptim.Adafactor)
-    assert optimizer.fused_status() == ["foreach (3 partitions): 5 of 5 tensors"]
+    # (one partition per rank: vectors, scalars, matrices, rank 3)
+    assert optimizer.fused_status() == ["foreach (4 partitions): 5 of 5 tensors"]
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])

@@ -41,19 +41,21 @@ THREADS = pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads
 
 
 @contextmanager
-def counting_fused_calls(min_numel: int | None = None) -> Iterator[list[int]]:
-    """Count the fused loops that ran: ``[runs of several operations, lone operations]``.
+def counting_fused_calls(
+    min_numel: int | None = None, kind: type[_fuse.FusedRun] = _fuse.FusedRun
+) -> Iterator[list[int]]:
+    """Count the fused loops of ``kind`` that ran: ``[runs of several operations, lone operations]``.
 
     ``min_numel`` lowers the size from which chunks fuse.
     """
     calls = [0, 0]
-    original = _fuse.FusedRun.__call__
+    original = kind.__call__
 
     def counted(self: _fuse.FusedRun, *args: Any) -> None:
         calls[len(self.run.fused) == 1] += 1
         original(self, *args)
 
-    with mock.patch.object(_fuse.FusedRun, "__call__", counted):
+    with mock.patch.object(kind, "__call__", counted):
         if min_numel is None:
             yield calls
         else:

@@ -76,6 +76,13 @@ class ArrayOps:
     #: The element-wise minimum, broadcasting (SM3's smallest per-axis accumulator).
     minimum: Callable[[Array, Array], Array] | None = None
     concat: Callable[[list[Array]], Array] | None = None
+    #: Per-axis statistics kept concatenated (one value per index of each axis, SM3's
+    #: row and column accumulators): only the engine's recorder has these, so that a
+    #: fused loop can read a row value at ``i`` and a column value at ``j`` and keep the
+    #: per-axis maxima as it goes. Others use the definitions of
+    #: :mod:`adaptim.algorithms._axes` (``axis_piece(vector, like, axis)``, ``axis_maxima(x)``).
+    axis_piece: Callable[[Array, Array, int], Array] | None = None
+    axis_maxima: Callable[[Array], Array] | None = None
     #: Matrix rules (Muon's Newton–Schulz iteration; ``@`` and ``.T`` are operators):
     #: ``beta·c + alpha·(a @ b)`` as one operation (torch: ``addmm``), and the
     #: array in bfloat16, the precision torch's Muon orthogonalises in (NumPy,
@@ -205,8 +212,8 @@ class Algorithm:
     #: Which algorithm can take sparse gradients instead, for the error message.
     sparse_alternative: str = "adaptim.Adagrad or adaptim.SGD"
     #: The rule branches on ``p.ndim`` (LARS and LAMB leave biases and norm
-    #: scales out of the trust ratio), so multi-tensor execution keeps vectors
-    #: and matrices apart.
+    #: scales out of the trust ratio; SM3 keeps one accumulator per axis), so
+    #: multi-tensor execution keeps tensors of each rank apart.
     depends_on_ndim: bool = False
     #: The class name of the PyTorch and NumPy front-ends (``"Adam"``, ``"RMSprop"``),
     #: also used in messages.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from adaptim.algorithms._axes import axis_maxima, axis_piece
 from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
 from adaptim.algorithms._validation import check_eps, check_lr, check_range
 
@@ -20,33 +20,12 @@ def _minimum(a: Array, b: Array, xp: ArrayOps) -> Array:
     return -xp.maximum(-a, -b)
 
 
-def _each(xp: ArrayOps, function: Callable[..., Array], kind: str, *arrays: Array) -> Array:
-    """``function(xp, *arrays)``, recorded as one per-tensor operation where ``xp`` records."""
-    if xp.per_tensor is not None:
-        return xp.per_tensor(function, kind, *arrays)
-    return function(xp, *arrays)
-
-
 def _cover_minimum(xp: ArrayOps, accumulator: Array, like: Array) -> Array:
     r""":math:`\min_a \mu^{(a)}(i_a)` broadcast to ``like``'s shape (the axes' pieces of ``accumulator``)."""
-    shape = tuple(like.shape)
-    pieces, start = [], 0
-    for axis, size in enumerate(shape):
-        view = [1] * len(shape)
-        view[axis] = size
-        pieces.append(accumulator[start : start + size].reshape(view))
-        start += size
-    smallest = pieces[0]
-    for piece in pieces[1:]:
-        smallest = _minimum(smallest, piece, xp)
+    smallest = axis_piece(xp, accumulator, like, 0)
+    for axis in range(1, like.ndim):
+        smallest = _minimum(smallest, axis_piece(xp, accumulator, like, axis), xp)
     return smallest
-
-
-def _cover_maxima(xp: ArrayOps, covered: Array) -> Array:
-    r""":math:`\max_{i:\, i_a = j} \nu(i)` for every axis :math:`a`, concatenated."""
-    assert xp.amax is not None and xp.concat is not None, f"{xp.name} lacks amax/concat"
-    axes = range(covered.ndim)
-    return xp.concat([xp.amax(covered, tuple(b for b in axes if b != a)).reshape(-1) for a in axes])
 
 
 def sm3_update(
@@ -91,8 +70,10 @@ def sm3_update(
       optax refuses scalar (0-d) parameters, which adaptim treats as vectors.
     * ``paper``: SM3-II has neither momentum nor ε (``momentum=0, eps=0``).
 
-    Not element-wise: the engine records the accumulator's pieces and maxima as
-    per-tensor operations (``xp.per_tensor``), the rest element-wise. Complex parameters are refused, as in optax. torch.optim
+    Not element-wise: the accumulator's pieces and maxima are the per-axis
+    operations of :mod:`adaptim.algorithms._axes`, which the engine records as
+    such (a matrix's step is then one fused pass that reads ``row[i]`` and
+    ``column[j]`` and keeps both maxima). Complex parameters are refused, as in optax. torch.optim
     has no SM3; there is no ``effective_lr`` (it depends on the next gradient).
     """
     square = g * g
@@ -100,9 +81,9 @@ def sm3_update(
     if p.ndim < 2:
         covered = square + accumulator
         new_accumulator = covered
-    else:  # (per tensor on the engine's fast path: the pieces' shapes are the tensor's)
-        covered = square + _each(xp, _cover_minimum, "element", accumulator, g)
-        new_accumulator = _each(xp, _cover_maxima, "reduced", covered)
+    else:
+        covered = square + _cover_minimum(xp, accumulator, g)
+        new_accumulator = axis_maxima(xp, covered)
     positive = covered > 0
     safe = xp.where(positive, covered, 1.0)
     direction = xp.where(positive, g / xp.sqrt(safe + eps), 0.0)

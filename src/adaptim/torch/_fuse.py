@@ -19,7 +19,8 @@ the replay's to the bit (checked by ``tests/test_fused_runs.py``):
 * ``a + b``, ``a - b``, ``a * b``, ``a / b`` and ``-a``: one IEEE operation
   each, in the tensor's dtype, scalars rounded to it first;
 * ``rsqrt``: ``1 / sqrt(x)``, two correctly rounded steps, as ATen's ``rsqrt``
-  (ATen's ``sqrt`` of float32 is not correctly rounded, so ``sqrt`` ends a run);
+  (ATen's ``sqrt`` is MKL's, not correctly rounded, so ``sqrt`` ends a run here;
+  the runs of :mod:`._fuse_axes` call MKL's function itself);
 * ``lerp`` and ``add(alpha=)``: fused multiply-adds (``lerp`` anchored at the
   nearer end), as ATen's vectorised kernels;
 * ``clip``: ``clamp_min`` then ``clamp_max`` (a NaN bound is ignored, a NaN
@@ -106,13 +107,14 @@ def _per_tensor_alone(structure: Structure, kinds: Sequence[str], index: int) ->
     return op == "axpy" and structure.kind_of(args[2], kinds) == "host"
 
 
-def find_runs(structure: Structure) -> list[Run]:
+def find_runs(structure: Structure, skip: frozenset[int] = frozenset()) -> list[Run]:
     """Maximal runs of at least two fusable element-wise operations (or one, see
-    :func:`_per_tensor_alone`).
+    :func:`_per_tensor_alone`), none through ``skip``.
 
     A run may step over an operation that is not element-wise when that
     operation reads nothing the run computes (``eps**2`` on the host between
-    two element-wise steps): it is emitted before the run.
+    two element-wise steps): it is emitted before the run. ``skip`` holds the
+    operations of other runs (:mod:`._fuse_axes`).
     """
     kinds = structure.kinds()
     runs: list[Run] = []
@@ -129,7 +131,9 @@ def find_runs(structure: Structure) -> list[Run]:
 
     for index, (_, args) in enumerate(structure.ops):
         members = set(fused)
-        if _fusable(structure, kinds, index):
+        if index in skip:
+            close()
+        elif _fusable(structure, kinds, index):
             if not fused:
                 start = index
             fused.append(index)
@@ -165,6 +169,8 @@ class Operands:
     hosts: tuple[Ref, ...]
     #: Nodes of the run the rest of the plan reads.
     outputs: tuple[int, ...]
+    #: Per-axis vectors read by ``axis_piece`` (:mod:`._fuse_axes` runs only).
+    vectors: tuple[Ref, ...] = ()
 
 
 def operands(structure: Structure, run: Run, live: Sequence[int]) -> Operands:
@@ -183,6 +189,22 @@ def operands(structure: Structure, run: Run, live: Sequence[int]) -> Operands:
     return Operands(
         tuple(reads["element"]), tuple(reads["tensor"]), tuple(reads["host"]), tuple(live)
     )
+
+
+def c_expression(op: str, a: Sequence[str], suffix: str) -> str:
+    """The C of one :data:`FUSABLE` operation on the operands' C texts (``suffix``: ``f`` for float)."""
+    if op in ("add", "sub", "mul", "div"):
+        symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
+        return f"{a[0]} {symbol} {a[1]}"
+    if op == "neg":
+        return f"-{a[0]}"
+    if op == "rsqrt":
+        return f"(T)1 / sqrt{suffix}({a[0]})"
+    if op == "lerp":
+        return f"lerp_t({a[0]}, {a[1]}, {a[2]})"
+    if op == "axpy":
+        return f"fma{suffix}({a[2]}, {a[1]}, {a[0]})"
+    return f"clip_t({a[0]}, {a[1]}, {a[2]})"  # clip
 
 
 def generate_source(structure: Structure, run: Run, ops: Operands, dtype: torch.dtype) -> str:
@@ -208,20 +230,7 @@ def generate_source(structure: Structure, run: Run, ops: Operands, dtype: torch.
     body = []
     for index in run.fused:
         op, args = structure.ops[index]
-        a = [text(x) for x in args]
-        if op in ("add", "sub", "mul", "div"):
-            symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
-            expression = f"{a[0]} {symbol} {a[1]}"
-        elif op == "neg":
-            expression = f"-{a[0]}"
-        elif op == "rsqrt":
-            expression = f"(T)1 / sqrt{suffix}({a[0]})"
-        elif op == "lerp":
-            expression = f"lerp_t({a[0]}, {a[1]}, {a[2]})"
-        elif op == "axpy":
-            expression = f"fma{suffix}({a[2]}, {a[1]}, {a[0]})"
-        else:  # clip
-            expression = f"clip_t({a[0]}, {a[1]}, {a[2]})"
+        expression = c_expression(op, [text(x) for x in args], suffix)
         body.append(f"      const T v{index} = {expression};")
     slots = sorted({x[1] for i in run.fused for x in structure.ops[i][1] if x[0] == "slot"})
     n_e, n_p, n_h = len(ops.elements), len(ops.tensors), len(ops.hosts)
@@ -303,6 +312,9 @@ def load(source: str, symbol: str, arguments: int) -> Callable[..., None] | None
 class FusedRun:
     """One run of a plan: ``usable`` says whether a chunk may take the loop, ``__call__`` runs it."""
 
+    #: Outputs that are per-axis maxima (:mod:`._fuse_axes`), not element-wise arrays.
+    maxima: tuple[int, ...] = ()
+
     def __init__(self, structure: Structure, run: Run, ops: Operands) -> None:
         self.structure = structure
         self.run = run
@@ -318,6 +330,10 @@ class FusedRun:
                 load(self.source(dtype), "adaptim_fused", 6) if dtype in _CTYPES else None
             )
         return self._functions[dtype]
+
+    def allocation(self, node: int, param: str) -> str:
+        """How the generated code allocates a fresh output ``node`` for the tensors ``param``."""
+        return f"[torch.empty_like(x, memory_format=torch.contiguous_format) for x in {param}]"
 
     def usable(
         self,

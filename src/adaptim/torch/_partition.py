@@ -291,7 +291,7 @@ def build_partitions(
             float(state["step"]) if algorithm.step else 0.0,
             tuple(float(state[k]) for k in algorithm.scalar_state),
             tuple(layout),
-            min(p.ndim, 2) if algorithm.depends_on_ndim else 2,
+            p.ndim if algorithm.depends_on_ndim else 2,  # (SM3 records one piece per axis)
         )
         buckets.setdefault(bucket_key, []).append(p)
         states_of[p] = state

@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _fuse
+from adaptim.algorithms._axes import axis_maxima, axis_piece
+from adaptim.torch import _fuse, _fuse_axes
 from adaptim.torch._column_stats import column_mean_squares
 from adaptim.torch._replay_ops import COMMUTATIVE, FOREACH, HOST, IN_PLACE, PER_TENSOR, outer
 from adaptim.torch._trace import Ref, Structure
@@ -117,7 +118,7 @@ class _Emitter:
         return name
 
     def emit(self) -> str:
-        runs = {run.start: run for run in _fuse.find_runs(self.structure)}
+        runs = {run.start: run for run in _fuse_axes.find_runs(self.structure)}
         index = 0
         while index < len(self.structure.ops):
             run = runs.get(index)
@@ -145,30 +146,44 @@ class _Emitter:
             self.emit_op(index, *ops[index])
         branch, self.lines = self.lines, lines
         live = [i for i in run.fused if self.last_use.get(("node", i), -1) >= run.stop]
-        operands = _fuse.operands(self.structure, run, live)
+        fused: _fuse.FusedRun
+        if isinstance(run, _fuse_axes.AxesRun):  # (per-axis operands: vectors passed last)
+            operands = _fuse_axes.operands(self.structure, run, live)
+            fused = _fuse_axes.FusedAxesRun(self.structure, run, operands)
+        else:
+            operands = _fuse.operands(self.structure, run, live)
+            fused = _fuse.FusedRun(self.structure, run, operands)
         name = f"u{len(self.functions)}"
-        self.functions[name] = _fuse.FusedRun(self.structure, run, operands)
+        self.functions[name] = fused
         param = self.structure.inputs[0]
+        vectors = [before[r] for r in operands.vectors]
+        for node in fused.maxima:  # over the per-axis vector they replace (see _fuse_axes)
+            ref: Ref = ("node", node)
+            target = self.free_final_buffer(ref, run.stop - 1)
+            if target in vectors and self.storage[ref] != target:
+                branch.append(f"    torch._foreach_copy_({target}, {self.storage[ref]})")
+                self.place(ref, target)
         outputs = [self.storage[("node", i)] for i in live]
         fresh = [b for b in outputs if b not in existing]
-        checked = [before[r] for r in operands.elements] + [b for b in outputs if b in existing]
+        checked = [before[r] for r in operands.elements] + [
+            b for i, b in zip(live, outputs, strict=True) if b in existing and i not in fused.maxima
+        ]
 
         def group(names: list[str]) -> str:
             return f"({''.join(n + ', ' for n in names)})"
 
+        extra = f", {group(vectors)}" if vectors else ""
         self.lines.append(
             f"    if {name}.usable({param}, {group(checked)}, "
-            f"{group([before[r] for r in operands.tensors])}):"
+            f"{group([before[r] for r in operands.tensors])}{extra}):"
         )
-        for buffer in fresh:
-            self.lines.append(
-                f"        {buffer} = [torch.empty_like(x, memory_format=torch.contiguous_format)"
-                f" for x in {param}]"
-            )
+        for node, buffer in zip(live, outputs, strict=True):
+            if buffer in fresh:
+                self.lines.append(f"        {buffer} = {fused.allocation(node, param)}")
         self.lines.append(
             f"        {name}({param}, {group([before[r] for r in operands.elements])}, "
             f"{group([before[r] for r in operands.tensors])}, "
-            f"{group([before[r] for r in operands.hosts])}, {group(outputs)}, s)"
+            f"{group([before[r] for r in operands.hosts])}, {group(outputs)}, s{extra})"
         )
         self.lines.append("    else:")
         self.lines.extend("    " + line for line in branch)
@@ -423,6 +438,8 @@ def plan_for(structure: Structure) -> Plan:
                 "inf": math.inf,
                 "column_mean_squares": column_mean_squares,
                 "outer": outer,
+                "axis_piece": axis_piece,
+                "axis_maxima": axis_maxima,
             }
             namespace.update(emitter.functions)
             exec(compile(source, f"<{name}>", "exec"), namespace)
@@ -431,7 +448,15 @@ def plan_for(structure: Structure) -> Plan:
                     loop = fused.source(torch.float32).rstrip("\n").replace("\n", "\n# ")
                     source += f"\n# {key}: the fused native loop (float32)\n# {loop}\n"
             function = namespace[name]
-            if any(kind in ("host", "reduced") for kind in structure.kinds()):
+            # (per-axis runs keep their reduced values in registers: no temporaries to reuse)
+            inside = {
+                i
+                for f in emitter.functions.values()
+                if isinstance(f, _fuse_axes.FusedAxesRun)
+                for i in range(f.run.start, f.run.stop)
+            }
+            kinds = structure.kinds()
+            if any(kinds[i] in ("host", "reduced") for i in range(len(kinds)) if i not in inside):
                 function = _chunked(function)
             plan = Plan(source=source, run=function)
             _PLANS[structure] = plan

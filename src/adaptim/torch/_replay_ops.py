@@ -62,6 +62,9 @@ PER_TENSOR = {
     # not element-wise: the reference path's own functions (``xp`` is its TORCH_OPS)
     "mean_square": "xp.mean_square({0}, {1})",
     "mean": "xp.mean({0}, {1})",
+    "minimum": "torch.minimum({0}, {1})",
+    "axis_piece": "axis_piece(xp, {0}, {1}, {2})",
+    "axis_maxima": "axis_maxima(xp, {0})",
 }
 
 #: The same operations in place on the first operand, for a first operand of the

@@ -64,7 +64,7 @@ PER_TENSOR_OPS = frozenset({"norm", "sum", "dot"})
 #: Reductions along one axis, kept as a size-1 axis (Adafactor's row and column means):
 #: their results, and what only they and per-tensor values feed, are *reduced* values,
 #: replayed tensor by tensor since their shapes differ from one tensor to the next.
-REDUCING_OPS = frozenset({"mean_square", "mean"})
+REDUCING_OPS = frozenset({"mean_square", "mean", "axis_piece", "axis_maxima"})
 #: Scalars read on the host, one Python float per tensor (torch's ``.item()`` arithmetic).
 HOST_OPS = frozenset({"rms", "eps_of"})
 #: What a rule may do with host scalars: Python's own float arithmetic.
@@ -264,6 +264,11 @@ def _along(name: str) -> Callable[[Any, int], Any]:
     return record
 
 
+def _axis_piece(vector: Any, like: Any, axis: int) -> Any:
+    """:func:`adaptim.algorithms._axes.axis_piece`, recorded (the axis is part of the structure)."""
+    return _owner(vector, like).record("axis_piece", vector, like, ("const", int(axis)))
+
+
 def _per_tensor(function: Callable[..., Any], kind: str, *arrays: Any) -> Any:
     """``function(xp, *arrays)`` as one operation the replay calls tensor by tensor."""
     if kind not in ("element", "reduced"):
@@ -296,6 +301,9 @@ RECORDING_OPS = ArrayOps(
     eps_of=_recorded("eps_of"),
     rms=_recorded("rms"),
     per_tensor=_per_tensor,
+    minimum=_recorded("minimum"),
+    axis_piece=_axis_piece,
+    axis_maxima=_recorded("axis_maxima"),
     scalar=host_scalar,
 )
 
