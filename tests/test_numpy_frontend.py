@@ -648,3 +648,25 @@ def test_load_state_dict_errors() -> None:
     opt.step(GRADS[0])
     with pytest.raises(ValueError, match=r"parameter 0 .*'exp_avg' has shape \(2, 3\)"):
         anp.Adam([b.copy(), a.copy()]).load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("name", sorted(adaptim.OPTIMIZERS))
+def test_a_complex_or_non_numeric_gradient_of_a_real_parameter_is_refused(name: str) -> None:
+    # NumPy's astype would drop the imaginary part with only a ComplexWarning.
+    cls = getattr(anp, adaptim.OPTIMIZERS[name].__name__)
+    params = fresh_params()
+    before = [p.copy() for p in params]
+    opt = cls(params, lr=0.1)
+    good = np.ones((2, 3))
+    with pytest.raises(TypeError, match=r"gradient 1 has dtype complex128, but its parameter has"):
+        opt.step([good, np.ones(3) * 1j])
+    with pytest.raises(TypeError, match=r"gradient 1 has dtype <U1, .*allowed: a real"):
+        opt.step([good, np.array(["a", "b", "c"])])
+    for p, b in zip(params, before, strict=True):
+        np.testing.assert_array_equal(p, b)  # refused before anything moved
+
+
+def test_a_complex_gradient_of_a_complex_parameter_is_taken() -> None:
+    p = np.zeros(3, dtype=np.complex128)
+    anp.SGD([p], lr=0.5).step([np.full(3, 1 + 2j)])
+    np.testing.assert_array_equal(p, np.full(3, -0.5 - 1j))

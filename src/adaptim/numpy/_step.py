@@ -127,6 +127,15 @@ class StepLayer(StateDictLayer):
             raise ValueError(
                 f"gradient {index} has shape {g.shape}, but its parameter has shape {p.shape}"
             )
+        if g.dtype.kind not in "biufc" or (g.dtype.kind == "c" and p.dtype.kind != "c"):
+            # astype would drop an imaginary part with only a ComplexWarning, or fail
+            # with NumPy's own message that names neither the gradient nor the rule.
+            raise TypeError(
+                f"gradient {index} has dtype {g.dtype}, but its parameter has dtype {p.dtype}; "
+                "allowed: a real (bool, integer or floating) gradient"
+                + (" or a complex one" if p.dtype.kind == "c" else "")
+                + ", converted to the parameter's dtype"
+            )
         checked: np.ndarray = g.astype(p.dtype, copy=False)
         return checked
 
