@@ -54,6 +54,7 @@ import torch
 
 from adaptim.torch import _lowmem, _native, _rounding
 from adaptim.torch import _lowmem_codes as _codes
+from adaptim.torch import _lowmem_segments as _segments
 from adaptim.torch._trace import Structure
 
 if TYPE_CHECKING:
@@ -245,13 +246,7 @@ class _Source(_native._Source):
             lines += _codes.VBMI_HEADER
         for suffix, signed in (("S", True), ("U", False)):
             if any(self.signed(n) == signed for n in quantized):
-                code = _lowmem.dynamic_code(signed)
-                lines.append(_codes.float_table(f"CODE_{suffix}", code))
-                lines.append(_codes.byte_planes(f"PLANES_{suffix}", code))
-                lines.append(_codes.int_table(f"BUCKET_{suffix}", _codes.bucket_table(signed)))
-                lines += _codes.decoder(suffix)
-                lines += _codes.segment_encoder(suffix, signed)
-                lines += _codes.quantizer(suffix, signed)
+                lines += _segments.code_functions(suffix, signed)
         lines += [
             "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
             "                  const int64_t* block_tensor, const int64_t* block_begin,",
@@ -261,6 +256,17 @@ class _Source(_native._Source):
         lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
         lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
         return "\n".join(lines + body) + "\n"
+
+
+def codes_source() -> str:
+    """The 8-bit codes' C functions alone (``decode_S``, ``quantize_U``, ...), as the kernels have them.
+
+    For tests that run the encoder over many values without an optimizer.
+    """
+    lines = [*_HEADER, *_codes.VBMI_HEADER]
+    for suffix, signed in (("S", True), ("U", False)):
+        lines += _segments.code_functions(suffix, signed)
+    return "\n".join(lines) + "\n"
 
 
 def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
