@@ -174,24 +174,42 @@ def int_table(name: str, values: np.ndarray) -> str:
     )
 
 
-def quantizer(suffix: str, signed: bool) -> list[str]:
+def bucket_coder(suffix: str, signed: bool) -> list[str]:
+    """``bucket_<suffix>``: the nearest code of one ``x = v/a`` by :func:`bucket_table`."""
+    if signed:
+        position = [
+            "  const int32_t le = (e & 255) + (low >= t), m = le < 127 ? le : 127;",
+            "  return (uint8_t)(127 + lt - neg * (lt + m));",
+        ]
+    else:  # (-0.0 is the only negative value a non-negative entry can hold: code 0)
+        position = [
+            "  const int32_t pos = lt * (neg ^ 1);",
+            "  return (uint8_t)(pos + ((x > 0.0f) & (pos == 0)));  /* never 0.0 */",
+        ]
+    return [
+        f"static inline uint8_t bucket_{suffix}(float x) {{",
+        "  uint32_t bits; memcpy(&bits, &x, 4);",
+        f"  int32_t b = (int32_t)((bits & 0x7FFFFFFFu) >> {_BUCKET_SHIFT}) - {_FIRST};",
+        f"  b = b < 0 ? 0 : (b > {_BUCKETS - 1} ? {_BUCKETS - 1} : b);",
+        "  const int32_t neg = (int32_t)(bits >> 31), low = (int32_t)(bits & 0xFFFFu);",
+        f"  const int32_t e = BUCKET_{suffix}[b], t = e >> 8;",
+        "  const int32_t lt = (e & 255) + (low > t);",
+        *position,
+        "}",
+    ]
+
+
+def quantizer(suffix: str) -> list[str]:
     """``quantize_<suffix>``: a block's new maximum and its codes (nearest, as the reference).
 
     ``top`` is the largest magnitude's bits, sign cleared (the update loop
     finds it as it writes the block: the largest such integer is the largest
     float, a vectorised reduction without branches). ``x/a`` lies in [-1, 1]
-    (a is the largest magnitude), so no clamp is needed.
+    (a is the largest magnitude), so no clamp is needed. A full block of
+    finite values is encoded in registers where the CPU allows
+    (:mod:`._lowmem_segments`: ``encode_``, then ``fix_`` for the few values
+    it flags); the rest with the bucket table, a gather per 16 values.
     """
-    if signed:
-        position = [
-            "      const int32_t le = (e & 255) + (low >= t), m = le < 127 ? le : 127;",
-            "      const int32_t pos = 127 + lt - neg * (lt + m);",
-        ]
-    else:  # (-0.0 is the only negative value a non-negative entry can hold: code 0)
-        position = [
-            "      int32_t pos = lt * (neg ^ 1);",
-            "      pos += (x > 0.0f) & (pos == 0);  /* never 0.0 */",
-        ]
     return [
         f"static inline void quantize_{suffix}(const float* restrict v, int64_t m, uint32_t top,",
         "                                    uint8_t* restrict q, float* restrict absmax) {",
@@ -199,19 +217,12 @@ def quantizer(suffix: str, signed: bool) -> list[str]:
         "  *absmax = a;",
         "  const float d = a > 0.0f ? a : 1.0f;",
         "#ifdef ADAPTIM_VBMI",
-        f"  if (m == QBLOCK && top < 0x7F800000u && !encode_{suffix}(v, d, q)) return;",
+        "  if (m == QBLOCK && top < 0x7F800000u) {",
+        f"    if (encode_{suffix}(v, d, q)) fix_{suffix}(v, d, q);",
+        "    return;",
+        "  }",
         "#endif",
         "  #pragma omp simd",
-        "  for (int64_t j = 0; j < m; ++j) {",
-        "      const float x = v[j] / d;",
-        "      uint32_t bits; memcpy(&bits, &x, 4);",
-        f"      int32_t b = (int32_t)((bits & 0x7FFFFFFFu) >> {_BUCKET_SHIFT}) - {_FIRST};",
-        f"      b = b < 0 ? 0 : (b > {_BUCKETS - 1} ? {_BUCKETS - 1} : b);",
-        "      const int32_t neg = (int32_t)(bits >> 31), low = (int32_t)(bits & 0xFFFFu);",
-        f"      const int32_t e = BUCKET_{suffix}[b], t = e >> 8;",
-        "      const int32_t lt = (e & 255) + (low > t);",
-        *position,
-        "      q[j] = (uint8_t)pos;",
-        "  }",
+        f"  for (int64_t j = 0; j < m; ++j) q[j] = bucket_{suffix}(v[j] / d);",
         "}",
     ]

@@ -21,7 +21,7 @@ from adaptim.torch import _lowmem, _lowmem_codes
 #: The in-register encoder (:func:`segment_tables`): the binades of ``|x/a|`` from 2⁻²⁵
 #: up (smaller values are counted in that one), indexed by the exponent's low 5 bits,
 #: and how close (in steps between thresholds) a value may come to an interior
-#: threshold before its block is encoded again with the bucket table.
+#: threshold before it is encoded again with the bucket table.
 _LOW_BINADE = 127 - 25
 _NEAR = 2.0**-14
 
@@ -49,8 +49,8 @@ def segment_tables(signed: bool) -> dict[str, np.ndarray]:
     segment; ``o``: 127 for the signed code, whose positive codes start
     there), and ``min(⌊κ⌋, TOP)``, ``TOP = o + base + n - 1``, is the code of
     a positive ``y``. It is exact wherever ``κ`` is more than :data:`_NEAR`
-    from an integer; nearer (about 1 value in 8,000) the caller encodes the
-    block with the bucket table instead. The check below proves it for every
+    from an integer; nearer (about 1 value in 8,000) the value is encoded
+    with the bucket table instead. The check below proves it for every
     threshold: ``κ`` (computed in float64, then rounded to float32 as the
     fused multiply-add does) of the threshold itself stays under ``j + δ``
     and that of the next float above it over ``j - δ``; ``κ`` is monotone,
@@ -131,6 +131,22 @@ def _int_list(values: np.ndarray) -> str:
     return ", ".join(map(str, values.tolist()))
 
 
+def _kappa(values: str) -> list[str]:
+    """C lines: ``bits`` of ``x = v/d`` for the 16 floats at ``values``, their segment ``seg``
+    and ``kappa`` (:func:`segment_tables`), with the constants of :func:`segment_encoder`."""
+    return [
+        "      const __m512i bits = _mm512_castps_si512("
+        f"_mm512_div_ps(_mm512_loadu_ps({values}), divisor));",
+        "      const __m512i u = _mm512_and_si512(bits, magnitude);",
+        "      const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
+        "      __m512i seg = _mm512_permutex2var_epi32(seg_lo, e, seg_hi);",
+        "      seg = _mm512_mask_add_epi32(seg, _mm512_cmpgt_epi32_mask(u,"
+        " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), seg, one);",
+        "      const __m512 kappa = _mm512_fmsub_ps(_mm512_castsi512_ps(u),"
+        " _mm512_permutexvar_ps(seg, a), _mm512_permutexvar_ps(seg, b));",
+    ]
+
+
 def segment_encoder(suffix: str, signed: bool) -> list[str]:
     """``encode_<suffix>``: a full block's codes by :func:`segment_tables`, in registers.
 
@@ -144,12 +160,25 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     value's ``-1``, for the value -1 itself, becomes code 0). The nearest
     any ``κ`` came to an integer is kept in a register (``vrangeps``: the
     smaller magnitude) and checked once: the function returns nonzero when
-    it is within :data:`_NEAR`, and the caller then encodes the block with
-    the bucket table (about 3% of blocks of random values). The caller
-    passes only finite blocks, so ``κ`` is never NaN.
+    it is within :data:`_NEAR`, and the caller then has ``fix_<suffix>``
+    find those values again and encode each with the bucket table (about 3%
+    of blocks of random values hold one). The caller passes only finite
+    blocks, so ``κ`` is never NaN.
     """
     tables = segment_tables(signed)
     name = f"SEGMENT_{suffix}"
+    near = f"(float){_NEAR!r}"
+    constants = [
+        "  const __m512 divisor = _mm512_set1_ps(d);",
+        "  const __m512i one = _mm512_set1_epi32(1), magnitude = _mm512_set1_epi32(0x7FFFFFFF);",
+        f"  const __m512i low_binade = _mm512_set1_epi32({_LOW_BINADE});",
+        f"  const __m512i seg_lo = _mm512_load_si512({name}_SEG),"
+        f" seg_hi = _mm512_load_si512({name}_SEG + 16);",
+        f"  const __m512i tb_lo = _mm512_load_si512({name}_TB),"
+        f" tb_hi = _mm512_load_si512({name}_TB + 16);",
+        f"  const __m512 a = _mm512_load_ps((const float*){name}_A),"
+        f" b = _mm512_load_ps((const float*){name}_B);",
+    ]
     if signed:  # (x = -u: 127 - min(lt, 127), lt = ⌊κ⌋ - 127, i.e. 254 - ⌊κ⌋, -1 -> 0)
         position = [
             "      const __m512i c = _mm512_min_epi32(_mm512_cvttps_epi32(kappa),"
@@ -174,31 +203,15 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f"static const uint32_t {name}_B[16] __attribute__((aligned(64))) = "
         f"{{{_int_list(tables['B'].view(np.uint32))}}};",
         f"static inline int encode_{suffix}(const float* restrict v, float d, uint8_t* restrict q) {{",
-        "  const __m512 divisor = _mm512_set1_ps(d);",
-        "  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);",
-        "  const __m512i c254 = _mm512_set1_epi32(254), magnitude = _mm512_set1_epi32(0x7FFFFFFF);",
-        f"  const __m512i low_binade = _mm512_set1_epi32({_LOW_BINADE});",
-        "  const __m512i order = _mm512_loadu_si512(PACK_ORDER);",
-        f"  const __m512i seg_lo = _mm512_load_si512({name}_SEG),"
-        f" seg_hi = _mm512_load_si512({name}_SEG + 16);",
-        f"  const __m512i tb_lo = _mm512_load_si512({name}_TB),"
-        f" tb_hi = _mm512_load_si512({name}_TB + 16);",
-        f"  const __m512i top = _mm512_load_si512({name}_TOP);",
-        f"  const __m512 a = _mm512_load_ps((const float*){name}_A),"
-        f" b = _mm512_load_ps((const float*){name}_B);",
+        *constants,
+        "  const __m512i zero = _mm512_setzero_si512(), c254 = _mm512_set1_epi32(254);",
+        "  const __m512i order = _mm512_loadu_si512(PACK_ORDER), top = "
+        f"_mm512_load_si512({name}_TOP);",
         "  __m512 nearest = _mm512_set1_ps(1.0f);",
         "  for (int j = 0; j < QBLOCK; j += 64) {",
         "    __m512i pos[4];",
         "    for (int k = 0; k < 4; ++k) {",
-        "      const __m512i bits = _mm512_castps_si512("
-        "_mm512_div_ps(_mm512_loadu_ps(v + j + 16 * k), divisor));",
-        "      const __m512i u = _mm512_and_si512(bits, magnitude);",
-        "      const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
-        "      __m512i seg = _mm512_permutex2var_epi32(seg_lo, e, seg_hi);",
-        "      seg = _mm512_mask_add_epi32(seg, _mm512_cmpgt_epi32_mask(u,"
-        " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), seg, one);",
-        "      const __m512 kappa = _mm512_fmsub_ps(_mm512_castsi512_ps(u),"
-        " _mm512_permutexvar_ps(seg, a), _mm512_permutexvar_ps(seg, b));",
+        *_kappa("v + j + 16 * k"),
         # (κ minus the nearest integer; the smaller magnitude of two, sign cleared)
         "      nearest = _mm512_range_ps(nearest,"
         " _mm512_reduce_ps(kappa, _MM_FROUND_TO_NEAREST_INT), 0x0A);",
@@ -208,9 +221,20 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         "                                              _mm512_packus_epi32(pos[2], pos[3]));",
         "    _mm512_storeu_si512(q + j, _mm512_permutexvar_epi32(order, bytes));",
         "  }",
-        "  return _mm512_cmp_ps_mask(nearest, _mm512_set1_ps((float)"
-        + repr(_NEAR)
-        + "), _CMP_LT_OQ) != 0;",
+        f"  return _mm512_cmp_ps_mask(nearest, _mm512_set1_ps({near}), _CMP_LT_OQ) != 0;",
+        "}",
+        # (the flagged values alone, again: ~3% of blocks hold one, mostly one or two)
+        f"static void fix_{suffix}(const float* restrict v, float d, uint8_t* restrict q) {{",
+        *constants,
+        "  for (int j = 0; j < QBLOCK; j += 16) {",
+        *_kappa("v + j"),
+        "    __mmask16 close = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(kappa,"
+        f" _MM_FROUND_TO_NEAREST_INT)), _mm512_set1_ps({near}), _CMP_LT_OQ);",
+        "    for (; close; close &= close - 1) {",
+        "      const int i = j + __builtin_ctz(close);",
+        f"      q[i] = bucket_{suffix}(v[i] / d);",
+        "    }",
+        "  }",
         "}",
         "#endif",
     ]
@@ -224,6 +248,7 @@ def code_functions(suffix: str, signed: bool) -> list[str]:
         _lowmem_codes.byte_planes(f"PLANES_{suffix}", code),
         _lowmem_codes.int_table(f"BUCKET_{suffix}", _lowmem_codes.bucket_table(signed)),
         *_lowmem_codes.decoder(suffix),
+        *_lowmem_codes.bucket_coder(suffix, signed),
         *segment_encoder(suffix, signed),
-        *_lowmem_codes.quantizer(suffix, signed),
+        *_lowmem_codes.quantizer(suffix),
     ]
