@@ -204,7 +204,9 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f"{{{_int_list(tables['B'].view(np.uint32))}}};",
         f"static inline int encode_{suffix}(const float* restrict v, float d, uint8_t* restrict q) {{",
         *constants,
-        "  const __m512i zero = _mm512_setzero_si512(), c254 = _mm512_set1_epi32(254);",
+        "  const __m512i c254 = _mm512_set1_epi32(254);"
+        if signed
+        else "  const __m512i zero = _mm512_setzero_si512();",
         "  const __m512i order = _mm512_loadu_si512(PACK_ORDER), top = "
         f"_mm512_load_si512({name}_TOP);",
         "  __m512 nearest = _mm512_set1_ps(1.0f);",
