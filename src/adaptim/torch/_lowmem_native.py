@@ -14,7 +14,8 @@ float32 copy of any tensor:
   bits are exactly those of the reference path.
 * **8 bits**: the loop walks each tensor in the quantisation blocks of 256
   values (the engine's work items, :data:`._native.BLOCK`, are a multiple of
-  256 and start at multiples of it, so a block never straddles two items).
+  256 and start at multiples of it, so a block never straddles two items;
+  each thread takes an equal share of all the blocks).
   A block's codes are decoded as ``code[q]·a`` from its float32 maximum
   ``a`` into a 1 KiB buffer on the stack (with AVX-512 VBMI by byte
   permutations in registers, not gathers: :func:`._lowmem_codes.decoder`),
@@ -22,8 +23,8 @@ float32 copy of any tensor:
   the new values wait in another 1 KiB buffer, and are encoded: the
   nearest code is the number of the 255 midpoints between code points that
   lie below ``x/a`` (the index ``torch.bucketize`` gives, found in
-  registers by the decade's even grid, or with one table look-up by the
-  float's top bits: :mod:`._lowmem_codes`), and a
+  registers by the decade's even grid, :mod:`._lowmem_segments`, or with
+  one table look-up by the float's top bits, :mod:`._lowmem_codes`), and a
   positive second moment never takes code 0.0, as in
   :func:`._lowmem.quantize_blockwise`.
 
