@@ -20,7 +20,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptim.torch import _lowmem, _lowmem_native, _native
+from adaptim.torch import _lowmem, _lowmem_codes, _lowmem_native, _lowmem_segments, _native
 
 _DRIVER = r"""
 typedef void quantize_fn(const float*, int64_t, uint32_t, uint8_t*, float*);
@@ -76,9 +76,17 @@ int64_t adaptim_check(int is_signed, int negative, uint32_t first, uint32_t last
 """
 
 
+def _codes_source() -> str:
+    """The 8-bit codes' C functions alone (``quantize_S``, ...), as every kernel has them."""
+    lines = [*_lowmem_native._HEADER, "#include <omp.h>", *_lowmem_codes.VBMI_HEADER]
+    for suffix, signed in (("S", True), ("U", False)):
+        lines += _lowmem_segments.code_functions(suffix, signed)
+    return "\n".join(lines) + "\n"
+
+
 @pytest.fixture(scope="module")
 def library() -> ctypes.CDLL:
-    path = _native.build_library(_lowmem_native.codes_source() + _DRIVER, name="encoder_test")
+    path = _native.build_library(_codes_source() + _DRIVER, name="encoder_test")
     lib = ctypes.CDLL(str(path))
     lib.adaptim_check.restype = ctypes.c_int64
     lib.adaptim_check.argtypes = [

@@ -286,17 +286,6 @@ class _Source(_native._Source):
         return "\n".join(lines + body) + "\n"
 
 
-def codes_source() -> str:
-    """The 8-bit codes' C functions alone (``decode_S``, ``quantize_U``, ...), as the kernels have them.
-
-    For tests that run the encoder over many values without an optimizer.
-    """
-    lines = [*_HEADER, *_codes.VBMI_HEADER]
-    for suffix, signed in (("S", True), ("U", False)):
-        lines += _segments.code_functions(suffix, signed)
-    return "\n".join(lines) + "\n"
-
-
 def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
     """The C source of ``structure`` with the state inputs stored as ``encodings`` says."""
     return _Source(structure, encodings).source()
