@@ -18,7 +18,8 @@ float32 copy of any tensor:
   range of the concatenated elements, as in :mod:`._native`.
 * **8 bits**: the loop walks each tensor in the quantisation blocks of 256
   values (the engine's work items, :data:`._native.BLOCK`, are a multiple of
-  256 and start at multiples of it, so a block never straddles two items).
+  256 and start at multiples of it, so a block never straddles two items;
+  each thread takes an equal share of all the blocks).
   A block's codes are decoded as ``code[q]·a`` from its float32 maximum
   ``a`` into a 1 KiB buffer on the stack (with AVX-512 VBMI by byte
   permutations in registers, not gathers: :func:`._lowmem_codes.decoder`),
@@ -26,8 +27,8 @@ float32 copy of any tensor:
   the new values wait in another 1 KiB buffer, and are encoded: the
   nearest code is the number of the 255 midpoints between code points that
   lie below ``x/a`` (the index ``torch.bucketize`` gives, found in
-  registers by the decade's even grid, or with one table look-up by the
-  float's top bits: :mod:`._lowmem_codes`), and a
+  registers by the decade's even grid, :mod:`._lowmem_segments`, or with
+  one table look-up by the float's top bits, :mod:`._lowmem_codes`), and a
   positive second moment never takes code 0.0, as in
   :func:`._lowmem.quantize_blockwise`.
 
@@ -58,6 +59,7 @@ import torch
 
 from adaptim.torch import _lowmem, _native, _native_source, _rounding
 from adaptim.torch import _lowmem_codes as _codes
+from adaptim.torch import _lowmem_segments as _segments
 from adaptim.torch._trace import Structure
 
 if TYPE_CHECKING:
@@ -113,6 +115,23 @@ def supports(structure: Structure) -> str | None:
         return "per-tensor values (norms, 0-d state) with an encoded state"
     return None
 
+
+#: The loop over work items when a state is 8-bit: each thread takes an equal share of
+#: the quantisation blocks of all tensors (a static schedule of work items gave one of
+#: two threads 56% of the MLP's 8-bit elements), walking the items to find its range.
+_BALANCED = [
+    "  int64_t total = 0;",
+    "  for (int64_t b = 0; b < blocks; ++b) total += (block_end[b] - block_begin[b] + QBLOCK - 1) / QBLOCK;",
+    "  #pragma omp parallel num_threads(threads)",
+    "  {",
+    "  const int64_t share = omp_get_num_threads(), me = omp_get_thread_num();",
+    "  const int64_t lo = total * me / share, hi = total * (me + 1) / share;",
+    "  int64_t seen = 0, count = 0;",
+    "  for (int64_t b = 0; b < blocks && seen < hi; seen += count, ++b) {",
+    "    count = (block_end[b] - block_begin[b] + QBLOCK - 1) / QBLOCK;",
+    "    if (seen + count <= lo) continue;",
+    "    const int64_t t = block_tensor[b];",
+]
 
 _HEADER = [
     "#include <math.h>",
@@ -172,14 +191,9 @@ class _Source(_native._Source):
         quantized = [n for n, k in zip(inputs, kinds, strict=True) if k == "q8"]
         rounded = [n for n, k in zip(inputs, kinds, strict=True) if k == "bf16"]
         streams = rounding_streams([n.removeprefix("state_") for n in rounded])
-        if quantized:  # work items of whole quantisation blocks
-            body = [
-                "  #pragma omp parallel for num_threads(threads) schedule(static)",
-                "  for (int64_t b = 0; b < blocks; ++b) {",
-                "    const int64_t t = block_tensor[b];",
-            ]
-        else:  # each thread one equal range of the concatenated elements (as _native's)
-            body = list(_native_source.BALANCED_OPEN)
+        # 8 bits: each thread an equal share of all tensors' quantisation blocks; else
+        # each thread one equal range of the concatenated elements (as _native's)
+        body = list(_BALANCED) if quantized else list(_native_source.BALANCED_OPEN)
         ctypes_of = {"element": "T", "bf16": "uint16_t", "q8": "uint8_t"}
         for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
             ctype = ctypes_of[kind]
@@ -194,13 +208,20 @@ class _Source(_native._Source):
         for j, stream in enumerate(streams):
             body.append(f"    const uint32_t key_{stream} = keys[{j} * n + t] ^ salt;")
         if quantized:
-            body.append("    const int64_t begin = block_begin[b], end = block_end[b];")
+            body.append("    const int64_t end = block_end[b];")
         else:
             body += _native_source.BALANCED_RANGE
         indent = "    "
         begin, stop = "begin", "end"
-        if quantized:  # one quantisation block at a time
-            body.append("    for (int64_t c = begin; c < end; c += QBLOCK) {")
+        if quantized:  # one quantisation block at a time, of this thread's share
+            body.append(
+                "    const int64_t until = hi - seen < count ? block_begin[b] + (hi - seen) * QBLOCK"
+                " : end;"
+            )
+            body.append(
+                "    for (int64_t c = block_begin[b] + (lo > seen ? lo - seen : 0) * QBLOCK;"
+                " c < until; c += QBLOCK) {"
+            )
             body.append("      const int64_t cend = c + QBLOCK < end ? c + QBLOCK : end;")
             for index, name in enumerate(inputs):
                 if name not in quantized:
@@ -274,7 +295,8 @@ class _Source(_native._Source):
                         f"&amax_{name}[c / QBLOCK]);"
                     )
             body.append("    }")
-        body += ["  }"] if quantized else ["  }", "  }"]
+            body.append("  }")  # (the loop over work items)
+        body += ["  }"] if quantized else ["  }", "  }"]  # (the parallel region)
         # (the step counters' pointers follow the block maxima's)
         body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
         lines = [*_HEADER, *_native_source._RANGES]
@@ -282,13 +304,7 @@ class _Source(_native._Source):
             lines += _codes.VBMI_HEADER
         for suffix, signed in (("S", True), ("U", False)):
             if any(self.signed(n) == signed for n in quantized):
-                code = _lowmem.dynamic_code(signed)
-                lines.append(_codes.float_table(f"CODE_{suffix}", code))
-                lines.append(_codes.byte_planes(f"PLANES_{suffix}", code))
-                lines.append(_codes.int_table(f"BUCKET_{suffix}", _codes.bucket_table(signed)))
-                lines += _codes.decoder(suffix)
-                lines += _codes.segment_encoder(suffix, signed)
-                lines += _codes.quantizer(suffix, signed)
+                lines += _segments.code_functions(suffix, signed)
         lines += [
             "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
             "                  const int64_t* block_tensor, const int64_t* block_begin,",
