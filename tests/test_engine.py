@@ -171,6 +171,23 @@ def test_default_path_by_size() -> None:
     assert large.fused_status() == ["native (1 partition): 1 of 1 tensors"]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_path_by_the_groups_size_when_it_splits(dtype: torch.dtype) -> None:
+    """A group of the native loop's size splits (an 8-bit matrix, small fp32 / 0-d tensors,
+    another dtype): every partition runs native, not only those of that size alone."""
+    big = torch.nn.Parameter(torch.randn(_engine.AUTO_NATIVE_MIN_NUMEL, dtype=torch.float32))
+    small = [torch.nn.Parameter(torch.randn(n, dtype=dtype)) for n in (10, 300)]
+    for options in ({"state_bits": 8}, {}):
+        optimizer = adaptim.Adam([big, *small], **options)
+        for _ in range(2):  # (the first step creates the state on the replay)
+            for p in (big, *small):
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+        (status,) = optimizer.fused_status()
+        assert status.startswith("native (") and status.endswith("3 of 3 tensors"), status
+        assert "foreach" not in status and "reference" not in status, status
+
+
 @pytest.mark.parametrize("path", ["native", "foreach"])
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_parameters_and_gradients_are_never_taken(path: str, set_to_none: bool) -> None:

@@ -87,9 +87,16 @@ def test_sm3_default_on_a_real_sized_model_takes_the_loop(threads: int) -> None:
     with num_threads(threads):
         with counting_axes_calls() as calls:
             ours = run_loop(shapes, torch.float32, 5, adaptim.SM3, 3)
-        assert calls[0] == 6  # (each step: one loop over the matrices, one over the biases)
+        # each step: one loop over the matrices (the biases run native: the group is large)
+        assert calls[0] == 3
         reference = run_loop(shapes, torch.float32, 5, lambda p: adaptim.SM3(p, foreach=False), 3)
-    assert_same(ours, reference)
+    (params, optimizer), (expected, twin) = ours, reference
+    assert_same(
+        ([p for p in params if p.ndim == 2], optimizer),
+        ([q for q in expected if q.ndim == 2], twin),
+    )
+    for p, q in zip(params, expected, strict=True):  # the native loop agrees to rounding
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 @THREADS

@@ -295,7 +295,8 @@ class Engine:
             if path is None:
                 return None
         else:
-            path = self._run(partition, traced, grads, mode, plans)
+            group_numel = sum(p.numel for p in run.partitions)
+            path = self._run(partition, traced, grads, mode, plans, group_numel)
         if algorithm.step:
             if path != "native" or partition.step_dtype is None:  # else the kernel counted them
                 torch._foreach_add_(partition.steps, 1.0)
@@ -407,11 +408,12 @@ class Engine:
         grads: list[torch.Tensor],
         mode: str,
         plans: list[Any],
+        group_numel: int,
     ) -> str:
         structure = traced.structure
-        wants_native = mode == "native" or (
-            mode == "auto" and partition.numel >= AUTO_NATIVE_MIN_NUMEL
-        )
+        # (the group's size, not the partition's: a group that splits, say its 8-bit
+        # matrices from its fp32 biases, pays the kernel build once anyway)
+        wants_native = mode == "native" or (mode == "auto" and group_numel >= AUTO_NATIVE_MIN_NUMEL)
         # A step that creates state (SGD's first momentum buffer) is replayed: the
         # new tensors are allocated there, and the next step runs native.
         if (
