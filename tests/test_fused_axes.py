@@ -151,3 +151,12 @@ def test_plans_show_the_per_axis_loop() -> None:
     ((source,),) = optimizer.plans()
     assert ".usable(param, " in source and "axis_maxima(xp, " in source
     assert "void adaptim_axes(" in source and "vsqrt((int)(nr * w)" in source
+
+
+def test_the_loop_leaves_the_thread_count_as_it_was() -> None:
+    """MKL is told one thread for the loop's square roots; torch's count comes back after."""
+    with num_threads(2):
+        with counting_axes_calls() as calls:
+            run_loop([(300, 240), (240,)], torch.float32, 7, adaptim.SM3, 2)
+        assert calls[0] == 2
+        assert torch.get_num_threads() == 2

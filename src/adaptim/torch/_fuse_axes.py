@@ -233,6 +233,8 @@ class FusedAxesRun(_fuse.FusedRun):
         self.maxima = tuple(i for i in ops.outputs if dict(run.spans)[i] == "M")
         #: Whether the run reads per-axis operands (else any tensor is walked as one row).
         self.axes = any(structure.ops[i][0] in AXIS_OPS for i in run.fused)
+        #: Whether the loop calls MKL's square root (see :meth:`__call__`).
+        self.calls_sqrt = any(structure.ops[i][0] == "sqrt" for i in run.fused)
 
     def source(self, dtype: torch.dtype = torch.float32) -> str:
         return generate_source(self.structure, self.axes_run, self.ops, dtype)
@@ -323,12 +325,17 @@ class FusedAxesRun(_fuse.FusedRun):
         host = np.asarray(hosts, dtype=np.float64).reshape(-1) if hosts else np.zeros(1)
         scalars = np.asarray(slots, dtype=np.float64) if len(slots) else np.zeros(1)
         extra = np.asarray([vml_sqrt(dtype) or 0], dtype=np.int64)
-        function(
-            count,
-            shape.ctypes.data,
-            pointers.ctypes.data,
-            host.ctypes.data,
-            scalars.ctypes.data,
-            extra.ctypes.data,
-            torch.get_num_threads(),
-        )
+        threads = torch.get_num_threads()
+        arguments = (count, shape.ctypes.data, pointers.ctypes.data, host.ctypes.data)
+        if threads == 1 or not self.calls_sqrt:
+            function(*arguments, scalars.ctypes.data, extra.ctypes.data, threads)
+            return
+        # MKL's square root, called per tile from our threads, checks MKL's own thread
+        # count on every call: with more than one (torch.set_num_threads sets MKL's too)
+        # the loop ran 2x slower on two threads than on one. Our team keeps ``threads``
+        # (the loop's num_threads clause), MKL sees one for the duration of the call.
+        torch.set_num_threads(1)
+        try:
+            function(*arguments, scalars.ctypes.data, extra.ctypes.data, threads)
+        finally:
+            torch.set_num_threads(threads)
