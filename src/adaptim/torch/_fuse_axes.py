@@ -293,10 +293,7 @@ class FusedAxesRun(_fuse.FusedRun):
             for t in values:
                 if t.dtype != dtype or t.numel() != 1 or t.device != first.device:
                     return False
-        if (
-            any(self.structure.ops[i][0] == "sqrt" for i in self.run.fused)
-            and vml_sqrt(dtype) is None
-        ):
+        if self.calls_sqrt and vml_sqrt(dtype) is None:
             return False
         return self.function(dtype) is not None
 
