@@ -42,16 +42,16 @@ void adaptim_quantize(int is_signed, const float* v, int64_t n, uint8_t* q, floa
   }
 }
 
-/* Every float32 magnitude from `first` to `last` (bits, stepping by `stride`), with the sign
-   `negative`, 255 per block beside a block maximum of 1 (so x = v exactly); each code is
-   compared with the count of `th` (the code's 255 thresholds) below x, kept by a walk.
-   Returns the mismatches; `bad` gets the bits of the first. */
+/* Every float32 magnitude from `first` to `last` (bits, stepping by `stride`; at most `top`),
+   with the sign `negative`, 255 per block beside a block maximum of `top`; each code is
+   compared with the count of `th` (the code's 255 thresholds) below x = v/top (rounded), kept
+   by a walk. Returns the mismatches; `bad` gets the bits of the first. */
 int64_t adaptim_check(int is_signed, int negative, uint32_t first, uint32_t last,
-                      uint32_t stride, const float* th, uint32_t* bad) {
+                      uint32_t stride, const float* th, uint32_t* bad, float top) {
   quantize_fn* f = is_signed ? quantize_S : quantize_U;
   int64_t wrong = 0, p = 0;
   float v[QBLOCK]; uint8_t q[QBLOCK]; float a;
-  const float one = negative ? -1.0f : 1.0f;
+  const float one = negative ? -top : top;
   for (uint64_t bits = first; bits <= last;) {
     v[0] = one;
     int m = 1;
@@ -61,7 +61,7 @@ int64_t adaptim_check(int is_signed, int negative, uint32_t first, uint32_t last
     }
     f(v, m, top_of(v, m), q, &a);
     for (int i = 0; i < m; ++i) {
-      const float x = v[i];
+      const float x = v[i] / top;
       while (p < 255 && th[p] < x) ++p;
       while (p > 0 && !(th[p - 1] < x)) --p;
       const int want = (!is_signed && x > 0.0f && p == 0) ? 1 : (int)p;
@@ -97,6 +97,7 @@ def library() -> ctypes.CDLL:
         ctypes.c_uint32,
         ctypes.c_void_p,
         ctypes.c_void_p,
+        ctypes.c_float,
     ]
     lib.adaptim_quantize.restype = None
     lib.adaptim_quantize.argtypes = [
@@ -114,18 +115,46 @@ _LOW = 0x32800000
 _ONE = 0x3F800000
 
 
+#: Block maxima for the exhaustive check: 1 (``x = v``), and maxima whose reciprocal is
+#: rounded (``x = v·(1/a)`` lies up to 3 steps from ``v/a``), largest and smallest
+#: significands (the unsigned code multiplies only up to 1: above it the division runs).
+_CASES = [
+    (True, False, 1.0),
+    (True, True, 1.0),
+    (False, False, 1.0),
+    (True, False, 0.7),
+    (True, True, 1.9999999),
+    (True, False, 3.0e-5),
+    (False, False, 0.7),
+    (False, False, 3.0e-5),
+]
+
+
+def _bits(value: float) -> int:
+    return int(np.array(value, np.float32).view(np.uint32))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("signed", "negative"), [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize(("signed", "negative", "top"), _CASES)
 def test_every_float_below_the_block_maximum_gets_the_nearest_code(
-    library: ctypes.CDLL, signed: bool, negative: bool
+    library: ctypes.CDLL, signed: bool, negative: bool, top: float
 ) -> None:
-    """Every float32 of magnitude 2⁻²⁶..1 (218M per sign), and every 97th below (zeros, denormals)."""
+    """Every float32 of magnitude 2⁻²⁶·a..a (218M per sign and maximum ``a``), and every 97th
+    below (zeros, denormals)."""
     thresholds = np.ascontiguousarray(_lowmem._thresholds(signed).numpy(), dtype=np.float32)
     assert thresholds.size == 255 and np.all(np.diff(thresholds) > 0)
     bad = np.zeros(1, np.uint32)
-    for first, last, stride in ((0, _LOW, 97), (_LOW, _ONE, 1)):
+    low, high = _bits(top) - (_ONE - _LOW), _bits(top)
+    for first, last, stride in ((0, low, 97), (low, high, 1)):
         wrong = library.adaptim_check(
-            int(signed), int(negative), first, last, stride, thresholds.ctypes.data, bad.ctypes.data
+            int(signed),
+            int(negative),
+            first,
+            last,
+            stride,
+            thresholds.ctypes.data,
+            bad.ctypes.data,
+            np.float32(top),
         )
         assert wrong == 0, (wrong, float(bad.view(np.float32)[0]))
 

@@ -20,10 +20,15 @@ from adaptim.torch import _lowmem, _lowmem_codes
 
 #: The in-register encoder (:func:`segment_tables`): the binades of ``|x/a|`` from 2⁻²⁵
 #: up (smaller values are counted in that one), indexed by the exponent's low 5 bits,
-#: and how close (in steps between thresholds) a value may come to an interior
-#: threshold before it is encoded again with the bucket table.
+#: and how close (in steps between thresholds) a value may come to a threshold before
+#: it is encoded again with the bucket table.
 _LOW_BINADE = 127 - 25
 _NEAR = 2.0**-14
+#: ``x/a`` is computed as ``v·(1/a)``, a multiply rather than a division (the divider
+#: is the loop's busiest unit); that lies within 3 float steps of the rounded quotient,
+#: so every value within :data:`_STEPS` steps of a threshold is flagged and encoded
+#: again from the quotient itself (:func:`segment_tables` proves it).
+_STEPS = 4
 
 
 def _group(value: float) -> int:
@@ -35,37 +40,8 @@ def _group(value: float) -> int:
     return int(np.floor(np.log10(value))) + 8
 
 
-def segment_tables(signed: bool) -> dict[str, np.ndarray]:
-    """The in-register encoder's tables, checked to give the bucket table's code.
-
-    The positive thresholds fall in 9 *segments*: below the first code,
-    each decade's, and above the last. Between two of them lies one
-    *boundary* threshold, compared exactly: a float's binade holds at most one
-    (they are about 10x apart), so ``SEG[binade] + (|y| > TB[binade])`` is the
-    segment. Inside decade ``k`` with ``n`` codes the thresholds are the even
-    grid ``10^(k-6)·(0.1 + 0.9·j/n)`` up to float32 rounding, so
-    ``κ = |y|·A - B`` with ``A = n/(0.9·10^(k-6))``, ``B = n/9 - base - o`` is
-    ``o + base + j`` at the ``j``-th (``base``: the thresholds below the
-    segment; ``o``: 127 for the signed code, whose positive codes start
-    there), and ``min(⌊κ⌋, TOP)``, ``TOP = o + base + n - 1``, is the code of
-    a positive ``y``. It is exact wherever ``κ`` is more than :data:`_NEAR`
-    from an integer; nearer (about 1 value in 8,000) the value is encoded
-    with the bucket table instead. The check below proves it for every
-    threshold: ``κ`` (computed in float64, then rounded to float32 as the
-    fused multiply-add does) of the threshold itself stays under ``j + δ``
-    and that of the next float above it over ``j - δ``; ``κ`` is monotone,
-    so every value farther than ``δ`` gets ``⌊κ⌋`` right.
-
-    The sign needs no more than this (:func:`segment_encoder`). A negative
-    ``y = -u`` of the signed code takes ``127 - min(le, 127)``, ``le`` the
-    thresholds at or below ``u``, and ``le`` is ``⌊κ⌋ - 127`` unless ``u``
-    is itself a threshold: an interior one is flagged, and so is a boundary
-    (checked: at the boundary above a segment ``κ`` is within ``δ`` of an
-    integer, or ``le`` is clamped there anyway). So the segments with no
-    interior threshold below a boundary get ``κ = o + base + 1/2 + u/(2b)``
-    (``b``: that boundary) rather than a constant. For the unsigned code a
-    positive value never takes code 0, so the first segment's code is 1.
-    """
+def _segments(signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per segment ``A``, ``B``, ``TOP``; and the boundaries (thresholds between segments)."""
     code = _lowmem.dynamic_code(signed).numpy()
     points = code[code >= 0]
     thresholds = _lowmem_codes.positive_thresholds(signed)
@@ -74,57 +50,117 @@ def segment_tables(signed: bool) -> dict[str, np.ndarray]:
     boundary = groups[:-1] != groups[1:]
     boundaries = thresholds[boundary]
     offset = 127 if signed else 0
-    a = np.zeros(16, np.float32)
-    b = np.zeros(16, np.float32)
-    top = np.zeros(16, np.int32)
-
-    def kappa(values: np.ndarray, segment: int) -> np.ndarray:
-        exact = values.astype(np.float64) * float(a[segment]) - float(b[segment])
-        return exact.astype(np.float32).astype(np.float64)
-
-    # (float64 holds t·A - B exactly, so rounding it to float32 is the fused multiply-add's
-    # one rounding; κ of a threshold or its neighbours is measured within 2⁻¹⁶ of j, one
-    # float32 step, and 2⁻¹⁶ more is left as slack)
-    margin = _NEAR - 2.0**-16
+    a, b = np.zeros(9, np.float64), np.zeros(9, np.float64)
+    top = np.zeros(9, np.int32)
     for segment in range(9):
         below = np.flatnonzero(boundary)[:segment]
         base = offset + (below[-1] + 1 if below.size else 0)
         n = int((groups == segment).sum())
-        inner = thresholds[(groups[:-1] == segment) & (groups[1:] == segment)]
-        assert inner.size == max(n - 1, 0)
-        if segment < 8 and inner.size == 0:  # (κ from base + 1/2 up to base + 1 at the boundary)
-            a[segment], b[segment], top[segment] = 0.5 / boundaries[segment], -(base + 0.5), base
-            if not signed and segment == 0:  # (a positive value is never code 0)
-                a[segment], b[segment], top[segment] = 0.0, -1.5, 1
-        elif inner.size == 0:  # (above the last boundary: one code)
-            b[segment], top[segment] = -(base + 0.5), base
+        if segment == 8:  # (1.0 alone: κ from 255 at the last boundary to 255.25 at 1)
+            a[8] = 0.25 / (1.0 - float(boundaries[7]))
+            b[8], top[8] = float(boundaries[7]) * a[8] - 255.0, 255
+        elif n == 1:  # (κ from base + 1/2 up to base + 1 at the boundary)
+            first = 1 if not signed and segment == 0 else base  # (a positive value is never 0)
+            a[segment], b[segment], top[segment] = 0.5 / boundaries[segment], -(first + 0.5), first
         else:
             decade = 10.0 ** (segment - 7)
-            a[segment], b[segment] = n / (0.9 * decade), n / 9 - base
-            top[segment] = base + n - 1
-            above = np.nextafter(inner, np.float32(2.0))
-            j = base + np.arange(1, n, dtype=np.float64)
-            assert np.all(kappa(inner, segment) - j < margin), (signed, segment)
-            assert np.all(j - kappa(above, segment) < margin), (signed, segment)
-        # (above the boundary below, κ > base: truncation gives base or more, with no clamp)
-        if segment > 0:
-            first = np.nextafter(boundaries[segment - 1], np.float32(2.0))
-            assert kappa(np.array([first]), segment)[0] > base, (signed, segment)
-        # (a boundary is flagged where it decides the code of its negative)
-        if signed and segment < 8:
-            at = kappa(boundaries[segment : segment + 1], segment)[0]
-            assert abs(at - round(at)) < margin or base + n - 1 >= 2 * offset, segment
-    seg = np.zeros(32, np.int32)
-    tb = np.full(32, 0x7F800000, np.int32)  # (no boundary in the binade: +inf)
-    for exponent in range(_LOW_BINADE, 128):
-        start = np.array([exponent << 23], np.int32).view(np.float32)[0]
-        inside = boundaries[(boundaries >= start) & (boundaries < 2 * start)]
-        assert inside.size <= 1 and (exponent > _LOW_BINADE or boundaries[0] >= 2 * start)
-        seg[exponent % 32] = int((boundaries < start).sum())
+            a[segment], b[segment], top[segment] = n / (0.9 * decade), n / 9 - base, base + n - 1
+    return a.astype(np.float32), b.astype(np.float32), top, boundaries
+
+
+def _steps(bits: np.ndarray, count: int) -> np.ndarray:
+    """The float32 bit patterns within ``count`` steps of ``bits`` (non-negative, below 2)."""
+    near = (bits[:, None].astype(np.int64) + np.arange(-count, count + 1)).reshape(-1)
+    return near[(near >= 0) & (near <= 0x40000000)].astype(np.uint32)
+
+
+def emulate(tables: dict[str, np.ndarray], bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's code (of ``+x``, before the sign) and near flag for magnitudes ``bits``.
+
+    As the C does it: the slot ``e + (u > TB[e])``, ``κ = u·A - B`` with one
+    rounding (float64 holds the product and difference exactly), ``min(⌊κ⌋, TOP)``.
+    """
+    u = bits.astype(np.int64)
+    e = np.maximum(u >> 23, _LOW_BINADE)
+    slot = (e + (u > tables["TB"][e % 32])) % 32
+    x = bits.view(np.float32).astype(np.float64)
+    kappa = (x * tables["A"][slot].astype(np.float64) - tables["B"][slot]).astype(np.float32)
+    near = np.abs(kappa - np.round(kappa)) < np.float32(_NEAR)
+    return np.minimum(np.trunc(kappa).astype(np.int64), tables["TOP"][slot]), near
+
+
+def segment_tables(signed: bool) -> dict[str, np.ndarray]:
+    """The in-register encoder's tables by binade, checked to give the nearest code.
+
+    The positive thresholds fall in 9 *segments*: below the first code,
+    each decade's, and 1.0. Inside decade ``k`` with ``n`` codes the
+    thresholds are the even grid ``10^(k-6)·(0.1 + 0.9·j/n)`` up to float32
+    rounding, so ``κ = |y|·A - B`` with ``A = n/(0.9·10^(k-6))``,
+    ``B = n/9 - base`` is ``base + j`` at the ``j``-th (``base``: the codes
+    below the segment, 127 more for the signed code, whose positive codes
+    start there), and ``min(⌊κ⌋, TOP)``, ``TOP = base + n - 1``, is the code
+    of a positive ``y`` (the clamp: between a decade's last code and the
+    boundary the grid runs one step further than the code). A segment of one
+    code has ``κ`` from ``base + 1/2`` to ``base + 1`` at its boundary; 1.0
+    from 255 at the last boundary to 255.25, so every boundary is an integer
+    of the segment below it.
+
+    The tables are per binade (a float's exponent, ``SLOT = e mod 32``): a
+    binade's entry holds the segment its first value lies in; the one binade
+    holding a boundary ``b`` also has ``TB``, a *switch point*, and values
+    above it take the next binade's entry, the next segment. The switch
+    points lie :data:`_STEPS` float steps above ``b`` (below it for 1.0's), so
+    around every boundary the lower segment's ``κ`` is near its integer.
+
+    ``x = v/a`` is ``v·(1/a)`` in the loop, within 3 steps of the rounded
+    quotient, so the code may differ only within :data:`_STEPS` steps of a
+    threshold. The check below emulates the encoder (:func:`emulate`) around
+    every threshold, switch point and binade start: every value within
+    :data:`_STEPS` steps of a threshold is flagged (``κ`` within
+    :data:`_NEAR` of an integer), and every value not flagged, out to 64 steps
+    away, gets the nearest code. Between those places ``κ`` is one segment's
+    increasing line and the code does not change, so its floor is right there
+    too.
+    """
+    a, b, top, boundaries = _segments(signed)
+    switch = boundaries.view(np.int32) + _STEPS
+    switch[7] = boundaries[7:].view(np.int32)[0] - _STEPS - 1  # (1.0 takes the values near b)
+    tables = {
+        "TB": np.full(32, 0x7F800000, np.int32),  # (no switch point in the binade: +inf)
+        "A": np.zeros(32, np.float32),
+        "B": np.zeros(32, np.float32),
+        "TOP": np.zeros(32, np.int32),
+    }
+    for exponent in range(_LOW_BINADE, 129):
+        start = exponent << 23
+        segment = int((switch < start).sum())
+        slot = exponent % 32
+        tables["A"][slot], tables["B"][slot] = a[segment], b[segment]
+        tables["TOP"][slot] = top[segment]
+        inside = switch[(switch >= start) & (switch < start + (1 << 23))]
+        assert inside.size <= 1 and (exponent > _LOW_BINADE or switch[0] >= start + (1 << 23))
         if inside.size:
-            tb[exponent % 32] = inside.view(np.int32)[0]
-    assert 128 - _LOW_BINADE <= 32
-    return {"SEG": seg, "TB": tb, "A": a, "B": b, "TOP": top}
+            tables["TB"][slot] = inside[0]
+    assert 129 - _LOW_BINADE <= 32 and tables["TB"][127 % 32] == 0x7F800000
+    thresholds = _lowmem_codes.positive_thresholds(signed)
+    every = thresholds.view(np.uint32)
+    starts = np.arange(_LOW_BINADE, 128, dtype=np.uint32) << 23
+    places = np.concatenate([every, switch.astype(np.uint32), starts, [0, 1, 0x3F800000]])
+    values = np.unique(_steps(places.astype(np.uint32), 64))
+    code, near = emulate(tables, values)
+    x = values.view(np.float32)
+    want = np.searchsorted(thresholds, x, side="left") + (127 if signed else 0)
+    if not signed:  # (a positive value is never code 0; zero is masked in the loop)
+        want = np.maximum(want, 1)
+    assert np.all(near | (code == want)), (signed, x[~near & (code != want)][:5])
+    close = np.unique(_steps(every, _STEPS))
+    assert np.all(emulate(tables, close)[1]), signed
+    # (the negative side of the signed code: 254 - ⌊κ⌋ counts the thresholds below -x,
+    # the mirrors of those at or above x, where x is not itself a threshold: flagged)
+    if signed:
+        negative = 127 - np.minimum(np.searchsorted(thresholds, x, side="right"), 127)
+        assert np.all(near | (np.maximum(254 - code, 0) == negative)), signed
+    return tables
 
 
 def _int_list(values: np.ndarray) -> str:
@@ -132,18 +168,19 @@ def _int_list(values: np.ndarray) -> str:
 
 
 def _kappa(values: str) -> list[str]:
-    """C lines: ``bits`` of ``x = v/d`` for the 16 floats at ``values``, their segment ``seg``
-    and ``kappa`` (:func:`segment_tables`), with the constants of :func:`segment_encoder`."""
+    """C lines: ``bits`` of ``x = v·(1/d)`` (or ``v/d``: ``RECIP``) for the 16 floats at
+    ``values``, their table slot and ``kappa`` (:func:`segment_tables`), with the constants of
+    :func:`segment_encoder`."""
     return [
-        "      const __m512i bits = _mm512_castps_si512("
-        f"_mm512_div_ps(_mm512_loadu_ps({values}), divisor));",
+        f"      const __m512 x = _mm512_loadu_ps({values});",
+        "      const __m512i bits = _mm512_castps_si512(recip ? _mm512_mul_ps(x, reciprocal)"
+        " : _mm512_div_ps(x, divisor));",
         "      const __m512i u = _mm512_and_si512(bits, magnitude);",
         "      const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
-        "      __m512i seg = _mm512_permutex2var_epi32(seg_lo, e, seg_hi);",
-        "      seg = _mm512_mask_add_epi32(seg, _mm512_cmpgt_epi32_mask(u,"
-        " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), seg, one);",
+        "      const __m512i slot = _mm512_mask_add_epi32(e, _mm512_cmpgt_epi32_mask(u,"
+        " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), e, one);",
         "      const __m512 kappa = _mm512_fmsub_ps(_mm512_castsi512_ps(u),"
-        " _mm512_permutexvar_ps(seg, a), _mm512_permutexvar_ps(seg, b));",
+        " _mm512_permutex2var_ps(a_lo, slot, a_hi), _mm512_permutex2var_ps(b_lo, slot, b_hi));",
     ]
 
 
@@ -151,64 +188,69 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     """``encode_<suffix>``: a full block's codes by :func:`segment_tables`, in registers.
 
     The bucket table's gather of 16 entries costs more than the rest of the
-    encoding; here every look-up is a permutation of a register (32 entries
-    by binade, 16 by segment). The tables hold the code's offset, so a
-    positive value's code is ``min(⌊κ⌋, TOP)``; a negative one of the
-    signed code takes ``254`` minus it, and an unsigned value that is not
-    positive takes 0 (:func:`segment_tables` says why that is all). Four
-    groups of 16 codes are packed to bytes with saturation (a negative
-    value's ``-1``, for the value -1 itself, becomes code 0). The nearest
-    any ``κ`` came to an integer is kept in a register (``vrangeps``: the
-    smaller magnitude) and checked once: the function returns nonzero when
-    it is within :data:`_NEAR`, and the caller then has ``fix_<suffix>``
-    find those values again and encode each with the bucket table (about 3%
-    of blocks of random values hold one). The caller passes only finite
-    blocks, so ``κ`` is never NaN.
+    encoding; here every look-up is a permutation of two registers (32
+    entries by binade). The tables hold the code's offset, so a positive
+    value's code is ``min(⌊κ⌋, TOP)``; a negative one of the signed code
+    takes ``254`` minus it, and an unsigned value that is not positive takes
+    0 (:func:`segment_tables` says why that is all). Four groups of 16 codes
+    are packed to bytes with saturation (a negative value's ``-1``, for the
+    value -1 itself, becomes code 0). The nearest any ``κ`` came to an
+    integer is kept in a register (``vrangeps``: the smaller magnitude) and
+    checked once: the function returns nonzero when it is within
+    :data:`_NEAR`, and the caller then has ``fix_<suffix>`` find those
+    values again and encode each with the bucket table from the quotient
+    ``v/d`` itself (about 3% of blocks of random values hold one). The
+    caller passes only finite blocks, so ``κ`` is never NaN.
+
+    ``x`` is ``v·(1/d)`` where ``1/d`` is a normal float and, for the
+    unsigned code, ``d ≤ 1`` (then ``x > 0`` exactly where ``v/d > 0``: a
+    positive value never takes code 0, and its product with ``1/d ≥ 1``
+    never underflows to 0); otherwise the division.
     """
     tables = segment_tables(signed)
     name = f"SEGMENT_{suffix}"
     near = f"(float){_NEAR!r}"
+    limit = "0x1p125f" if signed else "1.0f"
     constants = [
-        "  const __m512 divisor = _mm512_set1_ps(d);",
+        "  const __m512 divisor = _mm512_set1_ps(d), reciprocal = _mm512_set1_ps(1.0f / d);",
         "  const __m512i one = _mm512_set1_epi32(1), magnitude = _mm512_set1_epi32(0x7FFFFFFF);",
         f"  const __m512i low_binade = _mm512_set1_epi32({_LOW_BINADE});",
-        f"  const __m512i seg_lo = _mm512_load_si512({name}_SEG),"
-        f" seg_hi = _mm512_load_si512({name}_SEG + 16);",
         f"  const __m512i tb_lo = _mm512_load_si512({name}_TB),"
         f" tb_hi = _mm512_load_si512({name}_TB + 16);",
-        f"  const __m512 a = _mm512_load_ps((const float*){name}_A),"
-        f" b = _mm512_load_ps((const float*){name}_B);",
+        f"  const __m512 a_lo = _mm512_load_ps((const float*){name}_A),"
+        f" a_hi = _mm512_load_ps((const float*){name}_A + 16);",
+        f"  const __m512 b_lo = _mm512_load_ps((const float*){name}_B),"
+        f" b_hi = _mm512_load_ps((const float*){name}_B + 16);",
     ]
     if signed:  # (x = -u: 127 - min(lt, 127), lt = ⌊κ⌋ - 127, i.e. 254 - ⌊κ⌋, -1 -> 0)
         position = [
             "      const __m512i c = _mm512_min_epi32(_mm512_cvttps_epi32(kappa),"
-            " _mm512_permutexvar_epi32(seg, top));",
+            " _mm512_permutex2var_epi32(top_lo, slot, top_hi));",
             "      pos[k] = _mm512_mask_sub_epi32(c, _mm512_movepi32_mask(bits), c254, c);",
         ]
     else:  # (-0.0, and 0.0: code 0)
         position = [
             "      pos[k] = _mm512_maskz_min_epi32(_mm512_cmpgt_epi32_mask(bits, zero),"
-            " _mm512_cvttps_epi32(kappa), _mm512_permutexvar_epi32(seg, top));",
+            " _mm512_cvttps_epi32(kappa), _mm512_permutex2var_epi32(top_lo, slot, top_hi));",
         ]
+    table = "static const {} {}_{}[32] __attribute__((aligned(64))) = {{{}}};"
     return [
         "#ifdef ADAPTIM_VBMI",
-        f"static const int32_t {name}_SEG[32] __attribute__((aligned(64))) = "
-        f"{{{_int_list(tables['SEG'])}}};",
-        f"static const int32_t {name}_TB[32] __attribute__((aligned(64))) = "
-        f"{{{_int_list(tables['TB'])}}};",
-        f"static const int32_t {name}_TOP[16] __attribute__((aligned(64))) = "
-        f"{{{_int_list(tables['TOP'])}}};",
-        f"static const uint32_t {name}_A[16] __attribute__((aligned(64))) = "
-        f"{{{_int_list(tables['A'].view(np.uint32))}}};",
-        f"static const uint32_t {name}_B[16] __attribute__((aligned(64))) = "
-        f"{{{_int_list(tables['B'].view(np.uint32))}}};",
-        f"static inline int encode_{suffix}(const float* restrict v, float d, uint8_t* restrict q) {{",
+        table.format("int32_t", name, "TB", _int_list(tables["TB"])),
+        table.format("int32_t", name, "TOP", _int_list(tables["TOP"])),
+        table.format("uint32_t", name, "A", _int_list(tables["A"].view(np.uint32))),
+        table.format("uint32_t", name, "B", _int_list(tables["B"].view(np.uint32))),
+        # (whether x is v·(1/d): see the docstring)
+        f"static inline int recip_{suffix}(float d) {{ return d >= 0x1p-125f && d <= {limit}; }}",
+        f"static inline __attribute__((always_inline)) int encode_{suffix}_with("
+        "const float* restrict v, float d, uint8_t* restrict q, const int recip) {",
         *constants,
         "  const __m512i c254 = _mm512_set1_epi32(254);"
         if signed
         else "  const __m512i zero = _mm512_setzero_si512();",
-        "  const __m512i order = _mm512_loadu_si512(PACK_ORDER), top = "
-        f"_mm512_load_si512({name}_TOP);",
+        "  const __m512i order = _mm512_loadu_si512(PACK_ORDER);",
+        f"  const __m512i top_lo = _mm512_load_si512({name}_TOP),"
+        f" top_hi = _mm512_load_si512({name}_TOP + 16);",
         "  __m512 nearest = _mm512_set1_ps(1.0f);",
         "  for (int j = 0; j < QBLOCK; j += 64) {",
         "    __m512i pos[4];",
@@ -225,8 +267,13 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         "  }",
         f"  return _mm512_cmp_ps_mask(nearest, _mm512_set1_ps({near}), _CMP_LT_OQ) != 0;",
         "}",
+        f"static inline int encode_{suffix}(const float* restrict v, float d, uint8_t* restrict q) {{",
+        f"  return recip_{suffix}(d) ? encode_{suffix}_with(v, d, q, 1)"
+        f" : encode_{suffix}_with(v, d, q, 0);",
+        "}",
         # (the flagged values alone, again: ~3% of blocks hold one, mostly one or two)
         f"static void fix_{suffix}(const float* restrict v, float d, uint8_t* restrict q) {{",
+        f"  const int recip = recip_{suffix}(d);",
         *constants,
         "  for (int j = 0; j < QBLOCK; j += 16) {",
         *_kappa("v + j"),
