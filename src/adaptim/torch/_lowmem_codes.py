@@ -147,9 +147,11 @@ def decoder(suffix: str) -> list[str]:
     return lines
 
 
-#: Where the encoder's two ``packus`` steps leave the 4 bytes of group ``k`` (16 codes
-#: each) of lane ``l``: the dword ``4l + k``; it must go to ``4k + l``.
-PACK_ORDER = [4 * (p % 4) + p // 4 for p in range(16)]
+#: For the encoder (:mod:`._lowmem_segments`): byte ``k`` of each dword of two registers,
+#: 32 in order, as a ``vpermt2b`` index (``PICK_BYTE + 64·k``; the upper half unused).
+PICK_BYTE = [
+    (4 * (i % 16) + 64 * (i // 16) + k) if i < 32 else 0 for k in range(4) for i in range(64)
+]
 
 
 #: The in-register decoder and encoder: AVX-512 with its byte permutations (VBMI).
@@ -161,8 +163,8 @@ VBMI_HEADER = [
     "static const uint8_t DECODE_ORDER[64] __attribute__((aligned(64))) = {"
     + ", ".join(map(str, DECODE_ORDER))
     + "};",
-    "static const int32_t PACK_ORDER[16] __attribute__((aligned(64))) = {"
-    + ", ".join(map(str, PACK_ORDER))
+    "static const uint8_t PICK_BYTE[256] __attribute__((aligned(64))) = {"
+    + ", ".join(map(str, PICK_BYTE))
     + "};",
     "#endif",
 ]

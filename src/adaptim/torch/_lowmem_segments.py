@@ -24,6 +24,7 @@ from adaptim.torch import _lowmem, _lowmem_codes
 #: it is encoded again with the bucket table.
 _LOW_BINADE = 127 - 25
 _NEAR = 2.0**-14
+_CLOSE = int(_NEAR * 2**16)  # (δ in the 16-bit fixed point of κ)
 #: ``x/a`` is computed as ``v·(1/a)``, a multiply rather than a division (the divider
 #: is the loop's busiest unit); that lies within 3 float steps of the rounded quotient,
 #: so every value within :data:`_STEPS` steps of a threshold is flagged and encoded
@@ -78,15 +79,19 @@ def emulate(tables: dict[str, np.ndarray], bits: np.ndarray) -> tuple[np.ndarray
     """The encoder's code (of ``+x``, before the sign) and near flag for magnitudes ``bits``.
 
     As the C does it: the slot ``e + (u > TB[e])``, ``κ = u·A - B`` with one
-    rounding (float64 holds the product and difference exactly), ``min(⌊κ⌋, TOP)``.
+    rounding (float64 holds the product and difference exactly), in 16-bit
+    fixed point ``K = ⌊2¹⁶·κ⌋`` (the tables scaled by 2¹⁶: the same rounding);
+    the code ``min(⌊κ⌋, TOP)``, flagged where ``κ``'s fraction is within
+    :data:`_NEAR` of 0 or 1, ``(K + c) mod 2¹⁶ < 2c`` with ``c = 2¹⁶·δ``.
     """
     u = bits.astype(np.int64)
     e = np.maximum(u >> 23, _LOW_BINADE)
     slot = (e + (u > tables["TB"][e % 32])) % 32
     x = bits.view(np.float32).astype(np.float64)
     kappa = (x * tables["A"][slot].astype(np.float64) - tables["B"][slot]).astype(np.float32)
-    near = np.abs(kappa - np.round(kappa)) < np.float32(_NEAR)
-    return np.minimum(np.trunc(kappa).astype(np.int64), tables["TOP"][slot]), near
+    fixed = np.floor(kappa.astype(np.float64) * 2.0**16).astype(np.int64)
+    near = (fixed + _CLOSE) % 2**16 < 2 * _CLOSE
+    return np.minimum(fixed >> 16, tables["TOP"][slot]), near
 
 
 def segment_tables(signed: bool) -> dict[str, np.ndarray]:
@@ -167,10 +172,10 @@ def _int_list(values: np.ndarray) -> str:
     return ", ".join(map(str, values.tolist()))
 
 
-def _kappa(values: str) -> list[str]:
-    """C lines: ``bits`` of ``x = v·(1/d)`` (or ``v/d``: ``RECIP``) for the 16 floats at
-    ``values``, their table slot and ``kappa`` (:func:`segment_tables`), with the constants of
-    :func:`segment_encoder`."""
+def _fixed(values: str) -> list[str]:
+    """C lines: ``bits`` of ``x = v·(1/d)`` (or ``v/d``: ``recip``) for the 16 floats at
+    ``values``, their table ``slot`` and ``fixed``, ``⌊2¹⁶·κ⌋`` (:func:`segment_tables`,
+    :func:`emulate`), with the constants of :func:`segment_encoder`."""
     return [
         f"      const __m512 x = _mm512_loadu_ps({values});",
         "      const __m512i bits = _mm512_castps_si512(recip ? _mm512_mul_ps(x, reciprocal)"
@@ -179,8 +184,21 @@ def _kappa(values: str) -> list[str]:
         "      const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
         "      const __m512i slot = _mm512_mask_add_epi32(e, _mm512_cmpgt_epi32_mask(u,"
         " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), e, one);",
-        "      const __m512 kappa = _mm512_fmsub_ps(_mm512_castsi512_ps(u),"
-        " _mm512_permutex2var_ps(a_lo, slot, a_hi), _mm512_permutex2var_ps(b_lo, slot, b_hi));",
+        "      const __m512i fixed = _mm512_cvttps_epi32(_mm512_fmsub_ps(_mm512_castsi512_ps(u),"
+        " _mm512_permutex2var_ps(a_lo, slot, a_hi), _mm512_permutex2var_ps(b_lo, slot, b_hi)));",
+        # (κ's fraction within δ of 0 or 1)
+        "      const __mmask16 close = _mm512_testn_epi32_mask("
+        "_mm512_add_epi32(fixed, close_by), close_bits);",
+    ]
+
+
+def _bytes(name: str, order: str, parts: str) -> list[str]:
+    """C lines: ``name``, the bytes at ``order`` of each dword of ``parts[0..3]``, 64 in order."""
+    return [
+        f"    const __m512i {name} = _mm512_inserti64x4(",
+        f"        _mm512_permutex2var_epi8({parts}[0], {order}, {parts}[1]),",
+        f"        _mm512_castsi512_si256(_mm512_permutex2var_epi8({parts}[2], {order}, {parts}[3])),"
+        " 1);",
     ]
 
 
@@ -188,19 +206,21 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     """``encode_<suffix>``: a full block's codes by :func:`segment_tables`, in registers.
 
     The bucket table's gather of 16 entries costs more than the rest of the
-    encoding; here every look-up is a permutation of two registers (32
-    entries by binade). The tables hold the code's offset, so a positive
-    value's code is ``min(⌊κ⌋, TOP)``; a negative one of the signed code
-    takes ``254`` minus it, and an unsigned value that is not positive takes
-    0 (:func:`segment_tables` says why that is all). Four groups of 16 codes
-    are packed to bytes with saturation (a negative value's ``-1``, for the
-    value -1 itself, becomes code 0). The nearest any ``κ`` came to an
-    integer is kept in a register (``vrangeps``: the smaller magnitude) and
-    checked once: the function returns nonzero when it is within
-    :data:`_NEAR`, and the caller then has ``fix_<suffix>`` find those
-    values again and encode each with the bucket table from the quotient
-    ``v/d`` itself (about 3% of blocks of random values hold one). The
-    caller passes only finite blocks, so ``κ`` is never NaN.
+    encoding; here every look-up is a permutation of registers (32 entries
+    by binade, two registers). ``κ`` is taken in 16-bit fixed point, so one
+    conversion gives both the code (its third byte) and the fraction, whose
+    nearness to an integer is two integer operations. The tables hold the
+    code's offset, so a positive value's code is ``min(⌊κ⌋, TOP)``; a
+    negative one of the signed code takes ``254`` minus it (saturated: the
+    value -1 itself is code 0), and an unsigned value that is not positive
+    takes 0 (:func:`segment_tables` says why that is all). The clamp and the
+    sign are applied to 64 codes at once, as bytes (the slots and the signs
+    picked out of their dwords by byte permutations, ``TOP`` by one 64-entry
+    byte look-up). The function returns nonzero when any value was near a
+    threshold, and the caller then has ``fix_<suffix>`` find those values
+    again and encode each with the bucket table from the quotient ``v/d``
+    itself (about 3% of blocks of random values hold one). The caller passes
+    only finite blocks, so ``κ`` is never NaN.
 
     ``x`` is ``v·(1/d)`` where ``1/d`` is a normal float and, for the
     unsigned code, ``d ≤ 1`` (then ``x > 0`` exactly where ``v/d > 0``: a
@@ -209,12 +229,17 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     """
     tables = segment_tables(signed)
     name = f"SEGMENT_{suffix}"
-    near = f"(float){_NEAR!r}"
     limit = "0x1p125f" if signed else "1.0f"
+    scaled = {key: (tables[key] * np.float32(2**16)).view(np.uint32) for key in ("A", "B")}
+    top = np.zeros(64, np.uint8)
+    for exponent in range(_LOW_BINADE, 129):  # (the byte look-up takes the slot's low 6 bits)
+        top[exponent % 64] = tables["TOP"][exponent % 32]
     constants = [
         "  const __m512 divisor = _mm512_set1_ps(d), reciprocal = _mm512_set1_ps(1.0f / d);",
         "  const __m512i one = _mm512_set1_epi32(1), magnitude = _mm512_set1_epi32(0x7FFFFFFF);",
         f"  const __m512i low_binade = _mm512_set1_epi32({_LOW_BINADE});",
+        f"  const __m512i close_by = _mm512_set1_epi32({_CLOSE}),"
+        f" close_bits = _mm512_set1_epi32({0xFFFF & ~(2 * _CLOSE - 1)});",
         f"  const __m512i tb_lo = _mm512_load_si512({name}_TB),"
         f" tb_hi = _mm512_load_si512({name}_TB + 16);",
         f"  const __m512 a_lo = _mm512_load_ps((const float*){name}_A),"
@@ -223,49 +248,52 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f" b_hi = _mm512_load_ps((const float*){name}_B + 16);",
     ]
     if signed:  # (x = -u: 127 - min(lt, 127), lt = ⌊κ⌋ - 127, i.e. 254 - ⌊κ⌋, -1 -> 0)
-        position = [
-            "      const __m512i c = _mm512_min_epi32(_mm512_cvttps_epi32(kappa),"
-            " _mm512_permutex2var_epi32(top_lo, slot, top_hi));",
-            "      pos[k] = _mm512_mask_sub_epi32(c, _mm512_movepi32_mask(bits), c254, c);",
+        keep = ["      fixeds[k] = fixed; slots[k] = slot; signs[k] = bits;"]
+        finish = [
+            *_bytes("sign", "pick3", "signs"),
+            "    codes = _mm512_mask_subs_epu8(codes, _mm512_movepi8_mask(sign), c254, codes);",
         ]
     else:  # (-0.0, and 0.0: code 0)
-        position = [
-            "      pos[k] = _mm512_maskz_min_epi32(_mm512_cmpgt_epi32_mask(bits, zero),"
-            " _mm512_cvttps_epi32(kappa), _mm512_permutex2var_epi32(top_lo, slot, top_hi));",
+        keep = [
+            "      fixeds[k] = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(bits, zero), fixed);",
+            "      slots[k] = slot;",
         ]
+        finish = []
     table = "static const {} {}_{}[32] __attribute__((aligned(64))) = {{{}}};"
     return [
         "#ifdef ADAPTIM_VBMI",
         table.format("int32_t", name, "TB", _int_list(tables["TB"])),
-        table.format("int32_t", name, "TOP", _int_list(tables["TOP"])),
-        table.format("uint32_t", name, "A", _int_list(tables["A"].view(np.uint32))),
-        table.format("uint32_t", name, "B", _int_list(tables["B"].view(np.uint32))),
+        table.format("uint32_t", name, "A", _int_list(scaled["A"])),
+        table.format("uint32_t", name, "B", _int_list(scaled["B"])),
+        f"static const uint8_t {name}_TOP[64] __attribute__((aligned(64))) = {{{_int_list(top)}}};",
         # (whether x is v·(1/d): see the docstring)
         f"static inline int recip_{suffix}(float d) {{ return d >= 0x1p-125f && d <= {limit}; }}",
         f"static inline __attribute__((always_inline)) int encode_{suffix}_with("
         "const float* restrict v, float d, uint8_t* restrict q, const int recip) {",
         *constants,
-        "  const __m512i c254 = _mm512_set1_epi32(254);"
+        "  const __m512i c254 = _mm512_set1_epi8((char)254);"
         if signed
         else "  const __m512i zero = _mm512_setzero_si512();",
-        "  const __m512i order = _mm512_loadu_si512(PACK_ORDER);",
-        f"  const __m512i top_lo = _mm512_load_si512({name}_TOP),"
-        f" top_hi = _mm512_load_si512({name}_TOP + 16);",
-        "  __m512 nearest = _mm512_set1_ps(1.0f);",
+        "  const __m512i pick0 = _mm512_load_si512(PICK_BYTE),"
+        " pick2 = _mm512_load_si512(PICK_BYTE + 128);",
+        "  const __m512i pick3 = _mm512_load_si512(PICK_BYTE + 192);" if signed else "",
+        f"  const __m512i tops = _mm512_load_si512({name}_TOP);",
+        "  __mmask16 flagged = 0;",
         "  for (int j = 0; j < QBLOCK; j += 64) {",
-        "    __m512i pos[4];",
+        "    __m512i fixeds[4], slots[4];",
+        "    __m512i signs[4];" if signed else "",
         "    for (int k = 0; k < 4; ++k) {",
-        *_kappa("v + j + 16 * k"),
-        # (κ minus the nearest integer; the smaller magnitude of two, sign cleared)
-        "      nearest = _mm512_range_ps(nearest,"
-        " _mm512_reduce_ps(kappa, _MM_FROUND_TO_NEAREST_INT), 0x0A);",
-        *position,
+        *_fixed("v + j + 16 * k"),
+        "      flagged |= close;",
+        *keep,
         "    }",
-        "    const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(pos[0], pos[1]),",
-        "                                              _mm512_packus_epi32(pos[2], pos[3]));",
-        "    _mm512_storeu_si512(q + j, _mm512_permutexvar_epi32(order, bytes));",
+        *_bytes("codes_all", "pick2", "fixeds"),
+        *_bytes("slot", "pick0", "slots"),
+        "    __m512i codes = _mm512_min_epu8(codes_all, _mm512_permutexvar_epi8(slot, tops));",
+        *finish,
+        "    _mm512_storeu_si512(q + j, codes);",
         "  }",
-        f"  return _mm512_cmp_ps_mask(nearest, _mm512_set1_ps({near}), _CMP_LT_OQ) != 0;",
+        "  return flagged != 0;",
         "}",
         f"static inline int encode_{suffix}(const float* restrict v, float d, uint8_t* restrict q) {{",
         f"  return recip_{suffix}(d) ? encode_{suffix}_with(v, d, q, 1)"
@@ -276,11 +304,9 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f"  const int recip = recip_{suffix}(d);",
         *constants,
         "  for (int j = 0; j < QBLOCK; j += 16) {",
-        *_kappa("v + j"),
-        "    __mmask16 close = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(kappa,"
-        f" _MM_FROUND_TO_NEAREST_INT)), _mm512_set1_ps({near}), _CMP_LT_OQ);",
-        "    for (; close; close &= close - 1) {",
-        "      const int i = j + __builtin_ctz(close);",
+        *_fixed("v + j"),
+        "    for (__mmask16 left = close; left; left &= left - 1) {",
+        "      const int i = j + __builtin_ctz(left);",
         f"      q[i] = bucket_{suffix}(v[i] / d);",
         "    }",
         "  }",
