@@ -172,15 +172,21 @@ def _int_list(values: np.ndarray) -> str:
     return ", ".join(map(str, values.tolist()))
 
 
-def _fixed(values: str) -> list[str]:
+def _fixed(values: str, signed: bool) -> list[str]:
     """C lines: ``bits`` of ``x = v·(1/d)`` (or ``v/d``: ``recip``) for the 16 floats at
     ``values``, their table ``slot`` and ``fixed``, ``⌊2¹⁶·κ⌋`` (:func:`segment_tables`,
-    :func:`emulate`), with the constants of :func:`segment_encoder`."""
+    :func:`emulate`), with the constants of :func:`segment_encoder`.
+
+    The unsigned code's values are not negative but for -0.0, and any value
+    whose sign is set takes code 0 whatever its ``κ``, so ``u`` is ``x``
+    itself there (its ``κ`` may be flagged: the bucket table gives 0 too)."""
     return [
         f"      const __m512 x = _mm512_loadu_ps({values});",
         "      const __m512i bits = _mm512_castps_si512(recip ? _mm512_mul_ps(x, reciprocal)"
         " : _mm512_div_ps(x, divisor));",
-        "      const __m512i u = _mm512_and_si512(bits, magnitude);",
+        "      const __m512i u = _mm512_and_si512(bits, magnitude);"
+        if signed
+        else "      const __m512i u = bits;",
         "      const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
         "      const __m512i slot = _mm512_mask_add_epi32(e, _mm512_cmpgt_epi32_mask(u,"
         " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), e, one);",
@@ -236,7 +242,8 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         top[exponent % 64] = tables["TOP"][exponent % 32]
     constants = [
         "  const __m512 divisor = _mm512_set1_ps(d), reciprocal = _mm512_set1_ps(1.0f / d);",
-        "  const __m512i one = _mm512_set1_epi32(1), magnitude = _mm512_set1_epi32(0x7FFFFFFF);",
+        "  const __m512i one = _mm512_set1_epi32(1);",
+        "  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);" if signed else "",
         f"  const __m512i low_binade = _mm512_set1_epi32({_LOW_BINADE});",
         f"  const __m512i close_by = _mm512_set1_epi32({_CLOSE}),"
         f" close_bits = _mm512_set1_epi32({0xFFFF & ~(2 * _CLOSE - 1)});",
@@ -283,7 +290,7 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         "    __m512i fixeds[4], slots[4];",
         "    __m512i signs[4];" if signed else "",
         "    for (int k = 0; k < 4; ++k) {",
-        *_fixed("v + j + 16 * k"),
+        *_fixed("v + j + 16 * k", signed),
         "      flagged |= close;",
         *keep,
         "    }",
@@ -304,7 +311,7 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f"  const int recip = recip_{suffix}(d);",
         *constants,
         "  for (int j = 0; j < QBLOCK; j += 16) {",
-        *_fixed("v + j"),
+        *_fixed("v + j", signed),
         "    for (__mmask16 left = close; left; left &= left - 1) {",
         "      const int i = j + __builtin_ctz(left);",
         f"      q[i] = bucket_{suffix}(v[i] / d);",
