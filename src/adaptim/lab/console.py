@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 from rich.text import Text
@@ -167,12 +166,20 @@ def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[
     ``adaptim problems`` and ``adaptim optimizers`` have one long description per
     row; as a table column it wraps into a narrow strip of 5 to 10 lines.
     """
-    console.print(Text(title, style="bold"))
+    _wrapped(console, Text(title, style="bold"), indent=0)
     for name, lines in entries:
         console.print()
         console.print(Text(name, style="bold cyan"), soft_wrap=True)
         for line in lines:
-            console.print(Padding(Text(line), (0, 0, 0, 4), expand=False))
+            _wrapped(console, Text(line), indent=4)
+
+
+def _wrapped(console: Console, text: Text, indent: int) -> None:
+    # Wrapped here rather than by Rich's Padding or print, which leave blanks at
+    # the ends of lines (Padding fills each out to the width): noise in a pipe.
+    for piece in text.wrap(console, max(console.width - indent, 20)):
+        piece.rstrip()
+        console.print(Text(" " * indent) + piece, soft_wrap=True)
 
 
 def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:
