@@ -325,3 +325,31 @@ def test_a_group_added_in_train_mode_trains_and_evaluates(name: str) -> None:
     numpy_opt.add_param_group({"params": [np.zeros(2)]})
     numpy_opt.step([np.ones(3), np.ones(2)])
     assert [group["train_mode"] for group in numpy_opt.param_groups] == [True, True]
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), bad=st.sampled_from([float("inf"), float("nan")]))
+def test_mechanic_skips_whole_the_step_its_base_skips(seed: int, bad: float) -> None:
+    # The base skipped the step (nonfinite="skip"), but Mechanic learned from the
+    # non-finite h: scale and parameters NaN from then on.
+    rng = np.random.default_rng(seed)
+    start, grads = rng.standard_normal((2, 3)), rng.standard_normal((3, 2, 3))
+    poisoned = [grads[0], np.full((2, 3), bad), grads[1], grads[2]]
+
+    def torch_run(sequence: list[np.ndarray]) -> np.ndarray:
+        w = torch.nn.Parameter(torch.tensor(start))
+        opt = adaptim.Mechanic(adaptim.Adam([w], nonfinite="skip"))
+        for g in sequence:
+            w.grad = torch.tensor(g)
+            opt.step()
+        return w.detach().numpy()
+
+    def numpy_run(sequence: list[np.ndarray]) -> np.ndarray:
+        w = start.copy()
+        opt = anp.Mechanic(anp.Adam([w], nonfinite="skip"))
+        for g in sequence:
+            opt.step([g])
+        return w
+
+    for run in (torch_run, numpy_run):
+        np.testing.assert_array_equal(run(poisoned), run(list(grads)))

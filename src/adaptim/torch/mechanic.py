@@ -77,7 +77,8 @@ class Mechanic(torch.optim.Optimizer):
     such as 1 (or the base's usual default): Mechanic learns the scale.
     :attr:`scale` is the current :math:`s = \sum_i s_i`. A parameter without
     a gradient is left untouched (as torch.optim does); it joins when it
-    has one. The equations, and how they differ between optax and
+    has one. A step the base skips (``nonfinite="skip"``) is skipped whole:
+    scale and parameters stay as they were. The equations, and how they differ between optax and
     ``mechanic-pytorch``, are in :mod:`adaptim.torch.mechanic`.
 
     Example::
@@ -220,7 +221,12 @@ class Mechanic(torch.optim.Optimizer):
         h = _inner(grads, descent, dtype, device)
         if weight_decay != 0:
             h = h + decay * _inner(before, descent, dtype, device)
+        skipped = getattr(self.base, "skipped_steps", 0)
         self.base.step()
+        if getattr(self.base, "skipped_steps", 0) != skipped:
+            # the base refused a non-finite gradient (nonfinite="skip"): h is not
+            # finite either, and learning from it would make the scale NaN for good
+            return loss
         # (in the lowest-precision dtype of the parameters: exact in every one of them)
         s_new = self._update_scalars(h).sum()
         refs = [self.state[p]["x_ref"] for p in params]
