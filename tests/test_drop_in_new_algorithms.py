@@ -177,6 +177,21 @@ def test_the_loop_ends_where_the_reference_ends(
     _assert_identical(ours, theirs)
 
 
+@pytest.mark.parametrize("loop", list(LOOPS))
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), width=st.integers(1, 9))
+def test_8bit_states_of_small_tensors_end_where_torch_optim_ends(
+    name: str, loop: str, seed: int, width: int
+) -> None:
+    # tensors under 4,096 elements keep fp32 states, as bitsandbytes does
+    def eight_bit(params: Any) -> torch.optim.Optimizer:
+        return getattr(adaptim, name)(params, state_bits=8)
+
+    theirs = _final(_factory(getattr(torch.optim, name)), LOOPS[loop], seed, width, True)
+    _assert_identical(_final(eight_bit, LOOPS[loop], seed, width, True), theirs)
+
+
 def _resumed(
     make: Factory, resume: Callable[[Any, Any], tuple[Any, Any]], seed: int, width: int, bias: bool
 ) -> list[torch.Tensor]:

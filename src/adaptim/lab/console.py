@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
+from rich.table import Column
 from rich.text import Text
 
 if TYPE_CHECKING:
@@ -152,12 +152,8 @@ class StudyProgress:
 
 def bullets(console: Console, sentences: Iterable[str]) -> None:
     """``  • sentence``, wrapped lines indented under the first word."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True)
-    grid.add_column()
     for sentence in sentences:
-        grid.add_row("  •", Text(sentence))
-    console.print(grid)
+        _wrapped(console, Text(sentence), indent=4, first="  • ")
 
 
 def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
@@ -174,12 +170,14 @@ def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[
             _wrapped(console, Text(line), indent=4)
 
 
-def _wrapped(console: Console, text: Text, indent: int) -> None:
-    # Wrapped here rather than by Rich's Padding or print, which leave blanks at
-    # the ends of lines (Padding fills each out to the width): noise in a pipe.
-    for piece in text.wrap(console, max(console.width - indent, 20)):
+def _wrapped(console: Console, text: Text, indent: int, first: str | None = None) -> None:
+    # Wrapped here rather than by Rich's Padding, Table or print, which leave
+    # blanks at the ends of lines (Padding fills each out to the width): noise
+    # in a pipe. ``first`` replaces the indent of the first line (a bullet).
+    for number, piece in enumerate(text.wrap(console, max(console.width - indent, 20))):
         piece.rstrip()
-        console.print(Text(" " * indent) + piece, soft_wrap=True)
+        lead = first if first is not None and number == 0 else " " * indent
+        console.print(Text(lead) + piece, soft_wrap=True)
 
 
 def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:
@@ -196,6 +194,7 @@ def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False)
     print_ranking(console, problem, wide)
     print_tuning_costs(console, problem, wide)
     found = verdict(problem)
-    console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
+    headline = Text.from_markup(f"[bold green]Recommendation:[/] {escape(found.headline)}")
+    _wrapped(console, headline, indent=0)
     bullets(console, found.evidence)
     console.print()
