@@ -368,3 +368,13 @@ def test_mechanic_skips_whole_the_step_its_base_skips(seed: int, bad: float) -> 
 
     for run in (torch_run, numpy_run):
         np.testing.assert_array_equal(run(poisoned), run(list(grads)))
+
+
+def test_mechanic_says_how_its_base_steps() -> None:
+    w = torch.nn.Parameter(torch.zeros(80, 64))
+    opt = adaptim.Mechanic(adaptim.Adam([w]))
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert opt.fused_status() == opt.base.fused_status()
+    with pytest.raises(AttributeError, match="Adam has no fused_status"):
+        adaptim.Mechanic(torch.optim.Adam([w])).fused_status()

@@ -169,6 +169,16 @@ class Mechanic(torch.optim.Optimizer):
         scale = self.scale
         return [None if rate is None else rate * scale for rate in rates()]
 
+    def fused_status(self) -> list[str]:
+        """The base's :meth:`fused_status` (Mechanic's own passes are ``torch._foreach_*`` kernels)."""
+        status = getattr(self.base, "fused_status", None)
+        if not callable(status):
+            raise AttributeError(
+                f"{type(self.base).__name__} has no fused_status(), so Mechanic has none either."
+            )
+        described: list[str] = status()
+        return described
+
     @_hooks.hooked_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One base step, rescaled: see :mod:`adaptim.torch.mechanic` for the equations."""
