@@ -149,12 +149,15 @@ def test_an_unknown_flavor_is_refused(bad: Any) -> None:
         ("adamw", "tf1", {}, "has no AdamW."),
         ("adam", "tf1", {"amsgrad": True}, "has no Adam with amsgrad=True."),
         ("sgd", "keras", {}, "Keras 3 has no SGD. Allowed: 'torch'."),
+        # (it said "the paper has no NovoGrad", "the paper has no LARS")
+        ("novograd", "paper", {}, "flavor 'optax' (the default) is the paper's. Allowed: 'optax'."),
+        ("lars", "paper", {}, "adaptim has no separate paper flavor of LARS. Allowed: 'torch'."),
     ],
 )
 def test_a_flavor_the_framework_lacks_is_refused(
     name: str, flavor: str, settings: dict[str, Any], message: str
 ) -> None:
-    if name != "sgd":
+    if name not in ("sgd", "lars"):  # (their torch classes take no flavor)
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             adaptim.OPTIMIZERS[name]([_param()], flavor=flavor, **settings)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -163,7 +163,12 @@ def preset(algorithm: str, flavor: str, *, amsgrad: bool = False) -> dict[str, A
         variant = f"{name} with amsgrad=True" if amsgrad else name
         allowed = ", ".join(repr(f) for f in available(algorithm, amsgrad=amsgrad))
         why = NO_PRESET.get(algorithm, {}).get(flavor)
-        reason = f"no preset: {why}" if why else f"{FRAMEWORKS[flavor]} has no {variant}."
+        if why:
+            reason = f"no preset: {why}"
+        elif flavor == "paper":  # the paper has the algorithm; adaptim has no flavor for it
+            reason = f"adaptim has no separate paper flavor of {variant}."
+        else:
+            reason = f"{FRAMEWORKS[flavor]} has no {variant}."
         raise ValueError(f"Invalid flavor for {variant}: {flavor!r}; {reason} Allowed: {allowed}.")
     values.update(DIFFERENCES.get(algorithm, {}).get(flavor, {}))
     if amsgrad:
@@ -296,6 +301,10 @@ DIFFERENCES.update(
         "sm3": {"optax": {}, "paper": {"momentum": 0.0, "eps": 0.0}},
     }
 )
+NO_PRESET["novograd"] = {
+    "paper": "Algorithm 1 of Ginsburg et al. 2019 is optax's arithmetic, so flavor 'optax' "
+    "(the default) is the paper's."
+}
 
 # -- torch.optim's Adafactor (issue 16 point 1): Keras 3 and the paper add eps1 to g²
 # where torch floors V̂; Keras also decays θ before measuring its RMS.

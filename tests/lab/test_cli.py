@@ -324,6 +324,10 @@ def test_problems_and_optimizers_list_what_exists() -> None:
     assert optimizers.exit_code == 0
     for name in ("sgd", "momentum", "nesterov", "amsgrad", "rmsprop-centered", "lamb"):
         assert name in optimizers.output
+    for name in ("adam-8bit", "lion", "sm3", "muon", "sparseadam", "prodigy", "mechanic-adam"):
+        assert f"\n{name}\n" in optimizers.output
+    for listing in (problems, optimizers):  # wrapped lines used to be padded with blanks
+        assert [line for line in listing.output.splitlines() if line.endswith(" ")] == []
 
 
 @pytest.mark.slow

@@ -163,6 +163,23 @@ def step_scope(
         group.update({k: scalars[k] for k in kept})
 
 
+def new_group_scalars(
+    algorithm: Algorithm, hp: HParams, earlier: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The group-wide scalars a param group added after construction starts from.
+
+    A group added to a Schedule-Free optimizer in train mode joins in train
+    mode: its parameters have no state yet (x = y = z), so no switch is due,
+    and starting in eval mode would make the next ``step()`` refuse.
+    (schedulefree 1.4.1 checks group 0 only, so it steps such a group, but its
+    ``eval()`` then skips it; ``train()``/``eval()`` here switch it too.)
+    """
+    scalars = group_pass(algorithm).scalars(hp)
+    if "train_mode" in scalars and earlier:
+        scalars["train_mode"] = all(group["train_mode"] for group in earlier)
+    return scalars
+
+
 def eval_mode_error(owner: str, index: int) -> RuntimeError:
     return RuntimeError(
         f"{owner}.step() called in eval mode (param_groups[{index}]['train_mode'] is False): "

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
+from rich.table import Column
 from rich.text import Text
 
 if TYPE_CHECKING:
@@ -153,12 +152,8 @@ class StudyProgress:
 
 def bullets(console: Console, sentences: Iterable[str]) -> None:
     """``  • sentence``, wrapped lines indented under the first word."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True)
-    grid.add_column()
     for sentence in sentences:
-        grid.add_row("  •", Text(sentence))
-    console.print(grid)
+        _wrapped(console, Text(sentence), indent=4, first="  • ")
 
 
 def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
@@ -167,12 +162,22 @@ def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[
     ``adaptim problems`` and ``adaptim optimizers`` have one long description per
     row; as a table column it wraps into a narrow strip of 5 to 10 lines.
     """
-    console.print(Text(title, style="bold"))
+    _wrapped(console, Text(title, style="bold"), indent=0)
     for name, lines in entries:
         console.print()
         console.print(Text(name, style="bold cyan"), soft_wrap=True)
         for line in lines:
-            console.print(Padding(Text(line), (0, 0, 0, 4), expand=False))
+            _wrapped(console, Text(line), indent=4)
+
+
+def _wrapped(console: Console, text: Text, indent: int, first: str | None = None) -> None:
+    # Wrapped here rather than by Rich's Padding, Table or print, which leave
+    # blanks at the ends of lines (Padding fills each out to the width): noise
+    # in a pipe. ``first`` replaces the indent of the first line (a bullet).
+    for number, piece in enumerate(text.wrap(console, max(console.width - indent, 20))):
+        piece.rstrip()
+        lead = first if first is not None and number == 0 else " " * indent
+        console.print(Text(lead) + piece, soft_wrap=True)
 
 
 def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:
@@ -189,6 +194,7 @@ def print_problem(console: Console, problem: ProblemOutcome, wide: bool = False)
     print_ranking(console, problem, wide)
     print_tuning_costs(console, problem, wide)
     found = verdict(problem)
-    console.print(f"[bold green]Recommendation:[/] {escape(found.headline)}", highlight=False)
+    headline = Text.from_markup(f"[bold green]Recommendation:[/] {escape(found.headline)}")
+    _wrapped(console, headline, indent=0)
     bullets(console, found.evidence)
     console.print()

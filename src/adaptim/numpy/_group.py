@@ -45,9 +45,9 @@ class GroupOptimizer(Optimizer):
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        *earlier, group = self.param_groups
         hp = {k: group[k] for k in self.algorithm.hparams}
-        for key, value in shared.group_pass(self.algorithm).scalars(hp).items():
+        for key, value in shared.new_group_scalars(self.algorithm, hp, earlier).items():
             group.setdefault(key, value)
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:

@@ -111,7 +111,10 @@ class Mechanic:
             ),
             start=np.zeros((), dtype=dtype),
         )
+        skipped = getattr(self.base, "skipped_steps", 0)
         self.base.step(grads)
+        if getattr(self.base, "skipped_steps", 0) != skipped:
+            return  # a non-finite step the base skipped (nonfinite="skip"): h is not finite
         beta = np.array(rule.betas(hp["num_betas"]), dtype=dtype)
         learned = rule.learn_scales(scalars, h, beta, s_init=hp["s_init"], eps=eps, xp=NUMPY_OPS)
         scalars.update(step=scalars["step"] + 1, **learned)

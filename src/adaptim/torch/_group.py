@@ -94,8 +94,10 @@ class GroupOptimizer(Optimizer):
         super().add_param_group(param_group)
         self.__dict__.pop("_fast_refused", None)
         self.__dict__.pop("_fast_layouts", None)
-        group = self.param_groups[-1]
-        for key, value in shared.group_pass(self.algorithm).scalars(self._hp(group)).items():
+        *earlier, group = self.param_groups
+        for key, value in shared.new_group_scalars(
+            self.algorithm, self._hp(group), earlier
+        ).items():
             group.setdefault(key, value)
 
     def _hp(self, group: Mapping[str, Any]) -> dict[str, Any]:

@@ -68,16 +68,18 @@ class SparseLayer(StateDictLayer):
                 {k: v.index_select(0, index) for k, v in tensors.items()},
                 step=step, xp=TORCH_OPS, **hp,
             )  # fmt: skip
-            p.index_copy_(0, index, new_p)
+            # A state made before model.to(float64) keeps its dtype, as torch's
+            # does: the rule computes in the wider one, each tensor stores its own.
+            p.index_copy_(0, index, new_p.to(p.dtype))
             for key, value in new_state.items():
-                tensors[key].index_copy_(0, index, value)
+                tensors[key].index_copy_(0, index, value.to(tensors[key].dtype))
             return
         new_p, new_state = self.algorithm.update(
             p[rows], values, {k: v[rows] for k, v in tensors.items()}, step=step, xp=TORCH_OPS, **hp
         )
-        p.index_put_(rows, new_p)
+        p.index_put_(rows, new_p.to(p.dtype))
         for key, value in new_state.items():
-            tensors[key].index_put_(rows, value)
+            tensors[key].index_put_(rows, value.to(tensors[key].dtype))
 
 
 def _dense_or_none(value: Any) -> Any:

@@ -77,7 +77,8 @@ class Mechanic(torch.optim.Optimizer):
     such as 1 (or the base's usual default): Mechanic learns the scale.
     :attr:`scale` is the current :math:`s = \sum_i s_i`. A parameter without
     a gradient is left untouched (as torch.optim does); it joins when it
-    has one. The equations, and how they differ between optax and
+    has one. A step the base skips (``nonfinite="skip"``) is skipped whole:
+    scale and parameters stay as they were. The equations, and how they differ between optax and
     ``mechanic-pytorch``, are in :mod:`adaptim.torch.mechanic`.
 
     Example::
@@ -168,6 +169,16 @@ class Mechanic(torch.optim.Optimizer):
         scale = self.scale
         return [None if rate is None else rate * scale for rate in rates()]
 
+    def fused_status(self) -> list[str]:
+        """The base's :meth:`fused_status` (Mechanic's own passes are ``torch._foreach_*`` kernels)."""
+        status = getattr(self.base, "fused_status", None)
+        if not callable(status):
+            raise AttributeError(
+                f"{type(self.base).__name__} has no fused_status(), so Mechanic has none either."
+            )
+        described: list[str] = status()
+        return described
+
     @_hooks.hooked_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One base step, rescaled: see :mod:`adaptim.torch.mechanic` for the equations."""
@@ -220,7 +231,12 @@ class Mechanic(torch.optim.Optimizer):
         h = _inner(grads, descent, dtype, device)
         if weight_decay != 0:
             h = h + decay * _inner(before, descent, dtype, device)
+        skipped = getattr(self.base, "skipped_steps", 0)
         self.base.step()
+        if getattr(self.base, "skipped_steps", 0) != skipped:
+            # the base refused a non-finite gradient (nonfinite="skip"): h is not
+            # finite either, and learning from it would make the scale NaN for good
+            return loss
         # (in the lowest-precision dtype of the parameters: exact in every one of them)
         s_new = self._update_scalars(h).sum()
         refs = [self.state[p]["x_ref"] for p in params]
