@@ -235,24 +235,20 @@ class FusedAxesRun(_fuse.FusedRun):
         if single and any(p.numel() >= _fuse.PARALLEL_MIN_NUMEL for p in param):
             return False
         dtype = first.dtype
-        for values in elements:
-            for t, p in zip(values, param, strict=True):
-                if (
-                    t.dtype != dtype
-                    or not t.is_contiguous()
-                    or t.shape != p.shape
-                    or t.device != first.device
-                ):
-                    return False
-        for values in vectors:
-            for t, p in zip(values, param, strict=True):
-                if (
-                    t.dtype != dtype
-                    or not t.is_contiguous()
-                    or t.numel() != sum(p.shape)
-                    or t.device != first.device
-                ):
-                    return False
+        shapes: list[object] = [p.shape for p in param]
+        lengths: list[object] = [sum(p.shape) for p in param]
+        seen: set[int] = set()  # (a list passed twice, as an input and an output, is checked once)
+        for values, whole in (*((v, True) for v in elements), *((v, False) for v in vectors)):
+            if id(values) in seen:
+                continue
+            seen.add(id(values))
+            sizes = [t.shape if whole else t.numel() for t in values]
+            if (
+                sizes != (shapes if whole else lengths)
+                or not all(t.is_contiguous() for t in values)
+                or any(t.dtype != dtype or not t.is_cpu for t in values)
+            ):
+                return False
         for values in tensors:
             for t in values:
                 if t.dtype != dtype or t.numel() != 1 or t.device != first.device:
