@@ -6,7 +6,7 @@ rounded square root (it differs on 17% of positive normal float32 values). A
 fused loop that must give ``torch.sqrt``'s bits either calls that function
 (:func:`vml_sqrt`: its address in ``libtorch_cpu.so``, about 0.6–0.8 ns an
 element on tiles of 256, most of it outside the arithmetic) or computes the
-same thing itself (:data:`TILE_SQRT`, about 0.2 ns an element in float32).
+same thing itself (:func:`tile_sqrt_source`, about 0.2–0.3 ns an element in float32).
 
 What MKL 2024.2 runs on this project's machines (``mkl_vml_kernel_sSqrt_EXHAynn``
 and ``dSqrt_EXHAynn``, read from the disassembly) is, for a positive normal
