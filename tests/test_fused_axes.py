@@ -12,6 +12,7 @@ float64, and must really take the loop.
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from test_fused_runs import counting_fused_calls
 from test_torch_parity import PHASES
 
 import adaptim
-from adaptim.torch import _fuse_axes
+from adaptim.torch import _fuse_axes, _mkl_sqrt, _replay
 
 THREADS = pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
 
@@ -134,15 +135,88 @@ def test_the_square_root_the_loop_calls_is_torch_sqrt(
     """ATen's ``sqrt`` is MKL's (not the correctly rounded one): the loop calls that same function."""
     import ctypes
 
-    address = _fuse_axes.vml_sqrt(dtype)
+    address = _mkl_sqrt.vml_sqrt(dtype)
     assert address is not None, "this torch has MKL: its sqrt must be found"
     function = ctypes.CFUNCTYPE(
         None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong
     )(address)
     x = torch.tensor(values, dtype=dtype)
     got = torch.empty_like(x)
-    function(x.numel(), x.data_ptr(), got.data_ptr(), _fuse_axes.VML_MODE)
+    function(x.numel(), x.data_ptr(), got.data_ptr(), _mkl_sqrt.VML_MODE)
     assert torch.equal(got, torch.sqrt(x))
+
+
+#: float32 values where MKL's square root is not the correctly rounded one (a wrong sqrt fails here).
+_NOT_ROUNDED = [1e-8, 1e5, 4.962565898895264, 0.8847743272781372, 6.323062896728516]
+
+
+@settings(max_examples=30, deadline=None, phases=PHASES)
+@given(
+    values=st.lists(st.floats(width=32), min_size=1, max_size=300),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    scale=st.sampled_from([1.0, 1e-300, 1e300, -1.0]),
+)
+def test_the_loops_own_square_root_gives_torch_sqrts_bits(
+    values: list[float], dtype: torch.dtype, scale: float
+) -> None:
+    """The C square root (MKL's algorithm) against ``torch.sqrt``, bit for bit, NaN bits included.
+
+    Drawn values (any float32, scaled into float64's range), every length up
+    to 300 (ragged ends), and values where MKL's result is not the correctly
+    rounded root. The proof over all 2^32 float32 patterns was a one-off (see
+    ``adaptim.torch._mkl_sqrt``); this samples it where CI runs.
+    """
+    assert _mkl_sqrt.emulated(dtype), "this CPU has AVX2 and torch has MKL: the C must be used"
+    function = _mkl_sqrt.tile_sqrt(dtype)
+    assert function is not None
+    x = torch.tensor(values + _NOT_ROUNDED, dtype=dtype) * (scale if dtype == torch.float64 else 1)
+    got = torch.empty_like(x)
+    function(x.numel(), x.data_ptr(), got.data_ptr())
+    integer = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(got.view(integer), torch.sqrt(x).view(integer))
+    if dtype == torch.float32 and scale == 1.0:  # (numpy's root is the correctly rounded one)
+        tail = x[-len(_NOT_ROUNDED) :]
+        assert not torch.equal(got[-len(_NOT_ROUNDED) :], torch.from_numpy(tail.numpy() ** 0.5))
+
+
+def test_the_loops_square_root_keeps_mkls_rounding_mode() -> None:
+    """With flush-to-zero set (``torch.set_flush_denormal``), the roots are still ``torch.sqrt``'s."""
+    function = _mkl_sqrt.tile_sqrt(torch.float32)
+    assert function is not None
+    x = torch.tensor([1.5e-38, 2e-38, 1e-45, 3e-39, 7.0, 1.2e-38] * 3)
+    expected = torch.sqrt(x)
+    got = torch.empty_like(x)
+    assert torch.set_flush_denormal(True)
+    try:
+        function(x.numel(), x.data_ptr(), got.data_ptr())
+    finally:
+        torch.set_flush_denormal(False)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+
+
+@THREADS
+def test_where_the_c_root_is_not_torchs_the_loop_calls_mkl(threads: int) -> None:
+    """Another CPU or MKL (the process check fails): the loop calls MKL's function, same bits."""
+    shapes = [(300, 240), (7, 600)]  # (matrices: vectors may run the native kernel)
+    sources: list[str] = []
+    original = _fuse_axes.FusedAxesRun.source
+
+    def source(self: _fuse_axes.FusedAxesRun, dtype: torch.dtype = torch.float32) -> str:
+        sources.append(original(self, dtype))
+        return sources[-1]
+
+    with (
+        mock.patch.dict(_replay._PLANS, clear=True),
+        mock.patch.object(_fuse_axes.FusedAxesRun, "own_sqrt", lambda self, dtype: False),
+        mock.patch.object(_fuse_axes.FusedAxesRun, "source", source),
+        num_threads(threads),
+        counting_axes_calls() as calls,
+    ):
+        ours = run_loop(shapes, torch.float32, 4, adaptim.SM3, 3)
+        assert torch.get_num_threads() == threads  # (MKL's count came back after each call)
+    assert calls[0] == 3 and sources and all("vsqrt((int)(nr * w)" in s for s in sources)
+    reference = run_loop(shapes, torch.float32, 4, lambda p: adaptim.SM3(p, foreach=False), 3)
+    assert_same(ours, reference)
 
 
 def test_plans_show_the_per_axis_loop() -> None:
@@ -150,7 +224,7 @@ def test_plans_show_the_per_axis_loop() -> None:
     _, optimizer = run_loop([(240, 240)], torch.float32, 0, adaptim.SM3, 2)
     ((source,),) = optimizer.plans()
     assert ".usable(param, " in source and "axis_maxima(xp, " in source
-    assert "void adaptim_axes(" in source and "vsqrt((int)(nr * w)" in source
+    assert "void adaptim_axes(" in source and "mkl_sqrt_tile(nr * w, " in source
 
 
 def test_the_loop_leaves_the_thread_count_as_it_was() -> None:

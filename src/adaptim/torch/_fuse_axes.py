@@ -22,9 +22,11 @@ over each matrix, row by row:
 * besides :data:`~._fuse.FUSABLE`, such a run takes comparisons, ``where``,
   ``minimum``/``maximum`` (NaN-propagating, as ATen's) and ``sqrt``. ATen's
   ``sqrt`` is MKL's ``vmsSqrt``/``vmdSqrt`` in high-accuracy mode, which is not
-  the correctly rounded square root: the loop calls that same function on
-  tiles of each row, once the process checked that the function gives
-  ``torch.sqrt``'s bits (:func:`vml_sqrt`); without MKL, ``sqrt`` ends a run.
+  the correctly rounded square root: the loop takes the square roots of
+  tiles of each row with MKL's own algorithm written in C, or where this
+  process found that C to differ from ``torch.sqrt`` (another CPU, another
+  MKL), with MKL's function itself (:mod:`._mkl_sqrt`); without MKL,
+  ``sqrt`` ends a run.
 
 Only 2-D tensors take the loop (a chunk with another rank, a non-contiguous
 operand or a vector of another length runs the multi-tensor lines, generated
@@ -33,9 +35,6 @@ next to the call as for :mod:`._fuse`).
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -44,7 +43,8 @@ import torch
 
 from adaptim.torch import _fuse
 from adaptim.torch._fuse_axes_source import COMPARISONS as _COMPARISONS
-from adaptim.torch._fuse_axes_source import TILE, VML_MODE, generate_source
+from adaptim.torch._fuse_axes_source import generate_source
+from adaptim.torch._mkl_sqrt import emulated, vml_sqrt
 from adaptim.torch._trace import Ref, Structure
 
 AXIS_OPS = frozenset({"axis_piece", "axis_maxima"})
@@ -55,46 +55,6 @@ _COMMUTATIVE = frozenset({"add", "mul", "minimum", "maximum"})
 #: What the multi-tensor lines run tensor by tensor in Python (no ``torch._foreach_*``): a
 #: run with one of these takes the loop at any size (SM3's ``where`` on its vectors too).
 PER_TENSOR_LINES = AXIS_OPS | {*_COMPARISONS, "where", "minimum"}
-
-
-@functools.cache
-def vml_sqrt(dtype: torch.dtype) -> int | None:
-    """The address of MKL's square root that ``torch.sqrt`` calls for ``dtype``, or ``None``.
-
-    Checked once per process against ``torch.sqrt`` on values across the range
-    (subnormals, zeros, infinities, NaN, several lengths): a torch built without
-    MKL, or one whose ``sqrt`` is another kernel, gives ``None``.
-    """
-    name = {torch.float32: "vmsSqrt", torch.float64: "vmdSqrt"}.get(dtype)
-    try:
-        library = ctypes.CDLL(
-            os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-        )
-        function = getattr(library, name or "")
-    except (OSError, AttributeError):
-        return None
-    function.restype = None
-    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong]
-    generator = torch.Generator().manual_seed(0)
-    finfo = torch.finfo(dtype)
-    values = torch.cat(
-        [
-            torch.rand(4099, generator=generator, dtype=dtype) * 10,
-            torch.rand(257, generator=generator, dtype=dtype).exp2_() * finfo.tiny,
-            torch.rand(257, generator=generator, dtype=dtype) * finfo.max,
-            torch.tensor(
-                [0.0, -0.0, float("inf"), finfo.tiny / 4, -1.0, float("nan")], dtype=dtype
-            ),
-        ]
-    )
-    expected = torch.sqrt(values)
-    for length in (values.numel(), 1, 7, 33, TILE):
-        got = torch.empty(length, dtype=dtype)
-        function(length, values.data_ptr(), got.data_ptr(), VML_MODE)
-        if not torch.equal(got.view(-1).nan_to_num(7.0), expected[:length].nan_to_num(7.0)):
-            return None
-    address = ctypes.cast(function, ctypes.c_void_p).value
-    return int(address) if address else None
 
 
 def _sqrt_fusable() -> bool:
@@ -236,8 +196,12 @@ class FusedAxesRun(_fuse.FusedRun):
         #: Whether the loop calls MKL's square root (see :meth:`__call__`).
         self.calls_sqrt = any(structure.ops[i][0] == "sqrt" for i in run.fused)
 
+    def own_sqrt(self, dtype: torch.dtype) -> bool:
+        """Whether the loop takes its square roots itself (else it calls MKL's function)."""
+        return self.calls_sqrt and emulated(dtype)
+
     def source(self, dtype: torch.dtype = torch.float32) -> str:
-        return generate_source(self.structure, self.axes_run, self.ops, dtype)
+        return generate_source(self.structure, self.axes_run, self.ops, dtype, self.own_sqrt(dtype))
 
     def function(self, dtype: torch.dtype) -> Callable[..., None] | None:
         if dtype not in self._functions:
@@ -271,24 +235,20 @@ class FusedAxesRun(_fuse.FusedRun):
         if single and any(p.numel() >= _fuse.PARALLEL_MIN_NUMEL for p in param):
             return False
         dtype = first.dtype
-        for values in elements:
-            for t, p in zip(values, param, strict=True):
-                if (
-                    t.dtype != dtype
-                    or not t.is_contiguous()
-                    or t.shape != p.shape
-                    or t.device != first.device
-                ):
-                    return False
-        for values in vectors:
-            for t, p in zip(values, param, strict=True):
-                if (
-                    t.dtype != dtype
-                    or not t.is_contiguous()
-                    or t.numel() != sum(p.shape)
-                    or t.device != first.device
-                ):
-                    return False
+        shapes: list[object] = [p.shape for p in param]
+        lengths: list[object] = [sum(p.shape) for p in param]
+        seen: set[int] = set()  # (a list passed twice, as an input and an output, is checked once)
+        for values, whole in (*((v, True) for v in elements), *((v, False) for v in vectors)):
+            if id(values) in seen:
+                continue
+            seen.add(id(values))
+            sizes = [t.shape if whole else t.numel() for t in values]
+            if (
+                sizes != (shapes if whole else lengths)
+                or not all(t.is_contiguous() for t in values)
+                or any(t.dtype != dtype or not t.is_cpu for t in values)
+            ):
+                return False
         for values in tensors:
             for t in values:
                 if t.dtype != dtype or t.numel() != 1 or t.device != first.device:
@@ -324,7 +284,7 @@ class FusedAxesRun(_fuse.FusedRun):
         extra = np.asarray([vml_sqrt(dtype) or 0], dtype=np.int64)
         threads = torch.get_num_threads()
         arguments = (count, shape.ctypes.data, pointers.ctypes.data, host.ctypes.data)
-        if threads == 1 or not self.calls_sqrt:
+        if threads == 1 or not self.calls_sqrt or self.own_sqrt(dtype):
             function(*arguments, scalars.ctypes.data, extra.ctypes.data, threads)
             return
         # MKL's square root, called per tile from our threads, checks MKL's own thread

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from adaptim.torch import _fuse
+from adaptim.torch._mkl_sqrt import VML_MODE, tile_sqrt_source
 from adaptim.torch._trace import Ref, Structure
 
 if TYPE_CHECKING:
@@ -28,16 +29,22 @@ if TYPE_CHECKING:
 #: the values carried from one ``sqrt`` call to the next. (Measured: 256 as fast as
 #: one call per 240-element row, 512 and 1,024 slower.)
 TILE = 256
-#: ATen's VML mode (``VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE``).
-VML_MODE = 0x2 | 0x140000 | 0x100
 #: The comparisons a run takes, as C operators (their results are masks, ``int``).
 COMPARISONS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
 def generate_source(
-    structure: Structure, run: AxesRun, ops: _fuse.Operands, dtype: torch.dtype
+    structure: Structure,
+    run: AxesRun,
+    ops: _fuse.Operands,
+    dtype: torch.dtype,
+    own_sqrt: bool = False,
 ) -> str:
-    """The C loop of ``run`` over 2-D tensors of ``dtype``: whole rows (or pieces of long ones) in tiles of :data:`TILE`."""
+    """The C loop of ``run`` over 2-D tensors of ``dtype``: whole rows (or pieces of long ones) in tiles of :data:`TILE`.
+
+    Square roots: MKL's function (``extra[0]``), or with ``own_sqrt`` the same
+    algorithm in C (:func:`._mkl_sqrt.tile_sqrt_source`).
+    """
     suffix = "f" if dtype == torch.float32 else ""
     spans = dict(run.spans)
     names: dict[Ref, str] = {}
@@ -145,7 +152,11 @@ def generate_source(
         loops += body
         for node in members:
             if structure.ops[node][0] == "sqrt":
-                loops.append(f"        vsqrt((int)(nr * w), q{node}, r{node}, {VML_MODE}LL);")
+                loops.append(
+                    f"        mkl_sqrt_tile(nr * w, q{node}, r{node});"
+                    if own_sqrt
+                    else f"        vsqrt((int)(nr * w), q{node}, r{node}, {VML_MODE}LL);"
+                )
     roots = [i for i in run.fused if structure.ops[i][0] == "sqrt"]
     slots = sorted({x[1] for i in run.fused for x in structure.ops[i][1] if x[0] == "slot"})
     n_e, n_v, n_p, n_h = len(ops.elements), len(ops.vectors), len(ops.tensors), len(ops.hosts)
@@ -160,6 +171,7 @@ def generate_source(
         "#endif",
         f"typedef {_fuse._CTYPES[dtype]} T;",
         "typedef void (*vsqrt_t)(int, const T*, T*, long long);",
+        *([tile_sqrt_source(dtype)] if own_sqrt and roots else []),
         f"static inline T lerp_t(T a, T b, T w) {{ return w < (T)0.5 ? fma{suffix}(w, b - a, a)"
         f" : fma{suffix}(w - (T)1, b - a, b); }}",
         "static inline T clip_t(T x, T lo, T hi) { const T y = x < lo ? lo : x; return y > hi ? hi : y; }",

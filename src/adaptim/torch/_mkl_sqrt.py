@@ -1,0 +1,253 @@
+"""ATen's square root on CPU, bit for bit: MKL's function, and the same algorithm in C.
+
+``torch.sqrt`` on CPU is MKL's ``vmsSqrt``/``vmdSqrt`` in high-accuracy mode
+(``VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE``), which is not the correctly
+rounded square root (it differs on 17% of positive normal float32 values). A
+fused loop that must give ``torch.sqrt``'s bits either calls that function
+(:func:`vml_sqrt`: its address in ``libtorch_cpu.so``, about 0.6–0.8 ns an
+element on tiles of 256, most of it outside the arithmetic) or computes the
+same thing itself (:func:`tile_sqrt_source`, about 0.2–0.3 ns an element in float32).
+
+What MKL 2024.2 runs on this project's machines (``mkl_vml_kernel_sSqrt_EXHAynn``
+and ``dSqrt_EXHAynn``, read from the disassembly) is, for a positive normal
+:math:`x`, with every product and sum rounded on its own (no FMA):
+
+* float32: :math:`y = \\mathrm{rsqrtps}(x)` (the CPU's 12-bit reciprocal square
+  root), :math:`s = xy`, :math:`h = y/2`, :math:`e = 1/2 - sh`,
+  :math:`s' = se + s`, :math:`h' = he + h`, result :math:`(x - s'^2) h' + s'`;
+* float64: ``rsqrtps`` of a float made of :math:`x`'s exponent parity and top
+  23 mantissa bits, scaled back by an exponent built with integer arithmetic
+  (:math:`t \\approx x^{-1/2}`), :math:`x = x_h + x_l` (:math:`x_h`: 24 bits),
+  :math:`e = (1 - x_h t^2) - x_l t^2`, a degree-4 polynomial
+  :math:`p(e) \\approx (1-e)^{-1/2} - 1`, result :math:`x_h t + (x_l t + p t x)`.
+
+Zeros, subnormals, negatives, infinities, NaN and the largest values (float32
+above :math:`2^{128}(1-2^{-12})`, float64 from :math:`2^{1022}`) take MKL's
+rare path, which gives the correctly rounded root (``vsqrtps``), NaN bits kept
+for NaN and ``+qNaN`` for negatives. The C below does exactly that, with
+MKL's rounding mode (MXCSR ``0x1f80``: no flush-to-zero, whatever the caller
+set). Checked against MKL bit for bit (NaN bits included): all :math:`2^{32}`
+float32 patterns, through MKL's main and its tail code; :math:`10^9` random
+float64 and 1.35 million edge patterns (every exponent and sign with
+structured mantissas). ``rsqrtps`` is the CPU's own table (AMD's differs from
+Intel's), which MKL's code and this one both read; another CPU may get
+another MKL kernel, so each process checks the C against ``torch.sqrt``
+(:func:`emulated`) before a loop uses it, and otherwise calls MKL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from collections.abc import Callable
+from typing import cast
+
+import torch
+
+from adaptim.torch import _native
+
+#: ATen's VML mode (``VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE``).
+VML_MODE = 0x2 | 0x140000 | 0x100
+
+
+@functools.cache
+def vml_sqrt(dtype: torch.dtype) -> int | None:
+    """The address of MKL's square root that ``torch.sqrt`` calls for ``dtype``, or ``None``.
+
+    Checked once per process against ``torch.sqrt`` on values across the range
+    (subnormals, zeros, infinities, NaN, several lengths): a torch built without
+    MKL, or one whose ``sqrt`` is another kernel, gives ``None``.
+    """
+    name = {torch.float32: "vmsSqrt", torch.float64: "vmdSqrt"}.get(dtype)
+    try:
+        library = ctypes.CDLL(
+            os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+        )
+        function = getattr(library, name or "")
+    except (OSError, AttributeError):
+        return None
+    function.restype = None
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong]
+    values = _probe_values(dtype, 1 << 12)
+    expected = torch.sqrt(values)
+    for length in (values.numel(), 1, 7, 33, 256):
+        got = torch.empty(length, dtype=dtype)
+        function(length, values.data_ptr(), got.data_ptr(), VML_MODE)
+        if not _same_bits(got, expected[:length]):
+            return None
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    return int(address) if address else None
+
+
+_FLOAT = """
+static inline __m256 mkl_sqrt_8(const __m256 x) {
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256 y = _mm256_rsqrt_ps(x);
+  const __m256 s = _mm256_mul_ps(x, y), h = _mm256_mul_ps(y, half);
+  const __m256 e = _mm256_sub_ps(half, _mm256_mul_ps(s, h));
+  const __m256 s1 = _mm256_add_ps(_mm256_mul_ps(s, e), s);
+  const __m256 h1 = _mm256_add_ps(_mm256_mul_ps(h, e), h);
+  const __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(s1, s1));
+  const __m256 root = _mm256_add_ps(_mm256_mul_ps(r, h1), s1);
+  /* MKL's rare lanes: (bits + 0x7f800000) > 0xfefff000 as signed: not a positive normal, or the top 4096 */
+  const __m256i bits = _mm256_castps_si256(x);
+  const __m256i rare = _mm256_cmpgt_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7f800000)),
+                                          _mm256_set1_epi32((int)0xfefff000u));
+  if (__builtin_expect(_mm256_testz_si256(rare, rare), 1)) return root;
+  const __m256 exact = _mm256_blendv_ps(root, _mm256_sqrt_ps(x), _mm256_castsi256_ps(rare));
+  const __m256 negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+  return _mm256_blendv_ps(exact, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), negative);
+}
+#define MKL_SQRT_LANES 8
+#define MKL_SQRT_V __m256
+#define MKL_SQRT_LOAD _mm256_loadu_ps
+#define MKL_SQRT_STORE _mm256_storeu_ps
+#define MKL_SQRT_KERNEL mkl_sqrt_8
+"""
+
+_DOUBLE = """
+#define C64(v) _mm256_set1_epi64x((long long)(v))
+#define D64(v) _mm256_castsi256_pd(C64(v))
+static inline __m256d mkl_sqrt_4(const __m256d x) {
+  const __m256i X = _mm256_castpd_si256(x);
+  const __m256i odd = _mm256_andnot_si256(X, C64(0x0010000000000000ULL));
+  const __m256i top = _mm256_srli_epi64(_mm256_or_si256(_mm256_and_si256(X, C64(0x001fffffe0000000ULL)),
+                                                        _mm256_add_epi64(odd, C64(0x07f0000000000000ULL))), 29);
+  const __m128 f = _mm256_castps256_ps128(_mm256_castsi256_ps(
+      _mm256_permutevar8x32_epi32(top, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6))));
+  const __m256d y = _mm256_cvtps_pd(_mm_rsqrt_ps(f));
+  const __m256i scale = _mm256_srli_epi64(_mm256_add_epi64(_mm256_sub_epi64(odd, _mm256_and_si256(X, C64(0x7ff0000000000000ULL))),
+                                                           C64(0xbfd0000000000000ULL)), 1);
+  const __m256d t = _mm256_mul_pd(_mm256_castsi256_pd(scale), y), t2 = _mm256_mul_pd(t, t);
+  const __m256d xh = _mm256_and_pd(x, D64(0xfffffffff8000000ULL)), xl = _mm256_sub_pd(x, xh);
+  const __m256d e = _mm256_sub_pd(_mm256_sub_pd(_mm256_set1_pd(1.0), _mm256_mul_pd(xh, t2)), _mm256_mul_pd(xl, t2));
+  __m256d p = _mm256_add_pd(_mm256_mul_pd(e, D64(0x3fd1800032338cbbULL)), D64(0x3fd40000b13001d9ULL));
+  p = _mm256_add_pd(_mm256_mul_pd(p, e), D64(0x3fd80000000000f6ULL));
+  p = _mm256_add_pd(_mm256_mul_pd(p, e), D64(0x3fdffffffffffe71ULL));
+  p = _mm256_mul_pd(p, e);
+  const __m256d root = _mm256_add_pd(_mm256_mul_pd(xh, t),
+                                     _mm256_add_pd(_mm256_mul_pd(xl, t), _mm256_mul_pd(_mm256_mul_pd(p, t), x)));
+  /* MKL's rare lanes: (high word + 0x7ff00000) > 0xffbfffff as signed */
+  const __m256i high = _mm256_add_epi32(_mm256_srli_epi64(X, 32), _mm256_set1_epi32(0x7ff00000));
+  const __m256i rare = _mm256_shuffle_epi32(_mm256_cmpgt_epi32(high, _mm256_set1_epi32((int)0xffbfffffu)), 0xA0);
+  if (__builtin_expect(_mm256_testz_si256(rare, rare), 1)) return root;
+  const __m256d exact = _mm256_blendv_pd(root, _mm256_sqrt_pd(x), _mm256_castsi256_pd(rare));
+  const __m256d negative = _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_LT_OQ);
+  return _mm256_blendv_pd(exact, D64(0x7ff8000000000000ULL), negative);
+}
+#define MKL_SQRT_LANES 4
+#define MKL_SQRT_V __m256d
+#define MKL_SQRT_LOAD _mm256_loadu_pd
+#define MKL_SQRT_STORE _mm256_storeu_pd
+#define MKL_SQRT_KERNEL mkl_sqrt_4
+"""
+
+_TILE = """
+/* MKL's square root of q[0..n) into r (``T`` is the element type): its MXCSR (0x1f80) for the call. */
+static void mkl_sqrt_tile(int64_t n, const T* q, T* r) {
+  const unsigned int csr = _mm_getcsr(), mode = (csr & 0x3fu) | 0x1f80u;
+  if (csr != mode) _mm_setcsr(mode);
+  int64_t k = 0;
+  for (; k + MKL_SQRT_LANES <= n; k += MKL_SQRT_LANES) MKL_SQRT_STORE(r + k, MKL_SQRT_KERNEL(MKL_SQRT_LOAD(q + k)));
+  if (k < n) {
+    T in[MKL_SQRT_LANES], out[MKL_SQRT_LANES];
+    for (int u = 0; u < MKL_SQRT_LANES; ++u) in[u] = k + u < n ? q[k + u] : (T)1;
+    MKL_SQRT_STORE(out, MKL_SQRT_KERNEL(MKL_SQRT_LOAD(in)));
+    for (int u = 0; k + u < n; ++u) r[k + u] = out[u];
+  }
+  if (csr != mode) _mm_setcsr(csr);
+}
+"""
+
+
+def tile_sqrt_source(dtype: torch.dtype) -> str:
+    """C defining ``mkl_sqrt_tile(n, q, r)`` for ``dtype`` (after ``typedef ... T``); needs AVX2."""
+    kernel = _FLOAT if dtype == torch.float32 else _DOUBLE
+    header = (
+        '#include <immintrin.h>\n#ifndef __AVX2__\n#error "the square root needs AVX2"\n#endif\n'
+    )
+    return header + kernel + _TILE
+
+
+def _probe_values(dtype: torch.dtype, count: int) -> torch.Tensor:
+    """Values across the range: random bit patterns, ``[0, 10)``, subnormals, the top, specials."""
+    generator = torch.Generator().manual_seed(0)
+    info = torch.finfo(dtype)
+    integer = torch.int32 if dtype == torch.float32 else torch.int64
+    rare = count // 8  # (bit patterns: half negative or NaN, MKL's slow path)
+    bits = torch.randint(-(2**31), 2**31, (rare,), generator=generator, dtype=torch.int64)
+    if dtype == torch.float64:
+        low = torch.randint(-(2**31), 2**31, (rare,), generator=generator, dtype=torch.int64)
+        bits = (bits << 32) ^ low
+    patterns = bits.to(integer).view(dtype)
+    return torch.cat(
+        [
+            patterns,
+            patterns.abs(),
+            torch.rand(count, generator=generator, dtype=dtype) * 10,
+            torch.rand(257, generator=generator, dtype=dtype).exp2_() * info.tiny,
+            torch.rand(257, generator=generator, dtype=dtype) * info.max,
+            torch.tensor(
+                [0.0, -0.0, float("inf"), -float("inf"), info.tiny / 4, -1.0, float("nan")],
+                dtype=dtype,
+            ),
+        ]
+    )
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    integer = torch.int32 if a.dtype == torch.float32 else torch.int64
+    return torch.equal(a.contiguous().view(integer), b.contiguous().view(integer))
+
+
+@functools.cache
+def tile_sqrt(dtype: torch.dtype) -> Callable[[int, int, int], None] | None:
+    """:func:`tile_sqrt_source` compiled on its own, ``f(n, q, r)`` on data pointers (``None``: no compiler or AVX2)."""
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    ctype = "float" if dtype == torch.float32 else "double"
+    source = (
+        f"#include <stdint.h>\ntypedef {ctype} T;\n{tile_sqrt_source(dtype)}"
+        "void adaptim_sqrt(int64_t n, const T* q, T* r) { mkl_sqrt_tile(n, q, r); }\n"
+    )
+    try:
+        function = ctypes.CDLL(str(_native.build_library(source, "sqrt"))).adaptim_sqrt
+    except (_native.NativeUnavailable, OSError):
+        return None
+    function.restype = None
+    function.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    return cast("Callable[[int, int, int], None]", function)
+
+
+@functools.cache
+def emulated(dtype: torch.dtype) -> bool:
+    """Whether :func:`tile_sqrt_source`'s C gives ``torch.sqrt``'s bits here (checked once per process).
+
+    The check (a few ms): random bit patterns across the range, values of
+    :math:`[0, 10)`, subnormals, the top binade and the special values, and
+    for float32 262,144 values of :math:`[1, 4)` (mantissas with both
+    exponent parities, what ``rsqrtps`` reads), also at ragged lengths. Any
+    other algorithm differs from this one on a large share of values (MKL's
+    differs from the correctly rounded root on 17% of them, from a fused
+    multiply-add variant on many), so a sample suffices to tell them apart.
+    ``False`` without a compiler, AVX2 or MKL, or where MKL runs other code.
+    """
+    function = tile_sqrt(dtype)
+    if function is None or vml_sqrt(dtype) is None:
+        return False
+    checks = [_probe_values(dtype, 1 << 15)]
+    if dtype == torch.float32:  # 262,144 values of [1, 4): every 64th, each low-bit residue
+        steps = torch.arange(1 << 18, dtype=torch.int32)
+        checks.append((0x3F800000 + steps * 64 + steps % 64).view(dtype))
+    for values in checks:
+        expected = torch.sqrt(values)
+        got = torch.empty_like(values)
+        function(values.numel(), values.data_ptr(), got.data_ptr())
+        if not _same_bits(got, expected):
+            return False
+        for length in (1, 3, 5, 13):  # (ragged ends)
+            function(length, values.data_ptr(), got.data_ptr())
+            if not _same_bits(got[:length], expected[:length]):
+                return False
+    return True
