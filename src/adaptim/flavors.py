@@ -167,8 +167,8 @@ def preset(algorithm: str, flavor: str, *, amsgrad: bool = False) -> dict[str, A
             reason = f"no preset: {why}"
         elif flavor == "paper":  # the paper has the algorithm; adaptim has no flavor for it
             reason = f"adaptim has no separate paper flavor of {variant}."
-        else:
-            reason = f"{FRAMEWORKS[flavor]} has no {variant}."
+        else:  # whether the framework has it or not (optax has LAMB, Keras 3 SGD): adaptim hasn't
+            reason = f"adaptim has no {FRAMEWORKS[flavor]} flavor of {variant}."
         raise ValueError(f"Invalid flavor for {variant}: {flavor!r}; {reason} Allowed: {allowed}.")
     values.update(DIFFERENCES.get(algorithm, {}).get(flavor, {}))
     if amsgrad:

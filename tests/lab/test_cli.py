@@ -420,6 +420,8 @@ def test_tables_and_listings_read_at_80_columns(tmp_path: Path) -> None:
     rows = [line for line in table.splitlines() if line.startswith(names)]
     assert sorted(row.split()[0] for row in rows) == sorted(names)  # names never cut
     assert not any(line.rstrip().endswith("±") for line in table.splitlines())
+    # no blanks after a table's centred title or its caption (they were noise in a pipe)
+    assert [line for line in result.output.splitlines() if line.endswith(" ")] == []
     for command in (["problems"], ["optimizers"]):
         listing = CliRunner().invoke(app, command, env={"COLUMNS": "80"})
         assert listing.exit_code == 0

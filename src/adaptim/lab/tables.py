@@ -21,7 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.measure import Measurement
-from rich.segment import Segments
+from rich.segment import Segment, Segments
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -81,12 +81,24 @@ def print_fitted(console: Console, layouts: Sequence[Table], at_least: int = 0) 
     width = max(console.width, at_least)
     if not fits(console, chosen):
         width = max(width, natural_width(console, chosen))
-    if width == console.width:
-        console.print(chosen)
-    else:  # wider than the terminal rather than cut: the terminal wraps, a log keeps it whole
-        options = console.options.update_width(width)
-        console.print(Segments(console.render(chosen, options)), soft_wrap=True)
+    # Wider than the terminal rather than cut: the terminal wraps, a log keeps it whole.
+    options = console.options.update_width(width)
+    segments: list[Segment] = []
+    for line in console.render_lines(chosen, options, pad=False):
+        segments += [*_trimmed(line), Segment.line()]
+    console.print(Segments(segments), soft_wrap=True, end="")
     return chosen
+
+
+def _trimmed(line: list[Segment]) -> list[Segment]:
+    """``line`` without the blanks Rich leaves after a centred title or a caption's last
+    word (noise in a pipe or a diff)."""
+    while line and not line[-1].control and not line[-1].text.rstrip():
+        line = line[:-1]
+    if line and not line[-1].control:
+        *line, last = line
+        line = [*line, Segment(last.text.rstrip(), last.style)]
+    return line
 
 
 # -- the ranking of ``adaptim compare`` and ``adaptim report`` -----------------------------
