@@ -144,10 +144,10 @@ def test_an_unknown_flavor_is_refused(bad: Any) -> None:
 @pytest.mark.parametrize(
     ("name", "flavor", "settings", "message"),
     [
-        ("radam", "keras", {}, "adaptim has no Keras 3 flavor of RAdam. Allowed: 'torch', 'optax', 'paper'."),
+        ("radam", "keras", {}, "no Keras 3 flavor of RAdam. Allowed: 'torch', 'optax', 'paper'."),
         ("adamax", "tf1", {}, "flavor of Adamax. Allowed: 'torch', 'keras', 'optax', 'paper'."),
-        ("adamw", "tf1", {}, "has no AdamW."),
-        ("adam", "tf1", {"amsgrad": True}, "has no Adam with amsgrad=True."),
+        ("adamw", "tf1", {}, "flavor of AdamW."),
+        ("adam", "tf1", {"amsgrad": True}, "flavor of Adam with amsgrad=True."),
         ("sgd", "keras", {}, "adaptim has no Keras 3 flavor of SGD. Allowed: 'torch'."),
         # (it said "the paper has no NovoGrad", "the paper has no LARS")
         ("novograd", "paper", {}, "flavor 'optax' (the default) is the paper's. Allowed: 'optax'."),

@@ -555,7 +555,9 @@ def test_adan_refuses_bad_betas(betas: tuple[float, ...], pieces: tuple[str, ...
 
 
 def test_flavors_that_do_not_exist_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"adaptim has no PyTorch flavor of Yogi\. Allowed: 'optax', 'paper'"):
+    with pytest.raises(
+        ValueError, match=r"adaptim has no PyTorch flavor of Yogi\. Allowed: 'optax', 'paper'"
+    ):
         adaptim.Yogi([torch.zeros(2, requires_grad=True)], flavor="torch")
     with pytest.raises(ValueError, match="adaptim has no Keras 3 flavor of Adan"):
         anp.Adan([np.zeros(2)], flavor="keras")
