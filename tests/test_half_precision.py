@@ -5,7 +5,7 @@ compute a half type in float32 and round once; the same formula written with
 operators rounds after every operation. The rules call those kernels where
 torch.optim's for-loop does (its default on the CPU), so every path adaptim's
 step takes must give torch's bits: the per-tensor reference, the multi-tensor
-replay and the default choice, on small models and on models of more than
+replay, ``fused=True`` and the default choice, on small models and on models of more than
 ``AUTO_NATIVE_MIN_NUMEL`` elements (where float32 runs the native loop), with one
 thread and with two. That includes the infinities of a float16 step whose
 ``lr·m`` and ``v`` underflow (torch: ``x/0 = ±inf``; formula order: ``0/0 = NaN``).
@@ -36,6 +36,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "default": {},
     "foreach": {"foreach": True},
     "reference": {"foreach": False},
+    "fused": {"fused": True},  # (no native loop for half types: the replay, silently)
 }
 HALF = (torch.float16, torch.bfloat16)
 #: Parameters log-uniform in scale; gradients down to float16's subnormals, where
@@ -114,15 +115,7 @@ def _assert_identical(results: dict[str, Any]) -> None:
                 assert _same_bits(state[key], value), f"parameter {index}: state {key!r}"
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-# (large: a few seconds with two threads on a loaded 2-core machine)
-@pytest.mark.parametrize("size", ["small", pytest.param("large", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", TWINS)
-@settings(max_examples=2, phases=PHASES, deadline=None)
-@given(data=st.data())
-def test_half_parameters_match_torch_bit_for_bit(
-    name: str, size: str, threads: int, data: st.DataObject
-) -> None:
+def _check_case(name: str, size: str, threads: int, data: st.DataObject) -> None:
     spec = TWINS[name]
     source = HypothesisSource(data, salt=f"half {name} {size} {threads}")
     options = source.choice(spec.combinations(), "options")
@@ -140,6 +133,28 @@ def test_half_parameters_match_torch_bit_for_bit(
         for path in PATHS:
             note(path)
             _assert_identical(_run(spec, path, hparams, start, grads))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", TWINS)
+@settings(max_examples=2, phases=PHASES, deadline=None)
+@given(data=st.data())
+def test_half_parameters_match_torch_bit_for_bit(
+    name: str, threads: int, data: st.DataObject
+) -> None:
+    _check_case(name, "small", threads, data)
+
+
+@pytest.mark.slow  # (a few seconds with two threads on a loaded 2-core machine)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", TWINS)
+@settings(max_examples=1, phases=PHASES, deadline=None)
+@given(data=st.data())
+def test_half_models_past_the_native_size_match_torch(
+    name: str, threads: int, data: st.DataObject
+) -> None:
+    """At 64k+ elements float32 runs native by default; half types must still give torch's bits."""
+    _check_case(name, "large", threads, data)
 
 
 @pytest.mark.parametrize("dtype", HALF)

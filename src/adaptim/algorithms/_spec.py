@@ -270,6 +270,8 @@ def addcdiv(a: Array, b: Array, c: Array, value: float) -> Array:
     The same bits as the kernel in float32 and float64 (what the engine's recorder
     and the compiled step use there); in a half type each operator rounds.
     """
+    if type(value) in (int, float) and value == 1:  # (1·b is b: no pass for it)
+        return a + b / c
     return a + value * b / c
 
 
