@@ -4,7 +4,7 @@
 :class:`~adaptim.algorithms._spec.Algorithm` record.
 """
 
-from adaptim.algorithms._spec import Algorithm, ArrayOps, lerp
+from adaptim.algorithms._spec import Algorithm, ArrayOps, addcdiv, lerp
 from adaptim.algorithms.adadelta import ADADELTA, adadelta_update
 from adaptim.algorithms.adafactor import ADAFACTOR, adafactor_update
 from adaptim.algorithms.adagrad import ADAGRAD, adagrad_update
@@ -87,6 +87,7 @@ __all__ = [
     "adagrad_update",
     "adam_update",
     "adamax_update",
+    "addcdiv",
     "lamb_update",
     "lars_update",
     "lerp",

@@ -7,11 +7,14 @@ operators and the few functions of :class:`ArrayOps`, so the same code runs on
 ``torch.Tensor`` and on ``numpy.ndarray``: the front-ends pass the matching
 ``xp``. Writing back into the caller's buffers is the front-end's job.
 
-Three of those functions are multiply-adds (``axpy``, ``addcmul``, ``lerp``).
-torch's kernels fuse them (one rounding instead of two); calling torch's own
-ops where torch.optim does makes the torch front-end follow torch.optim's
-for-loop implementation bit for bit, in float32 as in float64. NumPy has no
-fused multiply-add, so there they are the plain formulas.
+Four of those functions are torch's compound kernels (``axpy``, ``addcmul``,
+``addcdiv``, ``lerp``). torch's kernels fuse them (one rounding instead of two
+in float32), and for float16 and bfloat16 tensors they compute in float32 and
+round once, where the same formula written with operators rounds to the half
+type after every operation. A rule calls them exactly where torch.optim's
+for-loop implementation does, so that the torch front-end follows it bit for
+bit in float16, bfloat16, float32 and float64. NumPy has no fused multiply-add,
+so there they are the plain formulas (computed in float32 for float16 arrays).
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ class ArrayOps:
     addcmul: Callable[[Array, Array, Array, float], Array]
     #: ``a + w·(b - a)`` for a scalar weight (torch: ``lerp``).
     lerp: Callable[[Array, Array, float], Array]
+    #: ``a + (value·b)/c`` (torch: ``addcdiv``), rounded in this order: in float32 and
+    #: float64 it equals the formula to the bit; in float16 and bfloat16 torch keeps
+    #: float32 inside and rounds once, which is what keeps ``lr·m/√v`` from
+    #: underflowing to 0/0 there.
+    addcdiv: Callable[[Array, Array, Array, float], Array] = field(default_factory=lambda: addcdiv)
     # -- issue 16 (twins): what rules that are not element-wise need (Adafactor's
     # factored moments). ``None`` in a backend without them. The engine's recorder
     # has ``rsqrt``, ``mean_square``, ``mean``, ``eps_of`` and ``rms`` (replayed
@@ -254,6 +262,17 @@ class Algorithm:
     #: despite :attr:`param_ndim` (Muon with ``adamw_for`` set, as Keras 3 steps the
     #: others with AdamW); ``None``: never.
     any_rank: Callable[[HParams], bool] | None = None
+
+
+def addcdiv(a: Array, b: Array, c: Array, value: float) -> Array:
+    """``a + (value·b)/c`` as operators, in the order of ATen's ``addcdiv`` kernel.
+
+    The same bits as the kernel in float32 and float64 (what the engine's recorder
+    and the compiled step use there); in a half type each operator rounds.
+    """
+    if type(value) in (int, float) and value == 1:  # (1·b is b: no pass for it)
+        return a + b / c
+    return a + value * b / c
 
 
 def lerp(start: Array, end: Array, weight: float) -> Array:

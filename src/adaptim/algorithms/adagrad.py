@@ -65,7 +65,7 @@ def adagrad_update(
     clr = lr / (1 + (step - 1) * lr_decay)
     total = xp.addcmul(state["sum"], g, g, 1.0)
     denom = xp.sqrt(total + eps) if eps_inside_sqrt else xp.sqrt(total) + eps
-    return p - clr * g / denom, {"sum": total}
+    return xp.addcdiv(p, g, denom, -clr), {"sum": total}
 
 
 def adagrad_effective_lr(

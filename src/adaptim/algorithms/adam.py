@@ -91,19 +91,18 @@ def adam_update(
         corrected = xp.maximum(state["max_exp_avg_sq"], exp_avg_sq / bias2)
         new_state["max_exp_avg_sq"] = corrected
         if epsilon_hat:
-            return p - lr * bias2**0.5 / bias1 * exp_avg / (
-                xp.sqrt(corrected * bias2) + eps
-            ), new_state
-        return p - lr / bias1 * exp_avg / (xp.sqrt(corrected) + eps), new_state
+            scale = lr * bias2**0.5 / bias1
+            return xp.addcdiv(p, exp_avg, xp.sqrt(corrected * bias2) + eps, -scale), new_state
+        return xp.addcdiv(p, exp_avg, xp.sqrt(corrected) + eps, -(lr / bias1)), new_state
     if amsgrad:
         second = xp.maximum(state["max_exp_avg_sq"], exp_avg_sq)
         new_state["max_exp_avg_sq"] = second
     if epsilon_hat:
         step_size = lr * bias2**0.5 / bias1
-        return p - step_size * exp_avg / (xp.sqrt(second) + eps), new_state
+        return xp.addcdiv(p, exp_avg, xp.sqrt(second) + eps, -step_size), new_state
     step_size = lr / bias1
     denom = xp.sqrt(second) / bias2**0.5 + eps
-    return p - step_size * exp_avg / denom, new_state
+    return xp.addcdiv(p, exp_avg, denom, -step_size), new_state
 
 
 def adam_effective_lr(

@@ -55,9 +55,9 @@ def adamax_update(
     clr = lr / (1 - beta1**step)
     if eps_in_max:
         exp_inf = xp.maximum(state["exp_inf"] * beta2, xp.abs(g) + eps)
-        return p - clr * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
+        return xp.addcdiv(p, exp_avg, exp_inf, -clr), {"exp_avg": exp_avg, "exp_inf": exp_inf}
     exp_inf = xp.maximum(state["exp_inf"] * beta2, xp.abs(g))
-    return p - clr * exp_avg / (exp_inf + eps), {"exp_avg": exp_avg, "exp_inf": exp_inf}
+    return xp.addcdiv(p, exp_avg, exp_inf + eps, -clr), {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 
 def adamax_effective_lr(

@@ -76,8 +76,8 @@ def nadam_update(
         product = mu_product if xp.traced else xp.scalar(mu_product)
     grad_coef = -lr * (1.0 - mu) / (1.0 - product)
     avg_coef = (-lr * mu_next) / (1.0 - product * mu_next)
-    p = p + grad_coef * g / denom
-    p = p + avg_coef * exp_avg / denom
+    p = xp.addcdiv(p, g, denom, grad_coef)
+    p = xp.addcdiv(p, exp_avg, denom, avg_coef)
     return p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "mu_product": mu_product}
 
 

@@ -85,10 +85,10 @@ def rmsprop_update(
             buf = state["momentum_buffer"] * momentum + lr * g / sigma
             new_state["momentum_buffer"] = buf
             return p - buf, new_state
-        buf = state["momentum_buffer"] * momentum + g / sigma
+        buf = xp.addcdiv(state["momentum_buffer"] * momentum, g, sigma, 1.0)
         new_state["momentum_buffer"] = buf
         return xp.axpy(p, buf, -lr), new_state
-    return p - lr * g / sigma, new_state
+    return xp.addcdiv(p, g, sigma, -lr), new_state
 
 
 def rmsprop_effective_lr(

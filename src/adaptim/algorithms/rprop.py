@@ -60,10 +60,12 @@ def rprop_update(
     low, high = step_sizes
     product = g * state["prev"]
     previous = state["step_size"]
-    # Scaling each branch by its eta (rather than by a where() of etas) keeps the
-    # factor in the parameter's dtype, as torch's in-place sign tensor is.
-    grown = xp.where(product > 0, previous * etaplus, previous)
-    step_size = xp.clip(xp.where(product < 0, previous * etaminus, grown), low, high)
+    # torch's factors are the etas stored in the parameter's dtype (it overwrites its
+    # sign tensor with them); where() against an array of ones in that dtype rounds
+    # them the same way (x**0 is 1 for every x, NaN and infinities included).
+    ones = previous**0
+    factor = xp.where(product > 0, etaplus, xp.where(product < 0, etaminus, ones))
+    step_size = xp.clip(previous * factor, low, high)
     g = xp.where(product < 0, 0.0, g)
     return xp.addcmul(p, sign(xp, g), step_size, -1.0), {"prev": g, "step_size": step_size}
 

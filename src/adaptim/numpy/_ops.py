@@ -7,9 +7,32 @@ reals (:func:`_real_view`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from adaptim.algorithms import ArrayOps, lerp
+from adaptim.algorithms import ArrayOps, addcdiv, lerp
+
+
+def _in_float32(formula: Callable[..., Any]) -> Callable[..., Any]:
+    """``formula`` computed in float32 and rounded once for float16 arrays, as torch's
+    compound kernels (``addcdiv``, ``addcmul``, ``add(alpha=)``, ``lerp``) compute
+    half types; other dtypes as written. It keeps ``lr·m/√v`` from underflowing to
+    0/0 = NaN where torch gives ±inf. (NumPy still rounds a float16 ``x * 0.9`` with
+    the scalar in float16, where torch keeps it in float32, so float16 agrees with
+    torch to float16's rounding, not to the bit.)"""
+
+    def compute(first: Any, *rest: Any) -> Any:
+        if getattr(first, "dtype", None) != np.float16:
+            return formula(first, *rest)
+        wide = [x.astype(np.float32) if isinstance(x, np.ndarray | np.generic) else x for x in rest]
+        return formula(
+            np.float32(first) if np.ndim(first) == 0 else first.astype(np.float32), *wide
+        ).astype(np.float16)
+
+    return compute
+
 
 NUMPY_OPS: ArrayOps = ArrayOps(
     name="numpy",
@@ -19,9 +42,10 @@ NUMPY_OPS: ArrayOps = ArrayOps(
     where=np.where,
     clip=np.clip,
     norm=lambda x: np.sqrt(np.sum(x * x)),
-    axpy=lambda a, b, alpha: a + alpha * b,
-    addcmul=lambda a, b, c, value: a + value * b * c,
-    lerp=lerp,
+    axpy=_in_float32(lambda a, b, alpha: a + alpha * b),
+    addcmul=_in_float32(lambda a, b, c, value: a + value * b * c),
+    addcdiv=_in_float32(addcdiv),
+    lerp=_in_float32(lerp),
     rsqrt=lambda x: 1 / np.sqrt(x),
     mean_square=lambda x, axis: np.mean(x * x, axis=axis, keepdims=True),
     mean=lambda x, axis: np.mean(x, axis=axis, keepdims=True),

@@ -365,6 +365,7 @@ class Engine:
                     hyperparams=symbolic,
                     ndim=partition.ndim,
                     reduced_state=reduced,
+                    half=partition.half,
                 )
             except (_symbolic.NotMemoizable, Unfusable) as why:
                 # (a symbolic scalar state meeting an array is refused as an operand: the
@@ -399,6 +400,7 @@ class Engine:
             hyperparams=hp,
             ndim=partition.ndim,
             reduced_state=reduced,
+            half=partition.half,
         )
 
     def _run(

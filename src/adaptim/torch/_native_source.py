@@ -67,6 +67,8 @@ def _expression(op: str, a: list[str], args: tuple[Ref, ...], suffix: str) -> st
         return f"sqrt{suffix}({a[0]})"
     if op == "pow":
         exponent = float(args[1][1])
+        if exponent == 0.0:  # 1 for every x, NaN included (Rprop's ones): no call per element
+            return "(T)1"
         return f"{a[0]} * {a[0]}" if exponent == 2.0 else f"pow{suffix}({a[0]}, {a[1]})"
     if op == "maximum":
         return f"max_t({a[0]}, {a[1]})"

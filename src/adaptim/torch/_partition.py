@@ -21,6 +21,7 @@ import torch
 
 from adaptim.algorithms._state_codes import ABSMAX_SUFFIX
 from adaptim.torch import _hugepages, _lowmem_native, _native, _symbolic
+from adaptim.torch._trace import HALF_DTYPES
 
 if TYPE_CHECKING:
     from adaptim.algorithms import Algorithm
@@ -47,6 +48,8 @@ class Partition:
     numel: int
     #: The dtype of the ``step`` counters, when the native kernel may count them.
     step_dtype: torch.dtype | None = None
+    #: float16 or bfloat16 parameters: recorded with ``trace(..., half=True)``.
+    half: bool = False
     #: The ``per_tensor_keys`` of another shape than 0-d (``Algorithm.entry_shape``'s).
     reduced_keys: tuple[str, ...] = ()
     warned: bool = False
@@ -76,6 +79,7 @@ class Partition:
             tuple(self.scalar_state),
             self.ndim,
             self.reduced_keys,
+            self.half,
         )
 
     def state_current(self, state: Mapping[torch.Tensor, Any], dicts_known: bool = False) -> bool:
@@ -320,6 +324,7 @@ def build_partitions(
                 and all(p.is_contiguous() for p in members),
                 numel=sum(p.numel() for p in members),
                 step_dtype=_step_dtype(states) if algorithm.step else None,
+                half=dtype in HALF_DTYPES,
                 encodings=encodings,
                 reduced_keys=tuple(n for n, kind in layout if kind == "reduced"),
             )

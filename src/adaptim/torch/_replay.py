@@ -237,8 +237,18 @@ class _Emitter:
             f"    {name} = torch._foreach_{foreach}({source}{self.rest(op, args[1:])})"
         )
 
+    def operand(self, op: str, ref: Ref) -> str:
+        """The text of ``ref`` as an operand of ``op``'s multi-tensor kernel."""
+        text = self.text(ref)
+        if self.structure.half and op == "mul" and not _is_array(ref):
+            # torch._foreach_mul_ rounds a Python scalar to float16/bfloat16 first,
+            # where ``x * s`` (the reference path, torch.optim's ``mul_``) keeps it in
+            # float32; a 0-d float64 tensor is read as the latter.
+            return f"torch.tensor({text}, dtype=torch.float64)"
+        return text
+
     def rest(self, op: str, args: tuple[Ref, ...] | list[Ref]) -> str:
-        texts = [self.text(a) for a in args]
+        texts = [self.operand(op, a) for a in args]
         if op == "axpy":
             return f", {texts[0]}, alpha={texts[1]}"
         if op in ("addcmul", "addcdiv"):
@@ -256,7 +266,9 @@ class _Emitter:
         else:
             buffer = self.new_temp(node)
             self.lines.append(f"    {buffer} = torch._foreach_{first}({self.text(operand)})")
-        self.lines.append(f"    torch._foreach_{second}_({buffer}, {self.text(args[0])})")
+        self.lines.append(
+            f"    torch._foreach_{second}_({buffer}, {self.operand(second, args[0])})"
+        )
         self.place(node, buffer)
 
     def free_final_buffer(self, node: Ref, index: int) -> str | None:

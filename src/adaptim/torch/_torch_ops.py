@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-from adaptim.algorithms._spec import ArrayOps
+from adaptim.algorithms._spec import ArrayOps, addcdiv
 from adaptim.torch import _matrices
 
 TORCH_OPS = ArrayOps(
@@ -24,6 +24,7 @@ TORCH_OPS = ArrayOps(
     norm=torch.linalg.vector_norm,
     axpy=lambda a, b, alpha: torch.add(a, b, alpha=alpha),
     addcmul=lambda a, b, c, value: torch.addcmul(a, b, c, value=value),
+    addcdiv=lambda a, b, c, value: torch.addcdiv(a, b, c, value=value),
     lerp=torch.lerp,
     rsqrt=torch.rsqrt,
     # (as torch's Adafactor computes it: the norm along the axis, squared, over n;
@@ -65,6 +66,7 @@ TRACEABLE_OPS = dataclasses.replace(
     traced=True,
     axpy=lambda a, b, alpha: a + b * alpha,
     addcmul=lambda a, b, c, value: a + b * c * value,
+    addcdiv=addcdiv,
     lerp=lambda a, b, weight: a + (b - a) * weight,
     clip=lambda x, low, high: torch.clamp(x, _traced_scalar(x, low), _traced_scalar(x, high)),
     rms=lambda x, scale: torch.linalg.vector_norm(x) / (x.numel() ** 0.5 * scale),

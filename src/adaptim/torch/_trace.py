@@ -21,7 +21,10 @@ warm-up, changes the structure and selects (or builds, once) another.
 The multiply-adds of :class:`~adaptim.algorithms._spec.ArrayOps` (``axpy``,
 ``addcmul``, ``lerp``) are recorded as themselves, not as their formulas, so a
 plan can call the very torch kernels the reference path calls: the
-multi-tensor replay is bit-identical to it.
+multi-tensor replay is bit-identical to it. ``addcdiv`` is recorded as itself
+for float16 and bfloat16 parameters only (``trace(..., half=True)``), where
+torch's kernel keeps float32 inside; for float32 and float64 it is its formula
+``a + (value·b)/c``, the same bits, which the native loops already compile.
 
 Not every value is element-wise: each node has a *kind* (:meth:`Structure.kinds`).
 Norms give one 0-d value per tensor (LARS/LAMB); Adafactor's row and column means
@@ -41,13 +44,14 @@ after one warning that names the rule. Tracing never raises anything else.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from adaptim.algorithms._spec import ArrayOps
+from adaptim.algorithms._spec import ArrayOps, addcdiv
 from adaptim.torch._symbolic import NotMemoizable, Sym, SymTensor, host_scalar
 
 
@@ -295,6 +299,8 @@ RECORDING_OPS = ArrayOps(
     axpy=_recorded("axpy"),
     addcmul=_recorded("addcmul"),
     lerp=_recorded("lerp"),
+    # (float32/float64: the formula, in ATen's order of roundings; see HALF_RECORDING_OPS)
+    addcdiv=addcdiv,
     rsqrt=_recorded("rsqrt"),
     mean_square=_along("mean_square"),
     mean=_along("mean"),
@@ -306,6 +312,15 @@ RECORDING_OPS = ArrayOps(
     axis_maxima=_recorded("axis_maxima"),
     scalar=host_scalar,
 )
+
+#: The ``xp`` of a float16 or bfloat16 partition: ``addcdiv`` is one operation, as
+#: torch's kernel (float32 inside, one rounding) is not its formula in a half type.
+HALF_RECORDING_OPS = dataclasses.replace(
+    RECORDING_OPS, name="recording-half", addcdiv=_recorded("addcdiv")
+)
+
+#: Parameter dtypes whose compound kernels compute in float32 and round once.
+HALF_DTYPES = frozenset({torch.float16, torch.bfloat16})
 
 
 @dataclass(frozen=True)
@@ -323,6 +338,9 @@ class Structure:
     slot_count: int
     #: Per-tensor inputs of another shape than 0-d (Adafactor's ``(..., R, 1)`` rows).
     reduced_inputs: frozenset[str] = frozenset()
+    #: Recorded for float16/bfloat16 tensors (:data:`HALF_RECORDING_OPS`): the replay
+    #: then avoids the multi-tensor kernels that round differently in a half type.
+    half: bool = False
 
     def __hash__(self) -> int:
         # Looked up every step: hash the operations once, not on every lookup.
@@ -336,6 +354,7 @@ class Structure:
                     self.outputs,
                     self.created,
                     self.reduced_inputs,
+                    self.half,
                 )
             )
             object.__setattr__(self, "_hash", cached)
@@ -412,6 +431,7 @@ def trace(
     hyperparams: Mapping[str, Any],
     ndim: int,
     reduced_state: Sequence[str] = (),
+    half: bool = False,
 ) -> Traced:
     """Run ``update`` on proxies; return what a plan must do and the new scalar state.
 
@@ -421,7 +441,8 @@ def trace(
     buffer before the first step). Scalar state (NAdam's ``mu_product``) stays
     a real 0-d tensor, computed on the host exactly as in the reference path.
     ``reduced_state`` names the ``per_tensor_state`` entries that are not 0-d
-    (Adafactor's row and column statistics).
+    (Adafactor's row and column statistics). ``half``: the parameters are float16
+    or bfloat16 (:data:`HALF_RECORDING_OPS`).
     Any failure of the rule on proxies becomes :class:`Unfusable`.
     """
     present = (*tensor_state, *per_tensor_state)
@@ -435,7 +456,12 @@ def trace(
     state.update(scalar_state)
     try:
         new_param, new_state = update(
-            recording.input(0), grad, state, step=step, xp=RECORDING_OPS, **hyperparams
+            recording.input(0),
+            grad,
+            state,
+            step=step,
+            xp=HALF_RECORDING_OPS if half else RECORDING_OPS,
+            **hyperparams,
         )
     except (Unfusable, NotMemoizable):
         raise
@@ -462,6 +488,7 @@ def trace(
         created=tuple(created),
         slot_count=len(recording.slots),
         reduced_inputs=frozenset(f"state_{k}" for k in reduced_state),
+        half=half,
     )
     _check_kinds(structure)
     return Traced(
