@@ -179,6 +179,7 @@ ADAM = Algorithm(
     validate=_validate,
     state=_state,
     effective_lr=adam_effective_lr,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )
 
 ADAMW = Algorithm(
@@ -191,4 +192,5 @@ ADAMW = Algorithm(
     validate=_validate,
     state=_state,
     effective_lr=adam_effective_lr,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )

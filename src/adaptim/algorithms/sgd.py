@@ -99,4 +99,5 @@ SGD = Algorithm(
     step=False,
     effective_lr=constant_lr,
     sparse=_sparse,
+    complex_arithmetic="all",  # torch's SGD adds complex tensors as they are
 )
