@@ -249,6 +249,11 @@ class Algorithm:
     #: gradient before the view: Adam, Adagrad, RMSprop, Adadelta, Adamax) or
     #: ``"all"`` (the rule on the complex tensors as they are: SGD).
     complex_arithmetic: Literal["none", "weight_decay", "all"] = "none"
+    #: ``True`` where torch's twin creates the entries of fill ``None`` inside its update
+    #: loop from a list it read before the loop (SGD's momentum buffer): a parameter
+    #: listed twice in a group (deprecated, torch warns) then gets one per listing on
+    #: its first step, the last kept. ``False``: one shared entry, as torch's others.
+    lazy_state: bool = False
     #: The flavor a front-end uses when none is named (:mod:`adaptim.flavors`):
     #: ``"torch"``, or ``"optax"`` for the algorithms torch.optim does not have.
     default_flavor: str = "torch"

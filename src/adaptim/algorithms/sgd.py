@@ -100,4 +100,5 @@ SGD = Algorithm(
     effective_lr=constant_lr,
     sparse=_sparse,
     complex_arithmetic="all",  # torch's SGD adds complex tensors as they are
+    lazy_state=True,  # torch's SGD makes the momentum buffer inside its loop
 )
