@@ -70,6 +70,7 @@ def test_duplicate_parameters_follow_torchs_for_loop(
     assert any("duplicate parameters" in message for message in our_warnings)
     for p, q in zip(ours, theirs, strict=True):
         assert torch.equal(p, q), f"max difference {(p - q).abs().max()}"
+    assert len(mine.state_dict()["state"]) == len(reference.state_dict()["state"])
     for p, q in zip(ours, theirs, strict=True):
         expected = reference.state[q]
         assert set(mine.state[p]) == set(expected)

@@ -120,7 +120,7 @@ class StepLayer(PerTensorLayer):
         created = [key for key, fill in self.algorithm.state(hp).items() if fill is None]
         absent: dict[int, list[str]] = {}  # per parameter: those entries it lacked at the start
         for p in params:
-            state = self.state[p]
+            state = self.state.get(p, {})  # (no entry for a stateless rule, as in torch)
             if id(p) in absent:
                 for key in absent[id(p)]:
                     state.pop(key, None)
