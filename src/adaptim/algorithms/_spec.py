@@ -109,6 +109,10 @@ class ArrayOps:
     #: float: ``float`` everywhere but in the engine's recorder, which keeps it symbolic
     #: so that later steps can reuse the recording (:mod:`adaptim.torch._symbolic`).
     scalar: Callable[[Array], Any] = float
+    #: ``True`` where the arrays are the real view of a complex parameter whose torch
+    #: twin folds the coupled weight decay in complex arithmetic
+    #: (``Algorithm.complex_arithmetic == "weight_decay"``): :func:`decay_weights` follows.
+    complex_weight_decay: bool = False
 
 
 #: Scalars shared by the tensors of a param group (or of the whole optimizer).
@@ -246,6 +250,18 @@ class Algorithm:
     #: ``False`` refuses complex parameters (the rule would see their real view,
     #: with a trailing axis of 2, as another shape).
     complex_params: bool = True
+    #: How much of the rule torch's twin computes on a complex parameter in complex
+    #: arithmetic, which rounds ``a + α·b`` twice (``a + (α·b)``) where the real
+    #: kernel rounds once: ``"none"`` (all on the real view, ``view_as_real``),
+    #: ``"weight_decay"`` (the coupled weight decay ``g + λθ``, folded into the
+    #: gradient before the view: Adam, Adagrad, RMSprop, Adadelta, Adamax) or
+    #: ``"all"`` (the rule on the complex tensors as they are: SGD).
+    complex_arithmetic: Literal["none", "weight_decay", "all"] = "none"
+    #: ``True`` where torch's twin creates the entries of fill ``None`` inside its update
+    #: loop from a list it read before the loop (SGD's momentum buffer): a parameter
+    #: listed twice in a group (deprecated, torch warns) then gets one per listing on
+    #: its first step, the last kept. ``False``: one shared entry, as torch's others.
+    lazy_state: bool = False
     #: The flavor a front-end uses when none is named (:mod:`adaptim.flavors`):
     #: ``"torch"``, or ``"optax"`` for the algorithms torch.optim does not have.
     default_flavor: str = "torch"
@@ -312,4 +328,6 @@ def decay_weights(
         return p, g
     if decoupled:
         return p * (1 - lr * weight_decay), g
+    if xp.complex_weight_decay:  # complex arithmetic's two roundings, on the real view
+        return p, g + p * weight_decay
     return p, xp.axpy(g, p, weight_decay)

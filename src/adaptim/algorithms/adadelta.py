@@ -97,4 +97,5 @@ ADADELTA = Algorithm(
     validate=_validate,
     state=lambda hp: {"square_avg": 0.0, "acc_delta": 0.0},
     effective_lr=adadelta_effective_lr,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )

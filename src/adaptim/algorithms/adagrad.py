@@ -128,4 +128,5 @@ ADAGRAD = Algorithm(
     state_at_construction=True,
     effective_lr=adagrad_effective_lr,
     sparse=_sparse,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )

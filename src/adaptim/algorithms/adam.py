@@ -178,6 +178,7 @@ ADAM = Algorithm(
     validate=_validate,
     state=_state,
     effective_lr=adam_effective_lr,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )
 
 ADAMW = Algorithm(
@@ -190,4 +191,5 @@ ADAMW = Algorithm(
     validate=_validate,
     state=_state,
     effective_lr=adam_effective_lr,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )

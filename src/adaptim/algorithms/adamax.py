@@ -100,4 +100,5 @@ ADAMAX = Algorithm(
     validate=_validate,
     state=lambda hp: {"exp_avg": 0.0, "exp_inf": 0.0},
     effective_lr=adamax_effective_lr,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )

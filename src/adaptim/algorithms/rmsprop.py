@@ -157,4 +157,5 @@ RMSPROP = Algorithm(
     validate=_validate,
     state=_state,
     effective_lr=rmsprop_effective_lr,
+    complex_arithmetic="weight_decay",  # torch: g + λθ before view_as_real
 )

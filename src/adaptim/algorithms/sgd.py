@@ -99,4 +99,6 @@ SGD = Algorithm(
     step=False,
     effective_lr=constant_lr,
     sparse=_sparse,
+    complex_arithmetic="all",  # torch's SGD adds complex tensors as they are
+    lazy_state=True,  # torch's SGD makes the momentum buffer inside its loop
 )

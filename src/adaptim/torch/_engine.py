@@ -83,6 +83,8 @@ class GroupRun:
     partitions: list[Partition] = field(default_factory=list)
     #: Parameters the reference path always steps (sparse, complex, subclasses, odd layouts).
     reference: list[torch.Tensor] = field(default_factory=list)
+    #: Whether the group lists a parameter more than once (then all of it runs the reference).
+    duplicated: bool = False
     stale: bool = True
     #: Set when the last step took a fixed route; otherwise ``last`` describes it.
     status: str | None = "not stepped yet"
@@ -188,7 +190,8 @@ class Engine:
         key = tuple(map(id, params))
         if run.stale or key != run.key:
             self._partition(run, group, hp, params, key)
-        run.status = None  # described on demand (fused_status): no string work per step
+        # described on demand (fused_status): no string work per step
+        run.status = "reference: a parameter listed more than once" if run.duplicated else None
         left = list(run.reference)
         state = self.optimizer.state
         # The partitions' dicts are known only if they were checked in the last step.
@@ -471,7 +474,14 @@ class Engine:
         params: list[torch.Tensor],
         key: tuple[int, ...],
     ) -> None:
-        run.partitions, run.reference = build_partitions(self.optimizer, group, hp, params)
+        run.duplicated = len(set(key)) < len(key)
+        if run.duplicated:
+            # A parameter listed twice (torch warns: deprecated). torch's for-loop
+            # steps it once per listing, each from the last one's result: only the
+            # per-tensor path does that.
+            run.partitions, run.reference = [], list(params)
+        else:
+            run.partitions, run.reference = build_partitions(self.optimizer, group, hp, params)
         run.key = key
         run.stale = False
 

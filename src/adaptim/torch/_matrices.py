@@ -22,11 +22,17 @@ element-wise passes. Three things make them cheaper without changing a bit:
   open one parallel region per product instead of six (equal to the
   per-matrix products, to the bit, measured on 1 and 2 threads, provided each
   matrix keeps its layout: a tall matrix's start is a transposed view).
-* **A workspace kept between steps** (:class:`Workspace`): the products are
-  written into the same buffers every step instead of fresh pages.
+* **A workspace kept between steps** (:class:`Workspace`): the products, the
+  momentum's multiply-adds, the bfloat16 starts (written straight into their
+  slot of the stack) and the update converted to the parameter's dtype go
+  into the same buffers every step instead of fresh pages; the momentum and
+  the parameter are updated in place, as torch's ``lerp_``, ``mul_`` and
+  ``add_`` do. A fresh parameter-sized tensor costs its page faults, about as
+  much as the element-wise pass itself.
 
-The momentum, the normalisation and the step stay per matrix, with the rule's
-own functions; the iteration is the rule's :func:`~adaptim.algorithms.muon.iterate`.
+The momentum and the normalisation are the rule's own functions, run per
+matrix on the workspace's ops; the iteration is the rule's
+:func:`~adaptim.algorithms.muon.iterate`.
 """
 
 from __future__ import annotations
@@ -179,12 +185,43 @@ class Workspace:
     def __init__(self) -> None:
         self.buffers: dict[tuple[Any, ...], torch.Tensor] = {}
 
-    def _take(self, role: str, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        key = (role, shape, like.dtype, like.device)
+    def _take(
+        self,
+        role: str,
+        like: torch.Tensor,
+        shape: tuple[int, ...],
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        key = (role, shape, dtype or like.dtype, like.device)
         buffer = self.buffers.get(key)
         if buffer is None:
-            buffer = self.buffers[key] = like.new_empty(shape)
+            buffer = self.buffers[key] = like.new_empty(shape, dtype=dtype)
         return buffer
+
+    def _free(self, role: str, like: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """A buffer of ``like``'s shape that none of ``inputs`` lives in (of three in turn)."""
+        taken = {t.data_ptr() for t in inputs}
+        for index in range(3):
+            out = self._take(f"{role}{index}", like, tuple(like.shape))
+            if out.data_ptr() not in taken:
+                return out
+        raise AssertionError("three inputs all in the workspace")  # (the ops take two)
+
+    # The momentum's multiply-adds, written into the workspace: same kernels,
+    # same bits, but no fresh parameter-sized tensor (and its page faults) per call.
+    def lerp(
+        self,
+        start: torch.Tensor,
+        end: torch.Tensor,
+        weight: float,
+        momentum: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``torch.lerp``; the ``momentum`` buffer's own update in place (torch's ``lerp_``)."""
+        out = momentum if start is momentum else self._free("m", start, start, end)
+        return torch.lerp(start, end, weight, out=out)
+
+    def axpy(self, a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+        return torch.add(a, b, alpha=alpha, out=self._free("m", a, a, b))
 
     def addmm(
         self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
@@ -232,45 +269,83 @@ def step_matrices(
     """One Muon step of a group's dense CPU matrices; return the parameters it leaves.
 
     The rule's own pieces (:func:`muon.momentum_direction`, :func:`muon.normalised`,
-    :func:`muon.iterate`, :func:`muon.descend`) in :func:`muon.muon_update`'s order,
-    the products written into ``workspace``. Matrices large enough for panels
-    iterate one at a time; smaller same-shaped ones iterate as one stack (up to
-    :data:`STACK_NUMEL` elements), with one ``bmm`` per product.
+    :func:`muon.iterate`) in :func:`muon.muon_update`'s order, with every
+    intermediate written into ``workspace`` and the step
+    (:func:`muon.descend`) taken in place, as torch's ``mul_`` and ``add_``.
+    Matrices large enough for panels iterate one at a time; smaller
+    same-shaped ones iterate as one stack (up to :data:`STACK_NUMEL`
+    elements), with one ``bmm`` per product. A matrix whose gradient or
+    momentum is not contiguous (torch's start then has their layout, which
+    the products' sums depend on) is left to the per-tensor rule.
     """
-    xp = dataclasses.replace(xp, addmm=workspace.addmm, symmetric_addmm=workspace.symmetric_addmm)
-    mine: list[torch.Tensor] = []
     rest: list[torch.Tensor] = []
+    by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for p in params:
         grad = p.grad
         assert grad is not None
         plain = p.device.type == "cpu" and not grad.is_sparse and grad.dtype == p.dtype
-        (mine if plain and p.ndim == 2 and not p.is_complex() else rest).append(p)
-    starts: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for p in mine:
-        state = optimizer._init_state(p, group)
-        stored = state["momentum_buffer"]
-        buffer, direction = muon.momentum_direction(
-            xp, stored, p.grad, hp["momentum"], hp["nesterov"], hp["momentum_average"]
-        )
-        stored.copy_(buffer)
-        x = muon.normalised(xp, direction, hp["eps"], hp["ns_precision"], hp["eps_added"])
-        # (a tall matrix's start is a transposed view; the kernels' sums depend on that layout)
-        starts.setdefault((tuple(x.shape), x.is_contiguous()), []).append((p, x))
-    for (shape, contiguous), members in starts.items():
-        alone = len(members) == 1 or panel_count(shape[0]) >= 2 or shape[0] < STACK_MIN_SIDE
+        if plain and p.ndim == 2 and not p.is_complex() and grad.is_contiguous():
+            stored = optimizer._init_state(p, group)["momentum_buffer"]
+            if stored.is_contiguous():
+                by_shape.setdefault(tuple(p.shape), []).append((p, stored))
+                continue
+        rest.append(p)
+    coefficients = tuple(hp["ns_coefficients"])
+    threads = torch.get_num_threads()
+    for shape, members in by_shape.items():
+        wide = shape[0] <= shape[1]  # the iteration's start: the matrix, or its transpose
+        start = shape if wide else shape[::-1]
+        alone = len(members) == 1 or panel_count(start[0]) >= 2 or start[0] < STACK_MIN_SIDE
         size = 1 if alone else max(1, STACK_NUMEL // (shape[0] * shape[1]))
         for first in range(0, len(members), size):
             chunk = members[first : first + size]
-            coefficients = tuple(hp["ns_coefficients"])
-            threads = torch.get_num_threads()
-            if len(chunk) == 1 or not _stack_agrees(
-                shape, contiguous, len(chunk), coefficients, threads
-            ):
-                for member in chunk:
-                    _iterate_and_descend(xp, hp, [member], member[1])
-            else:
-                _iterate_and_descend(xp, hp, chunk, _stacked([x for _, x in chunk], contiguous))
+            stacked = len(chunk) > 1 and _stack_agrees(
+                start, wide, len(chunk), coefficients, threads
+            )
+            for part in [chunk] if stacked else [[member] for member in chunk]:
+                _step_chunk(xp, hp, workspace, part)
     return rest
+
+
+def _step_chunk(
+    xp: Any,
+    hp: Mapping[str, Any],
+    workspace: Workspace,
+    members: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Momentum, start and step of ``members`` (same-shaped), iterating on one stack of their
+    starts (a single matrix: on its start alone)."""
+    shape = tuple(members[0][0].shape)
+    # each start is written into its slot of the stack: a tall matrix's is the
+    # transposed view of its slot, as torch's is of its bfloat16 copy
+    stack = workspace._take("start", members[0][0], (len(members), *shape), torch.bfloat16)
+    for (p, stored), slot in zip(members, stack.unbind(0), strict=True):
+        lerp = functools.partial(workspace.lerp, momentum=stored)
+        pointwise = dataclasses.replace(xp, lerp=lerp, axpy=workspace.axpy)
+        buffer, direction = muon.momentum_direction(
+            pointwise, stored, p.grad, hp["momentum"], hp["nesterov"], hp["momentum_average"]
+        )
+        if buffer is not stored:
+            stored.copy_(buffer)
+        into_slot = dataclasses.replace(xp, to_bfloat16=slot.copy_)
+        muon.normalised(into_slot, direction, hp["eps"], hp["ns_precision"], hp["eps_added"])
+    wide = shape[0] <= shape[1]
+    x = stack if wide else stack.mT
+    products = dataclasses.replace(
+        xp, addmm=workspace.addmm, symmetric_addmm=workspace.symmetric_addmm
+    )
+    result = muon.iterate(
+        products, x if len(members) > 1 else x[0], hp["ns_coefficients"], hp["ns_steps"]
+    )
+    results = [result] if result.ndim == 2 else list(result.unbind(0))
+    lr, weight_decay = hp["lr"], hp["weight_decay"]
+    for (p, _), orthogonal in zip(members, results, strict=True):
+        rate = muon.adjusted_lr(lr, hp["adjust_lr_fn"], shape, hp["rms_rate"])
+        # muon.descend in place: (1 - lr·wd)·p, then + (-rate)·O, each rounded as there;
+        # O in the parameter's dtype first (exact), into the workspace, where add_
+        # would convert it into a fresh tensor
+        update = workspace._take("update", p, shape).copy_(orthogonal if wide else orthogonal.T)
+        p.mul_(1 - lr * weight_decay).add_(update, alpha=-rate)
 
 
 def _stacked(starts: list[torch.Tensor], contiguous: bool) -> torch.Tensor:
@@ -305,20 +380,3 @@ def _stack_agrees(
     alone = [muon.iterate(TORCH_OPS, x, coefficients, 1) for x in starts]
     together = muon.iterate(TORCH_OPS, _stacked(starts, contiguous), coefficients, 1)
     return all(map(torch.equal, alone, together.unbind(0)))
-
-
-def _iterate_and_descend(
-    xp: Any,
-    hp: Mapping[str, Any],
-    members: list[tuple[torch.Tensor, torch.Tensor]],
-    x: torch.Tensor,
-) -> None:
-    """Iterate from ``x`` (one start, or the stack of ``members``'), then step each parameter
-    before the workspace is written again."""
-    result = muon.iterate(xp, x, hp["ns_coefficients"], hp["ns_steps"])
-    results = [result] if result.ndim == 2 else list(result.unbind(0))
-    for (p, _), orthogonal in zip(members, results, strict=True):
-        if p.shape[0] > p.shape[1]:
-            orthogonal = orthogonal.T
-        rate = muon.adjusted_lr(hp["lr"], hp["adjust_lr_fn"], tuple(p.shape), hp["rms_rate"])
-        p.copy_(muon.descend(xp, p, orthogonal, hp["lr"], hp["weight_decay"], rate))

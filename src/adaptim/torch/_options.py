@@ -90,5 +90,5 @@ def _holds_tensor(value: Any) -> bool:
 
 
 def real_view(tensor: torch.Tensor) -> torch.Tensor:
-    """Complex tensors are updated as pairs of reals, exactly as torch.optim does."""
+    """A complex tensor as the pair of reals torch.optim updates (see ``Algorithm.complex_arithmetic``)."""
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor

@@ -7,6 +7,7 @@ the body of the step under ``torch.compile`` (:mod:`adaptim.torch._step`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,16 +76,13 @@ class PerTensorLayer(SparseLayer):
                 return
             grad = grad.to_dense()
         inputs = {k: _dense_or_none(state.get(k)) for k in entries}
-        views = {k: None if v is None else real_view(v) for k, v in inputs.items()}
-        target = real_view(p)
-        new_p, new_state = algorithm.update(
-            target,
-            real_view(grad),
-            views,
-            step=step,
-            xp=TRACEABLE_OPS if traceable else TORCH_OPS,
-            **hp,
-        )
+        view = _as_it_is if algorithm.complex_arithmetic == "all" else real_view
+        views = {k: None if v is None else view(v) for k, v in inputs.items()}
+        target = view(p)
+        xp = TRACEABLE_OPS if traceable else TORCH_OPS
+        if p.is_complex() and algorithm.complex_arithmetic == "weight_decay":
+            xp = dataclasses.replace(xp, complex_weight_decay=True)
+        new_p, new_state = algorithm.update(target, view(grad), views, step=step, xp=xp, **hp)
         target.copy_(new_p)
         if algorithm.step and not traceable:
             state["step"] += 1
@@ -92,7 +90,7 @@ class PerTensorLayer(SparseLayer):
             current = views[key]
             if current is None:
                 stored = value.detach().clone()
-                if p.is_complex() and stored.shape == target.shape:
+                if target is not p and stored.shape == target.shape:  # a real view's
                     stored = torch.view_as_complex(stored)
                 state[key] = stored
             else:
@@ -105,3 +103,8 @@ class PerTensorLayer(SparseLayer):
         assert fmt is not None
         decoded = {k: fmt.read(state, k, p) for k in self._elementwise_keys(state)}
         return {k: v for k, v in decoded.items() if v is not None}
+
+
+def _as_it_is(tensor: torch.Tensor) -> torch.Tensor:
+    """A complex tensor for a rule in complex arithmetic (``Algorithm.complex_arithmetic``)."""
+    return tensor

@@ -98,10 +98,36 @@ class StepLayer(PerTensorLayer):
         for index, (group, hp, left) in enumerate(
             zip(self.param_groups, hyperparams, lefts, strict=True)
         ):
-            for p in self._update_group(left + engine.run_group(index, group, hp), group, hp):
+            params = self._update_group(left + engine.run_group(index, group, hp), group, hp)
+            if self.algorithm.lazy_state and len(set(map(id, params))) < len(params):
+                self._update_listings(params, group, hp)
+                continue
+            for p in params:
                 assert p.grad is not None  # the engine leaves parameters with gradients only
                 self._update(p, p.grad, group, hp)
         engine.end_step()
+
+    def _update_listings(
+        self, params: list[torch.Tensor], group: Mapping[str, Any], hp: dict[str, Any]
+    ) -> None:
+        """Step a group that lists a parameter more than once, as torch's for-loop does.
+
+        Each listing steps the parameter again, from the last one's result; an
+        entry the rule creates on the first step (:attr:`Algorithm.lazy_state`:
+        SGD's momentum buffer) is created anew by every listing, the last kept,
+        because torch reads those entries for the whole group before its loop.
+        """
+        created = [key for key, fill in self.algorithm.state(hp).items() if fill is None]
+        absent: dict[int, list[str]] = {}  # per parameter: those entries it lacked at the start
+        for p in params:
+            state = self.state.get(p, {})  # (no entry for a stateless rule, as in torch)
+            if id(p) in absent:
+                for key in absent[id(p)]:
+                    state.pop(key, None)
+            else:
+                absent[id(p)] = [key for key in created if state.get(key) is None]
+            assert p.grad is not None
+            self._update(p, p.grad, group, hp)
 
     def _update_group(
         self, params: list[torch.Tensor], group: Mapping[str, Any], hp: dict[str, Any]

@@ -193,9 +193,10 @@ class Muon(Optimizer):
     The Newton–Schulz iteration is a chain of matrix products in bfloat16; on
     the CPU, same-shaped matrices of a param group iterate as one stack, large
     ones (512 rows or more, one thread) compute half of each symmetric product,
-    and the products reuse buffers kept between steps (the optimizer holds
-    about two matrices and two Gram matrices of each shape), all bit-identical
-    to torch's (:mod:`adaptim.torch._matrices`). Other devices, the
+    and the products and element-wise steps reuse buffers kept between steps
+    (the optimizer holds about four matrices in the parameters' dtype and
+    three in bfloat16, plus two Gram matrices, of each shape), all
+    bit-identical to torch's (:mod:`adaptim.torch._matrices`). Other devices, the
     AdamW fallback and ``flavor="keras"``'s iteration in the parameter's dtype
     run the rule per tensor.
 
