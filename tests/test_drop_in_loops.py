@@ -13,11 +13,11 @@ schedulers that also cycle the momentum or beta1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from _loops import LOOPS, Loop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,80 +30,9 @@ TWINS = [
     if hasattr(torch.optim, name)
 ]
 
-Loop = Callable[[type[torch.optim.Optimizer], torch.nn.Module, torch.Tensor, torch.Tensor], None]
-
-
-def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (model(x) - y).square().mean()
-
 
 def _defaults(name: str) -> dict[str, Any]:
     return {"lr": 0.01} if name == "SGD" else {}  # (torch's SGD has no default lr)
-
-
-def amp_with_skipped_step(
-    cls: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> None:
-    opt = cls(model.parameters(), **_defaults(cls.__name__))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    for i in range(5):
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = _loss(model, x, y)
-        scaler.scale(loss * (1e38 if i == 2 else 1.0)).backward()  # step 2 overflows: skipped
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-        scaler.step(opt)
-        scaler.update()
-
-
-def accumulated_kept_grads(
-    cls: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> None:
-    opt = cls(model.parameters(), **_defaults(cls.__name__))
-    for i in range(6):
-        _loss(model, x[i % 2 :: 2], y[i % 2 :: 2]).backward()
-        if i % 2:
-            opt.step()
-            opt.zero_grad(set_to_none=False)  # the same gradient tensors, zeroed in place
-
-
-def frozen_then_grown(cls: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    first, last = model[0], model[2]
-    opt = cls(first.parameters(), **_defaults(cls.__name__))
-    for i in range(6):
-        first.weight.requires_grad_(i not in (2, 3))
-        opt.zero_grad()  # a frozen weight keeps grad None for two steps
-        _loss(model, x, y).backward()
-        opt.step()
-        if i == 1:
-            opt.add_param_group({"params": last.parameters(), "lr": 3e-3})
-        for group in opt.param_groups:
-            group["lr"] *= 0.7  # set by hand, as warm-up code does
-
-
-def one_cycle(cls: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    opt = cls(model.parameters(), **_defaults(cls.__name__))
-    cycles = "momentum" in opt.defaults or "betas" in opt.defaults
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=0.02, total_steps=8, cycle_momentum=cycles
-    )
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
-    for _ in range(6):
-        opt.zero_grad()
-        loss = _loss(model, x, y)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        plateau.step(1.0)  # never improves: cuts the rate every step
-
-
-LOOPS: dict[str, Loop] = {
-    "amp-skip": amp_with_skipped_step,
-    "accumulate-keep-grads": accumulated_kept_grads,
-    "freeze-add-group-lr-by-hand": frozen_then_grown,
-    "one-cycle-plateau": one_cycle,
-}
 
 
 def _final(cls: Any, loop: Loop, seed: int, width: int) -> list[torch.Tensor]:
@@ -112,7 +41,7 @@ def _final(cls: Any, loop: Loop, seed: int, width: int) -> list[torch.Tensor]:
         torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 3)
     )
     x, y = torch.randn(8, 5), torch.randn(8, 3)
-    loop(cls, model, x, y)
+    loop(lambda params: cls(params, **_defaults(cls.__name__)), model, x, y)
     return [p.detach() for p in model.parameters()]
 
 

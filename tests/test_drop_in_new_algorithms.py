@@ -33,13 +33,12 @@ import prodigyopt
 import pytest
 import schedulefree
 import torch
+from _loops import OWN_LR_LOOPS, Factory, loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptim
 import adaptim.numpy as anp
-
-Factory = Callable[..., torch.optim.Optimizer]
 
 REFERENCES: dict[str, Any] = {
     "Muon": torch.optim.Muon,
@@ -71,70 +70,6 @@ def _through_bytes(state_dict: dict[str, Any]) -> dict[str, Any]:
     return torch.load(buffer, weights_only=True)  # type: ignore[no-any-return]
 
 
-def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (model(x) - y).square().mean()
-
-
-def amp_skip(make: Factory, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    opt = make(model.parameters())
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    for i in range(5):
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = _loss(model, x, y)
-        scaler.scale(loss * (1e38 if i == 2 else 1.0)).backward()  # step 2 overflows: skipped
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-        scaler.step(opt)
-        scaler.update()
-
-
-def accumulate(make: Factory, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    opt = make(model.parameters())
-    for i in range(6):
-        _loss(model, x[i % 2 :: 2], y[i % 2 :: 2]).backward()
-        if i % 2:
-            opt.step()
-            opt.zero_grad(set_to_none=False)
-
-
-def freeze_and_grow(
-    make: Factory, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> None:
-    first, last = model[0], model[2]
-    opt = make(first.parameters())
-    for i in range(6):
-        first.weight.requires_grad_(i not in (2, 3))
-        opt.zero_grad()
-        _loss(model, x, y).backward()
-        opt.step()
-        if i == 1:  # the same lr: Prodigy and D-Adaptation share one estimate
-            opt.add_param_group({"params": list(last.parameters())})
-
-
-def schedules(make: Factory, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    opt = make(model.parameters())
-    cycles = "momentum" in opt.defaults or "betas" in opt.defaults
-    one_cycle = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=0.02, total_steps=8, cycle_momentum=cycles
-    )
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
-    for _ in range(6):
-        opt.zero_grad()
-        _loss(model, x, y).backward()
-        opt.step()
-        one_cycle.step()
-        plateau.step(1.0)
-
-
-LOOPS = {
-    "amp-skip": amp_skip,
-    "accumulate": accumulate,
-    "freeze-add-group": freeze_and_grow,
-    "one-cycle-plateau": schedules,
-}
-
-
 def _model(seed: int, width: int, bias: bool) -> torch.nn.Sequential:
     torch.manual_seed(seed)
     return torch.nn.Sequential(
@@ -160,7 +95,7 @@ def _assert_identical(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> N
 CASES = [
     (name, loop)
     for name in REFERENCES
-    for loop in LOOPS
+    for loop in OWN_LR_LOOPS
     if not (name in ("DoG", "LDoG") and loop == "freeze-add-group")
 ]
 
@@ -172,12 +107,12 @@ def test_the_loop_ends_where_the_reference_ends(
     name: str, loop: str, seed: int, width: int
 ) -> None:
     bias = name != "Muon"  # Muon takes matrices only, as torch's
-    theirs = _final(_factory(REFERENCES[name]), LOOPS[loop], seed, width, bias)
-    ours = _final(_factory(getattr(adaptim, name)), LOOPS[loop], seed, width, bias)
+    theirs = _final(_factory(REFERENCES[name]), OWN_LR_LOOPS[loop], seed, width, bias)
+    ours = _final(_factory(getattr(adaptim, name)), OWN_LR_LOOPS[loop], seed, width, bias)
     _assert_identical(ours, theirs)
 
 
-@pytest.mark.parametrize("loop", list(LOOPS))
+@pytest.mark.parametrize("loop", list(OWN_LR_LOOPS))
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
 @settings(max_examples=2, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), width=st.integers(1, 9))
@@ -188,8 +123,8 @@ def test_8bit_states_of_small_tensors_end_where_torch_optim_ends(
     def eight_bit(params: Any) -> torch.optim.Optimizer:
         return getattr(adaptim, name)(params, state_bits=8)
 
-    theirs = _final(_factory(getattr(torch.optim, name)), LOOPS[loop], seed, width, True)
-    _assert_identical(_final(eight_bit, LOOPS[loop], seed, width, True), theirs)
+    theirs = _final(_factory(getattr(torch.optim, name)), OWN_LR_LOOPS[loop], seed, width, True)
+    _assert_identical(_final(eight_bit, OWN_LR_LOOPS[loop], seed, width, True), theirs)
 
 
 def _resumed(
@@ -201,7 +136,7 @@ def _resumed(
     for i in range(6):
         x, y = torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)
         opt.zero_grad()
-        _loss(model, x, y).backward()
+        loss(model, x, y).backward()
         opt.step()
         if i == 2:
             model, opt = resume(model, opt)
@@ -263,11 +198,11 @@ def _wide_run(make: Factory, seed: int, skip_with_scaler: bool, resume: str) -> 
         x, y = torch.randn(8, 80, generator=g), torch.randn(8, 3, generator=g)
         opt.zero_grad()
         if skip_with_scaler:  # scales by powers of two: exact, so only the skip shows
-            scaler.scale(_loss(model, x, y) * (1e38 if i == 2 else 1.0)).backward()
+            scaler.scale(loss(model, x, y) * (1e38 if i == 2 else 1.0)).backward()
             scaler.step(opt)
             scaler.update()
         elif i != 2:
-            _loss(model, x, y).backward()
+            loss(model, x, y).backward()
             opt.step()
         if i == 1 and resume == "checkpoint":
             fresh = make(model.parameters())
