@@ -36,35 +36,26 @@ The engine never owns the user's tensors: parameters, gradients and state
 stay where they are, and are read and written in place through their own
 storage (no ``p.data``/``p.grad`` rebinding). State stays per parameter with
 torch's names and layout, so ``state_dict`` moves to and from torch.optim.
+
+What the engine keeps about each group between steps (its partitions, when
+they are stale, what the last step ran) is :mod:`._engine_groups`.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import operator
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from adaptim.torch import _lowmem_native, _native, _replay, _symbolic
+from adaptim.torch._engine_groups import _GRAD, _IS_CONTIGUOUS, _IS_NONE, EngineGroups
+from adaptim.torch._engine_groups import GroupRun as GroupRun
+from adaptim.torch._engine_groups import requested_path as requested_path
 from adaptim.torch._partition import NativeLaunch as NativeLaunch
 from adaptim.torch._partition import Partition as Partition
-from adaptim.torch._partition import build_partitions
 from adaptim.torch._trace import Traced, Unfusable, trace
-
-if TYPE_CHECKING:
-    from adaptim.torch._base import Optimizer
-
-_GRAD = operator.attrgetter("grad")
-_DATA_PTR = torch.Tensor.data_ptr
-_IS_CONTIGUOUS = torch.Tensor.is_contiguous
-_IS_SPARSE = operator.attrgetter("is_sparse")
-_DTYPE = operator.attrgetter("dtype")
-_IS_NONE = functools.partial(operator.is_, None)
 
 #: ``fused=None`` builds a native kernel for CPU groups of at least this many
 #: elements (benchmarks/step_speed.py: from about this size the single pass
@@ -75,88 +66,8 @@ AUTO_NATIVE_MIN_NUMEL = 1 << 16
 MAX_MEMOS = 8
 
 
-@dataclass
-class GroupRun:
-    """What the engine knows about one param group between steps."""
-
-    key: tuple[int, ...] = ()
-    partitions: list[Partition] = field(default_factory=list)
-    #: Parameters the reference path always steps (sparse, complex, subclasses, odd layouts).
-    reference: list[torch.Tensor] = field(default_factory=list)
-    #: Whether the group lists a parameter more than once (then all of it runs the reference).
-    duplicated: bool = False
-    stale: bool = True
-    #: Set when the last step took a fixed route; otherwise ``last`` describes it.
-    status: str | None = "not stepped yet"
-    last: tuple[list[str], int, str] = field(default_factory=lambda: ([], 0, "auto"))
-    #: Structures the tracer or a plan refused, with the reason (warned once).
-    refused: str | None = None
-    #: What the last step ran: replay plans and native kernels (their ``source``).
-    last_plans: list[Any] = field(default_factory=list)
-    #: Partitions (with this step's gradients) ``prepare_group`` chose for ``run_group``.
-    ready: list[tuple[Partition, list[torch.Tensor]]] = field(default_factory=list)
-    #: The step (``Engine.completed`` then) that last built or checked the partitions.
-    checked: int = -1
-
-
-def requested_path(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
-    """The path a group's switches ask for: ``reference``, ``foreach``, ``native`` or ``auto``."""
-    fused = group.get("fused", defaults.get("fused"))
-    if fused:
-        return "native"
-    if group.get("foreach") is False:
-        return "reference"
-    if group.get("foreach") or fused is False:
-        return "foreach"
-    return "auto"
-
-
-class Engine:
+class Engine(EngineGroups):
     """Runs the steps of one optimizer's param groups; the reference path takes what is left."""
-
-    def __init__(self, optimizer: Optimizer) -> None:
-        self.optimizer = optimizer
-        self.groups: dict[int, GroupRun] = {}
-        #: Recordings later steps reuse, by partition layout and hyperparameter shape.
-        self.memos: dict[tuple[Any, ...], list[_symbolic.Memo]] = {}
-        self.unmemoizable: set[tuple[Any, ...]] = set()
-        self._leaves: dict[int, tuple[dict[str, Any], list[float], tuple[Any, ...]]] = {}
-        #: The optimizer's state mapping (keys and dicts, in order) after the last whole step.
-        self._snapshot: tuple[list[Any], list[Any]] | None = None
-        #: This step: ``state`` maps every parameter to the dict it had after the last step.
-        self.dicts_known = False
-        #: Steps that ran to the end.
-        self.completed = 0
-
-    def invalidate(self) -> None:
-        """Forget every partition (after ``load_state_dict`` or a new param group)."""
-        for run in self.groups.values():
-            run.stale = True
-
-    def begin_step(self) -> None:
-        """Compare the state mapping with the end of the last step, once for every partition.
-
-        Two passes without hashing a parameter (a tensor's ``__hash__`` runs in
-        Python: on 1,000 parameters that alone costs more than torch's whole
-        step). Any difference (an entry replaced, deleted, added or moved,
-        ``state`` itself replaced) leaves ``dicts_known`` false, and each
-        partition then looks its parameters up as before.
-        """
-        snapshot = self._snapshot
-        state = self.optimizer.state
-        self.dicts_known = (
-            snapshot is not None
-            and len(state) == len(snapshot[0])
-            and all(map(operator.is_, state, snapshot[0]))
-            and all(map(operator.is_, state.values(), snapshot[1]))
-        )
-
-    def end_step(self) -> None:
-        """Remember the state mapping after a step that completed (see :meth:`begin_step`)."""
-        state = self.optimizer.state
-        self._snapshot = (list(state), list(state.values()))
-        self.dicts_known = False
-        self.completed += 1
 
     # -- the step --------------------------------------------------------------------
     def prepare_group(
@@ -224,52 +135,6 @@ class Engine:
         run.last = (paths, count, mode)
         run.last_plans = plans
         return left
-
-    def describe(self, index: int) -> str:
-        """Which path the last step of group ``index`` took, and why (``Optimizer.fused_status``)."""
-        run = self.groups.get(index)
-        if run is None:
-            return "not stepped yet"
-        if run.status is not None:
-            return run.status
-        if run.refused is not None:
-            return f"reference: {run.refused}"
-        paths, count, mode = run.last
-        counts = {p: paths.count(p) for p in dict.fromkeys(paths)}
-        summary = ", ".join(f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items())
-        covered = sum(len(p.params) for p in run.partitions)
-        status = f"{summary or 'reference'}: {covered} of {count} tensors"
-        refused = {p.native_refused for p in run.partitions if p.native_refused}
-        if mode == "native" and refused:
-            status += f" (not native: {'; '.join(sorted(refused))})"
-        return status
-
-    @staticmethod
-    def _usable_grads(
-        run: GroupRun, partition: Partition, state: Mapping[torch.Tensor, Any], dicts_known: bool
-    ) -> list[torch.Tensor] | None:
-        """The partition's gradients, or ``None`` when it must go to the reference path now."""
-        grads = list(map(_GRAD, partition.params))
-        dtype = partition.params[0].dtype
-        try:
-            # A missing gradient has no ``data_ptr`` (TypeError), nor has a sparse one
-            # (RuntimeError: no storage). The native call reads these pointers.
-            partition.grad_ptrs = list(map(_DATA_PTR, grads))
-        except (TypeError, RuntimeError):
-            run.stale = True
-            return None
-        # (dtypes are singletons.)
-        if any(map(operator.is_not, map(_DTYPE, grads), itertools.repeat(dtype))):
-            run.stale = True
-            return None
-        try:
-            current = partition.state_current(state, dicts_known)
-        except KeyError:  # an entry was deleted: the reference path's checks name it
-            current = False
-        if list(map(_DATA_PTR, partition.params)) != partition.ptrs or not current:
-            run.stale = True  # model.to(), p.data = ... or replaced state: rebuild, reference now
-            return None
-        return grads
 
     def _step_partition(
         self,
@@ -464,28 +329,3 @@ class Engine:
             "this group steps with the per-tensor reference path.",
             stacklevel=5,
         )
-
-    # -- partitions ------------------------------------------------------------------
-    def _partition(
-        self,
-        run: GroupRun,
-        group: Mapping[str, Any],
-        hp: Mapping[str, Any],
-        params: list[torch.Tensor],
-        key: tuple[int, ...],
-    ) -> None:
-        run.duplicated = len(set(key)) < len(key)
-        if run.duplicated:
-            # A parameter listed twice (torch warns: deprecated). torch's for-loop
-            # steps it once per listing, each from the last one's result: only the
-            # per-tensor path does that.
-            run.partitions, run.reference = [], list(params)
-        else:
-            run.partitions, run.reference = build_partitions(self.optimizer, group, hp, params)
-        run.key = key
-        run.stale = False
-
-    def plans(self, index: int) -> list[str]:
-        """The code the last step of group ``index`` ran: replay functions and native sources."""
-        run = self.groups.get(index)
-        return [plan.source for plan in run.last_plans] if run else []

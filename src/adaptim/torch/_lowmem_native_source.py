@@ -1,0 +1,228 @@
+"""The C source of :mod:`._lowmem_native`'s loop: a rule rendered over bf16 and 8-bit state.
+
+:class:`_Source` extends :mod:`._native`'s renderer with the loads and stores
+of encoded entries: bf16 widening and stochastic rounding (one counter-based
+hash per element and stream, :func:`rounding_streams`), and for 8-bit state
+the walk over quantisation blocks, each decoded into a stack buffer, updated
+and re-encoded with its new block maximum (:mod:`._lowmem_codes`,
+:mod:`._lowmem_segments`).
+
+Kept apart from :mod:`._lowmem_native`, which decides what the loop can take,
+compiles and caches the kernels, and binds and launches them per partition:
+this module only writes C text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from adaptim.torch import _lowmem, _native, _native_source, _rounding
+from adaptim.torch import _lowmem_codes as _codes
+from adaptim.torch import _lowmem_segments as _segments
+from adaptim.torch._trace import Structure
+
+#: The loop over work items when a state is 8-bit: each thread takes an equal share of
+#: the quantisation blocks of all tensors (a static schedule of work items gave one of
+#: two threads 56% of the MLP's 8-bit elements), walking the items to find its range.
+_BALANCED = [
+    "  int64_t total = 0;",
+    "  for (int64_t b = 0; b < blocks; ++b) total += (block_end[b] - block_begin[b] + QBLOCK - 1) / QBLOCK;",
+    "  #pragma omp parallel num_threads(threads)",
+    "  {",
+    "  const int64_t share = omp_get_num_threads(), me = omp_get_thread_num();",
+    "  const int64_t lo = total * me / share, hi = total * (me + 1) / share;",
+    "  int64_t seen = 0, count = 0;",
+    "  for (int64_t b = 0; b < blocks && seen < hi; seen += count, ++b) {",
+    "    count = (block_end[b] - block_begin[b] + QBLOCK - 1) / QBLOCK;",
+    "    if (seen + count <= lo) continue;",
+    "    const int64_t t = block_tensor[b];",
+]
+
+_HEADER = [
+    "#include <math.h>",
+    "#include <omp.h>",
+    "#include <stdint.h>",
+    "#include <string.h>",
+    "typedef float T;",
+    f"enum {{ QBLOCK = {_lowmem.BLOCK} }};",
+    "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
+    "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
+    "static inline T lerp_t(T a, T b, T w) { return w < (T)0.5 ? fmaf(w, b - a, a)"
+    " : fmaf(w - (T)1, b - a, b); }",
+    "static inline uint32_t mix32(uint32_t x) {",
+    "  x ^= x >> 16; x *= {}u; x ^= x >> 15; x *= {}u; return x ^ (x >> 16);".format(
+        *_rounding.MIX_MULTIPLIERS
+    ),
+    "}",
+    "static inline float bf16_load(uint16_t h) {",
+    "  const uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f;",
+    "}",
+    "static inline uint16_t bf16_round(float f, uint32_t noise) {",
+    "  uint32_t b; memcpy(&b, &f, 4);",
+    "  return f != f ? (uint16_t)0x7FC0 : (uint16_t)((b + noise) >> 16);",
+    "}",
+]
+
+
+def rounding_streams(rounded: Sequence[str]) -> list[str]:
+    """The hashes a kernel draws per element for the bf16 entries ``rounded``, in order.
+
+    One per :func:`._rounding.rounding_stream`: partners share their entry's.
+    """
+    return list(dict.fromkeys(map(_rounding.rounding_stream, rounded)))
+
+
+class _Source(_native._Source):
+    """Renders a structure whose state inputs are bf16 or 8-bit (``encodings``, by input name)."""
+
+    def __init__(self, structure: Structure, encodings: Mapping[str, str]) -> None:
+        super().__init__(structure, torch.float32)
+        self.encodings = encodings
+
+    def signed(self, name: str) -> bool:
+        return name.removeprefix("state_") not in _lowmem.NONNEGATIVE_STATE
+
+    def suffix_of(self, name: str) -> str:
+        """The code an 8-bit entry uses: ``S`` (signed) or ``U`` (non-negative)."""
+        return "S" if self.signed(name) else "U"
+
+    def source(self) -> str:
+        structure = self.structure
+        inputs = structure.inputs
+        kinds = [self.encodings.get(name, "element") for name in inputs]
+        written = {name for name, _ in structure.outputs}
+        refs = {a for _, args in structure.ops for a in args}
+        refs |= {ref for _, ref in structure.outputs}
+        quantized = [n for n, k in zip(inputs, kinds, strict=True) if k == "q8"]
+        rounded = [n for n, k in zip(inputs, kinds, strict=True) if k == "bf16"]
+        streams = rounding_streams([n.removeprefix("state_") for n in rounded])
+        # 8 bits: each thread an equal share of all tensors' quantisation blocks; else
+        # each thread one equal range of the concatenated elements (as _native's)
+        body = list(_BALANCED) if quantized else list(_native_source.BALANCED_OPEN)
+        ctypes_of = {"element": "T", "bf16": "uint16_t", "q8": "uint8_t"}
+        for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
+            ctype = ctypes_of[kind]
+            qualifier = "" if name in written else "const "
+            body.append(
+                f"    {qualifier}{ctype}* restrict {name} = ({ctype}*)buffers[{index} * n + t];"
+            )
+        for j, name in enumerate(quantized):
+            body.append(
+                f"    float* restrict amax_{name} = (float*)buffers[{len(inputs) + j} * n + t];"
+            )
+        for j, stream in enumerate(streams):
+            body.append(f"    const uint32_t key_{stream} = keys[{j} * n + t] ^ salt;")
+        if quantized:
+            body.append("    const int64_t end = block_end[b];")
+        else:
+            body += _native_source.BALANCED_RANGE
+        indent = "    "
+        begin, stop = "begin", "end"
+        if quantized:  # one quantisation block at a time, of this thread's share
+            body.append(
+                "    const int64_t until = hi - seen < count ? block_begin[b] + (hi - seen) * QBLOCK"
+                " : end;"
+            )
+            body.append(
+                "    for (int64_t c = block_begin[b] + (lo > seen ? lo - seen : 0) * QBLOCK;"
+                " c < until; c += QBLOCK) {"
+            )
+            body.append("      const int64_t cend = c + QBLOCK < end ? c + QBLOCK : end;")
+            for index, name in enumerate(inputs):
+                if name not in quantized:
+                    continue
+                if ("input", index) in refs:
+                    body.append(f"      T dec_{name}[QBLOCK];")
+                    body.append(
+                        f"      decode_{self.suffix_of(name)}({name} + c, cend - c, "
+                        f"amax_{name}[c / QBLOCK], dec_{name});"
+                    )
+                if name in written:
+                    body.append(f"      T new_{name}[QBLOCK];")
+                    body.append(f"      uint32_t top_{name} = 0;")
+            indent, begin, stop = "      ", "c", "cend"
+        tops = [f"top_{name}" for name in quantized if name in written]
+        reduction = f" reduction(max:{', '.join(tops)})" if tops else ""
+        body.append(f"{indent}#pragma omp simd{reduction}")
+        body.append(f"{indent}for (int64_t i = {begin}; i < {stop}; ++i) {{")
+        inner = indent + "  "
+        for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
+            if ("input", index) not in refs:
+                continue
+            if kind == "bf16":
+                value = f"bf16_load({name}[i])"
+            elif kind == "q8":
+                value = f"dec_{name}[i - c]"
+            else:
+                value = f"{name}[i]"
+            body.append(f"{inner}const T in{index} = {value};")
+        for index, (op, _) in enumerate(structure.ops):
+            kind = "int" if op in _native._COMPARE or op in ("and", "or") else "T"
+            body.append(f"{inner}const {kind} v{index} = {self.node(index, 'element')};")
+        # One hash per element and stream: its top half rounds one entry, its low
+        # half the entry's partner (``_state_codes.ROUNDING_PARTNERS``).
+        hashed = {
+            _rounding.rounding_stream(name.removeprefix("state_"))
+            for name, _ in structure.outputs
+            if self.encodings.get(name) == "bf16"
+        }
+        for stream in streams:
+            if stream in hashed:
+                body.append(
+                    f"{inner}const uint32_t h_{stream} = mix32((uint32_t)i ^ key_{stream});"
+                )
+        for name, ref in structure.outputs:
+            value = self.text(ref, "element")
+            kind = self.encodings.get(name, "element")
+            if kind == "bf16":
+                key = name.removeprefix("state_")
+                stream = _rounding.rounding_stream(key)
+                noise = (
+                    f"h_{stream} >> 16" if _rounding.noise_shift(key) else f"h_{stream} & 0xFFFFu"
+                )
+                body.append(f"{inner}{name}[i] = bf16_round({value}, {noise});")
+            elif kind == "q8":  # (and the block's largest magnitude, as its bits)
+                body.append(f"{inner}const T o_{name} = {value};")
+                body.append(f"{inner}new_{name}[i - c] = o_{name};")
+                body.append(
+                    f"{inner}{{ uint32_t u; memcpy(&u, &o_{name}, 4); u &= 0x7FFFFFFFu;"
+                    f" top_{name} = u > top_{name} ? u : top_{name}; }}"
+                )
+            else:
+                body.append(f"{inner}{name}[i] = {value};")
+        body.append(f"{indent}}}")
+        if quantized:
+            for name in quantized:
+                if name in written:
+                    body.append(
+                        f"      quantize_{self.suffix_of(name)}(new_{name}, cend - c, top_{name}, "
+                        f"{name} + c, "
+                        f"&amax_{name}[c / QBLOCK]);"
+                    )
+            body.append("    }")
+            body.append("  }")  # (the loop over work items)
+        body += ["  }"] if quantized else ["  }", "  }"]  # (the parallel region)
+        # (the step counters' pointers follow the block maxima's)
+        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
+        lines = [*_HEADER, *_native_source._RANGES]
+        if quantized:
+            lines += _codes.VBMI_HEADER
+        for suffix, signed in (("S", True), ("U", False)):
+            if any(self.signed(n) == signed for n in quantized):
+                lines += _segments.code_functions(suffix, signed)
+        lines += [
+            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
+            "                  const int64_t* block_tensor, const int64_t* block_begin,",
+            "                  const int64_t* block_end, int threads, int step_kind,",
+            "                  const int64_t* offsets, const uint32_t* keys, uint32_t salt) {",
+        ]
+        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
+        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
+        return "\n".join(lines + body) + "\n"
+
+
+def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
+    """The C source of ``structure`` with the state inputs stored as ``encodings`` says."""
+    return _Source(structure, encodings).source()
