@@ -13,6 +13,7 @@ enabled, as in ``test_optax_family.py``.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import io
 import os
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 from _flavors import relative_error
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 import adaptim
@@ -148,6 +149,34 @@ def run_stored_reference(
     return params, float(s.sum())
 
 
+def amplified(
+    base: str,
+    lr: float,
+    mechanic: dict[str, Any],
+    store_delta: bool,
+    problem: Quadratic,
+    dtype: type = np.float64,
+) -> tuple[float, float]:
+    """How far adaptim's run in ``dtype`` ends from the same run started one rounding away.
+
+    For some draws the scale learner amplifies a rounding difference exponentially
+    (lr 0.094 on an Adam base, seed 256: NumPy and torch first differ by 1.5e-16 at step
+    20, by 1.9e-11 at step 120 and 5.7e-6 at step 200, and torch and optax 2.9e-6), so
+    two correct implementations that round one operation differently end that far apart.
+    Ten times this is the bar where it exceeds the fixed one; elsewhere that holds.
+    """
+    nudged = copy.copy(problem)
+    nudged.start = [np.nextafter(p.astype(dtype), np.inf).astype(p.dtype) for p in problem.start]
+    options = {**mechanic, "store_delta": store_delta}
+    (ends, scale), (nudged_ends, nudged_scale) = (
+        run_ours(base, lr, options, q, dtype) for q in (problem, nudged)
+    )
+    return (
+        relative_error(nudged_ends, ends, problem.start),
+        abs(nudged_scale - scale) / abs(scale),
+    )
+
+
 #: (store_delta, dtype): optax's form against optax; the stored D (the default) against
 #: the transcription above, in float64 only: in float32 torch's base writes x + u into the
 #: parameter, so the u that D accumulates is known to ulp(x) only, where the
@@ -171,6 +200,9 @@ FORMS = [(False, np.float64), (False, np.float32), (True, np.float64)]
     offset=st.floats(-1.0, 1.0),
     seed=st.integers(0, 2**16),
 )
+# draws that failed the fixed bars: seed 185 (SGD, float32 scale), seed 256 (Adam, float64)
+@example(((2, 3, 2), (5,), (1,)), 0.0025, 0.1, 1e-6, 1e-6, 2, 3.325455880819657, -0.316, 185)
+@example(((), (), (5,)), 0.09375, 0.001, 1e-4, 1e-8, 1, 1.0, 1.0, 256)
 def test_matches_optax_mechanize(
     store_delta: bool,
     dtype: type,
@@ -190,15 +222,26 @@ def test_matches_optax_mechanize(
     ours, our_scale = run_ours(base, lr, {**mechanic, "store_delta": store_delta}, problem, dtype)
     reference = run_stored_reference if store_delta else run_optax
     theirs, their_scale = reference(base, lr, mechanic, problem, dtype)
-    tolerance = TOLERANCE[dtype]
+    tolerance = scale_tolerance = TOLERANCE[dtype]
+    if dtype == np.float64:
+        spread, scale_spread = amplified(base, lr, mechanic, store_delta, problem)
+        tolerance, scale_tolerance = max(tolerance, 10 * spread), max(tolerance, 10 * scale_spread)
     if dtype == np.float32:
         # While s grows by decades its float32 rounding is amplified: where optax's own
-        # float32 run is far from its float64 one (30 draws: up to 1.4), a tenth of that
-        # distance is the bar (the worst of those draws was 1.6e-4 for 3.3e-3).
-        exact, _ = reference(base, lr, mechanic, problem, np.float64)
-        tolerance = max(tolerance, 0.1 * relative_error(theirs, exact, problem.start))
+        # float32 run is far from its float64 one (30 draws: up to 1.4), half of that
+        # distance is the bar, for the parameters and the scale apart (seed 185 on SGD:
+        # optax's float32 run 6.8e-3 from its float64 one, adaptim's 2.0e-3 from optax's).
+        exact, exact_scale = reference(base, lr, mechanic, problem, np.float64)
+        tolerance = max(tolerance, 0.5 * relative_error(theirs, exact, problem.start))
+        own = abs(their_scale - exact_scale) / abs(exact_scale)
+        scale_tolerance = max(scale_tolerance, 0.5 * own)
+        # and where one float32 rounding is amplified (seed 256 on Adam and SGD: two
+        # float32 runs land apart on the same orbit), ten times that distance
+        spread, scale_spread = amplified(base, lr, mechanic, store_delta, problem, np.float32)
+        tolerance = max(tolerance, 10 * spread)
+        scale_tolerance = max(scale_tolerance, 10 * scale_spread)
     assert relative_error(ours, theirs, problem.start) <= tolerance
-    assert abs(our_scale - their_scale) <= tolerance * abs(their_scale)
+    assert abs(our_scale - their_scale) <= scale_tolerance * abs(their_scale)
 
 
 def test_float32_moves_from_s_init_only_with_the_stored_form() -> None:
@@ -359,6 +402,7 @@ def run_numpy(
     offset=st.floats(-1.0, 1.0),
     seed=st.integers(0, 2**16),
 )
+@example(((), (), (5,)), 0.09375, 0.001, 1e-4, 1, 1.0, 1.0, 256)  # (amplified: 5.7e-6)
 def test_numpy_front_end_matches_the_torch_one_in_float64(
     store_delta: bool,
     base: str,
@@ -381,8 +425,9 @@ def test_numpy_front_end_matches_the_torch_one_in_float64(
     }
     ours, our_scale = run_numpy(base, lr, mechanic, problem, np.float64)
     theirs, their_scale = run_ours(base, lr, mechanic, problem, np.float64)
-    assert relative_error(ours, theirs, problem.start) <= 1e-10
-    assert abs(our_scale - their_scale) <= 1e-10 * abs(their_scale)
+    spread, scale_spread = amplified(base, lr, mechanic, store_delta, problem)
+    assert relative_error(ours, theirs, problem.start) <= max(1e-10, 10 * spread)
+    assert abs(our_scale - their_scale) <= max(1e-10, 10 * scale_spread) * abs(their_scale)
 
 
 @given(split=st.integers(1, 15), seed=st.integers(0, 100))
