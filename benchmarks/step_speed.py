@@ -7,6 +7,7 @@ Usage::
     python benchmarks/step_speed.py --json benchmarks/step_speed_cpu.json
     python benchmarks/step_speed.py --table benchmarks/step_speed_cpu.json   # the README's table
     python benchmarks/step_speed.py --threads 1 --clock process   # CPU time: steadier under load
+    python benchmarks/step_speed.py --isolate row    # each row in a fresh process
 
 Workloads (float32):
 
@@ -63,6 +64,16 @@ see :func:`stream_bandwidths`), divided by the step's time: the fraction of
 the memory bandwidth the step reaches. A workload that fits in the cache can
 read above 100%.
 
+By default every row runs in this one process, one after another, so each
+row inherits what the rows before it did to the process: its heap (where
+``malloc`` puts the next tensors), its page tables and the memory the kernel
+handed it. A training process runs one optimizer, so ``--isolate workload``
+runs each workload, and ``--isolate row`` each algorithm of each workload, in
+a fresh Python process (the streaming bandwidth is measured once, here, and
+handed to them; with a cold cache each gets its own empty kernel cache, so
+every "first step" includes the compile). The JSON's meta records the mode
+(``"isolate"``).
+
 Each row records the load average while it ran. With more than one thread
 on cores other processes also use, OpenMP's spinning workers (torch's and
 adaptim's alike) get descheduled and the wall times measure the scheduler;
@@ -80,9 +91,11 @@ import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -453,6 +466,58 @@ def markdown_table(path: str) -> str:
     return "\n".join(lines)
 
 
+def time_row(
+    algorithm: str, workload: str, device: torch.device, rates: dict[str, float], repeats: int
+) -> dict[str, Any]:
+    """One row of the table, timed in this process."""
+    bandwidth = max(rates.values())
+    runners = runners_for(algorithm, workload, device)
+    load = os.getloadavg()[0]
+    measure(runners, repeats, device)
+    row = report(algorithm, workload, device, runners, bandwidth)
+    row["load_average"] = max(load, os.getloadavg()[0])
+    row["copy_gb_per_s"] = rates["copy_"] / 1e9
+    row["roofline_gb_per_s"] = bandwidth / 1e9
+    del runners
+    gc.collect()
+    return row
+
+
+def isolated_rows(
+    args: argparse.Namespace,
+    device: torch.device,
+    workload: str,
+    algorithms: list[str],
+    rates: dict[str, float],
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``workload``, each row (or the whole workload) timed by a fresh process.
+
+    The child is this script with the same settings, told the bandwidths
+    measured here; it writes its rows to a JSON file and prints nothing.
+    """
+    batches = [[a] for a in algorithms] if args.isolate == "row" else [algorithms]
+    for batch in batches:
+        if not batch:
+            continue
+        with tempfile.TemporaryDirectory(prefix="step-speed-") as scratch:
+            output = os.path.join(scratch, "rows.json")
+            command = [
+                sys.executable, os.path.abspath(__file__), "--isolate", "none",
+                "--workload", workload, "--algorithms", *batch, "--device", device.type,
+                "--repeats", str(args.repeats), "--clock", args.clock,
+                "--threads", str(torch.get_num_threads()),
+                "--bandwidths", json.dumps(rates), "--json", output,
+            ]  # fmt: skip
+            environment = dict(os.environ)
+            if args.warm_cache:
+                command.append("--warm-cache")
+            else:  # cold for this process too: its own empty kernel cache
+                environment["ADAPTIM_CACHE_DIR"] = os.path.join(scratch, "cache")
+            subprocess.run(command, env=environment, check=True)
+            with open(output) as handle:
+                yield from json.load(handle)["rows"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -477,6 +542,14 @@ def main() -> None:
     parser.add_argument("--warm-cache", action="store_true", help="keep adaptim's kernel cache")
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
     parser.add_argument("--table", metavar="FILE", help="print the markdown table of FILE and stop")
+    parser.add_argument(
+        "--isolate",
+        choices=["none", "workload", "row"],
+        default="none",
+        help="run each workload, or each row, in a fresh process (default: all in this one)",
+    )
+    # (set by --isolate for its children: the bandwidths the parent measured, as JSON)
+    parser.add_argument("--bandwidths", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:
         print(markdown_table(args.table))
@@ -485,38 +558,43 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     global clock
     clock = CLOCKS[args.clock]
-    if not args.warm_cache:
+    if not args.warm_cache and not args.bandwidths:  # (a child has its own from the parent)
         os.environ["ADAPTIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptim-bench-")
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     rows: list[dict[str, Any]] = []
     for device in devices:
-        rates = stream_bandwidths(device, 15)
-        bandwidth = max(rates.values())
-        measured = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in rates.items())
-        print(f"\n{device.type}: streaming bandwidth (GB/s) {measured}")
+        if args.bandwidths:  # a child of --isolate: the parent measured them
+            rates = json.loads(args.bandwidths)
+        else:
+            rates = stream_bandwidths(device, 15)
+            measured = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in rates.items())
+            print(f"\n{device.type}: streaming bandwidth (GB/s) {measured}")
         for workload in args.workload:
             chosen = [a for a in args.algorithms if runs_on(a, workload)]
-            for index, algorithm in enumerate(chosen):
-                runners = runners_for(algorithm, workload, device)
-                load = os.getloadavg()[0]
-                measure(runners, args.repeats, device)
-                row = report(algorithm, workload, device, runners, bandwidth)
-                row["load_average"] = max(load, os.getloadavg()[0])
-                row["copy_gb_per_s"] = rates["copy_"] / 1e9
-                row["roofline_gb_per_s"] = bandwidth / 1e9
-                print_row(row, header=index == 0)
+            if args.isolate == "none":
+                timed = (time_row(a, workload, device, rates, args.repeats) for a in chosen)
+            else:
+                timed = isolated_rows(args, device, workload, chosen, rates)
+            for index, row in enumerate(timed):
+                if not args.bandwidths:
+                    print_row(row, header=index == 0)
                 rows.append(row)
-                del runners
-                gc.collect()
     meta = {
         "torch": torch.__version__, "adaptim": adaptim.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "repeats": args.repeats,
         "cold_kernel_cache": not args.warm_cache, "cpus": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # "none": every row in one process, after the rows before it; else a fresh one per
+        # "workload" or "row"
+        "isolate": args.isolate,
     }  # fmt: skip
+    if args.bandwidths:  # a child: the parent reports
+        with open(args.json, "w") as handle:
+            json.dump({"meta": meta, "rows": rows}, handle)
+        return
     warn_if_busy(rows)
     with open(args.json, "w") as handle:
         json.dump({"meta": meta, "rows": rows}, handle, indent=1)
