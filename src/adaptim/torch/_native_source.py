@@ -191,8 +191,19 @@ class _Source:
                 "    const int64_t begin = block_begin[b];",
                 "    const int64_t end = block_end[b];",
             ]
+        if balanced and AHEAD:  # page by page, each stream's page two ahead asked for first
+            streams = [
+                (name, name in written)
+                for index, name in enumerate(inputs)
+                if name not in self.structure.per_tensor_inputs
+                and (("input", index) in refs or name in written)
+            ]
+            lines += page_ahead(streams, 4 if self.ctype == "float" else 8)
+            first, last = "c", "ce"
+        else:
+            first, last = "begin", "end"
         lines.append(f"    #pragma omp simd{self.reduction_clause(head)}")
-        lines.append("    for (int64_t i = begin; i < end; ++i) {")
+        lines.append(f"    for (int64_t i = {first}; i < {last}; ++i) {{")
         for index, name in enumerate(inputs):
             if name not in self.structure.per_tensor_inputs and ("input", index) in refs:
                 lines.append(f"      const T in{index} = {name}[i];")
@@ -201,6 +212,8 @@ class _Source:
             kind = "int" if op in _COMPARE or op in ("and", "or") else "T"
             lines.append(f"      const {kind} v{index} = {self.node(index, 'element')};")
         lines += tail
+        if balanced and AHEAD:
+            lines.append("    }")  # (the page loop)
         return lines
 
     @staticmethod
@@ -334,6 +347,41 @@ BALANCED_RANGE = (
     "    const int64_t begin = (lo > offsets[t] ? lo : offsets[t]) - offsets[t];",
     "    const int64_t end = (hi < offsets[t + 1] ? hi : offsets[t + 1]) - offsets[t];",
 )
+
+
+#: The element loop's page (bytes), and how many pages ahead of it each stream is asked
+#: for (0: one plain loop over the range, without prefetches).
+PAGE = 4096
+AHEAD = 2
+
+
+def page_ahead(streams: list[tuple[str, bool]], itemsize: int) -> list[str]:
+    """C that walks ``[begin, end)`` a page of elements ``[c, ce)`` at a time, first
+    asking for each stream's line :data:`AHEAD` pages further (``streams``: the
+    pointers, and whether the loop writes through them).
+
+    With 4 KiB pages a stream enters a new page every 4 KiB, where the hardware
+    prefetcher stops and the core waits for a translation (a two-level page
+    walk under a hypervisor) and the page's first lines. With one thread that
+    wait sets the pace, the more so when the memory is physically scattered,
+    as a process's recycled memory is (no TLB entry then covers more than one
+    page). Prefetching two pages ahead starts both early. Measured with one
+    thread on the 16M / 100-tensor workload, on the same memory, under load:
+    SGD-momentum and Adagrad 1.05-1.28x the plain loop's speed; on memory in
+    2 MiB pages, which has no such waits, 0.86-0.94x. Values are bit for bit
+    the plain loop's.
+    """
+    page = PAGE // itemsize
+    ahead = AHEAD * page
+    hints = [
+        f"        __builtin_prefetch({name} + c + {ahead}, {int(write)}, 3);"
+        for name, write in streams
+    ]
+    return [
+        f"    for (int64_t c = begin; c < end; c += {page}) {{",
+        f"      const int64_t ce = end - c > {page} ? c + {page} : end;",
+        *([f"      if (end - c > {ahead}) {{", *hints, "      }"] if hints else []),
+    ]
 
 
 def count_steps(role: int) -> list[str]:
