@@ -365,16 +365,19 @@ def page_ahead(streams: list[tuple[str, bool]], itemsize: int) -> list[str]:
     walk under a hypervisor) and the page's first lines. With one thread that
     wait sets the pace, the more so when the memory is physically scattered,
     as a process's recycled memory is (no TLB entry then covers more than one
-    page). Prefetching two pages ahead starts both early. Measured with one
-    thread on the 16M / 100-tensor workload, on the same memory, under load:
-    SGD-momentum and Adagrad 1.05-1.28x the plain loop's speed; on memory in
-    2 MiB pages, which has no such waits, 0.86-0.94x. Values are bit for bit
-    the plain loop's.
+    page). Prefetching two pages ahead, into the outer caches only (hint 1:
+    the lines reach L1 when the loop loads them), starts both early.
+    Measured with one thread on the 16M / 100-tensor workload, on the same
+    memory, under load: SGD-momentum and Adagrad 1.01-1.30x the plain loop's
+    speed on 4 KiB pages (physically contiguous or scattered), and unchanged
+    within the noise on 2 MiB pages, which have no such waits (0.88-1.10x;
+    into L1, hint 3, it cost 5-10% there). Values are bit for bit the plain
+    loop's.
     """
     page = PAGE // itemsize
     ahead = AHEAD * page
     hints = [
-        f"        __builtin_prefetch({name} + c + {ahead}, {int(write)}, 3);"
+        f"        __builtin_prefetch({name} + c + {ahead}, {int(write)}, 1);"
         for name, write in streams
     ]
     return [
