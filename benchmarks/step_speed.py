@@ -7,8 +7,11 @@ Usage::
     python benchmarks/step_speed.py --json benchmarks/step_speed_cpu.json
     python benchmarks/step_speed.py --table benchmarks/step_speed_cpu.json   # the README's table
     python benchmarks/step_speed.py --threads 1 --clock process   # CPU time: steadier under load
+    python benchmarks/step_speed.py --dtype bfloat16 --workload mlp medium   # half precision
 
-Workloads (float32):
+Workloads (float32, or the ``--dtype`` given: parameters, gradients and state in
+float16 or bfloat16, where torch.optim and adaptim both keep the state in the
+parameter's dtype; the memory-light rows and SparseAdam/Muon run in float32 only):
 
 * ``mlp``: an MLP 784-256-128-10, 235k parameters in 6 tensors;
 * ``medium``: 1.5M parameters in 52 tensors (26 layers of 240x240 and a bias);
@@ -160,12 +163,17 @@ def runs_on(algorithm: str, workload: str) -> bool:
     return all(workload not in others for others in RESTRICTED_WORKLOADS.values())
 
 
+#: The parameters' dtype (``--dtype``).
+dtype = torch.float32
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def make_grads(
     workload: str, shapes: list[tuple[int, ...]], generator: torch.Generator
 ) -> list[torch.Tensor]:
     """One gradient per parameter: dense, or for ``embedding`` a sparse batch of rows."""
     if workload != "embedding":
-        return [torch.randn(s, generator=generator) for s in shapes]
+        return [torch.randn(s, generator=generator).to(dtype) for s in shapes]
     ((rows, dim),) = shapes
     indices = torch.randint(rows, (1, EMBEDDING_BATCH), generator=generator)
     values = torch.randn(EMBEDDING_BATCH, dim, generator=generator)
@@ -196,7 +204,7 @@ def traffic(algorithm: str, workload: str) -> float:
         vectors = sum(torch.Size(s).numel() for s in shapes if len(s) < 2)
         return bytes_per_param(in_matrix) * (numel - vectors) + bytes_per_param(in_vector) * vectors
     if algorithm not in STATE_FORMATS:
-        return bytes_per_param(states) * active_elements(workload)
+        return bytes_per_param(states, dtype.itemsize) * active_elements(workload)
     sizes = [torch.Size(s).numel() for s in WORKLOADS[workload]]
     if algorithm == "adam-bf16":
         return sum(sizes) * (12 + 2 * 2 * states)
@@ -229,7 +237,9 @@ def optimizer_runner(
 ) -> Runner:
     generator = torch.Generator().manual_seed(0)
     shapes = WORKLOADS[workload]
-    params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(device)) for s in shapes]
+    params = [
+        torch.nn.Parameter(torch.randn(s, generator=generator).to(device, dtype)) for s in shapes
+    ]
     grads = [g.to(device) for g in make_grads(workload, shapes, generator)]
     optimizer = factory(params)
 
@@ -354,6 +364,7 @@ def report(
     ours = medians["adaptim"]
     return {
         "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
         "workload": workload,
         "algorithm": algorithm,
         "ms": {k: v * 1e3 for k, v in medians.items()},
@@ -373,7 +384,7 @@ def print_row(row: dict[str, Any], header: bool) -> None:
         shapes = WORKLOADS[row["workload"]]
         numel = sum(torch.Size(s).numel() for s in shapes)
         print(
-            f"\n## {row['device']}, {row['workload']}: {numel / 1e6:.3g}M float32 params in "
+            f"\n## {row['device']}, {row['workload']}: {numel / 1e6:.3g}M {row['dtype']} params in "
             f"{len(shapes)} tensors, fresh gradients every step, {torch.get_num_threads()} threads"
         )
         print(
@@ -474,6 +485,12 @@ def main() -> None:
         "(with more it adds up every thread's time, spinning included)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="the parameters' dtype (half types: the algorithms with a torch.optim twin)",
+    )
     parser.add_argument("--warm-cache", action="store_true", help="keep adaptim's kernel cache")
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
     parser.add_argument("--table", metavar="FILE", help="print the markdown table of FILE and stop")
@@ -483,8 +500,9 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    global clock
+    global clock, dtype
     clock = CLOCKS[args.clock]
+    dtype = DTYPES[args.dtype]
     if not args.warm_cache:
         os.environ["ADAPTIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptim-bench-")
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
@@ -498,6 +516,10 @@ def main() -> None:
         print(f"\n{device.type}: streaming bandwidth (GB/s) {measured}")
         for workload in args.workload:
             chosen = [a for a in args.algorithms if runs_on(a, workload)]
+            if dtype != torch.float32:  # (their formats and inputs are float32 ones)
+                chosen = [
+                    a for a in chosen if a not in STATE_FORMATS and a not in RESTRICTED_WORKLOADS
+                ]
             for index, algorithm in enumerate(chosen):
                 runners = runners_for(algorithm, workload, device)
                 load = os.getloadavg()[0]
@@ -512,7 +534,7 @@ def main() -> None:
                 gc.collect()
     meta = {
         "torch": torch.__version__, "adaptim": adaptim.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "dtype": args.dtype,
         "processor": platform.processor(), "repeats": args.repeats,
         "cold_kernel_cache": not args.warm_cache, "cpus": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -25,7 +25,9 @@ scalar done as a multiplication by its reciprocal (computed once, in
 double). Results agree with the reference path to rounding, not to the bit:
 the loop's ``sqrt`` is correctly rounded, while ATen's vectorised float32
 ``sqrt`` is not (it agrees with the correctly rounded value on about 80% of
-elements).
+elements). float16 and bfloat16 parameters get a loop of their own
+(:mod:`._native_half`) that computes as ATen's half kernels do and gives
+torch's bits.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptim.torch import _native_half
 from adaptim.torch._native_source import _COMPARE as _COMPARE
 from adaptim.torch._native_source import _CTYPES
 from adaptim.torch._native_source import SUPPORTED as SUPPORTED
@@ -205,11 +208,12 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
-    if dtype not in _CTYPES:
+    half = dtype in _native_half.HELPERS and structure.half
+    if dtype not in _CTYPES and not half:
         raise NativeUnavailable(f"no native kernel for {dtype}", structural=True)
     why = _UNSUPPORTED.get(structure)  # (asked on every step of such a group: remember)
     if why is None:
-        why = supports(structure)
+        why = _native_half.supports(structure) if half else supports(structure)
         if why is not None:
             _UNSUPPORTED[structure] = why
     if why is not None:
@@ -217,7 +221,8 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     with _lock:
         kernel = _KERNELS.get(key)
         if kernel is None:
-            source = generate_source(structure, dtype)
+            render = _native_half.generate_source if half else generate_source
+            source = render(structure, dtype)
             kernel = Kernel(source, _load(source), len(structure.inputs))
             _KERNELS[key] = kernel
     return kernel

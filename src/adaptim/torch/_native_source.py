@@ -100,6 +100,33 @@ class _Source:
             self.stage[index] = level + 1 if op == "norm" else level
         self.reciprocals: set[int] = set()
 
+    #: The C type tensors are stored in (:mod:`._native_half`: float16 or bfloat16 bits).
+    storage = "T"
+
+    def load(self, element: str) -> str:
+        """An element read from storage as a ``T`` (the half loops widen it)."""
+        return element
+
+    def store(self, value: str) -> str:
+        """A ``T`` value as written to storage (the half loops round it)."""
+        return value
+
+    def prelude(self) -> list[str]:
+        """C helpers after ``typedef ... T`` (the half loops' conversions)."""
+        return []
+
+    def function_head(self) -> list[str]:
+        """C at the top of the kernel function, before the parallel regions."""
+        return []
+
+    def loop_open(self, clause: str) -> list[str]:
+        """The loop over elements ``[begin, end)`` of one tensor (``clause``: its reductions)."""
+        return [f"    #pragma omp simd{clause}", "    for (int64_t i = begin; i < end; ++i) {"]
+
+    def loop_close(self) -> list[str]:
+        """What closes :meth:`loop_open` after the loop's own closing brace."""
+        return []
+
     def stage_of(self, ref: Ref) -> int:
         return self.stage[ref[1]] if ref[0] == "node" else 0
 
@@ -179,7 +206,10 @@ class _Source:
                     lines.append(f"    const T pin{index} = *(const T*)buffers[{index} * n + t];")
                 continue
             qualifier = "" if name in written else "const "
-            lines.append(f"    {qualifier}T* restrict {name} = (T*)buffers[{index} * n + t];")
+            kind = self.storage
+            lines.append(
+                f"    {qualifier}{kind}* restrict {name} = ({kind}*)buffers[{index} * n + t];"
+            )
         for node in sorted(self.per_nodes):
             if ("node", node) in refs:
                 lines.append(f"    const T pv{node} = per[t * NP + {self.per_slot[node]}];")
@@ -191,17 +221,16 @@ class _Source:
                 "    const int64_t begin = block_begin[b];",
                 "    const int64_t end = block_end[b];",
             ]
-        lines.append(f"    #pragma omp simd{self.reduction_clause(head)}")
-        lines.append("    for (int64_t i = begin; i < end; ++i) {")
+        lines += self.loop_open(self.reduction_clause(head))
         for index, name in enumerate(inputs):
             if name not in self.structure.per_tensor_inputs and ("input", index) in refs:
-                lines.append(f"      const T in{index} = {name}[i];")
+                lines.append(f"      const T in{index} = {self.load(f'{name}[i]')};")
         for index in nodes:
             op = self.structure.ops[index][0]
             kind = "int" if op in _COMPARE or op in ("and", "or") else "T"
             lines.append(f"      const {kind} v{index} = {self.node(index, 'element')};")
         lines += tail
-        return lines
+        return lines + self.loop_close()
 
     @staticmethod
     def reduction_clause(head: list[str]) -> str:
@@ -249,7 +278,7 @@ class _Source:
                 body.append("  }")
         element_nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
         writes = [
-            f"      {name}[i] = {self.text(ref, 'element')};"
+            f"      {name}[i] = {self.store(self.text(ref, 'element'))};"
             for name, ref in structure.outputs
             if name not in structure.per_tensor_inputs
         ]
@@ -280,6 +309,7 @@ class _Source:
             "#include <stdint.h>",
             "#include <stdlib.h>",
             f"typedef {ctype} T;",
+            *self.prelude(),
             *_RANGES,
             "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
             "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
@@ -293,6 +323,7 @@ class _Source:
         ]
         lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
         lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
+        lines += self.function_head()
         if self.norms or self.per_nodes:
             lines += [
                 f"  enum {{ NP = {max(1, len(self.per_slot))}, NN = {max(1, len(self.norms))} }};",
