@@ -43,6 +43,8 @@ gradients, as after ``zero_grad()`` (its default ``set_to_none=True``) and
 * ``adaptim``: ``adaptim.X(params)`` with default arguments, the headline;
 * ``adaptim foreach``: ``foreach=True`` (the multi-tensor replay, no compiler);
   not for the memory-light states, which have no replay;
+* ``adaptim fused`` (``--dtype`` float16 or bfloat16 only): ``fused=True``, the
+  native half loop, whether or not the default takes it (float16's does not);
 * ``torch for-loop``, ``torch foreach``, ``torch fused``: each that
   torch.optim has; ``vs torch`` is the fastest of them divided by adaptim's time
   (> 1: adaptim is faster). LARS and LAMB are not in torch.optim.
@@ -314,6 +316,12 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
                 "adaptim foreach", lambda p: ours(p, **settings, foreach=True), workload, device
             )
         )
+    if dtype != torch.float32 and not formats:  # the half native loop, default or not
+        runners.append(
+            optimizer_runner(
+                "adaptim fused", lambda p: ours(p, **settings, fused=True), workload, device
+            )
+        )
     if theirs is None:
         return runners
     for label, switch in (
@@ -375,6 +383,9 @@ def report(
         if best is None or "adaptim foreach" not in medians
         else torch_times[best] / medians["adaptim foreach"],
         "vs_bnb": medians["bnb Adam8bit"] / ours if "bnb Adam8bit" in medians else None,
+        "fused_vs_torch": None
+        if best is None or "adaptim fused" not in medians
+        else torch_times[best] / medians["adaptim fused"],
         "of_roofline": moved / bandwidth / ours,
     }
 
@@ -399,6 +410,9 @@ def print_row(row: dict[str, Any], header: bool) -> None:
     torch_first = "—" if best is None else f"{row['first_step_ms'][best]:.1f}"
     if row.get("vs_bnb") is not None:
         print(f"{'':<13} bitsandbytes Adam8bit {ms['bnb Adam8bit']:.3f} ms: {row['vs_bnb']:.2f}x")
+    if row.get("fused_vs_torch") is not None:
+        fused = ms["adaptim fused"]
+        print(f"{'':<13} adaptim fused=True {fused:.3f} ms: {row['fused_vs_torch']:.2f}x")
     print(
         f"{row['algorithm']:<13} {ms['adaptim']:10.3f} {torch_text:>22} {ratio:>9} {foreach:>10} "
         f"{row['first_step_ms']['adaptim']:11.1f} {torch_first:>9} {row['of_roofline']:11.0%}"
