@@ -90,7 +90,8 @@ def _probe_source(dtype: torch.dtype) -> str:
             value = f"(float)({value})"
         lines += [
             f"void probe{index}(int64_t n, const H* a, const H* b, const H* c, H* out,",
-            "                 double s, double t, int tail) {",
+            "                 double s, double t, int scalar_loop) {",
+            "  const uint32_t tail = scalar_loop ? ~0u : 0u;",
             f"  for (int64_t i = 0; i < n; ++i) out[i] = narrow(round_h({value}));",
             "}",
         ]

@@ -60,7 +60,18 @@ HALF_OPS = frozenset(
 #: ``pow`` exponents with a checked form: ``x**0`` (Rprop's ones) and ``x**2``.
 HALF_POWERS = frozenset({0.0, 2.0})
 
+_BITS = (
+    "typedef uint16_t H;",
+    "static inline float bits_float(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }",
+    "static inline uint32_t float_bits(float f) { union { float f; uint32_t u; } v; v.f = f; return v.u; }",
+)
+
 _COMMON = (
+    # ``mask ? a : b`` for a loop-invariant all-ones or zero mask, as bits (a ``?:`` between
+    # two rounded values kept GCC from vectorising the loop)
+    "static inline float pick(uint32_t mask, float a, float b) {",
+    "  return bits_float((float_bits(a) & mask) | (float_bits(b) & ~mask));",
+    "}",
     # ATen's clamp: max(x, lo), then min(., hi) (lo > hi gives hi); NaN stays NaN
     "static inline float lerp_s(float a, float b, float w) {",
     "  return w < 0.5f ? fmaf(w, b - a, a) : fmaf(-(b - a), 1.0f - w, b);",
@@ -79,9 +90,7 @@ HELPERS: dict[torch.dtype, tuple[str, ...]] = {
     # subnormals included); narrow: round to nearest even, subnormals by adding 2^-1 · 2^-13
     # so that float's own rounding does it, overflow to infinity, NaN to 0x7e00.
     torch.float16: (
-        "typedef uint16_t H;",
-        "static inline float bits_float(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }",
-        "static inline uint32_t float_bits(float f) { union { float f; uint32_t u; } v; v.f = f; return v.u; }",
+        *_BITS,
         "static inline float widen(H h) {",
         "  const uint32_t magnitude = (uint32_t)(h & 0x7fffu) << 13;",
         "  const uint32_t normal = magnitude + (112u << 23);",
@@ -103,16 +112,15 @@ HELPERS: dict[torch.dtype, tuple[str, ...]] = {
         # 2^-14 to a multiple of 2^-24 (adding 0.5, whose ulp that is), 65520 and up to infinity
         "static inline float round_h(float x) {",
         "  const uint32_t all = float_bits(x), sign = all & 0x80000000u, u = all ^ sign;",
-        "  const float a = bits_float(u);",
-        "  const float normal = bits_float((u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu);",
-        "  const float tiny = (a + 0.5f) - 0.5f;",
-        "  const float r = a < 0x1p-14f ? tiny : (normal >= 65536.0f ? (float)INFINITY : normal);",
-        "  return x != x ? x : bits_float(float_bits(r) | sign);",
+        "  const uint32_t e = u & 0x7f800000u;",
+        "  const float c = bits_float((e > (113u << 23) ? e : (113u << 23)) + (13u << 23));",
+        "  const float r = (bits_float(u) + c) - c;",
+        "  return bits_float(float_bits(r > 65504.0f ? (float)INFINITY : r) | sign);",
         "}",
         *_COMMON,
     ),
     torch.bfloat16: (
-        "typedef uint16_t H;",
+        *_BITS,
         "static inline float widen(H h) {",
         "  union { uint32_t u; float f; } v; v.u = (uint32_t)h << 16; return v.f;",
         "}",
@@ -181,13 +189,13 @@ def expression(
         # ATen's add(alpha=) for half types (its ufunc kernel in the half type itself):
         # the vector loop is fmadd(b, r(alpha), a) in float; the scalar loop, which takes
         # the last elements of each of its chunks (``tail``), rounds r(alpha)·b first.
-        return f"(tail ? {a[0]} + round_h({a[2]} * {a[1]}) : fmaf({a[2]}, {a[1]}, {a[0]}))"
+        return f"pick(tail, {a[0]} + round_h({a[2]} * {a[1]}), fmaf({a[2]}, {a[1]}, {a[0]}))"
     if op == "lerp" and args[2][0] in ("slot", "const"):
         # ATen's vector loop anchors at the nearer end as lerp_t; its scalar loop computes
         # b - (b - a)(1 - w) (a fused multiply-add too: the sign of a zero differs)
-        return f"(tail ? lerp_s({a[0]}, {a[1]}, {a[2]}) : lerp_t({a[0]}, {a[1]}, {a[2]}))"
+        return f"pick(tail, lerp_s({a[0]}, {a[1]}, {a[2]}), lerp_t({a[0]}, {a[1]}, {a[2]}))"
     if op == "maximum":  # max(-0, +0): the vector loop gives the second, the scalar the first
-        return f"(tail ? max_s({a[0]}, {a[1]}) : max_t({a[0]}, {a[1]}))"
+        return f"pick(tail, max_s({a[0]}, {a[1]}), max_t({a[0]}, {a[1]}))"
     if op == "clip":
         return f"clamp_h({a[0]}, {a[1]}, {a[2]})"
     if op == "addcdiv":
@@ -271,8 +279,9 @@ class HalfSource(_Source):
             "    const int64_t numel = offsets[t + 1] - offsets[t];",
             "    const int64_t chunk = aten_chunk(numel, aten_threads);",
             "    for (int64_t from = begin, to = begin; from < end; from = to) {",
-            "    int tail;",
-            "    to = aten_segment(from, end, numel, chunk, &tail);",
+            "    int scalar_loop;",
+            "    to = aten_segment(from, end, numel, chunk, &scalar_loop);",
+            "    const uint32_t tail = scalar_loop ? ~0u : 0u;  /* pick()'s mask */",
             f"    #pragma omp simd{clause}",
             "    for (int64_t i = from; i < to; ++i) {",
         ]
