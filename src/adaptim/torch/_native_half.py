@@ -26,10 +26,15 @@ C loop that does, element by element, what each of those kernels does:
 * comparisons and ``where`` with a scalar see the scalar rounded to the half
   type, as ATen's comparison kernels cast it to the common dtype.
 
-The conversions: float32 to float16 by GCC's ``_Float16`` (the F16C/AVX-512
-``vcvtps2ph`` instruction, round to nearest even, overflow to infinity),
-float32 to bfloat16 by bit manipulation (add ``0x7fff`` plus the lowest kept
-bit, truncate; NaN to ``0x7fc0`` as c10's ``round_to_nearest_even``).
+The conversions, round to nearest even, written as integer and float
+arithmetic GCC vectorises (its ``_Float16`` conversions stay scalar without
+AVX512-FP16, and F16C's instructions are out of reach of plain C): float32 to
+bfloat16 by adding ``0x7fff`` plus the lowest kept bit and truncating (NaN to
+``0x7fc0`` as c10's ``round_to_nearest_even``); float32 to float16 by fields
+(overflow to infinity, NaN to ``0x7e00``), and the rounding after each
+operation in the float domain: adding and subtracting :math:`2^{e+13}`
+(:math:`e` the exponent, at least float16's least normal one) leaves the float
+rounded at float16's spacing by float's own round to nearest even.
 State stays in the parameter's dtype, where torch keeps it. ``tests/test_native_half.py``
 checks every emitted operation against its ATen kernel on all 65,536 bit
 patterns of the first operand.
@@ -85,10 +90,9 @@ _COMMON = (
 
 #: The storage type and conversions of each half dtype (``T``, the compute type, is float).
 HELPERS: dict[torch.dtype, tuple[str, ...]] = {
-    # (integer arithmetic GCC vectorises: its ``_Float16`` conversions stay scalar without
-    # AVX512-FP16.) widen: exponent and mantissa moved into place, times 2^112 (exact,
-    # subnormals included); narrow: round to nearest even, subnormals by adding 2^-1 · 2^-13
-    # so that float's own rounding does it, overflow to infinity, NaN to 0x7e00.
+    # widen: exponent and mantissa moved into place (subnormals: 2^-14 · (1 + m) − 2^-14);
+    # narrow: round to nearest even, subnormals by adding 0.5 (whose ulp is float16's least
+    # subnormal) so that float's own rounding does it, overflow to infinity, NaN to 0x7e00.
     torch.float16: (
         *_BITS,
         "static inline float widen(H h) {",
@@ -108,8 +112,10 @@ HELPERS: dict[torch.dtype, tuple[str, ...]] = {
         "  const uint32_t h = u >= (143u << 23) ? big : (u < (113u << 23) ? small : normal);",
         "  return (H)(h | sign);",
         "}",
-        # round_h without the 16-bit detour: the mantissa rounded to 10 bits in place, below
-        # 2^-14 to a multiple of 2^-24 (adding 0.5, whose ulp that is), 65520 and up to infinity
+        # round_h without the 16-bit detour: |x| in [2^e, 2^(e+1)) plus 2^(e+13) has float16's
+        # spacing 2^(e-10) as its ulp, so the sum rounds |x| to float16 (even mantissa with
+        # even mantissa); below 2^-14, 0.5 (ulp 2^-24, the least subnormal); above 65504
+        # (65520 rounds up) infinity; infinity and NaN pass through the sum unchanged
         "static inline float round_h(float x) {",
         "  const uint32_t all = float_bits(x), sign = all & 0x80000000u, u = all ^ sign;",
         "  const uint32_t e = u & 0x7f800000u;",
