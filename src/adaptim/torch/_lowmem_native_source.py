@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from adaptim.torch import _lowmem, _native, _native_source, _rounding
+from adaptim.torch import _lowmem, _mkl_sqrt, _native, _native_source, _rounding
 from adaptim.torch import _lowmem_codes as _codes
 from adaptim.torch import _lowmem_segments as _segments
-from adaptim.torch._trace import Structure
+from adaptim.torch._trace import Ref, Structure
 
 #: The loop over work items when a state is 8-bit: each thread takes an equal share of
 #: the quantisation blocks of all tensors (a static schedule of work items gave one of
@@ -80,6 +80,27 @@ class _Source(_native._Source):
     def __init__(self, structure: Structure, encodings: Mapping[str, str]) -> None:
         super().__init__(structure, torch.float32)
         self.encodings = encodings
+        quantized = "q8" in encodings.values()
+        #: 8 bits: a division by a step's scalar divides (ATen's ``tensor / float``), not
+        #: multiplies by its reciprocal, and ``sqrt`` is MKL's (``torch.sqrt``'s bits)
+        #: where this process found :mod:`._mkl_sqrt`'s C to give them.
+        self.exact = quantized
+        roots = any(op == "sqrt" for op, _ in structure.ops)
+        self.own_root = quantized and roots and _mkl_sqrt.emulated(torch.float32)
+
+    def node(self, index: int, context: str) -> str:
+        op, args = self.structure.ops[index]
+        if self.exact and op == "div" and args[1][0] == "slot":
+            return f"{self.text(args[0], context)} / s{args[1][1]}"
+        return super().node(index, context)
+
+    def root_depths(self) -> dict[int, int]:
+        """Per node, how many square roots lie on its deepest path (its own included)."""
+        depth: dict[int, int] = {}
+        for index, (op, args) in enumerate(self.structure.ops):
+            level = max((depth[a[1]] for a in args if a[0] == "node"), default=0)
+            depth[index] = level + 1 if op == "sqrt" else level
+        return depth
 
     def signed(self, name: str) -> bool:
         return name.removeprefix("state_") not in _lowmem.NONNEGATIVE_STATE
@@ -143,14 +164,94 @@ class _Source(_native._Source):
                     body.append(f"      T new_{name}[QBLOCK];")
                     body.append(f"      uint32_t top_{name} = 0;")
             indent, begin, stop = "      ", "c", "cend"
-        tops = [f"top_{name}" for name in quantized if name in written]
+        # (an 8-bit loop with MKL's root: one pass per depth of square roots, see _segment)
+        depth = self.root_depths() if quantized and self.own_root else {}
+        for segment in range(max(depth.values(), default=0) + 1):
+            body += self.segment(segment, depth, indent, (begin, stop), streams)
+        if quantized:
+            for name in quantized:
+                if name in written:
+                    body.append(
+                        f"      quantize_{self.suffix_of(name)}(new_{name}, cend - c, top_{name}, "
+                        f"{name} + c, "
+                        f"&amax_{name}[c / QBLOCK]);"
+                    )
+            body.append("    }")
+            body.append("  }")  # (the loop over work items)
+        body += ["  }"] if quantized else ["  }", "  }"]  # (the parallel region)
+        # (the step counters' pointers follow the block maxima's)
+        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
+        lines = [*_HEADER, *_native_source._RANGES]
+        if quantized:
+            lines += _codes.VBMI_HEADER
+        if depth:
+            lines.append(_mkl_sqrt.tile_sqrt_source(torch.float32))
+        for suffix, signed in (("S", True), ("U", False)):
+            if any(self.signed(n) == signed for n in quantized):
+                lines += _segments.code_functions(suffix, signed)
+        lines += [
+            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
+            "                  const int64_t* block_tensor, const int64_t* block_begin,",
+            "                  const int64_t* block_end, int threads, int step_kind,",
+            "                  const int64_t* offsets, const uint32_t* keys, uint32_t salt) {",
+        ]
+        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
+        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
+        return "\n".join(lines + body) + "\n"
+
+    def segment(
+        self,
+        here: int,
+        depth: Mapping[int, int],
+        indent: str,
+        bounds: tuple[str, str],
+        streams: list[str],
+    ) -> list[str]:
+        """Pass ``here`` of the element loop: the nodes ``depth`` puts at or below it.
+
+        Without own square roots (``depth`` empty) there is one pass, the whole
+        rule. With them, pass ``d`` stores the arguments of the roots of depth
+        ``d + 1``, whose roots :func:`._mkl_sqrt.tile_sqrt_source` then takes
+        for the block (MKL's algorithm is a handful of whole-vector operations
+        the compiler would not emit from scalar C); a later pass reloads its
+        inputs and recomputes what it needs, or reads an 8-bit entry's new
+        values back from its block buffer. Each output is stored by the first
+        pass that has it.
+        """
+        structure = self.structure
+        inputs = structure.inputs
+        last = max(depth.values(), default=0)
+
+        def ready(ref: Ref) -> int:
+            return depth.get(ref[1], 0) if ref[0] == "node" else 0
+
+        stored = [(name, ref) for name, ref in structure.outputs if ready(ref) == here]
+        # (8-bit entries stored by an earlier pass: their block buffers hold the values)
+        kept = {
+            ref[1]: name
+            for name, ref in structure.outputs
+            if ref[0] == "node" and self.encodings.get(name) == "q8" and ready(ref) < here
+        }
+        roots = [k for k, (op, _) in enumerate(structure.ops) if op == "sqrt" and depth]
+        # (a root's argument: an 8-bit entry's block buffer, or stored for it in ``sq``)
+        argument: dict[int, str] = {}
+        for k in (k for k in roots if depth[k] == here + 1):
+            ref = structure.ops[k][1][0]
+            owner = [n for n, r in structure.outputs if r == ref and n in self.encodings]
+            queued = owner and self.encodings[owner[0]] == "q8"
+            argument[k] = f"new_{owner[0]}" if queued else f"sq{k}"
+        body = [f"{indent}T {a}[QBLOCK];" for a in argument.values() if a.startswith("sq")]
+        body += [f"{indent}T root{k}[QBLOCK];" for k in argument]
+        tops = [f"top_{name}" for name, _ in stored if self.encodings.get(name) == "q8"]
         reduction = f" reduction(max:{', '.join(tops)})" if tops else ""
         body.append(f"{indent}#pragma omp simd{reduction}")
-        body.append(f"{indent}for (int64_t i = {begin}; i < {stop}; ++i) {{")
+        body.append(f"{indent}for (int64_t i = {bounds[0]}; i < {bounds[1]}; ++i) {{")
         inner = indent + "  "
-        for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
+        refs = {a for _, args in structure.ops for a in args} | {r for _, r in structure.outputs}
+        for index, name in enumerate(inputs):
             if ("input", index) not in refs:
                 continue
+            kind = self.encodings.get(name, "element")
             if kind == "bf16":
                 value = f"bf16_load({name}[i])"
             elif kind == "q8":
@@ -159,13 +260,26 @@ class _Source(_native._Source):
                 value = f"{name}[i]"
             body.append(f"{inner}const T in{index} = {value};")
         for index, (op, _) in enumerate(structure.ops):
+            if depth.get(index, 0) > here:
+                continue
+            if index in kept:
+                value = f"new_{kept[index]}[i - c]"
+            elif index in roots:
+                value = f"root{index}[i - c]"
+            else:
+                value = self.node(index, "element")
             kind = "int" if op in _native._COMPARE or op in ("and", "or") else "T"
-            body.append(f"{inner}const {kind} v{index} = {self.node(index, 'element')};")
+            body.append(f"{inner}const {kind} v{index} = {value};")
+        for k, name in argument.items():
+            if name.startswith("sq"):
+                body.append(
+                    f"{inner}{name}[i - c] = {self.text(structure.ops[k][1][0], 'element')};"
+                )
         # One hash per element and stream: its top half rounds one entry, its low
         # half the entry's partner (``_state_codes.ROUNDING_PARTNERS``).
         hashed = {
             _rounding.rounding_stream(name.removeprefix("state_"))
-            for name, _ in structure.outputs
+            for name, _ in stored
             if self.encodings.get(name) == "bf16"
         }
         for stream in streams:
@@ -173,7 +287,7 @@ class _Source(_native._Source):
                 body.append(
                     f"{inner}const uint32_t h_{stream} = mix32((uint32_t)i ^ key_{stream});"
                 )
-        for name, ref in structure.outputs:
+        for name, ref in stored:
             value = self.text(ref, "element")
             kind = self.encodings.get(name, "element")
             if kind == "bf16":
@@ -193,34 +307,9 @@ class _Source(_native._Source):
             else:
                 body.append(f"{inner}{name}[i] = {value};")
         body.append(f"{indent}}}")
-        if quantized:
-            for name in quantized:
-                if name in written:
-                    body.append(
-                        f"      quantize_{self.suffix_of(name)}(new_{name}, cend - c, top_{name}, "
-                        f"{name} + c, "
-                        f"&amax_{name}[c / QBLOCK]);"
-                    )
-            body.append("    }")
-            body.append("  }")  # (the loop over work items)
-        body += ["  }"] if quantized else ["  }", "  }"]  # (the parallel region)
-        # (the step counters' pointers follow the block maxima's)
-        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
-        lines = [*_HEADER, *_native_source._RANGES]
-        if quantized:
-            lines += _codes.VBMI_HEADER
-        for suffix, signed in (("S", True), ("U", False)):
-            if any(self.signed(n) == signed for n in quantized):
-                lines += _segments.code_functions(suffix, signed)
-        lines += [
-            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
-            "                  const int64_t* block_tensor, const int64_t* block_begin,",
-            "                  const int64_t* block_end, int threads, int step_kind,",
-            "                  const int64_t* offsets, const uint32_t* keys, uint32_t salt) {",
-        ]
-        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
-        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
-        return "\n".join(lines + body) + "\n"
+        if here < last:
+            body += [f"{indent}mkl_sqrt_tile(cend - c, {a}, root{k});" for k, a in argument.items()]
+        return body
 
 
 def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
