@@ -424,6 +424,7 @@ _OPTIONS_8BIT = [
 ]
 
 
+@pytest.mark.slow  # (each rule and option set compiles its own kernel, once per machine)
 @given(
     st.sampled_from(LOW_MEMORY),
     st.sampled_from(_OPTIONS_8BIT),

@@ -5,7 +5,10 @@ of encoded entries: bf16 widening and stochastic rounding (one counter-based
 hash per element and stream, :func:`rounding_streams`), and for 8-bit state
 the walk over quantisation blocks, each decoded into a stack buffer, updated
 and re-encoded with its new block maximum (:mod:`._lowmem_codes`,
-:mod:`._lowmem_segments`).
+:mod:`._lowmem_segments`). An 8-bit rule's ``sqrt`` is ``torch.sqrt``'s (MKL's
+algorithm, :data:`_ROOT_BLOCK`) and its division by a step's scalar a true
+division, so that the loop stores the reference path's bits; the root splits
+the block's update into passes (:meth:`_Source.segment`).
 
 Kept apart from :mod:`._lowmem_native`, which decides what the loop can take,
 compiles and caches the kernels, and binds and launches them per partition:
@@ -64,6 +67,48 @@ _HEADER = [
     "  return f != f ? (uint16_t)0x7FC0 : (uint16_t)((b + noise) >> 16);",
     "}",
 ]
+
+
+#: MKL's float32 root (:mod:`._mkl_sqrt`'s docstring) over a block, 16 lanes at a time: the
+#: same ``rsqrtps`` (two 8-lane halves: AVX-512's ``rsqrt14`` is another table) and the
+#: same products and sums lane by lane as ``mkl_sqrt_8``, in half the instructions;
+#: otherwise ``mkl_sqrt_tile`` itself. MKL's MXCSR (no flush to zero) for the call.
+_ROOT_BLOCK = r"""
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+static inline __m512 mkl_sqrt_16(const __m512 x) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m256 y0 = _mm256_rsqrt_ps(_mm512_castps512_ps256(x));
+  const __m256 y1 = _mm256_rsqrt_ps(_mm512_extractf32x8_ps(x, 1));
+  const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(y0), y1, 1);
+  const __m512 s = _mm512_mul_ps(x, y), h = _mm512_mul_ps(y, half);
+  const __m512 e = _mm512_sub_ps(half, _mm512_mul_ps(s, h));
+  const __m512 s1 = _mm512_add_ps(_mm512_mul_ps(s, e), s);
+  const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(h, e), h);
+  const __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(s1, s1));
+  const __m512 root = _mm512_add_ps(_mm512_mul_ps(r, h1), s1);
+  const __m512i bits = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x7f800000));
+  const __mmask16 rare = _mm512_cmpgt_epi32_mask(bits, _mm512_set1_epi32((int)0xfefff000u));
+  if (__builtin_expect(rare == 0, 1)) return root;
+  const __m512 exact = _mm512_mask_sqrt_ps(root, rare, x);
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(negative, exact, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+}
+static void root_block(int64_t n, const T* q, T* r) {
+  const unsigned int csr = _mm_getcsr(), mode = (csr & 0x3fu) | 0x1f80u;
+  if (csr != mode) _mm_setcsr(mode);
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) _mm512_storeu_ps(r + k, mkl_sqrt_16(_mm512_loadu_ps(q + k)));
+  if (k < n) {  /* (lanes past the end take 1.0, as mkl_sqrt_tile's) */
+    const __mmask16 live = (__mmask16)((1u << (n - k)) - 1u);
+    const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), live, q + k);
+    _mm512_mask_storeu_ps(r + k, live, mkl_sqrt_16(x));
+  }
+  if (csr != mode) _mm_setcsr(csr);
+}
+#else
+#define root_block mkl_sqrt_tile
+#endif
+"""
 
 
 def rounding_streams(rounded: Sequence[str]) -> list[str]:
@@ -185,7 +230,7 @@ class _Source(_native._Source):
         if quantized:
             lines += _codes.VBMI_HEADER
         if depth:
-            lines.append(_mkl_sqrt.tile_sqrt_source(torch.float32))
+            lines += [_mkl_sqrt.tile_sqrt_source(torch.float32), _ROOT_BLOCK]
         for suffix, signed in (("S", True), ("U", False)):
             if any(self.signed(n) == signed for n in quantized):
                 lines += _segments.code_functions(suffix, signed)
@@ -308,7 +353,7 @@ class _Source(_native._Source):
                 body.append(f"{inner}{name}[i] = {value};")
         body.append(f"{indent}}}")
         if here < last:
-            body += [f"{indent}mkl_sqrt_tile(cend - c, {a}, root{k});" for k, a in argument.items()]
+            body += [f"{indent}root_block(cend - c, {a}, root{k});" for k, a in argument.items()]
         return body
 
 
