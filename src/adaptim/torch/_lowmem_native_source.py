@@ -69,6 +69,12 @@ _HEADER = [
 ]
 
 
+#: Whether the 8-bit loop computes the reference path's bits (:class:`_Source`): MKL's root
+#: and true divisions cost it 15-20% of its time against ``sqrtf`` (whose square root unit
+#: works beside the multiply and add pipes the loop fills) and a reciprocal; ``False``
+#: gives that loop, which agrees to float32 rounding.
+EXACT_8BIT = True
+
 #: MKL's float32 root (:mod:`._mkl_sqrt`'s docstring) over a block, 16 lanes at a time: the
 #: same ``rsqrtps`` (two 8-lane halves: AVX-512's ``rsqrt14`` is another table) and the
 #: same products and sums lane by lane as ``mkl_sqrt_8``, in half the instructions;
@@ -125,7 +131,7 @@ class _Source(_native._Source):
     def __init__(self, structure: Structure, encodings: Mapping[str, str]) -> None:
         super().__init__(structure, torch.float32)
         self.encodings = encodings
-        quantized = "q8" in encodings.values()
+        quantized = "q8" in encodings.values() and EXACT_8BIT
         #: 8 bits: a division by a step's scalar divides (ATen's ``tensor / float``), not
         #: multiplies by its reciprocal, and ``sqrt`` is MKL's (``torch.sqrt``'s bits)
         #: where this process found :mod:`._mkl_sqrt`'s C to give them.
