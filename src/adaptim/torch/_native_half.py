@@ -298,8 +298,8 @@ class HalfSource(_Source):
     def load(self, element: str) -> str:
         return f"widen({element})"
 
-    def store(self, value: str) -> str:
-        return f"narrow({value})"
+    def write(self, name: str, ref: Ref) -> str:
+        return f"      {name}[i] = narrow({self.text(ref, 'element')});"
 
     def prelude(self) -> list[str]:
         width = aten_vector_elements()
