@@ -89,6 +89,8 @@ class EngineGroups:
         self.dicts_known = False
         #: Steps that ran to the end.
         self.completed = 0
+        #: Whether the last step ran traced, under ``torch.compile`` (the engine not involved).
+        self.traced = False
 
     def invalidate(self) -> None:
         """Forget every partition (after ``load_state_dict`` or a new param group)."""

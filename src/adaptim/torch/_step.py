@@ -37,7 +37,7 @@ class StepLayer(PerTensorLayer):
                 if self.nonfinite == "ignore" or self._gradients_finite():
                     self._step_traceable()
                 else:
-                    self.skipped_steps += 1
+                    _count_skipped_step(self)
             return loss
         # torch.no_grad() as a decorator costs several microseconds a call; this is the same.
         grad_enabled = torch.is_grad_enabled()
@@ -65,6 +65,7 @@ class StepLayer(PerTensorLayer):
                     )
 
     def _step_eager(self) -> None:
+        self._engine.traced = False
         if not self.algorithm.dense_gradients:
             self._refuse_dense_gradients()
         if self.nonfinite != "ignore" and not self._gradients_finite():
@@ -214,6 +215,9 @@ class StepLayer(PerTensorLayer):
             # outside the graph (one graph break), with the eager path's result.
             self._step_eager_untraced()
             return
+        # (for fused_status(): on the engine, since Dynamo does not replay an attribute
+        # set on the optimizer itself)
+        self._engine.traced = True
         if not self.algorithm.dense_gradients:
             self._refuse_dense_gradients()
         for group in self.param_groups:
@@ -262,3 +266,10 @@ class StepLayer(PerTensorLayer):
                         )
                     return False
         return True
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]
+def _count_skipped_step(optimizer: StepLayer) -> None:
+    """``skipped_steps += 1``, run eagerly: Dynamo does not replay an attribute set on an
+    optimizer, so traced, the count would stay 0 (the finite check already breaks the graph)."""
+    optimizer.skipped_steps += 1
