@@ -20,6 +20,9 @@ from adaptim.torch._hooks import hooked_step
 from adaptim.torch._options import _holds_tensor, hyperparameter
 from adaptim.torch._per_tensor import PerTensorLayer
 
+#: Tensors that are not subclasses (a DTensor is one).
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
 
 class StepLayer(PerTensorLayer):
     """``step`` (eager or traced) and ``zero_grad``, and the checks that keep a failed step from changing anything."""
@@ -146,6 +149,17 @@ class StepLayer(PerTensorLayer):
         parameter that fails it gets the full check, which finds the message.
         """
         algorithm = self.algorithm
+        for p in params:
+            refusal = None if type(p) in _PLAIN_TENSORS else self._dtensor_refusal(p)
+            if refusal is not None:
+                position = next(
+                    i for i, q in enumerate(self.param_groups[index]["params"]) if q is p
+                )
+                raise RuntimeError(
+                    f"adaptim.{type(self).__name__}: cannot step "
+                    f"param_groups[{index}]['params'][{position}] (shape {tuple(p.shape)}), "
+                    f"a DTensor (as FSDP2 shards parameters): {refusal} Nothing was changed."
+                )
         elementwise = [k for k, fill in algorithm.state(hp).items() if fill is not None]
         scalars = ["step"] if algorithm.step else []
         scalars += algorithm.scalar_state
@@ -173,6 +187,27 @@ class StepLayer(PerTensorLayer):
                         suspect = True
             if suspect:
                 self._refuse_reference_input(index, p, hp)
+
+    def _dtensor_refusal(self, p: torch.Tensor) -> str | None:
+        """Why this optimizer cannot step ``p`` if it is a DTensor (a shard), or ``None``."""
+        if not torch.distributed.is_available():
+            return None
+        from torch.distributed.tensor import DTensor
+
+        if not isinstance(p, DTensor):
+            return None
+        if self.state_format is not None:
+            return (
+                f"{self.state_format.describe()} encodes or rounds whole tensors on the host "
+                "and takes plain tensors only; use the default state."
+            )
+        if self.algorithm.state_shape is not None or self.algorithm.entry_shape is not None:
+            return (
+                f"adaptim.{type(self).__name__} keeps state shaped by the parameter's axes "
+                "(its rows and columns), which a shard does not have; it takes plain tensors "
+                "only (torch.optim.Adafactor fails on DTensors too)."
+            )
+        return None
 
     def _refuse_reference_input(self, index: int, p: torch.Tensor, hp: Mapping[str, Any]) -> None:
         grad = p.grad
