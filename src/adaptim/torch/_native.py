@@ -20,12 +20,15 @@ loads it in milliseconds. It links against the OpenMP runtime torch itself has
 loaded, so the process keeps one thread pool. The arithmetic is the rule's,
 in the parameter's dtype, with the multiply-adds that ATen's vectorised
 kernels use (``lerp``, ``addcmul`` and ``add(alpha=)`` as fused
-multiply-adds, as measured against them) and a division by a per-step
-scalar done as a multiplication by its reciprocal (computed once, in
-double). Results agree with the reference path to rounding, not to the bit:
-the loop's ``sqrt`` is correctly rounded, while ATen's vectorised float32
-``sqrt`` is not (it agrees with the correctly rounded value on about 80% of
-elements).
+multiply-adds, as measured against them), a division by a per-step scalar
+element by element as ATen's (its reciprocal times the element differs on
+a third of them), and ``number / array`` as torch's ``reciprocal() * number``.
+A rule with a square root is written on vectors with MKL's root inlined
+(:mod:`._native_vector`, :func:`source_for`), so the results are the
+reference path's, and torch.optim's, bit for bit (norms aside: LARS and
+LAMB sum them in another order); where :func:`._mkl_sqrt.emulated` fails
+the loop takes C's correctly rounded ``sqrt``, which differs from
+``torch.sqrt`` on about 17% of float32 values.
 """
 
 from __future__ import annotations
@@ -217,10 +220,25 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     with _lock:
         kernel = _KERNELS.get(key)
         if kernel is None:
-            source = generate_source(structure, dtype)
+            source = source_for(structure, dtype)
             kernel = Kernel(source, _load(source), len(structure.inputs))
             _KERNELS[key] = kernel
     return kernel
+
+
+def source_for(structure: Structure, dtype: torch.dtype) -> str:
+    """The C of ``structure``'s kernel: vectors with MKL's root where ``torch.sqrt`` is it here.
+
+    A rule with a square root gets :mod:`._native_vector`'s loop when
+    :func:`._mkl_sqrt.emulated` holds (the root inlined, ``torch.sqrt``'s bits),
+    the scalar loop of :mod:`._native_source` otherwise (its ``sqrt`` is the
+    correctly rounded one, which differs from MKL's on about 17% of values).
+    """
+    from adaptim.torch import _mkl_sqrt, _native_vector  # (they build on this module)
+
+    if any(op == "sqrt" for op, _ in structure.ops) and _mkl_sqrt.emulated(dtype):
+        return _native_vector.generate_source(structure, dtype)
+    return generate_source(structure, dtype)
 
 
 def build_library(source: str, name: str = "step") -> Path:

@@ -86,8 +86,12 @@ def _expression(op: str, a: list[str], args: tuple[Ref, ...], suffix: str) -> st
 class _Source:
     """Renders a structure as C: reduction passes for norms, then one element-wise pass."""
 
-    def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
+    def __init__(
+        self, structure: Structure, dtype: torch.dtype, *, exact_division: bool = False
+    ) -> None:
         self.structure = structure
+        #: Divide by a per-step scalar as ATen does (element by element), not by its reciprocal.
+        self.exact_division = exact_division
         self.ctype = _CTYPES[dtype]
         self.suffix = "f" if self.ctype == "float" else ""
         self.per_nodes = structure.per_tensor_nodes()
@@ -126,11 +130,35 @@ class _Source:
 
     def node(self, index: int, context: str) -> str:
         op, args = self.structure.ops[index]
-        if op == "div" and args[1][0] == "slot":  # one division per step, not per element
+        if op == "div" and args[1][0] == "slot" and not self.exact_division:
+            # (one division per step, not per element: the 8-bit loop's, within its rounding)
             self.reciprocals.add(args[1][1])
             return f"{self.text(args[0], context)} * r{args[1][1]}"
         rendered = [self.text(a, context) for a in args]
+        if op == "div" and self.exact_division and self.number_over_array(args):
+            return f"((T)1 / {rendered[1]}) * {rendered[0]}"
         return _expression(op, rendered, args, self.suffix)
+
+    @staticmethod
+    def number_over_array(args: tuple[Ref, ...]) -> bool:
+        """Whether a division is ``number / array``: torch's ``reciprocal(array) * number``."""
+        return args[0][0] not in ("node", "input") and args[1][0] in ("node", "input")
+
+    def write(self, name: str, ref: Ref) -> str:
+        """The element loop's line storing ``ref`` into the output ``name``."""
+        return f"      {name}[i] = {self.text(ref, 'element')};"
+
+    def norm_head(self, norm: int) -> list[str]:
+        """Lines before a norm pass's loop: its block's sum of squares."""
+        return [f"    double sum{norm} = 0.0;"]
+
+    def square(self, norm: int, operand: str) -> str:
+        """The norm pass's line adding an element's square (``operand``: its C text)."""
+        return f"      sum{norm} += (double){operand} * (double){operand};"
+
+    def norm_done(self, norm: int) -> list[str]:
+        """Lines after a norm pass's loop (none: the sum is ``sum<norm>``)."""
+        return []
 
     def ancestors(self, roots: list[int]) -> list[int]:
         """Element-wise nodes the roots need, in recording order."""
@@ -218,13 +246,11 @@ class _Source:
                 norms = [i for i in self.norms if self.stage[i] == level]
                 operands = [self.text(structure.ops[i][1][0], "element") for i in norms]
                 nodes = self.ancestors(norms)
-                head = [f"    double sum{i} = 0.0;" for i in norms]
-                tail = [
-                    f"      sum{i} += (double){o} * (double){o};"
-                    for i, o in zip(norms, operands, strict=True)
-                ]
+                head = [line for i in norms for line in self.norm_head(i)]
+                tail = [self.square(i, o) for i, o in zip(norms, operands, strict=True)]
                 reads = [structure.ops[i][1][0] for i in norms]
                 body += self.element_loop(nodes, [*tail, "    }"], head, reads)
+                body += [line for i in norms for line in self.norm_done(i)]
                 body += [f"    partial[b * NN + {self.norm_slot[i]}] = sum{i};" for i in norms]
                 body += ["  }", "  for (int64_t b = 0; b < blocks; ++b) {"]
                 body += [
@@ -249,7 +275,7 @@ class _Source:
                 body.append("  }")
         element_nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
         writes = [
-            f"      {name}[i] = {self.text(ref, 'element')};"
+            self.write(name, ref)
             for name, ref in structure.outputs
             if name not in structure.per_tensor_inputs
         ]
@@ -358,4 +384,4 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
     (norms, trust ratios), and the final element-wise loop, which recomputes
     what it needs rather than storing parameter-sized temporaries.
     """
-    return _Source(structure, dtype).source()
+    return _Source(structure, dtype, exact_division=True).source()
