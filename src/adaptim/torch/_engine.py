@@ -332,8 +332,12 @@ class Engine(EngineGroups):
     def _refuse(self, run: GroupRun, reason: str) -> None:
         run.refused = reason
         run.stale = True
+        if reason in self.warned:  # one warning per reason, however many groups it hits
+            return
+        self.warned.add(reason)
         warnings.warn(
             f"adaptim.{type(self.optimizer).__name__}: {reason}; "
-            "this group steps with the per-tensor reference path.",
+            "the groups it concerns step with the per-tensor reference path "
+            "(fused_status() names them).",
             stacklevel=5,
         )
