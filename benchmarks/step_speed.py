@@ -8,8 +8,11 @@ Usage::
     python benchmarks/step_speed.py --table benchmarks/step_speed_cpu.json   # the README's table
     python benchmarks/step_speed.py --threads 1 --clock process   # CPU time: steadier under load
     python benchmarks/step_speed.py --isolate row    # each row in a fresh process
+    python benchmarks/step_speed.py --dtype bfloat16 --workload mlp medium   # half precision
 
-Workloads (float32):
+Workloads (float32, or the ``--dtype`` given: parameters, gradients and state in
+float16 or bfloat16, where torch.optim and adaptim both keep the state in the
+parameter's dtype; the memory-light rows and SparseAdam/Muon run in float32 only):
 
 * ``mlp``: an MLP 784-256-128-10, 235k parameters in 6 tensors;
 * ``medium``: 1.5M parameters in 52 tensors (26 layers of 240x240 and a bias);
@@ -41,6 +44,8 @@ gradients, as after ``zero_grad()`` (its default ``set_to_none=True``) and
 * ``adaptim``: ``adaptim.X(params)`` with default arguments, the headline;
 * ``adaptim foreach``: ``foreach=True`` (the multi-tensor replay, no compiler);
   not for the memory-light states, which have no replay;
+* ``adaptim fused`` (``--dtype`` float16 or bfloat16 only): ``fused=True``, the
+  native half loop, whether or not the default takes it (float16's does not);
 * ``torch for-loop``, ``torch foreach``, ``torch fused``: each that
   torch.optim has; ``vs torch`` is the fastest of them divided by adaptim's time
   (> 1: adaptim is faster). LARS and LAMB are not in torch.optim.
@@ -173,12 +178,17 @@ def runs_on(algorithm: str, workload: str) -> bool:
     return all(workload not in others for others in RESTRICTED_WORKLOADS.values())
 
 
+#: The parameters' dtype (``--dtype``).
+dtype = torch.float32
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def make_grads(
     workload: str, shapes: list[tuple[int, ...]], generator: torch.Generator
 ) -> list[torch.Tensor]:
     """One gradient per parameter: dense, or for ``embedding`` a sparse batch of rows."""
     if workload != "embedding":
-        return [torch.randn(s, generator=generator) for s in shapes]
+        return [torch.randn(s, generator=generator).to(dtype) for s in shapes]
     ((rows, dim),) = shapes
     indices = torch.randint(rows, (1, EMBEDDING_BATCH), generator=generator)
     values = torch.randn(EMBEDDING_BATCH, dim, generator=generator)
@@ -209,7 +219,7 @@ def traffic(algorithm: str, workload: str) -> float:
         vectors = sum(torch.Size(s).numel() for s in shapes if len(s) < 2)
         return bytes_per_param(in_matrix) * (numel - vectors) + bytes_per_param(in_vector) * vectors
     if algorithm not in STATE_FORMATS:
-        return bytes_per_param(states) * active_elements(workload)
+        return bytes_per_param(states, dtype.itemsize) * active_elements(workload)
     sizes = [torch.Size(s).numel() for s in WORKLOADS[workload]]
     if algorithm == "adam-bf16":
         return sum(sizes) * (12 + 2 * 2 * states)
@@ -242,7 +252,9 @@ def optimizer_runner(
 ) -> Runner:
     generator = torch.Generator().manual_seed(0)
     shapes = WORKLOADS[workload]
-    params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(device)) for s in shapes]
+    params = [
+        torch.nn.Parameter(torch.randn(s, generator=generator).to(device, dtype)) for s in shapes
+    ]
     grads = [g.to(device) for g in make_grads(workload, shapes, generator)]
     optimizer = factory(params)
 
@@ -317,6 +329,12 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
                 "adaptim foreach", lambda p: ours(p, **settings, foreach=True), workload, device
             )
         )
+    if dtype != torch.float32 and not formats:  # the half native loop, default or not
+        runners.append(
+            optimizer_runner(
+                "adaptim fused", lambda p: ours(p, **settings, fused=True), workload, device
+            )
+        )
     if theirs is None:
         return runners
     for label, switch in (
@@ -367,6 +385,7 @@ def report(
     ours = medians["adaptim"]
     return {
         "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
         "workload": workload,
         "algorithm": algorithm,
         "ms": {k: v * 1e3 for k, v in medians.items()},
@@ -377,6 +396,9 @@ def report(
         if best is None or "adaptim foreach" not in medians
         else torch_times[best] / medians["adaptim foreach"],
         "vs_bnb": medians["bnb Adam8bit"] / ours if "bnb Adam8bit" in medians else None,
+        "fused_vs_torch": None
+        if best is None or "adaptim fused" not in medians
+        else torch_times[best] / medians["adaptim fused"],
         "of_roofline": moved / bandwidth / ours,
     }
 
@@ -386,7 +408,7 @@ def print_row(row: dict[str, Any], header: bool) -> None:
         shapes = WORKLOADS[row["workload"]]
         numel = sum(torch.Size(s).numel() for s in shapes)
         print(
-            f"\n## {row['device']}, {row['workload']}: {numel / 1e6:.3g}M float32 params in "
+            f"\n## {row['device']}, {row['workload']}: {numel / 1e6:.3g}M {row['dtype']} params in "
             f"{len(shapes)} tensors, fresh gradients every step, {torch.get_num_threads()} threads"
         )
         print(
@@ -401,6 +423,9 @@ def print_row(row: dict[str, Any], header: bool) -> None:
     torch_first = "—" if best is None else f"{row['first_step_ms'][best]:.1f}"
     if row.get("vs_bnb") is not None:
         print(f"{'':<13} bitsandbytes Adam8bit {ms['bnb Adam8bit']:.3f} ms: {row['vs_bnb']:.2f}x")
+    if row.get("fused_vs_torch") is not None:
+        fused = ms["adaptim fused"]
+        print(f"{'':<13} adaptim fused=True {fused:.3f} ms: {row['fused_vs_torch']:.2f}x")
     print(
         f"{row['algorithm']:<13} {ms['adaptim']:10.3f} {torch_text:>22} {ratio:>9} {foreach:>10} "
         f"{row['first_step_ms']['adaptim']:11.1f} {torch_first:>9} {row['of_roofline']:11.0%}"
@@ -504,7 +529,7 @@ def isolated_rows(
             command = [
                 sys.executable, os.path.abspath(__file__), "--isolate", "none",
                 "--workload", workload, "--algorithms", *batch, "--device", device.type,
-                "--repeats", str(args.repeats), "--clock", args.clock,
+                "--repeats", str(args.repeats), "--clock", args.clock, "--dtype", args.dtype,
                 "--threads", str(torch.get_num_threads()),
                 "--bandwidths", json.dumps(rates), "--json", output,
             ]  # fmt: skip
@@ -539,6 +564,12 @@ def main() -> None:
         "(with more it adds up every thread's time, spinning included)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="the parameters' dtype (half types: the algorithms with a torch.optim twin)",
+    )
     parser.add_argument("--warm-cache", action="store_true", help="keep adaptim's kernel cache")
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
     parser.add_argument("--table", metavar="FILE", help="print the markdown table of FILE and stop")
@@ -556,8 +587,9 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    global clock
+    global clock, dtype
     clock = CLOCKS[args.clock]
+    dtype = DTYPES[args.dtype]
     if not args.warm_cache and not args.bandwidths:  # (a child has its own from the parent)
         os.environ["ADAPTIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptim-bench-")
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
@@ -573,6 +605,10 @@ def main() -> None:
             print(f"\n{device.type}: streaming bandwidth (GB/s) {measured}")
         for workload in args.workload:
             chosen = [a for a in args.algorithms if runs_on(a, workload)]
+            if dtype != torch.float32:  # (their formats and inputs are float32 ones)
+                chosen = [
+                    a for a in chosen if a not in STATE_FORMATS and a not in RESTRICTED_WORKLOADS
+                ]
             if args.isolate == "none":
                 timed = (time_row(a, workload, device, rates, args.repeats) for a in chosen)
             else:
@@ -583,7 +619,7 @@ def main() -> None:
                 rows.append(row)
     meta = {
         "torch": torch.__version__, "adaptim": adaptim.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "dtype": args.dtype,
         "processor": platform.processor(), "repeats": args.repeats,
         "cold_kernel_cache": not args.warm_cache, "cpus": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -149,8 +149,8 @@ def test_an_unknown_flavor_is_refused(bad: Any) -> None:
         ("adamw", "tf1", {}, "flavor of AdamW."),
         ("adam", "tf1", {"amsgrad": True}, "flavor of Adam with amsgrad=True."),
         ("sgd", "keras", {}, "adaptim has no Keras 3 flavor of SGD. Allowed: 'torch'."),
-        # (it said "the paper has no NovoGrad", "the paper has no LARS")
-        ("novograd", "paper", {}, "flavor 'optax' (the default) is the paper's. Allowed: 'optax'."),
+        # (it said "the paper has no LARS")
+        ("novograd", "keras", {}, "no Keras 3 flavor of NovoGrad. Allowed: 'optax', 'paper'."),
         ("lars", "paper", {}, "adaptim has no separate paper flavor of LARS. Allowed: 'torch'."),
     ],
 )
@@ -231,6 +231,7 @@ OPTION_VALUES: dict[str, list[Any]] = {
     # the optax family (issue 16 point 2)
     "diff_scale": ["one_minus_beta2", "beta2"],
     "proximal_weight_decay": [False, True],
+    "eps_in_first_step": [False, True],
     # Adafactor (issue 16 point 1)
     "eps1_in_square": [False, True],
     "rms_after_decay": [False, True],

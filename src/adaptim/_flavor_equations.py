@@ -200,10 +200,11 @@ def _adan(v: Values) -> list[str]:
 
 def _novograd(v: Values) -> list[str]:
     beta1, beta2 = (_num(b) for b in v["betas"])
+    first = "" if v["eps_in_first_step"] else ", d₁ = g₁/√v₁ + λ·θ: no ε, ε̄"
     return [
         f"v ← β₂·v + (1 − β₂)·‖g‖²  (one v per tensor; v₁ = ‖g₁‖²)   (β₂ = {beta2})",
         f"d = g/(√(v + ε̄) + ε) + λ·θ               (ε = {_num(v['eps'])}, ε̄ = {_num(v['eps_root'])}, λ = {_num(v['weight_decay'])})",
-        f"m ← β₁·m + d  (m₁ = d₁)                   (β₁ = {beta1})",
+        f"m ← β₁·m + d  (m₁ = d₁{first})                   (β₁ = {beta1})",
         f"θ ← θ − γ·m                               (γ = {_num(v['lr'])})",
     ]
 

@@ -295,16 +295,15 @@ DIFFERENCES.update(
                 "proximal_weight_decay": True,
             },
         },
-        # Ginsburg et al. 2019, Algorithm 1 is optax's arithmetic: one flavor
-        "novograd": {"optax": {}},
+        # Ginsburg et al. 2019, Algorithm 1: eps under the root, none on the first step
+        "novograd": {
+            "optax": {},
+            "paper": {"eps": 0.0, "eps_root": 1e-8, "eps_in_first_step": False},
+        },
         # Anil et al. 2019, SM3-II: no momentum, no eps
         "sm3": {"optax": {}, "paper": {"momentum": 0.0, "eps": 0.0}},
     }
 )
-NO_PRESET["novograd"] = {
-    "paper": "Algorithm 1 of Ginsburg et al. 2019 is optax's arithmetic, so flavor 'optax' "
-    "(the default) is the paper's."
-}
 
 # -- torch.optim's Adafactor (issue 16 point 1): Keras 3 and the paper add eps1 to g²
 # where torch floors V̂; Keras also decays θ before measuring its RMS.

@@ -85,10 +85,6 @@ def test_two_optimizers_over_the_same_parameters(name: str, path: str) -> None:
     assert_params_match(results["adaptim"], results["torch"], path)
 
 
-#: Adagrad creates its ``sum`` at construction, so it stays float32 when the model
-#: becomes float64. torch's in-place ``addcmul_`` rounds the new sum to float32
-#: before it divides by its root; adaptim's rule divides by the float64 sum and
-#: rounds only when it stores it (off by ~1e-8, within the fused tolerance).
 #: Adagrad creates its state at construction, so after ``model.to(float64)`` its
 #: ``sum`` stays float32. torch's in-place ``addcmul_`` rounds the new sum to
 #: float32 before taking its root; adaptim's rule (reference path, which takes

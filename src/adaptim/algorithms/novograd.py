@@ -7,6 +7,7 @@ from typing import Any
 from adaptim.algorithms._spec import Algorithm, Array, ArrayOps, HParams, UpdateResult
 from adaptim.algorithms._validation import (
     check_betas,
+    check_bool,
     check_eps,
     check_lr,
     check_range,
@@ -26,12 +27,13 @@ def novograd_update(
     eps: float,
     eps_root: float,
     weight_decay: float,
+    eps_in_first_step: bool = True,
 ) -> UpdateResult:
     r"""One NovoGrad step (Ginsburg et al. 2019, "Stochastic Gradient Methods with Layer-wise
-    Adaptive Moments for Training of Deep Networks", Algorithm 1).
+    Adaptive Moments for Training of Deep Networks", arXiv 1905.11286, Algorithm 1).
 
     For each parameter tensor (a "layer") :math:`w`, with one scalar second
-    moment :math:`v` per tensor:
+    moment :math:`v` per tensor, as optax computes it (flavor ``optax``):
 
     .. math::
 
@@ -47,11 +49,21 @@ def novograd_update(
     and the weight decay :math:`\lambda` enters it after the normalisation
     (decoupled from the gradient's scale), both as in the paper.
 
-    ``optax`` (``optax.novograd``) is the only flavor: Algorithm 1 of the
-    paper is the same arithmetic (it prints no :math:`\epsilon` on the first
-    step). Defaults are optax's: :math:`\beta = (0.9, 0.25)`,
-    :math:`\epsilon` = 1e-6, :math:`\bar\epsilon` = 0; optax has no default
-    learning rate, adaptim's is 1e-3. torch.optim has no NovoGrad.
+    Flavor ``paper`` is the paper's Algorithm 1: the moments start from the
+    first gradient with no :math:`\epsilon` at all,
+    :math:`m_1 = g_1/\sqrt{v_1} + \lambda w_1` with :math:`v_1 = \lVert g_1\rVert^2`,
+    and every later step has :math:`\epsilon` under the square root,
+    :math:`m_t = \beta_1 m_{t-1} + g_t/\sqrt{v_t + \epsilon} + \lambda w_t`.
+    In options: ``eps=0``, ``eps_root`` the paper's :math:`\epsilon` (1e-8,
+    the default of the authors' own implementations in OpenSeq2Seq and
+    Jasper) and ``eps_in_first_step=False``. optax keeps
+    its :math:`\epsilon` and :math:`\bar\epsilon` on the first step too
+    (``eps_in_first_step=True``), so no choice of optax's arguments gives the
+    paper's first step unless :math:`\epsilon = 0`.
+
+    Defaults are optax's: :math:`\beta = (0.9, 0.25)`, :math:`\epsilon` =
+    1e-6, :math:`\bar\epsilon` = 0; optax has no default learning rate,
+    adaptim's is 1e-3. torch.optim has no NovoGrad.
     """
     beta1, beta2 = betas
     norm_sq = xp.norm(g) ** 2
@@ -64,7 +76,13 @@ def novograd_update(
         exp_avg_sq = norm_sq
     else:
         exp_avg_sq = norm_sq if first else xp.lerp(state["exp_avg_sq"], norm_sq, 1 - beta2)
-    direction = g / (xp.sqrt(exp_avg_sq + eps_root) + eps)
+    denominator = xp.sqrt(exp_avg_sq + eps_root) + eps
+    if not eps_in_first_step:  # the paper's m_1 = g_1/sqrt(v_1) + λw_1: no ε while v_1 = ||g_1||^2
+        bare = xp.sqrt(exp_avg_sq)
+        denominator = (
+            xp.where(first, bare, denominator) if xp.traced else bare if first else denominator
+        )
+    direction = g / denominator
     if weight_decay != 0:
         direction = direction + weight_decay * p
     if xp.traced:
@@ -83,10 +101,14 @@ def novograd_effective_lr(
     lr: float,
     eps: float,
     eps_root: float,
+    eps_in_first_step: bool = True,
     **_: Any,
 ) -> Array:
     r""":math:`\gamma / (\sqrt{v_t + \bar\epsilon} + \epsilon)`, the same for every element of a
-    tensor: the factor applied to its gradient as it enters the momentum."""
+    tensor: the factor applied to its gradient as it enters the momentum
+    (:math:`\gamma / \sqrt{v_1}` after the paper's first step)."""
+    if step == 1 and not eps_in_first_step:
+        return p * 0 + lr / xp.sqrt(state["exp_avg_sq"])
     return p * 0 + lr / (xp.sqrt(state["exp_avg_sq"] + eps_root) + eps)
 
 
@@ -96,6 +118,7 @@ def _validate(hp: HParams) -> None:
     check_eps(hp)
     check_range(hp, "eps_root", 0.0)
     check_weight_decay(hp)
+    check_bool(hp, "eps_in_first_step")
 
 
 DEFAULTS: dict[str, Any] = {
@@ -104,6 +127,7 @@ DEFAULTS: dict[str, Any] = {
     "eps": 1e-6,
     "eps_root": 0.0,
     "weight_decay": 0.0,
+    "eps_in_first_step": True,
 }
 
 NOVOGRAD = Algorithm(

@@ -34,6 +34,9 @@ from adaptim.torch._step import StepLayer
 from adaptim.torch._torch_ops import TORCH_OPS as TORCH_OPS
 from adaptim.torch._torch_ops import TRACEABLE_OPS as TRACEABLE_OPS
 
+#: ``fused_status()`` after a step under ``torch.compile``: the rule ran per tensor in the graph.
+TRACED_STATUS = "traced (torch.compile): the per-tensor rule inside the compiled graph"
+
 
 class Optimizer(StepLayer):
     """Base of every adaptim optimizer: validation, state layout and the step loop.
@@ -251,10 +254,15 @@ class Optimizer(StepLayer):
     # -- what a user reads back ----------------------------------------------------
     def fused_status(self) -> list[str]:
         """For each param group, the path its last step took (native, foreach, reference) and why."""
+        if self._engine.traced:
+            return [TRACED_STATUS] * len(self.param_groups)
         return [self._engine.describe(index) for index in range(len(self.param_groups))]
 
     def plans(self) -> list[list[str]]:
-        """For each param group, the code its last step ran: replay functions and native C sources."""
+        """For each param group, the code its last step ran: replay functions and native C sources
+        (none after a step under ``torch.compile``, whose code is Inductor's)."""
+        if self._engine.traced:
+            return [[] for _ in self.param_groups]
         return [self._engine.plans(index) for index in range(len(self.param_groups))]
 
     @torch.no_grad()

@@ -7,8 +7,9 @@ see :mod:`._trace`, and :mod:`._partition` for how they are built) and runs the 
 with one of:
 
 * ``native`` (:mod:`._native`): one compiled C loop over all the tensors,
-  each element read once, in one OpenMP region. CPU, float32/float64, dense
-  contiguous tensors, rules without whole-tensor norms.
+  each element read once, in one OpenMP region. CPU, float32/float64 (and
+  float16/bfloat16: :mod:`._native_half`), dense contiguous tensors, rules
+  without whole-tensor norms.
 * ``foreach`` (:mod:`._replay`): one ``torch._foreach_*`` call per recorded
   operation, in place where liveness allows; any device and dtype, no
   compiler. Bit-identical to the reference path.
@@ -29,8 +30,10 @@ it, the replay elsewhere. With neither set (the default), a group runs native
 when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
 elements (building a kernel costs a C compile the first time on a machine,
 well under a second, then a load from the disk cache), and the replay
-otherwise. ``Optimizer.fused_status()`` says which path each group took and
-why; ``Optimizer.plans()`` shows the generated code.
+otherwise; for half types only where the native loop is the faster
+(:data:`._native_half.AUTO_NATIVE_HALF`: bfloat16). ``Optimizer.fused_status()``
+says which path each group took and why; ``Optimizer.plans()`` shows the
+generated code.
 
 The engine never owns the user's tensors: parameters, gradients and state
 stay where they are, and are read and written in place through their own
@@ -53,6 +56,7 @@ from adaptim.torch import _lowmem_native, _native, _replay, _symbolic
 from adaptim.torch._engine_groups import _GRAD, _IS_CONTIGUOUS, _IS_NONE, EngineGroups
 from adaptim.torch._engine_groups import GroupRun as GroupRun
 from adaptim.torch._engine_groups import requested_path as requested_path
+from adaptim.torch._native_half import AUTO_NATIVE_HALF
 from adaptim.torch._partition import NativeLaunch as NativeLaunch
 from adaptim.torch._partition import Partition as Partition
 from adaptim.torch._trace import Traced, Unfusable, trace
@@ -283,7 +287,11 @@ class Engine(EngineGroups):
         structure = traced.structure
         # (the group's size, not the partition's: a group that splits, say its 8-bit
         # matrices from its fp32 biases, pays the kernel build once anyway)
-        wants_native = mode == "native" or (mode == "auto" and group_numel >= AUTO_NATIVE_MIN_NUMEL)
+        wants_native = mode == "native" or (
+            mode == "auto"
+            and group_numel >= AUTO_NATIVE_MIN_NUMEL
+            and (not partition.half or partition.params[0].dtype in AUTO_NATIVE_HALF)
+        )
         # A step that creates state (SGD's first momentum buffer) is replayed: the
         # new tensors are allocated there, and the next step runs native.
         if (
@@ -324,8 +332,12 @@ class Engine(EngineGroups):
     def _refuse(self, run: GroupRun, reason: str) -> None:
         run.refused = reason
         run.stale = True
+        if reason in self.warned:  # one warning per reason, however many groups it hits
+            return
+        self.warned.add(reason)
         warnings.warn(
             f"adaptim.{type(self.optimizer).__name__}: {reason}; "
-            "this group steps with the per-tensor reference path.",
+            "the groups it concerns step with the per-tensor reference path "
+            "(fused_status() names them).",
             stacklevel=5,
         )

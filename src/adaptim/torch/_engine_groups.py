@@ -89,6 +89,10 @@ class EngineGroups:
         self.dicts_known = False
         #: Steps that ran to the end.
         self.completed = 0
+        #: Whether the last step ran traced, under ``torch.compile`` (the engine not involved).
+        self.traced = False
+        #: The fallback reasons already warned about (each is warned once per optimizer).
+        self.warned: set[str] = set()
 
     def invalidate(self) -> None:
         """Forget every partition (after ``load_state_dict`` or a new param group)."""

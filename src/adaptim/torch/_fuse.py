@@ -18,9 +18,11 @@ the replay's to the bit (checked by ``tests/test_fused_runs.py``):
 
 * ``a + b``, ``a - b``, ``a * b``, ``a / b`` and ``-a``: one IEEE operation
   each, in the tensor's dtype, scalars rounded to it first;
-* ``rsqrt``: ``1 / sqrt(x)``, two correctly rounded steps, as ATen's ``rsqrt``
-  (ATen's ``sqrt`` is MKL's, not correctly rounded, so ``sqrt`` ends a run here;
-  the runs of :mod:`._fuse_axes` call MKL's function itself);
+* ``rsqrt``: ``1 / sqrt(x)``, two correctly rounded steps, as ATen's ``rsqrt``;
+* ``sqrt``: MKL's root, as ATen's (not the correctly rounded one), where
+  :func:`._mkl_sqrt.emulated` holds in both dtypes: a run with one is written
+  on vectors with the root inlined (:func:`._native_vector.vector_pass`);
+  elsewhere ``sqrt`` ends a run;
 * ``lerp`` and ``add(alpha=)``: fused multiply-adds (``lerp`` anchored at the
   nearer end), as ATen's vectorised kernels;
 * ``clip``: ``clamp_min`` then ``clamp_max`` (a NaN bound is ignored, a NaN
@@ -46,13 +48,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from adaptim.torch import _native
+from adaptim.torch import _native, _native_vector
+from adaptim.torch._mkl_sqrt import emulated
 from adaptim.torch._trace import Ref, Structure
 
 #: Operations with a C form that is ATen's CPU result to the bit (see the module docstring).
-#: Not ``sqrt``: ATen's float32 ``sqrt`` is not correctly rounded (about one result in five
-#: differs from C's ``sqrtf`` by an ulp), while its ``rsqrt`` is ``1 / sqrt`` exactly.
+#: ``sqrt`` only with MKL's root (:func:`._native_vector.run_loop`): ATen's float32 ``sqrt`` is not
+#: correctly rounded (17% of results differ from C's ``sqrtf`` by an ulp), its ``rsqrt`` is
+#: ``1 / sqrt`` exactly.
 FUSABLE = frozenset({"add", "sub", "mul", "div", "neg", "rsqrt", "lerp", "axpy", "clip"})
+
+
+#: ``sqrt`` joins runs where the loop computes ``torch.sqrt``'s bits.
+def _sqrt_fusable() -> bool:
+    return emulated(torch.float32) and emulated(torch.float64)
+
+
 #: The operand that must be the element-wise array (ATen's ``self``); the others may be scalars.
 _COMMUTATIVE = frozenset({"add", "mul"})
 #: A chunk smaller than this stays on the multi-tensor lines: the call's set-up
@@ -83,7 +94,7 @@ class Run:
 
 def _fusable(structure: Structure, kinds: Sequence[str], index: int) -> bool:
     op, args = structure.ops[index]
-    if kinds[index] != "element" or op not in FUSABLE:
+    if kinds[index] != "element" or op not in FUSABLE | ({"sqrt"} if _sqrt_fusable() else set()):
         return False
     arrays = [structure.kind_of(a, kinds) for a in args if a[0] in ("input", "node")]
     if not all(kind in ("element", "reduced", "tensor", "host") for kind in arrays):
@@ -227,11 +238,27 @@ def generate_source(structure: Structure, run: Run, ops: Operands, dtype: torch.
             return f"s{ref[1]}"
         return _literal(ref[1])
 
-    body = []
-    for index in run.fused:
-        op, args = structure.ops[index]
-        expression = c_expression(op, [text(x) for x in args], suffix)
-        body.append(f"      const T v{index} = {expression};")
+    vector = any(structure.ops[i][0] == "sqrt" for i in run.fused)
+    if vector:  # (MKL's root inlined: every value a vector, the scalars broadcast)
+        loop = _native_vector.run_loop(
+            [(i, structure.ops[i][0], [text(x) for x in structure.ops[i][1]]) for i in run.fused],
+            [(f"e{k}", f"E{k}") for k in range(len(ops.elements))],
+            [(f"O{k}", f"v{node}") for k, node in enumerate(ops.outputs)],
+        )
+    else:
+        body = [
+            f"      const T v{i} = {c_expression(op, [text(x) for x in args], suffix)};"
+            for i in run.fused
+            for op, args in [structure.ops[i]]
+        ]
+        loop = [
+            "    #pragma omp simd",
+            "    for (int64_t i = begin; i < end; ++i) {",
+            *[f"      const T e{k} = E{k}[i];" for k in range(len(ops.elements))],
+            *body,
+            *[f"      O{k}[i] = v{node};" for k, node in enumerate(ops.outputs)],
+            "    }",
+        ]
     slots = sorted({x[1] for i in run.fused for x in structure.ops[i][1] if x[0] == "slot"})
     n_e, n_p, n_h = len(ops.elements), len(ops.tensors), len(ops.hosts)
     lines = [
@@ -242,6 +269,7 @@ def generate_source(structure: Structure, run: Run, ops: Operands, dtype: torch.
         '#error "ATen fuses multiply-adds only where the CPU has FMA"',
         "#endif",
         f"typedef {_CTYPES[dtype]} T;",
+        *(_native_vector.helpers(dtype) if vector else []),
         f"static inline T lerp_t(T a, T b, T w) {{ return w < (T)0.5 ? fma{suffix}(w, b - a, a)"
         f" : fma{suffix}(w - (T)1, b - a, b); }}",
         "static inline T clip_t(T x, T lo, T hi) {",
@@ -268,12 +296,7 @@ def generate_source(structure: Structure, run: Run, ops: Operands, dtype: torch.
         *[f"    const T p{k} = *(const T*)arrays[{n_e + k} * n + t];" for k in range(n_p)],
         *[f"    const T h{k} = (T)hosts[{k} * n + t];" for k in range(n_h)],
         *[f"    T* O{k} = (T*)arrays[{n_e + n_p + k} * n + t];" for k in range(len(ops.outputs))],
-        "    #pragma omp simd",
-        "    for (int64_t i = begin; i < end; ++i) {",
-        *[f"      const T e{k} = E{k}[i];" for k in range(n_e)],
-        *body,
-        *[f"      O{k}[i] = v{node};" for k, node in enumerate(ops.outputs)],
-        "    }",
+        *loop,
         "  }",
         "  free(first);",
         "}",

@@ -33,10 +33,16 @@ float32 copy of any tensor:
   :func:`._lowmem.quantize_blockwise`.
 
 The arithmetic of the rule is :mod:`._native`'s (float32, the multiply-adds
-ATen uses), so the result agrees with the per-tensor reference path to
-float32 rounding, not to the bit: where the two values of a state entry
-differ in their last float32 bit, the stochastic rounding or the nearest code
-can land on the neighbouring bf16 value or code (``tests/test_lowmem.py``
+ATen uses). With 8 bits it is the per-tensor reference path's (``foreach=False``)
+bit for bit: a division by a step's scalar divides, as ATen's ``tensor /
+float`` does (not a multiply by the reciprocal), and ``sqrt`` is
+``torch.sqrt``'s, MKL's algorithm written in C (:mod:`._mkl_sqrt`, 16 lanes
+at a time), taken for the whole block between two passes of the update loop
+(where :func:`._mkl_sqrt.emulated` says the C gives MKL's bits; elsewhere
+``sqrtf``, correctly rounded, and the loop agrees to float32 rounding). bf16
+agrees with the reference path to float32 rounding, not to the bit: where the
+two values of a state entry differ in their last float32 bit, the stochastic
+rounding can land on the neighbouring bf16 value (``tests/test_lowmem.py``
 measures how often). Peak memory is the state itself: no temporary larger
 than a block per thread.
 

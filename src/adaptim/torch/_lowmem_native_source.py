@@ -5,7 +5,10 @@ of encoded entries: bf16 widening and stochastic rounding (one counter-based
 hash per element and stream, :func:`rounding_streams`), and for 8-bit state
 the walk over quantisation blocks, each decoded into a stack buffer, updated
 and re-encoded with its new block maximum (:mod:`._lowmem_codes`,
-:mod:`._lowmem_segments`).
+:mod:`._lowmem_segments`). An 8-bit rule's ``sqrt`` is ``torch.sqrt``'s (MKL's
+algorithm, :data:`_ROOT_BLOCK`) and its division by a step's scalar a true
+division, so that the loop stores the reference path's bits; the root splits
+the block's update into passes (:meth:`_Source.segment`).
 
 Kept apart from :mod:`._lowmem_native`, which decides what the loop can take,
 compiles and caches the kernels, and binds and launches them per partition:
@@ -18,10 +21,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from adaptim.torch import _lowmem, _native, _native_source, _rounding
+from adaptim.torch import _lowmem, _mkl_sqrt, _native, _native_source, _rounding
 from adaptim.torch import _lowmem_codes as _codes
 from adaptim.torch import _lowmem_segments as _segments
-from adaptim.torch._trace import Structure
+from adaptim.torch._trace import Ref, Structure
 
 #: The loop over work items when a state is 8-bit: each thread takes an equal share of
 #: the quantisation blocks of all tensors (a static schedule of work items gave one of
@@ -66,6 +69,54 @@ _HEADER = [
 ]
 
 
+#: Whether the 8-bit loop computes the reference path's bits (:class:`_Source`): MKL's root
+#: and true divisions cost it 15-20% of its time against ``sqrtf`` (whose square root unit
+#: works beside the multiply and add pipes the loop fills) and a reciprocal; ``False``
+#: gives that loop, which agrees to float32 rounding.
+EXACT_8BIT = True
+
+#: MKL's float32 root (:mod:`._mkl_sqrt`'s docstring) over a block, 16 lanes at a time: the
+#: same ``rsqrtps`` (two 8-lane halves: AVX-512's ``rsqrt14`` is another table) and the
+#: same products and sums lane by lane as ``mkl_sqrt_8``, in half the instructions;
+#: otherwise ``mkl_sqrt_tile`` itself. MKL's MXCSR (no flush to zero) for the call.
+_ROOT_BLOCK = r"""
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+static inline __m512 mkl_sqrt_16(const __m512 x) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m256 y0 = _mm256_rsqrt_ps(_mm512_castps512_ps256(x));
+  const __m256 y1 = _mm256_rsqrt_ps(_mm512_extractf32x8_ps(x, 1));
+  const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(y0), y1, 1);
+  const __m512 s = _mm512_mul_ps(x, y), h = _mm512_mul_ps(y, half);
+  const __m512 e = _mm512_sub_ps(half, _mm512_mul_ps(s, h));
+  const __m512 s1 = _mm512_add_ps(_mm512_mul_ps(s, e), s);
+  const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(h, e), h);
+  const __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(s1, s1));
+  const __m512 root = _mm512_add_ps(_mm512_mul_ps(r, h1), s1);
+  const __m512i bits = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x7f800000));
+  const __mmask16 rare = _mm512_cmpgt_epi32_mask(bits, _mm512_set1_epi32((int)0xfefff000u));
+  if (__builtin_expect(rare == 0, 1)) return root;
+  const __m512 exact = _mm512_mask_sqrt_ps(root, rare, x);
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(negative, exact, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+}
+static void root_block(int64_t n, const T* q, T* r) {
+  const unsigned int csr = _mm_getcsr(), mode = (csr & 0x3fu) | 0x1f80u;
+  if (csr != mode) _mm_setcsr(mode);
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) _mm512_storeu_ps(r + k, mkl_sqrt_16(_mm512_loadu_ps(q + k)));
+  if (k < n) {  /* (lanes past the end take 1.0, as mkl_sqrt_tile's) */
+    const __mmask16 live = (__mmask16)((1u << (n - k)) - 1u);
+    const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), live, q + k);
+    _mm512_mask_storeu_ps(r + k, live, mkl_sqrt_16(x));
+  }
+  if (csr != mode) _mm_setcsr(csr);
+}
+#else
+#define root_block mkl_sqrt_tile
+#endif
+"""
+
+
 def rounding_streams(rounded: Sequence[str]) -> list[str]:
     """The hashes a kernel draws per element for the bf16 entries ``rounded``, in order.
 
@@ -80,6 +131,27 @@ class _Source(_native._Source):
     def __init__(self, structure: Structure, encodings: Mapping[str, str]) -> None:
         super().__init__(structure, torch.float32)
         self.encodings = encodings
+        quantized = "q8" in encodings.values() and EXACT_8BIT
+        #: 8 bits: a division by a step's scalar divides (ATen's ``tensor / float``), not
+        #: multiplies by its reciprocal, and ``sqrt`` is MKL's (``torch.sqrt``'s bits)
+        #: where this process found :mod:`._mkl_sqrt`'s C to give them.
+        self.exact = quantized
+        roots = any(op == "sqrt" for op, _ in structure.ops)
+        self.own_root = quantized and roots and _mkl_sqrt.emulated(torch.float32)
+
+    def node(self, index: int, context: str) -> str:
+        op, args = self.structure.ops[index]
+        if self.exact and op == "div" and args[1][0] == "slot":
+            return f"{self.text(args[0], context)} / s{args[1][1]}"
+        return super().node(index, context)
+
+    def root_depths(self) -> dict[int, int]:
+        """Per node, how many square roots lie on its deepest path (its own included)."""
+        depth: dict[int, int] = {}
+        for index, (op, args) in enumerate(self.structure.ops):
+            level = max((depth[a[1]] for a in args if a[0] == "node"), default=0)
+            depth[index] = level + 1 if op == "sqrt" else level
+        return depth
 
     def signed(self, name: str) -> bool:
         return name.removeprefix("state_") not in _lowmem.NONNEGATIVE_STATE
@@ -143,14 +215,94 @@ class _Source(_native._Source):
                     body.append(f"      T new_{name}[QBLOCK];")
                     body.append(f"      uint32_t top_{name} = 0;")
             indent, begin, stop = "      ", "c", "cend"
-        tops = [f"top_{name}" for name in quantized if name in written]
+        # (an 8-bit loop with MKL's root: one pass per depth of square roots, see _segment)
+        depth = self.root_depths() if quantized and self.own_root else {}
+        for segment in range(max(depth.values(), default=0) + 1):
+            body += self.segment(segment, depth, indent, (begin, stop), streams)
+        if quantized:
+            for name in quantized:
+                if name in written:
+                    body.append(
+                        f"      quantize_{self.suffix_of(name)}(new_{name}, cend - c, top_{name}, "
+                        f"{name} + c, "
+                        f"&amax_{name}[c / QBLOCK]);"
+                    )
+            body.append("    }")
+            body.append("  }")  # (the loop over work items)
+        body += ["  }"] if quantized else ["  }", "  }"]  # (the parallel region)
+        # (the step counters' pointers follow the block maxima's)
+        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
+        lines = [*_HEADER, *_native_source._RANGES]
+        if quantized:
+            lines += _codes.VBMI_HEADER
+        if depth:
+            lines += [_mkl_sqrt.tile_sqrt_source(torch.float32), _ROOT_BLOCK]
+        for suffix, signed in (("S", True), ("U", False)):
+            if any(self.signed(n) == signed for n in quantized):
+                lines += _segments.code_functions(suffix, signed)
+        lines += [
+            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
+            "                  const int64_t* block_tensor, const int64_t* block_begin,",
+            "                  const int64_t* block_end, int threads, int step_kind,",
+            "                  const int64_t* offsets, const uint32_t* keys, uint32_t salt) {",
+        ]
+        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
+        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
+        return "\n".join(lines + body) + "\n"
+
+    def segment(
+        self,
+        here: int,
+        depth: Mapping[int, int],
+        indent: str,
+        bounds: tuple[str, str],
+        streams: list[str],
+    ) -> list[str]:
+        """Pass ``here`` of the element loop: the nodes ``depth`` puts at or below it.
+
+        Without own square roots (``depth`` empty) there is one pass, the whole
+        rule. With them, pass ``d`` stores the arguments of the roots of depth
+        ``d + 1``, whose roots :func:`._mkl_sqrt.tile_sqrt_source` then takes
+        for the block (MKL's algorithm is a handful of whole-vector operations
+        the compiler would not emit from scalar C); a later pass reloads its
+        inputs and recomputes what it needs, or reads an 8-bit entry's new
+        values back from its block buffer. Each output is stored by the first
+        pass that has it.
+        """
+        structure = self.structure
+        inputs = structure.inputs
+        last = max(depth.values(), default=0)
+
+        def ready(ref: Ref) -> int:
+            return depth.get(ref[1], 0) if ref[0] == "node" else 0
+
+        stored = [(name, ref) for name, ref in structure.outputs if ready(ref) == here]
+        # (8-bit entries stored by an earlier pass: their block buffers hold the values)
+        kept = {
+            ref[1]: name
+            for name, ref in structure.outputs
+            if ref[0] == "node" and self.encodings.get(name) == "q8" and ready(ref) < here
+        }
+        roots = [k for k, (op, _) in enumerate(structure.ops) if op == "sqrt" and depth]
+        # (a root's argument: an 8-bit entry's block buffer, or stored for it in ``sq``)
+        argument: dict[int, str] = {}
+        for k in (k for k in roots if depth[k] == here + 1):
+            ref = structure.ops[k][1][0]
+            owner = [n for n, r in structure.outputs if r == ref and n in self.encodings]
+            queued = owner and self.encodings[owner[0]] == "q8"
+            argument[k] = f"new_{owner[0]}" if queued else f"sq{k}"
+        body = [f"{indent}T {a}[QBLOCK];" for a in argument.values() if a.startswith("sq")]
+        body += [f"{indent}T root{k}[QBLOCK];" for k in argument]
+        tops = [f"top_{name}" for name, _ in stored if self.encodings.get(name) == "q8"]
         reduction = f" reduction(max:{', '.join(tops)})" if tops else ""
         body.append(f"{indent}#pragma omp simd{reduction}")
-        body.append(f"{indent}for (int64_t i = {begin}; i < {stop}; ++i) {{")
+        body.append(f"{indent}for (int64_t i = {bounds[0]}; i < {bounds[1]}; ++i) {{")
         inner = indent + "  "
-        for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
+        refs = {a for _, args in structure.ops for a in args} | {r for _, r in structure.outputs}
+        for index, name in enumerate(inputs):
             if ("input", index) not in refs:
                 continue
+            kind = self.encodings.get(name, "element")
             if kind == "bf16":
                 value = f"bf16_load({name}[i])"
             elif kind == "q8":
@@ -159,13 +311,26 @@ class _Source(_native._Source):
                 value = f"{name}[i]"
             body.append(f"{inner}const T in{index} = {value};")
         for index, (op, _) in enumerate(structure.ops):
+            if depth.get(index, 0) > here:
+                continue
+            if index in kept:
+                value = f"new_{kept[index]}[i - c]"
+            elif index in roots:
+                value = f"root{index}[i - c]"
+            else:
+                value = self.node(index, "element")
             kind = "int" if op in _native._COMPARE or op in ("and", "or") else "T"
-            body.append(f"{inner}const {kind} v{index} = {self.node(index, 'element')};")
+            body.append(f"{inner}const {kind} v{index} = {value};")
+        for k, name in argument.items():
+            if name.startswith("sq"):
+                body.append(
+                    f"{inner}{name}[i - c] = {self.text(structure.ops[k][1][0], 'element')};"
+                )
         # One hash per element and stream: its top half rounds one entry, its low
         # half the entry's partner (``_state_codes.ROUNDING_PARTNERS``).
         hashed = {
             _rounding.rounding_stream(name.removeprefix("state_"))
-            for name, _ in structure.outputs
+            for name, _ in stored
             if self.encodings.get(name) == "bf16"
         }
         for stream in streams:
@@ -173,7 +338,7 @@ class _Source(_native._Source):
                 body.append(
                     f"{inner}const uint32_t h_{stream} = mix32((uint32_t)i ^ key_{stream});"
                 )
-        for name, ref in structure.outputs:
+        for name, ref in stored:
             value = self.text(ref, "element")
             kind = self.encodings.get(name, "element")
             if kind == "bf16":
@@ -193,34 +358,9 @@ class _Source(_native._Source):
             else:
                 body.append(f"{inner}{name}[i] = {value};")
         body.append(f"{indent}}}")
-        if quantized:
-            for name in quantized:
-                if name in written:
-                    body.append(
-                        f"      quantize_{self.suffix_of(name)}(new_{name}, cend - c, top_{name}, "
-                        f"{name} + c, "
-                        f"&amax_{name}[c / QBLOCK]);"
-                    )
-            body.append("    }")
-            body.append("  }")  # (the loop over work items)
-        body += ["  }"] if quantized else ["  }", "  }"]  # (the parallel region)
-        # (the step counters' pointers follow the block maxima's)
-        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
-        lines = [*_HEADER, *_native_source._RANGES]
-        if quantized:
-            lines += _codes.VBMI_HEADER
-        for suffix, signed in (("S", True), ("U", False)):
-            if any(self.signed(n) == signed for n in quantized):
-                lines += _segments.code_functions(suffix, signed)
-        lines += [
-            "void adaptim_step(int64_t n, void* const* buffers, const double* s, int64_t blocks,",
-            "                  const int64_t* block_tensor, const int64_t* block_begin,",
-            "                  const int64_t* block_end, int threads, int step_kind,",
-            "                  const int64_t* offsets, const uint32_t* keys, uint32_t salt) {",
-        ]
-        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
-        lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
-        return "\n".join(lines + body) + "\n"
+        if here < last:
+            body += [f"{indent}root_block(cend - c, {a}, root{k});" for k, a in argument.items()]
+        return body
 
 
 def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:

@@ -161,13 +161,21 @@ static void mkl_sqrt_tile(int64_t n, const T* q, T* r) {
 """
 
 
-def tile_sqrt_source(dtype: torch.dtype) -> str:
-    """C defining ``mkl_sqrt_tile(n, q, r)`` for ``dtype`` (after ``typedef ... T``); needs AVX2."""
+def kernel_source(dtype: torch.dtype) -> str:
+    """C defining MKL's root of a vector, ``mkl_sqrt_8(__m256)`` or ``mkl_sqrt_4(__m256d)``; needs AVX2.
+
+    It takes the caller's MXCSR: MKL's bits under ``0x1f80`` (:data:`_TILE` sets it).
+    """
     kernel = _FLOAT if dtype == torch.float32 else _DOUBLE
     header = (
         '#include <immintrin.h>\n#ifndef __AVX2__\n#error "the square root needs AVX2"\n#endif\n'
     )
-    return header + kernel + _TILE
+    return header + kernel
+
+
+def tile_sqrt_source(dtype: torch.dtype) -> str:
+    """C defining ``mkl_sqrt_tile(n, q, r)`` for ``dtype`` (after ``typedef ... T``); needs AVX2."""
+    return kernel_source(dtype) + _TILE
 
 
 def _probe_values(dtype: torch.dtype, count: int) -> torch.Tensor:

@@ -86,8 +86,12 @@ def _expression(op: str, a: list[str], args: tuple[Ref, ...], suffix: str) -> st
 class _Source:
     """Renders a structure as C: reduction passes for norms, then one element-wise pass."""
 
-    def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
+    def __init__(
+        self, structure: Structure, dtype: torch.dtype, *, exact_division: bool = False
+    ) -> None:
         self.structure = structure
+        #: Divide by a per-step scalar as ATen does (element by element), not by its reciprocal.
+        self.exact_division = exact_division
         self.ctype = _CTYPES[dtype]
         self.suffix = "f" if self.ctype == "float" else ""
         self.per_nodes = structure.per_tensor_nodes()
@@ -99,6 +103,29 @@ class _Source:
             level = max((self.stage_of(a) for a in args), default=0)
             self.stage[index] = level + 1 if op == "norm" else level
         self.reciprocals: set[int] = set()
+
+    #: The C type tensors are stored in (:mod:`._native_half`: float16 or bfloat16 bits).
+    storage = "T"
+
+    def load(self, element: str) -> str:
+        """An element read from storage as a ``T`` (the half loops widen it)."""
+        return element
+
+    def prelude(self) -> list[str]:
+        """C helpers after ``typedef ... T`` (the half loops' conversions)."""
+        return []
+
+    def function_head(self) -> list[str]:
+        """C at the top of the kernel function, before the parallel regions."""
+        return []
+
+    def loop_open(self, clause: str) -> list[str]:
+        """The loop over elements ``[begin, end)`` of one tensor (``clause``: its reductions)."""
+        return [f"    #pragma omp simd{clause}", "    for (int64_t i = begin; i < end; ++i) {"]
+
+    def loop_close(self) -> list[str]:
+        """What closes :meth:`loop_open` after the loop's own closing brace."""
+        return []
 
     def stage_of(self, ref: Ref) -> int:
         return self.stage[ref[1]] if ref[0] == "node" else 0
@@ -126,11 +153,35 @@ class _Source:
 
     def node(self, index: int, context: str) -> str:
         op, args = self.structure.ops[index]
-        if op == "div" and args[1][0] == "slot":  # one division per step, not per element
+        if op == "div" and args[1][0] == "slot" and not self.exact_division:
+            # (one division per step, not per element: the 8-bit loop's, within its rounding)
             self.reciprocals.add(args[1][1])
             return f"{self.text(args[0], context)} * r{args[1][1]}"
         rendered = [self.text(a, context) for a in args]
+        if op == "div" and self.exact_division and self.number_over_array(args):
+            return f"((T)1 / {rendered[1]}) * {rendered[0]}"
         return _expression(op, rendered, args, self.suffix)
+
+    @staticmethod
+    def number_over_array(args: tuple[Ref, ...]) -> bool:
+        """Whether a division is ``number / array``: torch's ``reciprocal(array) * number``."""
+        return args[0][0] not in ("node", "input") and args[1][0] in ("node", "input")
+
+    def write(self, name: str, ref: Ref) -> str:
+        """The element loop's line storing ``ref`` into the output ``name``."""
+        return f"      {name}[i] = {self.text(ref, 'element')};"
+
+    def norm_head(self, norm: int) -> list[str]:
+        """Lines before a norm pass's loop: its block's sum of squares."""
+        return [f"    double sum{norm} = 0.0;"]
+
+    def square(self, norm: int, operand: str) -> str:
+        """The norm pass's line adding an element's square (``operand``: its C text)."""
+        return f"      sum{norm} += (double){operand} * (double){operand};"
+
+    def norm_done(self, norm: int) -> list[str]:
+        """Lines after a norm pass's loop (none: the sum is ``sum<norm>``)."""
+        return []
 
     def ancestors(self, roots: list[int]) -> list[int]:
         """Element-wise nodes the roots need, in recording order."""
@@ -179,7 +230,10 @@ class _Source:
                     lines.append(f"    const T pin{index} = *(const T*)buffers[{index} * n + t];")
                 continue
             qualifier = "" if name in written else "const "
-            lines.append(f"    {qualifier}T* restrict {name} = (T*)buffers[{index} * n + t];")
+            kind = self.storage
+            lines.append(
+                f"    {qualifier}{kind}* restrict {name} = ({kind}*)buffers[{index} * n + t];"
+            )
         for node in sorted(self.per_nodes):
             if ("node", node) in refs:
                 lines.append(f"    const T pv{node} = per[t * NP + {self.per_slot[node]}];")
@@ -191,7 +245,7 @@ class _Source:
                 "    const int64_t begin = block_begin[b];",
                 "    const int64_t end = block_end[b];",
             ]
-        if balanced and AHEAD:  # page by page, each stream's page two ahead asked for first
+        if self.paged(balanced):
             streams = [
                 (name, name in written)
                 for index, name in enumerate(inputs)
@@ -199,22 +253,25 @@ class _Source:
                 and (("input", index) in refs or name in written)
             ]
             lines += page_ahead(streams, 4 if self.ctype == "float" else 8)
-            first, last = "c", "ce"
-        else:
-            first, last = "begin", "end"
-        lines.append(f"    #pragma omp simd{self.reduction_clause(head)}")
-        lines.append(f"    for (int64_t i = {first}; i < {last}; ++i) {{")
+        lines += self.loop_open(self.reduction_clause(head))
         for index, name in enumerate(inputs):
             if name not in self.structure.per_tensor_inputs and ("input", index) in refs:
-                lines.append(f"      const T in{index} = {name}[i];")
+                lines.append(f"      const T in{index} = {self.load(f'{name}[i]')};")
         for index in nodes:
             op = self.structure.ops[index][0]
             kind = "int" if op in _COMPARE or op in ("and", "or") else "T"
             lines.append(f"      const {kind} v{index} = {self.node(index, 'element')};")
         lines += tail
-        if balanced and AHEAD:
-            lines.append("    }")  # (the page loop)
-        return lines
+        return lines + self.loop_close() + self.page_close(balanced)
+
+    def paged(self, balanced: bool) -> bool:
+        """Whether the pass walks page by page (:func:`page_ahead`): the balanced
+        element-wise pass, except the half loops' (they keep ATen's segments)."""
+        return balanced and AHEAD > 0 and self.storage == "T"
+
+    def page_close(self, balanced: bool) -> list[str]:
+        """What closes :func:`page_ahead`'s two blocks, after the element loop."""
+        return ["    }", "    }"] if self.paged(balanced) else []
 
     @staticmethod
     def reduction_clause(head: list[str]) -> str:
@@ -231,13 +288,11 @@ class _Source:
                 norms = [i for i in self.norms if self.stage[i] == level]
                 operands = [self.text(structure.ops[i][1][0], "element") for i in norms]
                 nodes = self.ancestors(norms)
-                head = [f"    double sum{i} = 0.0;" for i in norms]
-                tail = [
-                    f"      sum{i} += (double){o} * (double){o};"
-                    for i, o in zip(norms, operands, strict=True)
-                ]
+                head = [line for i in norms for line in self.norm_head(i)]
+                tail = [self.square(i, o) for i, o in zip(norms, operands, strict=True)]
                 reads = [structure.ops[i][1][0] for i in norms]
                 body += self.element_loop(nodes, [*tail, "    }"], head, reads)
+                body += [line for i in norms for line in self.norm_done(i)]
                 body += [f"    partial[b * NN + {self.norm_slot[i]}] = sum{i};" for i in norms]
                 body += ["  }", "  for (int64_t b = 0; b < blocks; ++b) {"]
                 body += [
@@ -262,7 +317,7 @@ class _Source:
                 body.append("  }")
         element_nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
         writes = [
-            f"      {name}[i] = {self.text(ref, 'element')};"
+            self.write(name, ref)
             for name, ref in structure.outputs
             if name not in structure.per_tensor_inputs
         ]
@@ -293,6 +348,7 @@ class _Source:
             "#include <stdint.h>",
             "#include <stdlib.h>",
             f"typedef {ctype} T;",
+            *self.prelude(),
             *_RANGES,
             "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
             "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
@@ -306,6 +362,7 @@ class _Source:
         ]
         lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
         lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
+        lines += self.function_head()
         if self.norms or self.per_nodes:
             lines += [
                 f"  enum {{ NP = {max(1, len(self.per_slot))}, NN = {max(1, len(self.norms))} }};",
@@ -356,9 +413,10 @@ AHEAD = 2
 
 
 def page_ahead(streams: list[tuple[str, bool]], itemsize: int) -> list[str]:
-    """C that walks ``[begin, end)`` a page of elements ``[c, ce)`` at a time, first
-    asking for each stream's line :data:`AHEAD` pages further (``streams``: the
-    pointers, and whether the loop writes through them).
+    """C that walks ``[begin, end)`` a page of elements at a time, first asking for
+    each stream's line :data:`AHEAD` pages further (``streams``: the pointers,
+    and whether the loop writes through them). It opens two blocks, the inner
+    one redeclaring ``begin`` and ``end`` as the page's for the element loop.
 
     With 4 KiB pages a stream enters a new page every 4 KiB, where the hardware
     prefetcher stops and the core waits for a translation (a two-level page
@@ -382,8 +440,10 @@ def page_ahead(streams: list[tuple[str, bool]], itemsize: int) -> list[str]:
     ]
     return [
         f"    for (int64_t c = begin; c < end; c += {page}) {{",
-        f"      const int64_t ce = end - c > {page} ? c + {page} : end;",
+        f"      const int64_t page_end = end - c > {page} ? c + {page} : end;",
         *([f"      if (end - c > {ahead}) {{", *hints, "      }"] if hints else []),
+        "      {",
+        "      const int64_t begin = c, end = page_end;  /* the loop below walks this page */",
     ]
 
 
@@ -409,4 +469,4 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
     (norms, trust ratios), and the final element-wise loop, which recomputes
     what it needs rather than storing parameter-sized temporaries.
     """
-    return _Source(structure, dtype).source()
+    return _Source(structure, dtype, exact_division=True).source()

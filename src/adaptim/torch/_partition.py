@@ -320,7 +320,7 @@ def build_partitions(
                 ndim=ndim,
                 ptrs=[p.data_ptr() for p in members],
                 native_ok=device.type == "cpu"
-                and dtype in (torch.float32, torch.float64)
+                and (dtype in (torch.float32, torch.float64) or dtype in HALF_DTYPES)
                 and all(p.is_contiguous() for p in members),
                 numel=sum(p.numel() for p in members),
                 step_dtype=_step_dtype(states) if algorithm.step else None,

@@ -20,6 +20,9 @@ from adaptim.torch._hooks import hooked_step
 from adaptim.torch._options import _holds_tensor, hyperparameter
 from adaptim.torch._per_tensor import PerTensorLayer
 
+#: Tensors that are not subclasses (a DTensor is one).
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
 
 class StepLayer(PerTensorLayer):
     """``step`` (eager or traced) and ``zero_grad``, and the checks that keep a failed step from changing anything."""
@@ -37,7 +40,7 @@ class StepLayer(PerTensorLayer):
                 if self.nonfinite == "ignore" or self._gradients_finite():
                     self._step_traceable()
                 else:
-                    self.skipped_steps += 1
+                    _count_skipped_step(self)
             return loss
         # torch.no_grad() as a decorator costs several microseconds a call; this is the same.
         grad_enabled = torch.is_grad_enabled()
@@ -65,6 +68,7 @@ class StepLayer(PerTensorLayer):
                     )
 
     def _step_eager(self) -> None:
+        self._engine.traced = False
         if not self.algorithm.dense_gradients:
             self._refuse_dense_gradients()
         if self.nonfinite != "ignore" and not self._gradients_finite():
@@ -145,6 +149,17 @@ class StepLayer(PerTensorLayer):
         parameter that fails it gets the full check, which finds the message.
         """
         algorithm = self.algorithm
+        for p in params:
+            refusal = None if type(p) in _PLAIN_TENSORS else self._dtensor_refusal(p)
+            if refusal is not None:
+                position = next(
+                    i for i, q in enumerate(self.param_groups[index]["params"]) if q is p
+                )
+                raise RuntimeError(
+                    f"adaptim.{type(self).__name__}: cannot step "
+                    f"param_groups[{index}]['params'][{position}] (shape {tuple(p.shape)}), "
+                    f"a DTensor (as FSDP2 shards parameters): {refusal} Nothing was changed."
+                )
         elementwise = [k for k, fill in algorithm.state(hp).items() if fill is not None]
         scalars = ["step"] if algorithm.step else []
         scalars += algorithm.scalar_state
@@ -172,6 +187,27 @@ class StepLayer(PerTensorLayer):
                         suspect = True
             if suspect:
                 self._refuse_reference_input(index, p, hp)
+
+    def _dtensor_refusal(self, p: torch.Tensor) -> str | None:
+        """Why this optimizer cannot step ``p`` if it is a DTensor (a shard), or ``None``."""
+        if not torch.distributed.is_available():
+            return None
+        from torch.distributed.tensor import DTensor
+
+        if not isinstance(p, DTensor):
+            return None
+        if self.state_format is not None:
+            return (
+                f"{self.state_format.describe()} encodes or rounds whole tensors on the host "
+                "and takes plain tensors only; use the default state."
+            )
+        if self.algorithm.state_shape is not None or self.algorithm.entry_shape is not None:
+            return (
+                f"adaptim.{type(self).__name__} keeps state shaped by the parameter's axes "
+                "(its rows and columns), which a shard does not have; it takes plain tensors "
+                "only (torch.optim.Adafactor fails on DTensors too)."
+            )
+        return None
 
     def _refuse_reference_input(self, index: int, p: torch.Tensor, hp: Mapping[str, Any]) -> None:
         grad = p.grad
@@ -214,6 +250,9 @@ class StepLayer(PerTensorLayer):
             # outside the graph (one graph break), with the eager path's result.
             self._step_eager_untraced()
             return
+        # (for fused_status(): on the engine, since Dynamo does not replay an attribute
+        # set on the optimizer itself)
+        self._engine.traced = True
         if not self.algorithm.dense_gradients:
             self._refuse_dense_gradients()
         for group in self.param_groups:
@@ -262,3 +301,10 @@ class StepLayer(PerTensorLayer):
                         )
                     return False
         return True
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]
+def _count_skipped_step(optimizer: StepLayer) -> None:
+    """``skipped_steps += 1``, run eagerly: Dynamo does not replay an attribute set on an
+    optimizer, so traced, the count would stay 0 (the finite check already breaks the graph)."""
+    optimizer.skipped_steps += 1

@@ -227,6 +227,7 @@ class NovoGrad(Optimizer):
         weight_decay: float = default(0.0),
         *,
         eps_root: float = default(0.0),
+        eps_in_first_step: bool = default(True),
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
@@ -235,7 +236,7 @@ class NovoGrad(Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay,
-            maximize=maximize, foreach=foreach,
+            eps_in_first_step=eps_in_first_step, maximize=maximize, foreach=foreach,
         )  # fmt: skip
         super().__init__(params, defaults, nonfinite=nonfinite, fused=fused, flavor=flavor)
 
