@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptim
-from adaptim.torch import _native, _native_source
+from adaptim.torch import _native, _native_fragments
 from adaptim.torch._engine import AUTO_NATIVE_MIN_NUMEL
 
 #: Tensor sizes around the rounding (16), a block (16,384) and ATen's grain (32,768).
@@ -189,7 +189,7 @@ def test_page_ahead_prefetch_changes_no_value(
     """The loop that walks page by page and prefetches ahead gives the plain loop's bits."""
     paged = run(name, sizes, threads, seed, dtype, fused=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_native_source, "AHEAD", 0)  # the plain loop: one pass, no prefetch
+        patch.setattr(_native_fragments, "AHEAD", 0)  # the plain loop: one pass, no prefetch
         patch.setattr(_native, "_KERNELS", {})
         plain = run(name, sizes, threads, seed, dtype, fused=True)
         (source,) = adaptim_plans(name, dtype)

@@ -21,9 +21,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from adaptim.torch import _lowmem, _mkl_sqrt, _native, _native_source, _rounding
+from adaptim.torch import _lowmem, _mkl_sqrt, _native, _rounding
 from adaptim.torch import _lowmem_codes as _codes
 from adaptim.torch import _lowmem_segments as _segments
+from adaptim.torch import _native_fragments as _fragments
 from adaptim.torch._trace import Ref, Structure
 
 #: The loop over work items when a state is 8-bit: each thread takes an equal share of
@@ -172,7 +173,7 @@ class _Source(_native._Source):
         streams = rounding_streams([n.removeprefix("state_") for n in rounded])
         # 8 bits: each thread an equal share of all tensors' quantisation blocks; else
         # each thread one equal range of the concatenated elements (as _native's)
-        body = list(_BALANCED) if quantized else list(_native_source.BALANCED_OPEN)
+        body = list(_BALANCED) if quantized else list(_fragments.BALANCED_OPEN)
         ctypes_of = {"element": "T", "bf16": "uint16_t", "q8": "uint8_t"}
         for index, (name, kind) in enumerate(zip(inputs, kinds, strict=True)):
             ctype = ctypes_of[kind]
@@ -189,7 +190,7 @@ class _Source(_native._Source):
         if quantized:
             body.append("    const int64_t end = block_end[b];")
         else:
-            body += _native_source.BALANCED_RANGE
+            body += _fragments.BALANCED_RANGE
         indent = "    "
         begin, stop = "begin", "end"
         if quantized:  # one quantisation block at a time, of this thread's share
@@ -231,8 +232,8 @@ class _Source(_native._Source):
             body.append("  }")  # (the loop over work items)
         body += ["  }"] if quantized else ["  }", "  }"]  # (the parallel region)
         # (the step counters' pointers follow the block maxima's)
-        body += [*_native_source.count_steps(len(inputs) + len(quantized)), "}"]
-        lines = [*_HEADER, *_native_source._RANGES]
+        body += [*_fragments.count_steps(len(inputs) + len(quantized)), "}"]
+        lines = [*_HEADER, *_fragments.RANGES]
         if quantized:
             lines += _codes.VBMI_HEADER
         if depth:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from adaptim.torch import _native_fragments as _fragments
 from adaptim.torch._trace import Ref, Structure
 
 _CTYPES = {torch.float32: "float", torch.float64: "double"}
@@ -217,7 +218,7 @@ class _Source:
         written = {name for name, _ in self.structure.outputs}
         refs = {a for i in nodes for a in self.structure.ops[i][1]} | set(reads)
         if balanced:
-            lines = list(BALANCED_OPEN)
+            lines = list(_fragments.BALANCED_OPEN)
         else:
             lines = [
                 "  #pragma omp parallel for num_threads(threads) schedule(static)",
@@ -239,7 +240,7 @@ class _Source:
                 lines.append(f"    const T pv{node} = per[t * NP + {self.per_slot[node]}];")
         lines += head
         if balanced:
-            lines += BALANCED_RANGE
+            lines += _fragments.BALANCED_RANGE
         else:
             lines += [
                 "    const int64_t begin = block_begin[b];",
@@ -252,7 +253,7 @@ class _Source:
                 if name not in self.structure.per_tensor_inputs
                 and (("input", index) in refs or name in written)
             ]
-            lines += page_ahead(streams, 4 if self.ctype == "float" else 8)
+            lines += _fragments.page_ahead(streams, 4 if self.ctype == "float" else 8)
         lines += self.loop_open(self.reduction_clause(head))
         for index, name in enumerate(inputs):
             if name not in self.structure.per_tensor_inputs and ("input", index) in refs:
@@ -265,12 +266,12 @@ class _Source:
         return lines + self.loop_close() + self.page_close(balanced)
 
     def paged(self, balanced: bool) -> bool:
-        """Whether the pass walks page by page (:func:`page_ahead`): the balanced
+        """Whether the pass walks page by page (:func:`._native_fragments.page_ahead`): the balanced
         element-wise pass, except the half loops' (they keep ATen's segments)."""
-        return balanced and AHEAD > 0 and self.storage == "T"
+        return balanced and _fragments.AHEAD > 0 and self.storage == "T"
 
     def page_close(self, balanced: bool) -> list[str]:
-        """What closes :func:`page_ahead`'s two blocks, after the element loop."""
+        """What closes :func:`._native_fragments.page_ahead`'s two blocks, after the element loop."""
         return ["    }", "    }"] if self.paged(balanced) else []
 
     @staticmethod
@@ -338,7 +339,7 @@ class _Source:
                 index = structure.inputs.index(name)
                 body.append(f"    *(T*)buffers[{index} * n + t] = {self.text(ref, 'tensor')};")
             body.append("  }")
-        body += count_steps(len(structure.inputs))
+        body += _fragments.count_steps(len(structure.inputs))
         if self.norms or self.per_nodes:
             body.append("  free(per); free(squares); free(partial);")
         body.append("}")
@@ -349,7 +350,7 @@ class _Source:
             "#include <stdlib.h>",
             f"typedef {ctype} T;",
             *self.prelude(),
-            *_RANGES,
+            *_fragments.RANGES,
             "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
             "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
             # ATen's vectorised lerp: a fused multiply-add anchored at the nearer end.
@@ -371,92 +372,6 @@ class _Source:
                 "  double* partial = (double*)calloc((size_t)(blocks * NN), sizeof(double));",
             ]
         return "\n".join(lines + body) + "\n"
-
-
-#: C helpers of the balanced split: thread ``part`` of ``parts`` takes the elements
-#: ``[share(total, part), share(total, part + 1))`` of the concatenated tensors, the
-#: boundaries rounded down to 16 elements (a 64-byte cache line of float32) so that two
-#: threads rarely write the same line; ``offsets`` are the tensors' first elements.
-_RANGES = (
-    "static inline int64_t share(int64_t total, int64_t part, int64_t parts) {",
-    "  return part == parts ? total : (total / parts * part + total % parts * part / parts) & ~(int64_t)15;",
-    "}",
-    "static inline int64_t first_tensor(const int64_t* offsets, int64_t n, int64_t at) {",
-    "  int64_t lo = 0, hi = n;  /* the first tensor that ends after element ``at`` */",
-    "  while (lo < hi) { const int64_t mid = (lo + hi) / 2; if (offsets[mid + 1] <= at) lo = mid + 1; else hi = mid; }",
-    "  return lo;",
-    "}",
-)
-
-
-#: The balanced split (:meth:`_Source.element_loop`): the parallel region, each thread's
-#: range ``[lo, hi)`` and its loop over the tensors it touches (two braces to close) ...
-BALANCED_OPEN = (
-    "  #pragma omp parallel num_threads(threads)",
-    "  {",
-    "  const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();",
-    "  const int64_t lo = share(offsets[n], part, parts);",
-    "  const int64_t hi = share(offsets[n], part + 1, parts);",
-    "  for (int64_t t = first_tensor(offsets, n, lo); t < n && offsets[t] < hi; ++t) {",
-)
-#: ... and, inside that loop, the part of tensor ``t`` in the range.
-BALANCED_RANGE = (
-    "    const int64_t begin = (lo > offsets[t] ? lo : offsets[t]) - offsets[t];",
-    "    const int64_t end = (hi < offsets[t + 1] ? hi : offsets[t + 1]) - offsets[t];",
-)
-
-
-#: The element loop's page (bytes), and how many pages ahead of it each stream is asked
-#: for (0: one plain loop over the range, without prefetches).
-PAGE = 4096
-AHEAD = 2
-
-
-def page_ahead(streams: list[tuple[str, bool]], itemsize: int) -> list[str]:
-    """C that walks ``[begin, end)`` a page of elements at a time, first asking for
-    each stream's line :data:`AHEAD` pages further (``streams``: the pointers,
-    and whether the loop writes through them). It opens two blocks, the inner
-    one redeclaring ``begin`` and ``end`` as the page's for the element loop.
-
-    With 4 KiB pages a stream enters a new page every 4 KiB, where the hardware
-    prefetcher stops and the core waits for a translation (a two-level page
-    walk under a hypervisor) and the page's first lines. With one thread that
-    wait sets the pace, the more so when the memory is physically scattered,
-    as a process's recycled memory is (no TLB entry then covers more than one
-    page). Prefetching two pages ahead, into the outer caches only (hint 1:
-    the lines reach L1 when the loop loads them), starts both early.
-    Measured with one thread on the 16M / 100-tensor workload, on the same
-    memory, under load: SGD-momentum and Adagrad 1.01-1.30x the plain loop's
-    speed on 4 KiB pages (physically contiguous or scattered), and unchanged
-    within the noise on 2 MiB pages, which have no such waits (0.88-1.10x;
-    into L1, hint 3, it cost 5-10% there). Values are bit for bit the plain
-    loop's.
-    """
-    page = PAGE // itemsize
-    ahead = AHEAD * page
-    hints = [
-        f"        __builtin_prefetch({name} + c + {ahead}, {int(write)}, 1);"
-        for name, write in streams
-    ]
-    return [
-        f"    for (int64_t c = begin; c < end; c += {page}) {{",
-        f"      const int64_t page_end = end - c > {page} ? c + {page} : end;",
-        *([f"      if (end - c > {ahead}) {{", *hints, "      }"] if hints else []),
-        "      {",
-        "      const int64_t begin = c, end = page_end;  /* the loop below walks this page */",
-    ]
-
-
-def count_steps(role: int) -> list[str]:
-    """C that adds 1 to each 0-d ``step`` counter (pointer role ``role``) after the update.
-
-    ``step_kind`` (:data:`._native.STEP_KINDS`) says how they are stored; 0: the
-    caller counts them.
-    """
-    return [
-        f"  if (step_kind == 1) for (int64_t t = 0; t < n; ++t) *(float*)buffers[{role} * n + t] += 1.0f;",
-        f"  if (step_kind == 2) for (int64_t t = 0; t < n; ++t) *(double*)buffers[{role} * n + t] += 1.0;",
-    ]
 
 
 def generate_source(structure: Structure, dtype: torch.dtype) -> str:
