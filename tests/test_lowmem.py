@@ -13,6 +13,7 @@ import copy
 import io
 import math
 import re
+from unittest.mock import patch
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
@@ -424,6 +425,31 @@ _OPTIONS_8BIT = [
 ]
 
 
+def _steps_on_three_paths(
+    name: str,
+    options: dict[str, object],
+    starts: list[torch.Tensor],
+    grads: list[list[torch.Tensor]],
+    steps: int,
+) -> list[tuple[list[torch.nn.Parameter], torch.optim.Optimizer]]:
+    """``steps`` 8-bit steps natively on 1 and 2 threads and on ``foreach=False``."""
+    runs = []
+    for path, threads in (({}, 1), ({}, 2), ({"foreach": False}, 1)):
+        params = [torch.nn.Parameter(start.clone()) for start in starts]
+        optimizer = adaptim.OPTIMIZERS[name](
+            params, state_bits=8, **{"lr": 1e-3, **options, **path}
+        )
+        with num_threads(threads):
+            for step in range(steps):
+                for k, p in enumerate(params):
+                    p.grad = grads[k * steps + step][0].clone()
+                optimizer.step()
+        status = optimizer.fused_status()[0]
+        assert status.startswith("native" if path == {} else "reference"), status
+        runs.append((params, optimizer))
+    return runs
+
+
 @pytest.mark.slow  # (each rule and option set compiles its own kernel, once per machine)
 @given(
     st.sampled_from(LOW_MEMORY),
@@ -433,6 +459,7 @@ _OPTIONS_8BIT = [
     st.integers(1, 3),
     st.floats(0.0, 0.5),
     st.integers(0, 2**31),
+    st.booleans(),
 )
 @settings(max_examples=25, deadline=None)
 def test_native_8bit_loop_is_the_reference_path_bit_for_bit(
@@ -443,8 +470,13 @@ def test_native_8bit_loop_is_the_reference_path_bit_for_bit(
     steps: int,
     zeros: float,
     seed: int,
+    exact_loop: bool,
 ) -> None:
     """``state_bits=8``'s native loop stores what ``foreach=False`` stores, to the last bit.
+
+    With ``EXACT_8BIT`` (drawn here; off by default, for speed) it does so bit
+    for bit; the default loop agrees to float32 rounding, with the same bits
+    on 1 and 2 threads.
 
     The rule's arithmetic is the reference's operation for operation (a
     division by a step's scalar divides, as ATen's ``tensor / float``), and
@@ -467,21 +499,9 @@ def test_native_8bit_loop_is_the_reference_path_bit_for_bit(
         for size in sizes
         for _ in range(steps)
     ]
-    exact = _mkl_sqrt.emulated(torch.float32) and _lowmem_native_source.EXACT_8BIT
-    runs = []
-    for path, threads in (({}, 1), ({}, 2), ({"foreach": False}, 1)):
-        params = [torch.nn.Parameter(start.clone()) for start in starts]
-        optimizer = adaptim.OPTIMIZERS[name](
-            params, state_bits=8, **{"lr": 1e-3, **options, **path}
-        )
-        with num_threads(threads):
-            for step in range(steps):
-                for k, p in enumerate(params):
-                    p.grad = grads[k * steps + step][0].clone()
-                optimizer.step()
-        status = optimizer.fused_status()[0]
-        assert status.startswith("native" if path == {} else "reference"), status
-        runs.append((params, optimizer))
+    exact = _mkl_sqrt.emulated(torch.float32) and exact_loop
+    with patch.object(_lowmem_native_source, "EXACT_8BIT", exact_loop):
+        runs = _steps_on_three_paths(name, options, starts, grads, steps)
     (native, fast), (two, other), (reference, slow) = runs
     for p, q, r in zip(native, two, reference, strict=True):
         assert torch.equal(p, q)

@@ -71,10 +71,13 @@ _HEADER = [
 
 
 #: Whether the 8-bit loop computes the reference path's bits (:class:`_Source`): MKL's root
-#: and true divisions cost it 15-20% of its time against ``sqrtf`` (whose square root unit
-#: works beside the multiply and add pipes the loop fills) and a reciprocal; ``False``
-#: gives that loop, which agrees to float32 rounding.
-EXACT_8BIT = True
+#: and true divisions, which cost it 16-23% of its time against ``sqrtf`` (whose square root
+#: unit works beside the multiply and add pipes the loop fills) and a reciprocal. Off by
+#: default: 8-bit moments are approximate by design (checked against bitsandbytes within
+#: the quantisation error), the loop is compute-bound, and that price took it below
+#: torch's float32 Adam (two threads, idle: MLP 0.96x -> 0.76x, 1.5M 1.21x -> 0.94x). Off,
+#: the loop agrees with the reference path to float32 rounding.
+EXACT_8BIT = False
 
 #: MKL's float32 root (:mod:`._mkl_sqrt`'s docstring) over a block, 16 lanes at a time: the
 #: same ``rsqrtps`` (two 8-lane halves: AVX-512's ``rsqrt14`` is another table) and the

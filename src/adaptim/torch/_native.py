@@ -168,7 +168,7 @@ class BlockTable:
 
 
 _lock = threading.Lock()
-_KERNELS: dict[tuple[Structure, torch.dtype], Kernel] = {}
+_KERNELS: dict[tuple[Structure, torch.dtype, bool], Kernel] = {}
 _FAILED: dict[str, str] = {}
 
 
@@ -208,7 +208,7 @@ _UNSUPPORTED: dict[Structure, str] = {}
 
 def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     """The native kernel of ``structure`` for ``dtype``: from memory, from disk, or compiled now."""
-    key = (structure, dtype)
+    key = (structure, dtype, EXACT_ROOT)
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
@@ -234,17 +234,31 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
     return kernel
 
 
-def source_for(structure: Structure, dtype: torch.dtype) -> str:
-    """The C of ``structure``'s kernel: vectors with MKL's root where ``torch.sqrt`` is it here.
+#: Whether a rule with a square root runs :mod:`._native_vector`'s loop, which computes
+#: ``torch.sqrt``'s bits (MKL's algorithm inlined) and so equals torch.optim's for-loop bit
+#: for bit. Off by default: MKL's correction is twelve multiplies and adds on the pipes the
+#: loop fills, where the CPU's correctly rounded ``vsqrtps`` runs on the divider beside
+#: them, and on the 16M / 100-tensor workload with one thread (idle, side by side) it took
+#: Adagrad from 1.03-1.04x torch's fused kernel to 0.86-0.89x, Adam from 1.09-1.16x to
+#: 0.92-0.96x. Off, the loop agrees with torch.optim to rounding (``sqrt`` differs from
+#: ``torch.sqrt`` on about 17% of float32 values by an ulp). Set it before the process
+#: compiles its first kernel; ``foreach=True`` (the multi-tensor replay) is bit-identical
+#: on any machine.
+EXACT_ROOT = False
 
-    A rule with a square root gets :mod:`._native_vector`'s loop when
-    :func:`._mkl_sqrt.emulated` holds (the root inlined, ``torch.sqrt``'s bits),
-    the scalar loop of :mod:`._native_source` otherwise (its ``sqrt`` is the
+
+def source_for(structure: Structure, dtype: torch.dtype) -> str:
+    """The C of ``structure``'s kernel: the scalar loop, or with :data:`EXACT_ROOT` vectors.
+
+    With :data:`EXACT_ROOT` a rule with a square root gets :mod:`._native_vector`'s
+    loop when :func:`._mkl_sqrt.emulated` holds (the root inlined, ``torch.sqrt``'s
+    bits); otherwise the scalar loop of :mod:`._native_source` (its ``sqrt`` is the
     correctly rounded one, which differs from MKL's on about 17% of values).
     """
     from adaptim.torch import _mkl_sqrt, _native_vector  # (they build on this module)
 
-    if any(op == "sqrt" for op, _ in structure.ops) and _mkl_sqrt.emulated(dtype):
+    rooted = any(op == "sqrt" for op, _ in structure.ops)
+    if EXACT_ROOT and rooted and _mkl_sqrt.emulated(dtype):
         return _native_vector.generate_source(structure, dtype)
     return generate_source(structure, dtype)
 
