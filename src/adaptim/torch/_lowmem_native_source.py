@@ -79,30 +79,10 @@ _HEADER = [
 #: the loop agrees with the reference path to float32 rounding.
 EXACT_8BIT = False
 
-#: MKL's float32 root (:mod:`._mkl_sqrt`'s docstring) over a block, 16 lanes at a time: the
-#: same ``rsqrtps`` (two 8-lane halves: AVX-512's ``rsqrt14`` is another table) and the
-#: same products and sums lane by lane as ``mkl_sqrt_8``, in half the instructions;
-#: otherwise ``mkl_sqrt_tile`` itself. MKL's MXCSR (no flush to zero) for the call.
+#: MKL's float32 root (:mod:`._mkl_sqrt`) over a block, 16 lanes at a time
+#: (``mkl_sqrt_16``); otherwise ``mkl_sqrt_tile`` itself. MKL's MXCSR (no flush to zero) for the call.
 _ROOT_BLOCK = r"""
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-static inline __m512 mkl_sqrt_16(const __m512 x) {
-  const __m512 half = _mm512_set1_ps(0.5f);
-  const __m256 y0 = _mm256_rsqrt_ps(_mm512_castps512_ps256(x));
-  const __m256 y1 = _mm256_rsqrt_ps(_mm512_extractf32x8_ps(x, 1));
-  const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(y0), y1, 1);
-  const __m512 s = _mm512_mul_ps(x, y), h = _mm512_mul_ps(y, half);
-  const __m512 e = _mm512_sub_ps(half, _mm512_mul_ps(s, h));
-  const __m512 s1 = _mm512_add_ps(_mm512_mul_ps(s, e), s);
-  const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(h, e), h);
-  const __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(s1, s1));
-  const __m512 root = _mm512_add_ps(_mm512_mul_ps(r, h1), s1);
-  const __m512i bits = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x7f800000));
-  const __mmask16 rare = _mm512_cmpgt_epi32_mask(bits, _mm512_set1_epi32((int)0xfefff000u));
-  if (__builtin_expect(rare == 0, 1)) return root;
-  const __m512 exact = _mm512_mask_sqrt_ps(root, rare, x);
-  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-  return _mm512_mask_blend_ps(negative, exact, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
-}
 static void root_block(int64_t n, const T* q, T* r) {
   const unsigned int csr = _mm_getcsr(), mode = (csr & 0x3fu) | 0x1f80u;
   if (csr != mode) _mm_setcsr(mode);

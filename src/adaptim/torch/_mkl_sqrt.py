@@ -106,6 +106,32 @@ static inline __m256 mkl_sqrt_8(const __m256 x) {
 #define MKL_SQRT_KERNEL mkl_sqrt_8
 """
 
+#: Float32 on AVX-512 (F and DQ): ``mkl_sqrt_16(__m512)``, the same ``rsqrtps`` (two 8-lane
+#: halves: AVX-512's ``rsqrt14`` is another table) and the same products and sums lane by
+#: lane as ``mkl_sqrt_8``, in half the instructions.
+_WIDE = """
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+static inline __m512 mkl_sqrt_16(const __m512 x) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m256 y0 = _mm256_rsqrt_ps(_mm512_castps512_ps256(x));
+  const __m256 y1 = _mm256_rsqrt_ps(_mm512_extractf32x8_ps(x, 1));
+  const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(y0), y1, 1);
+  const __m512 s = _mm512_mul_ps(x, y), h = _mm512_mul_ps(y, half);
+  const __m512 e = _mm512_sub_ps(half, _mm512_mul_ps(s, h));
+  const __m512 s1 = _mm512_add_ps(_mm512_mul_ps(s, e), s);
+  const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(h, e), h);
+  const __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(s1, s1));
+  const __m512 root = _mm512_add_ps(_mm512_mul_ps(r, h1), s1);
+  const __m512i bits = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x7f800000));
+  const __mmask16 rare = _mm512_cmpgt_epi32_mask(bits, _mm512_set1_epi32((int)0xfefff000u));
+  if (__builtin_expect(rare == 0, 1)) return root;
+  const __m512 exact = _mm512_mask_sqrt_ps(root, rare, x);
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(negative, exact, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+}
+#endif
+"""
+
 _DOUBLE = """
 #define C64(v) _mm256_set1_epi64x((long long)(v))
 #define D64(v) _mm256_castsi256_pd(C64(v))
@@ -162,11 +188,12 @@ static void mkl_sqrt_tile(int64_t n, const T* q, T* r) {
 
 
 def kernel_source(dtype: torch.dtype) -> str:
-    """C defining MKL's root of a vector, ``mkl_sqrt_8(__m256)`` or ``mkl_sqrt_4(__m256d)``; needs AVX2.
+    """C defining MKL's root of a vector, ``mkl_sqrt_8(__m256)`` (and with AVX-512
+    ``mkl_sqrt_16(__m512)``) or ``mkl_sqrt_4(__m256d)``; needs AVX2.
 
     It takes the caller's MXCSR: MKL's bits under ``0x1f80`` (:data:`_TILE` sets it).
     """
-    kernel = _FLOAT if dtype == torch.float32 else _DOUBLE
+    kernel = _FLOAT + _WIDE if dtype == torch.float32 else _DOUBLE
     header = (
         '#include <immintrin.h>\n#ifndef __AVX2__\n#error "the square root needs AVX2"\n#endif\n'
     )

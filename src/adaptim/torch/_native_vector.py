@@ -61,20 +61,7 @@ enum { L = 16 };
 static inline V blend(V no, V yes, M m) { return (V)(((M)yes & m) | ((M)no & ~m)); }
 static inline V abs_v(V a) { return (V)((M)a & 0x7fffffff); }
 static inline V sqrt_c(V a) { return _mm512_sqrt_ps(a); }
-static inline V mkl_root(const V x) {
-  const __m256 lo = _mm512_castps512_ps256(x), hi = _mm512_extractf32x8_ps(x, 1);
-  const V y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_rsqrt_ps(lo)), _mm256_rsqrt_ps(hi), 1);
-  const V half = SET1(0.5f);
-  const V s = x * y, h = y * half;
-  const V e = half - s * h;
-  const V s1 = s * e + s, h1 = h * e + h;
-  const V root = (x - s1 * s1) * h1 + s1;
-  /* MKL's rare lanes (as mkl_sqrt_8) */
-  const M rare = (M)((U)x + 0x7f800000u) > (int)0xfefff000u;
-  if (__builtin_expect(!_mm512_test_epi32_mask((__m512i)rare, (__m512i)rare), 1)) return root;
-  const V exact = blend(root, _mm512_sqrt_ps(x), rare);
-  return blend(exact, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)), (M)(x < SET1(0)));
-}
+static inline V mkl_root(const V x) { return mkl_sqrt_16(x); }
 static inline void add_squares(A* acc, V o, int valid) {
   for (int u = valid; u < L; ++u) o[u] = 0;
   const A a = _mm512_cvtps_pd(_mm512_castps512_ps256(o)), b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(o, 1));
