@@ -8,6 +8,7 @@ concrete numbers are spelled as formulas.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -56,6 +57,20 @@ def _traced_scalar(like: torch.Tensor, value: float | torch.Tensor) -> torch.Ten
     return like.new_zeros(()) + value
 
 
+def _host_number(value: Any) -> Any:
+    """A dynamic float (a scheduled ``lr`` under Dynamo) as a 0-d float64 CPU tensor.
+
+    On CUDA, Inductor bakes a symbolic float that multiplies a tensor into the
+    kernel and guards on its value (a recompile for each new learning rate);
+    a 0-d CPU tensor made from it by arithmetic is read on every call, as the
+    step counter is. Concrete numbers pass unchanged; in the multiply the
+    value is rounded to the tensor's dtype, as ATen rounds a Python scalar.
+    """
+    if isinstance(value, torch.SymFloat):
+        return torch.zeros((), dtype=torch.float64) + value
+    return value
+
+
 #: The ``xp`` of the step under ``torch.compile``: the multiply-adds as formulas,
 #: because torch's ``alpha=``/``value=``/scalar ``weight`` arguments take only
 #: concrete numbers and would make Dynamo specialise (and recompile) on each new
@@ -64,10 +79,10 @@ TRACEABLE_OPS = dataclasses.replace(
     TORCH_OPS,
     name="torch-traceable",
     traced=True,
-    axpy=lambda a, b, alpha: a + b * alpha,
-    addcmul=lambda a, b, c, value: a + b * c * value,
-    addcdiv=addcdiv,
-    lerp=lambda a, b, weight: a + (b - a) * weight,
+    axpy=lambda a, b, alpha: a + b * _host_number(alpha),
+    addcmul=lambda a, b, c, value: a + b * c * _host_number(value),
+    addcdiv=lambda a, b, c, value: addcdiv(a, b, c, _host_number(value)),
+    lerp=lambda a, b, weight: a + (b - a) * _host_number(weight),
     clip=lambda x, low, high: torch.clamp(x, _traced_scalar(x, low), _traced_scalar(x, high)),
     rms=lambda x, scale: torch.linalg.vector_norm(x) / (x.numel() ** 0.5 * scale),
     symmetric_addmm=_matrices.plain_symmetric_addmm,
