@@ -39,11 +39,15 @@ def generate_source(
     ops: _fuse.Operands,
     dtype: torch.dtype,
     own_sqrt: bool = False,
+    rounded: bool = False,
 ) -> str:
     """The C loop of ``run`` over 2-D tensors of ``dtype``: whole rows (or pieces of long ones) in tiles of :data:`TILE`.
 
     Square roots: MKL's function (``extra[0]``), or with ``own_sqrt`` the same
-    algorithm in C (:func:`._mkl_sqrt.tile_sqrt_source`).
+    algorithm in C (:func:`._mkl_sqrt.tile_sqrt_source`); each splits the run into
+    segments. With ``rounded`` the correctly rounded ``sqrt`` is inlined instead
+    (the native loop's default, :data:`._native.EXACT_ROOT` off): the run is then one
+    segment, a single vectorised pass over each element.
     """
     suffix = "f" if dtype == torch.float32 else ""
     spans = dict(run.spans)
@@ -58,7 +62,7 @@ def generate_source(
     segment = 0
     for index in run.fused:
         segment_of[index] = segment
-        segment += structure.ops[index][0] == "sqrt"
+        segment += structure.ops[index][0] == "sqrt" and not rounded
     is_mask = {i for i in run.fused if structure.ops[i][0] in COMPARISONS}
 
     def text(ref: Ref, here: int) -> str:
@@ -66,7 +70,7 @@ def generate_source(
             return names[ref]
         if ref[0] == "node":
             node = ref[1]
-            if structure.ops[node][0] == "sqrt":
+            if structure.ops[node][0] == "sqrt" and not rounded:
                 return f"r{node}[k]"  # (MKL's results for this tile)
             if segment_of[node] == here or structure.ops[node][0] == "axis_piece":
                 return f"v{node}"
@@ -126,6 +130,9 @@ def generate_source(
                 body.append(f"          col{node}[j] = nanmax_t(col{node}[j], {value});")
                 continue
             a = [text(x, here) for x in args]
+            if op == "sqrt" and rounded:
+                body.append(f"          const T v{node} = sqrt{suffix}({a[0]});")
+                continue
             if op == "sqrt":
                 body.append(f"          q{node}[k] = {a[0]};")
                 continue
@@ -151,13 +158,13 @@ def generate_source(
         body.append("        }")
         loops += body
         for node in members:
-            if structure.ops[node][0] == "sqrt":
+            if structure.ops[node][0] == "sqrt" and not rounded:
                 loops.append(
                     f"        mkl_sqrt_tile(nr * w, q{node}, r{node});"
                     if own_sqrt
                     else f"        vsqrt((int)(nr * w), q{node}, r{node}, {VML_MODE}LL);"
                 )
-    roots = [i for i in run.fused if structure.ops[i][0] == "sqrt"]
+    roots = [i for i in run.fused if structure.ops[i][0] == "sqrt" and not rounded]
     slots = sorted({x[1] for i in run.fused for x in structure.ops[i][1] if x[0] == "slot"})
     n_e, n_v, n_p, n_h = len(ops.elements), len(ops.vectors), len(ops.tensors), len(ops.hosts)
     base = n_e + n_v + n_p
