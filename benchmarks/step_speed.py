@@ -150,6 +150,8 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "adabelief": ("AdaBelief", {}, 2),
     "yogi": ("Yogi", {}, 2),
     "adan": ("Adan", {}, 4),
+    # (and a 0-d second moment per tensor: no traffic)
+    "novograd": ("NovoGrad", {}, 1),
     # factored like Adafactor, plus a momentum buffer per element (see FACTORED_STATES)
     "sm3": ("SM3", {}, None),
     # memory-light states (issue 16): Adam's rule, its moments in bf16 or 8 bits

@@ -26,7 +26,9 @@ A partition whose state is kept in bfloat16 or 8 bits (``state_dtype``,
 The choice follows torch's switches. ``foreach=False`` asks for the
 per-tensor loop (torch's for-loop implementation); ``foreach=True`` for the
 replay; ``fused=True`` for the native kernel where the rule and tensors allow
-it, the replay elsewhere. With neither set (the default), a group runs native
+it, the replay elsewhere (for a rule the native loop cannot express, SM3's per-axis
+maxima, the replay whose per-axis loops take the native loop's correctly rounded
+square root in one pass: :mod:`._fuse_axes`). With neither set (the default), a group runs native
 when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
 elements (building a kernel costs a C compile the first time on a machine,
 well under a second, then a load from the disk cache), and the replay
@@ -52,7 +54,7 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _lowmem_native, _native, _replay, _symbolic
+from adaptim.torch import _fuse_axes, _lowmem_native, _native, _replay, _symbolic
 from adaptim.torch._engine_groups import _GRAD, _IS_CONTIGUOUS, _IS_NONE, EngineGroups
 from adaptim.torch._engine_groups import GroupRun as GroupRun
 from adaptim.torch._engine_groups import requested_path as requested_path
@@ -319,7 +321,10 @@ class Engine(EngineGroups):
                 partition.launch(kernel)(partition.grad_ptrs, traced.slots)
                 plans.append(kernel)
                 return "native"
-        plan = _replay.plan_for(structure)
+        # Where the native loop is wanted but cannot express the rule (SM3's per-axis maxima),
+        # the replay's per-axis loops round their square root as the native loop does.
+        rounded = wants_native and not _native.EXACT_ROOT and _fuse_axes.has_axes(structure)
+        plan = _replay.plan_for(structure, rounded)
         created = plan.run(partition.params, grads, *partition.state_lists, traced.slots)
         plans.append(plan)
         if structure.created:

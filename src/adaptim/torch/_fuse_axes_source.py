@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 #: the values carried from one ``sqrt`` call to the next. (Measured: 256 as fast as
 #: one call per 240-element row, 512 and 1,024 slower.)
 TILE = 256
+#: Elements per tile of a loop without root tiles (``rounded``): nothing is carried, so
+#: a tile is a whole row (up to this) or a group of short rows. (Measured, SM3 on 26 240²
+#: matrices, one thread, interleaved: 1,024 and 4,096 took 0.88-0.90x the step time of
+#: 256, 16,384 0.96x; on the MLP's matrices no difference.)
+ROW_TILE = 1024
 #: The comparisons a run takes, as C operators (their results are masks, ``int``).
 COMPARISONS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
@@ -39,11 +44,15 @@ def generate_source(
     ops: _fuse.Operands,
     dtype: torch.dtype,
     own_sqrt: bool = False,
+    rounded: bool = False,
 ) -> str:
     """The C loop of ``run`` over 2-D tensors of ``dtype``: whole rows (or pieces of long ones) in tiles of :data:`TILE`.
 
     Square roots: MKL's function (``extra[0]``), or with ``own_sqrt`` the same
-    algorithm in C (:func:`._mkl_sqrt.tile_sqrt_source`).
+    algorithm in C (:func:`._mkl_sqrt.tile_sqrt_source`); each splits the run into
+    segments. With ``rounded`` the correctly rounded ``sqrt`` is inlined instead
+    (the native loop's default, :data:`._native.EXACT_ROOT` off): the run is then one
+    segment, a single vectorised pass over each element.
     """
     suffix = "f" if dtype == torch.float32 else ""
     spans = dict(run.spans)
@@ -58,7 +67,7 @@ def generate_source(
     segment = 0
     for index in run.fused:
         segment_of[index] = segment
-        segment += structure.ops[index][0] == "sqrt"
+        segment += structure.ops[index][0] == "sqrt" and not rounded
     is_mask = {i for i in run.fused if structure.ops[i][0] in COMPARISONS}
 
     def text(ref: Ref, here: int) -> str:
@@ -66,7 +75,7 @@ def generate_source(
             return names[ref]
         if ref[0] == "node":
             node = ref[1]
-            if structure.ops[node][0] == "sqrt":
+            if structure.ops[node][0] == "sqrt" and not rounded:
                 return f"r{node}[k]"  # (MKL's results for this tile)
             if segment_of[node] == here or structure.ops[node][0] == "axis_piece":
                 return f"v{node}"
@@ -126,6 +135,9 @@ def generate_source(
                 body.append(f"          col{node}[j] = nanmax_t(col{node}[j], {value});")
                 continue
             a = [text(x, here) for x in args]
+            if op == "sqrt" and rounded:
+                body.append(f"          const T v{node} = sqrt{suffix}({a[0]});")
+                continue
             if op == "sqrt":
                 body.append(f"          q{node}[k] = {a[0]};")
                 continue
@@ -151,13 +163,14 @@ def generate_source(
         body.append("        }")
         loops += body
         for node in members:
-            if structure.ops[node][0] == "sqrt":
+            if structure.ops[node][0] == "sqrt" and not rounded:
                 loops.append(
                     f"        mkl_sqrt_tile(nr * w, q{node}, r{node});"
                     if own_sqrt
                     else f"        vsqrt((int)(nr * w), q{node}, r{node}, {VML_MODE}LL);"
                 )
-    roots = [i for i in run.fused if structure.ops[i][0] == "sqrt"]
+    roots = [i for i in run.fused if structure.ops[i][0] == "sqrt" and not rounded]
+    tile = ROW_TILE if rounded else TILE
     slots = sorted({x[1] for i in run.fused for x in structure.ops[i][1] if x[0] == "slot"})
     n_e, n_v, n_p, n_h = len(ops.elements), len(ops.vectors), len(ops.tensors), len(ops.hosts)
     base = n_e + n_v + n_p
@@ -202,7 +215,7 @@ def generate_source(
         f"    for (int64_t q = 0; q < width * {max(len(maxima), 1)}; ++q) mine[q] = -(T)INFINITY;",
         *[f"    T q{r}[{TILE}], r{r}[{TILE}];" for r in roots],
         *[f"    {'int' if c in is_mask else 'T'} c{c}[{TILE}];" for c in carried],
-        *[f"    T rm{m}[{TILE}]; int rn{m}[{TILE}];" for m in maxima],
+        *[f"    T rm{m}[{tile}]; int rn{m}[{tile}];" for m in maxima],
         "    #pragma omp for schedule(static)",
         "    for (int64_t b = 0; b < blocks; ++b) {",
         "      int64_t lo = 0, hi = n - 1;",
@@ -220,15 +233,15 @@ def generate_source(
             for k, m in enumerate(maxima)
         ],
         *[f"      T* col{m} = mine + {k} * width + offset[t];" for k, m in enumerate(maxima)],
-        f"      const int64_t group = cols < {TILE} ? {TILE} / cols : 1;",
+        f"      const int64_t group = cols < {tile} ? {tile} / cols : 1;",
         "      for (int64_t i0 = begin; i0 < end; i0 += group) {",
         "        const int64_t nr = end - i0 < group ? end - i0 : group;",
         *[
             f"        for (int64_t ri = 0; ri < nr; ++ri) {{ rm{m}[ri] = -(T)INFINITY; rn{m}[ri] = 0; }}"
             for m in maxima
         ],
-        f"        for (int64_t j0 = 0; j0 < cols; j0 += {TILE}) {{",
-        f"        const int64_t w = cols - j0 < {TILE} ? cols - j0 : {TILE};",
+        f"        for (int64_t j0 = 0; j0 < cols; j0 += {tile}) {{",
+        f"        const int64_t w = cols - j0 < {tile} ? cols - j0 : {tile};",
         *loops,
         "        }",
         *[

@@ -102,19 +102,24 @@ def _chunked(
 
 _lock = threading.Lock()
 _counter = itertools.count()
-_PLANS: dict[Structure, Plan] = {}
+_PLANS: dict[tuple[Structure, bool], Plan] = {}
 
 
-def plan_for(structure: Structure) -> Plan:
-    """The replay function of ``structure``, generated on first use and shared by every optimizer."""
-    plan = _PLANS.get(structure)
+def plan_for(structure: Structure, rounded: bool = False) -> Plan:
+    """The replay function of ``structure``, generated on first use and shared by every optimizer.
+
+    ``rounded``: its per-axis loops take the correctly rounded square root in one pass
+    (the native path's default; :mod:`._fuse_axes`), else ``torch.sqrt``'s bits.
+    """
+    cached = (structure, rounded)
+    plan = _PLANS.get(cached)
     if plan is not None:
         return plan
     with _lock:
-        plan = _PLANS.get(structure)
+        plan = _PLANS.get(cached)
         if plan is None:
             name = f"adaptim_foreach_step_{next(_counter)}"
-            emitter = _Emitter(structure)
+            emitter = _Emitter(structure, rounded)
             body = emitter.emit()
             source = f"def {name}({', '.join(structure.inputs)}, s):\n{body}\n"
             from adaptim.torch._base import TORCH_OPS  # (imports the engine, which imports this)
@@ -146,5 +151,5 @@ def plan_for(structure: Structure) -> Plan:
             if any(kinds[i] in ("host", "reduced") for i in range(len(kinds)) if i not in inside):
                 function = _chunked(function)
             plan = Plan(source=source, run=function)
-            _PLANS[structure] = plan
+            _PLANS[cached] = plan
     return plan

@@ -26,8 +26,10 @@ from adaptim.torch._trace import Ref, Structure
 class _Emitter:
     """Turns a structure into source, tracking which buffer holds each value."""
 
-    def __init__(self, structure: Structure) -> None:
+    def __init__(self, structure: Structure, rounded: bool = False) -> None:
         self.structure = structure
+        #: Per-axis loops inline the correctly rounded ``sqrt`` (see :class:`._fuse_axes.FusedAxesRun`).
+        self.rounded = rounded
         self.lines: list[str] = []
         count = len(structure.ops)
         self.end = count
@@ -92,7 +94,7 @@ class _Emitter:
         return name
 
     def emit(self) -> str:
-        runs = {run.start: run for run in _fuse_axes.find_runs(self.structure)}
+        runs = {run.start: run for run in _fuse_axes.find_runs(self.structure, self.rounded)}
         index = 0
         while index < len(self.structure.ops):
             run = runs.get(index)
@@ -123,7 +125,7 @@ class _Emitter:
         fused: _fuse.FusedRun
         if isinstance(run, _fuse_axes.AxesRun):  # (per-axis operands: vectors passed last)
             operands = _fuse_axes.operands(self.structure, run, live)
-            fused = _fuse_axes.FusedAxesRun(self.structure, run, operands)
+            fused = _fuse_axes.FusedAxesRun(self.structure, run, operands, self.rounded)
         else:
             operands = _fuse.operands(self.structure, run, live)
             fused = _fuse.FusedRun(self.structure, run, operands)
