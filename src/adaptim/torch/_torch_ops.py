@@ -8,7 +8,7 @@ concrete numbers are spelled as formulas.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -67,7 +67,7 @@ def _host_number(value: Any) -> Any:
     value is rounded to the tensor's dtype, as ATen rounds a Python scalar.
     """
     if isinstance(value, torch.SymFloat):
-        return torch.zeros((), dtype=torch.float64) + value
+        return torch.zeros((), dtype=torch.float64).add(cast(float, value))
     return value
 
 
