@@ -1,12 +1,11 @@
 """What FSDP2 parameters (DTensors) cannot take is refused clearly, and nothing changes.
 
-Memory-light states (``state_bits=8``, ``state_dtype=torch.bfloat16``) encode or round a
-whole tensor with host-side block maxima and random bits, and SM3 and Adafactor keep
-state shaped by the parameter's axes (rows and columns). None of that is written for a
-shard: the first step used to end in DTensor's own error ("got mixed torch.Tensor and
-DTensor", or for Adafactor, as for ``torch.optim.Adafactor``, "in-place operations that
-require placement changes are not supported"), naming no parameter or option. The
-refusal names both, and the step changes no parameter and no state.
+SM3 and Adafactor keep state shaped by the parameter's axes (rows and columns), which
+a shard does not have: the first step used to end in DTensor's own error ("got mixed
+torch.Tensor and DTensor", or for Adafactor, as for ``torch.optim.Adafactor``,
+"in-place operations that require placement changes are not supported"), naming no
+parameter or option. The refusal names both, and the step changes no parameter and no
+state. (Memory-light states step on shards: ``test_fsdp_lowmem.py``.)
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import adaptim
 
 #: label -> (class, arguments, what the refusal must name)
 REFUSED: dict[str, tuple[str, dict[str, Any], str]] = {
-    "8-bit": ("Adam", {"state_bits": 8}, "state_bits=8"),
-    "bfloat16": ("Adam", {"state_dtype": torch.bfloat16}, "state_dtype=torch.bfloat16"),
     "SM3": ("SM3", {}, "adaptim.SM3"),
     "Adafactor": ("Adafactor", {}, "adaptim.Adafactor"),
 }

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _hooks
+from adaptim.torch import _hooks, _lowmem_shards
 from adaptim.torch._hooks import hooked_step
 from adaptim.torch._options import _holds_tensor, hyperparameter
 from adaptim.torch._per_tensor import PerTensorLayer
@@ -197,10 +197,12 @@ class StepLayer(PerTensorLayer):
         if not isinstance(p, DTensor):
             return None
         if self.state_format is not None:
-            return (
-                f"{self.state_format.describe()} encodes or rounds whole tensors on the host "
-                "and takes plain tensors only; use the default state."
-            )
+            problem = _lowmem_shards.refusal(p)
+            if problem is not None:
+                return (
+                    f"{self.state_format.describe()} keeps a DTensor's state per local shard, "
+                    f"and {problem}; use the default state."
+                )
         if self.algorithm.state_shape is not None or self.algorithm.entry_shape is not None:
             return (
                 f"adaptim.{type(self).__name__} keeps state shaped by the parameter's axes "
