@@ -1,11 +1,10 @@
 """What FSDP2 parameters (DTensors) cannot take is refused clearly, and nothing changes.
 
-SM3 and Adafactor keep state shaped by the parameter's axes (rows and columns), which
-a shard does not have: the first step used to end in DTensor's own error ("got mixed
-torch.Tensor and DTensor", or for Adafactor, as for ``torch.optim.Adafactor``,
-"in-place operations that require placement changes are not supported"), naming no
-parameter or option. The refusal names both, and the step changes no parameter and no
-state. (Memory-light states step on shards: ``test_fsdp_lowmem.py``.)
+SM3 keeps one vector of row and column maxima concatenated, which no DTensor placement
+describes: the first step used to end in DTensor's own error ("got mixed torch.Tensor
+and DTensor"), naming no parameter or option. The refusal names both, and the step
+changes no parameter and no state. (Memory-light states and Adafactor step on shards:
+``test_fsdp_lowmem.py``.)
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import adaptim
 #: label -> (class, arguments, what the refusal must name)
 REFUSED: dict[str, tuple[str, dict[str, Any], str]] = {
     "SM3": ("SM3", {}, "adaptim.SM3"),
-    "Adafactor": ("Adafactor", {}, "adaptim.Adafactor"),
 }
 
 

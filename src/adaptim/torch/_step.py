@@ -203,11 +203,17 @@ class StepLayer(PerTensorLayer):
                     f"{self.state_format.describe()} keeps a DTensor's state per local shard, "
                     f"and {problem}; use the default state."
                 )
-        if self.algorithm.state_shape is not None or self.algorithm.entry_shape is not None:
+        if self.algorithm.entry_shape is not None:  # Adafactor: statistics summed over shards
+            problem = _lowmem_shards.refusal(p)
+            if problem is not None:
+                return (
+                    f"adaptim.{type(self).__name__} sums its statistics over shards, and {problem}."
+                )
+        if self.algorithm.state_shape is not None:
             return (
-                f"adaptim.{type(self).__name__} keeps state shaped by the parameter's axes "
-                "(its rows and columns), which a shard does not have; it takes plain tensors "
-                "only (torch.optim.Adafactor fails on DTensors too)."
+                f"adaptim.{type(self).__name__} keeps one state vector of its row and column "
+                "maxima concatenated, which no DTensor placement describes; it takes plain "
+                "tensors only."
             )
         return None
 
