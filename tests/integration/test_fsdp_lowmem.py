@@ -1,4 +1,4 @@
-"""Memory-light states (bf16, 8 bits, Adafactor's) of FSDP2's DTensor parameters, on 2 gloo ranks.
+"""Memory-light states (bf16, 8 bits, Adafactor's, SM3's) of FSDP2's DTensor parameters, 2 gloo ranks.
 
 Each rank runs the rule on its local shard and keeps the state beside it
 (``adaptim.torch._lowmem_shards``). Both ranks see the same batches, so FSDP2's
@@ -17,6 +17,8 @@ compared with one unsharded run of the same optimizer (on the reference path,
 
 * Adafactor: its row and column statistics are summed over the ranks, so it
   agrees with an unsharded run to float32 rounding (:data:`ADAFACTOR_RELATIVE`).
+* SM3: its row and column maxima are taken over the ranks (a maximum does not
+  depend on the order): bit-identical.
 
 Each time a DCP checkpoint (sharded) and a full state dict, saved half-way
 and loaded into a fresh sharded model, continue bit-identically; the full
@@ -55,7 +57,11 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "bf16": ("Adam", {"state_dtype": torch.bfloat16}, "state_dtype"),
     "8-bit": ("Adam", {"state_bits": 8}, "state_bits"),
     "Adafactor": ("Adafactor", {}, "adaptim.Adafactor"),
+    "SM3": ("SM3", {}, "adaptim.SM3"),
 }
+#: Those whose sharded runs store an unsharded run's very bits (8-bit: where shards
+#: hold whole blocks, below).
+EXACT = ("bf16", "SM3")
 #: Adafactor's row and column statistics are sums over ranks: float32 rounding apart
 #: from an unsharded run (measured: parameters 1.0e-7, full state 2.8e-7 after 6 steps;
 #: by hand, Shard(0) 6.4e-8, Shard(1) 3.2e-8 after 3; summing locally only is O(1) off).
@@ -121,6 +127,7 @@ def rates(model: torch.nn.Module, optimizer: Any) -> Params:
     return {
         name: getattr(rate, "full_tensor", rate.clone)()
         for (name, _), rate in zip(model.named_parameters(), optimizer.effective_lr(), strict=True)
+        if rate is not None  # (SM3 has none)
     }
 
 
@@ -304,7 +311,7 @@ def assert_close(actual: Params, expected: Params, what: str) -> None:
 
 
 CASES = [("bf16", "uneven"), ("bf16", "aligned"), ("8-bit", "uneven"), ("8-bit", "aligned")]
-CASES += [("Adafactor", "uneven")]
+CASES += [("Adafactor", "uneven"), ("SM3", "uneven")]
 
 
 @pytest.mark.slow  # two processes
@@ -319,12 +326,12 @@ def test_fsdp2_memory_light_state(rank_runs: RankRuns, label: str, shape: str) -
         assert_close(first["sharded"], first["unsharded"], "sharded vs unsharded")
         assert_close(first["full state"], first["unsharded state"], "full state dict")
         assert_close(first["unsharded from full"], first["unsharded"], "unsharded, from full")
-    elif label == "bf16" or shape == "aligned":  # the unsharded run's rounding bits and blocks
+    elif label in EXACT or shape == "aligned":  # bf16: the rounding bits; 8-bit: the blocks
         assert_equal(first["sharded"], first["unsharded"], "sharded vs unsharded")
         assert_equal(first["rates"], first["unsharded rates"], "effective_lr()")
     else:  # other blocks: 8-bit's own error, and no more
         assert_within_quantisation(first["sharded"], first["unsharded"], first["float32"])
-    if label == "bf16":
+    if label in EXACT:
         assert_equal(first["full state"], first["unsharded state"], "full state dict")
         assert_equal(first["unsharded from full"], first["unsharded"], "unsharded, from full")
     elif label == "8-bit" and shape == "uneven":
@@ -344,7 +351,7 @@ def test_shard_and_replicate_placements(rank_runs: RankRuns, label: str) -> None
     assert not first["refusal changed"]
     if label == "Adafactor":
         assert_close(first["distributed"], first["unsharded"], "distributed vs unsharded")
-    elif label == "bf16":
+    elif label in EXACT:
         assert_equal(first["distributed"], first["unsharded"], "distributed vs unsharded")
     else:  # Shard(0) of 37 rows of 130 starts the second block at element 2,470
         assert torch.equal(first["distributed"]["Replicate()"], first["unsharded"]["Replicate()"])

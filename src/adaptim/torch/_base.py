@@ -242,7 +242,8 @@ class Optimizer(StepLayer):
             raise TypeError(f"adaptim.{type(self).__name__} does not support complex parameters.")
         for key, fill in self.algorithm.state(hp).items():
             if key in shapes:  # not element-wise (SM3's accumulators)
-                state[key] = torch.full(shapes[key], fill or 0.0, dtype=p.dtype, device=p.device)
+                whole = torch.full(shapes[key], fill or 0.0, dtype=p.dtype, device=p.device)
+                state[key] = _lowmem_shards.replicated(p, whole)  # (SM3's, on every rank)
             elif fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 start: complex = complex(fill, fill) if p.is_complex() else fill

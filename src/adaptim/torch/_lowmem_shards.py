@@ -91,6 +91,23 @@ def _local_box(p: torch.Tensor) -> tuple[list[int], list[int]] | None:
     return shape, offset
 
 
+def local_offset(p: torch.Tensor) -> list[int]:
+    """Where the DTensor ``p``'s local shard starts along each axis of the global tensor."""
+    box = _local_box(p)
+    assert box is not None  # (refused before the first step otherwise)
+    return box[1]
+
+
+def replicated(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (the same on every rank) as a DTensor replicated over ``p``'s mesh; plain if ``p`` is."""
+    if not is_sharded(p):
+        return value
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = p.device_mesh  # type: ignore[attr-defined]
+    return DTensor.from_local(value, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
 def refusal(p: torch.Tensor) -> str | None:
     """Why a memory-light state cannot be kept for the DTensor ``p`` (``None``: it can)."""
     box = _local_box(p)

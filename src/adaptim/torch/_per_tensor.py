@@ -67,7 +67,8 @@ class PerTensorLayer(SparseLayer):
             if algorithm.step and not traceable:
                 state["step"] += 1
             return
-        if algorithm.entry_shape is not None and not traceable and _lowmem_shards.is_sharded(p):
+        axis_state = algorithm.entry_shape is not None or algorithm.state_shape is not None
+        if axis_state and not traceable and _lowmem_shards.is_sharded(p):
             self._update_shard(p, grad, state, entries, step, hp)
             return
         if grad.is_sparse:
@@ -109,10 +110,9 @@ class PerTensorLayer(SparseLayer):
         step: float | torch.Tensor,
         hp: dict[str, Any],
     ) -> None:
-        """Adafactor on a DTensor: the rule on the local shard, its statistics summed over
-        the mesh, new entries kept as DTensors of their unsharded shape (:mod:`._shard_stats`)."""
+        """Adafactor or SM3 on a DTensor: the rule on the local shard, its statistics taken
+        over the mesh, new entries kept as DTensors of their unsharded shape (:mod:`._shard_stats`)."""
         algorithm = self.algorithm
-        assert algorithm.entry_shape is not None
         local = _lowmem_shards.local
         target = local(p)
         inputs = {k: None if state.get(k) is None else local(state[k]) for k in entries}
@@ -124,6 +124,7 @@ class PerTensorLayer(SparseLayer):
         for key, value in new_state.items():
             current = inputs[key]
             if current is None:
+                assert algorithm.entry_shape is not None  # (SM3 creates its entries up front)
                 shape = algorithm.entry_shape(key, tuple(p.shape))
                 state[key] = _shard_stats.as_entry(p, value.detach().clone(), shape)
             else:

@@ -1,4 +1,4 @@
-"""Adafactor on FSDP2's DTensor shards: row and column statistics summed over the mesh.
+"""Adafactor and SM3 on FSDP2's DTensor shards: row and column statistics over the mesh.
 
 Adafactor's rule (:mod:`adaptim.algorithms.adafactor`) is element-wise but
 for three reductions, which it asks of its array backend: ``mean_square(g,
@@ -19,9 +19,15 @@ entry keeps whole is sharded as the parameter's (``row_var`` of a
 replicated (``col_var``: all ranks summed the same rows), so DCP and full
 state dicts hold what an unsharded Adafactor holds.
 
-SM3 is not covered: its state is one vector of row and column maxima
-concatenated, which no DTensor placement describes (a ``max`` all-reduce
-would do for the statistics; the state layout is what is missing).
+SM3 keeps one vector of its row and column maxima concatenated
+(:mod:`adaptim.algorithms._axes`), which no sharded placement describes: on
+DTensors it is kept whole on every rank, a ``Replicate()`` DTensor (``R + C``
+numbers for an ``R × C`` matrix). ``axis_piece`` reads the part of each
+axis's maxima that the local shard covers (from its offset along the axis),
+and ``axis_maxima`` writes the local shard's maxima at their global places,
+zeros elsewhere, and takes the maximum over the ranks (``all_reduce``, max;
+every value is ``≥ 0``). Maxima do not depend on the order they are taken in,
+so SM3 on shards is bit-identical to an unsharded run.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ def _summed(p: torch.Tensor, total: torch.Tensor, mesh_dims: list[int]) -> torch
 
 
 def sharded_ops(p: torch.Tensor, xp: ArrayOps) -> ArrayOps:
-    """``xp`` with Adafactor's reductions taken over the whole of the DTensor ``p`` (above).
+    """``xp`` with Adafactor's and SM3's reductions over the whole of the DTensor ``p`` (above).
 
     The arrays reduced are the local shards of tensors laid out as ``p`` along
     the axis reduced (the gradient, the parameter, the update, ``row_var``).
@@ -80,7 +86,36 @@ def sharded_ops(p: torch.Tensor, xp: ArrayOps) -> ArrayOps:
         norm = math.sqrt(float(_summed(p, square, every)))
         return norm / (math.sqrt(float(math.prod(shape))) * scale)
 
-    return dataclasses.replace(xp, mean_square=mean_square, mean=mean, rms=rms)
+    offset = shards.local_offset(p)
+    starts = [sum(shape[:axis]) + offset[axis] for axis in range(len(shape))]
+
+    def axis_piece(vector: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+        view = [1] * like.ndim
+        view[axis] = like.shape[axis]
+        return vector[starts[axis] : starts[axis] + like.shape[axis]].reshape(view)
+
+    def axis_maxima(x: torch.Tensor) -> torch.Tensor:
+        maxima = x.new_zeros(sum(shape))
+        if x.numel():  # (an empty shard adds nothing)
+            for axis in range(x.ndim):
+                others = tuple(b for b in range(x.ndim) if b != axis)
+                piece = torch.amax(x, dim=others) if others else x
+                maxima[starts[axis] : starts[axis] + x.shape[axis]] = piece
+        mesh = p.device_mesh  # type: ignore[attr-defined]
+        for mesh_dim in every:
+            torch.distributed.all_reduce(
+                maxima, op=torch.distributed.ReduceOp.MAX, group=mesh.get_group(mesh_dim)
+            )
+        return maxima
+
+    return dataclasses.replace(
+        xp,
+        mean_square=mean_square,
+        mean=mean,
+        rms=rms,
+        axis_piece=axis_piece,
+        axis_maxima=axis_maxima,
+    )
 
 
 def as_entry(p: torch.Tensor, value: torch.Tensor, shape: tuple[int, ...] | None) -> torch.Tensor:

@@ -203,18 +203,13 @@ class StepLayer(PerTensorLayer):
                     f"{self.state_format.describe()} keeps a DTensor's state per local shard, "
                     f"and {problem}; use the default state."
                 )
-        if self.algorithm.entry_shape is not None:  # Adafactor: statistics summed over shards
-            problem = _lowmem_shards.refusal(p)
+        if self.algorithm.entry_shape is not None or self.algorithm.state_shape is not None:
+            problem = _lowmem_shards.refusal(p)  # (Adafactor, SM3: statistics over shards)
             if problem is not None:
                 return (
-                    f"adaptim.{type(self).__name__} sums its statistics over shards, and {problem}."
+                    f"adaptim.{type(self).__name__} takes its row and column statistics over "
+                    f"shards, and {problem}."
                 )
-        if self.algorithm.state_shape is not None:
-            return (
-                f"adaptim.{type(self).__name__} keeps one state vector of its row and column "
-                "maxima concatenated, which no DTensor placement describes; it takes plain "
-                "tensors only."
-            )
         return None
 
     def _refuse_reference_input(self, index: int, p: torch.Tensor, hp: Mapping[str, Any]) -> None:
