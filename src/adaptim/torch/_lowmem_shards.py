@@ -140,20 +140,27 @@ def global_indices(p: torch.Tensor) -> torch.Tensor | None:
     return index.view(-1)
 
 
-def like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``value`` (of the local shard's shape) as a DTensor laid out as ``p``; ``value`` if ``p`` is plain."""
-    if not is_sharded(p):
-        return value
+def from_local(
+    p: torch.Tensor, value: torch.Tensor, placements: Any, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """The local ``value`` as a contiguous DTensor of global ``shape`` on ``p``'s mesh (no check)."""
     from torch.distributed.tensor import DTensor
 
     return DTensor.from_local(
         value,
         p.device_mesh,  # type: ignore[attr-defined]
-        p.placements,  # type: ignore[attr-defined]
+        placements,
         run_check=False,
-        shape=p.shape,
-        stride=torch.empty(p.shape, device="meta").stride(),
+        shape=torch.Size(shape),
+        stride=torch.empty(shape, device="meta").stride(),
     )
+
+
+def like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (of the local shard's shape) as a DTensor laid out as ``p``; ``value`` if ``p`` is plain."""
+    if not is_sharded(p):
+        return value
+    return from_local(p, value, p.placements, tuple(p.shape))  # type: ignore[attr-defined]
 
 
 def _absmax_layout(p: torch.Tensor) -> tuple[tuple[int, ...], list[Any]]:
@@ -185,19 +192,10 @@ def wrap_absmax(p: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
     """The local shard's block maxima as the DTensor :func:`absmax_shape` describes (plain: as they are)."""
     if not is_sharded(p):
         return absmax
-    from torch.distributed.tensor import DTensor
-
     shape, placements = _absmax_layout(p)
     row = absmax.new_zeros((1,) * (len(shape) - 1) + (shape[-1],))
     row.view(-1)[: absmax.numel()] = absmax
-    return DTensor.from_local(
-        row,
-        p.device_mesh,  # type: ignore[attr-defined]
-        placements,
-        run_check=False,
-        shape=torch.Size(shape),
-        stride=torch.empty(shape, device="meta").stride(),
-    )
+    return from_local(p, row, placements, shape)
 
 
 def local_absmax(absmax: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

@@ -120,7 +120,7 @@ def sharded_ops(p: torch.Tensor, xp: ArrayOps) -> ArrayOps:
 
 def as_entry(p: torch.Tensor, value: torch.Tensor, shape: tuple[int, ...] | None) -> torch.Tensor:
     """A new entry's local ``value`` as a DTensor of the entry's global ``shape`` (above)."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor import Replicate, Shard
 
     if shape is None or shape == tuple(p.shape):
         return shards.like(p, value)
@@ -130,11 +130,4 @@ def as_entry(p: torch.Tensor, value: torch.Tensor, shape: tuple[int, ...] | None
         else Replicate()
         for placement in p.placements  # type: ignore[attr-defined]
     ]
-    return DTensor.from_local(
-        value,
-        p.device_mesh,  # type: ignore[attr-defined]
-        placements,
-        run_check=False,
-        shape=torch.Size(shape),
-        stride=torch.empty(shape, device="meta").stride(),
-    )
+    return shards.from_local(p, value, placements, shape)
