@@ -21,9 +21,10 @@ compared with one unsharded run of the same optimizer (on the reference path,
   depend on the order): bit-identical.
 
 Each time a DCP checkpoint (sharded) and a full state dict, saved half-way
-and loaded into a fresh sharded model, continue bit-identically; the full
-state dict loads into an unsharded model too (bf16: continuing bit-identically
-to an unsharded run), except 8-bit's per-shard blocks, which are refused there.
+and loaded into a fresh sharded model, continue bit-identically. Full state
+dicts also move between sharded and unsharded models, both ways (bf16, SM3:
+continuing bit-identically), except 8-bit's, whose block maxima are per
+shard: refused, naming the shapes.
 Parameters distributed by hand with ``Shard(1)`` and ``Replicate()`` check
 the placements FSDP2 does not use: replicas stay equal, and bf16 stays
 bit-identical to an unsharded run.
@@ -133,8 +134,9 @@ def rates(model: torch.nn.Module, optimizer: Any) -> Params:
 
 def unsharded(
     widths: tuple[int, ...], data: list[Any], label: str | None
-) -> tuple[Params, Params, Params]:
-    """Parameters and effective learning rates after all steps, and the state half-way."""
+) -> tuple[Params, Params, Params, Any]:
+    """Parameters and effective learning rates after all steps; the optimizer's state
+    half-way, and the model's and optimizer's full state dicts then."""
     model = mlp(widths)
     optimizer = make(label, model.parameters())
     train(model, optimizer, data[: STEPS // 2])
@@ -145,8 +147,15 @@ def unsharded(
         )
         for key, value in entries.items()
     }
+    saved = copy.deepcopy(
+        (
+            get_model_state_dict(model, options=FULL),
+            get_optimizer_state_dict(model, optimizer, options=FULL),
+        )
+    )
     train(model, optimizer, data[STEPS // 2 :])
-    return snapshot(model), rates(model, optimizer) if label != "Adafactor" else {}, half
+    lrs = rates(model, optimizer) if label != "Adafactor" else {}
+    return snapshot(model), lrs, half, saved
 
 
 def fsdp_case(label: str, shape: str, folder: str) -> dict[str, Any]:
@@ -193,8 +202,8 @@ def fsdp_case(label: str, shape: str, folder: str) -> dict[str, Any]:
             set_optimizer_state_dict(resumed, resumed_optimizer, optimizer_state, options=FULL)
         train(resumed, resumed_optimizer, data[half:])
         results[f"resumed from {source}"] = snapshot(resumed)
-    # The full state dict into an unsharded model: bf16 continues as an unsharded run;
-    # 8-bit block maxima per shard are refused there.
+    # The full state dict into an unsharded model: bf16 and SM3 continue as an unsharded
+    # run; 8-bit block maxima (one row per shard) are refused there ...
     plain = mlp(widths, seed=1)
     plain_optimizer = make(label, plain.parameters())
     model_state, optimizer_state = copy.deepcopy(full)
@@ -205,9 +214,19 @@ def fsdp_case(label: str, shape: str, folder: str) -> dict[str, Any]:
         results["unsharded from full"] = snapshot(plain)
     except ValueError as refusal:
         results["unsharded from full"] = str(refusal)
-    results["unsharded"], results["unsharded rates"], results["unsharded state"] = unsharded(
-        widths, data, label
-    )
+    reference = unsharded(widths, data, label)
+    results["unsharded"], results["unsharded rates"], results["unsharded state"] = reference[:3]
+    # ... and the other way round: an unsharded run's full state dict into a sharded model.
+    resumed = sharded(widths, seed=1)
+    resumed_optimizer = make(label, resumed.parameters())
+    model_state, optimizer_state = copy.deepcopy(reference[3])
+    set_model_state_dict(resumed, model_state, options=FULL)
+    try:
+        set_optimizer_state_dict(resumed, resumed_optimizer, optimizer_state, options=FULL)
+        train(resumed, resumed_optimizer, data[half:])
+        results["sharded from unsharded"] = snapshot(resumed)
+    except ValueError as refusal:
+        results["sharded from unsharded"] = str(refusal)
     if label == "8-bit":
         results["float32"] = unsharded(widths, data, None)[0]
     return results
@@ -326,6 +345,7 @@ def test_fsdp2_memory_light_state(rank_runs: RankRuns, label: str, shape: str) -
         assert_close(first["sharded"], first["unsharded"], "sharded vs unsharded")
         assert_close(first["full state"], first["unsharded state"], "full state dict")
         assert_close(first["unsharded from full"], first["unsharded"], "unsharded, from full")
+        assert_close(first["sharded from unsharded"], first["unsharded"], "sharded, from full")
     elif label in EXACT or shape == "aligned":  # bf16: the rounding bits; 8-bit: the blocks
         assert_equal(first["sharded"], first["unsharded"], "sharded vs unsharded")
         assert_equal(first["rates"], first["unsharded rates"], "effective_lr()")
@@ -334,8 +354,10 @@ def test_fsdp2_memory_light_state(rank_runs: RankRuns, label: str, shape: str) -
     if label in EXACT:
         assert_equal(first["full state"], first["unsharded state"], "full state dict")
         assert_equal(first["unsharded from full"], first["unsharded"], "unsharded, from full")
-    elif label == "8-bit" and shape == "uneven":
-        assert "loads into the same sharding" in first["unsharded from full"]
+        assert_equal(first["sharded from unsharded"], first["unsharded"], "sharded, from full")
+    elif label == "8-bit":  # blocks per shard, whether or not they are the unsharded ones
+        for key in ("sharded from unsharded", "unsharded from full"):
+            assert "loads into the same sharding" in first[key], first[key]
 
 
 @pytest.mark.slow  # two processes
