@@ -19,7 +19,7 @@ import torch
 from adaptim import flavors
 from adaptim.algorithms._spec import Algorithm
 from adaptim.algorithms._validation import check_bool
-from adaptim.torch import _lowmem
+from adaptim.torch import _lowmem, _lowmem_shards
 from adaptim.torch._engine import Engine
 
 # (the names other modules and tests import from here)
@@ -242,7 +242,8 @@ class Optimizer(StepLayer):
             raise TypeError(f"adaptim.{type(self).__name__} does not support complex parameters.")
         for key, fill in self.algorithm.state(hp).items():
             if key in shapes:  # not element-wise (SM3's accumulators)
-                state[key] = torch.full(shapes[key], fill or 0.0, dtype=p.dtype, device=p.device)
+                whole = torch.full(shapes[key], fill or 0.0, dtype=p.dtype, device=p.device)
+                state[key] = _lowmem_shards.replicated(p, whole)  # (SM3's, on every rank)
             elif fill is not None:
                 # Complex parameters are updated as pairs of reals: fill both halves.
                 start: complex = complex(fill, fill) if p.is_complex() else fill
@@ -291,10 +292,13 @@ class Optimizer(StepLayer):
                     rates.append(None)
                     continue
                 step = max(float(state.get("step", 1.0)), 1.0)
-                if self.state_format is not None:
+                target = p
+                if self.state_format is not None:  # decoded: a DTensor's local shard
                     state = {**state, **self._decoded(p, state)}
+                    target = _lowmem_shards.local(p)
                 views = {
                     k: real_view(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()
                 }
-                rates.append(rule(real_view(p), views, step=step, xp=TORCH_OPS, **hp))
+                rate = rule(real_view(target), views, step=step, xp=TORCH_OPS, **hp)
+                rates.append(_lowmem_shards.like(p, rate) if target is not p else rate)
         return rates

@@ -70,6 +70,7 @@ from adaptim.algorithms._state_codes import ABSMAX_SUFFIX as ABSMAX_SUFFIX
 from adaptim.algorithms._state_codes import BLOCK as BLOCK
 from adaptim.algorithms._state_codes import MIN_8BIT_NUMEL as MIN_8BIT_NUMEL
 from adaptim.algorithms._state_codes import NONNEGATIVE_STATE as NONNEGATIVE_STATE
+from adaptim.torch import _lowmem_shards as shards
 from adaptim.torch._rounding import noise_shift, stochastic_round_bf16, stream_key
 
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -207,16 +208,20 @@ class StateFormat:
         return torch.promote_types(p.dtype, torch.float32)
 
     def read(self, state: Mapping[str, Any], key: str, p: torch.Tensor) -> torch.Tensor | None:
-        """The entry ``key`` decoded to the working dtype (``None`` if absent), whatever its format."""
+        """The entry ``key`` decoded to the working dtype (``None`` if absent), whatever its format.
+
+        Of a DTensor parameter: its local shard's values, a plain tensor.
+        """
         value: torch.Tensor | None = state.get(key)
         if value is None:
             return None
         if value.dtype == torch.uint8:
-            absmax = state[key + ABSMAX_SUFFIX]
+            codes = shards.local(value)
+            absmax = shards.local_absmax(state[key + ABSMAX_SUFFIX], codes)
             return dequantize_blockwise(
-                value, absmax, key not in NONNEGATIVE_STATE, self.working_dtype(p)
+                codes, absmax, key not in NONNEGATIVE_STATE, self.working_dtype(p)
             )
-        return value.to(self.working_dtype(p))
+        return shards.local(value).to(self.working_dtype(p))
 
     def write(
         self,
@@ -231,19 +236,25 @@ class StateFormat:
         """Store ``value`` (the rule's new entry at ``step``) as this format keeps it.
 
         ``position`` (the parameter's index in ``state_dict``) and ``step``
-        pick the stochastic rounding's bits (:func:`stream_key`).
+        pick the stochastic rounding's bits (:func:`stream_key`). Of a DTensor
+        parameter, ``value`` is its local shard's, and the entry is stored as
+        :mod:`._lowmem_shards` describes.
         """
         state.pop(key + ABSMAX_SUFFIX, None)
-        if self.quantizes(p):
+        if self.quantizes(p):  # (p.numel() is the global count: every rank decides alike)
             codes, absmax = quantize_blockwise(value, signed=key not in NONNEGATIVE_STATE)
-            state[key], state[key + ABSMAX_SUFFIX] = codes, absmax
+            state[key] = shards.like(p, codes)
+            state[key + ABSMAX_SUFFIX] = shards.wrap_absmax(p, absmax)
         elif self.dtype == torch.bfloat16 and value.dtype != torch.bfloat16:
             stream = stream_key(self.seed, position, key, step)
-            state[key] = stochastic_round_bf16(value.float(), stream, noise_shift(key))
+            rounded = stochastic_round_bf16(
+                value.float(), stream, noise_shift(key), shards.global_indices(p)
+            )
+            state[key] = shards.like(p, rounded)
         elif self.dtype is not None:
-            state[key] = value.to(self.dtype)
+            state[key] = shards.like(p, value.to(self.dtype))
         else:  # 8-bit optimizer, small tensor: the ordinary state
-            state[key] = value.to(p.dtype)
+            state[key] = shards.like(p, value.to(p.dtype))
 
     def _holds(self, state: Mapping[str, Any], key: str, p: torch.Tensor) -> bool:
         """Whether the entry ``key`` is already in this format."""
@@ -264,7 +275,7 @@ class StateFormat:
             if self._holds(state, key, p):  # re-encoding is not the identity (8-bit maxima)
                 continue
             value = self.read(state, key, p)
-            if value is not None and value.shape == p.shape:
+            if value is not None and value.shape == shards.local(p).shape:
                 self.write(state, key, value, p, step=step, position=position)
 
 
@@ -290,12 +301,16 @@ def update_decoded(
     """
     work = fmt.working_dtype(p)
     inputs = {k: decoded.get(k, state.get(k)) for k in entries}
-    new_p, new_state = algorithm.update(p.to(work), grad.to(work), inputs, step=step, xp=xp, **hp)
-    p.copy_(new_p)
+    # A DTensor (FSDP2's shard) steps its local shard: the rule is element-wise.
+    target = shards.local(p)
+    new_p, new_state = algorithm.update(
+        target.to(work), shards.local(grad).to(work), inputs, step=step, xp=xp, **hp
+    )
+    target.copy_(new_p)
     for key, value in new_state.items():
         # (a 0-d parameter's entries stay float32, as in the native loop: a format
         # saves nothing there; scalars such as NAdam's mu_product stay as they are)
-        if value.ndim > 0 and value.shape == p.shape and key not in algorithm.scalar_state:
+        if value.ndim > 0 and value.shape == target.shape and key not in algorithm.scalar_state:
             fmt.write(state, key, value, p, step=int(step), position=position)
         elif inputs[key] is None:  # a per-tensor value the rule creates
             state[key] = value.detach().clone()
@@ -329,8 +344,15 @@ def conform_loaded(
     plain = StateFormat(None, None)
     for key in keys:
         if state[key].dtype == torch.uint8:
-            state[key] = plain.read(state, key, p).to(p.dtype)  # type: ignore[union-attr]
+            decoded = plain.read(state, key, p)
+            assert decoded is not None
+            state[key] = shards.like(p, decoded.to(p.dtype))
             del state[key + ABSMAX_SUFFIX]
+
+
+_SHARDING_HINT = (
+    " (a sharded run's 8-bit state, whose blocks are per shard, loads into the same sharding)"
+)
 
 
 def plain_layout(state: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -344,12 +366,14 @@ def plain_layout(state: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
         if getattr(value, "dtype", None) != torch.uint8:
             continue
         absmax = state.get(key + ABSMAX_SUFFIX)
-        blocks = -(value.numel() // -BLOCK)
-        if not isinstance(absmax, torch.Tensor) or absmax.shape != (blocks,):
+        expected = shards.absmax_shape(value)
+        sharded = len(expected) > 1 or getattr(absmax, "ndim", 1) > 1
+        hint = _SHARDING_HINT if sharded else ""
+        if not isinstance(absmax, torch.Tensor) or absmax.shape != expected:
             found = "missing" if absmax is None else f"of shape {tuple(absmax.shape)}"
             return plain, (
-                f"8-bit entry {key!r} needs {key + ABSMAX_SUFFIX!r} of shape ({blocks},), "
-                f"found {found}"
+                f"8-bit entry {key!r} needs {key + ABSMAX_SUFFIX!r} of shape {expected}, "
+                f"found {found}{hint}"
             )
         plain[key] = torch.empty(value.shape, device="meta")
     return plain, None

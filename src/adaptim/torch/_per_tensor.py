@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _lowmem
+from adaptim.torch import _lowmem, _lowmem_shards, _shard_stats
 from adaptim.torch._options import real_view
 from adaptim.torch._sparse import SparseLayer, _dense_or_none
 from adaptim.torch._torch_ops import TORCH_OPS, TRACEABLE_OPS
@@ -67,6 +67,10 @@ class PerTensorLayer(SparseLayer):
             if algorithm.step and not traceable:
                 state["step"] += 1
             return
+        axis_state = algorithm.entry_shape is not None or algorithm.state_shape is not None
+        if axis_state and not traceable and _lowmem_shards.is_sharded(p):
+            self._update_shard(p, grad, state, entries, step, hp)
+            return
         if grad.is_sparse:
             mode = self._sparse_mode(p, hp)
             if mode == "rows":
@@ -96,6 +100,35 @@ class PerTensorLayer(SparseLayer):
             else:
                 current.copy_(value)
                 state[key] = inputs[key]
+
+    def _update_shard(
+        self,
+        p: torch.Tensor,
+        grad: torch.Tensor,
+        state: dict[str, Any],
+        entries: list[str],
+        step: float | torch.Tensor,
+        hp: dict[str, Any],
+    ) -> None:
+        """Adafactor or SM3 on a DTensor: the rule on the local shard, its statistics taken
+        over the mesh, new entries kept as DTensors of their unsharded shape (:mod:`._shard_stats`)."""
+        algorithm = self.algorithm
+        local = _lowmem_shards.local
+        target = local(p)
+        inputs = {k: None if state.get(k) is None else local(state[k]) for k in entries}
+        xp = _shard_stats.sharded_ops(p, TORCH_OPS)
+        new_p, new_state = algorithm.update(target, local(grad), inputs, step=step, xp=xp, **hp)
+        target.copy_(new_p)
+        if algorithm.step:
+            state["step"] += 1
+        for key, value in new_state.items():
+            current = inputs[key]
+            if current is None:
+                assert algorithm.entry_shape is not None  # (SM3 creates its entries up front)
+                shape = algorithm.entry_shape(key, tuple(p.shape))
+                state[key] = _shard_stats.as_entry(p, value.detach().clone(), shape)
+            else:
+                current.copy_(value)
 
     def _decoded(self, p: torch.Tensor, state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The encoded element-wise entries of ``state``, decoded to the working dtype."""

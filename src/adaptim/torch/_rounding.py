@@ -43,27 +43,38 @@ __all__ = [
 
 
 def rounding_noise(
-    numel: int, stream: int, device: torch.device | str = "cpu", shift: int = 16
+    numel: int,
+    stream: int,
+    device: torch.device | str = "cpu",
+    shift: int = 16,
+    indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The 16 random bits of elements ``0..numel-1`` in key ``stream`` (int32).
+    """The 16 random bits of elements ``0..numel-1`` (or of ``indices``) in key ``stream`` (int32).
 
     ``(h(i xor k) >> shift) & 0xFFFF``: the hash's top half (``shift=16``) or
     its low half (``shift=0``, a partner entry's: :func:`noise_shift`).
+    ``indices`` (int64) name the elements otherwise: a shard's global indices
+    (:func:`._lowmem_shards.global_indices`).
     """
-    x = torch.arange(numel, dtype=torch.int64, device=device).bitwise_xor_(stream)
+    if indices is None:
+        x = torch.arange(numel, dtype=torch.int64, device=device).bitwise_xor_(stream)
+    else:
+        x = indices.bitwise_xor(stream)
     mixed: torch.Tensor = mix32(x)
     return ((mixed >> shift) & 0xFFFF).to(torch.int32)
 
 
-def stochastic_round_bf16(x: torch.Tensor, stream: int, shift: int = 16) -> torch.Tensor:
+def stochastic_round_bf16(
+    x: torch.Tensor, stream: int, shift: int = 16, indices: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x`` (float32) rounded to bfloat16, up or down with probability by distance: unbiased.
 
     ``stream`` (:func:`stream_key`) and ``shift`` (:func:`noise_shift`) pick
     the random bits; element ``i`` of the flattened ``x`` uses
-    :func:`rounding_noise`'s ``i``-th.
+    :func:`rounding_noise`'s ``i``-th, or that of ``indices[i]`` when given.
     """
     bits = x.contiguous().view(torch.int32)
-    noise = rounding_noise(x.numel(), stream, x.device, shift).view(x.shape)
+    noise = rounding_noise(x.numel(), stream, x.device, shift, indices).view(x.shape)
     # Adding below bf16's last mantissa bit and truncating rounds the magnitude
     # up exactly when the noise reaches past the dropped fraction.
     rounded = ((bits + noise) & -65536).view(torch.float32)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _hooks
+from adaptim.torch import _hooks, _lowmem_shards
 from adaptim.torch._hooks import hooked_step
 from adaptim.torch._options import _holds_tensor, hyperparameter
 from adaptim.torch._per_tensor import PerTensorLayer
@@ -197,16 +197,19 @@ class StepLayer(PerTensorLayer):
         if not isinstance(p, DTensor):
             return None
         if self.state_format is not None:
-            return (
-                f"{self.state_format.describe()} encodes or rounds whole tensors on the host "
-                "and takes plain tensors only; use the default state."
-            )
-        if self.algorithm.state_shape is not None or self.algorithm.entry_shape is not None:
-            return (
-                f"adaptim.{type(self).__name__} keeps state shaped by the parameter's axes "
-                "(its rows and columns), which a shard does not have; it takes plain tensors "
-                "only (torch.optim.Adafactor fails on DTensors too)."
-            )
+            problem = _lowmem_shards.refusal(p)
+            if problem is not None:
+                return (
+                    f"{self.state_format.describe()} keeps a DTensor's state per local shard, "
+                    f"and {problem}; use the default state."
+                )
+        if self.algorithm.entry_shape is not None or self.algorithm.state_shape is not None:
+            problem = _lowmem_shards.refusal(p)  # (Adafactor, SM3: statistics over shards)
+            if problem is not None:
+                return (
+                    f"adaptim.{type(self).__name__} takes its row and column statistics over "
+                    f"shards, and {problem}."
+                )
         return None
 
     def _refuse_reference_input(self, index: int, p: torch.Tensor, hp: Mapping[str, Any]) -> None:
