@@ -26,11 +26,23 @@ C loop that does, element by element, what each of those kernels does:
 * comparisons and ``where`` with a scalar see the scalar rounded to the half
   type, as ATen's comparison kernels cast it to the common dtype.
 
+ATen's loops give the last elements of each of their chunks a scalar form that
+differs for some operations (``add(alpha=)``, ``lerp``, ``maximum``); a rule
+with one of them walks each tensor in ATen's segments and has two copies of its
+loop, one per form, so that each segment runs one (computing both forms and
+selecting per element doubled SGD-momentum's arithmetic).
+
 The conversions, round to nearest even, written as integer and float
 arithmetic GCC vectorises (its ``_Float16`` conversions stay scalar without
 AVX512-FP16, and F16C's instructions are out of reach of plain C): float32 to
 bfloat16 by adding ``0x7fff`` plus the lowest kept bit and truncating (NaN to
-``0x7fc0`` as c10's ``round_to_nearest_even``); float32 to float16 by fields
+``0x7fc0`` as c10's ``round_to_nearest_even``); after each operation in place,
+in float32's bits and without a NaN test (every NaN the loop computes keeps the
+16 zero low bits of a bfloat16's payload, of the CPU's default NaN, or of a
+slot's, made canonical by ``quiet``), and a rounded value is stored as its upper
+half: five vector instructions a rounding, no more than AVX512-BF16's
+``vcvtneps2bf16``, which reads subnormal inputs as zero (torch keeps them)
+and so would need a check of its own; float32 to float16 by fields
 (overflow to infinity, NaN to ``0x7e00``), and the rounding after each
 operation in the float domain: adding and subtracting :math:`2^{e+13}`
 (:math:`e` the exponent, at least float16's least normal one) leaves the float
