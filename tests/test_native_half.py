@@ -14,6 +14,7 @@ scalar loop).
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -199,3 +200,73 @@ def test_every_native_half_operation_is_atens_kernel(
                     f"(torch {float(reference[first])})"
                 )
     assert not failures, f"s={s}, t={t}: " + "; ".join(failures)
+
+
+def _conversion_source(dtype: torch.dtype) -> str:
+    """``round_h``, ``narrow_rounded`` and ``quiet`` of the kernels, over arrays of float32 bits."""
+    prelude = _probe_source(dtype).split("void probe0")[0]
+    return prelude + "\n".join(
+        [
+            "void round_all(int64_t n, const float* x, float* rounded, H* stored, float* slot) {",
+            "  for (int64_t i = 0; i < n; ++i) {",
+            "    rounded[i] = round_h(x[i]);",
+            "    stored[i] = narrow_rounded(rounded[i]);",
+            "    slot[i] = round_h(quiet(x[i]));",
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
+_CONVERSIONS: dict[torch.dtype, ctypes.CDLL] = {}
+
+#: float32 bit patterns: any, subnormals, near a half type's overflow and around its
+#: rounding ties (the low bits of a bfloat16's half-way point), infinities and NaN
+BITS = st.one_of(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**23 - 1).map(lambda m: m | st_sign(m)),
+    st.integers(0x7F7F0000, 0x7F800000),
+    st.tuples(st.integers(0, 2**16 - 1), st.sampled_from([0x7FFF, 0x8000, 0x8001, 0xFFFF])).map(
+        lambda hl: (hl[0] << 16) | hl[1]
+    ),
+    st.sampled_from([0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7FFFFFFF, 0x00000001]),
+)
+
+
+def st_sign(m: int) -> int:
+    """A sign bit for a drawn mantissa (its parity), so both signs of subnormals are drawn."""
+    return (m & 1) << 31
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@settings(max_examples=25, phases=PHASES, deadline=None)
+@given(bits=st.lists(BITS, min_size=1, max_size=300))
+def test_native_half_rounding_is_torchs(dtype: torch.dtype, bits: list[int]) -> None:
+    """The loop's rounding of a float32 (in place, as every operation's result) and its
+    store of a rounded value give torch's conversion to the half type, subnormals and
+    infinities included, on drawn bit patterns; a NaN stays a NaN. The bfloat16 rounding
+    has no NaN test: a NaN the loop computes keeps its payload's 16 zero low bits (a
+    bfloat16's, the CPU's default NaN's, or a slot's after ``quiet``), so only those are
+    fed to it directly; ``quiet`` makes any other NaN a slot may hold one of them."""
+    if dtype not in _CONVERSIONS:
+        path = _native.build_library(_conversion_source(dtype), name="probe_round")
+        _CONVERSIONS[dtype] = ctypes.CDLL(str(path))
+    x = torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    direct = x.clone()
+    if dtype == torch.bfloat16:  # NaNs as the loop computes them (see the docstring)
+        payload = (x.view(torch.int32) & -65536).view(torch.float32)  # (a NaN's high bits)
+        computed = torch.where(payload.isnan(), payload, torch.full_like(x, math.nan))
+        direct = torch.where(x.isnan(), computed, x)
+    rounded, slot = torch.empty_like(x), torch.empty_like(x)
+    stored = torch.empty(x.shape, dtype=dtype)
+    _CONVERSIONS[dtype].round_all(
+        ctypes.c_int64(x.numel()),
+        *(ctypes.c_void_p(t.data_ptr()) for t in (direct, rounded, stored, slot)),
+    )
+    theirs = direct.to(dtype)
+    assert bool(_same(rounded.to(dtype), theirs).all())
+    assert bool(_same(stored, theirs).all())
+    assert bool(_same(slot.to(dtype), x.to(dtype)).all())
+    assert torch.equal(rounded.isnan(), theirs.isnan())
+    assert torch.equal(rounded[~rounded.isnan()], theirs[~theirs.isnan()].float())

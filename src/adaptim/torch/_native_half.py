@@ -26,11 +26,23 @@ C loop that does, element by element, what each of those kernels does:
 * comparisons and ``where`` with a scalar see the scalar rounded to the half
   type, as ATen's comparison kernels cast it to the common dtype.
 
+ATen's loops give the last elements of each of their chunks a scalar form that
+differs for some operations (``add(alpha=)``, ``lerp``, ``maximum``); a rule
+with one of them walks each tensor in ATen's segments and has two copies of its
+loop, one per form, so that each segment runs one (computing both forms and
+selecting per element doubled SGD-momentum's arithmetic).
+
 The conversions, round to nearest even, written as integer and float
 arithmetic GCC vectorises (its ``_Float16`` conversions stay scalar without
 AVX512-FP16, and F16C's instructions are out of reach of plain C): float32 to
 bfloat16 by adding ``0x7fff`` plus the lowest kept bit and truncating (NaN to
-``0x7fc0`` as c10's ``round_to_nearest_even``); float32 to float16 by fields
+``0x7fc0`` as c10's ``round_to_nearest_even``); after each operation in place,
+in float32's bits and without a NaN test (every NaN the loop computes keeps the
+16 zero low bits of a bfloat16's payload, of the CPU's default NaN, or of a
+slot's, made canonical by ``quiet``), and a rounded value is stored as its upper
+half: five vector instructions a rounding, no more than AVX512-BF16's
+``vcvtneps2bf16``, which reads subnormal inputs as zero (torch keeps them)
+and so would need a check of its own; float32 to float16 by fields
 (overflow to infinity, NaN to ``0x7e00``), and the rounding after each
 operation in the float domain: adding and subtracting :math:`2^{e+13}`
 (:math:`e` the exponent, at least float16's least normal one) leaves the float
@@ -53,7 +65,9 @@ from adaptim.torch._trace import Ref, Structure
 #: loop beats the multi-tensor replay (benchmarks/step_speed.py ``--dtype``, MLP, one
 #: thread). bfloat16's conversions are a shift and a rounding add; float16's, written as
 #: integer arithmetic GCC vectorises (F16C's instructions are out of its reach in
-#: plain C), cost more than the replay saves: it runs native with ``fused=True`` only.
+#: plain C), cost more than the replay saves: it runs native with ``fused=True`` only
+#: (measured again with the loop copies per form: 0.38-0.63x torch's fused SGD, Adagrad,
+#: Adam, AdamW and AMSGrad on the MLP and 1.5M/52, one thread, under load).
 AUTO_NATIVE_HALF = frozenset({torch.bfloat16})
 
 #: Operations whose half form is checked against ATen (tests/test_native_half.py).
@@ -69,6 +83,7 @@ _BITS = (
     "typedef uint16_t H;",
     "static inline float bits_float(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }",
     "static inline uint32_t float_bits(float f) { union { float f; uint32_t u; } v; v.f = f; return v.u; }",
+    "static inline float quiet(float x) { return x != x ? NAN : x; }  /* a slot's NaN: canonical */",
 )
 
 _COMMON = (
@@ -123,6 +138,7 @@ HELPERS: dict[torch.dtype, tuple[str, ...]] = {
         "  const float r = (bits_float(u) + c) - c;",
         "  return bits_float(float_bits(r > 65504.0f ? (float)INFINITY : r) | sign);",
         "}",
+        "static inline H narrow_rounded(float x) { return narrow(x); }",
         *_COMMON,
     ),
     torch.bfloat16: (
@@ -135,7 +151,14 @@ HELPERS: dict[torch.dtype, tuple[str, ...]] = {
         "  const uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;",
         "  return x != x ? (H)0x7fc0 : (H)rounded;",
         "}",
-        "static inline float round_h(float x) { return widen(narrow(x)); }",
+        # rounded in place, without a NaN test: every NaN the loop computes has 16 zero low
+        # bits (its payload is a bfloat16's, or the CPU's default NaN, or a slot's, made
+        # canonical at the top: ``quiet``), so the carry never leaves the mantissa
+        "static inline float round_h(float x) {",
+        "  const uint32_t u = float_bits(x);",
+        "  return bits_float((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);",
+        "}",
+        "static inline H narrow_rounded(float x) { return (H)(float_bits(x) >> 16); }",
         *_COMMON,
     ),
 }
@@ -168,15 +191,27 @@ def _round_scalar(text: str, ref: Ref) -> str:
     return f"round_h({text})"
 
 
+def _form(tail: bool | None, scalar_loop: str, vector_loop: str) -> str:
+    """ATen's scalar-loop or vector-loop form; ``None``: chosen per element by ``tail``'s mask."""
+    if tail is None:
+        return f"pick(tail, {scalar_loop}, {vector_loop})"
+    return scalar_loop if tail else vector_loop
+
+
 def expression(
-    op: str, a: list[str], args: tuple[Ref, ...], rounded: Callable[[str, Ref], str] = _round_scalar
+    op: str,
+    a: list[str],
+    args: tuple[Ref, ...],
+    rounded: Callable[[str, Ref], str] = _round_scalar,
+    tail: bool | None = None,
 ) -> str:
     """One operation in float, as ATen's half kernel computes it before rounding.
 
     ``a`` are the rendered operands (float values, already rounded to the half
     type where they are arrays). Comparisons give an ``int``; everything else
     is rounded by the caller. ``rounded(text, ref)``: a scalar operand rounded to
-    the half type (the kernel hoists it out of the loop).
+    the half type (the kernel hoists it out of the loop). ``tail``: whether the
+    element is in ATen's scalar loop (``None``: the C mask ``tail`` says so).
     """
     if op in _SCALAR_ROUNDED:  # ATen casts a scalar operand to the tensor's half type first
         a = [
@@ -195,13 +230,13 @@ def expression(
         # ATen's add(alpha=) for half types (its ufunc kernel in the half type itself):
         # the vector loop is fmadd(b, r(alpha), a) in float; the scalar loop, which takes
         # the last elements of each of its chunks (``tail``), rounds r(alpha)·b first.
-        return f"pick(tail, {a[0]} + round_h({a[2]} * {a[1]}), fmaf({a[2]}, {a[1]}, {a[0]}))"
+        return _form(tail, f"{a[0]} + round_h({a[2]} * {a[1]})", f"fmaf({a[2]}, {a[1]}, {a[0]})")
     if op == "lerp" and args[2][0] in ("slot", "const"):
         # ATen's vector loop anchors at the nearer end as lerp_t; its scalar loop computes
         # b - (b - a)(1 - w) (a fused multiply-add too: the sign of a zero differs)
-        return f"pick(tail, lerp_s({a[0]}, {a[1]}, {a[2]}), lerp_t({a[0]}, {a[1]}, {a[2]}))"
+        return _form(tail, f"lerp_s({a[0]}, {a[1]}, {a[2]})", f"lerp_t({a[0]}, {a[1]}, {a[2]})")
     if op == "maximum":  # max(-0, +0): the vector loop gives the second, the scalar the first
-        return f"pick(tail, max_s({a[0]}, {a[1]}), max_t({a[0]}, {a[1]}))"
+        return _form(tail, f"max_s({a[0]}, {a[1]})", f"max_t({a[0]}, {a[1]})")
     if op == "clip":
         return f"clamp_h({a[0]}, {a[1]}, {a[2]})"
     if op == "addcdiv":
@@ -256,6 +291,8 @@ class HalfSource(_Source):
         super().__init__(structure, torch.float32)  # T, the compute type, is float
         self.dtype = dtype
         self.rounded_slots: set[int] = set()
+        #: Whether the loop being rendered is ATen's scalar loop (the forms of its tail).
+        self.tail = False
         self.segmented = any(
             op == "maximum" or (op in ("axpy", "lerp") and args[2][0] in ("slot", "const"))
             for op, args in structure.ops
@@ -278,6 +315,9 @@ class HalfSource(_Source):
         value = torch.tensor(float(ref[1]), dtype=torch.float32).to(self.dtype).item()
         return f"(T){value!r}"
 
+    def slot(self, index: int) -> str:
+        return f"quiet((T)s[{index}])"
+
     def loop_open(self, clause: str) -> list[str]:
         if not self.segmented:
             return super().loop_open(clause)
@@ -287,7 +327,6 @@ class HalfSource(_Source):
             "    for (int64_t from = begin, to = begin; from < end; from = to) {",
             "    int scalar_loop;",
             "    to = aten_segment(from, end, numel, chunk, &scalar_loop);",
-            "    const uint32_t tail = scalar_loop ? ~0u : 0u;  /* pick()'s mask */",
             f"    #pragma omp simd{clause}",
             "    for (int64_t i = from; i < to; ++i) {",
         ]
@@ -295,11 +334,49 @@ class HalfSource(_Source):
     def loop_close(self) -> list[str]:
         return ["    }"] if self.segmented else []
 
+    def element_loop(
+        self,
+        nodes: list[int],
+        tail: list[str],
+        head: list[str],
+        reads: list[Ref],
+        *,
+        balanced: bool = False,
+    ) -> list[str]:
+        """The loop of :class:`._native_source._Source`; segmented, one copy per form.
+
+        Each segment is wholly in ATen's vector loop or wholly in its scalar
+        loop, so the rule is rendered twice, each copy with its loop's forms,
+        and the segment runs one (computing both and selecting per element
+        doubled SGD's arithmetic).
+        """
+        self.tail = False
+        vector = super().element_loop(nodes, tail, head, reads, balanced=balanced)
+        if not self.segmented:
+            return vector
+        self.tail = True
+        scalar = super().element_loop(nodes, tail, head, reads, balanced=balanced)
+        self.tail = False
+        start = next(k for k, line in enumerate(vector) if "#pragma omp simd" in line)
+        stop = len(vector) - len(self.loop_close())
+        assert scalar[:start] == vector[:start]
+        return [
+            *vector[:start],
+            "    if (scalar_loop) {",
+            *scalar[start:stop],
+            "    } else {",
+            *vector[start:stop],
+            "    }",
+            *vector[stop:],
+        ]
+
     def load(self, element: str) -> str:
         return f"widen({element})"
 
     def write(self, name: str, ref: Ref) -> str:
-        return f"      {name}[i] = narrow({self.text(ref, 'element')});"
+        # (a node or a parameter-sized input is a half value already: no rounding to do)
+        narrow = "narrow_rounded" if ref[0] in ("node", "input") else "narrow"
+        return f"      {name}[i] = {narrow}({self.text(ref, 'element')});"
 
     def prelude(self) -> list[str]:
         width = aten_vector_elements()
@@ -309,7 +386,7 @@ class HalfSource(_Source):
     def node(self, index: int, context: str) -> str:
         op, args = self.structure.ops[index]
         rendered = [self.text(a, context) for a in args]
-        value = expression(op, rendered, args, self.rounded)
+        value = expression(op, rendered, args, self.rounded, self.tail)
         if op in _COMPARE or op in ("and", "or"):
             return value
         return f"round_h({value})"

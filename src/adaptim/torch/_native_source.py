@@ -116,6 +116,10 @@ class _Source:
         """C helpers after ``typedef ... T`` (the half loops' conversions)."""
         return []
 
+    def slot(self, index: int) -> str:
+        """The value of slot ``index`` (this step's scalar ``s[index]``) as a ``T``."""
+        return f"(T)s[{index}]"
+
     def function_head(self) -> list[str]:
         """C at the top of the kernel function, before the parallel regions."""
         return []
@@ -361,7 +365,7 @@ class _Source:
             "                  const int64_t* block_end, int threads, int step_kind,",
             "                  const int64_t* offsets) {",
         ]
-        lines += [f"  const T s{i} = (T)s[{i}];" for i in range(structure.slot_count)]
+        lines += [f"  const T s{i} = {self.slot(i)};" for i in range(structure.slot_count)]
         lines += [f"  const T r{i} = (T)(1.0 / s[{i}]);" for i in sorted(self.reciprocals)]
         lines += self.function_head()
         if self.norms or self.per_nodes:
