@@ -197,23 +197,28 @@ def _fixed(values: str, signed: bool) -> list[str]:
     ``values``, their table ``slot`` and ``fixed``, ``2¹⁶·κ + c`` truncated (:func:`segment_tables`,
     :func:`emulate`), with the constants of :func:`segment_encoder`.
 
-    The unsigned code's values are not negative but for -0.0, and any value
-    whose sign is set takes code 0 whatever its ``κ``, so ``u`` is ``x``
-    itself there (its ``κ`` may be flagged: the bucket table gives 0 too)."""
+    The unsigned code's values are not negative but for -0.0, and a value
+    that is not positive (zero, or its sign set) takes code 0 whatever its
+    ``κ``: ``u`` is ``x`` itself, and those lanes' ``fixed`` is 0 (the
+    multiply-add masked), never flagged."""
+    # (unsigned: the lanes of positive values, the others' fixed 0 and not flagged)
+    live, masked = ("", "") if signed else ("live, ", "mask_")
     return [
         f"      const __m512 x = _mm512_loadu_ps({values});",
         "      const __m512i bits = _mm512_castps_si512(recip ? _mm512_mul_ps(x, reciprocal)"
         " : _mm512_div_ps(x, divisor));",
         "      const __m512i u = _mm512_and_si512(bits, magnitude);"
         if signed
-        else "      const __m512i u = bits;",
+        else "      const __m512i u = bits;\n"
+        "      const __mmask16 live = _mm512_cmpgt_epi32_mask(bits, zero);",
         "      const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
         "      const __m512i slot = _mm512_mask_add_epi32(e, _mm512_cmpgt_epi32_mask(u,"
         " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), e, one);",
-        "      const __m512i fixed = _mm512_cvttps_epi32(_mm512_fmsub_ps(_mm512_castsi512_ps(u),"
+        f"      const __m512i fixed = _mm512_cvttps_epi32(_mm512_{'' if signed else 'maskz_'}"
+        f"fmsub_ps({live}_mm512_castsi512_ps(u),"
         " _mm512_permutex2var_ps(a_lo, slot, a_hi), _mm512_permutex2var_ps(b_lo, slot, b_hi)));",
         # (κ's fraction within δ of 0 or 1: B holds the shift by δ, see emulate)
-        "      const __mmask16 close = _mm512_testn_epi32_mask(fixed, close_bits);",
+        f"      const __mmask16 close = _mm512_{masked}testn_epi32_mask({live}fixed, close_bits);",
     ]
 
 
@@ -263,7 +268,9 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     constants = [
         "  const __m512 divisor = _mm512_set1_ps(d), reciprocal = _mm512_set1_ps(1.0f / d);",
         "  const __m512i one = _mm512_set1_epi32(1);",
-        "  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);" if signed else "",
+        "  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);"
+        if signed
+        else "  const __m512i zero = _mm512_setzero_si512();",
         f"  const __m512i low_binade = _mm512_set1_epi32({_LOW_BINADE});",
         f"  const __m512i close_bits = _mm512_set1_epi32({0xFFFF & ~(2 * _CLOSE - 1)});",
         f"  const __m512i tb_lo = _mm512_load_si512({name}_TB),"
@@ -279,11 +286,8 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
             *_bytes("sign", "pick3", "signs"),
             "    codes = _mm512_mask_subs_epu8(codes, _mm512_movepi8_mask(sign), c254, codes);",
         ]
-    else:  # (-0.0, and 0.0: code 0)
-        keep = [
-            "      fixeds[k] = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(bits, zero), fixed);",
-            "      slots[k] = slot;",
-        ]
+    else:  # (-0.0, and 0.0: code 0, their fixed masked to 0 in _fixed)
+        keep = ["      fixeds[k] = fixed; slots[k] = slot;"]
         finish = []
     table = "static const {} {}_{}[32] __attribute__((aligned(64))) = {{{}}};"
     return [
@@ -297,9 +301,7 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f"static inline __attribute__((always_inline)) int encode_{suffix}_with("
         "const float* restrict v, float d, uint8_t* restrict q, const int recip) {",
         *constants,
-        "  const __m512i c254 = _mm512_set1_epi8((char)254);"
-        if signed
-        else "  const __m512i zero = _mm512_setzero_si512();",
+        "  const __m512i c254 = _mm512_set1_epi8((char)254);" if signed else "",
         "  const __m512i pick0 = _mm512_load_si512(PICK_BYTE),"
         " pick2 = _mm512_load_si512(PICK_BYTE + 128);",
         "  const __m512i pick3 = _mm512_load_si512(PICK_BYTE + 192);" if signed else "",
