@@ -245,9 +245,10 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     negative one of the signed code takes ``254`` minus it (saturated: the
     value -1 itself is code 0), and an unsigned value that is not positive
     takes 0 (:func:`segment_tables` says why that is all). The clamp and the
-    sign are applied to 64 codes at once, as bytes (the slots and the signs
-    picked out of their dwords by byte permutations, ``TOP`` by one 64-entry
-    byte look-up). The function returns nonzero when any value was near a
+    sign are applied to 64 codes at once, as bytes (the slots picked out of
+    their dwords by byte permutations, ``TOP`` by one 64-entry byte look-up,
+    the signs as four 16-lane masks joined into one). The function returns
+    nonzero when any value was near a
     threshold, and the caller then has ``fix_<suffix>`` find those values
     again and encode each with the bucket table from the quotient ``v/d``
     itself (about 3% of blocks of random values hold one). The caller passes
@@ -281,10 +282,15 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f" b_hi = _mm512_load_ps((const float*){name}_B + 16);",
     ]
     if signed:  # (x = -u: 127 - min(lt, 127), lt = ⌊κ⌋ - 127, i.e. 254 - ⌊κ⌋, -1 -> 0)
-        keep = ["      fixeds[k] = fixed; slots[k] = slot; signs[k] = bits;"]
+        keep = [
+            "      fixeds[k] = fixed; slots[k] = slot; negative[k] = _mm512_movepi32_mask(bits);"
+        ]
+        # (the four 16-lane sign masks joined in memory order: cheaper than picking the
+        # sign bytes out of the dwords by two more byte permutations)
         finish = [
-            *_bytes("sign", "pick3", "signs"),
-            "    codes = _mm512_mask_subs_epu8(codes, _mm512_movepi8_mask(sign), c254, codes);",
+            "    const __mmask64 signs = _kunpackd_mask64(_kunpackw_mask32(negative[3], negative[2]),",
+            "                                             _kunpackw_mask32(negative[1], negative[0]));",
+            "    codes = _mm512_mask_subs_epu8(codes, signs, c254, codes);",
         ]
     else:  # (-0.0, and 0.0: code 0, their fixed masked to 0 in _fixed)
         keep = ["      fixeds[k] = fixed; slots[k] = slot;"]
@@ -304,12 +310,11 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         "  const __m512i c254 = _mm512_set1_epi8((char)254);" if signed else "",
         "  const __m512i pick0 = _mm512_load_si512(PICK_BYTE),"
         " pick2 = _mm512_load_si512(PICK_BYTE + 128);",
-        "  const __m512i pick3 = _mm512_load_si512(PICK_BYTE + 192);" if signed else "",
         f"  const __m512i tops = _mm512_load_si512({name}_TOP);",
         "  __mmask16 flagged = 0;",
         "  for (int j = 0; j < QBLOCK; j += 64) {",
         "    __m512i fixeds[4], slots[4];",
-        "    __m512i signs[4];" if signed else "",
+        "    __mmask16 negative[4];" if signed else "",
         "    for (int k = 0; k < 4; ++k) {",
         *_fixed("v + j + 16 * k", signed),
         "      flagged |= close;",
