@@ -53,8 +53,11 @@ _HEADER = [
     f"enum {{ QBLOCK = {_lowmem.BLOCK} }};",
     "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
     "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
-    "static inline T lerp_t(T a, T b, T w) { return w < (T)0.5 ? fmaf(w, b - a, a)"
-    " : fmaf(w - (T)1, b - a, b); }",
+    # (ATen's lerp, anchored at the nearer end; the choices written as selects of the
+    # operands so that, with a loop-invariant weight, the compiler splits the loop
+    # instead of computing both ends for every element)
+    "static inline T lerp_t(T a, T b, T w) { const int near_a = w < (T)0.5;"
+    " return fmaf(near_a ? w : w - (T)1, b - a, near_a ? a : b); }",
     "static inline uint32_t mix32(uint32_t x) {",
     "  x ^= x >> 16; x *= {}u; x ^= x >> 15; x *= {}u; return x ^ (x >> 16);".format(
         *_rounding.MIX_MULTIPLIERS

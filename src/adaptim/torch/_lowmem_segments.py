@@ -80,20 +80,38 @@ def _steps(bits: np.ndarray, count: int) -> np.ndarray:
 def emulate(tables: dict[str, np.ndarray], bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The encoder's code (of ``+x``, before the sign) and near flag for magnitudes ``bits``.
 
-    As the C does it: the slot ``e + (u > TB[e])``, ``κ = u·A - B`` with one
-    rounding (float64 holds the product and difference exactly), in 16-bit
-    fixed point ``K = ⌊2¹⁶·κ⌋`` (the tables scaled by 2¹⁶: the same rounding);
-    the code ``min(⌊κ⌋, TOP)``, flagged where ``κ``'s fraction is within
-    :data:`_NEAR` of 0 or 1, ``(K + c) mod 2¹⁶ < 2c`` with ``c = 2¹⁶·δ``.
+    As the C does it: the slot ``e + (u > TB[e])``, and ``κ + δ = u·A - B``
+    in 16-bit fixed point, ``K = ⌊u·A' - B'⌋`` with ``A' = 2¹⁶·A`` and
+    ``B' = 2¹⁶·B - c``, ``c = 2¹⁶·δ`` (:func:`scaled_tables`; one rounding,
+    float64 holds the product and difference exactly). The code is
+    ``min(⌊K/2¹⁶⌋, TOP)``, flagged where ``κ``'s fraction is within
+    :data:`_NEAR` of 0 or 1, ``K mod 2¹⁶ < 2c``: the shift by ``δ`` makes
+    that one test of the low bits (the code of a flagged value may then be
+    one too high; the bucket table encodes those again).
     """
     u = bits.astype(np.int64)
     e = np.maximum(u >> 23, _LOW_BINADE)
     slot = (e + (u > tables["TB"][e % 32])) % 32
     x = bits.view(np.float32).astype(np.float64)
-    kappa = (x * tables["A"][slot].astype(np.float64) - tables["B"][slot]).astype(np.float32)
-    fixed = np.floor(kappa.astype(np.float64) * 2.0**16).astype(np.int64)
-    near = (fixed + _CLOSE) % 2**16 < 2 * _CLOSE
+    scaled = scaled_tables(tables)
+    a, b = (scaled[k].view(np.float32)[slot].astype(np.float64) for k in ("A", "B"))
+    fixed = np.floor((x * a - b).astype(np.float32).astype(np.float64)).astype(np.int64)
+    near = fixed % 2**16 < 2 * _CLOSE
     return np.minimum(fixed >> 16, tables["TOP"][slot]), near
+
+
+def scaled_tables(tables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The C's ``A`` and ``B`` (as float32 bits): ``2¹⁶·A`` and ``2¹⁶·B - c`` (:func:`emulate`).
+
+    Both exact in float32: ``2¹⁶·B`` is below 2²⁴ in magnitude, a float32
+    whose step there is at most 1, so subtracting the integer ``c`` loses
+    nothing (checked).
+    """
+    a = tables["A"] * np.float32(2**16)
+    b = tables["B"] * np.float32(2**16) - np.float32(_CLOSE)
+    exact = tables["B"].astype(np.float64) * 2**16 - _CLOSE
+    assert np.array_equal(b.astype(np.float64), exact)
+    return {"A": a.view(np.uint32), "B": b.view(np.uint32)}
 
 
 def segment_tables(signed: bool) -> dict[str, np.ndarray]:
@@ -176,27 +194,31 @@ def _int_list(values: np.ndarray) -> str:
 
 def _fixed(values: str, signed: bool) -> list[str]:
     """C lines: ``bits`` of ``x = v·(1/d)`` (or ``v/d``: ``recip``) for the 16 floats at
-    ``values``, their table ``slot`` and ``fixed``, ``⌊2¹⁶·κ⌋`` (:func:`segment_tables`,
+    ``values``, their table ``slot`` and ``fixed``, ``2¹⁶·κ + c`` truncated (:func:`segment_tables`,
     :func:`emulate`), with the constants of :func:`segment_encoder`.
 
-    The unsigned code's values are not negative but for -0.0, and any value
-    whose sign is set takes code 0 whatever its ``κ``, so ``u`` is ``x``
-    itself there (its ``κ`` may be flagged: the bucket table gives 0 too)."""
+    The unsigned code's values are not negative but for -0.0, and a value
+    that is not positive (zero, or its sign set) takes code 0 whatever its
+    ``κ``: ``u`` is ``x`` itself, and those lanes' ``fixed`` is 0 (the
+    multiply-add masked), never flagged."""
+    # (unsigned: the lanes of positive values, the others' fixed 0 and not flagged)
+    live, masked = ("", "") if signed else ("live, ", "mask_")
     return [
         f"      const __m512 x = _mm512_loadu_ps({values});",
         "      const __m512i bits = _mm512_castps_si512(recip ? _mm512_mul_ps(x, reciprocal)"
         " : _mm512_div_ps(x, divisor));",
         "      const __m512i u = _mm512_and_si512(bits, magnitude);"
         if signed
-        else "      const __m512i u = bits;",
+        else "      const __m512i u = bits;\n"
+        "      const __mmask16 live = _mm512_cmpgt_epi32_mask(bits, zero);",
         "      const __m512i e = _mm512_max_epu32(_mm512_srli_epi32(u, 23), low_binade);",
         "      const __m512i slot = _mm512_mask_add_epi32(e, _mm512_cmpgt_epi32_mask(u,"
         " _mm512_permutex2var_epi32(tb_lo, e, tb_hi)), e, one);",
-        "      const __m512i fixed = _mm512_cvttps_epi32(_mm512_fmsub_ps(_mm512_castsi512_ps(u),"
+        f"      const __m512i fixed = _mm512_cvttps_epi32(_mm512_{'' if signed else 'maskz_'}"
+        f"fmsub_ps({live}_mm512_castsi512_ps(u),"
         " _mm512_permutex2var_ps(a_lo, slot, a_hi), _mm512_permutex2var_ps(b_lo, slot, b_hi)));",
-        # (κ's fraction within δ of 0 or 1)
-        "      const __mmask16 close = _mm512_testn_epi32_mask("
-        "_mm512_add_epi32(fixed, close_by), close_bits);",
+        # (κ's fraction within δ of 0 or 1: B holds the shift by δ, see emulate)
+        f"      const __mmask16 close = _mm512_{masked}testn_epi32_mask({live}fixed, close_bits);",
     ]
 
 
@@ -217,14 +239,16 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     encoding; here every look-up is a permutation of registers (32 entries
     by binade, two registers). ``κ`` is taken in 16-bit fixed point, so one
     conversion gives both the code (its third byte) and the fraction, whose
-    nearness to an integer is two integer operations. The tables hold the
+    nearness to an integer is one test of its low bits (``B`` holds the
+    shift by the near band, :func:`emulate`). The tables hold the
     code's offset, so a positive value's code is ``min(⌊κ⌋, TOP)``; a
     negative one of the signed code takes ``254`` minus it (saturated: the
     value -1 itself is code 0), and an unsigned value that is not positive
     takes 0 (:func:`segment_tables` says why that is all). The clamp and the
-    sign are applied to 64 codes at once, as bytes (the slots and the signs
-    picked out of their dwords by byte permutations, ``TOP`` by one 64-entry
-    byte look-up). The function returns nonzero when any value was near a
+    sign are applied to 64 codes at once, as bytes (the slots picked out of
+    their dwords by byte permutations, ``TOP`` by one 64-entry byte look-up,
+    the signs as four 16-lane masks joined into one). The function returns
+    nonzero when any value was near a
     threshold, and the caller then has ``fix_<suffix>`` find those values
     again and encode each with the bucket table from the quotient ``v/d``
     itself (about 3% of blocks of random values hold one). The caller passes
@@ -238,17 +262,18 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
     tables = segment_tables(signed)
     name = f"SEGMENT_{suffix}"
     limit = "0x1p125f" if signed else "1.0f"
-    scaled = {key: (tables[key] * np.float32(2**16)).view(np.uint32) for key in ("A", "B")}
+    scaled = scaled_tables(tables)
     top = np.zeros(64, np.uint8)
     for exponent in range(_LOW_BINADE, 129):  # (the byte look-up takes the slot's low 6 bits)
         top[exponent % 64] = tables["TOP"][exponent % 32]
     constants = [
         "  const __m512 divisor = _mm512_set1_ps(d), reciprocal = _mm512_set1_ps(1.0f / d);",
         "  const __m512i one = _mm512_set1_epi32(1);",
-        "  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);" if signed else "",
+        "  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);"
+        if signed
+        else "  const __m512i zero = _mm512_setzero_si512();",
         f"  const __m512i low_binade = _mm512_set1_epi32({_LOW_BINADE});",
-        f"  const __m512i close_by = _mm512_set1_epi32({_CLOSE}),"
-        f" close_bits = _mm512_set1_epi32({0xFFFF & ~(2 * _CLOSE - 1)});",
+        f"  const __m512i close_bits = _mm512_set1_epi32({0xFFFF & ~(2 * _CLOSE - 1)});",
         f"  const __m512i tb_lo = _mm512_load_si512({name}_TB),"
         f" tb_hi = _mm512_load_si512({name}_TB + 16);",
         f"  const __m512 a_lo = _mm512_load_ps((const float*){name}_A),"
@@ -257,16 +282,18 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f" b_hi = _mm512_load_ps((const float*){name}_B + 16);",
     ]
     if signed:  # (x = -u: 127 - min(lt, 127), lt = ⌊κ⌋ - 127, i.e. 254 - ⌊κ⌋, -1 -> 0)
-        keep = ["      fixeds[k] = fixed; slots[k] = slot; signs[k] = bits;"]
-        finish = [
-            *_bytes("sign", "pick3", "signs"),
-            "    codes = _mm512_mask_subs_epu8(codes, _mm512_movepi8_mask(sign), c254, codes);",
-        ]
-    else:  # (-0.0, and 0.0: code 0)
         keep = [
-            "      fixeds[k] = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(bits, zero), fixed);",
-            "      slots[k] = slot;",
+            "      fixeds[k] = fixed; slots[k] = slot; negative[k] = _mm512_movepi32_mask(bits);"
         ]
+        # (the four 16-lane sign masks joined in memory order: cheaper than picking the
+        # sign bytes out of the dwords by two more byte permutations)
+        finish = [
+            "    const __mmask64 signs = _kunpackd_mask64(_kunpackw_mask32(negative[3], negative[2]),",
+            "                                             _kunpackw_mask32(negative[1], negative[0]));",
+            "    codes = _mm512_mask_subs_epu8(codes, signs, c254, codes);",
+        ]
+    else:  # (-0.0, and 0.0: code 0, their fixed masked to 0 in _fixed)
+        keep = ["      fixeds[k] = fixed; slots[k] = slot;"]
         finish = []
     table = "static const {} {}_{}[32] __attribute__((aligned(64))) = {{{}}};"
     return [
@@ -280,17 +307,14 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
         f"static inline __attribute__((always_inline)) int encode_{suffix}_with("
         "const float* restrict v, float d, uint8_t* restrict q, const int recip) {",
         *constants,
-        "  const __m512i c254 = _mm512_set1_epi8((char)254);"
-        if signed
-        else "  const __m512i zero = _mm512_setzero_si512();",
+        "  const __m512i c254 = _mm512_set1_epi8((char)254);" if signed else "",
         "  const __m512i pick0 = _mm512_load_si512(PICK_BYTE),"
         " pick2 = _mm512_load_si512(PICK_BYTE + 128);",
-        "  const __m512i pick3 = _mm512_load_si512(PICK_BYTE + 192);" if signed else "",
         f"  const __m512i tops = _mm512_load_si512({name}_TOP);",
         "  __mmask16 flagged = 0;",
         "  for (int j = 0; j < QBLOCK; j += 64) {",
         "    __m512i fixeds[4], slots[4];",
-        "    __m512i signs[4];" if signed else "",
+        "    __mmask16 negative[4];" if signed else "",
         "    for (int k = 0; k < 4; ++k) {",
         *_fixed("v + j + 16 * k", signed),
         "      flagged |= close;",
