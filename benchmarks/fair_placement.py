@@ -30,16 +30,19 @@ T = TypeVar("T")
 STEPS = np.arange(4)  # a group's frames, each one after the one before
 
 
-def interleave(owners: int, items: int, make: Callable[[int, int], T]) -> list[list[T]]:
+def interleave(
+    owners: int, items: int, make: Callable[[int, int], T], start: int = 0
+) -> list[list[T]]:
     """``make(owner, item)`` for every item and owner, item by item: ``result[owner][item]``.
 
-    At item ``i`` the owners take their turn starting from owner ``i % owners``,
-    so none of them is always the first (or last) to take memory.
+    At item ``i`` the owners take their turn starting from owner ``(start + i) %
+    owners``, so none of them is always the first (or last) to take memory; with
+    few items, ``start`` (varied from row to row) decides who goes first.
     """
     built: list[dict[int, T]] = [{} for _ in range(owners)]
     for item in range(items):
         for turn in range(owners):
-            owner = (item + turn) % owners
+            owner = (start + item + turn) % owners
             built[owner][item] = make(owner, item)
     return [[own[i] for i in range(items)] for own in built]
 

@@ -115,6 +115,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,11 +423,17 @@ def interleaved_runners(
     values = [torch.randn(s, generator=generator) for s in shapes]  # (optimizer_runner's)
     gradients = make_grads(workload, shapes, generator)
     owners, count = len(factories), len(shapes)
+    # who goes first at the first tensor, fixed per row and spread over the rows (it
+    # matters where a workload has few tensors: one, for the embedding table)
+    start = zlib.crc32(f"{algorithm}/{workload}".encode()) % owners
     params = interleave(
-        owners, count, lambda _, i: torch.nn.Parameter(values[i].to(device, dtype, copy=True))
+        owners,
+        count,
+        lambda _, i: torch.nn.Parameter(values[i].to(device, dtype, copy=True)),
+        start,
     )
-    grads = interleave(owners, count, lambda _, i: gradients[i].clone().to(device))
-    clones = interleave(owners, count, lambda k, i: grads[k][i].clone())
+    grads = interleave(owners, count, lambda _, i: gradients[i].clone().to(device), start)
+    clones = interleave(owners, count, lambda k, i: grads[k][i].clone(), start)
     for own, first in zip(params, clones, strict=True):
         for p, g in zip(own, first, strict=True):
             p.grad = g
@@ -436,7 +443,10 @@ def interleaved_runners(
     reserves = interleave(
         owners,
         count * per_param,
-        lambda k, j: torch.zeros(params[k][j // per_param].numel() + SLACK, dtype=dtype),
+        lambda k, j: torch.zeros(
+            params[k][j // per_param].numel() + SLACK, dtype=dtype, device=device
+        ),
+        start,
     )
     runners = []
     for k, (label, factory) in enumerate(factories):
