@@ -79,10 +79,11 @@ def test_state_of_another_dtype_matches_torch(
         assert a.dtype == dtypes[1]
         if name == "Adadelta":
             # torch computes the update in place on a temporary of the state's dtype
-            # (``delta.div_(std).mul_(grad)``), a rounding that no state value shows
-            torch.testing.assert_close(
-                a, b, rtol=1e-6 if a.dtype == torch.float64 else 1e-2, atol=0
-            )
+            # (``delta.div_(std).mul_(grad)``), a rounding that no state value shows:
+            # within that dtype's rounding, relative to the tensor's scale
+            tolerance = 1e-6 if dtypes[0] == torch.float32 else 1e-2
+            scale = max(float(b.abs().max()), 1e-12)
+            assert float((a - b).abs().max()) / scale <= tolerance, key
         else:
             assert torch.equal(a, b), f"{key}: {(a - b).abs().max().item():.3g} apart"
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
