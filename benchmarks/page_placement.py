@@ -23,12 +23,12 @@ import argparse
 import mmap
 import random
 import statistics
-import struct
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from fair_placement import contiguous_share
 
 import adaptim
 
@@ -57,27 +57,6 @@ def placed(order: str, keep: list[mmap.mmap]) -> list[torch.Tensor]:
         raw[page * PAGE] = 0
     base = torch.frombuffer(arena, dtype=torch.uint8)
     return [base[i * stride : i * stride + NUMEL * 4].view(torch.float32) for i in range(TENSORS)]
-
-
-def contiguous_share(tensors: list[torch.Tensor]) -> float | None:
-    """Share of 16 KiB-aligned groups of 4 pages that are physically contiguous and aligned."""
-    groups = good = known = 0
-    try:
-        with open("/proc/self/pagemap", "rb") as pagemap:
-            for t in tensors:
-                first = t.data_ptr() // PAGE
-                count = (t.data_ptr() + t.numel() * 4 - 1) // PAGE - first + 1
-                pagemap.seek(first * 8)
-                entries = struct.iter_unpack("<Q", pagemap.read(8 * count))
-                frames = [e & ((1 << 55) - 1) for (e,) in entries]
-                known += any(frames)  # (0 without the right to read frame numbers)
-                for i in range(-first % 4, count - 3, 4):
-                    groups += 1
-                    run = frames[i : i + 4]
-                    good += run[0] % 4 == 0 and run == list(range(run[0], run[0] + 4))
-    except OSError:
-        return None
-    return good / groups if groups and known else None
 
 
 def optimizers(

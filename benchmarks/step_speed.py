@@ -8,6 +8,7 @@ Usage::
     python benchmarks/step_speed.py --table benchmarks/step_speed_cpu.json   # the README's table
     python benchmarks/step_speed.py --threads 1 --clock process   # CPU time: steadier under load
     python benchmarks/step_speed.py --isolate row    # each row in a fresh process
+    python benchmarks/step_speed.py --show-placement # each side's physically contiguous pages
     python benchmarks/step_speed.py --dtype bfloat16 --workload mlp medium   # half precision
 
 Workloads (float32, or the ``--dtype`` given: parameters, gradients and state in
@@ -37,9 +38,23 @@ are timed against torch's one implementation ("torch default"), without an
 For every algorithm each implementation holds its own copy of the same
 parameters, and they are timed *interleaved* (one step of each, in turn,
 repeated), so a noisy neighbour slows them all alike; the table reports
-medians. Before each timed step the implementation receives newly allocated
-gradients, as after ``zero_grad()`` (its default ``set_to_none=True``) and
-``backward()``. Implementations:
+medians. Before each timed step the implementation's old gradients are
+dropped and it receives newly allocated ones, as with ``zero_grad()`` (its
+default ``set_to_none=True``) and ``backward()``.
+
+Where a tensor lies in *physical* memory changes a 16M step's time by up to a
+quarter (``page_placement.py``), and memory freed earlier in the process comes
+back physically scattered to whoever allocates next. So by default
+(``--placement interleaved``) a row's implementations take their memory in
+turns, tensor by tensor, in a rotating order: parameters, the gradients'
+sources and first gradients, and placeholders that each implementation frees
+just before its constructor and first step, so that its state reuses them
+(:func:`interleaved_runners`, ``fair_placement.py``). ``--placement
+sequential`` builds each implementation in turn instead (the first then takes
+what earlier rows freed). Run as root, each row records the share of every
+implementation's parameter, gradient and state pages that lie in physically
+contiguous 16 KiB groups (``placement`` in the JSON; ``--show-placement``
+prints it), to check that none is systematically placed worse. Implementations:
 
 * ``adaptim``: ``adaptim.X(params)`` with default arguments, the headline;
 * ``adaptim foreach``: ``foreach=True`` (the multi-tensor replay, no compiler);
@@ -100,11 +115,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from fair_placement import contiguous_share, interleave, state_tensors
 
 import adaptim
 
@@ -239,6 +256,11 @@ class Runner:
     step: Callable[[], None]
     first_step: float
     times: list[float] = field(default_factory=list)
+    #: What the step reads and writes (for :func:`placement`): the parameters and optimizer.
+    params: list[torch.Tensor] = field(default_factory=list)
+    optimizer: Any = None
+    #: Per timed step, the gradients' contiguous share (they are new every step).
+    grad_shares: list[float] = field(default_factory=list)
 
 
 def synchronize(device: torch.device) -> None:
@@ -252,27 +274,48 @@ def optimizer_runner(
     workload: str,
     device: torch.device,
 ) -> Runner:
+    """One implementation, its parameters and gradients allocated now, on their own."""
     generator = torch.Generator().manual_seed(0)
     shapes = WORKLOADS[workload]
     params = [
         torch.nn.Parameter(torch.randn(s, generator=generator).to(device, dtype)) for s in shapes
     ]
     grads = [g.to(device) for g in make_grads(workload, shapes, generator)]
+    return started_runner(label, factory, params, grads, device)
+
+
+def started_runner(
+    label: str,
+    factory: Callable[[list[torch.Tensor]], Any],
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    device: torch.device,
+    release: Callable[[], None] = lambda: None,
+) -> Runner:
+    """Build the optimizer over ``params`` and take its first two steps (the first timed).
+
+    ``release`` runs just before the constructor: it frees the placeholders
+    whose memory the state is meant to take (:func:`interleaved_runners`).
+    """
+    release()  # (before the constructor: some, like Adagrad's, create their state there)
     optimizer = factory(params)
 
     def fresh_grads() -> None:
+        for p in params:  # zero_grad() (set_to_none): the old gradients are freed first,
+            p.grad = None
         for p, g in zip(params, grads, strict=True):
-            p.grad = g.clone()  # a new tensor, as autograd hands over after zero_grad()
+            p.grad = g.clone()  # then backward() allocates new ones
         synchronize(device)
 
-    fresh_grads()
+    if any(p.grad is None for p in params):
+        fresh_grads()
     start = time.perf_counter()
     optimizer.step()
     synchronize(device)
     first = time.perf_counter() - start
     fresh_grads()
     optimizer.step()  # SGD's momentum buffer: the second step is the first steady one
-    return Runner(label, fresh_grads, optimizer.step, first)
+    return Runner(label, fresh_grads, optimizer.step, first, params=params, optimizer=optimizer)
 
 
 def stream_bandwidths(device: torch.device, repeats: int) -> dict[str, float]:
@@ -304,39 +347,30 @@ def stream_bandwidths(device: torch.device, repeats: int) -> dict[str, float]:
     return rates
 
 
-def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Runner]:
+Factory = Callable[[list[torch.Tensor]], Any]
+
+
+def runner_factories(algorithm: str, device: torch.device) -> list[tuple[str, Factory]]:
+    """Each implementation timed in ``algorithm``'s row: its label and constructor."""
     name, settings, _ = ALGORITHMS[algorithm]
     ours = getattr(adaptim, name)
     formats = STATE_FORMATS.get(algorithm, {})
-    runners = [
-        optimizer_runner("adaptim", lambda p: ours(p, **settings, **formats), workload, device)
-    ]
+    runners: list[tuple[str, Factory]] = [("adaptim", lambda p: ours(p, **settings, **formats))]
     if algorithm == "adam-8bit":
         try:
             import bitsandbytes  # optional: only this row needs it
         except ImportError:
             pass
         else:
-            runners.append(
-                optimizer_runner("bnb Adam8bit", bitsandbytes.optim.Adam8bit, workload, device)
-            )
+            runners.append(("bnb Adam8bit", bitsandbytes.optim.Adam8bit))
     theirs = getattr(torch.optim, name, None)
     if algorithm in RESTRICTED_WORKLOADS:  # no foreach or fused switch on either side
         assert theirs is not None
-        default = optimizer_runner("torch default", lambda p: theirs(p), workload, device)
-        return [*runners, default]
+        return [*runners, ("torch default", lambda p: theirs(p))]
     if not formats:
-        runners.append(
-            optimizer_runner(
-                "adaptim foreach", lambda p: ours(p, **settings, foreach=True), workload, device
-            )
-        )
+        runners.append(("adaptim foreach", lambda p: ours(p, **settings, foreach=True)))
     if dtype != torch.float32 and not formats:  # the half native loop, default or not
-        runners.append(
-            optimizer_runner(
-                "adaptim fused", lambda p: ours(p, **settings, fused=True), workload, device
-            )
-        )
+        runners.append(("adaptim fused", lambda p: ours(p, **settings, fused=True)))
     if theirs is None:
         return runners
     for label, switch in (
@@ -350,12 +384,93 @@ def runners_for(algorithm: str, workload: str, device: torch.device) -> list[Run
             theirs([probe], **switch).step()
         except (TypeError, RuntimeError, ValueError):
             continue  # torch has no such implementation of this algorithm (or on this device)
+        runners.append((label, lambda p, s=switch: theirs(p, **settings, **s)))
+    return runners
+
+
+#: Elements a state placeholder has beyond its parameter's: the allocator (glibc's
+#: ``posix_memalign``) asks for a little more than the tensor's bytes, and a freed
+#: block of exactly the tensor's size would be passed over.
+SLACK = 64
+
+
+def runners_for(
+    algorithm: str, workload: str, device: torch.device, placement: str = "interleaved"
+) -> list[Runner]:
+    """The row's implementations, ready to time, their tensors placed as ``placement`` says.
+
+    ``"sequential"``: each built in turn, allocating everything it needs, the
+    way one training process would (in a row, the first takes the memory
+    freed before it). ``"interleaved"``: :func:`interleaved_runners`.
+    """
+    factories = runner_factories(algorithm, device)
+    if placement == "sequential":
+        return [optimizer_runner(label, f, workload, device) for label, f in factories]
+    return interleaved_runners(algorithm, workload, device, factories)
+
+
+def interleaved_runners(
+    algorithm: str, workload: str, device: torch.device, factories: list[tuple[str, Factory]]
+) -> list[Runner]:
+    """Every implementation's tensors allocated tensor by tensor, in a rotating order.
+
+    Parameters, gradients (the source each step clones, and the first clone)
+    and placeholders for the state (touched, so the pages are theirs) are taken in turns (``fair_placement.
+    interleave``), so each implementation gets the same mix of scattered and
+    orderly physical pages; each frees its placeholders just before its first
+    step, where its optimizer allocates its state into them.
+    """
+    shapes = WORKLOADS[workload]
+    generator = torch.Generator().manual_seed(0)
+    values = [torch.randn(s, generator=generator) for s in shapes]  # (optimizer_runner's)
+    gradients = make_grads(workload, shapes, generator)
+    owners, count = len(factories), len(shapes)
+    # who goes first at the first tensor, fixed per row and spread over the rows (it
+    # matters where a workload has few tensors: one, for the embedding table)
+    start = zlib.crc32(f"{algorithm}/{workload}".encode()) % owners
+    params = interleave(
+        owners,
+        count,
+        lambda _, i: torch.nn.Parameter(values[i].to(device, dtype, copy=True)),
+        start,
+    )
+    grads = interleave(owners, count, lambda _, i: gradients[i].clone().to(device), start)
+    clones = interleave(owners, count, lambda k, i: grads[k][i].clone(), start)
+    for own, first in zip(params, clones, strict=True):
+        for p, g in zip(own, first, strict=True):
+            p.grad = g
+    del clones
+    _, _, states = ALGORITHMS[algorithm]
+    per_param = max(states or 1, 1)
+    reserves = interleave(
+        owners,
+        count * per_param,
+        lambda k, j: torch.zeros(
+            params[k][j // per_param].numel() + SLACK, dtype=dtype, device=device
+        ),
+        start,
+    )
+    runners = []
+    for k, (label, factory) in enumerate(factories):
         runners.append(
-            optimizer_runner(
-                label, lambda p, s=switch: theirs(p, **settings, **s), workload, device
-            )
+            started_runner(label, factory, params[k], grads[k], device, reserves[k].clear)
         )
     return runners
+
+
+def placement(runners: list[Runner]) -> dict[str, dict[str, float | None]]:
+    """Per implementation, the share of its parameters', gradients' (the mean over
+    every :data:`GRAD_SAMPLES`-th round) and state's pages in physically contiguous 16 KiB groups
+    (``fair_placement.contiguous_share``).
+    """
+    return {
+        r.label: {
+            "params": contiguous_share(r.params),
+            "grads": statistics.mean(r.grad_shares) if r.grad_shares else None,
+            "state": contiguous_share(state_tensors(r.optimizer, r.params)),
+        }
+        for r in runners
+    }
 
 
 #: What a timed step reads (``--clock``): wall time, or the process's CPU time.
@@ -363,9 +478,13 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": 
 clock = time.perf_counter
 
 
+#: The gradients' placement is read every this many rounds.
+GRAD_SAMPLES = 5
+
+
 def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
     order = random.Random(0)
-    for _ in range(repeats):
+    for index in range(repeats):
         # A fresh order every round: whoever runs right after whom (caches, the
         # thread pool's state) must not favour one implementation.
         for runner in order.sample(runners, len(runners)):
@@ -374,6 +493,10 @@ def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
             runner.step()
             synchronize(device)
             runner.times.append(clock() - start)
+            if index % GRAD_SAMPLES == 0:  # (reading the page map of 1,000 tensors: ~20 ms)
+                share = contiguous_share(p.grad for p in runner.params if p.grad is not None)
+                if share is not None:
+                    runner.grad_shares.append(share)
 
 
 def report(
@@ -432,6 +555,18 @@ def print_row(row: dict[str, Any], header: bool) -> None:
         f"{row['algorithm']:<13} {ms['adaptim']:10.3f} {torch_text:>22} {ratio:>9} {foreach:>10} "
         f"{row['first_step_ms']['adaptim']:11.1f} {torch_first:>9} {row['of_roofline']:11.0%}"
     )
+
+
+def print_placement(row: dict[str, Any]) -> None:
+    """One line: each implementation's contiguous share (parameters/gradients/state)."""
+    shares = []
+    for label, parts in row.get("placement", {}).items():
+        if all(v is None for v in parts.values()):
+            continue  # (not root, or not on the CPU)
+        text = "/".join("-" if v is None else f"{v:.0%}" for v in parts.values())
+        shares.append(f"{label} {text}")
+    if shares:
+        print(f"{'':<13} contiguous 16K groups, params/grads/state: " + ", ".join(shares))
 
 
 def warn_if_busy(rows: list[dict[str, Any]]) -> None:
@@ -494,14 +629,20 @@ def markdown_table(path: str) -> str:
 
 
 def time_row(
-    algorithm: str, workload: str, device: torch.device, rates: dict[str, float], repeats: int
+    algorithm: str,
+    workload: str,
+    device: torch.device,
+    rates: dict[str, float],
+    repeats: int,
+    placement_mode: str = "interleaved",
 ) -> dict[str, Any]:
     """One row of the table, timed in this process."""
     bandwidth = max(rates.values())
-    runners = runners_for(algorithm, workload, device)
+    runners = runners_for(algorithm, workload, device, placement_mode)
     load = os.getloadavg()[0]
     measure(runners, repeats, device)
     row = report(algorithm, workload, device, runners, bandwidth)
+    row["placement"] = placement(runners)
     row["load_average"] = max(load, os.getloadavg()[0])
     row["copy_gb_per_s"] = rates["copy_"] / 1e9
     row["roofline_gb_per_s"] = bandwidth / 1e9
@@ -532,7 +673,7 @@ def isolated_rows(
                 sys.executable, os.path.abspath(__file__), "--isolate", "none",
                 "--workload", workload, "--algorithms", *batch, "--device", device.type,
                 "--repeats", str(args.repeats), "--clock", args.clock, "--dtype", args.dtype,
-                "--threads", str(torch.get_num_threads()),
+                "--threads", str(torch.get_num_threads()), "--placement", args.placement,
                 "--bandwidths", json.dumps(rates), "--json", output,
             ]  # fmt: skip
             environment = dict(os.environ)
@@ -581,6 +722,18 @@ def main() -> None:
         default="none",
         help="run each workload, or each row, in a fresh process (default: all in this one)",
     )
+    parser.add_argument(
+        "--placement",
+        choices=["interleaved", "sequential"],
+        default="interleaved",
+        help="how a row's implementations take memory: tensor by tensor in turns, so each "
+        "gets the same mix of physical pages (default), or each in turn, all at once",
+    )
+    parser.add_argument(
+        "--show-placement",
+        action="store_true",
+        help="print each implementation's share of physically contiguous pages (as root)",
+    )
     # (set by --isolate for its children: the bandwidths the parent measured, as JSON)
     parser.add_argument("--bandwidths", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -612,12 +765,17 @@ def main() -> None:
                     a for a in chosen if a not in STATE_FORMATS and a not in RESTRICTED_WORKLOADS
                 ]
             if args.isolate == "none":
-                timed = (time_row(a, workload, device, rates, args.repeats) for a in chosen)
+                timed = (
+                    time_row(a, workload, device, rates, args.repeats, args.placement)
+                    for a in chosen
+                )
             else:
                 timed = isolated_rows(args, device, workload, chosen, rates)
             for index, row in enumerate(timed):
                 if not args.bandwidths:
                     print_row(row, header=index == 0)
+                    if args.show_placement:
+                        print_placement(row)
                 rows.append(row)
     meta = {
         "torch": torch.__version__, "adaptim": adaptim.__version__,
@@ -628,6 +786,9 @@ def main() -> None:
         # "none": every row in one process, after the rows before it; else a fresh one per
         # "workload" or "row"
         "isolate": args.isolate,
+        # "interleaved": a row's implementations take memory in turns, tensor by tensor;
+        # "sequential": each in turn, all at once (see runners_for)
+        "placement": args.placement,
     }  # fmt: skip
     if args.bandwidths:  # a child: the parent reports
         with open(args.json, "w") as handle:

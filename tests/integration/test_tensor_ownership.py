@@ -85,29 +85,10 @@ def test_two_optimizers_over_the_same_parameters(name: str, path: str) -> None:
     assert_params_match(results["adaptim"], results["torch"], path)
 
 
-#: Adagrad creates its state at construction, so after ``model.to(float64)`` its
-#: ``sum`` stays float32. torch's in-place ``addcmul_`` rounds the new sum to
-#: float32 before taking its root; adaptim's rule (reference path, which takes
-#: parameters whose state has another dtype) uses the float64 sum, then stores
-#: it rounded: 1.5e-8 apart after one step. A known limitation, not a defect of
-#: the engine; fixing it means rounding each state value to its dtype inside the
-#: rule.
-STATE_ROUNDING = pytest.mark.xfail(
-    strict=True,
-    reason="state of another dtype than its parameter is used unrounded (known limitation)",
-)
-
-
-def to_float64_cases() -> list[Any]:
-    params = cases()
-    for index, case in enumerate(params):
-        if case.id == "Adagrad-default":
-            params[index] = pytest.param(*case.values, id=case.id, marks=[STATE_ROUNDING])
-    return params
-
-
-@pytest.mark.parametrize(("name", "path"), to_float64_cases())
+@pytest.mark.parametrize(("name", "path"), cases())
 def test_model_to_float64_after_construction(name: str, path: str) -> None:
+    """Adagrad's ``sum`` stays float32 (made at construction): each new value is
+    rounded to float32 where torch's in-place update rounds it (bit-identical)."""
     data = batches(STEPS, dtype=torch.float64)
     results = {}
     for library in ("torch", "adaptim"):

@@ -39,7 +39,8 @@ class ArrayOps:
 
     name: str
     sqrt: Callable[[Array], Array]
-    maximum: Callable[[Array, Array], Array]
+    #: Element-wise, NaN-propagating; either side may be a number (not both).
+    maximum: Callable[[Array | float, Array | float], Array]
     abs: Callable[[Array], Array]
     where: Callable[[Array, Array | float, Array | float], Array]
     clip: Callable[[Array, float, float], Array]
@@ -81,8 +82,9 @@ class ArrayOps:
     #: Not element-wise, for rules whose state is not (SM3's row and column maxima):
     #: the maximum over the given axes, and the concatenation of 1-D arrays.
     amax: Callable[[Array, tuple[int, ...]], Array] | None = None
-    #: The element-wise minimum, broadcasting (SM3's smallest per-axis accumulator).
-    minimum: Callable[[Array, Array], Array] | None = None
+    #: The element-wise minimum, broadcasting (SM3's smallest per-axis accumulator); either
+    #: side may be a number.
+    minimum: Callable[[Array | float, Array | float], Array] | None = None
     concat: Callable[[list[Array]], Array] | None = None
     #: Per-axis statistics kept concatenated (one value per index of each axis, SM3's
     #: row and column accumulators): only the engine's recorder has these, so that a

@@ -60,10 +60,11 @@ def rprop_update(
     low, high = step_sizes
     product = g * state["prev"]
     previous = state["step_size"]
-    # torch's factors are the etas stored in the parameter's dtype (it overwrites its
-    # sign tensor with them); where() against an array of ones in that dtype rounds
-    # them the same way (x**0 is 1 for every x, NaN and infinities included).
-    ones = previous**0
+    # torch's factors are the etas stored in the dtype of ``g * prev`` (it overwrites
+    # its sign tensor with them: the parameter's, or the wider where the state is
+    # another); where() against an array of ones in that dtype rounds them the same
+    # way (x**0 is 1 for every x, NaN and infinities included).
+    ones = product**0
     factor = xp.where(product > 0, etaplus, xp.where(product < 0, etaminus, ones))
     step_size = xp.clip(previous * factor, low, high)
     g = xp.where(product < 0, 0.0, g)

@@ -8,6 +8,7 @@ the body of the step under ``torch.compile`` (:mod:`adaptim.torch._step`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from adaptim.torch import _lowmem, _lowmem_shards, _shard_stats
 from adaptim.torch._options import real_view
 from adaptim.torch._sparse import SparseLayer, _dense_or_none
+from adaptim.torch._state_rounding import other_dtypes, update_rounded
 from adaptim.torch._torch_ops import TORCH_OPS, TRACEABLE_OPS
 
 
@@ -86,7 +88,11 @@ class PerTensorLayer(SparseLayer):
         xp = TRACEABLE_OPS if traceable else TORCH_OPS
         if p.is_complex() and algorithm.complex_arithmetic == "weight_decay":
             xp = dataclasses.replace(xp, complex_weight_decay=True)
-        new_p, new_state = algorithm.update(target, view(grad), views, step=step, xp=xp, **hp)
+        rule = functools.partial(
+            algorithm.update, target, view(grad), views, step=step, xp=xp, **hp
+        )
+        rounded = other_dtypes(target, views)
+        new_p, new_state = update_rounded(rule, rounded) if rounded else rule()
         target.copy_(new_p)
         if algorithm.step and not traceable:
             state["step"] += 1

@@ -8,6 +8,7 @@ concrete numbers are spelled as formulas.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -15,10 +16,45 @@ import torch
 from adaptim.algorithms._spec import ArrayOps, addcdiv
 from adaptim.torch import _matrices
 
+
+def _traced_scalar(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype, made by arithmetic in the graph.
+
+    Under torch 2.13's Dynamo, a float that became dynamic (an ``lr`` a
+    scheduler changes) passed as a *scalar* bound of ``clamp``, ``where`` or
+    ``minimum`` keeps its first compiled value: later values are silently
+    ignored. A tensor bound made by arithmetic is read on every call, and a
+    factory such as ``torch.full`` recompiles on each new value instead.
+    """
+    return like.new_zeros(()) + value
+
+
+def _with_numbers(
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor | float, torch.Tensor | float], torch.Tensor]:
+    """``op`` (``torch.maximum``, ``torch.minimum``: tensors only) taking a number on either side.
+
+    The number becomes a 0-d tensor of the other side's dtype, as the native
+    loop and the replay read a constant (and made by arithmetic, so a
+    hyperparameter stays live under ``torch.compile``: :func:`_traced_scalar`).
+    """
+
+    def applied(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+        if not isinstance(a, torch.Tensor):
+            if not isinstance(b, torch.Tensor):
+                raise TypeError(f"{op.__name__}: one side must be an array, got {a!r} and {b!r}")
+            a = _traced_scalar(b, a)
+        elif not isinstance(b, torch.Tensor):
+            b = _traced_scalar(a, b)
+        return op(a, b)
+
+    return applied
+
+
 TORCH_OPS = ArrayOps(
     name="torch",
     sqrt=torch.sqrt,
-    maximum=torch.maximum,
+    maximum=_with_numbers(torch.maximum),
     abs=torch.abs,
     where=torch.where,
     clip=torch.clamp,
@@ -37,24 +73,12 @@ TORCH_OPS = ArrayOps(
     eps_of=lambda x: torch.finfo(x.dtype).eps,
     rms=lambda x, scale: float(torch.linalg.vector_norm(x)) / (x.numel() ** 0.5 * scale),
     amax=lambda x, dims: torch.amax(x, dim=dims),
-    minimum=torch.minimum,
+    minimum=_with_numbers(torch.minimum),
     concat=torch.cat,
     addmm=_matrices.addmm,
     symmetric_addmm=_matrices.symmetric_addmm,
     to_bfloat16=lambda x: x.bfloat16(),
 )
-
-
-def _traced_scalar(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
-    """``value`` as a 0-d tensor of ``like``'s dtype, made by arithmetic in the graph.
-
-    Under torch 2.13's Dynamo, a float that became dynamic (an ``lr`` a
-    scheduler changes) passed as a *scalar* bound of ``clamp``, ``where`` or
-    ``minimum`` keeps its first compiled value: later values are silently
-    ignored. A tensor bound made by arithmetic is read on every call, and a
-    factory such as ``torch.full`` recompiles on each new value instead.
-    """
-    return like.new_zeros(()) + value
 
 
 def _host_number(value: Any) -> Any:
