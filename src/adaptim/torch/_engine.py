@@ -52,14 +52,14 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _lowmem_native, _native, _replay, _symbolic
+from adaptim.torch import _lowmem_native, _native, _replay, _symbolic, _triton
 from adaptim.torch._engine_groups import _GRAD, _IS_CONTIGUOUS, _IS_NONE, EngineGroups
 from adaptim.torch._engine_groups import GroupRun as GroupRun
 from adaptim.torch._engine_groups import requested_path as requested_path
 from adaptim.torch._native_half import AUTO_NATIVE_HALF
 from adaptim.torch._partition import NativeLaunch as NativeLaunch
 from adaptim.torch._partition import Partition as Partition
-from adaptim.torch._trace import Traced, Unfusable, trace
+from adaptim.torch._trace import Structure, Traced, Unfusable, trace
 
 #: ``fused=None`` builds a native kernel for CPU groups of at least this many
 #: elements (benchmarks/step_speed.py: from about this size the single pass
@@ -296,6 +296,18 @@ class Engine(EngineGroups):
         # new tensors are allocated there, and the next step runs native.
         if (
             wants_native
+            and partition.device_ok
+            and not structure.created
+            and all(map(_IS_CONTIGUOUS, grads))
+            and _triton.launchable(partition.params[0].device)
+        ):
+            launch = self._device_launch(partition, structure, mode)
+            if launch is not None:
+                launch(partition.grad_ptrs, traced.slots)
+                plans.append(launch.kernel)
+                return "triton"
+        if (
+            wants_native
             and not structure.created
             and partition.native_ok
             and all(map(_IS_CONTIGUOUS, grads))
@@ -307,14 +319,7 @@ class Engine(EngineGroups):
                     kernel = _native.kernel_for(structure, partition.params[0].dtype)
                     partition.kernel = (structure, kernel)
             except _native.NativeUnavailable as why:
-                partition.native_refused = str(why)
-                if mode == "native" and not why.structural and not partition.warned:
-                    partition.warned = True
-                    warnings.warn(
-                        f"adaptim.{type(self.optimizer).__name__}(fused=True): no native kernel "
-                        f"for this group ({why}); using the multi-tensor replay.",
-                        stacklevel=5,
-                    )
+                self._unavailable(partition, why, mode)
             else:
                 partition.launch(kernel)(partition.grad_ptrs, traced.slots)
                 plans.append(kernel)
@@ -328,6 +333,34 @@ class Engine(EngineGroups):
                     state[key] = value
             self.invalidate()  # the next step records with the new entries
         return "foreach"
+
+    def _device_launch(
+        self, partition: Partition, structure: Structure, mode: str
+    ) -> _triton.TritonLaunch | None:
+        """The partition's Triton launch for ``structure`` (:mod:`._triton`), or ``None``: replay."""
+        launch = partition.triton
+        if launch is not None and launch.structure is structure:
+            return launch
+        try:
+            kernel = _triton.kernel_for(structure, partition.params[0].dtype)
+        except _native.NativeUnavailable as why:
+            self._unavailable(partition, why, mode, stacklevel=7)
+            return None
+        launch = partition.triton = _triton.TritonLaunch(kernel, partition, structure)
+        return launch
+
+    def _unavailable(
+        self, partition: Partition, why: _native.NativeUnavailable, mode: str, stacklevel: int = 6
+    ) -> None:
+        """Remember why a partition has no kernel; warn once where ``fused=True`` asked for one."""
+        partition.native_refused = str(why)
+        if mode == "native" and not why.structural and not partition.warned:
+            partition.warned = True
+            warnings.warn(
+                f"adaptim.{type(self.optimizer).__name__}(fused=True): no native kernel "
+                f"for this group ({why}); using the multi-tensor replay.",
+                stacklevel=stacklevel,
+            )
 
     def _refuse(self, run: GroupRun, reason: str) -> None:
         run.refused = reason
