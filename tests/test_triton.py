@@ -325,14 +325,17 @@ def test_without_triton_fused_warns_once_and_replays(monkeypatch: pytest.MonkeyP
 
 
 def test_non_contiguous_parameters_take_the_replay() -> None:
-    """A transposed parameter has no pointer-table form: its partition replays (with the
-    contiguous ones it shares a state layout with, as on the CPU's native loop)."""
+    """A transposed parameter has no pointer-table form: it gets a partition of its own,
+    replayed, and the contiguous ones keep the kernel."""
     p = torch.nn.Parameter(torch.randn(30, 40).t())
     q = torch.nn.Parameter(torch.randn(300))
     optimizer = adaptim.Adam([p, q], fused=True)
     p.grad, q.grad = torch.randn(40, 30), torch.randn(300)
     optimizer.step()
-    assert optimizer.fused_status() == ["foreach (1 partition): 2 of 2 tensors"]
+    assert sorted(optimizer.fused_status()[0].split(", ")) == [
+        "foreach (1 partition)",
+        "triton (1 partition): 2 of 2 tensors",
+    ]
 
 
 def test_the_source_is_one_kernel_with_correctly_rounded_division() -> None:
@@ -345,3 +348,27 @@ def test_the_source_is_one_kernel_with_correctly_rounded_division() -> None:
     assert source.count("def adaptim_step(") == 1
     assert " / " not in source.split("def adaptim_step(")[1]
     assert _triton_source.FUSED_MULTIPLY_ADD and os.environ["TRITON_INTERPRET"] == "1"
+
+
+def test_a_kernel_triton_refuses_replays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that fails at its first launch (Triton's compile) changes nothing: that
+    step and the next replay, after one warning."""
+    generate = _triton_source.generate_source
+
+    def broken(structure: Any, dtype: torch.dtype) -> str:
+        return generate(structure, dtype).replace("tl.arange(0, BLOCK)", "tl.no_such_function()")
+
+    monkeypatch.setattr(_triton_source, "generate_source", broken)
+    monkeypatch.setattr(_triton, "_KERNELS", {})
+    generator = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(3000, generator=generator))]
+    theirs = [torch.nn.Parameter(ours[0].detach().clone())]
+    optimizers = [adaptim.Adam(ours, fused=True), torch.optim.Adam(theirs, foreach=False)]
+    with pytest.warns(UserWarning, match="Triton could not compile"):
+        for _ in range(3):
+            grad = torch.randn(3000, generator=generator)
+            for params, optimizer in zip((ours, theirs), optimizers, strict=True):
+                params[0].grad = grad.clone()
+                optimizer.step()
+    assert optimizers[0].fused_status()[0].startswith("foreach")
+    assert_close([ours[0].detach()], [theirs[0].detach()], torch.float32)

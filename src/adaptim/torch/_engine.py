@@ -303,9 +303,14 @@ class Engine(EngineGroups):
         ):
             launch = self._device_launch(partition, structure, mode)
             if launch is not None:
-                launch(partition.grad_ptrs, traced.slots)
-                plans.append(launch.kernel)
-                return "triton"
+                try:
+                    launch(partition.grad_ptrs, traced.slots)
+                except _native.NativeUnavailable as why:  # (the first launch: nothing ran)
+                    partition.device_ok = False
+                    self._unavailable(partition, why, mode)
+                else:
+                    plans.append(launch.kernel)
+                    return "triton"
         if (
             wants_native
             and not structure.created

@@ -300,11 +300,13 @@ def build_partitions(
             tuple(float(state[k]) for k in algorithm.scalar_state),
             tuple(layout),
             p.ndim if algorithm.depends_on_ndim else 2,  # (SM3 records one piece per axis)
+            # (a transposed view has no kernel form: alone, it leaves the others theirs)
+            p.is_contiguous(),
         )
         buckets.setdefault(bucket_key, []).append(p)
         states_of[p] = state
     partitions = []
-    for (device, dtype, step, _, layout, ndim), members in buckets.items():
+    for (device, dtype, step, _, layout, ndim, _), members in buckets.items():
         states = [states_of[p] for p in members]  # {} for stateless rules, as in torch
         tensor_keys = tuple(n for n, kind in layout if kind in ("element", "bf16", "q8"))
         kinds = tuple(kind for _, kind in layout if kind in ("element", "bf16", "q8"))

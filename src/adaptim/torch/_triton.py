@@ -146,8 +146,7 @@ class TritonLaunch:
     element-wise state buffer) and the block table live on the device. Per
     step only the gradients' pointers may change: they are compared with the
     last upload as a tuple, and the table is uploaded again (from pinned
-    memory, without blocking) only when one moved. float64 slots go to the
-    device the same way when they change; float32 slots are kernel arguments.
+    memory, without blocking) only when one moved. The slots are kernel arguments.
     """
 
     def __init__(self, kernel: TritonKernel, partition: Partition, structure: Structure) -> None:
@@ -166,8 +165,7 @@ class TritonLaunch:
         rows = [(t, s, min(s + block, n)) for t, n in enumerate(sizes) for s in range(0, n, block)]
         self.blocks = self._upload(torch.tensor(rows, dtype=torch.int64).reshape(-1))
         self.grid = (len(rows),)
-        self._values: list[float] | None = None
-        self.slots = self._upload(torch.zeros(1, dtype=torch.float64))
+        self.launched = False
 
     def _upload(self, host: torch.Tensor) -> torch.Tensor:
         """``host`` on the device, without a host synchronisation."""
@@ -183,18 +181,34 @@ class TritonLaunch:
             self._host[self.count : 2 * self.count] = grads
             self.table = self._upload(torch.tensor(self._host, dtype=torch.int64))
             self._grads = grads
+        scalars = tuple(map(float, slots))  # (a memo may compute an int)
+        device = self.device
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):  # Triton launches on the current device's stream
+                self._first_or_launch(scalars)
+        else:
+            self._first_or_launch(scalars)
+
+    def _first_or_launch(self, scalars: tuple[float, ...]) -> None:
+        if self.launched:
+            self._launch(scalars)
+            return
+        # The first launch compiles (or loads Triton's cache): a kernel Triton refuses
+        # becomes NativeUnavailable, before anything ran, and the step replays.
+        try:
+            self._launch(scalars)
+        except Exception as error:
+            raise NativeUnavailable(
+                f"Triton could not compile the kernel ({type(error).__name__}: {error})"
+            ) from None
+        self.launched = True
+
+    def _launch(self, scalars: tuple[float, ...]) -> None:
         kernel = self.kernel
-        scalars: tuple[float, ...] = ()
-        if kernel.dtype == torch.float32:
-            scalars = tuple(slots)
-        elif slots != self._values:
-            self.slots = self._upload(torch.tensor(slots or [0.0], dtype=torch.float64))
-            self._values = list(slots)
         kernel.function[self.grid](
             self.table,
             self.count,
             self.blocks,
-            self.slots,
             *scalars,
             BLOCK=_triton_source.BLOCK,
             FMA=kernel.fused_multiply_add,

@@ -28,9 +28,10 @@ the bit where the compiler rounds alike:
   one gives torch's bits on a GPU);
 * ``maximum`` propagates NaN, ``clip`` is ``clamp_min`` then ``clamp_max``, a
   comparison is a mask (``1``/``0`` where a rule computes with it);
-* scalars in the parameter's dtype (float32: kernel arguments, rounded from the
-  Python float as torch's ``opmath`` rounds a scalar; float64: read from a small
-  device array, since Triton passes Python floats as float32).
+* scalars computed on the host in double by the rule, as torch computes them,
+  and passed as kernel arguments annotated with the parameters' dtype (float32:
+  rounded from the Python float as ATen rounds a scalar to its ``opmath`` type;
+  float64: exact; an unannotated Python float would arrive as float32).
 
 What it does not express (norms and other per-tensor values: LARS, LAMB;
 ``pow`` to an exponent other than 0 and 2; state created on this step; half
@@ -183,8 +184,8 @@ class _Source:
         structure = self.structure
         inputs = structure.inputs
         used = {a for _, args in structure.ops for a in args} | {r for _, r in structure.outputs}
-        slots = [f"s{i}" for i in range(structure.slot_count)]
-        scalar_args = "".join(f"{s}, " for s in slots) if self.dtype == torch.float32 else ""
+        # (annotated: Triton passes an unannotated Python float as float32)
+        scalar_args = "".join(f"s{i}: {self.tl_type}, " for i in range(structure.slot_count))
         lines = [
             "import triton",
             "import triton.language as tl",
@@ -192,7 +193,7 @@ class _Source:
             "",
             "@triton.jit(do_not_specialize=['count'])",
             "def adaptim_step(",
-            "    table, count, blocks, slots,",
+            "    table, count, blocks,",
             f"    {scalar_args}BLOCK: tl.constexpr, FMA: tl.constexpr,",
             "):",
             "    # one block of one tensor: (tensor, first element, end) from the block table",
@@ -203,8 +204,11 @@ class _Source:
             "    offsets = first + tl.arange(0, BLOCK)",
             "    inside = offsets < end",
         ]
-        if self.dtype != torch.float32:  # Triton passes Python floats as float32
-            lines += [f"    {s} = tl.load(slots + {i})" for i, s in enumerate(slots)]
+        # (a no-op when compiled; the interpreter hands over the Python float, which
+        # Triton would otherwise take as a float32 constant)
+        lines += [
+            f"    s{i} = tl.full([], s{i}, {self.tl_type})" for i in range(structure.slot_count)
+        ]
         pointer = f"tl.pointer_type({self.tl_type})"
         for role, name in enumerate(inputs):
             if ("input", role) in used or any(n == name for n, _ in structure.outputs):
@@ -224,7 +228,7 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
 
     The kernel's arguments: the pointer table (``count`` pointers per role,
     role by role in ``structure.inputs`` order), ``count``, the block table
-    (``int64`` triples), the float64 slots (read only by float64 kernels), then
-    for float32 the slots as scalars, and the constants ``BLOCK`` and ``FMA``.
+    (``int64`` triples), the slots as scalars of the parameters' dtype, and the
+    constants ``BLOCK`` and ``FMA``.
     """
     return _Source(structure, dtype).source()
