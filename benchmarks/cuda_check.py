@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from typing import Any
 import torch
 
 import adaptim
-from adaptim.torch import _triton_source
+from adaptim.torch import _triton, _triton_source
 
 #: name -> (adaptim class, settings beyond the defaults, torch.optim twin or None)
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -179,7 +180,15 @@ def main() -> None:
     parser.add_argument(
         "--fma-probe", action="store_true", help="also: the kernel's bits with and without FMA"
     )
+    parser.add_argument(
+        "--interpret",
+        action="store_true",
+        help="a dry run without a GPU: --device cpu through Triton's interpreter",
+    )
     args = parser.parse_args()
+    if args.interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+        _triton.DEVICES = frozenset({"cpu", "cuda"})
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -198,7 +207,7 @@ def main() -> None:
             tolerance = TOLERANCE[dtype]
             default, _ = run(functools.partial(ours, **settings), dtype, device, args.steps)
             row["path"], row["first_step_ms"] = LAST["status"], LAST["first_step_ms"]
-            if name in KERNEL_CASES and device.type == "cuda":
+            if name in KERNEL_CASES and device.type in _triton.DEVICES:
                 ran = any("triton" in s for s in row["path"])
                 row["kernel_ran"] = ran
                 failures += not ran
