@@ -10,6 +10,11 @@ with one of:
   each element read once, in one OpenMP region. CPU, float32/float64 (and
   float16/bfloat16: :mod:`._native_half`), dense contiguous tensors, rules
   without whole-tensor norms.
+* ``triton`` (:mod:`._triton`): on a GPU, one Triton kernel generated from
+  the recording, launched once per partition over all its tensors through a
+  device table of their data pointers. CUDA, float32/float64, dense
+  contiguous tensors, rules without whole-tensor norms; not while a CUDA
+  graph is captured or Dynamo traces.
 * ``foreach`` (:mod:`._replay`): one ``torch._foreach_*`` call per recorded
   operation, in place where liveness allows; any device and dtype, no
   compiler. Bit-identical to the reference path.
@@ -29,8 +34,10 @@ replay; ``fused=True`` for the native kernel where the rule and tensors allow
 it, the replay elsewhere. With neither set (the default), a group runs native
 when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
 elements (building a kernel costs a C compile the first time on a machine,
-well under a second, then a load from the disk cache), and the replay
-otherwise; for half types only where the native loop is the faster
+well under a second, then a load from the disk cache), a CUDA group of as
+many elements runs its Triton kernel (when ``triton`` is importable; a
+compile of about a second the first time, then Triton's disk cache), and
+the replay otherwise; for half types only where the native loop is the faster
 (:data:`._native_half.AUTO_NATIVE_HALF`: bfloat16). ``Optimizer.fused_status()``
 says which path each group took and why; ``Optimizer.plans()`` shows the
 generated code.
