@@ -214,6 +214,10 @@ def test_kernel_matches_torch_optim(
     assert optimizer.fused_status() == [
         f"triton (1 partition): {len(shapes)} of {len(shapes)} tensors"
     ]
+    # the table followed every gradient that moved (the kernel read them where they were)
+    (partition,) = optimizer._engine.groups[0].partitions
+    assert partition.triton is not None and partition.triton.uploads >= 1
+    assert partition.triton._grads == tuple(p.grad.data_ptr() for p in partition.params)
     theirs, _ = run(
         functools.partial(getattr(torch.optim, cls), **hp, foreach=False), shapes, dtype, seed
     )

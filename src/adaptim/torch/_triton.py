@@ -166,6 +166,8 @@ class TritonLaunch:
         self.blocks = self._upload(torch.tensor(rows, dtype=torch.int64).reshape(-1))
         self.grid = (len(rows),)
         self.launched = False
+        #: How many times the pointer table went to the device (gradients that moved).
+        self.uploads = 0
 
     def _upload(self, host: torch.Tensor) -> torch.Tensor:
         """``host`` on the device, without a host synchronisation."""
@@ -181,6 +183,7 @@ class TritonLaunch:
             self._host[self.count : 2 * self.count] = grads
             self.table = self._upload(torch.tensor(self._host, dtype=torch.int64))
             self._grads = grads
+            self.uploads += 1
         scalars = tuple(map(float, slots))  # (a memo may compute an int)
         device = self.device
         if device.type == "cuda" and device.index != torch.cuda.current_device():
