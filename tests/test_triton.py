@@ -20,6 +20,7 @@ pointer table) and rebinds a parameter's storage (``p.data = ...``).
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -376,3 +377,41 @@ def test_a_kernel_triton_refuses_replays(monkeypatch: pytest.MonkeyPatch) -> Non
                 optimizer.step()
     assert optimizers[0].fused_status()[0].startswith("foreach")
     assert_close([ours[0].detach()], [theirs[0].detach()], torch.float32)
+
+
+@pytest.mark.parametrize(("cls", "dtype"), [("Adam", torch.float32), ("RMSprop", torch.float64)])
+def test_the_kernel_compiles_for_a_gpu(
+    cls: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generated source compiles for an H100/H200 (sm_90) without a GPU (Triton's own
+    ptxas), with correctly rounded division and root, no approximation, and no fused
+    multiply-add but the ones the rule's ``addcmul``/``lerp``/``axpy`` ask for."""
+    triton = importlib.import_module("triton")  # (the test extra: missing must fail)
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = [torch.nn.Parameter(torch.randn(100, dtype=dtype))]
+    optimizer = getattr(adaptim, cls)(params, fused=True)
+    for _ in range(2):
+        params[0].grad = torch.randn(100, dtype=dtype)
+        optimizer.step()
+    (partition,) = optimizer._engine.groups[0].partitions
+    assert partition.triton is not None
+    structure = partition.triton.structure
+    monkeypatch.delenv("TRITON_INTERPRET")
+    function = _triton._load(_triton_source.generate_source(structure, dtype))
+    scalar = "fp32" if dtype == torch.float32 else "fp64"
+    signature = {"table": "*i64", "count": "i32", "blocks": "*i64"}
+    signature |= {f"s{i}": scalar for i in range(structure.slot_count)}
+    signature |= {"BLOCK": "constexpr", "FMA": "constexpr"}
+    compiled = triton.compile(
+        ASTSource(function, signature, constexprs={"BLOCK": 1024, "FMA": True}),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": 4, "enable_fp_fusion": False},
+    )
+    ptx = compiled.asm["ptx"]
+    assert "div.rn" in ptx and "sqrt.rn" in ptx and "approx" not in ptx
+    # (``lerp`` computes both of ATen's sides, one multiply-add each, and selects)
+    fused = sum({"axpy": 1, "addcmul": 1, "lerp": 2}.get(op, 0) for op, _ in structure.ops)
+    per_thread = 1024 // (4 * 32)  # elements each thread computes
+    assert ptx.count("fma.rn") == fused * per_thread
