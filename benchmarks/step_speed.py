@@ -82,7 +82,12 @@ bytes would take at the best bandwidth of three large streaming kernels
 measured in the same run (``copy_`` and the in-place ``add_`` and ``mul_``;
 see :func:`stream_bandwidths`), divided by the step's time: the fraction of
 the memory bandwidth the step reaches. A workload that fits in the cache can
-read above 100%.
+read above 100%. ``of copy`` is the same against ``copy_``'s bandwidth alone
+(the reference on a GPU), and ``path`` what adaptim's default ran
+(``fused_status()``: ``triton``, the generated GPU kernel of
+:mod:`adaptim.torch._triton`; ``native``, the CPU loop; ``foreach``, the
+replay). With a cold cache Triton's (``TRITON_CACHE_DIR``) starts empty too, so
+a GPU kernel's first step includes its compile.
 
 By default every row runs in this one process, one after another, so each
 row inherits what the rows before it did to the process: its heap (where
@@ -261,6 +266,8 @@ class Runner:
     optimizer: Any = None
     #: Per timed step, the gradients' contiguous share (they are new every step).
     grad_shares: list[float] = field(default_factory=list)
+    #: What adaptim's step ran (``fused_status()``: ``triton``, ``native``, ``foreach``, ...).
+    status: list[str] = field(default_factory=list)
 
 
 def synchronize(device: torch.device) -> None:
@@ -315,7 +322,16 @@ def started_runner(
     first = time.perf_counter() - start
     fresh_grads()
     optimizer.step()  # SGD's momentum buffer: the second step is the first steady one
-    return Runner(label, fresh_grads, optimizer.step, first, params=params, optimizer=optimizer)
+    status = optimizer.fused_status() if hasattr(optimizer, "fused_status") else []
+    return Runner(
+        label,
+        fresh_grads,
+        optimizer.step,
+        first,
+        params=params,
+        optimizer=optimizer,
+        status=status,
+    )
 
 
 def stream_bandwidths(device: torch.device, repeats: int) -> dict[str, float]:
@@ -500,7 +516,12 @@ def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
 
 
 def report(
-    algorithm: str, workload: str, device: torch.device, runners: list[Runner], bandwidth: float
+    algorithm: str,
+    workload: str,
+    device: torch.device,
+    runners: list[Runner],
+    bandwidth: float,
+    copy_bandwidth: float | None = None,
 ) -> dict[str, Any]:
     moved = traffic(algorithm, workload)
     medians = {r.label: statistics.median(r.times) for r in runners}
@@ -525,6 +546,9 @@ def report(
         if best is None or "adaptim fused" not in medians
         else torch_times[best] / medians["adaptim fused"],
         "of_roofline": moved / bandwidth / ours,
+        # the same against ``copy_`` alone (on a GPU the fastest of the three)
+        "of_copy": None if copy_bandwidth is None else moved / copy_bandwidth / ours,
+        "adaptim_path": next(r.status for r in runners if r.label == "adaptim"),
     }
 
 
@@ -538,7 +562,8 @@ def print_row(row: dict[str, Any], header: bool) -> None:
         )
         print(
             f"{'algorithm':<13} {'adaptim ms':>10} {'torch best':>22} {'vs torch':>9} "
-            f"{'foreach vs':>10} {'1st step ms':>11} {'torch 1st':>9} {'of roofline':>11}"
+            f"{'foreach vs':>10} {'1st step ms':>11} {'torch 1st':>9} {'of roofline':>11} "
+            f"{'of copy':>7} path"
         )
     ms = row["ms"]
     best = row["torch_best"]
@@ -551,9 +576,12 @@ def print_row(row: dict[str, Any], header: bool) -> None:
     if row.get("fused_vs_torch") is not None:
         fused = ms["adaptim fused"]
         print(f"{'':<13} adaptim fused=True {fused:.3f} ms: {row['fused_vs_torch']:.2f}x")
+    of_copy = "—" if row.get("of_copy") is None else f"{row['of_copy']:.0%}"
+    path = ",".join(sorted({s.split(" ")[0] for s in row.get("adaptim_path", [])}))
     print(
         f"{row['algorithm']:<13} {ms['adaptim']:10.3f} {torch_text:>22} {ratio:>9} {foreach:>10} "
-        f"{row['first_step_ms']['adaptim']:11.1f} {torch_first:>9} {row['of_roofline']:11.0%}"
+        f"{row['first_step_ms']['adaptim']:11.1f} {torch_first:>9} {row['of_roofline']:11.0%} "
+        f"{of_copy:>7} {path}"
     )
 
 
@@ -641,7 +669,7 @@ def time_row(
     runners = runners_for(algorithm, workload, device, placement_mode)
     load = os.getloadavg()[0]
     measure(runners, repeats, device)
-    row = report(algorithm, workload, device, runners, bandwidth)
+    row = report(algorithm, workload, device, runners, bandwidth, rates["copy_"])
     row["placement"] = placement(runners)
     row["load_average"] = max(load, os.getloadavg()[0])
     row["copy_gb_per_s"] = rates["copy_"] / 1e9
@@ -679,8 +707,9 @@ def isolated_rows(
             environment = dict(os.environ)
             if args.warm_cache:
                 command.append("--warm-cache")
-            else:  # cold for this process too: its own empty kernel cache
+            else:  # cold for this process too: its own empty kernel caches
                 environment["ADAPTIM_CACHE_DIR"] = os.path.join(scratch, "cache")
+                environment["TRITON_CACHE_DIR"] = os.path.join(scratch, "cache", "triton")
             subprocess.run(command, env=environment, check=True)
             with open(output) as handle:
                 yield from json.load(handle)["rows"]
@@ -747,6 +776,8 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
     if not args.warm_cache and not args.bandwidths:  # (a child has its own from the parent)
         os.environ["ADAPTIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptim-bench-")
+        # Triton's own cache too: a GPU kernel's first step includes its compile
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(os.environ["ADAPTIM_CACHE_DIR"], "triton")
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))

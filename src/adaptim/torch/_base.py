@@ -51,10 +51,11 @@ class Optimizer(StepLayer):
 
     ``fused`` and ``foreach`` (param-group keys, as in torch) pick how a step
     executes (:mod:`adaptim.torch._engine`): by default a CPU group of at least
-    64k elements runs one native compiled loop over all its tensors, and
-    anything else the multi-tensor replay (``torch._foreach_*``), which is
+    64k elements runs one native compiled loop over all its tensors, a CUDA
+    group of as many one generated Triton kernel (:mod:`adaptim.torch._triton`),
+    and anything else the multi-tensor replay (``torch._foreach_*``), which is
     bit-identical to the per-tensor rule; ``fused=True`` asks for the native
-    loop, ``fused=False`` or ``foreach=True`` for the replay, ``foreach=False``
+    loop or the Triton kernel, ``fused=False`` or ``foreach=True`` for the replay, ``foreach=False``
     for the per-tensor loop (torch's for-loop). Parameters, gradients and
     state are never moved or rebound. :meth:`fused_status` says which path
     each group took and why; :meth:`plans` shows the generated code.

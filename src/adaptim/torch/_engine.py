@@ -10,6 +10,11 @@ with one of:
   each element read once, in one OpenMP region. CPU, float32/float64 (and
   float16/bfloat16: :mod:`._native_half`), dense contiguous tensors, rules
   without whole-tensor norms.
+* ``triton`` (:mod:`._triton`): on a GPU, one Triton kernel generated from
+  the recording, launched once per partition over all its tensors through a
+  device table of their data pointers. CUDA, float32/float64, dense
+  contiguous tensors, rules without whole-tensor norms; not while a CUDA
+  graph is captured or Dynamo traces.
 * ``foreach`` (:mod:`._replay`): one ``torch._foreach_*`` call per recorded
   operation, in place where liveness allows; any device and dtype, no
   compiler. Bit-identical to the reference path.
@@ -31,8 +36,10 @@ maxima, the replay whose per-axis loops take the native loop's correctly rounded
 square root in one pass: :mod:`._fuse_axes`). With neither set (the default), a group runs native
 when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
 elements (building a kernel costs a C compile the first time on a machine,
-well under a second, then a load from the disk cache), and the replay
-otherwise; for half types only where the native loop is the faster
+well under a second, then a load from the disk cache), a CUDA group of any
+size runs its Triton kernel (when ``triton`` is importable; a compile of
+about a second the first time, then Triton's disk cache; on a GPU the
+replay is launch-bound at every size), and the replay otherwise; for half types only where the native loop is the faster
 (:data:`._native_half.AUTO_NATIVE_HALF`: bfloat16). ``Optimizer.fused_status()``
 says which path each group took and why; ``Optimizer.plans()`` shows the
 generated code.
@@ -54,14 +61,14 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _fuse_axes, _lowmem_native, _native, _replay, _symbolic
+from adaptim.torch import _fuse_axes, _lowmem_native, _native, _replay, _symbolic, _triton
 from adaptim.torch._engine_groups import _GRAD, _IS_CONTIGUOUS, _IS_NONE, EngineGroups
 from adaptim.torch._engine_groups import GroupRun as GroupRun
 from adaptim.torch._engine_groups import requested_path as requested_path
 from adaptim.torch._native_half import AUTO_NATIVE_HALF
 from adaptim.torch._partition import NativeLaunch as NativeLaunch
 from adaptim.torch._partition import Partition as Partition
-from adaptim.torch._trace import Traced, Unfusable, trace
+from adaptim.torch._trace import Structure, Traced, Unfusable, trace
 
 #: ``fused=None`` builds a native kernel for CPU groups of at least this many
 #: elements (benchmarks/step_speed.py: from about this size the single pass
@@ -289,13 +296,32 @@ class Engine(EngineGroups):
         structure = traced.structure
         # (the group's size, not the partition's: a group that splits, say its 8-bit
         # matrices from its fp32 biases, pays the kernel build once anyway)
+        auto_half = not partition.half or partition.params[0].dtype in AUTO_NATIVE_HALF
         wants_native = mode == "native" or (
-            mode == "auto"
-            and group_numel >= AUTO_NATIVE_MIN_NUMEL
-            and (not partition.half or partition.params[0].dtype in AUTO_NATIVE_HALF)
+            mode == "auto" and group_numel >= AUTO_NATIVE_MIN_NUMEL and auto_half
         )
+        # On a GPU the replay is launch-bound (a launch per operation and chunk) and
+        # the kernel one launch: the default takes it at every size.
+        wants_kernel = mode == "native" or (mode == "auto" and auto_half)
         # A step that creates state (SGD's first momentum buffer) is replayed: the
         # new tensors are allocated there, and the next step runs native.
+        if (
+            wants_kernel
+            and partition.device_ok
+            and not structure.created
+            and all(map(_IS_CONTIGUOUS, grads))
+            and _triton.launchable(partition.params[0].device)
+        ):
+            launch = self._device_launch(partition, structure, mode)
+            if launch is not None:
+                try:
+                    launch(partition.grad_ptrs, traced.slots)
+                except _native.NativeUnavailable as why:  # (the first launch: nothing ran)
+                    partition.device_ok = False
+                    self._unavailable(partition, why, mode)
+                else:
+                    plans.append(launch.kernel)
+                    return "triton"
         if (
             wants_native
             and not structure.created
@@ -309,14 +335,7 @@ class Engine(EngineGroups):
                     kernel = _native.kernel_for(structure, partition.params[0].dtype)
                     partition.kernel = (structure, kernel)
             except _native.NativeUnavailable as why:
-                partition.native_refused = str(why)
-                if mode == "native" and not why.structural and not partition.warned:
-                    partition.warned = True
-                    warnings.warn(
-                        f"adaptim.{type(self.optimizer).__name__}(fused=True): no native kernel "
-                        f"for this group ({why}); using the multi-tensor replay.",
-                        stacklevel=5,
-                    )
+                self._unavailable(partition, why, mode)
             else:
                 partition.launch(kernel)(partition.grad_ptrs, traced.slots)
                 plans.append(kernel)
@@ -333,6 +352,34 @@ class Engine(EngineGroups):
                     state[key] = value
             self.invalidate()  # the next step records with the new entries
         return "foreach"
+
+    def _device_launch(
+        self, partition: Partition, structure: Structure, mode: str
+    ) -> _triton.TritonLaunch | None:
+        """The partition's Triton launch for ``structure`` (:mod:`._triton`), or ``None``: replay."""
+        launch = partition.triton
+        if launch is not None and launch.structure is structure:
+            return launch
+        try:
+            kernel = _triton.kernel_for(structure, partition.params[0].dtype)
+        except _native.NativeUnavailable as why:
+            self._unavailable(partition, why, mode, stacklevel=7)
+            return None
+        launch = partition.triton = _triton.TritonLaunch(kernel, partition, structure)
+        return launch
+
+    def _unavailable(
+        self, partition: Partition, why: _native.NativeUnavailable, mode: str, stacklevel: int = 6
+    ) -> None:
+        """Remember why a partition has no kernel; warn once where ``fused=True`` asked for one."""
+        partition.native_refused = str(why)
+        if mode == "native" and not why.structural and not partition.warned:
+            partition.warned = True
+            warnings.warn(
+                f"adaptim.{type(self.optimizer).__name__}(fused=True): no native kernel "
+                f"for this group ({why}); using the multi-tensor replay.",
+                stacklevel=stacklevel,
+            )
 
     def _refuse(self, run: GroupRun, reason: str) -> None:
         run.refused = reason

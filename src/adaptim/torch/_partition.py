@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from adaptim.algorithms._state_codes import ABSMAX_SUFFIX
-from adaptim.torch import _hugepages, _lowmem_native, _native, _symbolic
+from adaptim.torch import _hugepages, _lowmem_native, _native, _symbolic, _triton
 from adaptim.torch._trace import HALF_DTYPES
 
 if TYPE_CHECKING:
@@ -68,6 +68,10 @@ class Partition:
     encodings: tuple[str, ...] = ()
     #: The encoded loop's kernel and rounding keys (:class:`._lowmem_native.Bound`).
     lowmem: Any = None
+    #: Whether a Triton kernel may step it (:data:`._triton.DEVICES`, float32/float64, contiguous).
+    device_ok: bool = False
+    #: The bound Triton launch of the last structure's kernel (:class:`._triton.TritonLaunch`).
+    triton: _triton.TritonLaunch | None = None
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -296,11 +300,13 @@ def build_partitions(
             tuple(float(state[k]) for k in algorithm.scalar_state),
             tuple(layout),
             p.ndim if algorithm.depends_on_ndim else 2,  # (SM3 records one piece per axis)
+            # (a transposed view has no kernel form: alone, it leaves the others theirs)
+            p.is_contiguous(),
         )
         buckets.setdefault(bucket_key, []).append(p)
         states_of[p] = state
     partitions = []
-    for (device, dtype, step, _, layout, ndim), members in buckets.items():
+    for (device, dtype, step, _, layout, ndim, _), members in buckets.items():
         states = [states_of[p] for p in members]  # {} for stateless rules, as in torch
         tensor_keys = tuple(n for n, kind in layout if kind in ("element", "bf16", "q8"))
         kinds = tuple(kind for _, kind in layout if kind in ("element", "bf16", "q8"))
@@ -320,7 +326,11 @@ def build_partitions(
                 ndim=ndim,
                 ptrs=[p.data_ptr() for p in members],
                 native_ok=device.type == "cpu"
+                and device.type not in _triton.DEVICES
                 and (dtype in (torch.float32, torch.float64) or dtype in HALF_DTYPES)
+                and all(p.is_contiguous() for p in members),
+                device_ok=device.type in _triton.DEVICES
+                and dtype in (torch.float32, torch.float64)
                 and all(p.is_contiguous() for p in members),
                 numel=sum(p.numel() for p in members),
                 step_dtype=_step_dtype(states) if algorithm.step else None,
