@@ -70,7 +70,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "lamb": ("LAMB", {}),
 }
 
-COMPILED = ("adam", "rmsprop-centered", "nadam", "lamb")
+COMPILED = ("sgd-nesterov", "rmsprop", "adam", "rmsprop-centered", "nadam", "lamb")
 
 #: Cases whose default must run the Triton kernel (LARS and LAMB's norms stay on the replay).
 KERNEL_CASES = tuple(c for c in CASES if c not in ("lars", "lamb"))
