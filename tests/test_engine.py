@@ -268,7 +268,8 @@ def test_native_step_allocates_no_parameter_sized_temporaries() -> None:
         ) as profile:
             optimizer.step()
         allocated[switch] = sum(max(e.self_cpu_memory_usage, 0) for e in profile.key_averages())
-    assert allocated["foreach"] > numel * 4  # the measurement sees temporaries where there are some
+    # (the measurement sees temporaries where there are some: at least one parameter-sized)
+    assert allocated["foreach"] >= numel * 4
     assert allocated["fused"] < 4096, allocated
 
 
@@ -722,3 +723,19 @@ def test_compiled_step_matches_and_never_recompiles(name: str, options: dict[str
     breaks = [reason for reason in counters["graph_break"] if "lr_scheduler.py" not in reason]
     assert not breaks, breaks
     assert_close(model, reference_model, tolerance=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_counter_counts_as_foreach_add(dtype: torch.dtype) -> None:
+    """The C counter of the replay and GPU paths adds 1 in the counters' dtype, as
+    ``torch._foreach_add_(steps, 1.0)`` does, past float32's last exact integer too."""
+    starts = [0.0, 7.0, 2.0**24 - 2, 2.0**24 + 1, 1e30]
+    ours = [torch.tensor(v, dtype=dtype) for v in starts]
+    theirs = [t.clone() for t in ours]
+    counter = _native.StepCounter.of(ours, dtype)
+    assert counter is not None
+    for _ in range(5):
+        counter()
+        torch._foreach_add_(theirs, 1.0)
+    assert [t.item() for t in ours] == [t.item() for t in theirs]
+    assert ours[0].item() == 5.0 and ours[1].item() == 12.0

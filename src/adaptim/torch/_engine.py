@@ -180,7 +180,15 @@ class Engine(EngineGroups):
             path = self._run(partition, traced, grads, mode, plans, group_numel)
         if algorithm.step:
             if path != "native" or partition.step_dtype is None:  # else the kernel counted them
-                torch._foreach_add_(partition.steps, 1.0)
+                counter = partition.step_counter
+                if counter is None:
+                    counter = partition.step_counter = (
+                        _native.StepCounter.of(partition.steps, partition.step_dtype) or False
+                    )
+                if counter:
+                    counter()
+                else:
+                    torch._foreach_add_(partition.steps, 1.0)
             partition.step = step
         for key, value in traced.scalar_state.items():
             partition.scalar_state[key] = value

@@ -72,6 +72,8 @@ class Partition:
     device_ok: bool = False
     #: The bound Triton launch of the last structure's kernel (:class:`._triton.TritonLaunch`).
     triton: _triton.TritonLaunch | None = None
+    #: Counts ``steps`` in one C call where the kernel does not (:class:`._native.StepCounter`).
+    step_counter: Any = None
 
     @property
     def signature(self) -> tuple[Any, ...]:
