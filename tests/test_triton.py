@@ -416,3 +416,25 @@ def test_the_kernel_compiles_for_a_gpu(
     fused = sum({"axpy": 1, "addcmul": 1, "lerp": 2}.get(op, 0) for op, _ in structure.ops)
     per_thread = 1024 // (4 * 32)  # elements each thread computes
     assert ptx.count("fma.rn") == fused * per_thread
+
+
+def test_steps_inside_another_default_device() -> None:
+    """The lab runs a trial inside ``with torch.device(...)`` and users call
+    ``torch.set_default_device``: the kernel's host tables must still be made on
+    the CPU (on the H200 a ``cuda`` default made ``pin_memory`` refuse them)."""
+    params = [torch.nn.Parameter(torch.randn(300)), torch.nn.Parameter(torch.randn(7, 5))]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours, theirs = adaptim.Adam(params), torch.optim.Adam(reference, foreach=False)
+    for step in range(3):
+        for p, q in zip(params, reference, strict=True):
+            g = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            p.grad, q.grad = g, g.clone()
+        if step == 0:  # (the state is created as torch.optim creates it: the default device)
+            ours.step()
+        else:
+            with torch.device("meta"):  # a factory without a device lands there
+                ours.step()
+        theirs.step()
+    assert ours.fused_status()[0].startswith("triton")
+    for p, q in zip(params, reference, strict=True):
+        torch.testing.assert_close(p, q, rtol=2e-5, atol=1e-7)

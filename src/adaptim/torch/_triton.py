@@ -159,11 +159,11 @@ class TritonLaunch:
         roles = [params, params, *partition.state_lists]
         self._host = [t.data_ptr() for role in roles for t in role]
         self._grads: tuple[int, ...] = ()
-        self.table = self._upload(torch.tensor(self._host, dtype=torch.int64))
+        self.table = self._upload(torch.tensor(self._host, dtype=torch.int64, device="cpu"))
         sizes = [p.numel() for p in params]
         block = _triton_source.BLOCK
         rows = [(t, s, min(s + block, n)) for t, n in enumerate(sizes) for s in range(0, n, block)]
-        self.blocks = self._upload(torch.tensor(rows, dtype=torch.int64).reshape(-1))
+        self.blocks = self._upload(torch.tensor(rows, dtype=torch.int64, device="cpu").reshape(-1))
         self.grid = (len(rows),)
         self.launched = False
         #: How many times the pointer table went to the device (gradients that moved).
@@ -181,7 +181,7 @@ class TritonLaunch:
         grads = tuple(grad_ptrs)
         if grads != self._grads:
             self._host[self.count : 2 * self.count] = grads
-            self.table = self._upload(torch.tensor(self._host, dtype=torch.int64))
+            self.table = self._upload(torch.tensor(self._host, dtype=torch.int64, device="cpu"))
             self._grads = grads
             self.uploads += 1
         scalars = tuple(map(float, slots))  # (a memo may compute an int)
