@@ -270,3 +270,94 @@ def test_native_half_rounding_is_torchs(dtype: torch.dtype, bits: list[int]) -> 
     assert bool(_same(slot.to(dtype), x.to(dtype)).all())
     assert torch.equal(rounded.isnan(), theirs.isnan())
     assert torch.equal(rounded[~rounded.isnan()], theirs[~theirs.isnan()].float())
+
+
+def _vector_conversion_source() -> str:
+    """float16's vector-loop conversions (``widen_v``, ``round_v``, ``narrow_v``) over
+    arrays, 16 elements a step where the compiler targets AVX-512; ``lanes`` says whether."""
+    prelude = _probe_source(torch.float16).split("void probe0")[0]
+    return prelude + "\n".join(
+        [
+            "int lanes(void) {",
+            "#ifdef HALF_VECTOR",
+            "  return HALF_VECTOR;",
+            "#else",
+            "  return 0;",
+            "#endif",
+            "}",
+            "void convert_all(int64_t n, const float* x, const H* h, float* rounded, H* stored,",
+            "                 float* widened) {",
+            "  int64_t i = 0;",
+            "#ifdef HALF_VECTOR",
+            "  for (; i + HALF_VECTOR <= n; i += HALF_VECTOR) {",
+            "    const V v = _mm512_loadu_ps(&x[i]);",
+            "    _mm512_storeu_ps(&rounded[i], round_v(v));",
+            "    narrow_v(&stored[i], v);",
+            "    _mm512_storeu_ps(&widened[i], widen_v(&h[i]));",
+            "  }",
+            "#endif",
+            "  for (; i < n; ++i) {",
+            "    rounded[i] = round_h(x[i]);",
+            "    stored[i] = narrow(x[i]);",
+            "    widened[i] = widen(h[i]);",
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
+#: float16 bit patterns: any, subnormals of both signs, the largest finite values, infinities
+#: and NaNs (quiet and signalling, with payloads)
+HALF_BITS = st.one_of(
+    st.integers(0, 2**16 - 1),
+    st.integers(0, 0x3FF).map(lambda m: m | (m & 1) << 15),
+    st.integers(0x7BF0, 0x7C00).map(lambda m: m | (m & 1) << 15),
+    st.integers(0x7C01, 0x7FFF).map(lambda m: m | (m & 1) << 15),
+)
+#: float32 bit patterns around float16's range: its subnormals and their halfway points
+#: (2^-25 .. 2^-14), its overflow (65504 .. 65520 .. 2^17), and the rest of ``BITS``
+FLOAT16_EDGES = st.one_of(
+    BITS,
+    st.integers(0x33000000, 0x38800000).map(lambda u: u | (u & 1) << 31),
+    st.integers(0x477FE000, 0x48000000).map(lambda u: u | (u & 1) << 31),
+    st.integers(0x7F800001, 0x7FFFFFFF).map(lambda u: u | (u & 1) << 31),
+)
+
+
+@settings(max_examples=25, phases=PHASES, deadline=None)
+@given(
+    data=st.data(),
+    bits=st.lists(FLOAT16_EDGES, min_size=40, max_size=300),
+)
+def test_float16_vector_conversions_are_torchs(data: st.DataObject, bits: list[int]) -> None:
+    """The float16 loop's conversions, 16 lanes a step where the compiler targets AVX-512
+    (``vcvtps2ph`` with round to nearest even, ``vcvtph2ps``) and the scalar ones after
+    them, against torch's conversions on drawn bit patterns: float32 to float16 (each
+    operation's rounding in place and a store) and float16 to float32 (a load), to the bit;
+    a NaN stays a NaN, its sign and payload as torch's own conversions leave them, which
+    differ between its loops (measured: float16 0xfc01 widens to 0x7fffffff one element
+    at a time, to 0xffc02000, quieted, in ATen's vector loop, as ``vcvtph2ps`` here)."""
+    library = ctypes.CDLL(str(_native.build_library(_vector_conversion_source(), name="probe_f16")))
+    avx512 = " avx512f " in _native._cpu_fingerprint() + " "
+    assert library.lanes() == (16 if avx512 else 0)
+    x = torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    half_bits = data.draw(st.lists(HALF_BITS, min_size=x.numel(), max_size=x.numel()))
+    h = torch.tensor(half_bits, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    rounded, widened = torch.empty_like(x), torch.empty_like(x)
+    stored = torch.empty(x.shape, dtype=torch.float16)
+    library.convert_all(
+        ctypes.c_int64(x.numel()),
+        *(ctypes.c_void_p(t.data_ptr()) for t in (x, h, rounded, stored, widened)),
+    )
+    theirs = x.to(torch.float16)
+    for ours, reference in (
+        (rounded.to(torch.float16), theirs),
+        (stored, theirs),
+        (widened, h.float()),
+    ):
+        same = ours.view(torch.int16) == reference.view(torch.int16)
+        if reference.dtype == torch.float32:
+            same = ours.view(torch.int32) == reference.view(torch.int32)
+        assert bool((same | (ours.isnan() & reference.isnan())).all())
+    assert torch.equal(rounded.isnan(), x.isnan()) and torch.equal(widened.isnan(), h.isnan())

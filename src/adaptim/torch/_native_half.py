@@ -54,6 +54,7 @@ patterns of the first operand.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -103,6 +104,58 @@ _COMMON = (
     "}",
 )
 
+#: float16's explicit vector loop (16 lanes, AVX-512F) where the compiler targets it: the
+#: conversions are single instructions, ``vcvtph2ps`` (exact) and ``vcvtps2ph`` with round to
+#: nearest even (subnormals, overflow to infinity; a NaN stays a NaN), which GCC does not
+#: vectorise from F16C's scalar forms; the operations the vector loop renders, each as the
+#: scalar helper it stands for (``-ffp-contract=off`` holds for the vector arithmetic too).
+_F16_VECTOR = (
+    "#if defined(__AVX512F__)",
+    "#include <immintrin.h>",
+    "#define HALF_VECTOR 16",
+    "typedef __m512 V;",
+    "#define RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)",
+    "static inline V splat(float x) { return _mm512_set1_ps(x); }",
+    "static inline V widen_v(const H* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }",
+    "static inline void narrow_v(H* p, V x) { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(x, RNE)); }",
+    "static inline V round_v(V x) { return _mm512_cvtph_ps(_mm512_cvtps_ph(x, RNE)); }",
+    "static inline V fma_v(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }",
+    "static inline V sqrt_v(V x) { return _mm512_sqrt_ps(x); }",
+    "static inline V abs_v(V x) { return _mm512_abs_ps(x); }",
+    "static inline V max_v(V a, V b) {  /* max_t: a where a > b or a is NaN */",
+    "  const __mmask16 keep = _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);",
+    "  return _mm512_mask_blend_ps(keep, b, a);",
+    "}",
+    "static inline V lerp_v(V a, V b, V w) {  /* lerp_t */",
+    "  const __mmask16 near = _mm512_cmp_ps_mask(w, splat(0.5f), _CMP_LT_OQ);",
+    "  return _mm512_mask_blend_ps(near, fma_v(w - splat(1.0f), b - a, b), fma_v(w, b - a, a));",
+    "}",
+    "static inline V clamp_v(V x, V lo, V hi) {  /* clamp_h */",
+    "  const V y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), x, lo);",
+    "  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);",
+    "}",
+    "#endif",
+)
+
+#: The operations of a rule the vector loop renders (comparisons, ``where`` and the logical
+#: operations keep the scalar loop: their ``int`` results have no vector form here).
+VECTOR_OPS = frozenset(
+    {"add", "sub", "mul", "div", "neg", "abs", "sqrt", "maximum", "clip", "pow"}
+    | {"axpy", "addcmul", "addcdiv", "lerp"}
+)
+#: The scalar helpers of a rendered operation and their vector forms.
+_VECTOR_NAMES = {
+    "fmaf": "fma_v",
+    "sqrtf": "sqrt_v",
+    "fabsf": "abs_v",
+    "lerp_t": "lerp_v",
+    "max_t": "max_v",
+    "clamp_h": "clamp_v",
+    "round_h": "round_v",
+}
+_VECTOR_CALL = re.compile(r"\b(" + "|".join(_VECTOR_NAMES) + r")\(")
+_SCALAR_LOOP = re.compile(r"for \(int64_t i = (\w+); i < (\w+); \+\+i\) \{")
+
 #: The storage type and conversions of each half dtype (``T``, the compute type, is float).
 HELPERS: dict[torch.dtype, tuple[str, ...]] = {
     # widen: exponent and mantissa moved into place (subnormals: 2^-14 · (1 + m) − 2^-14);
@@ -140,6 +193,7 @@ HELPERS: dict[torch.dtype, tuple[str, ...]] = {
         "}",
         "static inline H narrow_rounded(float x) { return narrow(x); }",
         *_COMMON,
+        *_F16_VECTOR,
     ),
     torch.bfloat16: (
         *_BITS,
@@ -297,12 +351,23 @@ class HalfSource(_Source):
             op == "maximum" or (op in ("axpy", "lerp") and args[2][0] in ("slot", "const"))
             for op, args in structure.ops
         )
+        #: Whether ATen's vector-loop form runs as explicit vectors where the compiler has them.
+        self.vectorise = dtype == torch.float16 and {op for op, _ in structure.ops} <= VECTOR_OPS
+        #: Whether the text being rendered is the vector loop's (values of type ``V``).
+        self.vector = False
 
     def function_head(self) -> list[str]:
         # The slots some kernels read rounded to the half type, rounded once here (a call
         # on a loop invariant inside the loop keeps GCC from vectorising it); torch's
         # thread count (``at::get_num_threads``), read outside any parallel region.
         lines = [f"  const T h{i} = round_h(s{i});" for i in sorted(self.rounded_slots)]
+        if self.vectorise:  # the slots as vectors, for the vector loop's operands
+            lines += [
+                "#ifdef HALF_VECTOR",
+                *[f"  const V vs{i} = splat(s{i});" for i in range(self.structure.slot_count)],
+                *[f"  const V vh{i} = splat(h{i});" for i in sorted(self.rounded_slots)],
+                "#endif",
+            ]
         if self.segmented:
             lines.append("  const int64_t aten_threads = omp_get_max_threads();")
         return lines
@@ -310,10 +375,17 @@ class HalfSource(_Source):
     def rounded(self, text: str, ref: Ref) -> str:
         if ref[0] == "slot":
             self.rounded_slots.add(int(ref[1]))
-            return f"h{ref[1]}"
+            return f"vh{ref[1]}" if self.vector else f"h{ref[1]}"
         # a constant: rounded here as ATen would (double to float, then to the half type)
         value = torch.tensor(float(ref[1]), dtype=torch.float32).to(self.dtype).item()
-        return f"(T){value!r}"
+        return f"splat((T){value!r})" if self.vector else f"(T){value!r}"
+
+    def text(self, ref: Ref, context: str) -> str:
+        if self.vector and ref[0] == "slot":
+            return f"vs{ref[1]}"
+        if self.vector and ref[0] == "const":
+            return f"splat({super().text(ref, context)})"
+        return super().text(ref, context)
 
     def slot(self, index: int) -> str:
         return f"quiet((T)s[{index}])"
@@ -353,7 +425,8 @@ class HalfSource(_Source):
         self.tail = False
         vector = super().element_loop(nodes, tail, head, reads, balanced=balanced)
         if not self.segmented:
-            return vector
+            start = next(k for k, line in enumerate(vector) if "#pragma omp simd" in line)
+            return [*vector[:start], *self.vector_loop(vector, nodes, head, reads, balanced)]
         self.tail = True
         scalar = super().element_loop(nodes, tail, head, reads, balanced=balanced)
         self.tail = False
@@ -365,15 +438,57 @@ class HalfSource(_Source):
             "    if (scalar_loop) {",
             *scalar[start:stop],
             "    } else {",
-            *vector[start:stop],
+            *self.vector_loop(vector, nodes, head, reads, balanced),
             "    }",
             *vector[stop:],
         ]
 
+    def vector_loop(
+        self,
+        rendered: list[str],
+        nodes: list[int],
+        head: list[str],
+        reads: list[Ref],
+        balanced: bool,
+    ) -> list[str]:
+        """ATen's vector-loop form (``rendered``, from its ``#pragma omp simd`` on, one
+        element a step), and before it, where the compiler targets AVX-512 and every
+        operation has a vector form (:data:`VECTOR_OPS`), the same rule on 16 elements a
+        step (``V``), the scalar loop taking the rest."""
+        start = next(k for k, line in enumerate(rendered) if "#pragma omp simd" in line)
+        stop = len(rendered) - len(self.loop_close())
+        if not self.vectorise:
+            return rendered[start:stop]
+        self.vector = True
+        writes = [
+            self.write(name, ref)
+            for name, ref in self.structure.outputs
+            if name not in self.structure.per_tensor_inputs
+        ]
+        vector = super().element_loop(nodes, [*writes, "    }"], head, reads, balanced=balanced)
+        self.vector = False
+        scalar_open = _SCALAR_LOOP.search(rendered[start + 1])
+        assert scalar_open is not None and vector[:start] == rendered[:start]
+        low, high = scalar_open.groups()
+        body = [line.replace("const T ", "const V ", 1) for line in vector[start + 2 : stop]]
+        return [
+            f"    int64_t vector_end = {low};",
+            "#ifdef HALF_VECTOR",
+            f"    for (int64_t i = {low}; i + HALF_VECTOR <= {high}; i += HALF_VECTOR) {{",
+            *body,
+            f"    vector_end = {low} + ({high} - {low}) / HALF_VECTOR * HALF_VECTOR;",
+            "#endif",
+            rendered[start],
+            rendered[start + 1].replace(f"i = {low};", "i = vector_end;", 1),
+            *rendered[start + 2 : stop],
+        ]
+
     def load(self, element: str) -> str:
-        return f"widen({element})"
+        return f"widen_v(&{element})" if self.vector else f"widen({element})"
 
     def write(self, name: str, ref: Ref) -> str:
+        if self.vector:
+            return f"      narrow_v(&{name}[i], {self.text(ref, 'element')});"
         # (a node or a parameter-sized input is a half value already: no rounding to do)
         narrow = "narrow_rounded" if ref[0] in ("node", "input") else "narrow"
         return f"      {name}[i] = {narrow}({self.text(ref, 'element')});"
@@ -389,6 +504,9 @@ class HalfSource(_Source):
         value = expression(op, rendered, args, self.rounded, self.tail)
         if op in _COMPARE or op in ("and", "or"):
             return value
+        if self.vector:  # the vector forms of the helpers; pow's ones as a vector
+            value = _VECTOR_CALL.sub(lambda m: _VECTOR_NAMES[m.group(1)] + "(", value)
+            return f"round_v({'splat(1.0f)' if value == '(T)1' else value})"
         return f"round_h({value})"
 
 
