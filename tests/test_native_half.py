@@ -274,7 +274,7 @@ def test_native_half_rounding_is_torchs(dtype: torch.dtype, bits: list[int]) -> 
 
 def _vector_conversion_source() -> str:
     """float16's vector-loop conversions (``widen_v``, ``round_v``, ``narrow_v``) over
-    arrays, 16 elements a step where the compiler targets AVX-512; ``lanes`` says whether."""
+    arrays, a vector a step where the compiler has one; ``lanes``: its lanes, or 0."""
     prelude = _probe_source(torch.float16).split("void probe0")[0]
     return prelude + "\n".join(
         [
@@ -290,10 +290,12 @@ def _vector_conversion_source() -> str:
             "  int64_t i = 0;",
             "#ifdef HALF_VECTOR",
             "  for (; i + HALF_VECTOR <= n; i += HALF_VECTOR) {",
-            "    const V v = _mm512_loadu_ps(&x[i]);",
-            "    _mm512_storeu_ps(&rounded[i], round_v(v));",
+            "    V v;",
+            "    __builtin_memcpy(&v, &x[i], sizeof v);",
+            "    const V r = round_v(v), w = widen_v(&h[i]);",
+            "    __builtin_memcpy(&rounded[i], &r, sizeof r);",
             "    narrow_v(&stored[i], v);",
-            "    _mm512_storeu_ps(&widened[i], widen_v(&h[i]));",
+            "    __builtin_memcpy(&widened[i], &w, sizeof w);",
             "  }",
             "#endif",
             "  for (; i < n; ++i) {",
@@ -331,7 +333,7 @@ FLOAT16_EDGES = st.one_of(
     bits=st.lists(FLOAT16_EDGES, min_size=40, max_size=300),
 )
 def test_float16_vector_conversions_are_torchs(data: st.DataObject, bits: list[int]) -> None:
-    """The float16 loop's conversions, 16 lanes a step where the compiler targets AVX-512
+    """The float16 loop's conversions, 16 lanes a step with AVX-512F or 8 with F16C
     (``vcvtps2ph`` with round to nearest even, ``vcvtph2ps``) and the scalar ones after
     them, against torch's conversions on drawn bit patterns: float32 to float16 (each
     operation's rounding in place and a store) and float16 to float32 (a load), to the bit;
@@ -339,8 +341,8 @@ def test_float16_vector_conversions_are_torchs(data: st.DataObject, bits: list[i
     differ between its loops (measured: float16 0xfc01 widens to 0x7fffffff one element
     at a time, to 0xffc02000, quieted, in ATen's vector loop, as ``vcvtph2ps`` here)."""
     library = ctypes.CDLL(str(_native.build_library(_vector_conversion_source(), name="probe_f16")))
-    avx512 = " avx512f " in _native._cpu_fingerprint() + " "
-    assert library.lanes() == (16 if avx512 else 0)
+    flags = set(_native._cpu_fingerprint().split())
+    assert library.lanes() == (16 if "avx512f" in flags else 8 if {"f16c", "fma"} <= flags else 0)
     x = torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
     half_bits = data.draw(st.lists(HALF_BITS, min_size=x.numel(), max_size=x.numel()))
     h = torch.tensor(half_bits, dtype=torch.int32).to(torch.int16).view(torch.float16)

@@ -34,7 +34,7 @@ selecting per element doubled SGD-momentum's arithmetic).
 
 The conversions, round to nearest even, written as integer and float
 arithmetic GCC vectorises (its ``_Float16`` conversions stay scalar without
-AVX512-FP16, and F16C's instructions are out of reach of plain C): float32 to
+AVX512-FP16, and so do F16C's scalar intrinsics): float32 to
 bfloat16 by adding ``0x7fff`` plus the lowest kept bit and truncating (NaN to
 ``0x7fc0`` as c10's ``round_to_nearest_even``); after each operation in place,
 in float32's bits and without a NaN test (every NaN the loop computes keeps the
@@ -46,7 +46,10 @@ and so would need a check of its own; float32 to float16 by fields
 (overflow to infinity, NaN to ``0x7e00``), and the rounding after each
 operation in the float domain: adding and subtracting :math:`2^{e+13}`
 (:math:`e` the exponent, at least float16's least normal one) leaves the float
-rounded at float16's spacing by float's own round to nearest even.
+rounded at float16's spacing by float's own round to nearest even. Where the
+compiler targets AVX-512F or F16C, float16's vector-loop segments run first on
+explicit vectors with the hardware conversions (:mod:`._native_half_vector`),
+the loop above taking the rest and being the fallback elsewhere.
 State stays in the parameter's dtype, where torch keeps it. ``tests/test_native_half.py``
 checks every emitted operation against its ATen kernel on all 65,536 bit
 patterns of the first operand.
@@ -54,11 +57,16 @@ patterns of the first operand.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
 
+from adaptim.torch._native_half_vector import (
+    F16_VECTOR,
+    VECTOR_OPS,
+    vector_expression,
+    vector_then_scalar,
+)
 from adaptim.torch._native_source import _COMPARE, _expression, _Source
 from adaptim.torch._trace import Ref, Structure
 
@@ -104,58 +112,6 @@ _COMMON = (
     "}",
 )
 
-#: float16's explicit vector loop (16 lanes, AVX-512F) where the compiler targets it: the
-#: conversions are single instructions, ``vcvtph2ps`` (exact) and ``vcvtps2ph`` with round to
-#: nearest even (subnormals, overflow to infinity; a NaN stays a NaN), which GCC does not
-#: vectorise from F16C's scalar forms; the operations the vector loop renders, each as the
-#: scalar helper it stands for (``-ffp-contract=off`` holds for the vector arithmetic too).
-_F16_VECTOR = (
-    "#if defined(__AVX512F__)",
-    "#include <immintrin.h>",
-    "#define HALF_VECTOR 16",
-    "typedef __m512 V;",
-    "#define RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)",
-    "static inline V splat(float x) { return _mm512_set1_ps(x); }",
-    "static inline V widen_v(const H* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }",
-    "static inline void narrow_v(H* p, V x) { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(x, RNE)); }",
-    "static inline V round_v(V x) { return _mm512_cvtph_ps(_mm512_cvtps_ph(x, RNE)); }",
-    "static inline V fma_v(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }",
-    "static inline V sqrt_v(V x) { return _mm512_sqrt_ps(x); }",
-    "static inline V abs_v(V x) { return _mm512_abs_ps(x); }",
-    "static inline V max_v(V a, V b) {  /* max_t: a where a > b or a is NaN */",
-    "  const __mmask16 keep = _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);",
-    "  return _mm512_mask_blend_ps(keep, b, a);",
-    "}",
-    "static inline V lerp_v(V a, V b, V w) {  /* lerp_t */",
-    "  const __mmask16 near = _mm512_cmp_ps_mask(w, splat(0.5f), _CMP_LT_OQ);",
-    "  return _mm512_mask_blend_ps(near, fma_v(w - splat(1.0f), b - a, b), fma_v(w, b - a, a));",
-    "}",
-    "static inline V clamp_v(V x, V lo, V hi) {  /* clamp_h */",
-    "  const V y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), x, lo);",
-    "  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);",
-    "}",
-    "#endif",
-)
-
-#: The operations of a rule the vector loop renders (comparisons, ``where`` and the logical
-#: operations keep the scalar loop: their ``int`` results have no vector form here).
-VECTOR_OPS = frozenset(
-    {"add", "sub", "mul", "div", "neg", "abs", "sqrt", "maximum", "clip", "pow"}
-    | {"axpy", "addcmul", "addcdiv", "lerp"}
-)
-#: The scalar helpers of a rendered operation and their vector forms.
-_VECTOR_NAMES = {
-    "fmaf": "fma_v",
-    "sqrtf": "sqrt_v",
-    "fabsf": "abs_v",
-    "lerp_t": "lerp_v",
-    "max_t": "max_v",
-    "clamp_h": "clamp_v",
-    "round_h": "round_v",
-}
-_VECTOR_CALL = re.compile(r"\b(" + "|".join(_VECTOR_NAMES) + r")\(")
-_SCALAR_LOOP = re.compile(r"for \(int64_t i = (\w+); i < (\w+); \+\+i\) \{")
-
 #: The storage type and conversions of each half dtype (``T``, the compute type, is float).
 HELPERS: dict[torch.dtype, tuple[str, ...]] = {
     # widen: exponent and mantissa moved into place (subnormals: 2^-14 · (1 + m) − 2^-14);
@@ -193,7 +149,7 @@ HELPERS: dict[torch.dtype, tuple[str, ...]] = {
         "}",
         "static inline H narrow_rounded(float x) { return narrow(x); }",
         *_COMMON,
-        *_F16_VECTOR,
+        *F16_VECTOR,
     ),
     torch.bfloat16: (
         *_BITS,
@@ -452,9 +408,8 @@ class HalfSource(_Source):
         balanced: bool,
     ) -> list[str]:
         """ATen's vector-loop form (``rendered``, from its ``#pragma omp simd`` on, one
-        element a step), and before it, where the compiler targets AVX-512 and every
-        operation has a vector form (:data:`VECTOR_OPS`), the same rule on 16 elements a
-        step (``V``), the scalar loop taking the rest."""
+        element a step); for float16 with every operation in :data:`VECTOR_OPS`, the same
+        rule first on whole vectors (:mod:`._native_half_vector`), this loop taking the rest."""
         start = next(k for k, line in enumerate(rendered) if "#pragma omp simd" in line)
         stop = len(rendered) - len(self.loop_close())
         if not self.vectorise:
@@ -467,21 +422,8 @@ class HalfSource(_Source):
         ]
         vector = super().element_loop(nodes, [*writes, "    }"], head, reads, balanced=balanced)
         self.vector = False
-        scalar_open = _SCALAR_LOOP.search(rendered[start + 1])
-        assert scalar_open is not None and vector[:start] == rendered[:start]
-        low, high = scalar_open.groups()
-        body = [line.replace("const T ", "const V ", 1) for line in vector[start + 2 : stop]]
-        return [
-            f"    int64_t vector_end = {low};",
-            "#ifdef HALF_VECTOR",
-            f"    for (int64_t i = {low}; i + HALF_VECTOR <= {high}; i += HALF_VECTOR) {{",
-            *body,
-            f"    vector_end = {low} + ({high} - {low}) / HALF_VECTOR * HALF_VECTOR;",
-            "#endif",
-            rendered[start],
-            rendered[start + 1].replace(f"i = {low};", "i = vector_end;", 1),
-            *rendered[start + 2 : stop],
-        ]
+        assert vector[:start] == rendered[:start]
+        return vector_then_scalar(vector[start + 1 : stop], rendered[start:stop])
 
     def load(self, element: str) -> str:
         return f"widen_v(&{element})" if self.vector else f"widen({element})"
@@ -505,8 +447,7 @@ class HalfSource(_Source):
         if op in _COMPARE or op in ("and", "or"):
             return value
         if self.vector:  # the vector forms of the helpers; pow's ones as a vector
-            value = _VECTOR_CALL.sub(lambda m: _VECTOR_NAMES[m.group(1)] + "(", value)
-            return f"round_v({'splat(1.0f)' if value == '(T)1' else value})"
+            return f"round_v({vector_expression(value)})"
         return f"round_h({value})"
 
 
