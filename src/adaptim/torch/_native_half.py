@@ -72,11 +72,13 @@ from adaptim.torch._trace import Ref, Structure
 
 #: Half dtypes the default (``fused=None``) runs native, from its size on: where the
 #: loop beats the multi-tensor replay (benchmarks/step_speed.py ``--dtype``, MLP, one
-#: thread). bfloat16's conversions are a shift and a rounding add; float16's, written as
-#: integer arithmetic GCC vectorises (F16C's instructions are out of its reach in
-#: plain C), cost more than the replay saves: it runs native with ``fused=True`` only
-#: (measured again with the loop copies per form: 0.38-0.63x torch's fused SGD, Adagrad,
-#: Adam, AdamW and AMSGrad on the MLP and 1.5M/52, one thread, under load).
+#: thread). bfloat16's conversions are a shift and a rounding add. float16's, with
+#: AVX-512's conversion instructions (:mod:`._native_half_vector`), bring the loop to
+#: about torch's fused SGD, Adagrad, Adam, AdamW and AMSGrad, not reliably above it
+#: (two runs, one thread, loaded machine: 0.88-1.13x on the MLP and 1.5M/52; Adam,
+#: AdamW and AMSGrad 0.88-0.97x in one run or the other): float16 runs native with
+#: ``fused=True`` only, where it is 1.4-3.6x torch's fastest for the algorithms
+#: without a fused kernel.
 AUTO_NATIVE_HALF = frozenset({torch.bfloat16})
 
 #: Operations whose half form is checked against ATen (tests/test_native_half.py).
