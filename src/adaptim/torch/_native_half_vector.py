@@ -66,9 +66,11 @@ F16_VECTOR = (
     "#ifdef HALF_VECTOR",
     # max_t: a where a > b or a is NaN, else b (max(-0, +0) is the second)
     "static inline V max_v(V a, V b) { return SELECT(GT_OR_NAN(a, b), a, b); }",
-    # lerp_t: anchored at the nearer end
+    # lerp_t, anchored at the nearer end: fma(w, b - a, a) or fma(w - 1, b - a, b), as one
+    # fma (with a loop-invariant weight the compiler hoists the test and the weight's choice)
     "static inline V lerp_v(V a, V b, V w) {",
-    "  return SELECT(LT(w, splat(0.5f)), fma_v(w, b - a, a), fma_v(w - splat(1.0f), b - a, b));",
+    "  return fma_v(SELECT(LT(w, splat(0.5f)), w, w - splat(1.0f)), b - a,",
+    "               SELECT(LT(w, splat(0.5f)), a, b));",
     "}",
     # clamp_h: max(x, lo), then min(., hi)
     "static inline V clamp_v(V x, V lo, V hi) {",
