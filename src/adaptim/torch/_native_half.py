@@ -75,8 +75,8 @@ from adaptim.torch._trace import Ref, Structure
 #: thread). bfloat16's conversions are a shift and a rounding add. float16's, with
 #: AVX-512's conversion instructions (:mod:`._native_half_vector`), bring the loop to
 #: about torch's fused SGD, Adagrad, Adam, AdamW and AMSGrad, not reliably above it
-#: (two runs, one thread, loaded machine: 0.88-1.13x on the MLP and 1.5M/52; Adam,
-#: AdamW and AMSGrad 0.88-0.97x in one run or the other): float16 runs native with
+#: (four runs, one thread, loaded machine: 0.88-1.22x on the MLP and 1.5M/52; Adam,
+#: AdamW and AMSGrad 0.88-0.99x in one run or another): float16 runs native with
 #: ``fused=True`` only, where it is 1.4-3.6x torch's fastest for the algorithms
 #: without a fused kernel.
 AUTO_NATIVE_HALF = frozenset({torch.bfloat16})
