@@ -82,17 +82,20 @@ TORCH_OPS = ArrayOps(
 
 
 def _host_number(value: Any) -> Any:
-    """A dynamic float (a scheduled ``lr`` under Dynamo) as a 0-d float64 CPU tensor.
+    """A number the traced rule multiplies a tensor by, as a 0-d float64 CPU tensor.
 
-    On CUDA, Inductor bakes a symbolic float that multiplies a tensor into the
-    kernel and guards on its value (a recompile for each new learning rate);
-    a 0-d CPU tensor made from it by arithmetic is read on every call, as the
-    step counter is. Concrete numbers pass unchanged; in the multiply the
-    value is rounded to the tensor's dtype, as ATen rounds a Python scalar.
+    On CUDA, Inductor bakes a dynamic float (a scheduled ``lr``, which Dynamo
+    passes as a symbolic float) that multiplies a tensor into the kernel and
+    guards on its value: a recompile for each new learning rate. A 0-d CPU
+    tensor made from it by arithmetic is read on every call, as the step
+    counter is. Every number goes this way (under Dynamo a symbolic float
+    does not always show as ``torch.SymFloat``: SGD's ``-lr`` did not); in
+    the multiply it is rounded to the tensor's dtype, as ATen rounds a Python
+    scalar, so the bits are the same.
     """
-    if isinstance(value, torch.SymFloat):
-        return torch.zeros((), dtype=torch.float64).add(cast(float, value))
-    return value
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.zeros((), dtype=torch.float64).add(cast(float, value))
 
 
 #: The ``xp`` of the step under ``torch.compile``: the multiply-adds as formulas,
