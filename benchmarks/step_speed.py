@@ -715,7 +715,21 @@ def isolated_rows(
                 yield from json.load(handle)["rows"]
 
 
-def main() -> None:
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--repeats 0`` left no median to take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; allowed: a whole number, at least 1"
+        )
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before anything is measured or written."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--workload",
@@ -726,8 +740,8 @@ def main() -> None:
     parser.add_argument(
         "--algorithms", choices=list(ALGORITHMS), nargs="+", default=list(ALGORITHMS)
     )
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=at_least_one, default=21)
+    parser.add_argument("--threads", type=at_least_one, default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--clock",
         choices=list(CLOCKS),
@@ -765,7 +779,18 @@ def main() -> None:
     )
     # (set by --isolate for its children: the bandwidths the parent measured, as JSON)
     parser.add_argument("--bandwidths", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not args.table and not torch.cuda.is_available():
+        # (it timed nothing and wrote an empty table)
+        parser.error(
+            "argument --device: invalid choice: 'cuda' (CUDA is not available on this "
+            "machine; allowed here: 'cpu' or 'all', which times the CPU only)"
+        )
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.table:
         print(markdown_table(args.table))
         return

@@ -244,3 +244,25 @@ def test_the_loop_leaves_the_thread_count_as_it_was() -> None:
             )
         assert calls[0] == 4  # (the matrix's loop and the bias's, each step)
         assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_square_root_checks_run_on_the_cpu_whatever_the_default_device(
+    dtype: torch.dtype,
+) -> None:
+    """The one-time checks of MKL's root make their probe tensors on the CPU.
+
+    Under a non-CPU default device (the lab's ``with torch.device("cuda")``; here
+    ``meta``, which any factory without a device reaches), the first step of a
+    CPU model raised from inside the check (``aten::equal`` on meta tensors; on
+    CUDA, the C root would be handed device pointers).
+    """
+    on_cpu = (_mkl_sqrt.vml_sqrt(dtype), _mkl_sqrt.emulated(dtype))
+    _mkl_sqrt.vml_sqrt.cache_clear()
+    _mkl_sqrt.emulated.cache_clear()
+    try:
+        with torch.device("meta"):
+            assert (_mkl_sqrt.vml_sqrt(dtype), _mkl_sqrt.emulated(dtype)) == on_cpu
+    finally:
+        _mkl_sqrt.vml_sqrt.cache_clear()
+        _mkl_sqrt.emulated.cache_clear()

@@ -803,3 +803,43 @@ def test_adam_8bit_matches_bitsandbytes_within_quantisation_error(
     # Measured (see the notes): both stay within a few % of fp32 Adam's path.
     assert ours_to_fp32 < 0.08 and bnb_to_fp32 < 0.08, (ours_to_fp32, bnb_to_fp32)
     assert to_bnb < ours_to_fp32 + bnb_to_fp32 + 1e-3
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    options=st.sampled_from([{}, {"state_bits": 8}, {"state_dtype": torch.bfloat16}]),
+    rows=st.sampled_from([3, 64]),
+)
+def test_fused_status_counts_only_the_tensors_its_paths_stepped(
+    dtype: torch.dtype, options: dict[str, object], rows: int
+) -> None:
+    """``fused_status()`` reads "PATHS: X of N tensors": X must be those the named paths took.
+
+    An 8-bit partition of bf16 parameters falls back to the reference path at its
+    step; the status said "reference: 1 of 4 tensors" while all 4 went there (on a
+    GPU, "triton (1 partition): 2 of 2 tensors" with the 8-bit one on the reference
+    path). The reference path's calls are counted here.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(300, rows), torch.nn.Tanh(), torch.nn.Linear(rows, 3)
+    ).to(dtype)
+    optimizer = adaptim.Adam(model.parameters(), **options)
+    on_reference: list[torch.Tensor] = []
+    update = optimizer._update
+
+    def counted(p: torch.Tensor, *args: object, **kwargs: object) -> None:
+        on_reference.append(p)
+        update(p, *args, **kwargs)  # type: ignore[arg-type]
+
+    with patch.object(optimizer, "_update", counted):
+        for _ in range(2):
+            on_reference.clear()
+            optimizer.zero_grad()
+            model(torch.randn(4, 300, dtype=dtype)).sum().backward()
+            optimizer.step()
+    status = optimizer.fused_status()[0]
+    stepped, total = map(int, re.search(r"(\d+) of (\d+) tensors", status).groups())  # type: ignore[union-attr]
+    assert total == 4
+    assert stepped == total - len(on_reference), status

@@ -102,6 +102,7 @@ class Engine(EngineGroups):
         mode = requested_path(group, self.optimizer.defaults)
         run.ready = []
         run.last = ([], len(params), mode)
+        run.stepped = 0
         if mode == "reference":
             run.status = "reference: foreach=False"
             return params
@@ -144,6 +145,7 @@ class Engine(EngineGroups):
                 left.extend(partition.params)
             else:
                 paths.append(path)
+                run.stepped += len(partition.params)
         run.ready = []
         run.last = (paths, count, mode)
         run.last_plans = plans

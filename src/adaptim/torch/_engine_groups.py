@@ -51,6 +51,9 @@ class GroupRun:
     #: Set when the last step took a fixed route; otherwise ``last`` describes it.
     status: str | None = "not stepped yet"
     last: tuple[list[str], int, str] = field(default_factory=lambda: ([], 0, "auto"))
+    #: How many of the last step's tensors its partitions' paths stepped (the rest went
+    #: to the reference path, including partitions that fell back at their step).
+    stepped: int = 0
     #: Structures the tracer or a plan refused, with the reason (warned once).
     refused: str | None = None
     #: What the last step ran: replay plans and native kernels (their ``source``).
@@ -136,8 +139,7 @@ class EngineGroups:
         paths, count, mode = run.last
         counts = {p: paths.count(p) for p in dict.fromkeys(paths)}
         summary = ", ".join(f"{path} ({n} partition{'s' * (n > 1)})" for path, n in counts.items())
-        covered = sum(len(p.params) for p in run.partitions)
-        status = f"{summary or 'reference'}: {covered} of {count} tensors"
+        status = f"{summary or 'reference'}: {run.stepped} of {count} tensors"
         refused = {p.native_refused for p in run.partitions if p.native_refused}
         if mode == "native" and refused:
             status += f" (not native: {'; '.join(sorted(refused))})"

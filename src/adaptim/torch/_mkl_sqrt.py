@@ -41,17 +41,33 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 
 from adaptim.torch import _native
+
+T = TypeVar("T")
+
+
+def _on_cpu(check: Callable[[torch.dtype], T]) -> Callable[[torch.dtype], T]:
+    """Run a one-time check with the CPU as default device: its probe tensors go to the C
+    root by address, whatever device the caller made the default (``torch.device("cuda")``)."""
+
+    @functools.wraps(check)
+    def on_cpu(dtype: torch.dtype) -> T:
+        with torch.device("cpu"):
+            return check(dtype)
+
+    return on_cpu
+
 
 #: ATen's VML mode (``VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE``).
 VML_MODE = 0x2 | 0x140000 | 0x100
 
 
 @functools.cache
+@_on_cpu
 def vml_sqrt(dtype: torch.dtype) -> int | None:
     """The address of MKL's square root that ``torch.sqrt`` calls for ``dtype``, or ``None``.
 
@@ -256,6 +272,7 @@ def tile_sqrt(dtype: torch.dtype) -> Callable[[int, int, int], None] | None:
 
 
 @functools.cache
+@_on_cpu
 def emulated(dtype: torch.dtype) -> bool:
     """Whether :func:`tile_sqrt_source`'s C gives ``torch.sqrt``'s bits here (checked once per process).
 
