@@ -145,10 +145,19 @@ class EngineGroups:
 
     @staticmethod
     def _usable_grads(
-        run: GroupRun, partition: Partition, state: Mapping[torch.Tensor, Any], dicts_known: bool
+        run: GroupRun,
+        partition: Partition,
+        group_grads: list[torch.Tensor],
+        state: Mapping[torch.Tensor, Any],
+        dicts_known: bool,
     ) -> list[torch.Tensor] | None:
-        """The partition's gradients, or ``None`` when it must go to the reference path now."""
-        grads = list(map(_GRAD, partition.params))
+        """The partition's gradients, or ``None`` when it must go to the reference path now.
+
+        ``group_grads``: the gradients of the group's parameters that have one, in
+        the order of the list the partitions were built from (``run.key``), read
+        this step; ``partition.positions`` picks this partition's.
+        """
+        grads = list(map(group_grads.__getitem__, partition.positions))
         dtype = partition.params[0].dtype
         try:
             # A missing gradient has no ``data_ptr`` (TypeError), nor has a sparse one
@@ -187,6 +196,9 @@ class EngineGroups:
             run.partitions, run.reference = [], list(params)
         else:
             run.partitions, run.reference = build_partitions(self.optimizer, group, hp, params)
+            position = {id(p): i for i, p in enumerate(params)}
+            for partition in run.partitions:
+                partition.positions = [position[id(p)] for p in partition.params]
         run.key = key
         run.stale = False
 
