@@ -155,9 +155,10 @@ class EngineGroups:
 
         ``group_grads``: the gradients of the group's parameters that have one, in
         the order of the list the partitions were built from (``run.key``), read
-        this step; ``partition.positions`` picks this partition's.
+        this step; ``partition.positions`` picks this partition's (``None``: all of them).
         """
-        grads = list(map(group_grads.__getitem__, partition.positions))
+        positions = partition.positions
+        grads = group_grads if positions is None else list(map(group_grads.__getitem__, positions))
         dtype = partition.params[0].dtype
         try:
             # A missing gradient has no ``data_ptr`` (TypeError), nor has a sparse one
@@ -198,7 +199,10 @@ class EngineGroups:
             run.partitions, run.reference = build_partitions(self.optimizer, group, hp, params)
             position = {id(p): i for i, p in enumerate(params)}
             for partition in run.partitions:
-                partition.positions = [position[id(p)] for p in partition.params]
+                positions = [position[id(p)] for p in partition.params]
+                # (one partition of the whole list, in order: the usual case, no picking)
+                whole = positions == list(range(len(params)))
+                partition.positions = None if whole else positions
         run.key = key
         run.stale = False
 
