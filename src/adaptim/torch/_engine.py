@@ -97,8 +97,12 @@ class Engine(EngineGroups):
         if run is None:  # (not ``setdefault``: it would build a GroupRun every step)
             run = self.groups[index] = GroupRun()
         params = list(group["params"])
-        if any(map(_IS_NONE, map(_GRAD, params))):
-            params = [p for p in params if p.grad is not None]
+        # Each gradient is read once a step (``p.grad`` costs ~0.15 us: 0.15 ms on 1,000
+        # parameters); the partitions take theirs from this list by position.
+        grads = list(map(_GRAD, params))
+        if any(map(_IS_NONE, grads)):
+            params = [p for p, g in zip(params, grads, strict=True) if g is not None]
+            grads = [g for g in grads if g is not None]
         mode = requested_path(group, self.optimizer.defaults)
         run.ready = []
         run.last = ([], len(params), mode)
@@ -123,11 +127,11 @@ class Engine(EngineGroups):
         dicts_known = self.dicts_known and run.checked == self.completed - 1
         run.checked = self.completed
         for partition in run.partitions:
-            grads = self._usable_grads(run, partition, state, dicts_known)
-            if grads is None:
+            usable = self._usable_grads(run, partition, grads, state, dicts_known)
+            if usable is None:
                 left.extend(partition.params)
             else:
-                run.ready.append((partition, grads))
+                run.ready.append((partition, usable))
         return left
 
     def run_group(

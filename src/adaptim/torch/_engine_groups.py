@@ -147,10 +147,20 @@ class EngineGroups:
 
     @staticmethod
     def _usable_grads(
-        run: GroupRun, partition: Partition, state: Mapping[torch.Tensor, Any], dicts_known: bool
+        run: GroupRun,
+        partition: Partition,
+        group_grads: list[torch.Tensor],
+        state: Mapping[torch.Tensor, Any],
+        dicts_known: bool,
     ) -> list[torch.Tensor] | None:
-        """The partition's gradients, or ``None`` when it must go to the reference path now."""
-        grads = list(map(_GRAD, partition.params))
+        """The partition's gradients, or ``None`` when it must go to the reference path now.
+
+        ``group_grads``: the gradients of the group's parameters that have one, in
+        the order of the list the partitions were built from (``run.key``), read
+        this step; ``partition.positions`` picks this partition's (``None``: all of them).
+        """
+        positions = partition.positions
+        grads = group_grads if positions is None else list(map(group_grads.__getitem__, positions))
         dtype = partition.params[0].dtype
         try:
             # A missing gradient has no ``data_ptr`` (TypeError), nor has a sparse one
@@ -189,6 +199,12 @@ class EngineGroups:
             run.partitions, run.reference = [], list(params)
         else:
             run.partitions, run.reference = build_partitions(self.optimizer, group, hp, params)
+            position = {id(p): i for i, p in enumerate(params)}
+            for partition in run.partitions:
+                positions = [position[id(p)] for p in partition.params]
+                # (one partition of the whole list, in order: the usual case, no picking)
+                whole = positions == list(range(len(params)))
+                partition.positions = None if whole else positions
         run.key = key
         run.stale = False
 

@@ -57,6 +57,9 @@ class Partition:
     native_refused: str | None = None
     #: The native kernel of the last structure (memos keep the same object).
     kernel: tuple[Any, _native.Kernel] | None = None
+    #: Where its parameters are in the group's list (with gradients) it was built from;
+    #: ``None`` when they are that whole list, in order.
+    positions: list[int] | None = None
     #: This step's gradient data pointers, read by ``_usable_grads`` for the native call.
     grad_ptrs: list[int] = field(default_factory=list)
     #: ``(negate, shape, memos)`` of the last recording: the memo list without rebuilding its key.
