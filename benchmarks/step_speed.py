@@ -51,7 +51,10 @@ sources and first gradients, and placeholders that each implementation frees
 just before its constructor and first step, so that its state reuses them
 (:func:`interleaved_runners`, ``fair_placement.py``). ``--placement
 sequential`` builds each implementation in turn instead (the first then takes
-what earlier rows freed). Run as root, each row records the share of every
+what earlier rows freed). Each round's fresh gradients are placed the same way:
+every implementation's old ones are dropped, the new ones allocated in turns,
+and each receives its values just before its own step (:func:`interleaved_grads`);
+``sequential`` has each implementation drop and clone its own. Run as root, each row records the share of every
 implementation's parameter, gradient and state pages that lie in physically
 contiguous 16 KiB groups (``placement`` in the JSON; ``--show-placement``
 prints it), to check that none is systematically placed worse. Implementations:
@@ -268,6 +271,8 @@ class Runner:
     grad_shares: list[float] = field(default_factory=list)
     #: What adaptim's step ran (``fused_status()``: ``triton``, ``native``, ``foreach``, ...).
     status: list[str] = field(default_factory=list)
+    #: The values each step's gradients take (what ``backward()`` would write).
+    sources: list[torch.Tensor] = field(default_factory=list)
 
 
 def synchronize(device: torch.device) -> None:
@@ -331,6 +336,7 @@ def started_runner(
         params=params,
         optimizer=optimizer,
         status=status,
+        sources=grads,
     )
 
 
@@ -498,13 +504,61 @@ clock = time.perf_counter
 GRAD_SAMPLES = 5
 
 
-def measure(runners: list[Runner], repeats: int, device: torch.device) -> None:
+def interleaved_grads(runners: list[Runner], start: int) -> list[Callable[[], None]]:
+    """Drop every implementation's gradients, then allocate new ones in turns.
+
+    As with the parameters (:func:`interleaved_runners`), tensor by tensor in a
+    rotating order, so that no implementation's gradients always take the pages
+    another's just freed. Returns, per runner, what writes the gradients' values
+    (as ``backward()`` would, just before that runner's step, so that a small
+    model's gradients are as warm in the cache as after a real backward).
+    Sparse gradients (the embedding workload) are cloned there instead.
+    """
+    for runner in runners:
+        for p in runner.params:
+            p.grad = None
+    count = len(runners[0].params)
+
+    def allocate(k: int, i: int) -> torch.Tensor | None:
+        source = runners[k].sources[i]
+        return None if source.is_sparse else torch.empty_like(source)
+
+    fresh = interleave(len(runners), count, allocate, start)
+
+    def writer(runner: Runner, grads: list[torch.Tensor | None]) -> Callable[[], None]:
+        def write() -> None:
+            for p, g, source in zip(runner.params, grads, runner.sources, strict=True):
+                p.grad = source.clone() if g is None else g.copy_(source)
+
+        return write
+
+    return [writer(r, g) for r, g in zip(runners, fresh, strict=True)]
+
+
+def measure(
+    runners: list[Runner], repeats: int, device: torch.device, interleaved: bool = True
+) -> None:
+    """Time ``repeats`` steps of every runner, each after it received fresh gradients.
+
+    ``interleaved``: each round's gradients of all runners are allocated together
+    in turns (:func:`interleaved_grads`); else each runner drops and clones its
+    own just before its step.
+    """
     order = random.Random(0)
     for index in range(repeats):
+        writes = (
+            {id(r): w for r, w in zip(runners, interleaved_grads(runners, index), strict=True)}
+            if interleaved and runners
+            else {}
+        )
         # A fresh order every round: whoever runs right after whom (caches, the
         # thread pool's state) must not favour one implementation.
         for runner in order.sample(runners, len(runners)):
-            runner.fresh_grads()
+            if writes:
+                writes[id(runner)]()
+            else:
+                runner.fresh_grads()
+            synchronize(device)
             start = clock()
             runner.step()
             synchronize(device)
@@ -668,7 +722,7 @@ def time_row(
     bandwidth = max(rates.values())
     runners = runners_for(algorithm, workload, device, placement_mode)
     load = os.getloadavg()[0]
-    measure(runners, repeats, device)
+    measure(runners, repeats, device, placement_mode == "interleaved")
     row = report(algorithm, workload, device, runners, bandwidth, rates["copy_"])
     row["placement"] = placement(runners)
     row["load_average"] = max(load, os.getloadavg()[0])
