@@ -11,7 +11,11 @@ stores each as it ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 
 from adaptim.lab.claims import Claims
 from adaptim.lab.executors import Executor
@@ -80,11 +84,37 @@ def run_wave(
     if missing:  # a read-only store fails now, not after the trials have run
         store.check_writable()
     for result, reused in _run_missing(missing, executor, context, store, claims):
-        if not reused:
-            store.put(result)
-        results.append(result)
-        on_trial(result, reused)
+        with interrupts_deferred():  # stored means reported: Ctrl-C waits for both
+            if not reused:
+                store.put(result)
+            results.append(result)
+            on_trial(result, reused)
     return results
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done.
+
+    Storing a trial and reporting it (the progress line a log reads) belong
+    together: interrupted between the two, the store held a trial that the log
+    never showed. The signal is then handled as it would have been, after the
+    block. Only the main thread receives signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _run_missing(
