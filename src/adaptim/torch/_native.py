@@ -243,7 +243,9 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
 #: 0.92-0.96x. Off, the loop agrees with torch.optim to rounding (``sqrt`` differs from
 #: ``torch.sqrt`` on about 17% of float32 values by an ulp). Set it before the process
 #: compiles its first kernel; ``foreach=True`` (the multi-tensor replay) is bit-identical
-#: on any machine.
+#: on any machine. On a CPU where MKL runs another kernel than the one emulated
+#: (:func:`._mkl_sqrt.emulated` false, checked once per process) it changes nothing: the
+#: loop keeps the correctly rounded root.
 EXACT_ROOT = False
 
 
