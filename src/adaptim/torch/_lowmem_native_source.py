@@ -66,12 +66,28 @@ _HEADER = [
     "static inline float bf16_load(uint16_t h) {",
     "  const uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f;",
     "}",
+    # (the 8-bit loop's look-ahead: one request per cache line, into L2)
+    "static inline void prefetch_r(const void* p, int bytes) {",
+    "  for (int k = 0; k < bytes; k += 64) __builtin_prefetch((const char*)p + k, 0, 2);",
+    "}",
+    "static inline void prefetch_w(const void* p, int bytes) {",
+    "  for (int k = 0; k < bytes; k += 64) __builtin_prefetch((const char*)p + k, 1, 2);",
+    "}",
     "static inline uint16_t bf16_round(float f, uint32_t noise) {",
     "  uint32_t b; memcpy(&b, &f, 4);",
     "  return f != f ? (uint16_t)0x7FC0 : (uint16_t)((b + noise) >> 16);",
     "}",
 ]
 
+
+#: How many quantisation blocks ahead the 8-bit loop asks for its streams (into L2,
+#: ``prefetcht1``). A block is three short passes (decode, update, encode), and the
+#: hardware prefetcher alone left the loop waiting on memory: on 16M elements, one
+#: thread, it took ~1.0 ns an element more than in cache. Kernel alone, paired runs
+#: on the same tensors, one thread, loaded (Xeon, KVM): 16M 0.87x the time without
+#: (2 blocks ahead 0.92x, 8 0.89x, 16 0.96x; the codes alone 0.98x), 262k (in
+#: cache) 1.02x.
+PREFETCH_BLOCKS = 4
 
 #: Whether the 8-bit loop computes the reference path's bits (:class:`_Source`): MKL's root
 #: and true divisions, which cost it 16-23% of its time against ``sqrtf`` (whose square root
@@ -102,6 +118,19 @@ static void root_block(int64_t n, const T* q, T* r) {
 #define root_block mkl_sqrt_tile
 #endif
 """
+
+
+def _prefetches(inputs: Sequence[str], kinds: Sequence[str], written: set[str]) -> list[str]:
+    """C lines: ask for every streamed input's span :data:`PREFETCH_BLOCKS` blocks ahead."""
+    ahead = f"c + {PREFETCH_BLOCKS} * QBLOCK"
+    width = {"element": "sizeof(T)", "bf16": "2", "q8": "1"}
+    lines = [f"      if ({ahead} < end) {{"]
+    for name, kind in zip(inputs, kinds, strict=True):
+        lines.append(
+            f"        prefetch_{'w' if name in written else 'r'}({name} + {ahead},"
+            f" QBLOCK * {width[kind]});"
+        )
+    return [*lines, "      }"]
 
 
 def rounding_streams(rounded: Sequence[str]) -> list[str]:
@@ -189,6 +218,7 @@ class _Source(_native._Source):
                 " c < until; c += QBLOCK) {"
             )
             body.append("      const int64_t cend = c + QBLOCK < end ? c + QBLOCK : end;")
+            body += _prefetches(inputs, kinds, written)
             for index, name in enumerate(inputs):
                 if name not in quantized:
                     continue
