@@ -27,12 +27,26 @@ from adaptim.torch import _lowmem_segments as _segments
 from adaptim.torch import _native_fragments as _fragments
 from adaptim.torch._trace import Ref, Structure
 
+#: How many quantisation blocks ahead the 8-bit loop asks for its streams (into L2,
+#: ``prefetcht1``). A block is three short passes (decode, update, encode), and the
+#: hardware prefetcher alone left the loop waiting on memory: on 16M elements, one
+#: thread, it took ~1.0 ns an element more than in cache. Kernel alone, paired runs
+#: on the same tensors, one thread, loaded (Xeon, KVM): 16M 0.87x the time without
+#: (2 blocks ahead 0.92x, 8 0.89x, 16 0.96x; the codes alone 0.98x), 262k (in
+#: cache) 1.02x.
+PREFETCH_BLOCKS = 4
+#: From how many blocks in a step (all threads) the loop looks ahead: 1M elements, ~16 MiB
+#: of streams. Below, the tensors stay in the outer caches between steps and the requests
+#: only cost (262k elements: 1.01-1.03x the time with them).
+PREFETCH_FROM = 4096
+
 #: The loop over work items when a state is 8-bit: each thread takes an equal share of
 #: the quantisation blocks of all tensors (a static schedule of work items gave one of
 #: two threads 56% of the MLP's 8-bit elements), walking the items to find its range.
 _BALANCED = [
     "  int64_t total = 0;",
     "  for (int64_t b = 0; b < blocks; ++b) total += (block_end[b] - block_begin[b] + QBLOCK - 1) / QBLOCK;",
+    f"  const int far = total >= {PREFETCH_FROM};  /* (streams past the caches: look ahead) */",
     "  #pragma omp parallel num_threads(threads)",
     "  {",
     "  const int64_t share = omp_get_num_threads(), me = omp_get_thread_num();",
@@ -80,15 +94,6 @@ _HEADER = [
 ]
 
 
-#: How many quantisation blocks ahead the 8-bit loop asks for its streams (into L2,
-#: ``prefetcht1``). A block is three short passes (decode, update, encode), and the
-#: hardware prefetcher alone left the loop waiting on memory: on 16M elements, one
-#: thread, it took ~1.0 ns an element more than in cache. Kernel alone, paired runs
-#: on the same tensors, one thread, loaded (Xeon, KVM): 16M 0.87x the time without
-#: (2 blocks ahead 0.92x, 8 0.89x, 16 0.96x; the codes alone 0.98x), 262k (in
-#: cache) 1.02x.
-PREFETCH_BLOCKS = 4
-
 #: Whether the 8-bit loop computes the reference path's bits (:class:`_Source`): MKL's root
 #: and true divisions, which cost it 16-23% of its time against ``sqrtf`` (whose square root
 #: unit works beside the multiply and add pipes the loop fills) and a reciprocal. Off by
@@ -124,7 +129,7 @@ def _prefetches(inputs: Sequence[str], kinds: Sequence[str], written: set[str]) 
     """C lines: ask for every streamed input's span :data:`PREFETCH_BLOCKS` blocks ahead."""
     ahead = f"c + {PREFETCH_BLOCKS} * QBLOCK"
     width = {"element": "sizeof(T)", "bf16": "2", "q8": "1"}
-    lines = [f"      if ({ahead} < end) {{"]
+    lines = [f"      if (far && {ahead} < end) {{"]
     for name, kind in zip(inputs, kinds, strict=True):
         lines.append(
             f"        prefetch_{'w' if name in written else 'r'}({name} + {ahead},"
