@@ -5,7 +5,8 @@ of encoded entries: bf16 widening and stochastic rounding (one counter-based
 hash per element and stream, :func:`rounding_streams`), and for 8-bit state
 the walk over quantisation blocks, each decoded into a stack buffer, updated
 and re-encoded with its new block maximum (:mod:`._lowmem_codes`,
-:mod:`._lowmem_segments`). An 8-bit rule's ``sqrt`` is ``torch.sqrt``'s (MKL's
+:mod:`._lowmem_segments`), every stream's lines asked for a few blocks ahead
+on steps too large for the caches (:data:`PREFETCH_BLOCKS`). An 8-bit rule's ``sqrt`` is ``torch.sqrt``'s (MKL's
 algorithm, :data:`_ROOT_BLOCK`) and its division by a step's scalar a true
 division, so that the loop stores the reference path's bits; the root splits
 the block's update into passes (:meth:`_Source.segment`).
