@@ -1,4 +1,5 @@
-"""The native 8-bit encoder against the plain nearest-code rule, over every float it meets.
+"""The native 8-bit encoder against the plain nearest-code rule, over every float it meets;
+the decoder against the table.
 
 The native loop's ``quantize_S``/``quantize_U`` (:mod:`adaptim.torch._lowmem_codes`:
 the in-register segment encoder where the CPU has AVX-512 VBMI, the bucket
@@ -40,6 +41,11 @@ void adaptim_quantize(int is_signed, const float* v, int64_t n, uint8_t* q, floa
     const int64_t m = n - c < QBLOCK ? n - c : QBLOCK;
     f(v + c, m, top_of(v + c, m), q + c, absmax + c / QBLOCK);
   }
+}
+
+/* `m` codes decoded as the native loop decodes a block (its first `m` codes, m <= 256). */
+void adaptim_decode(int is_signed, const uint8_t* q, int64_t m, float a, float* out) {
+  if (is_signed) decode_S(q, m, a, out); else decode_U(q, m, a, out);
 }
 
 /* Every float32 magnitude from `first` to `last` (bits, stepping by `stride`; at most `top`),
@@ -98,6 +104,14 @@ def library() -> ctypes.CDLL:
         ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_float,
+    ]
+    lib.adaptim_decode.restype = None
+    lib.adaptim_decode.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_float,
+        ctypes.c_void_p,
     ]
     lib.adaptim_quantize.restype = None
     lib.adaptim_quantize.argtypes = [
@@ -195,3 +209,36 @@ def test_any_block_maximum_gives_the_reference_codes(
     expected_codes, expected_absmax = _lowmem.quantize_blockwise(values, signed)
     assert torch.equal(absmax, expected_absmax)
     assert torch.equal(codes, expected_codes)
+
+
+_MAXIMA = st.one_of(
+    st.floats(min_value=0.0, max_value=2.0**127, width=32),  # (0, denormals, normals)
+    st.sampled_from([0.0, 2.0**-149, 2.0**-126, 1.0, float("inf"), float("nan")]),
+)
+
+
+@given(
+    _MAXIMA,
+    st.booleans(),
+    st.integers(1, _lowmem.BLOCK),
+    st.lists(st.integers(0, 255), min_size=_lowmem.BLOCK, max_size=_lowmem.BLOCK),
+    st.integers(0, 255),
+)
+@settings(max_examples=60, deadline=None)
+def test_decoder_gives_the_table_times_the_block_maximum(
+    library: ctypes.CDLL, top: float, signed: bool, m: int, drawn: list[int], shift: int
+) -> None:
+    """Each code decodes to ``code[q]·a`` (float32), bit for bit, for any block maximum ``a``
+    (0, denormal, inf and NaN too): a block holding all 256 codes (rotated by ``shift``) and a
+    drawn one, whole or cut at ``m`` (the in-register path takes 64 codes at a time, the tail
+    the plain look-up)."""
+    table = _lowmem.dynamic_code(signed)
+    a = torch.tensor(top, dtype=torch.float32)
+    for codes in (torch.arange(256).roll(shift), torch.tensor(drawn)):
+        q = codes.to(torch.uint8)[:m].contiguous()
+        out = torch.empty(m, dtype=torch.float32)
+        library.adaptim_decode(int(signed), q.data_ptr(), m, np.float32(top), out.data_ptr())
+        expected = table[q.long()] * a
+        nan = expected.isnan()
+        assert torch.equal(out.isnan(), nan)
+        assert torch.equal(out[~nan].view(torch.int32), expected[~nan].view(torch.int32))

@@ -351,11 +351,12 @@ def segment_encoder(suffix: str, signed: bool) -> list[str]:
 def code_functions(suffix: str, signed: bool) -> list[str]:
     """The tables and the ``decode_``/``encode_``/``quantize_<suffix>`` functions of one code."""
     code = _lowmem.dynamic_code(signed)
+    assert not signed or _lowmem_codes.mirrored(code)  # (the signed decoder's fold)
     return [
         _lowmem_codes.float_table(f"CODE_{suffix}", code),
         _lowmem_codes.byte_planes(f"PLANES_{suffix}", code),
         _lowmem_codes.int_table(f"BUCKET_{suffix}", _lowmem_codes.bucket_table(signed)),
-        *_lowmem_codes.decoder(suffix),
+        *_lowmem_codes.decoder(suffix, signed),
         *_lowmem_codes.bucket_coder(suffix, signed),
         *segment_encoder(suffix, signed),
         *_lowmem_codes.quantizer(suffix),
