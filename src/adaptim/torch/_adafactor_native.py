@@ -1,0 +1,209 @@
+"""torch's Adafactor step on CPU vectors and matrices in three native passes, bit for bit.
+
+torch's for-loop (``torch.optim.Adafactor``, ``foreach=False``) reads a
+matrix parameter or its gradient six times a step (the parameter's norm, the
+row norms, the column norms, the update ``g / sqrt(V)`` written into a fresh
+tensor, its norm, the step), with one ATen call and host read per tensor. The
+engine's replay fuses the element-wise tail but keeps the reductions per
+tensor, so many small tensors stay bound by calls, and every step allocates
+a parameter-sized update. Here a partition of the default rule (the
+``torch`` flavor's arithmetic: ``eps1_in_square`` and ``rms_after_decay``
+off) whose tensors are contiguous float32/float64 CPU vectors, scalars or
+matrices takes three C calls (:mod:`._adafactor_source`):
+
+0. the parameter's norm and the gradient's row and column statistics (one
+   read of each, per tensor), folded into ``row_var`` and ``col_var``;
+   then ``mean(row_var)`` floored at :math:`\\epsilon_1`, per matrix with
+   torch's own ``mean`` (a sum of ``R`` numbers);
+1. the update's norm, the update computed block by block and never stored
+   (vectors: ``variance`` moves here);
+2. the step, the update recomputed alike: about 24 bytes an element for a
+   matrix (32 for a vector) against the loop's 44 and an allocation.
+
+Every norm is summed in the order of ATen's kernel (``_adafactor_source``),
+and every element-wise operation rounds as the ATen kernel torch calls, so the
+result is torch's to the bit. The summation order is a property of the
+installed wheel, so it is checked once per process and dtype against
+``torch.linalg.vector_norm`` on random data (:func:`_order_agrees`); where it
+does not hold, or for anything else (rank 3, other flavors, half types, a
+non-contiguous tensor), the engine's replay runs as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from adaptim.torch import _adafactor_source, _fuse, _native
+from adaptim.torch._partition import Partition
+
+_lock = threading.Lock()
+_FUNCTIONS: dict[torch.dtype, Any] = {}
+
+
+def _function(dtype: torch.dtype) -> Any:
+    """The loaded ``adaptim_adafactor`` for ``dtype``, or ``None`` (no compiler, or the order differs)."""
+    with _lock:
+        if dtype not in _FUNCTIONS:
+            _FUNCTIONS[dtype] = None
+            try:
+                library = _native.build_library(source(dtype), "adafactor")
+                function = ctypes.CDLL(str(library)).adaptim_adafactor
+            except (_native.NativeUnavailable, OSError):
+                return None
+            function.restype = None
+            function.argtypes = [
+                ctypes.c_int64,
+                ctypes.c_int64,
+                *[ctypes.c_void_p] * 4,
+                ctypes.c_int,
+            ]
+            if _order_agrees(function, dtype):
+                _FUNCTIONS[dtype] = function
+        return _FUNCTIONS[dtype]
+
+
+def source(dtype: torch.dtype) -> str:
+    return _adafactor_source.source(dtype, _fuse.PARALLEL_MIN_NUMEL)
+
+
+def _order_agrees(function: Any, dtype: torch.dtype) -> bool:
+    """Whether phase 0's parameter norms are ``torch.linalg.vector_norm``'s on random data
+    (sizes around every tail length, and a large one), on one thread and on two."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = [*range(1, 40), 255, 1000, 4099, 70_001]
+    tensors = [torch.randn(n, generator=generator, dtype=dtype) for n in sizes]
+    expected = [torch.linalg.vector_norm(x).item() for x in tensors]
+    count = len(tensors)
+    meta = np.array([(0, 1, x.numel()) for x in tensors], dtype=np.int64).reshape(-1)
+    arrays = np.zeros(5 * count, dtype=np.int64)
+    arrays[:count] = [x.data_ptr() for x in tensors]
+    arrays[count : 2 * count] = arrays[:count]  # (phase 0 reads no gradient of a vector)
+    hosts = np.zeros(8)
+    for threads in (1, 2):
+        norms = np.zeros(2 * count)
+        function(
+            count, 0, meta.ctypes.data, arrays.ctypes.data, hosts.ctypes.data,
+            norms.ctypes.data, threads,
+        )  # fmt: skip
+        if norms[:count].tolist() != expected:
+            return False
+    return True
+
+
+@dataclass
+class Bound:
+    """A partition's pointers and shapes, kept while its tensors are (the engine rebuilds
+    partitions whose parameters or state change)."""
+
+    meta: np.ndarray
+    arrays: np.ndarray
+    scales: list[tuple[torch.Tensor, torch.Tensor]]  # (row_var, its floored mean) per matrix
+    hosts: np.ndarray
+    norms: np.ndarray
+
+
+def usable(partition: Partition, hp: Mapping[str, Any]) -> bool:
+    """Whether the partition may take the native passes (the grads are checked per step)."""
+    if hp["eps1_in_square"] or hp["rms_after_decay"] or partition.ndim > 2:
+        return False
+    first = partition.params[0]
+    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64):
+        return False
+    if partition.ndim == 2:
+        keys: tuple[str, ...] = ("row_var", "col_var")
+    else:
+        keys = ("variance",)
+    for p, state in zip(partition.params, partition.states, strict=True):
+        if not p.is_contiguous() or p.numel() == 0:
+            return False
+        for key in keys:
+            v = state.get(key)
+            if not isinstance(v, torch.Tensor) or v.dtype != p.dtype or not v.is_contiguous():
+                return False
+    return True
+
+
+def _bind(partition: Partition) -> Bound:
+    params, count = partition.params, len(partition.params)
+    meta = np.empty((count, 3), dtype=np.int64)
+    arrays = np.zeros(5 * count, dtype=np.int64)
+    scales = []
+    for t, (p, state) in enumerate(zip(params, partition.states, strict=True)):
+        arrays[t] = p.data_ptr()
+        if p.ndim == 2:
+            row_var, col_var = state["row_var"], state["col_var"]
+            scale = row_var.new_empty((1, 1))
+            scales.append((row_var, scale))
+            meta[t] = (1, p.shape[0], p.shape[1])
+            arrays[2 * count + t] = row_var.data_ptr()
+            arrays[3 * count + t] = col_var.data_ptr()
+            arrays[4 * count + t] = scale.data_ptr()
+        else:
+            meta[t] = (0, 1, p.numel())
+            arrays[2 * count + t] = state["variance"].data_ptr()
+    return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count))
+
+
+def run(
+    partition: Partition,
+    grads: list[torch.Tensor],
+    group: Mapping[str, Any],
+    hp: Mapping[str, Any],
+    step: float,
+) -> bool:
+    """One step of ``partition`` in the native passes; ``False`` (nothing changed) where it may not."""
+    bound = partition.adafactor
+    if bound is None:
+        if not usable(partition, hp):
+            partition.adafactor = False
+            return False
+        function = _function(partition.params[0].dtype)
+        if function is None:
+            partition.adafactor = False
+            return False
+        bound = partition.adafactor = (_bind(partition), function)
+    elif bound is False:
+        return False
+    if not all(g.is_contiguous() for g in grads):
+        return False
+    data, function = bound
+    count = len(grads)
+    data.arrays[count : 2 * count] = partition.grad_ptrs
+    eps1, eps2 = hp["eps"]
+    if eps1 is None:
+        eps1 = torch.finfo(partition.params[0].dtype).eps
+    lr = float(hp["lr"])
+    weight_decay = hp["weight_decay"]
+    # torch's host arithmetic: the lerp weight t^c, rho_t = min(lr, 1/sqrt(t)), the decay
+    data.hosts[:] = (
+        step ** hp["beta2_decay"], eps1 * eps1, min(lr, 1 / (step**0.5)), eps2, hp["d"],
+        1 - lr * weight_decay, float(bool(group.get("maximize", False))), float(weight_decay != 0),
+    )  # fmt: skip
+    arguments = (data.meta.ctypes.data, data.arrays.ctypes.data, data.hosts.ctypes.data)
+    norms, threads = data.norms.ctypes.data, torch.get_num_threads()
+    function(count, 0, *arguments, norms, threads)
+    for row_var, scale in data.scales:
+        torch.mean(row_var, dim=-2, keepdim=True, out=scale).clamp_(min=eps1)
+    function(count, 1, *arguments, norms, threads)
+    function(count, 2, *arguments, norms, threads)
+    return True
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``Optimizer.plans()`` shows for a partition stepped here."""
+
+    source: str
+
+
+@functools.cache
+def plan(dtype: torch.dtype) -> Plan:
+    return Plan("# adaptim_adafactor: torch's Adafactor in three native passes\n" + source(dtype))

@@ -1,0 +1,206 @@
+"""The C of :mod:`._adafactor_native`: torch's Adafactor step in three passes, ATen's sums kept.
+
+Every whole-row or whole-tensor norm torch's Adafactor takes
+(``param.norm(2)``, ``torch.norm(grad, dim=-1)``, ``update.norm(2)``) is ATen's
+last-axis norm kernel: one thread per output, ``ATEN_LANES`` running sums
+(8 float32 or 4 float64: the AVX2 ``Vectorized`` this wheel's kernel uses),
+each lane summing ``x * x`` rounded then added (no multiply-add), the lanes
+added in order, then the elements after the last whole vector: in float32 a
+chunk of 4 squared and added in order when 4 or more remain, the rest (and
+all of float64's) as multiply-adds (what GCC made of ATen's scalar tail);
+then a square root. ``sum_squares`` replays that order. It was read off the
+wheel's results, not its source, so :mod:`._adafactor_native` checks it
+against ``torch.linalg.vector_norm`` once per process before using it.
+Column sums are summed row after row (:mod:`._column_stats`).
+
+Phases (one C call each): 0, per tensor, the parameter's sum of squares
+(one item) and the gradient's row and column statistics folded into
+``row_var``/``col_var`` (another item; vectors: nothing); 1, per tensor, the
+update's sum of squares (vectors: ``variance`` is updated here); 2, in
+blocks, ``p = (1 - lr wd) p - alpha / denom * update``, the update recomputed
+from the gradient and the new statistics, bit for bit as in phase 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_BODY = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+static inline T lerp_t(T a, T b, T w) { return w < (T)0.5 ? FMA(w, b - a, a) : FMA(w - (T)1, b - a, b); }
+static inline T floor_t(T x, T lo) { return x < lo ? lo : x; }
+
+/* ATen's last-axis sum of squares, carried across calls: `acc` takes whole vectors only */
+static inline void add_vectors(T* acc, const T* x, int64_t n) {
+  for (int64_t d = 0; d < n; d += ATEN_LANES)
+    for (int k = 0; k < ATEN_LANES; ++k) { const T sq = x[d + k] * x[d + k]; acc[k] = acc[k] + sq; }
+}
+static inline T finish(const T* acc, const T* tail, int64_t r) {
+  T b = acc[0];
+  for (int k = 1; k < ATEN_LANES; ++k) b = b + acc[k];
+  int64_t d = 0;
+  if (TAIL_CHUNK > 0 && r >= TAIL_CHUNK) {
+    for (; d < TAIL_CHUNK; ++d) { const T sq = tail[d] * tail[d]; b = b + sq; }
+  }
+  for (; d < r; ++d) b = FMA(tail[d], tail[d], b);
+  return b;
+}
+static inline T sum_squares(const T* x, int64_t n) {
+  T acc[ATEN_LANES] = {0};
+  const int64_t whole = n - n % ATEN_LANES;
+  add_vectors(acc, x, whole);
+  return finish(acc, x + whole, n - whole);
+}
+static inline T norm_of(T sum) { return (T)sqrt((double)sum); }
+
+/* The update of element block [begin, end) of tensor t into u (phase 1 also moves `variance`). */
+enum { BUF = 512 };
+static inline void update_block(int64_t t, int64_t begin, int64_t end, const int64_t* meta,
+                                void* const* arrays, int64_t n, const double* h, int move, T* u) {
+  const T* g = (const T*)arrays[1 * n + t];
+  const T sign = h[6] != 0.0 ? (T)-1 : (T)1;
+  const T floor2 = (T)h[1];
+  if (meta[3 * t] == 1) {
+    const int64_t cols = meta[3 * t + 2];
+    const T* row_var = (const T*)arrays[2 * n + t];
+    const T* col_var = (const T*)arrays[3 * n + t];
+    const T scale = *(const T*)arrays[4 * n + t];
+    for (int64_t i = begin; i < end;) {  /* row by row: the columns' loop vectorises */
+      const int64_t r = i / cols, j0 = i - r * cols;
+      const int64_t j1 = cols < j0 + (end - i) ? cols : j0 + (end - i);
+      const T rv = row_var[r];
+      T* out = u + (i - begin) - j0;
+      const T* gr = g + r * cols;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T v = floor_t((rv * col_var[j]) / scale, floor2);
+        out[j] = ((T)1 / SQRT(v)) * (sign * gr[j]);
+      }
+      i += j1 - j0;
+    }
+  } else {
+    T* variance = (T*)arrays[2 * n + t];
+    const T w = (T)h[0];
+    for (int64_t i = begin; i < end; ++i) {
+      const T gi = sign * g[i];
+      T v = variance[i];
+      if (move) { v = lerp_t(v, gi * gi, w); variance[i] = v; }
+      u[i - begin] = ((T)1 / SQRT(floor_t(v, floor2))) * gi;
+    }
+  }
+}
+
+static void gradient_stats(int64_t t, const int64_t* meta, void* const* arrays, int64_t n, const double* h) {
+  const int64_t rows = meta[3 * t + 1], cols = meta[3 * t + 2];
+  const T* g = (const T*)arrays[1 * n + t];
+  T* row_var = (T*)arrays[2 * n + t];
+  T* col_var = (T*)arrays[3 * n + t];
+  const T w = (T)h[0];
+  T* acc = (T*)calloc((size_t)cols, sizeof(T));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = g + r * cols;
+    const T norm = norm_of(sum_squares(row, cols));
+    row_var[r] = lerp_t(row_var[r], (norm * norm) / (T)cols, w);
+    for (int64_t j = 0; j < cols; ++j) acc[j] = acc[j] + row[j] * row[j];
+  }
+  if (cols == 1) acc[0] = sum_squares(g, rows);  /* (an N x 1 column is ATen's last-axis sum) */
+  for (int64_t j = 0; j < cols; ++j) {
+    const T norm = norm_of(acc[j]);
+    col_var[j] = lerp_t(col_var[j], (norm * norm) / (T)rows, w);
+  }
+  free(acc);
+}
+
+/* meta: kind (1 matrix, 0 otherwise), rows, columns per tensor; arrays: p, g, row_var or
+   variance, col_var, scale (n each); h: weight, floor^2, rho, eps2, d, decay, maximize, decay?;
+   norms: 2n doubles (the parameter's norm, the update's). */
+void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* const* arrays,
+                       const double* h, double* norms, int threads) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < n; ++t) total += meta[3 * t + 1] * meta[3 * t + 2];
+  const int many = total >= PARALLEL_MIN;
+  if (phase == 0) {
+    #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if(many)
+    for (int64_t item = 0; item < 2 * n; ++item) {
+      const int64_t t = item / 2;
+      if (item % 2 == 0) {
+        norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], meta[3 * t + 1] * meta[3 * t + 2]));
+      } else if (meta[3 * t] == 1) {
+        gradient_stats(t, meta, arrays, n, h);
+      }
+    }
+  } else if (phase == 1) {
+    #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if(many)
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
+      T acc[ATEN_LANES] = {0};
+      T u[BUF];
+      int64_t begin = 0;
+      for (; begin + BUF <= size; begin += BUF) {
+        update_block(t, begin, begin + BUF, meta, arrays, n, h, 1, u);
+        add_vectors(acc, u, BUF);
+      }
+      update_block(t, begin, size, meta, arrays, n, h, 1, u);
+      const int64_t whole = (size - begin) - (size - begin) % ATEN_LANES;
+      add_vectors(acc, u, whole);
+      norms[n + t] = (double)norm_of(finish(acc, u + whole, size - begin - whole));
+    }
+  } else {
+    /* torch's host arithmetic, in double: alpha = max(eps2, |p| / sqrt(N)) rho_t,
+       denom = max(1, |u| / (sqrt(N) d)), the step -alpha / denom */
+    double* coef = (double*)malloc(sizeof(double) * (size_t)(n + 1));
+    int64_t* first = (int64_t*)malloc(sizeof(int64_t) * (size_t)(n + 1));
+    first[0] = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
+      const double root = pow((double)size, 0.5);
+      const double rms = norms[t] / root;
+      const double alpha = (rms > h[3] ? rms : h[3]) * h[2];
+      const double ratio = norms[n + t] / (root * h[4]);
+      coef[t] = -alpha / (ratio > 1.0 ? ratio : 1.0);
+      first[t + 1] = first[t] + (size + BUF * 32 - 1) / (BUF * 32);
+    }
+    const int64_t blocks = first[n];
+    #pragma omp parallel for num_threads(threads) schedule(static) if(many && blocks > 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      int64_t lo = 0, hi = n - 1;
+      while (lo < hi) { const int64_t mid = (lo + hi + 1) / 2; if (first[mid] <= b) lo = mid; else hi = mid - 1; }
+      const int64_t t = lo, size = meta[3 * t + 1] * meta[3 * t + 2];
+      const int64_t start = (b - first[t]) * BUF * 32;
+      const int64_t stop = start + BUF * 32 < size ? start + BUF * 32 : size;
+      T* p = (T*)arrays[t];
+      const T step = (T)coef[t], decay = (T)h[5];
+      const int decayed = h[7] != 0.0;
+      T u[BUF];
+      for (int64_t begin = start; begin < stop; begin += BUF) {
+        const int64_t end = begin + BUF < stop ? begin + BUF : stop;
+        update_block(t, begin, end, meta, arrays, n, h, 0, u);
+        for (int64_t i = begin; i < end; ++i) {
+          const T q = decayed ? p[i] * decay : p[i];
+          p[i] = FMA(step, u[i - begin], q);
+        }
+      }
+    }
+    free(first);
+    free(coef);
+  }
+}
+"""
+
+_TYPES = {
+    torch.float32: ("float", "fmaf", "sqrtf", 8, 4),
+    torch.float64: ("double", "fma", "sqrt", 4, 0),
+}
+
+
+def source(dtype: torch.dtype, parallel_min: int) -> str:
+    """The C for ``dtype`` (float32 or float64)."""
+    ctype, fma, sqrt, lanes, chunk = _TYPES[dtype]
+    head = (
+        f"typedef {ctype} T;\n#define FMA {fma}\n#define SQRT {sqrt}\n"
+        f"#define ATEN_LANES {lanes}\n#define TAIL_CHUNK {chunk}\n"
+        f"#define PARALLEL_MIN {parallel_min}\n"
+    )
+    return head + _BODY
