@@ -129,3 +129,22 @@ def test_plans_show_the_native_passes() -> None:
     _, optimizer = run([(30, 20), (20,)], torch.float32, 0, adaptim.Adafactor, 3)
     sources = optimizer.plans()[0]
     assert len(sources) == 2 and all("void adaptim_adafactor(" in s for s in sources)
+
+
+@THREADS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tensors_past_the_kept_update_are_stepped_in_blocks(
+    threads: int, dtype: torch.dtype
+) -> None:
+    """Past ``KEEP`` elements the step recomputes the update in phase 2, on every thread."""
+    from adaptim.torch._adafactor_source import KEEP
+
+    shapes = [(KEEP + 1,), (KEEP // 500 + 1, 500), (3, 5), (7,)]
+    options = {"weight_decay": 0.1, "maximize": True}
+    with num_threads(threads):
+        ours = run(shapes, dtype, 1, lambda p: adaptim.Adafactor(p, **options), 4)
+        theirs = run(
+            shapes, dtype, 1, lambda p: torch.optim.Adafactor(p, foreach=False, **options), 4
+        )
+    assert ours[1].fused_status()[0] == "adafactor (2 partitions): 4 of 4 tensors"
+    assert_same(ours, theirs)

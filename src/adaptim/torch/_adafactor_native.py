@@ -15,10 +15,12 @@ matrices takes three C calls (:mod:`._adafactor_source`):
    read of each, per tensor), folded into ``row_var`` and ``col_var``;
    then ``mean(row_var)`` floored at :math:`\\epsilon_1`, per matrix with
    torch's own ``mean`` (a sum of ``R`` numbers);
-1. the update's norm, the update computed block by block and never stored
-   (vectors: ``variance`` moves here);
-2. the step, the update recomputed alike: about 24 bytes an element for a
-   matrix (32 for a vector) against the loop's 44 and an allocation.
+1. the update's norm (vectors: ``variance`` moves here); a tensor of up to
+   ``_adafactor_source.KEEP`` elements keeps its update in a per-thread
+   buffer (in L2) and is stepped right away;
+2. larger tensors' step, in blocks on every thread, the update recomputed
+   alike: about 24 bytes an element for a matrix (32 for a vector; 20 when
+   kept) against the loop's 44 and an allocation.
 
 Every norm is summed in the order of ATen's kernel (``_adafactor_source``),
 and every element-wise operation rounds as the ATen kernel torch calls, so the
@@ -108,6 +110,8 @@ class Bound:
     scales: list[tuple[torch.Tensor, torch.Tensor]]  # (row_var, its floored mean) per matrix
     hosts: np.ndarray
     norms: np.ndarray
+    #: Whether a tensor is larger than ``_adafactor_source.KEEP`` (phase 2 steps those).
+    large: bool
 
 
 def usable(partition: Partition, hp: Mapping[str, Any]) -> bool:
@@ -149,7 +153,8 @@ def _bind(partition: Partition) -> Bound:
         else:
             meta[t] = (0, 1, p.numel())
             arrays[2 * count + t] = state["variance"].data_ptr()
-    return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count))
+    large = any(p.numel() > _adafactor_source.KEEP for p in params)
+    return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count), large)
 
 
 def run(
@@ -193,7 +198,8 @@ def run(
     for row_var, scale in data.scales:
         torch.mean(row_var, dim=-2, keepdim=True, out=scale).clamp_(min=eps1)
     function(count, 1, *arguments, norms, threads)
-    function(count, 2, *arguments, norms, threads)
+    if data.large:
+        function(count, 2, *arguments, norms, threads)
     return True
 
 

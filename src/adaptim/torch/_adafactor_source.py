@@ -16,9 +16,11 @@ Column sums are summed row after row (:mod:`._column_stats`).
 Phases (one C call each): 0, per tensor, the parameter's sum of squares
 (one item) and the gradient's row and column statistics folded into
 ``row_var``/``col_var`` (another item; vectors: nothing); 1, per tensor, the
-update's sum of squares (vectors: ``variance`` is updated here); 2, in
-blocks, ``p = (1 - lr wd) p - alpha / denom * update``, the update recomputed
-from the gradient and the new statistics, bit for bit as in phase 1.
+update's sum of squares (vectors: ``variance`` is updated here), and for a
+tensor of at most :data:`KEEP` elements the step itself, from the update kept
+in a per-thread buffer; 2, the larger tensors in blocks:
+``p = (1 - lr wd) p - alpha / denom * update``, the update recomputed from
+the gradient and the new statistics, bit for bit as in phase 1.
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ static inline void update_block(int64_t t, int64_t begin, int64_t end, const int
   }
 }
 
+/* p = (1 - lr wd) p + step u over [begin, end), with torch's host arithmetic in double:
+   alpha = max(eps2, |p| / sqrt(N)) rho_t, denom = max(1, |u| / (sqrt(N) d)), step -alpha / denom */
+static void apply(int64_t t, int64_t begin, int64_t end, const int64_t* meta, void* const* arrays,
+                  const double* norms, int64_t n, const double* h, const T* u) {
+  const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
+  const double root = pow((double)size, 0.5);
+  const double rms = norms[t] / root;
+  const double alpha = (rms > h[3] ? rms : h[3]) * h[2];
+  const double ratio = norms[n + t] / (root * h[4]);
+  const T step = (T)(-alpha / (ratio > 1.0 ? ratio : 1.0)), decay = (T)h[5];
+  T* p = (T*)arrays[t] + begin;
+  const int64_t count = end - begin;
+  if (h[7] != 0.0) {
+    for (int64_t i = 0; i < count; ++i) p[i] = FMA(step, u[i], p[i] * decay);
+  } else {
+    for (int64_t i = 0; i < count; ++i) p[i] = FMA(step, u[i], p[i]);
+  }
+}
+
 static void gradient_stats(int64_t t, const int64_t* meta, void* const* arrays, int64_t n, const double* h) {
   const int64_t rows = meta[3 * t + 1], cols = meta[3 * t + 2];
   const T* g = (const T*)arrays[1 * n + t];
@@ -132,35 +153,39 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
       }
     }
   } else if (phase == 1) {
-    #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if(many)
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
-      T acc[ATEN_LANES] = {0};
-      T u[BUF];
-      int64_t begin = 0;
-      for (; begin + BUF <= size; begin += BUF) {
-        update_block(t, begin, begin + BUF, meta, arrays, n, h, 1, u);
-        add_vectors(acc, u, BUF);
+    #pragma omp parallel num_threads(threads) if(many)
+    {
+      T* kept = (T*)malloc(sizeof(T) * KEEP);  /* a small tensor's update, stepped from here */
+      #pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
+        const int keep = size <= KEEP;
+        T acc[ATEN_LANES] = {0};
+        T buffer[BUF];
+        int64_t begin = 0;
+        for (;; begin += BUF) {
+          const int64_t end = begin + BUF < size ? begin + BUF : size;
+          T* u = keep ? kept + begin : buffer;
+          update_block(t, begin, end, meta, arrays, n, h, 1, u);
+          if (end - begin < BUF) {
+            const int64_t whole = (end - begin) - (end - begin) % ATEN_LANES;
+            add_vectors(acc, u, whole);
+            norms[n + t] = (double)norm_of(finish(acc, u + whole, end - begin - whole));
+            break;
+          }
+          add_vectors(acc, u, BUF);
+        }
+        if (keep) apply(t, 0, size, meta, arrays, norms, n, h, kept);
       }
-      update_block(t, begin, size, meta, arrays, n, h, 1, u);
-      const int64_t whole = (size - begin) - (size - begin) % ATEN_LANES;
-      add_vectors(acc, u, whole);
-      norms[n + t] = (double)norm_of(finish(acc, u + whole, size - begin - whole));
+      free(kept);
     }
   } else {
-    /* torch's host arithmetic, in double: alpha = max(eps2, |p| / sqrt(N)) rho_t,
-       denom = max(1, |u| / (sqrt(N) d)), the step -alpha / denom */
-    double* coef = (double*)malloc(sizeof(double) * (size_t)(n + 1));
+    /* the tensors phase 1 did not step, in blocks */
     int64_t* first = (int64_t*)malloc(sizeof(int64_t) * (size_t)(n + 1));
     first[0] = 0;
     for (int64_t t = 0; t < n; ++t) {
       const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
-      const double root = pow((double)size, 0.5);
-      const double rms = norms[t] / root;
-      const double alpha = (rms > h[3] ? rms : h[3]) * h[2];
-      const double ratio = norms[n + t] / (root * h[4]);
-      coef[t] = -alpha / (ratio > 1.0 ? ratio : 1.0);
-      first[t + 1] = first[t] + (size + BUF * 32 - 1) / (BUF * 32);
+      first[t + 1] = first[t] + (size <= KEEP ? 0 : (size + BUF * 32 - 1) / (BUF * 32));
     }
     const int64_t blocks = first[n];
     #pragma omp parallel for num_threads(threads) schedule(static) if(many && blocks > 1)
@@ -170,24 +195,21 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
       const int64_t t = lo, size = meta[3 * t + 1] * meta[3 * t + 2];
       const int64_t start = (b - first[t]) * BUF * 32;
       const int64_t stop = start + BUF * 32 < size ? start + BUF * 32 : size;
-      T* p = (T*)arrays[t];
-      const T step = (T)coef[t], decay = (T)h[5];
-      const int decayed = h[7] != 0.0;
       T u[BUF];
       for (int64_t begin = start; begin < stop; begin += BUF) {
         const int64_t end = begin + BUF < stop ? begin + BUF : stop;
         update_block(t, begin, end, meta, arrays, n, h, 0, u);
-        for (int64_t i = begin; i < end; ++i) {
-          const T q = decayed ? p[i] * decay : p[i];
-          p[i] = FMA(step, u[i - begin], q);
-        }
+        apply(t, begin, end, meta, arrays, norms, n, h, u);
       }
     }
     free(first);
-    free(coef);
   }
 }
 """
+
+#: Tensors of at most this many elements are stepped in phase 1, from their update kept
+#: in a buffer per thread (L2-sized: 1 MiB of float32), instead of recomputed in phase 2.
+KEEP = 1 << 18
 
 _TYPES = {
     torch.float32: ("float", "fmaf", "sqrtf", 8, 4),
@@ -201,6 +223,6 @@ def source(dtype: torch.dtype, parallel_min: int) -> str:
     head = (
         f"typedef {ctype} T;\n#define FMA {fma}\n#define SQRT {sqrt}\n"
         f"#define ATEN_LANES {lanes}\n#define TAIL_CHUNK {chunk}\n"
-        f"#define PARALLEL_MIN {parallel_min}\n"
+        f"#define PARALLEL_MIN {parallel_min}\n#define KEEP {KEEP}\n"
     )
     return head + _BODY
