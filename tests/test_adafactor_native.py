@@ -148,3 +148,25 @@ def test_tensors_past_the_kept_update_are_stepped_in_blocks(
         )
     assert ours[1].fused_status()[0] == "adafactor (2 partitions): 4 of 4 tensors"
     assert_same(ours, theirs)
+
+
+def test_options_changed_between_steps_are_followed() -> None:
+    """A group switched to the paper's arithmetic mid-run takes the replay from that step."""
+    results = []
+    for foreach in (None, False):
+        params, optimizer = run(
+            [(30, 20), (20,)],
+            torch.float64,
+            2,
+            lambda p, f=foreach: adaptim.Adafactor(p, foreach=f),
+            3,
+        )
+        optimizer.param_groups[0]["eps1_in_square"] = True
+        generator = torch.Generator().manual_seed(9)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            optimizer.step()
+        results.append(params)
+    for p, q in zip(*results, strict=True):
+        assert torch.equal(p, q)

@@ -114,9 +114,10 @@ class Bound:
     large: bool
 
 
-def usable(partition: Partition, hp: Mapping[str, Any]) -> bool:
-    """Whether the partition may take the native passes (the grads are checked per step)."""
-    if hp["eps1_in_square"] or hp["rms_after_decay"] or partition.ndim > 2:
+def usable(partition: Partition) -> bool:
+    """Whether the partition's tensors may take the native passes (options and gradients are
+    checked per step)."""
+    if partition.ndim > 2:
         return False
     first = partition.params[0]
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64):
@@ -165,9 +166,11 @@ def run(
     step: float,
 ) -> bool:
     """One step of ``partition`` in the native passes; ``False`` (nothing changed) where it may not."""
+    if hp["eps1_in_square"] or hp["rms_after_decay"]:  # (per step: a group's options may change)
+        return False
     bound = partition.adafactor
     if bound is None:
-        if not usable(partition, hp):
+        if not usable(partition):
             partition.adafactor = False
             return False
         function = _function(partition.params[0].dtype)
