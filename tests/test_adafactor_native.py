@@ -170,3 +170,21 @@ def test_options_changed_between_steps_are_followed() -> None:
         results.append(params)
     for p, q in zip(*results, strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_thread_count_changed_between_steps_keeps_the_bits() -> None:
+    """Which tensors phase 1 steps depends on the thread count: re-chosen when it changes."""
+    shapes = [(300, 200), (200,), (40, 30), (30,)]
+    results = []
+    for make in (adaptim.Adafactor, lambda p: torch.optim.Adafactor(p, foreach=False)):
+        generator = torch.Generator().manual_seed(4)
+        params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+        optimizer = make(params)
+        for step in range(6):
+            with num_threads(1 if step < 3 else 2):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=generator)
+                optimizer.step()
+        results.append(params)
+    for p, q in zip(*results, strict=True):
+        assert torch.equal(p, q)

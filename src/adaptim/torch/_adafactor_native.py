@@ -11,16 +11,19 @@ a parameter-sized update. Here a partition of the default rule (the
 off) whose tensors are contiguous float32/float64 CPU vectors, scalars or
 matrices takes three C calls (:mod:`._adafactor_source`):
 
-0. the parameter's norm and the gradient's row and column statistics (one
-   read of each, per tensor), folded into ``row_var`` and ``col_var``;
+0. the gradient's row and column statistics (one read, per matrix), folded
+   into ``row_var`` and ``col_var``, and a large parameter's norm;
    then ``mean(row_var)`` floored at :math:`\\epsilon_1`, per matrix with
    torch's own ``mean`` (a sum of ``R`` numbers);
 1. the update's norm (vectors: ``variance`` moves here); a tensor of up to
-   ``_adafactor_source.KEEP`` elements keeps its update in a per-thread
-   buffer (in L2) and is stepped right away;
+   ``_adafactor_source.KEEP`` elements, and no more than a thread's share of
+   the partition (``_adafactor_source.kept``), takes its parameter's norm first and
+   keeps its update in a per-thread buffer (in L2), and is stepped right away
+   from the cache: one read of ``p``, ``g`` and the state, one write of ``p``
+   and ``variance``, 20 bytes an element for a vector, the least there is;
 2. larger tensors' step, in blocks on every thread, the update recomputed
-   alike: about 24 bytes an element for a matrix (32 for a vector; 20 when
-   kept) against the loop's 44 and an allocation.
+   alike: about 24 bytes an element for a matrix (32 for a vector) against
+   the loop's 44 and an allocation.
 
 Every norm is summed in the order of ATen's kernel (``_adafactor_source``),
 and every element-wise operation rounds as the ATen kernel torch calls, so the
@@ -45,6 +48,9 @@ import torch
 
 from adaptim.torch import _adafactor_source, _fuse, _native
 from adaptim.torch._partition import Partition
+
+#: The flags of ``meta``'s first column (``_adafactor_source``'s enum).
+MATRIX, KEPT = 1, 2
 
 _lock = threading.Lock()
 _FUNCTIONS: dict[torch.dtype, Any] = {}
@@ -77,27 +83,23 @@ def source(dtype: torch.dtype) -> str:
 
 
 def _order_agrees(function: Any, dtype: torch.dtype) -> bool:
-    """Whether phase 0's parameter norms are ``torch.linalg.vector_norm``'s on random data
-    (sizes around every tail length, and a large one), on one thread and on two."""
+    """Whether the passes' norms (``sum_squares``) are ``torch.linalg.vector_norm``'s on
+    random data (sizes around every tail length, and large ones). ATen takes a whole-tensor
+    norm on one thread whatever the thread count (the tests check 1 and 2)."""
     generator = torch.Generator().manual_seed(0)
-    sizes = [*range(1, 40), 255, 1000, 4099, 70_001]
+    sizes = [*range(1, 40), 255, 1000, 4099, 70_001, 300_001]
     tensors = [torch.randn(n, generator=generator, dtype=dtype) for n in sizes]
-    expected = [torch.linalg.vector_norm(x).item() for x in tensors]
     count = len(tensors)
     meta = np.array([(0, 1, x.numel()) for x in tensors], dtype=np.int64).reshape(-1)
     arrays = np.zeros(5 * count, dtype=np.int64)
     arrays[:count] = [x.data_ptr() for x in tensors]
-    arrays[count : 2 * count] = arrays[:count]  # (phase 0 reads no gradient of a vector)
+    expected = [torch.linalg.vector_norm(x).item() for x in tensors]
+    norms = np.zeros(2 * count)
     hosts = np.zeros(8)
-    for threads in (1, 2):
-        norms = np.zeros(2 * count)
-        function(
-            count, 0, meta.ctypes.data, arrays.ctypes.data, hosts.ctypes.data,
-            norms.ctypes.data, threads,
-        )  # fmt: skip
-        if norms[:count].tolist() != expected:
-            return False
-    return True
+    function(
+        count, 3, meta.ctypes.data, arrays.ctypes.data, hosts.ctypes.data, norms.ctypes.data, 1
+    )
+    return bool(norms[:count].tolist() == expected)
 
 
 @dataclass
@@ -110,8 +112,21 @@ class Bound:
     scales: list[tuple[torch.Tensor, torch.Tensor]]  # (row_var, its floored mean) per matrix
     hosts: np.ndarray
     norms: np.ndarray
-    #: Whether a tensor is larger than ``_adafactor_source.KEEP`` (phase 2 steps those).
-    large: bool
+    #: The thread count the flags were set for, whether some tensor is not kept (phase 2
+    #: steps those), whether phase 0 has work (a matrix's statistics, such a tensor's norm).
+    threads: int = 0
+    large: bool = False
+    first_pass: bool = False
+
+    def flag(self, threads: int) -> None:
+        """Mark the tensors phase 1 steps (``_adafactor_source.kept``) for ``threads``."""
+        meta = self.meta.reshape(-1, 3)
+        sizes = meta[:, 1] * meta[:, 2]
+        total = int(sizes.sum())
+        kept = [_adafactor_source.kept(int(size), total, threads) for size in sizes]
+        meta[:, 0] = (meta[:, 0] & MATRIX) | np.where(kept, KEPT, 0)
+        self.threads, self.large = threads, not all(kept)
+        self.first_pass = self.large or bool(self.scales)
 
 
 def usable(partition: Partition) -> bool:
@@ -147,15 +162,14 @@ def _bind(partition: Partition) -> Bound:
             row_var, col_var = state["row_var"], state["col_var"]
             scale = row_var.new_empty((1, 1))
             scales.append((row_var, scale))
-            meta[t] = (1, p.shape[0], p.shape[1])
+            meta[t] = (MATRIX, p.shape[0], p.shape[1])
             arrays[2 * count + t] = row_var.data_ptr()
             arrays[3 * count + t] = col_var.data_ptr()
             arrays[4 * count + t] = scale.data_ptr()
         else:
             meta[t] = (0, 1, p.numel())
             arrays[2 * count + t] = state["variance"].data_ptr()
-    large = any(p.numel() > _adafactor_source.KEEP for p in params)
-    return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count), large)
+    return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count))
 
 
 def run(
@@ -197,7 +211,10 @@ def run(
     )  # fmt: skip
     arguments = (data.meta.ctypes.data, data.arrays.ctypes.data, data.hosts.ctypes.data)
     norms, threads = data.norms.ctypes.data, torch.get_num_threads()
-    function(count, 0, *arguments, norms, threads)
+    if threads != data.threads:
+        data.flag(threads)
+    if data.first_pass:
+        function(count, 0, *arguments, norms, threads)
     for row_var, scale in data.scales:
         torch.mean(row_var, dim=-2, keepdim=True, out=scale).clamp_(min=eps1)
     function(count, 1, *arguments, norms, threads)
