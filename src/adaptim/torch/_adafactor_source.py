@@ -158,9 +158,14 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
       }
     }
   } else if (phase == 1) {
+    int64_t largest = 1;  /* (the largest kept tensor: the buffer's size) */
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
+      if ((meta[3 * t] & KEPT) && size > largest) largest = size;
+    }
     #pragma omp parallel num_threads(threads) if(many)
     {
-      T* kept = (T*)malloc(sizeof(T) * KEEP);  /* a small tensor's update, stepped from here */
+      T* kept = (T*)malloc(sizeof(T) * (size_t)largest);  /* a kept tensor's update */
       #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < n; ++t) {
         const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
