@@ -114,8 +114,8 @@ def test_every_path_equals_the_reference_bit_for_bit(
                 shapes, dtype, seed, lambda p, s=switches: adaptim.Adafactor(p, **options, **s)
             )
             status = ours[1].fused_status()[0]
-            # (the default and fused=True: matrices and vectors take the native passes of
-            # _adafactor_native, rank 3 and the other flavors the replay)
+            # (the default and fused=True: the torch flavor takes the native passes of
+            # _adafactor_native, the other flavors the replay)
             taken = "adafactor" in status or "foreach" in status
             assert taken and f"{len(shapes)} of {len(shapes)}" in status, (
                 switches,
@@ -196,11 +196,15 @@ def test_the_rule_records_on_every_kind_of_parameter() -> None:
     """No rank of parameter sends Adafactor to the reference path (its record says recordable)."""
     assert ADAFACTOR.recordable
     _, optimizer = run([(), (3,), (1, 4), (4, 1), (2, 3, 4)], torch.float32, 1, adaptim.Adafactor)
-    # (one partition per rank: vectors, scalars and matrices take the native passes
-    # of _adafactor_native, rank 3 the replay)
-    assert optimizer.fused_status() == [
-        "adafactor (3 partitions), foreach (1 partition): 5 of 5 tensors"
-    ]
+    # (one partition per rank, each in the native passes of _adafactor_native)
+    assert optimizer.fused_status() == ["adafactor (4 partitions): 5 of 5 tensors"]
+    _, replayed = run(
+        [(), (3,), (1, 4), (4, 1), (2, 3, 4)],
+        torch.float32,
+        1,
+        lambda p: adaptim.Adafactor(p, foreach=True),
+    )
+    assert replayed.fused_status() == ["foreach (4 partitions): 5 of 5 tensors"]
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])

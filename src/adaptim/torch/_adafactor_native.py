@@ -9,7 +9,10 @@ tensor, so many small tensors stay bound by calls, and every step allocates
 a parameter-sized update. Here a partition of the default rule (the
 ``torch`` flavor's arithmetic: ``eps1_in_square`` and ``rms_after_decay``
 off) whose tensors are contiguous float32/float64 CPU vectors, scalars or
-matrices takes three C calls (:mod:`._adafactor_source`):
+matrices takes three C calls (:mod:`._adafactor_source`). (A tensor of rank 3
+or more is the stack of its trailing matrices, as torch factors it: a
+``row_var``/``col_var`` slice and a ``mean(row_var)`` per matrix, one norm per
+tensor.)
 
 0. the gradient's row and column statistics (one read, per matrix), folded
    into ``row_var`` and ``col_var``, and a large parameter's norm;
@@ -30,7 +33,7 @@ and every element-wise operation rounds as the ATen kernel torch calls, so the
 result is torch's to the bit. The summation order is a property of the
 installed wheel, so it is checked once per process and dtype against
 ``torch.linalg.vector_norm`` on random data (:func:`_order_agrees`); where it
-does not hold, or for anything else (rank 3, other flavors, half types, a
+does not hold, or for anything else (other flavors, half types, a
 non-contiguous tensor), the engine's replay runs as before.
 """
 
@@ -90,7 +93,7 @@ def _order_agrees(function: Any, dtype: torch.dtype) -> bool:
     sizes = [*range(1, 40), 255, 1000, 4099, 70_001, 300_001]
     tensors = [torch.randn(n, generator=generator, dtype=dtype) for n in sizes]
     count = len(tensors)
-    meta = np.array([(0, 1, x.numel()) for x in tensors], dtype=np.int64).reshape(-1)
+    meta = np.array([(0, 1, 1, x.numel()) for x in tensors], dtype=np.int64).reshape(-1)
     arrays = np.zeros(5 * count, dtype=np.int64)
     arrays[:count] = [x.data_ptr() for x in tensors]
     expected = [torch.linalg.vector_norm(x).item() for x in tensors]
@@ -120,8 +123,8 @@ class Bound:
 
     def flag(self, threads: int) -> None:
         """Mark the tensors phase 1 steps (``_adafactor_source.kept``) for ``threads``."""
-        meta = self.meta.reshape(-1, 3)
-        sizes = meta[:, 1] * meta[:, 2]
+        meta = self.meta.reshape(-1, 4)
+        sizes = meta[:, 1] * meta[:, 2] * meta[:, 3]
         total = int(sizes.sum())
         kept = [_adafactor_source.kept(int(size), total, threads) for size in sizes]
         meta[:, 0] = (meta[:, 0] & MATRIX) | np.where(kept, KEPT, 0)
@@ -132,12 +135,10 @@ class Bound:
 def usable(partition: Partition) -> bool:
     """Whether the partition's tensors may take the native passes (options and gradients are
     checked per step)."""
-    if partition.ndim > 2:
-        return False
     first = partition.params[0]
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64):
         return False
-    if partition.ndim == 2:
+    if partition.ndim >= 2:
         keys: tuple[str, ...] = ("row_var", "col_var")
     else:
         keys = ("variance",)
@@ -153,21 +154,22 @@ def usable(partition: Partition) -> bool:
 
 def _bind(partition: Partition) -> Bound:
     params, count = partition.params, len(partition.params)
-    meta = np.empty((count, 3), dtype=np.int64)
+    meta = np.empty((count, 4), dtype=np.int64)
     arrays = np.zeros(5 * count, dtype=np.int64)
     scales = []
     for t, (p, state) in enumerate(zip(params, partition.states, strict=True)):
         arrays[t] = p.data_ptr()
-        if p.ndim == 2:
+        if p.ndim >= 2:
             row_var, col_var = state["row_var"], state["col_var"]
-            scale = row_var.new_empty((1, 1))
+            rows, cols = p.shape[-2], p.shape[-1]
+            scale = row_var.new_empty((*p.shape[:-2], 1, 1))  # one per trailing matrix
             scales.append((row_var, scale))
-            meta[t] = (MATRIX, p.shape[0], p.shape[1])
+            meta[t] = (MATRIX, p.numel() // (rows * cols), rows, cols)
             arrays[2 * count + t] = row_var.data_ptr()
             arrays[3 * count + t] = col_var.data_ptr()
             arrays[4 * count + t] = scale.data_ptr()
         else:
-            meta[t] = (0, 1, p.numel())
+            meta[t] = (0, 1, 1, p.numel())
             arrays[2 * count + t] = state["variance"].data_ptr()
     return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count))
 

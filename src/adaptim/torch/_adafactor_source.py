@@ -61,20 +61,27 @@ static inline T norm_of(T sum) { return (T)sqrt((double)sum); }
 
 /* The update of element block [begin, end) of tensor t into u (phase 1 also moves `variance`). */
 enum { BUF = 512, MATRIX = 1, KEPT = 2 };
+/* meta: 4 numbers a tensor: flags, matrices (the leading axes' product), rows, columns */
+#define FLAGS(t) meta[4 * (t)]
+#define BATCHES(t) meta[4 * (t) + 1]
+#define ROWS(t) meta[4 * (t) + 2]
+#define COLS(t) meta[4 * (t) + 3]
+#define SIZE(t) (BATCHES(t) * ROWS(t) * COLS(t))
 static inline void update_block(int64_t t, int64_t begin, int64_t end, const int64_t* meta,
                                 void* const* arrays, int64_t n, const double* h, int move, T* u) {
   const T* g = (const T*)arrays[1 * n + t];
   const T sign = h[6] != 0.0 ? (T)-1 : (T)1;
   const T floor2 = (T)h[1];
-  if (meta[3 * t] & MATRIX) {
-    const int64_t cols = meta[3 * t + 2];
+  if (FLAGS(t) & MATRIX) {
+    const int64_t rows = ROWS(t), cols = COLS(t);
     const T* row_var = (const T*)arrays[2 * n + t];
-    const T* col_var = (const T*)arrays[3 * n + t];
-    const T scale = *(const T*)arrays[4 * n + t];
+    const T* col_vars = (const T*)arrays[3 * n + t];
+    const T* scales = (const T*)arrays[4 * n + t];
     for (int64_t i = begin; i < end;) {  /* row by row: the columns' loop vectorises */
-      const int64_t r = i / cols, j0 = i - r * cols;
+      const int64_t r = i / cols, j0 = i - r * cols, b = r / rows;  /* (r counts every matrix's rows) */
       const int64_t j1 = cols < j0 + (end - i) ? cols : j0 + (end - i);
-      const T rv = row_var[r];
+      const T rv = row_var[r], scale = scales[b];
+      const T* col_var = col_vars + b * cols;
       T* out = u + (i - begin) - j0;
       const T* gr = g + r * cols;
       for (int64_t j = j0; j < j1; ++j) {
@@ -99,7 +106,7 @@ static inline void update_block(int64_t t, int64_t begin, int64_t end, const int
    alpha = max(eps2, |p| / sqrt(N)) rho_t, denom = max(1, |u| / (sqrt(N) d)), step -alpha / denom */
 static void apply(int64_t t, int64_t begin, int64_t end, const int64_t* meta, void* const* arrays,
                   const double* norms, int64_t n, const double* h, const T* u) {
-  const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
+  const int64_t size = SIZE(t);
   const double root = pow((double)size, 0.5);
   const double rms = norms[t] / root;
   const double alpha = (rms > h[3] ? rms : h[3]) * h[2];
@@ -115,12 +122,14 @@ static void apply(int64_t t, int64_t begin, int64_t end, const int64_t* meta, vo
 }
 
 static void gradient_stats(int64_t t, const int64_t* meta, void* const* arrays, int64_t n, const double* h) {
-  const int64_t rows = meta[3 * t + 1], cols = meta[3 * t + 2];
-  const T* g = (const T*)arrays[1 * n + t];
-  T* row_var = (T*)arrays[2 * n + t];
-  T* col_var = (T*)arrays[3 * n + t];
+  const int64_t rows = ROWS(t), cols = COLS(t);
   const T w = (T)h[0];
-  T* acc = (T*)calloc((size_t)cols, sizeof(T));
+  T* acc = (T*)malloc(sizeof(T) * (size_t)cols);
+  for (int64_t b = 0; b < BATCHES(t); ++b) {  /* each trailing matrix of a higher-rank tensor */
+  const T* g = (const T*)arrays[1 * n + t] + b * rows * cols;
+  T* row_var = (T*)arrays[2 * n + t] + b * rows;
+  T* col_var = (T*)arrays[3 * n + t] + b * cols;
+  for (int64_t j = 0; j < cols; ++j) acc[j] = (T)0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = g + r * cols;
     const T norm = norm_of(sum_squares(row, cols));
@@ -132,44 +141,45 @@ static void gradient_stats(int64_t t, const int64_t* meta, void* const* arrays, 
     const T norm = norm_of(acc[j]);
     col_var[j] = lerp_t(col_var[j], (norm * norm) / (T)rows, w);
   }
+  }
   free(acc);
 }
 
-/* meta: flags (MATRIX, KEPT), rows, columns per tensor; arrays: p, g, row_var or
+/* meta: see FLAGS; arrays: p, g, row_var or
    variance, col_var, scale (n each); h: weight, floor^2, rho, eps2, d, decay, maximize, decay?;
    norms: 2n doubles (the parameter's norm, the update's). */
 void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* const* arrays,
                        const double* h, double* norms, int threads) {
   int64_t total = 0;
-  for (int64_t t = 0; t < n; ++t) total += meta[3 * t + 1] * meta[3 * t + 2];
+  for (int64_t t = 0; t < n; ++t) total += SIZE(t);
   const int many = total >= PARALLEL_MIN;
   if (phase == 3) {  /* (the one-time check of the summation order: every parameter's norm) */
     for (int64_t t = 0; t < n; ++t)
-      norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], meta[3 * t + 1] * meta[3 * t + 2]));
+      norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], SIZE(t)));
   } else if (phase == 0) {
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if(many)
     for (int64_t item = 0; item < 2 * n; ++item) {
       const int64_t t = item / 2;
-      const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
+      const int64_t size = SIZE(t);
       if (item % 2 == 0) {
-        if (!(meta[3 * t] & KEPT)) norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], size));
-      } else if (meta[3 * t] & MATRIX) {
+        if (!(FLAGS(t) & KEPT)) norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], size));
+      } else if (FLAGS(t) & MATRIX) {
         gradient_stats(t, meta, arrays, n, h);
       }
     }
   } else if (phase == 1) {
     int64_t largest = 1;  /* (the largest kept tensor: the buffer's size) */
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
-      if ((meta[3 * t] & KEPT) && size > largest) largest = size;
+      const int64_t size = SIZE(t);
+      if ((FLAGS(t) & KEPT) && size > largest) largest = size;
     }
     #pragma omp parallel num_threads(threads) if(many)
     {
       T* kept = (T*)malloc(sizeof(T) * (size_t)largest);  /* a kept tensor's update */
       #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < n; ++t) {
-        const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
-        const int keep = (meta[3 * t] & KEPT) != 0;
+        const int64_t size = SIZE(t);
+        const int keep = (FLAGS(t) & KEPT) != 0;
         /* (a kept tensor's parameter is read here, and is still in cache for its step) */
         if (keep) norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], size));
         T acc[ATEN_LANES] = {0};
@@ -196,15 +206,15 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
     int64_t* first = (int64_t*)malloc(sizeof(int64_t) * (size_t)(n + 1));
     first[0] = 0;
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t size = meta[3 * t + 1] * meta[3 * t + 2];
-      first[t + 1] = first[t] + ((meta[3 * t] & KEPT) ? 0 : (size + BUF * 32 - 1) / (BUF * 32));
+      const int64_t size = SIZE(t);
+      first[t + 1] = first[t] + ((FLAGS(t) & KEPT) ? 0 : (size + BUF * 32 - 1) / (BUF * 32));
     }
     const int64_t blocks = first[n];
     #pragma omp parallel for num_threads(threads) schedule(static) if(many && blocks > 1)
     for (int64_t b = 0; b < blocks; ++b) {
       int64_t lo = 0, hi = n - 1;
       while (lo < hi) { const int64_t mid = (lo + hi + 1) / 2; if (first[mid] <= b) lo = mid; else hi = mid - 1; }
-      const int64_t t = lo, size = meta[3 * t + 1] * meta[3 * t + 2];
+      const int64_t t = lo, size = SIZE(t);
       const int64_t start = (b - first[t]) * BUF * 32;
       const int64_t stop = start + BUF * 32 < size ? start + BUF * 32 : size;
       T u[BUF];

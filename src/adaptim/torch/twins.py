@@ -94,8 +94,8 @@ class Adafactor(Optimizer):
     parameters of rank 2 or more (shapes ``(..., R, 1)`` and ``(..., 1, C)``)
     or ``variance`` for vectors and scalars. Complex parameters and sparse
     gradients are refused, as torch does. By default (and with
-    ``fused=True``) contiguous float32/float64 CPU matrices, vectors and
-    scalars of the ``torch`` flavor step in three native passes that keep
+    ``fused=True``) contiguous float32/float64 CPU tensors of the ``torch``
+    flavor step in three native passes that keep
     torch's for-loop's bits (:mod:`adaptim.torch._adafactor_native`); the
     rest, and ``foreach=True``, take the engine's replay.
 
