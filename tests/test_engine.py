@@ -553,6 +553,26 @@ def test_comparisons_and_abs_are_recorded(switch: str) -> None:
     assert_close(model, reference_model, tolerance=0.0)
 
 
+def _clipped_rule(p: Any, g: Any, state: Any, *, step: float, xp: Any, lr: float, **_: Any) -> Any:
+    """A step clipped to [-0.3, 0.3] by ``minimum`` and ``maximum``, numbers on either side."""
+    return p - lr * xp.minimum(0.3, xp.maximum(xp.minimum(g, 0.3), -0.3)), {}
+
+
+@pytest.mark.parametrize("switch", ["fused", "foreach"])
+def test_minimum_takes_the_native_loop(switch: str) -> None:
+    """``xp.minimum`` has a native form (it used to send the rule to the replay)."""
+    cls = _optimizer_class(_clipped_rule, "clipped")
+    model, reference_model = make_model(), make_model()
+    ours = cls(model.parameters(), **{switch: True})
+    theirs = cls(reference_model.parameters(), foreach=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, ours, 5)
+    train(reference_model, theirs, 5)
+    assert ours.fused_status()[0].startswith("native" if switch == "fused" else "foreach")
+    assert_close(model, reference_model, tolerance=0.0)
+
+
 def test_an_unrecordable_rule_falls_back_with_one_warning() -> None:
     cls = _optimizer_class(_unrecordable_rule, "hostread")
     model, reference_model = make_model(), make_model()

@@ -143,15 +143,20 @@ def test_default_adafactor_takes_the_fused_loop_and_equals_torch(
     dtype: torch.dtype,
     seed: int,
 ) -> None:
-    """``adaptim.Adafactor(params)`` on tensors of tens of thousands of elements, as users have."""
+    """``adaptim.Adafactor(params, foreach=True)`` on tensors of tens of thousands of elements,
+    as users have (the default takes :mod:`adaptim.torch._adafactor_native`'s passes)."""
     note(f"{shapes} {dtype}")
-    options = {"weight_decay": weight_decay, "maximize": maximize}
+    options = {"weight_decay": weight_decay, "maximize": maximize, "foreach": True}
     with num_threads(threads):
         with counting_fused_calls() as calls:
             ours = run_loop(shapes, dtype, seed, lambda p: adaptim.Adafactor(p, **options), 4)
         assert calls[0] > 0
         theirs = run_loop(
-            shapes, dtype, seed, lambda p: torch.optim.Adafactor(p, foreach=False, **options), 4
+            shapes,
+            dtype,
+            seed,
+            lambda p: torch.optim.Adafactor(p, **{**options, "foreach": False}),
+            4,
         )
     assert_same(ours, theirs)
 
@@ -167,7 +172,8 @@ def test_chunks_the_loop_cannot_take_run_the_multi_tensor_lines(threads: int, la
     grads = [torch.randn(shape[::-1] if layout == "transposed-grad" else shape) for _ in range(3)]
     results = []
     with num_threads(threads), counting_fused_calls() as calls:
-        for factory in (adaptim.Adafactor, torch.optim.Adafactor):
+        replayed = lambda p: adaptim.Adafactor(p, foreach=True)  # noqa: E731
+        for factory in (replayed, torch.optim.Adafactor):
             p = torch.nn.Parameter(start.clone())
             optimizer = factory([p])
             for g in grads:
@@ -180,7 +186,9 @@ def test_chunks_the_loop_cannot_take_run_the_multi_tensor_lines(threads: int, la
 
 def test_plans_show_the_fused_loop() -> None:
     """``Optimizer.plans()``: the chunk's choice between the loop and the lines, and the C."""
-    _, optimizer = run_loop([(40_000,)], torch.float32, 0, adaptim.Adafactor, 3)
+    _, optimizer = run_loop(
+        [(40_000,)], torch.float32, 0, lambda p: adaptim.Adafactor(p, foreach=True), 3
+    )
     ((source,),) = optimizer.plans()
     assert ".usable(param, " in source and "torch._foreach_rsqrt_(" in source
     assert "void adaptim_fused(" in source and "lerp_t(" in source

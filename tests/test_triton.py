@@ -253,6 +253,35 @@ def test_kernel_matches_the_replay(
     assert_close(ours, theirs, dtype)
 
 
+def _clipped_rule(p: Any, g: Any, state: Any, *, xp: Any, lr: float, **_: Any) -> Any:
+    """A step clipped by ``minimum`` and ``maximum`` (numbers on either side)."""
+    return p - lr * xp.minimum(0.3, xp.maximum(xp.minimum(g, 0.3), -0.3)), {}
+
+
+@settings(max_examples=2)
+@given(
+    shapes=SHAPES, seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, torch.float64])
+)
+def test_minimum_renders(shapes: list[tuple[int, ...]], seed: int, dtype: torch.dtype) -> None:
+    """``xp.minimum`` has a Triton form: the kernel, not the replay, and the replay's values."""
+    import dataclasses
+
+    from adaptim.algorithms import ALGORITHMS
+
+    class Clipped(adaptim.Optimizer):
+        algorithm = dataclasses.replace(ALGORITHMS["sgd"], name="clipped", update=_clipped_rule)
+
+        def __init__(self, params: Any, **switches: Any) -> None:
+            defaults = {**ALGORITHMS["sgd"].defaults, "lr": 0.1, "maximize": False}
+            super().__init__(params, {**defaults, **switches})
+
+    ours, optimizer = run(functools.partial(Clipped, fused=True), shapes, dtype, seed)
+    assert optimizer.fused_status()[0].startswith("triton (1 partition)")
+    assert "tl.minimum(" in optimizer.plans()[0][0]
+    theirs, _ = run(functools.partial(Clipped, foreach=True), shapes, dtype, seed)
+    assert_close(ours, theirs, dtype)
+
+
 @settings(max_examples=4)
 @given(shapes=SHAPES, seed=st.integers(0, 2**16), rebind_at=st.integers(1, STEPS - 2))
 def test_a_parameter_at_a_new_address(

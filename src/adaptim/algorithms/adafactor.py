@@ -169,7 +169,10 @@ def adafactor_update(
     flavor but optax's. The engine records this rule like any other: the
     row and column means, :math:`\operatorname{mean}(R_t)` and the RMS reads
     replay once per tensor, the element-wise tail (:math:`R_t C_t` onwards)
-    in place with torch's multi-tensor kernels, bit for bit as here.
+    in place with torch's multi-tensor kernels, bit for bit as here. On the
+    CPU the ``torch`` flavor's tensors take three native passes
+    instead (``adaptim.torch._adafactor_native``), their norms summed in
+    ATen's order, again bit for bit.
     """
     eps1, eps2 = eps
     if eps1 is None:

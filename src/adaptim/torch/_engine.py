@@ -61,7 +61,16 @@ from typing import Any
 
 import torch
 
-from adaptim.torch import _fuse_axes, _lowmem_native, _native, _replay, _symbolic, _triton
+from adaptim.algorithms.adafactor import ADAFACTOR
+from adaptim.torch import (
+    _adafactor_native,
+    _fuse_axes,
+    _lowmem_native,
+    _native,
+    _replay,
+    _symbolic,
+    _triton,
+)
 from adaptim.torch._engine_groups import _GRAD, _IS_CONTIGUOUS, _IS_NONE, EngineGroups
 from adaptim.torch._engine_groups import GroupRun as GroupRun
 from adaptim.torch._engine_groups import requested_path as requested_path
@@ -181,6 +190,14 @@ class Engine(EngineGroups):
             path = _lowmem_native.run(fmt, groups, partition, traced, grads, plans)
             if path is None:
                 return None
+        elif (
+            algorithm is ADAFACTOR
+            and mode in ("auto", "native")
+            and not traced.structure.created
+            and _adafactor_native.run(partition, grads, group, hp, step)
+        ):
+            path = "adafactor"
+            plans.append(_adafactor_native.plan(partition.params[0].dtype))
         else:
             group_numel = sum(p.numel for p in run.partitions)
             path = self._run(partition, traced, grads, mode, plans, group_numel)

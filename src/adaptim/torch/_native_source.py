@@ -21,7 +21,8 @@ _CTYPES = {torch.float32: "float", torch.float64: "double"}
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _COMPARE = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
 SUPPORTED = frozenset(
-    {*_BINARY, *_COMPARE, "and", "or", "neg", "abs", "sqrt", "pow", "maximum", "where", "clip"}
+    {*_BINARY, *_COMPARE, "and", "or", "neg", "abs", "sqrt", "pow", "maximum", "minimum"}
+    | {"where", "clip"}
     | {"axpy", "addcmul", "lerp"}
 )
 
@@ -73,6 +74,8 @@ def _expression(op: str, a: list[str], args: tuple[Ref, ...], suffix: str) -> st
         return f"{a[0]} * {a[0]}" if exponent == 2.0 else f"pow{suffix}({a[0]}, {a[1]})"
     if op == "maximum":
         return f"max_t({a[0]}, {a[1]})"
+    if op == "minimum":
+        return f"min_t({a[0]}, {a[1]})"
     if op == "where":
         return f"{a[0]} ? {a[1]} : {a[2]}"
     if op == "clip":
@@ -355,7 +358,10 @@ class _Source:
             f"typedef {ctype} T;",
             *self.prelude(),
             *_fragments.RANGES,
+            # ATen's vectorised maximum/minimum: NaN from either side, the second operand on a
+            # tie (+0 vs -0; ATen's scalar tail returns the first there, as max_t always did)
             "static inline T max_t(T a, T b) { return (a > b || a != a) ? a : b; }",
+            "static inline T min_t(T a, T b) { return (a < b || a != a) ? a : b; }",
             "static inline T clip_t(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }",
             # ATen's vectorised lerp: a fused multiply-add anchored at the nearer end.
             f"static inline T lerp_t(T a, T b, T w) {{ return w < (T)0.5 ? fma{suffix}(w, b - a, a)"

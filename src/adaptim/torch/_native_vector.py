@@ -116,6 +116,7 @@ def helpers(dtype: torch.dtype) -> list[str]:
         "static inline V value_of(M m) { return blend(SET1(0), SET1(1), m); }",
         "static inline M truth(V a) { return (M)(a != SET1(0)); }",
         "static inline V max_v(V a, V b) { return blend(b, a, (M)(a > b) | (M)(a != a)); }",
+        "static inline V min_v(V a, V b) { return blend(b, a, (M)(a < b) | (M)(a != a)); }",
         "static inline V clip_v(V x, V lo, V hi) { return blend(blend(x, hi, (M)(x > hi)), lo, (M)(x < lo)); }",
         # ATen's clamp (``clamp_min`` then ``clamp_max``: a NaN bound ignored) and rsqrt (1/sqrt)
         "static inline V clamp_v(V x, V lo, V hi) { const V y = blend(x, lo, (M)(x < lo)); return blend(y, hi, (M)(y > hi)); }",
@@ -191,6 +192,7 @@ class VectorSource(_Source):
             "abs": "abs_v({0})",
             "sqrt": "root_v({0}, plain)",
             "maximum": "max_v({0}, {1})",
+            "minimum": "min_v({0}, {1})",
             "clip": "clip_v({0}, {1}, {2})",
             "axpy": "FMADD({2}, {1}, {0})",  # ATen's add(alpha=)
             "addcmul": "FMADD({3} * {1}, {2}, {0})",  # ATen: self + (value * t1) * t2

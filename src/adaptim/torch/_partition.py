@@ -77,6 +77,9 @@ class Partition:
     triton: _triton.TritonLaunch | None = None
     #: Counts ``steps`` in one C call where the kernel does not (:class:`._native.StepCounter`).
     step_counter: Any = None
+    #: Adafactor's native passes (:mod:`._adafactor_native`): ``(bound, function)``, ``False``
+    #: where they may not step it, ``None`` before the first try.
+    adafactor: Any = None
 
     @property
     def signature(self) -> tuple[Any, ...]:

@@ -26,7 +26,7 @@ the bit where the compiler rounds alike:
   ``Lerp.h``). :data:`FUSED_MULTIPLY_ADD` off writes them as separate
   roundings instead (``benchmarks/cuda_check.py --fma-probe`` measures which
   one gives torch's bits on a GPU);
-* ``maximum`` propagates NaN, ``clip`` is ``clamp_min`` then ``clamp_max``, a
+* ``maximum`` and ``minimum`` propagate NaN, ``clip`` is ``clamp_min`` then ``clamp_max``, a
   comparison is a mask (``1``/``0`` where a rule computes with it);
 * scalars computed on the host in double by the rule, as torch computes them,
   and passed as kernel arguments annotated with the parameters' dtype (float32:
@@ -57,7 +57,7 @@ _BINARY = {"add": "+", "sub": "-", "mul": "*"}
 _COMPARE = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
 _MASKS = frozenset({*_COMPARE, "and", "or"})
 SUPPORTED = frozenset(
-    {*_BINARY, "div", *_COMPARE, "and", "or", "neg", "abs", "sqrt", "pow", "maximum"}
+    {*_BINARY, "div", *_COMPARE, "and", "or", "neg", "abs", "sqrt", "pow", "maximum", "minimum"}
     | {"where", "clip", "axpy", "addcmul", "lerp"}
 )
 
@@ -170,6 +170,7 @@ class _Source:
             "abs": "tl.abs({0})",
             "sqrt": "tl.sqrt_rn({0})" if self.dtype == torch.float32 else "tl.sqrt({0})",
             "maximum": "tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
+            "minimum": "tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
             "clip": "_clamp({0}, {1}, {2})",
             "axpy": f"_axpy({{0}}, {{1}}, {{2}}, {fma})",
             "addcmul": f"_addcmul({{0}}, {{1}}, {{2}}, {{3}}, {fma})",

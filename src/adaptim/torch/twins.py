@@ -93,8 +93,11 @@ class Adafactor(Optimizer):
     The state is torch's: ``step``, and ``row_var`` and ``col_var`` for
     parameters of rank 2 or more (shapes ``(..., R, 1)`` and ``(..., 1, C)``)
     or ``variance`` for vectors and scalars. Complex parameters and sparse
-    gradients are refused, as torch does. Steps run on the per-tensor
-    reference path.
+    gradients are refused, as torch does. By default (and with
+    ``fused=True``) contiguous float32/float64 CPU tensors of the ``torch``
+    flavor step in three native passes that keep
+    torch's for-loop's bits (:mod:`adaptim.torch._adafactor_native`); the
+    rest, and ``foreach=True``, take the engine's replay.
 
     ``flavor="keras"`` is Keras 3's ``keras.optimizers.Adafactor`` and
     ``flavor="paper"`` Shazeer & Stern's Algorithms 4 and 5: each sets every
