@@ -99,32 +99,82 @@ def supports(structure: Structure, dtype: torch.dtype) -> str | None:
     """Why ``structure`` cannot become a Triton kernel for ``dtype``, or ``None`` when it can."""
     if dtype not in _TL_TYPES:
         return f"no GPU kernel for {dtype} (float32 and float64 only)"
-    if structure.per_tensor_inputs or structure.per_tensor_nodes():
-        return "per-tensor values (norms, 0-d state)"
-    unknown = sorted({op for op, _ in structure.ops} - SUPPORTED)
+    unknown = sorted({op for op, _ in structure.ops} - SUPPORTED - {"norm"})
     if unknown:
         return f"no GPU kernel form for {', '.join(unknown)}"
     if structure.created:
         return "the rule creates state on this step"
+    if structure.reduced_inputs:
+        return "state that is neither element-wise nor 0-d"
+    kinds = structure.kinds()
     for op, args in structure.ops:
         if op == "pow" and (args[1][0] != "const" or float(args[1][1]) not in (0.0, 2.0)):
             return "pow to an exponent other than 0 and 2"
+        if op == "norm" and structure.kind_of(args[0], kinds) != "element":
+            return "a norm of something other than an element-wise array"
     return None
 
 
 class _Source:
-    """Renders one structure as a Triton kernel named ``adaptim_step``."""
+    """Renders one structure as Triton kernels: ``adaptim_step`` and, for per-tensor values,
+    the passes before it (:func:`launch_order`)."""
 
     def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
         self.structure = structure
         self.dtype = dtype
         self.tl_type = _TL_TYPES[dtype]
-        self.masks = {i for i, (op, _) in enumerate(structure.ops) if op in _MASKS}
+        #: The mask nodes the function being rendered computes (a mask read back from
+        #: the per-tensor buffer is a number there).
+        self.masks: set[int] = set()
+        self.per_nodes = structure.per_tensor_nodes()
+        # Levels (as the native loop's): a norm is one level above its operand; what
+        # a level's norms need is computed before them.
+        self.stage: dict[int, int] = {}
+        for index, (op, args) in enumerate(structure.ops):
+            level = max((self.stage_of(a) for a in args), default=0)
+            self.stage[index] = level + 1 if op == "norm" else level
+        self.top = max(self.stage.values(), default=0)
+        self.norms = [i for i, (op, _) in enumerate(structure.ops) if op == "norm"]
+        self.norm_slot = {node: k for k, node in enumerate(self.norms)}
+        element_reads = {
+            a for i, (_, args) in enumerate(structure.ops) if i not in self.per_nodes for a in args
+        }
+        #: The per-tensor inputs element-wise operations read: copied to the per-tensor
+        #: buffer before anything writes them.
+        self.per_inputs = [
+            ("input", i)
+            for i, name in enumerate(structure.inputs)
+            if name in structure.per_tensor_inputs and ("input", i) in element_reads
+        ]
+        # (the per-tensor values a later pass reads: an element-wise operation, or one of a
+        # later level; and the per-tensor state written)
+        handed = {
+            a
+            for i, (_, args) in enumerate(structure.ops)
+            for a in args
+            if a[0] == "node"
+            and a[1] in self.per_nodes
+            and (i not in self.per_nodes or self.stage[i] != self.stage[a[1]])
+        }
+        handed |= {
+            ref
+            for name, ref in structure.outputs
+            if name in structure.per_tensor_inputs and ref[0] == "node"
+        }
+        per_refs = [("node", i) for i in sorted(self.per_nodes) if ("node", i) in handed]
+        per_refs += self.per_inputs
+        #: Each per-tensor value's column in the per-tensor buffer (``per[t * NP + column]``).
+        self.per_slot: dict[Ref, int] = {ref: k for k, ref in enumerate(per_refs)}
+        self.tensorwise = bool(self.per_nodes or structure.per_tensor_inputs)
+
+    def stage_of(self, ref: Ref) -> int:
+        return self.stage[ref[1]] if ref[0] == "node" else 0
 
     def text(self, ref: Ref) -> str:
         kind, value = ref
         if kind == "input":
-            return f"in{value}"
+            per_tensor = self.structure.inputs[value] in self.structure.per_tensor_inputs
+            return f"pin{value}" if per_tensor else f"in{value}"
         if kind == "node":
             return f"v{value}"
         if kind == "slot":
@@ -164,6 +214,8 @@ class _Source:
             if not arrays[0] and arrays[1]:  # torch: ``number / x`` is ``reciprocal(x) * number``
                 return f"{self.divide(f'tl.full([], 1.0, {self.tl_type})', a[1])} * {a[0]}"
             return self.divide(a[0], a[1])
+        if op == "norm":  # (the tensor's sum of squares, summed from the blocks' in double)
+            return f"tl.sqrt(tl.sum(sum{index}, axis=0)).to({self.tl_type})"
         fma = "FMA"
         simple = {
             "neg": "-{0}",
@@ -178,25 +230,46 @@ class _Source:
         if op in simple:
             return simple[op].format(*a)
         if float(args[1][1]) == 0.0:  # (pow) 1 for every x, NaN included
-            return f"tl.full([BLOCK], 1.0, {self.tl_type})"
+            shape = "[]" if index in self.per_nodes else "[BLOCK]"
+            return f"tl.full({shape}, 1.0, {self.tl_type})"
         return f"{a[0]} * {a[0]}"
 
-    def source(self) -> str:
-        structure = self.structure
-        inputs = structure.inputs
-        used = {a for _, args in structure.ops for a in args} | {r for _, r in structure.outputs}
+    def head(self, name: str) -> list[str]:
+        """The ``def`` of function ``name`` and its scalars."""
+        slot_count = self.structure.slot_count
         # (annotated: Triton passes an unannotated Python float as float32)
-        scalar_args = "".join(f"s{i}: {self.tl_type}, " for i in range(structure.slot_count))
+        scalar_args = "".join(f"s{i}: {self.tl_type}, " for i in range(slot_count))
+        buffers = " spans, partial, per," if self.tensorwise else ""
         lines = [
-            "import triton",
-            "import triton.language as tl",
-            _HELPERS,
+            "",
             "",
             "@triton.jit(do_not_specialize=['count'])",
-            "def adaptim_step(",
-            "    table, count, blocks,",
+            f"def {name}(",
+            f"    table, count, blocks,{buffers}",
             f"    {scalar_args}BLOCK: tl.constexpr, FMA: tl.constexpr,",
             "):",
+        ]
+        # (a no-op when compiled; the interpreter hands over the Python float, which
+        # Triton would otherwise take as a float32 constant)
+        return lines + [f"    s{i} = tl.full([], s{i}, {self.tl_type})" for i in range(slot_count)]
+
+    def pointer(self, role: int) -> str:
+        """The line loading tensor ``t``'s data pointer for input ``role`` from the table."""
+        name = self.structure.inputs[role]
+        return (
+            f"    {name} = tl.load(table + {role} * count + t).to(tl.pointer_type({self.tl_type}))"
+        )
+
+    def per_value(self, ref: Ref) -> str:
+        """The per-tensor buffer's element of ``ref`` for tensor ``t``."""
+        return f"per + t * {len(self.per_slot)} + {self.per_slot[ref]}"
+
+    def block(self, name: str, nodes: list[int], reads: set[Ref], written: set[str]) -> list[str]:
+        """Function ``name`` over one block of one tensor, up to computing ``nodes``:
+        it loads what they and ``reads`` use, and the pointers of the ``written`` inputs."""
+        structure = self.structure
+        refs = {a for i in nodes for a in structure.ops[i][1]} | reads
+        lines = self.head(name) + [
             "    # one block of one tensor: (tensor, first element, end) from the block table",
             "    b = tl.program_id(0).to(tl.int64)",
             "    t = tl.load(blocks + 3 * b)",
@@ -205,31 +278,178 @@ class _Source:
             "    offsets = first + tl.arange(0, BLOCK)",
             "    inside = offsets < end",
         ]
-        # (a no-op when compiled; the interpreter hands over the Python float, which
-        # Triton would otherwise take as a float32 constant)
-        lines += [
-            f"    s{i} = tl.full([], s{i}, {self.tl_type})" for i in range(structure.slot_count)
+        elements = [
+            role
+            for role, name in enumerate(structure.inputs)
+            if name not in structure.per_tensor_inputs
         ]
-        pointer = f"tl.pointer_type({self.tl_type})"
-        for role, name in enumerate(inputs):
-            if ("input", role) in used or any(n == name for n, _ in structure.outputs):
-                lines.append(f"    {name} = tl.load(table + {role} * count + t).to({pointer})")
-        for role, _ in enumerate(inputs):
-            if ("input", role) in used:
-                lines.append(f"    in{role} = tl.load({inputs[role]} + offsets, mask=inside)")
-        for index in range(len(structure.ops)):
+        used = [role for role in elements if ("input", role) in refs]
+        lines += [
+            self.pointer(role)
+            for role in elements
+            if role in used or structure.inputs[role] in written
+        ]
+        lines += [
+            f"    in{role} = tl.load({structure.inputs[role]} + offsets, mask=inside)"
+            for role in used
+        ]
+        lines += [
+            f"    {self.text(ref)} = tl.load({self.per_value(ref)})"
+            for ref in self.per_slot
+            if ref in refs
+        ]
+        self.masks = {i for i in nodes if structure.ops[i][0] in _MASKS}
+        return lines + [f"    v{index} = {self.node(index)}" for index in nodes]
+
+    def ancestors(self, roots: list[int]) -> list[int]:
+        """The element-wise nodes the roots need, in recording order."""
+        needed: set[int] = set()
+        stack = list(roots)
+        while stack:
+            for arg in self.structure.ops[stack.pop()][1]:
+                if arg[0] == "node" and arg[1] not in self.per_nodes and arg[1] not in needed:
+                    needed.add(arg[1])
+                    stack.append(arg[1])
+        return sorted(needed)
+
+    def squares(self, level: int) -> list[str]:
+        """``adaptim_squares_<level>``: each block's sums of squares for the level's norms, in
+        double, into ``partial[b * NN + norm]`` (a block's own row: no atomics)."""
+        norms = [i for i in self.norms if self.stage[i] == level]
+        operands = [self.structure.ops[i][1][0] for i in norms]
+        lines = self.block(f"adaptim_squares_{level}", self.ancestors(norms), set(operands), set())
+        for norm, operand in zip(norms, operands, strict=True):
+            lines += [
+                f"    x{norm} = tl.where(inside, {self.value(operand)}.to(tl.float64), 0.0)",
+                f"    tl.store(partial + b * {len(self.norms)} + {self.norm_slot[norm]},"
+                f" tl.sum(x{norm} * x{norm}, axis=0))",
+            ]
+        return lines
+
+    def tensors(self, level: int, first: bool) -> list[str]:
+        """``adaptim_tensors_<level>``, one program per tensor: the level's norms (its blocks'
+        sums, added in block order), the level's per-tensor values into ``per``; the first
+        such pass copies the per-tensor inputs the element-wise passes read, the last one
+        writes the per-tensor state (one program per tensor: read before written)."""
+        structure = self.structure
+        norms = [i for i in self.norms if self.stage[i] == level]
+        nodes = [i for i in sorted(self.per_nodes) if self.stage[i] == level]
+        last = level == self.top
+        outputs = [
+            (name, ref) for name, ref in structure.outputs if name in structure.per_tensor_inputs
+        ]
+        refs = {a for i in nodes for a in structure.ops[i][1]}
+        refs |= {ref for _, ref in outputs} if last else set()
+        refs |= set(self.per_inputs) if first else set()
+        lines = [*self.head(f"adaptim_tensors_{level}"), "    t = tl.program_id(0).to(tl.int64)"]
+        if norms:
+            lines += ["    low = tl.load(spans + 2 * t)", "    high = tl.load(spans + 2 * t + 1)"]
+            lines += [f"    sum{i} = tl.zeros([BLOCK], tl.float64)" for i in norms]
+            # (``while``: the interpreter's ``range`` takes no loaded bounds)
+            lines += [
+                "    j = low",
+                "    while j < high:",
+                "        rows = j + tl.arange(0, BLOCK)",
+            ]
+            lines += [
+                f"        sum{i} += tl.load(partial + rows * {len(self.norms)} + "
+                f"{self.norm_slot[i]}, mask=rows < high, other=0.0)"
+                for i in norms
+            ]
+            lines.append("        j += BLOCK")
+        for role, name in enumerate(structure.inputs):
+            read = ("input", role) in refs and name in structure.per_tensor_inputs
+            if read or (last and any(n == name for n, _ in outputs)):
+                lines.append(self.pointer(role))
+            if read:
+                lines.append(f"    pin{role} = tl.load({name})")
+        lines += [
+            f"    v{ref[1]} = tl.load({self.per_value(ref)})"
+            for ref in sorted(refs)
+            if ref[0] == "node" and ref[1] in self.per_nodes and ref[1] not in nodes
+        ]
+        self.masks = {i for i in nodes if structure.ops[i][0] in _MASKS}
+        for index in nodes:
             lines.append(f"    v{index} = {self.node(index)}")
-        for name, ref in structure.outputs:
-            lines.append(f"    tl.store({name} + offsets, {self.value(ref)}, mask=inside)")
+            if ("node", index) in self.per_slot:
+                lines.append(
+                    f"    tl.store({self.per_value(('node', index))}, {self.value(('node', index))})"
+                )
+        if first:
+            lines += [
+                f"    tl.store({self.per_value(ref)}, {self.text(ref)})" for ref in self.per_inputs
+            ]
+        if last:
+            lines += [f"    tl.store({name}, {self.value(ref)})" for name, ref in outputs]
+        return lines
+
+    def levels(self) -> list[int]:
+        """The levels that have a per-tensor pass (``adaptim_tensors_<level>``)."""
+        if not self.tensorwise:
+            return []
+        return sorted({self.stage[i] for i in self.per_nodes} | {self.top})
+
+    def launch_order(self) -> list[tuple[str, str]]:
+        """The functions of a step, in launch order, each with its grid: ``blocks`` (one
+        program per block) or ``tensors`` (one per tensor)."""
+        tensors = self.levels()
+        order = []
+        for level in range(self.top + 1):
+            if level > 0:
+                order.append((f"adaptim_squares_{level}", "blocks"))
+            if level in tensors:
+                order.append((f"adaptim_tensors_{level}", "tensors"))
+        return [*order, ("adaptim_step", "blocks")]
+
+    def source(self) -> str:
+        structure = self.structure
+        lines = ["import triton", "import triton.language as tl", _HELPERS]
+        tensors = self.levels()
+        for level in range(self.top + 1):
+            if level > 0:
+                lines += self.squares(level)
+            if level in tensors:
+                lines += self.tensors(level, level == tensors[0])
+        nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
+        outputs = [
+            (name, ref)
+            for name, ref in structure.outputs
+            if name not in structure.per_tensor_inputs
+        ]
+        reads = {ref for _, ref in outputs}
+        lines += self.block("adaptim_step", nodes, reads, {name for name, _ in outputs})
+        lines += [
+            f"    tl.store({name} + offsets, {self.value(ref)}, mask=inside)"
+            for name, ref in outputs
+        ]
         return "\n".join(lines) + "\n"
 
 
 def generate_source(structure: Structure, dtype: torch.dtype) -> str:
     """The Triton source of ``structure`` for tensors of ``dtype`` (``Optimizer.plans()`` shows it).
 
-    The kernel's arguments: the pointer table (``count`` pointers per role,
+    Each function's arguments: the pointer table (``count`` pointers per role,
     role by role in ``structure.inputs`` order), ``count``, the block table
-    (``int64`` triples), the slots as scalars of the parameters' dtype, and the
-    constants ``BLOCK`` and ``FMA``.
+    (``int64`` triples); for a rule with per-tensor values, the span table
+    (each tensor's first and end row of the block table, ``int64`` pairs), the
+    blocks' partial sums of squares (``float64``, one row of ``NN`` per block)
+    and the per-tensor values (the parameters' dtype, one row per tensor);
+    then the slots as scalars of the parameters' dtype, and the constants
+    ``BLOCK`` and ``FMA``. :func:`launch_order` names the functions to launch.
     """
     return _Source(structure, dtype).source()
+
+
+def launch_order(structure: Structure, dtype: torch.dtype) -> list[tuple[str, str]]:
+    """The functions of :func:`generate_source`'s module in launch order, each with its grid:
+    ``blocks`` (a program per row of the block table) or ``tensors`` (a program per tensor)."""
+    return _Source(structure, dtype).launch_order()
+
+
+def buffer_columns(structure: Structure) -> tuple[int, int]:
+    """Columns of the partial sums (one per norm) and of the per-tensor buffer (one per
+    per-tensor value the passes hand on); ``(0, 0)`` for an element-wise rule."""
+    source = _Source(structure, torch.float32)
+    if not source.tensorwise:
+        return 0, 0
+    return len(source.norms), max(1, len(source.per_slot))
