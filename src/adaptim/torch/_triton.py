@@ -7,7 +7,8 @@ on large ones. This module is the GPU counterpart of :mod:`._native`'s C
 loop: for a :class:`~adaptim.torch._trace.Structure` it generates one Triton
 kernel (:mod:`._triton_source`), launched *once* per partition per step over
 all its tensors, each element of each buffer read once and written once, in
-place. Nothing is copied and nothing is owned: the kernel reads the data
+place (a rule with norms or 0-d state per tensor, LARS or LAMB, takes a few
+launches: :mod:`._triton_source` explains them). Nothing is copied and nothing is owned: the kernel reads the data
 pointers of the parameters, gradients and state where they are, from a device
 table of pointers that is uploaded again only when a pointer changed (fresh
 gradients after ``zero_grad()`` usually come back at the same addresses from

@@ -33,9 +33,23 @@ the bit where the compiler rounds alike:
   rounded from the Python float as ATen rounds a scalar to its ``opmath`` type;
   float64: exact; an unannotated Python float would arrive as float32).
 
-What it does not express (norms and other per-tensor values: LARS, LAMB;
-``pow`` to an exponent other than 0 and 2; state created on this step; half
-types) :func:`supports` refuses, and the replay runs it.
+A rule with per-tensor values (whole-tensor norms, 0-d state: LARS, LAMB,
+NovoGrad) becomes several functions, launched in turn on the same stream
+(:func:`launch_order`), staged by level as :mod:`._native_source` stages its C:
+for each level of norms, ``adaptim_squares_<level>`` writes each block's sums
+of squares (in double) to its own row of a buffer, and ``adaptim_tensors_<level>``,
+one program per tensor, adds its tensor's rows in block order (so the norm
+does not depend on scheduling; no atomics), takes the root, computes the
+level's per-tensor values into a per-tensor buffer and, at the last level,
+writes the 0-d state (read before written by the one program of its tensor);
+``adaptim_step`` then reads the values it needs and recomputes the element-wise
+ones rather than storing parameter-sized temporaries. A per-tensor pass rather
+than each block adding its tensor's sums itself: that is quadratic in a
+tensor's blocks (16k programs adding 16k sums each for a 16M-element tensor).
+
+What it does not express (Adafactor's and SM3's row and column statistics and
+host scalars; ``pow`` to an exponent other than 0 and 2; state created on this
+step; half types) :func:`supports` refuses, and the replay runs it.
 """
 
 from __future__ import annotations
@@ -48,6 +62,10 @@ from adaptim.torch._trace import Ref, Structure
 #: lead's probe on an H200, which streamed 16M elements at 84-90% of ``copy_``'s
 #: bandwidth; 235k elements give ~230 programs, enough to fill the SMs.
 BLOCK = 1024
+
+#: Blocks' partial sums a per-tensor program adds per iteration (a tensor of 16M elements
+#: has 16k blocks: 128 iterations).
+ROWS = 128
 
 #: Whether ``axpy``, ``addcmul`` and ``lerp`` are fused multiply-adds (as nvcc compiles ATen's).
 FUSED_MULTIPLY_ADD = True
@@ -83,6 +101,14 @@ def _addcmul(a, b, c, value, FMA: tl.constexpr):
         return tl.fma(value * b, c, a)
     else:
         return a + value * b * c
+
+
+# (sums as ``tl.reduce(x, 0, _add)`` and zeros as ``tl.full``: ``tl.sum`` and ``tl.zeros`` are
+# jit functions of Triton's library, which its interpreter cannot call when triton was
+# imported before ``TRITON_INTERPRET`` was set, as in the tests)
+@triton.jit
+def _add(a, b):
+    return a + b
 
 
 @triton.jit
@@ -157,9 +183,7 @@ class _Source:
             and (i not in self.per_nodes or self.stage[i] != self.stage[a[1]])
         }
         handed |= {
-            ref
-            for name, ref in structure.outputs
-            if name in structure.per_tensor_inputs and ref[0] == "node"
+            ref for _, ref in structure.outputs if ref[0] == "node" and ref[1] in self.per_nodes
         }
         per_refs = [("node", i) for i in sorted(self.per_nodes) if ("node", i) in handed]
         per_refs += self.per_inputs
@@ -215,7 +239,7 @@ class _Source:
                 return f"{self.divide(f'tl.full([], 1.0, {self.tl_type})', a[1])} * {a[0]}"
             return self.divide(a[0], a[1])
         if op == "norm":  # (the tensor's sum of squares, summed from the blocks' in double)
-            return f"tl.sqrt(tl.sum(sum{index}, axis=0)).to({self.tl_type})"
+            return f"tl.sqrt(tl.reduce(sum{index}, 0, _add)).to({self.tl_type})"
         fma = "FMA"
         simple = {
             "neg": "-{0}",
@@ -269,7 +293,8 @@ class _Source:
         it loads what they and ``reads`` use, and the pointers of the ``written`` inputs."""
         structure = self.structure
         refs = {a for i in nodes for a in structure.ops[i][1]} | reads
-        lines = self.head(name) + [
+        lines = [
+            *self.head(name),
             "    # one block of one tensor: (tensor, first element, end) from the block table",
             "    b = tl.program_id(0).to(tl.int64)",
             "    t = tl.load(blocks + 3 * b)",
@@ -322,7 +347,7 @@ class _Source:
             lines += [
                 f"    x{norm} = tl.where(inside, {self.value(operand)}.to(tl.float64), 0.0)",
                 f"    tl.store(partial + b * {len(self.norms)} + {self.norm_slot[norm]},"
-                f" tl.sum(x{norm} * x{norm}, axis=0))",
+                f" tl.reduce(x{norm} * x{norm}, 0, _add))",
             ]
         return lines
 
@@ -344,19 +369,19 @@ class _Source:
         lines = [*self.head(f"adaptim_tensors_{level}"), "    t = tl.program_id(0).to(tl.int64)"]
         if norms:
             lines += ["    low = tl.load(spans + 2 * t)", "    high = tl.load(spans + 2 * t + 1)"]
-            lines += [f"    sum{i} = tl.zeros([BLOCK], tl.float64)" for i in norms]
+            lines += [f"    sum{i} = tl.full([{ROWS}], 0.0, tl.float64)" for i in norms]
             # (``while``: the interpreter's ``range`` takes no loaded bounds)
             lines += [
                 "    j = low",
                 "    while j < high:",
-                "        rows = j + tl.arange(0, BLOCK)",
+                f"        rows = j + tl.arange(0, {ROWS})",
             ]
             lines += [
                 f"        sum{i} += tl.load(partial + rows * {len(self.norms)} + "
                 f"{self.norm_slot[i]}, mask=rows < high, other=0.0)"
                 for i in norms
             ]
-            lines.append("        j += BLOCK")
+            lines.append(f"        j += {ROWS}")
         for role, name in enumerate(structure.inputs):
             read = ("input", role) in refs and name in structure.per_tensor_inputs
             if read or (last and any(n == name for n, _ in outputs)):
