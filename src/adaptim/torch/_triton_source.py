@@ -34,18 +34,8 @@ the bit where the compiler rounds alike:
   float64: exact; an unannotated Python float would arrive as float32).
 
 A rule with per-tensor values (whole-tensor norms, 0-d state: LARS, LAMB,
-NovoGrad) becomes several functions, launched in turn on the same stream
-(:func:`launch_order`), staged by level as :mod:`._native_source` stages its C:
-for each level of norms, ``adaptim_squares_<level>`` writes each block's sums
-of squares (in double) to its own row of a buffer, and ``adaptim_tensors_<level>``,
-one program per tensor, adds its tensor's rows in block order (so the norm
-does not depend on scheduling; no atomics), takes the root, computes the
-level's per-tensor values into a per-tensor buffer and, at the last level,
-writes the 0-d state (read before written by the one program of its tensor);
-``adaptim_step`` then reads the values it needs and recomputes the element-wise
-ones rather than storing parameter-sized temporaries. A per-tensor pass rather
-than each block adding its tensor's sums itself: that is quadratic in a
-tensor's blocks (16k programs adding 16k sums each for a 16M-element tensor).
+NovoGrad) becomes several functions launched in turn (:func:`launch_order`);
+:mod:`._triton_norms_source` renders them.
 
 What it does not express (Adafactor's and SM3's row and column statistics and
 host scalars; ``pow`` to an exponent other than 0 and 2; state created on this
@@ -142,8 +132,8 @@ def supports(structure: Structure, dtype: torch.dtype) -> str | None:
 
 
 class _Source:
-    """Renders one structure as Triton kernels: ``adaptim_step`` and, for per-tensor values,
-    the passes before it (:func:`launch_order`)."""
+    """Renders one structure as a Triton kernel named ``adaptim_step`` (an element-wise
+    rule; :class:`._triton_norms_source.NormSource` adds the passes of per-tensor values)."""
 
     def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
         self.structure = structure
@@ -153,46 +143,9 @@ class _Source:
         #: the per-tensor buffer is a number there).
         self.masks: set[int] = set()
         self.per_nodes = structure.per_tensor_nodes()
-        # Levels (as the native loop's): a norm is one level above its operand; what
-        # a level's norms need is computed before them.
-        self.stage: dict[int, int] = {}
-        for index, (op, args) in enumerate(structure.ops):
-            level = max((self.stage_of(a) for a in args), default=0)
-            self.stage[index] = level + 1 if op == "norm" else level
-        self.top = max(self.stage.values(), default=0)
-        self.norms = [i for i, (op, _) in enumerate(structure.ops) if op == "norm"]
-        self.norm_slot = {node: k for k, node in enumerate(self.norms)}
-        element_reads = {
-            a for i, (_, args) in enumerate(structure.ops) if i not in self.per_nodes for a in args
-        }
-        #: The per-tensor inputs element-wise operations read: copied to the per-tensor
-        #: buffer before anything writes them.
-        self.per_inputs = [
-            ("input", i)
-            for i, name in enumerate(structure.inputs)
-            if name in structure.per_tensor_inputs and ("input", i) in element_reads
-        ]
-        # (the per-tensor values a later pass reads: an element-wise operation, or one of a
-        # later level; and the per-tensor state written)
-        handed = {
-            a
-            for i, (_, args) in enumerate(structure.ops)
-            for a in args
-            if a[0] == "node"
-            and a[1] in self.per_nodes
-            and (i not in self.per_nodes or self.stage[i] != self.stage[a[1]])
-        }
-        handed |= {
-            ref for _, ref in structure.outputs if ref[0] == "node" and ref[1] in self.per_nodes
-        }
-        per_refs = [("node", i) for i in sorted(self.per_nodes) if ("node", i) in handed]
-        per_refs += self.per_inputs
-        #: Each per-tensor value's column in the per-tensor buffer (``per[t * NP + column]``).
-        self.per_slot: dict[Ref, int] = {ref: k for k, ref in enumerate(per_refs)}
         self.tensorwise = bool(self.per_nodes or structure.per_tensor_inputs)
-
-    def stage_of(self, ref: Ref) -> int:
-        return self.stage[ref[1]] if ref[0] == "node" else 0
+        #: Each per-tensor value's column in the per-tensor buffer (``per[t * NP + column]``).
+        self.per_slot: dict[Ref, int] = {}
 
     def text(self, ref: Ref) -> str:
         kind, value = ref
@@ -326,115 +279,18 @@ class _Source:
         self.masks = {i for i in nodes if structure.ops[i][0] in _MASKS}
         return lines + [f"    v{index} = {self.node(index)}" for index in nodes]
 
-    def ancestors(self, roots: list[int]) -> list[int]:
-        """The element-wise nodes the roots need, in recording order."""
-        needed: set[int] = set()
-        stack = list(roots)
-        while stack:
-            for arg in self.structure.ops[stack.pop()][1]:
-                if arg[0] == "node" and arg[1] not in self.per_nodes and arg[1] not in needed:
-                    needed.add(arg[1])
-                    stack.append(arg[1])
-        return sorted(needed)
-
-    def squares(self, level: int) -> list[str]:
-        """``adaptim_squares_<level>``: each block's sums of squares for the level's norms, in
-        double, into ``partial[b * NN + norm]`` (a block's own row: no atomics)."""
-        norms = [i for i in self.norms if self.stage[i] == level]
-        operands = [self.structure.ops[i][1][0] for i in norms]
-        lines = self.block(f"adaptim_squares_{level}", self.ancestors(norms), set(operands), set())
-        for norm, operand in zip(norms, operands, strict=True):
-            lines += [
-                f"    x{norm} = tl.where(inside, {self.value(operand)}.to(tl.float64), 0.0)",
-                f"    tl.store(partial + b * {len(self.norms)} + {self.norm_slot[norm]},"
-                f" tl.reduce(x{norm} * x{norm}, 0, _add))",
-            ]
-        return lines
-
-    def tensors(self, level: int, first: bool) -> list[str]:
-        """``adaptim_tensors_<level>``, one program per tensor: the level's norms (its blocks'
-        sums, added in block order), the level's per-tensor values into ``per``; the first
-        such pass copies the per-tensor inputs the element-wise passes read, the last one
-        writes the per-tensor state (one program per tensor: read before written)."""
-        structure = self.structure
-        norms = [i for i in self.norms if self.stage[i] == level]
-        nodes = [i for i in sorted(self.per_nodes) if self.stage[i] == level]
-        last = level == self.top
-        outputs = [
-            (name, ref) for name, ref in structure.outputs if name in structure.per_tensor_inputs
-        ]
-        refs = {a for i in nodes for a in structure.ops[i][1]}
-        refs |= {ref for _, ref in outputs} if last else set()
-        refs |= set(self.per_inputs) if first else set()
-        lines = [*self.head(f"adaptim_tensors_{level}"), "    t = tl.program_id(0).to(tl.int64)"]
-        if norms:
-            lines += ["    low = tl.load(spans + 2 * t)", "    high = tl.load(spans + 2 * t + 1)"]
-            lines += [f"    sum{i} = tl.full([{ROWS}], 0.0, tl.float64)" for i in norms]
-            # (``while``: the interpreter's ``range`` takes no loaded bounds)
-            lines += [
-                "    j = low",
-                "    while j < high:",
-                f"        rows = j + tl.arange(0, {ROWS})",
-            ]
-            lines += [
-                f"        sum{i} += tl.load(partial + rows * {len(self.norms)} + "
-                f"{self.norm_slot[i]}, mask=rows < high, other=0.0)"
-                for i in norms
-            ]
-            lines.append(f"        j += {ROWS}")
-        for role, name in enumerate(structure.inputs):
-            read = ("input", role) in refs and name in structure.per_tensor_inputs
-            if read or (last and any(n == name for n, _ in outputs)):
-                lines.append(self.pointer(role))
-            if read:
-                lines.append(f"    pin{role} = tl.load({name})")
-        lines += [
-            f"    v{ref[1]} = tl.load({self.per_value(ref)})"
-            for ref in sorted(refs)
-            if ref[0] == "node" and ref[1] in self.per_nodes and ref[1] not in nodes
-        ]
-        self.masks = {i for i in nodes if structure.ops[i][0] in _MASKS}
-        for index in nodes:
-            lines.append(f"    v{index} = {self.node(index)}")
-            if ("node", index) in self.per_slot:
-                lines.append(
-                    f"    tl.store({self.per_value(('node', index))}, {self.value(('node', index))})"
-                )
-        if first:
-            lines += [
-                f"    tl.store({self.per_value(ref)}, {self.text(ref)})" for ref in self.per_inputs
-            ]
-        if last:
-            lines += [f"    tl.store({name}, {self.value(ref)})" for name, ref in outputs]
-        return lines
-
-    def levels(self) -> list[int]:
-        """The levels that have a per-tensor pass (``adaptim_tensors_<level>``)."""
-        if not self.tensorwise:
-            return []
-        return sorted({self.stage[i] for i in self.per_nodes} | {self.top})
-
     def launch_order(self) -> list[tuple[str, str]]:
         """The functions of a step, in launch order, each with its grid: ``blocks`` (one
         program per block) or ``tensors`` (one per tensor)."""
-        tensors = self.levels()
-        order = []
-        for level in range(self.top + 1):
-            if level > 0:
-                order.append((f"adaptim_squares_{level}", "blocks"))
-            if level in tensors:
-                order.append((f"adaptim_tensors_{level}", "tensors"))
-        return [*order, ("adaptim_step", "blocks")]
+        return [("adaptim_step", "blocks")]
+
+    def passes(self) -> list[str]:
+        """The functions launched before ``adaptim_step`` (none for an element-wise rule)."""
+        return []
 
     def source(self) -> str:
         structure = self.structure
-        lines = ["import triton", "import triton.language as tl", _HELPERS]
-        tensors = self.levels()
-        for level in range(self.top + 1):
-            if level > 0:
-                lines += self.squares(level)
-            if level in tensors:
-                lines += self.tensors(level, level == tensors[0])
+        lines = ["import triton", "import triton.language as tl", _HELPERS, *self.passes()]
         nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
         outputs = [
             (name, ref)
@@ -450,6 +306,14 @@ class _Source:
         return "\n".join(lines) + "\n"
 
 
+def _source(structure: Structure, dtype: torch.dtype) -> _Source:
+    if structure.per_tensor_inputs or structure.per_tensor_nodes():
+        from adaptim.torch._triton_norms_source import NormSource  # (it extends _Source)
+
+        return NormSource(structure, dtype)
+    return _Source(structure, dtype)
+
+
 def generate_source(structure: Structure, dtype: torch.dtype) -> str:
     """The Triton source of ``structure`` for tensors of ``dtype`` (``Optimizer.plans()`` shows it).
 
@@ -462,19 +326,20 @@ def generate_source(structure: Structure, dtype: torch.dtype) -> str:
     then the slots as scalars of the parameters' dtype, and the constants
     ``BLOCK`` and ``FMA``. :func:`launch_order` names the functions to launch.
     """
-    return _Source(structure, dtype).source()
+    return _source(structure, dtype).source()
 
 
 def launch_order(structure: Structure, dtype: torch.dtype) -> list[tuple[str, str]]:
     """The functions of :func:`generate_source`'s module in launch order, each with its grid:
     ``blocks`` (a program per row of the block table) or ``tensors`` (a program per tensor)."""
-    return _Source(structure, dtype).launch_order()
+    return _source(structure, dtype).launch_order()
 
 
 def buffer_columns(structure: Structure) -> tuple[int, int]:
     """Columns of the partial sums (one per norm) and of the per-tensor buffer (one per
     per-tensor value the passes hand on); ``(0, 0)`` for an element-wise rule."""
-    source = _Source(structure, torch.float32)
+    source = _source(structure, torch.float32)
     if not source.tensorwise:
         return 0, 0
-    return len(source.norms), max(1, len(source.per_slot))
+    norms = sum(op == "norm" for op, _ in structure.ops)
+    return norms, max(1, len(source.per_slot))
