@@ -191,28 +191,34 @@ def test_a_rule_the_kernels_refuse_stays_on_the_replay_silently() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "hp", "dtype"),
+    ("cls", "hp", "dtype", "shape"),
     [
-        ("LARS", {"weight_decay": 1e-2, "trust_clip": True}, torch.float32),
-        ("LAMB", {"weight_decay": 1e-2}, torch.float32),
-        ("LAMB", {}, torch.float64),
-        ("NovoGrad", {"weight_decay": 1e-2}, torch.float32),
+        ("LARS", {"weight_decay": 1e-2, "trust_clip": True}, torch.float32, (100,)),
+        ("LARS", {}, torch.float64, ()),
+        ("LAMB", {"weight_decay": 1e-2}, torch.float32, (100,)),
+        ("LAMB", {}, torch.float64, (100,)),
+        ("NovoGrad", {"weight_decay": 1e-2}, torch.float32, (100,)),
     ],
 )
 def test_the_norm_kernels_compile_for_a_gpu(
-    cls: str, hp: dict[str, Any], dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    cls: str,
+    hp: dict[str, Any],
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every function of a step compiles for an H100/H200 (sm_90) without a GPU (Triton's
     own ptxas): no approximate division or root anywhere, the norms' root in float64
-    (``sqrt.rn.f64``), and the element-wise step's fused multiply-adds only the rule's."""
+    (``sqrt.rn.f64``), and the element-wise step's fused multiply-adds only the rule's.
+    (A 0-d parameter: its trust ratio is stored by the element-wise step.)"""
     triton = importlib.import_module("triton")  # (the test extra: missing must fail)
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    params = [torch.nn.Parameter(torch.randn(100, dtype=dtype))]
+    params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype))]
     optimizer = getattr(adaptim, cls)(params, **hp, fused=True)
     for _ in range(2):
-        params[0].grad = torch.randn(100, dtype=dtype)
+        params[0].grad = torch.randn(shape, dtype=dtype)
         optimizer.step()
     (partition,) = optimizer._engine.groups[0].partitions
     assert partition.triton is not None
