@@ -247,7 +247,7 @@ def trace(
         reduced_inputs=frozenset(f"state_{k}" for k in reduced_state),
         half=half,
     )
-    _check_kinds(structure)
+    _check_kinds(structure, ndim)
     return Traced(
         structure,
         recording.slots,
@@ -264,8 +264,12 @@ def _array_ref(recording: Recording, value: Any) -> Ref:
     return value.ref
 
 
-def _check_kinds(structure: Structure) -> None:
-    """Refuse what a plan could not replay: host scalars beyond float arithmetic, shape changes."""
+def _check_kinds(structure: Structure, ndim: int) -> None:
+    """Refuse what a plan could not replay: host scalars beyond float arithmetic, shape changes.
+
+    A 0-d parameter's 0-d state is element-wise state as far as the partition can tell;
+    where the rule computes it per tensor (LARS's trust ratio), the shape is the same.
+    """
     kinds = structure.kinds()
     for (op, args), kind in zip(structure.ops, kinds, strict=True):
         if kind == "host" and op not in HOST_OPS and op not in HOST_ARITHMETIC:
@@ -280,5 +284,5 @@ def _check_kinds(structure: Structure) -> None:
             raise Unfusable(f"{name} set to a scalar")
         if name in structure.inputs:
             wanted = structure.kind_of(("input", structure.inputs.index(name)), kinds)
-            if kind != wanted:
+            if kind != wanted and not (ndim == 0 and (wanted, kind) == ("element", "tensor")):
                 raise Unfusable(f"{name} changes its shape ({wanted} to {kind})")

@@ -7,7 +7,8 @@ on large ones. This module is the GPU counterpart of :mod:`._native`'s C
 loop: for a :class:`~adaptim.torch._trace.Structure` it generates one Triton
 kernel (:mod:`._triton_source`), launched *once* per partition per step over
 all its tensors, each element of each buffer read once and written once, in
-place. Nothing is copied and nothing is owned: the kernel reads the data
+place (a rule with norms or 0-d state per tensor, LARS or LAMB, takes a few
+launches: :mod:`._triton_source` explains them). Nothing is copied and nothing is owned: the kernel reads the data
 pointers of the parameters, gradients and state where they are, from a device
 table of pointers that is uploaded again only when a pointer changed (fresh
 gradients after ``zero_grad()`` usually come back at the same addresses from
@@ -80,12 +81,17 @@ def launchable(device: torch.device) -> bool:
 
 @dataclass
 class TritonKernel:
-    """A generated kernel: its source and the ``triton.jit`` function."""
+    """A generated kernel: its source and the ``triton.jit`` functions of a step, in launch
+    order, each with its grid (:func:`._triton_source.launch_order`)."""
 
     source: str
-    function: Any
+    passes: tuple[tuple[Any, str], ...]
     dtype: torch.dtype
     fused_multiply_add: bool
+    #: Norms and per-tensor values: the columns of the partial sums and per-tensor buffers
+    #: (0 and 0: an element-wise rule, one function with no buffers).
+    norms: int = 0
+    per_values: int = 0
 
 
 def kernel_for(structure: Structure, dtype: torch.dtype) -> TritonKernel:
@@ -115,13 +121,17 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> TritonKernel:
         kernel = _KERNELS.get(key)
         if kernel is None:
             source = _triton_source.generate_source(structure, dtype)
-            kernel = TritonKernel(source, _load(source), dtype, fma)
+            module = _load(source)
+            order = _triton_source.launch_order(structure, dtype)
+            passes = tuple((getattr(module, name), grid) for name, grid in order)
+            norms, per_values = _triton_source.buffer_columns(structure)
+            kernel = TritonKernel(source, passes, dtype, fma, norms, per_values)
             _KERNELS[key] = kernel
     return kernel
 
 
 def _load(source: str) -> Any:
-    """Import the generated module from a file (``triton.jit`` reads its function's source)."""
+    """Import the generated module from a file (``triton.jit`` reads its functions' source)."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:24]
     directory = _native.cache_dir()
     path = directory / f"triton_{digest}.py"
@@ -137,7 +147,7 @@ def _load(source: str) -> Any:
         spec.loader.exec_module(module)
     except Exception as error:  # (OSError, or triton refusing the source)
         raise NativeUnavailable(f"could not build a Triton kernel: {error}") from None
-    return module.adaptim_step
+    return module
 
 
 class TritonLaunch:
@@ -169,6 +179,24 @@ class TritonLaunch:
         rows = [(t, s, min(s + block, n)) for t, n in enumerate(sizes) for s in range(0, n, block)]
         self.blocks = self._upload(torch.tensor(rows, dtype=torch.int64, device="cpu").reshape(-1))
         self.grid = (len(rows),)
+        #: Per-tensor values (norms, trust ratios, 0-d state): each tensor's span of rows in
+        #: the block table, and device buffers the passes hand on (the blocks' sums of
+        #: squares, the tensors' values), allocated once.
+        self.buffers: tuple[torch.Tensor, ...] = ()
+        if kernel.norms or kernel.per_values:
+            spans = [0]
+            for n in sizes:
+                spans.append(spans[-1] + -(-n // block))
+            pairs = [(spans[t], spans[t + 1]) for t in range(self.count)]
+            self.buffers = (
+                self._upload(torch.tensor(pairs, dtype=torch.int64, device="cpu").reshape(-1)),
+                torch.empty(
+                    max(1, len(rows) * kernel.norms), dtype=torch.float64, device=self.device
+                ),
+                torch.empty(
+                    max(1, self.count * kernel.per_values), dtype=kernel.dtype, device=self.device
+                ),
+            )
         self.launched = False
         #: How many times the pointer table went to the device (gradients that moved).
         self.uploads = 0
@@ -213,16 +241,19 @@ class TritonLaunch:
 
     def _launch(self, scalars: tuple[float, ...]) -> None:
         kernel = self.kernel
-        kernel.function[self.grid](
-            self.table,
-            self.count,
-            self.blocks,
-            *scalars,
-            BLOCK=_triton_source.BLOCK,
-            FMA=kernel.fused_multiply_add,
-            num_warps=NUM_WARPS,
-            enable_fp_fusion=False,
-        )
+        grids = {"blocks": self.grid, "tensors": (self.count,)}
+        for function, grid in kernel.passes:  # (stream order: each pass sees the last's writes)
+            function[grids[grid]](
+                self.table,
+                self.count,
+                self.blocks,
+                *self.buffers,
+                *scalars,
+                BLOCK=_triton_source.BLOCK,
+                FMA=kernel.fused_multiply_add,
+                num_warps=NUM_WARPS,
+                enable_fp_fusion=False,
+            )
 
 
 def kernel_count() -> int:

@@ -33,9 +33,13 @@ the bit where the compiler rounds alike:
   rounded from the Python float as ATen rounds a scalar to its ``opmath`` type;
   float64: exact; an unannotated Python float would arrive as float32).
 
-What it does not express (norms and other per-tensor values: LARS, LAMB;
-``pow`` to an exponent other than 0 and 2; state created on this step; half
-types) :func:`supports` refuses, and the replay runs it.
+A rule with per-tensor values (whole-tensor norms, 0-d state: LARS, LAMB,
+NovoGrad) becomes several functions launched in turn (:func:`launch_order`);
+:mod:`._triton_norms_source` renders them.
+
+What it does not express (Adafactor's and SM3's row and column statistics and
+host scalars; ``pow`` to an exponent other than 0 and 2; state created on this
+step; half types) :func:`supports` refuses, and the replay runs it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ from adaptim.torch._trace import Ref, Structure
 #: lead's probe on an H200, which streamed 16M elements at 84-90% of ``copy_``'s
 #: bandwidth; 235k elements give ~230 programs, enough to fill the SMs.
 BLOCK = 1024
+
+#: Blocks' partial sums a per-tensor program adds per iteration (a tensor of 16M elements
+#: has 16k blocks: 128 iterations).
+ROWS = 128
 
 #: Whether ``axpy``, ``addcmul`` and ``lerp`` are fused multiply-adds (as nvcc compiles ATen's).
 FUSED_MULTIPLY_ADD = True
@@ -85,6 +93,14 @@ def _addcmul(a, b, c, value, FMA: tl.constexpr):
         return a + value * b * c
 
 
+# (sums as ``tl.reduce(x, 0, _add)`` and zeros as ``tl.full``: ``tl.sum`` and ``tl.zeros`` are
+# jit functions of Triton's library, which its interpreter cannot call when triton was
+# imported before ``TRITON_INTERPRET`` was set, as in the tests)
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
 @triton.jit
 def _lerp(a, b, w, FMA: tl.constexpr):
     d = b - a
@@ -99,32 +115,43 @@ def supports(structure: Structure, dtype: torch.dtype) -> str | None:
     """Why ``structure`` cannot become a Triton kernel for ``dtype``, or ``None`` when it can."""
     if dtype not in _TL_TYPES:
         return f"no GPU kernel for {dtype} (float32 and float64 only)"
-    if structure.per_tensor_inputs or structure.per_tensor_nodes():
-        return "per-tensor values (norms, 0-d state)"
-    unknown = sorted({op for op, _ in structure.ops} - SUPPORTED)
+    unknown = sorted({op for op, _ in structure.ops} - SUPPORTED - {"norm"})
     if unknown:
         return f"no GPU kernel form for {', '.join(unknown)}"
     if structure.created:
         return "the rule creates state on this step"
+    if structure.reduced_inputs:
+        return "state that is neither element-wise nor 0-d"
+    kinds = structure.kinds()
     for op, args in structure.ops:
         if op == "pow" and (args[1][0] != "const" or float(args[1][1]) not in (0.0, 2.0)):
             return "pow to an exponent other than 0 and 2"
+        if op == "norm" and structure.kind_of(args[0], kinds) != "element":
+            return "a norm of something other than an element-wise array"
     return None
 
 
 class _Source:
-    """Renders one structure as a Triton kernel named ``adaptim_step``."""
+    """Renders one structure as a Triton kernel named ``adaptim_step`` (an element-wise
+    rule; :class:`._triton_norms_source.NormSource` adds the passes of per-tensor values)."""
 
     def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
         self.structure = structure
         self.dtype = dtype
         self.tl_type = _TL_TYPES[dtype]
-        self.masks = {i for i, (op, _) in enumerate(structure.ops) if op in _MASKS}
+        #: The mask nodes the function being rendered computes (a mask read back from
+        #: the per-tensor buffer is a number there).
+        self.masks: set[int] = set()
+        self.per_nodes = structure.per_tensor_nodes()
+        self.tensorwise = bool(self.per_nodes or structure.per_tensor_inputs)
+        #: Each per-tensor value's column in the per-tensor buffer (``per[t * NP + column]``).
+        self.per_slot: dict[Ref, int] = {}
 
     def text(self, ref: Ref) -> str:
         kind, value = ref
         if kind == "input":
-            return f"in{value}"
+            per_tensor = self.structure.inputs[value] in self.structure.per_tensor_inputs
+            return f"pin{value}" if per_tensor else f"in{value}"
         if kind == "node":
             return f"v{value}"
         if kind == "slot":
@@ -164,6 +191,8 @@ class _Source:
             if not arrays[0] and arrays[1]:  # torch: ``number / x`` is ``reciprocal(x) * number``
                 return f"{self.divide(f'tl.full([], 1.0, {self.tl_type})', a[1])} * {a[0]}"
             return self.divide(a[0], a[1])
+        if op == "norm":  # (the tensor's sum of squares, summed from the blocks' in double)
+            return f"tl.sqrt(tl.reduce(sum{index}, 0, _add)).to({self.tl_type})"
         fma = "FMA"
         simple = {
             "neg": "-{0}",
@@ -179,25 +208,47 @@ class _Source:
         if op in simple:
             return simple[op].format(*a)
         if float(args[1][1]) == 0.0:  # (pow) 1 for every x, NaN included
-            return f"tl.full([BLOCK], 1.0, {self.tl_type})"
+            shape = "[]" if index in self.per_nodes else "[BLOCK]"
+            return f"tl.full({shape}, 1.0, {self.tl_type})"
         return f"{a[0]} * {a[0]}"
 
-    def source(self) -> str:
-        structure = self.structure
-        inputs = structure.inputs
-        used = {a for _, args in structure.ops for a in args} | {r for _, r in structure.outputs}
+    def head(self, name: str) -> list[str]:
+        """The ``def`` of function ``name`` and its scalars."""
+        slot_count = self.structure.slot_count
         # (annotated: Triton passes an unannotated Python float as float32)
-        scalar_args = "".join(f"s{i}: {self.tl_type}, " for i in range(structure.slot_count))
+        scalar_args = "".join(f"s{i}: {self.tl_type}, " for i in range(slot_count))
+        buffers = " spans, partial, per," if self.tensorwise else ""
         lines = [
-            "import triton",
-            "import triton.language as tl",
-            _HELPERS,
+            "",
             "",
             "@triton.jit(do_not_specialize=['count'])",
-            "def adaptim_step(",
-            "    table, count, blocks,",
+            f"def {name}(",
+            f"    table, count, blocks,{buffers}",
             f"    {scalar_args}BLOCK: tl.constexpr, FMA: tl.constexpr,",
             "):",
+        ]
+        # (a no-op when compiled; the interpreter hands over the Python float, which
+        # Triton would otherwise take as a float32 constant)
+        return lines + [f"    s{i} = tl.full([], s{i}, {self.tl_type})" for i in range(slot_count)]
+
+    def pointer(self, role: int) -> str:
+        """The line loading tensor ``t``'s data pointer for input ``role`` from the table."""
+        name = self.structure.inputs[role]
+        return (
+            f"    {name} = tl.load(table + {role} * count + t).to(tl.pointer_type({self.tl_type}))"
+        )
+
+    def per_value(self, ref: Ref) -> str:
+        """The per-tensor buffer's element of ``ref`` for tensor ``t``."""
+        return f"per + t * {len(self.per_slot)} + {self.per_slot[ref]}"
+
+    def block(self, name: str, nodes: list[int], reads: set[Ref], written: set[str]) -> list[str]:
+        """Function ``name`` over one block of one tensor, up to computing ``nodes``:
+        it loads what they and ``reads`` use, and the pointers of the ``written`` inputs."""
+        structure = self.structure
+        refs = {a for i in nodes for a in structure.ops[i][1]} | reads
+        lines = [
+            *self.head(name),
             "    # one block of one tensor: (tensor, first element, end) from the block table",
             "    b = tl.program_id(0).to(tl.int64)",
             "    t = tl.load(blocks + 3 * b)",
@@ -206,31 +257,90 @@ class _Source:
             "    offsets = first + tl.arange(0, BLOCK)",
             "    inside = offsets < end",
         ]
-        # (a no-op when compiled; the interpreter hands over the Python float, which
-        # Triton would otherwise take as a float32 constant)
-        lines += [
-            f"    s{i} = tl.full([], s{i}, {self.tl_type})" for i in range(structure.slot_count)
+        elements = [
+            role
+            for role, name in enumerate(structure.inputs)
+            if name not in structure.per_tensor_inputs
         ]
-        pointer = f"tl.pointer_type({self.tl_type})"
-        for role, name in enumerate(inputs):
-            if ("input", role) in used or any(n == name for n, _ in structure.outputs):
-                lines.append(f"    {name} = tl.load(table + {role} * count + t).to({pointer})")
-        for role, _ in enumerate(inputs):
-            if ("input", role) in used:
-                lines.append(f"    in{role} = tl.load({inputs[role]} + offsets, mask=inside)")
-        for index in range(len(structure.ops)):
-            lines.append(f"    v{index} = {self.node(index)}")
-        for name, ref in structure.outputs:
-            lines.append(f"    tl.store({name} + offsets, {self.value(ref)}, mask=inside)")
+        used = [role for role in elements if ("input", role) in refs]
+        lines += [
+            self.pointer(role)
+            for role in elements
+            if role in used or structure.inputs[role] in written
+        ]
+        lines += [
+            f"    in{role} = tl.load({structure.inputs[role]} + offsets, mask=inside)"
+            for role in used
+        ]
+        lines += [
+            f"    {self.text(ref)} = tl.load({self.per_value(ref)})"
+            for ref in self.per_slot
+            if ref in refs
+        ]
+        self.masks = {i for i in nodes if structure.ops[i][0] in _MASKS}
+        return lines + [f"    v{index} = {self.node(index)}" for index in nodes]
+
+    def launch_order(self) -> list[tuple[str, str]]:
+        """The functions of a step, in launch order, each with its grid: ``blocks`` (one
+        program per block) or ``tensors`` (one per tensor)."""
+        return [("adaptim_step", "blocks")]
+
+    def passes(self) -> list[str]:
+        """The functions launched before ``adaptim_step`` (none for an element-wise rule)."""
+        return []
+
+    def source(self) -> str:
+        structure = self.structure
+        lines = ["import triton", "import triton.language as tl", _HELPERS, *self.passes()]
+        nodes = [i for i in range(len(structure.ops)) if i not in self.per_nodes]
+        outputs = [
+            (name, ref)
+            for name, ref in structure.outputs
+            if name not in structure.per_tensor_inputs
+        ]
+        reads = {ref for _, ref in outputs}
+        lines += self.block("adaptim_step", nodes, reads, {name for name, _ in outputs})
+        lines += [
+            f"    tl.store({name} + offsets, {self.value(ref)}, mask=inside)"
+            for name, ref in outputs
+        ]
         return "\n".join(lines) + "\n"
+
+
+def _source(structure: Structure, dtype: torch.dtype) -> _Source:
+    if structure.per_tensor_inputs or structure.per_tensor_nodes():
+        from adaptim.torch._triton_norms_source import NormSource  # (it extends _Source)
+
+        return NormSource(structure, dtype)
+    return _Source(structure, dtype)
 
 
 def generate_source(structure: Structure, dtype: torch.dtype) -> str:
     """The Triton source of ``structure`` for tensors of ``dtype`` (``Optimizer.plans()`` shows it).
 
-    The kernel's arguments: the pointer table (``count`` pointers per role,
+    Each function's arguments: the pointer table (``count`` pointers per role,
     role by role in ``structure.inputs`` order), ``count``, the block table
-    (``int64`` triples), the slots as scalars of the parameters' dtype, and the
-    constants ``BLOCK`` and ``FMA``.
+    (``int64`` triples); for a rule with per-tensor values, the span table
+    (each tensor's first and end row of the block table, ``int64`` pairs), the
+    blocks' partial sums of squares (``float64``, one row of ``NN`` per block)
+    and the per-tensor values (the parameters' dtype, one row per tensor);
+    then the slots as scalars of the parameters' dtype, and the constants
+    ``BLOCK`` and ``FMA``. :func:`launch_order` names the functions to launch.
     """
-    return _Source(structure, dtype).source()
+    return _source(structure, dtype).source()
+
+
+def launch_order(structure: Structure, dtype: torch.dtype) -> list[tuple[str, str]]:
+    """The functions of :func:`generate_source`'s module in launch order, each with its grid:
+    ``blocks`` (a program per row of the block table) or ``tensors`` (a program per tensor)."""
+    return _source(structure, dtype).launch_order()
+
+
+def buffer_columns(structure: Structure) -> tuple[int, int]:
+    """Columns of the partial sums (one per norm) and of the per-tensor buffer (one per
+    per-tensor value the passes hand on); ``(0, 0)`` for an element-wise rule."""
+    source = _source(structure, torch.float32)
+    if not source.tensorwise:
+        return 0, 0
+    norms = sum(op == "norm" for op, _ in structure.ops)
+    return norms, max(1, len(source.per_slot))
