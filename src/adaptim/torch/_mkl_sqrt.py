@@ -2,15 +2,17 @@
 
 ``torch.sqrt`` on CPU is MKL's ``vmsSqrt``/``vmdSqrt`` in high-accuracy mode
 (``VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE``), which is not the correctly
-rounded square root (it differs on 17% of positive normal float32 values). A
-fused loop that must give ``torch.sqrt``'s bits either calls that function
-(:func:`vml_sqrt`: its address in ``libtorch_cpu.so``, about 0.6–0.8 ns an
-element on tiles of 256, most of it outside the arithmetic) or computes the
-same thing itself (:func:`tile_sqrt_source`, about 0.2–0.3 ns an element in float32).
+rounded square root. A fused loop that must give ``torch.sqrt``'s bits either
+calls that function (:func:`vml_sqrt`: its address in ``libtorch_cpu.so``,
+about 0.6–0.8 ns an element on tiles of 256, most of it outside the arithmetic)
+or computes the same thing itself (:func:`tile_sqrt_source`).
 
-What MKL 2024.2 runs on this project's machines (``mkl_vml_kernel_sSqrt_EXHAynn``
-and ``dSqrt_EXHAynn``, read from the disassembly) is, for a positive normal
-:math:`x`, with every product and sum rounded on its own (no FMA):
+MKL 2024.2 dispatches on the CPU, and the kernel it picks decides the bits.
+The C reproduces two of them (:data:`KERNELS`, read from the disassembly):
+
+``EXHAynn`` (AVX2; what AMD EPYC Zen 4 gets), for a positive normal :math:`x`,
+with every product and sum rounded on its own (no FMA), differing from the
+correctly rounded root on 17% of positive normal float32 values:
 
 * float32: :math:`y = \\mathrm{rsqrtps}(x)` (the CPU's 12-bit reciprocal square
   root), :math:`s = xy`, :math:`h = y/2`, :math:`e = 1/2 - sh`,
@@ -21,18 +23,36 @@ and ``dSqrt_EXHAynn``, read from the disassembly) is, for a positive normal
   :math:`e = (1 - x_h t^2) - x_l t^2`, a degree-4 polynomial
   :math:`p(e) \\approx (1-e)^{-1/2} - 1`, result :math:`x_h t + (x_l t + p t x)`.
 
-Zeros, subnormals, negatives, infinities, NaN and the largest values (float32
-above :math:`2^{128}(1-2^{-12})`, float64 from :math:`2^{1022}`) take MKL's
-rare path, which gives the correctly rounded root (``vsqrtps``), NaN bits kept
-for NaN and ``+qNaN`` for negatives. The C below does exactly that, with
-MKL's rounding mode (MXCSR ``0x1f80``: no flush-to-zero, whatever the caller
-set). Checked against MKL bit for bit (NaN bits included): all :math:`2^{32}`
-float32 patterns, through MKL's main and its tail code; :math:`10^9` random
-float64 and 1.35 million edge patterns (every exponent and sign with
-structured mantissas). ``rsqrtps`` is the CPU's own table (AMD's differs from
-Intel's), which MKL's code and this one both read; another CPU may get
-another MKL kernel, so each process checks the C against ``torch.sqrt``
-(:func:`emulated`) before a loop uses it, and otherwise calls MKL.
+  Zeros, subnormals, negatives, infinities, NaN and the largest values (float32
+  above :math:`2^{128}(1-2^{-12})`, float64 from :math:`2^{1022}`) take MKL's
+  rare path, which gives the correctly rounded root (``vsqrtps``), NaN bits kept
+  for NaN and ``+qNaN`` for negatives. ``rsqrtps`` is the CPU's own table
+  (AMD's differs from Intel's). Checked on the AMD machine: all :math:`2^{32}`
+  float32 patterns, :math:`10^9` random float64 and 1.35 million edge patterns.
+
+``Z0HAynn`` (AVX-512; what Intel Xeon with AVX-512 gets, Emerald Rapids here),
+with FMA (:math:`\\mathrm{fma}(a, b, c)`: one rounding), differing from the
+correctly rounded root on 0.7% of float32 values:
+
+* both dtypes: :math:`y = \\mathrm{vrsqrt14}(x)` (architecturally defined, 14 bits),
+  :math:`h = y/2`, :math:`s = yx`;
+* float64 first takes a Newton step: :math:`e = \\mathrm{fma}(-s, h, 1/2)`,
+  :math:`s \\leftarrow \\mathrm{fma}(e, s, s)`, :math:`h \\leftarrow \\mathrm{fma}(e, h, h)`;
+* result :math:`\\mathrm{fma}(\\mathrm{fma}(-s, s, x), h, s)`, where :math:`y > 2^{39}`
+  (float64: :math:`2^{458}`; subnormal :math:`x`) with the residual's terms scaled:
+  :math:`x 2^{78}`, :math:`s 2^{39}`, :math:`h 2^{-78}` (float64: 916, 458, -916);
+* ``vfpclass`` 0x5e lanes (zeros, infinities, negatives) take the rare path:
+  zeros and :math:`+\\infty` give :math:`x`, negatives and :math:`-\\infty` ``+qNaN``;
+  NaN goes through the arithmetic (:math:`x` quieted).
+
+  Checked on the Intel machine: all :math:`2^{32}` float32 patterns and
+  :math:`10^8` random float64 plus 1.5 million edge patterns
+  (``benchmarks/mkl_sqrt_sweep.py``).
+
+Both run under MKL's rounding mode (MXCSR ``0x1f80``: no flush-to-zero, whatever
+the caller set). Another CPU may get yet another kernel, so each process checks
+each candidate's C against ``torch.sqrt`` (:func:`emulation`) before a loop uses
+it, and otherwise calls MKL.
 """
 
 from __future__ import annotations
