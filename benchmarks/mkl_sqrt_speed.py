@@ -6,8 +6,8 @@ Two side-by-side measurements in one process (alternated, medians, one thread):
   process picked (:func:`adaptim.torch._mkl_sqrt.emulation`), ``vsqrtps``/``vsqrtpd``
   (512-bit with AVX-512, else 256), and MKL's own ``vmsSqrt``/``vmdSqrt`` (one ctypes call a
   repeat); ns an element;
-* the native loop of Adam, RMSprop and Adagrad (``benchmarks/native_floor.py``'s captured
-  launch) built with ``_native.EXACT_ROOT`` on (the root inlined) and off (``sqrt``).
+* the native loop of Adam, RMSprop and Adagrad on 100 tensors (``benchmarks/native_floor.py``'s
+  captured launch) built with ``_native.EXACT_ROOT`` on (the root inlined) and off (``sqrt``).
 
 Run: ``python benchmarks/mkl_sqrt_speed.py [--sizes 4096 1048576] [--rounds 31]``. Ratios
 on a shared machine: state the load average next to them.
@@ -101,18 +101,18 @@ def root_alone(dtype: torch.dtype, size: int, rounds: int) -> None:
     )
 
 
-def in_the_loop(name: str, rounds: int) -> None:
+def in_the_loop(name: str, rounds: int, numel: int) -> None:
     kernels = {}
     for exact in (True, False):
         with mock.patch.object(_native, "EXACT_ROOT", exact):
-            launch, params, _ = native_floor.captured_launch(name, 160_000, 100)
+            launch, params, _ = native_floor.captured_launch(name, numel, 100)
         kernels["exact" if exact else "rounded"] = (
             native_floor.caller(launch, launch._bound[0]),
             params,
         )
-    ns = _median_ns({k: (lambda c=c: c(1)) for k, (c, _) in kernels.items()}, rounds, 16_000_000)
+    ns = _median_ns({k: (lambda c=c: c(1)) for k, (c, _) in kernels.items()}, rounds, numel * 100)
     print(
-        f"{name:8s} 16M float32, 1 thread: ns/element exact-root {ns['exact']:.3f}, "
+        f"{name:8s} {numel * 100:9d} float32, 1 thread: ns/element exact-root {ns['exact']:.3f}, "
         f"sqrt {ns['rounded']:.3f}, ratio {ns['exact'] / ns['rounded']:.2f}"
     )
 
@@ -121,6 +121,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 1 << 20])
     parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument(
+        "--loop-sizes",
+        type=int,
+        nargs="+",
+        default=[2_000, 160_000],
+        help="elements per tensor of the loops' 100 (16M: out of cache)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("load average:", _load())
@@ -128,8 +135,9 @@ def main() -> None:
     for dtype in (torch.float32, torch.float64):
         for size in args.sizes:
             root_alone(dtype, size, args.rounds)
-    for name in ("adam", "rmsprop", "adagrad"):
-        in_the_loop(name, args.rounds)
+    for numel in args.loop_sizes:
+        for name in ("adam", "rmsprop", "adagrad"):
+            in_the_loop(name, args.rounds, numel)
     print("load average:", _load())
 
 
