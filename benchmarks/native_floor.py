@@ -66,6 +66,10 @@ def copy_through(source: str) -> str:
     return "\n".join(out) + "\n"
 
 
+#: The optimizers of the launches handed out, kept alive for the process.
+_KEPT: list[Any] = []
+
+
 def captured_launch(name: str, numel: int, tensors: int) -> tuple[Any, list[torch.Tensor], str]:
     """An optimizer of ``name`` stepped natively twice; its kernel's launch, params and source."""
     seen: dict[str, Any] = {}
@@ -90,6 +94,9 @@ def captured_launch(name: str, numel: int, tensors: int) -> tuple[Any, list[torc
     if "launch" not in seen:
         raise SystemExit(f"{name}: no native step ({optimizer.fused_status()})")
     (source,) = optimizer.plans()[0]
+    _KEPT.append(
+        optimizer
+    )  # (the launch points into its state: freed, the kernel would write there)
     return seen["launch"], params, source
 
 

@@ -2,15 +2,17 @@
 
 ``torch.sqrt`` on CPU is MKL's ``vmsSqrt``/``vmdSqrt`` in high-accuracy mode
 (``VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE``), which is not the correctly
-rounded square root (it differs on 17% of positive normal float32 values). A
-fused loop that must give ``torch.sqrt``'s bits either calls that function
-(:func:`vml_sqrt`: its address in ``libtorch_cpu.so``, about 0.6–0.8 ns an
-element on tiles of 256, most of it outside the arithmetic) or computes the
-same thing itself (:func:`tile_sqrt_source`, about 0.2–0.3 ns an element in float32).
+rounded square root. A fused loop that must give ``torch.sqrt``'s bits either
+calls that function (:func:`vml_sqrt`: its address in ``libtorch_cpu.so``,
+about 0.6–0.8 ns an element on tiles of 256, most of it outside the arithmetic)
+or computes the same thing itself (:func:`tile_sqrt_source`).
 
-What MKL 2024.2 runs on this project's machines (``mkl_vml_kernel_sSqrt_EXHAynn``
-and ``dSqrt_EXHAynn``, read from the disassembly) is, for a positive normal
-:math:`x`, with every product and sum rounded on its own (no FMA):
+MKL 2024.2 dispatches on the CPU, and the kernel it picks decides the bits.
+The C reproduces two of them (:data:`KERNELS`, read from the disassembly):
+
+``EXHAynn`` (AVX2; what AMD EPYC Zen 4 gets), for a positive normal :math:`x`,
+with every product and sum rounded on its own (no FMA), differing from the
+correctly rounded root on 17% of positive normal float32 values:
 
 * float32: :math:`y = \\mathrm{rsqrtps}(x)` (the CPU's 12-bit reciprocal square
   root), :math:`s = xy`, :math:`h = y/2`, :math:`e = 1/2 - sh`,
@@ -21,18 +23,36 @@ and ``dSqrt_EXHAynn``, read from the disassembly) is, for a positive normal
   :math:`e = (1 - x_h t^2) - x_l t^2`, a degree-4 polynomial
   :math:`p(e) \\approx (1-e)^{-1/2} - 1`, result :math:`x_h t + (x_l t + p t x)`.
 
-Zeros, subnormals, negatives, infinities, NaN and the largest values (float32
-above :math:`2^{128}(1-2^{-12})`, float64 from :math:`2^{1022}`) take MKL's
-rare path, which gives the correctly rounded root (``vsqrtps``), NaN bits kept
-for NaN and ``+qNaN`` for negatives. The C below does exactly that, with
-MKL's rounding mode (MXCSR ``0x1f80``: no flush-to-zero, whatever the caller
-set). Checked against MKL bit for bit (NaN bits included): all :math:`2^{32}`
-float32 patterns, through MKL's main and its tail code; :math:`10^9` random
-float64 and 1.35 million edge patterns (every exponent and sign with
-structured mantissas). ``rsqrtps`` is the CPU's own table (AMD's differs from
-Intel's), which MKL's code and this one both read; another CPU may get
-another MKL kernel, so each process checks the C against ``torch.sqrt``
-(:func:`emulated`) before a loop uses it, and otherwise calls MKL.
+  Zeros, subnormals, negatives, infinities, NaN and the largest values (float32
+  above :math:`2^{128}(1-2^{-12})`, float64 from :math:`2^{1022}`) take MKL's
+  rare path, which gives the correctly rounded root (``vsqrtps``), NaN bits kept
+  for NaN and ``+qNaN`` for negatives. ``rsqrtps`` is the CPU's own table
+  (AMD's differs from Intel's). Checked on the AMD machine: all :math:`2^{32}`
+  float32 patterns, :math:`10^9` random float64 and 1.35 million edge patterns.
+
+``Z0HAynn`` (AVX-512; what Intel Xeon with AVX-512 gets, Emerald Rapids here),
+with FMA (:math:`\\mathrm{fma}(a, b, c)`: one rounding), differing from the
+correctly rounded root on 0.7% of float32 values:
+
+* both dtypes: :math:`y = \\mathrm{vrsqrt14}(x)` (architecturally defined, 14 bits),
+  :math:`h = y/2`, :math:`s = yx`;
+* float64 first takes a Newton step: :math:`e = \\mathrm{fma}(-s, h, 1/2)`,
+  :math:`s \\leftarrow \\mathrm{fma}(e, s, s)`, :math:`h \\leftarrow \\mathrm{fma}(e, h, h)`;
+* result :math:`\\mathrm{fma}(\\mathrm{fma}(-s, s, x), h, s)`, where :math:`y > 2^{39}`
+  (float64: :math:`2^{458}`; subnormal :math:`x`) with the residual's terms scaled:
+  :math:`x 2^{78}`, :math:`s 2^{39}`, :math:`h 2^{-78}` (float64: 916, 458, -916);
+* ``vfpclass`` 0x5e lanes (zeros, infinities, negatives) take the rare path:
+  zeros and :math:`+\\infty` give :math:`x`, negatives and :math:`-\\infty` ``+qNaN``;
+  NaN goes through the arithmetic (:math:`x` quieted).
+
+  Checked on the Intel machine: all :math:`2^{32}` float32 patterns and
+  :math:`10^8` random float64 plus 1.5 million edge patterns
+  (``benchmarks/mkl_sqrt_sweep.py``).
+
+Both run under MKL's rounding mode (MXCSR ``0x1f80``: no flush-to-zero, whatever
+the caller set). Another CPU may get yet another kernel, so each process checks
+each candidate's C against ``torch.sqrt`` (:func:`emulation`) before a loop uses
+it, and otherwise calls MKL.
 """
 
 from __future__ import annotations
@@ -185,6 +205,61 @@ static inline __m256d mkl_sqrt_4(const __m256d x) {
 #define MKL_SQRT_KERNEL mkl_sqrt_4
 """
 
+
+def _fma_kernel(name: str, width: int, double: bool) -> str:
+    """MKL's ``Z0HAynn`` kernel (AVX-512: ``vrsqrt14`` and FMA) as ``name(V)`` on ``width``-bit
+    vectors (256 needs AVX-512VL: ``vrsqrt14`` is one table at every width)."""
+    mm, p = f"_mm{width}", "pd" if double else "ps"
+    v = f"__m{width}{'d' if double else ''}"
+    mask = f"__mmask{max(8, width // (64 if double else 32))}"  # (no __mmask4)
+    # 2^458, 2^916, 2^-916 (float64) / 2^39, 2^78, 2^-78 (float32): rescales tiny x (large y)
+    big, up, down = (458, 916, -916) if double else (39, 78, -78)
+    newton = (
+        # float64: a Newton step on (s, h) first: e = 1/2 - sh, s += se, h += he
+        f"  const {v} e = {mm}_fnmadd_{p}(s0, h0, half);\n"
+        f"  const {v} s = {mm}_fmadd_{p}(e, s0, s0), h = {mm}_fmadd_{p}(e, h0, h0);\n"
+        if double
+        else f"  const {v} s = s0, h = h0;\n"
+    )
+    return f"""
+static inline {v} {name}(const {v} x) {{
+  const {v} half = {mm}_set1_{p}(0.5);
+  const {v} y = {mm}_rsqrt14_{p}(x);
+  const {v} h0 = {mm}_mul_{p}(y, half), s0 = {mm}_mul_{p}(y, x);
+{newton}  {v} root;
+  const {mask} tiny = {mm}_cmp_{p}_mask({mm}_set1_{p}(0x1p{big}), y, _CMP_LT_OS);
+  if (__builtin_expect(tiny == 0, 1)) {{
+    root = {mm}_fmadd_{p}({mm}_fnmadd_{p}(s, s, x), h, s);
+  }} else {{  /* (subnormal x: the residual taken on values scaled up) */
+    const {v} xs = {mm}_mask_mul_{p}(x, tiny, x, {mm}_set1_{p}(0x1p{up}));
+    const {v} ss = {mm}_mask_mul_{p}(s, tiny, s, {mm}_set1_{p}(0x1p{big}));
+    const {v} hs = {mm}_mask_mul_{p}(h, tiny, h, {mm}_set1_{p}(0x1p{down}));
+    root = {mm}_fmadd_{p}({mm}_fnmadd_{p}(ss, ss, xs), hs, s);
+  }}
+  /* MKL's rare lanes (vfpclass 0x5e): zeros and +inf give x, negatives and -inf +qNaN; NaN
+     went through the arithmetic above (x quieted) */
+  const {mask} rare = {mm}_fpclass_{p}_mask(x, 0x5e);
+  if (__builtin_expect(rare == 0, 1)) return root;
+  const {mask} negative = {mm}_fpclass_{p}_mask(x, 0x50);
+  const {v} nan = {mm}_set1_{p}(__builtin_nan{"" if double else "f"}(""));  /* (+qNaN) */
+  return {mm}_mask_blend_{p}(negative, {mm}_mask_blend_{p}(rare, root, x), nan);
+}}
+"""
+
+
+#: MKL's ``Z0HAynn`` kernels (Intel CPUs with AVX-512): ``mkl_sqrt_16``/``mkl_sqrt_8`` (float32)
+#: or ``mkl_sqrt_8d``/``mkl_sqrt_4`` (float64), the tile on the 512-bit one.
+_FMA = {
+    torch.float32: _fma_kernel("mkl_sqrt_16", 512, False)
+    + _fma_kernel("mkl_sqrt_8", 256, False)
+    + "#define MKL_SQRT_LANES 16\n#define MKL_SQRT_V __m512\n#define MKL_SQRT_LOAD _mm512_loadu_ps\n"
+    "#define MKL_SQRT_STORE _mm512_storeu_ps\n#define MKL_SQRT_KERNEL mkl_sqrt_16\n",
+    torch.float64: _fma_kernel("mkl_sqrt_8d", 512, True)
+    + _fma_kernel("mkl_sqrt_4", 256, True)
+    + "#define MKL_SQRT_LANES 8\n#define MKL_SQRT_V __m512d\n#define MKL_SQRT_LOAD _mm512_loadu_pd\n"
+    "#define MKL_SQRT_STORE _mm512_storeu_pd\n#define MKL_SQRT_KERNEL mkl_sqrt_8d\n",
+}
+
 _TILE = """
 /* MKL's square root of q[0..n) into r (``T`` is the element type): its MXCSR (0x1f80) for the call. */
 static void mkl_sqrt_tile(int64_t n, const T* q, T* r) {
@@ -203,22 +278,36 @@ static void mkl_sqrt_tile(int64_t n, const T* q, T* r) {
 """
 
 
-def kernel_source(dtype: torch.dtype) -> str:
-    """C defining MKL's root of a vector, ``mkl_sqrt_8(__m256)`` (and with AVX-512
-    ``mkl_sqrt_16(__m512)``) or ``mkl_sqrt_4(__m256d)``; needs AVX2.
+#: MKL's kernels that the C reproduces, in the order :func:`emulation` tries them.
+KERNELS = ("EXHAynn", "Z0HAynn")
 
-    It takes the caller's MXCSR: MKL's bits under ``0x1f80`` (:data:`_TILE` sets it).
+
+def kernel_source(dtype: torch.dtype, kernel: str | None = None) -> str:
+    """C defining MKL's root of a vector: ``mkl_sqrt_8(__m256)`` and ``mkl_sqrt_16(__m512)``
+    (the latter with AVX-512), or ``mkl_sqrt_4(__m256d)``; needs AVX2 (``Z0HAynn``: AVX-512
+    F, DQ and VL).
+
+    ``kernel`` (one of :data:`KERNELS`): the one this process found MKL to run
+    (:func:`emulation`) unless given, ``EXHAynn`` where none matched. It takes the caller's
+    MXCSR: MKL's bits under ``0x1f80`` (:data:`_TILE` sets it).
     """
-    kernel = _FLOAT + _WIDE if dtype == torch.float32 else _DOUBLE
+    kernel = kernel or emulation(dtype) or KERNELS[0]
+    if kernel == "Z0HAynn":
+        return (
+            "#include <immintrin.h>\n"
+            "#if !defined(__AVX512F__) || !defined(__AVX512DQ__) || !defined(__AVX512VL__)\n"
+            '#error "MKL\'s Z0HAynn root needs AVX-512 F, DQ and VL"\n#endif\n' + _FMA[dtype]
+        )
+    kernel_text = _FLOAT + _WIDE if dtype == torch.float32 else _DOUBLE
     header = (
         '#include <immintrin.h>\n#ifndef __AVX2__\n#error "the square root needs AVX2"\n#endif\n'
     )
-    return header + kernel
+    return header + kernel_text
 
 
-def tile_sqrt_source(dtype: torch.dtype) -> str:
+def tile_sqrt_source(dtype: torch.dtype, kernel: str | None = None) -> str:
     """C defining ``mkl_sqrt_tile(n, q, r)`` for ``dtype`` (after ``typedef ... T``); needs AVX2."""
-    return kernel_source(dtype) + _TILE
+    return kernel_source(dtype, kernel) + _TILE
 
 
 def _probe_values(dtype: torch.dtype, count: int) -> torch.Tensor:
@@ -253,13 +342,12 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @functools.cache
-def tile_sqrt(dtype: torch.dtype) -> Callable[[int, int, int], None] | None:
-    """:func:`tile_sqrt_source` compiled on its own, ``f(n, q, r)`` on data pointers (``None``: no compiler or AVX2)."""
+def _compiled(dtype: torch.dtype, kernel: str) -> Callable[[int, int, int], None] | None:
     if dtype not in (torch.float32, torch.float64):
         return None
     ctype = "float" if dtype == torch.float32 else "double"
     source = (
-        f"#include <stdint.h>\ntypedef {ctype} T;\n{tile_sqrt_source(dtype)}"
+        f"#include <stdint.h>\ntypedef {ctype} T;\n{tile_sqrt_source(dtype, kernel)}"
         "void adaptim_sqrt(int64_t n, const T* q, T* r) { mkl_sqrt_tile(n, q, r); }\n"
     )
     try:
@@ -271,35 +359,56 @@ def tile_sqrt(dtype: torch.dtype) -> Callable[[int, int, int], None] | None:
     return cast("Callable[[int, int, int], None]", function)
 
 
-@functools.cache
-@_on_cpu
-def emulated(dtype: torch.dtype) -> bool:
-    """Whether :func:`tile_sqrt_source`'s C gives ``torch.sqrt``'s bits here (checked once per process).
+def tile_sqrt(
+    dtype: torch.dtype, kernel: str | None = None
+) -> Callable[[int, int, int], None] | None:
+    """:func:`tile_sqrt_source` compiled on its own, ``f(n, q, r)`` on data pointers (``None``:
+    no compiler or not the instructions ``kernel`` needs; ``kernel`` as :func:`kernel_source`'s)."""
+    return _compiled(dtype, kernel or emulation(dtype) or KERNELS[0])
+
+
+def matches(dtype: torch.dtype, kernel: str) -> bool:
+    """Whether ``kernel``'s C gives ``torch.sqrt``'s bits here (:func:`emulation`'s check).
 
     The check (a few ms): random bit patterns across the range, values of
     :math:`[0, 10)`, subnormals, the top binade and the special values, and
     for float32 262,144 values of :math:`[1, 4)` (mantissas with both
     exponent parities, what ``rsqrtps`` reads), also at ragged lengths. Any
-    other algorithm differs from this one on a large share of values (MKL's
-    differs from the correctly rounded root on 17% of them, from a fused
-    multiply-add variant on many), so a sample suffices to tell them apart.
-    ``False`` without a compiler, AVX2 or MKL, or where MKL runs other code.
+    other algorithm differs from this one on a share of values large enough
+    for a sample to tell them apart (``EXHAynn`` differs from the correctly
+    rounded root on 17% of float32 values, ``Z0HAynn`` on 0.7%, and from each
+    other on about as many). ``False`` without a compiler, the instructions or MKL.
     """
-    function = tile_sqrt(dtype)
-    if function is None or vml_sqrt(dtype) is None:
-        return False
-    checks = [_probe_values(dtype, 1 << 15)]
-    if dtype == torch.float32:  # 262,144 values of [1, 4): every 64th, each low-bit residue
-        steps = torch.arange(1 << 18, dtype=torch.int32)
-        checks.append((0x3F800000 + steps * 64 + steps % 64).view(dtype))
-    for values in checks:
-        expected = torch.sqrt(values)
-        got = torch.empty_like(values)
-        function(values.numel(), values.data_ptr(), got.data_ptr())
-        if not _same_bits(got, expected):
+    with torch.device("cpu"):
+        function = _compiled(dtype, kernel)
+        if function is None or vml_sqrt(dtype) is None:
             return False
-        for length in (1, 3, 5, 13):  # (ragged ends)
-            function(length, values.data_ptr(), got.data_ptr())
-            if not _same_bits(got[:length], expected[:length]):
+        checks = [_probe_values(dtype, 1 << 15)]
+        if dtype == torch.float32:  # 262,144 values of [1, 4): every 64th, each low-bit residue
+            steps = torch.arange(1 << 18, dtype=torch.int32)
+            checks.append((0x3F800000 + steps * 64 + steps % 64).view(dtype))
+        for values in checks:
+            expected = torch.sqrt(values)
+            got = torch.empty_like(values)
+            function(values.numel(), values.data_ptr(), got.data_ptr())
+            if not _same_bits(got, expected):
                 return False
-    return True
+            for length in (1, 3, 5, 13, 17):  # (ragged ends)
+                function(length, values.data_ptr(), got.data_ptr())
+                if not _same_bits(got[:length], expected[:length]):
+                    return False
+        return True
+
+
+@functools.cache
+@_on_cpu
+def emulation(dtype: torch.dtype) -> str | None:
+    """The one of :data:`KERNELS` whose C gives ``torch.sqrt``'s bits in this process, or
+    ``None`` (checked once per process by :func:`matches`)."""
+    return next((kernel for kernel in KERNELS if matches(dtype, kernel)), None)
+
+
+@functools.cache
+def emulated(dtype: torch.dtype) -> bool:
+    """Whether :func:`tile_sqrt_source`'s C gives ``torch.sqrt``'s bits here (:func:`emulation`)."""
+    return emulation(dtype) is not None

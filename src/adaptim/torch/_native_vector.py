@@ -6,8 +6,9 @@ renders a rule that takes square roots with :class:`VectorSource` instead of
 the scalar :class:`._native_source._Source`: the same passes, the same
 operations in the same order, but every element-wise value is a vector
 (``V``: 16 float32 lanes with AVX-512, 8 float32 or 4 float64 with AVX2; GCC's
-vector types) and each ``sqrt`` is MKL's algorithm inlined (``rsqrtps`` and one correction in
-float32, a polynomial in float64: :func:`._mkl_sqrt.tile_sqrt_source`). GCC
+vector types) and each ``sqrt`` is MKL's algorithm inlined (the kernel this CPU's MKL
+runs, :func:`._mkl_sqrt.emulation`: ``rsqrtps`` and one correction in float32 and a
+polynomial in float64 on AMD, ``vrsqrt14`` and FMA on Intel with AVX-512). GCC
 does not vectorise a scalar loop that calls such a root, so the loop is written
 vectorised: one pass over the data, as before, and no call per element.
 :mod:`._fuse`'s element-wise runs take ``sqrt`` the same way (:func:`run_loop`).
@@ -43,8 +44,8 @@ from adaptim.torch._trace import Ref, Structure
 _MASK_OPS = frozenset({*_COMPARE, "and", "or"})
 
 
-#: Float32 on AVX-512 (F and DQ): 16 lanes, MKL's root from two 8-lane ``rsqrtps``
-#: (AVX-512 has no 12-bit one), the rest of its arithmetic on the whole vector. Zen 4
+#: Float32 on AVX-512 (F and DQ): 16 lanes, MKL's root ``mkl_sqrt_16`` (AMD's kernel: two
+#: 8-lane ``rsqrtps``, AVX-512 has no 12-bit one; Intel's: ``vrsqrt14``). Zen 4
 #: runs a 512-bit operation as two 256-bit halves, but dispatches it as one: the loop
 #: with the root inlined is bound by dispatch on 256-bit vectors (measured ~0.1 ns an
 #: element slower than 512-bit in cache).
