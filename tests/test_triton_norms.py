@@ -178,9 +178,10 @@ def test_launches_and_buffers() -> None:
 
 def test_a_rule_the_kernels_refuse_stays_on_the_replay_silently() -> None:
     """Adafactor's factored statistics and host scalars have no kernel form: the replay,
-    without a warning (the refusal is structural)."""
+    without a warning (the refusal is structural). (Keras's flavor: the torch flavor's
+    CPU tensors, which the interpreter runs on, take the CPU's own Adafactor passes.)"""
     params = [torch.nn.Parameter(torch.randn(50, 40))]
-    optimizer = adaptim.Adafactor(params, fused=True)
+    optimizer = adaptim.Adafactor(params, fused=True, flavor="keras")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(2):  # (the first step creates the state: replayed anyway)
