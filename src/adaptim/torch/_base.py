@@ -36,6 +36,8 @@ from adaptim.torch._torch_ops import TRACEABLE_OPS as TRACEABLE_OPS
 
 #: ``fused_status()`` after a step under ``torch.compile``: the rule ran per tensor in the graph.
 TRACED_STATUS = "traced (torch.compile): the per-tensor rule inside the compiled graph"
+#: Constructor options that apply to the whole optimizer: a param group cannot set them.
+_OPTIMIZER_WIDE = ("state_dtype", "state_bits", "nonfinite")
 
 
 class Optimizer(StepLayer):
@@ -119,6 +121,13 @@ class Optimizer(StepLayer):
     # -- groups and validation -------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         name = self.algorithm.name
+        for option in _OPTIMIZER_WIDE:  # (torch keeps unknown keys: these would do nothing)
+            if isinstance(param_group, dict) and option in param_group:
+                raise ValueError(
+                    f"Invalid param group: {option!r} applies to the whole optimizer, "
+                    f"adaptim.{type(self).__name__}(params, {option}=...), not to one group; "
+                    "give parameters that need another its own optimizer."
+                )
         if flavors.has_flavors(name) and isinstance(param_group, dict):
             own = (self.defaults.get("flavor", "torch"), self.defaults.get("amsgrad", False))
             flavor = param_group.get("flavor", own[0])
