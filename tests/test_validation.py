@@ -533,7 +533,7 @@ def test_sparse_gradient_of_a_complex_parameter_is_refused(name: str) -> None:
     [
         ("Adam", "state_dtype", torch.bfloat16),
         ("AdamW", "state_bits", 8),
-        ("Adam", "state_bits", 32),
+        ("SGD", "state_bits", 8),
         ("SGD", "nonfinite", "skip"),
         ("Prodigy", "nonfinite", "raise"),
     ],
@@ -555,3 +555,13 @@ def test_an_optimizer_wide_option_in_a_param_group_is_refused(
     message = str(raised.value)
     assert f"Invalid param group: {option!r} applies to the whole optimizer" in message
     assert f"adaptim.{name}(params, {option}=...)" in message
+
+
+def test_a_param_group_may_repeat_the_optimizers_own_options() -> None:
+    """ZeroRedundancyOptimizer gives the wrapped optimizer groups that carry every keyword
+    argument it was given: equal values are taken (normalised: "bfloat16", 32)."""
+    model = torch.nn.Linear(3, 2)
+    options = {"state_dtype": torch.bfloat16, "nonfinite": "skip"}
+    optimizer = adaptim.Adam([{"params": [model.weight], **options}], **options)
+    optimizer.add_param_group({"params": [model.bias], "state_dtype": "bfloat16"})
+    assert adaptim.SGD([{"params": [model.weight], "state_bits": 32}]).param_groups
