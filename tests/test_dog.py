@@ -364,3 +364,14 @@ def test_a_tensor_without_gradient_waits_and_survives_a_checkpoint(name: str) ->
     for a, b in zip(*runs, strict=True):
         assert relative_error(a.detach(), b.detach()) <= 1e-14
     assert not torch.equal(runs[0][1], problem.start[1])
+
+
+@pytest.mark.parametrize("name", ["DoG", "LDoG"])
+def test_a_wrong_argument_names_the_class_the_user_called(name: str) -> None:
+    """Python's TypeError names the ``__init__`` it reached: it said
+    ``_DistanceOverGradients.__init__()``, a private base the user never wrote."""
+    param = torch.zeros(2, requires_grad=True)
+    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) got an unexpected keyword"):
+        getattr(adaptim, name)([param], foo=1)
+    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) takes from 2 to 7 positional"):
+        getattr(adaptim, name)([param], 1e-6, 1.0, 0.0, 1e-8, None, 5)

@@ -575,6 +575,14 @@ def test_nonfinite_ignore_lets_the_values_through() -> None:
         (lambda: anp.Adam([]), ValueError, "empty parameter list"),
         (lambda: anp.Adam([{"params": []}]), ValueError, "needs a non-empty 'params' list"),
         (lambda: anp.Adam([[1.0, 2.0]]), TypeError, "params must be numpy arrays, got list"),
+        # An array is not a list of parameters (a matrix was taken as its rows, silently).
+        (
+            lambda: anp.Adam(np.zeros((2, 3))),
+            TypeError,
+            r"params must be a list of arrays or of param group dicts, got an array of "
+            r"shape \(2, 3\): pass \[array\]",
+        ),
+        (lambda: anp.Adam(np.zeros(3)), TypeError, r"got an array of shape \(3,\)"),
         (
             lambda: anp.Adam([np.arange(3)]),
             TypeError,
@@ -602,6 +610,8 @@ def test_nonfinite_ignore_lets_the_values_through() -> None:
         "empty",
         "empty-group",
         "list",
+        "matrix-not-list",
+        "vector-not-list",
         "int64",
         "unknown",
         "unknown-in-group",

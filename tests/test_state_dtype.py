@@ -113,3 +113,58 @@ def test_compiled_step_with_state_of_another_dtype() -> None:
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+#: The rules whose step cannot take such state (``lerp_`` refuses it in torch.optim too).
+REFUSING = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adafactor"]
+REFUSING += ["Lion", "AdaBelief", "Yogi", "Adan"]
+
+
+@pytest.mark.parametrize("name", REFUSING)
+@pytest.mark.parametrize("foreach", [None, False])
+def test_state_a_rule_cannot_take_is_refused_before_anything_changes(
+    name: str, foreach: bool | None
+) -> None:
+    """A refused step names the parameter, the entry, both dtypes and the remedy, and
+    changes nothing: not the group before it, whose state is in its own dtype.
+
+    (It used to raise ATen's ``expected dtype float for `end` but got dtype double`` from
+    inside the rule, after the earlier group had stepped.)
+    """
+    torch.manual_seed(0)
+    kept, moved = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    groups = [{"params": kept.parameters()}, {"params": moved.parameters()}]
+    optimizer = getattr(adaptim, name)(groups, foreach=foreach)
+
+    def backward() -> None:
+        optimizer.zero_grad()
+        x = torch.randn(5, 4)
+        kept(x).square().mean().backward()
+        moved(x.to(moved.weight.dtype)).square().mean().backward()
+
+    for _ in range(2):
+        backward()
+        optimizer.step()
+    moved.to(torch.float64)  # its state stays float32
+    backward()
+    params = [p.detach().clone() for p in [*kept.parameters(), *moved.parameters()]]
+    state = {
+        id(p): {k: v.clone() for k, v in optimizer.state[p].items()}
+        for p in [*kept.parameters(), *moved.parameters()]
+    }
+    with pytest.raises(RuntimeError) as raised:
+        optimizer.step()
+    message = str(raised.value)
+    assert f"adaptim.{name}: cannot step param_groups[1]['params'][0] (shape (3, 4))" in message
+    assert "torch.float32" in message and "torch.float64" in message
+    assert "load_state_dict(optimizer.state_dict())" in message
+    assert "Nothing was changed." in message
+    after = [*kept.parameters(), *moved.parameters()]
+    for p, before in zip(after, params, strict=True):
+        assert torch.equal(p, before)
+        for key, value in optimizer.state[p].items():
+            assert torch.equal(value, state[id(p)][key]), key
+    # The remedy the message gives works.
+    optimizer.load_state_dict(optimizer.state_dict())
+    optimizer.step()
+    assert not torch.equal(moved.weight, params[2])

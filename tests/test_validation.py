@@ -526,3 +526,42 @@ def test_sparse_gradient_of_a_complex_parameter_is_refused(name: str) -> None:
     cls_name = adaptim.OPTIMIZERS[name].__name__
     with pytest.raises(RuntimeError, match=rf"adaptim\.{cls_name}.*sparse.*complex"):
         optimizer.step()
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "value"),
+    [
+        ("Adam", "state_dtype", torch.bfloat16),
+        ("AdamW", "state_bits", 8),
+        ("SGD", "state_bits", 8),
+        ("SGD", "nonfinite", "skip"),
+        ("Prodigy", "nonfinite", "raise"),
+    ],
+)
+@pytest.mark.parametrize("where", ["constructor", "add_param_group"])
+def test_an_optimizer_wide_option_in_a_param_group_is_refused(
+    name: str, option: str, value: Any, where: str
+) -> None:
+    """``state_dtype``, ``state_bits`` and ``nonfinite`` apply to the whole optimizer; in a
+    group dict they were kept and ignored (the group's state stayed float32, silently)."""
+    first, second = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    cls = getattr(adaptim, name)
+    group = {"params": list(second.parameters()), option: value}
+    with pytest.raises(ValueError) as raised:
+        if where == "constructor":
+            cls([{"params": list(first.parameters())}, group])
+        else:
+            cls(first.parameters()).add_param_group(group)
+    message = str(raised.value)
+    assert f"Invalid param group: {option!r} applies to the whole optimizer" in message
+    assert f"adaptim.{name}(params, {option}=...)" in message
+
+
+def test_a_param_group_may_repeat_the_optimizers_own_options() -> None:
+    """ZeroRedundancyOptimizer gives the wrapped optimizer groups that carry every keyword
+    argument it was given: equal values are taken (normalised: "bfloat16", 32)."""
+    model = torch.nn.Linear(3, 2)
+    options = {"state_dtype": torch.bfloat16, "nonfinite": "skip"}
+    optimizer = adaptim.Adam([{"params": [model.weight], **options}], **options)
+    optimizer.add_param_group({"params": [model.bias], "state_dtype": "bfloat16"})
+    assert adaptim.SGD([{"params": [model.weight], "state_bits": 32}]).param_groups

@@ -44,7 +44,10 @@ def lr_find(
     ] = "adam",
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Fix a hyperparameter: PARAM=VALUE (e.g. momentum=0.8)."),
+        typer.Option(
+            "--set",
+            help="Fix a hyperparameter: PARAM=VALUE (e.g. momentum=0.8; or OPTIMIZER.PARAM=VALUE).",
+        ),
     ] = None,
     start_lr: Annotated[
         float | None,
@@ -126,7 +129,7 @@ def _run(
     problem = resolve_problem(problem_spec)
     if data_dir is not None and not data_dir.is_dir():
         raise LabError(f"--data-dir {str(data_dir)!r} is not a readable directory")
-    fixed = parse_settings([f"{optimizer}.{item}" for item in settings], [optimizer])
+    fixed = parse_settings([_qualified(item, optimizer) for item in settings], [optimizer])
     hparams = {**applicable(optimizer, problem.hparams), **fixed.get(optimizer, {})}
     if "lr" in hparams:
         raise LabError("--set lr=... makes no sense here: the range test sweeps the lr")
@@ -141,6 +144,19 @@ def _run(
         steps=steps,
     )
     return result, f"{problem.name} · {optimizer}"
+
+
+def _qualified(item: str, optimizer: str) -> str:
+    """``--set PARAM=VALUE`` as compare's ``OPTIMIZER.PARAM=VALUE``, which is taken too when it
+    names ``optimizer``; anything else is refused quoting ``item`` as typed."""
+    target, equals, raw = item.partition("=")
+    named, dot, _ = target.strip().rpartition(".")
+    if equals and raw.strip() and target.strip() and (not dot or named == optimizer):
+        return item if dot else f"{optimizer}.{item}"
+    raise LabError(
+        f"malformed --set {item!r}: expected PARAM=VALUE, a hyperparameter of {optimizer} "
+        "(the optimizer given to --optimizer), for example eps=1e-6"
+    )
 
 
 def print_tuning_costs(console: Console, problem: ProblemOutcome, wide: bool = False) -> None:

@@ -277,3 +277,23 @@ def test_adaptim_lr_find_loads_torch_only() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_command_set_errors_quote_what_was_typed() -> None:
+    """``--set`` takes PARAM=VALUE, and compare's OPTIMIZER.PARAM=VALUE naming the optimizer
+    being tested; an error quotes the setting as typed (it showed 'adam.adam.lr=0.1')."""
+    runner = CliRunner()
+    args = ["lr-find", "--problem", "linreg", "--optimizer", "adam", "--set"]
+    done = runner.invoke(app, [*args, "adam.lr=0.1"])
+    assert done.exit_code == 2, done.output
+    assert "--set lr=... makes no sense here" in done.output
+    done = runner.invoke(app, [*args, "sgd.momentum=0.5"])
+    assert done.exit_code == 2, done.output
+    assert "'sgd.momentum=0.5'" in done.output and "adam.sgd" not in done.output
+    assert "PARAM=VALUE" in done.output
+    done = runner.invoke(app, [*args, "eps"])
+    assert done.exit_code == 2, done.output
+    assert "'eps'" in done.output and "adam.eps" not in done.output
+    assert "PARAM=VALUE" in done.output
+    done = runner.invoke(app, [*args, "adam.epss=1e-3"])
+    assert done.exit_code == 2 and "did you mean 'eps'" in done.output, done.output

@@ -428,6 +428,17 @@ def test_unknown_name_suggests_a_close_match_and_lists_all() -> None:
     assert message.endswith("Valid problems: " + ", ".join(NAMES))
 
 
+def test_a_comma_separated_list_says_one_problem_per_option() -> None:
+    """``--optimizers`` takes a comma-separated list and ``--problem`` is repeated instead:
+    a list given to it was answered "did you mean 'digits-mlp'?", dropping the other."""
+    with pytest.raises(LabError) as error:
+        resolve_problem("linreg,digits-mlp")
+    message = str(error.value)
+    assert "one problem per --problem" in message
+    assert "--problem linreg --problem digits-mlp" in message
+    assert "did you mean" not in message
+
+
 USER_MODULE = """
 from adaptim.lab.problems import PROBLEMS, Problem
 

@@ -98,6 +98,11 @@ class Optimizer(StepLayer):
         self.skipped_steps = 0
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
+        if isinstance(params, np.ndarray):  # (iterating it would make each row a parameter)
+            raise TypeError(
+                "params must be a list of arrays or of param group dicts, got an array of "
+                f"shape {params.shape}: pass [array]"
+            )
         groups: list[Any] = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")

@@ -36,6 +36,8 @@ from adaptim.torch._torch_ops import TRACEABLE_OPS as TRACEABLE_OPS
 
 #: ``fused_status()`` after a step under ``torch.compile``: the rule ran per tensor in the graph.
 TRACED_STATUS = "traced (torch.compile): the per-tensor rule inside the compiled graph"
+#: Constructor options that apply to the whole optimizer: a param group cannot change them.
+_OPTIMIZER_WIDE = ("state_dtype", "state_bits", "nonfinite")
 
 
 class Optimizer(StepLayer):
@@ -87,6 +89,11 @@ class Optimizer(StepLayer):
         state_bits: int | None = None,
     ) -> None:
         state_dtype, state_bits = _lowmem.check_options(state_dtype, state_bits)
+        self._wide_options = {
+            "state_dtype": state_dtype,
+            "state_bits": state_bits,
+            "nonfinite": nonfinite,
+        }
         #: Where the element-wise state is kept narrow: ``None`` (the parameter's dtype).
         self.state_format: _lowmem.StateFormat | None = None
         if state_dtype is not None or state_bits is not None:
@@ -119,6 +126,20 @@ class Optimizer(StepLayer):
     # -- groups and validation -------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         name = self.algorithm.name
+        for option in _OPTIMIZER_WIDE:  # (torch keeps unknown keys: these would do nothing)
+            if not isinstance(param_group, dict) or option not in param_group:
+                continue
+            value = param_group[option]
+            if option == "state_dtype":
+                value = _lowmem.check_options(value, None)[0]
+            elif option == "state_bits":
+                value = _lowmem.check_options(None, value)[1]
+            if value != self._wide_options[option]:  # (ZeroRedundancyOptimizer repeats them)
+                raise ValueError(
+                    f"Invalid param group: {option!r} applies to the whole optimizer, "
+                    f"adaptim.{type(self).__name__}(params, {option}=...), not to one group; "
+                    "give parameters that need another its own optimizer."
+                )
         if flavors.has_flavors(name) and isinstance(param_group, dict):
             own = (self.defaults.get("flavor", "torch"), self.defaults.get("amsgrad", False))
             flavor = param_group.get("flavor", own[0])

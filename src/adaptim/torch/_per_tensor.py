@@ -17,7 +17,7 @@ import torch
 from adaptim.torch import _lowmem, _lowmem_shards, _shard_stats
 from adaptim.torch._options import real_view
 from adaptim.torch._sparse import SparseLayer, _dense_or_none
-from adaptim.torch._state_rounding import other_dtypes, update_rounded
+from adaptim.torch._state_rounding import Rule, other_dtypes, update_rounded
 from adaptim.torch._torch_ops import TORCH_OPS, TRACEABLE_OPS
 
 
@@ -82,15 +82,7 @@ class PerTensorLayer(SparseLayer):
                 return
             grad = grad.to_dense()
         inputs = {k: _dense_or_none(state.get(k)) for k in entries}
-        view = _as_it_is if algorithm.complex_arithmetic == "all" else real_view
-        views = {k: None if v is None else view(v) for k, v in inputs.items()}
-        target = view(p)
-        xp = TRACEABLE_OPS if traceable else TORCH_OPS
-        if p.is_complex() and algorithm.complex_arithmetic == "weight_decay":
-            xp = dataclasses.replace(xp, complex_weight_decay=True)
-        rule = functools.partial(
-            algorithm.update, target, view(grad), views, step=step, xp=xp, **hp
-        )
+        target, views, rule = self._rule(p, grad, inputs, step, hp, traceable)
         rounded = other_dtypes(target, views)
         new_p, new_state = update_rounded(rule, rounded) if rounded else rule()
         target.copy_(new_p)
@@ -106,6 +98,73 @@ class PerTensorLayer(SparseLayer):
             else:
                 current.copy_(value)
                 state[key] = inputs[key]
+
+    def _rule(
+        self,
+        p: torch.Tensor,
+        grad: torch.Tensor,
+        inputs: Mapping[str, torch.Tensor | None],
+        step: float | torch.Tensor,
+        hp: dict[str, Any],
+        traceable: bool,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None], Rule]:
+        """The parameter and state as the rule reads them (real views of complex ones), and
+        the rule on them, to call: it returns the new values and writes nothing."""
+        algorithm = self.algorithm
+        view = _as_it_is if algorithm.complex_arithmetic == "all" else real_view
+        views = {k: None if v is None else view(v) for k, v in inputs.items()}
+        target = view(p)
+        xp = TRACEABLE_OPS if traceable else TORCH_OPS
+        if p.is_complex() and algorithm.complex_arithmetic == "weight_decay":
+            xp = dataclasses.replace(xp, complex_weight_decay=True)
+        rule = functools.partial(
+            algorithm.update, target, view(grad), views, step=step, xp=xp, **hp
+        )
+        return target, views, rule
+
+    def _state_dtype_problem(self, index: int, p: torch.Tensor, hp: dict[str, Any]) -> str | None:
+        """Why the rule cannot step ``p`` with its state in another dtype, or ``None``.
+
+        State of another dtype (``model.to()`` after the state was made) steps as
+        torch's in-place updates do (:mod:`._state_rounding`), but a rule that calls
+        ``lerp`` (Adam and most of its family) cannot take it, in torch.optim as here.
+        Found only as the rule ran, part-way through a step, that left the groups
+        before it stepped; so the rule runs here, before anything changes (it
+        returns new values and writes nothing), once per group, parameter dtype
+        and state dtypes: a rule that takes them once takes them always.
+        """
+        state = self.state.get(p)
+        grad = p.grad
+        if not state or grad is None or grad.is_sparse or self.state_format is not None:
+            return None
+        algorithm = self.algorithm
+        entries = [*algorithm.state(hp), *algorithm.scalar_state]
+        inputs = {k: _dense_or_none(state.get(k)) for k in entries}
+        if any(v is not None and type(v) is not torch.Tensor for v in inputs.values()):
+            return None  # (a DTensor's state: the shard path)
+        views = {k: v for k, v in inputs.items() if v is not None}
+        rounded = other_dtypes(p, views)
+        taken: set[Any] = self.__dict__.setdefault("_state_dtypes_taken", set())
+        key = (index, p.dtype, tuple(sorted((k, str(d)) for k, d in rounded.items())))
+        if not rounded or key in taken:
+            return None
+        step = float(state["step"] + 1) if algorithm.step and "step" in state else 0.0
+        if self.param_groups[index].get("maximize", False):
+            grad = -grad
+        target, viewed, rule = self._rule(p, grad, inputs, step, hp, traceable=False)
+        try:
+            update_rounded(rule, other_dtypes(target, viewed))
+        except (RuntimeError, TypeError) as error:
+            names = ", ".join(f"{k!r} is {d}" for k, d in sorted(rounded.items()))
+            return (
+                f"its state is in another dtype ({names}; the parameter is {p.dtype}: "
+                "moved with model.to() after the state was made?), which this rule cannot "
+                f"step, as torch.optim cannot ({error}). "
+                "optimizer.load_state_dict(optimizer.state_dict()) converts the state to "
+                "the parameters' dtypes"
+            )
+        taken.add(key)
+        return None
 
     def _update_shard(
         self,

@@ -160,7 +160,9 @@ class StepLayer(PerTensorLayer):
                     f"param_groups[{index}]['params'][{position}] (shape {tuple(p.shape)}), "
                     f"a DTensor (as FSDP2 shards parameters): {refusal} Nothing was changed."
                 )
-        elementwise = [k for k, fill in algorithm.state(hp).items() if fill is not None]
+        entries = algorithm.state(hp)
+        elementwise = [k for k, fill in entries.items() if fill is not None]
+        created = [k for k, fill in entries.items() if fill is None]  # (Adafactor's row_var)
         scalars = ["step"] if algorithm.step else []
         scalars += algorithm.scalar_state
         get_state = self.state.get
@@ -182,6 +184,10 @@ class StepLayer(PerTensorLayer):
                     if v is None or v.shape != shape or v.dtype != dtype:
                         suspect = True
                         break
+                for key in created:  # made by the rule: in the parameter's dtype
+                    v = state.get(key)
+                    if isinstance(v, torch.Tensor) and v.ndim and v.dtype != dtype:
+                        suspect = True
                 for key in scalars:
                     if type(state.get(key)) is not torch.Tensor:
                         suspect = True
@@ -228,6 +234,8 @@ class StepLayer(PerTensorLayer):
             devices = {v.device for v in state.values() if isinstance(v, torch.Tensor) and v.ndim}
             if problem is None and devices - {p.device}:
                 problem = f"its state is on {sorted(map(str, devices))}, it on {p.device}"
+            if problem is None:
+                problem = self._state_dtype_problem(index, p, dict(hp))
         if problem:
             position = next(i for i, q in enumerate(self.param_groups[index]["params"]) if q is p)
             raise RuntimeError(

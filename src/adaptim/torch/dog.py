@@ -17,6 +17,7 @@ own saves (the same layout) and checks everything before anything changes.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,19 @@ class _DistanceOverGradients(GroupOptimizer):
             maximize=maximize,
         )  # fmt: skip
         super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Each class its own __init__ (the same code): Python's TypeError for a wrong
+        # argument names the function's __qualname__, which would be this private base's.
+        super().__init_subclass__(**kwargs)
+        base = _DistanceOverGradients.__init__
+        init = types.FunctionType(
+            base.__code__, base.__globals__, "__init__", base.__defaults__, base.__closure__
+        )
+        init.__kwdefaults__ = base.__kwdefaults__
+        init.__annotations__ = base.__annotations__
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = init  # type: ignore[method-assign]
 
     @property
     def _layer_wise(self) -> bool:

@@ -66,6 +66,12 @@ def resolve_problem(spec: str) -> Problem:
     line saying why. Naming a module runs its code: ``adaptim report`` does
     so only when asked (``--trust-problem-module``).
     """
+    pieces = [piece.strip() for piece in spec.split(",")]
+    if len(pieces) > 1 and all(pieces):  # (--optimizers takes a list; --problem is repeated)
+        options = " ".join(f"--problem {piece}" for piece in pieces)
+        raise LabError(
+            f"--problem {spec!r} lists several: give one problem per --problem ({options})"
+        )
     if ":" not in spec:
         if spec in PROBLEMS:
             return PROBLEMS[spec]
