@@ -132,6 +132,7 @@ import torch
 from fair_placement import contiguous_share, interleave, state_tensors
 
 import adaptim
+from adaptim.torch import _native
 
 WORKLOADS: dict[str, list[tuple[int, ...]]] = {
     "mlp": [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)],
@@ -757,6 +758,7 @@ def isolated_rows(
                 "--repeats", str(args.repeats), "--clock", args.clock, "--dtype", args.dtype,
                 "--threads", str(torch.get_num_threads()), "--placement", args.placement,
                 "--bandwidths", json.dumps(rates), "--json", output,
+                "--exact-root", args.exact_root,
             ]  # fmt: skip
             environment = dict(os.environ)
             if args.warm_cache:
@@ -811,6 +813,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the parameters' dtype (half types: the algorithms with a torch.optim twin)",
     )
     parser.add_argument("--warm-cache", action="store_true", help="keep adaptim's kernel cache")
+    parser.add_argument(
+        "--exact-root",
+        choices=["default", "on", "off"],
+        default="default",
+        help="the native loop's square root (adaptim.torch._native.EXACT_ROOT): torch.sqrt's "
+        "bits where MKL's root is emulated on this CPU (on), the correctly rounded one (off), "
+        "or adaptim's default",
+    )
     parser.add_argument("--json", default="step_speed.json", help="where to write the rows")
     parser.add_argument("--table", metavar="FILE", help="print the markdown table of FILE and stop")
     parser.add_argument(
@@ -843,6 +853,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def cpu_model() -> str:
+    """The CPU's vendor, family, model and name from ``/proc/cpuinfo`` (the platform's name
+    elsewhere): which machine a table was measured on."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            fields = dict(
+                (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in info)
+            )
+    except OSError:
+        return platform.processor()
+    keys = ("vendor_id", "cpu family", "model", "model name")
+    return " / ".join(fields.get(k, "?") for k in keys)
+
+
 def main() -> None:
     args = parse_args()
     if args.table:
@@ -851,6 +875,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     global clock, dtype
+    if args.exact_root != "default":
+        _native.EXACT_ROOT = args.exact_root == "on"
     clock = CLOCKS[args.clock]
     dtype = DTYPES[args.dtype]
     if not args.warm_cache and not args.bandwidths:  # (a child has its own from the parent)
@@ -893,6 +919,10 @@ def main() -> None:
         "processor": platform.processor(), "repeats": args.repeats,
         "cold_kernel_cache": not args.warm_cache, "cpus": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu": cpu_model(),
+        # the native loop's root: torch.sqrt's bits or the correctly rounded one, by dtype
+        "exact_root": args.exact_root,
+        "exact_root_taken": _native.EXACT_ROOT,
         # "none": every row in one process, after the rows before it; else a fresh one per
         # "workload" or "row"
         "isolate": args.isolate,

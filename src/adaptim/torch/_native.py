@@ -243,7 +243,12 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
 #: 0.92-0.96x. Off, the loop agrees with torch.optim to rounding (``sqrt`` differs from
 #: ``torch.sqrt`` on about 17% of float32 values by an ulp). Set it before the process
 #: compiles its first kernel; ``foreach=True`` (the multi-tensor replay) is bit-identical
-#: on any machine. On a CPU where MKL runs another kernel than the one emulated
+#: on any machine. On an Intel Xeon (Emerald Rapids), where MKL runs its AVX-512 kernel
+#: (``vrsqrt14`` and FMAs, also emulated), the root alone is cheaper than ``vsqrtps``, and
+#: loops in cache ran 0.90-1.00x the time with it, but 16M / 100 tensors with one thread
+#: 1.02-1.07x (``benchmarks/mkl_sqrt_speed.py``, idle), Adagrad then 0.97x torch's fused
+#: kernel against 1.04x without (``step_speed.py --exact-root on/off``): off there too.
+#: On a CPU where MKL runs another kernel than the ones emulated
 #: (:func:`._mkl_sqrt.emulated` false, checked once per process) it changes nothing: the
 #: loop keeps the correctly rounded root.
 EXACT_ROOT = False
