@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 import torch
 from _threads import num_threads
-from hypothesis import given, note, settings
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from test_sparse_adam_muon import _assert_same_state, _same, muon_settings
 
@@ -91,6 +91,8 @@ def test_stacked_matrices_are_bit_identical_to_torch(
     hp=muon_settings(),
     seed=st.integers(0, 2**16),
 )
+# an Intel Xeon with AMX: panels of 1024 rows differed from torch though a check agreed
+@example(rows=1024, cols=1024, tall=False, hp={"ns_steps": 5}, seed=0)
 def test_symmetric_products_by_panels_are_bit_identical_to_torch(
     rows: int, cols: int, tall: bool, hp: dict[str, Any], seed: int
 ) -> None:
@@ -103,7 +105,10 @@ def test_symmetric_products_by_panels_are_bit_identical_to_torch(
         mock.patch.object(_matrices, "_by_panels", wraps=_matrices._by_panels) as panels,
     ):
         _run_both([shape, shape], hp, torch.float32, seed)
-    assert panels.call_count >= 2 * STEPS, "the panel path did not run"
+    if _matrices.onednn_amx():  # (no panels where oneDNN multiplies on AMX tiles)
+        assert panels.call_count == 0
+    else:
+        assert panels.call_count >= 2 * STEPS, "the panel path did not run"
 
 
 @pytest.mark.slow  # a compile
