@@ -126,6 +126,14 @@ def test_an_edge_hit_extends_that_side_and_charges_everyone_alike() -> None:
     assert extend_grid(LOSS, {"adam": inside}) == {}  # no edge hit: nothing extra for anyone
 
 
+def test_a_coarse_grid_extends_a_decade_a_rate_at_most() -> None:
+    """A budget of 2 over four decades: the extension does not leap four decades a rate."""
+    coarse = tried([(1e-4, 2.0), (1.0, 1.0)])  # best at the top
+    assert extend_grid(LOSS, {"adam": coarse}) == {"adam": ("above", [10.0, 100.0])}
+    coarse_low = tried([(1e-4, 1.0), (1.0, 2.0)])  # best at the bottom
+    assert extend_grid(LOSS, {"adam": coarse_low}) == {"adam": ("below", [1e-5, 1e-6])}
+
+
 def test_a_diverged_top_extends_below_and_a_fixed_lr_is_left_alone() -> None:
     diverged_above = tried([(0.1, 1.0), (1.0, None), (10.0, None)])
     assert edge_side(LOSS, diverged_above) == "below"

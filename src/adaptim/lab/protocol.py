@@ -8,7 +8,8 @@ Schmidt et al. 2021 ("Descending through a Crowded Valley"):
    search is a grid of learning rates in log space over the optimizer's
    stated range (:mod:`adaptim.lab.optimizers`). When an optimizer's best
    setting lies at an edge of its grid, the grid grows (:func:`extend_grid`):
-   that optimizer gets :data:`EXTENSION` more rates beyond the edge, and every
+   that optimizer gets :data:`EXTENSION` more rates beyond the edge (a decade
+   apart at most), and every
    other optimizer on the problem gets as many extra rates too (halfway, in
    log space, between its best rate and its neighbours), so the budget stays
    equal; at most :data:`MAX_EXTENSIONS` rounds. ``--search random`` or
@@ -63,6 +64,7 @@ __all__ = [
     "LR_FIND_STEPS",
     "MAX_BUDGET",
     "MAX_EXTENSIONS",
+    "MAX_EXTENSION_STEP",
     "MAX_SEEDS",
     "MAX_STEPS",
     "SEARCHES",
@@ -95,6 +97,11 @@ MAX_STEPS = 2**31 - 1
 EXTENSION = 2
 #: At most this many rounds of grid extension per problem.
 MAX_EXTENSIONS = 2
+#: An extension steps past the edge by the grid's own log step, but at most this
+#: factor per new rate: a coarse grid (a budget of 2 over four decades) would
+#: otherwise leap four decades a rate (measured: adam-8bit's grid reached lr 1e11
+#: and chose lr 1e5 on digits-mlp with ``--budget 2``, its runs staying finite).
+MAX_EXTENSION_STEP = 10.0
 
 
 @dataclass(frozen=True)
@@ -240,8 +247,8 @@ def extend_grid(
     no optimizer (among those whose lr is tuned) has its best at an edge,
     nothing: ``{}``. Otherwise every tuned optimizer gets :data:`EXTENSION`
     new rates, so the extra runs are charged to all alike: one at an edge
-    continues its grid past that edge with the grid's own log step
-    (``"below"``/``"above"``); the others refine around their best, halfway
+    continues its grid past that edge with the grid's own log step, at most
+    :data:`MAX_EXTENSION_STEP` a rate (``"below"``/``"above"``); the others refine around their best, halfway
     in log space to each neighbour and then to the next-nearest tried rates
     (``"refine"``). Returns ``{optimizer: (side, new lrs)}``.
     """
@@ -257,7 +264,7 @@ def extend_grid(
         side = sides[optimizer]
         if side is not None:
             edge, inner = (lrs[0], lrs[1]) if side == "below" else (lrs[-1], lrs[-2])
-            ratio = edge / inner
+            ratio = min(max(edge / inner, 1 / MAX_EXTENSION_STEP), MAX_EXTENSION_STEP)
             plan[optimizer] = (side, [round_lr(edge * ratio**k) for k in range(1, EXTENSION + 1)])
             continue
         best = best_setting(metric, t)["lr"]
