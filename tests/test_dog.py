@@ -375,3 +375,22 @@ def test_a_wrong_argument_names_the_class_the_user_called(name: str) -> None:
         getattr(adaptim, name)([param], foo=1)
     with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) takes from 2 to 7 positional"):
         getattr(adaptim, name)([param], 1e-6, 1.0, 0.0, 1e-8, None, 5)
+
+
+def test_a_subclass_keeps_the_init_its_mixin_gives_it() -> None:
+    """The per-class ``__init__`` (for the error's name) replaces only DoG's own: a subclass
+    whose MRO puts another ``__init__`` first (the lab's ``AveragedDoG``) keeps it."""
+
+    class Counting:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.built = True
+            super().__init__(*args, **kwargs)
+
+    class CountingDoG(Counting, adaptim.DoG):
+        pass
+
+    param = torch.nn.Parameter(torch.randn(3))
+    optimizer = CountingDoG([param])
+    assert optimizer.built
+    param.grad = torch.randn(3)
+    optimizer.step()

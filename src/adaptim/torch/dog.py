@@ -57,6 +57,8 @@ class _DistanceOverGradients(GroupOptimizer):
         # Each class its own __init__ (the same code): Python's TypeError for a wrong
         # argument names the function's __qualname__, which would be this private base's.
         super().__init_subclass__(**kwargs)
+        if cls.__init__ is not _DistanceOverGradients.__init__:
+            return  # (an __init__ of its own or of a mixin first in its MRO: the lab's AveragedDoG)
         base = _DistanceOverGradients.__init__
         init = types.FunctionType(
             base.__code__, base.__globals__, "__init__", base.__defaults__, base.__closure__
