@@ -10,11 +10,25 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from adaptim.lab import waves
+
+
+@pytest.fixture(autouse=True)
+def python_sigint() -> Iterator[None]:
+    """Python's own Ctrl-C handling for each test, whatever an earlier test left (a
+    library's handler, SIGINT ignored or blocked); the previous state after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class Spec:
