@@ -15,6 +15,9 @@ Workloads (float32, or the ``--dtype`` given: parameters, gradients and state in
 float16 or bfloat16, where torch.optim and adaptim both keep the state in the
 parameter's dtype; the memory-light rows and SparseAdam/Muon run in float32 only):
 
+* ``small`` (optional: timed only when named): an MLP 256-128-64-10, 42k
+  parameters in 6 tensors, a group under the engine's ``AUTO_NATIVE_MIN_NUMEL``
+  (where the default runs the exact native loop, or the replay);
 * ``mlp``: an MLP 784-256-128-10, 235k parameters in 6 tensors;
 * ``medium``: 1.5M parameters in 52 tensors (26 layers of 240x240 and a bias);
 * ``large``: 16M parameters in 100 tensors of 160k;
@@ -135,6 +138,8 @@ import adaptim
 from adaptim.torch import _native
 
 WORKLOADS: dict[str, list[tuple[int, ...]]] = {
+    # 42k parameters: a group under the engine's AUTO_NATIVE_MIN_NUMEL (its exact loop)
+    "small": [(128, 256), (128,), (64, 128), (64,), (10, 64), (10,)],
     "mlp": [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)],
     "medium": [(240, 240), (240,)] * 26,
     "large": [(160_000,)] * 100,
@@ -144,7 +149,7 @@ WORKLOADS: dict[str, list[tuple[int, ...]]] = {
     "matrices-large": [(1024, 4096), (4096, 1024)],
 }
 #: Workloads timed only when named (``--workload``): not in the default set.
-OPTIONAL_WORKLOADS = ("matrices-large",)
+OPTIONAL_WORKLOADS = ("small", "matrices-large")
 
 #: Algorithms that take only some inputs, each timed on the one workload they take.
 RESTRICTED_WORKLOADS = {"sparseadam": ("embedding",), "muon": ("matrices", "matrices-large")}
@@ -677,6 +682,7 @@ def warn_if_busy(rows: list[dict[str, Any]]) -> None:
 
 
 WORKLOAD_TITLES = {
+    "small": "MLP 42k / 6",
     "mlp": "MLP 235k / 6",
     "medium": "1.5M / 52",
     "large": "16M / 100",

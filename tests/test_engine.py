@@ -83,7 +83,7 @@ def test_native_and_replay_equal_the_reference(
 ) -> None:
     source = HypothesisSource(data, salt=f"engine {spec.name} {enabled}")
     dtypes = (torch.float32, torch.float64) if len(enabled) > 1 else (torch.float32,)
-    paths = [{"fused": True}]
+    paths: list[dict[str, Any]] = [{"fused": True}, {}]  # ({}: the default, on small groups)
     if threads == 1:  # the replay's element-wise ATen kernels round alike on any thread count
         paths.insert(0, {"foreach": True})  # (LARS/LAMB norms: their own 2-thread test)
     exact_root = data.draw(st.booleans(), label="EXACT_ROOT")
@@ -103,7 +103,9 @@ def test_native_and_replay_equal_the_reference(
             assert not result.problems, "\n".join(result.problems)
             errors = {**result.param_errors, **result.state_errors}
             # EXACT_ROOT gives torch.sqrt's bits where the C root is MKL's algorithm
-            exact = (exact_root and _mkl_sqrt.emulated(dtype)) or "foreach" in switches
+            # the default's small groups: the exact loop where it gives torch's bits, else the
+            # replay (EXACT_ROOT concerns fused=True and large groups only)
+            exact = (exact_root and _mkl_sqrt.emulated(dtype)) or "fused" not in switches
             limit = 0.0 if exact else TOLERANCE[dtype]
             too_large = {k: e for k, e in errors.items() if not e <= limit}
             assert not too_large, f"{switches} {dtype}: relative error above {limit:g}: {too_large}"
@@ -169,18 +171,66 @@ def test_each_path_really_runs_and_trains(path: str) -> None:
     assert_close(model, reference_model, tolerance=1e-5 if path == "native" else 0.0)
 
 
-def test_default_path_by_size() -> None:
-    """``fused=None``: the replay for small groups, the native loop from AUTO_NATIVE_MIN_NUMEL."""
-    small = adaptim.Adam(make_model().parameters())
-    large_params = [torch.nn.Parameter(torch.randn(_engine.AUTO_NATIVE_MIN_NUMEL))]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_path_by_size(dtype: torch.dtype) -> None:
+    """``fused=None``: a group under AUTO_NATIVE_MIN_NUMEL runs the exact native loop where
+    it gives torch's bits (the replay's, so the same numbers as ``foreach=True``), else the
+    replay; a larger group the native loop with the correctly rounded root."""
+    model, replay_model = make_model().to(dtype), make_model().to(dtype)
+    small = adaptim.Adam(model.parameters(), lr=1e-2)
+    replay = adaptim.Adam(replay_model.parameters(), lr=1e-2, foreach=True)
+    large_params = [torch.nn.Parameter(torch.randn(_engine.AUTO_NATIVE_MIN_NUMEL, dtype=dtype))]
     large = adaptim.Adam(large_params)
-    for p in small.param_groups[0]["params"]:
-        p.grad = torch.ones_like(p)
-    small.step()
+    for optimizer in (small, replay):
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(10):
+            for p in optimizer.param_groups[0]["params"]:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                optimizer.step()
     large_params[0].grad = torch.ones_like(large_params[0])
     large.step()
-    assert small.fused_status() == ["foreach (1 partition): 4 of 4 tensors"]
+    assert_close(model, replay_model, tolerance=0.0)
+    path = "native" if _mkl_sqrt.emulated(dtype) else "foreach"
+    assert small.fused_status() == [f"{path} (1 partition): 4 of 4 tensors"]
     assert large.fused_status() == ["native (1 partition): 1 of 1 tensors"]
+
+
+@pytest.mark.parametrize("name", ["LARS", "LAMB", "NovoGrad"])
+def test_default_small_group_with_norms_keeps_torchs_bits(name: str) -> None:
+    """A rule with whole-tensor norms sums them in another order in the native loop: its
+    small groups replay by default, bit for bit the per-tensor reference."""
+    generator = torch.Generator().manual_seed(3)
+    start = [torch.randn(1000, generator=generator) for _ in range(3)]
+    params = [[torch.nn.Parameter(x.clone()) for x in start] for _ in range(2)]
+    default = getattr(adaptim, name)(params[0])
+    reference = getattr(adaptim, name)(params[1], foreach=False)
+    for _ in range(5):
+        grads = [torch.randn(1000, generator=generator) for _ in start]
+        for optimizer, group in ((default, params[0]), (reference, params[1])):
+            for p, g in zip(group, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for p, q in zip(*params, strict=True):
+        assert torch.equal(p, q), f"max difference {float((p - q).abs().max())}"
+
+
+def test_default_small_group_without_the_exact_root_replays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where MKL's root is not emulated, a small group whose rule takes a root replays (torch's
+    bits) and one whose rule takes none still runs native (its loop is ATen's arithmetic)."""
+    monkeypatch.setattr(_mkl_sqrt, "emulated", lambda dtype: False)
+    rooted = adaptim.Adam(make_model().parameters())
+    plain = adaptim.SGD(make_model().parameters(), lr=0.1, momentum=0.9)
+    for optimizer in (rooted, plain):
+        for _ in range(2):  # (SGD's first step creates its momentum on the replay)
+            for p in optimizer.param_groups[0]["params"]:
+                p.grad = torch.ones_like(p)
+            optimizer.step()
+    assert rooted.fused_status() == ["foreach (1 partition): 4 of 4 tensors"]
+    assert plain.fused_status() == ["native (1 partition): 4 of 4 tensors"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -52,9 +52,10 @@ class Optimizer(StepLayer):
     ``"raise"`` raises ``FloatingPointError`` naming the parameter.
 
     ``fused`` and ``foreach`` (param-group keys, as in torch) pick how a step
-    executes (:mod:`adaptim.torch._engine`): by default a CPU group of at least
-    64k elements runs one native compiled loop over all its tensors, a CUDA
-    group of as many one generated Triton kernel (:mod:`adaptim.torch._triton`),
+    executes (:mod:`adaptim.torch._engine`): by default a CPU group runs one
+    native compiled loop over all its tensors (below 64k elements only where it
+    gives torch's bits: MKL's square root inlined, or a rule without a root),
+    a CUDA group one generated Triton kernel (:mod:`adaptim.torch._triton`),
     and anything else the multi-tensor replay (``torch._foreach_*``), which is
     bit-identical to the per-tensor rule; ``fused=True`` asks for the native
     loop or the Triton kernel, ``fused=False`` or ``foreach=True`` for the replay, ``foreach=False``

@@ -36,7 +36,11 @@ maxima, the replay whose per-axis loops take the native loop's correctly rounded
 square root in one pass: :mod:`._fuse_axes`). With neither set (the default), a group runs native
 when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
 elements (building a kernel costs a C compile the first time on a machine,
-well under a second, then a load from the disk cache), a CUDA group of any
+well under a second, then a load from the disk cache); a smaller float32/float64
+CPU group runs the native loop with MKL's square root inlined
+(:func:`._native.gives_torchs_bits`: a rule without a root, or where the root
+is emulated), which gives the replay's bits and is faster in cache, and the
+replay elsewhere; a CUDA group of any
 size runs its Triton kernel (when ``triton`` is importable; a compile of
 about a second the first time, then Triton's disk cache; on a GPU the
 replay is launch-bound at every size), and the replay otherwise; for half types only where the native loop is the faster
@@ -79,9 +83,9 @@ from adaptim.torch._partition import NativeLaunch as NativeLaunch
 from adaptim.torch._partition import Partition as Partition
 from adaptim.torch._trace import Structure, Traced, Unfusable, trace
 
-#: ``fused=None`` builds a native kernel for CPU groups of at least this many
-#: elements (benchmarks/step_speed.py: from about this size the single pass
-#: beats the multi-tensor replay by more than the per-call overhead).
+#: ``fused=None`` runs the native loop with the correctly rounded root on CPU groups of at
+#: least this many elements (out of cache the exact root costs up to 7% on one thread);
+#: smaller groups run the exact loop where it gives torch's bits, else the replay.
 AUTO_NATIVE_MIN_NUMEL = 1 << 16
 
 #: Memos kept per partition layout: each failed guard (RAdam leaving warm-up) adds one.
@@ -325,12 +329,21 @@ class Engine(EngineGroups):
         group_numel: int,
     ) -> str:
         structure = traced.structure
+        dtype = partition.params[0].dtype
         # (the group's size, not the partition's: a group that splits, say its 8-bit
         # matrices from its fp32 biases, pays the kernel build once anyway)
-        auto_half = not partition.half or partition.params[0].dtype in AUTO_NATIVE_HALF
-        wants_native = mode == "native" or (
-            mode == "auto" and group_numel >= AUTO_NATIVE_MIN_NUMEL and auto_half
+        auto_half = not partition.half or dtype in AUTO_NATIVE_HALF
+        large = group_numel >= AUTO_NATIVE_MIN_NUMEL
+        # A smaller group runs the exact loop where it gives torch's bits (the replay's): in
+        # cache it costs nothing against the rounded root, and the replay's call per
+        # operation made small models 2-5x slower than torch's fused kernels.
+        exact = (
+            mode == "auto"
+            and not large
+            and not partition.half
+            and _native.gives_torchs_bits(structure, dtype)
         )
+        wants_native = mode == "native" or (mode == "auto" and (exact or (large and auto_half)))
         # On a GPU the replay is launch-bound (a launch per operation and chunk) and
         # the kernel one launch: the default takes it at every size.
         wants_kernel = mode == "native" or (mode == "auto" and auto_half)
@@ -360,11 +373,12 @@ class Engine(EngineGroups):
             and all(map(_IS_CONTIGUOUS, grads))
         ):
             try:
-                if partition.kernel is not None and partition.kernel[0] is structure:
-                    kernel = partition.kernel[1]
+                known = partition.kernel
+                if known is not None and known[0] is structure and known[1] is exact:
+                    kernel = known[2]
                 else:
-                    kernel = _native.kernel_for(structure, partition.params[0].dtype)
-                    partition.kernel = (structure, kernel)
+                    kernel = _native.kernel_for(structure, dtype, exact=exact or None)
+                    partition.kernel = (structure, exact, kernel)
             except _native.NativeUnavailable as why:
                 self._unavailable(partition, why, mode)
             else:
@@ -373,7 +387,9 @@ class Engine(EngineGroups):
                 return "native"
         # Where the native loop is wanted but cannot express the rule (SM3's per-axis maxima),
         # the replay's per-axis loops round their square root as the native loop does.
-        rounded = wants_native and not _native.EXACT_ROOT and _fuse_axes.has_axes(structure)
+        rounded = (
+            wants_native and not exact and not _native.EXACT_ROOT and _fuse_axes.has_axes(structure)
+        )
         plan = _replay.plan_for(structure, rounded)
         created = plan.run(partition.params, grads, *partition.state_lists, traced.slots)
         plans.append(plan)

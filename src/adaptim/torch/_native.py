@@ -59,7 +59,7 @@ from adaptim.torch._native_source import SUPPORTED as SUPPORTED
 from adaptim.torch._native_source import _Source as _Source
 from adaptim.torch._native_source import generate_source as generate_source
 from adaptim.torch._native_source import supports as supports
-from adaptim.torch._trace import Structure
+from adaptim.torch._trace import PER_TENSOR_OPS, Structure
 
 #: Elements per work item: large enough to amortise the loop set-up, small
 #: enough that a group of a few large tensors still splits across threads.
@@ -206,9 +206,13 @@ def _cpu_fingerprint() -> str:
 _UNSUPPORTED: dict[Structure, str] = {}
 
 
-def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
-    """The native kernel of ``structure`` for ``dtype``: from memory, from disk, or compiled now."""
-    key = (structure, dtype, EXACT_ROOT)
+def kernel_for(structure: Structure, dtype: torch.dtype, exact: bool | None = None) -> Kernel:
+    """The native kernel of ``structure`` for ``dtype``: from memory, from disk, or compiled now.
+
+    ``exact`` asks for MKL's root inlined (:func:`source_for`); ``None``: :data:`EXACT_ROOT`.
+    """
+    exact = EXACT_ROOT if exact is None else exact
+    key = (structure, dtype, exact)
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
@@ -228,7 +232,7 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
             if half:
                 source = _native_half.generate_source(structure, dtype)
             else:
-                source = source_for(structure, dtype)
+                source = source_for(structure, dtype, exact)
             kernel = Kernel(source, _load(source), len(structure.inputs))
             _KERNELS[key] = kernel
     return kernel
@@ -254,20 +258,44 @@ def kernel_for(structure: Structure, dtype: torch.dtype) -> Kernel:
 EXACT_ROOT = False
 
 
-def source_for(structure: Structure, dtype: torch.dtype) -> str:
-    """The C of ``structure``'s kernel: the scalar loop, or with :data:`EXACT_ROOT` vectors.
+def source_for(structure: Structure, dtype: torch.dtype, exact: bool | None = None) -> str:
+    """The C of ``structure``'s kernel: the scalar loop, or with the exact root vectors.
 
-    With :data:`EXACT_ROOT` a rule with a square root gets :mod:`._native_vector`'s
-    loop when :func:`._mkl_sqrt.emulated` holds (the root inlined, ``torch.sqrt``'s
-    bits); otherwise the scalar loop of :mod:`._native_source` (its ``sqrt`` is the
-    correctly rounded one, which differs from MKL's on about 17% of values).
+    With ``exact`` (``None``: :data:`EXACT_ROOT`) a rule with a square root gets
+    :mod:`._native_vector`'s loop when :func:`._mkl_sqrt.emulated` holds (the root
+    inlined, ``torch.sqrt``'s bits); otherwise the scalar loop of :mod:`._native_source`
+    (its ``sqrt`` is the correctly rounded one, which differs from MKL's on about 17% of
+    values).
     """
     from adaptim.torch import _mkl_sqrt, _native_vector  # (they build on this module)
 
-    rooted = any(op == "sqrt" for op, _ in structure.ops)
-    if EXACT_ROOT and rooted and _mkl_sqrt.emulated(dtype):
+    exact = EXACT_ROOT if exact is None else exact
+    if exact and _rooted(structure) and _mkl_sqrt.emulated(dtype):
         return _native_vector.generate_source(structure, dtype)
     return generate_source(structure, dtype)
+
+
+def _rooted(structure: Structure) -> bool:
+    return any(op == "sqrt" for op, _ in structure.ops)
+
+
+def gives_torchs_bits(structure: Structure, dtype: torch.dtype) -> bool:
+    """Whether the exact loop of ``structure`` (``kernel_for(..., exact=True)``) computes
+    torch.optim's float32/float64 bits here: a rule with no square root, or one whose root
+    :func:`._mkl_sqrt.emulated` reproduces (checked once per process), and no whole-tensor
+    norm or sum (LARS, LAMB, NovoGrad: the loop adds in another order than ATen).
+
+    The rule's other operations are ATen's arithmetic already (multiply-adds where
+    ATen's kernels fuse them; ``tests/test_native_threads.py`` holds every torch twin's
+    exact loop to torch.optim's bits, the equality tests every other rule to its replay's).
+    """
+    from adaptim.torch import _mkl_sqrt  # (it builds on this module)
+
+    if dtype not in (torch.float32, torch.float64) or structure.half:
+        return False
+    if any(op in PER_TENSOR_OPS for op, _ in structure.ops):
+        return False
+    return not _rooted(structure) or _mkl_sqrt.emulated(dtype)
 
 
 def build_library(source: str, name: str = "step") -> Path:

@@ -55,8 +55,9 @@ class Partition:
     warned: bool = False
     #: Why the native loop was not used on the last try, for ``fused_status()``.
     native_refused: str | None = None
-    #: The native kernel of the last structure (memos keep the same object).
-    kernel: tuple[Any, _native.Kernel] | None = None
+    #: The native kernel of the last structure (memos keep the same object), and whether
+    #: it is the exact loop (:func:`._native.gives_torchs_bits`).
+    kernel: tuple[Any, bool, _native.Kernel] | None = None
     #: Where its parameters are in the group's list (with gradients) it was built from;
     #: ``None`` when they are that whole list, in order.
     positions: list[int] | None = None
