@@ -148,6 +148,8 @@ class Recommendation:
     level: float = stats.ALPHA
     diverged: tuple[str, ...] = ()
     at_edge: tuple[str, ...] = ()
+    #: Of ``at_edge``, those at the limit grid extension reaches (MAX_REACH_DECADES).
+    at_limit: tuple[str, ...] = ()
     lr_fixed: tuple[str, ...] = ()
     #: Per optimizer, the steps its tuning cost and the value it reached.
     costs: tuple[TuningCost, ...] = ()
@@ -185,6 +187,7 @@ class Recommendation:
             "level": self.level,
             "diverged": list(self.diverged),
             "lr_at_edge": list(self.at_edge),
+            "lr_at_limit": list(self.at_limit),
             "lr_fixed": list(self.lr_fixed),
             "tuning_costs": [c.to_json() for c in self.costs],
             "self_tuning": [f.to_json() for f in self.self_tuning],

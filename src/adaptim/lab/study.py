@@ -36,6 +36,7 @@ from adaptim.lab.protocol import (
     fixed_hparams,
     make_tuner,
     published_defaults,
+    reach,
 )
 from adaptim.lab.redact import redact_command
 from adaptim.lab.store import Store
@@ -246,6 +247,7 @@ class Study:
             metric,
             {o: [(t.spec.hparams, t.score(metric.name)) for t in results[spec, o]] for o in grids},
             [o for o, tuner in grids.items() if tuner.lr_fixed],
+            {o: reach(o) for o in grids},
         )
         if not plan:
             return False
