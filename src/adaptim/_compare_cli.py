@@ -85,8 +85,8 @@ def compare(
         str | None,
         typer.Option(
             help="Equivalence margin: an absolute value in the metric's units (0.005) or a "
-            "percentage of the leader's mean (2%). Default: 0.01 for accuracies and error "
-            "rates, 1% otherwise."
+            "percentage of the leader's mean (2%); below 1 (100%) for accuracies and error "
+            "rates. Default: 0.01 for accuracies and error rates, 1% otherwise."
         ),
     ] = None,
     steps: Annotated[
@@ -252,8 +252,8 @@ def _compare(
     )
     device = _device(device, cluster)
     # Everything is validated before anything touches the disk.
-    study_policy(config)  # a bad --margin
     resolved = {spec: resolve_problem(spec) for spec in config.problems}
+    study_policy(config, resolved)  # a bad --margin, or one meaningless for a metric
     check_writable_dir(out, "--out")
     if not replace:
         check_results_owner(out / "results.json", config.key(), "--out", "--replace")
