@@ -18,6 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from adaptim.lab.console import paragraph
 from adaptim.lab.errors import LabError
 from adaptim.lab.tables import compact_table, print_fitted
 
@@ -99,10 +100,10 @@ def lr_find(
         table.add_row(s.name, lr_text(s.lr), f"{s.loss:.4g}", escape(s.rule))
     print_fitted(console, [table])
     last = f"{result.lrs[-1]:.3g}" if result.lrs else "–"
-    console.print(
+    paragraph(  # (Rich's own wrapping leaves a blank at the end of a wrapped line)
+        console,
         f"{result.steps} of {result.planned} steps in {elapsed:.1f}s; {STOPS[result.stop]} "
         f"(last finite lr {last}).",
-        highlight=False,
     )
     if not result.suggestions:
         console.print("[red]No suggestion:[/] too few finite points; lower --start-lr.")
