@@ -298,6 +298,22 @@ def test_bad_input_gets_one_clear_line_and_exit_code_2(
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "command", ["compare", "report", "reproduce", "lr-find", "problems", "optimizers"]
+)
+def test_every_help_names_what_its_options_take(command: str) -> None:
+    """NAME, N, DIR, URL... as compare's first options did, never Python's types
+    (``--store <str>``, ``--out <path>``, ``--trial-cpus <float>`` were shown)."""
+    helped = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"})
+    assert helped.exit_code == 0
+    for python_type in ("<str>", "<float>", "<int>", "<list"):
+        assert python_type not in helped.output
+    # (Typer shows an argument's type beside its name: report's DIRECTORY <path>)
+    assert helped.output.count("<path>") == (command == "report")
+    if command == "report":  # its text speaks of DIRECTORY
+        assert "[DIRECTORY]" in helped.output and "DIRECTORY      <path>" in helped.output
+
+
 def test_a_margin_over_one_stays_allowed_for_a_loss_and_below_one_for_an_accuracy() -> None:
     from adaptim.lab.problems import resolve_problem
     from adaptim.lab.protocol import StudyConfig
