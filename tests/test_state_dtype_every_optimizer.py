@@ -172,3 +172,24 @@ def test_every_lab_optimizer_steps_or_refuses_before_anything_changes(
     name: str, dtype: torch.dtype
 ) -> None:
     _check(_variant_builder(name), dtype)
+
+
+def test_the_dtype_check_keeps_another_refusals_own_message() -> None:
+    """A sparse gradient beside state of another dtype: the rule's own refusal, not a
+    dtype one (the check's copy of the step must not swallow it)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    optimizer = at.ScheduleFreeSGD(layer.parameters())
+    optimizer.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        layer(torch.randn(5, 4)).square().mean().backward()
+        optimizer.step()
+    layer.to(torch.float64)
+    optimizer.zero_grad()
+    layer(torch.randn(5, 4, dtype=torch.float64)).square().mean().backward()
+    assert layer.weight.grad is not None
+    layer.weight.grad = layer.weight.grad.to_sparse()
+    with pytest.raises(RuntimeError, match="has a sparse gradient") as raised:
+        optimizer.step()
+    assert "another dtype" not in str(raised.value)

@@ -214,8 +214,8 @@ class GroupOptimizer(Optimizer):
         and groups before had stepped. Which ones depends on the rule and the
         dtypes, so the step runs once on a copy of each tensor's first element
         (same dtypes and ops, a few bytes) to find out, once per scope and set
-        of dtypes. (A copy whose sums end the step early, as a zero denominator
-        does, does not reach the update and passes.)
+        of dtypes. (A copy whose numbers end the step early, as a zero denominator
+        does, or that a rule refuses for its values, answers nothing: the step runs.)
         """
         found: list[tuple[int, int, torch.Tensor, dict[str, torch.dtype]]] = []
         for i in scope:
@@ -236,17 +236,22 @@ class GroupOptimizer(Optimizer):
         taken: set[Any] = self.__dict__.setdefault("_state_dtypes_taken", set())
         if key in taken:
             return
+        # (built outside the try: what _work refuses, a sparse gradient, keeps its message)
+        work = [
+            self._first_elements(self._work(i, j, p, hps[i])) for i, j, p in self._members(scope)
+        ]
         try:
             shared.step_scope(
                 self.algorithm,
                 [dict(self.param_groups[i]) for i in scope],  # (the kept scalars land here)
                 [hps[i] for i in scope],
-                [
-                    self._first_elements(self._work(i, j, p, hps[i]))
-                    for i, j, p in self._members(scope)
-                ],
+                work,
                 BACKEND,
             )
+        except ValueError:
+            # (a refusal of the copy's values, such as LDoG's all-zero first gradient of a
+            # tensor whose first element only is 0: no answer, the step itself decides)
+            return
         except (RuntimeError, TypeError) as error:
             index, position, p, other = found[0]
             problem = another_dtype_problem(other, p.dtype, error)
