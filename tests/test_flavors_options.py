@@ -324,6 +324,29 @@ def test_the_flavor_page_is_up_to_date() -> None:
     assert "θ ← θ − γ·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m/(√v + ε̂)" in result.output
 
 
+def test_the_flavor_page_reads_at_80_columns() -> None:
+    """``adaptim optimizers --flavors`` in a terminal or a pipe: no line over 80 characters
+    (47 were, up to 310: prose, the sources table and long equations) and no trailing
+    blanks; every equation and every point of the sources is still there."""
+    from typer.testing import CliRunner
+
+    from adaptim.cli import app
+
+    result = CliRunner().invoke(app, ["optimizers", "--flavors"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert [line for line in lines if len(line) > 80] == []
+    assert [line for line in lines if line != line.rstrip()] == []
+    assert sum(line.startswith("```") for line in lines) % 2 == 0
+    text = " ".join(result.output.split())
+    # a wrapped equation keeps its parts, in order, and the sources keep every point
+    nadam = "θ ← θ − γ(1 − μₜ)/(1 − Πₜ) · g/(√v̂ + ε) − γμₜ₊₁/(1 − Πₜμₜ₊₁) · m/(√v̂ + ε),"
+    assert f"{nadam} v̂ = v/(1 − β₂ᵗ) (γ = 0.002, ε = 1e-08)" in text
+    for point in ("AdaGrad eps", "RMSprop momentum", "AMSGrad max over", "weight decay"):
+        assert point in text
+    assert "δ outside √ (Duchi et al.)" in text
+
+
 def test_the_lab_builds_a_flavor_by_name_at_flavor() -> None:
     from adaptim.lab.errors import LabError
     from adaptim.lab.optimizers import make_optimizer

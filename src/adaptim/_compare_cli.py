@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # the lab is imported lazily, so that `adaptim --help` is ins
     from adaptim.lab.trial import TrialResult
 
 StoreOption = Annotated[
-    str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in --out).")
+    str | None,
+    typer.Option(metavar="URL", help="SQLAlchemy URL of the store (default: SQLite in --out)."),
 ]
 WorkersOption = Annotated[
     int,
@@ -84,9 +85,10 @@ def compare(
     margin: Annotated[
         str | None,
         typer.Option(
+            metavar="MARGIN",
             help="Equivalence margin: an absolute value in the metric's units (0.005) or a "
-            "percentage of the leader's mean (2%). Default: 0.01 for accuracies and error "
-            "rates, 1% otherwise."
+            "percentage of the leader's mean (2%); below 1 (100%) for accuracies and error "
+            "rates. Default: 0.01 for accuracies and error rates, 1% otherwise.",
         ),
     ] = None,
     steps: Annotated[
@@ -112,24 +114,30 @@ def compare(
     search: Annotated[
         str,
         typer.Option(
+            metavar="METHOD",
             help="grid (lr only, grown at edge hits), or random / tpe (Optuna) over each "
             "optimizer's declared space (see `adaptim optimizers`), or lr-find (the LR range "
-            "test, then runs at its suggestions as the budget allows; its steps count)."
+            "test, then runs at its suggestions as the budget allows; its steps count).",
         ),
     ] = "grid",
     schedule: Annotated[
         str,
         typer.Option(
-            help="Learning-rate schedule for every optimizer: constant, cosine, warmup-cosine, step."
+            metavar="NAME",
+            help="Learning-rate schedule for every optimizer: constant, cosine, warmup-cosine, step.",
         ),
     ] = "constant",
     out: Annotated[
-        Path, typer.Option(help="Output directory for results.json and the default store.")
+        Path,
+        typer.Option(
+            metavar="DIR", help="Output directory for results.json and the default store."
+        ),
     ] = Path("adaptim-results"),
     store: StoreOption = None,
     workers: WorkersOption = 0,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
+        Path | None,
+        typer.Option(metavar="DIR", help="Directory with dataset files, e.g. MNIST IDX."),
     ] = None,
     wide: WideOption = False,
     replace: Annotated[
@@ -142,27 +150,30 @@ def compare(
     executor: Annotated[
         str,
         typer.Option(
-            help="local (this machine: --workers processes) or ray (each trial a Ray task)."
+            metavar="NAME",
+            help="local (this machine: --workers processes) or ray (each trial a Ray task).",
         ),
     ] = "local",
     ray_address: Annotated[
         str | None,
         typer.Option(
+            metavar="ADDRESS",
             help="With --executor ray: auto or ray://host:port of a running cluster "
-            "(default: start a local Ray)."
+            "(default: start a local Ray).",
         ),
     ] = None,
     trial_cpus: Annotated[
-        float, typer.Option(help="With --executor ray: CPUs each trial declares.")
+        float, typer.Option(metavar="N", help="With --executor ray: CPUs each trial declares.")
     ] = 1.0,
     trial_gpus: Annotated[
-        float, typer.Option(help="With --executor ray: GPUs each trial declares.")
+        float, typer.Option(metavar="N", help="With --executor ray: GPUs each trial declares.")
     ] = 0.0,
     device: Annotated[
         str,
         typer.Option(
+            metavar="DEVICE",
             help="Device of each trial: cpu, cuda, or auto (cuda when there is one; on Ray, "
-            "when --trial-gpus is set)."
+            "when --trial-gpus is set).",
         ),
     ] = "cpu",
 ) -> None:
@@ -252,8 +263,8 @@ def _compare(
     )
     device = _device(device, cluster)
     # Everything is validated before anything touches the disk.
-    study_policy(config)  # a bad --margin
     resolved = {spec: resolve_problem(spec) for spec in config.problems}
+    study_policy(config, resolved)  # a bad --margin, or one meaningless for a metric
     check_writable_dir(out, "--out")
     if not replace:
         check_results_owner(out / "results.json", config.key(), "--out", "--replace")

@@ -18,6 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from adaptim.lab.console import paragraph
 from adaptim.lab.errors import LabError
 from adaptim.lab.tables import compact_table, print_fitted
 
@@ -37,33 +38,48 @@ STOPS = {
 
 def lr_find(
     problem: Annotated[
-        str, typer.Option("--problem", "-p", help="Problem name or package.module:function.")
+        str,
+        typer.Option(
+            "--problem", "-p", metavar="NAME", help="Problem name or package.module:function."
+        ),
     ],
     optimizer: Annotated[
-        str, typer.Option("--optimizer", "-o", help="Optimizer name (name or name@flavor).")
+        str,
+        typer.Option(
+            "--optimizer", "-o", metavar="NAME", help="Optimizer name (name or name@flavor)."
+        ),
     ] = "adam",
     set_: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="PARAM=VALUE",
             help="Fix a hyperparameter: PARAM=VALUE (e.g. momentum=0.8; or OPTIMIZER.PARAM=VALUE).",
         ),
     ] = None,
     start_lr: Annotated[
         float | None,
-        typer.Option(help="First lr of the ramp (default: 1000× below the optimizer's grid)."),
+        typer.Option(
+            metavar="LR", help="First lr of the ramp (default: 1000× below the optimizer's grid)."
+        ),
     ] = None,
     end_lr: Annotated[
         float | None,
-        typer.Option(help="Last lr of the ramp (default: 100× above the optimizer's grid)."),
+        typer.Option(
+            metavar="LR", help="Last lr of the ramp (default: 100× above the optimizer's grid)."
+        ),
     ] = None,
-    steps: Annotated[int, typer.Option(help="Steps of the ramp.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed the problem is built from.")] = 0,
+    steps: Annotated[int, typer.Option(metavar="N", help="Steps of the ramp.")] = 100,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed the problem is built from.")] = 0,
     out: Annotated[
-        Path, typer.Option(help="Output directory for the figure (SVG, PNG) and the JSON.")
+        Path,
+        typer.Option(
+            metavar="DIR", help="Output directory for the figure (SVG, PNG) and the JSON."
+        ),
     ] = Path("adaptim-results"),
     data_dir: Annotated[
-        Path | None, typer.Option(help="Directory with dataset files, e.g. MNIST IDX.")
+        Path | None,
+        typer.Option(metavar="DIR", help="Directory with dataset files, e.g. MNIST IDX."),
     ] = None,
 ) -> None:
     """The learning-rate range test (Smith 2017): suggested learning rates and their figure."""
@@ -99,10 +115,10 @@ def lr_find(
         table.add_row(s.name, lr_text(s.lr), f"{s.loss:.4g}", escape(s.rule))
     print_fitted(console, [table])
     last = f"{result.lrs[-1]:.3g}" if result.lrs else "–"
-    console.print(
+    paragraph(  # (Rich's own wrapping leaves a blank at the end of a wrapped line)
+        console,
         f"{result.steps} of {result.planned} steps in {elapsed:.1f}s; {STOPS[result.stop]} "
         f"(last finite lr {last}).",
-        highlight=False,
     )
     if not result.suggestions:
         console.print("[red]No suggestion:[/] too few finite points; lower --start-lr.")

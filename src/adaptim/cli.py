@@ -146,26 +146,33 @@ def report(
     directory: Annotated[
         Path | None,
         typer.Argument(
+            metavar="DIRECTORY",
             help="Output directory of `adaptim compare` (its store and results.json); "
-            "default adaptim-results, unless --store is given."
+            "default adaptim-results, unless --store is given.",
         ),
     ] = None,
     store: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL of the store (default: SQLite in DIRECTORY).")
+        str | None,
+        typer.Option(
+            metavar="URL", help="SQLAlchemy URL of the store (default: SQLite in DIRECTORY)."
+        ),
     ] = None,
     study: Annotated[
         str | None,
-        typer.Option(help="Study key (or a prefix) when the store holds several studies."),
+        typer.Option(
+            metavar="KEY", help="Study key (or a prefix) when the store holds several studies."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Where to write the page (default: DIRECTORY/report.html; "
-            "with --store and no DIRECTORY, ./report.html)."
+            "with --store and no DIRECTORY, ./report.html).",
         ),
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help="The --data-dir the study ran with, if any.")
+        Path | None, typer.Option(metavar="DIR", help="The --data-dir the study ran with, if any.")
     ] = None,
     wide: WideOption = False,
     trust_problem_module: Annotated[
@@ -232,7 +239,8 @@ def reproduce(
         ),
     ] = False,
     out: Annotated[
-        Path, typer.Option(help="Directory for reproduce.json and the default store.")
+        Path,
+        typer.Option(metavar="DIR", help="Directory for reproduce.json and the default store."),
     ] = Path("adaptim-reproduce"),
     store: StoreOption = None,
     workers: WorkersOption = 0,

@@ -292,6 +292,35 @@ def test_an_lr_at_the_edge_of_the_grid_is_flagged() -> None:
     assert rec.at_edge == ("rmsprop",)
 
 
+def test_an_lr_at_the_limit_of_the_grids_reach_is_said_so() -> None:
+    """Grids grow at most MAX_REACH_DECADES beyond the declared range; a best rate there
+    is flagged apart from a plain edge, in the data, the sentences and the table."""
+    from adaptim.lab.report import text
+    from adaptim.lab.tables import Layout, marked_lr, ranking_notes
+
+    # adam's declared range is 1e-4 ... 0.1: its reach ends at 10.
+    capped = outcome("adam", [0.9, 0.91, 0.92], {1.0: 0.5, 3.16: 0.7, 10.0: 0.9})
+    edge = outcome("rmsprop", [0.5, 0.51, 0.52], {1e-4: 0.4, 1e-3: 0.5, 1e-2: 0.55})
+    rec = recommend(ACCURACY, [capped, edge], FIXED)
+    assert capped.lr_at_limit and not edge.lr_at_limit and edge.lr_at_edge
+    assert rec.at_edge == ("adam", "rmsprop") and rec.at_limit == ("adam",)
+    assert rec.to_json()["lr_at_limit"] == ["adam"]
+    said = " ".join(text.evidence(ACCURACY, rec, [capped, edge]))
+    assert "adam" in said and "2 decades beyond" in said and "may lie further" in said
+    from adaptim.lab.problems.base import Problem
+    from adaptim.lab.report import data
+    from adaptim.lab.study import ProblemOutcome
+
+    toy = Problem("toy", "a toy", ACCURACY, lambda seed, context: None, steps=10, batch_size=1)  # type: ignore[arg-type,return-value]
+    problem = ProblemOutcome(toy, "toy", [capped, edge], rec)
+    rows = data.ranking(problem)
+    marks = {r.optimizer: marked_lr(r) for r in rows}
+    assert marks["adam"].endswith("**") and marks["rmsprop"].endswith("*")
+    assert not marks["rmsprop"].endswith("**")
+    notes = " ".join(ranking_notes(problem, rows, Layout()))
+    assert "**: " in notes and "2 decades beyond" in notes
+
+
 def test_good_means_close_to_the_best_relative_to_the_initial_value() -> None:
     # A loss floor of 84 from 455: "within 2% of the best" would admit everything up to 86;
     # 98% of the way from 455 to 84.97 admits up to 92.4.

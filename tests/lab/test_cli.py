@@ -270,6 +270,15 @@ def test_a_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path: P
             "expected a finite number",
         ),
         (["--problem", "toyproblems:no_main_metric"], "lacks its main metric 'loss'"),
+        # an accuracy lies in [0, 1]: a margin of 1 or more calls everything equivalent
+        (
+            ["--problem", "logreg-sparse", "--margin", "5"],
+            "--margin 5 is meaningless for problem 'logreg-sparse', whose metric accuracy "
+            "lies in [0, 1]: give an absolute margin below 1 (such as 0.01, one point) "
+            "or a percentage below 100%",
+        ),
+        (["--problem", "logreg-sparse", "--margin", "1"], "--margin 1 is meaningless"),
+        (["--problem", "logreg-sparse", "--margin", "150%"], "--margin 150% is meaningless"),
         (["--problem", "toyproblems:vector_loss"], "train_loss() must return a scalar tensor"),
         (
             ["--problem", "toyproblems:raising_loss"],
@@ -287,6 +296,37 @@ def test_bad_input_gets_one_clear_line_and_exit_code_2(
     assert expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "command", ["compare", "report", "reproduce", "lr-find", "problems", "optimizers"]
+)
+def test_every_help_names_what_its_options_take(command: str) -> None:
+    """NAME, N, DIR, URL... as compare's first options did, never Python's types
+    (``--store <str>``, ``--out <path>``, ``--trial-cpus <float>`` were shown)."""
+    helped = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"})
+    assert helped.exit_code == 0
+    for python_type in ("<str>", "<float>", "<int>", "<list"):
+        assert python_type not in helped.output
+    # (Typer shows an argument's type beside its name: report's DIRECTORY <path>)
+    assert helped.output.count("<path>") == (command == "report")
+    if command == "report":  # its text speaks of DIRECTORY
+        assert "[DIRECTORY]" in helped.output and "DIRECTORY      <path>" in helped.output
+
+
+def test_a_margin_over_one_stays_allowed_for_a_loss_and_below_one_for_an_accuracy() -> None:
+    from adaptim.lab.problems import resolve_problem
+    from adaptim.lab.protocol import StudyConfig
+    from adaptim.lab.study import study_policy
+
+    for problem, margin in (
+        (TOY, "5"),
+        (TOY, "150%"),
+        ("logreg-sparse", "0.05"),
+        ("logreg-sparse", "5%"),
+    ):
+        config = StudyConfig(problems=(problem,), optimizers=("adam",), margin=margin)
+        assert study_policy(config, {problem: resolve_problem(problem)}).margin is not None
 
 
 def test_bad_input_never_loses_what_is_stored(tmp_path: Path) -> None:

@@ -264,6 +264,29 @@ def test_command_prints_suggestions_and_writes_the_figure(tmp_path) -> None:  # 
     assert bad.exit_code == 2 and "Invalid --end-lr: 1e-09" in bad.output
 
 
+def test_command_output_reads_at_80_columns_without_trailing_blanks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Piped at COLUMNS=80: the table and the sentence under it fit, and no line ends in a
+    blank (the wrapped stop sentence ended in 'try a ')."""
+    args = ["lr-find", "-p", "linreg", "--steps", "40", "--out", str(tmp_path)]
+    done = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert done.exit_code == 0, done.output
+    assert "without blowing up" in done.output  # the long sentence that wraps
+    lines = done.output.splitlines()
+    assert [line for line in lines if line != line.rstrip()] == []
+    assert [line for line in lines if len(line) > 80 and str(tmp_path) not in line] == []
+
+
+def test_command_help_names_what_each_option_takes() -> None:
+    """Like compare's help: NAME, PARAM=VALUE, LR, N, DIR, not Python's types
+    (``--set <list[str]>`` was shown)."""
+    helped = CliRunner().invoke(app, ["lr-find", "--help"], env={"COLUMNS": "80"})
+    assert helped.exit_code == 0
+    for python_type in ("<str>", "<list[str]>", "<float>", "<int>", "<path>"):
+        assert python_type not in helped.output
+    for metavar in ("NAME", "PARAM=VALUE", "LR", "N", "DIR"):
+        assert f" {metavar} " in helped.output
+
+
 @pytest.mark.slow
 def test_adaptim_lr_find_loads_torch_only() -> None:
     # The core package needs torch and numpy only: the range test must not pull in the

@@ -18,11 +18,14 @@ from adaptim.lab.optimizers import VARIANTS, make_optimizer
 from adaptim.lab.problems import PROBLEMS, BuildContext, Metric
 from adaptim.lab.protocol import (
     EXTENSION,
+    MAX_REACH_DECADES,
     OptunaTuner,
     StudyConfig,
+    at_reach_limit,
     edge_side,
     extend_grid,
     fixed_hparams,
+    reach,
 )
 from adaptim.lab.schedules import make_scheduler
 from adaptim.lab.store import Store
@@ -132,6 +135,33 @@ def test_a_coarse_grid_extends_a_decade_a_rate_at_most() -> None:
     assert extend_grid(LOSS, {"adam": coarse}) == {"adam": ("above", [10.0, 100.0])}
     coarse_low = tried([(1e-4, 1.0), (1.0, 2.0)])  # best at the bottom
     assert extend_grid(LOSS, {"adam": coarse_low}) == {"adam": ("below", [1e-5, 1e-6])}
+
+
+def test_an_extension_stops_at_its_reach_beyond_the_declared_range() -> None:
+    """Rounds of extension reach at most MAX_REACH_DECADES beyond the declared lr range:
+    a coarse grid (or a metric that stays finite at any rate) no longer grows without end."""
+    assert MAX_REACH_DECADES == 2
+    low, high = VARIANTS["adam"].lr_range
+    assert reach("adam") == reach("adam@keras") == (low / 100, high * 100) == (1e-6, 10.0)
+    limits = {"adam": reach("adam"), "sgd": reach("sgd")}
+    # Room for two decade steps: as before.
+    grid = tried([(1e-4, 2.0), (1e-1, 1.0)])
+    assert extend_grid(LOSS, {"adam": grid}, limits=limits) == {"adam": ("above", [1.0, 10.0])}
+    # One decade of room left: the two new rates split it, the last on the limit.
+    grid = tried([(1e-3, 2.0), (1.0, 1.0)])
+    assert extend_grid(LOSS, {"adam": grid}, limits=limits) == {"adam": ("above", [3.16, 10.0])}
+    grid = tried([(1e-5, 1.0), (1e-3, 2.0)])
+    assert extend_grid(LOSS, {"adam": grid}, limits=limits) == {"adam": ("below", [3.16e-6, 1e-6])}
+    # At the limit: no round for it alone; beside another one at an edge it refines (and
+    # pays alike), and the lr is flagged as at the limit of the reach.
+    capped = tried([(1.0, 2.0), (10.0, 1.0)])
+    assert extend_grid(LOSS, {"adam": capped}, limits=limits) == {}
+    other = tried([(0.01, 2.0), (0.1, 1.0)])
+    plan = extend_grid(LOSS, {"adam": capped, "sgd": other}, limits=limits)
+    assert plan["sgd"][0] == "above" and plan["adam"][0] == "refine"
+    assert plan["adam"][1] == [4.64, 2.15]  # between the limit and the next rate in
+    assert at_reach_limit("adam", 10.0) and at_reach_limit("adam", 1e-6)
+    assert not at_reach_limit("adam", 1.0) and not at_reach_limit("not-an-optimizer", 10.0)
 
 
 def test_a_diverged_top_extends_below_and_a_fixed_lr_is_left_alone() -> None:

@@ -191,6 +191,7 @@ def hostile_section(name: str) -> page.ProblemSection:
         name,
         "0.1",
         False,
+        False,
         "1",
         "± 0.1",
         3,

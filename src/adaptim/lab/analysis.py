@@ -197,11 +197,18 @@ def _recommend(
     values = seed_values(metric, outcomes)
     diverged = tuple(o.name for o in outcomes if o.diverged_runs)
     at_edge = tuple(o.name for o in outcomes if o.lr_at_edge)
+    at_limit = tuple(o.name for o in outcomes if o.lr_at_limit)
     lr_fixed = tuple(o.name for o in outcomes if o.lr_fixed)
     clean = [o for o in outcomes if o.runs and not o.diverged_runs and values[o.name]]
     if not clean:
         return Recommendation(
-            None, None, Criterion.NONE, diverged=diverged, at_edge=at_edge, lr_fixed=lr_fixed
+            None,
+            None,
+            Criterion.NONE,
+            diverged=diverged,
+            at_edge=at_edge,
+            at_limit=at_limit,
+            lr_fixed=lr_fixed,
         )
     race = speed_target(metric, outcomes, target)
     times = target_times(metric, outcomes, race)
@@ -234,6 +241,7 @@ def _recommend(
         level=level,
         diverged=diverged,
         at_edge=at_edge,
+        at_limit=at_limit,
         lr_fixed=lr_fixed,
         speeds=speeds,
         target=race,

@@ -170,6 +170,11 @@ def listing(console: Console, title: str, entries: Sequence[tuple[str, Sequence[
             _wrapped(console, Text(line), indent=4)
 
 
+def paragraph(console: Console, text: str | Text) -> None:
+    """``text`` wrapped to the console's width, no line ending in a blank."""
+    _wrapped(console, Text(text) if isinstance(text, str) else text, indent=0)
+
+
 def _wrapped(console: Console, text: Text, indent: int, first: str | None = None) -> None:
     # Wrapped here rather than by Rich's Padding, Table or print, which leave
     # blanks at the ends of lines (Padding fills each out to the width): noise

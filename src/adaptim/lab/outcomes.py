@@ -28,7 +28,7 @@ from adaptim.lab.curves import time_to_target_json
 from adaptim.lab.errors import LabError
 from adaptim.lab.files import finite_json, write_atomically
 from adaptim.lab.problems.base import Metric, Problem
-from adaptim.lab.protocol import StudyConfig
+from adaptim.lab.protocol import StudyConfig, at_reach_limit
 from adaptim.lab.recommendation import Recommendation
 from adaptim.lab.robustness import lr_at_edge
 from adaptim.lab.splits import decision_value, reported_value, splits_json, validation_of
@@ -100,6 +100,12 @@ class OptimizerOutcome:
             and lr_at_edge(self.tuning, self.hparams.get("lr"))
         )
 
+    @property
+    def lr_at_limit(self) -> bool:
+        """At an edge that grid extension does not pass (:func:`~adaptim.lab.protocol.reach`):
+        the optimum may lie further out than the lab looks."""
+        return self.lr_at_edge and at_reach_limit(self.name, self.hparams.get("lr"))
+
 
 def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
     """One optimizer's entry of ``results.json``."""
@@ -128,6 +134,7 @@ def outcome_json(metric: Metric, outcome: OptimizerOutcome) -> dict[str, Any]:
             for t in outcome.tuning
         ],
         "lr_at_edge": outcome.lr_at_edge,
+        "lr_at_limit": outcome.lr_at_limit,
         "tuning_free": outcome.tuning_free,
         # --search lr-find's range test: its curve, suggestions and why it stopped.
         "range_test": None if outcome.range_test is None else outcome.range_test.info["lr_find"],

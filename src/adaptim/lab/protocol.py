@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from adaptim.lab.errors import LabError
-from adaptim.lab.optimizers import applicable, parse_optimizer
+from adaptim.lab.optimizers import VARIANTS, applicable, parse_optimizer
 from adaptim.lab.problems.base import Metric, Problem
 from adaptim.lab.schedules import SCHEDULES, check_schedule
 from adaptim.lab.tuners import (
@@ -65,6 +65,7 @@ __all__ = [
     "MAX_BUDGET",
     "MAX_EXTENSIONS",
     "MAX_EXTENSION_STEP",
+    "MAX_REACH_DECADES",
     "MAX_SEEDS",
     "MAX_STEPS",
     "SEARCHES",
@@ -77,6 +78,7 @@ __all__ = [
     "StudyConfig",
     "Tried",
     "Tuner",
+    "at_reach_limit",
     "best_setting",
     "edge_side",
     "extend_grid",
@@ -84,6 +86,7 @@ __all__ = [
     "fixed_hparams",
     "make_tuner",
     "published_defaults",
+    "reach",
     "score_of",
 ]
 
@@ -102,6 +105,14 @@ MAX_EXTENSIONS = 2
 #: otherwise leap four decades a rate (measured: adam-8bit's grid reached lr 1e11
 #: and chose lr 1e5 on digits-mlp with ``--budget 2``, its runs staying finite).
 MAX_EXTENSION_STEP = 10.0
+#: Grid extensions reach at most this many decades beyond the optimizer's declared lr
+#: range, on either side (:func:`reach`). A metric that stays finite at any rate (Adam's
+#: sign-like steps on a ReLU network) would otherwise be chased round after round; a
+#: best rate at this limit is reported as such (the optimum may lie further out). The
+#: default grid (8 rates over three decades, two rounds of two) reaches 1.7 decades.
+MAX_REACH_DECADES = 2
+#: An extension with less room than this factor left before the limit is not made.
+_MIN_ROOM = 10**0.1
 
 
 @dataclass(frozen=True)
@@ -238,8 +249,28 @@ def edge_side(metric: Metric, tried: Tried) -> Literal["below", "above"] | None:
     return None
 
 
+def reach(optimizer: str) -> tuple[float, float]:
+    """The lowest and highest rate grid extensions may try for ``optimizer`` (or ``name@flavor``):
+    :data:`MAX_REACH_DECADES` beyond its declared range."""
+    low, high = parse_optimizer(optimizer)[0].lr_range
+    factor = 10.0**MAX_REACH_DECADES
+    return low / factor, high * factor
+
+
+def at_reach_limit(optimizer: str, lr: float | None) -> bool:
+    """Whether ``lr`` lies at (or past) either end of :func:`reach` (``False`` for a name
+    the lab does not know: a made-up outcome has no declared range)."""
+    if lr is None or optimizer.partition("@")[0] not in VARIANTS:
+        return False
+    low, high = reach(optimizer)
+    return lr <= low * 1.001 or lr >= high / 1.001
+
+
 def extend_grid(
-    metric: Metric, tried: Mapping[str, Tried], lr_fixed: Sequence[str] = ()
+    metric: Metric,
+    tried: Mapping[str, Tried],
+    lr_fixed: Sequence[str] = (),
+    limits: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, tuple[str, list[float]]]:
     """The next round of learning rates when some optimizer's best lies at an edge of its grid.
 
@@ -250,22 +281,48 @@ def extend_grid(
     continues its grid past that edge with the grid's own log step, at most
     :data:`MAX_EXTENSION_STEP` a rate (``"below"``/``"above"``); the others refine around their best, halfway
     in log space to each neighbour and then to the next-nearest tried rates
-    (``"refine"``). Returns ``{optimizer: (side, new lrs)}``.
+    (``"refine"``). ``limits[optimizer]``, where given (:func:`reach`), bounds how far:
+    the new rates shrink their step so the last lands on the limit, and an optimizer
+    with (almost) no room left grows no round by itself, and in another's round gets
+    its rates between its edge and the next rate in.
+    Returns ``{optimizer: (side, new lrs)}``.
     """
     tuned = {o: t for o, t in tried.items() if o not in lr_fixed}
-    sides = {o: edge_side(metric, t) for o, t in tuned.items()}
-    if not any(sides.values()):
+    ratios: dict[str, float] = {}
+    capped: dict[str, tuple[float, float]] = {}  # its edge and inner neighbour
+    for optimizer, t in tuned.items():
+        lrs = sorted({h["lr"] for h, _ in t if "lr" in h})
+        side = edge_side(metric, t)
+        if side is None:
+            continue
+        edge, inner = (lrs[0], lrs[1]) if side == "below" else (lrs[-1], lrs[-2])
+        step = min(max(edge / inner, 1 / MAX_EXTENSION_STEP), MAX_EXTENSION_STEP)
+        limit = (limits or {}).get(optimizer)
+        if limit is not None:
+            room = edge / limit[0] if side == "below" else limit[1] / edge
+            if room < _MIN_ROOM:  # at its limit: flagged instead (at_reach_limit)
+                capped[optimizer] = (edge, inner)
+                continue
+            most = room ** (1 / EXTENSION)  # (the last new rate lands on the limit)
+            step = max(step, 1 / most) if side == "below" else min(step, most)
+        ratios[optimizer] = step
+    if not ratios:
         return {}
     plan: dict[str, tuple[str, list[float]]] = {}
     for optimizer, t in tuned.items():
         lrs = sorted({h["lr"] for h, _ in t if "lr" in h})
         if len(lrs) < 2:
             continue
-        side = sides[optimizer]
-        if side is not None:
-            edge, inner = (lrs[0], lrs[1]) if side == "below" else (lrs[-1], lrs[-2])
-            ratio = min(max(edge / inner, 1 / MAX_EXTENSION_STEP), MAX_EXTENSION_STEP)
+        if optimizer in ratios:
+            side = "below" if ratios[optimizer] < 1 else "above"
+            edge = lrs[0] if side == "below" else lrs[-1]
+            ratio = ratios[optimizer]
             plan[optimizer] = (side, [round_lr(edge * ratio**k) for k in range(1, EXTENSION + 1)])
+            continue
+        if optimizer in capped:  # its rates go between the limit and the next rate in
+            edge, inner = capped[optimizer]
+            fractions = [k / (EXTENSION + 1) for k in range(1, EXTENSION + 1)]
+            plan[optimizer] = ("refine", [round_lr(edge * (inner / edge) ** f) for f in fractions])
             continue
         best = best_setting(metric, t)["lr"]
         others = sorted((lr for lr in lrs if lr != best), key=lambda lr: abs(math.log(lr / best)))

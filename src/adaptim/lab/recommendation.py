@@ -41,13 +41,30 @@ class Margin:
         return cls(number / 100 if relative else number, relative)
 
 
+def is_fraction(metric: Metric) -> bool:
+    """Whether ``metric`` is an accuracy or an error rate, with values in [0, 1]."""
+    name = metric.name.lower()
+    return "acc" in name or "error" in name
+
+
 def default_margin(metric: Metric) -> Margin:
     """One point absolute for accuracies and error rates (values in [0, 1]); 1% of the
     leader's mean for everything else (losses)."""
-    name = metric.name.lower()
-    if "acc" in name or "error" in name:
+    if is_fraction(metric):
         return Margin(0.01, relative=False)
     return Margin(0.01, relative=True)
+
+
+def margin_problem(margin: Margin, metric: Metric) -> str | None:
+    """Why ``margin`` means nothing for ``metric`` (``None`` if it may be used): on values
+    in [0, 1], a margin of 1 or more (or 100% of the leader's mean) calls every optimizer
+    equivalent. Losses are unbounded: any positive margin is theirs to choose."""
+    if is_fraction(metric) and margin.value >= 1:
+        return (
+            f"whose metric {metric.name} lies in [0, 1]: give an absolute margin below 1 "
+            "(such as 0.01, one point) or a percentage below 100%"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,8 @@ class Recommendation:
     level: float = stats.ALPHA
     diverged: tuple[str, ...] = ()
     at_edge: tuple[str, ...] = ()
+    #: Of ``at_edge``, those at the limit grid extension reaches (MAX_REACH_DECADES).
+    at_limit: tuple[str, ...] = ()
     lr_fixed: tuple[str, ...] = ()
     #: Per optimizer, the steps its tuning cost and the value it reached.
     costs: tuple[TuningCost, ...] = ()
@@ -185,6 +204,7 @@ class Recommendation:
             "level": self.level,
             "diverged": list(self.diverged),
             "lr_at_edge": list(self.at_edge),
+            "lr_at_limit": list(self.at_limit),
             "lr_fixed": list(self.lr_fixed),
             "tuning_costs": [c.to_json() for c in self.costs],
             "self_tuning": [f.to_json() for f in self.self_tuning],

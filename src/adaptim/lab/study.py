@@ -36,7 +36,9 @@ from adaptim.lab.protocol import (
     fixed_hparams,
     make_tuner,
     published_defaults,
+    reach,
 )
+from adaptim.lab.recommendation import margin_problem
 from adaptim.lab.redact import redact_command
 from adaptim.lab.store import Store
 from adaptim.lab.trial import Phase, TrialResult, TrialSpec
@@ -55,8 +57,9 @@ __all__ = [
 ]
 
 
-def study_policy(config: StudyConfig) -> Policy:
-    """The analysis settings of ``config`` (margin, adaptive seeding); a bad margin is refused."""
+def study_policy(config: StudyConfig, problems: Mapping[str, Problem] | None = None) -> Policy:
+    """The analysis settings of ``config`` (margin, adaptive seeding); a bad margin is
+    refused, and so is one that means nothing for one of ``problems``' metrics."""
     margin = None
     if config.margin is not None:
         try:
@@ -66,6 +69,12 @@ def study_policy(config: StudyConfig) -> Policy:
                 f"--margin must be a positive number or percentage (0.01, 1%), "
                 f"got {config.margin!r}"
             ) from None
+        for spec, problem in (problems or {}).items():
+            why = margin_problem(margin, problem.metric)
+            if why is not None:
+                raise LabError(
+                    f"--margin {config.margin} is meaningless for problem {spec!r}, {why}"
+                )
     return Policy(margin, config.seeds, max(config.seeds, config.max_seeds))
 
 
@@ -137,7 +146,7 @@ class Study:
 
     def policy(self) -> Policy:
         """The analysis settings of this study (margin, adaptive seeding)."""
-        return study_policy(self.config)
+        return study_policy(self.config, self.problems)
 
     def run(self) -> StudyOutcome:
         policy = self.policy()
@@ -246,6 +255,7 @@ class Study:
             metric,
             {o: [(t.spec.hparams, t.score(metric.name)) for t in results[spec, o]] for o in grids},
             [o for o, tuner in grids.items() if tuner.lr_fixed],
+            {o: reach(o) for o in grids},
         )
         if not plan:
             return False

@@ -141,17 +141,23 @@ def marked_lr(row: Row) -> str:
     for source, mark in LR_SOURCE_MARKS.items():
         if lr.endswith(source):
             lr = lr.removesuffix(source) + mark
-    return lr + ("*" if row.lr_at_edge else "")
+    return lr + ("**" if row.lr_at_limit else "*" if row.lr_at_edge else "")
 
 
 def ranking_notes(problem: ProblemOutcome, rows: Sequence[Row], layout: Layout) -> list[str]:
     """The caption: what the abbreviated headers and the marks mean."""
+    from adaptim.lab.protocol import MAX_REACH_DECADES
     from adaptim.lab.report.data import race
 
     metric = problem.problem.metric
     notes = ["vs leader: the validation difference to the leader with its 95% CI"]
-    if any(row.lr_at_edge for row in rows):
+    if any(row.lr_at_edge and not row.lr_at_limit for row in rows):
         notes.append("*: the lr is at the edge of the searched range")
+    if any(row.lr_at_limit for row in rows):
+        notes.append(
+            f"**: at the edge, {MAX_REACH_DECADES} decades beyond the declared range, as far "
+            "as grids grow: the best lr may lie further out"
+        )
     # Where a fixed lr came from, as a mark (the words would widen the column past 80).
     notes += [
         f"{mark}: {LR_SOURCE_NOTES[source]}"

@@ -43,6 +43,7 @@ from adaptim.torch._base import (
 )
 from adaptim.torch._engine import requested_path
 from adaptim.torch._hooks import hooked_step
+from adaptim.torch._state_rounding import another_dtype_problem, cannot_step
 
 
 def _share(part: PartialSum) -> torch.Tensor:
@@ -153,19 +154,28 @@ class GroupOptimizer(Optimizer):
         hps = [self._hyperparams(index, g) for index, g in enumerate(self.param_groups)]
         status: dict[int, str] = {}
         plans: dict[int, list[Any]] = {}
-        for scope in shared.scopes(self.algorithm, len(self.param_groups)):
+        layouts: dict[tuple[int, ...], _group_fast.Layout] = self.__dict__.setdefault(
+            "_fast_layouts", {}
+        )
+        scopes = shared.scopes(self.algorithm, len(self.param_groups))
+        current = {}
+        try:
+            for scope in scopes:  # all or nothing: every scope is checked before one steps
+                layout = layouts.get(tuple(scope))
+                params = [p for _, _, p in self._members(scope)]
+                current[tuple(scope)] = layout is not None and layout.current(params, self.state)
+                if not current[tuple(scope)]:  # (else its tensors and state are as last step)
+                    self._check_state_dtypes(scope, hps)
+        except BaseException:
+            self._forget_empty_states()
+            raise
+        for scope in scopes:
             groups = [self.param_groups[i] for i in scope]
             why = self._reference_reason(scope)
-            layouts: dict[tuple[int, ...], _group_fast.Layout] = self.__dict__.setdefault(
-                "_fast_layouts", {}
-            )
             layout = layouts.pop(tuple(scope), None)
             if why is None:
-                params = [
-                    p for i in scope for p in self.param_groups[i]["params"] if p.grad is not None
-                ]
                 fallback = functools.partial(self._per_tensor, scope, hps)
-                if layout is not None and layout.current(params, self.state):
+                if current[tuple(scope)]:
                     work: list[shared.Work] = []  # every state exists: nothing to create
                     executor: Any = _group_fast.FastScope(self, [], hps, fallback, layout)
                 else:
@@ -185,8 +195,7 @@ class GroupOptimizer(Optimizer):
                     self.algorithm, groups, [hps[i] for i in scope], work, BACKEND, executor
                 )
             except BaseException:  # refused before any change: forget the empty first states
-                for p in [p for p, state in self.state.items() if not state]:
-                    del self.state[p]
+                self._forget_empty_states()
                 raise
             if why is None and executor.reference is None and executor.layout is not None:
                 layouts[tuple(scope)] = executor.layout
@@ -194,6 +203,87 @@ class GroupOptimizer(Optimizer):
                 status[i] = executor.status if why is None else why
                 plans[i] = getattr(executor, "plans", [])
         self._status, self._last_plans = status, plans
+
+    def _check_state_dtypes(self, scope: list[int], hps: list[dict[str, Any]]) -> None:
+        """Refuse, before anything changes, state of another dtype that the rule cannot take.
+
+        ``model.to()`` after the state was made leaves it in its dtype (as
+        torch.optim leaves it). Some rules step with it (Prodigy from float32
+        state to float64 parameters), others stop inside ATen (Schedule-Free's
+        ``lerp``, the inner products of D-Adaptation and HD), after the tensors
+        and groups before had stepped. Which ones depends on the rule and the
+        dtypes, so the step runs once on a copy of each tensor's first element
+        (same dtypes and ops, a few bytes) to find out, once per scope and set
+        of dtypes. (A copy whose numbers end the step early, as a zero denominator
+        does, or that a rule refuses for its values, answers nothing: the step runs.)
+        """
+        found: list[tuple[int, int, torch.Tensor, dict[str, torch.dtype]]] = []
+        for i in scope:
+            for position, p in enumerate(self.param_groups[i]["params"]):
+                state = self.state.get(p) if p.grad is not None else None
+                other = {
+                    key: value.dtype
+                    for key, value in (state or {}).items()
+                    if isinstance(value, torch.Tensor)
+                    and value.is_floating_point()
+                    and value.dtype != p.dtype
+                }
+                if other:
+                    found.append((i, position, p, other))
+        if not found:
+            return
+        key = (tuple(scope), frozenset((p.dtype, k, d) for *_, p, o in found for k, d in o.items()))
+        taken: set[Any] = self.__dict__.setdefault("_state_dtypes_taken", set())
+        if key in taken:
+            return
+        # (built outside the try: what _work refuses, a sparse gradient, keeps its message)
+        work = [
+            self._first_elements(self._work(i, j, p, hps[i])) for i, j, p in self._members(scope)
+        ]
+        try:
+            shared.step_scope(
+                self.algorithm,
+                [dict(self.param_groups[i]) for i in scope],  # (the kept scalars land here)
+                [hps[i] for i in scope],
+                work,
+                BACKEND,
+            )
+        except ValueError:
+            # (a refusal of the copy's values, such as LDoG's all-zero first gradient of a
+            # tensor whose first element only is 0: no answer, the step itself decides)
+            return
+        except (RuntimeError, TypeError) as error:
+            index, position, p, other = found[0]
+            problem = another_dtype_problem(other, p.dtype, error)
+            raise cannot_step(
+                f"adaptim.{type(self).__name__}", index, position, p, problem
+            ) from None
+        taken.add(key)
+
+    def _forget_empty_states(self) -> None:
+        for p in [p for p, state in self.state.items() if not state]:
+            del self.state[p]
+
+    def _members(self, scope: list[int]) -> list[tuple[int, int, torch.Tensor]]:
+        """(group index, position, parameter) of the scope's tensors with gradients."""
+        return [
+            (i, position, p)
+            for i in scope
+            for position, p in enumerate(self.param_groups[i]["params"])
+            if p.grad is not None
+        ]
+
+    @staticmethod
+    def _first_elements(item: shared.Work) -> shared.Work:
+        """A copy of ``item``'s first element: its parameter, gradient and state, same dtypes."""
+
+        def first(value: Any) -> Any:
+            if not isinstance(value, torch.Tensor):
+                return value
+            return (value.reshape(-1)[:1] if value.ndim else value).detach().clone()
+
+        state = {k: first(v) for k, v in item.state.items()}
+        return shared.Work(first(item.p), first(item.grad), state, item.hp)
 
     def _reference_reason(self, scope: list[int]) -> str | None:
         """Why the groups of ``scope`` step per tensor now (``None``: the multi-tensor path)."""

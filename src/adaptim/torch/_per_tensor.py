@@ -17,7 +17,12 @@ import torch
 from adaptim.torch import _lowmem, _lowmem_shards, _shard_stats
 from adaptim.torch._options import real_view
 from adaptim.torch._sparse import SparseLayer, _dense_or_none
-from adaptim.torch._state_rounding import Rule, other_dtypes, update_rounded
+from adaptim.torch._state_rounding import (
+    Rule,
+    another_dtype_problem,
+    other_dtypes,
+    update_rounded,
+)
 from adaptim.torch._torch_ops import TORCH_OPS, TRACEABLE_OPS
 
 
@@ -155,14 +160,7 @@ class PerTensorLayer(SparseLayer):
         try:
             update_rounded(rule, other_dtypes(target, viewed))
         except (RuntimeError, TypeError) as error:
-            names = ", ".join(f"{k!r} is {d}" for k, d in sorted(rounded.items()))
-            return (
-                f"its state is in another dtype ({names}; the parameter is {p.dtype}: "
-                "moved with model.to() after the state was made?), which this rule cannot "
-                f"step, as torch.optim cannot ({error}). "
-                "optimizer.load_state_dict(optimizer.state_dict()) converts the state to "
-                "the parameters' dtypes"
-            )
+            return another_dtype_problem(rounded, p.dtype, f"as torch.optim cannot: {error}")
         taken.add(key)
         return None
 

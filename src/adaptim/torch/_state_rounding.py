@@ -104,3 +104,30 @@ def update_rounded(
         return rule()
     with _RoundAt(at):
         return rule()
+
+
+def another_dtype_problem(
+    entries: Mapping[str, torch.dtype], dtype: torch.dtype, error: BaseException | str
+) -> str:
+    """Why a parameter with these state entries of another dtype cannot step, and the remedy.
+
+    (``model.to()`` after the state was made leaves the state in its dtype, as
+    torch.optim leaves it; a rule that needs the parameter's dtype refuses it.)
+    """
+    names = ", ".join(f"{k!r} is {d}" for k, d in sorted(entries.items()))
+    return (
+        f"its state is in another dtype ({names}; the parameter is {dtype}: moved with "
+        f"model.to() after the state was made?), which this rule cannot step ({error}). "
+        "optimizer.load_state_dict(optimizer.state_dict()) converts the state to the "
+        "parameters' dtypes"
+    )
+
+
+def cannot_step(
+    owner: str, index: int, position: int, p: torch.Tensor, problem: str
+) -> RuntimeError:
+    """The error of a step refused before it changed anything, naming the parameter."""
+    return RuntimeError(
+        f"{owner}: cannot step param_groups[{index}]['params'][{position}] "
+        f"(shape {tuple(p.shape)}): {problem}. Nothing was changed."
+    )

@@ -19,6 +19,7 @@ from adaptim.torch import _hooks, _lowmem_shards
 from adaptim.torch._hooks import hooked_step
 from adaptim.torch._options import _holds_tensor, hyperparameter
 from adaptim.torch._per_tensor import PerTensorLayer
+from adaptim.torch._state_rounding import cannot_step
 
 #: Tensors that are not subclasses (a DTensor is one).
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -238,11 +239,7 @@ class StepLayer(PerTensorLayer):
                 problem = self._state_dtype_problem(index, p, dict(hp))
         if problem:
             position = next(i for i, q in enumerate(self.param_groups[index]["params"]) if q is p)
-            raise RuntimeError(
-                f"adaptim.{type(self).__name__}: cannot step "
-                f"param_groups[{index}]['params'][{position}] (shape {tuple(p.shape)}): "
-                f"{problem}. Nothing was changed."
-            )
+            raise cannot_step(f"adaptim.{type(self).__name__}", index, position, p, problem)
 
     def _step_traceable(self) -> None:
         """The step under ``torch.compile``: the per-tensor rule, with ``step`` and ``lr`` as tensors.

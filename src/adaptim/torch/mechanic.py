@@ -66,6 +66,7 @@ from adaptim.algorithms import mechanic as rule
 from adaptim.algorithms.mechanic import SCALARS
 from adaptim.torch import _group_fast, _hooks
 from adaptim.torch._base import TORCH_OPS
+from adaptim.torch._state_rounding import another_dtype_problem, cannot_step
 
 
 class Mechanic(torch.optim.Optimizer):
@@ -209,6 +210,7 @@ class Mechanic(torch.optim.Optimizer):
         for p in params:
             if p.grad.is_sparse:
                 raise RuntimeError("Mechanic does not support sparse gradients.")
+        self._refuse_state_of_another_dtype()
         if not self.mechanic_state:
             self._init_scalars(params)
         for p in params:
@@ -251,6 +253,22 @@ class Mechanic(torch.optim.Optimizer):
             torch._foreach_copy_(params[run], refs[run])
             torch._foreach_sub_(params[run], scaled)  # x_ref - s·D
         return loss
+
+    def _refuse_state_of_another_dtype(self) -> None:
+        """Refuse ``x_ref``/``delta`` left in another dtype by ``model.to()``, before any change.
+
+        The inner products :math:`\\langle g, D\\rangle` need the parameter's
+        dtype; found there, the refusal came from ATen without the remedy.
+        """
+        for index, group in enumerate(self.param_groups):
+            for position, p in enumerate(group["params"]):
+                state = self.state.get(p) if p.grad is not None else None
+                other = {k: v.dtype for k, v in (state or {}).items() if v.dtype != p.dtype}
+                if other:
+                    problem = another_dtype_problem(
+                        other, p.dtype, "its inner products take the parameter's dtype"
+                    )
+                    raise cannot_step("adaptim.Mechanic", index, position, p, problem)
 
     def _descents(
         self,

@@ -66,6 +66,8 @@ class Row:
     status: str
     lr: str
     lr_at_edge: bool
+    #: At the edge grid extension reaches (``**``): the best may lie further out.
+    lr_at_limit: bool
     #: Test mean over the re-run seeds and the half-width of its 95% CI.
     mean: str
     ci95: str
@@ -139,6 +141,7 @@ def ranking(problem: ProblemOutcome) -> list[Row]:
                     else " (--set)"
                 ),
                 lr_at_edge=o.lr_at_edge,
+                lr_at_limit=o.lr_at_limit,
                 mean=numbers.with_ci(o.summary.mean, o.summary.ci95)[0],
                 ci95=numbers.with_ci(o.summary.mean, o.summary.ci95)[1],
                 seeds=o.summary.n,

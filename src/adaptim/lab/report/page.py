@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
+from adaptim.lab.protocol import MAX_REACH_DECADES
 from adaptim.lab.report.data import Footer, Improvements, Row, Style, Verdict
 
 CSS = """
@@ -76,6 +77,7 @@ COLUMNS = (
     (
         "chosen lr",
         "Best learning rate of the tuning sweep; * marks the edge of the searched range, "
+        f"** an edge as far as grids grow ({MAX_REACH_DECADES} decades beyond the declared range), "
         "(--set) a rate fixed on the command line, (problem) one the problem fixes.",
     ),
     ("test mean", "Final main metric on test, mean over the re-run seeds."),
@@ -144,7 +146,7 @@ def _table(section: ProblemSection, styles: dict[str, Style]) -> str:
         cells = [
             f'<span class="swatch" style="background:{style.color}"></span>{escape(r.optimizer)}',
             escape(r.status),
-            escape(r.lr) + ("*" if r.lr_at_edge else ""),
+            escape(r.lr) + ("**" if r.lr_at_limit else "*" if r.lr_at_edge else ""),
             escape(r.mean),
             escape(r.ci95),
             str(r.seeds),

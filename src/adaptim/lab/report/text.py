@@ -16,6 +16,7 @@ from adaptim.lab.analysis import (
 )
 from adaptim.lab.curves import effective_lr_decay, metric_curve, stall_step
 from adaptim.lab.problems.base import Metric
+from adaptim.lab.protocol import MAX_REACH_DECADES
 from adaptim.lab.report.numbers import ci_decimals, lr_text, with_ci
 from adaptim.lab.report.numbers import number as number  # callers import it from here
 from adaptim.lab.robustness import GOOD_SHARE, LrRange
@@ -281,10 +282,17 @@ def evidence(
 def _edges(rec: Recommendation) -> list[str]:
     if not rec.at_edge:
         return []
-    return [
+    out = [
         f"The chosen lr is at the edge of the searched range for {', '.join(rec.at_edge)}: "
         "the best rate may lie outside the range (try one beyond it with --set NAME.lr=...)."
     ]
+    if rec.at_limit:
+        out.append(
+            f"For {', '.join(rec.at_limit)} that edge is as far as the lab extends a grid "
+            f"({MAX_REACH_DECADES} decades beyond the range `adaptim optimizers` declares): "
+            "the optimum may lie further out than the lab looked."
+        )
+    return out
 
 
 def _speed(rec: Recommendation, metric: Metric) -> list[str]:
