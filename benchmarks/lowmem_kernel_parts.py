@@ -10,7 +10,9 @@ split (medians; the ratio is probe time over kernel time):
 * ``no-encode``: the blocks' codes not written (what encoding both moments
   costs; the stored codes stay as they were, so every step decodes the same);
 * ``decode-twice``: each block decoded twice (one more decode: its cost);
-* ``no-prefetch``: the look-ahead requests off (``PREFETCH_BLOCKS``).
+* ``no-prefetch``: the look-ahead requests off (``PREFETCH_BLOCKS``);
+* ``scalar-update``: the block's update as scalar C, its divisions on the
+  divider (without ``ADAPTIM_UPDATE_VECTORS``, :mod:`._lowmem_vector`).
 
 The probes' results are wrong by design; only their times mean something.
 With one thread the clock is the process's CPU time, which a loaded machine
@@ -71,7 +73,14 @@ def _no_prefetch(source: str) -> str:
     return source.replace("if (far && ", "if (0 && ")
 
 
+def _scalar_update(source: str) -> str:
+    if "#define ADAPTIM_UPDATE_VECTORS 1" not in source:
+        raise SystemExit("probe: the kernel has no vector update")
+    return source.replace("#define ADAPTIM_UPDATE_VECTORS 1", "")
+
+
 PROBES: dict[str, Callable[[str], str]] = {
+    "scalar-update": _scalar_update,
     "no-divider": _no_divider,
     "no-encode": _no_encode,
     "decode-twice": _decode_twice,

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adaptim.torch import _lowmem, _lowmem_native_source, _native, _rounding
+from adaptim.torch import _lowmem, _lowmem_native_source, _lowmem_vector, _native, _rounding
 from adaptim.torch._lowmem_native_source import _BALANCED as _BALANCED
 from adaptim.torch._lowmem_native_source import _HEADER as _HEADER
 from adaptim.torch._lowmem_native_source import _Source as _Source
@@ -142,13 +142,18 @@ class Kernel:
 
 
 _lock = threading.Lock()
-_KERNELS: dict[tuple[Structure, tuple[tuple[str, str], ...], bool], Kernel] = {}
+_KERNELS: dict[tuple[Structure, tuple[tuple[str, str], ...], bool, bool], Kernel] = {}
 
 
 def kernel_for(structure: Structure, encodings: Mapping[str, str]) -> Kernel:
     """The kernel of ``structure`` with ``encodings``: from memory, from disk, or compiled now."""
     # (the loop's form is part of the key: a test renders both in one process)
-    key = (structure, tuple(sorted(encodings.items())), _lowmem_native_source.EXACT_8BIT)
+    key = (
+        structure,
+        tuple(sorted(encodings.items())),
+        _lowmem_native_source.EXACT_8BIT,
+        _lowmem_vector.VECTOR_UPDATE,
+    )
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel

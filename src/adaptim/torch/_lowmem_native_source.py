@@ -9,7 +9,9 @@ and re-encoded with its new block maximum (:mod:`._lowmem_codes`,
 on steps too large for the caches (:data:`PREFETCH_BLOCKS`). An 8-bit rule's ``sqrt`` is ``torch.sqrt``'s (MKL's
 algorithm, :data:`_ROOT_BLOCK`) and its division by a step's scalar a true
 division, so that the loop stores the reference path's bits; the root splits
-the block's update into passes (:meth:`_Source.segment`).
+the block's update into passes (:meth:`_Source.segment`). The default loop's
+update is written on vectors where the compiler targets AVX-512, its divisions
+off the divider (:mod:`._lowmem_vector`).
 
 Kept apart from :mod:`._lowmem_native`, which decides what the loop can take,
 compiles and caches the kernels, and binds and launches them per partition:
@@ -25,6 +27,7 @@ import torch
 from adaptim.torch import _lowmem, _mkl_sqrt, _native, _rounding
 from adaptim.torch import _lowmem_codes as _codes
 from adaptim.torch import _lowmem_segments as _segments
+from adaptim.torch import _lowmem_vector as _vector
 from adaptim.torch import _native_fragments as _fragments
 from adaptim.torch._trace import Ref, Structure
 
@@ -240,8 +243,16 @@ class _Source(_native._Source):
             indent, begin, stop = "      ", "c", "cend"
         # (an 8-bit loop with MKL's root: one pass per depth of square roots, see _segment)
         depth = self.root_depths() if quantized and self.own_root else {}
+        passes = []
         for segment in range(max(depth.values(), default=0) + 1):
-            body += self.segment(segment, depth, indent, (begin, stop), streams)
+            passes += self.segment(segment, depth, indent, (begin, stop), streams)
+        # (the non-exact 8-bit update on AVX-512 vectors where compiled so: _lowmem_vector)
+        vector = bool(quantized) and not self.exact and not rounded and _vector.VECTOR_UPDATE
+        if vector:
+            lines, reciprocals = _vector.update_pass(structure, self.encodings, indent)
+            self.reciprocals |= reciprocals
+            passes = ["#ifdef ADAPTIM_UPDATE_VECTORS", *lines, "#else", *passes, "#endif"]
+        body += passes
         if quantized:
             for name in quantized:
                 if name in written:
@@ -258,6 +269,8 @@ class _Source(_native._Source):
         lines = [*_HEADER, *_fragments.RANGES]
         if quantized:
             lines += _codes.VBMI_HEADER
+        if vector:
+            lines.append(_vector.header())
         if depth:
             lines += [_mkl_sqrt.tile_sqrt_source(torch.float32), _ROOT_BLOCK]
         for suffix, signed in (("S", True), ("U", False)):

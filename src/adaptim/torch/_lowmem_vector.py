@@ -1,0 +1,145 @@
+"""The 8-bit loop's update pass on AVX-512 vectors, its divisions off the divider.
+
+In the cache the default 8-bit loop (:mod:`._lowmem_native_source`, not
+``EXACT_8BIT``) is bound by the one divider that ``vsqrtps`` and ``vdivps``
+share (on this Intel Xeon 8.6 and 7.0 ns per 16 lanes, ~0.97 ns an element for
+Adam's root and division), as nearly by ports 0 and 5 (the codec). The scalar
+C cannot say "divide without the divider" (GCC vectorises ``a / b`` into
+``vdivps``), so where the compiler targets AVX-512 F, DQ and VL
+(``ADAPTIM_UPDATE_VECTORS``) the block's update is written on 16-lane
+vectors (:class:`._native_vector.VectorSource`'s operations) and a division
+of two arrays is :data:`DIVISION`'s ``div_v``: ``vrcp14ps``, one Newton step
+and Markstein's correction ``q0 + (a - d·q0)·r``, with ``vdivps`` for the
+lanes where ``|a|`` or ``|d|`` lie outside ``[2⁻⁶³, 2⁶³)`` (zeros, subnormals,
+huge values, infinities, NaN), so that the fast lanes' quotient is a normal
+float and its remainder exact. With a reciprocal that close (one Newton step:
+about half an ulp off) Markstein's correction is the correctly rounded
+quotient on almost every pair, never more than an ulp away: 2 of 168M random
+pairs differed from ``vdivps`` (divisors with nearly all-ones significands;
+``1 / (2 - 2⁻²³)`` is one), a second Newton step removed those and the gain
+with it. So it serves only the non-exact loop, which already takes ``sqrtf``
+where the reference takes MKL's root. The rest is the scalar loop's
+arithmetic operation for operation (``sqrtf`` is ``vsqrtps``, a division by
+a step's scalar a multiply by its reciprocal): its parameters, codes and block
+maxima are the scalar loop's wherever ``div_v`` is the true quotient
+(``tests/test_lowmem_vector.py``). Other CPUs compile the scalar loop.
+
+Measured (this Xeon, one thread, kernel alone against the scalar update
+interleaved, ``benchmarks/lowmem_kernel_parts.py --probes scalar-update``,
+loaded): the scalar update 1.015-1.03x this one's time at 262k elements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from adaptim.torch import _native_vector
+from adaptim.torch._trace import Structure
+
+#: Whether the non-exact 8-bit loop renders its update on vectors where the compiler
+#: targets AVX-512 (off: the scalar loop everywhere; tests build both).
+VECTOR_UPDATE = True
+
+#: C after the header of a kernel that may take the vector update: the vector helpers,
+#: ``div_v`` and the per-lane block maximum ``top_lanes`` (the scalar loop's ``top``:
+#: the largest magnitude's bits, NaN above infinity; lanes past ``valid`` ignored).
+DIVISION = r"""
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define ADAPTIM_UPDATE_VECTORS 1
+@HELPERS
+static inline V div_v(const V a, const V d) {
+  const V r0 = _mm512_rcp14_ps(d);
+  const V r = FMADD(_mm512_fnmadd_ps(d, r0, SET1(1)), r0, r0);
+  const V q0 = a * r;
+  const V q = FMADD(_mm512_fnmadd_ps(d, q0, a), r, q0);
+  /* |a| and |d| in [2^-63, 2^63): one unsigned compare of the larger offset exponent */
+  const __m512i low = _mm512_set1_epi32(0x20000000), span = _mm512_set1_epi32(0x3F000000);
+  const __m512i sa = _mm512_sub_epi32(_mm512_and_epi32((__m512i)a, _mm512_set1_epi32(0x7FFFFFFF)), low);
+  const __m512i sd = _mm512_sub_epi32(_mm512_and_epi32((__m512i)d, _mm512_set1_epi32(0x7FFFFFFF)), low);
+  const __mmask16 fast = _mm512_cmplt_epu32_mask(_mm512_max_epu32(sa, sd), span);
+  if (__builtin_expect(fast == 0xFFFF, 1)) return q;
+  return _mm512_mask_div_ps(q, (__mmask16)~fast, a, d);
+}
+static inline __m512i top_lanes(__m512i top, const V o, int valid) {
+  const __mmask16 live = (__mmask16)((1u << valid) - 1u);
+  const __m512i u = _mm512_maskz_and_epi32(live, (__m512i)o, _mm512_set1_epi32(0x7FFFFFFF));
+  return _mm512_max_epu32(top, u);
+}
+#endif
+"""
+
+
+def header() -> str:
+    """:data:`DIVISION` with the vector helpers (float32, 16 lanes) in place."""
+    return DIVISION.replace("@HELPERS", "\n".join(_native_vector.helpers(torch.float32)))
+
+
+class _Vectors(_native_vector.VectorSource):
+    """The rule's operations on vectors as the non-exact 8-bit loop computes them."""
+
+    def __init__(self, structure: Structure) -> None:
+        super().__init__(structure, torch.float32)
+
+    def node(self, index: int, context: str) -> str:
+        op, args = self.structure.ops[index]
+        # (a division by the step's scalar: the scalar loop's multiply by its reciprocal)
+        if op == "div" and args[1][0] == "slot":
+            self.reciprocals.add(args[1][1])
+            return f"{self.value(args[0])} * SET1(r{args[1][1]})"
+        if op == "div" and not self.number_over_array(args):
+            return f"div_v({self.value(args[0])}, {self.value(args[1])})"
+        if op == "sqrt":
+            return f"sqrt_c({self.value(args[0])})"
+        return super().node(index, context)
+
+
+def update_pass(
+    structure: Structure,
+    encodings: Mapping[str, str],
+    indent: str,
+) -> tuple[list[str], set[int]]:
+    """C of one block's update on vectors, and the slots whose reciprocals it uses.
+
+    Reads the block's decoded 8-bit entries from ``dec_<name>`` and the
+    other inputs at ``c``; writes 8-bit outputs to ``new_<name>`` with their
+    maxima in ``top_<name>``, the others at ``c``.
+    """
+    stored = structure.outputs
+    vectors = _Vectors(structure)
+    refs = {a for _, args in structure.ops for a in args} | {r for _, r in structure.outputs}
+
+    def base(name: str) -> str:
+        return f"dec_{name}" if encodings.get(name) == "q8" else f"{name}_c"
+
+    loads = [
+        (f"in{index}", base(name))
+        for index, name in enumerate(structure.inputs)
+        if ("input", index) in refs
+    ]
+    lines = [
+        f"const {'M' if i in vectors.masks else 'V'} v{i} = {vectors.node(i, 'element')};"
+        for i in range(len(structure.ops))
+    ]
+    stores = []
+    quantized = [name for name, _ in stored if encodings.get(name) == "q8"]
+    for name, ref in stored:
+        if name in quantized:
+            lines.append(f"const V o_{name} = {vectors.value(ref)};")
+            lines.append(f"topv_{name} = top_lanes(topv_{name}, o_{name}, @VALID);")
+            stores.append((f"new_{name}", f"o_{name}"))
+        else:
+            stores.append((f"{name}_c", vectors.value(ref)))
+    deeper = indent + "  "
+    out = [f"{indent}{{"]
+    plain = {name for _, name in loads} | {name for name, _ in stores}
+    for name in sorted(n.removesuffix("_c") for n in plain if n.endswith("_c")):
+        qualifier = "" if any(name == n for n, _ in stored) else "const "
+        out.append(f"{deeper}{qualifier}T* restrict {name}_c = {name} + c;")
+    out += [f"{deeper}__m512i topv_{name} = _mm512_setzero_si512();" for name in quantized]
+    out.append(f"{deeper}const int64_t begin = 0, end = cend - c;")
+    out += _native_vector.vector_pass(loads, lines, stores, deeper)
+    out += [f"{deeper}top_{name} = _mm512_reduce_max_epu32(topv_{name});" for name in quantized]
+    out.append(f"{indent}}}")
+    return out, vectors.reciprocals
