@@ -103,10 +103,16 @@ def test_division_is_within_an_ulp_and_almost_always_the_true_quotient(
     assert int((apart > 0).sum()) <= 3
 
 
-def _run(vector: bool, threads: int, scale: float, specials: bool) -> tuple[list[Any], Any]:
-    """Adam 8-bit for 6 steps, the update on vectors or not (a fresh kernel either way)."""
+def _run(
+    vector: bool,
+    threads: int,
+    scale: float,
+    specials: bool,
+    sizes: tuple[int, ...] = (9000, 4133, 4096 + 7, 300),  # (300: float32 state)
+    steps: int = 6,
+) -> tuple[list[Any], Any]:
+    """Adam 8-bit, the update on vectors or not (a fresh kernel either way)."""
     generator = torch.Generator().manual_seed(7)
-    sizes = (9000, 4133, 4096 + 7, 300)  # (partial blocks and vectors; 300: float32 state)
     params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for n in sizes]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_lowmem_vector, "VECTOR_UPDATE", vector)
@@ -115,7 +121,7 @@ def _run(vector: bool, threads: int, scale: float, specials: bool) -> tuple[list
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            for _ in range(6):
+            for _ in range(steps):
                 for p in params:
                     g = torch.randn(p.numel(), generator=generator) * scale
                     g *= torch.rand(p.numel(), generator=generator) >= 0.2  # (exact zeros)
@@ -174,3 +180,15 @@ def test_the_exact_loop_keeps_its_scalar_update() -> None:
             params[0].grad = torch.randn(5000, generator=generator)
             optimizer.step()
         assert "ADAPTIM_UPDATE_VECTORS" not in optimizer.plans()[0][0]
+
+
+def test_steps_past_the_caches_take_the_scalar_update() -> None:
+    """From 1M elements (``far``) a step runs one update, the scalar loop's: its bits exactly."""
+    sizes = (1 << 20, 4096 + 7)
+    (p_vec, o_vec), (p_sca, o_sca) = (
+        _run(v, 1, 1.0, True, sizes=sizes, steps=2) for v in (True, False)
+    )
+    for p, q in zip(p_vec, p_sca, strict=True):
+        assert _same_bits(p, q)
+        for key, value in o_vec.state[p].items():
+            assert _same_bits(value, o_sca.state[q][key]), key
