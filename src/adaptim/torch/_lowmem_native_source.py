@@ -246,14 +246,10 @@ class _Source(_native._Source):
         passes = []
         for segment in range(max(depth.values(), default=0) + 1):
             passes += self.segment(segment, depth, indent, (begin, stop), streams)
-        # (the non-exact 8-bit update on AVX-512 vectors where compiled so, on steps that
-        # stay in the caches: _lowmem_vector)
+        # (the non-exact 8-bit update on AVX-512 vectors where compiled so: _lowmem_vector)
         vector = bool(quantized) and not self.exact and not rounded and _vector.VECTOR_UPDATE
         if vector:
-            lines, reciprocals = _vector.update_pass(structure, self.encodings, indent)
-            self.reciprocals |= reciprocals
-            opening = ["#ifdef ADAPTIM_UPDATE_VECTORS", f"{indent}if (!far)", *lines]
-            passes = [*opening, f"{indent}else", "#endif", f"{indent}{{", *passes, f"{indent}}}"]
+            passes = _vector.beside(passes, structure, self.encodings, indent, self.reciprocals)
         body += passes
         if quantized:
             for name in quantized:

@@ -147,3 +147,20 @@ def update_pass(
     out += [f"{deeper}top_{name} = _mm512_reduce_max_epu32(topv_{name});" for name in quantized]
     out.append(f"{indent}}}")
     return out, vectors.reciprocals
+
+
+def beside(
+    scalar: list[str],
+    structure: Structure,
+    encodings: Mapping[str, str],
+    indent: str,
+    reciprocals: set[int],
+) -> list[str]:
+    """The block's ``scalar`` update with :func:`update_pass` before it, for in-cache steps.
+
+    Adds the slots whose reciprocals the vector update takes to ``reciprocals``.
+    """
+    lines, used = update_pass(structure, encodings, indent)
+    reciprocals |= used
+    opening = ["#ifdef ADAPTIM_UPDATE_VECTORS", f"{indent}if (!far)", *lines]
+    return [*opening, f"{indent}else", "#endif", f"{indent}{{", *scalar, f"{indent}}}"]
