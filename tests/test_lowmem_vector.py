@@ -110,14 +110,17 @@ def _run(
     specials: bool,
     sizes: tuple[int, ...] = (9000, 4133, 4096 + 7, 300),  # (300: float32 state)
     steps: int = 6,
+    name: str = "adam",
+    options: dict[str, object] | None = None,
 ) -> tuple[list[Any], Any]:
-    """Adam 8-bit, the update on vectors or not (a fresh kernel either way)."""
+    """An 8-bit optimizer (Adam), the update on vectors or not (a fresh kernel either way)."""
     generator = torch.Generator().manual_seed(7)
     params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for n in sizes]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_lowmem_vector, "VECTOR_UPDATE", vector)
         patch.setattr(_lowmem_native, "_KERNELS", {})
-        optimizer = adaptim.Adam(params, lr=1e-2, state_bits=8, nonfinite="ignore")
+        settings = {"lr": 1e-2, **(options or {})}
+        optimizer = adaptim.OPTIMIZERS[name](params, state_bits=8, nonfinite="ignore", **settings)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -180,6 +183,30 @@ def test_the_exact_loop_keeps_its_scalar_update() -> None:
             params[0].grad = torch.randn(5000, generator=generator)
             optimizer.step()
         assert "ADAPTIM_UPDATE_VECTORS" not in optimizer.plans()[0][0]
+
+
+#: Every optimizer with 8-bit state, with the option that changes its rule most.
+_RULES = [
+    (name, options)
+    for name, cls in adaptim.OPTIMIZERS.items()
+    if "state_bits" in cls.__init__.__code__.co_varnames
+    for options in ({}, {"amsgrad": True}, {"centered": True, "momentum": 0.9})
+    if all(key in cls.__init__.__code__.co_varnames for key in options)
+]
+
+
+@pytest.mark.slow  # (two kernels per rule, compiled once per machine)
+@pytest.mark.parametrize(("name", "options"), _RULES)
+def test_every_8bit_rule_stores_the_scalar_loops_values(
+    name: str, options: dict[str, object]
+) -> None:
+    """Each rule's vector update (its divisions, roots, maxima, selects) agrees with the scalar loop."""
+    runs = [_run(v, 1, 1.0, True, steps=3, name=name, options=options) for v in (True, False)]
+    (p_vec, o_vec), (p_sca, o_sca) = runs
+    for p, q in zip(p_vec, p_sca, strict=True):
+        assert _same_bits(p, q)
+        for key, value in o_vec.state[p].items():
+            assert _same_bits(value, o_sca.state[q][key]), key
 
 
 def test_steps_past_the_caches_take_the_scalar_update() -> None:

@@ -92,7 +92,7 @@ class _Vectors(_native_vector.VectorSource):
         if op == "div" and args[1][0] == "slot":
             self.reciprocals.add(args[1][1])
             return f"{self.value(args[0])} * SET1(r{args[1][1]})"
-        if op == "div" and not self.number_over_array(args):
+        if op == "div":  # (a number over an array too: the scalar loop divides it)
             return f"div_v({self.value(args[0])}, {self.value(args[1])})"
         if op == "sqrt":
             return f"sqrt_c({self.value(args[0])})"
