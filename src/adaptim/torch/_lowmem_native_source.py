@@ -248,6 +248,7 @@ class _Source(_native._Source):
             passes += self.segment(segment, depth, indent, (begin, stop), streams)
         # (the non-exact 8-bit update on AVX-512 vectors where compiled so: _lowmem_vector)
         vector = bool(quantized) and not self.exact and not rounded and _vector.VECTOR_UPDATE
+        vector = vector and _vector.suits(structure)
         if vector:
             passes = _vector.beside(passes, structure, self.encodings, indent, self.reciprocals)
         body += passes
