@@ -51,12 +51,12 @@ def _divide(a: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 _RARE = [0.0, -0.0, 1e-45, -1e-45, 1e-40, 2.0**-64, 1e30, 3.4e38, np.inf, -np.inf, np.nan]
-#: Zeros, subnormals, huge values, infinities, NaN, the fast range's ends and plain values (16).
+#: Zeros, subnormals, huge values, infinities, NaN, powers of two and plain values (16).
 _EDGES = np.array([*_RARE, 2.0**-63, 2.0**63, 1.0, -1.5, 3.0], dtype=np.float32)
 
 
-def test_division_outside_the_fast_range_is_the_true_quotient() -> None:
-    """Zeros, subnormals, huge values, infinities and NaN: ``vdivps``'s lanes, bit for bit."""
+def test_division_of_rare_values_is_the_true_quotient() -> None:
+    """Zeros (their sign), subnormals, huge values, infinities and NaN: ``vdivps``'s bits."""
     a, d = np.meshgrid(_EDGES, _EDGES)
     a, d = a.ravel(), d.ravel()
     with np.errstate(all="ignore"):

@@ -10,14 +10,19 @@ C cannot say "divide without the divider" (GCC vectorises ``a / b`` into
 vectors (:class:`._native_vector.VectorSource`'s operations) and a division
 of two arrays is :data:`DIVISION`'s ``div_v``: ``vrcp14ps``, one Newton step
 and Markstein's correction ``q0 + (a - d·q0)·r``, with ``vdivps`` for the
-lanes where ``|a|`` or ``|d|`` lie outside ``[2⁻⁶³, 2⁶³)`` (zeros, subnormals,
-huge values, infinities, NaN), so that the fast lanes' quotient is a normal
-float and its remainder exact. With a reciprocal that close (one Newton step:
-about half an ulp off) Markstein's correction is the correctly rounded
-quotient on almost every pair, never more than an ulp away: 2 of 168M random
-pairs differed from ``vdivps`` (divisors with nearly all-ones significands;
-``1 / (2 - 2⁻²³)`` is one), a second Newton step removed those and the gain
-with it. So it serves only the non-exact loop, which already takes ``sqrtf``
+lanes whose remainder ``a - d·q0`` is zero, subnormal, infinite or NaN, or
+whose estimate is zero or subnormal (one ``vfpclassps`` each): zeros,
+infinities and NaN among the operands, quotients that overflow, tiny
+numerators (whose remainder could be rounded) and exact quotients all land
+there, so the fast lanes' remainder is exact (a range check on both
+operands did the same with six operations instead of two, and cost ~2% of
+Adam's kernel more). With a reciprocal that close (one Newton step: about
+half an ulp off) Markstein's correction is the correctly rounded quotient on
+almost every pair, never more than an ulp away: none of 84M random bit
+patterns (every exponent, NaN, infinities, subnormals) differed from
+``vdivps``, 2 of 168M pairs with operands in ``[2⁻⁶³, 2⁶³)`` did (divisors
+with nearly all-ones significands; ``1 / (2 - 2⁻²³)`` is one), and a second
+Newton step removed those and the gain with it. So it serves only the non-exact loop, which already takes ``sqrtf``
 where the reference takes MKL's root. The rest is the scalar loop's
 arithmetic operation for operation (``sqrtf`` is ``vsqrtps``, a division by
 a step's scalar a multiply by its reciprocal): its parameters, codes and block
@@ -33,7 +38,9 @@ waits on memory, and the dozen more operations per vector cost: on 16M
 elements it took 1.02-1.06x the scalar update's time. Measured (this Xeon, one
 thread, the kernel alone against the scalar update interleaved,
 ``benchmarks/lowmem_kernel_parts.py --probes scalar-update``, loaded): the
-scalar update 1.015-1.03x this one's time at 262k elements.
+scalar update 1.015-1.03x this one's time at 262k elements with the range check
+(load 4-6), and the remainder's classes took another 2.0-2.3% off; 1.011-1.014x
+at load 3 (Adagrad 1.14x, RMSprop and NAdam 1.09x, AdaBelief 1.02x, Adan 0.97x).
 """
 
 from __future__ import annotations
@@ -61,14 +68,14 @@ static inline V div_v(const V a, const V d) {
   const V r0 = _mm512_rcp14_ps(d);
   const V r = FMADD(_mm512_fnmadd_ps(d, r0, SET1(1)), r0, r0);
   const V q0 = a * r;
-  const V q = FMADD(_mm512_fnmadd_ps(d, q0, a), r, q0);
-  /* |a| and |d| in [2^-63, 2^63): one unsigned compare of the larger offset exponent */
-  const __m512i low = _mm512_set1_epi32(0x20000000), span = _mm512_set1_epi32(0x3F000000);
-  const __m512i sa = _mm512_sub_epi32(_mm512_and_epi32((__m512i)a, _mm512_set1_epi32(0x7FFFFFFF)), low);
-  const __m512i sd = _mm512_sub_epi32(_mm512_and_epi32((__m512i)d, _mm512_set1_epi32(0x7FFFFFFF)), low);
-  const __mmask16 fast = _mm512_cmplt_epu32_mask(_mm512_max_epu32(sa, sd), span);
-  if (__builtin_expect(fast == 0xFFFF, 1)) return q;
-  return _mm512_mask_div_ps(q, (__mmask16)~fast, a, d);
+  const V rem = _mm512_fnmadd_ps(d, q0, a);
+  const V q = FMADD(rem, r, q0);
+  /* vdivps where the remainder may be inexact or the chain broke: a remainder that is zero,
+     subnormal, infinite or NaN (vfpclassps 0xBF), or an estimate that is zero or subnormal
+     (0x26: |d| past 2^126) */
+  const __mmask16 slow = _mm512_fpclass_ps_mask(rem, 0xBF) | _mm512_fpclass_ps_mask(r0, 0x26);
+  if (__builtin_expect(slow == 0, 1)) return q;
+  return _mm512_mask_div_ps(q, slow, a, d);
 }
 static inline __m512i top_lanes(__m512i top, const V o, int valid) {
   const __mmask16 live = (__mmask16)((1u << valid) - 1u);
