@@ -13,7 +13,8 @@ split (medians; the ratio is probe time over kernel time):
 * ``decode-twice``: each block decoded twice (one more decode: its cost);
 * ``no-prefetch``: the look-ahead requests off (``PREFETCH_BLOCKS``);
 * ``scalar-update``: the block's update as scalar C, its divisions on the
-  divider (without ``ADAPTIM_UPDATE_VECTORS``, :mod:`._lowmem_vector`).
+  divider (without ``ADAPTIM_UPDATE_VECTORS``, :mod:`._lowmem_vector`; a kernel
+  of steps past the caches has none).
 
 The probes' results are wrong by design; only their times mean something.
 With one thread the clock is the process's CPU time, which a loaded machine
@@ -74,13 +75,13 @@ def _no_prefetch(source: str) -> str:
     return source.replace("if (far && ", "if (0 && ")
 
 
-def _scalar_update(source: str) -> str:
+def _scalar_update(source: str) -> str | None:
     if "#define ADAPTIM_UPDATE_VECTORS 1" not in source:
-        raise SystemExit("probe: the kernel has no vector update")
+        return None  # (steps past the caches, or a rule that keeps the scalar update)
     return source.replace("#define ADAPTIM_UPDATE_VECTORS 1", "")
 
 
-PROBES: dict[str, Callable[[str], str]] = {
+PROBES: dict[str, Callable[[str], str | None]] = {
     "scalar-update": _scalar_update,
     "no-divider": _no_divider,
     "no-encode": _no_encode,
@@ -122,15 +123,21 @@ def main() -> None:
     args = parser.parse_args()
     launch, extra, params, source = captured_launch(args.numel, args.tensors)
     runners = {"kernel": _launches.caller(launch, launch._bound[0], extra)}
+    probes = []
     for name in args.probes:
-        runners[name] = _launches.caller(launch, load(PROBES[name](source)), extra)
+        edited = PROBES[name](source)
+        if edited is None:
+            print(f"({name}: does not apply to this kernel)")
+            continue
+        runners[name] = _launches.caller(launch, load(edited), extra)
+        probes.append(name)
     total = args.numel * args.tensors
     for threads in args.threads:
         wall = threads > 1 or args.clock == "wall"
         medians = _launches.interleaved_medians(runners, threads, args.repeats, wall)
         kernel = medians["kernel"]
         print(f"{total:,} elements, {threads} thread(s): kernel {kernel * 1e9 / total:.3f} ns/el")
-        for label in args.probes:
+        for label in probes:
             probe = medians[label]
             print(
                 f"  {label:13s} {probe * 1e9 / total:.3f} ns/el, {probe / kernel:5.3f}x the kernel"

@@ -218,11 +218,19 @@ def test_every_8bit_rule_stores_the_scalar_loops_values(
 
 
 def test_steps_past_the_caches_take_the_scalar_update() -> None:
-    """From 1M elements (``far``) a step runs one update, the scalar loop's: its bits exactly."""
+    """From 1M elements a partition's kernel is the scalar loop's very C (no vector update).
+
+    Its tensors' blocks reach ``PREFETCH_FROM``; a smaller partition of the
+    same rule gets the vector update.
+    """
     sizes = (1 << 20, 4096 + 7)
     (p_vec, o_vec), (p_sca, o_sca) = (
         _run(v, 1, 1.0, True, sizes=sizes, steps=2) for v in (True, False)
     )
+    assert o_vec.plans()[0][0] == o_sca.plans()[0][0]
+    assert "ADAPTIM_UPDATE_VECTORS" not in o_vec.plans()[0][0]
+    _, small = _run(True, 1, 1.0, False, sizes=((1 << 20) - 256,), steps=1)
+    assert "ADAPTIM_UPDATE_VECTORS" in small.plans()[0][0]
     for p, q in zip(p_vec, p_sca, strict=True):
         assert _same_bits(p, q)
         for key, value in o_vec.state[p].items():

@@ -153,9 +153,14 @@ def rounding_streams(rounded: Sequence[str]) -> list[str]:
 class _Source(_native._Source):
     """Renders a structure whose state inputs are bf16 or 8-bit (``encodings``, by input name)."""
 
-    def __init__(self, structure: Structure, encodings: Mapping[str, str]) -> None:
+    def __init__(
+        self, structure: Structure, encodings: Mapping[str, str], in_cache: bool = True
+    ) -> None:
         super().__init__(structure, torch.float32)
         self.encodings = encodings
+        #: Whether the steps stay in the caches (under :data:`PREFETCH_FROM` blocks): only then
+        #: may the update be written on vectors (:mod:`._lowmem_vector`).
+        self.in_cache = in_cache
         quantized = "q8" in encodings.values() and EXACT_8BIT
         #: 8 bits: a division by a step's scalar divides (ATen's ``tensor / float``), not
         #: multiplies by its reciprocal, and ``sqrt`` is MKL's (``torch.sqrt``'s bits)
@@ -248,7 +253,7 @@ class _Source(_native._Source):
             passes += self.segment(segment, depth, indent, (begin, stop), streams)
         # (the non-exact 8-bit update on AVX-512 vectors where compiled so: _lowmem_vector)
         vector = bool(quantized) and not self.exact and not rounded and _vector.VECTOR_UPDATE
-        vector = vector and _vector.suits(structure)
+        vector = vector and self.in_cache and _vector.suits(structure)
         if vector:
             passes = _vector.beside(passes, structure, self.encodings, indent, self.reciprocals)
         body += passes
@@ -398,6 +403,11 @@ class _Source(_native._Source):
         return body
 
 
-def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
-    """The C source of ``structure`` with the state inputs stored as ``encodings`` says."""
-    return _Source(structure, encodings).source()
+def generate_source(
+    structure: Structure, encodings: Mapping[str, str], in_cache: bool = True
+) -> str:
+    """The C source of ``structure`` with the state inputs stored as ``encodings`` says.
+
+    ``in_cache``: for steps under :data:`PREFETCH_FROM` blocks (the vector update's).
+    """
+    return _Source(structure, encodings, in_cache).source()

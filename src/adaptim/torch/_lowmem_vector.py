@@ -32,10 +32,12 @@ maxima are the scalar loop's wherever ``div_v`` is the true quotient
 Only rules that divide by an array and select nothing take it (:func:`suits`:
 Adam, AdamW, Adagrad, RMSprop, Adadelta, NAdam, AdaBelief, Adan; the blends
 of ``maximum`` and ``where`` cost more on vectors than GCC's), and only steps
-that stay in the caches (``far`` off: under
-:data:`._lowmem_native_source.PREFETCH_FROM` blocks); out of them the loop
-waits on memory, and the dozen more operations per vector cost: on 16M
-elements it took 1.02-1.06x the scalar update's time. Measured (this Xeon, one
+that stay in the caches (partitions under
+:data:`._lowmem_native_source.PREFETCH_FROM` blocks: their own kernel, and the
+larger ones the scalar loop's very C); out of them the loop waits on memory,
+and the dozen more operations per vector cost: on 16M elements it took
+1.02-1.06x the scalar update's time, and a kernel holding both updates behind
+a branch on the step's size took 1.01x the scalar kernel's on its scalar side. Measured (this Xeon, one
 thread, the kernel alone against the scalar update interleaved,
 ``benchmarks/lowmem_kernel_parts.py --probes scalar-update``, loaded): the
 scalar update 1.015-1.03x this one's time at 262k elements with the range check
@@ -185,11 +187,10 @@ def beside(
     indent: str,
     reciprocals: set[int],
 ) -> list[str]:
-    """The block's ``scalar`` update with :func:`update_pass` before it, for in-cache steps.
+    """The block's update: :func:`update_pass` where compiled for AVX-512, else ``scalar``.
 
     Adds the slots whose reciprocals the vector update takes to ``reciprocals``.
     """
     lines, used = update_pass(structure, encodings, indent)
     reciprocals |= used
-    opening = ["#ifdef ADAPTIM_UPDATE_VECTORS", f"{indent}if (!far)", *lines]
-    return [*opening, f"{indent}else", "#endif", f"{indent}{{", *scalar, f"{indent}}}"]
+    return ["#ifdef ADAPTIM_UPDATE_VECTORS", *lines, "#else", *scalar, "#endif"]
