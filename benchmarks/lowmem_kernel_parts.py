@@ -6,11 +6,15 @@ interleaved with the kernel itself on the same tensors, in the same thread
 split (medians; the ratio is probe time over kernel time):
 
 * ``no-divider``: the square root dropped and the division by a value turned
-  into a multiply (what ``vsqrtps``/``vdivps`` cost, on the unit they share);
+  into a multiply (what ``vsqrtps``/``vdivps`` cost, on the unit they share;
+  with the vector update, the root and ``div_v``);
 * ``no-encode``: the blocks' codes not written (what encoding both moments
   costs; the stored codes stay as they were, so every step decodes the same);
 * ``decode-twice``: each block decoded twice (one more decode: its cost);
-* ``no-prefetch``: the look-ahead requests off (``PREFETCH_BLOCKS``).
+* ``no-prefetch``: the look-ahead requests off (``PREFETCH_BLOCKS``);
+* ``scalar-update``: the block's update as scalar C, its divisions on the
+  divider (without ``ADAPTIM_UPDATE_VECTORS``, :mod:`._lowmem_vector`; a kernel
+  of steps past the caches has none).
 
 The probes' results are wrong by design; only their times mean something.
 With one thread the clock is the process's CPU time, which a loaded machine
@@ -24,19 +28,18 @@ Run: ``python benchmarks/lowmem_kernel_parts.py [--numel N] [--tensors N]
 from __future__ import annotations
 
 import argparse
-import random
 import re
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
+import _launches  # (a sibling module)
 import torch
 
 import adaptim
-from adaptim.torch import _lowmem_native, _native, _partition
+from adaptim.torch import _lowmem_native, _native
 
 _DIVISION = re.compile(r"^(\s+const T v\d+ = v\d+) / (v\d+;)$")
+_VECTOR_DIVISION = re.compile(r"div_v\((v\d+), (v\d+)\)")
 _DECODE = re.compile(r"^(\s+decode_[SU]\(.*\);)$")
 _QUANTIZE = re.compile(r"^(\s+)(quantize_[SU]\(.*\);)$")
 
@@ -52,7 +55,8 @@ def _edit(source: str, pattern: re.Pattern[str], replace: Callable[[re.Match[str
 
 
 def _no_divider(source: str) -> str:
-    source = source.replace("sqrtf(", "(")
+    source = source.replace("sqrtf(", "(").replace("sqrt_c(v", "(v")
+    source = _VECTOR_DIVISION.sub(r"\1 * \2", source)  # (the vector update's, where there is one)
     return _edit(source, _DIVISION, lambda m: f"{m.group(1)} * {m.group(2)}")
 
 
@@ -71,7 +75,14 @@ def _no_prefetch(source: str) -> str:
     return source.replace("if (far && ", "if (0 && ")
 
 
-PROBES: dict[str, Callable[[str], str]] = {
+def _scalar_update(source: str) -> str | None:
+    if "#define ADAPTIM_UPDATE_VECTORS 1" not in source:
+        return None  # (steps past the caches, or a rule that keeps the scalar update)
+    return source.replace("#define ADAPTIM_UPDATE_VECTORS 1", "")
+
+
+PROBES: dict[str, Callable[[str], str | None]] = {
+    "scalar-update": _scalar_update,
     "no-divider": _no_divider,
     "no-encode": _no_encode,
     "decode-twice": _decode_twice,
@@ -81,40 +92,13 @@ PROBES: dict[str, Callable[[str], str]] = {
 
 def captured_launch(numel: int, tensors: int) -> tuple[Any, tuple[int, ...], list[Any], str]:
     """8-bit Adam stepped natively; its launch, the launch's last arguments, params, source."""
-    seen: dict[str, Any] = {}
-    original = _partition.NativeLaunch.__call__
-
-    def spy(self: Any, grad_ptrs: list[int], slots: list[float], *extra: int) -> None:
-        seen["launch"], seen["extra"] = self, extra
-        original(self, grad_ptrs, slots, *extra)
-
     generator = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(numel, generator=generator)) for _ in range(tensors)]
     optimizer = adaptim.Adam(params, lr=1e-3, state_bits=8)
-    _partition.NativeLaunch.__call__ = spy  # type: ignore[method-assign]
-    try:
-        for _ in range(3):
-            for p in params:
-                p.grad = torch.randn(numel, generator=generator) * 1e-2
-            optimizer.step()
-    finally:
-        _partition.NativeLaunch.__call__ = original  # type: ignore[method-assign]
-    if "launch" not in seen:
-        raise SystemExit(f"no native step ({optimizer.fused_status()})")
-    function = seen["launch"]._bound[0]
+    launch, extra = _launches.capture(optimizer, params, scale=1e-2)
+    function = launch._bound[0]
     (source,) = [k.source for k in _lowmem_native._KERNELS.values() if k.function is function]
-    return seen["launch"], seen["extra"], params, source
-
-
-def caller(launch: Any, extra: tuple[int, ...], function: Any) -> Callable[[int], None]:
-    """``function`` called as ``launch`` calls its kernel (step counters left alone)."""
-
-    def call(threads: int) -> None:
-        _, count, address, table, _, offsets = launch._bound
-        threads_arg = launch._table.threads(threads)
-        function(count, address, launch._slot_address, *table, threads_arg, 0, offsets, *extra)
-
-    return call
+    return launch, extra, params, source
 
 
 def load(source: str) -> Any:
@@ -138,25 +122,23 @@ def main() -> None:
     )
     args = parser.parse_args()
     launch, extra, params, source = captured_launch(args.numel, args.tensors)
-    runners = {"kernel": caller(launch, extra, launch._bound[0])}
+    runners = {"kernel": _launches.caller(launch, launch._bound[0], extra)}
+    probes = []
     for name in args.probes:
-        runners[name] = caller(launch, extra, load(PROBES[name](source)))
+        edited = PROBES[name](source)
+        if edited is None:
+            print(f"({name}: does not apply to this kernel)")
+            continue
+        runners[name] = _launches.caller(launch, load(edited), extra)
+        probes.append(name)
     total = args.numel * args.tensors
     for threads in args.threads:
-        torch.set_num_threads(threads)
         wall = threads > 1 or args.clock == "wall"
-        clock = time.perf_counter if wall else time.process_time
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        order = random.Random(0)
-        for _ in range(args.repeats):
-            for label in order.sample(list(runners), len(runners)):
-                start = clock()
-                runners[label](threads)
-                times[label].append(clock() - start)
-        kernel = statistics.median(times["kernel"])
+        medians = _launches.interleaved_medians(runners, threads, args.repeats, wall)
+        kernel = medians["kernel"]
         print(f"{total:,} elements, {threads} thread(s): kernel {kernel * 1e9 / total:.3f} ns/el")
-        for label in args.probes:
-            probe = statistics.median(times[label])
+        for label in probes:
+            probe = medians[label]
             print(
                 f"  {label:13s} {probe * 1e9 / total:.3f} ns/el, {probe / kernel:5.3f}x the kernel"
             )

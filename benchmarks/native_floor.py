@@ -22,17 +22,15 @@ Run: ``python benchmarks/native_floor.py [--algorithms adamax adam ...] [--numel
 from __future__ import annotations
 
 import argparse
-import random
 import re
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
+import _launches  # (a sibling module)
 import torch
 
 import adaptim
-from adaptim.torch import _native, _partition
+from adaptim.torch import _native
 
 #: adaptim class and constructor arguments per benchmarked name (the native path forced).
 ALGORITHMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -66,56 +64,20 @@ def copy_through(source: str) -> str:
     return "\n".join(out) + "\n"
 
 
-#: The optimizers of the launches handed out, kept alive for the process.
-_KEPT: list[Any] = []
-
-
 def captured_launch(name: str, numel: int, tensors: int) -> tuple[Any, list[torch.Tensor], str]:
-    """An optimizer of ``name`` stepped natively twice; its kernel's launch, params and source."""
-    seen: dict[str, Any] = {}
-    original = _partition.NativeLaunch.__call__
-
-    def spy(self: Any, *args: Any) -> None:
-        seen["launch"] = self
-        original(self, *args)
-
+    """An optimizer of ``name`` stepped natively; its kernel's launch, params and source."""
     class_name, settings = ALGORITHMS[name]
     generator = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(numel, generator=generator)) for _ in range(tensors)]
     optimizer = getattr(adaptim, class_name)(params, fused=True, **settings)
-    _partition.NativeLaunch.__call__ = spy  # type: ignore[method-assign]
-    try:
-        for _ in range(3):
-            for p in params:
-                p.grad = torch.randn(numel, generator=generator)
-            optimizer.step()
-    finally:
-        _partition.NativeLaunch.__call__ = original  # type: ignore[method-assign]
-    if "launch" not in seen:
-        raise SystemExit(f"{name}: no native step ({optimizer.fused_status()})")
+    launch, _ = _launches.capture(optimizer, params)
     (source,) = optimizer.plans()[0]
-    _KEPT.append(
-        optimizer
-    )  # (the launch points into its state: freed, the kernel would write there)
-    return seen["launch"], params, source
+    return launch, params, source
 
 
 def caller(launch: Any, function: Callable[..., None]) -> Callable[[int], None]:
     """``function`` called as ``launch`` calls its kernel (step counters left alone)."""
-
-    def call(threads: int) -> None:
-        _, count, address, table, _, offsets = launch._bound
-        function(
-            count,
-            address,
-            launch._slot_address,
-            *table,
-            launch._table.threads(threads),
-            0,
-            offsets,
-        )
-
-    return call
+    return _launches.caller(launch, function)
 
 
 def ratio(name: str, args: argparse.Namespace) -> dict[int, float]:
@@ -126,16 +88,8 @@ def ratio(name: str, args: argparse.Namespace) -> dict[int, float]:
     }
     ratios = {}
     for threads in args.threads:
-        torch.set_num_threads(threads)
-        clock = time.process_time if threads == 1 else time.perf_counter
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        order = random.Random(0)
-        for _ in range(args.repeats):
-            for label in order.sample(list(runners), len(runners)):
-                start = clock()
-                runners[label](threads)
-                times[label].append(clock() - start)
-        kernel, floor = (statistics.median(times[k]) for k in ("kernel", "floor"))
+        medians = _launches.interleaved_medians(runners, threads, args.repeats, wall=threads > 1)
+        kernel, floor = medians["kernel"], medians["floor"]
         ratios[threads] = kernel / floor
         print(
             f"{name:10s} {threads} thread(s): kernel {kernel * 1e3:7.2f} ms, "

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adaptim.torch import _lowmem, _lowmem_native_source, _native, _rounding
+from adaptim.torch import _lowmem, _lowmem_native_source, _lowmem_vector, _native, _rounding
 from adaptim.torch._lowmem_native_source import _BALANCED as _BALANCED
 from adaptim.torch._lowmem_native_source import _HEADER as _HEADER
 from adaptim.torch._lowmem_native_source import _Source as _Source
@@ -142,13 +142,30 @@ class Kernel:
 
 
 _lock = threading.Lock()
-_KERNELS: dict[tuple[Structure, tuple[tuple[str, str], ...], bool], Kernel] = {}
+_KERNELS: dict[tuple[Structure, tuple[tuple[str, str], ...], bool, bool], Kernel] = {}
 
 
-def kernel_for(structure: Structure, encodings: Mapping[str, str]) -> Kernel:
-    """The kernel of ``structure`` with ``encodings``: from memory, from disk, or compiled now."""
+def stays_in_cache(partition: Partition) -> bool:
+    """Whether a step of ``partition`` stays in the caches: under ``PREFETCH_FROM`` blocks.
+
+    The kernel's own test of the same count (``far``) turns on the look-ahead.
+    """
+    blocks = sum(-(-p.numel() // _lowmem.BLOCK) for p in partition.params)
+    return blocks < _lowmem_native_source.PREFETCH_FROM
+
+
+def kernel_for(structure: Structure, encodings: Mapping[str, str], in_cache: bool = True) -> Kernel:
+    """The kernel of ``structure`` with ``encodings``: from memory, from disk, or compiled now.
+
+    ``in_cache``: for partitions whose steps stay in the caches (:func:`stays_in_cache`).
+    """
     # (the loop's form is part of the key: a test renders both in one process)
-    key = (structure, tuple(sorted(encodings.items())), _lowmem_native_source.EXACT_8BIT)
+    key = (
+        structure,
+        tuple(sorted(encodings.items())),
+        _lowmem_native_source.EXACT_8BIT,
+        _lowmem_vector.VECTOR_UPDATE and in_cache,
+    )
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
@@ -158,7 +175,7 @@ def kernel_for(structure: Structure, encodings: Mapping[str, str]) -> Kernel:
     with _lock:
         kernel = _KERNELS.get(key)
         if kernel is None:
-            source = generate_source(structure, encodings)
+            source = generate_source(structure, encodings, in_cache)
             function: Any = _native._load(source)
             # (the plain kernel's arguments, then the rounding keys and salt)
             function.argtypes = [*function.argtypes, ctypes.c_void_p, ctypes.c_uint32]
@@ -209,7 +226,8 @@ def _bind(
         f"state_{k}": e for k, e in zip(partition.tensor_keys, partition.encodings, strict=True)
     }
     try:
-        kernel = kernel_for(structure, {n: e for n, e in names.items() if e in ENCODED})
+        encoded = {n: e for n, e in names.items() if e in ENCODED}
+        kernel = kernel_for(structure, encoded, stays_in_cache(partition))
     except _native.NativeUnavailable as why:
         partition.native_refused = str(why)
         return None

@@ -9,7 +9,9 @@ and re-encoded with its new block maximum (:mod:`._lowmem_codes`,
 on steps too large for the caches (:data:`PREFETCH_BLOCKS`). An 8-bit rule's ``sqrt`` is ``torch.sqrt``'s (MKL's
 algorithm, :data:`_ROOT_BLOCK`) and its division by a step's scalar a true
 division, so that the loop stores the reference path's bits; the root splits
-the block's update into passes (:meth:`_Source.segment`).
+the block's update into passes (:meth:`_Source.segment`). The default loop's
+update is written on vectors where the compiler targets AVX-512, its divisions
+off the divider (:mod:`._lowmem_vector`).
 
 Kept apart from :mod:`._lowmem_native`, which decides what the loop can take,
 compiles and caches the kernels, and binds and launches them per partition:
@@ -25,6 +27,7 @@ import torch
 from adaptim.torch import _lowmem, _mkl_sqrt, _native, _rounding
 from adaptim.torch import _lowmem_codes as _codes
 from adaptim.torch import _lowmem_segments as _segments
+from adaptim.torch import _lowmem_vector as _vector
 from adaptim.torch import _native_fragments as _fragments
 from adaptim.torch._trace import Ref, Structure
 
@@ -150,9 +153,14 @@ def rounding_streams(rounded: Sequence[str]) -> list[str]:
 class _Source(_native._Source):
     """Renders a structure whose state inputs are bf16 or 8-bit (``encodings``, by input name)."""
 
-    def __init__(self, structure: Structure, encodings: Mapping[str, str]) -> None:
+    def __init__(
+        self, structure: Structure, encodings: Mapping[str, str], in_cache: bool = True
+    ) -> None:
         super().__init__(structure, torch.float32)
         self.encodings = encodings
+        #: Whether the steps stay in the caches (under :data:`PREFETCH_FROM` blocks): only then
+        #: may the update be written on vectors (:mod:`._lowmem_vector`).
+        self.in_cache = in_cache
         quantized = "q8" in encodings.values() and EXACT_8BIT
         #: 8 bits: a division by a step's scalar divides (ATen's ``tensor / float``), not
         #: multiplies by its reciprocal, and ``sqrt`` is MKL's (``torch.sqrt``'s bits)
@@ -240,8 +248,15 @@ class _Source(_native._Source):
             indent, begin, stop = "      ", "c", "cend"
         # (an 8-bit loop with MKL's root: one pass per depth of square roots, see _segment)
         depth = self.root_depths() if quantized and self.own_root else {}
+        passes = []
         for segment in range(max(depth.values(), default=0) + 1):
-            body += self.segment(segment, depth, indent, (begin, stop), streams)
+            passes += self.segment(segment, depth, indent, (begin, stop), streams)
+        # (the non-exact 8-bit update on AVX-512 vectors where compiled so: _lowmem_vector)
+        vector = bool(quantized) and not self.exact and not rounded and _vector.VECTOR_UPDATE
+        vector = vector and self.in_cache and _vector.suits(structure)
+        if vector:
+            passes = _vector.beside(passes, structure, self.encodings, indent, self.reciprocals)
+        body += passes
         if quantized:
             for name in quantized:
                 if name in written:
@@ -258,6 +273,8 @@ class _Source(_native._Source):
         lines = [*_HEADER, *_fragments.RANGES]
         if quantized:
             lines += _codes.VBMI_HEADER
+        if vector:
+            lines.append(_vector.header())
         if depth:
             lines += [_mkl_sqrt.tile_sqrt_source(torch.float32), _ROOT_BLOCK]
         for suffix, signed in (("S", True), ("U", False)):
@@ -386,6 +403,11 @@ class _Source(_native._Source):
         return body
 
 
-def generate_source(structure: Structure, encodings: Mapping[str, str]) -> str:
-    """The C source of ``structure`` with the state inputs stored as ``encodings`` says."""
-    return _Source(structure, encodings).source()
+def generate_source(
+    structure: Structure, encodings: Mapping[str, str], in_cache: bool = True
+) -> str:
+    """The C source of ``structure`` with the state inputs stored as ``encodings`` says.
+
+    ``in_cache``: for steps under :data:`PREFETCH_FROM` blocks (the vector update's).
+    """
+    return _Source(structure, encodings, in_cache).source()
