@@ -51,7 +51,6 @@ def _entry(
     folder: str,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
-    timeout: float,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -100,7 +99,7 @@ def run_ranks(
         processes = [
             context.Process(
                 target=_entry,
-                args=(rank, world_size, port, folder, fn, args, timeout),
+                args=(rank, world_size, port, folder, fn, args),
                 name=f"rank-{rank}",
             )
             for rank in range(world_size)
