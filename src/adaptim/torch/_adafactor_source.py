@@ -8,7 +8,10 @@ each lane summing ``x * x`` rounded then added (no multiply-add), the lanes
 added in order, then the elements after the last whole vector: in float32 a
 chunk of 4 squared and added in order when 4 or more remain, the rest (and
 all of float64's) as multiply-adds (what GCC made of ATen's scalar tail);
-then a square root. ``sum_squares`` replays that order. It was read off the
+then a square root. ``sum_squares`` replays that order, its lanes one vector
+(GCC's vector extension) whose adds wait on each other; so where two sums are
+independent (a kept tensor's parameter and update, four rows of a gradient) they
+run in one loop, each its own chain. It was read off the
 wheel's results, not its source, so :mod:`._adafactor_native` checks it
 against ``torch.linalg.vector_norm`` once per process before using it.
 Column sums are summed row after row (:mod:`._column_stats`).
@@ -32,16 +35,24 @@ _BODY = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static inline T lerp_t(T a, T b, T w) { return w < (T)0.5 ? FMA(w, b - a, a) : FMA(w - (T)1, b - a, b); }
 static inline T floor_t(T x, T lo) { return x < lo ? lo : x; }
 
-/* ATen's last-axis sum of squares, carried across calls: `acc` takes whole vectors only */
-static inline void add_vectors(T* acc, const T* x, int64_t n) {
-  for (int64_t d = 0; d < n; d += ATEN_LANES)
-    for (int k = 0; k < ATEN_LANES; ++k) { const T sq = x[d + k] * x[d + k]; acc[k] = acc[k] + sq; }
+/* ATen's last-axis sum of squares, carried across calls: `acc` takes whole vectors only.
+   One vector of ATEN_LANES sums (GCC's vector extension: lane-wise, no reassociation), so
+   the compiler keeps it in a register: written as a loop over lanes, GCC transposes it
+   into permutes and scalar adds at half the speed. */
+typedef T V __attribute__((vector_size(sizeof(T) * ATEN_LANES)));
+static inline V load_v(const T* x) { V v; memcpy(&v, x, sizeof v); return v; }
+static inline void store_v(T* x, V v) { memcpy(x, &v, sizeof v); }
+static inline void add_vectors(V* acc, const T* x, int64_t n) {
+  V a = *acc;
+  for (int64_t d = 0; d < n; d += ATEN_LANES) { const V v = load_v(x + d); a = a + v * v; }
+  *acc = a;
 }
-static inline T finish(const T* acc, const T* tail, int64_t r) {
+static inline T finish(V acc, const T* tail, int64_t r) {
   T b = acc[0];
   for (int k = 1; k < ATEN_LANES; ++k) b = b + acc[k];
   int64_t d = 0;
@@ -52,9 +63,9 @@ static inline T finish(const T* acc, const T* tail, int64_t r) {
   return b;
 }
 static inline T sum_squares(const T* x, int64_t n) {
-  T acc[ATEN_LANES] = {0};
+  V acc = {0};
   const int64_t whole = n - n % ATEN_LANES;
-  add_vectors(acc, x, whole);
+  add_vectors(&acc, x, whole);
   return finish(acc, x + whole, n - whole);
 }
 static inline T norm_of(T sum) { return (T)sqrt((double)sum); }
@@ -121,28 +132,69 @@ static void apply(int64_t t, int64_t begin, int64_t end, const int64_t* meta, vo
   }
 }
 
+/* Four rows' sums of squares (four independent chains, where one would wait on its adds)
+   and their squares added to the column sums `acc`, row after row. */
+static inline void four_rows(const T* x, int64_t cols, T* acc, T* sums) {
+  const T *x0 = x, *x1 = x + cols, *x2 = x + 2 * cols, *x3 = x + 3 * cols;
+  const int64_t whole = cols - cols % ATEN_LANES;
+  V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+  for (int64_t j = 0; j < whole; j += ATEN_LANES) {
+    const V v0 = load_v(x0 + j), v1 = load_v(x1 + j), v2 = load_v(x2 + j), v3 = load_v(x3 + j);
+    const V s0 = v0 * v0, s1 = v1 * v1, s2 = v2 * v2, s3 = v3 * v3;
+    a0 = a0 + s0; a1 = a1 + s1; a2 = a2 + s2; a3 = a3 + s3;
+    store_v(acc + j, (((load_v(acc + j) + s0) + s1) + s2) + s3);
+  }
+  for (int64_t j = whole; j < cols; ++j) {
+    const T s0 = x0[j] * x0[j], s1 = x1[j] * x1[j], s2 = x2[j] * x2[j], s3 = x3[j] * x3[j];
+    acc[j] = (((acc[j] + s0) + s1) + s2) + s3;
+  }
+  const int64_t r = cols - whole;
+  sums[0] = finish(a0, x0 + whole, r); sums[1] = finish(a1, x1 + whole, r);
+  sums[2] = finish(a2, x2 + whole, r); sums[3] = finish(a3, x3 + whole, r);
+}
+
 static void gradient_stats(int64_t t, const int64_t* meta, void* const* arrays, int64_t n, const double* h) {
   const int64_t rows = ROWS(t), cols = COLS(t);
   const T w = (T)h[0];
   T* acc = (T*)malloc(sizeof(T) * (size_t)cols);
   for (int64_t b = 0; b < BATCHES(t); ++b) {  /* each trailing matrix of a higher-rank tensor */
-  const T* g = (const T*)arrays[1 * n + t] + b * rows * cols;
-  T* row_var = (T*)arrays[2 * n + t] + b * rows;
-  T* col_var = (T*)arrays[3 * n + t] + b * cols;
-  for (int64_t j = 0; j < cols; ++j) acc[j] = (T)0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* row = g + r * cols;
-    const T norm = norm_of(sum_squares(row, cols));
-    row_var[r] = lerp_t(row_var[r], (norm * norm) / (T)cols, w);
-    for (int64_t j = 0; j < cols; ++j) acc[j] = acc[j] + row[j] * row[j];
-  }
-  if (cols == 1) acc[0] = sum_squares(g, rows);  /* (an N x 1 column is ATen's last-axis sum) */
-  for (int64_t j = 0; j < cols; ++j) {
-    const T norm = norm_of(acc[j]);
-    col_var[j] = lerp_t(col_var[j], (norm * norm) / (T)rows, w);
-  }
+    const T* g = (const T*)arrays[1 * n + t] + b * rows * cols;
+    T* row_var = (T*)arrays[2 * n + t] + b * rows;
+    T* col_var = (T*)arrays[3 * n + t] + b * cols;
+    for (int64_t j = 0; j < cols; ++j) acc[j] = (T)0;
+    T sums[4];
+    for (int64_t r = 0; r < rows;) {
+      const T* row = g + r * cols;
+      int k = 1;
+      if (rows - r >= 4) {
+        four_rows(row, cols, acc, sums);
+        k = 4;
+      } else {
+        sums[0] = sum_squares(row, cols);
+        for (int64_t j = 0; j < cols; ++j) acc[j] = acc[j] + row[j] * row[j];
+      }
+      for (int q = 0; q < k; ++q, ++r) {
+        const T norm = norm_of(sums[q]);
+        row_var[r] = lerp_t(row_var[r], (norm * norm) / (T)cols, w);
+      }
+    }
+    if (cols == 1) acc[0] = sum_squares(g, rows);  /* (an N x 1 column is ATen's last-axis sum) */
+    for (int64_t j = 0; j < cols; ++j) {
+      const T norm = norm_of(acc[j]);
+      col_var[j] = lerp_t(col_var[j], (norm * norm) / (T)rows, w);
+    }
   }
   free(acc);
+}
+
+/* Two sums of squares at once (independent chains): the update's and its parameter's. */
+static inline void add_two(V* acc_u, const T* u, V* acc_p, const T* p, int64_t n) {
+  V a = *acc_u, c = *acc_p;
+  for (int64_t d = 0; d < n; d += ATEN_LANES) {
+    const V v = load_v(u + d), q = load_v(p + d);
+    a = a + v * v; c = c + q * q;
+  }
+  *acc_u = a; *acc_p = c;
 }
 
 /* meta: see FLAGS; arrays: p, g, row_var or
@@ -180,22 +232,21 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
       for (int64_t t = 0; t < n; ++t) {
         const int64_t size = SIZE(t);
         const int keep = (FLAGS(t) & KEPT) != 0;
-        /* (a kept tensor's parameter is read here, and is still in cache for its step) */
-        if (keep) norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], size));
-        T acc[ATEN_LANES] = {0};
+        const T* p = (const T*)arrays[t];
+        V acc_u = {0}, acc_p = {0};
         T buffer[BUF];
-        int64_t begin = 0;
-        for (;; begin += BUF) {
+        for (int64_t begin = 0; begin < size; begin += BUF) {
           const int64_t end = begin + BUF < size ? begin + BUF : size;
+          const int64_t whole = (end - begin) - (end - begin) % ATEN_LANES;
           T* u = keep ? kept + begin : buffer;
           update_block(t, begin, end, meta, arrays, n, h, 1, u);
-          if (end - begin < BUF) {
-            const int64_t whole = (end - begin) - (end - begin) % ATEN_LANES;
-            add_vectors(acc, u, whole);
-            norms[n + t] = (double)norm_of(finish(acc, u + whole, end - begin - whole));
-            break;
+          /* (a kept tensor's parameter is read here, and is still in cache for its step) */
+          if (keep) add_two(&acc_u, u, &acc_p, p + begin, whole);
+          else add_vectors(&acc_u, u, whole);
+          if (end == size) {
+            norms[n + t] = (double)norm_of(finish(acc_u, u + whole, end - begin - whole));
+            if (keep) norms[t] = (double)norm_of(finish(acc_p, p + begin + whole, end - begin - whole));
           }
-          add_vectors(acc, u, BUF);
         }
         if (keep) apply(t, 0, size, meta, arrays, norms, n, h, kept);
       }
