@@ -137,17 +137,18 @@ def test_plans_show_the_native_passes() -> None:
 def test_tensors_past_the_kept_update_are_stepped_in_blocks(
     threads: int, dtype: torch.dtype
 ) -> None:
-    """Past ``KEEP`` elements the step recomputes the update in phase 2, on every thread."""
-    from adaptim.torch._adafactor_source import KEEP
+    """Past ``KEEP`` elements the step recomputes the update in phase 2, on every thread;
+    past ``MEAN_ROWS`` rows torch takes the mean of ``row_var``, the C the others'."""
+    from adaptim.torch._adafactor_source import KEEP, MEAN_ROWS
 
-    shapes = [(KEEP + 1,), (KEEP // 500 + 1, 500), (3, 5), (7,)]
+    shapes = [(KEEP + 1,), (KEEP // 500 + 1, 500), (MEAN_ROWS + 3, 2), (3, 5), (7,)]
     options = {"weight_decay": 0.1, "maximize": True}
     with num_threads(threads):
         ours = run(shapes, dtype, 1, lambda p: adaptim.Adafactor(p, **options), 4)
         theirs = run(
             shapes, dtype, 1, lambda p: torch.optim.Adafactor(p, foreach=False, **options), 4
         )
-    assert ours[1].fused_status()[0] == "adafactor (2 partitions): 4 of 4 tensors"
+    assert ours[1].fused_status()[0] == "adafactor (2 partitions): 5 of 5 tensors"
     assert_same(ours, theirs)
 
 

@@ -15,9 +15,10 @@ or more is the stack of its trailing matrices, as torch factors it: a
 tensor.)
 
 0. the gradient's row and column statistics (one read, per matrix), folded
-   into ``row_var`` and ``col_var``, and a large parameter's norm;
-   then ``mean(row_var)`` floored at :math:`\\epsilon_1`, per matrix with
-   torch's own ``mean`` (a sum of ``R`` numbers);
+   into ``row_var`` and ``col_var``, then ``mean(row_var)`` floored at
+   :math:`\\epsilon_1` (ATen's cascade sum of ``R`` numbers, replayed; past
+   ``_adafactor_source.MEAN_ROWS`` rows torch's own ``mean``), and a large
+   parameter's norm;
 1. the update's norm (vectors: ``variance`` moves here); a tensor of up to
    ``_adafactor_source.KEEP`` elements, and no more than a thread's share of
    the partition (``_adafactor_source.kept``), takes its parameter's norm first and
@@ -30,10 +31,11 @@ tensor.)
 
 Every norm is summed in the order of ATen's kernel (``_adafactor_source``),
 and every element-wise operation rounds as the ATen kernel torch calls, so the
-result is torch's to the bit. The summation order is a property of the
-installed wheel, so it is checked once per process and dtype against
-``torch.linalg.vector_norm`` on random data (:func:`_order_agrees`); where it
-does not hold, or for anything else (other flavors, half types, a
+result is torch's to the bit. The summation orders are a property of the
+installed wheel, so they are checked once per process and dtype against
+``torch.linalg.vector_norm`` and ``torch.mean`` on random data
+(:func:`_order_agrees`); where they
+do not hold, or for anything else (other flavors, half types, a
 non-contiguous tensor), the engine's replay runs as before.
 """
 
@@ -50,10 +52,13 @@ import numpy as np
 import torch
 
 from adaptim.torch import _adafactor_source, _fuse, _native
+from adaptim.torch._adafactor_source import MEAN_ROWS
 from adaptim.torch._partition import Partition
 
 #: The flags of ``meta``'s first column (``_adafactor_source``'s enum).
 MATRIX, KEPT = 1, 2
+#: The host numbers the C reads (``h`` in ``_adafactor_source``).
+HOSTS = 9
 
 _lock = threading.Lock()
 _FUNCTIONS: dict[torch.dtype, Any] = {}
@@ -86,23 +91,27 @@ def source(dtype: torch.dtype) -> str:
 
 
 def _order_agrees(function: Any, dtype: torch.dtype) -> bool:
-    """Whether the passes' norms (``sum_squares``) are ``torch.linalg.vector_norm``'s on
+    """Whether the passes' norms (``sum_squares``) are ``torch.linalg.vector_norm``'s, and
+    their means (``cascade_sum``) ``torch.mean``'s, on
     random data (sizes around every tail length, and large ones). ATen takes a whole-tensor
     norm on one thread whatever the thread count (the tests check 1 and 2)."""
     generator = torch.Generator().manual_seed(0)
-    sizes = [*range(1, 40), 255, 1000, 4099, 70_001, 300_001]
-    tensors = [torch.randn(n, generator=generator, dtype=dtype) for n in sizes]
+    sizes = [*range(1, 80), 255, 1000, 4099, 8193, MEAN_ROWS, 70_001, 300_001]
+    tensors = [torch.randn(n, generator=generator, dtype=dtype).abs() for n in sizes]
     count = len(tensors)
     meta = np.array([(0, 1, 1, x.numel()) for x in tensors], dtype=np.int64).reshape(-1)
     arrays = np.zeros(5 * count, dtype=np.int64)
     arrays[:count] = [x.data_ptr() for x in tensors]
     expected = [torch.linalg.vector_norm(x).item() for x in tensors]
+    # (``row_var``'s mean: a column of numbers, torch's call shape)
+    means = [x.view(-1, 1).mean(dim=-2).item() for x in tensors if x.numel() <= MEAN_ROWS]
     norms = np.zeros(2 * count)
-    hosts = np.zeros(8)
+    hosts = np.zeros(HOSTS)
     function(
         count, 3, meta.ctypes.data, arrays.ctypes.data, hosts.ctypes.data, norms.ctypes.data, 1
     )
-    return bool(norms[:count].tolist() == expected)
+    found_means = norms[count : count + len(means)].tolist()
+    return bool(norms[:count].tolist() == expected and found_means == means)
 
 
 @dataclass
@@ -112,7 +121,11 @@ class Bound:
 
     meta: np.ndarray
     arrays: np.ndarray
-    scales: list[tuple[torch.Tensor, torch.Tensor]]  # (row_var, its floored mean) per matrix
+    #: (row_var, its floored mean) of each matrix of more than ``MEAN_ROWS`` rows: torch's
+    #: ``mean`` (the C computes the others')
+    scales: list[tuple[torch.Tensor, torch.Tensor]]
+    #: The other matrices' means, which only the C reads and writes (kept alive here).
+    means: list[torch.Tensor]
     hosts: np.ndarray
     norms: np.ndarray
     #: The thread count the flags were set for, whether some tensor is not kept (phase 2
@@ -129,7 +142,7 @@ class Bound:
         kept = [_adafactor_source.kept(int(size), total, threads) for size in sizes]
         meta[:, 0] = (meta[:, 0] & MATRIX) | np.where(kept, KEPT, 0)
         self.threads, self.large = threads, not all(kept)
-        self.first_pass = self.large or bool(self.scales)
+        self.first_pass = self.large or bool(np.any(meta[:, 0] & MATRIX))
 
 
 def usable(partition: Partition) -> bool:
@@ -156,14 +169,17 @@ def _bind(partition: Partition) -> Bound:
     params, count = partition.params, len(partition.params)
     meta = np.empty((count, 4), dtype=np.int64)
     arrays = np.zeros(5 * count, dtype=np.int64)
-    scales = []
+    scales, keep = [], []
     for t, (p, state) in enumerate(zip(params, partition.states, strict=True)):
         arrays[t] = p.data_ptr()
         if p.ndim >= 2:
             row_var, col_var = state["row_var"], state["col_var"]
             rows, cols = p.shape[-2], p.shape[-1]
             scale = row_var.new_empty((*p.shape[:-2], 1, 1))  # one per trailing matrix
-            scales.append((row_var, scale))
+            if rows > MEAN_ROWS:
+                scales.append((row_var, scale))
+            else:
+                keep.append(scale)
             meta[t] = (MATRIX, p.numel() // (rows * cols), rows, cols)
             arrays[2 * count + t] = row_var.data_ptr()
             arrays[3 * count + t] = col_var.data_ptr()
@@ -171,7 +187,7 @@ def _bind(partition: Partition) -> Bound:
         else:
             meta[t] = (0, 1, 1, p.numel())
             arrays[2 * count + t] = state["variance"].data_ptr()
-    return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count))
+    return Bound(meta.reshape(-1), arrays, scales, keep, np.zeros(HOSTS), np.zeros(2 * count))
 
 
 def run(
@@ -210,6 +226,7 @@ def run(
     data.hosts[:] = (
         step ** hp["beta2_decay"], eps1 * eps1, min(lr, 1 / (step**0.5)), eps2, hp["d"],
         1 - lr * weight_decay, float(bool(group.get("maximize", False))), float(weight_decay != 0),
+        eps1,
     )  # fmt: skip
     arguments = (data.meta.ctypes.data, data.arrays.ctypes.data, data.hosts.ctypes.data)
     norms, threads = data.norms.ctypes.data, torch.get_num_threads()

@@ -68,6 +68,52 @@ static inline T sum_squares(const T* x, int64_t n) {
   add_vectors(&acc, x, whole);
   return finish(acc, x + whole, n - whole);
 }
+/* ATen's sum of a contiguous run of n numbers (its cascade sum, the order of `mean`):
+   items (vectors of ATEN_LANES, or single numbers when n < ATEN_LANES) in groups of 4
+   summed column-wise into 4 levels of partial sums, each level taking the one below every
+   2^power groups; the items past the last group into the first sum, the 4 sums in order;
+   then the numbers past the last vector, then the vector's lanes. */
+static inline int64_t ceil_log2(int64_t x) {
+  int64_t bits = 0;
+  if (x <= 2) return 1;
+  for (uint64_t y = (uint64_t)(x - 1); y; y >>= 1) ++bits;
+  return bits;
+}
+#define CASCADE(NAME, A, LOAD)                                                              \
+  static A NAME(const T* x, int64_t items) {                                               \
+    const A zero = {0};                                                                     \
+    const int64_t groups = items / 4, power = ceil_log2(groups) / 4 > 4 ? ceil_log2(groups) / 4 : 4; \
+    const int64_t step = (int64_t)1 << power, mask = step - 1;                              \
+    A acc[4][4];                                                                            \
+    for (int l = 0; l < 4; ++l) for (int k = 0; k < 4; ++k) acc[l][k] = zero;               \
+    int64_t i = 0;                                                                          \
+    while (i + step <= groups) {                                                            \
+      for (int64_t j = 0; j < step; ++j, ++i)                                               \
+        for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + LOAD(x, 4 * i + k);             \
+      for (int l = 1; l < 4; ++l) {                                                         \
+        for (int k = 0; k < 4; ++k) { acc[l][k] = acc[l][k] + acc[l - 1][k]; acc[l - 1][k] = zero; } \
+        if ((i & (mask << (l * power))) != 0) break;                                        \
+      }                                                                                     \
+    }                                                                                       \
+    for (; i < groups; ++i)                                                                 \
+      for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + LOAD(x, 4 * i + k);               \
+    for (int l = 1; l < 4; ++l) for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + acc[l][k]; \
+    for (int64_t r = 4 * groups; r < items; ++r) acc[0][0] = acc[0][0] + LOAD(x, r);          \
+    return ((acc[0][0] + acc[0][1]) + acc[0][2]) + acc[0][3];                               \
+  }
+#define LOAD_NUMBER(x, i) ((x)[i])
+#define LOAD_VECTOR(x, i) load_v((x) + (i) * ATEN_LANES)
+CASCADE(cascade_numbers, T, LOAD_NUMBER)
+CASCADE(cascade_vectors, V, LOAD_VECTOR)
+static T cascade_sum(const T* x, int64_t n) {
+  if (n < ATEN_LANES) return cascade_numbers(x, n);
+  const int64_t vectors = n / ATEN_LANES;
+  const V lanes = cascade_vectors(x, vectors);
+  T b = (T)0;
+  for (int64_t r = vectors * ATEN_LANES; r < n; ++r) b = b + x[r];
+  for (int k = 0; k < ATEN_LANES; ++k) b = b + lanes[k];
+  return b;
+}
 static inline T norm_of(T sum) { return (T)sqrt((double)sum); }
 
 /* The update of element block [begin, end) of tensor t into u (phase 1 also moves `variance`). */
@@ -153,6 +199,17 @@ static inline void four_rows(const T* x, int64_t cols, T* acc, T* sums) {
   sums[2] = finish(a2, x2 + whole, r); sums[3] = finish(a3, x3 + whole, r);
 }
 
+/* torch's mean(row_var, -2).clamp_(eps1) of each trailing matrix, for up to MEAN_ROWS rows
+   (past them ATen sums on several threads: the driver calls torch) */
+static inline void scales_of(int64_t t, const int64_t* meta, void* const* arrays, int64_t n, const double* h) {
+  const int64_t rows = ROWS(t);
+  if (rows > MEAN_ROWS) return;
+  const T* row_var = (const T*)arrays[2 * n + t];
+  T* scales = (T*)arrays[4 * n + t];
+  for (int64_t b = 0; b < BATCHES(t); ++b)
+    scales[b] = floor_t(cascade_sum(row_var + b * rows, rows) / (T)rows, (T)h[8]);
+}
+
 static void gradient_stats(int64_t t, const int64_t* meta, void* const* arrays, int64_t n, const double* h) {
   const int64_t rows = ROWS(t), cols = COLS(t);
   const T w = (T)h[0];
@@ -198,16 +255,18 @@ static inline void add_two(V* acc_u, const T* u, V* acc_p, const T* p, int64_t n
 }
 
 /* meta: see FLAGS; arrays: p, g, row_var or
-   variance, col_var, scale (n each); h: weight, floor^2, rho, eps2, d, decay, maximize, decay?;
+   variance, col_var, scale (n each); h: weight, floor^2, rho, eps2, d, decay, maximize, decay?, eps1;
    norms: 2n doubles (the parameter's norm, the update's). */
 void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* const* arrays,
                        const double* h, double* norms, int threads) {
   int64_t total = 0;
   for (int64_t t = 0; t < n; ++t) total += SIZE(t);
   const int many = total >= PARALLEL_MIN;
-  if (phase == 3) {  /* (the one-time check of the summation order: every parameter's norm) */
-    for (int64_t t = 0; t < n; ++t)
+  if (phase == 3) {  /* (the one-time check of the summation orders: each norm and mean) */
+    for (int64_t t = 0; t < n; ++t) {
       norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], SIZE(t)));
+      norms[n + t] = (double)(cascade_sum((const T*)arrays[t], SIZE(t)) / (T)SIZE(t));
+    }
   } else if (phase == 0) {
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if(many)
     for (int64_t item = 0; item < 2 * n; ++item) {
@@ -217,6 +276,7 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
         if (!(FLAGS(t) & KEPT)) norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], size));
       } else if (FLAGS(t) & MATRIX) {
         gradient_stats(t, meta, arrays, n, h);
+        scales_of(t, meta, arrays, n, h);
       }
     }
   } else if (phase == 1) {
@@ -285,6 +345,11 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
 KEEP = 1 << 18
 
 
+#: Matrices of at most this many rows take ``mean(row_var)`` in C: ATen sums more than
+#: its ``GRAIN_SIZE`` on several threads (another order), so past it torch computes it.
+MEAN_ROWS = 32_768
+
+
 def kept(numel: int, total: int, threads: int) -> bool:
     """Whether a tensor of ``numel`` elements, in a partition of ``total``, is stepped in phase 1.
 
@@ -308,6 +373,6 @@ def source(dtype: torch.dtype, parallel_min: int) -> str:
     head = (
         f"typedef {ctype} T;\n#define FMA {fma}\n#define SQRT {sqrt}\n"
         f"#define ATEN_LANES {lanes}\n#define TAIL_CHUNK {chunk}\n"
-        f"#define PARALLEL_MIN {parallel_min}\n#define KEEP {KEEP}\n"
+        f"#define PARALLEL_MIN {parallel_min}\n#define KEEP {KEEP}\n#define MEAN_ROWS {MEAN_ROWS}\n"
     )
     return head + _BODY
