@@ -190,3 +190,22 @@ def test_a_thread_count_changed_between_steps_keeps_the_bits() -> None:
         results.append(params)
     for p, q in zip(*results, strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_tensor_past_a_threads_share_is_shared_on_two_threads(dtype: torch.dtype) -> None:
+    """The MLP's first matrix is most of its partition: on 2 threads its update is computed on
+    both into a buffer of its own (``SHARED``), its norm on one, its step on both."""
+    from adaptim.torch._adafactor_source import kept
+
+    shapes = [(256, 784), (128, 256), (10, 128), (5000,), (300,)]
+    total = sum(torch.Size(s).numel() for s in shapes)
+    assert kept(256 * 784, total, 2) == "shared" and kept(5000, total, 2) == "kept"
+    options = {"weight_decay": 0.1}
+    with num_threads(2):
+        ours = run(shapes, dtype, 3, lambda p: adaptim.Adafactor(p, **options), 5)
+        theirs = run(
+            shapes, dtype, 3, lambda p: torch.optim.Adafactor(p, foreach=False, **options), 5
+        )
+    assert ours[1].fused_status()[0] == "adafactor (2 partitions): 5 of 5 tensors"
+    assert_same(ours, theirs)

@@ -21,10 +21,12 @@ statistics folded into ``row_var``/``col_var`` (one item; vectors: nothing)
 and the sum of squares of each parameter that is not *kept* (another item);
 1, per tensor, the update's sum of squares (vectors: ``variance`` is updated
 here), and for a kept tensor (flag ``KEPT``: see :func:`kept`) the
-parameter's sum of squares first and the step last, from the update kept in
-a per-thread buffer; 2, the other tensors in blocks on every thread:
-``p = (1 - lr wd) p - alpha / denom * update``, the update recomputed from
-the gradient and the new statistics, bit for bit as in phase 1.
+parameter's sum of squares alongside and the step last, from the update kept
+in a per-thread buffer; a ``SHARED`` tensor's update first, in blocks on every
+thread into its own buffer, then its sum on one thread; 2, the other tensors
+in blocks on every thread: ``p = (1 - lr wd) p - alpha / denom * update``, a
+shared tensor's update from its buffer, the others' recomputed from the
+gradient and the new statistics, bit for bit as in phase 1.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ _BODY = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 
 static inline T lerp_t(T a, T b, T w) { return w < (T)0.5 ? FMA(w, b - a, a) : FMA(w - (T)1, b - a, b); }
 static inline T floor_t(T x, T lo) { return x < lo ? lo : x; }
@@ -117,7 +124,7 @@ static T cascade_sum(const T* x, int64_t n) {
 static inline T norm_of(T sum) { return (T)sqrt((double)sum); }
 
 /* The update of element block [begin, end) of tensor t into u (phase 1 also moves `variance`). */
-enum { BUF = 512, MATRIX = 1, KEPT = 2 };
+enum { BUF = 512, MATRIX = 1, KEPT = 2, SHARED = 4 };
 /* meta: 4 numbers a tensor: flags, matrices (the leading axes' product), rows, columns */
 #define FLAGS(t) meta[4 * (t)]
 #define BATCHES(t) meta[4 * (t) + 1]
@@ -254,14 +261,41 @@ static inline void add_two(V* acc_u, const T* u, V* acc_p, const T* p, int64_t n
   *acc_u = a; *acc_p = c;
 }
 
+/* Work blocks of BLOCK elements over the tensors whose flags & mask are `want`: first[t] is
+   tensor t's first block, first[n] the count (malloc'd); `locate` finds a block's tensor. */
+enum { BLOCK = BUF * 32 };
+static int64_t* blocks_of(int64_t n, const int64_t* meta, int64_t mask, int64_t want) {
+  int64_t* first = (int64_t*)malloc(sizeof(int64_t) * (size_t)(n + 1));
+  first[0] = 0;
+  for (int64_t t = 0; t < n; ++t)
+    first[t + 1] = first[t] + ((FLAGS(t) & mask) == want ? (SIZE(t) + BLOCK - 1) / BLOCK : 0);
+  return first;
+}
+static inline int64_t locate(const int64_t* first, int64_t n, int64_t b) {
+  int64_t lo = 0, hi = n - 1;
+  while (lo < hi) { const int64_t mid = (lo + hi + 1) / 2; if (first[mid] <= b) lo = mid; else hi = mid - 1; }
+  return lo;
+}
+
 /* meta: see FLAGS; arrays: p, g, row_var or
    variance, col_var, scale (n each); h: weight, floor^2, rho, eps2, d, decay, maximize, decay?, eps1;
-   norms: 2n doubles (the parameter's norm, the update's). */
+   norms: 2n doubles (the parameter's norm, the update's); scratch: the updates kept in phase 1,
+   `threads` times the largest KEPT tensor, then each SHARED tensor's in turn (the driver's
+   `Bound.scratch`: kept from step to step, as fresh memory costs a page fault per 4 KiB). */
 void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* const* arrays,
-                       const double* h, double* norms, int threads) {
-  int64_t total = 0;
-  for (int64_t t = 0; t < n; ++t) total += SIZE(t);
+                       const double* h, double* norms, int threads, T* scratch) {
+  int64_t total = 0, largest = 0;  /* (largest: the largest kept tensor) */
+  for (int64_t t = 0; t < n; ++t) {
+    total += SIZE(t);
+    if ((FLAGS(t) & KEPT) && SIZE(t) > largest) largest = SIZE(t);
+  }
   const int many = total >= PARALLEL_MIN;
+  /* where each SHARED tensor's update lies in scratch */
+  int64_t* shared = (int64_t*)malloc(sizeof(int64_t) * (size_t)n);
+  for (int64_t t = 0, at = largest * threads; t < n; ++t) {
+    shared[t] = at;
+    if (FLAGS(t) & SHARED) at += SIZE(t);
+  }
   if (phase == 3) {  /* (the one-time check of the summation orders: each norm and mean) */
     for (int64_t t = 0; t < n; ++t) {
       norms[t] = (double)norm_of(sum_squares((const T*)arrays[t], SIZE(t)));
@@ -280,17 +314,28 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
       }
     }
   } else if (phase == 1) {
-    int64_t largest = 1;  /* (the largest kept tensor: the buffer's size) */
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t size = SIZE(t);
-      if ((FLAGS(t) & KEPT) && size > largest) largest = size;
-    }
+    int64_t* first = blocks_of(n, meta, SHARED, SHARED);
     #pragma omp parallel num_threads(threads) if(many)
     {
-      T* kept = (T*)malloc(sizeof(T) * (size_t)largest);  /* a kept tensor's update */
+      /* a SHARED tensor's update, in blocks on every thread (its norm waits for all of it) */
+      #pragma omp for schedule(static)
+      for (int64_t b = 0; b < first[n]; ++b) {
+        const int64_t t = locate(first, n, b), size = SIZE(t);
+        const int64_t start = (b - first[t]) * BLOCK;
+        const int64_t stop = start + BLOCK < size ? start + BLOCK : size;
+        for (int64_t begin = start; begin < stop; begin += BUF) {
+          const int64_t end = begin + BUF < stop ? begin + BUF : stop;
+          update_block(t, begin, end, meta, arrays, n, h, 1, scratch + shared[t] + begin);
+        }
+      }
+      T* kept = scratch + largest * omp_get_thread_num();  /* a kept tensor's update */
       #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < n; ++t) {
         const int64_t size = SIZE(t);
+        if (FLAGS(t) & SHARED) {
+          norms[n + t] = (double)norm_of(sum_squares(scratch + shared[t], size));
+          continue;
+        }
         const int keep = (FLAGS(t) & KEPT) != 0;
         const T* p = (const T*)arrays[t];
         V acc_u = {0}, acc_p = {0};
@@ -310,24 +355,21 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
         }
         if (keep) apply(t, 0, size, meta, arrays, norms, n, h, kept);
       }
-      free(kept);
     }
+    free(first);
   } else {
-    /* the tensors phase 1 did not step, in blocks */
-    int64_t* first = (int64_t*)malloc(sizeof(int64_t) * (size_t)(n + 1));
-    first[0] = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t size = SIZE(t);
-      first[t + 1] = first[t] + ((FLAGS(t) & KEPT) ? 0 : (size + BUF * 32 - 1) / (BUF * 32));
-    }
-    const int64_t blocks = first[n];
-    #pragma omp parallel for num_threads(threads) schedule(static) if(many && blocks > 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-      int64_t lo = 0, hi = n - 1;
-      while (lo < hi) { const int64_t mid = (lo + hi + 1) / 2; if (first[mid] <= b) lo = mid; else hi = mid - 1; }
-      const int64_t t = lo, size = SIZE(t);
-      const int64_t start = (b - first[t]) * BUF * 32;
-      const int64_t stop = start + BUF * 32 < size ? start + BUF * 32 : size;
+    /* the tensors phase 1 did not step, in blocks: a SHARED one from its update, the others'
+       recomputed */
+    int64_t* first = blocks_of(n, meta, KEPT, 0);
+    #pragma omp parallel for num_threads(threads) schedule(static) if(many && first[n] > 1)
+    for (int64_t b = 0; b < first[n]; ++b) {
+      const int64_t t = locate(first, n, b), size = SIZE(t);
+      const int64_t start = (b - first[t]) * BLOCK;
+      const int64_t stop = start + BLOCK < size ? start + BLOCK : size;
+      if (FLAGS(t) & SHARED) {
+        apply(t, start, stop, meta, arrays, norms, n, h, scratch + shared[t] + start);
+        continue;
+      }
       T u[BUF];
       for (int64_t begin = start; begin < stop; begin += BUF) {
         const int64_t end = begin + BUF < stop ? begin + BUF : stop;
@@ -337,6 +379,7 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
     }
     free(first);
   }
+  free(shared);
 }
 """
 
@@ -350,15 +393,19 @@ KEEP = 1 << 18
 MEAN_ROWS = 32_768
 
 
-def kept(numel: int, total: int, threads: int) -> bool:
-    """Whether a tensor of ``numel`` elements, in a partition of ``total``, is stepped in phase 1.
+def kept(numel: int, total: int, threads: int) -> str:
+    """How phase 1 takes a tensor of ``numel`` elements, in a partition of ``total``.
 
-    Phase 1 takes a tensor on one thread (its norms are sequential sums); a tensor
-    larger than a thread's share of the partition is stepped in phase 2 instead, on
-    every thread (2 threads, the MLP's 200k-element matrix: 0.68 ms against 0.81 ms
-    a step).
+    ``"kept"``: on one thread (its norms are sequential sums), stepped from its update
+    kept in that thread's buffer. A tensor larger than a thread's share of the partition
+    would leave the other threads idle so: ``"shared"``, its update is computed on every
+    thread into a buffer of its own, its norm summed on one while the others take other
+    tensors, and phase 2 steps it on every thread. Past ``KEEP`` elements (no buffer):
+    ``"blocks"``, the update's norm on one thread and the step recomputing it in phase 2.
     """
-    return numel <= KEEP and numel * threads <= total
+    if numel > KEEP:
+        return "blocks"
+    return "kept" if numel * threads <= total else "shared"
 
 
 _TYPES = {
