@@ -69,6 +69,7 @@ MATRIX, KEPT, SHARED = 1, 2, 4
 #: The host numbers the C reads (``h`` in ``_adafactor_source``).
 HOSTS = 9
 
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
 _lock = threading.Lock()
 _FUNCTIONS: dict[torch.dtype, Any] = {}
 
@@ -193,7 +194,7 @@ def _bind(partition: Partition) -> Bound:
     params, count = partition.params, len(partition.params)
     meta = np.empty((count, 4), dtype=np.int64)
     arrays = np.zeros(5 * count, dtype=np.int64)
-    scales, keep = [], []
+    scales, means = [], []
     for t, (p, state) in enumerate(zip(params, partition.states, strict=True)):
         arrays[t] = p.data_ptr()
         if p.ndim >= 2:
@@ -203,7 +204,7 @@ def _bind(partition: Partition) -> Bound:
             if rows > MEAN_ROWS:
                 scales.append((row_var, scale))
             else:
-                keep.append(scale)
+                means.append(scale)
             meta[t] = (MATRIX, p.numel() // (rows * cols), rows, cols)
             arrays[2 * count + t] = row_var.data_ptr()
             arrays[3 * count + t] = col_var.data_ptr()
@@ -213,7 +214,7 @@ def _bind(partition: Partition) -> Bound:
             arrays[2 * count + t] = state["variance"].data_ptr()
     dtype = np.float32 if params[0].dtype == torch.float32 else np.float64
     hosts, norms = np.zeros(HOSTS), np.zeros(2 * count)
-    return Bound(meta.reshape(-1), arrays, scales, keep, hosts, norms, dtype)
+    return Bound(meta.reshape(-1), arrays, scales, means, hosts, norms, dtype)
 
 
 def run(
@@ -238,7 +239,7 @@ def run(
         bound = partition.adafactor = (_bind(partition), function)
     elif bound is False:
         return False
-    if not all(g.is_contiguous() for g in grads):
+    if not all(map(_IS_CONTIGUOUS, grads)):
         return False
     data, function = bound
     count = len(grads)
