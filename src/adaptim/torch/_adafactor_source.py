@@ -452,9 +452,21 @@ _TYPES = {
 #: The integer of a number's bits, its exponent field, half the gap above 1, the least normal
 #: number, the largest finite one.
 _BITS = {
-    torch.float32: ("unsigned int", "0x7f800000u", "0x1p-24f", "0x1p-126f", "0x1.fffffep127f", "fabsf"),
+    torch.float32: (
+        "unsigned int",
+        "0x7f800000u",
+        "0x1p-24f",
+        "0x1p-126f",
+        "0x1.fffffep127f",
+        "fabsf",
+    ),
     torch.float64: (
-        "unsigned long long", "0x7ff0000000000000ull", "0x1p-53", "0x1p-1022", "0x1.fffffffffffffp1023", "fabs"
+        "unsigned long long",
+        "0x7ff0000000000000ull",
+        "0x1p-53",
+        "0x1p-1022",
+        "0x1.fffffffffffffp1023",
+        "fabs",
     ),
 }
 
