@@ -167,7 +167,8 @@ static inline void update_block(int64_t t, int64_t begin, int64_t end, const int
          residual r proves it the nearest number to x / scale: RN is monotone and h (half the
          gap from q to its nearer neighbour, times scale: a power of two times scale, exact in
          the normal range) is a number, so |r| < h means |x - scale q| < h. Elsewhere (zeros
-         aside: 0 / scale is 0) the row is divided again, as torch does. */
+         aside: +0 / scale is +0) the row is divided again, as torch does. */
+      const int finite = scale > (T)0 && scale <= T_LARGEST;
       int proven = 1;
       for (int64_t j = j0; j < j1; ++j) {
         const T x = rv * col_var[j];
@@ -180,7 +181,9 @@ static inline void update_block(int64_t t, int64_t begin, int64_t end, const int
         bits &= EXPONENT_BITS;
         memcpy(&power, &bits, sizeof power);
         const T h = ((FABS(q) == power ? (T)0.5 * power : power) * scale) * HALF_EPSILON;
-        proven &= (x == (T)0) | ((FABS(r) < h) & (h >= T_NORMAL) & (h <= T_LARGEST));
+        UNSIGNED zero;  /* (+0 / a positive finite scale is +0, as q is then) */
+        memcpy(&zero, &x, sizeof zero);
+        proven &= ((zero == 0) & finite) | ((FABS(r) < h) & (h >= T_NORMAL) & (h <= T_LARGEST));
         out[j] = ((T)1 / SQRT(floor_t(q, floor2))) * (sign * gr[j]);
       }
       if (!proven) {
