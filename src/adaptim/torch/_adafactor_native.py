@@ -9,10 +9,11 @@ tensor, so many small tensors stay bound by calls, and every step allocates
 a parameter-sized update. Here a partition of the default rule (the
 ``torch`` flavor's arithmetic: ``eps1_in_square`` and ``rms_after_decay``
 off) whose tensors are contiguous float32/float64 CPU vectors, scalars or
-matrices takes three C calls (:mod:`._adafactor_source`). (A tensor of rank 3
-or more is the stack of its trailing matrices, as torch factors it: a
-``row_var``/``col_var`` slice and a ``mean(row_var)`` per matrix, one norm per
-tensor.)
+matrices takes one C call, three passes (:mod:`._adafactor_source`; a
+matrix of more than ``MEAN_ROWS`` rows: a call a pass, torch's ``mean``
+between the first two). (A tensor of rank 3 or more is the stack of its
+trailing matrices, as torch factors it: a ``row_var``/``col_var`` slice and a
+``mean(row_var)`` per matrix, one norm per tensor.)
 
 0. the gradient's row and column statistics (one read, per matrix), folded
    into ``row_var`` and ``col_var``, then ``mean(row_var)`` floored at
@@ -66,6 +67,8 @@ from adaptim.torch._partition import Partition
 
 #: The flags of ``meta``'s first column (``_adafactor_source``'s enum).
 MATRIX, KEPT, SHARED = 1, 2, 4
+#: The C's phase that runs the whole step (phases 0, 1 and 2 where they have work) in one call.
+WHOLE_STEP = 4
 #: The host numbers the C reads (``h`` in ``_adafactor_source``).
 HOSTS = 9
 
@@ -260,6 +263,9 @@ def run(
         data.flag(threads)
     assert data.scratch is not None
     pointers, scratch = data.pointers, data.scratch.ctypes.data
+    if not data.scales:
+        function(count, WHOLE_STEP, *pointers, threads, scratch)
+        return True
     if data.first_pass:
         function(count, 0, *pointers, threads, scratch)
     for row_var, scale in data.scales:

@@ -27,7 +27,7 @@ included: never a proven wrong one; about 1 in 60 unproven on float32 data
 with such special significands, none on random ones (a 256×784 matrix:
 phase 1 about 1.18× faster).
 
-Phases (one C call each): 0, per tensor, the gradient's row and column
+Phases (one C call each, or all in one: ``STEP``): 0, per tensor, the gradient's row and column
 statistics folded into ``row_var``/``col_var`` (one item; vectors: nothing)
 and the sum of squares of each parameter that is not *kept* (another item);
 1, per tensor, the update's sum of squares (vectors: ``variance`` is updated
@@ -322,8 +322,8 @@ static inline int64_t locate(const int64_t* first, int64_t n, int64_t b) {
    norms: 2n doubles (the parameter's norm, the update's); scratch: the updates kept in phase 1,
    `threads` times the largest KEPT tensor, then each SHARED tensor's in turn (the driver's
    `Bound.scratch`: kept from step to step, as fresh memory costs a page fault per 4 KiB). */
-void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* const* arrays,
-                       const double* h, double* norms, int threads, T* scratch) {
+static void pass(int64_t n, int64_t phase, const int64_t* meta, void* const* arrays,
+                 const double* h, double* norms, int threads, T* scratch) {
   int64_t total = 0, largest = 0;  /* (largest: the largest kept tensor) */
   for (int64_t t = 0; t < n; ++t) {
     total += SIZE(t);
@@ -420,6 +420,25 @@ void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* cons
     free(first);
   }
   free(shared);
+}
+
+/* One phase, or (phase STEP) the whole step: the phases with work, in turn (one call a step
+   where no matrix needs torch's mean between phases 0 and 1). */
+enum { STEP = 4 };
+void adaptim_adafactor(int64_t n, int64_t phase, const int64_t* meta, void* const* arrays,
+                       const double* h, double* norms, int threads, T* scratch) {
+  if (phase != STEP) {
+    pass(n, phase, meta, arrays, h, norms, threads, scratch);
+    return;
+  }
+  int first = 0, large = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    first |= (FLAGS(t) & MATRIX) || !(FLAGS(t) & KEPT);
+    large |= !(FLAGS(t) & KEPT);
+  }
+  if (first) pass(n, 0, meta, arrays, h, norms, threads, scratch);
+  pass(n, 1, meta, arrays, h, norms, threads, scratch);
+  if (large) pass(n, 2, meta, arrays, h, norms, threads, scratch);
 }
 """
 
