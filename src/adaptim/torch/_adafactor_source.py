@@ -8,7 +8,8 @@ each lane summing ``x * x`` rounded then added (no multiply-add), the lanes
 added in order, then the elements after the last whole vector: in float32 a
 chunk of 4 squared and added in order when 4 or more remain, the rest (and
 all of float64's) as multiply-adds (what GCC made of ATen's scalar tail);
-then a square root. ``sum_squares`` replays that order, its lanes one vector
+then a square root. ``sum_squares`` (:mod:`._aten_sums`, with ``mean``'s
+cascade sum) replays that order, its lanes one vector
 (GCC's vector extension) whose adds wait on each other; so where two sums are
 independent (a kept tensor's parameter and update, four rows of a gradient) they
 run in one loop, each its own chain. It was read off the
@@ -44,6 +45,8 @@ from __future__ import annotations
 
 import torch
 
+from adaptim.torch import _aten_sums
+
 _BODY = r"""
 #include <math.h>
 #include <stdint.h>
@@ -58,80 +61,7 @@ static inline int omp_get_thread_num(void) { return 0; }
 static inline T lerp_t(T a, T b, T w) { return w < (T)0.5 ? FMA(w, b - a, a) : FMA(w - (T)1, b - a, b); }
 static inline T floor_t(T x, T lo) { return x < lo ? lo : x; }
 
-/* ATen's last-axis sum of squares, carried across calls: `acc` takes whole vectors only.
-   One vector of ATEN_LANES sums (GCC's vector extension: lane-wise, no reassociation), so
-   the compiler keeps it in a register: written as a loop over lanes, GCC transposes it
-   into permutes and scalar adds at half the speed. */
-typedef T V __attribute__((vector_size(sizeof(T) * ATEN_LANES)));
-static inline V load_v(const T* x) { V v; memcpy(&v, x, sizeof v); return v; }
-static inline void store_v(T* x, V v) { memcpy(x, &v, sizeof v); }
-static inline void add_vectors(V* acc, const T* x, int64_t n) {
-  V a = *acc;
-  for (int64_t d = 0; d < n; d += ATEN_LANES) { const V v = load_v(x + d); a = a + v * v; }
-  *acc = a;
-}
-static inline T finish(V acc, const T* tail, int64_t r) {
-  T b = acc[0];
-  for (int k = 1; k < ATEN_LANES; ++k) b = b + acc[k];
-  int64_t d = 0;
-  if (TAIL_CHUNK > 0 && r >= TAIL_CHUNK) {
-    for (; d < TAIL_CHUNK; ++d) { const T sq = tail[d] * tail[d]; b = b + sq; }
-  }
-  for (; d < r; ++d) b = FMA(tail[d], tail[d], b);
-  return b;
-}
-static inline T sum_squares(const T* x, int64_t n) {
-  V acc = {0};
-  const int64_t whole = n - n % ATEN_LANES;
-  add_vectors(&acc, x, whole);
-  return finish(acc, x + whole, n - whole);
-}
-/* ATen's sum of a contiguous run of n numbers (its cascade sum, the order of `mean`):
-   items (vectors of ATEN_LANES, or single numbers when n < ATEN_LANES) in groups of 4
-   summed column-wise into 4 levels of partial sums, each level taking the one below every
-   2^power groups; the items past the last group into the first sum, the 4 sums in order;
-   then the numbers past the last vector, then the vector's lanes. */
-static inline int64_t ceil_log2(int64_t x) {
-  int64_t bits = 0;
-  if (x <= 2) return 1;
-  for (uint64_t y = (uint64_t)(x - 1); y; y >>= 1) ++bits;
-  return bits;
-}
-#define CASCADE(NAME, A, LOAD)                                                              \
-  static A NAME(const T* x, int64_t items) {                                               \
-    const A zero = {0};                                                                     \
-    const int64_t groups = items / 4, power = ceil_log2(groups) / 4 > 4 ? ceil_log2(groups) / 4 : 4; \
-    const int64_t step = (int64_t)1 << power, mask = step - 1;                              \
-    A acc[4][4];                                                                            \
-    for (int l = 0; l < 4; ++l) for (int k = 0; k < 4; ++k) acc[l][k] = zero;               \
-    int64_t i = 0;                                                                          \
-    while (i + step <= groups) {                                                            \
-      for (int64_t j = 0; j < step; ++j, ++i)                                               \
-        for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + LOAD(x, 4 * i + k);             \
-      for (int l = 1; l < 4; ++l) {                                                         \
-        for (int k = 0; k < 4; ++k) { acc[l][k] = acc[l][k] + acc[l - 1][k]; acc[l - 1][k] = zero; } \
-        if ((i & (mask << (l * power))) != 0) break;                                        \
-      }                                                                                     \
-    }                                                                                       \
-    for (; i < groups; ++i)                                                                 \
-      for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + LOAD(x, 4 * i + k);               \
-    for (int l = 1; l < 4; ++l) for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + acc[l][k]; \
-    for (int64_t r = 4 * groups; r < items; ++r) acc[0][0] = acc[0][0] + LOAD(x, r);          \
-    return ((acc[0][0] + acc[0][1]) + acc[0][2]) + acc[0][3];                               \
-  }
-#define LOAD_NUMBER(x, i) ((x)[i])
-#define LOAD_VECTOR(x, i) load_v((x) + (i) * ATEN_LANES)
-CASCADE(cascade_numbers, T, LOAD_NUMBER)
-CASCADE(cascade_vectors, V, LOAD_VECTOR)
-static T cascade_sum(const T* x, int64_t n) {
-  if (n < ATEN_LANES) return cascade_numbers(x, n);
-  const int64_t vectors = n / ATEN_LANES;
-  const V lanes = cascade_vectors(x, vectors);
-  T b = (T)0;
-  for (int64_t r = vectors * ATEN_LANES; r < n; ++r) b = b + x[r];
-  for (int k = 0; k < ATEN_LANES; ++k) b = b + lanes[k];
-  return b;
-}
+@SUMS@
 static inline T norm_of(T sum) { return (T)sqrt((double)sum); }
 
 /* The update of element block [begin, end) of tensor t into u (phase 1 also moves `variance`). */
@@ -505,4 +435,4 @@ def source(dtype: torch.dtype, parallel_min: int) -> str:
         f"#define ATEN_LANES {lanes}\n#define TAIL_CHUNK {chunk}\n"
         f"#define PARALLEL_MIN {parallel_min}\n#define KEEP {KEEP}\n#define MEAN_ROWS {MEAN_ROWS}\n"
     )
-    return head + _BODY
+    return head + _BODY.replace("@SUMS@", _aten_sums.SUMS)
