@@ -137,17 +137,18 @@ def test_plans_show_the_native_passes() -> None:
 def test_tensors_past_the_kept_update_are_stepped_in_blocks(
     threads: int, dtype: torch.dtype
 ) -> None:
-    """Past ``KEEP`` elements the step recomputes the update in phase 2, on every thread."""
-    from adaptim.torch._adafactor_source import KEEP
+    """Past ``KEEP`` elements the step recomputes the update in phase 2, on every thread;
+    past ``MEAN_ROWS`` rows torch takes the mean of ``row_var``, the C the others'."""
+    from adaptim.torch._adafactor_source import KEEP, MEAN_ROWS
 
-    shapes = [(KEEP + 1,), (KEEP // 500 + 1, 500), (3, 5), (7,)]
+    shapes = [(KEEP + 1,), (KEEP // 500 + 1, 500), (MEAN_ROWS + 3, 2), (3, 5), (7,)]
     options = {"weight_decay": 0.1, "maximize": True}
     with num_threads(threads):
         ours = run(shapes, dtype, 1, lambda p: adaptim.Adafactor(p, **options), 4)
         theirs = run(
             shapes, dtype, 1, lambda p: torch.optim.Adafactor(p, foreach=False, **options), 4
         )
-    assert ours[1].fused_status()[0] == "adafactor (2 partitions): 4 of 4 tensors"
+    assert ours[1].fused_status()[0] == "adafactor (2 partitions): 5 of 5 tensors"
     assert_same(ours, theirs)
 
 
@@ -189,3 +190,64 @@ def test_a_thread_count_changed_between_steps_keeps_the_bits() -> None:
         results.append(params)
     for p, q in zip(*results, strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_tensor_past_a_threads_share_is_shared_on_two_threads(dtype: torch.dtype) -> None:
+    """The MLP's first matrix is most of its partition: on 2 threads its update is computed on
+    both into a buffer of its own (``SHARED``), its norm on one, its step on both."""
+    from adaptim.torch._adafactor_source import kept
+
+    shapes = [(256, 784), (128, 256), (10, 128), (5000,), (300,)]
+    total = sum(torch.Size(s).numel() for s in shapes)
+    assert kept(256 * 784, total, 2) == "shared" and kept(5000, total, 2) == "kept"
+    options = {"weight_decay": 0.1}
+    with num_threads(2):
+        ours = run(shapes, dtype, 3, lambda p: adaptim.Adafactor(p, **options), 5)
+        theirs = run(
+            shapes, dtype, 3, lambda p: torch.optim.Adafactor(p, foreach=False, **options), 5
+        )
+    assert ours[1].fused_status()[0] == "adafactor (2 partitions): 5 of 5 tensors"
+    assert_same(ours, theirs)
+
+
+@THREADS
+@pytest.mark.parametrize("eps1", [None, 1e-30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_gradients_keep_the_bits(
+    threads: int, eps1: float | None, dtype: torch.dtype
+) -> None:
+    """The matrices' ``row_var col_var / mean`` is taken without a division where its residual
+    proves the result (``_adafactor_source``): rows of gradients that fall from 1 to products
+    below the normal range (where the quotient without a division is often wrong), huge ones,
+    exact powers of two and zero rows and columns take the division instead, and every step
+    stays torch's (``eps1=1e-30``: a floor that lets the tiny quotients through)."""
+    # (the last rows' squares near 2**(-2 bits): their products below the normal range)
+    bits = 62 if dtype == torch.float32 else 515
+    shapes = [(30, 20), (17, 9), (2, 5, 8), (40,), (9, 1), (64, 16)]
+    results = []
+    for make in (adaptim.Adafactor, lambda p: torch.optim.Adafactor(p, foreach=False)):
+        generator = torch.Generator().manual_seed(11)
+        params = [
+            torch.nn.Parameter(torch.randn(s, generator=generator, dtype=dtype)) for s in shapes
+        ]
+        optimizer = make(params)
+        optimizer.param_groups[0]["eps"] = (eps1, 1e-3)
+        with num_threads(threads):
+            for step in range(6):
+                for p in params:
+                    grad = torch.randn(p.shape, generator=generator, dtype=dtype)
+                    if p.ndim >= 2:  # each row smaller than the last, down to 2**-bits
+                        rows = p.shape[-2]
+                        ramp = torch.linspace(0, -bits, rows, dtype=dtype).exp2()
+                        grad = grad * ramp[:, None] * (1e9 if step == 4 else 1.0)
+                        if eps1 is None:  # (eps1**2 is 0 in float32: 0 / 0 where a row is 0)
+                            grad[..., step % rows, :] = 0
+                            grad[..., step % p.shape[-1]] = 0
+                    if step == 5:  # exact powers of two
+                        grad = torch.full_like(grad, 0.25)
+                    p.grad = grad
+                optimizer.step()
+        results.append((params, optimizer))
+    assert results[0][1].fused_status()[0].startswith("adafactor (")
+    assert_same(results[0], results[1])

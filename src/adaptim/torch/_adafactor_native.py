@@ -9,31 +9,43 @@ tensor, so many small tensors stay bound by calls, and every step allocates
 a parameter-sized update. Here a partition of the default rule (the
 ``torch`` flavor's arithmetic: ``eps1_in_square`` and ``rms_after_decay``
 off) whose tensors are contiguous float32/float64 CPU vectors, scalars or
-matrices takes three C calls (:mod:`._adafactor_source`). (A tensor of rank 3
-or more is the stack of its trailing matrices, as torch factors it: a
-``row_var``/``col_var`` slice and a ``mean(row_var)`` per matrix, one norm per
-tensor.)
+matrices takes one C call, three passes (:mod:`._adafactor_source`; a
+matrix of more than ``MEAN_ROWS`` rows: a call a pass, torch's ``mean``
+between the first two). (A tensor of rank 3 or more is the stack of its
+trailing matrices, as torch factors it: a ``row_var``/``col_var`` slice and a
+``mean(row_var)`` per matrix, one norm per tensor.)
 
 0. the gradient's row and column statistics (one read, per matrix), folded
-   into ``row_var`` and ``col_var``, and a large parameter's norm;
-   then ``mean(row_var)`` floored at :math:`\\epsilon_1`, per matrix with
-   torch's own ``mean`` (a sum of ``R`` numbers);
+   into ``row_var`` and ``col_var``, then ``mean(row_var)`` floored at
+   :math:`\\epsilon_1` (ATen's cascade sum of ``R`` numbers, replayed; past
+   ``_adafactor_source.MEAN_ROWS`` rows torch's own ``mean``), and a large
+   parameter's norm;
 1. the update's norm (vectors: ``variance`` moves here); a tensor of up to
    ``_adafactor_source.KEEP`` elements, and no more than a thread's share of
-   the partition (``_adafactor_source.kept``), takes its parameter's norm first and
-   keeps its update in a per-thread buffer (in L2), and is stepped right away
-   from the cache: one read of ``p``, ``g`` and the state, one write of ``p``
-   and ``variance``, 20 bytes an element for a vector, the least there is;
-2. larger tensors' step, in blocks on every thread, the update recomputed
-   alike: about 24 bytes an element for a matrix (32 for a vector) against
-   the loop's 44 and an allocation.
+   the partition (``_adafactor_source.kept``), takes its parameter's norm in the
+   same loop and keeps its update in a per-thread buffer (in L2), and is
+   stepped right away from the cache: one read of ``p``, ``g`` and the state,
+   one write of ``p`` and ``variance``, 20 bytes an element for a vector, the
+   least there is; one of up to ``KEEP`` elements but more than a thread's
+   share (*shared*: the MLP's first matrix on 2 threads) has its update
+   computed on every thread into a buffer of its own first, its norm summed on
+   one thread while the others take the kept tensors;
+2. the shared tensors' step from their buffer, and larger tensors' step with
+   the update recomputed alike, in blocks on every thread: about 24 bytes an
+   element for a matrix (32 for a vector) against the loop's 44 and an
+   allocation.
+
+The buffers (``Bound.scratch``) live from step to step: memory allocated
+afresh each step costs a page fault per 4 KiB (a 256×784 matrix's phase 1:
+285 against 190 us).
 
 Every norm is summed in the order of ATen's kernel (``_adafactor_source``),
 and every element-wise operation rounds as the ATen kernel torch calls, so the
-result is torch's to the bit. The summation order is a property of the
-installed wheel, so it is checked once per process and dtype against
-``torch.linalg.vector_norm`` on random data (:func:`_order_agrees`); where it
-does not hold, or for anything else (other flavors, half types, a
+result is torch's to the bit. The summation orders are a property of the
+installed wheel, so they are checked once per process and dtype against
+``torch.linalg.vector_norm`` and ``torch.mean`` on random data
+(:func:`_order_agrees`); where they
+do not hold, or for anything else (other flavors, half types, a
 non-contiguous tensor), the engine's replay runs as before.
 """
 
@@ -50,11 +62,17 @@ import numpy as np
 import torch
 
 from adaptim.torch import _adafactor_source, _fuse, _native
+from adaptim.torch._adafactor_source import MEAN_ROWS
 from adaptim.torch._partition import Partition
 
 #: The flags of ``meta``'s first column (``_adafactor_source``'s enum).
-MATRIX, KEPT = 1, 2
+MATRIX, KEPT, SHARED = 1, 2, 4
+#: The C's phase that runs the whole step (phases 0, 1 and 2 where they have work) in one call.
+WHOLE_STEP = 4
+#: The host numbers the C reads (``h`` in ``_adafactor_source``).
+HOSTS = 9
 
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
 _lock = threading.Lock()
 _FUNCTIONS: dict[torch.dtype, Any] = {}
 
@@ -75,6 +93,7 @@ def _function(dtype: torch.dtype) -> Any:
                 ctypes.c_int64,
                 *[ctypes.c_void_p] * 4,
                 ctypes.c_int,
+                ctypes.c_void_p,
             ]
             if _order_agrees(function, dtype):
                 _FUNCTIONS[dtype] = function
@@ -86,23 +105,26 @@ def source(dtype: torch.dtype) -> str:
 
 
 def _order_agrees(function: Any, dtype: torch.dtype) -> bool:
-    """Whether the passes' norms (``sum_squares``) are ``torch.linalg.vector_norm``'s on
+    """Whether the passes' norms (``sum_squares``) are ``torch.linalg.vector_norm``'s, and
+    their means (``cascade_sum``) ``torch.mean``'s, on
     random data (sizes around every tail length, and large ones). ATen takes a whole-tensor
     norm on one thread whatever the thread count (the tests check 1 and 2)."""
     generator = torch.Generator().manual_seed(0)
-    sizes = [*range(1, 40), 255, 1000, 4099, 70_001, 300_001]
-    tensors = [torch.randn(n, generator=generator, dtype=dtype) for n in sizes]
+    sizes = [*range(1, 80), 255, 1000, 4099, 8193, MEAN_ROWS, 70_001, 300_001]
+    tensors = [torch.randn(n, generator=generator, dtype=dtype).abs() for n in sizes]
     count = len(tensors)
     meta = np.array([(0, 1, 1, x.numel()) for x in tensors], dtype=np.int64).reshape(-1)
     arrays = np.zeros(5 * count, dtype=np.int64)
     arrays[:count] = [x.data_ptr() for x in tensors]
     expected = [torch.linalg.vector_norm(x).item() for x in tensors]
+    # (``row_var``'s mean: a column of numbers, torch's call shape)
+    means = [x.view(-1, 1).mean(dim=-2).item() for x in tensors if x.numel() <= MEAN_ROWS]
     norms = np.zeros(2 * count)
-    hosts = np.zeros(8)
-    function(
-        count, 3, meta.ctypes.data, arrays.ctypes.data, hosts.ctypes.data, norms.ctypes.data, 1
-    )
-    return bool(norms[:count].tolist() == expected)
+    hosts = np.zeros(HOSTS)
+    pointers = (meta.ctypes.data, arrays.ctypes.data, hosts.ctypes.data, norms.ctypes.data)
+    function(count, 3, *pointers, 1, None)
+    found_means = norms[count : count + len(means)].tolist()
+    return bool(norms[:count].tolist() == expected and found_means == means)
 
 
 @dataclass
@@ -112,24 +134,43 @@ class Bound:
 
     meta: np.ndarray
     arrays: np.ndarray
-    scales: list[tuple[torch.Tensor, torch.Tensor]]  # (row_var, its floored mean) per matrix
+    #: (row_var, its floored mean) of each matrix of more than ``MEAN_ROWS`` rows: torch's
+    #: ``mean`` (the C computes the others')
+    scales: list[tuple[torch.Tensor, torch.Tensor]]
+    #: The other matrices' means, which only the C reads and writes (kept alive here).
+    means: list[torch.Tensor]
     hosts: np.ndarray
     norms: np.ndarray
+    dtype: type[np.floating[Any]]  # the tensors'
     #: The thread count the flags were set for, whether some tensor is not kept (phase 2
     #: steps those), whether phase 0 has work (a matrix's statistics, such a tensor's norm).
     threads: int = 0
     large: bool = False
     first_pass: bool = False
+    #: The C's ``scratch`` (the updates phase 1 keeps), and the pointers the C takes.
+    scratch: np.ndarray | None = None
+    pointers: tuple[int, ...] = ()
 
     def flag(self, threads: int) -> None:
-        """Mark the tensors phase 1 steps (``_adafactor_source.kept``) for ``threads``."""
+        """Mark the tensors phase 1 steps (``KEPT``) or computes the update of on every
+        thread (``SHARED``: ``_adafactor_source.kept``) for ``threads``; size ``scratch``."""
         meta = self.meta.reshape(-1, 4)
         sizes = meta[:, 1] * meta[:, 2] * meta[:, 3]
         total = int(sizes.sum())
-        kept = [_adafactor_source.kept(int(size), total, threads) for size in sizes]
-        meta[:, 0] = (meta[:, 0] & MATRIX) | np.where(kept, KEPT, 0)
-        self.threads, self.large = threads, not all(kept)
-        self.first_pass = self.large or bool(self.scales)
+        ways = [_adafactor_source.kept(int(size), total, threads) for size in sizes]
+        flags = np.array([{"kept": KEPT, "shared": SHARED}.get(way, 0) for way in ways])
+        meta[:, 0] = (meta[:, 0] & MATRIX) | flags
+        self.threads, self.large = threads, bool(np.any(flags != KEPT))
+        self.first_pass = self.large or bool(np.any(meta[:, 0] & MATRIX))
+        largest = int(sizes[flags == KEPT].max(initial=0))
+        shared = int(sizes[flags == SHARED].sum())
+        self.scratch = np.empty(max(1, largest * threads + shared), dtype=self.dtype)
+        self.pointers = (
+            self.meta.ctypes.data,
+            self.arrays.ctypes.data,
+            self.hosts.ctypes.data,
+            self.norms.ctypes.data,
+        )
 
 
 def usable(partition: Partition) -> bool:
@@ -156,14 +197,17 @@ def _bind(partition: Partition) -> Bound:
     params, count = partition.params, len(partition.params)
     meta = np.empty((count, 4), dtype=np.int64)
     arrays = np.zeros(5 * count, dtype=np.int64)
-    scales = []
+    scales, means = [], []
     for t, (p, state) in enumerate(zip(params, partition.states, strict=True)):
         arrays[t] = p.data_ptr()
         if p.ndim >= 2:
             row_var, col_var = state["row_var"], state["col_var"]
             rows, cols = p.shape[-2], p.shape[-1]
             scale = row_var.new_empty((*p.shape[:-2], 1, 1))  # one per trailing matrix
-            scales.append((row_var, scale))
+            if rows > MEAN_ROWS:
+                scales.append((row_var, scale))
+            else:
+                means.append(scale)
             meta[t] = (MATRIX, p.numel() // (rows * cols), rows, cols)
             arrays[2 * count + t] = row_var.data_ptr()
             arrays[3 * count + t] = col_var.data_ptr()
@@ -171,7 +215,9 @@ def _bind(partition: Partition) -> Bound:
         else:
             meta[t] = (0, 1, 1, p.numel())
             arrays[2 * count + t] = state["variance"].data_ptr()
-    return Bound(meta.reshape(-1), arrays, scales, np.zeros(8), np.zeros(2 * count))
+    dtype = np.float32 if params[0].dtype == torch.float32 else np.float64
+    hosts, norms = np.zeros(HOSTS), np.zeros(2 * count)
+    return Bound(meta.reshape(-1), arrays, scales, means, hosts, norms, dtype)
 
 
 def run(
@@ -196,7 +242,7 @@ def run(
         bound = partition.adafactor = (_bind(partition), function)
     elif bound is False:
         return False
-    if not all(g.is_contiguous() for g in grads):
+    if not all(map(_IS_CONTIGUOUS, grads)):
         return False
     data, function = bound
     count = len(grads)
@@ -210,18 +256,23 @@ def run(
     data.hosts[:] = (
         step ** hp["beta2_decay"], eps1 * eps1, min(lr, 1 / (step**0.5)), eps2, hp["d"],
         1 - lr * weight_decay, float(bool(group.get("maximize", False))), float(weight_decay != 0),
+        eps1,
     )  # fmt: skip
-    arguments = (data.meta.ctypes.data, data.arrays.ctypes.data, data.hosts.ctypes.data)
-    norms, threads = data.norms.ctypes.data, torch.get_num_threads()
+    threads = torch.get_num_threads()
     if threads != data.threads:
         data.flag(threads)
+    assert data.scratch is not None
+    pointers, scratch = data.pointers, data.scratch.ctypes.data
+    if not data.scales:
+        function(count, WHOLE_STEP, *pointers, threads, scratch)
+        return True
     if data.first_pass:
-        function(count, 0, *arguments, norms, threads)
+        function(count, 0, *pointers, threads, scratch)
     for row_var, scale in data.scales:
         torch.mean(row_var, dim=-2, keepdim=True, out=scale).clamp_(min=eps1)
-    function(count, 1, *arguments, norms, threads)
+    function(count, 1, *pointers, threads, scratch)
     if data.large:
-        function(count, 2, *arguments, norms, threads)
+        function(count, 2, *pointers, threads, scratch)
     return True
 
 
