@@ -208,8 +208,9 @@ def compare(
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
         raise _interrupted() from None
-    # Paths stay on one line, however long (a wrapped one does not paste back).
-    console.print(f"\nResults: [bold]{escape(str(outcome_path))}[/]", soft_wrap=True)
+    # Paths stay on one line, however long (a wrapped one does not paste back). (No blank
+    # line first: each problem's evidence ends with one.)
+    console.print(f"Results: [bold]{escape(str(outcome_path))}[/]", soft_wrap=True)
     console.print(
         f"Report:  [bold]{escape(str(outcome_path.with_name('report.html')))}[/]", soft_wrap=True
     )

@@ -321,6 +321,27 @@ def test_an_lr_at_the_limit_of_the_grids_reach_is_said_so() -> None:
     assert "**: " in notes and "2 decades beyond" in notes
 
 
+def test_the_table_says_why_optimizers_have_different_seed_counts() -> None:
+    """Adaptive seeding gives more seeds to those not yet separated from the leader: the
+    seeds column then differs from --seeds, and the caption says why (only then)."""
+    from adaptim.lab.problems.base import Problem
+    from adaptim.lab.report import data
+    from adaptim.lab.study import ProblemOutcome
+    from adaptim.lab.tables import Layout, ranking_notes
+
+    toy = Problem("toy", "a toy", ACCURACY, lambda seed, context: None, steps=10, batch_size=1)  # type: ignore[arg-type,return-value]
+    sweep = {1e-4: 0.4, 1e-3: 0.5, 1e-2: 0.45}
+    for seeds, said in (((3, 3), False), ((5, 3), True)):
+        first = outcome("adam", [0.9 + 0.001 * i for i in range(seeds[0])], sweep)
+        second = outcome("rmsprop", [0.5 + 0.001 * i for i in range(seeds[1])], sweep)
+        rec = recommend(ACCURACY, [first, second], FIXED)
+        problem = ProblemOutcome(toy, "toy", [first, second], rec)
+        rows = data.ranking(problem)
+        assert sorted(r.seeds for r in rows) == sorted(seeds)
+        notes = " ".join(ranking_notes(problem, rows, Layout()))
+        assert ("adaptive seeding" in notes) is said, notes
+
+
 def test_good_means_close_to_the_best_relative_to_the_initial_value() -> None:
     # A loss floor of 84 from 455: "within 2% of the best" would admit everything up to 86;
     # 98% of the way from 455 to 84.97 admits up to 92.4.

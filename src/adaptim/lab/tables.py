@@ -151,6 +151,11 @@ def ranking_notes(problem: ProblemOutcome, rows: Sequence[Row], layout: Layout) 
 
     metric = problem.problem.metric
     notes = ["vs leader: the validation difference to the leader with its 95% CI"]
+    if len({row.seeds for row in rows}) > 1:
+        notes.append(
+            "seeds: re-runs at the chosen lr; more where the leader was not yet separated "
+            "from it (adaptive seeding, up to --max-seeds)"
+        )
     if any(row.lr_at_edge and not row.lr_at_limit for row in rows):
         notes.append("*: the lr is at the edge of the searched range")
     if any(row.lr_at_limit for row in rows):
