@@ -197,6 +197,33 @@ def test_default_path_by_size(dtype: torch.dtype) -> None:
     assert large.fused_status() == ["native (1 partition): 1 of 1 tensors"]
 
 
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_no_compiler_is_asked_for_once_then_the_small_group_replays(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Without a C compiler a small group's default (the exact loop) falls back to the replay
+    quietly, and does not look for a compiler (and write the kernel's C) every step."""
+    looked: list[None] = []
+
+    def no_compiler() -> None:
+        looked.append(None)
+
+    monkeypatch.setattr(_native, "_KERNELS", {})
+    monkeypatch.setattr(_native, "_FAILED", {})
+    monkeypatch.setattr(_native, "compiler", no_compiler)
+    model, reference_model = make_model(), make_model()
+    settings = {"lr": 1e-2, "momentum": 0.9} if name == "SGD" else {"lr": 1e-2}
+    optimizer = getattr(adaptim, name)(model.parameters(), **settings)
+    reference = getattr(adaptim, name)(reference_model.parameters(), foreach=False, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, optimizer, 6)
+    train(reference_model, reference, 6)
+    assert optimizer.fused_status() == ["foreach (1 partition): 4 of 4 tensors"]
+    assert len(looked) == 1
+    assert_close(model, reference_model, tolerance=0.0)
+
+
 @pytest.mark.parametrize("name", ["LARS", "LAMB", "NovoGrad"])
 def test_default_small_group_with_norms_keeps_torchs_bits(name: str) -> None:
     """A rule with whole-tensor norms sums them in another order in the native loop: its

@@ -340,6 +340,7 @@ class Engine(EngineGroups):
         exact = (
             mode == "auto"
             and not large
+            and partition.native_ok  # (on the CPU)
             and not partition.half
             and _native.gives_torchs_bits(structure, dtype)
         )
@@ -381,6 +382,8 @@ class Engine(EngineGroups):
                     partition.kernel = (structure, exact, kernel)
             except _native.NativeUnavailable as why:
                 self._unavailable(partition, why, mode)
+                if not why.structural:  # (no compiler, or it refused: no retry every step)
+                    partition.native_ok = False
             else:
                 partition.launch(kernel)(partition.grad_ptrs, traced.slots)
                 plans.append(kernel)

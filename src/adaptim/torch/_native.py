@@ -291,11 +291,21 @@ def gives_torchs_bits(structure: Structure, dtype: torch.dtype) -> bool:
     """
     from adaptim.torch import _mkl_sqrt  # (it builds on this module)
 
-    if dtype not in (torch.float32, torch.float64) or structure.half:
+    if dtype not in (torch.float32, torch.float64):
         return False
-    if any(op in PER_TENSOR_OPS for op, _ in structure.ops):
-        return False
-    return not _rooted(structure) or _mkl_sqrt.emulated(dtype)
+    kind = _BITS_KIND.get(structure)  # (asked every step of a small group: remember)
+    if kind is None:
+        if structure.half or any(op in PER_TENSOR_OPS for op, _ in structure.ops):
+            kind = "never"
+        else:
+            kind = "rooted" if _rooted(structure) else "plain"
+        _BITS_KIND[structure] = kind
+    return kind == "plain" or (kind == "rooted" and _mkl_sqrt.emulated(dtype))
+
+
+#: :func:`gives_torchs_bits`'s answer per structure, but for the root: "plain" (no root),
+#: "rooted" (the root emulated or not) or "never" (norms, half types).
+_BITS_KIND: dict[Structure, str] = {}
 
 
 def build_library(source: str, name: str = "step") -> Path:
