@@ -10,9 +10,13 @@ of the emulation). Each row prints both medians and ``exact / rounded`` (> 1: th
 loop is slower), at each thread count. Algorithms whose loop has no root (the two loops
 are the same C) are left out.
 
+``--loops N ...`` times the two loops alone instead, without the step around them: each
+kernel called on the same buffers (100 tensors of N elements, ``native_floor``'s captured
+launch; ``--dtype float64`` too), for Adagrad, RMSprop and Adam.
+
 Run: ``python benchmarks/exact_root_speed.py [--workload mlp medium large many]
-[--threads 1 2] [--repeats 31] [--algorithms adam ...]``. Ratios on a shared machine: the
-load average is printed before and after each workload.
+[--threads 1 2] [--repeats 31] [--algorithms adam ...]`` or ``... --loops 2350 5000 160000
+[--dtype float64]``. Ratios on a shared machine: the load average is printed with them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import step_speed  # (a sibling script)
+import _launches  # (sibling modules)
+import native_floor
+import step_speed
 
 import adaptim
 from adaptim.torch import _mkl_sqrt, _native
@@ -99,6 +105,24 @@ def row(algorithm: str, workload: str, repeats: int) -> dict[str, Any] | None:
     }
 
 
+def loops_alone(name: str, numel: int, threads: int, repeats: int) -> float:
+    """Exact / rounded of ``name``'s two kernels called on the same 100 tensors of ``numel``."""
+    kernels, kept = {}, []
+    for exact in (True, False):
+        before, _native.EXACT_ROOT = _native.EXACT_ROOT, exact
+        try:
+            launch, params, source = native_floor.captured_launch(name, numel, 100)
+        finally:
+            _native.EXACT_ROOT = before
+        kernels["exact" if exact else "rounded"] = _native._load(source)
+        kept.append(params)
+    # (both kernels on the last launch's buffers, alive in ``kept`` while they run)
+    runners = {k: _launches.caller(launch, f) for k, f in kernels.items()}
+    medians = _launches.interleaved_medians(runners, threads, repeats, wall=threads > 1)
+    kept.clear()
+    return medians["exact"] / medians["rounded"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -108,9 +132,24 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", choices=CANDIDATES, default=CANDIDATES)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--loops", type=int, nargs="+", help="time the loops alone: N per tensor")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args()
     os.environ.setdefault("ADAPTIM_CACHE_DIR", tempfile.mkdtemp(prefix="adaptim-bench-"))
     print("emulation:", {str(d): _mkl_sqrt.emulation(d) for d in (torch.float32, torch.float64)})
+    step_speed.dtype = getattr(torch, args.dtype)
+    if args.loops:
+        torch.set_default_dtype(step_speed.dtype)  # (native_floor's tensors)
+        for numel, threads in ((n, t) for n in args.loops for t in args.threads):
+            torch.set_num_threads(threads)
+            for name in ("adagrad", "rmsprop", "adam"):
+                ratio = loops_alone(name, numel, threads, args.repeats)
+                print(
+                    f"{name:8s} {numel * 100:9d} {args.dtype}, {threads} thread(s): loops alone "
+                    f"exact/rounded {ratio:.3f}  (load average {load()})",
+                    flush=True,
+                )
+        return
     ratios: dict[tuple[str, int], list[float]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
