@@ -49,18 +49,25 @@ CANDIDATES = [
 ]
 
 
+#: No size at which the default takes the exact loop on a large group: the rounded runner's.
+_NEVER_FREE = dict.fromkeys(_mkl_sqrt.EXACT_LOOP_FREE_BELOW, 0)
+
+
 class Rooted:
-    """An optimizer whose steps compile and run the loop with ``EXACT_ROOT`` = ``exact``."""
+    """An optimizer whose steps compile and run the loop with ``EXACT_ROOT`` = ``exact`` (and,
+    not exact, none of the sizes where the default would take the exact loop anyway)."""
 
     def __init__(self, optimizer: Any, exact: bool) -> None:
         self.optimizer, self.exact = optimizer, exact
+        self.free = _mkl_sqrt.EXACT_LOOP_FREE_BELOW if exact else _NEVER_FREE
 
-    def step(self) -> None:
-        before, _native.EXACT_ROOT = _native.EXACT_ROOT, self.exact
+    def step(self) -> None:  # (the same two swaps either way: no cost of one's own)
+        before = _native.EXACT_ROOT, _mkl_sqrt.EXACT_LOOP_FREE_BELOW
+        _native.EXACT_ROOT, _mkl_sqrt.EXACT_LOOP_FREE_BELOW = self.exact, self.free
         try:
             self.optimizer.step()
         finally:
-            _native.EXACT_ROOT = before
+            _native.EXACT_ROOT, _mkl_sqrt.EXACT_LOOP_FREE_BELOW = before
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.optimizer, name)
