@@ -43,7 +43,7 @@ is emulated), which gives the replay's bits and is faster in cache, and the
 replay elsewhere. A larger group takes that exact loop too where the emulated
 root costs nothing against the CPU's at its size
 (:func:`._mkl_sqrt.exact_loop_free`: Intel's AVX-512 kernel, below 512k
-elements, where it measured 0.81-1.03x the rounded loop's time; out of cache
+elements, where it measured 0.81-1.07x the rounded loop's time with one thread; out of cache
 it costs a few percent, AMD's at every size), so ``adaptim.Adam(params)`` on a
 model of that size is ``torch.optim.Adam``'s for-loop bit for bit; elsewhere
 the native loop's root is the correctly rounded one, which agrees to rounding
