@@ -424,8 +424,8 @@ def emulated(dtype: torch.dtype) -> bool:
 #: (``benchmarks/exact_root_speed.py``): 235k elements 0.81-1.07, medians 0.93-0.96 over
 #: thirteen rules in three runs; 1.5M 0.92-1.05 (median 1.02); 16M 1.01-1.06 (Adagrad,
 #: RMSprop 1.05-1.06); 4M in 1,000 tensors 1.00-1.05; two threads 1.5M 0.91-1.05, 16M
-#: 0.99-1.05 (235k: medians 1.02-1.03 under a load of 4-5 on two cores, not told from
-#: noise). The loops alone on the same buffers: float32 500k 0.90-1.00, 1M 0.94-1.02,
+#: 0.99-1.05 (235k: medians 1.00-1.03 in three runs under a load of 3-5 on two cores, not
+#: told from noise). The loops alone on the same buffers: float32 500k 0.90-1.00, 1M 0.94-1.02,
 #: 1.5M-16M 1.01-1.12; float64 235k-500k 0.59-0.76. So up to 512k.
 #: ``EXHAynn`` (AMD Zen 4): twelve more multiplies and adds on the pipes the loop fills
 #: (16M: 0.86-0.96x of torch's fused kernels, against 1.03-1.16x with ``vsqrtps``): never.
