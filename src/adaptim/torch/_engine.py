@@ -353,6 +353,8 @@ class Engine(EngineGroups):
         # not SM3's per-axis runs, whose replay with MKL's root takes three passes a tile.
         exact = (
             mode == "auto"
+            and partition.native_ok  # (on the CPU)
+            and not partition.half
             and (
                 not large
                 or (
@@ -360,8 +362,6 @@ class Engine(EngineGroups):
                     and not _fuse_axes.has_axes(structure)
                 )
             )
-            and partition.native_ok  # (on the CPU)
-            and not partition.half
             and _native.gives_torchs_bits(structure, dtype)
         )
         wants_native = mode == "native" or (mode == "auto" and (exact or (large and auto_half)))
