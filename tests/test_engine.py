@@ -175,7 +175,8 @@ def test_each_path_really_runs_and_trains(path: str) -> None:
 def test_default_path_by_size(dtype: torch.dtype) -> None:
     """``fused=None``: a group under AUTO_NATIVE_MIN_NUMEL runs the exact native loop where
     it gives torch's bits (the replay's, so the same numbers as ``foreach=True``), else the
-    replay; a larger group the native loop with the correctly rounded root."""
+    replay; a larger group the native loop (the exact one too where it is free at that size,
+    ``_mkl_sqrt.exact_loop_free``; ``tests/test_native_threads.py``)."""
     model, replay_model = make_model().to(dtype), make_model().to(dtype)
     small = adaptim.Adam(model.parameters(), lr=1e-2)
     replay = adaptim.Adam(replay_model.parameters(), lr=1e-2, foreach=True)

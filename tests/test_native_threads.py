@@ -223,3 +223,77 @@ def adaptim_plans(name: str, dtype: torch.dtype) -> list[str]:
     optimizer.step()
     optimizer.step()
     return optimizer.plans()[0]
+
+
+#: Rows of 1,000 elements: a group past AUTO_NATIVE_MIN_NUMEL, below Intel's free limit.
+FREE_ROWS = st.integers(-(-AUTO_NATIVE_MIN_NUMEL // 1_000), (1 << 19) // 1_000 - 1)
+
+
+def stepped_like_torch(
+    case: tuple[str, dict[str, object]], rows: int, dtype: torch.dtype, threads: int, seed: int
+) -> tuple[list[str], bool]:
+    """Seven default steps of ``adaptim.X`` and ``torch.optim.X`` on a ``rows`` x 1,000 matrix
+    and a bias: the native kernel's C, and whether parameters and state are the same bits."""
+    name, options = case
+    generator = torch.Generator().manual_seed(seed)
+    start = [torch.randn(s, generator=generator, dtype=dtype) for s in ((rows, 1_000), (7,))]
+    grads = [[torch.randn_like(x) for x in start] for _ in range(7)]
+    results = []
+    for module in (adaptim, torch.optim):
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        optimizer = getattr(module, name)(params, **options)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            with num_threads(threads):
+                optimizer.step()
+        results.append((params, optimizer))
+    (ours, mine), (theirs, reference) = results
+    assert mine.fused_status() == ["native (1 partition): 2 of 2 tensors"], mine.fused_status()
+    same = all(
+        torch.equal(a, b)
+        and all(torch.equal(mine.state[a][k], v) for k, v in reference.state[b].items())
+        for a, b in zip(ours, theirs, strict=True)
+    )
+    return mine.plans()[0], same
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    case=twin_cases(),
+    rows=FREE_ROWS,
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_default_keeps_torchs_bits_where_the_exact_loop_is_free(
+    case: tuple[str, dict[str, object]], rows: int, dtype: torch.dtype, threads: int, seed: int
+) -> None:
+    """``adaptim.X(params)`` by default on a group of 64k to 512k elements: where this CPU's
+    emulated MKL root costs nothing there (``_mkl_sqrt.EXACT_LOOP_FREE_BELOW``: Intel's
+    ``Z0HAynn``), the exact loop, ``torch.optim.X``'s for-loop bit for bit; elsewhere (AMD's
+    ``EXHAynn``, or no emulation) the correctly rounded root, as before."""
+    (source,), same = stepped_like_torch(case, rows, dtype, threads, seed)
+    rooted = "sqrt" in source
+    if _mkl_sqrt.exact_loop_free(dtype, rows * 1_000 + 7):
+        assert same, case
+    elif rooted:
+        assert "mkl_root" not in source  # (the rounded loop's sqrt: agrees to rounding)
+
+
+def test_where_the_exact_loop_is_not_free_the_default_keeps_the_rounded_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the emulated kernel marked not free (as AMD's), a 300,007-element default group runs
+    the loop with ``vsqrtps`` again; above the limit too; and below 64k the exact one."""
+    kernel = _mkl_sqrt.emulation(torch.float32)
+    case = ("Adam", {"lr": 1e-2})
+    if kernel is not None:  # (no emulation here: the rounded loop at every size, below)
+        (source,), same = stepped_like_torch(case, 300, torch.float32, 2, 0)
+        assert "mkl_root" in source and same
+        monkeypatch.setitem(_mkl_sqrt.EXACT_LOOP_FREE_BELOW, kernel, 0)
+    for rows in (300, (1 << 19) // 1_000 + 1):
+        (source,), _ = stepped_like_torch(case, rows, torch.float32, 2, 0)
+        assert "mkl_root" not in source and "sqrt" in source
+    (source,), same = stepped_like_torch(case, 60, torch.float32, 1, 0)
+    assert ("mkl_root" in source and same) is (kernel is not None)

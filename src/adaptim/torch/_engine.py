@@ -40,7 +40,17 @@ well under a second, then a load from the disk cache); a smaller float32/float64
 CPU group runs the native loop with MKL's square root inlined
 (:func:`._native.gives_torchs_bits`: a rule without a root, or where the root
 is emulated), which gives the replay's bits and is faster in cache, and the
-replay elsewhere; a CUDA group of any
+replay elsewhere. A larger group takes that exact loop too where the emulated
+root costs nothing against the CPU's at its size
+(:func:`._mkl_sqrt.exact_loop_free`: Intel's AVX-512 kernel, below 512k
+elements, where it measured 0.81-1.07x the rounded loop's time with one thread; out of cache
+it costs a few percent, AMD's at every size), so ``adaptim.Adam(params)`` on a
+model of that size is ``torch.optim.Adam``'s for-loop bit for bit; elsewhere
+the native loop's root is the correctly rounded one, which agrees to rounding
+(:data:`._native.EXACT_ROOT` asks for MKL's at every size and with
+``fused=True``, which otherwise keeps the rounded root: the fastest loop,
+like torch's own fused kernels, which are not its for-loop's bits either).
+A CUDA group of any
 size runs its Triton kernel (when ``triton`` is importable; a compile of
 about a second the first time, then Triton's disk cache; on a GPU the
 replay is launch-bound at every size), and the replay otherwise; for half types only where the native loop is the faster
@@ -70,6 +80,7 @@ from adaptim.torch import (
     _adafactor_native,
     _fuse_axes,
     _lowmem_native,
+    _mkl_sqrt,
     _native,
     _replay,
     _symbolic,
@@ -83,9 +94,10 @@ from adaptim.torch._partition import NativeLaunch as NativeLaunch
 from adaptim.torch._partition import Partition as Partition
 from adaptim.torch._trace import Structure, Traced, Unfusable, trace
 
-#: ``fused=None`` runs the native loop with the correctly rounded root on CPU groups of at
-#: least this many elements (out of cache the exact root costs up to 7% on one thread);
-#: smaller groups run the exact loop where it gives torch's bits, else the replay.
+#: ``fused=None`` runs the native loop on CPU groups of at least this many elements, with the
+#: correctly rounded root (out of cache the exact root costs up to 6% on one thread on Intel,
+#: 14% on AMD) unless :func:`._mkl_sqrt.exact_loop_free` says MKL's costs nothing at the
+#: group's size; smaller groups run the exact loop where it gives torch's bits, else the replay.
 AUTO_NATIVE_MIN_NUMEL = 1 << 16
 
 #: Memos kept per partition layout: each failed guard (RAdam leaving warm-up) adds one.
@@ -336,12 +348,20 @@ class Engine(EngineGroups):
         large = group_numel >= AUTO_NATIVE_MIN_NUMEL
         # A smaller group runs the exact loop where it gives torch's bits (the replay's): in
         # cache it costs nothing against the rounded root, and the replay's call per
-        # operation made small models 2-5x slower than torch's fused kernels.
+        # operation made small models 2-5x slower than torch's fused kernels. A larger one
+        # too where the emulated root is free at its size (Intel's, below 512k elements), but
+        # not SM3's per-axis runs, whose replay with MKL's root takes three passes a tile.
         exact = (
             mode == "auto"
-            and not large
             and partition.native_ok  # (on the CPU)
             and not partition.half
+            and (
+                not large
+                or (
+                    _mkl_sqrt.exact_loop_free(dtype, group_numel)
+                    and not _fuse_axes.has_axes(structure)
+                )
+            )
             and _native.gives_torchs_bits(structure, dtype)
         )
         wants_native = mode == "native" or (mode == "auto" and (exact or (large and auto_half)))

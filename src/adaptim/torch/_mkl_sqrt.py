@@ -412,3 +412,30 @@ def emulation(dtype: torch.dtype) -> str | None:
 def emulated(dtype: torch.dtype) -> bool:
     """Whether :func:`tile_sqrt_source`'s C gives ``torch.sqrt``'s bits here (:func:`emulation`)."""
     return emulation(dtype) is not None
+
+
+#: Per emulated kernel, the group size (elements) below which the default native loop of a
+#: group of ``AUTO_NATIVE_MIN_NUMEL`` or more elements takes the exact root too (smaller
+#: groups take it wherever it is emulated): where it costs nothing against ``vsqrtps``.
+#: ``Z0HAynn`` (Intel Xeon, Emerald Rapids): MKL's root is ``vrsqrt14`` and two FMAs, off the
+#: divider that ``vsqrtps`` and the loop's division share, so in cache the exact loop is the
+#: faster one, out of the core's caches it costs a few percent. Exact / rounded, one thread,
+#: loaded (load average 1-5), default constructor and fresh gradients
+#: (``benchmarks/exact_root_speed.py``): 235k elements 0.81-1.07, medians 0.93-0.96 over
+#: thirteen rules in three runs; 1.5M 0.92-1.05 (median 1.02); 16M 1.01-1.06 (Adagrad,
+#: RMSprop 1.05-1.06); 4M in 1,000 tensors 1.00-1.05; two threads 1.5M 0.91-1.05, 16M
+#: 0.99-1.05 (235k: medians 1.00-1.03 in three runs under a load of 3-5 on two cores, not
+#: told from noise). The loops alone on the same buffers: float32 500k 0.90-1.00, 1M 0.94-1.02,
+#: 1.5M-16M 1.01-1.12; float64 235k-500k 0.59-0.76. So up to 512k.
+#: ``EXHAynn`` (AMD Zen 4): twelve more multiplies and adds on the pipes the loop fills
+#: (16M: 0.86-0.96x of torch's fused kernels, against 1.03-1.16x with ``vsqrtps``): never.
+EXACT_LOOP_FREE_BELOW = {"EXHAynn": 0, "Z0HAynn": 1 << 19}
+
+
+def exact_loop_free(dtype: torch.dtype, numel: int) -> bool:
+    """Whether the exact loop costs nothing against the rounded one on a group of ``numel``
+    elements here (:data:`EXACT_LOOP_FREE_BELOW` of :func:`emulation`'s kernel)."""
+    if numel >= max(EXACT_LOOP_FREE_BELOW.values()):  # (no check of the root for them)
+        return False
+    kernel = emulation(dtype) if dtype in (torch.float32, torch.float64) else None
+    return kernel is not None and numel < EXACT_LOOP_FREE_BELOW.get(kernel, 0)

@@ -251,7 +251,9 @@ def kernel_for(structure: Structure, dtype: torch.dtype, exact: bool | None = No
 #: (``vrsqrt14`` and FMAs, also emulated), the root alone is cheaper than ``vsqrtps``, and
 #: loops in cache ran 0.90-1.00x the time with it, but 16M / 100 tensors with one thread
 #: 1.02-1.07x (``benchmarks/mkl_sqrt_speed.py``, idle), Adagrad then 0.97x torch's fused
-#: kernel against 1.04x without (``step_speed.py --exact-root on/off``): off there too.
+#: kernel against 1.04x without (``step_speed.py --exact-root on/off``): off there too, but
+#: the default takes the exact loop on groups where it is free there (below 512k elements:
+#: :data:`._mkl_sqrt.EXACT_LOOP_FREE_BELOW`, ``benchmarks/exact_root_speed.py``).
 #: On a CPU where MKL runs another kernel than the ones emulated
 #: (:func:`._mkl_sqrt.emulated` false, checked once per process) it changes nothing: the
 #: loop keeps the correctly rounded root.
