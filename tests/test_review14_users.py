@@ -1,0 +1,126 @@
+"""What users do around the default step that earlier tests left out (review14).
+
+Each test runs the same loop twice, once with torch.optim's class and once
+with adaptim's, and asks for the same bits: torch.optim is the oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from _threads import num_threads
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import adaptim
+
+# torch.optim twins that keep a ``step`` counter, with options that use it
+STEPPED: list[tuple[str, dict[str, Any]]] = [
+    ("Adam", {}),
+    ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+    ("AdamW", {}),
+    ("Adagrad", {"lr_decay": 0.01}),
+    ("Adamax", {}),
+    ("NAdam", {}),
+    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
+    ("RAdam", {}),
+    ("Rprop", {}),
+    ("ASGD", {"t0": 2.0}),
+    ("Adafactor", {}),
+    ("RMSprop", {"centered": True}),
+    ("Adadelta", {}),
+]
+
+
+def _edit_counters(
+    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], how: str, value: int
+) -> None:
+    """Set step counts (or scalar state) by hand, as code that restarts bias correction does."""
+    for p in params:
+        state = optimizer.state[p]
+        if how == "fill":
+            state["step"].fill_(float(value))
+        elif how == "sub":
+            state["step"] -= 1.0
+        elif how == "assign":
+            state["step"] = torch.tensor(float(value))
+        elif how == "scalar":  # NAdam's mu_product, ASGD's eta: edited in place
+            for key in ("mu_product", "eta"):
+                if key in state:
+                    state[key].mul_(0.5)
+
+
+def _run(
+    cls: Callable[..., torch.optim.Optimizer],
+    options: dict[str, Any],
+    dtype: torch.dtype,
+    seed: int,
+    edits: list[tuple[int, str, int, list[int]]],
+) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    model.to(dtype)
+    x, y = torch.randn(8, 5, dtype=dtype), torch.randn(8, 3, dtype=dtype)
+    params = list(model.parameters())
+    optimizer = cls(params, lr=0.01, **options)
+    for i in range(7):
+        optimizer.zero_grad()
+        (model(x) - y).square().mean().backward()
+        optimizer.step()
+        for when, how, value, which in edits:
+            if when == i:
+                _edit_counters(optimizer, [params[k] for k in which], how, value)
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("name", "options"), STEPPED, ids=[f"{n}{o}" for n, o in STEPPED])
+@settings(max_examples=6, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.sampled_from(["fill", "sub", "assign", "scalar"]),
+            st.integers(1, 4),
+            st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_step_counts_set_by_hand_are_followed(
+    threads: int,
+    name: str,
+    options: dict[str, Any],
+    seed: int,
+    dtype: torch.dtype,
+    edits: list[tuple[int, str, int, list[int]]],
+) -> None:
+    """``state["step"].fill_(1)``, ``-= 1`` or a new tensor between steps: torch.optim reads
+    the counter every step; the default path's partitions mirrored it on the host and went on
+    from the old count (bias corrections, RAdam's switch, ASGD's and NAdam's scalars)."""
+    with num_threads(threads):
+        theirs = _run(getattr(torch.optim, name), options, dtype, seed, edits)
+        ours = _run(getattr(adaptim, name), options, dtype, seed, edits)
+    for mine, ref in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, ref, rtol=0, atol=0, equal_nan=True)
+
+
+def test_step_counts_set_by_hand_are_followed_without_a_c_compiler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the counters cannot be checked in C, each is read."""
+    from adaptim.torch import _counters
+
+    monkeypatch.setattr(_counters, "_checker", lambda: None)
+    edits = [(1, "fill", 1, [0, 2]), (3, "scalar", 1, [1, 3])]
+    for name, options in (("Adam", {}), ("NAdam", {}), ("ASGD", {"t0": 2.0})):
+        theirs = _run(getattr(torch.optim, name), options, torch.float32, 5, edits)
+        ours = _run(getattr(adaptim, name), options, torch.float32, 5, edits)
+        for mine, ref in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(mine, ref, rtol=0, atol=0)
