@@ -124,3 +124,61 @@ def test_step_counts_set_by_hand_are_followed_without_a_c_compiler(
         ours = _run(getattr(adaptim, name), options, torch.float32, 5, edits)
         for mine, ref in zip(ours, theirs, strict=True):
             torch.testing.assert_close(mine, ref, rtol=0, atol=0)
+
+
+# -- a param group's parameters: torch's errors, saying which parameter --------------------
+
+_MODEL = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+_W0, _B0, _W1, _B1 = _MODEL.parameters()
+
+# (what is passed, torch's message, where adaptim's says the parameter is)
+BAD_PARAMS: dict[str, tuple[Callable[[], Any], type[Exception], str, str]] = {
+    "a non-leaf tensor": (
+        lambda: [_W0, _B0 * 2],
+        ValueError,
+        "can't optimize a non-leaf Tensor",
+        "param_groups[0]['params'][1], of shape (3,)",
+    ),
+    "two lists": (
+        lambda: [[_W0, _B0], [_W1, _B1]],
+        TypeError,
+        "optimizer can only optimize Tensors, but one of the params is list",
+        "param_groups[0]['params'][0]; to give several lists",
+    ),
+    "a parameter in two groups": (
+        lambda: [{"params": [_W0, _B0]}, {"params": [_W1, _B0]}],
+        ValueError,
+        "some parameters appear in more than one parameter group",
+        "param_groups[1]['params'][1], of shape (3,), is also param_groups[0]['params'][1]",
+    ),
+    "a group without params": (
+        lambda: [{"params": [_W0]}, {"lr": 0.1}],
+        KeyError,
+        "params",
+        "param_groups[1] has no 'params' key (its keys: 'lr')",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PARAMS))
+@pytest.mark.parametrize(
+    "name",
+    sorted(c.__name__ for c in adaptim.OPTIMIZERS.values() if hasattr(torch.optim, c.__name__)),
+)
+def test_bad_params_are_refused_as_torch_does_naming_the_parameter(name: str, case: str) -> None:
+    make, error, torchs, where = BAD_PARAMS[case]
+    cls = getattr(adaptim, name)
+    options = {"lr": 0.01} if name == "SGD" else {}
+    with pytest.raises(error) as theirs:
+        getattr(torch.optim, name)(make(), **options)
+    with pytest.raises(error) as ours:
+        cls(make(), **options)
+    assert str(ours.value.args[0]).startswith(theirs.value.args[0]), (ours.value, theirs.value)
+    assert torchs in str(ours.value) and where in str(ours.value)
+
+
+def test_a_group_added_with_a_non_leaf_is_not_added() -> None:
+    optimizer = adaptim.Adam([_W0])
+    with pytest.raises(ValueError, match=r"non-leaf Tensor: param_groups\[1\]\['params'\]\[0\]"):
+        optimizer.add_param_group({"params": (p * 1 for p in [_W1])})
+    assert len(optimizer.param_groups) == 1
