@@ -39,7 +39,7 @@ def check_params(group: dict[str, Any], index: int, groups: Sequence[Mapping[str
     entries = group["params"] = list(entries)
     seen = {id(p): (i, j) for i, g in enumerate(groups) for j, p in enumerate(g["params"])}
     for position, entry in enumerate(entries):
-        p = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry
+        p = entry[1] if isinstance(entry, tuple) and len(entry) >= 2 else entry  # (name, tensor)
         where = _where(index, position, entry)
         if not isinstance(p, torch.Tensor):
             hint = (
