@@ -126,6 +126,19 @@ def test_step_counts_set_by_hand_are_followed_without_a_c_compiler(
             torch.testing.assert_close(mine, ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("path", [{"foreach": True}, {"fused": True}], ids=["foreach", "fused"])
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "RAdam", "Adagrad"])
+def test_step_counts_set_by_hand_are_followed_on_every_path(
+    name: str, path: dict[str, Any]
+) -> None:
+    """The replay and ``fused=True`` mirror the counters too; torch's for-loop is the reference."""
+    edits = [(1, "fill", 1, [0, 1, 2, 3]), (3, "sub", 1, [1, 3]), (4, "scalar", 1, [0, 2])]
+    theirs = _run(getattr(torch.optim, name), {"foreach": False}, torch.float32, 11, edits)
+    ours = _run(getattr(adaptim, name), path, torch.float32, 11, edits)
+    for mine, ref in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, ref, rtol=0, atol=0)
+
+
 # -- a param group's parameters: torch's errors, saying which parameter --------------------
 
 _MODEL = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
