@@ -195,3 +195,14 @@ def test_a_group_added_with_a_non_leaf_is_not_added() -> None:
     with pytest.raises(ValueError, match=r"non-leaf Tensor: param_groups\[1\]\['params'\]\[0\]"):
         optimizer.add_param_group({"params": (p * 1 for p in [_W1])})
     assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "Adamax"])
+def test_param_groups_keep_betas_as_torch_does(name: str) -> None:
+    """torch.optim.Adam and AdamW turn a list of betas into a tuple (the others keep the list):
+    a state_dict compared with torch's, or betas used as a key, then behave the same."""
+    w = torch.nn.Parameter(torch.ones(2))
+    theirs = getattr(torch.optim, name)([w], betas=[0.8, 0.9]).state_dict()["param_groups"]
+    ours = getattr(adaptim, name)([w], betas=[0.8, 0.9]).state_dict()["param_groups"]
+    assert type(ours[0]["betas"]) is type(theirs[0]["betas"])
+    assert ours[0]["betas"] == theirs[0]["betas"]
