@@ -152,6 +152,12 @@ BAD_PARAMS: dict[str, tuple[Callable[[], Any], type[Exception], str, str]] = {
         "can't optimize a non-leaf Tensor",
         "param_groups[0]['params'][1], of shape (3,)",
     ),
+    "a non-leaf tensor alone": (
+        lambda: [{"params": _W0 * 2}],
+        ValueError,
+        "can't optimize a non-leaf Tensor",
+        "param_groups[0]['params'][0], of shape (3, 4)",
+    ),
     "two lists": (
         lambda: [[_W0, _B0], [_W1, _B1]],
         TypeError,

@@ -34,9 +34,10 @@ def check_params(group: dict[str, Any], index: int, groups: Sequence[Mapping[str
             "{'params': model.head.parameters(), 'lr': 1e-3}"
         )
     entries = group["params"]
-    if isinstance(entries, torch.Tensor | set):
-        return  # (torch wraps a tensor in a list, and refuses a set with a clear message)
-    entries = group["params"] = list(entries)
+    if isinstance(entries, set):
+        return  # (torch refuses a set with a clear message)
+    # (a single tensor goes into a list, as torch puts it)
+    entries = group["params"] = [entries] if isinstance(entries, torch.Tensor) else list(entries)
     seen = {id(p): (i, j) for i, g in enumerate(groups) for j, p in enumerate(g["params"])}
     for position, entry in enumerate(entries):
         p = entry[1] if isinstance(entry, tuple) and len(entry) >= 2 else entry  # (name, tensor)
