@@ -3,9 +3,9 @@
 :class:`EngineGroups` holds, per param group, a :class:`GroupRun`: the
 partitions built for it (:mod:`._partition`), the parameters the reference path
 keeps, and what the last step ran. It decides when that knowledge is stale (a
-new parameter list, ``load_state_dict``, ``model.to()``, replaced state, step counts
-or scalar state edited in place, or gradients that cannot be read in place) and answers ``fused_status()`` and
-``plans()``.
+new parameter list, ``load_state_dict``, ``model.to()``, replaced state, step
+counts or scalar state edited in place, or gradients that cannot be read in
+place) and answers ``fused_status()`` and ``plans()``.
 
 Kept apart from :mod:`._engine`, which runs a step (records the rule, picks
 the native loop, the replay or the reference path): this layer only keeps the

@@ -97,7 +97,7 @@ class Partition:
         )
 
     def state_current(self, state: Mapping[torch.Tensor, Any], dicts_known: bool = False) -> bool:
-        """Whether every state dict and tensor (counters included) is still the one this partition recorded.
+        """Whether every state dict and tensor (counters too) is the one this partition recorded.
 
         ``state`` is the optimizer's; an entry the user deleted raises ``KeyError``.
         ``dicts_known``: the engine has checked that ``state`` maps every
