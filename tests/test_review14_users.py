@@ -139,6 +139,35 @@ def test_step_counts_set_by_hand_are_followed_on_every_path(
         torch.testing.assert_close(mine, ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("name", "options"), [("Adam", {}), ("ASGD", {"t0": 2.0})])
+def test_float32_step_counts_stop_at_2_24_as_torchs_do(name: str, options: dict[str, Any]) -> None:
+    """torch's float32 ``step += 1`` stops at 2**24; the mirror follows the counters (ASGD's eta
+    reads the step) and, once they agree again, the partition is not rebuilt."""
+
+    def run(cls: Callable[..., torch.optim.Optimizer]) -> tuple[list[torch.Tensor], set[int]]:
+        torch.manual_seed(3)
+        params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+        optimizer = cls(params, lr=0.01, **options)
+        built = set()
+        for i in range(7):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+            if i == 0:
+                for state in optimizer.state.values():
+                    state["step"].fill_(2.0**24 - 3)
+            engine = getattr(optimizer, "_engine", None)
+            if engine is not None and i >= 2:
+                built.update(id(p) for p in engine.groups[0].partitions)
+        return [p.detach() for p in params], built
+
+    theirs, _ = run(getattr(torch.optim, name))
+    ours, built = run(getattr(adaptim, name))
+    for mine, ref in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, ref, rtol=0, atol=0)
+    assert len(built) == 1
+
+
 # -- a param group's parameters: torch's errors, saying which parameter --------------------
 
 _MODEL = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))

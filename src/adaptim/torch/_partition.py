@@ -111,12 +111,19 @@ class Partition:
         )
 
     def counters_hold(self) -> bool:
-        """Whether every ``step`` and scalar state still holds the value mirrored in ``step``
-        and ``scalar_state`` (user code may edit them in place: :mod:`._counters`)."""
+        """Whether the ``step`` counters still hold one value, and each scalar state entry one
+        value (the partition's bucket); the host mirrors ``step`` and ``scalar_state`` then take
+        those values (:mod:`._counters`: user code may set them in place, and float32 counters
+        stop at 2**24, as torch's do)."""
         for check, key in self._counter_checks:
-            expected = self.step if key is None else float(self.scalar_state[key])
-            if not check.holds(expected):
+            first = self.steps[0] if key is None else self.states[0][key]
+            value = float(first)
+            if not check.holds(value):
                 return False
+            if key is None:
+                self.step = value
+            elif value != float(self.scalar_state[key]):
+                self.scalar_state[key] = first
         return True
 
     @functools.cached_property
