@@ -73,16 +73,19 @@ def asgd_update(
       ``lr`` and for a float64 tensor).
     """
     eta, mu = state["eta"], state["mu"]
-    # At the first step eta holds no value yet: torch starts it at lr, rounded
-    # to the scalar dtype (mu, exactly 1 then, carries that dtype).
+    # At the first step eta holds no value yet (0, its placeholder): torch starts
+    # it at lr, rounded to the scalar dtype (mu, exactly 1 then, carries that
+    # dtype). A step count set back to 0 by hand keeps the eta torch would read.
     g = coupled_weight_decay(xp, p, g, weight_decay)
     if xp.traced:  # compiled: eta and mu stay 0-d tensors, so no host read breaks the graph
-        eta_now = xp.where(step == 1, _scalar_like(mu, lr), eta)
+        eta_now = xp.where((step == 1) & (eta == 0), _scalar_like(mu, lr), eta)
         p = xp.axpy(p * (1 - lambd * eta_now), g, -eta_now)
         ax = xp.where(mu == 1, p, state["ax"] + (p - state["ax"]) * mu)
         new_mu = 1 / xp.clip(step - t0, 1.0, math.inf)
     else:
-        eta_t = xp.scalar(_scalar_like(mu, lr)) if step == 1 else xp.scalar(eta)
+        eta_t = xp.scalar(eta)
+        if step == 1 and eta_t == 0:
+            eta_t = xp.scalar(_scalar_like(mu, lr))
         mu_t = xp.scalar(mu)
         p = xp.axpy(p * (1 - lambd * eta_t), g, -eta_t)
         ax = p if mu_t == 1 else state["ax"] + (p - state["ax"]) * mu_t

@@ -30,6 +30,7 @@ from adaptim.torch._options import ParamsT as ParamsT
 from adaptim.torch._options import _is_implicit, real_view, scalar_dtype
 from adaptim.torch._options import hyperparameter as hyperparameter
 from adaptim.torch._options import implicit_options as implicit_options
+from adaptim.torch._params import check_params
 from adaptim.torch._step import StepLayer
 from adaptim.torch._torch_ops import TORCH_OPS as TORCH_OPS
 from adaptim.torch._torch_ops import TRACEABLE_OPS as TRACEABLE_OPS
@@ -127,6 +128,8 @@ class Optimizer(StepLayer):
     # -- groups and validation -------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         name = self.algorithm.name
+        if isinstance(param_group, dict):  # torch's checks, naming the parameter
+            check_params(param_group, len(self.param_groups), self.param_groups)
         for option in _OPTIMIZER_WIDE:  # (torch keeps unknown keys: these would do nothing)
             if not isinstance(param_group, dict) or option not in param_group:
                 continue

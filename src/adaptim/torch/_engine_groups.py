@@ -3,9 +3,9 @@
 :class:`EngineGroups` holds, per param group, a :class:`GroupRun`: the
 partitions built for it (:mod:`._partition`), the parameters the reference path
 keeps, and what the last step ran. It decides when that knowledge is stale (a
-new parameter list, ``load_state_dict``, ``model.to()``, replaced state or
-gradients that cannot be read in place) and answers ``fused_status()`` and
-``plans()``.
+new parameter list, ``load_state_dict``, ``model.to()``, replaced state, step
+counts or scalar state edited in place, or gradients that cannot be read in
+place) and answers ``fused_status()`` and ``plans()``.
 
 Kept apart from :mod:`._engine`, which runs a step (records the rule, picks
 the native loop, the replay or the reference path): this layer only keeps the
@@ -177,8 +177,14 @@ class EngineGroups:
             current = partition.state_current(state, dicts_known)
         except KeyError:  # an entry was deleted: the reference path's checks name it
             current = False
-        if list(map(_DATA_PTR, partition.params)) != partition.ptrs or not current:
-            run.stale = True  # model.to(), p.data = ... or replaced state: rebuild, reference now
+        if (
+            list(map(_DATA_PTR, partition.params)) != partition.ptrs
+            or not current
+            or not partition.counters_hold()
+        ):
+            # model.to(), p.data = ..., replaced state or a step count set by hand
+            # (``state["step"].fill_(0)``): rebuild, reference now
+            run.stale = True
             return None
         return grads
 

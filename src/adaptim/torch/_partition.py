@@ -21,6 +21,7 @@ import torch
 
 from adaptim.algorithms._state_codes import ABSMAX_SUFFIX
 from adaptim.torch import _hugepages, _lowmem_native, _native, _symbolic, _triton
+from adaptim.torch._counters import CounterCheck
 from adaptim.torch._trace import HALF_DTYPES
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class Partition:
         )
 
     def state_current(self, state: Mapping[torch.Tensor, Any], dicts_known: bool = False) -> bool:
-        """Whether every state dict and tensor is still the one this partition recorded.
+        """Whether every state dict and tensor (counters too) is the one this partition recorded.
 
         ``state`` is the optimizer's; an entry the user deleted raises ``KeyError``.
         ``dicts_known``: the engine has checked that ``state`` maps every
@@ -109,6 +110,31 @@ class Partition:
             map(operator.is_, map(operator.getitem, dicts, names), tensors)
         )
 
+    def counters_hold(self) -> bool:
+        """Whether the ``step`` counters still hold one value, and each scalar state entry one
+        value (the partition's bucket); the host mirrors ``step`` and ``scalar_state`` then take
+        those values (:mod:`._counters`: user code may set them in place, and float32 counters
+        stop at 2**24, as torch's do)."""
+        for check, key in self._counter_checks:
+            first = self.steps[0] if key is None else self.states[0][key]
+            value = float(first)
+            if not check.holds(value):
+                return False
+            if key is None:
+                self.step = value
+            elif value != float(self.scalar_state[key]):
+                self.scalar_state[key] = first
+        return True
+
+    @functools.cached_property
+    def _counter_checks(self) -> list[tuple[CounterCheck, str | None]]:
+        checks: list[tuple[CounterCheck, str | None]] = []
+        if self.steps:
+            checks.append((CounterCheck(self.steps), None))
+        for key in self.scalar_state:
+            checks.append((CounterCheck([s[key] for s in self.states]), key))
+        return checks
+
     @functools.cached_property
     def _state_check(self) -> tuple[list[Any], list[Any], list[Any], list[str], list[Any]]:
         """What ``state_current`` compares, flat, for one pass per step.
@@ -118,10 +144,13 @@ class Partition:
         (state dict, key, tensor) triples.
         """
         stateful = [(p, s) for p, s in zip(self.params, self.states, strict=True) if s]
-        keys = (*self.tensor_keys, *self.per_tensor_keys)
+        # (the counters too: their values are mirrored on the host)
+        counters = (*(("step",) if self.steps else ()), *self.scalar_state)
+        keys = (*self.tensor_keys, *self.per_tensor_keys, *counters)
         dicts = [s for _ in keys for s in self.states]
         names = [k for k in keys for _ in self.states]
         tensors = [t for ts in self.state_lists for t in ts]
+        tensors += [s[k] for k in counters for s in self.states]
         return [p for p, _ in stateful], [s for _, s in stateful], dicts, names, tensors
 
     def block_table(self) -> _native.BlockTable:

@@ -17,6 +17,13 @@ from adaptim.torch._docs import _documented
 Betas = tuple[float | torch.Tensor, float | torch.Tensor]
 
 
+def _torchs_pair(betas: Betas | list[float | torch.Tensor]) -> Betas:
+    """Betas given as a list, kept as the tuple torch.optim.Adam and AdamW keep."""
+    if isinstance(betas, list):  # (any other value is checked, and refused, as given)
+        return tuple(betas)  # type: ignore[return-value]
+    return betas
+
+
 @_documented
 class Adam(Optimizer):
     """Adam, with AMSGrad and decoupled weight decay as options.
@@ -50,7 +57,7 @@ class Adam(Optimizer):
         bias_correction: bool = default(True),
     ) -> None:
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            lr=lr, betas=_torchs_pair(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused,
             decoupled_weight_decay=decoupled_weight_decay, epsilon_hat=epsilon_hat,
@@ -98,7 +105,7 @@ class AdamW(Optimizer):
         bias_correction: bool = default(True),
     ) -> None:
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            lr=lr, betas=_torchs_pair(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
             epsilon_hat=epsilon_hat, amsgrad_max=amsgrad_max, bias_correction=bias_correction,
