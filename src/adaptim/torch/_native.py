@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptim.torch import _native_half
+from adaptim.torch import _native_half, _native_norms
 from adaptim.torch._native_source import _COMPARE as _COMPARE
 from adaptim.torch._native_source import _CTYPES
 from adaptim.torch._native_source import SUPPORTED as SUPPORTED
@@ -270,20 +270,28 @@ def source_for(structure: Structure, dtype: torch.dtype, exact: bool | None = No
     from adaptim.torch import _mkl_sqrt, _native_vector  # (they build on this module)
 
     exact = EXACT_ROOT if exact is None else exact
+    # (the large groups' loop keeps its per-block sums, which split a tensor across threads)
+    aten_norms = exact and _normed(structure) and _native_norms.holds(dtype)
     if exact and _rooted(structure) and _mkl_sqrt.emulated(dtype):
-        return _native_vector.generate_source(structure, dtype)
-    return generate_source(structure, dtype)
+        return _native_vector.generate_source(structure, dtype, aten_norms)
+    return generate_source(structure, dtype, aten_norms)
 
 
 def _rooted(structure: Structure) -> bool:
     return any(op == "sqrt" for op, _ in structure.ops)
 
 
+def _normed(structure: Structure) -> bool:
+    return any(op == "norm" for op, _ in structure.ops)
+
+
 def gives_torchs_bits(structure: Structure, dtype: torch.dtype) -> bool:
     """Whether the exact loop of ``structure`` (``kernel_for(..., exact=True)``) computes
     torch.optim's float32/float64 bits here: a rule with no square root, or one whose root
-    :func:`._mkl_sqrt.emulated` reproduces (checked once per process), and no whole-tensor
-    norm or sum (LARS, LAMB, NovoGrad: the loop adds in another order than ATen).
+    :func:`._mkl_sqrt.emulated` reproduces, and no whole-tensor norm (LARS, LAMB,
+    NovoGrad), or one whose order :func:`._native_norms.holds` (the loop sums each tensor
+    as ``torch.linalg.vector_norm`` does); both checked once per process. No other
+    per-tensor reduction (sums, dot products: the loop has none).
 
     The rule's other operations are ATen's arithmetic already (multiply-adds where
     ATen's kernels fuse them; ``tests/test_native_threads.py`` holds every torch twin's
@@ -293,19 +301,23 @@ def gives_torchs_bits(structure: Structure, dtype: torch.dtype) -> bool:
 
     if dtype not in (torch.float32, torch.float64):
         return False
-    kind = _BITS_KIND.get(structure)  # (asked every step of a small group: remember)
-    if kind is None:
-        if structure.half or any(op in PER_TENSOR_OPS for op, _ in structure.ops):
-            kind = "never"
+    needs = _BITS_NEEDS.get(structure)  # (asked every step of a small group: remember)
+    if needs is None:
+        ops = {op for op, _ in structure.ops}
+        if structure.half or ops & (PER_TENSOR_OPS - {"norm"}):
+            needs = ("never",)
         else:
-            kind = "rooted" if _rooted(structure) else "plain"
-        _BITS_KIND[structure] = kind
-    return kind == "plain" or (kind == "rooted" and _mkl_sqrt.emulated(dtype))
+            needs = ("root",) * _rooted(structure) + ("norms",) * _normed(structure)
+        _BITS_NEEDS[structure] = needs
+    checks: dict[str, Callable[[torch.dtype], bool]]
+    checks = {"root": _mkl_sqrt.emulated, "norms": _native_norms.holds}
+    return "never" not in needs and all(checks[need](dtype) for need in needs)
 
 
-#: :func:`gives_torchs_bits`'s answer per structure, but for the root: "plain" (no root),
-#: "rooted" (the root emulated or not) or "never" (norms, half types).
-_BITS_KIND: dict[Structure, str] = {}
+#: :func:`gives_torchs_bits`'s question per structure: which of this machine's and wheel's
+#: checks it needs ("root": MKL's root emulated, "norms": ATen's norm order), or "never"
+#: (half types, reductions the loop cannot take).
+_BITS_NEEDS: dict[Structure, tuple[str, ...]] = {}
 
 
 def build_library(source: str, name: str = "step") -> Path:

@@ -1,0 +1,102 @@
+"""LARS, LAMB and NovoGrad: the default step before and after their norms took ATen's order.
+
+Side by side in one process (one step of each variant in turn, fresh gradients each
+step as after ``zero_grad()``, medians), on ``step_speed.py``'s workloads:
+
+* ``small`` (42k parameters in 6 tensors, under ``AUTO_NATIVE_MIN_NUMEL``): ``replay`` is
+  what the default ran before (the multi-tensor replay, ``foreach=True``: bit for bit the
+  same path), ``default`` what it runs now (the exact native loop, norms in ATen's order);
+* ``mlp`` (235k in 6, a large group): ``default`` is the large groups' loop (per-block
+  norms in double, split across threads), ``aten norms`` the same loop with its norms
+  in ATen's order (each tensor whole on one thread), the choice the large loop did not take.
+
+``before/after`` is the first variant's median over the second's (> 1: the second is
+faster). Run: ``python benchmarks/norm_order_speed.py [--threads 1 2] [--steps 400]``.
+A shared machine: the load average is printed next to each ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+
+import adaptim
+from adaptim.torch import _native, _native_source
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_speed import WORKLOADS  # (a sibling script)
+
+ALGORITHMS = ("LARS", "LAMB", "NovoGrad")
+
+
+def _aten_norms_everywhere(structure: Any, dtype: torch.dtype, exact: bool | None = None) -> str:
+    """``_native.source_for`` with the large loop's norms in ATen's order too."""
+    return _native_source.generate_source(structure, dtype, aten_norms=True)
+
+
+def build(name: str, shapes: list[tuple[int, ...]], variant: str) -> Callable[[], None]:
+    """A step of ``adaptim.<name>`` in ``variant`` on fresh gradients (after two warm steps)."""
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    grads = [torch.randn(s, generator=generator) for s in shapes]
+    options = {"foreach": True} if variant == "replay" else {}
+    optimizer = getattr(adaptim, name)(params, **options)
+
+    def step() -> None:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+
+    _native._KERNELS.clear()  # (each variant binds its own kernel on its first steps)
+    if variant == "aten norms":
+        with mock.patch.object(_native, "source_for", _aten_norms_everywhere):
+            step(), step()
+    else:
+        step(), step()
+    _native._KERNELS.clear()
+    status = optimizer.fused_status()[0]
+    expected = "foreach" if variant == "replay" else "native"
+    assert status.startswith(expected), (variant, status)
+    return step
+
+
+def compare(name: str, workload: str, variants: tuple[str, str], steps: int) -> list[float]:
+    runners = [build(name, WORKLOADS[workload], v) for v in variants]
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(steps):
+        for k, run in enumerate(runners):
+            start = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--workloads", nargs="+", default=["small", "mlp"])
+    args = parser.parse_args()
+    pairs = {"small": ("replay", "default"), "mlp": ("default", "aten norms")}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for workload in args.workloads:
+            first, second = pairs[workload]
+            print(f"\n{workload}, {threads} thread(s): {first} ms, {second} ms, before/after")
+            for name in ALGORITHMS:
+                a, b = compare(name, workload, (first, second), args.steps)
+                load = Path("/proc/loadavg").read_text().split()[0]
+                print(f"  {name:9s} {a:7.3f} {b:7.3f}  {a / b:5.2f}x   (load {load}, loaded)")
+
+
+if __name__ == "__main__":
+    main()
