@@ -8,8 +8,8 @@ with one of:
 
 * ``native`` (:mod:`._native`): one compiled C loop over all the tensors,
   each element read once, in one OpenMP region. CPU, float32/float64 (and
-  float16/bfloat16: :mod:`._native_half`), dense contiguous tensors, rules
-  without whole-tensor norms.
+  float16/bfloat16: :mod:`._native_half`, without whole-tensor norms), dense
+  contiguous tensors.
 * ``triton`` (:mod:`._triton`): on a GPU, one Triton kernel generated from
   the recording, launched once per partition over all its tensors through a
   device table of their data pointers. CUDA, float32/float64, dense
@@ -37,10 +37,11 @@ square root in one pass: :mod:`._fuse_axes`). With neither set (the default), a 
 when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
 elements (building a kernel costs a C compile the first time on a machine,
 well under a second, then a load from the disk cache); a smaller float32/float64
-CPU group runs the native loop with MKL's square root inlined
+CPU group runs the native loop with MKL's square root inlined and whole-tensor
+norms (LARS, LAMB, NovoGrad) summed in ``torch.linalg.vector_norm``'s order
 (:func:`._native.gives_torchs_bits`: a rule without a root, or where the root
-is emulated), which gives the replay's bits and is faster in cache, and the
-replay elsewhere; a CUDA group of any
+is emulated, and without norms, or where that order holds), which gives the
+replay's bits and is faster in cache, and the replay elsewhere; a CUDA group of any
 size runs its Triton kernel (when ``triton`` is importable; a compile of
 about a second the first time, then Triton's disk cache; on a GPU the
 replay is launch-bound at every size), and the replay otherwise; for half types only where the native loop is the faster

@@ -24,9 +24,11 @@ multiply-adds, as measured against them), a division by a per-step scalar
 element by element as ATen's (its reciprocal times the element differs on
 a third of them), and ``number / array`` as torch's ``reciprocal() * number``.
 A rule with a square root is written on vectors with MKL's root inlined
-(:mod:`._native_vector`, :func:`source_for`), so the results are the
-reference path's, and torch.optim's, bit for bit (norms aside: LARS and
-LAMB sum them in another order); where :func:`._mkl_sqrt.emulated` fails
+(:mod:`._native_vector`, :func:`source_for`), and whole-tensor norms (LARS,
+LAMB, NovoGrad) are summed as ``torch.linalg.vector_norm`` sums them
+(:mod:`._native_norms`; the large groups' loop sums them per block in double,
+across threads, and agrees to rounding), so the results are the reference
+path's, and torch.optim's, bit for bit; where :func:`._mkl_sqrt.emulated` fails
 the loop takes C's correctly rounded ``sqrt``, which differs from
 ``torch.sqrt`` on about 17% of float32 values.
 float16 and bfloat16 parameters get a loop of their own
@@ -265,12 +267,14 @@ def source_for(structure: Structure, dtype: torch.dtype, exact: bool | None = No
     :mod:`._native_vector`'s loop when :func:`._mkl_sqrt.emulated` holds (the root
     inlined, ``torch.sqrt``'s bits); otherwise the scalar loop of :mod:`._native_source`
     (its ``sqrt`` is the correctly rounded one, which differs from MKL's on about 17% of
-    values).
+    values). With ``exact``, whole-tensor norms are summed in ATen's order where
+    :func:`._native_norms.holds`; otherwise per block in double, a tensor's blocks on
+    several threads (on the 235k MLP, one thread, ATen's order took LAMB's step 1.07x
+    the time, LARS's and NovoGrad's 0.96-0.97x: ``benchmarks/norm_order_speed.py``).
     """
     from adaptim.torch import _mkl_sqrt, _native_vector  # (they build on this module)
 
     exact = EXACT_ROOT if exact is None else exact
-    # (the large groups' loop keeps its per-block sums, which split a tensor across threads)
     aten_norms = exact and _normed(structure) and _native_norms.holds(dtype)
     if exact and _rooted(structure) and _mkl_sqrt.emulated(dtype):
         return _native_vector.generate_source(structure, dtype, aten_norms)
