@@ -208,6 +208,11 @@ def test_no_compiler_is_asked_for_once_then_the_small_group_replays(
     def no_compiler() -> None:
         looked.append(None)
 
+    # (the process's checks of the root and its step counter compile their own C once and
+    # are remembered: taken first, they neither count here nor stay off for later tests)
+    for dtype in (torch.float32, torch.float64):
+        _mkl_sqrt.emulated(dtype)
+    _native._counter()
     monkeypatch.setattr(_native, "_KERNELS", {})
     monkeypatch.setattr(_native, "_FAILED", {})
     monkeypatch.setattr(_native, "compiler", no_compiler)
@@ -314,12 +319,30 @@ def test_default_small_group_with_norms_keeps_torchs_bits(
                 assert torch.equal(default.state[p][key], value), key
 
 
-def test_default_small_group_with_norms_replays_where_the_order_check_fails(
+def test_the_norm_order_check_decides_the_small_groups_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Where ATen's norm order does not hold (the check's C given twice ATen's lanes here),
-    the once-per-process check says so and a small group of a rule with norms replays:
-    torch's bits still."""
+    """Where ATen's norm order holds, a small group of a rule with norms runs the exact loop
+    (``plans()`` shows its norm pass in that order); where it does not (the check's C given
+    twice ATen's lanes here), the once-per-process check says so and the group replays:
+    torch's bits either way."""
+
+    def run() -> list[adaptim.Optimizer]:
+        default = []
+        for name in NORM_RULES:
+            models = [make_model(), make_model()]
+            default.append(getattr(adaptim, name)(models[0].parameters()))
+            reference = getattr(adaptim, name)(models[1].parameters(), foreach=False)
+            train(models[0], default[-1], 3)
+            train(models[1], reference, 3)
+            for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+                assert torch.equal(p, q), name
+        return default
+
+    for optimizer in run():
+        (status,) = optimizer.fused_status()
+        assert status.startswith("native (") and "foreach" not in status, status
+        assert any("norm_chunk(&acc" in plan for plan in optimizer.plans()[0])
     monkeypatch.setattr(
         _aten_sums,
         "ORDERS",
@@ -327,16 +350,9 @@ def test_default_small_group_with_norms_replays_where_the_order_check_fails(
     )
     monkeypatch.setattr(_native_norms, "_HOLDS", {})
     assert not _native_norms.holds(torch.float32) and not _native_norms.holds(torch.float64)
-    for name in NORM_RULES:
-        models = [make_model(), make_model()]
-        default = getattr(adaptim, name)(models[0].parameters())
-        reference = getattr(adaptim, name)(models[1].parameters(), foreach=False)
-        train(models[0], default, 3)
-        train(models[1], reference, 3)
-        (status,) = default.fused_status()
+    for optimizer in run():
+        (status,) = optimizer.fused_status()
         assert status.startswith("foreach (") and "native" not in status, status
-        for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
-            assert torch.equal(p, q)
 
 
 def test_default_small_group_without_the_exact_root_replays(

@@ -313,9 +313,11 @@ def gives_torchs_bits(structure: Structure, dtype: torch.dtype) -> bool:
         else:
             needs = ("root",) * _rooted(structure) + ("norms",) * _normed(structure)
         _BITS_NEEDS[structure] = needs
-    checks: dict[str, Callable[[torch.dtype], bool]]
-    checks = {"root": _mkl_sqrt.emulated, "norms": _native_norms.holds}
-    return "never" not in needs and all(checks[need](dtype) for need in needs)
+    if "never" in needs:
+        return False
+    return ("root" not in needs or _mkl_sqrt.emulated(dtype)) and (
+        "norms" not in needs or _native_norms.holds(dtype)
+    )
 
 
 #: :func:`gives_torchs_bits`'s question per structure: which of this machine's and wheel's

@@ -157,6 +157,9 @@ def holds(dtype: torch.dtype) -> bool:
     ``False`` where no compiler builds it."""
     from adaptim.torch import _native
 
+    known = _HOLDS.get(dtype)  # (asked every step of a small group)
+    if known is not None:
+        return known
     with _lock:
         if dtype not in _HOLDS:
             try:
