@@ -8,16 +8,21 @@ step as after ``zero_grad()``, medians), on ``step_speed.py``'s workloads:
   same path), ``default`` what it runs now (the exact native loop, norms in ATen's order);
 * ``mlp`` (235k in 6, a large group): ``default`` is the large groups' loop (per-block
   norms in double, split across threads), ``aten norms`` the same loop with its norms
-  in ATen's order (each tensor whole on one thread), the choice the large loop did not take.
+  in ATen's order (each tensor whole on one thread), the choice the large loop did not take,
+  and ``exact loop`` the small groups' loop at this size (MKL's root inlined where it is
+  emulated, ATen's norms: what ``_native.EXACT_ROOT`` asks for, and what a default that
+  takes the exact loop on larger groups would run).
 
-``before/after`` is the first variant's median over the second's (> 1: the second is
-faster). Run: ``python benchmarks/norm_order_speed.py [--threads 1 2] [--steps 400]``.
+Each later variant is compared with the first: the first's median over its median (> 1:
+the later one is faster), then the same of their fastest quarters (25th percentiles:
+steadier where other processes take the second core from a two-thread step). Run: ``python benchmarks/norm_order_speed.py [--threads 1 2] [--steps 400]``.
 A shared machine: the load average is printed next to each ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -57,10 +62,11 @@ def build(name: str, shapes: list[tuple[int, ...]], variant: str) -> Callable[[]
         optimizer.step()
 
     _native._KERNELS.clear()  # (each variant binds its own kernel on its first steps)
-    if variant == "aten norms":
-        with mock.patch.object(_native, "source_for", _aten_norms_everywhere):
-            step(), step()
-    else:
+    patches = {
+        "aten norms": mock.patch.object(_native, "source_for", _aten_norms_everywhere),
+        "exact loop": mock.patch.object(_native, "EXACT_ROOT", True),
+    }
+    with patches.get(variant, contextlib.nullcontext()):
         step(), step()
     _native._KERNELS.clear()
     status = optimizer.fused_status()[0]
@@ -69,7 +75,10 @@ def build(name: str, shapes: list[tuple[int, ...]], variant: str) -> Callable[[]
     return step
 
 
-def compare(name: str, workload: str, variants: tuple[str, str], steps: int) -> list[float]:
+def compare(
+    name: str, workload: str, variants: tuple[str, ...], steps: int
+) -> list[tuple[float, float]]:
+    """Each variant's median and 25th percentile step time (ms)."""
     runners = [build(name, WORKLOADS[workload], v) for v in variants]
     times: list[list[float]] = [[] for _ in runners]
     for _ in range(steps):
@@ -77,7 +86,7 @@ def compare(name: str, workload: str, variants: tuple[str, str], steps: int) -> 
             start = time.perf_counter()
             run()
             times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+    return [(statistics.median(t) * 1e3, statistics.quantiles(t, n=4)[0] * 1e3) for t in times]
 
 
 def main() -> None:
@@ -86,16 +95,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--workloads", nargs="+", default=["small", "mlp"])
     args = parser.parse_args()
-    pairs = {"small": ("replay", "default"), "mlp": ("default", "aten norms")}
+    variants = {"small": ("replay", "default"), "mlp": ("default", "aten norms", "exact loop")}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for workload in args.workloads:
-            first, second = pairs[workload]
-            print(f"\n{workload}, {threads} thread(s): {first} ms, {second} ms, before/after")
+            first, *others = variants[workload]
+            print(f"\n{workload}, {threads} thread(s): medians (ms), then each against {first}")
+            print(f"  {'':9s} {first:>10s} " + " ".join(f"{v:>10s}" for v in others))
             for name in ALGORITHMS:
-                a, b = compare(name, workload, (first, second), args.steps)
+                (a, a25), *rest = compare(name, workload, variants[workload], args.steps)
+                ratios = "  ".join(
+                    f"{v}: {a / b:4.2f}x / {a25 / b25:4.2f}x"
+                    for v, (b, b25) in zip(others, rest, strict=True)
+                )
                 load = Path("/proc/loadavg").read_text().split()[0]
-                print(f"  {name:9s} {a:7.3f} {b:7.3f}  {a / b:5.2f}x   (load {load}, loaded)")
+                times = " ".join(f"{b:10.3f}" for b, _ in rest)
+                print(f"  {name:9s} {a:10.3f} {times}   {ratios}   (load {load}, loaded)")
 
 
 if __name__ == "__main__":

@@ -269,8 +269,9 @@ def source_for(structure: Structure, dtype: torch.dtype, exact: bool | None = No
     (its ``sqrt`` is the correctly rounded one, which differs from MKL's on about 17% of
     values). With ``exact``, whole-tensor norms are summed in ATen's order where
     :func:`._native_norms.holds`; otherwise per block in double, a tensor's blocks on
-    several threads (on the 235k MLP, one thread, ATen's order took LAMB's step 1.07x
-    the time, LARS's and NovoGrad's 0.96-0.97x: ``benchmarks/norm_order_speed.py``).
+    several threads (on the 235k MLP, one thread, ATen's order took LAMB's step 1.05-1.07x
+    the time, LARS's and NovoGrad's 0.96-0.98x, and two threads leave a large tensor's
+    norm to one: ``benchmarks/norm_order_speed.py``).
     """
     from adaptim.torch import _mkl_sqrt, _native_vector  # (they build on this module)
 
