@@ -53,3 +53,5 @@ def test_one_element_is_its_absolute_value(dtype: torch.dtype) -> None:
     expected = [info.tiny, info.max, 2.5, 0.0]
     assert [torch.linalg.vector_norm(x).item() for x in singles + pairs] == expected
     assert _native_norms.norms(singles + pairs) == expected
+    (zero,) = _native_norms.norms([torch.tensor(-0.0, dtype=dtype)])
+    assert str(zero) == str(torch.linalg.vector_norm(torch.tensor(-0.0, dtype=dtype)).item())

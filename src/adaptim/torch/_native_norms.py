@@ -51,7 +51,7 @@ static inline void norm_chunk(Lanes* acc, const T* chunk, int64_t c, int64_t len
   const int64_t whole = len - len % ATEN_LANES;
   add_vectors(acc, chunk, whole);
   if (c + len != size) return;
-  *norm = size == 1 ? (double)(chunk[0] < 0 ? -chunk[0] : chunk[0])
+  *norm = size == 1 ? fabs((double)chunk[0])  /* (-0 too: +0) */
                     : (double)(T)sqrt((double)finish(*acc, chunk + whole, len - whole));
 }
 """
