@@ -41,7 +41,7 @@ from test_torch_parity import PHASES, HypothesisSource
 import adaptim
 from adaptim import flavors
 from adaptim.algorithms import ALGORITHMS
-from adaptim.torch import _engine, _mkl_sqrt, _native, _replay
+from adaptim.torch import _aten_sums, _engine, _mkl_sqrt, _native, _native_norms, _replay
 
 STEPS = 40
 
@@ -209,6 +209,11 @@ def test_no_compiler_is_asked_for_once_then_the_small_group_replays(
     def no_compiler() -> None:
         looked.append(None)
 
+    # (the process's checks of the root and its step counter compile their own C once and
+    # are remembered: taken first, they neither count here nor stay off for later tests)
+    for dtype in (torch.float32, torch.float64):
+        _mkl_sqrt.emulated(dtype)
+    _native._counter()
     monkeypatch.setattr(_native, "_KERNELS", {})
     monkeypatch.setattr(_native, "_FAILED", {})
     monkeypatch.setattr(_native, "compiler", no_compiler)
@@ -225,23 +230,130 @@ def test_no_compiler_is_asked_for_once_then_the_small_group_replays(
     assert_close(model, reference_model, tolerance=0.0)
 
 
-@pytest.mark.parametrize("name", ["LARS", "LAMB", "NovoGrad"])
-def test_default_small_group_with_norms_keeps_torchs_bits(name: str) -> None:
-    """A rule with whole-tensor norms sums them in another order in the native loop: its
-    small groups replay by default, bit for bit the per-tensor reference."""
-    generator = torch.Generator().manual_seed(3)
-    start = [torch.randn(1000, generator=generator) for _ in range(3)]
-    params = [[torch.nn.Parameter(x.clone()) for x in start] for _ in range(2)]
-    default = getattr(adaptim, name)(params[0])
-    reference = getattr(adaptim, name)(params[1], foreach=False)
-    for _ in range(5):
-        grads = [torch.randn(1000, generator=generator) for _ in start]
-        for optimizer, group in ((default, params[0]), (reference, params[1])):
-            for p, g in zip(group, grads, strict=True):
+#: Every option of the rules with whole-tensor norms, for their small groups' default loop.
+NORM_RULES: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "LARS": {
+        "lr": st.sampled_from([0.1, 1.0]),
+        "momentum": st.sampled_from([0.0, 0.9]),
+        "weight_decay": st.sampled_from([0.0, 1e-3]),
+        "trust_coefficient": st.sampled_from([1e-3, 0.05]),
+        "eps": st.sampled_from([1e-8, 1e-3]),
+        "trust_clip": st.booleans(),
+        "exclude_bias_and_norm": st.booleans(),
+        "maximize": st.booleans(),
+    },
+    "LAMB": {
+        "lr": st.sampled_from([1e-3, 1e-2]),
+        "betas": st.tuples(st.sampled_from([0.0, 0.9]), st.sampled_from([0.99, 0.999])),
+        "eps": st.sampled_from([1e-6, 1e-3]),
+        "weight_decay": st.sampled_from([0.0, 1e-2]),
+        "bias_correction": st.booleans(),
+        "weight_norm_clip": st.sampled_from([(0.0, 10.0), None, (0.5, 2.0)]),
+        "exclude_bias_and_norm": st.booleans(),
+        "maximize": st.booleans(),
+    },
+    "NovoGrad": {
+        "lr": st.sampled_from([1e-3, 1e-2]),
+        "betas": st.tuples(st.sampled_from([0.9, 0.95]), st.sampled_from([0.25, 0.98])),
+        "eps": st.sampled_from([1e-6, 0.0]),
+        "eps_root": st.sampled_from([0.0, 1e-8]),
+        "weight_decay": st.sampled_from([0.0, 1e-2]),
+        "eps_in_first_step": st.booleans(),
+        "maximize": st.booleans(),
+    },
+}
+#: Shapes around every tail (0-d, 1 to 40 elements: ATen's 8 or 4 lanes, the loop's 16),
+#: small odd matrices (a trust ratio where ``exclude_bias_and_norm`` skips vectors), and a
+#: few thousand elements (several of the norm pass's chunks).
+NORM_SHAPES = st.one_of(
+    st.just(()),
+    st.tuples(st.integers(1, 40)),
+    st.tuples(st.integers(2, 9), st.integers(2, 40)),
+    st.tuples(st.integers(1_000, 5_000)),
+)
+
+
+@pytest.mark.parametrize("name", sorted(NORM_RULES))
+@settings(max_examples=8, deadline=None)
+@given(
+    data=st.data(),
+    shapes=st.lists(NORM_SHAPES, min_size=1, max_size=5),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    threads=st.sampled_from([1, 2]),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    seed=st.integers(0, 2**16),
+)
+def test_default_small_group_with_norms_keeps_torchs_bits(
+    name: str,
+    data: st.DataObject,
+    shapes: list[tuple[int, ...]],
+    dtype: torch.dtype,
+    threads: int,
+    scale: float,
+    seed: int,
+) -> None:
+    """LARS, LAMB and NovoGrad: a small group runs the exact native loop by default, its
+    norms summed in ATen's order, so bit for bit the replay (``foreach=True``) and the
+    per-tensor reference (``foreach=False``), parameters and state, over 24 steps."""
+    options = {key: data.draw(strategy, label=key) for key, strategy in NORM_RULES[name].items()}
+    generator = torch.Generator().manual_seed(seed)
+    start = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+    steps = [[torch.randn(s, generator=generator, dtype=dtype) * scale for s in shapes]]
+    steps += [[torch.randn(s, generator=generator, dtype=dtype) for s in shapes] for _ in range(23)]
+    runs = []
+    for switches in ({}, {"foreach": True}, {"foreach": False}):
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        optimizer = getattr(adaptim, name)(params, **options, **switches)
+        for grads in steps:
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
-            optimizer.step()
-    for p, q in zip(*params, strict=True):
-        assert torch.equal(p, q), f"max difference {float((p - q).abs().max())}"
+            with num_threads(threads):
+                optimizer.step()
+        runs.append((params, optimizer))
+    (ours, default), *others = runs
+    (status,) = default.fused_status()
+    assert status.startswith("native (") and "foreach" not in status, status
+    for params, optimizer in others:
+        for p, q in zip(ours, params, strict=True):
+            assert torch.equal(p, q), f"max difference {float((p - q).abs().max())}"
+            for key, value in optimizer.state[q].items():
+                assert torch.equal(default.state[p][key], value), key
+
+
+def test_the_norm_order_check_decides_the_small_groups_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where ATen's norm order holds, a small group of a rule with norms runs the exact loop
+    (``plans()`` shows its norm pass in that order); where it does not (the check's C given
+    twice ATen's lanes here), the once-per-process check says so and the group replays:
+    torch's bits either way."""
+
+    def run() -> list[adaptim.Optimizer]:
+        default = []
+        for name in NORM_RULES:
+            models = [make_model(), make_model()]
+            default.append(getattr(adaptim, name)(models[0].parameters()))
+            reference = getattr(adaptim, name)(models[1].parameters(), foreach=False)
+            train(models[0], default[-1], 3)
+            train(models[1], reference, 3)
+            for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+                assert torch.equal(p, q), name
+        return default
+
+    for optimizer in run():
+        (status,) = optimizer.fused_status()
+        assert status.startswith("native (") and "foreach" not in status, status
+        assert any("norm_chunk(&acc" in plan for plan in optimizer.plans()[0])
+    monkeypatch.setattr(
+        _aten_sums,
+        "ORDERS",
+        {k: (fma, 2 * lanes, c) for k, (fma, lanes, c) in _aten_sums.ORDERS.items()},
+    )
+    monkeypatch.setattr(_native_norms, "_HOLDS", {})
+    assert not _native_norms.holds(torch.float32) and not _native_norms.holds(torch.float64)
+    for optimizer in run():
+        (status,) = optimizer.fused_status()
+        assert status.startswith("foreach (") and "native" not in status, status
 
 
 def test_default_small_group_without_the_exact_root_replays(

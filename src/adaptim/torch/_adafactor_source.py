@@ -160,10 +160,10 @@ static void apply(int64_t t, int64_t begin, int64_t end, const int64_t* meta, vo
 static inline void four_rows(const T* x, int64_t cols, T* acc, T* sums) {
   const T *x0 = x, *x1 = x + cols, *x2 = x + 2 * cols, *x3 = x + 3 * cols;
   const int64_t whole = cols - cols % ATEN_LANES;
-  V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+  Lanes a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
   for (int64_t j = 0; j < whole; j += ATEN_LANES) {
-    const V v0 = load_v(x0 + j), v1 = load_v(x1 + j), v2 = load_v(x2 + j), v3 = load_v(x3 + j);
-    const V s0 = v0 * v0, s1 = v1 * v1, s2 = v2 * v2, s3 = v3 * v3;
+    const Lanes v0 = load_v(x0 + j), v1 = load_v(x1 + j), v2 = load_v(x2 + j), v3 = load_v(x3 + j);
+    const Lanes s0 = v0 * v0, s1 = v1 * v1, s2 = v2 * v2, s3 = v3 * v3;
     a0 = a0 + s0; a1 = a1 + s1; a2 = a2 + s2; a3 = a3 + s3;
     store_v(acc + j, (((load_v(acc + j) + s0) + s1) + s2) + s3);
   }
@@ -222,10 +222,10 @@ static void gradient_stats(int64_t t, const int64_t* meta, void* const* arrays, 
 }
 
 /* Two sums of squares at once (independent chains): the update's and its parameter's. */
-static inline void add_two(V* acc_u, const T* u, V* acc_p, const T* p, int64_t n) {
-  V a = *acc_u, c = *acc_p;
+static inline void add_two(Lanes* acc_u, const T* u, Lanes* acc_p, const T* p, int64_t n) {
+  Lanes a = *acc_u, c = *acc_p;
   for (int64_t d = 0; d < n; d += ATEN_LANES) {
-    const V v = load_v(u + d), q = load_v(p + d);
+    const Lanes v = load_v(u + d), q = load_v(p + d);
     a = a + v * v; c = c + q * q;
   }
   *acc_u = a; *acc_p = c;
@@ -308,7 +308,7 @@ static void pass(int64_t n, int64_t phase, const int64_t* meta, void* const* arr
         }
         const int keep = (FLAGS(t) & KEPT) != 0;
         const T* p = (const T*)arrays[t];
-        V acc_u = {0}, acc_p = {0};
+        Lanes acc_u = {0}, acc_p = {0};
         T buffer[BUF];
         for (int64_t begin = 0; begin < size; begin += BUF) {
           const int64_t end = begin + BUF < size ? begin + BUF : size;
@@ -397,10 +397,7 @@ def kept(numel: int, total: int, threads: int) -> str:
     return "kept" if numel * threads <= total else "shared"
 
 
-_TYPES = {
-    torch.float32: ("float", "fmaf", "sqrtf", 8, 4),
-    torch.float64: ("double", "fma", "sqrt", 4, 0),
-}
+_TYPES = {torch.float32: ("float", "sqrtf"), torch.float64: ("double", "sqrt")}
 #: The integer of a number's bits, its exponent field, half the gap above 1, the least normal
 #: number, the largest finite one.
 _BITS = {
@@ -425,14 +422,13 @@ _BITS = {
 
 def source(dtype: torch.dtype, parallel_min: int) -> str:
     """The C for ``dtype`` (float32 or float64)."""
-    ctype, fma, sqrt, lanes, chunk = _TYPES[dtype]
+    ctype, sqrt = _TYPES[dtype]
     unsigned, exponent, half_epsilon, normal, largest, fabs = _BITS[dtype]
     head = (
-        f"typedef {ctype} T;\n#define FMA {fma}\n#define SQRT {sqrt}\n"
+        f"typedef {ctype} T;\n{_aten_sums.header(dtype)}#define SQRT {sqrt}\n"
         f"typedef {unsigned} UNSIGNED;\n#define EXPONENT_BITS {exponent}\n#define FABS {fabs}\n"
         f"#define HALF_EPSILON {half_epsilon}\n#define T_NORMAL {normal}\n"
         f"#define T_LARGEST {largest}\n"
-        f"#define ATEN_LANES {lanes}\n#define TAIL_CHUNK {chunk}\n"
         f"#define PARALLEL_MIN {parallel_min}\n#define KEEP {KEEP}\n#define MEAN_ROWS {MEAN_ROWS}\n"
     )
     return head + _BODY.replace("@SUMS@", _aten_sums.SUMS)

@@ -1,8 +1,9 @@
 """ATen's summation orders, in C, as this wheel's CPU kernels sum (read off their results).
 
-Included by :mod:`._adafactor_source` (which defines ``T``, ``FMA``, ``ATEN_LANES``
-and ``TAIL_CHUNK`` before it; :mod:`._adafactor_native` checks both orders against
-torch once per process):
+Included by :mod:`._adafactor_source` and, for LARS, LAMB and NovoGrad's whole-tensor
+norms, by the native loop's exact mode (:mod:`._native_norms`), each after ``typedef ...
+T`` and :func:`header` (``FMA``, ``ATEN_LANES``, ``TAIL_CHUNK``). Both check the orders
+against torch once per process (:mod:`._adafactor_native`, :func:`._native_norms.holds`):
 
 * ``sum_squares`` (and ``add_vectors``/``finish``, to carry a sum across blocks):
   the last-axis norm kernel's sum of squares (``linalg.vector_norm``,
@@ -11,21 +12,37 @@ torch once per process):
   added if 4 or more remain, the rest as multiply-adds);
 * ``cascade_sum``: SumKernel's cascade sum of a contiguous run (``sum``, ``mean``
   on one thread, up to ATen's ``GRAIN_SIZE`` elements on more).
+
+The lane vector is ``Lanes`` (not ``V``: the native vector loop's own type).
 """
 
-SUMS = r"""/* ATen's last-axis sum of squares, carried across calls: `acc` takes whole vectors only.
+import torch
+
+#: Per dtype: the multiply-add of ATen's scalar tail, ``ATEN_LANES`` (the AVX2
+#: ``Vectorized`` this wheel's kernels use: 8 float32 or 4 float64) and ``TAIL_CHUNK``
+#: (float32's tail squares a chunk of 4 before its multiply-adds; float64's has none).
+ORDERS = {torch.float32: ("fmaf", 8, 4), torch.float64: ("fma", 4, 0)}
+
+
+def header(dtype: torch.dtype) -> str:
+    """The ``#define``s :data:`SQUARES` and :data:`SUMS` read, for ``dtype``'s order."""
+    fma, lanes, chunk = ORDERS[dtype]
+    return f"#define FMA {fma}\n#define ATEN_LANES {lanes}\n#define TAIL_CHUNK {chunk}\n"
+
+
+SQUARES = r"""/* ATen's last-axis sum of squares, carried across calls: `acc` takes whole vectors only.
    One vector of ATEN_LANES sums (GCC's vector extension: lane-wise, no reassociation), so
    the compiler keeps it in a register: written as a loop over lanes, GCC transposes it
    into permutes and scalar adds at half the speed. */
-typedef T V __attribute__((vector_size(sizeof(T) * ATEN_LANES)));
-static inline V load_v(const T* x) { V v; memcpy(&v, x, sizeof v); return v; }
-static inline void store_v(T* x, V v) { memcpy(x, &v, sizeof v); }
-static inline void add_vectors(V* acc, const T* x, int64_t n) {
-  V a = *acc;
-  for (int64_t d = 0; d < n; d += ATEN_LANES) { const V v = load_v(x + d); a = a + v * v; }
+typedef T Lanes __attribute__((vector_size(sizeof(T) * ATEN_LANES)));
+static inline Lanes load_v(const T* x) { Lanes v; memcpy(&v, x, sizeof v); return v; }
+static inline void store_v(T* x, Lanes v) { memcpy(x, &v, sizeof v); }
+static inline void add_vectors(Lanes* acc, const T* x, int64_t n) {
+  Lanes a = *acc;
+  for (int64_t d = 0; d < n; d += ATEN_LANES) { const Lanes v = load_v(x + d); a = a + v * v; }
   *acc = a;
 }
-static inline T finish(V acc, const T* tail, int64_t r) {
+static inline T finish(Lanes acc, const T* tail, int64_t r) {
   T b = acc[0];
   for (int k = 1; k < ATEN_LANES; ++k) b = b + acc[k];
   int64_t d = 0;
@@ -36,12 +53,14 @@ static inline T finish(V acc, const T* tail, int64_t r) {
   return b;
 }
 static inline T sum_squares(const T* x, int64_t n) {
-  V acc = {0};
+  Lanes acc = {0};
   const int64_t whole = n - n % ATEN_LANES;
   add_vectors(&acc, x, whole);
   return finish(acc, x + whole, n - whole);
 }
-/* ATen's sum of a contiguous run of n numbers (its cascade sum, the order of `mean`):
+"""
+
+CASCADE = r"""/* ATen's sum of a contiguous run of n numbers (its cascade sum, the order of `mean`):
    items (vectors of ATEN_LANES, or single numbers when n < ATEN_LANES) in groups of 4
    summed column-wise into 4 levels of partial sums, each level taking the one below every
    2^power groups; the items past the last group into the first sum, the 4 sums in order;
@@ -77,14 +96,17 @@ static inline int64_t ceil_log2(int64_t x) {
 #define LOAD_NUMBER(x, i) ((x)[i])
 #define LOAD_VECTOR(x, i) load_v((x) + (i) * ATEN_LANES)
 CASCADE(cascade_numbers, T, LOAD_NUMBER)
-CASCADE(cascade_vectors, V, LOAD_VECTOR)
+CASCADE(cascade_vectors, Lanes, LOAD_VECTOR)
 static T cascade_sum(const T* x, int64_t n) {
   if (n < ATEN_LANES) return cascade_numbers(x, n);
   const int64_t vectors = n / ATEN_LANES;
-  const V lanes = cascade_vectors(x, vectors);
+  const Lanes lanes = cascade_vectors(x, vectors);
   T b = (T)0;
   for (int64_t r = vectors * ATEN_LANES; r < n; ++r) b = b + x[r];
   for (int k = 0; k < ATEN_LANES; ++k) b = b + lanes[k];
   return b;
 }
 """
+
+#: Both orders (:mod:`._adafactor_source`).
+SUMS = SQUARES + CASCADE

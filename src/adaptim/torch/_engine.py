@@ -8,8 +8,8 @@ with one of:
 
 * ``native`` (:mod:`._native`): one compiled C loop over all the tensors,
   each element read once, in one OpenMP region. CPU, float32/float64 (and
-  float16/bfloat16: :mod:`._native_half`), dense contiguous tensors, rules
-  without whole-tensor norms.
+  float16/bfloat16: :mod:`._native_half`, without whole-tensor norms), dense
+  contiguous tensors.
 * ``triton`` (:mod:`._triton`): on a GPU, one Triton kernel generated from
   the recording, launched once per partition over all its tensors through a
   device table of their data pointers. CUDA, float32/float64, dense
@@ -37,20 +37,22 @@ square root in one pass: :mod:`._fuse_axes`). With neither set (the default), a 
 when it is on the CPU and holds at least :data:`AUTO_NATIVE_MIN_NUMEL`
 elements (building a kernel costs a C compile the first time on a machine,
 well under a second, then a load from the disk cache); a smaller float32/float64
-CPU group runs the native loop with MKL's square root inlined
+CPU group runs the native loop with MKL's square root inlined and whole-tensor
+norms (LARS, LAMB, NovoGrad) summed in ``torch.linalg.vector_norm``'s order
 (:func:`._native.gives_torchs_bits`: a rule without a root, or where the root
-is emulated), which gives the replay's bits and is faster in cache, and the
-replay elsewhere. A larger group takes that exact loop too where the emulated
-root costs nothing against the CPU's at its size
-(:func:`._mkl_sqrt.exact_loop_free`: Intel's AVX-512 kernel, below 512k
-elements, where it measured 0.81-1.07x the rounded loop's time with one thread; out of cache
-it costs a few percent, AMD's at every size), so ``adaptim.Adam(params)`` on a
-model of that size is ``torch.optim.Adam``'s for-loop bit for bit; elsewhere
-the native loop's root is the correctly rounded one, which agrees to rounding
-(:data:`._native.EXACT_ROOT` asks for MKL's at every size and with
-``fused=True``, which otherwise keeps the rounded root: the fastest loop,
-like torch's own fused kernels, which are not its for-loop's bits either).
-A CUDA group of any
+is emulated, and without norms, or where that order holds), which gives the
+replay's bits and is faster in cache, and the replay elsewhere. A larger group
+takes that exact loop too where the emulated root costs nothing against the
+CPU's at its size (:func:`._mkl_sqrt.exact_loop_free`: Intel's AVX-512 kernel,
+below 512k elements, where it measured 0.81-1.07x the rounded loop's time with
+one thread; out of cache it costs a few percent, AMD's at every size) and the
+rule has no whole-tensor norms (ATen sums a tensor's norm on one thread: 0.84-0.96x
+with two), so ``adaptim.Adam(params)`` on a model of that size is
+``torch.optim.Adam``'s for-loop bit for bit; elsewhere the native loop's root is
+the correctly rounded one, which agrees to rounding (:data:`._native.EXACT_ROOT`
+asks for MKL's at every size and with ``fused=True``, which otherwise keeps the
+rounded root: the fastest loop, like torch's own fused kernels, which are not
+its for-loop's bits either). A CUDA group of any
 size runs its Triton kernel (when ``triton`` is importable; a compile of
 about a second the first time, then Triton's disk cache; on a GPU the
 replay is launch-bound at every size), and the replay otherwise; for half types only where the native loop is the faster
@@ -350,7 +352,9 @@ class Engine(EngineGroups):
         # cache it costs nothing against the rounded root, and the replay's call per
         # operation made small models 2-5x slower than torch's fused kernels. A larger one
         # too where the emulated root is free at its size (Intel's, below 512k elements), but
-        # not SM3's per-axis runs, whose replay with MKL's root takes three passes a tile.
+        # not SM3's per-axis runs, whose replay with MKL's root takes three passes a tile, nor
+        # rules with norms: ATen sums each tensor's norm on one thread, and the exact loop with
+        # that order measured 0.84-0.96x the per-block sums on two threads (235k MLP).
         exact = (
             mode == "auto"
             and partition.native_ok  # (on the CPU)
@@ -360,6 +364,7 @@ class Engine(EngineGroups):
                 or (
                     _mkl_sqrt.exact_loop_free(dtype, group_numel)
                     and not _fuse_axes.has_axes(structure)
+                    and not _native.normed(structure)
                 )
             )
             and _native.gives_torchs_bits(structure, dtype)

@@ -24,9 +24,11 @@ multiply-adds, as measured against them), a division by a per-step scalar
 element by element as ATen's (its reciprocal times the element differs on
 a third of them), and ``number / array`` as torch's ``reciprocal() * number``.
 A rule with a square root is written on vectors with MKL's root inlined
-(:mod:`._native_vector`, :func:`source_for`), so the results are the
-reference path's, and torch.optim's, bit for bit (norms aside: LARS and
-LAMB sum them in another order); where :func:`._mkl_sqrt.emulated` fails
+(:mod:`._native_vector`, :func:`source_for`), and whole-tensor norms (LARS,
+LAMB, NovoGrad) are summed as ``torch.linalg.vector_norm`` sums them
+(:mod:`._native_norms`; the large groups' loop sums them per block in double,
+across threads, and agrees to rounding), so the results are the reference
+path's, and torch.optim's, bit for bit; where :func:`._mkl_sqrt.emulated` fails
 the loop takes C's correctly rounded ``sqrt``, which differs from
 ``torch.sqrt`` on about 17% of float32 values.
 float16 and bfloat16 parameters get a loop of their own
@@ -52,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptim.torch import _native_half
+from adaptim.torch import _native_half, _native_norms
 from adaptim.torch._native_source import _COMPARE as _COMPARE
 from adaptim.torch._native_source import _CTYPES
 from adaptim.torch._native_source import SUPPORTED as SUPPORTED
@@ -267,25 +269,37 @@ def source_for(structure: Structure, dtype: torch.dtype, exact: bool | None = No
     :mod:`._native_vector`'s loop when :func:`._mkl_sqrt.emulated` holds (the root
     inlined, ``torch.sqrt``'s bits); otherwise the scalar loop of :mod:`._native_source`
     (its ``sqrt`` is the correctly rounded one, which differs from MKL's on about 17% of
-    values).
+    values). With ``exact``, whole-tensor norms are summed in ATen's order where
+    :func:`._native_norms.holds`; otherwise per block in double, a tensor's blocks on
+    several threads (on the 235k MLP, one thread, ATen's order took LAMB's step 1.05-1.07x
+    the time, LARS's and NovoGrad's 0.96-0.98x, and two threads leave a large tensor's
+    norm to one: ``benchmarks/norm_order_speed.py``).
     """
     from adaptim.torch import _mkl_sqrt, _native_vector  # (they build on this module)
 
     exact = EXACT_ROOT if exact is None else exact
+    aten_norms = exact and normed(structure) and _native_norms.holds(dtype)
     if exact and _rooted(structure) and _mkl_sqrt.emulated(dtype):
-        return _native_vector.generate_source(structure, dtype)
-    return generate_source(structure, dtype)
+        return _native_vector.generate_source(structure, dtype, aten_norms)
+    return generate_source(structure, dtype, aten_norms)
 
 
 def _rooted(structure: Structure) -> bool:
     return any(op == "sqrt" for op, _ in structure.ops)
 
 
+def normed(structure: Structure) -> bool:
+    """Whether the rule takes whole-tensor norms (LARS, LAMB, NovoGrad)."""
+    return any(op == "norm" for op, _ in structure.ops)
+
+
 def gives_torchs_bits(structure: Structure, dtype: torch.dtype) -> bool:
     """Whether the exact loop of ``structure`` (``kernel_for(..., exact=True)``) computes
     torch.optim's float32/float64 bits here: a rule with no square root, or one whose root
-    :func:`._mkl_sqrt.emulated` reproduces (checked once per process), and no whole-tensor
-    norm or sum (LARS, LAMB, NovoGrad: the loop adds in another order than ATen).
+    :func:`._mkl_sqrt.emulated` reproduces, and no whole-tensor norm (LARS, LAMB,
+    NovoGrad), or one whose order :func:`._native_norms.holds` (the loop sums each tensor
+    as ``torch.linalg.vector_norm`` does); both checked once per process. No other
+    per-tensor reduction (sums, dot products: the loop has none).
 
     The rule's other operations are ATen's arithmetic already (multiply-adds where
     ATen's kernels fuse them; ``tests/test_native_threads.py`` holds every torch twin's
@@ -295,19 +309,25 @@ def gives_torchs_bits(structure: Structure, dtype: torch.dtype) -> bool:
 
     if dtype not in (torch.float32, torch.float64):
         return False
-    kind = _BITS_KIND.get(structure)  # (asked every step of a small group: remember)
-    if kind is None:
-        if structure.half or any(op in PER_TENSOR_OPS for op, _ in structure.ops):
-            kind = "never"
+    needs = _BITS_NEEDS.get(structure)  # (asked every step of a small group: remember)
+    if needs is None:
+        ops = {op for op, _ in structure.ops}
+        if structure.half or ops & (PER_TENSOR_OPS - {"norm"}):
+            needs = ("never",)
         else:
-            kind = "rooted" if _rooted(structure) else "plain"
-        _BITS_KIND[structure] = kind
-    return kind == "plain" or (kind == "rooted" and _mkl_sqrt.emulated(dtype))
+            needs = ("root",) * _rooted(structure) + ("norms",) * normed(structure)
+        _BITS_NEEDS[structure] = needs
+    if "never" in needs:
+        return False
+    return ("root" not in needs or _mkl_sqrt.emulated(dtype)) and (
+        "norms" not in needs or _native_norms.holds(dtype)
+    )
 
 
-#: :func:`gives_torchs_bits`'s answer per structure, but for the root: "plain" (no root),
-#: "rooted" (the root emulated or not) or "never" (norms, half types).
-_BITS_KIND: dict[Structure, str] = {}
+#: :func:`gives_torchs_bits`'s question per structure: which of this machine's and wheel's
+#: checks it needs ("root": MKL's root emulated, "norms": ATen's norm order), or "never"
+#: (half types, reductions the loop cannot take).
+_BITS_NEEDS: dict[Structure, tuple[str, ...]] = {}
 
 
 def build_library(source: str, name: str = "step") -> Path:

@@ -372,6 +372,7 @@ class HalfSource(_Source):
         reads: list[Ref],
         *,
         balanced: bool = False,
+        chunked: bool = False,
     ) -> list[str]:
         """The loop of :class:`._native_source._Source`; segmented, one copy per form.
 
@@ -381,12 +382,12 @@ class HalfSource(_Source):
         doubled SGD's arithmetic).
         """
         self.tail = False
-        vector = super().element_loop(nodes, tail, head, reads, balanced=balanced)
+        vector = super().element_loop(nodes, tail, head, reads, balanced=balanced, chunked=chunked)
         if not self.segmented:
             start = next(k for k, line in enumerate(vector) if "#pragma omp simd" in line)
             return [*vector[:start], *self.vector_loop(vector, nodes, head, reads, balanced)]
         self.tail = True
-        scalar = super().element_loop(nodes, tail, head, reads, balanced=balanced)
+        scalar = super().element_loop(nodes, tail, head, reads, balanced=balanced, chunked=chunked)
         self.tail = False
         start = next(k for k, line in enumerate(vector) if "#pragma omp simd" in line)
         stop = len(vector) - len(self.loop_close())

@@ -4,8 +4,9 @@
 as C; :mod:`._native` compiles, caches and calls it. The element-wise pass
 gives each thread one contiguous range of the concatenated tensors, of equal
 length whatever the tensor sizes; the passes that sum squares for a norm
-(LARS, LAMB) walk fixed blocks instead, so their sums do not depend on the
-thread count.
+(LARS, LAMB, NovoGrad) walk fixed blocks instead, so their sums do not depend on
+the thread count, or, in ATen's order (``aten_norms``: the exact loop), each
+tensor whole on one thread (:mod:`._native_norms`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from adaptim.torch import _native_fragments as _fragments
+from adaptim.torch import _native_norms
 from adaptim.torch._trace import Ref, Structure
 
 _CTYPES = {torch.float32: "float", torch.float64: "double"}
@@ -91,11 +93,19 @@ class _Source:
     """Renders a structure as C: reduction passes for norms, then one element-wise pass."""
 
     def __init__(
-        self, structure: Structure, dtype: torch.dtype, *, exact_division: bool = False
+        self,
+        structure: Structure,
+        dtype: torch.dtype,
+        *,
+        exact_division: bool = False,
+        aten_norms: bool = False,
     ) -> None:
         self.structure = structure
         #: Divide by a per-step scalar as ATen does (element by element), not by its reciprocal.
         self.exact_division = exact_division
+        #: Sum each norm as ``torch.linalg.vector_norm`` (:mod:`._native_norms`), not per block.
+        self.aten_norms = aten_norms
+        self.dtype = dtype
         self.ctype = _CTYPES[dtype]
         self.suffix = "f" if self.ctype == "float" else ""
         self.per_nodes = structure.per_tensor_nodes()
@@ -191,6 +201,26 @@ class _Source:
         """Lines after a norm pass's loop (none: the sum is ``sum<norm>``)."""
         return []
 
+    def norm_pass(self, norms: list[int]) -> list[str]:
+        """The C of one level of ``norms``: each tensor's sums of squares into ``squares``,
+        per block (in double, the blocks then added in order, so the sums do not depend
+        on the thread count), or with :attr:`aten_norms` :func:`._native_norms.aten_pass`."""
+        if self.aten_norms:
+            return _native_norms.aten_pass(self, norms)
+        operands = [self.structure.ops[i][1][0] for i in norms]
+        slots = [f"{self.norm_slot[i]}" for i in norms]
+        head = [line for i in norms for line in self.norm_head(i)]
+        texts = [self.text(ref, "element") for ref in operands]
+        tail = [self.square(i, o) for i, o in zip(norms, texts, strict=True)]
+        lines = self.element_loop(self.ancestors(norms), [*tail, "    }"], head, operands)
+        lines += [line for i in norms for line in self.norm_done(i)]
+        lines += [f"    partial[b * NN + {k}] = sum{i};" for i, k in zip(norms, slots, strict=True)]
+        lines += ["  }", "  for (int64_t b = 0; b < blocks; ++b) {"]
+        lines += [
+            f"    squares[block_tensor[b] * NN + {k}] += partial[b * NN + {k}];" for k in slots
+        ]
+        return [*lines, "  }"]
+
     def ancestors(self, roots: list[int]) -> list[int]:
         """Element-wise nodes the roots need, in recording order."""
         needed: set[int] = set()
@@ -211,21 +241,27 @@ class _Source:
         reads: list[Ref],
         *,
         balanced: bool = False,
+        chunked: bool = False,
     ) -> list[str]:
         """A parallel loop computing ``nodes`` per element, then ``tail``.
 
         ``reads`` are the references ``tail`` uses besides ``nodes``. By
         blocks (the norms' passes: their partial sums are per block, so they
-        do not depend on the thread count), or ``balanced``: each thread
+        do not depend on the thread count), ``balanced``: each thread
         takes one contiguous range of the concatenated elements, of equal
         length whatever the tensor sizes (a static schedule of blocks hands
-        the thread with a large tensor's blocks most of an MLP's work).
+        the thread with a large tensor's blocks most of an MLP's work), or
+        ``chunked`` (:func:`._native_norms.aten_pass`, whose lines after
+        ``tail`` close it): ``head`` per tensor, the pointers at each chunk.
         """
         inputs = self.structure.inputs
         written = {name for name, _ in self.structure.outputs}
         refs = {a for i in nodes for a in self.structure.ops[i][1]} | set(reads)
+        at = " + c" if chunked else ""
         if balanced:
             lines = list(_fragments.BALANCED_OPEN)
+        elif chunked:
+            lines = [*_native_norms.TENSOR_OPEN, *head, _native_norms.CHUNK_OPEN]
         else:
             lines = [
                 "  #pragma omp parallel for num_threads(threads) schedule(static)",
@@ -240,15 +276,17 @@ class _Source:
             qualifier = "" if name in written else "const "
             kind = self.storage
             lines.append(
-                f"    {qualifier}{kind}* restrict {name} = ({kind}*)buffers[{index} * n + t];"
+                f"    {qualifier}{kind}* restrict {name} = ({kind}*)buffers[{index} * n + t]{at};"
             )
         for node in sorted(self.per_nodes):
             if ("node", node) in refs:
                 lines.append(f"    const T pv{node} = per[t * NP + {self.per_slot[node]}];")
-        lines += head
-        if balanced:
-            lines += _fragments.BALANCED_RANGE
+        if chunked:
+            lines.append(_native_norms.CHUNK_RANGE)
+        elif balanced:
+            lines += [*head, *_fragments.BALANCED_RANGE]
         else:
+            lines += head
             lines += [
                 "    const int64_t begin = block_begin[b];",
                 "    const int64_t end = block_end[b];",
@@ -292,22 +330,8 @@ class _Source:
         body: list[str] = []
         top = max(self.stage.values(), default=0)
         for level in range(0, top + 1):
-            if level > 0:  # the norms of this level: sums of squares per block, then per tensor
-                norms = [i for i in self.norms if self.stage[i] == level]
-                operands = [self.text(structure.ops[i][1][0], "element") for i in norms]
-                nodes = self.ancestors(norms)
-                head = [line for i in norms for line in self.norm_head(i)]
-                tail = [self.square(i, o) for i, o in zip(norms, operands, strict=True)]
-                reads = [structure.ops[i][1][0] for i in norms]
-                body += self.element_loop(nodes, [*tail, "    }"], head, reads)
-                body += [line for i in norms for line in self.norm_done(i)]
-                body += [f"    partial[b * NN + {self.norm_slot[i]}] = sum{i};" for i in norms]
-                body += ["  }", "  for (int64_t b = 0; b < blocks; ++b) {"]
-                body += [
-                    f"    squares[block_tensor[b] * NN + {self.norm_slot[i]}] += partial[b * NN + {self.norm_slot[i]}];"
-                    for i in norms
-                ]
-                body += ["  }"]
+            if level > 0:  # the norms of this level
+                body += self.norm_pass([i for i in self.norms if self.stage[i] == level])
             per_level = [i for i in sorted(self.per_nodes) if self.stage[i] == level]
             if per_level:  # per-tensor values: one serial pass over the tensors
                 body.append("  for (int64_t t = 0; t < n; ++t) {")
@@ -317,8 +341,9 @@ class _Source:
                             f"    const T pin{index} = *(const T*)buffers[{index} * n + t];"
                         )
                 for i in per_level:
-                    if structure.ops[i][0] == "norm":
-                        value = f"(T)sqrt(squares[t * NN + {self.norm_slot[i]}])"
+                    if structure.ops[i][0] == "norm":  # (in ATen's order: the norm itself)
+                        square = f"squares[t * NN + {self.norm_slot[i]}]"
+                        value = f"(T){square}" if self.aten_norms else f"(T)sqrt({square})"
                     else:
                         value = self.node(i, "tensor")
                     body.append(f"    per[t * NP + {self.per_slot[i]}] = {value};")
@@ -356,6 +381,7 @@ class _Source:
             "#include <stdint.h>",
             "#include <stdlib.h>",
             f"typedef {ctype} T;",
+            *([_native_norms.fragment(self.dtype)] if self.aten_norms and self.norms else []),
             *self.prelude(),
             *_fragments.RANGES,
             # ATen's vectorised maximum/minimum: NaN from either side, the second operand on a
@@ -384,14 +410,16 @@ class _Source:
         return "\n".join(lines + body) + "\n"
 
 
-def generate_source(structure: Structure, dtype: torch.dtype) -> str:
+def generate_source(structure: Structure, dtype: torch.dtype, aten_norms: bool = False) -> str:
     """The C source of ``structure`` for tensors of ``dtype`` (``Optimizer.plans()`` shows it).
 
     Element-wise rules become one loop. A rule with norms over whole tensors
-    (LARS, LAMB) becomes a loop per level of norms, each summing squares per
+    (LARS, LAMB, NovoGrad) becomes a loop per level of norms, each summing squares per
     block (in double, then per tensor in block order, so the result does not
-    depend on the thread count), a serial pass computing the per-tensor values
-    (norms, trust ratios), and the final element-wise loop, which recomputes
-    what it needs rather than storing parameter-sized temporaries.
+    depend on the thread count) or, with ``aten_norms``, each tensor whole in
+    ``torch.linalg.vector_norm``'s order (:mod:`._native_norms`), a serial pass
+    computing the per-tensor values (norms, trust ratios), and the final
+    element-wise loop, which recomputes what it needs rather than storing
+    parameter-sized temporaries.
     """
-    return _Source(structure, dtype, exact_division=True).source()
+    return _Source(structure, dtype, exact_division=True, aten_norms=aten_norms).source()

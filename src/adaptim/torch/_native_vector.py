@@ -152,9 +152,8 @@ def helpers(dtype: torch.dtype) -> list[str]:
 class VectorSource(_Source):
     """:class:`._native_source._Source` with element-wise values as vectors and MKL's root."""
 
-    def __init__(self, structure: Structure, dtype: torch.dtype) -> None:
-        super().__init__(structure, dtype, exact_division=True)
-        self.dtype = dtype
+    def __init__(self, structure: Structure, dtype: torch.dtype, aten_norms: bool = False) -> None:
+        super().__init__(structure, dtype, exact_division=True, aten_norms=aten_norms)
         self.masks = {i for i, (op, _) in enumerate(structure.ops) if op in _MASK_OPS}
 
     def text(self, ref: Ref, context: str) -> str:
@@ -242,13 +241,14 @@ class VectorSource(_Source):
         reads: list[Ref],
         *,
         balanced: bool = False,
+        chunked: bool = False,
     ) -> list[str]:
         """The scalar loop's pass (see there) as a :func:`vector_pass`.
 
         ``tail`` holds :meth:`write`'s and :meth:`square`'s lines, then the
         loop's closing brace.
         """
-        scalar = super().element_loop(nodes, [], head, reads, balanced=balanced)
+        scalar = super().element_loop(nodes, [], head, reads, balanced=balanced, chunked=chunked)
         opening = scalar[: next(k for k, s in enumerate(scalar) if "#pragma omp simd" in s)]
         structure = self.structure
         refs = {a for i in nodes for a in structure.ops[i][1]} | set(reads)
@@ -275,9 +275,10 @@ class VectorSource(_Source):
         return text[:at] + "\n".join(helpers(self.dtype)) + "\n" + text[at:]
 
 
-def generate_source(structure: Structure, dtype: torch.dtype) -> str:
-    """The C source of ``structure`` for ``dtype`` as :class:`VectorSource` renders it."""
-    return VectorSource(structure, dtype).source()
+def generate_source(structure: Structure, dtype: torch.dtype, aten_norms: bool = False) -> str:
+    """The C source of ``structure`` for ``dtype`` as :class:`VectorSource` renders it
+    (``aten_norms``: whole-tensor norms in ATen's order, :mod:`._native_norms`)."""
+    return VectorSource(structure, dtype, aten_norms).source()
 
 
 def vector_pass(
