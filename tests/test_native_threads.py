@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptim
-from adaptim.torch import _mkl_sqrt, _native, _native_fragments
+from adaptim.torch import _mkl_sqrt, _native, _native_fragments, _native_norms
 from adaptim.torch._engine import AUTO_NATIVE_MIN_NUMEL
 
 #: Tensor sizes around the rounding (16), a block (16,384) and ATen's grain (32,768).
@@ -297,3 +297,26 @@ def test_where_the_exact_loop_is_not_free_the_default_keeps_the_rounded_root(
         assert "mkl_root" not in source and "sqrt" in source
     (source,), same = stepped_like_torch(case, 60, torch.float32, 1, 0)
     assert ("mkl_root" in source and same) is (kernel is not None)
+
+
+@pytest.mark.parametrize("name", ["LARS", "LAMB", "NovoGrad"])
+def test_rules_with_norms_keep_the_per_block_sums_past_64k(name: str) -> None:
+    """Where the exact loop is free (Intel, 64k-512k), a rule with whole-tensor norms still
+    runs the large groups' loop: its norms summed per block on every thread (ATen's order
+    sums a tensor's norm on one thread: 0.84-0.96x with two), the small groups' ATen order
+    only below 64k elements."""
+    sources = []
+    for rows in (300, 60):
+        params = [torch.nn.Parameter(torch.randn(rows, 1_000)), torch.nn.Parameter(torch.randn(7))]
+        optimizer = getattr(adaptim, name)(params)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            with num_threads(2):
+                optimizer.step()
+        assert optimizer.fused_status()[0].startswith("native"), optimizer.fused_status()
+        sources.append("\n".join(optimizer.plans()[0]))
+    large, small = sources
+    assert "norm_chunk(" not in large and "mkl_root" not in large
+    if _native_norms.holds(torch.float32) and _mkl_sqrt.emulated(torch.float32):
+        assert "norm_chunk(" in small
