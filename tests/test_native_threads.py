@@ -123,6 +123,28 @@ def twin_cases(draw: st.DrawFn) -> tuple[str, dict[str, object]]:
     return name, options
 
 
+def stepped_both(
+    name: str,
+    options: dict[str, object],
+    start: list[torch.Tensor],
+    grads: list[list[torch.Tensor]],
+    threads: int,
+) -> list[tuple[list[torch.nn.Parameter], torch.optim.Optimizer]]:
+    """``adaptim.X`` and ``torch.optim.X`` from the same ``start``, stepped on ``grads`` (fresh
+    copies each step) with ``threads`` threads: each one's parameters and optimizer."""
+    results = []
+    for module in (adaptim, torch.optim):
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        optimizer = getattr(module, name)(params, **options)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            with num_threads(threads):
+                optimizer.step()
+        results.append((params, optimizer))
+    return results
+
+
 @pytest.mark.slow
 @settings(max_examples=16, deadline=None)
 @given(
@@ -150,16 +172,8 @@ def test_default_step_equals_torch_optim_bit_for_bit(
     sizes = [AUTO_NATIVE_MIN_NUMEL + 5, *extra]  # (a group above the default's threshold)
     start = [torch.randn(n, generator=generator, dtype=dtype) for n in sizes]
     grads = [[torch.randn(n, generator=generator, dtype=dtype) for n in sizes] for _ in range(7)]
-    results = []
-    for module in (adaptim, torch.optim):
-        params = [torch.nn.Parameter(x.clone()) for x in start]
-        optimizer = getattr(module, name)(params, **options)
-        for step in grads:
-            for p, g in zip(params, step, strict=True):
-                p.grad = g.clone()
-            with num_threads(threads), patch.object(_native, "EXACT_ROOT", True):
-                optimizer.step()
-        results.append((params, optimizer))
+    with patch.object(_native, "EXACT_ROOT", True):
+        results = stepped_both(name, options, start, grads, threads)
     (ours, adaptim_optimizer), (theirs, torch_optimizer) = results
     assert adaptim_optimizer.fused_status()[0].startswith("native ("), (
         adaptim_optimizer.fused_status()
@@ -238,17 +252,7 @@ def stepped_like_torch(
     generator = torch.Generator().manual_seed(seed)
     start = [torch.randn(s, generator=generator, dtype=dtype) for s in ((rows, 1_000), (7,))]
     grads = [[torch.randn_like(x) for x in start] for _ in range(7)]
-    results = []
-    for module in (adaptim, torch.optim):
-        params = [torch.nn.Parameter(x.clone()) for x in start]
-        optimizer = getattr(module, name)(params, **options)
-        for step in grads:
-            for p, g in zip(params, step, strict=True):
-                p.grad = g.clone()
-            with num_threads(threads):
-                optimizer.step()
-        results.append((params, optimizer))
-    (ours, mine), (theirs, reference) = results
+    (ours, mine), (theirs, reference) = stepped_both(name, options, start, grads, threads)
     assert mine.fused_status() == ["native (1 partition): 2 of 2 tensors"], mine.fused_status()
     same = all(
         torch.equal(a, b)
