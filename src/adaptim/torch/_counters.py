@@ -25,11 +25,14 @@ import torch
 from adaptim.torch._native import STEP_KINDS, NativeUnavailable, build_library
 
 _CHECK_SOURCE = """#include <stdint.h>
-int adaptim_counters_hold(int64_t n, const int64_t* counters, int kind, double expected) {
+/* Whether every counter holds the first one's value, which goes to *value. */
+int adaptim_counters_hold(int64_t n, const int64_t* counters, int kind, double* value) {
   if (kind == 1) {
-    for (int64_t t = 0; t < n; ++t) if ((double)*(const float*)counters[t] != expected) return 0;
+    const double first = *value = (double)*(const float*)counters[0];
+    for (int64_t t = 1; t < n; ++t) if ((double)*(const float*)counters[t] != first) return 0;
   } else {
-    for (int64_t t = 0; t < n; ++t) if (*(const double*)counters[t] != expected) return 0;
+    const double first = *value = *(const double*)counters[0];
+    for (int64_t t = 1; t < n; ++t) if (*(const double*)counters[t] != first) return 0;
   }
   return 1;
 }
@@ -44,12 +47,12 @@ def _checker() -> Callable[..., int] | None:
         return None
     function = ctypes.CDLL(str(library)).adaptim_counters_hold
     function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double]
+    function.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     return function
 
 
 class CounterCheck:
-    """Whether every one of some 0-d tensors still holds one value.
+    """The one value some 0-d tensors hold, if they all hold one.
 
     One C call where they are CPU float32/float64 0-d tensors of one dtype (as
     torch.optim and adaptim make them) and a C compiler is found; otherwise
@@ -58,7 +61,7 @@ class CounterCheck:
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         self._tensors = tensors
-        self._call: Callable[[float], int] | None = None
+        self._call: Callable[[], int] | None = None
         dtype = tensors[0].dtype if tensors else None
         function = _checker() if dtype in (torch.float32, torch.float64) else None
         if function is not None and all(
@@ -66,10 +69,15 @@ class CounterCheck:
         ):
             # (kept alive with the tensors: the array holds their addresses)
             self._pointers = np.array([t.data_ptr() for t in tensors], dtype=np.int64)
+            self._value = np.zeros(1)
             kind = STEP_KINDS[dtype]
-            self._call = functools.partial(function, len(tensors), self._pointers.ctypes.data, kind)
+            self._call = functools.partial(
+                function, len(tensors), self._pointers.ctypes.data, kind, self._value.ctypes.data
+            )
 
-    def holds(self, expected: float) -> bool:
+    def value(self) -> float | None:
+        """The value every tensor holds, or ``None`` where they differ (a NaN differs)."""
         if self._call is not None:
-            return bool(self._call(expected))
-        return all(float(t) == expected for t in self._tensors)
+            return float(self._value[0]) if self._call() else None
+        first = float(self._tensors[0])
+        return first if all(float(t) == first for t in self._tensors[1:]) else None

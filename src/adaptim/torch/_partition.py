@@ -116,14 +116,13 @@ class Partition:
         those values (:mod:`._counters`: user code may set them in place, and float32 counters
         stop at 2**24, as torch's do)."""
         for check, key in self._counter_checks:
-            first = self.steps[0] if key is None else self.states[0][key]
-            value = float(first)
-            if not check.holds(value):
+            value = check.value()
+            if value is None:
                 return False
             if key is None:
                 self.step = value
             elif value != float(self.scalar_state[key]):
-                self.scalar_state[key] = first
+                self.scalar_state[key] = self.states[0][key]
         return True
 
     @functools.cached_property
